@@ -1,0 +1,105 @@
+package pyro
+
+import (
+	"context"
+
+	"github.com/pyro-mcp/pyro/internal/envstore"
+)
+
+// EnvironmentManifest is an installed environment's manifest: package
+// list, kernel, file sizes and sha256 digests, build source.
+type EnvironmentManifest = envstore.Manifest
+
+// Environment is one catalog environment and its install state.
+type Environment struct {
+	Name        string               `json:"name"`
+	Version     string               `json:"version"`
+	Description string               `json:"description"`
+	Packages    []string             `json:"packages"`
+	Default     bool                 `json:"default"`
+	Installed   bool                 `json:"installed"`
+	Damaged     string               `json:"damaged,omitempty"`
+	Path        string               `json:"path,omitempty"`
+	SizeBytes   int64                `json:"size_bytes"`
+	Manifest    *EnvironmentManifest `json:"manifest,omitempty"`
+}
+
+func environmentFrom(st envstore.Status) Environment {
+	return Environment{
+		Name: st.Entry.Name, Version: st.Entry.Version, Description: st.Entry.Description,
+		Packages: st.Entry.Packages, Default: st.Entry.Default,
+		Installed: st.Installed, Damaged: st.Damaged, Path: st.Dir, SizeBytes: st.SizeBytes,
+		Manifest: st.Manifest,
+	}
+}
+
+// ListEnvironments returns every catalog environment with its install state.
+func (c *Client) ListEnvironments(ctx context.Context) ([]Environment, error) {
+	sts, err := c.envs.List()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Environment, 0, len(sts))
+	for _, st := range sts {
+		out = append(out, environmentFrom(st))
+	}
+	return out, nil
+}
+
+// InspectEnvironment returns one environment's manifest, paths and sizes.
+// An unknown name is ErrNotFound.
+func (c *Client) InspectEnvironment(ctx context.Context, name string) (Environment, error) {
+	st, err := c.envs.Inspect(name)
+	if err != nil {
+		return Environment{}, err
+	}
+	return environmentFrom(st), nil
+}
+
+// PullProgress reports one step of a pull: Phase names the step; Done and
+// Total count bytes (or items) when known, else both are 0.
+type PullProgress = envstore.Event
+
+// PullOptions tune PullEnvironment.
+type PullOptions struct {
+	// Mirror is the Debian mirror for local builds. Default:
+	// $PYRO_DEBIAN_MIRROR, else the host's apt sources.
+	Mirror string
+	// Force rebuilds even an intact install.
+	Force bool
+	// Progress, when set, receives progress events.
+	Progress func(PullProgress)
+}
+
+// PullResult says what a pull did.
+type PullResult struct {
+	Environment      Environment `json:"environment"`
+	AlreadyInstalled bool        `json:"already_installed"`
+	Rebuilt          bool        `json:"rebuilt"`
+	DurationMS       int64       `json:"duration_ms"`
+}
+
+// PullEnvironment installs an environment: a no-op when an intact copy is
+// installed, otherwise a (re)build from Debian packages. It is atomic: a
+// cancelled pull leaves nothing behind.
+func (c *Client) PullEnvironment(ctx context.Context, name string, opts PullOptions) (PullResult, error) {
+	r, err := c.envs.Pull(ctx, name, envstore.PullOptions{Mirror: opts.Mirror, Force: opts.Force, Progress: opts.Progress})
+	if err != nil {
+		return PullResult{}, err
+	}
+	env, err := c.InspectEnvironment(ctx, name)
+	if err != nil {
+		return PullResult{}, err
+	}
+	return PullResult{Environment: env, AlreadyInstalled: r.AlreadyInstalled, Rebuilt: r.Rebuilt, DurationMS: r.DurationMS}, nil
+}
+
+// PruneResult lists what PruneEnvironments removed.
+type PruneResult = envstore.PruneResult
+
+// PruneEnvironments removes partial builds, superseded versions, names the
+// catalog no longer has and unused kernel caches. Installed current
+// versions of catalog environments stay.
+func (c *Client) PruneEnvironments(ctx context.Context) (PruneResult, error) {
+	return c.envs.Prune(ctx)
+}

@@ -1,0 +1,402 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pyro-mcp/pyro/internal/agentapi"
+)
+
+// defaultEnv is the environment every command starts from.
+var defaultEnv = map[string]string{
+	"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+	"HOME": "/root",
+	"LANG": "C.UTF-8",
+	"TERM": "xterm-256color",
+}
+
+// pipeGrace is how long output is still read after the command exits, for
+// background processes that keep its stdout/stderr open. After it the pipes
+// are closed (those processes get SIGPIPE on their next write).
+const pipeGrace = 250 * time.Millisecond
+
+const maxRequestBytes = 8 << 20
+
+func (s *server) handleExec(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxRequestBytes+1))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_argument", "read exec request: %v", err)
+		return
+	}
+	if len(body) > maxRequestBytes {
+		writeError(w, http.StatusRequestEntityTooLarge, "invalid_argument", "exec request larger than %d bytes", maxRequestBytes)
+		return
+	}
+	var req agentapi.ExecRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_argument", "decode exec request: %v", err)
+		return
+	}
+	p, err := prepare(req)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_argument", "%v", err)
+		return
+	}
+	ew := &eventWriter{w: w, rc: http.NewResponseController(w)}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusOK)
+	_ = ew.rc.Flush()
+	// Once the client is gone, unblock any write stuck on a full window.
+	stop := context.AfterFunc(r.Context(), func() { _ = ew.rc.SetWriteDeadline(time.Now()) })
+	defer stop()
+	res := run(r.Context(), p, ew.output)
+	s.log.Debug("exec done", "argv", p.argv, "exit_code", res.ExitCode, "duration_ms", res.DurationMS)
+	ew.write(agentapi.Event{Type: agentapi.EventExit, Result: &res})
+}
+
+// eventWriter writes NDJSON events and flushes after each. Safe for
+// concurrent use.
+type eventWriter struct {
+	mu     sync.Mutex
+	w      http.ResponseWriter
+	rc     *http.ResponseController
+	failed bool
+}
+
+func (e *eventWriter) write(ev agentapi.Event) {
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return
+	}
+	b = append(b, '\n')
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.failed {
+		return
+	}
+	if _, err := e.w.Write(b); err != nil {
+		e.failed = true
+		return
+	}
+	if err := e.rc.Flush(); err != nil {
+		e.failed = true
+	}
+}
+
+func (e *eventWriter) output(stream string, p []byte) {
+	e.write(agentapi.Event{Type: stream, Data: p})
+}
+
+// prepared is a validated exec request.
+type prepared struct {
+	argv      []string
+	env       []string
+	path      string // PATH of the merged env, for the lookup
+	cwd       string
+	timeout   time.Duration
+	maxOutput int64
+}
+
+func prepare(req agentapi.ExecRequest) (*prepared, error) {
+	p := &prepared{cwd: req.Cwd, maxOutput: req.MaxOutputBytes}
+	switch {
+	case len(req.Argv) > 0 && req.Shell != "":
+		return nil, errors.New("set argv or shell, not both")
+	case len(req.Argv) > 0:
+		if req.Argv[0] == "" {
+			return nil, errors.New("argv[0] is empty")
+		}
+		p.argv = req.Argv
+	case req.Shell != "":
+		p.argv = []string{"/bin/sh", "-c", req.Shell}
+	default:
+		return nil, errors.New("no command: set argv or shell")
+	}
+	for _, a := range p.argv {
+		if strings.IndexByte(a, 0) >= 0 {
+			return nil, errors.New("command contains a NUL byte")
+		}
+	}
+	if req.TimeoutMS < 0 {
+		return nil, fmt.Errorf("timeout_ms %d is negative", req.TimeoutMS)
+	}
+	p.timeout = time.Duration(req.TimeoutMS) * time.Millisecond
+	if p.maxOutput < 0 {
+		return nil, fmt.Errorf("max_output_bytes %d is negative", p.maxOutput)
+	}
+	if p.maxOutput == 0 {
+		p.maxOutput = agentapi.DefaultMaxOutputBytes
+	}
+	if p.cwd == "" {
+		p.cwd = "/"
+	}
+	if !filepath.IsAbs(p.cwd) {
+		return nil, fmt.Errorf("cwd %q is not an absolute path", p.cwd)
+	}
+	if st, err := os.Stat(p.cwd); err != nil {
+		return nil, fmt.Errorf("cwd %q: %w", p.cwd, err)
+	} else if !st.IsDir() {
+		return nil, fmt.Errorf("cwd %q is not a directory", p.cwd)
+	}
+	env := make(map[string]string, len(defaultEnv)+len(req.Env))
+	for k, v := range defaultEnv {
+		env[k] = v
+	}
+	for k, v := range req.Env {
+		if k == "" || strings.ContainsAny(k, "=\x00") || strings.IndexByte(v, 0) >= 0 {
+			return nil, fmt.Errorf("invalid environment variable name %q", k)
+		}
+		env[k] = v
+	}
+	keys := make([]string, 0, len(env))
+	for k := range env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		p.env = append(p.env, k+"="+env[k])
+	}
+	p.path = env["PATH"]
+	return p, nil
+}
+
+// lookPath finds name in pathEnv like a shell would. A name with a slash is
+// taken as is (relative to cwd).
+func lookPath(name, pathEnv, cwd string) (string, error) {
+	if strings.Contains(name, "/") {
+		full := name
+		if !filepath.IsAbs(full) {
+			full = filepath.Join(cwd, name)
+		}
+		return full, checkExecutable(full)
+	}
+	var firstErr error
+	for _, dir := range filepath.SplitList(pathEnv) {
+		if dir == "" {
+			dir = "."
+		}
+		if !filepath.IsAbs(dir) {
+			dir = filepath.Join(cwd, dir)
+		}
+		full := filepath.Join(dir, name)
+		err := checkExecutable(full)
+		if err == nil {
+			return full, nil
+		}
+		if firstErr == nil && !errors.Is(err, fs.ErrNotExist) {
+			firstErr = err
+		}
+	}
+	if firstErr != nil {
+		return "", firstErr
+	}
+	return "", fs.ErrNotExist
+}
+
+func checkExecutable(path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if st.IsDir() {
+		return fmt.Errorf("%s: is a directory: %w", path, fs.ErrPermission)
+	}
+	if st.Mode()&0o111 == 0 {
+		return fmt.Errorf("%s: %w", path, fs.ErrPermission)
+	}
+	return nil
+}
+
+// capture collects one output stream up to a limit and forwards what it
+// keeps.
+type capture struct {
+	stream    string
+	limit     int64
+	buf       []byte
+	truncated bool
+	forward   func(stream string, p []byte)
+}
+
+func (c *capture) add(p []byte) {
+	if c.truncated {
+		return
+	}
+	room := c.limit - int64(len(c.buf))
+	if int64(len(p)) > room {
+		p = p[:room]
+		c.truncated = true
+	}
+	if len(p) == 0 {
+		return
+	}
+	c.buf = append(c.buf, p...)
+	c.forward(c.stream, p)
+}
+
+// run starts p, streams its output through forward and returns its result.
+// It never fails: problems starting the command become exit codes 126/127
+// with the reason on stderr.
+func run(ctx context.Context, p *prepared, forward func(stream string, p []byte)) agentapi.ExecResult {
+	start := time.Now()
+	res := agentapi.ExecResult{StartedAt: start.UTC()}
+	finish := func() agentapi.ExecResult {
+		end := time.Now()
+		res.FinishedAt = end.UTC()
+		res.DurationMS = end.Sub(start).Milliseconds()
+		return res
+	}
+	var fwdMu sync.Mutex
+	safeForward := func(stream string, b []byte) {
+		fwdMu.Lock()
+		defer fwdMu.Unlock()
+		forward(stream, b)
+	}
+	stdout := &capture{stream: agentapi.EventStdout, limit: p.maxOutput, forward: safeForward}
+	stderr := &capture{stream: agentapi.EventStderr, limit: p.maxOutput, forward: safeForward}
+
+	path, err := lookPath(p.argv[0], p.path, p.cwd)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			res.ExitCode = agentapi.ExitNotFound
+			stderr.add([]byte("pyro: " + p.argv[0] + ": command not found\n"))
+		} else {
+			res.ExitCode = agentapi.ExitCannotExecute
+			stderr.add([]byte("pyro: " + p.argv[0] + ": cannot execute: " + err.Error() + "\n"))
+		}
+		res.Stderr = string(stderr.buf)
+		return finish()
+	}
+
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return startFailed(&res, stderr, p, err, finish)
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return startFailed(&res, stderr, p, err, finish)
+	}
+	cmd := &exec.Cmd{
+		Path:        path,
+		Args:        p.argv,
+		Env:         p.env,
+		Dir:         p.cwd,
+		Stdout:      outW,
+		Stderr:      errW,
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+	}
+	err = cmd.Start()
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		outR.Close()
+		errR.Close()
+		return startFailed(&res, stderr, p, err, finish)
+	}
+	pid := cmd.Process.Pid
+	res.PID = pid
+
+	var wg sync.WaitGroup
+	drain := func(r *os.File, c *capture) {
+		defer wg.Done()
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := r.Read(buf)
+			if n > 0 {
+				c.add(buf[:n])
+			}
+			if err != nil {
+				return
+			}
+		}
+	}
+	wg.Add(2)
+	go drain(outR, stdout)
+	go drain(errR, stderr)
+
+	var (
+		killMu   sync.Mutex
+		timedOut bool
+	)
+	killGroup := func(timeout bool) {
+		killMu.Lock()
+		defer killMu.Unlock()
+		if timeout {
+			timedOut = true
+		}
+		_ = unix.Kill(-pid, unix.SIGKILL)
+	}
+	var timer *time.Timer
+	if p.timeout > 0 {
+		timer = time.AfterFunc(p.timeout, func() { killGroup(true) })
+	}
+	stopCancel := context.AfterFunc(ctx, func() { killGroup(false) })
+
+	waitErr := cmd.Wait()
+	if timer != nil {
+		timer.Stop()
+	}
+	stopCancel()
+
+	// Let the readers finish; background processes may hold the pipes.
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(pipeGrace):
+		_ = outR.SetReadDeadline(time.Now())
+		_ = errR.SetReadDeadline(time.Now())
+		<-done
+	}
+	outR.Close()
+	errR.Close()
+
+	killMu.Lock()
+	res.TimedOut = timedOut
+	killMu.Unlock()
+	res.ExitCode = 0
+	if st, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok {
+		switch {
+		case st.Signaled():
+			res.ExitCode = 128 + int(st.Signal())
+			res.Signal = unix.SignalName(st.Signal())
+		default:
+			res.ExitCode = st.ExitStatus()
+		}
+	} else if waitErr != nil {
+		res.ExitCode = -1
+	}
+	if res.TimedOut {
+		res.ExitCode = agentapi.ExitTimedOut
+	}
+	res.Stdout, res.Stderr = string(stdout.buf), string(stderr.buf)
+	res.StdoutTruncated, res.StderrTruncated = stdout.truncated, stderr.truncated
+	return finish()
+}
+
+func startFailed(res *agentapi.ExecResult, stderr *capture, p *prepared, err error, finish func() agentapi.ExecResult) agentapi.ExecResult {
+	res.ExitCode = agentapi.ExitCannotExecute
+	if errors.Is(err, fs.ErrNotExist) {
+		res.ExitCode = agentapi.ExitNotFound
+	}
+	stderr.add([]byte("pyro: " + p.argv[0] + ": cannot execute: " + err.Error() + "\n"))
+	res.Stderr = string(stderr.buf)
+	return finish()
+}

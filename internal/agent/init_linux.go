@@ -1,0 +1,398 @@
+package agent
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Paths inside the guest.
+const (
+	modulesDir   = "/pyro/modules"
+	modulesOrder = "/pyro/modules.order"
+	rootDisk     = "/dev/vda"
+	lowerDir     = "/run/pyro/lower"
+	rwDir        = "/run/pyro/rw"
+	newRoot      = "/newroot"
+	diskWait     = 5 * time.Second
+)
+
+// bootConfig is what Init reads from the kernel command line.
+type bootConfig struct {
+	net      bool   // pyro.net=1
+	poweroff bool   // pyro.poweroff=1
+	hostname string // pyro.hostname=NAME
+	debug    bool   // pyro.debug=1: verbose agent log on the console
+}
+
+func parseCmdline(s string) bootConfig {
+	c := bootConfig{hostname: "pyro"}
+	for _, f := range strings.Fields(s) {
+		k, v, _ := strings.Cut(f, "=")
+		switch k {
+		case "pyro.net":
+			c.net = v == "1"
+		case "pyro.poweroff":
+			c.poweroff = v == "1"
+		case "pyro.hostname":
+			if v != "" {
+				c.hostname = v
+			}
+		case "pyro.debug":
+			c.debug = v == "1"
+		}
+	}
+	return c
+}
+
+// Init is the guest's PID 1. It mounts the pseudo filesystems, loads the
+// kernel modules, switches to the root disk (read-only ext4 under a tmpfs
+// overlay), sets up the network, starts the agent child and reaps
+// processes. It powers off (reboots, which makes QEMU exit) on SIGTERM or
+// SIGUSR2, and on any fatal error. It never returns.
+func Init() {
+	initStarted := uptimeMS()
+	// Signals first, so a shutdown during boot is not lost.
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGUSR2, unix.SIGINT, unix.SIGCHLD)
+
+	cfg, err := setupRoot()
+	if err != nil {
+		fatal(err)
+	}
+	rootReady := uptimeMS()
+	if cfg.poweroff {
+		consolef("pyro-init: boot ok (init %d ms, root %d ms), powering off\n", initStarted, rootReady)
+		powerOff()
+	}
+	if err := setupSystem(cfg); err != nil {
+		fatal(err)
+	}
+	env := append(os.Environ(),
+		"PATH="+defaultEnv["PATH"],
+		envInitStarted+"="+strconv.FormatInt(initStarted, 10),
+		envRootReady+"="+strconv.FormatInt(rootReady, 10),
+	)
+	if cfg.debug {
+		env = append(env, envLogLevel+"=debug")
+	}
+	supervise(sigs, env)
+}
+
+// setupRoot does steps 1-5: pseudo filesystems, modules, root disk, switch
+// root.
+func setupRoot() (bootConfig, error) {
+	for _, m := range []struct{ src, dst, fstype, data string }{
+		{"devtmpfs", "/dev", "devtmpfs", "mode=0755"},
+		{"proc", "/proc", "proc", ""},
+		{"sysfs", "/sys", "sysfs", ""},
+	} {
+		if err := os.MkdirAll(m.dst, 0o755); err != nil {
+			return bootConfig{}, err
+		}
+		if err := unix.Mount(m.src, m.dst, m.fstype, unix.MS_NOSUID, m.data); err != nil && !errors.Is(err, unix.EBUSY) {
+			return bootConfig{}, fmt.Errorf("mount %s on %s: %w", m.fstype, m.dst, err)
+		}
+	}
+	reopenConsole()
+	b, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return bootConfig{}, fmt.Errorf("read kernel command line: %w", err)
+	}
+	cfg := parseCmdline(string(b))
+	t0 := uptimeMS()
+	if err := loadModules(); err != nil {
+		return cfg, err
+	}
+	t1 := uptimeMS()
+	if err := mountRoot(); err != nil {
+		return cfg, err
+	}
+	if cfg.debug {
+		consolef("pyro-init: modules %d ms, root disk+overlay %d ms\n", t1-t0, uptimeMS()-t1)
+	}
+	return cfg, switchRoot()
+}
+
+func loadModules() error {
+	f, err := os.Open(modulesOrder)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open module list: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		rel := strings.TrimSpace(sc.Text())
+		if rel == "" || strings.HasPrefix(rel, "#") {
+			continue
+		}
+		if err := loadModule(filepath.Join(modulesDir, rel)); err != nil {
+			return err
+		}
+	}
+	return sc.Err()
+}
+
+func loadModule(path string) error {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open module %s: %w", path, err)
+	}
+	defer unix.Close(fd)
+	flags := 0
+	if strings.HasSuffix(path, ".xz") || strings.HasSuffix(path, ".zst") || strings.HasSuffix(path, ".gz") {
+		flags = unix.MODULE_INIT_COMPRESSED_FILE
+	}
+	if err := unix.FinitModule(fd, "", flags); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("load module %s: %w", path, err)
+	}
+	return nil
+}
+
+func mountRoot() error {
+	deadline := time.Now().Add(diskWait)
+	for {
+		if _, err := os.Stat(rootDisk); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("root disk %s did not appear within %s (is virtio_blk loaded and a disk attached?)", rootDisk, diskWait)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	for _, d := range []string{lowerDir, rwDir, newRoot} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	if err := unix.Mount(rootDisk, lowerDir, "ext4", unix.MS_RDONLY, "noload"); err != nil {
+		return fmt.Errorf("mount root disk %s: %w", rootDisk, err)
+	}
+	if err := unix.Mount("tmpfs", rwDir, "tmpfs", 0, "mode=0755"); err != nil {
+		return fmt.Errorf("mount writable layer: %w", err)
+	}
+	for _, d := range []string{rwDir + "/upper", rwDir + "/work"} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return err
+		}
+	}
+	data := "lowerdir=" + lowerDir + ",upperdir=" + rwDir + "/upper,workdir=" + rwDir + "/work"
+	if err := unix.Mount("overlay", newRoot, "overlay", 0, data); err != nil {
+		return fmt.Errorf("mount overlay root: %w", err)
+	}
+	return nil
+}
+
+func switchRoot() error {
+	for _, d := range []string{"/dev", "/proc", "/sys"} {
+		dst := newRoot + d
+		if err := os.MkdirAll(dst, 0o755); err != nil {
+			return err
+		}
+		if err := unix.Mount(d, dst, "", unix.MS_MOVE, ""); err != nil {
+			return fmt.Errorf("move %s into new root: %w", d, err)
+		}
+	}
+	if err := unix.Chdir(newRoot); err != nil {
+		return err
+	}
+	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
+		return fmt.Errorf("move new root onto /: %w", err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("chroot: %w", err)
+	}
+	return unix.Chdir("/")
+}
+
+// setupSystem is step 6: the mounts a system expects, hostname, network.
+func setupSystem(cfg bootConfig) error {
+	for _, m := range []struct {
+		fstype, dst string
+		flags       uintptr
+		data        string
+		mode        os.FileMode
+	}{
+		{"devpts", "/dev/pts", unix.MS_NOSUID | unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5", 0o755},
+		{"tmpfs", "/dev/shm", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777", 0o1777},
+		{"tmpfs", "/run", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755", 0o755},
+		{"tmpfs", "/tmp", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777", 0o1777},
+	} {
+		if err := os.MkdirAll(m.dst, m.mode); err != nil {
+			return err
+		}
+		if err := unix.Mount(m.fstype, m.dst, m.fstype, m.flags, m.data); err != nil {
+			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.dst, err)
+		}
+	}
+	if _, err := os.Lstat("/dev/ptmx"); err != nil {
+		if err := os.Symlink("pts/ptmx", "/dev/ptmx"); err != nil {
+			return err
+		}
+	}
+	for _, l := range [][2]string{{"/proc/self/fd", "/dev/fd"}, {"/proc/self/fd/0", "/dev/stdin"}, {"/proc/self/fd/1", "/dev/stdout"}, {"/proc/self/fd/2", "/dev/stderr"}} {
+		if _, err := os.Lstat(l[1]); err != nil {
+			_ = os.Symlink(l[0], l[1])
+		}
+	}
+	if err := unix.Sethostname([]byte(cfg.hostname)); err != nil {
+		return fmt.Errorf("set hostname: %w", err)
+	}
+	writeHosts(cfg.hostname)
+	if err := setupNetwork(cfg.net); err != nil {
+		return err
+	}
+	return nil
+}
+
+// writeHosts makes the hostname resolve (sudo and some tools insist).
+func writeHosts(hostname string) {
+	b, err := os.ReadFile("/etc/hosts")
+	if err != nil {
+		b = []byte("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && !strings.HasPrefix(f[0], "#") && slices.Contains(f[1:], hostname) {
+			return
+		}
+	}
+	if len(b) > 0 && b[len(b)-1] != '\n' {
+		b = append(b, '\n')
+	}
+	b = append(b, "127.0.1.1\t"+hostname+"\n"...)
+	_ = os.WriteFile("/etc/hosts", b, 0o644)
+}
+
+// supervise is step 7-8: run the agent child, restart it when it dies, reap
+// every orphan, and power off when asked.
+func supervise(sigs chan os.Signal, env []string) {
+	var (
+		childPID int
+		backoff  = 100 * time.Millisecond
+		restart  <-chan time.Time
+		started  time.Time
+	)
+	start := func() {
+		p, err := os.StartProcess("/proc/self/exe", []string{"/init", ChildArg}, &os.ProcAttr{
+			Dir:   "/",
+			Env:   env,
+			Files: []*os.File{os.Stdin, os.Stdout, os.Stderr},
+			Sys:   &unix.SysProcAttr{Setsid: true},
+		})
+		if err != nil {
+			consolef("pyro-init: start agent: %v\n", err)
+			restart = time.After(backoff)
+			return
+		}
+		childPID = p.Pid
+		started = time.Now()
+		_ = p.Release() // PID 1 reaps it with wait4(-1).
+	}
+	start()
+	for {
+		select {
+		case <-restart:
+			restart = nil
+			start()
+		case sig := <-sigs:
+			if sig != unix.SIGCHLD {
+				powerOff()
+			}
+			for {
+				var ws unix.WaitStatus
+				pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+				if pid <= 0 || err != nil {
+					break
+				}
+				if pid == childPID {
+					childPID = 0
+					if time.Since(started) > 10*time.Second {
+						backoff = 100 * time.Millisecond
+					} else if backoff < 5*time.Second {
+						backoff *= 2
+					}
+					consolef("pyro-init: agent exited (%s), restarting in %s\n", describeStatus(ws), backoff)
+					restart = time.After(backoff)
+				}
+			}
+		}
+	}
+}
+
+func describeStatus(ws unix.WaitStatus) string {
+	if ws.Signaled() {
+		return "signal " + unix.SignalName(ws.Signal())
+	}
+	return "exit code " + strconv.Itoa(ws.ExitStatus())
+}
+
+// powerOff kills every process, syncs and reboots; with reboot=t and QEMU's
+// -no-reboot that ends the VM. It never returns.
+func powerOff() {
+	_ = unix.Kill(-1, unix.SIGTERM)
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		if errors.Is(err, unix.ECHILD) {
+			break
+		}
+		if pid <= 0 {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	_ = unix.Kill(-1, unix.SIGKILL)
+	unix.Sync()
+	err := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+	consolef("pyro-init: reboot: %v\n", err)
+	for {
+		time.Sleep(time.Hour)
+	}
+}
+
+// fatal reports err on the console and powers off so the VMM exits instead
+// of hanging.
+func fatal(err error) {
+	consolef("pyro-init: fatal: %v\n", err)
+	unix.Sync()
+	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+	for {
+		time.Sleep(time.Hour)
+	}
+}
+
+// reopenConsole points fds 0-2 at /dev/console in case the kernel could not
+// open it before devtmpfs was mounted.
+func reopenConsole() {
+	if _, err := unix.FcntlInt(1, unix.F_GETFD, 0); err == nil {
+		return
+	}
+	fd, err := unix.Open("/dev/console", unix.O_RDWR, 0)
+	if err != nil {
+		return
+	}
+	for i := 0; i < 3; i++ {
+		if i != fd {
+			_ = unix.Dup3(fd, i, 0)
+		}
+	}
+	if fd > 2 {
+		_ = unix.Close(fd)
+	}
+}
+
+func consolef(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, format, args...)
+}

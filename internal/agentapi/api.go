@@ -1,0 +1,158 @@
+// Package agentapi is the wire protocol between the host and the pyro guest
+// agent, and the host-side client for it.
+//
+// # Transport
+//
+// The host holds one raw byte stream to the guest (QEMU: a virtio-serial port
+// named PortName, backed by a unix socket on the host; Firecracker: a hybrid
+// vsock; host-compat: a unix socket). The host is the yamux client and the
+// guest the yamux server. Every request is plain HTTP/1.1 on its own yamux
+// stream (a stream may be reused for several requests, like a keep-alive TCP
+// connection). Bodies are JSON with snake_case fields.
+//
+// The host dials the channel once and keeps it: on the QEMU side, bytes the
+// host writes before the guest has opened its port are kept, so the host may
+// connect and send a request while the guest is still booting; the reply
+// arrives once the agent is up. The guest never writes unprompted (no yamux
+// keepalives from the guest side), because a guest write while no host is
+// connected blocks.
+//
+// # Endpoints
+//
+//	GET  /v1/health    -> Health
+//	POST /v1/exec      ExecRequest -> newline-delimited JSON Events
+//	POST /v1/shutdown  -> ShutdownResponse, then the guest powers off
+//
+// # Call order
+//
+// WaitReady (retrying Health) first; then any number of Exec calls, in any
+// order and concurrently; Shutdown last. Nothing else is required in between.
+//
+// # Idempotency and concurrency
+//
+//   - Health is read-only and safe to repeat and to call concurrently.
+//   - Exec is not idempotent: each call starts a new process. Any number of
+//     Exec calls may run at once; each runs in its own process group. A retry
+//     after a lost connection may run the command twice.
+//   - The exec response streams Events: zero or more "stdout"/"stderr" events
+//     in arrival order (per stream), then exactly one "exit" event carrying the
+//     ExecResult (which repeats the full captured stdout/stderr, so callers
+//     that do not stream need not reassemble). A response that ends without an
+//     "exit" event means the agent or channel failed.
+//   - If the exec request ends early (client cancels, channel closes), the
+//     guest kills the command's whole process group with SIGKILL.
+//   - Shutdown is idempotent: the agent replies, then asks PID 1 to kill all
+//     processes, sync and reboot, which makes the VMM exit (the guest kernel
+//     runs with reboot=t panic=-1 and QEMU with -no-reboot). A reply may be
+//     lost if power-off wins the race; watch the VMM process for the exit.
+//
+// # Errors
+//
+// Request errors are HTTP 4xx/5xx with an ErrorResponse body whose category is
+// an errdefs category name (invalid_argument, not_found, unavailable, ...).
+// A command that fails is not an error: it is an ExecResult with its exit code
+// (127 when the command is not found, 126 when it cannot be executed, 124 on
+// timeout, 128+n when killed by signal n).
+package agentapi
+
+import "time"
+
+// PortName is the virtio-serial port name the guest agent serves on.
+const PortName = "org.pyro.agent"
+
+// Paths of the agent API.
+const (
+	PathHealth   = "/v1/health"
+	PathExec     = "/v1/exec"
+	PathShutdown = "/v1/shutdown"
+)
+
+// DefaultMaxOutputBytes is the per-stream capture limit when an ExecRequest
+// leaves MaxOutputBytes at 0.
+const DefaultMaxOutputBytes = 1 << 20
+
+// Exit codes the agent sets itself.
+const (
+	ExitTimedOut      = 124
+	ExitCannotExecute = 126
+	ExitNotFound      = 127
+)
+
+// Health describes the running guest.
+type Health struct {
+	AgentVersion  string `json:"agent_version"`
+	KernelRelease string `json:"kernel_release"`
+	VCPUs         int    `json:"vcpus"`
+	MemTotalKiB   int64  `json:"mem_total_kib"`
+	UptimeMS      int64  `json:"uptime_ms"`
+	// Boot milestones, in milliseconds since the guest kernel started
+	// (CLOCK_BOOTTIME). Zero when unknown (e.g. host-compat).
+	InitStartedMS  int64 `json:"init_started_ms,omitempty"`
+	RootReadyMS    int64 `json:"root_ready_ms,omitempty"`
+	AgentStartedMS int64 `json:"agent_started_ms,omitempty"`
+}
+
+// ExecRequest runs one command. Exactly one of Argv and Shell is set.
+type ExecRequest struct {
+	// Argv is executed directly; Argv[0] is looked up in the guest's PATH
+	// (the merged environment's PATH) unless it contains a slash.
+	Argv []string `json:"argv,omitempty"`
+	// Shell is run with /bin/sh -c.
+	Shell string `json:"shell,omitempty"`
+	// Env is merged over the default environment (PATH, HOME, LANG, TERM).
+	Env map[string]string `json:"env,omitempty"`
+	// Cwd is the working directory, default "/". It must exist.
+	Cwd string `json:"cwd,omitempty"`
+	// TimeoutMS kills the process group after this long; 0 means no timeout.
+	TimeoutMS int64 `json:"timeout_ms,omitempty"`
+	// MaxOutputBytes caps what is captured and forwarded per stream; 0 means
+	// DefaultMaxOutputBytes. Output beyond it is drained and dropped, and the
+	// result is marked truncated.
+	MaxOutputBytes int64 `json:"max_output_bytes,omitempty"`
+}
+
+// ExecResult is the outcome of one command.
+type ExecResult struct {
+	ExitCode        int    `json:"exit_code"`
+	Stdout          string `json:"stdout"`
+	Stderr          string `json:"stderr"`
+	StdoutTruncated bool   `json:"stdout_truncated"`
+	StderrTruncated bool   `json:"stderr_truncated"`
+	TimedOut        bool   `json:"timed_out"`
+	// Signal names the signal that ended the process ("SIGKILL"), if any.
+	Signal     string    `json:"signal,omitempty"`
+	PID        int       `json:"pid,omitempty"`
+	DurationMS int64     `json:"duration_ms"`
+	StartedAt  time.Time `json:"started_at"`
+	FinishedAt time.Time `json:"finished_at"`
+}
+
+// Event types in the exec response stream.
+const (
+	EventStdout = "stdout"
+	EventStderr = "stderr"
+	EventExit   = "exit"
+	EventError  = "error"
+)
+
+// Event is one line of the exec response stream.
+type Event struct {
+	Type string `json:"type"`
+	// Data holds raw output bytes (base64 in JSON) for stdout/stderr events.
+	Data []byte `json:"data,omitempty"`
+	// Result is set on the exit event.
+	Result *ExecResult `json:"result,omitempty"`
+	// Error is set on an error event (the agent failed mid-stream).
+	Error *ErrorResponse `json:"error,omitempty"`
+}
+
+// ShutdownResponse acknowledges a shutdown request.
+type ShutdownResponse struct {
+	OK bool `json:"ok"`
+}
+
+// ErrorResponse is the body of a non-2xx reply.
+type ErrorResponse struct {
+	Error    string `json:"error"`
+	Category string `json:"category"`
+}

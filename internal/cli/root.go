@@ -1,0 +1,110 @@
+// Package cli is pyro's command line. It parses flags, calls the SDK and
+// renders results: human-readable by default, one JSON object with --json.
+// Only this package (and main) prints or chooses an exit code.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pyro-mcp/pyro"
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+)
+
+// app carries what every command needs.
+type app struct {
+	json   bool
+	stdout io.Writer
+	stderr io.Writer
+	// exitCode lets `run` pass the guest command's exit code through.
+	exitCode int
+}
+
+// Main runs the CLI with args and returns the process exit code.
+func Main(args []string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	a := &app{stdout: os.Stdout, stderr: os.Stderr}
+	root := a.rootCommand()
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err != nil {
+		a.printError(err)
+		if ctx.Err() != nil {
+			return 130
+		}
+		return errdefs.ExitCode(err)
+	}
+	return a.exitCode
+}
+
+func (a *app) rootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "pyro",
+		Short: "Run AI agents' commands in disposable Linux microVMs",
+		Long: `pyro gives AI agents a safe place to run code: disposable Linux microVMs
+(QEMU microvm, KVM when available, TCG otherwise), driven from this CLI, a Go SDK,
+a Python SDK and an MCP server.
+
+State lives in $PYRO_HOME (default ~/.local/share/pyro).`,
+		Example: `  pyro env pull debian:12
+  pyro run debian:12 -- uname -a
+  pyro run --json debian:12-base -- sh -c 'echo hi; exit 3'
+  pyro doctor`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().BoolVar(&a.json, "json", false, "print one JSON object instead of human-readable text")
+	root.AddCommand(a.runCommand(), a.envCommand(), a.doctorCommand())
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+		return errdefs.Wrap(errdefs.ErrInvalidArgument, err, "see `pyro COMMAND --help`", "bad flags")
+	})
+	return root
+}
+
+func (a *app) client() (*pyro.Client, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	return pyro.New(pyro.Options{Binary: self})
+}
+
+// emit prints v as JSON in --json mode, else calls human.
+func (a *app) emit(v any, human func(w io.Writer)) error {
+	if a.json {
+		enc := json.NewEncoder(a.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	human(a.stdout)
+	return nil
+}
+
+// printError reports err on stderr, and also as JSON on stdout in --json mode
+// so that a caller parsing stdout always gets an object.
+func (a *app) printError(err error) {
+	if a.json {
+		_ = json.NewEncoder(a.stdout).Encode(map[string]any{
+			"error": map[string]string{"message": err.Error(), "category": errdefs.CategoryName(err)},
+		})
+	}
+	if errors.Is(err, context.Canceled) {
+		fmt.Fprintln(a.stderr, "pyro: interrupted")
+		return
+	}
+	fmt.Fprintf(a.stderr, "pyro: %v\n", err)
+}
+
+// usageError is an invalid-argument error with the command's usage as hint.
+func usageError(cmd *cobra.Command, format string, args ...any) error {
+	return errdefs.New(errdefs.ErrInvalidArgument, "usage: "+cmd.UseLine(), format, args...)
+}

@@ -1,0 +1,263 @@
+package envstore
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"time"
+)
+
+// File names inside an installed environment directory.
+const (
+	ManifestFile = "manifest.json"
+	KernelFile   = "vmlinux"
+	RootfsFile   = "rootfs.ext4"
+	ModulesDir   = "modules"
+)
+
+// Manifest describes an installed environment. It is written last; its
+// presence marks the directory complete.
+type Manifest struct {
+	Name           string              `json:"name"`
+	Version        string              `json:"version"`
+	Description    string              `json:"description"`
+	Packages       []string            `json:"packages"`
+	Kernel         KernelInfo          `json:"kernel"`
+	Files          map[string]FileInfo `json:"files"`
+	Modules        []string            `json:"modules"`         // load order, paths relative to the directory
+	BuiltinModules []string            `json:"builtin_modules"` // needed modules the kernel has built in
+	Source         string              `json:"source"`          // "local-build"
+	BuildTool      string              `json:"build_tool"`      // "mmdebstrap" or "debootstrap"
+	Mirror         string              `json:"mirror"`
+	BuiltAt        time.Time           `json:"built_at"`
+	TotalBytes     int64               `json:"total_bytes"`
+	Digest         string              `json:"digest"` // "sha256:<hex>" over the sorted file digests
+}
+
+// KernelInfo names the Debian kernel package an environment's kernel came from.
+type KernelInfo struct {
+	Package string `json:"package"` // linux-image-6.1.0-56-cloud-amd64-unsigned
+	Version string `json:"version"` // package version, 6.1.192-2
+	Release string `json:"release"` // uname -r, 6.1.0-56-cloud-amd64
+}
+
+// FileInfo is the size and digest of one file of an environment.
+type FileInfo struct {
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// computeDigest is sha256 over "path sha256\n" lines sorted by path.
+func computeDigest(files map[string]FileInfo) string {
+	paths := make([]string, 0, len(files))
+	for p := range files {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	h := sha256.New()
+	for _, p := range paths {
+		fmt.Fprintf(h, "%s %s\n", p, files[p].SHA256)
+	}
+	return "sha256:" + hex.EncodeToString(h.Sum(nil))
+}
+
+func readManifest(dir string) (Manifest, error) {
+	var m Manifest
+	b, err := os.ReadFile(filepath.Join(dir, ManifestFile))
+	if err != nil {
+		return m, err
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return m, fmt.Errorf("parse %s: %w", ManifestFile, err)
+	}
+	return m, nil
+}
+
+func writeManifest(dir string, m Manifest) error {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileSync(filepath.Join(dir, ManifestFile), append(b, '\n'))
+}
+
+// writeFileSync writes a file via a temp name, fsyncs it and renames it in place.
+func writeFileSync(path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// progressFunc reports bytes done of a total.
+type progressFunc func(done, total int64)
+
+// hashFile returns the sha256 of a file, reporting progress every 16 MiB.
+func hashFile(path string, progress progressFunc) (FileInfo, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return FileInfo{}, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return FileInfo{}, err
+	}
+	h := sha256.New()
+	buf := make([]byte, 1<<20)
+	var done int64
+	for {
+		n, err := f.Read(buf)
+		if n > 0 {
+			h.Write(buf[:n])
+			done += int64(n)
+			if progress != nil && done%(16<<20) < int64(n) {
+				progress(done, st.Size())
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return FileInfo{}, err
+		}
+	}
+	if progress != nil {
+		progress(done, st.Size())
+	}
+	return FileInfo{Size: done, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+}
+
+// hashTree hashes every regular file under dir except the manifest.
+func hashTree(dir string, progress func(path string, done, total int64)) (map[string]FileInfo, error) {
+	files := map[string]FileInfo{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		rel = filepath.ToSlash(rel)
+		if d.IsDir() || rel == ManifestFile {
+			return nil
+		}
+		if !d.Type().IsRegular() {
+			return fmt.Errorf("%s is not a regular file", rel)
+		}
+		var pf progressFunc
+		if progress != nil {
+			pf = func(done, total int64) { progress(rel, done, total) }
+		}
+		fi, err := hashFile(p, pf)
+		if err != nil {
+			return err
+		}
+		files[rel] = fi
+		return nil
+	})
+	return files, err
+}
+
+// verify checks an installed directory against its manifest and returns what
+// is wrong, or "" when it is intact. With full false the rootfs image is only
+// size-checked (hashing it costs seconds); everything else is hashed.
+func verify(dir string, m Manifest, wantName, wantVersion string, full bool) string {
+	if m.Name != wantName || m.Version != wantVersion {
+		return fmt.Sprintf("manifest names %q version %q, want %q version %q", m.Name, m.Version, wantName, wantVersion)
+	}
+	for _, req := range []string{KernelFile, RootfsFile} {
+		if _, ok := m.Files[req]; !ok {
+			return fmt.Sprintf("manifest lists no %s", req)
+		}
+	}
+	for _, mod := range m.Modules {
+		if _, ok := m.Files[mod]; !ok {
+			return fmt.Sprintf("manifest lists module %s but not its digest", mod)
+		}
+	}
+	if m.Digest != computeDigest(m.Files) {
+		return "manifest digest does not match its file list"
+	}
+	return checkFiles(dir, m.Files, full)
+}
+
+// checkFiles checks that every listed file is a regular file of the listed
+// size, then hashes them all (the rootfs image only when hashRootfs).
+func checkFiles(dir string, files map[string]FileInfo, hashRootfs bool) string {
+	paths := sortedKeys(files)
+	for _, rel := range paths {
+		want := files[rel]
+		if !filepath.IsLocal(rel) {
+			return fmt.Sprintf("file list names a path outside the directory: %q", rel)
+		}
+		p := filepath.Join(dir, filepath.FromSlash(rel))
+		st, err := os.Lstat(p)
+		if err != nil {
+			if os.IsNotExist(err) {
+				return fmt.Sprintf("%s is missing", rel)
+			}
+			return fmt.Sprintf("%s: %v", rel, err)
+		}
+		if !st.Mode().IsRegular() {
+			return fmt.Sprintf("%s is not a regular file", rel)
+		}
+		if st.Size() != want.Size {
+			return fmt.Sprintf("%s has %d bytes, want %d", rel, st.Size(), want.Size)
+		}
+	}
+	for _, rel := range paths {
+		if rel == RootfsFile && !hashRootfs {
+			continue
+		}
+		got, err := hashFile(filepath.Join(dir, filepath.FromSlash(rel)), nil)
+		if err != nil {
+			return fmt.Sprintf("%s: %v", rel, err)
+		}
+		if got.SHA256 != files[rel].SHA256 {
+			return fmt.Sprintf("%s has sha256 %s, want %s", rel, short(got.SHA256), short(files[rel].SHA256))
+		}
+	}
+	return ""
+}
+
+func short(h string) string {
+	if len(h) > 12 {
+		return h[:12]
+	}
+	return h
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

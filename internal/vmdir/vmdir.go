@@ -1,0 +1,80 @@
+// Package vmdir names the files of one VM's directory. Every file in it is a
+// constant here, so no other package assembles these paths by hand.
+package vmdir
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+)
+
+// File names inside a VM directory. Sockets are opened relative to the
+// directory (QEMU runs with it as its working directory) so that their
+// absolute path length never matters.
+const (
+	ConsoleLog = "console.log" // the guest's serial console
+	AgentSock  = "agent.sock"  // virtio-serial channel to the guest agent
+	QMPSock    = "qmp.sock"    // QEMU machine protocol
+	VMMPid     = "vmm.pid"     // pid of the VMM process
+	Record     = "vm.json"     // the VM's record
+	RunDir     = "run"         // scratch for host-compat
+)
+
+var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+
+// ValidateID checks that id is safe as a single path component.
+func ValidateID(id string) error {
+	if !idPattern.MatchString(id) {
+		return errdefs.New(errdefs.ErrInvalidArgument, "ids are lowercase letters, digits and dashes", "invalid id %q", id)
+	}
+	return nil
+}
+
+// NewID returns a fresh random id (12 hex digits).
+func NewID() string {
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(fmt.Sprintf("crypto/rand: %v", err))
+	}
+	return hex.EncodeToString(b[:])
+}
+
+// Dir is one VM's directory.
+type Dir string
+
+// Open returns the directory for id under parent, validating id first.
+func Open(parent, id string) (Dir, error) {
+	if err := ValidateID(id); err != nil {
+		return "", err
+	}
+	return Dir(filepath.Join(parent, id)), nil
+}
+
+// Path returns the path of a file in the directory.
+func (d Dir) Path(name string) string { return filepath.Join(string(d), name) }
+
+// Create makes the directory (mode 0700).
+func (d Dir) Create() error { return os.MkdirAll(string(d), 0o700) }
+
+// Remove deletes the directory. It is renamed hidden first, so a crash
+// half-way leaves a ".deleting-" directory that a later prune recognises
+// instead of a VM that looks real.
+func (d Dir) Remove() error {
+	hidden := filepath.Join(filepath.Dir(string(d)), ".deleting-"+filepath.Base(string(d)))
+	if err := os.Rename(string(d), hidden); err != nil {
+		if os.IsNotExist(err) {
+			return nil
+		}
+		return err
+	}
+	return os.RemoveAll(hidden)
+}
+
+// IsHidden reports whether name is a leftover of an interrupted Remove.
+func IsHidden(name string) bool { return strings.HasPrefix(name, ".deleting-") }

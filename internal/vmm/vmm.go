@@ -1,0 +1,53 @@
+// Package vmm is the seam between pyro and the thing that runs a guest: a
+// VMM (QEMU, Firecracker) or the host-compat sandbox. Each backend starts a
+// Machine from a Spec; everything above it speaks to the guest agent through
+// Machine.DialAgent and never learns which backend it has.
+package vmm
+
+import (
+	"context"
+	"net"
+
+	"github.com/pyro-mcp/pyro/internal/vmdir"
+)
+
+// Spec is what a backend needs to start one guest.
+type Spec struct {
+	ID       string
+	Dir      vmdir.Dir
+	Kernel   string   // uncompressed vmlinux (PVH)
+	Initrd   string   // initramfs holding the agent as /init
+	RootDisk string   // read-only ext4 root image
+	Rootfs   string   // host-compat only: not used by VMMs
+	VCPUs    int      // number of vCPUs
+	MemMiB   int      // guest memory
+	Network  bool     // attach a NIC with outbound user-mode networking
+	Cmdline  []string // extra kernel command-line words (pyro.* options)
+}
+
+// Features says what a backend can do, so callers ask instead of guessing.
+type Features struct {
+	Isolation    string // "vm" or "namespaces"
+	Acceleration string // "kvm", "tcg" or "none"
+}
+
+// Backend starts machines.
+type Backend interface {
+	Name() string
+	Features() Features
+	Start(ctx context.Context, spec Spec) (Machine, error)
+}
+
+// Machine is one running guest. Every method is safe to call concurrently.
+type Machine interface {
+	// Pid is the VMM (or sandbox) process id.
+	Pid() int
+	// DialAgent opens the raw channel to the guest agent, waiting for the
+	// VMM to create it; it fails at once if the VMM exits first.
+	DialAgent(ctx context.Context) (net.Conn, error)
+	// Done is closed when the VMM process has exited; Err then says why.
+	Done() <-chan struct{}
+	Err() error
+	// Stop asks the VMM to exit, then kills it when ctx ends. Idempotent.
+	Stop(ctx context.Context) error
+}

@@ -1,0 +1,109 @@
+// Package pyro is the Go SDK of pyro: run an AI agent's commands in
+// disposable Linux microVMs.
+//
+// A Client is safe for concurrent use. Every method takes a context; a
+// cancelled context stops the work and tears down whatever it started.
+// Errors carry a category testable with errors.Is (ErrNotFound,
+// ErrInvalidArgument, ErrFailedPrecondition, ErrUnavailable,
+// ErrAlreadyExists) and a hint a person can act on.
+package pyro
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"os/exec"
+
+	"github.com/pyro-mcp/pyro/internal/doctor"
+	"github.com/pyro-mcp/pyro/internal/envstore"
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/statedir"
+)
+
+// Error categories. Test with errors.Is(err, pyro.ErrNotFound).
+var (
+	ErrNotFound           = errdefs.ErrNotFound
+	ErrAlreadyExists      = errdefs.ErrAlreadyExists
+	ErrFailedPrecondition = errdefs.ErrFailedPrecondition
+	ErrInvalidArgument    = errdefs.ErrInvalidArgument
+	ErrUnavailable        = errdefs.ErrUnavailable
+)
+
+// Contract defaults.
+const (
+	DefaultEnvironment    = "debian:12"
+	DefaultVCPUCount      = 1
+	DefaultMemMiB         = 1024
+	DefaultTimeoutSeconds = 30
+)
+
+// Options configure a Client. The zero value is usable.
+type Options struct {
+	// StateDir holds environments, caches and VMs. Default: $PYRO_HOME,
+	// else $XDG_DATA_HOME/pyro, else ~/.local/share/pyro.
+	StateDir string
+	// Logger receives debug and info records; nil keeps the SDK silent.
+	Logger *slog.Logger
+	// Binary is the static pyro executable that becomes the guest agent.
+	// Default: `pyro` on PATH.
+	Binary string
+}
+
+// Client is the entry point of the SDK.
+type Client struct {
+	dirs   statedir.Dirs
+	envs   *envstore.Store
+	logger *slog.Logger
+	binary string
+}
+
+// New returns a Client.
+func New(opts Options) (*Client, error) {
+	root := opts.StateDir
+	if root == "" {
+		root = statedir.Root()
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return nil, errdefs.Wrap(errdefs.ErrFailedPrecondition, err, "set PYRO_HOME to a writable directory", "cannot create state directory %q", root)
+	}
+	dirs := statedir.Dirs{Root: root}
+	return &Client{
+		dirs:   dirs,
+		envs:   envstore.New(dirs.Environments(), dirs.Cache()),
+		logger: logger,
+		binary: opts.Binary,
+	}, nil
+}
+
+// StateDir returns the client's state directory.
+func (c *Client) StateDir() string { return c.dirs.Root }
+
+// agentBinary resolves the pyro executable placed in guests.
+func (c *Client) agentBinary() (string, error) {
+	if c.binary != "" {
+		return c.binary, nil
+	}
+	p, err := exec.LookPath("pyro")
+	if err != nil {
+		return "", errdefs.Wrap(errdefs.ErrFailedPrecondition, err, "put the pyro binary on PATH or set Options.Binary", "pyro binary not found")
+	}
+	return p, nil
+}
+
+// DoctorReport is the result of Doctor.
+type DoctorReport = doctor.Report
+
+// Doctor checks this host: VMM binaries and versions, KVM (a real probe
+// boot), TCG, environment build tools, the state directory, free disk and
+// installed environments. Each check has a status and a fix-it hint.
+func (c *Client) Doctor(ctx context.Context) (DoctorReport, error) {
+	bin, err := c.agentBinary()
+	if err != nil {
+		bin = ""
+	}
+	return doctor.Run(ctx, doctor.Inputs{Dirs: c.dirs, Envs: c.envs, AgentBinary: bin}), nil
+}
