@@ -2,7 +2,7 @@ package vmm
 
 import (
 	"context"
-		"fmt"
+	"fmt"
 	"os/exec"
 	"sync"
 	"syscall"
