@@ -31,6 +31,9 @@ const unavailableHint = "the guest agent is not reachable; check that the VM is 
 type Client struct {
 	dial DialFunc
 	http *http.Client
+	// base is prepended to every path: "http://pyro-agent" directly, or the
+	// supervisor's proxy prefix when the agent is reached through it.
+	base string
 
 	mu      sync.Mutex
 	conn    net.Conn
@@ -40,7 +43,7 @@ type Client struct {
 
 // NewClient returns a Client that reaches the agent through dial.
 func NewClient(dial DialFunc) *Client {
-	c := &Client{dial: dial}
+	c := &Client{dial: dial, base: "http://pyro-agent"}
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			s, err := c.getSession(ctx)
@@ -127,6 +130,20 @@ func (c *Client) Close() error {
 		c.session, c.conn = nil, nil
 	}
 	return err
+}
+
+// NewProxiedClient returns a Client that reaches the agent through an HTTP
+// proxy (the VM's supervisor) serving the agent API under prefix. Each HTTP
+// connection is one call of dial; there is no yamux session on this side.
+func NewProxiedClient(dial DialFunc, prefix string) *Client {
+	c := &Client{dial: dial, base: "http://pyro-supervisor" + prefix}
+	c.http = &http.Client{Transport: &http.Transport{
+		DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
+		DisableCompression:  true,
+		MaxIdleConnsPerHost: 4,
+		IdleConnTimeout:     30 * time.Second,
+	}}
+	return c
 }
 
 // Health asks the agent how the guest is.
@@ -241,7 +258,7 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte) (*htt
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://pyro-agent"+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
 		return nil, fmt.Errorf("build agent request: %w", err)
 	}
