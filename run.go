@@ -141,6 +141,9 @@ func (c *Client) RunInVM(ctx context.Context, opts RunOptions) (RunResult, error
 	if machine.Features.Acceleration == "tcg" {
 		out.Warnings = append(out.Warnings, "running under TCG software emulation (slower): "+machine.AccelNote)
 	}
+	if machine.Features.Isolation == "namespaces" {
+		out.Warnings = append(out.Warnings, "host-compat: weaker isolation (Linux namespaces, not a VM): "+machine.AccelNote)
+	}
 	out.TotalMS = time.Since(start).Milliseconds()
 	return out, nil
 }

@@ -66,6 +66,9 @@ func (s *server) handleExec(w http.ResponseWriter, r *http.Request) {
 	stop := context.AfterFunc(r.Context(), func() { _ = ew.rc.SetWriteDeadline(time.Now()) })
 	defer stop()
 	res := run(r.Context(), p, ew.output)
+	// Whatever the command wrote to /workspace reaches the disk before
+	// the host learns it finished.
+	syncWorkspace()
 	s.log.Debug("exec done", "argv", p.argv, "exit_code", res.ExitCode, "duration_ms", res.DurationMS)
 	ew.write(agentapi.Event{Type: agentapi.EventExit, Result: &res})
 }

@@ -87,8 +87,9 @@ func Serve(ctx context.Context, conn io.ReadWriteCloser, opts ServeOptions) erro
 }
 
 type server struct {
-	opts ServeOptions
-	log  *slog.Logger
+	opts     ServeOptions
+	log      *slog.Logger
+	services *serviceManager // shared by all sessions of the agent process
 }
 
 func (s *server) routes() http.Handler {
@@ -96,6 +97,9 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("GET "+agentapi.PathHealth, s.handleHealth)
 	mux.HandleFunc("POST "+agentapi.PathExec, s.handleExec)
 	mux.HandleFunc("POST "+agentapi.PathShutdown, s.handleShutdown)
+	s.serviceRoutes(mux)
+	mux.HandleFunc("POST "+agentapi.PathFilesPush, s.handleFilesPush)
+	mux.HandleFunc("GET "+agentapi.PathFilesPull, s.handleFilesPull)
 	return mux
 }
 

@@ -22,6 +22,22 @@
 //	GET  /v1/health    -> Health
 //	POST /v1/exec      ExecRequest -> newline-delimited JSON Events
 //	POST /v1/shutdown  -> ShutdownResponse, then the guest powers off
+//	POST /v1/files/push?dest=ABS_PATH  tar stream -> PushResult
+//	GET  /v1/files/pull?path=ABS_PATH  -> tar stream (header X-Pyro-Kind)
+//
+// Files: push extracts an uncompressed tar body into dest (created with
+// parents if missing), safely: absolute names, ".." and paths through a
+// symlink are rejected (invalid_argument), an existing entry in the way is
+// replaced rather than written through; modes, mtimes, symlinks and hard
+// links are kept, owners are not (files belong to root). Entries already
+// extracted stay when a later one fails. Pull answers with an uncompressed
+// tar: for a directory its contents, named relative to it ("a.txt",
+// "sub/b.bin"), with X-Pyro-Kind: dir; for a regular file or symlink one
+// entry named by its base name, with X-Pyro-Kind: file. A missing path is
+// not_found. A pull that fails mid-stream ends the response early, so the
+// tar is truncated. Both are idempotent in effect and may run concurrently
+// with execs; push and every exec end with a syncfs of /workspace, so data
+// they wrote survives a later kill of the VMM.
 //
 // # Call order
 //
@@ -65,6 +81,19 @@ const (
 	PathHealth   = "/v1/health"
 	PathExec     = "/v1/exec"
 	PathShutdown = "/v1/shutdown"
+	// Files: see the package doc.
+	PathFilesPush = "/v1/files/push"
+	PathFilesPull = "/v1/files/pull"
+
+	// Services: PathServices (GET list, POST start), PathServices+"/NAME"
+	// (GET), +"/NAME/logs" (GET), +"/NAME/stop" (POST).
+	PathServices      = "/v1/services"
+	PathServicesReset = "/v1/services/reset"
+	// Shells: PathShells (GET list, POST open), PathShells+"/ID/read"
+	// (GET), +"/ID/write", +"/ID/signal", +"/ID/resize", +"/ID/close"
+	// (POST).
+	PathShells      = "/v1/shells"
+	PathShellsReset = "/v1/shells/reset"
 )
 
 // DefaultMaxOutputBytes is the per-stream capture limit when an ExecRequest

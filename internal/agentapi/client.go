@@ -146,6 +146,10 @@ func NewProxiedClient(dial DialFunc, prefix string) *Client {
 	return c
 }
 
+// Transport is the client's HTTP transport: a supervisor proxies requests
+// to the agent through it.
+func (c *Client) Transport() http.RoundTripper { return c.http.Transport }
+
 // Health asks the agent how the guest is.
 func (c *Client) Health(ctx context.Context) (Health, error) {
 	var h Health

@@ -3,7 +3,6 @@ package cli
 import (
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/spf13/cobra"
 
@@ -42,15 +41,7 @@ Ctrl-C stops the VM and removes its files.`,
 				return err
 			}
 			o.Environment, o.Command = args[0], args[1:]
-			if !a.json {
-				o.OnOutput = func(stream string, p []byte) {
-					if stream == "stderr" {
-						os.Stderr.Write(p)
-					} else {
-						os.Stdout.Write(p)
-					}
-				}
-			}
+			a.streamTo(&o.OnOutput)
 			res, err := c.RunInVM(cmd.Context(), o)
 			if err != nil {
 				return err

@@ -7,10 +7,12 @@ package vm
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,6 +24,7 @@ import (
 	"github.com/pyro-mcp/pyro/internal/statedir"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/vmm"
+	"github.com/pyro-mcp/pyro/internal/vmm/hostcompat"
 	"github.com/pyro-mcp/pyro/internal/vmm/qemu"
 )
 
@@ -36,11 +39,19 @@ type Deps struct {
 
 // Config is what the caller asks for.
 type Config struct {
+	// ID and Dir name an existing VM directory owned by the caller (a
+	// supervisor); then Close leaves the directory in place. When empty, a
+	// fresh id and directory are made and removed on Close.
+	ID              string
+	Dir             vmdir.Dir
 	Environment     string
 	VCPUs           int
 	MemMiB          int
 	Network         bool
 	AllowHostCompat bool
+	// WorkspaceDisk is an ext4 image attached read-write as the guest's
+	// /workspace (second disk); empty for none.
+	WorkspaceDisk string
 	// BootTimeout bounds the wait for the guest agent (default 90 s: TCG
 	// guests on a busy 2-core host can take several seconds).
 	BootTimeout time.Duration
@@ -98,7 +109,10 @@ func Boot(ctx context.Context, d Deps, c Config) (*VM, error) {
 	if c.MemMiB < 128 || c.MemMiB > 65536 {
 		return nil, errdefs.New(errdefs.ErrInvalidArgument, "use 128 to 65536 MiB", "mem_mib %d out of range", c.MemMiB)
 	}
-	v := &VM{ID: vmdir.NewID()}
+	v := &VM{ID: c.ID, Dir: c.Dir}
+	if v.ID == "" {
+		v.ID = vmdir.NewID()
+	}
 	start := time.Now()
 	for _, s := range coldBoot {
 		t := time.Now()
@@ -150,6 +164,9 @@ func resolveEnvironment(_ context.Context, d Deps, c Config, v *VM) error {
 }
 
 func prepareDir(_ context.Context, d Deps, _ Config, v *VM) error {
+	if v.Dir != "" {
+		return nil // the caller owns it
+	}
 	dir, err := vmdir.Open(d.Dirs.VMs(), v.ID)
 	if err != nil {
 		return err
@@ -179,18 +196,40 @@ func (v *VM) spec(c Config) vmm.Spec {
 		ID: v.ID, Dir: v.Dir,
 		Kernel: v.Environment.KernelPath(), Initrd: v.initrd, RootDisk: v.Environment.RootfsPath(),
 		VCPUs: c.VCPUs, MemMiB: c.MemMiB, Network: c.Network,
+		WorkspaceDisk: c.WorkspaceDisk, MAC: MAC(v.ID),
 	}
 }
 
 // chooseBackend prefers QEMU with KVM, then QEMU with TCG, and falls back to
-// host-compat only when the caller allowed it.
+// host-compat only when the caller allowed it (PYRO_BACKEND=host forces that
+// fallback, for tests).
 func chooseBackend(ctx context.Context, d Deps, c Config, v *VM) error {
 	bin, err := qemu.Binary()
-	if err != nil {
-		if c.AllowHostCompat {
-			return errdefs.Wrap(errdefs.ErrUnavailable, err, "install qemu-system-x86", "no guest can boot and the host-compat backend is not built yet")
+	if err == nil && c.AllowHostCompat {
+		// A binary that cannot even run (missing libraries, wrong
+		// architecture) is as good as none when a fallback is allowed.
+		vctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if _, verr := qemu.Version(vctx, bin); verr != nil && ctx.Err() == nil {
+			err = errdefs.Wrap(errdefs.ErrUnavailable, verr, "", "qemu cannot run")
 		}
-		return errdefs.Wrap(errdefs.ErrUnavailable, err, "install qemu-system-x86 (`pyro doctor` checks the host), or pass --allow-host-compat to run on the host with weaker isolation", "no guest can boot on this host")
+		cancel()
+	}
+	if err == nil && c.AllowHostCompat && os.Getenv("PYRO_BACKEND") == "host" {
+		err = errors.New("PYRO_BACKEND=host")
+	}
+	if err != nil {
+		reason, _, _ := strings.Cut(err.Error(), " (hint:")
+		if !c.AllowHostCompat {
+			return errdefs.New(errdefs.ErrUnavailable,
+				"install qemu-system-x86 (`pyro doctor` checks the host), or pass --allow-host-compat (allow_host_compat) to run on the host in Linux namespaces, with weaker isolation",
+				"no guest can boot on this host: %s", reason)
+		}
+		v.backend = hostcompat.New()
+		v.Backend = v.backend.Name()
+		v.Features = v.backend.Features()
+		v.AccelNote = fmt.Sprintf("%s; running on the host in Linux namespaces (%s)", reason, hostcompat.Note(v.spec(c)))
+		d.Logger.Warn("no guest can boot; using host-compat", "vm_id", v.ID, "reason", reason)
+		return nil
 	}
 	verdict := qemu.ProbeKVM(ctx, d.Dirs.Cache(), bin, v.spec(c))
 	accel := "tcg"
@@ -265,4 +304,10 @@ func qemuExit(m vmm.Machine) string {
 		return err.Error()
 	}
 	return "exit status 0"
+}
+
+// MAC derives a stable locally administered MAC address from a VM id.
+func MAC(id string) string {
+	h := sha256.Sum256([]byte(id))
+	return fmt.Sprintf("52:54:00:%02x:%02x:%02x", h[0], h[1], h[2])
 }

@@ -24,6 +24,13 @@ const (
 	VMMPid     = "vmm.pid"     // pid of the VMM process
 	Record     = "vm.json"     // the VM's record
 	RunDir     = "run"         // scratch for host-compat
+
+	SupervisorSock = "supervisor.sock" // the supervisor's HTTP API
+	SupervisorPid  = "supervisor.pid"  // "<pid> <start time>" of the supervisor
+	SupervisorLog  = "supervisor.log"  // the supervisor's stdout/stderr and slog
+	Exit           = "exit.json"       // written by a supervisor that ended on purpose
+	Events         = "events.jsonl"    // the VM's event log, one JSON object a line
+	Lock           = "lock"            // flock serialising lifecycle changes
 )
 
 var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)

@@ -15,14 +15,18 @@ import (
 type Spec struct {
 	ID       string
 	Dir      vmdir.Dir
-	Kernel   string   // uncompressed vmlinux (PVH)
-	Initrd   string   // initramfs holding the agent as /init
-	RootDisk string   // read-only ext4 root image
-	Rootfs   string   // host-compat only: not used by VMMs
-	VCPUs    int      // number of vCPUs
-	MemMiB   int      // guest memory
-	Network  bool     // attach a NIC with outbound user-mode networking
-	Cmdline  []string // extra kernel command-line words (pyro.* options)
+	Kernel   string // uncompressed vmlinux (PVH)
+	Initrd   string // initramfs holding the agent as /init
+	RootDisk string // read-only ext4 root image
+	Rootfs   string // host-compat only: not used by VMMs
+	VCPUs    int    // number of vCPUs
+	MemMiB   int    // guest memory
+	Network  bool   // attach a NIC with outbound user-mode networking
+	MAC      string // the NIC's MAC address
+	// WorkspaceDisk is an ext4 image attached read-write after the root
+	// disk (the guest's /dev/vdb, mounted at /workspace); empty for none.
+	WorkspaceDisk string
+	Cmdline       []string // extra kernel command-line words (pyro.* options)
 }
 
 // Features says what a backend can do, so callers ask instead of guessing.

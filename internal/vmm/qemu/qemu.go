@@ -83,9 +83,18 @@ func (b *Backend) Args(spec vmm.Spec) []string {
 		"-chardev", "socket,id=agent,path=" + vmdir.AgentSock + ",server=on,wait=off",
 		"-device", "virtserialport,chardev=agent,name=" + AgentPortName,
 	}
+	if spec.WorkspaceDisk != "" {
+		args = append(args,
+			"-drive", "id=workspace,file="+spec.WorkspaceDisk+",format=raw,if=none,cache=writeback,discard=unmap",
+			"-device", "virtio-blk-device,drive=workspace")
+	}
 	if spec.Network {
 		// User-mode networking: outbound only, nothing listens on the host.
-		args = append(args, "-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0")
+		nic := "virtio-net-device,netdev=net0"
+		if spec.MAC != "" {
+			nic += ",mac=" + spec.MAC
+		}
+		args = append(args, "-netdev", "user,id=net0", "-device", nic)
 	}
 	return args
 }

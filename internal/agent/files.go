@@ -1,0 +1,152 @@
+package agent
+
+import (
+	"bufio"
+	"errors"
+	"io/fs"
+	"net/http"
+	"os"
+	"path"
+	"path/filepath"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/tarutil"
+)
+
+// workspaceDir is where the workspace disk is mounted; every exec ends with
+// a syncfs of it. A variable for tests.
+var workspaceDir = "/workspace"
+
+// syncFS flushes the filesystem holding p to its disk (syncfs), so data
+// written so far survives a kill of the VMM. Errors (p missing) are ignored.
+func syncFS(p string) {
+	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return
+	}
+	_ = unix.Syncfs(fd)
+	_ = unix.Close(fd)
+}
+
+// syncWorkspace is syncFS of /workspace.
+func syncWorkspace() { syncFS(workspaceDir) }
+
+// absPath validates an absolute path query parameter.
+func absPath(w http.ResponseWriter, r *http.Request, key string) (string, bool) {
+	p := r.URL.Query().Get(key)
+	if p == "" {
+		writeError(w, http.StatusBadRequest, "invalid_argument", "missing %s parameter", key)
+		return "", false
+	}
+	if !path.IsAbs(p) {
+		writeError(w, http.StatusBadRequest, "invalid_argument", "%s %q is not an absolute path", key, p)
+		return "", false
+	}
+	for i := 0; i < len(p); i++ {
+		if p[i] == 0 {
+			writeError(w, http.StatusBadRequest, "invalid_argument", "%s contains a NUL byte", key)
+			return "", false
+		}
+	}
+	return path.Clean(p), true
+}
+
+func (s *server) handleFilesPush(w http.ResponseWriter, r *http.Request) {
+	dest, ok := absPath(w, r, "dest")
+	if !ok {
+		return
+	}
+	if fi, err := os.Stat(dest); err == nil && !fi.IsDir() {
+		writeError(w, http.StatusBadRequest, "invalid_argument", "dest %s exists and is not a directory", dest)
+		return
+	}
+	st, err := tarutil.ExtractTar(r.Body, dest)
+	syncFS(dest)
+	if dest != workspaceDir {
+		syncWorkspace()
+	}
+	if err != nil {
+		code, cat := http.StatusInternalServerError, "internal"
+		switch {
+		case errors.Is(err, tarutil.ErrUnsafePath), errors.Is(err, tarutil.ErrBadArchive),
+			errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.EISDIR), errors.Is(err, syscall.EEXIST),
+			errors.Is(err, syscall.ENOTEMPTY), errors.Is(err, syscall.ENAMETOOLONG), errors.Is(err, syscall.ELOOP):
+			code, cat = http.StatusBadRequest, "invalid_argument"
+		case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT), errors.Is(err, syscall.EROFS),
+			errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+			code, cat = http.StatusConflict, "failed_precondition"
+		}
+		s.log.Debug("files push failed", "dest", dest, "err", err)
+		writeError(w, code, cat, "push into %s (after %d files, %d dirs): %v", dest, st.Files, st.Dirs, err)
+		return
+	}
+	s.log.Debug("files push", "dest", dest, "files", st.Files, "dirs", st.Dirs, "bytes", st.Bytes)
+	writeJSON(w, http.StatusOK, agentapi.PushResult{Files: st.Files, Dirs: st.Dirs, Bytes: st.Bytes, Dest: dest})
+}
+
+// countingWriter records whether anything was written, so an error before
+// the first byte can still become a proper error reply.
+type countingWriter struct {
+	w http.ResponseWriter
+	b *bufio.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	if c.b == nil {
+		c.w.Header().Set("Content-Type", "application/x-tar")
+		c.w.WriteHeader(http.StatusOK)
+		c.b = bufio.NewWriterSize(c.w, 64<<10)
+	}
+	n, err := c.b.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (s *server) handleFilesPull(w http.ResponseWriter, r *http.Request) {
+	p, ok := absPath(w, r, "path")
+	if !ok {
+		return
+	}
+	fi, err := os.Lstat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		writeError(w, http.StatusNotFound, "not_found", "%s does not exist", p)
+		return
+	}
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_argument", "%v", err)
+		return
+	}
+	cw := &countingWriter{w: w}
+	switch {
+	case fi.IsDir():
+		w.Header().Set(agentapi.HeaderKind, agentapi.KindDir)
+		_, _, err = tarutil.TarDir(cw, p)
+	case fi.Mode().IsRegular() || fi.Mode()&fs.ModeSymlink != 0:
+		w.Header().Set(agentapi.HeaderKind, agentapi.KindFile)
+		_, err = tarutil.TarFile(cw, p, filepath.Base(p))
+	default:
+		writeError(w, http.StatusBadRequest, "invalid_argument", "%s is not a regular file, directory or symlink", p)
+		return
+	}
+	if err == nil && cw.b != nil {
+		err = cw.b.Flush()
+	}
+	if err != nil {
+		s.log.Debug("files pull failed", "path", p, "err", err)
+		if cw.b == nil {
+			w.Header().Del(agentapi.HeaderKind)
+			code, cat := http.StatusInternalServerError, "internal"
+			if errors.Is(err, fs.ErrNotExist) {
+				code, cat = http.StatusNotFound, "not_found"
+			}
+			writeError(w, code, cat, "pull %s: %v", p, err)
+			return
+		}
+		// Mid-stream: end the response without the tar's end marker.
+		panic(http.ErrAbortHandler)
+	}
+}

@@ -1,0 +1,93 @@
+package agentapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+)
+
+// HeaderKind is the response header of a pull naming what the path was.
+const HeaderKind = "X-Pyro-Kind"
+
+// Values of HeaderKind.
+const (
+	KindDir  = "dir"
+	KindFile = "file"
+)
+
+// PushResult is the reply to a files push.
+type PushResult struct {
+	// Files counts regular files, symlinks and hard links extracted.
+	Files int `json:"files"`
+	// Dirs counts directories extracted (not dest itself).
+	Dirs int `json:"dirs"`
+	// Bytes is the regular file content written.
+	Bytes int64  `json:"bytes"`
+	Dest  string `json:"dest"`
+}
+
+// PushTar streams the uncompressed tar r into the guest and extracts it
+// into the absolute guest directory dest (see the package doc). The body is
+// streamed, not buffered. Unsafe entries fail with ErrInvalidArgument.
+func (c *Client) PushTar(ctx context.Context, dest string, r io.Reader) (PushResult, error) {
+	var res PushResult
+	resp, err := c.doStream(ctx, http.MethodPost, PathFilesPush+"?dest="+url.QueryEscape(dest), r, "application/x-tar")
+	if err != nil {
+		return res, err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&res); err != nil {
+		return res, errdefs.Wrap(errdefs.ErrUnavailable, err, unavailableHint, "read push result")
+	}
+	return res, nil
+}
+
+// PullTar asks the guest for the file or directory at the absolute guest
+// path and returns the tar stream (see the package doc) and its kind,
+// KindDir or KindFile. The caller closes the stream; a stream that ends
+// before the tar's end marker means the pull failed. A missing path fails
+// with ErrNotFound.
+func (c *Client) PullTar(ctx context.Context, path string) (io.ReadCloser, string, error) {
+	resp, err := c.doStream(ctx, http.MethodGet, PathFilesPull+"?path="+url.QueryEscape(path), nil, "")
+	if err != nil {
+		return nil, "", err
+	}
+	return resp.Body, resp.Header.Get(HeaderKind), nil
+}
+
+// doStream is do with a streamed request body.
+func (c *Client) doStream(ctx context.Context, method, path string, body io.Reader, contentType string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return nil, fmt.Errorf("build agent request: %w", err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("agent %s %s: %w", method, path, ctx.Err())
+		}
+		if errdefs.Category(err) != nil {
+			return nil, err
+		}
+		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, unavailableHint, "agent %s %s", method, path)
+	}
+	if resp.StatusCode/100 == 2 {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	var er ErrorResponse
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if json.Unmarshal(data, &er) != nil || er.Error == "" {
+		er.Error = fmt.Sprintf("http status %d: %s", resp.StatusCode, bytes.TrimSpace(data))
+	}
+	return nil, errdefs.New(categoryFromName(er.Category), "", "agent %s %s: %s", method, path, er.Error)
+}

@@ -1,0 +1,210 @@
+// Package instance keeps the on-disk record of a VM or workspace and
+// observes its status. The record holds what the caller asked for; whether
+// it runs is never stored but observed: the supervisor's process and socket,
+// and the exit note a supervisor leaves when it ends on purpose.
+package instance
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gofrs/flock"
+
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/vmdir"
+)
+
+// States a VM or workspace can be observed in.
+const (
+	Created  = "created"  // recorded, never started
+	Starting = "starting" // supervisor up, guest booting
+	Running  = "running"  // guest agent answering
+	Stopped  = "stopped"  // stopped on request
+	Expired  = "expired"  // its TTL passed
+	Broken   = "broken"   // died without a clean stop; Reason says how
+)
+
+// Record is what was asked for. It is written atomically and changed only
+// under the instance's lock.
+type Record struct {
+	ID              string     `json:"id"`
+	Kind            string     `json:"kind"` // "vm" or "workspace"
+	Environment     string     `json:"environment"`
+	VCPUCount       int        `json:"vcpu_count"`
+	MemMiB          int        `json:"mem_mib"`
+	Network         bool       `json:"network"`
+	AllowHostCompat bool       `json:"allow_host_compat"`
+	TTLSeconds      int        `json:"ttl_seconds,omitempty"`
+	CreatedAt       time.Time  `json:"created_at"`
+	ExpiresAt       *time.Time `json:"expires_at,omitempty"`
+	// WorkspaceDisk is the path of /workspace's disk image, for workspaces.
+	WorkspaceDisk string `json:"workspace_disk,omitempty"`
+	// Extra holds kind-specific metadata (workspace seed, resets, secrets
+	// names) that the supervisor does not interpret.
+	Extra json.RawMessage `json:"extra,omitempty"`
+}
+
+// ExitNote is written by a supervisor that ends on purpose.
+type ExitNote struct {
+	State  string    `json:"state"` // stopped, expired or broken
+	Reason string    `json:"reason,omitempty"`
+	At     time.Time `json:"at"`
+}
+
+// Load reads the record in dir. A missing directory is ErrNotFound.
+func Load(dir vmdir.Dir, kind string) (Record, error) {
+	var r Record
+	b, err := os.ReadFile(dir.Path(vmdir.Record))
+	if errors.Is(err, os.ErrNotExist) {
+		id := filepath.Base(string(dir))
+		return r, errdefs.New(errdefs.ErrNotFound, "list them with `pyro "+kind+" list`", "%s %q not found", kind, id)
+	}
+	if err != nil {
+		return r, err
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, fmt.Errorf("read %s record: %w", kind, err)
+	}
+	return r, nil
+}
+
+// Save writes the record atomically.
+func Save(dir vmdir.Dir, r Record) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return WriteFileAtomic(dir.Path(vmdir.Record), b, 0o600)
+}
+
+// WriteFileAtomic writes data to a temp file, fsyncs it and renames it over path.
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+// Lock takes the instance's exclusive lock, waiting until ctx ends.
+func Lock(ctx context.Context, dir vmdir.Dir) (unlock func(), err error) {
+	l := flock.New(dir.Path(vmdir.Lock))
+	ok, err := l.TryLockContext(ctx, 20*time.Millisecond)
+	if err != nil || !ok {
+		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "another pyro call is changing it; retry", "cannot lock %s", filepath.Base(string(dir)))
+	}
+	return func() { _ = l.Unlock() }, nil
+}
+
+// WriteExit records why a supervisor ended.
+func WriteExit(dir vmdir.Dir, state, reason string) error {
+	b, _ := json.Marshal(ExitNote{State: state, Reason: reason, At: time.Now().UTC()})
+	return WriteFileAtomic(dir.Path(vmdir.Exit), b, 0o600)
+}
+
+// ReadExit returns the exit note, if any.
+func ReadExit(dir vmdir.Dir) (ExitNote, bool) {
+	var n ExitNote
+	b, err := os.ReadFile(dir.Path(vmdir.Exit))
+	if err != nil || json.Unmarshal(b, &n) != nil {
+		return n, false
+	}
+	return n, true
+}
+
+// WritePid records the current process as the supervisor, with its start
+// time so a recycled pid is not mistaken for it.
+func WritePid(dir vmdir.Dir) error {
+	pid := os.Getpid()
+	return WriteFileAtomic(dir.Path(vmdir.SupervisorPid), []byte(fmt.Sprintf("%d %d\n", pid, startTime(pid))), 0o600)
+}
+
+// SupervisorPid returns the recorded supervisor pid and whether that
+// process is still alive (same pid and start time). pid 0: never started.
+func SupervisorPid(dir vmdir.Dir) (pid int, alive bool) {
+	b, err := os.ReadFile(dir.Path(vmdir.SupervisorPid))
+	if err != nil {
+		return 0, false
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 0, false
+	}
+	pid, _ = strconv.Atoi(f[0])
+	st, _ := strconv.ParseUint(f[1], 10, 64)
+	return pid, pid > 0 && startTime(pid) == st && !isZombie(pid)
+}
+
+// startTime is field 22 of /proc/PID/stat (clock ticks since boot), 0 if gone.
+func startTime(pid int) uint64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 {
+		return 0
+	}
+	v, _ := strconv.ParseUint(f[19], 10, 64)
+	return v
+}
+
+func isZombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] == 'Z'
+}
+
+// Event is one line of the event log.
+type Event struct {
+	At     time.Time      `json:"at"`
+	Event  string         `json:"event"`
+	Fields map[string]any `json:"fields,omitempty"`
+}
+
+// AppendEvent adds one event to the log. Callers must not put secret
+// values in fields.
+func AppendEvent(dir vmdir.Dir, event string, fields map[string]any) {
+	b, err := json.Marshal(Event{At: time.Now().UTC(), Event: event, Fields: fields})
+	if err != nil {
+		return
+	}
+	f, err := os.OpenFile(dir.Path(vmdir.Events), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	_, _ = f.Write(append(b, '\n'))
+}

@@ -1,0 +1,156 @@
+package supervisor
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"syscall"
+	"time"
+
+	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/instance"
+	"github.com/pyro-mcp/pyro/internal/unixsock"
+	"github.com/pyro-mcp/pyro/internal/vmdir"
+)
+
+// Spawn starts a detached supervisor for dir using the pyro binary. The
+// supervisor gets its own session so that a terminal's Ctrl-C or the
+// caller's exit does not reach it; its output goes to the VM's log.
+func Spawn(binary string, dir vmdir.Dir) error {
+	logf, err := os.OpenFile(dir.Path(vmdir.SupervisorLog), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return err
+	}
+	defer devnull.Close()
+	cmd := exec.Command(binary, Arg, string(dir))
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return errdefs.Wrap(errdefs.ErrUnavailable, err, "check that "+binary+" is the pyro binary", "start supervisor")
+	}
+	// Reap it whenever it exits, so a long-lived caller (an MCP server)
+	// collects no zombies; a short-lived one just leaves it to init.
+	go func() { _ = cmd.Wait() }()
+	return nil
+}
+
+// Client talks to one supervisor.
+type Client struct {
+	dir  vmdir.Dir
+	http *http.Client
+}
+
+// NewClient returns a client for the supervisor of dir.
+func NewClient(dir vmdir.Dir) *Client {
+	return &Client{dir: dir, http: &http.Client{Transport: &http.Transport{
+		DialContext:     func(ctx context.Context, _, _ string) (net.Conn, error) { return dialSock(ctx, dir) },
+		IdleConnTimeout: 10 * time.Second,
+	}}}
+}
+
+func dialSock(ctx context.Context, dir vmdir.Dir) (net.Conn, error) {
+	return unixsock.Dial(ctx, dir.Path(vmdir.SupervisorSock))
+}
+
+// Status asks the supervisor for its status. It fails fast (1 s) when no
+// supervisor answers: callers then observe the directory instead.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var st Status
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://pyro-supervisor/v1/status", nil)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("supervisor status: http %d", resp.StatusCode)
+	}
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// Stop asks the supervisor to power the guest off and waits (until ctx
+// ends) for the supervisor process to exit.
+func (c *Client) Stop(ctx context.Context) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://pyro-supervisor/v1/stop", nil)
+	if resp, err := c.http.Do(req); err == nil {
+		resp.Body.Close()
+	}
+	return WaitExit(ctx, c.dir)
+}
+
+// WaitExit waits until the supervisor of dir is gone.
+func WaitExit(ctx context.Context, dir vmdir.Dir) error {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if _, alive := instance.SupervisorPid(dir); !alive {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return errdefs.Wrap(errdefs.ErrUnavailable, ctx.Err(), "", "supervisor of %s did not exit", dir)
+		case <-tick.C:
+		}
+	}
+}
+
+// Kill SIGKILLs the supervisor of dir, if alive; its VMM dies with it.
+func Kill(dir vmdir.Dir) {
+	if pid, alive := instance.SupervisorPid(dir); alive {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	// The VMM has Pdeathsig, but kill it by pid too in case it outlived us.
+	if b, err := os.ReadFile(dir.Path(vmdir.VMMPid)); err == nil {
+		var pid int
+		if _, err := fmt.Sscan(string(b), &pid); err == nil && pid > 0 && vmmBelongsTo(pid, dir) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+// vmmBelongsTo checks the process's cwd is the VM directory (QEMU runs
+// there), so a recycled pid is never killed.
+func vmmBelongsTo(pid int, dir vmdir.Dir) bool {
+	cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+	return err == nil && cwd == string(dir)
+}
+
+// Agent returns an agent client that goes through the supervisor's proxy.
+func (c *Client) Agent() *agentapi.Client {
+	return agentapi.NewProxiedClient(func(ctx context.Context) (net.Conn, error) { return dialSock(ctx, c.dir) }, AgentPrefix)
+}
+
+// Observe returns the observed state of the instance in dir: the
+// supervisor's own answer when it is up, else what its exit note, its
+// process and the record say.
+func Observe(ctx context.Context, dir vmdir.Dir, rec instance.Record) Status {
+	pid, alive := instance.SupervisorPid(dir)
+	if alive {
+		if st, err := NewClient(dir).Status(ctx); err == nil {
+			return st
+		}
+		return Status{State: instance.Broken, Reason: "supervisor is alive but not answering", SupervisorPID: pid}
+	}
+	if n, ok := instance.ReadExit(dir); ok {
+		return Status{State: n.State, Reason: n.Reason}
+	}
+	if rec.ExpiresAt != nil && time.Now().After(*rec.ExpiresAt) {
+		return Status{State: instance.Expired, Reason: "ttl passed"}
+	}
+	if pid == 0 {
+		return Status{State: instance.Created}
+	}
+	return Status{State: instance.Broken, Reason: "supervisor exited without a clean stop (killed?)"}
+}

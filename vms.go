@@ -1,0 +1,463 @@
+package pyro
+
+import (
+	"context"
+	"errors"
+	"os"
+	"sort"
+	"time"
+
+	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/catalog"
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/instance"
+	"github.com/pyro-mcp/pyro/internal/supervisor"
+	"github.com/pyro-mcp/pyro/internal/vm"
+	"github.com/pyro-mcp/pyro/internal/vmdir"
+)
+
+// VM lifecycle, in brief:
+//
+//	CreateVM   -> state "created" (recorded, nothing runs)
+//	StartVM    -> boots it under a detached supervisor: "running"
+//	ExecVM     -> runs one command, then deletes the VM (auto-clean)
+//	StopVM     -> powers it off: "stopped" (files stay; StartVM boots it again)
+//	DeleteVM   -> stops it if needed and removes every file
+//	StatusVM   -> observed state: created, starting, running, stopped,
+//	              expired (its TTL passed) or broken (with the reason)
+//
+// StartVM and StopVM are idempotent: starting a running VM or stopping a
+// stopped one returns its status. DeleteVM of an unknown (or already
+// deleted) id is ErrNotFound. Calls from many processes are safe: lifecycle
+// changes take a per-VM lock.
+
+// CreateVMOptions describe a VM. Zero values take the contract defaults.
+type CreateVMOptions struct {
+	Environment string // default "debian:12"
+	VCPUCount   int    // default 1
+	MemMiB      int    // default 1024
+	// TTLSeconds, when set, stops the VM that many seconds after creation
+	// (state "expired"); ReapExpired then deletes it.
+	TTLSeconds      int
+	Network         bool
+	AllowHostCompat bool
+}
+
+// VM is a VM's record and observed status.
+type VM struct {
+	VMID            string     `json:"vm_id"`
+	Environment     string     `json:"environment"`
+	State           string     `json:"state"`
+	Reason          string     `json:"reason,omitempty"`
+	VCPUCount       int        `json:"vcpu_count"`
+	MemMiB          int        `json:"mem_mib"`
+	Network         bool       `json:"network"`
+	AllowHostCompat bool       `json:"allow_host_compat"`
+	TTLSeconds      int        `json:"ttl_seconds,omitempty"`
+	CreatedAt       time.Time  `json:"created_at"`
+	ExpiresAt       *time.Time `json:"expires_at,omitempty"`
+	Backend         string     `json:"backend,omitempty"`
+	Acceleration    string     `json:"acceleration,omitempty"`
+	Isolation       string     `json:"isolation,omitempty"`
+	BootMS          int64      `json:"boot_ms,omitempty"`
+	SupervisorPID   int        `json:"supervisor_pid,omitempty"`
+	VMMPID          int        `json:"vmm_pid,omitempty"`
+}
+
+// ExecOptions describe one command in a running VM or workspace.
+type ExecOptions struct {
+	// Command is an argv; a single element is run by /bin/sh -c.
+	Command []string
+	// TimeoutSeconds kills the command's process group (default 30).
+	TimeoutSeconds int
+	Env            map[string]string
+	Cwd            string
+	MaxOutputBytes int64
+	// OnOutput, when set, receives output as the guest writes it.
+	OnOutput func(stream string, p []byte)
+}
+
+// ExecResult is the outcome of a command. A command that fails is a
+// result with its exit code, not an error.
+type ExecResult struct {
+	VMID            string `json:"vm_id,omitempty"`
+	WorkspaceID     string `json:"workspace_id,omitempty"`
+	ExitCode        int    `json:"exit_code"`
+	Stdout          string `json:"stdout"`
+	Stderr          string `json:"stderr"`
+	StdoutTruncated bool   `json:"stdout_truncated"`
+	StderrTruncated bool   `json:"stderr_truncated"`
+	TimedOut        bool   `json:"timed_out"`
+	Signal          string `json:"signal,omitempty"`
+	DurationMS      int64  `json:"duration_ms"`
+}
+
+// NetworkInfo describes a VM's network.
+type NetworkInfo struct {
+	VMID      string `json:"vm_id"`
+	Enabled   bool   `json:"network_enabled"`
+	Mode      string `json:"mode"` // "user" (QEMU user-mode NAT) or "none"
+	GuestIP   string `json:"guest_ip,omitempty"`
+	Prefix    int    `json:"prefix_length,omitempty"`
+	Gateway   string `json:"gateway,omitempty"`
+	DNS       string `json:"dns,omitempty"`
+	MAC       string `json:"mac,omitempty"`
+	Interface string `json:"interface,omitempty"`
+}
+
+// DeleteResult says what a delete removed.
+type DeleteResult struct {
+	VMID        string `json:"vm_id,omitempty"`
+	WorkspaceID string `json:"workspace_id,omitempty"`
+	Deleted     bool   `json:"deleted"`
+	PriorState  string `json:"prior_state"`
+}
+
+// ReapResult lists what ReapExpired removed.
+type ReapResult struct {
+	Removed []DeleteResult `json:"removed"`
+	Count   int            `json:"count"`
+}
+
+func (o *CreateVMOptions) applyDefaults() {
+	if o.Environment == "" {
+		o.Environment = DefaultEnvironment
+	}
+	if o.VCPUCount == 0 {
+		o.VCPUCount = DefaultVCPUCount
+	}
+	if o.MemMiB == 0 {
+		o.MemMiB = DefaultMemMiB
+	}
+}
+
+// newRecord validates options and builds a record of the given kind.
+func newRecord(kind string, o CreateVMOptions) (instance.Record, error) {
+	if _, err := catalog.Lookup(o.Environment); err != nil {
+		return instance.Record{}, err
+	}
+	if o.VCPUCount < 1 || o.VCPUCount > 64 {
+		return instance.Record{}, errdefs.New(errdefs.ErrInvalidArgument, "use 1 to 64", "vcpu_count %d out of range", o.VCPUCount)
+	}
+	if o.MemMiB < 128 || o.MemMiB > 65536 {
+		return instance.Record{}, errdefs.New(errdefs.ErrInvalidArgument, "use 128 to 65536", "mem_mib %d out of range", o.MemMiB)
+	}
+	if o.TTLSeconds < 0 {
+		return instance.Record{}, errdefs.New(errdefs.ErrInvalidArgument, "use a positive number of seconds, or 0 for none", "ttl_seconds %d is negative", o.TTLSeconds)
+	}
+	now := time.Now().UTC()
+	r := instance.Record{
+		ID: vmdir.NewID(), Kind: kind, Environment: o.Environment, VCPUCount: o.VCPUCount, MemMiB: o.MemMiB,
+		Network: o.Network, AllowHostCompat: o.AllowHostCompat, TTLSeconds: o.TTLSeconds, CreatedAt: now,
+	}
+	if o.TTLSeconds > 0 {
+		exp := now.Add(time.Duration(o.TTLSeconds) * time.Second)
+		r.ExpiresAt = &exp
+	}
+	return r, nil
+}
+
+// CreateVM records a VM. It does not boot it: call StartVM.
+func (c *Client) CreateVM(ctx context.Context, opts CreateVMOptions) (VM, error) {
+	opts.applyDefaults()
+	rec, err := newRecord("vm", opts)
+	if err != nil {
+		return VM{}, err
+	}
+	// Fail now, not at start, when the environment is missing.
+	if _, err := c.envs.Get(rec.Environment); err != nil {
+		return VM{}, err
+	}
+	dir, _ := vmdir.Open(c.dirs.VMs(), rec.ID)
+	if err := dir.Create(); err != nil {
+		return VM{}, err
+	}
+	if err := instance.Save(dir, rec); err != nil {
+		_ = dir.Remove()
+		return VM{}, err
+	}
+	instance.AppendEvent(dir, "created", map[string]any{"environment": rec.Environment})
+	return c.StatusVM(ctx, rec.ID)
+}
+
+// vmDir returns an existing VM's directory and record.
+func (c *Client) vmDir(id string) (vmdir.Dir, instance.Record, error) {
+	dir, err := vmdir.Open(c.dirs.VMs(), id)
+	if err != nil {
+		return "", instance.Record{}, errdefs.Wrap(errdefs.ErrNotFound, err, "list them with `pyro vm list`", "vm %q not found", id)
+	}
+	rec, err := instance.Load(dir, "vm")
+	return dir, rec, err
+}
+
+func vmFrom(rec instance.Record, st supervisor.Status) VM {
+	return VM{
+		VMID: rec.ID, Environment: rec.Environment, State: st.State, Reason: st.Reason,
+		VCPUCount: rec.VCPUCount, MemMiB: rec.MemMiB, Network: rec.Network, AllowHostCompat: rec.AllowHostCompat,
+		TTLSeconds: rec.TTLSeconds, CreatedAt: rec.CreatedAt, ExpiresAt: rec.ExpiresAt,
+		Backend: st.Backend, Acceleration: st.Acceleration, Isolation: st.Isolation, BootMS: st.BootMS,
+		SupervisorPID: st.SupervisorPID, VMMPID: st.VMMPID,
+	}
+}
+
+// StatusVM returns a VM's observed status.
+func (c *Client) StatusVM(ctx context.Context, id string) (VM, error) {
+	dir, rec, err := c.vmDir(id)
+	if err != nil {
+		return VM{}, err
+	}
+	return vmFrom(rec, supervisor.Observe(ctx, dir, rec)), nil
+}
+
+// ListVMs returns every VM with its observed status, oldest first.
+func (c *Client) ListVMs(ctx context.Context) ([]VM, error) {
+	ents, err := os.ReadDir(c.dirs.VMs())
+	if err != nil && !os.IsNotExist(err) {
+		return nil, err
+	}
+	var out []VM
+	for _, e := range ents {
+		if !e.IsDir() || vmdir.IsHidden(e.Name()) {
+			continue
+		}
+		v, err := c.StatusVM(ctx, e.Name())
+		if err != nil {
+			continue // deleted meanwhile, or not a VM
+		}
+		out = append(out, v)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
+	return out, nil
+}
+
+// bootTimeout bounds StartVM's wait for the guest agent.
+const bootTimeout = 120 * time.Second
+
+// StartVM boots a VM under its own supervisor and returns once the guest
+// agent answers. Starting a running VM returns its status.
+func (c *Client) StartVM(ctx context.Context, id string) (VM, error) {
+	dir, rec, err := c.vmDir(id)
+	if err != nil {
+		return VM{}, err
+	}
+	return c.start(ctx, dir, rec)
+}
+
+// start is StartVM for any instance kind.
+func (c *Client) start(ctx context.Context, dir vmdir.Dir, rec instance.Record) (VM, error) {
+	unlock, err := instance.Lock(ctx, dir)
+	if err != nil {
+		return VM{}, err
+	}
+	defer unlock()
+	st := supervisor.Observe(ctx, dir, rec)
+	switch st.State {
+	case instance.Running, instance.Starting:
+		if st.State == instance.Running {
+			return vmFrom(rec, st), nil
+		}
+	case instance.Expired:
+		return VM{}, errdefs.New(errdefs.ErrFailedPrecondition, "create a new one; `pyro vm reap` removes expired ones", "%s %q has expired", rec.Kind, rec.ID)
+	default:
+		if _, err := c.envs.Get(rec.Environment); err != nil {
+			return VM{}, err
+		}
+		bin, err := c.agentBinary()
+		if err != nil {
+			return VM{}, err
+		}
+		supervisor.Kill(dir) // a broken one's leftovers
+		// Until the new supervisor writes its pid, the state reads "created".
+		_ = os.Remove(dir.Path(vmdir.Exit))
+		_ = os.Remove(dir.Path(vmdir.SupervisorPid))
+		if err := supervisor.Spawn(bin, dir); err != nil {
+			return VM{}, err
+		}
+	}
+	return c.waitRunning(ctx, dir, rec)
+}
+
+// waitRunning polls the supervisor until the guest answers, the supervisor
+// gives up (its exit note says why) or ctx ends.
+func (c *Client) waitRunning(ctx context.Context, dir vmdir.Dir, rec instance.Record) (VM, error) {
+	ctx, cancel := context.WithTimeout(ctx, bootTimeout)
+	defer cancel()
+	tick := time.NewTicker(25 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		st := supervisor.Observe(ctx, dir, rec)
+		switch st.State {
+		case instance.Running:
+			return vmFrom(rec, st), nil
+		case instance.Stopped, instance.Expired, instance.Broken:
+			return VM{}, errdefs.New(errdefs.ErrUnavailable, "see "+dir.Path(vmdir.SupervisorLog), "%s %q did not start: %s", rec.Kind, rec.ID, st.Reason)
+		}
+		select {
+		case <-ctx.Done():
+			supervisor.Kill(dir)
+			return VM{}, errdefs.Wrap(errdefs.ErrUnavailable, ctx.Err(), "see "+dir.Path(vmdir.SupervisorLog), "%s %q did not start", rec.Kind, rec.ID)
+		case <-tick.C:
+		}
+	}
+}
+
+// runningAgent returns an agent client for a running instance, or
+// ErrFailedPrecondition saying how to get it running.
+func (c *Client) runningAgent(ctx context.Context, dir vmdir.Dir, rec instance.Record) (*agentapi.Client, error) {
+	st := supervisor.Observe(ctx, dir, rec)
+	if st.State != instance.Running {
+		hint := "start it with `pyro vm start " + rec.ID + "`"
+		if rec.Kind == "workspace" {
+			hint = "its next command restarts it, or recreate it with `pyro workspace reset " + rec.ID + "`"
+		}
+		if st.Reason != "" {
+			return nil, errdefs.New(errdefs.ErrFailedPrecondition, hint, "%s %q is %s (%s)", rec.Kind, rec.ID, st.State, st.Reason)
+		}
+		return nil, errdefs.New(errdefs.ErrFailedPrecondition, hint, "%s %q is %s", rec.Kind, rec.ID, st.State)
+	}
+	return supervisor.NewClient(dir).Agent(), nil
+}
+
+// execIn runs one command through an agent client.
+func execIn(ctx context.Context, agent *agentapi.Client, opts ExecOptions) (ExecResult, error) {
+	if opts.TimeoutSeconds == 0 {
+		opts.TimeoutSeconds = DefaultTimeoutSeconds
+	}
+	req, err := execRequest(opts.Command, opts.Env, opts.Cwd, opts.TimeoutSeconds, opts.MaxOutputBytes)
+	if err != nil {
+		return ExecResult{}, err
+	}
+	defer agent.Close()
+	r, err := agent.Exec(ctx, req, opts.OnOutput)
+	if err != nil {
+		return ExecResult{}, err
+	}
+	return ExecResult{
+		ExitCode: r.ExitCode, Stdout: r.Stdout, Stderr: r.Stderr,
+		StdoutTruncated: r.StdoutTruncated, StderrTruncated: r.StderrTruncated,
+		TimedOut: r.TimedOut, Signal: r.Signal, DurationMS: r.DurationMS,
+	}, nil
+}
+
+// ExecVM runs one command in a running VM, then deletes the VM (the
+// contract's auto-clean), whether the command succeeded or not.
+func (c *Client) ExecVM(ctx context.Context, id string, opts ExecOptions) (ExecResult, error) {
+	dir, rec, err := c.vmDir(id)
+	if err != nil {
+		return ExecResult{}, err
+	}
+	agent, err := c.runningAgent(ctx, dir, rec)
+	if err != nil {
+		return ExecResult{}, err
+	}
+	res, err := execIn(ctx, agent, opts)
+	res.VMID = id
+	if _, derr := c.DeleteVM(context.WithoutCancel(ctx), id); derr != nil && !errors.Is(derr, errdefs.ErrNotFound) {
+		err = errors.Join(err, derr)
+	}
+	return res, err
+}
+
+// StopVM powers a VM off. Its files stay; StartVM boots it again.
+// Stopping a VM that is not running returns its status.
+func (c *Client) StopVM(ctx context.Context, id string) (VM, error) {
+	dir, _, err := c.vmDir(id)
+	if err != nil {
+		return VM{}, err
+	}
+	if err := c.stop(ctx, dir); err != nil {
+		return VM{}, err
+	}
+	return c.StatusVM(ctx, id)
+}
+
+// stop powers an instance off under its lock: gracefully through the
+// supervisor, then by force.
+func (c *Client) stop(ctx context.Context, dir vmdir.Dir) error {
+	unlock, err := instance.Lock(ctx, dir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if _, alive := instance.SupervisorPid(dir); !alive {
+		return nil
+	}
+	stopCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := supervisor.NewClient(dir).Stop(stopCtx); err != nil {
+		supervisor.Kill(dir)
+		return supervisor.WaitExit(context.WithoutCancel(ctx), dir)
+	}
+	return nil
+}
+
+// DeleteVM stops a VM if needed and removes all its files. Deleting an
+// unknown or already deleted VM is ErrNotFound.
+func (c *Client) DeleteVM(ctx context.Context, id string) (DeleteResult, error) {
+	dir, rec, err := c.vmDir(id)
+	if err != nil {
+		return DeleteResult{}, err
+	}
+	prior, err := c.remove(ctx, dir, rec)
+	return DeleteResult{VMID: id, Deleted: err == nil, PriorState: prior}, err
+}
+
+// remove stops an instance and deletes its directory.
+func (c *Client) remove(ctx context.Context, dir vmdir.Dir, rec instance.Record) (string, error) {
+	prior := supervisor.Observe(ctx, dir, rec).State
+	if err := c.stop(ctx, dir); err != nil {
+		supervisor.Kill(dir)
+	}
+	if err := dir.Remove(); err != nil {
+		return prior, errdefs.Wrap(errdefs.ErrUnavailable, err, "", "remove %s %q", rec.Kind, rec.ID)
+	}
+	return prior, nil
+}
+
+// NetworkInfoVM describes a VM's network: off (no NIC at all) or QEMU
+// user-mode NAT with fixed guest addresses.
+func (c *Client) NetworkInfoVM(ctx context.Context, id string) (NetworkInfo, error) {
+	_, rec, err := c.vmDir(id)
+	if err != nil {
+		return NetworkInfo{}, err
+	}
+	return networkInfo(rec), nil
+}
+
+func networkInfo(rec instance.Record) NetworkInfo {
+	if !rec.Network {
+		return NetworkInfo{VMID: rec.ID, Mode: "none"}
+	}
+	return NetworkInfo{VMID: rec.ID, Enabled: true, Mode: "user", GuestIP: "10.0.2.15", Prefix: 24,
+		Gateway: "10.0.2.2", DNS: "10.0.2.3", MAC: vm.MAC(rec.ID), Interface: "eth0"}
+}
+
+// ReapExpired deletes VMs whose TTL passed and VMs whose supervisor is
+// gone without a clean stop (broken), and returns what it removed.
+func (c *Client) ReapExpired(ctx context.Context) (ReapResult, error) {
+	vms, err := c.ListVMs(ctx)
+	if err != nil {
+		return ReapResult{}, err
+	}
+	res := ReapResult{Removed: []DeleteResult{}}
+	for _, v := range vms {
+		if v.State != instance.Expired && v.State != instance.Broken {
+			continue
+		}
+		d, err := c.DeleteVM(ctx, v.VMID)
+		if err != nil {
+			return res, err
+		}
+		d.PriorState = v.State
+		res.Removed = append(res.Removed, d)
+	}
+	// Leftovers of interrupted deletes.
+	ents, _ := os.ReadDir(c.dirs.VMs())
+	for _, e := range ents {
+		if vmdir.IsHidden(e.Name()) {
+			_ = os.RemoveAll(vmdir.Dir(c.dirs.VMs()).Path(e.Name()))
+		}
+	}
+	res.Count = len(res.Removed)
+	return res, nil
+}
