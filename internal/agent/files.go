@@ -18,7 +18,7 @@ import (
 
 // workspaceDir is where the workspace disk is mounted; every exec ends with
 // a syncfs of it. A variable for tests.
-var workspaceDir = "/workspace"
+var workspaceDir = WorkspaceDir
 
 // syncFS flushes the filesystem holding p to its disk (syncfs), so data
 // written so far survives a kill of the VMM. Errors (p missing) are ignored.

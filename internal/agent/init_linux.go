@@ -20,6 +20,12 @@ const (
 	modulesDir   = "/pyro/modules"
 	modulesOrder = "/pyro/modules.order"
 	rootDisk     = "/dev/vda"
+	// WorkspaceDisk is the optional second disk: the persistent /workspace
+	// (ext4, made by the host with mke2fs, possibly empty).
+	WorkspaceDisk = "/dev/vdb"
+	// WorkspaceDir is where WorkspaceDisk is mounted; without the disk it
+	// is a plain directory of the overlay root.
+	WorkspaceDir = "/workspace"
 	lowerDir     = "/run/pyro/lower"
 	rwDir        = "/run/pyro/rw"
 	newRoot      = "/newroot"
@@ -32,6 +38,10 @@ type bootConfig struct {
 	poweroff bool   // pyro.poweroff=1
 	hostname string // pyro.hostname=NAME
 	debug    bool   // pyro.debug=1: verbose agent log on the console
+	// pyro.workspace=1: a workspace disk is attached; wait for it and fail
+	// the boot if it does not appear. Without it, /dev/vdb is mounted if
+	// present when the root is ready.
+	workspace bool
 }
 
 func parseCmdline(s string) bootConfig {
@@ -49,6 +59,8 @@ func parseCmdline(s string) bootConfig {
 			}
 		case "pyro.debug":
 			c.debug = v == "1"
+		case "pyro.workspace":
+			c.workspace = v == "1"
 		}
 	}
 	return c
@@ -120,7 +132,39 @@ func setupRoot() (bootConfig, error) {
 	if cfg.debug {
 		consolef("pyro-init: modules %d ms, root disk+overlay %d ms\n", t1-t0, uptimeMS()-t1)
 	}
-	return cfg, switchRoot()
+	if err := switchRoot(); err != nil {
+		return cfg, err
+	}
+	return cfg, mountWorkspace(cfg.workspace)
+}
+
+// mountWorkspace creates /workspace in the new root and mounts the
+// workspace disk on it (ext4, read-write) if there is one. With wait, the
+// disk must appear within diskWait.
+func mountWorkspace(wait bool) error {
+	if err := os.MkdirAll(WorkspaceDir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", WorkspaceDir, err)
+	}
+	deadline := time.Now().Add(diskWait)
+	for {
+		if _, err := os.Stat(WorkspaceDisk); err == nil {
+			break
+		}
+		if !wait {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("workspace disk %s did not appear within %s", WorkspaceDisk, diskWait)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if err := unix.Mount(WorkspaceDisk, WorkspaceDir, "ext4", unix.MS_NOATIME|unix.MS_NODEV, ""); err != nil {
+		return fmt.Errorf("mount workspace disk %s on %s: %w", WorkspaceDisk, WorkspaceDir, err)
+	}
+	// mke2fs leaves an empty lost+found; /workspace shows only what the
+	// user put there (e2fsck recreates it if it is ever needed).
+	_ = unix.Rmdir(WorkspaceDir + "/lost+found")
+	return nil
 }
 
 func loadModules() error {

@@ -90,6 +90,7 @@ type server struct {
 	opts     ServeOptions
 	log      *slog.Logger
 	services *serviceManager // shared by all sessions of the agent process
+	shells   *shellManager   // shared by all sessions of the agent process
 }
 
 func (s *server) routes() http.Handler {
@@ -98,6 +99,7 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("POST "+agentapi.PathExec, s.handleExec)
 	mux.HandleFunc("POST "+agentapi.PathShutdown, s.handleShutdown)
 	s.serviceRoutes(mux)
+	s.shellRoutes(mux)
 	mux.HandleFunc("POST "+agentapi.PathFilesPush, s.handleFilesPush)
 	mux.HandleFunc("GET "+agentapi.PathFilesPull, s.handleFilesPull)
 	return mux

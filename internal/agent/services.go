@@ -553,6 +553,11 @@ func (sv *service) waitReady(ctx context.Context, o *startOptions) (agentapi.Ser
 		}
 		msg := why + probeNote
 		sv.stop(serviceFailGrace, agentapi.ServiceFailed, msg)
+		sv.mu.Lock()
+		if sv.errMsg == "" {
+			sv.errMsg = msg
+		}
+		sv.mu.Unlock()
 		lines, _ := logLines(sv.log, failLogLines)
 		full := fmt.Sprintf("service %q %s", sv.name, msg)
 		if len(lines) > 0 {
@@ -753,7 +758,7 @@ func (sv *service) stop(grace time.Duration, state, errMsg string) {
 		default:
 			return false
 		}
-		return unix.Kill(-pgid, 0) == unix.ESRCH
+		return !groupAlive(pgid)
 	}
 	waitGone := func(d time.Duration) bool {
 		end := time.Now().Add(d)
@@ -782,4 +787,56 @@ func (sv *service) stop(grace time.Duration, state, errMsg string) {
 	sv.mu.Lock()
 	sv.groupGone = gone()
 	sv.mu.Unlock()
+}
+
+// procInfo is what groupMembers needs from /proc/PID/stat.
+type procInfo struct {
+	pid, pgrp, sid int
+	state          byte
+}
+
+// listProcs reads the state, process group and session of every process.
+func listProcs() []procInfo {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var out []procInfo
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		// ") S ppid pgrp session ..."
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 4 || len(f[0]) != 1 {
+			continue
+		}
+		pgrp, _ := strconv.Atoi(f[2])
+		sid, _ := strconv.Atoi(f[3])
+		out = append(out, procInfo{pid: pid, pgrp: pgrp, sid: sid, state: f[0][0]})
+	}
+	return out
+}
+
+// groupAlive reports whether a process group has a member that is not a
+// zombie (zombies are dead; their reaping is their parent's business).
+func groupAlive(pgid int) bool {
+	if unix.Kill(-pgid, 0) == unix.ESRCH {
+		return false
+	}
+	for _, p := range listProcs() {
+		if p.pgrp == pgid && p.state != 'Z' && p.state != 'X' {
+			return true
+		}
+	}
+	return false
 }

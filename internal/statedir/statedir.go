@@ -28,3 +28,4 @@ type Dirs struct{ Root string }
 func (d Dirs) Environments() string { return filepath.Join(d.Root, "environments") }
 func (d Dirs) Cache() string        { return filepath.Join(d.Root, "cache") }
 func (d Dirs) VMs() string          { return filepath.Join(d.Root, "vms") }
+func (d Dirs) Workspaces() string   { return filepath.Join(d.Root, "workspaces") }

@@ -37,7 +37,7 @@ var ErrBadArchive = errors.New("malformed archive")
 // Stats counts what was archived or extracted.
 type Stats struct {
 	Files int   // regular files, symlinks and hard links
-	Dirs  int   // directories (not counting the root)
+	Dirs  int   // directory entries (not the root, not implied parents)
 	Bytes int64 // regular file content bytes
 }
 
@@ -315,6 +315,9 @@ func ExtractTar(r io.Reader, dest string) (Stats, error) {
 			if err := root.Symlink(hdr.Linkname, name); err != nil {
 				return st, fmt.Errorf("create symlink %s: %w", name, err)
 			}
+			if err := lutimes(root, name, hdr.ModTime); err != nil {
+				return st, fmt.Errorf("set times of %s: %w", name, err)
+			}
 			st.Files++
 		case tar.TypeLink:
 			target, err := CleanName(hdr.Linkname)
@@ -425,6 +428,31 @@ func (r *readErr) Read(p []byte) (int, error) {
 		r.err = err
 	}
 	return n, err
+}
+
+// lutimes sets the times of the symlink name itself, through a directory
+// fd opened within root.
+func lutimes(root *os.Root, name string, t time.Time) error {
+	if t.IsZero() {
+		return nil
+	}
+	d, err := root.Open(path.Dir(name))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	rc, err := d.SyscallConn()
+	if err != nil {
+		return err
+	}
+	ts := []unix.Timespec{unix.NsecToTimespec(t.UnixNano()), unix.NsecToTimespec(t.UnixNano())}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.UtimesNanoAt(int(fd), path.Base(name), ts, unix.AT_SYMLINK_NOFOLLOW)
+	}); err != nil {
+		return err
+	}
+	return serr
 }
 
 func futimes(f *os.File, t time.Time) error {

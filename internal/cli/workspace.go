@@ -1,0 +1,433 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pyro-mcp/pyro"
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+)
+
+func (a *app) workspaceCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "workspace",
+		Short: "Persistent workspaces: seed, exec, sync, export, diff, snapshots, reset",
+		Long: `A workspace is a long-lived microVM with a persistent /workspace on its own disk
+image on the host: a crash loses nothing an exec finished writing, and the next
+command restarts the VM on the same disk. The create-time /workspace is kept as
+the immutable "baseline" snapshot for diff and reset.`,
+		Example: `  id=$(pyro workspace create --json --seed-path ./myproject debian:12 | jq -r .workspace_id)
+  pyro workspace exec $id -- python3 -m pytest -q
+  pyro workspace diff $id
+  pyro workspace snapshot create $id green
+  pyro workspace reset $id --snapshot green
+  pyro workspace export $id report.txt --output ./report.txt
+  pyro workspace delete $id`,
+	}
+	snap := &cobra.Command{Use: "snapshot", Short: "Create, list and delete named snapshots of /workspace"}
+	snap.AddCommand(a.wsSnapshotCreate(), a.wsSnapshotList(), a.wsSnapshotDelete())
+	sync := &cobra.Command{Use: "sync", Short: "Import host content into a workspace"}
+	sync.AddCommand(a.wsSyncPush())
+	cmd.AddCommand(a.wsCreate(), sync, a.wsExec(), a.wsExport(), a.wsDiff(), snap, a.wsReset(),
+		a.wsStatus(), a.wsLogs(), a.wsDelete(), a.wsList(), a.serviceCommand(), a.shellCommand())
+	return cmd
+}
+
+// parseSecretFlags turns NAME=VALUE and NAME=PATH flags into secrets.
+func parseSecretFlags(literal, files []string) ([]pyro.Secret, error) {
+	var out []pyro.Secret
+	for _, kv := range literal {
+		name, value, ok := strings.Cut(kv, "=")
+		if !ok {
+			return nil, errdefs.New(errdefs.ErrInvalidArgument, "use --secret NAME=VALUE", "bad --secret for %q", name)
+		}
+		out = append(out, pyro.Secret{Name: name, Value: value})
+	}
+	for _, kv := range files {
+		name, path, ok := strings.Cut(kv, "=")
+		if !ok || path == "" {
+			return nil, errdefs.New(errdefs.ErrInvalidArgument, "use --secret-file NAME=PATH", "bad --secret-file %q", kv)
+		}
+		out = append(out, pyro.Secret{Name: name, FilePath: path})
+	}
+	return out, nil
+}
+
+// parseSecretEnv turns SECRET[=VAR] flags into a mapping.
+func parseSecretEnv(flags []string) map[string]string {
+	if len(flags) == 0 {
+		return nil
+	}
+	m := map[string]string{}
+	for _, f := range flags {
+		name, v, _ := strings.Cut(f, "=")
+		m[name] = v
+	}
+	return m
+}
+
+func (a *app) wsCreate() *cobra.Command {
+	var o pyro.CreateWorkspaceOptions
+	var secrets, secretFiles []string
+	cmd := &cobra.Command{
+		Use:   "create [ENVIRONMENT]",
+		Short: "Create and start a workspace, optionally seeded from a host folder or archive",
+		Example: `  pyro workspace create debian:12
+  pyro workspace create --seed-path ./src --network debian:12-build
+  pyro workspace create --secret API_TOKEN=abc --secret-file KEY=./key.pem debian:12`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			if len(args) == 1 {
+				o.Environment = args[0]
+			}
+			if o.Secrets, err = parseSecretFlags(secrets, secretFiles); err != nil {
+				return err
+			}
+			ws, err := c.CreateWorkspace(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			return a.emit(ws, func(w io.Writer) { printWorkspace(w, ws) })
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&o.VCPUCount, "vcpu-count", pyro.DefaultVCPUCount, "number of guest vCPUs")
+	f.IntVar(&o.MemMiB, "mem-mib", pyro.DefaultMemMiB, "guest memory in MiB")
+	f.BoolVar(&o.Network, "network", false, "outbound networking (QEMU user-mode NAT)")
+	f.BoolVar(&o.AllowHostCompat, "allow-host-compat", false, "fall back to host namespaces when no guest can boot")
+	f.StringVar(&o.SeedPath, "seed-path", "", "host directory or .tar/.tar.gz/.tgz to fill /workspace with")
+	f.StringArrayVar(&secrets, "secret", nil, "guest-only secret NAME=VALUE (repeatable)")
+	f.StringArrayVar(&secretFiles, "secret-file", nil, "guest-only secret NAME=PATH read from a host file (repeatable)")
+	return cmd
+}
+
+func (a *app) wsSyncPush() *cobra.Command {
+	var dest string
+	cmd := &cobra.Command{
+		Use:     "push WORKSPACE_ID SOURCE_PATH [--dest WORKSPACE_PATH]",
+		Short:   "Import a host directory or archive into a workspace",
+		Example: "  pyro workspace sync push 3f2a9c1b7d4e ./src --dest /workspace/src",
+		Args:    cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			r, err := c.PushWorkspaceSync(cmd.Context(), args[0], args[1], dest)
+			if err != nil {
+				return err
+			}
+			return a.emit(r, func(w io.Writer) {
+				fmt.Fprintf(w, "pushed %d files (%s) from %s into %s\n", r.FileCount, humanBytes(r.Bytes), r.SourcePath, r.Dest)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&dest, "dest", "/workspace", "destination directory under /workspace")
+	return cmd
+}
+
+func (a *app) wsExec() *cobra.Command {
+	var o pyro.WorkspaceExecOptions
+	var secretEnv []string
+	cmd := &cobra.Command{
+		Use:   "exec WORKSPACE_ID [--timeout-seconds N] [--secret-env NAME[=VAR]] -- COMMAND [ARG...]",
+		Short: "Run a command in /workspace; the workspace stays alive",
+		Long: `Runs COMMAND in /workspace, streams its output and exits with its exit code
+(--json: one result object). State persists between calls; every exec is
+recorded in the workspace's history (pyro workspace logs).`,
+		Example: "  pyro workspace exec 3f2a9c1b7d4e -- ls -la\n  pyro workspace exec 3f2a9c1b7d4e --secret-env API_TOKEN -- 'curl -H \"Authorization: $API_TOKEN\" ...'",
+		Args:    commandArgs(1, "WORKSPACE_ID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			o.Command = args[1:]
+			o.SecretEnv = parseSecretEnv(secretEnv)
+			a.streamTo(&o.OnOutput)
+			res, err := c.ExecWorkspace(cmd.Context(), args[0], o)
+			if err != nil {
+				return err
+			}
+			return a.execResult(res)
+		},
+	}
+	cmd.Flags().IntVar(&o.TimeoutSeconds, "timeout-seconds", pyro.DefaultTimeoutSeconds, "kill the command's process group after this many seconds")
+	cmd.Flags().StringArrayVar(&secretEnv, "secret-env", nil, "expose secret NAME as env var (NAME or NAME=VAR; repeatable)")
+	return cmd
+}
+
+func (a *app) wsExport() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:     "export WORKSPACE_ID PATH --output HOST_PATH",
+		Short:   "Copy one file or directory from /workspace to the host",
+		Example: "  pyro workspace export 3f2a9c1b7d4e dist --output ./dist",
+		Args:    cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			r, err := c.ExportWorkspace(cmd.Context(), args[0], args[1], output)
+			if err != nil {
+				return err
+			}
+			return a.emit(r, func(w io.Writer) {
+				fmt.Fprintf(w, "exported %s %s to %s (%d files, %s)\n", r.Kind, r.Path, r.OutputPath, r.FileCount, humanBytes(r.Bytes))
+			})
+		},
+	}
+	cmd.Flags().StringVar(&output, "output", "", "host path to write (must not exist)")
+	_ = cmd.MarkFlagRequired("output")
+	return cmd
+}
+
+func (a *app) wsDiff() *cobra.Command {
+	return &cobra.Command{
+		Use:     "diff WORKSPACE_ID",
+		Short:   "Show what changed in /workspace since the create-time baseline",
+		Example: "  pyro workspace diff 3f2a9c1b7d4e",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			d, err := c.DiffWorkspace(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return a.emit(d, func(w io.Writer) {
+				if len(d.Changes) == 0 {
+					fmt.Fprintln(w, "no changes since the baseline")
+					return
+				}
+				for _, ch := range d.Changes {
+					mark := map[string]string{"added": "A", "modified": "M", "deleted": "D"}[ch.Status]
+					fmt.Fprintf(w, "%s %s", mark, ch.Path)
+					if ch.Note != "" {
+						fmt.Fprintf(w, " (%s)", ch.Note)
+					}
+					fmt.Fprintln(w)
+				}
+				for _, ch := range d.Changes {
+					if ch.Diff != "" {
+						fmt.Fprint(w, "\n"+ch.Diff)
+					}
+				}
+			})
+		},
+	}
+}
+
+func (a *app) wsSnapshotCreate() *cobra.Command {
+	return &cobra.Command{
+		Use:   "create WORKSPACE_ID SNAPSHOT_NAME",
+		Short: "Store the current /workspace as a named snapshot",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			s, err := c.CreateSnapshot(cmd.Context(), args[0], args[1])
+			if err != nil {
+				return err
+			}
+			return a.emit(s, func(w io.Writer) { fmt.Fprintf(w, "snapshot %s: %s, sha256 %s\n", s.Name, humanBytes(s.Bytes), s.SHA256[:12]) })
+		},
+	}
+}
+
+func (a *app) wsSnapshotList() *cobra.Command {
+	return &cobra.Command{
+		Use:   "list WORKSPACE_ID",
+		Short: "List the baseline and named snapshots",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			list, err := c.ListSnapshots(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return a.emit(map[string]any{"workspace_id": args[0], "snapshots": list}, func(w io.Writer) {
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "NAME\tCREATED\tSIZE")
+				for _, s := range list {
+					fmt.Fprintf(tw, "%s\t%s\t%s\n", s.Name, s.CreatedAt.Format("2006-01-02 15:04:05"), humanBytes(s.Bytes))
+				}
+				tw.Flush()
+			})
+		},
+	}
+}
+
+func (a *app) wsSnapshotDelete() *cobra.Command {
+	return &cobra.Command{
+		Use:   "delete WORKSPACE_ID SNAPSHOT_NAME",
+		Short: "Delete a named snapshot (the baseline stays)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			if err := c.DeleteSnapshot(cmd.Context(), args[0], args[1]); err != nil {
+				return err
+			}
+			return a.emit(map[string]any{"workspace_id": args[0], "snapshot": args[1], "deleted": true},
+				func(w io.Writer) { fmt.Fprintf(w, "deleted snapshot %s\n", args[1]) })
+		},
+	}
+}
+
+func (a *app) wsReset() *cobra.Command {
+	var snapshot string
+	cmd := &cobra.Command{
+		Use:     "reset WORKSPACE_ID [--snapshot NAME|baseline]",
+		Short:   "Recreate the whole sandbox and restore /workspace from a snapshot",
+		Example: "  pyro workspace reset 3f2a9c1b7d4e\n  pyro workspace reset 3f2a9c1b7d4e --snapshot green",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			ws, err := c.ResetWorkspace(cmd.Context(), args[0], snapshot)
+			if err != nil {
+				return err
+			}
+			return a.emit(ws, func(w io.Writer) { printWorkspace(w, ws) })
+		},
+	}
+	cmd.Flags().StringVar(&snapshot, "snapshot", "baseline", "snapshot to restore")
+	return cmd
+}
+
+func (a *app) wsStatus() *cobra.Command {
+	return &cobra.Command{
+		Use:   "status WORKSPACE_ID",
+		Short: "Show a workspace's observed status",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			ws, err := c.StatusWorkspace(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return a.emit(ws, func(w io.Writer) { printWorkspace(w, ws) })
+		},
+	}
+}
+
+func (a *app) wsLogs() *cobra.Command {
+	return &cobra.Command{
+		Use:   "logs WORKSPACE_ID",
+		Short: "Show the workspace's command history",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			h, err := c.LogsWorkspace(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return a.emit(map[string]any{"workspace_id": args[0], "entries": h}, func(w io.Writer) {
+				for _, e := range h {
+					fmt.Fprintf(w, "#%d %s  exit %d  %d ms  $ %s\n", e.Seq, e.StartedAt.Format("15:04:05"), e.ExitCode, e.DurationMS, strings.Join(e.Command, " "))
+					for _, s := range []string{e.Stdout, e.Stderr} {
+						if s != "" {
+							fmt.Fprintf(w, "    %s\n", strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n    "))
+						}
+					}
+				}
+			})
+		},
+	}
+}
+
+func (a *app) wsDelete() *cobra.Command {
+	return &cobra.Command{
+		Use:   "delete WORKSPACE_ID",
+		Short: "Stop a workspace and remove its disk, snapshots, history and secrets",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			r, err := c.DeleteWorkspace(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return a.emit(r, func(w io.Writer) { fmt.Fprintf(w, "deleted workspace %s (was %s)\n", r.WorkspaceID, r.PriorState) })
+		},
+	}
+}
+
+func (a *app) wsList() *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List workspaces",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			list, err := c.ListWorkspaces(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return a.emit(map[string]any{"workspaces": list}, func(w io.Writer) {
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "WORKSPACE_ID\tENVIRONMENT\tSTATE\tRESETS\tCOMMANDS\tCREATED")
+				for _, ws := range list {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", ws.WorkspaceID, ws.Environment, ws.State, ws.ResetCount, ws.CommandCount, ws.CreatedAt.Format("2006-01-02 15:04:05"))
+				}
+				tw.Flush()
+			})
+		},
+	}
+}
+
+func printWorkspace(w io.Writer, ws pyro.Workspace) {
+	fmt.Fprintf(w, "workspace_id: %s\nenvironment:  %s\nstate:        %s\n", ws.WorkspaceID, ws.Environment, ws.State)
+	if ws.Reason != "" {
+		fmt.Fprintf(w, "reason:       %s\n", ws.Reason)
+	}
+	s := ws.WorkspaceSeed
+	fmt.Fprintf(w, "seed:         %s", s.Mode)
+	if s.SourcePath != "" {
+		fmt.Fprintf(w, " from %s (%d files, %s)", s.SourcePath, s.FileCount, humanBytes(s.Bytes))
+	}
+	fmt.Fprintf(w, "\nresets:       %d", ws.ResetCount)
+	if ws.LastResetAt != nil {
+		fmt.Fprintf(w, " (last %s)", ws.LastResetAt.Format("2006-01-02 15:04:05"))
+	}
+	fmt.Fprintf(w, "\nservices:     %d (%d running)\ncommands:     %d\n", ws.ServiceCount, ws.RunningServiceCount, ws.CommandCount)
+	if len(ws.Secrets) > 0 {
+		var names []string
+		for _, sec := range ws.Secrets {
+			names = append(names, sec.Name+" ("+sec.Source+")")
+		}
+		fmt.Fprintf(w, "secrets:      %s\n", strings.Join(names, ", "))
+	}
+}

@@ -1,0 +1,392 @@
+// Package workspace holds the host-side pieces of persistent workspaces:
+// the /workspace disk image, snapshots stored as verified tar files, the
+// diff against the baseline, the command history and seed sources. The SDK
+// composes them with the supervisor and the guest agent.
+package workspace
+
+import (
+	"archive/tar"
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/tarutil"
+)
+
+// Root is the guest path every workspace operation is confined to.
+const Root = "/workspace"
+
+// Files of a workspace directory (beside the VM files of internal/vmdir).
+const (
+	DiskFile     = "workspace.ext4"
+	SnapshotsDir = "snapshots"
+	HistoryFile  = "history.jsonl"
+	SecretsFile  = "secrets.json"
+)
+
+// Baseline is the implicit snapshot taken when the workspace was created.
+const Baseline = "baseline"
+
+// DefaultDiskBytes is the size of a /workspace disk (sparse: it costs only
+// what is written).
+const DefaultDiskBytes = 8 << 30
+
+// CreateDisk makes a fresh, empty ext4 image at path (replacing any).
+func CreateDisk(ctx context.Context, path string, size int64) error {
+	tmp := path + ".tmp"
+	_ = os.Remove(tmp)
+	f, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return err
+	}
+	f.Close()
+	out, err := exec.CommandContext(ctx, "mke2fs", "-q", "-F", "-t", "ext4", "-m", "0", "-L", "workspace",
+		"-E", "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0", tmp).CombinedOutput()
+	if err != nil {
+		_ = os.Remove(tmp)
+		return errdefs.Wrap(errdefs.ErrUnavailable, err, "install e2fsprogs", "mke2fs workspace disk: %s", strings.TrimSpace(string(out)))
+	}
+	return os.Rename(tmp, path)
+}
+
+// GuestPath resolves p (relative to /workspace, or absolute) to a clean
+// absolute guest path under /workspace.
+func GuestPath(p string) (string, error) {
+	if p == "" {
+		return Root, nil
+	}
+	if !strings.HasPrefix(p, "/") {
+		p = Root + "/" + p
+	}
+	clean := filepath.Clean(p)
+	if clean != Root && !strings.HasPrefix(clean, Root+"/") {
+		return "", errdefs.New(errdefs.ErrInvalidArgument, "use a path under /workspace", "path %q is outside /workspace", p)
+	}
+	return clean, nil
+}
+
+var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+
+// ValidateSnapshotName checks a snapshot name is a safe identifier.
+func ValidateSnapshotName(name string) error {
+	if !namePattern.MatchString(name) {
+		return errdefs.New(errdefs.ErrInvalidArgument, "use letters, digits, '.', '_' and '-', up to 64 characters", "invalid snapshot name %q", name)
+	}
+	return nil
+}
+
+// Seed describes how /workspace was initialised.
+type Seed struct {
+	Mode       string `json:"mode"` // "empty", "directory" or "archive"
+	SourcePath string `json:"source_path,omitempty"`
+	FileCount  int    `json:"file_count"`
+	Bytes      int64  `json:"bytes"`
+}
+
+// OpenSource opens a host directory or a local .tar/.tar.gz/.tgz as an
+// uncompressed tar stream, and says which it was.
+func OpenSource(path string) (io.ReadCloser, string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, "", err
+	}
+	st, err := os.Stat(abs)
+	if err != nil {
+		return nil, "", errdefs.Wrap(errdefs.ErrNotFound, err, "give a directory or a .tar/.tar.gz/.tgz file", "seed source %q", path)
+	}
+	if st.IsDir() {
+		pr, pw := io.Pipe()
+		go func() {
+			_, _, err := tarutil.TarDir(pw, abs)
+			pw.CloseWithError(err)
+		}()
+		return pr, "directory", nil
+	}
+	lower := strings.ToLower(abs)
+	if !st.Mode().IsRegular() || !(strings.HasSuffix(lower, ".tar") || strings.HasSuffix(lower, ".tar.gz") || strings.HasSuffix(lower, ".tgz")) {
+		return nil, "", errdefs.New(errdefs.ErrInvalidArgument, "give a directory or a .tar/.tar.gz/.tgz file", "unsupported source %q", path)
+	}
+	r, err := tarutil.OpenArchive(abs)
+	if err != nil {
+		return nil, "", errdefs.Wrap(errdefs.ErrInvalidArgument, err, "check the archive", "open %q", path)
+	}
+	return r, "archive", nil
+}
+
+// Snapshot is one stored /workspace checkpoint.
+type Snapshot struct {
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+	Bytes     int64     `json:"bytes"`
+	SHA256    string    `json:"sha256"`
+	Implicit  bool      `json:"implicit"` // the baseline
+}
+
+// Snapshots stores snapshots as <dir>/<name>.tar with a <name>.json sidecar.
+type Snapshots struct{ Dir string }
+
+func (s Snapshots) tarPath(name string) string  { return filepath.Join(s.Dir, name+".tar") }
+func (s Snapshots) metaPath(name string) string { return filepath.Join(s.Dir, name+".json") }
+
+// Save stores r as snapshot name, atomically; it refuses to overwrite.
+func (s Snapshots) Save(name string, r io.Reader) (Snapshot, error) {
+	if name != Baseline {
+		if err := ValidateSnapshotName(name); err != nil {
+			return Snapshot{}, err
+		}
+	}
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return Snapshot{}, err
+	}
+	if _, err := os.Stat(s.metaPath(name)); err == nil {
+		return Snapshot{}, errdefs.New(errdefs.ErrAlreadyExists, "delete it first or pick another name", "snapshot %q already exists", name)
+	}
+	f, err := os.CreateTemp(s.Dir, ".tmp-*")
+	if err != nil {
+		return Snapshot{}, err
+	}
+	defer os.Remove(f.Name())
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(f, h), r)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("store snapshot %q: %w", name, err)
+	}
+	snap := Snapshot{Name: name, CreatedAt: time.Now().UTC(), Bytes: n, SHA256: hex.EncodeToString(h.Sum(nil)), Implicit: name == Baseline}
+	if err := os.Rename(f.Name(), s.tarPath(name)); err != nil {
+		return Snapshot{}, err
+	}
+	b, _ := json.Marshal(snap)
+	if err := os.WriteFile(s.metaPath(name), b, 0o600); err != nil {
+		return Snapshot{}, err
+	}
+	return snap, nil
+}
+
+// List returns the snapshots, baseline first, then by creation time.
+func (s Snapshots) List() ([]Snapshot, error) {
+	paths, _ := filepath.Glob(filepath.Join(s.Dir, "*.json"))
+	out := []Snapshot{}
+	for _, p := range paths {
+		var snap Snapshot
+		b, err := os.ReadFile(p)
+		if err != nil || json.Unmarshal(b, &snap) != nil {
+			continue
+		}
+		out = append(out, snap)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Implicit != out[j].Implicit {
+			return out[i].Implicit
+		}
+		return out[i].CreatedAt.Before(out[j].CreatedAt)
+	})
+	return out, nil
+}
+
+// Get returns one snapshot's metadata.
+func (s Snapshots) Get(name string) (Snapshot, error) {
+	var snap Snapshot
+	b, err := os.ReadFile(s.metaPath(name))
+	if err != nil {
+		return snap, errdefs.New(errdefs.ErrNotFound, "list them with `pyro workspace snapshot list`", "snapshot %q not found", name)
+	}
+	return snap, json.Unmarshal(b, &snap)
+}
+
+// Open verifies snapshot name against its recorded sha256 and returns its
+// tar stream. A damaged snapshot is never restored.
+func (s Snapshots) Open(name string) (io.ReadCloser, error) {
+	snap, err := s.Get(name)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(s.tarPath(name))
+	if err != nil {
+		return nil, errdefs.Wrap(errdefs.ErrFailedPrecondition, err, "", "snapshot %q is missing its data", name)
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != snap.SHA256 {
+		f.Close()
+		return nil, errdefs.New(errdefs.ErrFailedPrecondition, "restore another snapshot", "snapshot %q is damaged (sha256 %s, recorded %s)", name, got[:12], snap.SHA256[:12])
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// Delete removes a named snapshot; the baseline cannot be deleted.
+func (s Snapshots) Delete(name string) error {
+	if name == Baseline {
+		return errdefs.New(errdefs.ErrFailedPrecondition, "the baseline is what diff and reset compare against", "the baseline snapshot cannot be deleted")
+	}
+	if _, err := s.Get(name); err != nil {
+		return err
+	}
+	_ = os.Remove(s.tarPath(name))
+	return os.Remove(s.metaPath(name))
+}
+
+// HistoryEntry is one command run in a workspace.
+type HistoryEntry struct {
+	Seq             int       `json:"seq"`
+	Command         []string  `json:"command"`
+	ExitCode        int       `json:"exit_code"`
+	DurationMS      int64     `json:"duration_ms"`
+	StartedAt       time.Time `json:"started_at"`
+	TimedOut        bool      `json:"timed_out,omitempty"`
+	Stdout          string    `json:"stdout"`
+	Stderr          string    `json:"stderr"`
+	OutputTruncated bool      `json:"output_truncated,omitempty"`
+}
+
+// HistoryExcerpt bounds the output kept per command in the history.
+const HistoryExcerpt = 8 << 10
+
+// excerpt keeps the last n bytes of s, cut at a UTF-8 boundary.
+func excerpt(s string, n int) (string, bool) {
+	if len(s) <= n {
+		return s, false
+	}
+	s = s[len(s)-n:]
+	for i := 0; i < 4 && i < len(s); i++ {
+		if s[i]&0xC0 != 0x80 {
+			return s[i:], true
+		}
+	}
+	return s, true
+}
+
+// AppendHistory adds one entry to the history file, numbering it.
+func AppendHistory(path string, e HistoryEntry) error {
+	prev, _ := ReadHistory(path)
+	e.Seq = len(prev) + 1
+	var t1, t2 bool
+	e.Stdout, t1 = excerpt(e.Stdout, HistoryExcerpt)
+	e.Stderr, t2 = excerpt(e.Stderr, HistoryExcerpt)
+	e.OutputTruncated = e.OutputTruncated || t1 || t2
+	b, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.Write(append(b, '\n')); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+// ReadHistory returns every entry, oldest first.
+func ReadHistory(path string) ([]HistoryEntry, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return []HistoryEntry{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	out := []HistoryEntry{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	for sc.Scan() {
+		var e HistoryEntry
+		if json.Unmarshal(sc.Bytes(), &e) == nil {
+			out = append(out, e)
+		}
+	}
+	return out, sc.Err()
+}
+
+// entry is one file of a tree read from a tar stream.
+type entry struct {
+	kind   string // "file", "dir", "symlink"
+	mode   int64
+	size   int64
+	sum    [32]byte
+	target string
+	text   []byte // content when small enough to diff, else nil
+	binary bool
+}
+
+// maxTextDiff bounds the size of files that get a unified diff.
+const maxTextDiff = 256 << 10
+
+func readTree(r io.Reader) (map[string]entry, error) {
+	tr := tar.NewReader(r)
+	out := map[string]entry{}
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read tree: %w", err)
+		}
+		name := strings.TrimSuffix(strings.TrimPrefix(h.Name, "./"), "/")
+		if name == "" || name == "." {
+			continue
+		}
+		e := entry{mode: h.Mode & 0o7777, size: h.Size}
+		switch h.Typeflag {
+		case tar.TypeDir:
+			e.kind = "dir"
+		case tar.TypeSymlink:
+			e.kind, e.target = "symlink", h.Linkname
+		case tar.TypeReg, tar.TypeLink:
+			e.kind = "file"
+			data, err := io.ReadAll(tr)
+			if err != nil {
+				return nil, err
+			}
+			e.sum = sha256.Sum256(data)
+			e.binary = isBinary(data)
+			if !e.binary && len(data) <= maxTextDiff {
+				e.text = data
+			}
+		default:
+			continue
+		}
+		out[name] = e
+	}
+}
+
+func isBinary(b []byte) bool {
+	n := len(b)
+	if n > 8000 {
+		n = 8000
+	}
+	return strings.IndexByte(string(b[:n]), 0) >= 0
+}

@@ -1,0 +1,578 @@
+package pyro
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/instance"
+	"github.com/pyro-mcp/pyro/internal/supervisor"
+	"github.com/pyro-mcp/pyro/internal/tarutil"
+	"github.com/pyro-mcp/pyro/internal/vmdir"
+	"github.com/pyro-mcp/pyro/internal/workspace"
+)
+
+// A workspace is a long-lived VM with a persistent /workspace: its own
+// disk image on the host, so a crash of the VMM or supervisor loses nothing
+// an exec finished writing; the next command restarts the VM on the same
+// disk. The create-time content of /workspace is kept as the immutable
+// "baseline" snapshot, against which diff compares and to which reset
+// returns by default.
+
+// WorkspaceSeed describes how /workspace was initialised.
+type WorkspaceSeed = workspace.Seed
+
+// Snapshot is one stored /workspace checkpoint.
+type Snapshot = workspace.Snapshot
+
+// WorkspaceDiff compares /workspace with the baseline.
+type WorkspaceDiff struct {
+	WorkspaceID string `json:"workspace_id"`
+	workspace.DiffResult
+}
+
+// HistoryEntry is one command of a workspace's history.
+type HistoryEntry = workspace.HistoryEntry
+
+// CreateWorkspaceOptions describe a workspace. Zero values take the
+// contract defaults (debian:12, 1 vCPU, 1024 MiB, no network).
+type CreateWorkspaceOptions struct {
+	Environment     string
+	VCPUCount       int
+	MemMiB          int
+	Network         bool
+	AllowHostCompat bool
+	// SeedPath is a host directory or a local .tar/.tar.gz/.tgz whose
+	// content fills /workspace before CreateWorkspace returns.
+	SeedPath string
+	// Secrets are guest-only values, materialised under /run/pyro-secrets.
+	Secrets []Secret
+}
+
+// Workspace is a workspace's record and observed status.
+type Workspace struct {
+	WorkspaceID         string        `json:"workspace_id"`
+	Environment         string        `json:"environment"`
+	State               string        `json:"state"`
+	Reason              string        `json:"reason,omitempty"`
+	VCPUCount           int           `json:"vcpu_count"`
+	MemMiB              int           `json:"mem_mib"`
+	Network             bool          `json:"network"`
+	AllowHostCompat     bool          `json:"allow_host_compat"`
+	CreatedAt           time.Time     `json:"created_at"`
+	WorkspaceSeed       WorkspaceSeed `json:"workspace_seed"`
+	ResetCount          int           `json:"reset_count"`
+	LastResetAt         *time.Time    `json:"last_reset_at"`
+	Secrets             []SecretInfo  `json:"secrets"`
+	ServiceCount        int           `json:"service_count"`
+	RunningServiceCount int           `json:"running_service_count"`
+	CommandCount        int           `json:"command_count"`
+	Backend             string        `json:"backend,omitempty"`
+	Acceleration        string        `json:"acceleration,omitempty"`
+	Isolation           string        `json:"isolation,omitempty"`
+}
+
+// workspaceMeta is the workspace part of the instance record.
+type workspaceMeta struct {
+	Seed        workspace.Seed `json:"workspace_seed"`
+	ResetCount  int            `json:"reset_count"`
+	LastResetAt *time.Time     `json:"last_reset_at,omitempty"`
+	Secrets     []SecretInfo   `json:"secrets"`
+}
+
+func metaOf(rec instance.Record) workspaceMeta {
+	m := workspaceMeta{Secrets: []SecretInfo{}}
+	if len(rec.Extra) > 0 {
+		_ = json.Unmarshal(rec.Extra, &m)
+	}
+	if m.Secrets == nil {
+		m.Secrets = []SecretInfo{}
+	}
+	return m
+}
+
+func setMeta(rec *instance.Record, m workspaceMeta) {
+	rec.Extra, _ = json.Marshal(m)
+}
+
+// wsDir returns an existing workspace's directory and record.
+func (c *Client) wsDir(id string) (vmdir.Dir, instance.Record, error) {
+	dir, err := vmdir.Open(c.dirs.Workspaces(), id)
+	if err != nil {
+		return "", instance.Record{}, errdefs.Wrap(errdefs.ErrNotFound, err, "list them with `pyro workspace list`", "workspace %q not found", id)
+	}
+	rec, err := instance.Load(dir, "workspace")
+	return dir, rec, err
+}
+
+func snapshotsOf(dir vmdir.Dir) workspace.Snapshots {
+	return workspace.Snapshots{Dir: dir.Path(workspace.SnapshotsDir)}
+}
+
+// CreateWorkspace creates and starts a workspace, seeds /workspace from
+// SeedPath when given, and records the baseline snapshot. On failure
+// nothing is left behind.
+func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOptions) (ws Workspace, err error) {
+	vo := CreateVMOptions{Environment: opts.Environment, VCPUCount: opts.VCPUCount, MemMiB: opts.MemMiB, Network: opts.Network, AllowHostCompat: opts.AllowHostCompat}
+	vo.applyDefaults()
+	rec, err := newRecord("workspace", vo)
+	if err != nil {
+		return ws, err
+	}
+	secretInfo, secretValues, err := checkSecrets(opts.Secrets)
+	if err != nil {
+		return ws, err
+	}
+	var source io.ReadCloser
+	seed := workspace.Seed{Mode: "empty"}
+	if opts.SeedPath != "" {
+		if source, seed.Mode, err = workspace.OpenSource(opts.SeedPath); err != nil {
+			return ws, err
+		}
+		defer source.Close()
+		seed.SourcePath, _ = filepath.Abs(opts.SeedPath)
+	}
+	if _, err := c.envs.Get(rec.Environment); err != nil {
+		return ws, err
+	}
+	dir, _ := vmdir.Open(c.dirs.Workspaces(), rec.ID)
+	if err := dir.Create(); err != nil {
+		return ws, err
+	}
+	defer func() {
+		if err != nil {
+			_, _ = c.remove(context.WithoutCancel(ctx), dir, rec)
+		}
+	}()
+	rec.WorkspaceDisk = dir.Path(workspace.DiskFile)
+	if err := workspace.CreateDisk(ctx, rec.WorkspaceDisk, workspace.DefaultDiskBytes); err != nil {
+		return ws, err
+	}
+	if err := saveSecrets(dir, secretValues); err != nil {
+		return ws, err
+	}
+	setMeta(&rec, workspaceMeta{Seed: seed, Secrets: secretInfo})
+	if err := instance.Save(dir, rec); err != nil {
+		return ws, err
+	}
+	instance.AppendEvent(dir, "created", map[string]any{"environment": rec.Environment, "seed_mode": seed.Mode})
+	if _, err := c.start(ctx, dir, rec); err != nil {
+		return ws, err
+	}
+	agent := supervisor.NewClient(dir).Agent()
+	defer agent.Close()
+	if err := c.prepareGuest(ctx, dir, agent); err != nil {
+		return ws, err
+	}
+	if source != nil {
+		r, err := agent.PushTar(ctx, workspace.Root, source)
+		if err != nil {
+			return ws, fmt.Errorf("seed /workspace: %w", err)
+		}
+		seed.FileCount, seed.Bytes = r.Files, r.Bytes
+		setMeta(&rec, workspaceMeta{Seed: seed, Secrets: secretInfo})
+		if err := instance.Save(dir, rec); err != nil {
+			return ws, err
+		}
+	}
+	if _, err := c.snapshot(ctx, dir, agent, workspace.Baseline); err != nil {
+		return ws, fmt.Errorf("record baseline: %w", err)
+	}
+	return c.StatusWorkspace(ctx, rec.ID)
+}
+
+// snapshot stores the current /workspace as snapshot name.
+func (c *Client) snapshot(ctx context.Context, dir vmdir.Dir, agent *agentapi.Client, name string) (Snapshot, error) {
+	r, _, err := agent.PullTar(ctx, workspace.Root)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	defer r.Close()
+	return snapshotsOf(dir).Save(name, r)
+}
+
+// workspaceAgent returns an agent client for a workspace, restarting its VM
+// on the same /workspace disk when it is not running (after a crash, a
+// host reboot or a stop). An expired workspace is not restarted.
+func (c *Client) workspaceAgent(ctx context.Context, dir vmdir.Dir, rec instance.Record) (*agentapi.Client, error) {
+	st := supervisor.Observe(ctx, dir, rec)
+	if st.State != instance.Running {
+		if _, err := c.start(ctx, dir, rec); err != nil {
+			return nil, fmt.Errorf("restart workspace %q: %w", rec.ID, err)
+		}
+		agent := supervisor.NewClient(dir).Agent()
+		if err := c.prepareGuest(ctx, dir, agent); err != nil {
+			agent.Close()
+			return nil, err
+		}
+		return agent, nil
+	}
+	return supervisor.NewClient(dir).Agent(), nil
+}
+
+// StatusWorkspace returns a workspace's observed status.
+func (c *Client) StatusWorkspace(ctx context.Context, id string) (Workspace, error) {
+	dir, rec, err := c.wsDir(id)
+	if err != nil {
+		return Workspace{}, err
+	}
+	st := supervisor.Observe(ctx, dir, rec)
+	m := metaOf(rec)
+	hist, _ := workspace.ReadHistory(dir.Path(workspace.HistoryFile))
+	ws := Workspace{
+		WorkspaceID: rec.ID, Environment: rec.Environment, State: st.State, Reason: st.Reason,
+		VCPUCount: rec.VCPUCount, MemMiB: rec.MemMiB, Network: rec.Network, AllowHostCompat: rec.AllowHostCompat,
+		CreatedAt: rec.CreatedAt, WorkspaceSeed: m.Seed, ResetCount: m.ResetCount, LastResetAt: m.LastResetAt,
+		Secrets: m.Secrets, CommandCount: len(hist),
+		Backend: st.Backend, Acceleration: st.Acceleration, Isolation: st.Isolation,
+	}
+	if st.State == instance.Running {
+		agent := supervisor.NewClient(dir).Agent()
+		defer agent.Close()
+		ws.ServiceCount, ws.RunningServiceCount = serviceCounts(ctx, agent)
+	}
+	return ws, nil
+}
+
+// ListWorkspaces returns every workspace, oldest first.
+func (c *Client) ListWorkspaces(ctx context.Context) ([]Workspace, error) {
+	ents, err := os.ReadDir(c.dirs.Workspaces())
+	if err != nil && !os.IsNotExist(err) {
+		return nil, err
+	}
+	out := []Workspace{}
+	for _, e := range ents {
+		if !e.IsDir() || vmdir.IsHidden(e.Name()) {
+			continue
+		}
+		if ws, err := c.StatusWorkspace(ctx, e.Name()); err == nil {
+			out = append(out, ws)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
+	return out, nil
+}
+
+// WorkspaceExecOptions describe one command in a workspace.
+type WorkspaceExecOptions struct {
+	Command        []string
+	TimeoutSeconds int // default 30
+	// Cwd defaults to /workspace.
+	Cwd string
+	Env map[string]string
+	// SecretEnv maps secret names to environment variable names for this
+	// call only ("" means the secret's own name).
+	SecretEnv      map[string]string
+	MaxOutputBytes int64
+	OnOutput       func(stream string, p []byte)
+}
+
+// ExecWorkspace runs one command in /workspace and leaves the workspace
+// running; the command goes into the workspace's history.
+func (c *Client) ExecWorkspace(ctx context.Context, id string, opts WorkspaceExecOptions) (ExecResult, error) {
+	dir, rec, err := c.wsDir(id)
+	if err != nil {
+		return ExecResult{}, err
+	}
+	if opts.Cwd == "" {
+		opts.Cwd = workspace.Root
+	}
+	agent, err := c.workspaceAgent(ctx, dir, rec)
+	if err != nil {
+		return ExecResult{}, err
+	}
+	env, err := secretEnv(dir, opts.SecretEnv, opts.Env)
+	if err != nil {
+		agent.Close()
+		return ExecResult{}, err
+	}
+	started := time.Now().UTC()
+	res, err := execIn(ctx, agent, ExecOptions{Command: opts.Command, TimeoutSeconds: opts.TimeoutSeconds, Env: env, Cwd: opts.Cwd, MaxOutputBytes: opts.MaxOutputBytes, OnOutput: opts.OnOutput})
+	res.WorkspaceID = id
+	if err != nil {
+		return res, err
+	}
+	_ = workspace.AppendHistory(dir.Path(workspace.HistoryFile), workspace.HistoryEntry{
+		Command: opts.Command, ExitCode: res.ExitCode, DurationMS: res.DurationMS, StartedAt: started,
+		TimedOut: res.TimedOut, Stdout: res.Stdout, Stderr: res.Stderr, OutputTruncated: res.StdoutTruncated || res.StderrTruncated,
+	})
+	return res, nil
+}
+
+// SyncResult says what a push imported.
+type SyncResult struct {
+	WorkspaceID string `json:"workspace_id"`
+	SourcePath  string `json:"source_path"`
+	Mode        string `json:"mode"` // "directory" or "archive"
+	Dest        string `json:"dest"`
+	FileCount   int    `json:"file_count"`
+	Bytes       int64  `json:"bytes"`
+}
+
+// PushWorkspaceSync imports a host directory or archive into the workspace
+// at dest (default /workspace; it must be under /workspace).
+func (c *Client) PushWorkspaceSync(ctx context.Context, id, sourcePath, dest string) (SyncResult, error) {
+	dir, rec, err := c.wsDir(id)
+	if err != nil {
+		return SyncResult{}, err
+	}
+	dest, err = workspace.GuestPath(dest)
+	if err != nil {
+		return SyncResult{}, err
+	}
+	src, mode, err := workspace.OpenSource(sourcePath)
+	if err != nil {
+		return SyncResult{}, err
+	}
+	defer src.Close()
+	agent, err := c.workspaceAgent(ctx, dir, rec)
+	if err != nil {
+		return SyncResult{}, err
+	}
+	defer agent.Close()
+	r, err := agent.PushTar(ctx, dest, src)
+	if err != nil {
+		return SyncResult{}, err
+	}
+	abs, _ := filepath.Abs(sourcePath)
+	return SyncResult{WorkspaceID: id, SourcePath: abs, Mode: mode, Dest: dest, FileCount: r.Files, Bytes: r.Bytes}, nil
+}
+
+// ExportResult says what an export wrote.
+type ExportResult struct {
+	WorkspaceID string `json:"workspace_id"`
+	Path        string `json:"path"`
+	OutputPath  string `json:"output_path"`
+	Kind        string `json:"kind"` // "file" or "dir"
+	FileCount   int    `json:"file_count"`
+	Bytes       int64  `json:"bytes"`
+}
+
+// ExportWorkspace copies one file or directory from /workspace to the
+// host path outputPath, which must not exist yet.
+func (c *Client) ExportWorkspace(ctx context.Context, id, path, outputPath string) (ExportResult, error) {
+	dir, rec, err := c.wsDir(id)
+	if err != nil {
+		return ExportResult{}, err
+	}
+	guest, err := workspace.GuestPath(path)
+	if err != nil {
+		return ExportResult{}, err
+	}
+	if outputPath == "" {
+		return ExportResult{}, errdefs.New(errdefs.ErrInvalidArgument, "pass --output HOST_PATH", "no output path")
+	}
+	out, _ := filepath.Abs(outputPath)
+	if _, err := os.Lstat(out); err == nil {
+		return ExportResult{}, errdefs.New(errdefs.ErrAlreadyExists, "choose a path that does not exist; export never overwrites", "output %q exists", out)
+	}
+	agent, err := c.workspaceAgent(ctx, dir, rec)
+	if err != nil {
+		return ExportResult{}, err
+	}
+	defer agent.Close()
+	r, kind, err := agent.PullTar(ctx, guest)
+	if err != nil {
+		return ExportResult{}, err
+	}
+	defer r.Close()
+	res := ExportResult{WorkspaceID: id, Path: guest, OutputPath: out, Kind: kind}
+	// Extract next to the output, then rename: a failed export leaves nothing.
+	tmp, err := os.MkdirTemp(filepath.Dir(out), ".pyro-export-*")
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(tmp)
+	st, err := tarutil.ExtractTar(r, tmp)
+	if err != nil {
+		return res, fmt.Errorf("export %s: %w", guest, err)
+	}
+	res.FileCount, res.Bytes = st.Files, st.Bytes
+	from := tmp
+	if kind == agentapi.KindFile {
+		from = filepath.Join(tmp, filepath.Base(guest))
+	}
+	if err := os.Rename(from, out); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// DiffWorkspace compares /workspace with the immutable baseline.
+func (c *Client) DiffWorkspace(ctx context.Context, id string) (WorkspaceDiff, error) {
+	dir, rec, err := c.wsDir(id)
+	if err != nil {
+		return WorkspaceDiff{}, err
+	}
+	base, err := snapshotsOf(dir).Open(workspace.Baseline)
+	if err != nil {
+		return WorkspaceDiff{}, err
+	}
+	defer base.Close()
+	agent, err := c.workspaceAgent(ctx, dir, rec)
+	if err != nil {
+		return WorkspaceDiff{}, err
+	}
+	defer agent.Close()
+	cur, _, err := agent.PullTar(ctx, workspace.Root)
+	if err != nil {
+		return WorkspaceDiff{}, err
+	}
+	defer cur.Close()
+	d, err := workspace.Diff(base, cur)
+	if err != nil {
+		return WorkspaceDiff{}, err
+	}
+	return WorkspaceDiff{WorkspaceID: id, DiffResult: d}, nil
+}
+
+// CreateSnapshot stores the current /workspace as a named snapshot.
+func (c *Client) CreateSnapshot(ctx context.Context, id, name string) (Snapshot, error) {
+	dir, rec, err := c.wsDir(id)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	if name == workspace.Baseline {
+		return Snapshot{}, errdefs.New(errdefs.ErrInvalidArgument, "pick another name", "%q is the implicit create-time snapshot", name)
+	}
+	if err := workspace.ValidateSnapshotName(name); err != nil {
+		return Snapshot{}, err
+	}
+	if _, err := snapshotsOf(dir).Get(name); err == nil {
+		return Snapshot{}, errdefs.New(errdefs.ErrAlreadyExists, "delete it first or pick another name", "snapshot %q already exists", name)
+	}
+	agent, err := c.workspaceAgent(ctx, dir, rec)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	defer agent.Close()
+	return c.snapshot(ctx, dir, agent, name)
+}
+
+// ListSnapshots lists the baseline and the named snapshots.
+func (c *Client) ListSnapshots(ctx context.Context, id string) ([]Snapshot, error) {
+	dir, _, err := c.wsDir(id)
+	if err != nil {
+		return nil, err
+	}
+	return snapshotsOf(dir).List()
+}
+
+// DeleteSnapshot deletes a named snapshot; the baseline cannot be deleted.
+func (c *Client) DeleteSnapshot(ctx context.Context, id, name string) error {
+	dir, _, err := c.wsDir(id)
+	if err != nil {
+		return err
+	}
+	return snapshotsOf(dir).Delete(name)
+}
+
+// ResetWorkspace recreates the whole sandbox (fresh VM, fresh root
+// filesystem, fresh /workspace disk) and restores /workspace from the
+// snapshot (default "baseline"). Command, shell and service history are
+// cleared. The snapshot is verified before anything is destroyed.
+func (c *Client) ResetWorkspace(ctx context.Context, id, snapshot string) (Workspace, error) {
+	dir, rec, err := c.wsDir(id)
+	if err != nil {
+		return Workspace{}, err
+	}
+	if snapshot == "" {
+		snapshot = workspace.Baseline
+	}
+	data, err := snapshotsOf(dir).Open(snapshot)
+	if err != nil {
+		return Workspace{}, err
+	}
+	defer data.Close()
+	if err := c.stop(ctx, dir); err != nil {
+		return Workspace{}, err
+	}
+	if err := workspace.CreateDisk(ctx, rec.WorkspaceDisk, workspace.DefaultDiskBytes); err != nil {
+		return Workspace{}, err
+	}
+	if err := os.Remove(dir.Path(workspace.HistoryFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return Workspace{}, err
+	}
+	if _, err := c.start(ctx, dir, rec); err != nil {
+		return Workspace{}, err
+	}
+	agent := supervisor.NewClient(dir).Agent()
+	defer agent.Close()
+	if err := c.prepareGuest(ctx, dir, agent); err != nil {
+		return Workspace{}, err
+	}
+	if _, err := agent.PushTar(ctx, workspace.Root, data); err != nil {
+		return Workspace{}, fmt.Errorf("restore snapshot %q: %w", snapshot, err)
+	}
+	unlock, err := instance.Lock(ctx, dir)
+	if err != nil {
+		return Workspace{}, err
+	}
+	rec, err = instance.Load(dir, "workspace")
+	if err == nil {
+		m := metaOf(rec)
+		m.ResetCount++
+		now := time.Now().UTC()
+		m.LastResetAt = &now
+		setMeta(&rec, m)
+		err = instance.Save(dir, rec)
+	}
+	unlock()
+	if err != nil {
+		return Workspace{}, err
+	}
+	instance.AppendEvent(dir, "reset", map[string]any{"snapshot": snapshot})
+	return c.StatusWorkspace(ctx, id)
+}
+
+// LogsWorkspace returns the workspace's command history.
+func (c *Client) LogsWorkspace(ctx context.Context, id string) ([]HistoryEntry, error) {
+	dir, _, err := c.wsDir(id)
+	if err != nil {
+		return nil, err
+	}
+	return workspace.ReadHistory(dir.Path(workspace.HistoryFile))
+}
+
+// DeleteWorkspace stops a workspace and removes everything it has:
+// disk, snapshots, history and secret material.
+func (c *Client) DeleteWorkspace(ctx context.Context, id string) (DeleteResult, error) {
+	dir, rec, err := c.wsDir(id)
+	if err != nil {
+		return DeleteResult{}, err
+	}
+	prior, err := c.remove(ctx, dir, rec)
+	return DeleteResult{WorkspaceID: id, Deleted: err == nil, PriorState: prior}, err
+}
+
+// commandString renders a command for people.
+func commandString(cmd []string) string { return strings.Join(cmd, " ") }
+
+// prepareGuest readies a freshly booted workspace guest: it materialises
+// the workspace's secrets under /run/pyro-secrets (tmpfs), which also makes
+// the agent redact their values from everything it returns.
+func (c *Client) prepareGuest(ctx context.Context, dir vmdir.Dir, agent *agentapi.Client) error {
+	values, err := loadSecrets(dir)
+	if err != nil || len(values) == 0 {
+		return err
+	}
+	return errdefs.New(errdefs.ErrUnavailable, "", "workspace secrets are not supported by this agent yet")
+}
+
+// secretEnv merges the secret-to-variable mapping into env. Mapping values
+// name the variable ("" means the secret's own name).
+func secretEnv(dir vmdir.Dir, mapping, env map[string]string) (map[string]string, error) {
+	if len(mapping) == 0 {
+		return env, nil
+	}
+	return nil, errdefs.New(errdefs.ErrUnavailable, "", "secret_env is not supported by this agent yet")
+}
