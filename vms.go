@@ -290,6 +290,9 @@ func (c *Client) waitRunning(ctx context.Context, dir vmdir.Dir, rec instance.Re
 		case instance.Running:
 			return vmFrom(rec, st), nil
 		case instance.Stopped, instance.Expired, instance.Broken:
+			if st.Reason == supervisor.NotAnswering {
+				break // busy booting on a loaded host: keep waiting
+			}
 			return VM{}, errdefs.New(errdefs.ErrUnavailable, "see "+dir.Path(vmdir.SupervisorLog), "%s %q did not start: %s", rec.Kind, rec.ID, st.Reason)
 		}
 		select {

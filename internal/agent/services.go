@@ -558,6 +558,10 @@ func (sv *service) waitReady(ctx context.Context, o *startOptions) (agentapi.Ser
 			sv.errMsg = msg
 		}
 		sv.mu.Unlock()
+		// The group is gone, so the log pipe is closing: collect the rest.
+		lctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		sv.log.waitClosed(lctx)
+		cancel()
 		lines, _ := logLines(sv.log, failLogLines)
 		full := fmt.Sprintf("service %q %s", sv.name, msg)
 		if len(lines) > 0 {

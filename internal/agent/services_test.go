@@ -228,10 +228,10 @@ func TestServiceProbeTimeout(t *testing.T) {
 			t.Errorf("error %q lacks %q", msg, want)
 		}
 	}
-	if took < time.Second || took > 4*time.Second {
-		t.Errorf("failed after %s, want about 1s", took)
-	}
 	st, err := c.ServiceStatus(testCtx(t), "never")
+	if took < time.Second || took > 8*time.Second { // 1s + up to 1s TERM grace, on a loaded host
+		t.Errorf("failed after %s, want about 1s: %v; %+v", took, msg, st)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

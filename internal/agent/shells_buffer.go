@@ -96,3 +96,21 @@ func (b *outBuf) wait(ctx context.Context, cursor int64) {
 		}
 	}
 }
+
+// waitClosed blocks until output ends or ctx ends.
+func (b *outBuf) waitClosed(ctx context.Context) {
+	for {
+		b.mu.Lock()
+		if b.closed {
+			b.mu.Unlock()
+			return
+		}
+		ch := b.notify
+		b.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return
+		}
+	}
+}

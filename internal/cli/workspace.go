@@ -243,7 +243,9 @@ func (a *app) wsSnapshotCreate() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.emit(s, func(w io.Writer) { fmt.Fprintf(w, "snapshot %s: %s, sha256 %s\n", s.Name, humanBytes(s.Bytes), s.SHA256[:12]) })
+			return a.emit(s, func(w io.Writer) {
+				fmt.Fprintf(w, "snapshot %s: %s, sha256 %s\n", s.Name, humanBytes(s.Bytes), s.SHA256[:12])
+			})
 		},
 	}
 }

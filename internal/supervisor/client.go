@@ -132,6 +132,10 @@ func (c *Client) Agent() *agentapi.Client {
 	return agentapi.NewProxiedClient(func(ctx context.Context) (net.Conn, error) { return dialSock(ctx, c.dir) }, AgentPrefix)
 }
 
+// NotAnswering is the reason of a supervisor whose process lives but whose
+// socket does not answer in time (hung, or too busy).
+const NotAnswering = "supervisor is alive but not answering"
+
 // Observe returns the observed state of the instance in dir: the
 // supervisor's own answer when it is up, else what its exit note, its
 // process and the record say.
@@ -141,7 +145,7 @@ func Observe(ctx context.Context, dir vmdir.Dir, rec instance.Record) Status {
 		if st, err := NewClient(dir).Status(ctx); err == nil {
 			return st
 		}
-		return Status{State: instance.Broken, Reason: "supervisor is alive but not answering", SupervisorPID: pid}
+		return Status{State: instance.Broken, Reason: NotAnswering, SupervisorPID: pid}
 	}
 	if n, ok := instance.ReadExit(dir); ok {
 		return Status{State: n.State, Reason: n.Reason}

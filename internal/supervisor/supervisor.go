@@ -110,13 +110,15 @@ func run(d vmdir.Dir, log *slog.Logger) error {
 		return err
 	}
 	_ = os.Remove(vmdir.Exit)
-	if err := instance.WritePid(d); err != nil {
-		return err
-	}
+	// Listen before announcing the pid: a live pid with no socket reads as
+	// a supervisor that stopped answering.
 	_ = os.Remove(vmdir.SupervisorSock)
 	ln, err := net.Listen("unix", vmdir.SupervisorSock)
 	if err != nil {
 		_ = instance.WriteExit(d, instance.Broken, "supervisor cannot listen: "+err.Error())
+		return err
+	}
+	if err := instance.WritePid(d); err != nil {
 		return err
 	}
 	s := &server{dir: d, rec: rec, log: log, stop: make(chan struct{}),

@@ -66,6 +66,9 @@ func (b *Backend) Args(spec vmm.Spec) []string {
 	if spec.Network {
 		cmdline = append(cmdline, "pyro.net=1")
 	}
+	if spec.WorkspaceDisk != "" {
+		cmdline = append(cmdline, "pyro.workspace=1") // init waits for /dev/vdb
+	}
 	args := []string{
 		"-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on",
 		"-accel", b.accel,
