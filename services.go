@@ -2,9 +2,165 @@ package pyro
 
 import (
 	"context"
+	"regexp"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/workspace"
 )
+
+// Services are named long-running processes in a workspace (dev servers,
+// databases), supervised by the guest agent. A typed readiness probe,
+// checked inside the guest, decides when StartService returns.
+
+// Readiness is a service's readiness probe: Type "file" (Path exists),
+// "tcp" (Address "host:port" accepts), "http" (URL answers 2xx/3xx, or
+// ExpectStatus) or "command" (a shell Command exits 0).
+type Readiness = agentapi.ServiceReadiness
+
+// Service is a service's status: state (starting, running, ready, exited,
+// failed, stopped), pid, exit code, times.
+type Service struct {
+	WorkspaceID string `json:"workspace_id"`
+	agentapi.ServiceStatus
+}
+
+// ServiceLogs is the tail of a service's merged stdout/stderr.
+type ServiceLogs struct {
+	WorkspaceID string `json:"workspace_id"`
+	agentapi.ServiceLogs
+}
+
+// StartServiceOptions describe a service. Zero values take the contract
+// defaults: cwd /workspace, no readiness probe, ready timeout 30 s,
+// probe interval 500 ms.
+type StartServiceOptions struct {
+	// Command is an argv; a single element is run by /bin/sh -c.
+	Command             []string
+	Cwd                 string
+	Env                 map[string]string
+	Readiness           *Readiness
+	ReadyTimeoutSeconds int
+	ReadyIntervalMS     int
+	// SecretEnv maps secret names to environment variable names for this
+	// start only ("" means the secret's own name).
+	SecretEnv map[string]string
+}
+
+// LogsServiceOptions select how much log to return (default: last 200 lines).
+type LogsServiceOptions struct {
+	TailLines int
+	All       bool
+}
+
+var serviceName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+
+// StartService starts a named service in a workspace and, with a readiness
+// probe, returns once it is ready. When the probe does not pass in time the
+// service is stopped and the error carries the probe's last error and the
+// service's last log lines. Starting a name that is running is refused.
+func (c *Client) StartService(ctx context.Context, workspaceID, name string, opts StartServiceOptions) (Service, error) {
+	if !serviceName.MatchString(name) {
+		return Service{}, errdefs.New(errdefs.ErrInvalidArgument, "use letters, digits, '.', '_' and '-', up to 64 characters", "invalid service name %q", name)
+	}
+	if len(opts.Command) == 0 {
+		return Service{}, errdefs.New(errdefs.ErrInvalidArgument, "pass the command after --", "no command for service %q", name)
+	}
+	if opts.Cwd == "" {
+		opts.Cwd = workspace.Root
+	}
+	if opts.ReadyTimeoutSeconds == 0 {
+		opts.ReadyTimeoutSeconds = 30
+	}
+	if opts.ReadyIntervalMS == 0 {
+		opts.ReadyIntervalMS = 500
+	}
+	if opts.ReadyTimeoutSeconds < 0 || opts.ReadyIntervalMS < 0 {
+		return Service{}, errdefs.New(errdefs.ErrInvalidArgument, "use positive values", "negative readiness timing")
+	}
+	req := agentapi.ServiceStartRequest{
+		Name: name, Cwd: opts.Cwd, Env: opts.Env, Readiness: opts.Readiness, SecretEnv: opts.SecretEnv,
+		ReadyTimeoutMS: int64(opts.ReadyTimeoutSeconds) * 1000, ReadyIntervalMS: int64(opts.ReadyIntervalMS),
+	}
+	if len(opts.Command) == 1 {
+		req.Shell = opts.Command[0]
+	} else {
+		req.Argv = opts.Command
+	}
+	var out Service
+	err := c.withWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
+		st, err := a.StartService(ctx, req)
+		out = Service{WorkspaceID: workspaceID, ServiceStatus: st}
+		return err
+	})
+	return out, err
+}
+
+// ListServices lists a workspace's services.
+func (c *Client) ListServices(ctx context.Context, workspaceID string) ([]Service, error) {
+	out := []Service{}
+	err := c.withWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
+		list, err := a.ListServices(ctx)
+		for _, s := range list {
+			out = append(out, Service{WorkspaceID: workspaceID, ServiceStatus: s})
+		}
+		return err
+	})
+	return out, err
+}
+
+// StatusService returns one service's status.
+func (c *Client) StatusService(ctx context.Context, workspaceID, name string) (Service, error) {
+	var out Service
+	err := c.withWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
+		st, err := a.ServiceStatus(ctx, name)
+		out = Service{WorkspaceID: workspaceID, ServiceStatus: st}
+		return err
+	})
+	return out, err
+}
+
+// LogsService returns a service's log tail (default 200 lines; All for
+// everything the bounded log still holds).
+func (c *Client) LogsService(ctx context.Context, workspaceID, name string, opts LogsServiceOptions) (ServiceLogs, error) {
+	if opts.TailLines == 0 {
+		opts.TailLines = 200
+	}
+	var out ServiceLogs
+	err := c.withWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
+		l, err := a.ServiceLogs(ctx, name, opts.TailLines, opts.All)
+		out = ServiceLogs{WorkspaceID: workspaceID, ServiceLogs: l}
+		return err
+	})
+	return out, err
+}
+
+// StopService stops a service: SIGTERM to its process group, SIGKILL after
+// a grace period. Stopping a stopped service returns its status.
+func (c *Client) StopService(ctx context.Context, workspaceID, name string) (Service, error) {
+	var out Service
+	err := c.withWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
+		st, err := a.StopService(ctx, name)
+		out = Service{WorkspaceID: workspaceID, ServiceStatus: st}
+		return err
+	})
+	return out, err
+}
+
+// withWorkspaceAgent runs f with an agent client of a workspace, restarting
+// the workspace when needed.
+func (c *Client) withWorkspaceAgent(ctx context.Context, id string, f func(*agentapi.Client) error) error {
+	dir, rec, err := c.wsDir(id)
+	if err != nil {
+		return err
+	}
+	agent, err := c.workspaceAgent(ctx, dir, rec)
+	if err != nil {
+		return err
+	}
+	defer agent.Close()
+	return f(agent)
+}
 
 // serviceCounts returns how many services a running workspace has and how
 // many of them are alive (starting, running or ready). Errors count as none:
@@ -15,8 +171,7 @@ func serviceCounts(ctx context.Context, agent *agentapi.Client) (total, running 
 		return 0, 0
 	}
 	for _, s := range list {
-		switch s.State {
-		case "starting", "running", "ready":
+		if s.Active() {
 			running++
 		}
 	}

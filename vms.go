@@ -75,6 +75,8 @@ type ExecOptions struct {
 	MaxOutputBytes int64
 	// OnOutput, when set, receives output as the guest writes it.
 	OnOutput func(stream string, p []byte)
+	// secretEnv is set by ExecWorkspace (VMs have no secrets).
+	secretEnv map[string]string
 }
 
 // ExecResult is the outcome of a command. A command that fails is a
@@ -330,6 +332,7 @@ func execIn(ctx context.Context, agent *agentapi.Client, opts ExecOptions) (Exec
 	if err != nil {
 		return ExecResult{}, err
 	}
+	req.SecretEnv = opts.secretEnv
 	defer agent.Close()
 	r, err := agent.Exec(ctx, req, opts.OnOutput)
 	if err != nil {

@@ -290,13 +290,9 @@ func (c *Client) ExecWorkspace(ctx context.Context, id string, opts WorkspaceExe
 	if err != nil {
 		return ExecResult{}, err
 	}
-	env, err := secretEnv(dir, opts.SecretEnv, opts.Env)
-	if err != nil {
-		agent.Close()
-		return ExecResult{}, err
-	}
 	started := time.Now().UTC()
-	res, err := execIn(ctx, agent, ExecOptions{Command: opts.Command, TimeoutSeconds: opts.TimeoutSeconds, Env: env, Cwd: opts.Cwd, MaxOutputBytes: opts.MaxOutputBytes, OnOutput: opts.OnOutput})
+	res, err := execIn(ctx, agent, ExecOptions{Command: opts.Command, TimeoutSeconds: opts.TimeoutSeconds, Env: opts.Env, Cwd: opts.Cwd,
+		MaxOutputBytes: opts.MaxOutputBytes, OnOutput: opts.OnOutput, secretEnv: opts.SecretEnv})
 	res.WorkspaceID = id
 	if err != nil {
 		return res, err
@@ -566,13 +562,4 @@ func (c *Client) prepareGuest(ctx context.Context, dir vmdir.Dir, agent *agentap
 		return err
 	}
 	return errdefs.New(errdefs.ErrUnavailable, "", "workspace secrets are not supported by this agent yet")
-}
-
-// secretEnv merges the secret-to-variable mapping into env. Mapping values
-// name the variable ("" means the secret's own name).
-func secretEnv(dir vmdir.Dir, mapping, env map[string]string) (map[string]string, error) {
-	if len(mapping) == 0 {
-		return env, nil
-	}
-	return nil, errdefs.New(errdefs.ErrUnavailable, "", "secret_env is not supported by this agent yet")
 }

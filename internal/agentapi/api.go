@@ -25,6 +25,22 @@
 //	POST /v1/files/push?dest=ABS_PATH  tar stream -> PushResult
 //	GET  /v1/files/pull?path=ABS_PATH  -> tar stream (header X-Pyro-Kind)
 //
+//	POST /v1/services              ServiceStartRequest -> ServiceStatus (once ready)
+//	GET  /v1/services              -> ServiceList
+//	GET  /v1/services/NAME         -> ServiceStatus
+//	GET  /v1/services/NAME/logs    ?tail_lines=200&all=false -> ServiceLogs
+//	POST /v1/services/NAME/stop    -> ServiceStatus
+//	POST /v1/services/reset        -> ServiceReset (DELETE /v1/services too)
+//	POST /v1/shells                ShellOpenRequest -> ShellInfo
+//	GET  /v1/shells                -> ShellList
+//	GET  /v1/shells/ID             -> ShellInfo
+//	GET  /v1/shells/ID/read        ?cursor=0&max_chars=65536&wait_ms=0 -> ShellReadResponse
+//	POST /v1/shells/ID/write       ShellWriteRequest -> ShellWriteResponse
+//	POST /v1/shells/ID/signal      ShellSignalRequest -> ShellSignalResponse
+//	POST /v1/shells/ID/resize      ShellResizeRequest -> ShellInfo
+//	POST /v1/shells/ID/close       -> ShellCloseResponse
+//	POST /v1/shells/reset          -> ShellReset (DELETE /v1/shells too)
+//
 // Files: push extracts an uncompressed tar body into dest (created with
 // parents if missing), safely: absolute names, ".." and paths through a
 // symlink are rejected (invalid_argument), an existing entry in the way is
@@ -41,8 +57,11 @@
 //
 // # Call order
 //
-// WaitReady (retrying Health) first; then any number of Exec calls, in any
-// order and concurrently; Shutdown last. Nothing else is required in between.
+// WaitReady (retrying Health) first; then any number of Exec, file, service
+// and shell calls, in any order and concurrently; Shutdown last. Nothing else
+// is required in between. Services and shells belong to the agent process,
+// not to a connection: they survive the host disconnecting and reconnecting,
+// and are lost only when the agent process restarts or the guest powers off.
 //
 // # Idempotency and concurrency
 //
@@ -61,6 +80,33 @@
 //     processes, sync and reboot, which makes the VMM exit (the guest kernel
 //     runs with reboot=t panic=-1 and QEMU with -no-reboot). A reply may be
 //     lost if power-off wins the race; watch the VMM process for the exit.
+//   - Services: start is not idempotent; a second start of a name whose
+//     process still runs is already_exists ("stop it first or pick another
+//     name"), one whose process ended replaces the old record. Start waits
+//     for readiness (up to ready_timeout_ms); if the probe never passes or
+//     the process exits first, the agent stops the service (state failed)
+//     and answers failed_precondition with the probe's last error and the
+//     last 20 log lines. If the start request ends early (client gone), the
+//     service is stopped too, so a retry starts clean. Concurrent starts of
+//     one name: one wins, the others get already_exists. Stop and reset are
+//     idempotent (stop: SIGTERM to the process group, SIGKILL after 5 s;
+//     stopping an ended service keeps its state). Status, list and logs are
+//     read-only. Each service runs in its own process group with stdin
+//     /dev/null and stdout+stderr merged into a 1 MiB in-memory log.
+//   - Shells: each open starts a new shell on a new PTY (id: 12 hex chars).
+//     Output is kept in a bounded buffer addressed by absolute cursors that
+//     count BYTES of terminal output since the shell opened. A reader that
+//     passes each reply's next_cursor back sees every byte exactly once;
+//     if it falls behind the buffer, the reply's dropped range says what was
+//     lost and output resumes at the buffer start. Reads are read-only and
+//     may run concurrently (wait_ms long-polls for new output). Writes are
+//     not idempotent (a retry types the input twice); concurrent writes to
+//     one shell are serialized. Signal goes to the terminal's foreground
+//     process group. Close kills every process in the shell's session;
+//     afterwards (and for an unknown id) every call on that id is
+//     not_found. A shell whose process exited stays readable (state
+//     exited) until closed; writes and signals to it are
+//     failed_precondition.
 //
 // # Errors
 //
@@ -138,6 +184,10 @@ type ExecRequest struct {
 	// DefaultMaxOutputBytes. Output beyond it is drained and dropped, and the
 	// result is marked truncated.
 	MaxOutputBytes int64 `json:"max_output_bytes,omitempty"`
+	// SecretEnv maps secret names (set with /v1/secrets) to environment
+	// variable names for this call only; "" means the secret's own name.
+	// The agent resolves it, so values never travel in requests.
+	SecretEnv map[string]string `json:"secret_env,omitempty"`
 }
 
 // ExecResult is the outcome of one command.

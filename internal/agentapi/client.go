@@ -255,19 +255,23 @@ func (c *Client) Shutdown(ctx context.Context) error {
 	return resp.Body.Close()
 }
 
-// do sends one request and returns a 2xx response; other statuses become
-// categorized errors.
+// do sends one request with an optional JSON body and returns a 2xx
+// response; other statuses become categorized errors.
 func (c *Client) do(ctx context.Context, method, path string, body []byte) (*http.Response, error) {
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
+	if body == nil {
+		return c.doStream(ctx, method, path, nil, "")
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	return c.doStream(ctx, method, path, bytes.NewReader(body), "application/json")
+}
+
+// doStream sends one request with a streamed body (nil for none).
+func (c *Client) doStream(ctx context.Context, method, path string, body io.Reader, contentType string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
 		return nil, fmt.Errorf("build agent request: %w", err)
 	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -288,8 +292,7 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte) (*htt
 	if json.Unmarshal(data, &er) != nil || er.Error == "" {
 		er.Error = fmt.Sprintf("http status %d: %s", resp.StatusCode, bytes.TrimSpace(data))
 	}
-	cat := categoryFromName(er.Category)
-	return nil, errdefs.New(cat, "", "agent %s %s: %s", method, path, er.Error)
+	return nil, errdefs.New(categoryFromName(er.Category), "", "%s", er.Error)
 }
 
 // categoryFromName maps an ErrorResponse category back to an errdefs value.

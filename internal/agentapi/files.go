@@ -1,10 +1,8 @@
 package agentapi
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -61,33 +59,3 @@ func (c *Client) PullTar(ctx context.Context, path string) (io.ReadCloser, strin
 	return resp.Body, resp.Header.Get(HeaderKind), nil
 }
 
-// doStream is do with a streamed request body.
-func (c *Client) doStream(ctx context.Context, method, path string, body io.Reader, contentType string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
-	if err != nil {
-		return nil, fmt.Errorf("build agent request: %w", err)
-	}
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("agent %s %s: %w", method, path, ctx.Err())
-		}
-		if errdefs.Category(err) != nil {
-			return nil, err
-		}
-		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, unavailableHint, "agent %s %s", method, path)
-	}
-	if resp.StatusCode/100 == 2 {
-		return resp, nil
-	}
-	defer resp.Body.Close()
-	var er ErrorResponse
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if json.Unmarshal(data, &er) != nil || er.Error == "" {
-		er.Error = fmt.Sprintf("http status %d: %s", resp.StatusCode, bytes.TrimSpace(data))
-	}
-	return nil, errdefs.New(categoryFromName(er.Category), "", "agent %s %s: %s", method, path, er.Error)
-}

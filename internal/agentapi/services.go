@@ -82,6 +82,8 @@ type ServiceStartRequest struct {
 	// Env is merged over the default environment, as for Exec.
 	Env       map[string]string `json:"env,omitempty"`
 	Readiness *ServiceReadiness `json:"readiness,omitempty"`
+	// SecretEnv maps secret names to env var names for this start only.
+	SecretEnv map[string]string `json:"secret_env,omitempty"`
 	// ReadyTimeoutMS bounds the wait for readiness; 0 means
 	// DefaultServiceReadyTimeoutMS.
 	ReadyTimeoutMS int64 `json:"ready_timeout_ms,omitempty"`

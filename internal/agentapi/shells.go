@@ -38,6 +38,8 @@ type ShellOpenRequest struct {
 	Rows int `json:"rows,omitempty"`
 	// Env is merged over the default environment, as for Exec.
 	Env map[string]string `json:"env,omitempty"`
+	// SecretEnv maps secret names to env var names for this shell only.
+	SecretEnv map[string]string `json:"secret_env,omitempty"`
 	// BufferBytes bounds the output kept for readers; 0 means
 	// DefaultShellBufferBytes.
 	BufferBytes int `json:"buffer_bytes,omitempty"`

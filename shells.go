@@ -1,0 +1,145 @@
+package pyro
+
+import (
+	"context"
+
+	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/workspace"
+)
+
+// Shells are persistent PTY sessions in a workspace that live in the guest
+// agent across any number of calls. Output is kept in a bounded buffer with
+// absolute byte cursors: follow next_cursor and nothing is missed or read
+// twice; a cursor behind the buffer's start is answered with the dropped
+// range.
+
+// Shell describes an open shell.
+type Shell struct {
+	WorkspaceID string `json:"workspace_id"`
+	agentapi.ShellInfo
+}
+
+// ShellRead is output read from a shell.
+type ShellRead struct {
+	WorkspaceID string `json:"workspace_id"`
+	agentapi.ShellReadResponse
+}
+
+// ShellWrite acknowledges input.
+type ShellWrite struct {
+	WorkspaceID string `json:"workspace_id"`
+	agentapi.ShellWriteResponse
+}
+
+// ShellSignal acknowledges a signal.
+type ShellSignal struct {
+	WorkspaceID string `json:"workspace_id"`
+	agentapi.ShellSignalResponse
+}
+
+// ShellClose acknowledges a close.
+type ShellClose struct {
+	WorkspaceID string `json:"workspace_id"`
+	ShellID     string `json:"shell_id"`
+	Closed      bool   `json:"closed"`
+}
+
+// OpenShellOptions describe a shell (defaults: cwd /workspace, 120x30).
+type OpenShellOptions struct {
+	Cwd       string
+	Cols      int
+	Rows      int
+	Env       map[string]string
+	SecretEnv map[string]string
+}
+
+// ReadShellOptions select output (defaults: cursor 0, 65536 characters).
+type ReadShellOptions struct {
+	Cursor   int64
+	MaxChars int
+}
+
+// OpenShell opens a PTY shell (bash, else sh) in a workspace.
+func (c *Client) OpenShell(ctx context.Context, workspaceID string, opts OpenShellOptions) (Shell, error) {
+	if opts.Cwd == "" {
+		opts.Cwd = workspace.Root
+	}
+	if opts.Cols == 0 {
+		opts.Cols = 120
+	}
+	if opts.Rows == 0 {
+		opts.Rows = 30
+	}
+	var out Shell
+	err := c.withWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
+		info, err := a.OpenShell(ctx, agentapi.ShellOpenRequest{Cwd: opts.Cwd, Cols: opts.Cols, Rows: opts.Rows, Env: opts.Env, SecretEnv: opts.SecretEnv})
+		out = Shell{WorkspaceID: workspaceID, ShellInfo: info}
+		return err
+	})
+	return out, err
+}
+
+// ReadShell returns merged output from cursor on, and the next cursor.
+func (c *Client) ReadShell(ctx context.Context, workspaceID, shellID string, opts ReadShellOptions) (ShellRead, error) {
+	if opts.MaxChars == 0 {
+		opts.MaxChars = 65536
+	}
+	var out ShellRead
+	err := c.withRunningWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
+		r, err := a.ReadShell(ctx, shellID, agentapi.ShellReadRequest{Cursor: opts.Cursor, MaxChars: opts.MaxChars})
+		out = ShellRead{WorkspaceID: workspaceID, ShellReadResponse: r}
+		return err
+	})
+	return out, err
+}
+
+// WriteShell sends input to a shell, with a newline unless appendNewline
+// is false (the contract's default is true).
+func (c *Client) WriteShell(ctx context.Context, workspaceID, shellID, input string, appendNewline bool) (ShellWrite, error) {
+	var out ShellWrite
+	err := c.withRunningWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
+		r, err := a.WriteShell(ctx, shellID, input, appendNewline)
+		out = ShellWrite{WorkspaceID: workspaceID, ShellWriteResponse: r}
+		return err
+	})
+	return out, err
+}
+
+// SignalShell sends a signal (default "INT") to the shell's foreground
+// process group.
+func (c *Client) SignalShell(ctx context.Context, workspaceID, shellID, signal string) (ShellSignal, error) {
+	if signal == "" {
+		signal = "INT"
+	}
+	var out ShellSignal
+	err := c.withRunningWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
+		r, err := a.SignalShell(ctx, shellID, signal)
+		out = ShellSignal{WorkspaceID: workspaceID, ShellSignalResponse: r}
+		return err
+	})
+	return out, err
+}
+
+// CloseShell ends a shell and its processes.
+func (c *Client) CloseShell(ctx context.Context, workspaceID, shellID string) (ShellClose, error) {
+	err := c.withRunningWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
+		return a.CloseShell(ctx, shellID)
+	})
+	return ShellClose{WorkspaceID: workspaceID, ShellID: shellID, Closed: err == nil}, err
+}
+
+// withRunningWorkspaceAgent is withWorkspaceAgent without the restart: a
+// shell lives in one boot of the guest, so after a crash its id is simply
+// not found rather than silently reopened.
+func (c *Client) withRunningWorkspaceAgent(ctx context.Context, id string, f func(*agentapi.Client) error) error {
+	dir, rec, err := c.wsDir(id)
+	if err != nil {
+		return err
+	}
+	agent, err := c.runningAgent(ctx, dir, rec)
+	if err != nil {
+		return err
+	}
+	defer agent.Close()
+	return f(agent)
+}
