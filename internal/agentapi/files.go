@@ -58,4 +58,3 @@ func (c *Client) PullTar(ctx context.Context, path string) (io.ReadCloser, strin
 	}
 	return resp.Body, resp.Header.Get(HeaderKind), nil
 }
-
