@@ -174,7 +174,7 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 		return ws, err
 	}
 	if source != nil {
-		r, err := agent.PushTar(ctx, workspace.Root, source)
+		r, err := agent.PushTar(ctx, workspace.Root, workspace.Root, source)
 		if err != nil {
 			return ws, fmt.Errorf("seed /workspace: %w", err)
 		}
@@ -192,7 +192,7 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 
 // snapshot stores the current /workspace as snapshot name.
 func (c *Client) snapshot(ctx context.Context, dir vmdir.Dir, agent *agentapi.Client, name string) (Snapshot, error) {
-	r, _, err := agent.PullTar(ctx, workspace.Root)
+	r, _, err := agent.PullTar(ctx, workspace.Root, workspace.Root)
 	if err != nil {
 		return Snapshot{}, err
 	}
@@ -294,11 +294,14 @@ func (c *Client) ExecWorkspace(ctx context.Context, id string, opts WorkspaceExe
 	res, err := execIn(ctx, agent, ExecOptions{Command: opts.Command, TimeoutSeconds: opts.TimeoutSeconds, Env: opts.Env, Cwd: opts.Cwd,
 		MaxOutputBytes: opts.MaxOutputBytes, OnOutput: opts.OnOutput, secretEnv: opts.SecretEnv})
 	res.WorkspaceID = id
+	// The agent redacted the output; the command line is the caller's and
+	// may hold a value too: history and errors get the host's redaction.
+	red := instance.Redactor(dir)
 	if err != nil {
-		return res, err
+		return res, red.Error(err)
 	}
 	_ = workspace.AppendHistory(dir.Path(workspace.HistoryFile), workspace.HistoryEntry{
-		Command: opts.Command, ExitCode: res.ExitCode, DurationMS: res.DurationMS, StartedAt: started,
+		Command: red.Strings(opts.Command), ExitCode: res.ExitCode, DurationMS: res.DurationMS, StartedAt: started,
 		TimedOut: res.TimedOut, Stdout: res.Stdout, Stderr: res.Stderr, OutputTruncated: res.StdoutTruncated || res.StderrTruncated,
 	})
 	return res, nil
@@ -335,7 +338,7 @@ func (c *Client) PushWorkspaceSync(ctx context.Context, id, sourcePath, dest str
 		return SyncResult{}, err
 	}
 	defer agent.Close()
-	r, err := agent.PushTar(ctx, dest, src)
+	r, err := agent.PushTar(ctx, dest, workspace.Root, src)
 	if err != nil {
 		return SyncResult{}, err
 	}
@@ -376,7 +379,7 @@ func (c *Client) ExportWorkspace(ctx context.Context, id, path, outputPath strin
 		return ExportResult{}, err
 	}
 	defer agent.Close()
-	r, kind, err := agent.PullTar(ctx, guest)
+	r, kind, err := agent.PullTar(ctx, guest, workspace.Root)
 	if err != nil {
 		return ExportResult{}, err
 	}
@@ -419,7 +422,7 @@ func (c *Client) DiffWorkspace(ctx context.Context, id string) (WorkspaceDiff, e
 		return WorkspaceDiff{}, err
 	}
 	defer agent.Close()
-	cur, _, err := agent.PullTar(ctx, workspace.Root)
+	cur, _, err := agent.PullTar(ctx, workspace.Root, workspace.Root)
 	if err != nil {
 		return WorkspaceDiff{}, err
 	}
@@ -506,7 +509,7 @@ func (c *Client) ResetWorkspace(ctx context.Context, id, snapshot string) (Works
 	if err := c.prepareGuest(ctx, dir, agent); err != nil {
 		return Workspace{}, err
 	}
-	if _, err := agent.PushTar(ctx, workspace.Root, data); err != nil {
+	if _, err := agent.PushTar(ctx, workspace.Root, workspace.Root, data); err != nil {
 		return Workspace{}, fmt.Errorf("restore snapshot %q: %w", snapshot, err)
 	}
 	unlock, err := instance.Lock(ctx, dir)
@@ -553,13 +556,20 @@ func (c *Client) DeleteWorkspace(ctx context.Context, id string) (DeleteResult, 
 // commandString renders a command for people.
 func commandString(cmd []string) string { return strings.Join(cmd, " ") }
 
-// prepareGuest readies a freshly booted workspace guest: it materialises
-// the workspace's secrets under /run/pyro-secrets (tmpfs), which also makes
-// the agent redact their values from everything it returns.
+// prepareGuest readies a freshly booted workspace guest (after create,
+// a restart and reset): it sends the workspace's secrets, which the agent
+// materialises under /run/pyro-secrets (a tmpfs, never /workspace) and
+// from then on redacts from everything it returns.
 func (c *Client) prepareGuest(ctx context.Context, dir vmdir.Dir, agent *agentapi.Client) error {
 	values, err := loadSecrets(dir)
-	if err != nil || len(values) == 0 {
-		return err
+	if err != nil {
+		return fmt.Errorf("read workspace secrets: %w", err)
 	}
-	return errdefs.New(errdefs.ErrUnavailable, "", "workspace secrets are not supported by this agent yet")
+	if len(values) == 0 {
+		return nil
+	}
+	if _, err := agent.SetSecrets(ctx, values); err != nil {
+		return instance.Redactor(dir).Error(fmt.Errorf("materialise workspace secrets: %w", err))
+	}
+	return nil
 }

@@ -47,6 +47,9 @@ func RunChild() {
 		RootReadyMS:    envInt(envRootReady),
 		AgentStartedMS: started,
 	}
+	if n := restoreSecrets(agentapi.SecretsDir); n > 0 {
+		log.Info("secrets restored", "count", n)
+	}
 	dev, err := findPort(agentapi.PortName, portWait)
 	if err != nil {
 		log.Error("cannot find agent port", "err", err)

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/redact"
 )
 
 // defaultEnv is the environment every command starts from.
@@ -52,11 +53,17 @@ func (s *server) handleExec(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "invalid_argument", "decode exec request: %v", err)
 		return
 	}
+	req.Env, err = withSecretEnv(req.Env, req.SecretEnv)
+	if err != nil {
+		writeAPIError(w, err)
+		return
+	}
 	p, err := prepare(req)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "invalid_argument", "%v", err)
 		return
 	}
+	red, _ := agentSecrets.redactor()
 	ew := &eventWriter{w: w, rc: http.NewResponseController(w)}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
@@ -65,11 +72,16 @@ func (s *server) handleExec(w http.ResponseWriter, r *http.Request) {
 	// Once the client is gone, unblock any write stuck on a full window.
 	stop := context.AfterFunc(r.Context(), func() { _ = ew.rc.SetWriteDeadline(time.Now()) })
 	defer stop()
-	res := run(r.Context(), p, ew.output)
+	out := newRedactedOutput(red, ew.output)
+	res := run(r.Context(), p, out.forward)
+	out.flush()
+	// The result repeats the whole output: redacted as a whole, it equals
+	// the concatenation of the redacted chunks.
+	res.Stdout, res.Stderr = red.String(res.Stdout), red.String(res.Stderr)
 	// Whatever the command wrote to /workspace reaches the disk before
 	// the host learns it finished.
 	syncWorkspace()
-	s.log.Debug("exec done", "argv", p.argv, "exit_code", res.ExitCode, "duration_ms", res.DurationMS)
+	s.log.Debug("exec done", "argv", red.Strings(p.argv), "exit_code", res.ExitCode, "duration_ms", res.DurationMS)
 	ew.write(agentapi.Event{Type: agentapi.EventExit, Result: &res})
 }
 
@@ -104,6 +116,45 @@ func (e *eventWriter) write(ev agentapi.Event) {
 
 func (e *eventWriter) output(stream string, p []byte) {
 	e.write(agentapi.Event{Type: stream, Data: p})
+}
+
+// redactedOutput redacts each output stream of one exec through its own
+// redact.Stream, so a secret split across chunks is still caught. Its
+// forward is called with run's forwarding lock held (one call at a time).
+type redactedOutput struct {
+	red     *redact.Redactor
+	next    func(stream string, p []byte)
+	streams map[string]*redact.Stream
+}
+
+func newRedactedOutput(red *redact.Redactor, next func(stream string, p []byte)) *redactedOutput {
+	return &redactedOutput{red: red, next: next, streams: map[string]*redact.Stream{}}
+}
+
+func (o *redactedOutput) forward(stream string, p []byte) {
+	if o.red.Empty() {
+		o.next(stream, p)
+		return
+	}
+	st := o.streams[stream]
+	if st == nil {
+		st = o.red.Stream()
+		o.streams[stream] = st
+	}
+	if out := st.Write(p); len(out) > 0 {
+		o.next(stream, out)
+	}
+}
+
+// flush emits the held-back tails once the command is done.
+func (o *redactedOutput) flush() {
+	for _, stream := range []string{agentapi.EventStdout, agentapi.EventStderr} {
+		if st := o.streams[stream]; st != nil {
+			if out := st.Flush(); len(out) > 0 {
+				o.next(stream, out)
+			}
+		}
+	}
 }
 
 // prepared is a validated exec request.

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"strings"
 	"bufio"
 	"errors"
 	"io/fs"
@@ -34,6 +35,42 @@ func syncFS(p string) {
 // syncWorkspace is syncFS of /workspace.
 func syncWorkspace() { syncFS(workspaceDir) }
 
+// confined checks, when the request names a "within" directory, that p
+// resolves (symlinks followed, as far as it exists) to within or below it,
+// so that a symlink inside /workspace cannot lead a push or pull out of it.
+func confined(w http.ResponseWriter, r *http.Request, p string) bool {
+	within := r.URL.Query().Get("within")
+	if within == "" {
+		return true
+	}
+	root, err := filepath.EvalSymlinks(within)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_argument", "%s: %v", within, err)
+		return false
+	}
+	resolved := resolveExisting(p)
+	if resolved != root && !strings.HasPrefix(resolved, root+"/") {
+		writeError(w, http.StatusBadRequest, "invalid_argument", "%s resolves to %s, outside %s", p, resolved, within)
+		return false
+	}
+	return true
+}
+
+// resolveExisting follows symlinks in the longest existing prefix of p and
+// appends the rest unchanged.
+func resolveExisting(p string) string {
+	rest := ""
+	for cur := p; ; cur = filepath.Dir(cur) {
+		if real, err := filepath.EvalSymlinks(cur); err == nil {
+			return filepath.Join(real, rest)
+		}
+		if cur == "/" {
+			return p
+		}
+		rest = filepath.Join(filepath.Base(cur), rest)
+	}
+}
+
 // absPath validates an absolute path query parameter.
 func absPath(w http.ResponseWriter, r *http.Request, key string) (string, bool) {
 	p := r.URL.Query().Get(key)
@@ -56,6 +93,9 @@ func absPath(w http.ResponseWriter, r *http.Request, key string) (string, bool) 
 
 func (s *server) handleFilesPush(w http.ResponseWriter, r *http.Request) {
 	dest, ok := absPath(w, r, "dest")
+	if ok && !confined(w, r, dest) {
+		return
+	}
 	if !ok {
 		return
 	}
@@ -108,7 +148,7 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 
 func (s *server) handleFilesPull(w http.ResponseWriter, r *http.Request) {
 	p, ok := absPath(w, r, "path")
-	if !ok {
+	if !ok || !confined(w, r, filepath.Dir(p)) {
 		return
 	}
 	fi, err := os.Lstat(p)

@@ -95,7 +95,7 @@ func TestFilesPushPull(t *testing.T) {
 		tarEntry{name: "bin/big", typ: tar.TypeReg, body: big},
 		tarEntry{name: "link", typ: tar.TypeSymlink, link: "bin/run.sh"},
 	)
-	res, err := c.PushTar(ctx, dest, bytes.NewReader(data))
+	res, err := c.PushTar(ctx, dest, "", bytes.NewReader(data))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func TestFilesPushPull(t *testing.T) {
 	}
 
 	// Pull the directory back.
-	rc, kind, err := c.PullTar(ctx, dest)
+	rc, kind, err := c.PullTar(ctx, dest, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +133,7 @@ func TestFilesPushPull(t *testing.T) {
 	}
 
 	// Pull back into a host dir with ExtractTar and compare trees.
-	rc, _, err = c.PullTar(ctx, dest)
+	rc, _, err = c.PullTar(ctx, dest, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +163,7 @@ func TestFilesPushPull(t *testing.T) {
 	}
 
 	// A file and a symlink come back as one entry named by the base name.
-	rc, kind, err = c.PullTar(ctx, filepath.Join(dest, "bin", "run.sh"))
+	rc, kind, err = c.PullTar(ctx, filepath.Join(dest, "bin", "run.sh"), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +172,7 @@ func TestFilesPushPull(t *testing.T) {
 	if kind != agentapi.KindFile || len(got) != 1 || got["run.sh"] != "#!/bin/sh\necho hi\n" {
 		t.Fatalf("file pull: %q %v", kind, got)
 	}
-	rc, kind, err = c.PullTar(ctx, filepath.Join(dest, "link"))
+	rc, kind, err = c.PullTar(ctx, filepath.Join(dest, "link"), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +183,7 @@ func TestFilesPushPull(t *testing.T) {
 	}
 
 	// A second push overwrites and adds.
-	res, err = c.PushTar(ctx, dest, bytes.NewReader(buildTar(t, tarEntry{name: "a.txt", typ: tar.TypeReg, body: "v2"})))
+	res, err = c.PushTar(ctx, dest, "", bytes.NewReader(buildTar(t, tarEntry{name: "a.txt", typ: tar.TypeReg, body: "v2"})))
 	if err != nil || res.Files != 1 {
 		t.Fatalf("%+v %v", res, err)
 	}
@@ -206,7 +206,7 @@ func TestFilesPushRejectsEscapes(t *testing.T) {
 		"symlink":  buildTar(t, tarEntry{name: "l", typ: tar.TypeSymlink, link: outside}, tarEntry{name: "l/x", typ: tar.TypeReg, body: "x"}),
 		"garbage":  []byte(strings.Repeat("not a tar archive", 100)),
 	} {
-		_, err := c.PushTar(ctx, filepath.Join(base, "dest"), bytes.NewReader(data))
+		_, err := c.PushTar(ctx, filepath.Join(base, "dest"), "", bytes.NewReader(data))
 		if !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Errorf("%s: got %v, want invalid argument", name, err)
 		}
@@ -214,12 +214,12 @@ func TestFilesPushRejectsEscapes(t *testing.T) {
 	if ents, _ := os.ReadDir(outside); len(ents) != 0 {
 		t.Fatalf("wrote outside: %v", ents)
 	}
-	if _, err := c.PushTar(ctx, "relative/dir", bytes.NewReader(buildTar(t))); !errors.Is(err, errdefs.ErrInvalidArgument) {
+	if _, err := c.PushTar(ctx, "relative/dir", "", bytes.NewReader(buildTar(t))); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Fatalf("relative dest: %v", err)
 	}
 	f := filepath.Join(base, "file")
 	os.WriteFile(f, nil, 0o644)
-	if _, err := c.PushTar(ctx, f, bytes.NewReader(buildTar(t))); !errors.Is(err, errdefs.ErrInvalidArgument) {
+	if _, err := c.PushTar(ctx, f, "", bytes.NewReader(buildTar(t))); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Fatalf("file dest: %v", err)
 	}
 	// The session still works after rejected pushes.
@@ -231,13 +231,13 @@ func TestFilesPushRejectsEscapes(t *testing.T) {
 func TestFilesPullErrors(t *testing.T) {
 	c := newTestClient(t, ServeOptions{})
 	ctx := testCtx(t)
-	if _, _, err := c.PullTar(ctx, filepath.Join(t.TempDir(), "missing")); !errors.Is(err, errdefs.ErrNotFound) {
+	if _, _, err := c.PullTar(ctx, filepath.Join(t.TempDir(), "missing"), ""); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("missing: %v", err)
 	}
-	if _, _, err := c.PullTar(ctx, "rel"); !errors.Is(err, errdefs.ErrInvalidArgument) {
+	if _, _, err := c.PullTar(ctx, "rel", ""); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Fatalf("relative: %v", err)
 	}
-	if _, _, err := c.PullTar(ctx, "/dev/null"); !errors.Is(err, errdefs.ErrInvalidArgument) {
+	if _, _, err := c.PullTar(ctx, "/dev/null", ""); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Fatalf("device: %v", err)
 	}
 }
@@ -250,4 +250,34 @@ func TestExecSyncsWorkspace(t *testing.T) {
 	syncWorkspace()
 	workspaceDir = t.TempDir()
 	syncWorkspace()
+}
+
+func TestFilesConfinedWithin(t *testing.T) {
+	c := newTestClient(t, ServeOptions{})
+	ctx := testCtx(t)
+	root := t.TempDir()
+	outside := t.TempDir()
+	ws := filepath.Join(root, "ws")
+	if err := os.MkdirAll(ws, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(outside, "secret"), []byte("s"), 0o600)
+	if err := os.Symlink(outside, filepath.Join(ws, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.PullTar(ctx, filepath.Join(ws, "link", "secret"), ws); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("pull through a symlink out of within: %v", err)
+	}
+	if _, err := c.PushTar(ctx, filepath.Join(ws, "link", "new"), ws, bytes.NewReader(buildTar(t, tarEntry{name: "x", typ: tar.TypeReg, body: "x"}))); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("push through a symlink out of within: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(outside, "new")); err == nil {
+		t.Fatal("push wrote outside within")
+	}
+	// The symlink itself, pulled as a file, is fine: it is archived as a link.
+	if rc, _, err := c.PullTar(ctx, filepath.Join(ws, "link"), ws); err != nil {
+		t.Fatalf("pull of the link itself: %v", err)
+	} else {
+		rc.Close()
+	}
 }

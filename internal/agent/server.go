@@ -39,6 +39,10 @@ type ServeOptions struct {
 	Version string
 	// Boot milestones reported by /v1/health (ms since kernel start).
 	InitStartedMS, RootReadyMS, AgentStartedMS int64
+	// SecretsDir is where /v1/secrets materialises secrets; empty means
+	// agentapi.SecretsDir, which gets a tmpfs of its own. Another directory
+	// (tests) is used as is.
+	SecretsDir string
 }
 
 // Serve runs a yamux server session over conn and serves the agent HTTP API
@@ -98,6 +102,7 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("GET "+agentapi.PathHealth, s.handleHealth)
 	mux.HandleFunc("POST "+agentapi.PathExec, s.handleExec)
 	mux.HandleFunc("POST "+agentapi.PathShutdown, s.handleShutdown)
+	mux.HandleFunc("POST "+agentapi.PathSecrets, s.handleSetSecrets)
 	s.serviceRoutes(mux)
 	s.shellRoutes(mux)
 	mux.HandleFunc("POST "+agentapi.PathFilesPush, s.handleFilesPush)
@@ -145,8 +150,10 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
+// writeError replies with an error; secret values in the message are
+// redacted.
 func writeError(w http.ResponseWriter, code int, category, format string, args ...any) {
-	writeJSON(w, code, agentapi.ErrorResponse{Error: fmt.Sprintf(format, args...), Category: category})
+	writeJSON(w, code, agentapi.ErrorResponse{Error: redactString(fmt.Sprintf(format, args...)), Category: category})
 }
 
 // buildVersion is the module version plus VCS revision of this binary.

@@ -161,6 +161,10 @@ func (sv *service) status() agentapi.ServiceStatus {
 		c := *sv.exitCode
 		st.ExitCode = &c
 	}
+	if red, _ := agentSecrets.redactor(); !red.Empty() {
+		st.Argv = red.Strings(st.Argv)
+		st.LastProbeError, st.Error = red.String(st.LastProbeError), red.String(st.Error)
+	}
 	if sv.readyAt != nil {
 		t := *sv.readyAt
 		st.ReadyAt = &t
@@ -359,7 +363,11 @@ func validateStart(req agentapi.ServiceStartRequest) (*startOptions, error) {
 	if cwd == "" {
 		cwd = defaultWorkDir()
 	}
-	p, err := prepare(agentapi.ExecRequest{Argv: req.Argv, Shell: req.Shell, Env: req.Env, Cwd: cwd})
+	env, err := withSecretEnv(req.Env, req.SecretEnv)
+	if err != nil {
+		return nil, err
+	}
+	p, err := prepare(agentapi.ExecRequest{Argv: req.Argv, Shell: req.Shell, Env: env, Cwd: cwd})
 	if err != nil {
 		return nil, errorf("invalid_argument", "service %q: %v", req.Name, err)
 	}
@@ -499,7 +507,10 @@ func (m *serviceManager) start(ctx context.Context, req agentapi.ServiceStartReq
 	}
 	sv.mu.Unlock()
 	go func() {
-		_, _ = io.Copy(sv.log, pr)
+		// Secret values never reach the log, even split across writes.
+		lr := &liveRedactor{w: sv.log}
+		_, _ = io.Copy(lr, pr)
+		lr.Flush()
 		pr.Close()
 		sv.log.close()
 	}()

@@ -166,6 +166,10 @@ func (m *shellManager) open(req agentapi.ShellOpenRequest) (*shell, error) {
 	for k, v := range req.Env {
 		env[k] = v
 	}
+	env, err = withSecretEnv(env, req.SecretEnv)
+	if err != nil {
+		return nil, err
+	}
 	p, err := prepare(agentapi.ExecRequest{Argv: []string{shellPath, "-i"}, Env: env, Cwd: cwd})
 	if err != nil {
 		return nil, errorf("invalid_argument", "open shell: %v", err)
@@ -215,7 +219,11 @@ func (m *shellManager) open(req agentapi.ShellOpenRequest) (*shell, error) {
 	go func() {
 		// Ends with EIO once no process holds the terminal, or when the
 		// shell is closed.
-		_, _ = io.Copy(sh.out, ptmx)
+		// Secret values never reach the buffer, even split across
+		// reads; cursors count the redacted output's bytes.
+		lr := &liveRedactor{w: sh.out}
+		_, _ = io.Copy(lr, ptmx)
+		lr.Flush()
 		sh.out.close()
 	}()
 	go func() {

@@ -31,11 +31,13 @@ type PushResult struct {
 }
 
 // PushTar streams the uncompressed tar r into the guest and extracts it
+// (within, when set, is a directory dest must resolve into, symlinks
+// followed)
 // into the absolute guest directory dest (see the package doc). The body is
 // streamed, not buffered. Unsafe entries fail with ErrInvalidArgument.
-func (c *Client) PushTar(ctx context.Context, dest string, r io.Reader) (PushResult, error) {
+func (c *Client) PushTar(ctx context.Context, dest, within string, r io.Reader) (PushResult, error) {
 	var res PushResult
-	resp, err := c.doStream(ctx, http.MethodPost, PathFilesPush+"?dest="+url.QueryEscape(dest), r, "application/x-tar")
+	resp, err := c.doStream(ctx, http.MethodPost, PathFilesPush+"?dest="+url.QueryEscape(dest)+"&within="+url.QueryEscape(within), r, "application/x-tar")
 	if err != nil {
 		return res, err
 	}
@@ -46,13 +48,13 @@ func (c *Client) PushTar(ctx context.Context, dest string, r io.Reader) (PushRes
 	return res, nil
 }
 
-// PullTar asks the guest for the file or directory at the absolute guest
+// PullTar (within: as for PushTar) asks the guest for the file or directory at the absolute guest
 // path and returns the tar stream (see the package doc) and its kind,
 // KindDir or KindFile. The caller closes the stream; a stream that ends
 // before the tar's end marker means the pull failed. A missing path fails
 // with ErrNotFound.
-func (c *Client) PullTar(ctx context.Context, path string) (io.ReadCloser, string, error) {
-	resp, err := c.doStream(ctx, http.MethodGet, PathFilesPull+"?path="+url.QueryEscape(path), nil, "")
+func (c *Client) PullTar(ctx context.Context, path, within string) (io.ReadCloser, string, error) {
+	resp, err := c.doStream(ctx, http.MethodGet, PathFilesPull+"?path="+url.QueryEscape(path)+"&within="+url.QueryEscape(within), nil, "")
 	if err != nil {
 		return nil, "", err
 	}

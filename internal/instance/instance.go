@@ -18,6 +18,7 @@ import (
 	"github.com/gofrs/flock"
 
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/redact"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 )
 
@@ -195,8 +196,23 @@ type Event struct {
 }
 
 // AppendEvent adds one event to the log. Callers must not put secret
-// values in fields.
+// values in fields; as a safeguard, string fields of a workspace with
+// secrets are redacted.
 func AppendEvent(dir vmdir.Dir, event string, fields map[string]any) {
+	if red := Redactor(dir); !red.Empty() && len(fields) > 0 {
+		safe := make(map[string]any, len(fields))
+		for k, v := range fields {
+			switch v := v.(type) {
+			case string:
+				safe[k] = red.String(v)
+			case error:
+				safe[k] = red.String(v.Error())
+			default:
+				safe[k] = v
+			}
+		}
+		fields = safe
+	}
 	b, err := json.Marshal(Event{At: time.Now().UTC(), Event: event, Fields: fields})
 	if err != nil {
 		return
@@ -207,4 +223,22 @@ func AppendEvent(dir vmdir.Dir, event string, fields map[string]any) {
 	}
 	defer f.Close()
 	_, _ = f.Write(append(b, '\n'))
+}
+
+// Redactor returns a redactor for the secret values of the VM or workspace
+// in dir (vmdir.Secrets), or nil when it has none or they cannot be read.
+func Redactor(dir vmdir.Dir) *redact.Redactor {
+	b, err := os.ReadFile(dir.Path(vmdir.Secrets))
+	if err != nil {
+		return nil
+	}
+	var values map[string]string
+	if json.Unmarshal(b, &values) != nil || len(values) == 0 {
+		return nil
+	}
+	vals := make([]string, 0, len(values))
+	for _, v := range values {
+		vals = append(vals, v)
+	}
+	return redact.New(vals)
 }

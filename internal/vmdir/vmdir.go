@@ -31,6 +31,9 @@ const (
 	Exit           = "exit.json"       // written by a supervisor that ended on purpose
 	Events         = "events.jsonl"    // the VM's event log, one JSON object a line
 	Lock           = "lock"            // flock serialising lifecycle changes
+	// Secrets holds a workspace's secret values (mode 0600), the only
+	// file on the host that may contain them.
+	Secrets = "secrets.json"
 )
 
 var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)

@@ -24,6 +24,7 @@ import (
 
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/tarutil"
+	"github.com/pyro-mcp/pyro/internal/vmdir"
 )
 
 // Root is the guest path every workspace operation is confined to.
@@ -34,7 +35,7 @@ const (
 	DiskFile     = "workspace.ext4"
 	SnapshotsDir = "snapshots"
 	HistoryFile  = "history.jsonl"
-	SecretsFile  = "secrets.json"
+	SecretsFile  = vmdir.Secrets
 )
 
 // Baseline is the implicit snapshot taken when the workspace was created.

@@ -1,0 +1,651 @@
+"""The :class:`Pyro` facade: the public Python SDK contract on top of the ``pyro`` binary.
+
+Why the CLI's ``--json`` mode is the machine interface
+------------------------------------------------------
+The Go SDK inside the ``pyro`` binary is the single source of truth for
+behaviour: booting guests, timeouts, secrets redaction, snapshots, state on
+disk. This package re-implements none of it. Each method runs exactly one
+``pyro ... --json`` subprocess and returns the JSON it prints, which is the Go
+SDK's own result structs serialised with their JSON field names, so Python,
+CLI, Go and MCP users all see the same fields and the same errors.
+
+The CLI was chosen over talking MCP to ``pyro mcp serve`` because one process
+per call is stateless (no server lifetime to manage, nothing to reconnect,
+safe from threads and forked processes), keeps each call's failure isolated,
+and its error channel is explicit:
+
+* on failure ``pyro`` prints ``{"error": {"message": ..., "category": ...}}`` on
+  stdout and exits non-zero (2 invalid_argument, 3 not_found, 4 already_exists,
+  5 failed_precondition, 6 unavailable, 1 anything else);
+* ``run``, ``vm exec`` and ``workspace exec`` exit with the *guest command's*
+  exit code and still print their result object.
+
+So a call's stdout is parsed as JSON; an object with a top-level ``"error"`` key
+is raised as a :class:`~pyro_mcp.errors.PyroError` subclass (the trailing
+``"(hint: ...)"`` of the message becomes ``.hint``), anything else is the
+result, whatever the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from typing import Any, Mapping, NoReturn, Optional, Sequence, Union
+
+from .errors import PyroError, UnavailableError, error_from_exit, error_from_payload
+
+__all__ = ["Pyro", "PyroServer", "create_server", "Command", "SecretEnv", "Secrets"]
+
+#: A guest command: a string is ONE shell string run by ``/bin/sh -c``; a list
+#: is an argv run directly (a one-element list is also run by the shell).
+Command = Union[str, Sequence[str]]
+
+#: Secrets to expose to one call: ``{"SECRET_NAME": "ENV_VAR"}`` (``None`` or
+#: ``""`` keeps the secret's own name), or a list of secret names.
+SecretEnv = Union[Mapping[str, Optional[str]], Sequence[str]]
+
+#: Workspace secrets: a list of ``{"name": ..., "value": ...}`` /
+#: ``{"name": ..., "file_path": ...}`` dicts, or a ``{name: value}`` dict.
+Secrets = Union[Sequence[Mapping[str, str]], Mapping[str, str]]
+
+_READINESS_FLAGS = {
+    "file": ("path", "--ready-file"),
+    "tcp": ("address", "--ready-tcp"),
+    "http": ("url", "--ready-http"),
+    "command": ("command", "--ready-command"),
+}
+
+
+def _find_pyro(pyro_bin: Optional[str]) -> str:
+    candidate = pyro_bin or os.environ.get("PYRO_BIN") or "pyro"
+    if os.sep in candidate:
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return os.path.abspath(candidate)
+        raise UnavailableError(
+            f"pyro binary {candidate!r} does not exist or is not executable",
+            hint="pass pyro_bin=, set $PYRO_BIN, or put `pyro` on PATH",
+        )
+    found = shutil.which(candidate)
+    if found is None:
+        raise UnavailableError(
+            f"pyro binary {candidate!r} not found on PATH",
+            hint="pass pyro_bin=, set $PYRO_BIN, or put `pyro` on PATH",
+        )
+    return found
+
+
+def _command_argv(command: Command) -> list[str]:
+    if isinstance(command, str):
+        argv = [command]
+    elif isinstance(command, (bytes, bytearray)):
+        raise TypeError("command must be a str (shell string) or a list of str (argv)")
+    else:
+        argv = [str(a) for a in command]
+    if not argv or (len(argv) == 1 and not argv[0].strip()):
+        raise ValueError("command must not be empty")
+    return argv
+
+
+def _secret_env_flags(secret_env: Optional[SecretEnv]) -> list[str]:
+    if not secret_env:
+        return []
+    out: list[str] = []
+    if isinstance(secret_env, Mapping):
+        for name, var in secret_env.items():
+            out.append(f"--secret-env={name}={var}" if var else f"--secret-env={name}")
+    elif isinstance(secret_env, str):
+        out.append(f"--secret-env={secret_env}")
+    else:
+        out.extend(f"--secret-env={name}" for name in secret_env)
+    return out
+
+
+def _secret_flags(secrets: Optional[Secrets]) -> list[str]:
+    if not secrets:
+        return []
+    out: list[str] = []
+    if isinstance(secrets, Mapping):
+        items: list[Mapping[str, Any]] = [{"name": k, "value": v} for k, v in secrets.items()]
+    else:
+        items = list(secrets)
+    for s in items:
+        if not isinstance(s, Mapping) or "name" not in s:
+            raise ValueError(f"secret must be a dict with a 'name' key, got {s!r}")
+        name = s["name"]
+        has_value, has_file = "value" in s, "file_path" in s
+        if has_value == has_file:
+            raise ValueError(f"secret {name!r} needs exactly one of 'value' or 'file_path'")
+        if has_value:
+            out.append(f"--secret={name}={s['value']}")
+        else:
+            out.append(f"--secret-file={name}={os.fspath(s['file_path'])}")
+    return out
+
+
+def _readiness_flags(readiness: Optional[Mapping[str, Any]]) -> list[str]:
+    if not readiness:
+        return []
+    kind = readiness.get("type")
+    if kind not in _READINESS_FLAGS:
+        raise ValueError(
+            f"readiness type must be one of {sorted(_READINESS_FLAGS)}, got {kind!r}"
+        )
+    key, flag = _READINESS_FLAGS[kind]
+    if not readiness.get(key):
+        raise ValueError(f"readiness type {kind!r} needs {key!r}")
+    out = [f"{flag}={readiness[key]}"]
+    if kind == "http" and readiness.get("expect_status"):
+        out.append(f"--ready-http-status={int(readiness['expect_status'])}")
+    return out
+
+
+class Pyro:
+    """Client for pyro: disposable microVMs, persistent workspaces, services and shells.
+
+    Every method runs one ``pyro ... --json`` subprocess and returns its JSON
+    result as plain Python data (dicts with the Go SDK's JSON field names).
+    Failures raise :class:`~pyro_mcp.PyroError` subclasses carrying
+    ``category``, ``message`` and ``hint``.
+
+    Args:
+        pyro_bin: path or name of the ``pyro`` binary. Default: ``$PYRO_BIN``,
+            else ``pyro`` on ``PATH``. Looked up at the first call.
+        state_dir: pyro's state directory (passed as ``PYRO_HOME``). Default:
+            the binary's own default (``$PYRO_HOME`` or ``~/.local/share/pyro``).
+    """
+
+    def __init__(self, pyro_bin: Optional[str] = None, state_dir: Optional[str] = None) -> None:
+        self._pyro_bin_arg = pyro_bin
+        self._resolved: Optional[str] = None
+        self.state_dir: Optional[str] = os.fspath(state_dir) if state_dir is not None else None
+
+    # -- plumbing -----------------------------------------------------------
+
+    @property
+    def pyro_bin(self) -> str:
+        """The absolute path of the ``pyro`` binary this client runs."""
+        if self._resolved is None:
+            self._resolved = _find_pyro(self._pyro_bin_arg)
+        return self._resolved
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.state_dir is not None:
+            env["PYRO_HOME"] = self.state_dir
+        return env
+
+    def _call(
+        self, words: Sequence[str], args: Sequence[str] = (), command: Optional[Command] = None
+    ) -> Any:
+        """Run ``pyro WORDS --json ARGS [-- COMMAND]`` and return its decoded result."""
+        argv = [self.pyro_bin, *words, "--json", *args]
+        if command is not None:
+            argv += ["--", *_command_argv(command)]
+        try:
+            proc = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=self._env(),
+                check=False,
+            )
+        except OSError as e:  # binary vanished, not executable, ...
+            raise UnavailableError(f"cannot run {argv[0]}: {e}") from e
+        stdout = proc.stdout.decode("utf-8", errors="replace")
+        stderr = proc.stderr.decode("utf-8", errors="replace")
+        try:
+            data = json.loads(stdout)
+        except ValueError:
+            self._raise_unparsed(proc.returncode, stdout, stderr)
+        if isinstance(data, dict) and isinstance(data.get("error"), dict):
+            raise error_from_payload(data["error"], exit_code=proc.returncode, stderr=stderr)
+        return data
+
+    @staticmethod
+    def _raise_unparsed(code: int, stdout: str, stderr: str) -> NoReturn:
+        if code < 0:
+            raise PyroError(f"pyro was killed by signal {-code}", exit_code=code, stderr=stderr)
+        if code == 0:
+            raise PyroError(
+                "pyro printed no JSON result: " + (stdout.strip()[:500] or "(empty output)"),
+                exit_code=code,
+                stderr=stderr,
+            )
+        raise error_from_exit(code, stderr, stdout)
+
+    # -- MCP server -----------------------------------------------------------
+
+    def create_server(self) -> "PyroServer":
+        """An MCP server object whose ``run()`` serves pyro's tools over stdio.
+
+        ``run()`` replaces the current process with ``pyro mcp serve`` (same
+        binary and state directory as this client).
+        """
+        return PyroServer(pyro_bin=self._pyro_bin_arg, state_dir=self.state_dir)
+
+    # -- environments ---------------------------------------------------------
+
+    def list_environments(self) -> list[dict[str, Any]]:
+        """List the environment catalog with install state (``pyro env list``).
+
+        Returns:
+            a list of environment dicts (``name``, ``version``, ``installed``, ...).
+        """
+        return self._call(["env", "list"])["environments"]
+
+    def pull_environment(self, environment: str) -> dict[str, Any]:
+        """Install an environment, building it locally if needed (``pyro env pull``).
+
+        A pull of an intact install is a fast no-op (``already_installed``).
+        """
+        return self._call(["env", "pull"], [environment])
+
+    def inspect_environment(self, environment: str) -> dict[str, Any]:
+        """An environment's manifest, install state, paths and sizes (``pyro env inspect``)."""
+        return self._call(["env", "inspect"], [environment])
+
+    def prune_environments(self) -> dict[str, Any]:
+        """Remove partial builds, old versions and unknown environments (``pyro env prune``)."""
+        return self._call(["env", "prune"])
+
+    # -- VMs --------------------------------------------------------------------
+
+    def create_vm(
+        self,
+        environment: str = "debian:12",
+        *,
+        vcpu_count: int = 1,
+        mem_mib: int = 1024,
+        ttl_seconds: int = 0,
+        network: bool = False,
+        allow_host_compat: bool = False,
+    ) -> dict[str, Any]:
+        """Record a VM without booting it (``pyro vm create``); boot it with :meth:`start_vm`.
+
+        Args:
+            environment: environment name, e.g. ``"debian:12"``.
+            vcpu_count: guest vCPUs.
+            mem_mib: guest memory in MiB.
+            ttl_seconds: stop the VM this long after creation (0: never).
+            network: outbound networking (user-mode NAT); off means no NIC.
+            allow_host_compat: fall back to host namespaces when no guest can boot.
+
+        Returns:
+            the VM dict (``vm_id``, ``state``, ...).
+        """
+        args = [
+            environment,
+            f"--vcpu-count={int(vcpu_count)}",
+            f"--mem-mib={int(mem_mib)}",
+            f"--ttl-seconds={int(ttl_seconds)}",
+        ]
+        if network:
+            args.append("--network")
+        if allow_host_compat:
+            args.append("--allow-host-compat")
+        return self._call(["vm", "create"], args)
+
+    def start_vm(self, vm_id: str) -> dict[str, Any]:
+        """Boot a created or stopped VM and wait until it runs (idempotent)."""
+        return self._call(["vm", "start"], [vm_id])
+
+    def exec_vm(self, vm_id: str, *, command: Command, timeout_seconds: int = 30) -> dict[str, Any]:
+        """Run one command in a running VM, then delete the VM (auto-clean).
+
+        Args:
+            vm_id: a running VM.
+            command: a str is one shell string; a list is an argv.
+            timeout_seconds: kill the command's process group after this long.
+
+        Returns:
+            the exec result (``exit_code``, ``stdout``, ``stderr``, ``timed_out``, ...).
+            A non-zero guest exit code is a result, not an exception.
+        """
+        return self._call(
+            ["vm", "exec"], [vm_id, f"--timeout-seconds={int(timeout_seconds)}"], command
+        )
+
+    def stop_vm(self, vm_id: str) -> dict[str, Any]:
+        """Power a VM off; its files stay (idempotent)."""
+        return self._call(["vm", "stop"], [vm_id])
+
+    def delete_vm(self, vm_id: str) -> dict[str, Any]:
+        """Stop a VM if needed and remove all its files."""
+        return self._call(["vm", "delete"], [vm_id])
+
+    def status_vm(self, vm_id: str) -> dict[str, Any]:
+        """A VM's observed status (created, starting, running, stopped, expired, broken)."""
+        return self._call(["vm", "status"], [vm_id])
+
+    def network_info_vm(self, vm_id: str) -> dict[str, Any]:
+        """A VM's network: enabled, mode, guest address, gateway, DNS, MAC."""
+        return self._call(["vm", "network"], [vm_id])
+
+    def reap_expired(self) -> dict[str, Any]:
+        """Delete expired VMs and VMs whose supervisor died (``removed``, ``count``)."""
+        return self._call(["vm", "reap"])
+
+    def run_in_vm(
+        self,
+        environment: str = "debian:12",
+        command: Optional[Command] = None,
+        *,
+        vcpu_count: int = 1,
+        mem_mib: int = 1024,
+        timeout_seconds: int = 30,
+        ttl_seconds: int = 0,
+        network: bool = False,
+        allow_host_compat: bool = False,
+    ) -> dict[str, Any]:
+        """Boot a fresh VM, run one command in it and delete the VM (``pyro run``).
+
+        Args:
+            environment: environment name.
+            command: a str is one shell string; a list is an argv. Required.
+            vcpu_count: guest vCPUs.
+            mem_mib: guest memory in MiB.
+            timeout_seconds: kill the command after this long (``timed_out``).
+            ttl_seconds: bound the VM's whole life, boot included (0: none).
+            network: outbound networking.
+            allow_host_compat: run on the host in namespaces when no guest can boot.
+
+        Returns:
+            the run result (``exit_code``, ``stdout``, ``stderr``, ``timed_out``, ...).
+        """
+        if command is None:
+            raise TypeError("run_in_vm() missing required argument: 'command'")
+        args = [
+            environment,
+            f"--vcpu-count={int(vcpu_count)}",
+            f"--mem-mib={int(mem_mib)}",
+            f"--timeout-seconds={int(timeout_seconds)}",
+            f"--ttl-seconds={int(ttl_seconds)}",
+        ]
+        if network:
+            args.append("--network")
+        if allow_host_compat:
+            args.append("--allow-host-compat")
+        return self._call(["run"], args, command)
+
+    # -- workspaces -------------------------------------------------------------
+
+    def create_workspace(
+        self,
+        environment: str = "debian:12",
+        *,
+        vcpu_count: int = 1,
+        mem_mib: int = 1024,
+        network: bool = False,
+        allow_host_compat: bool = False,
+        seed_path: Optional[Union[str, "os.PathLike[str]"]] = None,
+        secrets: Optional[Secrets] = None,
+    ) -> dict[str, Any]:
+        """Create and start a persistent workspace (``pyro workspace create``).
+
+        Args:
+            environment: environment name.
+            vcpu_count: guest vCPUs.
+            mem_mib: guest memory in MiB.
+            network: outbound networking.
+            allow_host_compat: fall back to host namespaces when no guest can boot.
+            seed_path: host directory or ``.tar``/``.tar.gz``/``.tgz`` that fills
+                ``/workspace`` before this returns.
+            secrets: guest-only UTF-8 secrets kept outside ``/workspace``: a list of
+                ``{"name": N, "value": V}`` or ``{"name": N, "file_path": P}``, or
+                a ``{name: value}`` dict. Values never appear in results.
+
+        Returns:
+            the workspace dict (``workspace_id``, ``state``, ``workspace_seed``,
+            ``secrets`` metadata, ``reset_count``, ...).
+        """
+        args = [environment, f"--vcpu-count={int(vcpu_count)}", f"--mem-mib={int(mem_mib)}"]
+        if network:
+            args.append("--network")
+        if allow_host_compat:
+            args.append("--allow-host-compat")
+        if seed_path is not None:
+            args.append(f"--seed-path={os.fspath(seed_path)}")
+        args += _secret_flags(secrets)
+        return self._call(["workspace", "create"], args)
+
+    def push_workspace_sync(
+        self,
+        workspace_id: str,
+        source_path: Union[str, "os.PathLike[str]"],
+        *,
+        dest: str = "/workspace",
+    ) -> dict[str, Any]:
+        """Import a host directory or archive into a started workspace under ``dest``."""
+        return self._call(
+            ["workspace", "sync", "push"], [workspace_id, os.fspath(source_path), f"--dest={dest}"]
+        )
+
+    def export_workspace(
+        self, workspace_id: str, path: str, *, output_path: Union[str, "os.PathLike[str]"]
+    ) -> dict[str, Any]:
+        """Copy one file or directory from ``/workspace`` to ``output_path`` on the host.
+
+        ``path`` is relative to ``/workspace`` (or absolute inside it);
+        ``output_path`` must not exist yet.
+        """
+        return self._call(
+            ["workspace", "export"], [workspace_id, path, f"--output={os.fspath(output_path)}"]
+        )
+
+    def diff_workspace(self, workspace_id: str) -> dict[str, Any]:
+        """What changed in ``/workspace`` since the create-time baseline (``changes``)."""
+        return self._call(["workspace", "diff"], [workspace_id])
+
+    def create_snapshot(self, workspace_id: str, snapshot_name: str) -> dict[str, Any]:
+        """Store the current ``/workspace`` as a named snapshot."""
+        return self._call(["workspace", "snapshot", "create"], [workspace_id, snapshot_name])
+
+    def list_snapshots(self, workspace_id: str) -> dict[str, Any]:
+        """The baseline plus named snapshots: ``{"workspace_id", "snapshots": [...]}``."""
+        return self._call(["workspace", "snapshot", "list"], [workspace_id])
+
+    def delete_snapshot(self, workspace_id: str, snapshot_name: str) -> dict[str, Any]:
+        """Delete one named snapshot (the baseline cannot be deleted)."""
+        return self._call(["workspace", "snapshot", "delete"], [workspace_id, snapshot_name])
+
+    def reset_workspace(self, workspace_id: str, *, snapshot: str = "baseline") -> dict[str, Any]:
+        """Recreate the whole sandbox and restore ``/workspace`` from ``snapshot``.
+
+        Clears command, shell and service history; secrets are re-materialised.
+        """
+        return self._call(["workspace", "reset"], [workspace_id, f"--snapshot={snapshot}"])
+
+    def exec_workspace(
+        self,
+        workspace_id: str,
+        *,
+        command: Command,
+        timeout_seconds: int = 30,
+        secret_env: Optional[SecretEnv] = None,
+    ) -> dict[str, Any]:
+        """Run a command in the workspace's ``/workspace``; the workspace stays alive.
+
+        Args:
+            workspace_id: the workspace.
+            command: a str is one shell string; a list is an argv.
+            timeout_seconds: kill the command's process group after this long.
+            secret_env: secrets to expose as environment variables for this call:
+                ``{"SECRET": "ENV_VAR"}`` (``None``/``""``: same name) or a list of names.
+
+        Returns:
+            the exec result; a non-zero guest exit code is a result, not an exception.
+        """
+        args = [workspace_id, f"--timeout-seconds={int(timeout_seconds)}"]
+        args += _secret_env_flags(secret_env)
+        return self._call(["workspace", "exec"], args, command)
+
+    def status_workspace(self, workspace_id: str) -> dict[str, Any]:
+        """A workspace's observed status, seed, reset, secret and service metadata."""
+        return self._call(["workspace", "status"], [workspace_id])
+
+    def logs_workspace(self, workspace_id: str) -> dict[str, Any]:
+        """The workspace's command history: ``{"workspace_id", "entries": [...]}``."""
+        return self._call(["workspace", "logs"], [workspace_id])
+
+    def delete_workspace(self, workspace_id: str) -> dict[str, Any]:
+        """Stop a workspace and remove its disk, snapshots, history and secrets."""
+        return self._call(["workspace", "delete"], [workspace_id])
+
+    # -- services -----------------------------------------------------------------
+
+    def start_service(
+        self,
+        workspace_id: str,
+        service_name: str,
+        *,
+        command: Command,
+        cwd: str = "/workspace",
+        readiness: Optional[Mapping[str, Any]] = None,
+        ready_timeout_seconds: int = 30,
+        ready_interval_ms: int = 500,
+        secret_env: Optional[SecretEnv] = None,
+    ) -> dict[str, Any]:
+        """Start a named long-running process in a started workspace.
+
+        Args:
+            workspace_id: the workspace.
+            service_name: a unique name (letters, digits, ``_.-``).
+            command: a str is one shell string; a list is an argv.
+            cwd: working directory in the guest.
+            readiness: optional probe, checked in the guest, that must pass before
+                this returns: ``{"type": "file", "path": P}``,
+                ``{"type": "tcp", "address": "127.0.0.1:8080"}``,
+                ``{"type": "http", "url": U, "expect_status": 200}`` (status optional)
+                or ``{"type": "command", "command": "sh string"}``.
+            ready_timeout_seconds: how long the probe may take.
+            ready_interval_ms: probe interval.
+            secret_env: secrets exposed to this service (as for :meth:`exec_workspace`).
+
+        Returns:
+            the service status dict (``name``, ``state``, ``pid``, ...).
+        """
+        args = [workspace_id, service_name, f"--cwd={cwd}"]
+        args += _readiness_flags(readiness)
+        args += [
+            f"--ready-timeout-seconds={int(ready_timeout_seconds)}",
+            f"--ready-interval-ms={int(ready_interval_ms)}",
+        ]
+        args += _secret_env_flags(secret_env)
+        return self._call(["workspace", "service", "start"], args, command)
+
+    def list_services(self, workspace_id: str) -> dict[str, Any]:
+        """The workspace's services: ``{"workspace_id", "services": [...], ...}``."""
+        return self._call(["workspace", "service", "list"], [workspace_id])
+
+    def status_service(self, workspace_id: str, service_name: str) -> dict[str, Any]:
+        """One service's status (state, pid, exit code, readiness, times)."""
+        return self._call(["workspace", "service", "status"], [workspace_id, service_name])
+
+    def logs_service(
+        self, workspace_id: str, service_name: str, *, tail_lines: int = 200, all: bool = False
+    ) -> dict[str, Any]:
+        """The tail (or, with ``all=True``, all) of a service's merged stdout/stderr."""
+        args = [workspace_id, service_name, f"--tail-lines={int(tail_lines)}"]
+        if all:
+            args.append("--all")
+        return self._call(["workspace", "service", "logs"], args)
+
+    def stop_service(self, workspace_id: str, service_name: str) -> dict[str, Any]:
+        """Stop a service (its process group); its status and logs stay."""
+        return self._call(["workspace", "service", "stop"], [workspace_id, service_name])
+
+    # -- shells -------------------------------------------------------------------
+
+    def open_shell(
+        self,
+        workspace_id: str,
+        *,
+        cwd: str = "/workspace",
+        cols: int = 120,
+        rows: int = 30,
+        secret_env: Optional[SecretEnv] = None,
+    ) -> dict[str, Any]:
+        """Open a persistent PTY shell in a started workspace (``shell_id``, ...)."""
+        args = [workspace_id, f"--cwd={cwd}", f"--cols={int(cols)}", f"--rows={int(rows)}"]
+        args += _secret_env_flags(secret_env)
+        return self._call(["workspace", "shell", "open"], args)
+
+    def read_shell(
+        self, workspace_id: str, shell_id: str, *, cursor: int = 0, max_chars: int = 65536
+    ) -> dict[str, Any]:
+        """Read merged shell output from ``cursor``; follow ``next_cursor`` to read on."""
+        args = [workspace_id, shell_id, f"--cursor={int(cursor)}", f"--max-chars={int(max_chars)}"]
+        return self._call(["workspace", "shell", "read"], args)
+
+    def write_shell(
+        self, workspace_id: str, shell_id: str, *, input: str, append_newline: bool = True
+    ) -> dict[str, Any]:
+        """Type ``input`` into the shell, followed by a newline unless ``append_newline=False``."""
+        args = [workspace_id, shell_id, f"--input={input}"]
+        if not append_newline:
+            args.append("--no-newline")
+        return self._call(["workspace", "shell", "write"], args)
+
+    def signal_shell(
+        self, workspace_id: str, shell_id: str, *, signal_name: str = "INT"
+    ) -> dict[str, Any]:
+        """Send a signal (``INT``, ``TERM``, ``HUP``, ``KILL``, ...) to the shell's foreground job."""
+        return self._call(
+            ["workspace", "shell", "signal"], [workspace_id, shell_id, f"--signal={signal_name}"]
+        )
+
+    def close_shell(self, workspace_id: str, shell_id: str) -> dict[str, Any]:
+        """Close a shell and end its processes."""
+        return self._call(["workspace", "shell", "close"], [workspace_id, shell_id])
+
+
+class PyroServer:
+    """pyro's MCP server, served by the ``pyro`` binary itself.
+
+    Args:
+        pyro_bin: as for :class:`Pyro`.
+        state_dir: as for :class:`Pyro` (passed as ``PYRO_HOME``).
+    """
+
+    def __init__(self, pyro_bin: Optional[str] = None, state_dir: Optional[str] = None) -> None:
+        self._pyro_bin_arg = pyro_bin
+        self.state_dir = state_dir
+
+    def argv(self, transport: str = "stdio") -> list[str]:
+        """The command line ``run()`` executes."""
+        if transport != "stdio":
+            raise ValueError(f"unsupported transport {transport!r}: only 'stdio'")
+        return [_find_pyro(self._pyro_bin_arg), "mcp", "serve"]
+
+    def run(self, transport: str = "stdio") -> NoReturn:
+        """Serve MCP on this process's stdin/stdout by replacing it with ``pyro mcp serve``.
+
+        Never returns (``os.execvpe``); stdio is inherited, so this works as the
+        command of an MCP client configuration, e.g.
+        ``python -c 'from pyro_mcp import create_server; create_server().run()'``.
+        """
+        argv = self.argv(transport)
+        env = dict(os.environ)
+        if self.state_dir is not None:
+            env["PYRO_HOME"] = os.fspath(self.state_dir)
+        import sys
+
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os.execve(argv[0], argv, env)
+
+
+def create_server(pyro_bin: Optional[str] = None) -> PyroServer:
+    """An MCP server whose ``run()`` hands this process over to ``pyro mcp serve``.
+
+    Args:
+        pyro_bin: path or name of the ``pyro`` binary (default ``$PYRO_BIN`` or
+            ``pyro`` on ``PATH``).
+    """
+    return PyroServer(pyro_bin=pyro_bin)

@@ -1,0 +1,457 @@
+"""Fast tests, no VM: argument mapping (against a fake ``pyro``), error mapping,
+binary lookup and the contract's method names, parameters and defaults."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import unittest
+from typing import Any
+
+import pyro_mcp
+from pyro_mcp import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    Pyro,
+    PyroError,
+    UnavailableError,
+    create_server,
+)
+from pyro_mcp.errors import split_hint
+
+from .fakepyro import FakePyro
+
+P = inspect.Parameter
+REQ = P.empty  # "no default"
+
+# The Python SDK contract: method -> [(name, kind, default)] after self.
+# kind: "pos" positional-or-keyword, "kw" keyword-only.
+CONTRACT: dict[str, list[tuple[str, str, Any]]] = {
+    "create_server": [],
+    "list_environments": [],
+    "pull_environment": [("environment", "pos", REQ)],
+    "inspect_environment": [("environment", "pos", REQ)],
+    "prune_environments": [],
+    "create_vm": [
+        ("environment", "pos", "debian:12"),
+        ("vcpu_count", "kw", 1),
+        ("mem_mib", "kw", 1024),
+        ("ttl_seconds", "kw", 0),
+        ("network", "kw", False),
+        ("allow_host_compat", "kw", False),
+    ],
+    "start_vm": [("vm_id", "pos", REQ)],
+    "exec_vm": [("vm_id", "pos", REQ), ("command", "kw", REQ), ("timeout_seconds", "kw", 30)],
+    "stop_vm": [("vm_id", "pos", REQ)],
+    "delete_vm": [("vm_id", "pos", REQ)],
+    "status_vm": [("vm_id", "pos", REQ)],
+    "network_info_vm": [("vm_id", "pos", REQ)],
+    "reap_expired": [],
+    "run_in_vm": [
+        ("environment", "pos", "debian:12"),
+        ("command", "pos", None),  # required at call time (TypeError when missing)
+        ("vcpu_count", "kw", 1),
+        ("mem_mib", "kw", 1024),
+        ("timeout_seconds", "kw", 30),
+        ("ttl_seconds", "kw", 0),
+        ("network", "kw", False),
+        ("allow_host_compat", "kw", False),
+    ],
+    "create_workspace": [
+        ("environment", "pos", "debian:12"),
+        ("vcpu_count", "kw", 1),
+        ("mem_mib", "kw", 1024),
+        ("network", "kw", False),
+        ("allow_host_compat", "kw", False),
+        ("seed_path", "kw", None),
+        ("secrets", "kw", None),
+    ],
+    "push_workspace_sync": [
+        ("workspace_id", "pos", REQ),
+        ("source_path", "pos", REQ),
+        ("dest", "kw", "/workspace"),
+    ],
+    "export_workspace": [("workspace_id", "pos", REQ), ("path", "pos", REQ), ("output_path", "kw", REQ)],
+    "diff_workspace": [("workspace_id", "pos", REQ)],
+    "create_snapshot": [("workspace_id", "pos", REQ), ("snapshot_name", "pos", REQ)],
+    "list_snapshots": [("workspace_id", "pos", REQ)],
+    "delete_snapshot": [("workspace_id", "pos", REQ), ("snapshot_name", "pos", REQ)],
+    "reset_workspace": [("workspace_id", "pos", REQ), ("snapshot", "kw", "baseline")],
+    "start_service": [
+        ("workspace_id", "pos", REQ),
+        ("service_name", "pos", REQ),
+        ("command", "kw", REQ),
+        ("cwd", "kw", "/workspace"),
+        ("readiness", "kw", None),
+        ("ready_timeout_seconds", "kw", 30),
+        ("ready_interval_ms", "kw", 500),
+        ("secret_env", "kw", None),
+    ],
+    "list_services": [("workspace_id", "pos", REQ)],
+    "status_service": [("workspace_id", "pos", REQ), ("service_name", "pos", REQ)],
+    "logs_service": [
+        ("workspace_id", "pos", REQ),
+        ("service_name", "pos", REQ),
+        ("tail_lines", "kw", 200),
+        ("all", "kw", False),
+    ],
+    "stop_service": [("workspace_id", "pos", REQ), ("service_name", "pos", REQ)],
+    "open_shell": [
+        ("workspace_id", "pos", REQ),
+        ("cwd", "kw", "/workspace"),
+        ("cols", "kw", 120),
+        ("rows", "kw", 30),
+        ("secret_env", "kw", None),
+    ],
+    "read_shell": [
+        ("workspace_id", "pos", REQ),
+        ("shell_id", "pos", REQ),
+        ("cursor", "kw", 0),
+        ("max_chars", "kw", 65536),
+    ],
+    "write_shell": [
+        ("workspace_id", "pos", REQ),
+        ("shell_id", "pos", REQ),
+        ("input", "kw", REQ),
+        ("append_newline", "kw", True),
+    ],
+    "signal_shell": [("workspace_id", "pos", REQ), ("shell_id", "pos", REQ), ("signal_name", "kw", "INT")],
+    "close_shell": [("workspace_id", "pos", REQ), ("shell_id", "pos", REQ)],
+    "exec_workspace": [
+        ("workspace_id", "pos", REQ),
+        ("command", "kw", REQ),
+        ("timeout_seconds", "kw", 30),
+        ("secret_env", "kw", None),
+    ],
+    "delete_workspace": [("workspace_id", "pos", REQ)],
+    "status_workspace": [("workspace_id", "pos", REQ)],
+    "logs_workspace": [("workspace_id", "pos", REQ)],
+}
+
+_KIND = {"pos": P.POSITIONAL_OR_KEYWORD, "kw": P.KEYWORD_ONLY}
+
+
+class ContractTest(unittest.TestCase):
+    def test_public_names(self) -> None:
+        for name in [
+            "Pyro", "create_server", "PyroError", "NotFoundError", "AlreadyExistsError",
+            "FailedPreconditionError", "InvalidArgumentError", "UnavailableError",
+        ]:
+            self.assertTrue(hasattr(pyro_mcp, name), name)
+            self.assertIn(name, pyro_mcp.__all__)
+        self.assertEqual(list(inspect.signature(create_server).parameters), ["pyro_bin"])
+        self.assertIsNone(inspect.signature(create_server).parameters["pyro_bin"].default)
+        sig = inspect.signature(Pyro)
+        self.assertEqual([(p.name, p.default) for p in sig.parameters.values()],
+                         [("pyro_bin", None), ("state_dir", None)])
+
+    def test_signatures_match_contract(self) -> None:
+        for method, params in CONTRACT.items():
+            with self.subTest(method=method):
+                fn = getattr(Pyro, method)
+                sig = inspect.signature(fn)
+                got = [(p.name, p.kind, p.default) for p in sig.parameters.values()][1:]
+                want = [(n, _KIND[k], d) for n, k, d in params]
+                self.assertEqual(got, want)
+                self.assertTrue(fn.__doc__, f"{method} has no docstring")
+                self.assertIsNot(sig.return_annotation, P.empty, f"{method} has no return annotation")
+
+    def test_no_extra_public_methods(self) -> None:
+        public = {n for n, _ in inspect.getmembers(Pyro, inspect.isfunction) if not n.startswith("_")}
+        self.assertEqual(public, set(CONTRACT))
+
+    def test_run_in_vm_requires_command(self) -> None:
+        with self.assertRaises(TypeError):
+            Pyro(pyro_bin="/nonexistent/pyro").run_in_vm("debian:12")
+
+
+class MappingTest(unittest.TestCase):
+    """Each method runs exactly the documented `pyro ... --json` command line."""
+
+    def setUp(self) -> None:
+        self.fake = FakePyro()
+        self.fake.set()
+        self.addCleanup(self.fake.close)
+        self.pyro = Pyro(pyro_bin=self.fake.path)
+
+    def check(self, call: Any, want: list[str], stdout: str = '{"ok": true}') -> Any:
+        self.fake.reset()
+        self.fake.set(stdout=stdout)
+        result = call()
+        calls = self.fake.calls()
+        self.assertEqual(len(calls), 1, "one subprocess per call")
+        self.assertEqual(calls[0]["argv"], want)
+        self.assertFalse(calls[0]["stdin_tty"])
+        return result
+
+    def test_environments(self) -> None:
+        envs = self.check(self.pyro.list_environments, ["env", "list", "--json"],
+                          stdout='{"environments": [{"name": "debian:12"}]}')
+        self.assertEqual(envs, [{"name": "debian:12"}])
+        self.check(lambda: self.pyro.pull_environment("debian:12-base"),
+                   ["env", "pull", "--json", "debian:12-base"])
+        self.check(lambda: self.pyro.inspect_environment("debian:12"),
+                   ["env", "inspect", "--json", "debian:12"])
+        self.check(self.pyro.prune_environments, ["env", "prune", "--json"])
+
+    def test_vms(self) -> None:
+        p = self.pyro
+        self.check(p.create_vm, ["vm", "create", "--json", "debian:12", "--vcpu-count=1",
+                                 "--mem-mib=1024", "--ttl-seconds=0"])
+        self.check(lambda: p.create_vm("debian:12-base", vcpu_count=2, mem_mib=512, ttl_seconds=60,
+                                       network=True, allow_host_compat=True),
+                   ["vm", "create", "--json", "debian:12-base", "--vcpu-count=2", "--mem-mib=512",
+                    "--ttl-seconds=60", "--network", "--allow-host-compat"])
+        for name, word in [("start_vm", "start"), ("stop_vm", "stop"), ("delete_vm", "delete"),
+                           ("status_vm", "status"), ("network_info_vm", "network")]:
+            self.check(lambda: getattr(p, name)("abc123"), ["vm", word, "--json", "abc123"])
+        self.check(p.reap_expired, ["vm", "reap", "--json"])
+        self.check(lambda: p.exec_vm("abc", command="echo hi; exit 3"),
+                   ["vm", "exec", "--json", "abc", "--timeout-seconds=30", "--", "echo hi; exit 3"])
+        self.check(lambda: p.exec_vm("abc", command=["ls", "-la", "/"], timeout_seconds=5),
+                   ["vm", "exec", "--json", "abc", "--timeout-seconds=5", "--", "ls", "-la", "/"])
+
+    def test_run(self) -> None:
+        p = self.pyro
+        self.check(lambda: p.run_in_vm("debian:12", "uname -a"),
+                   ["run", "--json", "debian:12", "--vcpu-count=1", "--mem-mib=1024",
+                    "--timeout-seconds=30", "--ttl-seconds=0", "--", "uname -a"])
+        self.check(lambda: p.run_in_vm(command=["python3", "-c", "print(1)"], vcpu_count=2, mem_mib=2048,
+                                       timeout_seconds=9, ttl_seconds=99, network=True,
+                                       allow_host_compat=True),
+                   ["run", "--json", "debian:12", "--vcpu-count=2", "--mem-mib=2048",
+                    "--timeout-seconds=9", "--ttl-seconds=99", "--network", "--allow-host-compat",
+                    "--", "python3", "-c", "print(1)"])
+        with self.assertRaises(ValueError):
+            p.run_in_vm("debian:12", "")
+        with self.assertRaises(ValueError):
+            p.run_in_vm("debian:12", [])
+
+    def test_workspaces(self) -> None:
+        p = self.pyro
+        self.check(p.create_workspace, ["workspace", "create", "--json", "debian:12", "--vcpu-count=1",
+                                        "--mem-mib=1024"])
+        self.check(lambda: p.create_workspace("debian:12-base", vcpu_count=2, mem_mib=2048, network=True,
+                                              allow_host_compat=True, seed_path="/src",
+                                              secrets=[{"name": "A", "value": "x=y"},
+                                                       {"name": "B", "file_path": "/k.pem"}]),
+                   ["workspace", "create", "--json", "debian:12-base", "--vcpu-count=2", "--mem-mib=2048",
+                    "--network", "--allow-host-compat", "--seed-path=/src", "--secret=A=x=y",
+                    "--secret-file=B=/k.pem"])
+        self.check(lambda: p.create_workspace(secrets={"TOKEN": "-v"}),
+                   ["workspace", "create", "--json", "debian:12", "--vcpu-count=1", "--mem-mib=1024",
+                    "--secret=TOKEN=-v"])
+        with self.assertRaises(ValueError):
+            p.create_workspace(secrets=[{"name": "A"}])
+        with self.assertRaises(ValueError):
+            p.create_workspace(secrets=[{"name": "A", "value": "1", "file_path": "/x"}])
+        self.check(lambda: p.push_workspace_sync("w1", "./src"),
+                   ["workspace", "sync", "push", "--json", "w1", "./src", "--dest=/workspace"])
+        self.check(lambda: p.push_workspace_sync("w1", "a.tgz", dest="/workspace/x"),
+                   ["workspace", "sync", "push", "--json", "w1", "a.tgz", "--dest=/workspace/x"])
+        self.check(lambda: p.export_workspace("w1", "out.txt", output_path="/tmp/o"),
+                   ["workspace", "export", "--json", "w1", "out.txt", "--output=/tmp/o"])
+        self.check(lambda: p.diff_workspace("w1"), ["workspace", "diff", "--json", "w1"])
+        self.check(lambda: p.create_snapshot("w1", "green"),
+                   ["workspace", "snapshot", "create", "--json", "w1", "green"])
+        self.check(lambda: p.list_snapshots("w1"), ["workspace", "snapshot", "list", "--json", "w1"])
+        self.check(lambda: p.delete_snapshot("w1", "green"),
+                   ["workspace", "snapshot", "delete", "--json", "w1", "green"])
+        self.check(lambda: p.reset_workspace("w1"), ["workspace", "reset", "--json", "w1", "--snapshot=baseline"])
+        self.check(lambda: p.reset_workspace("w1", snapshot="green"),
+                   ["workspace", "reset", "--json", "w1", "--snapshot=green"])
+        self.check(lambda: p.exec_workspace("w1", command="make test"),
+                   ["workspace", "exec", "--json", "w1", "--timeout-seconds=30", "--", "make test"])
+        self.check(lambda: p.exec_workspace("w1", command=["env"], timeout_seconds=3,
+                                            secret_env={"API_TOKEN": None, "DB": "DB_PASSWORD", "X": ""}),
+                   ["workspace", "exec", "--json", "w1", "--timeout-seconds=3", "--secret-env=API_TOKEN",
+                    "--secret-env=DB=DB_PASSWORD", "--secret-env=X", "--", "env"])
+        self.check(lambda: p.exec_workspace("w1", command="env", secret_env=["A", "B"]),
+                   ["workspace", "exec", "--json", "w1", "--timeout-seconds=30", "--secret-env=A",
+                    "--secret-env=B", "--", "env"])
+        for name, word in [("status_workspace", "status"), ("logs_workspace", "logs"),
+                           ("delete_workspace", "delete")]:
+            self.check(lambda: getattr(p, name)("w1"), ["workspace", word, "--json", "w1"])
+
+    def test_services(self) -> None:
+        p = self.pyro
+        base = ["workspace", "service", "start", "--json", "w1", "web", "--cwd=/workspace"]
+        tail = ["--ready-timeout-seconds=30", "--ready-interval-ms=500"]
+        self.check(lambda: p.start_service("w1", "web", command="python3 -m http.server"),
+                   base + tail + ["--", "python3 -m http.server"])
+        cases = [
+            ({"type": "file", "path": "/tmp/ready"}, ["--ready-file=/tmp/ready"]),
+            ({"type": "tcp", "address": "127.0.0.1:8080"}, ["--ready-tcp=127.0.0.1:8080"]),
+            ({"type": "http", "url": "http://127.0.0.1:8080/"}, ["--ready-http=http://127.0.0.1:8080/"]),
+            ({"type": "http", "url": "http://x/", "expect_status": 404},
+             ["--ready-http=http://x/", "--ready-http-status=404"]),
+            ({"type": "command", "command": "test -e /tmp/x"}, ["--ready-command=test -e /tmp/x"]),
+        ]
+        for readiness, flags in cases:
+            self.check(lambda: p.start_service("w1", "web", command=["srv", "-p", "1"], readiness=readiness),
+                       base + flags + tail + ["--", "srv", "-p", "1"])
+        self.check(lambda: p.start_service("w1", "db", command="run", cwd="/srv", ready_timeout_seconds=5,
+                                           ready_interval_ms=100, secret_env={"PW": "DB_PW"}),
+                   ["workspace", "service", "start", "--json", "w1", "db", "--cwd=/srv",
+                    "--ready-timeout-seconds=5", "--ready-interval-ms=100", "--secret-env=PW=DB_PW",
+                    "--", "run"])
+        with self.assertRaises(ValueError):
+            p.start_service("w1", "web", command="x", readiness={"type": "udp", "address": "x"})
+        with self.assertRaises(ValueError):
+            p.start_service("w1", "web", command="x", readiness={"type": "tcp"})
+        self.check(lambda: p.list_services("w1"), ["workspace", "service", "list", "--json", "w1"])
+        self.check(lambda: p.status_service("w1", "web"), ["workspace", "service", "status", "--json", "w1", "web"])
+        self.check(lambda: p.stop_service("w1", "web"), ["workspace", "service", "stop", "--json", "w1", "web"])
+        self.check(lambda: p.logs_service("w1", "web"),
+                   ["workspace", "service", "logs", "--json", "w1", "web", "--tail-lines=200"])
+        self.check(lambda: p.logs_service("w1", "web", tail_lines=5, all=True),
+                   ["workspace", "service", "logs", "--json", "w1", "web", "--tail-lines=5", "--all"])
+
+    def test_shells(self) -> None:
+        p = self.pyro
+        self.check(lambda: p.open_shell("w1"),
+                   ["workspace", "shell", "open", "--json", "w1", "--cwd=/workspace", "--cols=120", "--rows=30"])
+        self.check(lambda: p.open_shell("w1", cwd="/tmp", cols=80, rows=24, secret_env=["TOKEN"]),
+                   ["workspace", "shell", "open", "--json", "w1", "--cwd=/tmp", "--cols=80", "--rows=24",
+                    "--secret-env=TOKEN"])
+        self.check(lambda: p.read_shell("w1", "s1"),
+                   ["workspace", "shell", "read", "--json", "w1", "s1", "--cursor=0", "--max-chars=65536"])
+        self.check(lambda: p.read_shell("w1", "s1", cursor=10, max_chars=5),
+                   ["workspace", "shell", "read", "--json", "w1", "s1", "--cursor=10", "--max-chars=5"])
+        self.check(lambda: p.write_shell("w1", "s1", input="ls -la"),
+                   ["workspace", "shell", "write", "--json", "w1", "s1", "--input=ls -la"])
+        self.check(lambda: p.write_shell("w1", "s1", input="--help", append_newline=False),
+                   ["workspace", "shell", "write", "--json", "w1", "s1", "--input=--help", "--no-newline"])
+        self.check(lambda: p.signal_shell("w1", "s1"),
+                   ["workspace", "shell", "signal", "--json", "w1", "s1", "--signal=INT"])
+        self.check(lambda: p.signal_shell("w1", "s1", signal_name="TERM"),
+                   ["workspace", "shell", "signal", "--json", "w1", "s1", "--signal=TERM"])
+        self.check(lambda: p.close_shell("w1", "s1"), ["workspace", "shell", "close", "--json", "w1", "s1"])
+
+    def test_result_with_nonzero_exit_is_a_result(self) -> None:
+        self.fake.set(stdout=json.dumps({"exit_code": 3, "stdout": "hi\n"}), exit_code=3)
+        self.assertEqual(self.pyro.run_in_vm("debian:12", "exit 3"), {"exit_code": 3, "stdout": "hi\n"})
+
+    def test_state_dir_sets_pyro_home(self) -> None:
+        Pyro(pyro_bin=self.fake.path, state_dir="/tmp/pyro-state").reap_expired()
+        self.assertEqual(self.fake.calls()[-1]["pyro_home"], "/tmp/pyro-state")
+
+
+class LookupTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.fake = FakePyro()
+        self.fake.set(stdout='{"environments": []}')
+        self.addCleanup(self.fake.close)
+        self.saved = {k: os.environ.get(k) for k in ("PATH", "PYRO_BIN")}
+        self.addCleanup(self._restore)
+
+    def _restore(self) -> None:
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    def test_path(self) -> None:
+        os.environ.pop("PYRO_BIN", None)
+        os.environ["PATH"] = self.fake.dir + os.pathsep + os.environ.get("PATH", "")
+        p = Pyro()
+        self.assertEqual(p.pyro_bin, self.fake.path)
+        self.assertEqual(p.list_environments(), [])
+
+    def test_env_var(self) -> None:
+        os.environ["PYRO_BIN"] = self.fake.path
+        os.environ["PATH"] = "/nonexistent"
+        self.assertEqual(Pyro().pyro_bin, self.fake.path)
+        self.assertEqual(Pyro(pyro_bin="/nonexistent/pyro").__class__, Pyro)  # lookup is lazy
+
+    def test_missing(self) -> None:
+        os.environ.pop("PYRO_BIN", None)
+        os.environ["PATH"] = "/nonexistent"
+        with self.assertRaises(UnavailableError) as cm:
+            Pyro().list_environments()
+        self.assertIn("PYRO_BIN", cm.exception.hint or "")
+        with self.assertRaises(UnavailableError):
+            Pyro(pyro_bin="/nonexistent/pyro").list_environments()
+
+    def test_create_server_argv(self) -> None:
+        self.assertEqual(create_server(self.fake.path).argv(), [self.fake.path, "mcp", "serve"])
+        self.assertEqual(Pyro(pyro_bin=self.fake.path).create_server().argv("stdio"),
+                         [self.fake.path, "mcp", "serve"])
+        with self.assertRaises(ValueError):
+            create_server(self.fake.path).argv("sse")
+
+
+class ErrorMappingTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.fake = FakePyro()
+        self.addCleanup(self.fake.close)
+        self.pyro = Pyro(pyro_bin=self.fake.path)
+
+    def raise_for(self, message: str, category: str, code: int) -> PyroError:
+        self.fake.set(stdout=json.dumps({"error": {"message": message, "category": category}}) + "\n",
+                      stderr=f"pyro: {message}\n", exit_code=code)
+        with self.assertRaises(PyroError) as cm:
+            self.pyro.status_vm("x")
+        return cm.exception
+
+    def test_categories(self) -> None:
+        for category, code, cls in [
+            ("not_found", 3, NotFoundError),
+            ("already_exists", 4, AlreadyExistsError),
+            ("failed_precondition", 5, FailedPreconditionError),
+            ("invalid_argument", 2, InvalidArgumentError),
+            ("unavailable", 6, UnavailableError),
+            ("internal", 1, PyroError),
+        ]:
+            with self.subTest(category=category):
+                e = self.raise_for(f"it broke (hint: fix {category})", category, code)
+                self.assertIs(type(e), cls)
+                self.assertEqual(e.category, category)
+                self.assertEqual(e.message, "it broke")
+                self.assertEqual(e.hint, f"fix {category}")
+                self.assertEqual(e.exit_code, code)
+                self.assertIn("it broke", str(e))
+                self.assertIn("pyro: it broke", e.stderr)
+
+    def test_no_hint(self) -> None:
+        e = self.raise_for('vm "x" not found', "not_found", 3)
+        self.assertEqual((e.message, e.hint), ('vm "x" not found', None))
+
+    def test_error_with_exit_zero_and_result_with_nonzero(self) -> None:
+        # The "error" key decides, not the exit code.
+        self.fake.set(stdout='{"error": {"message": "m", "category": "unavailable"}}', exit_code=0)
+        with self.assertRaises(UnavailableError):
+            self.pyro.reap_expired()
+
+    def test_unparsable_output(self) -> None:
+        self.fake.set(stdout="", stderr="pyro: boom (hint: do x)\n", exit_code=3)
+        with self.assertRaises(NotFoundError) as cm:
+            self.pyro.reap_expired()
+        self.assertEqual((cm.exception.message, cm.exception.hint), ("boom", "do x"))
+        self.fake.set(stdout="", stderr="panic: oops\n", exit_code=2)
+        with self.assertRaises(InvalidArgumentError):
+            self.pyro.reap_expired()
+        self.fake.set(stdout="not json", exit_code=0)
+        with self.assertRaises(PyroError) as cm:
+            self.pyro.reap_expired()
+        self.assertEqual(cm.exception.category, "internal")
+        self.fake.set(stdout="", stderr="weird", exit_code=42)
+        with self.assertRaises(PyroError) as cm:
+            self.pyro.reap_expired()
+        self.assertIs(type(cm.exception), PyroError)
+
+    def test_split_hint(self) -> None:
+        self.assertEqual(split_hint("a (hint: b)"), ("a", "b"))
+        self.assertEqual(split_hint("a"), ("a", None))
+        self.assertEqual(split_hint("a (b)"), ("a (b)", None))
+        self.assertEqual(split_hint("a (hint: run `x (y)`)"), ("a", "run `x (y)`"))
+        self.assertEqual(split_hint("outer: inner (hint: one) (hint: two)"), ("outer: inner (hint: one)", "two"))
+        self.assertEqual(split_hint("msg (hint: multi\nline)\n"), ("msg", "multi\nline"))
+
+
+if __name__ == "__main__":
+    unittest.main()
