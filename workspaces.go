@@ -154,7 +154,7 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 		}
 	}()
 	rec.WorkspaceDisk = dir.Path(workspace.DiskFile)
-	if err := workspace.CreateDisk(ctx, rec.WorkspaceDisk, workspace.DefaultDiskBytes); err != nil {
+	if err := workspace.CreateDisk(ctx, rec.WorkspaceDisk, workspace.DiskBytes()); err != nil {
 		return ws, err
 	}
 	if err := saveSecrets(dir, secretValues); err != nil {
@@ -356,9 +356,20 @@ type ExportResult struct {
 	Bytes       int64  `json:"bytes"`
 }
 
+// ExportOptions tune ExportWorkspace.
+type ExportOptions struct {
+	// Overwrite replaces an existing output path (after the export has
+	// fully arrived, so a failed export never destroys it).
+	Overwrite bool
+}
+
 // ExportWorkspace copies one file or directory from /workspace to the
-// host path outputPath, which must not exist yet.
-func (c *Client) ExportWorkspace(ctx context.Context, id, path, outputPath string) (ExportResult, error) {
+// host path outputPath, which must not exist unless Overwrite is set.
+func (c *Client) ExportWorkspace(ctx context.Context, id, path, outputPath string, opts ...ExportOptions) (ExportResult, error) {
+	var o ExportOptions
+	if len(opts) > 0 {
+		o = opts[0]
+	}
 	dir, rec, err := c.wsDir(id)
 	if err != nil {
 		return ExportResult{}, err
@@ -371,8 +382,8 @@ func (c *Client) ExportWorkspace(ctx context.Context, id, path, outputPath strin
 		return ExportResult{}, errdefs.New(errdefs.ErrInvalidArgument, "pass --output HOST_PATH", "no output path")
 	}
 	out, _ := filepath.Abs(outputPath)
-	if _, err := os.Lstat(out); err == nil {
-		return ExportResult{}, errdefs.New(errdefs.ErrAlreadyExists, "choose a path that does not exist; export never overwrites", "output %q exists", out)
+	if _, err := os.Lstat(out); err == nil && !o.Overwrite {
+		return ExportResult{}, errdefs.New(errdefs.ErrAlreadyExists, "choose another path, or pass --overwrite", "output %q exists", out)
 	}
 	agent, err := c.workspaceAgent(ctx, dir, rec)
 	if err != nil {
@@ -399,6 +410,11 @@ func (c *Client) ExportWorkspace(ctx context.Context, id, path, outputPath strin
 	from := tmp
 	if kind == agentapi.KindFile {
 		from = filepath.Join(tmp, filepath.Base(guest))
+	}
+	if o.Overwrite {
+		if err := os.RemoveAll(out); err != nil {
+			return res, err
+		}
 	}
 	if err := os.Rename(from, out); err != nil {
 		return res, err
@@ -495,7 +511,7 @@ func (c *Client) ResetWorkspace(ctx context.Context, id, snapshot string) (Works
 	if err := c.stop(ctx, dir); err != nil {
 		return Workspace{}, err
 	}
-	if err := workspace.CreateDisk(ctx, rec.WorkspaceDisk, workspace.DefaultDiskBytes); err != nil {
+	if err := workspace.CreateDisk(ctx, rec.WorkspaceDisk, workspace.DiskBytes()); err != nil {
 		return Workspace{}, err
 	}
 	if err := os.Remove(dir.Path(workspace.HistoryFile)); err != nil && !errors.Is(err, os.ErrNotExist) {

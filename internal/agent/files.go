@@ -38,7 +38,9 @@ func syncWorkspace() { syncFS(workspaceDir) }
 // confined checks, when the request names a "within" directory, that p
 // resolves (symlinks followed, as far as it exists) to within or below it,
 // so that a symlink inside /workspace cannot lead a push or pull out of it.
-func confined(w http.ResponseWriter, r *http.Request, p string) bool {
+// Without followLast, p's last element is taken as it is (a pull archives
+// a symlink as a link, it does not follow it).
+func confined(w http.ResponseWriter, r *http.Request, p string, followLast bool) bool {
 	within := r.URL.Query().Get("within")
 	if within == "" {
 		return true
@@ -49,6 +51,9 @@ func confined(w http.ResponseWriter, r *http.Request, p string) bool {
 		return false
 	}
 	resolved := resolveExisting(p)
+	if !followLast && p != "/" {
+		resolved = filepath.Join(resolveExisting(filepath.Dir(p)), filepath.Base(p))
+	}
 	if resolved != root && !strings.HasPrefix(resolved, root+"/") {
 		writeError(w, http.StatusBadRequest, "invalid_argument", "%s resolves to %s, outside %s", p, resolved, within)
 		return false
@@ -93,7 +98,7 @@ func absPath(w http.ResponseWriter, r *http.Request, key string) (string, bool) 
 
 func (s *server) handleFilesPush(w http.ResponseWriter, r *http.Request) {
 	dest, ok := absPath(w, r, "dest")
-	if ok && !confined(w, r, dest) {
+	if ok && !confined(w, r, dest, true) {
 		return
 	}
 	if !ok {
@@ -148,7 +153,7 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 
 func (s *server) handleFilesPull(w http.ResponseWriter, r *http.Request) {
 	p, ok := absPath(w, r, "path")
-	if !ok || !confined(w, r, filepath.Dir(p)) {
+	if !ok || !confined(w, r, p, false) {
 		return
 	}
 	fi, err := os.Lstat(p)

@@ -22,6 +22,7 @@
 //	GET  /v1/health    -> Health
 //	POST /v1/exec      ExecRequest -> newline-delimited JSON Events
 //	POST /v1/shutdown  -> ShutdownResponse, then the guest powers off
+//	POST /v1/secrets   SecretsRequest -> SecretsResponse (see secrets.go)
 //	POST /v1/files/push?dest=ABS_PATH  tar stream -> PushResult
 //	GET  /v1/files/pull?path=ABS_PATH  -> tar stream (header X-Pyro-Kind)
 //
@@ -107,6 +108,23 @@
 //     not_found. A shell whose process exited stays readable (state
 //     exited) until closed; writes and signals to it are
 //     failed_precondition.
+//
+// # Secrets
+//
+// After each boot of a workspace guest the host sends the workspace's
+// secrets (SetSecrets; it replaces the set). From then on the agent
+// replaces every value, and its base64, hex, URL and JSON encoded forms,
+// with "[REDACTED]" before anything leaves the guest: exec events and
+// results (one redacting stream per output stream, so a value split across
+// chunks is caught; a held-back tail is emitted at the end), service logs
+// and shell output (redacted as they enter the buffer, so shell cursors
+// count bytes of the redacted output; up to the longest pattern's length
+// minus one trailing bytes that could still start a value are held back
+// until more output arrives or the output ends), service status fields and
+// error messages. secret_env in exec, service start and shell open
+// requests names secrets (SECRET -> VAR, "" meaning the same name) that
+// the agent resolves for that one process; an unknown name is not_found.
+// Output a command printed before SetSecrets is not redacted retroactively.
 //
 // # Errors
 //

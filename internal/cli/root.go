@@ -63,7 +63,7 @@ State lives in $PYRO_HOME (default ~/.local/share/pyro).`,
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().BoolVar(&a.json, "json", false, "print one JSON object instead of human-readable text")
-	root.AddCommand(a.runCommand(), a.envCommand(), a.vmCommand(), a.workspaceCommand(), a.doctorCommand())
+	root.AddCommand(a.runCommand(), a.envCommand(), a.vmCommand(), a.workspaceCommand(), a.doctorCommand(), a.mcpCommand(), a.demoCommand())
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return errdefs.Wrap(errdefs.ErrInvalidArgument, err, "see `pyro COMMAND --help`", "bad flags")
 	})

@@ -167,8 +167,9 @@ recorded in the workspace's history (pyro workspace logs).`,
 
 func (a *app) wsExport() *cobra.Command {
 	var output string
+	var o pyro.ExportOptions
 	cmd := &cobra.Command{
-		Use:     "export WORKSPACE_ID PATH --output HOST_PATH",
+		Use:     "export WORKSPACE_ID PATH --output HOST_PATH [--overwrite]",
 		Short:   "Copy one file or directory from /workspace to the host",
 		Example: "  pyro workspace export 3f2a9c1b7d4e dist --output ./dist",
 		Args:    cobra.ExactArgs(2),
@@ -177,7 +178,7 @@ func (a *app) wsExport() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			r, err := c.ExportWorkspace(cmd.Context(), args[0], args[1], output)
+			r, err := c.ExportWorkspace(cmd.Context(), args[0], args[1], output, o)
 			if err != nil {
 				return err
 			}
@@ -186,7 +187,8 @@ func (a *app) wsExport() *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVar(&output, "output", "", "host path to write (must not exist)")
+	cmd.Flags().StringVar(&output, "output", "", "host path to write (must not exist unless --overwrite)")
+	cmd.Flags().BoolVar(&o.Overwrite, "overwrite", false, "replace an existing output path")
 	_ = cmd.MarkFlagRequired("output")
 	return cmd
 }

@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -41,9 +42,18 @@ const (
 // Baseline is the implicit snapshot taken when the workspace was created.
 const Baseline = "baseline"
 
-// DefaultDiskBytes is the size of a /workspace disk (sparse: it costs only
+// defaultDiskBytes is the size of a /workspace disk (sparse: it costs only
 // what is written).
-const DefaultDiskBytes = 8 << 30
+const defaultDiskBytes = 8 << 30
+
+// DiskBytes is the size of new /workspace disks: $PYRO_WORKSPACE_DISK_MIB
+// MiB when set (at least 16), else 8 GiB.
+func DiskBytes() int64 {
+	if v, err := strconv.Atoi(os.Getenv("PYRO_WORKSPACE_DISK_MIB")); err == nil && v >= 16 {
+		return int64(v) << 20
+	}
+	return defaultDiskBytes
+}
 
 // CreateDisk makes a fresh, empty ext4 image at path (replacing any).
 func CreateDisk(ctx context.Context, path string, size int64) error {
