@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"strings"
 	"bufio"
 	"errors"
 	"io/fs"
@@ -9,6 +8,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
