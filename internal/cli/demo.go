@@ -93,7 +93,7 @@ func (a *app) runDemo(ctx context.Context, c *pyro.Client) error {
 		return err
 	}
 	sum := demoSummary{Environment: env, Pulled: pulled, Steps: []demoStep{}}
-	const total = 8
+	const total = 7
 	a.logf("pyro demo: a one-shot run, then a workspace session, in %s", env)
 
 	// step runs f as step n and records its outcome; a failed step ends the demo.
