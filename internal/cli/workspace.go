@@ -43,7 +43,7 @@ func parseSecretFlags(literal, files []string) ([]pyro.Secret, error) {
 	for _, kv := range literal {
 		name, value, ok := strings.Cut(kv, "=")
 		if !ok {
-			return nil, errdefs.New(errdefs.ErrInvalidArgument, "use --secret NAME=VALUE", "bad --secret for %q", name)
+			return nil, errdefs.New(errdefs.ErrInvalidArgument, "use --secret NAME=VALUE", "a --secret has no NAME= part")
 		}
 		out = append(out, pyro.Secret{Name: name, Value: value})
 	}
