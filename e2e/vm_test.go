@@ -267,3 +267,26 @@ func TestVMConcurrentCreate(t *testing.T) {
 		t.Fatal("qemu left running")
 	}
 }
+
+// TestVMDeepStateDir: socket paths stay usable however deep the state dir.
+func TestVMDeepStateDir(t *testing.T) {
+	requireE2E(t)
+	ensureEnv(t, baseEnv)
+	home, _ := isolatedHome(t)
+	deep := filepath.Join(home, strings.Repeat("a-rather-long-directory-name/", 6))
+	if err := os.MkdirAll(deep, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"environments", "cache"} {
+		target, _ := os.Readlink(filepath.Join(home, d))
+		os.Symlink(target, filepath.Join(deep, d))
+	}
+	env := []string{"PYRO_HOME=" + deep}
+	v, r := vmJSON(t, env, "create", "--start", baseEnv)
+	if r.code != 0 || v.State != "running" {
+		t.Fatalf("deep state dir (%d bytes): %d %s", len(deep), r.code, r.stderr)
+	}
+	if m := pyro(t, env, "vm", "exec", v.VMID, "--", "echo", "deep"); m.code != 0 || m.stdout != "deep\n" {
+		t.Fatalf("exec: %d %q %s", m.code, m.stdout, m.stderr)
+	}
+}
