@@ -453,5 +453,33 @@ class ErrorMappingTest(unittest.TestCase):
         self.assertEqual(split_hint("msg (hint: multi\nline)\n"), ("msg", "multi\nline"))
 
 
+class PackagingTest(unittest.TestCase):
+    """The in-tree build backend makes a wheel with no network and no setuptools."""
+
+    def test_build_wheel(self) -> None:
+        import importlib.util
+        import tempfile
+        import zipfile
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        spec = importlib.util.spec_from_file_location("pyro_build", os.path.join(root, "_build", "pyro_build.py"))
+        assert spec and spec.loader
+        backend = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(backend)
+        self.assertEqual(backend.get_requires_for_build_wheel(), [])
+        with tempfile.TemporaryDirectory() as d:
+            name = backend.build_wheel(d)
+            self.assertEqual(name, f"pyro_mcp-{pyro_mcp.__version__}-py3-none-any.whl")
+            with zipfile.ZipFile(os.path.join(d, name)) as z:
+                names = set(z.namelist())
+                meta = z.read(f"pyro_mcp-{pyro_mcp.__version__}.dist-info/METADATA").decode()
+        for f in ["pyro_mcp/__init__.py", "pyro_mcp/client.py", "pyro_mcp/errors.py", "pyro_mcp/py.typed"]:
+            self.assertIn(f, names)
+        self.assertFalse(any(n.startswith("tests/") for n in names))
+        self.assertIn("Name: pyro-mcp\n", meta)
+        self.assertIn(f"Version: {pyro_mcp.__version__}\n", meta)
+        self.assertIn("Requires-Python: >=3.10", meta)
+
+
 if __name__ == "__main__":
     unittest.main()
