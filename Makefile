@@ -15,8 +15,11 @@ test:
 unit:
 	go test ./...
 
-# Median of `pyro run debian:12-base -- true` against a bare QEMU boot of the
-# same kernel, initramfs and root image, and their ratio.
+# Benchmarks against the performance goals (tools/bench): boot, vm,
+# workspace and shell suites, each a table of medians with its ratio to the
+# goal; a missed goal prints MISSED and does not fail. `make bench SUITE=vm`
+# runs one suite.
 bench: build
 	./bin/pyro env pull debian:12-base
-	go run ./tools/bench -pyro bin/pyro -env debian:12-base -n 10
+	./bin/pyro env pull debian:12
+	go run ./tools/bench -pyro bin/pyro -suite $(or $(SUITE),all)

@@ -51,6 +51,9 @@ type OpenShellOptions struct {
 	Rows      int
 	Env       map[string]string
 	SecretEnv map[string]string
+	// BufferBytes bounds the output kept for readers (default 1 MiB); a
+	// reader that falls further behind is told which range was dropped.
+	BufferBytes int
 }
 
 // ReadShellOptions select output (defaults: cursor 0, 65536 characters).
@@ -72,7 +75,7 @@ func (c *Client) OpenShell(ctx context.Context, workspaceID string, opts OpenShe
 	}
 	var out Shell
 	err := c.withWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
-		info, err := a.OpenShell(ctx, agentapi.ShellOpenRequest{Cwd: opts.Cwd, Cols: opts.Cols, Rows: opts.Rows, Env: opts.Env, SecretEnv: opts.SecretEnv})
+		info, err := a.OpenShell(ctx, agentapi.ShellOpenRequest{Cwd: opts.Cwd, Cols: opts.Cols, Rows: opts.Rows, Env: opts.Env, SecretEnv: opts.SecretEnv, BufferBytes: opts.BufferBytes})
 		out = Shell{WorkspaceID: workspaceID, ShellInfo: info}
 		return err
 	})

@@ -175,3 +175,34 @@ func TestShells(t *testing.T) {
 		t.Fatalf("shell survived reset: %d %s", r.code, r.stderr)
 	}
 }
+
+// TestShellReaderFallsBehind: with a small buffer, a reader that falls
+// behind is told exactly which bytes were dropped, then continues.
+func TestShellReaderFallsBehind(t *testing.T) {
+	requireE2E(t)
+	ensureEnv(t, baseEnv)
+	_, env := isolatedHome(t)
+	var w wsStatus
+	mustWS(t, env, &w, "create", baseEnv)
+	defer ws(t, env, nil, "delete", w.WorkspaceID)
+	var sh struct {
+		ShellID string `json:"shell_id"`
+	}
+	mustWS(t, env, &sh, "shell", "open", w.WorkspaceID, "--buffer-bytes", "4096")
+	mustWS(t, env, nil, "shell", "write", w.WorkspaceID, sh.ShellID, "--input", "seq 1 20000 | tail -c 30000; echo end-of-burst")
+	// Let the burst finish before the first read, so the reader is behind.
+	time.Sleep(3 * time.Second)
+	var first shellRead
+	mustWS(t, env, &first, "shell", "read", w.WorkspaceID, sh.ShellID, "--cursor", "0")
+	if first.Dropped == nil || first.Dropped.From != 0 || first.Dropped.To <= 0 || first.Cursor != first.Dropped.To {
+		t.Fatalf("read behind the buffer: dropped %+v, served from %d", first.Dropped, first.Cursor)
+	}
+	if n := first.NextCursor - first.Cursor; n > 4096+4096/4 { // the buffer trims with 25% slack
+		t.Fatalf("served %d bytes from a 4096-byte buffer", n)
+	}
+	// From there on the reader continues without gaps.
+	out, _ := readUntil(t, env, w.WorkspaceID, sh.ShellID, first.NextCursor, "end-of-burst")
+	if !strings.Contains(first.Output+out, "end-of-burst") {
+		t.Fatalf("lost the end of the burst: %q", out)
+	}
+}

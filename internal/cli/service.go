@@ -238,6 +238,7 @@ func (a *app) shellOpen() *cobra.Command {
 	f.StringVar(&o.Cwd, "cwd", "/workspace", "working directory")
 	f.IntVar(&o.Cols, "cols", 120, "terminal columns")
 	f.IntVar(&o.Rows, "rows", 30, "terminal rows")
+	f.IntVar(&o.BufferBytes, "buffer-bytes", 0, "output kept for readers (default 1 MiB)")
 	f.StringArrayVar(&secretEnv, "secret-env", nil, "expose secret NAME as env var (NAME or NAME=VAR; repeatable)")
 	return cmd
 }
