@@ -201,8 +201,11 @@ func TestShellReaderFallsBehind(t *testing.T) {
 		t.Fatalf("served %d bytes from a 4096-byte buffer", n)
 	}
 	// From there on the reader continues without gaps.
-	out, _ := readUntil(t, env, w.WorkspaceID, sh.ShellID, first.NextCursor, "end-of-burst")
-	if !strings.Contains(first.Output+out, "end-of-burst") {
-		t.Fatalf("lost the end of the burst: %q", out)
+	if !strings.Contains(first.Output, "end-of-burst") {
+		readUntil(t, env, w.WorkspaceID, sh.ShellID, first.NextCursor, "end-of-burst")
+	}
+	// The buffer keeps the newest output: the burst's last line is there.
+	if !strings.Contains(first.Output, "20000\r\n") && !strings.Contains(first.Output, "end-of-burst") {
+		t.Fatalf("the kept tail is not the newest output: %q", first.Output)
 	}
 }
