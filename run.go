@@ -120,9 +120,15 @@ func (c *Client) RunInVM(ctx context.Context, opts RunOptions) (RunResult, error
 		return RunResult{}, err
 	}
 	// The VM goes away on every path out of here, cancellation included.
-	defer machine.Close(context.Background())
+	defer func() {
+		t := time.Now()
+		machine.Close(context.Background())
+		c.logger.Debug("vm closed", "vm_id", machine.ID, "ms", time.Since(t).Milliseconds())
+	}()
 
+	execStart := time.Now()
 	res, err := machine.Agent.Exec(ctx, req, opts.OnOutput)
+	c.logger.Debug("exec done", "vm_id", machine.ID, "ms", time.Since(execStart).Milliseconds())
 	if err != nil {
 		if ctx.Err() != nil {
 			return RunResult{}, errdefs.Wrap(errdefs.ErrUnavailable, ctx.Err(), "", "run of %q interrupted", opts.Environment)

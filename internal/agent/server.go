@@ -60,6 +60,7 @@ func Serve(ctx context.Context, conn io.ReadWriteCloser, opts ServeOptions) erro
 	// blocks on virtio-serial.
 	cfg.EnableKeepAlive = false
 	cfg.ConnectionWriteTimeout = 30 * time.Second
+	cfg.MaxStreamWindowSize = agentapi.StreamWindow
 	sess, err := yamux.Server(conn, cfg)
 	if err != nil {
 		_ = conn.Close()

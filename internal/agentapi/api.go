@@ -160,6 +160,11 @@ const (
 	PathShellsReset = "/v1/shells/reset"
 )
 
+// StreamWindow is the yamux per-stream receive window on both sides. The
+// default 256 KiB caps a bulk transfer (push, pull) at one window per round
+// trip; 8 MiB keeps the channel busy.
+const StreamWindow = 8 << 20
+
 // DefaultMaxOutputBytes is the per-stream capture limit when an ExecRequest
 // leaves MaxOutputBytes at 0.
 const DefaultMaxOutputBytes = 1 << 20

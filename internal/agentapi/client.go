@@ -110,6 +110,7 @@ func clientConfig() *yamux.Config {
 	// A TCG guest under load can be slow to drain the channel.
 	cfg.ConnectionWriteTimeout = 30 * time.Second
 	cfg.StreamOpenTimeout = 0 // a booting guest acknowledges streams late
+	cfg.MaxStreamWindowSize = StreamWindow
 	return cfg
 }
 

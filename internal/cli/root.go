@@ -9,8 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -61,6 +63,7 @@ State lives in $PYRO_HOME (default ~/.local/share/pyro).`,
   pyro doctor`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version(),
 	}
 	root.PersistentFlags().BoolVar(&a.json, "json", false, "print one JSON object instead of human-readable text")
 	root.AddCommand(a.runCommand(), a.envCommand(), a.vmCommand(), a.workspaceCommand(), a.doctorCommand(), a.mcpCommand(), a.demoCommand())
@@ -75,7 +78,12 @@ func (a *app) client() (*pyro.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return pyro.New(pyro.Options{Binary: self})
+	opts := pyro.Options{Binary: self}
+	// PYRO_LOG=debug shows what the SDK does (boot steps and their times).
+	if os.Getenv("PYRO_LOG") == "debug" {
+		opts.Logger = slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return pyro.New(opts)
 }
 
 // emit prints v as JSON in --json mode, else calls human.
@@ -107,4 +115,19 @@ func (a *app) printError(err error) {
 // usageError is an invalid-argument error with the command's usage as hint.
 func usageError(cmd *cobra.Command, format string, args ...any) error {
 	return errdefs.New(errdefs.ErrInvalidArgument, "usage: "+cmd.UseLine(), format, args...)
+}
+
+// version is the module version, or the VCS revision of a development build.
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := bi.Main.Version
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+			v += " (" + s.Value[:12] + ")"
+		}
+	}
+	return v
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"syscall"
 	"time"
 )
 
@@ -231,19 +232,68 @@ func checkFiles(dir string, files map[string]FileInfo, hashRootfs bool) string {
 			return fmt.Sprintf("%s has %d bytes, want %d", rel, st.Size(), want.Size)
 		}
 	}
+	stamps := readStamps(dir)
 	for _, rel := range paths {
 		if rel == RootfsFile && !hashRootfs {
 			continue
 		}
-		got, err := hashFile(filepath.Join(dir, filepath.FromSlash(rel)), nil)
+		p := filepath.Join(dir, filepath.FromSlash(rel))
+		// A file whose inode, size and ctime are those it had when it was
+		// last hashed has not been written since: the fast check skips it.
+		if !hashRootfs && stamps[rel] == stampOf(p) && stamps[rel] != (fileStamp{}) {
+			continue
+		}
+		got, err := hashFile(p, nil)
 		if err != nil {
 			return fmt.Sprintf("%s: %v", rel, err)
 		}
 		if got.SHA256 != files[rel].SHA256 {
 			return fmt.Sprintf("%s has sha256 %s, want %s", rel, short(got.SHA256), short(files[rel].SHA256))
 		}
+		stamps[rel] = stampOf(p)
 	}
+	writeStamps(dir, stamps)
 	return ""
+}
+
+// stampsFile records, per file, the stat of its last successful hash.
+const stampsFile = ".verified.json"
+
+// fileStamp is what changes whenever a file's content is written: the
+// kernel updates ctime on every write and no user can set it back.
+type fileStamp struct {
+	Ino     uint64 `json:"ino"`
+	Size    int64  `json:"size"`
+	CtimeNS int64  `json:"ctime_ns"`
+}
+
+func stampOf(p string) fileStamp {
+	var st syscall.Stat_t
+	if syscall.Stat(p, &st) != nil {
+		return fileStamp{}
+	}
+	return fileStamp{Ino: st.Ino, Size: st.Size, CtimeNS: st.Ctim.Nano()}
+}
+
+func readStamps(dir string) map[string]fileStamp {
+	m := map[string]fileStamp{}
+	if b, err := os.ReadFile(filepath.Join(dir, stampsFile)); err == nil {
+		_ = json.Unmarshal(b, &m)
+	}
+	return m
+}
+
+// writeStamps saves the stamps atomically; failing to is harmless (the
+// next check hashes again).
+func writeStamps(dir string, m map[string]fileStamp) {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return
+	}
+	tmp := filepath.Join(dir, stampsFile+".tmp")
+	if os.WriteFile(tmp, b, 0o644) == nil {
+		_ = os.Rename(tmp, filepath.Join(dir, stampsFile))
+	}
 }
 
 func short(h string) string {

@@ -3,6 +3,7 @@ package qemu
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,7 +23,7 @@ type KVMVerdict struct {
 	Usable   bool   `json:"usable"`
 	Reason   string `json:"reason"`
 	BootID   string `json:"boot_id"`
-	QEMU     string `json:"qemu"`
+	QEMU     string `json:"qemu"` // binary path, size and mtime
 	ProbedAt string `json:"probed_at"`
 }
 
@@ -46,7 +47,12 @@ func ProbeKVM(ctx context.Context, cacheDir, binary string, spec vmm.Spec) KVMVe
 	}
 	f.Close()
 
-	version, _ := Version(ctx, binary)
+	// The QEMU binary's identity (not its --version, which costs a
+	// process start on every run) keys the cache with the host boot.
+	version := binary
+	if st, err := os.Stat(binary); err == nil {
+		version = fmt.Sprintf("%s size=%d mtime=%d", binary, st.Size(), st.ModTime().UnixNano())
+	}
 	bootID := readTrim("/proc/sys/kernel/random/boot_id")
 	cache := filepath.Join(cacheDir, "kvm-probe.json")
 	var v KVMVerdict
