@@ -61,3 +61,26 @@ func FuzzExtractTar(f *testing.F) {
 		}
 	})
 }
+
+// The archives hold a 1 GiB file that is one hole and a byte (made with
+// GNU tar --sparse, in GNU and PAX formats): 10 KiB that would expand.
+func TestExtractRefusesSparse(t *testing.T) {
+	for _, name := range []string{"sparse-gnu.tar", "sparse-pax.tar"} {
+		f, err := os.Open(filepath.Join("testdata", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		dest := t.TempDir()
+		_, err = ExtractTar(f, dest)
+		f.Close()
+		// Refused (PAX: the entry claims more data than the archive
+		// carries) or skipped (GNU: an unsupported entry type).
+		fi, serr := os.Stat(filepath.Join(dest, "sp"))
+		if err == nil && serr == nil {
+			t.Errorf("%s: a sparse entry was extracted", name)
+		}
+		if serr == nil && fi.Size() > 1<<20 {
+			t.Errorf("%s: wrote %d bytes before refusing", name, fi.Size())
+		}
+	}
+}

@@ -232,7 +232,8 @@ func ExtractTar(r io.Reader, dest string) (Stats, error) {
 		mtime time.Time
 	}
 	var dirs []dirMeta
-	tr := tar.NewReader(r)
+	counted := &countingReader{r: r}
+	tr := tar.NewReader(counted)
 	buf := make([]byte, 256<<10)
 	for {
 		hdr, err := tr.Next()
@@ -286,7 +287,7 @@ func ExtractTar(r io.Reader, dest string) (Stats, error) {
 			if err != nil {
 				return st, fmt.Errorf("create %s: %w", name, err)
 			}
-			src := &readErr{r: tr}
+			src := &readErr{r: &sparseGuard{tr: tr, in: counted, start: counted.n}}
 			n, err := io.CopyBuffer(f, src, buf)
 			st.Bytes += n
 			if err != nil && src.err != nil {
@@ -520,4 +521,36 @@ func Decompress(r io.Reader) (io.Reader, error) {
 		return zr, nil
 	}
 	return br, nil
+}
+
+// countingReader counts the archive bytes read.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// sparseGuard fails an entry that yields more data than the archive holds
+// for it: the tar reader expands sparse holes (GNU and PAX formats alike),
+// so a few bytes of archive could otherwise fill a disk.
+type sparseGuard struct {
+	tr    io.Reader
+	in    *countingReader
+	start int64
+	out   int64
+}
+
+func (g *sparseGuard) Read(p []byte) (int, error) {
+	n, err := g.tr.Read(p)
+	g.out += int64(n)
+	// 512: the tar reader may not yet have read the last partial block.
+	if g.out > g.in.n-g.start+512 {
+		return n, fmt.Errorf("%w: a sparse file (not supported)", ErrBadArchive)
+	}
+	return n, err
 }
