@@ -8,7 +8,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/pyro-mcp/pyro/internal/errdefs"
-	"github.com/pyro-mcp/pyro/internal/instance"
+	"github.com/pyro-mcp/pyro/internal/fsutil"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/workspace"
 )
@@ -75,7 +75,7 @@ func saveSecrets(dir vmdir.Dir, values map[string]string) error {
 	if err != nil {
 		return err
 	}
-	return instance.WriteFileAtomic(dir.Path(workspace.SecretsFile), b, 0o600)
+	return fsutil.WriteFileAtomic(dir.Path(workspace.SecretsFile), b, 0o600)
 }
 
 // loadSecrets reads a workspace's secret values (none: empty map).

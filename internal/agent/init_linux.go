@@ -294,16 +294,17 @@ func setupSystem(cfg bootConfig) error {
 	if err := unix.Sethostname([]byte(cfg.hostname)); err != nil {
 		return fmt.Errorf("set hostname: %w", err)
 	}
-	writeHosts(cfg.hostname)
+	WriteHosts("/etc/hosts", cfg.hostname)
 	if err := setupNetwork(cfg.net); err != nil {
 		return err
 	}
 	return nil
 }
 
-// writeHosts makes the hostname resolve (sudo and some tools insist).
-func writeHosts(hostname string) {
-	b, err := os.ReadFile("/etc/hosts")
+// WriteHosts makes hostname resolve in the hosts file at path (sudo and
+// some tools insist), keeping what the file already has.
+func WriteHosts(path, hostname string) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		b = []byte("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
 	}
@@ -316,7 +317,9 @@ func writeHosts(hostname string) {
 		b = append(b, '\n')
 	}
 	b = append(b, "127.0.1.1\t"+hostname+"\n"...)
-	_ = os.WriteFile("/etc/hosts", b, 0o644)
+	// Replace, not write through: the lower layer's file may be a link.
+	_ = os.Remove(path)
+	_ = os.WriteFile(path, b, 0o644)
 }
 
 // supervise is step 7-8: run the agent child, restart it when it dies, reap

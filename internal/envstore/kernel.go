@@ -18,6 +18,7 @@ import (
 	"strings"
 
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/fsutil"
 )
 
 // NeededModules are the modules the guest loads (with their dependencies):
@@ -147,7 +148,7 @@ func (s *Store) ensureKernel(ctx context.Context, emit func(Event)) (string, ker
 		return "", kernelCache{}, err
 	}
 	b, _ := json.MarshalIndent(kc, "", "  ")
-	if err := writeFileSync(filepath.Join(out, kernelMetaFile), append(b, '\n')); err != nil {
+	if err := fsutil.WriteFileAtomic(filepath.Join(out, kernelMetaFile), append(b, '\n'), 0o644); err != nil {
 		return "", kernelCache{}, err
 	}
 	delete(kc.Files, kernelMetaFile)

@@ -18,6 +18,7 @@ import (
 	"github.com/gofrs/flock"
 
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/fsutil"
 	"github.com/pyro-mcp/pyro/internal/redact"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 )
@@ -82,32 +83,7 @@ func Save(dir vmdir.Dir, r Record) error {
 	if err != nil {
 		return err
 	}
-	return WriteFileAtomic(dir.Path(vmdir.Record), b, 0o600)
-}
-
-// WriteFileAtomic writes data to a temp file, fsyncs it and renames it over path.
-func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	return fsutil.WriteFileAtomic(dir.Path(vmdir.Record), b, 0o600)
 }
 
 // Lock takes the instance's exclusive lock, waiting until ctx ends.
@@ -123,7 +99,7 @@ func Lock(ctx context.Context, dir vmdir.Dir) (unlock func(), err error) {
 // WriteExit records why a supervisor ended.
 func WriteExit(dir vmdir.Dir, state, reason string) error {
 	b, _ := json.Marshal(ExitNote{State: state, Reason: reason, At: time.Now().UTC()})
-	return WriteFileAtomic(dir.Path(vmdir.Exit), b, 0o600)
+	return fsutil.WriteFileAtomic(dir.Path(vmdir.Exit), b, 0o600)
 }
 
 // ReadExit returns the exit note, if any.
@@ -140,7 +116,7 @@ func ReadExit(dir vmdir.Dir) (ExitNote, bool) {
 // time so a recycled pid is not mistaken for it.
 func WritePid(dir vmdir.Dir) error {
 	pid := os.Getpid()
-	return WriteFileAtomic(dir.Path(vmdir.SupervisorPid), []byte(fmt.Sprintf("%d %d\n", pid, startTime(pid))), 0o600)
+	return fsutil.WriteFileAtomic(dir.Path(vmdir.SupervisorPid), []byte(fmt.Sprintf("%d %d\n", pid, startTime(pid))), 0o600)
 }
 
 // SupervisorPid returns the recorded supervisor pid and whether that

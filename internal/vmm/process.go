@@ -3,10 +3,13 @@ package vmm
 import (
 	"context"
 	"fmt"
+	"net"
 	"os/exec"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/pyro-mcp/pyro/internal/unixsock"
 )
 
 // Process owns one child process: a single waiter goroutine, an exit
@@ -83,4 +86,26 @@ func (p *Process) Stop(ctx context.Context) error {
 func (p *Process) Kill() {
 	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 	<-p.done
+}
+
+// DialUnix waits for the process to create the unix socket at path and
+// connects to it. It fails at once, with exitErr(), if the process exits
+// first, and with ctx's error when ctx ends.
+func (p *Process) DialUnix(ctx context.Context, path string, exitErr func() error) (net.Conn, error) {
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if unixsock.Exists(path) {
+			if c, err := unixsock.Dial(ctx, path); err == nil {
+				return c, nil
+			}
+		}
+		select {
+		case <-p.done:
+			return nil, exitErr()
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-tick.C:
+		}
+	}
 }

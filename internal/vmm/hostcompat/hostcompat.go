@@ -19,12 +19,10 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
-	"strings"
 	"syscall"
-	"time"
 
 	"github.com/pyro-mcp/pyro/internal/errdefs"
-	"github.com/pyro-mcp/pyro/internal/unixsock"
+	"github.com/pyro-mcp/pyro/internal/fsutil"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/vmm"
 )
@@ -153,41 +151,12 @@ type machine struct {
 // DialAgent waits for the sandbox to listen on the agent socket and
 // connects; it fails at once if the sandbox exits first.
 func (m *machine) DialAgent(ctx context.Context) (net.Conn, error) {
-	path := m.dir.Path(vmdir.AgentSock)
-	tick := time.NewTicker(2 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if unixsock.Exists(path) {
-			c, err := unixsock.Dial(ctx, path)
-			if err == nil {
-				return c, nil
-			}
-		}
-		select {
-		case <-m.Done():
-			return nil, m.exitError()
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-tick.C:
-		}
-	}
+	return m.DialUnix(ctx, m.dir.Path(vmdir.AgentSock), m.exitError)
 }
 
 func (m *machine) exitError() error {
 	return errdefs.New(errdefs.ErrUnavailable, "see "+m.dir.Path(vmdir.ConsoleLog),
-		"host-compat sandbox exited (%v): %s", m.Err(), lastLines(m.dir.Path(vmdir.ConsoleLog), 5))
-}
-
-func lastLines(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "; ")
+		"host-compat sandbox exited (%v): %s", m.Err(), fsutil.LastLines(m.dir.Path(vmdir.ConsoleLog), 5))
 }
 
 // parseConfig decodes the init's configuration argument.

@@ -9,8 +9,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"slices"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -249,7 +247,7 @@ func populate(root string, cfg config) error {
 	if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
 		return fmt.Errorf("set hostname: %w", err)
 	}
-	writeHosts(filepath.Join(root, "etc/hosts"), cfg.Hostname)
+	agent.WriteHosts(filepath.Join(root, "etc/hosts"), cfg.Hostname)
 	if cfg.Network {
 		if b, err := os.ReadFile("/etc/resolv.conf"); err == nil {
 			dst := filepath.Join(root, "etc/resolv.conf")
@@ -286,25 +284,6 @@ func readOnlyBind(p string) error {
 		return fmt.Errorf("remount %s read-only: %w", p, err)
 	}
 	return nil
-}
-
-// writeHosts makes the hostname resolve (sudo and some tools insist).
-func writeHosts(path, hostname string) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		b = []byte("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) > 1 && !strings.HasPrefix(f[0], "#") && slices.Contains(f[1:], hostname) {
-			return
-		}
-	}
-	if len(b) > 0 && b[len(b)-1] != '\n' {
-		b = append(b, '\n')
-	}
-	b = append(b, "127.0.1.1\t"+hostname+"\n"...)
-	_ = os.Remove(path)
-	_ = os.WriteFile(path, b, 0o644)
 }
 
 // loopbackUp brings lo up in the sandbox's own network namespace.

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pyro-mcp/pyro/internal/fsutil"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/vmm"
 )
@@ -89,9 +90,9 @@ func probeBoot(ctx context.Context, binary string, spec vmm.Spec) KVMVerdict {
 	select {
 	case <-m.Done():
 		if m.Err() != nil {
-			return KVMVerdict{Reason: "kvm probe boot failed: " + lastLines(filepath.Join(dir, "vmm.log"), 2)}
+			return KVMVerdict{Reason: "kvm probe boot failed: " + fsutil.LastLines(filepath.Join(dir, "vmm.log"), 2)}
 		}
-		if log := lastLines(filepath.Join(dir, "vmm.log"), 3); strings.Contains(log, "error") || strings.Contains(log, "failed") {
+		if log := fsutil.LastLines(filepath.Join(dir, "vmm.log"), 3); strings.Contains(log, "error") || strings.Contains(log, "failed") {
 			return KVMVerdict{Reason: "kvm probe boot failed: " + log}
 		}
 		return KVMVerdict{Usable: true, Reason: "probe boot under kvm powered off cleanly"}

@@ -13,10 +13,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/pyro-mcp/pyro/internal/errdefs"
-	"github.com/pyro-mcp/pyro/internal/unixsock"
+	"github.com/pyro-mcp/pyro/internal/fsutil"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/vmm"
 )
@@ -129,42 +128,13 @@ type machine struct {
 // QEMU's chardev is a server with wait=off: it exists a few milliseconds
 // after start, and bytes we send before the guest opens its port are kept.
 func (m *machine) DialAgent(ctx context.Context) (net.Conn, error) {
-	path := m.dir.Path(vmdir.AgentSock)
-	tick := time.NewTicker(2 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if unixsock.Exists(path) {
-			c, err := unixsock.Dial(ctx, path)
-			if err == nil {
-				return c, nil
-			}
-		}
-		select {
-		case <-m.Done():
-			return nil, m.exitError()
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-tick.C:
-		}
-	}
+	return m.DialUnix(ctx, m.dir.Path(vmdir.AgentSock), m.exitError)
 }
 
 // exitError explains an early QEMU exit with the end of its own log.
 func (m *machine) exitError() error {
-	tail := lastLines(m.dir.Path("vmm.log"), 5)
+	tail := fsutil.LastLines(m.dir.Path("vmm.log"), 5)
 	return errdefs.New(errdefs.ErrUnavailable, "see "+m.dir.Path("vmm.log"), "qemu exited (%v): %s", m.Err(), tail)
-}
-
-func lastLines(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "; ")
 }
 
 var (

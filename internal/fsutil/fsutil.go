@@ -1,0 +1,57 @@
+// Package fsutil holds the few file helpers several packages need, so each
+// exists once: atomic writes and reading the end of a log.
+package fsutil
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// WriteFileAtomic writes data to a temp file beside path, fsyncs it,
+// renames it over path and fsyncs the directory: readers see the old
+// content or the new, never a part, even across a crash.
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// LastLines returns the last n non-empty lines of the file at path, joined
+// with "; " (for error messages that quote a log).
+func LastLines(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "; ")
+}
