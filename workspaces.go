@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
@@ -568,9 +567,6 @@ func (c *Client) DeleteWorkspace(ctx context.Context, id string) (DeleteResult, 
 	prior, err := c.remove(ctx, dir, rec)
 	return DeleteResult{WorkspaceID: id, Deleted: err == nil, PriorState: prior}, err
 }
-
-// commandString renders a command for people.
-func commandString(cmd []string) string { return strings.Join(cmd, " ") }
 
 // prepareGuest readies a freshly booted workspace guest (after create,
 // a restart and reset): it sends the workspace's secrets, which the agent
