@@ -4,11 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
-	"regexp"
 	"unicode/utf8"
 
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/fsutil"
+	"github.com/pyro-mcp/pyro/internal/names"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/workspace"
 )
@@ -28,15 +28,13 @@ type SecretInfo struct {
 	Source string `json:"source"` // "literal" or "file"
 }
 
-var secretName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
-
 // checkSecrets validates secrets and reads file sources. It returns the
 // safe metadata and the values by name.
 func checkSecrets(secrets []Secret) ([]SecretInfo, map[string]string, error) {
 	info := []SecretInfo{}
 	values := map[string]string{}
 	for _, s := range secrets {
-		if !secretName.MatchString(s.Name) {
+		if !names.IsEnvName(s.Name) {
 			return nil, nil, errdefs.New(errdefs.ErrInvalidArgument, "use an environment-variable-safe name: letters, digits, '_', not starting with a digit", "invalid secret name %q", s.Name)
 		}
 		if _, dup := values[s.Name]; dup {

@@ -2,10 +2,10 @@ package pyro
 
 import (
 	"context"
-	"regexp"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/names"
 	"github.com/pyro-mcp/pyro/internal/workspace"
 )
 
@@ -53,14 +53,12 @@ type LogsServiceOptions struct {
 	All       bool
 }
 
-var serviceName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
-
 // StartService starts a named service in a workspace and, with a readiness
 // probe, returns once it is ready. When the probe does not pass in time the
 // service is stopped and the error carries the probe's last error and the
 // service's last log lines. Starting a name that is running is refused.
 func (c *Client) StartService(ctx context.Context, workspaceID, name string, opts StartServiceOptions) (Service, error) {
-	if !serviceName.MatchString(name) {
+	if !names.IsIdentifier(name) {
 		return Service{}, errdefs.New(errdefs.ErrInvalidArgument, "use letters, digits, '.', '_' and '-', up to 64 characters", "invalid service name %q", name)
 	}
 	if len(opts.Command) == 0 {

@@ -86,6 +86,7 @@ func Init() {
 		consolef("pyro-init: boot ok (init %d ms, root %d ms), powering off\n", initStarted, rootReady)
 		powerOff()
 	}
+	prefetch()
 	if err := setupSystem(cfg); err != nil {
 		fatal(err)
 	}
@@ -98,6 +99,27 @@ func Init() {
 		env = append(env, envLogLevel+"=debug")
 	}
 	supervise(sigs, env)
+}
+
+// firstExecFiles are what nearly every first command loads: the dynamic
+// loader, libc and the shells.
+var firstExecFiles = []string{
+	"/lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/libc.so.6",
+	"/bin/sh", "/bin/bash", "/lib/x86_64-linux-gnu/libtinfo.so.6", "/usr/bin/env",
+}
+
+// prefetch asks the kernel to read firstExecFiles ahead. The reads are
+// served by QEMU's I/O thread on another host core while the guest's vCPU
+// starts the agent, so the first command does not wait for the disk.
+func prefetch() {
+	for _, p := range firstExecFiles {
+		fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			continue
+		}
+		_ = unix.Fadvise(fd, 0, 0, unix.FADV_WILLNEED)
+		unix.Close(fd)
+	}
 }
 
 // setupRoot does steps 1-5: pseudo filesystems, modules, root disk, switch

@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -14,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/names"
 	"github.com/pyro-mcp/pyro/internal/redact"
 )
 
@@ -21,8 +21,6 @@ import (
 // boot. The agent keeps them in memory (to resolve secret_env mappings and
 // to redact them from everything it returns) and materialises them as
 // 0400 files on a tmpfs. Values are never logged and never put in errors.
-
-var secretNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,127}$`)
 
 // secretStore is the agent process's secret set. It outlives host
 // connections, like services and shells.
@@ -128,9 +126,9 @@ func (s *server) handleSetSecrets(w http.ResponseWriter, r *http.Request) {
 		writeAPIError(w, errorf("invalid_argument", "decode secrets request: malformed JSON"))
 		return
 	}
-	names := make([]string, 0, len(req.Secrets))
+	set := make([]string, 0, len(req.Secrets))
 	for name, v := range req.Secrets {
-		if !secretNameRE.MatchString(name) {
+		if !names.IsEnvName(name) {
 			writeAPIError(w, errorf("invalid_argument", "invalid secret name %q: use letters, digits and '_', not starting with a digit", name))
 			return
 		}
@@ -138,9 +136,9 @@ func (s *server) handleSetSecrets(w http.ResponseWriter, r *http.Request) {
 			writeAPIError(w, errorf("invalid_argument", "secret %q: the value must be non-empty and contain no NUL byte", name))
 			return
 		}
-		names = append(names, name)
+		set = append(set, name)
 	}
-	sort.Strings(names)
+	sort.Strings(set)
 	// Redact first: from now on nothing returns the values.
 	agentSecrets.set(req.Secrets)
 	dir := s.secretsDir()
@@ -148,8 +146,8 @@ func (s *server) handleSetSecrets(w http.ResponseWriter, r *http.Request) {
 		writeAPIError(w, errorf("unavailable", "materialise secrets under %s: %v", dir, err))
 		return
 	}
-	s.log.Info("secrets set", "count", len(names), "dir", dir)
-	writeJSON(w, http.StatusOK, agentapi.SecretsResponse{Names: names, Dir: dir})
+	s.log.Info("secrets set", "count", len(set), "dir", dir)
+	writeJSON(w, http.StatusOK, agentapi.SecretsResponse{Names: set, Dir: dir})
 }
 
 // materializeSecrets makes dir hold exactly one 0400 file per secret. With
@@ -269,7 +267,7 @@ func restoreSecrets(dir string) int {
 	}
 	values := map[string]string{}
 	for _, e := range ents {
-		if !e.Type().IsRegular() || !secretNameRE.MatchString(e.Name()) {
+		if !e.Type().IsRegular() || !names.IsEnvName(e.Name()) {
 			continue
 		}
 		if b, err := os.ReadFile(filepath.Join(dir, e.Name())); err == nil && len(b) > 0 {

@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -26,12 +25,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/names"
 )
 
 // Services are long-running processes the agent supervises. They live in
 // the agent process, across host connections (Serve calls).
-
-var serviceNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 
 const (
 	// serviceFailGrace is the SIGTERM grace when the agent stops a service
@@ -343,7 +341,7 @@ type startOptions struct {
 }
 
 func validateStart(req agentapi.ServiceStartRequest) (*startOptions, error) {
-	if !serviceNameRE.MatchString(req.Name) {
+	if !names.IsIdentifier(req.Name) {
 		return nil, errorf("invalid_argument", "invalid service name %q: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit", req.Name)
 	}
 	o := &startOptions{name: req.Name}

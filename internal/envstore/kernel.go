@@ -14,7 +14,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 
 	"github.com/pyro-mcp/pyro/internal/errdefs"
@@ -43,7 +42,7 @@ type kernelCache struct {
 	Files          map[string]FileInfo `json:"files"`
 }
 
-var kernelPkgRE = regexp.MustCompile(`^linux-image-[0-9][^ ]*-cloud-amd64(-unsigned)?$`)
+var kernelPkgRE = lazyRegexp(`^linux-image-[0-9][^ ]*-cloud-amd64(-unsigned)?$`)
 
 // resolveKernelPackage asks apt (the host's package lists) for the newest
 // cloud kernel: the unsigned image package the meta package points at.
@@ -57,7 +56,7 @@ func resolveKernelPackage(ctx context.Context) (name, version string, err error)
 		if !ok || strings.TrimSpace(k) != "Depends" {
 			continue
 		}
-		if p := strings.TrimSpace(v); kernelPkgRE.MatchString(p) {
+		if p := strings.TrimSpace(v); kernelPkgRE().MatchString(p) {
 			name = p
 			break
 		}
@@ -84,12 +83,14 @@ func resolveKernelPackage(ctx context.Context) (name, version string, err error)
 	return name, version, nil
 }
 
-var unsafeVersionChars = regexp.MustCompile(`[^0-9A-Za-z.+~-]`)
+var unsafeVersionChars = lazyRegexp(`[^0-9A-Za-z.+~-]`)
 
 func (s *Store) kernelsDir() string { return filepath.Join(s.cacheDir, "kernels") }
 
 // kernelCacheKey turns a package version into a directory name.
-func kernelCacheKey(version string) string { return unsafeVersionChars.ReplaceAllString(version, "_") }
+func kernelCacheKey(version string) string {
+	return unsafeVersionChars().ReplaceAllString(version, "_")
+}
 
 // ensureKernel returns the cache directory holding the extracted kernel of
 // the current cloud kernel package, extracting it first if needed. Call with

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 
 	"github.com/pyro-mcp/pyro/internal/errdefs"
@@ -36,11 +35,9 @@ const (
 	Secrets = "secrets.json"
 )
 
-var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
-
 // ValidateID checks that id is safe as a single path component.
 func ValidateID(id string) error {
-	if !idPattern.MatchString(id) {
+	if !isID(id) {
 		return errdefs.New(errdefs.ErrInvalidArgument, "ids are lowercase letters, digits and dashes", "invalid id %q", id)
 	}
 	return nil
@@ -88,3 +85,16 @@ func (d Dir) Remove() error {
 
 // IsHidden reports whether name is a leftover of an interrupted Remove.
 func IsHidden(name string) bool { return strings.HasPrefix(name, ".deleting-") }
+
+// isID: a lowercase letter or digit, then up to 62 of those or '-'.
+func isID(id string) bool {
+	if len(id) == 0 || len(id) > 63 || id[0] == '-' {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}

@@ -17,13 +17,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/names"
 	"github.com/pyro-mcp/pyro/internal/tarutil"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 )
@@ -93,11 +93,9 @@ func GuestPath(p string) (string, error) {
 	return clean, nil
 }
 
-var namePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
-
 // ValidateSnapshotName checks a snapshot name is a safe identifier.
 func ValidateSnapshotName(name string) error {
-	if !namePattern.MatchString(name) {
+	if !names.IsIdentifier(name) {
 		return errdefs.New(errdefs.ErrInvalidArgument, "use letters, digits, '.', '_' and '-', up to 64 characters", "invalid snapshot name %q", name)
 	}
 	return nil
