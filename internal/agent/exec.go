@@ -82,6 +82,12 @@ func (s *server) handleExec(w http.ResponseWriter, r *http.Request) {
 	// the host learns it finished.
 	syncWorkspace()
 	s.log.Debug("exec done", "argv", red.Strings(p.argv), "exit_code", res.ExitCode, "duration_ms", res.DurationMS)
+	if r.Context().Err() != nil {
+		// The request was abandoned (client gone, or the agent is shutting
+		// down) and the command killed for it: that is no result, so the
+		// stream ends without an exit event and the host reports the loss.
+		return
+	}
 	ew.write(agentapi.Event{Type: agentapi.EventExit, Result: &res})
 }
 
