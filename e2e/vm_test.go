@@ -124,7 +124,7 @@ func TestVMTTLAndReap(t *testing.T) {
 	requireE2E(t)
 	ensureEnv(t, baseEnv)
 	home, env := isolatedHome(t)
-	v, r := vmJSON(t, env, "create", "--start", "--ttl-seconds", "4", baseEnv)
+	v, r := vmJSON(t, env, "create", "--start", "--ttl-seconds", "10", baseEnv)
 	if r.code != 0 || v.State != "running" {
 		t.Fatalf("create --start: %d %+v %s", r.code, v, r.stderr)
 	}

@@ -19,6 +19,14 @@ func openShell(t *testing.T, c *agentapi.Client, req agentapi.ShellOpenRequest) 
 	if req.Cwd == "" {
 		req.Cwd = t.TempDir()
 	}
+	// An interactive bash reads $HOME/.bashrc: keep the host's (pyenv
+	// rehash and its lock, on this machine) out of the test.
+	if req.Env == nil {
+		req.Env = map[string]string{}
+	}
+	if req.Env["HOME"] == "" {
+		req.Env["HOME"] = t.TempDir()
+	}
 	info, err := c.OpenShell(testCtx(t), req)
 	if err != nil {
 		t.Fatal(err)
