@@ -50,10 +50,7 @@ every step worked; --json prints one summary object.
 ` + "`pyro demo ollama`" + ` lets a local model drive vm_run through Ollama.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			return a.runDemo(cmd.Context(), c)
 		},
 	}
@@ -326,10 +323,7 @@ Needs a running Ollama with a tool-calling model:
   pyro demo ollama --model qwen2.5:7b --base-url http://127.0.0.1:11434`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			return a.runOllamaDemo(cmd.Context(), c, model, strings.TrimRight(baseURL, "/"), prompt, maxTurns)
 		},
 	}

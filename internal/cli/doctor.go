@@ -19,10 +19,7 @@ and installed environments. Exits non-zero when a check fails.`,
 		Example: "  pyro doctor\n  pyro doctor --json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			r, err := c.Doctor(cmd.Context())
 			if err != nil {
 				return err

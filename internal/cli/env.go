@@ -32,10 +32,7 @@ func (a *app) envListCommand() *cobra.Command {
 		Example: "  pyro env list\n  pyro env list --json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			envs, err := c.ListEnvironments(cmd.Context())
 			if err != nil {
 				return err
@@ -78,10 +75,7 @@ the host's apt sources.`,
 		Example: "  pyro env pull debian:12\n  pyro env pull --force debian:12-base",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			p := newPullProgress(a.stderr)
 			o.Progress = p.update
 			res, err := c.PullEnvironment(cmd.Context(), args[0], o)
@@ -175,10 +169,7 @@ func (a *app) envInspectCommand() *cobra.Command {
 		Example: "  pyro env inspect debian:12\n  pyro env inspect --json debian:12-base",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			e, err := c.InspectEnvironment(cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -217,10 +208,7 @@ func (a *app) envPruneCommand() *cobra.Command {
 		Example: "  pyro env prune\n  pyro env prune --json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			r, err := c.PruneEnvironments(cmd.Context())
 			if err != nil {
 				return err

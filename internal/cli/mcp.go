@@ -54,10 +54,7 @@ the token is $` + tokenEnv + `, or a random one printed once on stderr.`,
   {"mcpServers": {"pyro": {"command": "pyro", "args": ["mcp", "serve"]}}}`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			server := pyro.CreateServer(c, pyro.ServerOptions{})
 			if httpAddr == "" {
 				if allowRemote {

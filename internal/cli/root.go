@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -28,6 +29,8 @@ type app struct {
 	stderr io.Writer
 	// exitCode lets `run` pass the guest command's exit code through.
 	exitCode int
+	// sdk is the client every command uses, made before the command runs.
+	sdk *pyro.Client
 }
 
 // Main runs the CLI with args and returns the process exit code.
@@ -66,6 +69,15 @@ State lives in $PYRO_HOME (default ~/.local/share/pyro).`,
 		Version:       version(),
 	}
 	root.PersistentFlags().BoolVar(&a.json, "json", false, "print one JSON object instead of human-readable text")
+	// Every command talks to the SDK; make the client once, before any runs.
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		if cmd.Name() == "help" || strings.HasPrefix(cmd.CommandPath(), "pyro completion") {
+			return nil // no state needed
+		}
+		var err error
+		a.sdk, err = a.client()
+		return err
+	}
 	root.AddCommand(a.runCommand(), a.envCommand(), a.vmCommand(), a.workspaceCommand(), a.doctorCommand(), a.mcpCommand(), a.demoCommand())
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return errdefs.Wrap(errdefs.ErrInvalidArgument, err, "see `pyro COMMAND --help`", "bad flags")

@@ -36,10 +36,7 @@ Ctrl-C stops the VM and removes its files.`,
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			o.Environment, o.Command = args[0], args[1:]
 			a.streamTo(&o.OnOutput)
 			res, err := c.RunInVM(cmd.Context(), o)

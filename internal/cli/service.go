@@ -42,10 +42,7 @@ lines. Without one, returns as soon as the process runs.`,
   pyro workspace service start $id worker --ready-file /tmp/ready -- ./worker.sh`,
 		Args: commandArgs(2, "WORKSPACE_ID and NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			probes := 0
 			for _, p := range []struct{ typ, v string }{{"file", file}, {"tcp", tcp}, {"http", httpURL}, {"command", command}} {
 				if p.v == "" {
@@ -96,10 +93,7 @@ func (a *app) serviceList() *cobra.Command {
 		Short: "List a workspace's services",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			list, err := c.ListServices(cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -122,10 +116,7 @@ func (a *app) serviceStatus() *cobra.Command {
 		Short: "Show one service's status",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			s, err := c.StatusService(cmd.Context(), args[0], args[1])
 			if err != nil {
 				return err
@@ -142,10 +133,7 @@ func (a *app) serviceLogs() *cobra.Command {
 		Short: "Show the tail of a service's output",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			l, err := c.LogsService(cmd.Context(), args[0], args[1], o)
 			if err != nil {
 				return err
@@ -171,10 +159,7 @@ func (a *app) serviceStop() *cobra.Command {
 		Short: "Stop a service (SIGTERM to its process group, then SIGKILL)",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			s, err := c.StopService(cmd.Context(), args[0], args[1])
 			if err != nil {
 				return err
@@ -222,10 +207,7 @@ func (a *app) shellOpen() *cobra.Command {
 		Short: "Open a persistent PTY shell",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			o.SecretEnv = parseSecretEnv(secretEnv)
 			s, err := c.OpenShell(cmd.Context(), args[0], o)
 			if err != nil {
@@ -250,10 +232,7 @@ func (a *app) shellRead() *cobra.Command {
 		Short: "Read shell output from a cursor",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			r, err := c.ReadShell(cmd.Context(), args[0], args[1], o)
 			if err != nil {
 				return err
@@ -280,10 +259,7 @@ func (a *app) shellWrite() *cobra.Command {
 		Short: "Type input into a shell (a newline is appended unless --no-newline)",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			r, err := c.WriteShell(cmd.Context(), args[0], args[1], input, !noNewline)
 			if err != nil {
 				return err
@@ -304,10 +280,7 @@ func (a *app) shellSignal() *cobra.Command {
 		Short: "Send a signal to the shell's foreground process group",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			r, err := c.SignalShell(cmd.Context(), args[0], args[1], sig)
 			if err != nil {
 				return err
@@ -325,10 +298,7 @@ func (a *app) shellClose() *cobra.Command {
 		Short: "Close a shell and end its processes",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			r, err := c.CloseShell(cmd.Context(), args[0], args[1])
 			if err != nil {
 				return err

@@ -46,10 +46,7 @@ func (a *app) vmCreateCommand() *cobra.Command {
 		Example: "  pyro vm create debian:12\n  pyro vm create --start --ttl-seconds 600 --network debian:12",
 		Args:    cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			if len(args) == 1 {
 				o.Environment = args[0]
 			}
@@ -80,10 +77,7 @@ func (a *app) vmIDCommand(name, short string, call func(*pyro.Client, context.Co
 		Example: fmt.Sprintf("  pyro vm %s 3f2a9c1b7d4e", name),
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			v, err := call(c, cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -103,10 +97,7 @@ func (a *app) vmExecCommand() *cobra.Command {
 		Example: "  pyro vm exec 3f2a9c1b7d4e -- python3 -c 'print(42)'",
 		Args:    commandArgs(1, "VM_ID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			o.Command = args[1:]
 			a.streamTo(&o.OnOutput)
 			res, err := c.ExecVM(cmd.Context(), args[0], o)
@@ -165,10 +156,7 @@ func (a *app) vmDeleteCommand() *cobra.Command {
 		Example: "  pyro vm delete 3f2a9c1b7d4e",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			r, err := c.DeleteVM(cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -184,10 +172,7 @@ func (a *app) vmListCommand() *cobra.Command {
 		Short: "List VMs with their observed status",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			vms, err := c.ListVMs(cmd.Context())
 			if err != nil {
 				return err
@@ -213,10 +198,7 @@ func (a *app) vmNetworkCommand() *cobra.Command {
 		Short: "Show a VM's network: mode, guest address, gateway, DNS, MAC",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			n, err := c.NetworkInfoVM(cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -238,10 +220,7 @@ func (a *app) vmReapCommand() *cobra.Command {
 		Short: "Delete expired VMs and VMs whose supervisor died",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			r, err := c.ReapExpired(cmd.Context())
 			if err != nil {
 				return err

@@ -81,16 +81,15 @@ func (a *app) wsCreate() *cobra.Command {
   pyro workspace create --secret API_TOKEN=abc --secret-file KEY=./key.pem debian:12`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			if len(args) == 1 {
 				o.Environment = args[0]
 			}
-			if o.Secrets, err = parseSecretFlags(secrets, secretFiles); err != nil {
+			parsed, err := parseSecretFlags(secrets, secretFiles)
+			if err != nil {
 				return err
 			}
+			o.Secrets = parsed
 			ws, err := c.CreateWorkspace(cmd.Context(), o)
 			if err != nil {
 				return err
@@ -117,10 +116,7 @@ func (a *app) wsSyncPush() *cobra.Command {
 		Example: "  pyro workspace sync push 3f2a9c1b7d4e ./src --dest /workspace/src",
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			r, err := c.PushWorkspaceSync(cmd.Context(), args[0], args[1], dest)
 			if err != nil {
 				return err
@@ -146,10 +142,7 @@ recorded in the workspace's history (pyro workspace logs).`,
 		Example: "  pyro workspace exec 3f2a9c1b7d4e -- ls -la\n  pyro workspace exec 3f2a9c1b7d4e --secret-env API_TOKEN -- 'curl -H \"Authorization: $API_TOKEN\" ...'",
 		Args:    commandArgs(1, "WORKSPACE_ID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			o.Command = args[1:]
 			o.SecretEnv = parseSecretEnv(secretEnv)
 			a.streamTo(&o.OnOutput)
@@ -174,10 +167,7 @@ func (a *app) wsExport() *cobra.Command {
 		Example: "  pyro workspace export 3f2a9c1b7d4e dist --output ./dist",
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			r, err := c.ExportWorkspace(cmd.Context(), args[0], args[1], output, o)
 			if err != nil {
 				return err
@@ -200,10 +190,7 @@ func (a *app) wsDiff() *cobra.Command {
 		Example: "  pyro workspace diff 3f2a9c1b7d4e",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			d, err := c.DiffWorkspace(cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -237,10 +224,7 @@ func (a *app) wsSnapshotCreate() *cobra.Command {
 		Short: "Store the current /workspace as a named snapshot",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			s, err := c.CreateSnapshot(cmd.Context(), args[0], args[1])
 			if err != nil {
 				return err
@@ -258,10 +242,7 @@ func (a *app) wsSnapshotList() *cobra.Command {
 		Short: "List the baseline and named snapshots",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			list, err := c.ListSnapshots(cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -284,10 +265,7 @@ func (a *app) wsSnapshotDelete() *cobra.Command {
 		Short: "Delete a named snapshot (the baseline stays)",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			if err := c.DeleteSnapshot(cmd.Context(), args[0], args[1]); err != nil {
 				return err
 			}
@@ -305,10 +283,7 @@ func (a *app) wsReset() *cobra.Command {
 		Example: "  pyro workspace reset 3f2a9c1b7d4e\n  pyro workspace reset 3f2a9c1b7d4e --snapshot green",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			ws, err := c.ResetWorkspace(cmd.Context(), args[0], snapshot)
 			if err != nil {
 				return err
@@ -326,10 +301,7 @@ func (a *app) wsStatus() *cobra.Command {
 		Short: "Show a workspace's observed status",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			ws, err := c.StatusWorkspace(cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -345,10 +317,7 @@ func (a *app) wsLogs() *cobra.Command {
 		Short: "Show the workspace's command history",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			h, err := c.LogsWorkspace(cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -373,10 +342,7 @@ func (a *app) wsDelete() *cobra.Command {
 		Short: "Stop a workspace and remove its disk, snapshots, history and secrets",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			r, err := c.DeleteWorkspace(cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -392,10 +358,7 @@ func (a *app) wsList() *cobra.Command {
 		Short: "List workspaces",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+			c := a.sdk
 			list, err := c.ListWorkspaces(cmd.Context())
 			if err != nil {
 				return err
