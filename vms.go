@@ -295,6 +295,10 @@ func (c *Client) waitRunning(ctx context.Context, dir vmdir.Dir, rec instance.Re
 			if st.Reason == supervisor.NotAnswering {
 				break // busy booting on a loaded host: keep waiting
 			}
+			if st.State == instance.Expired {
+				return VM{}, errdefs.New(errdefs.ErrFailedPrecondition, "give it a longer ttl_seconds: it counts from creation and includes the boot",
+					"%s %q expired before it finished booting", rec.Kind, rec.ID)
+			}
 			return VM{}, errdefs.New(errdefs.ErrUnavailable, "see "+dir.Path(vmdir.SupervisorLog), "%s %q did not start: %s", rec.Kind, rec.ID, st.Reason)
 		}
 		select {
