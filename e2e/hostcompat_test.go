@@ -187,7 +187,13 @@ func TestHostCompatInterruptCleansUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p := processesInPIDNS(ns); len(p) < 4 { // init, agent server, sh, sleeps
+	// init, agent server, sh and the sleeps: "started" is printed before
+	// sh has forked them, so give it a moment.
+	deadline := time.Now().Add(10 * time.Second)
+	for len(processesInPIDNS(ns)) < 4 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if p := processesInPIDNS(ns); len(p) < 4 {
 		t.Errorf("expected the sandbox's processes in %s, have %v", ns, p)
 	}
 	cmd.Process.Signal(syscall.SIGINT)
