@@ -158,7 +158,18 @@ func TestShells(t *testing.T) {
 	}
 	// INT interrupts the foreground job and the prompt comes back.
 	mustWS(t, env, nil, "shell", "write", id, a.ShellID, "--input", "sleep 100; echo after-sleep")
-	time.Sleep(500 * time.Millisecond)
+	// Signal once the sleep really runs (minbase has no pgrep).
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		m := wsExec(t, env, id, "sh -c 'grep -lx sleep /proc/[0-9]*/comm || true'")
+		if strings.TrimSpace(m["stdout"].(string)) != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the shell never started sleep")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	mustWS(t, env, nil, "shell", "signal", id, a.ShellID, "--signal", "INT")
 	mustWS(t, env, nil, "shell", "write", id, a.ShellID, "--input", "echo interrupted-ok")
 	if o, _ := readUntil(t, env, id, a.ShellID, cur2, "interrupted-ok\r\n"); strings.Contains(o, "\nafter-sleep\r\n") {
@@ -190,10 +201,16 @@ func TestShellReaderFallsBehind(t *testing.T) {
 	}
 	mustWS(t, env, &sh, "shell", "open", w.WorkspaceID, "--buffer-bytes", "4096")
 	mustWS(t, env, nil, "shell", "write", w.WorkspaceID, sh.ShellID, "--input", "seq 1 20000 | tail -c 30000; echo end-of-burst")
-	// Let the burst finish before the first read, so the reader is behind.
-	time.Sleep(3 * time.Second)
+	// Wait until the burst has pushed the start out of the buffer, so a
+	// reader at cursor 0 is behind.
 	var first shellRead
-	mustWS(t, env, &first, "shell", "read", w.WorkspaceID, sh.ShellID, "--cursor", "0")
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		mustWS(t, env, &first, "shell", "read", w.WorkspaceID, sh.ShellID, "--cursor", "0")
+		if (first.Dropped != nil && strings.Contains(first.Output, "end-of-burst")) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	if first.Dropped == nil || first.Dropped.From != 0 || first.Dropped.To <= 0 || first.Cursor != first.Dropped.To {
 		t.Fatalf("read behind the buffer: dropped %+v, served from %d", first.Dropped, first.Cursor)
 	}
