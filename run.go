@@ -58,15 +58,7 @@ type RunResult struct {
 }
 
 func (o *RunOptions) applyDefaults() {
-	if o.Environment == "" {
-		o.Environment = DefaultEnvironment
-	}
-	if o.VCPUCount == 0 {
-		o.VCPUCount = DefaultVCPUCount
-	}
-	if o.MemMiB == 0 {
-		o.MemMiB = DefaultMemMiB
-	}
+	applyMachineDefaults(&o.Environment, &o.VCPUCount, &o.MemMiB)
 	if o.TimeoutSeconds == 0 {
 		o.TimeoutSeconds = DefaultTimeoutSeconds
 	}

@@ -122,14 +122,19 @@ type ReapResult struct {
 }
 
 func (o *CreateVMOptions) applyDefaults() {
-	if o.Environment == "" {
-		o.Environment = DefaultEnvironment
+	applyMachineDefaults(&o.Environment, &o.VCPUCount, &o.MemMiB)
+}
+
+// applyMachineDefaults fills the contract defaults every kind of VM shares.
+func applyMachineDefaults(environment *string, vcpus, memMiB *int) {
+	if *environment == "" {
+		*environment = DefaultEnvironment
 	}
-	if o.VCPUCount == 0 {
-		o.VCPUCount = DefaultVCPUCount
+	if *vcpus == 0 {
+		*vcpus = DefaultVCPUCount
 	}
-	if o.MemMiB == 0 {
-		o.MemMiB = DefaultMemMiB
+	if *memMiB == 0 {
+		*memMiB = DefaultMemMiB
 	}
 }
 

@@ -192,7 +192,6 @@ func (s *server) serviceRoutes(mux *http.ServeMux) {
 	m := s.services
 	mux.HandleFunc("POST "+agentapi.PathServices, m.handleStart)
 	mux.HandleFunc("GET "+agentapi.PathServices, m.handleList)
-	mux.HandleFunc("DELETE "+agentapi.PathServices, m.handleReset)
 	mux.HandleFunc("POST "+agentapi.PathServicesReset, m.handleReset)
 	mux.HandleFunc("GET "+agentapi.PathServices+"/{name}", m.handleStatus)
 	mux.HandleFunc("GET "+agentapi.PathServices+"/{name}/logs", m.handleLogs)

@@ -92,7 +92,6 @@ func (s *server) shellRoutes(mux *http.ServeMux) {
 	m := s.shells
 	mux.HandleFunc("POST "+agentapi.PathShells, m.handleOpen)
 	mux.HandleFunc("GET "+agentapi.PathShells, m.handleList)
-	mux.HandleFunc("DELETE "+agentapi.PathShells, m.handleReset)
 	mux.HandleFunc("POST "+agentapi.PathShellsReset, m.handleReset)
 	mux.HandleFunc("GET "+agentapi.PathShells+"/{id}", m.handleInfo)
 	mux.HandleFunc("GET "+agentapi.PathShells+"/{id}/read", m.handleRead)

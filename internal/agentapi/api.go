@@ -31,7 +31,7 @@
 //	GET  /v1/services/NAME         -> ServiceStatus
 //	GET  /v1/services/NAME/logs    ?tail_lines=200&all=false -> ServiceLogs
 //	POST /v1/services/NAME/stop    -> ServiceStatus
-//	POST /v1/services/reset        -> ServiceReset (DELETE /v1/services too)
+//	POST /v1/services/reset        -> ServiceReset
 //	POST /v1/shells                ShellOpenRequest -> ShellInfo
 //	GET  /v1/shells                -> ShellList
 //	GET  /v1/shells/ID             -> ShellInfo
@@ -40,7 +40,7 @@
 //	POST /v1/shells/ID/signal      ShellSignalRequest -> ShellSignalResponse
 //	POST /v1/shells/ID/resize      ShellResizeRequest -> ShellInfo
 //	POST /v1/shells/ID/close       -> ShellCloseResponse
-//	POST /v1/shells/reset          -> ShellReset (DELETE /v1/shells too)
+//	POST /v1/shells/reset          -> ShellReset
 //
 // Files: push extracts an uncompressed tar body into dest (created with
 // parents if missing), safely: absolute names, ".." and paths through a
