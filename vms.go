@@ -143,11 +143,8 @@ func newRecord(kind string, o CreateVMOptions) (instance.Record, error) {
 	if _, err := catalog.Lookup(o.Environment); err != nil {
 		return instance.Record{}, err
 	}
-	if o.VCPUCount < 1 || o.VCPUCount > 64 {
-		return instance.Record{}, errdefs.New(errdefs.ErrInvalidArgument, "use 1 to 64", "vcpu_count %d out of range", o.VCPUCount)
-	}
-	if o.MemMiB < 128 || o.MemMiB > 65536 {
-		return instance.Record{}, errdefs.New(errdefs.ErrInvalidArgument, "use 128 to 65536", "mem_mib %d out of range", o.MemMiB)
+	if err := vm.ValidateResources(o.VCPUCount, o.MemMiB); err != nil {
+		return instance.Record{}, err
 	}
 	if o.TTLSeconds < 0 {
 		return instance.Record{}, errdefs.New(errdefs.ErrInvalidArgument, "use a positive number of seconds, or 0 for none", "ttl_seconds %d is negative", o.TTLSeconds)

@@ -103,11 +103,8 @@ func Boot(ctx context.Context, d Deps, c Config) (*VM, error) {
 	if c.BootTimeout == 0 {
 		c.BootTimeout = 90 * time.Second
 	}
-	if c.VCPUs < 1 || c.VCPUs > 64 {
-		return nil, errdefs.New(errdefs.ErrInvalidArgument, "use 1 to 64", "vcpu_count %d out of range", c.VCPUs)
-	}
-	if c.MemMiB < 128 || c.MemMiB > 65536 {
-		return nil, errdefs.New(errdefs.ErrInvalidArgument, "use 128 to 65536 MiB", "mem_mib %d out of range", c.MemMiB)
+	if err := ValidateResources(c.VCPUs, c.MemMiB); err != nil {
+		return nil, err
 	}
 	v := &VM{ID: c.ID, Dir: c.Dir}
 	if v.ID == "" {
@@ -310,4 +307,15 @@ func qemuExit(m vmm.Machine) string {
 func MAC(id string) string {
 	h := sha256.Sum256([]byte(id))
 	return fmt.Sprintf("52:54:00:%02x:%02x:%02x", h[0], h[1], h[2])
+}
+
+// ValidateResources checks a VM's vCPU count and memory size.
+func ValidateResources(vcpus, memMiB int) error {
+	if vcpus < 1 || vcpus > 64 {
+		return errdefs.New(errdefs.ErrInvalidArgument, "use 1 to 64", "vcpu_count %d out of range", vcpus)
+	}
+	if memMiB < 128 || memMiB > 65536 {
+		return errdefs.New(errdefs.ErrInvalidArgument, "use 128 to 65536 MiB", "mem_mib %d out of range", memMiB)
+	}
+	return nil
 }
