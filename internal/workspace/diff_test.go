@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -99,3 +100,29 @@ func TestSnapshotsVerifyAndBaseline(t *testing.T) {
 }
 
 func writeFile(p, s string) error { return os.WriteFile(p, []byte(s), 0o600) }
+
+func TestHistoryNumbersAndExcerpts(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "history.jsonl")
+	big := strings.Repeat("x", HistoryExcerpt+100)
+	for i, cmd := range []string{"one", "two", "three"} {
+		out := "ok"
+		if i == 1 {
+			out = big
+		}
+		if err := AppendHistory(p, HistoryEntry{Command: []string{cmd}, Stdout: out}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h, err := ReadHistory(p)
+	if err != nil || len(h) != 3 {
+		t.Fatalf("read %d entries: %v", len(h), err)
+	}
+	for i, e := range h {
+		if e.Seq != i+1 {
+			t.Errorf("entry %d has seq %d", i, e.Seq)
+		}
+	}
+	if !h[1].OutputTruncated || len(h[1].Stdout) != HistoryExcerpt || h[0].OutputTruncated {
+		t.Errorf("excerpts: %+v", h[1].OutputTruncated)
+	}
+}

@@ -266,7 +266,7 @@ func (s Snapshots) Delete(name string) error {
 
 // HistoryEntry is one command run in a workspace.
 type HistoryEntry struct {
-	Seq             int       `json:"seq"`
+	Seq             int       `json:"seq"` // 1-based position in the history
 	Command         []string  `json:"command"`
 	ExitCode        int       `json:"exit_code"`
 	DurationMS      int64     `json:"duration_ms"`
@@ -294,10 +294,10 @@ func excerpt(s string, n int) (string, bool) {
 	return s, true
 }
 
-// AppendHistory adds one entry to the history file, numbering it.
+// AppendHistory adds one entry to the history file. Entries are numbered
+// when read (their line number), so appending never reads the history.
 func AppendHistory(path string, e HistoryEntry) error {
-	prev, _ := ReadHistory(path)
-	e.Seq = len(prev) + 1
+	e.Seq = 0
 	var t1, t2 bool
 	e.Stdout, t1 = excerpt(e.Stdout, HistoryExcerpt)
 	e.Stderr, t2 = excerpt(e.Stderr, HistoryExcerpt)
@@ -333,6 +333,7 @@ func ReadHistory(path string) ([]HistoryEntry, error) {
 	for sc.Scan() {
 		var e HistoryEntry
 		if json.Unmarshal(sc.Bytes(), &e) == nil {
+			e.Seq = len(out) + 1
 			out = append(out, e)
 		}
 	}
