@@ -244,8 +244,17 @@ func (s *server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
 		s.mu.Lock()
-		st := s.status
+		st, v := s.status, s.vm
 		s.mu.Unlock()
+		// Observed, not remembered: a VMM that just died is reported even
+		// before the main loop has noticed and written the exit note.
+		if v != nil && st.State == instance.Running {
+			select {
+			case <-v.Machine.Done():
+				st.State, st.Reason = instance.Broken, "the VMM exited unexpectedly"
+			default:
+			}
+		}
 		writeJSON(w, http.StatusOK, st)
 	})
 	mux.HandleFunc("POST /v1/stop", func(w http.ResponseWriter, _ *http.Request) {
