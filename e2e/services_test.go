@@ -62,8 +62,19 @@ func TestServices(t *testing.T) {
 	if s.State != "failed" {
 		t.Fatalf("never: %+v", s)
 	}
-	if m := wsExec(t, env, id, "sh", "-c", "ps -eo args | grep -c '[s]leep 1000' || true"); strings.TrimSpace(m["stdout"].(string)) != "0" {
-		t.Fatalf("failed service left processes: %v", m["stdout"])
+	// The image has no ps: read /proc. The check itself must see a sleep
+	// when one runs, so it is calibrated on a service that keeps running.
+	countSleeps := func() string {
+		m := wsExec(t, env, id, "bash", "-c", "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f 2>/dev/null; echo; done | grep -c '^sleep 1000 $' || true")
+		return strings.TrimSpace(m["stdout"].(string))
+	}
+	mustWS(t, env, nil, "service", "start", id, "calibrate", "--", "sleep", "1000")
+	if n := countSleeps(); n != "1" {
+		t.Fatalf("the process check does not see a running sleep: %q", n)
+	}
+	mustWS(t, env, nil, "service", "stop", id, "calibrate")
+	if m := countSleeps(); m != "0" {
+		t.Fatalf("failed service left %s sleep processes", m)
 	}
 
 	// Logs tail; the http.server logged the probe's GET.
@@ -82,7 +93,7 @@ func TestServices(t *testing.T) {
 	mustWS(t, env, &s, "service", "stop", id, "web")
 	var list struct{ Services []service }
 	mustWS(t, env, &list, "service", "list", id)
-	if len(list.Services) != 4 {
+	if len(list.Services) != 5 { // web, web2, never, calibrate, stubborn
 		t.Fatalf("list: %+v", list)
 	}
 	// Reset clears services.
