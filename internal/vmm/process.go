@@ -4,12 +4,17 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/fsutil"
 	"github.com/pyro-mcp/pyro/internal/unixsock"
+	"github.com/pyro-mcp/pyro/internal/vmdir"
 )
 
 // Process owns one child process: a single waiter goroutine, an exit
@@ -108,4 +113,34 @@ func (p *Process) DialUnix(ctx context.Context, path string, exitErr func() erro
 		case <-tick.C:
 		}
 	}
+}
+
+// StartMachine starts cmd as a Machine whose agent listens on
+// dir/agent.sock. Its pid goes to dir/vmm.pid; an early exit is explained
+// with the end of dir/logName, the process's own log, named by label.
+func StartMachine(cmd *exec.Cmd, dir vmdir.Dir, logName, label string) (Machine, error) {
+	p, err := StartProcess(cmd)
+	if err != nil {
+		return nil, err
+	}
+	_ = os.WriteFile(dir.Path(vmdir.VMMPid), []byte(strconv.Itoa(p.Pid())+"\n"), 0o600)
+	return &processMachine{Process: p, dir: dir, logName: logName, label: label}, nil
+}
+
+type processMachine struct {
+	*Process
+	dir     vmdir.Dir
+	logName string
+	label   string
+}
+
+// DialAgent waits for the process to create the agent socket and connects
+// to it; it fails at once if the process exits first.
+func (m *processMachine) DialAgent(ctx context.Context) (net.Conn, error) {
+	return m.DialUnix(ctx, m.dir.Path(vmdir.AgentSock), m.exitError)
+}
+
+func (m *processMachine) exitError() error {
+	log := m.dir.Path(m.logName)
+	return errdefs.New(errdefs.ErrUnavailable, "see "+log, "%s exited (%v): %s", m.label, m.Err(), fsutil.LastLines(log, 5))
 }

@@ -15,14 +15,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
-	"strconv"
 	"syscall"
 
 	"github.com/pyro-mcp/pyro/internal/errdefs"
-	"github.com/pyro-mcp/pyro/internal/fsutil"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/vmm"
 )
@@ -135,28 +132,11 @@ func (b *Backend) Start(_ context.Context, spec vmm.Spec) (vmm.Machine, error) {
 	defer log.Close()
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: Cloneflags(spec)}
-	p, err := vmm.StartProcess(cmd)
+	m, err := vmm.StartMachine(cmd, spec.Dir, vmdir.ConsoleLog, "host-compat sandbox")
 	if err != nil {
 		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "host-compat needs root and a kernel with user, PID and mount namespaces", "start host-compat sandbox")
 	}
-	_ = os.WriteFile(spec.Dir.Path(vmdir.VMMPid), []byte(strconv.Itoa(p.Pid())+"\n"), 0o600)
-	return &machine{Process: p, dir: spec.Dir}, nil
-}
-
-type machine struct {
-	*vmm.Process
-	dir vmdir.Dir
-}
-
-// DialAgent waits for the sandbox to listen on the agent socket and
-// connects; it fails at once if the sandbox exits first.
-func (m *machine) DialAgent(ctx context.Context) (net.Conn, error) {
-	return m.DialUnix(ctx, m.dir.Path(vmdir.AgentSock), m.exitError)
-}
-
-func (m *machine) exitError() error {
-	return errdefs.New(errdefs.ErrUnavailable, "see "+m.dir.Path(vmdir.ConsoleLog),
-		"host-compat sandbox exited (%v): %s", m.Err(), fsutil.LastLines(m.dir.Path(vmdir.ConsoleLog), 5))
+	return m, nil
 }
 
 // parseConfig decodes the init's configuration argument.

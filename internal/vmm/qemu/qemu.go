@@ -7,7 +7,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -15,7 +14,6 @@ import (
 	"sync"
 
 	"github.com/pyro-mcp/pyro/internal/errdefs"
-	"github.com/pyro-mcp/pyro/internal/fsutil"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/vmm"
 )
@@ -111,30 +109,11 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error)
 	}
 	defer stderr.Close()
 	cmd.Stdout, cmd.Stderr = stderr, stderr
-	p, err := vmm.StartProcess(cmd)
+	m, err := vmm.StartMachine(cmd, spec.Dir, "vmm.log", "qemu")
 	if err != nil {
 		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "check `pyro doctor`", "start qemu")
 	}
-	_ = os.WriteFile(spec.Dir.Path(vmdir.VMMPid), []byte(strconv.Itoa(p.Pid())+"\n"), 0o600)
-	return &machine{Process: p, dir: spec.Dir}, nil
-}
-
-type machine struct {
-	*vmm.Process
-	dir vmdir.Dir
-}
-
-// DialAgent waits for QEMU to create the agent socket and connects to it.
-// QEMU's chardev is a server with wait=off: it exists a few milliseconds
-// after start, and bytes we send before the guest opens its port are kept.
-func (m *machine) DialAgent(ctx context.Context) (net.Conn, error) {
-	return m.DialUnix(ctx, m.dir.Path(vmdir.AgentSock), m.exitError)
-}
-
-// exitError explains an early QEMU exit with the end of its own log.
-func (m *machine) exitError() error {
-	tail := fsutil.LastLines(m.dir.Path("vmm.log"), 5)
-	return errdefs.New(errdefs.ErrUnavailable, "see "+m.dir.Path("vmm.log"), "qemu exited (%v): %s", m.Err(), tail)
+	return m, nil
 }
 
 var (
