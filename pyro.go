@@ -29,14 +29,6 @@ var (
 	ErrUnavailable        = errdefs.ErrUnavailable
 )
 
-// Contract defaults.
-const (
-	DefaultEnvironment    = "debian:12"
-	DefaultVCPUCount      = 1
-	DefaultMemMiB         = 1024
-	DefaultTimeoutSeconds = 30
-)
-
 // Options configure a Client. The zero value is usable.
 type Options struct {
 	// StateDir holds environments, caches and VMs. Default: $PYRO_HOME,

@@ -6,7 +6,6 @@ import (
 	"github.com/pyro-mcp/pyro/internal/agentapi"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/names"
-	"github.com/pyro-mcp/pyro/internal/workspace"
 )
 
 // Services are named long-running processes in a workspace (dev servers,
@@ -65,13 +64,13 @@ func (c *Client) StartService(ctx context.Context, workspaceID, name string, opt
 		return Service{}, errdefs.New(errdefs.ErrInvalidArgument, "pass the command after --", "no command for service %q", name)
 	}
 	if opts.Cwd == "" {
-		opts.Cwd = workspace.Root
+		opts.Cwd = WorkspaceDir
 	}
 	if opts.ReadyTimeoutSeconds == 0 {
-		opts.ReadyTimeoutSeconds = 30
+		opts.ReadyTimeoutSeconds = DefaultReadyTimeoutSeconds
 	}
 	if opts.ReadyIntervalMS == 0 {
-		opts.ReadyIntervalMS = 500
+		opts.ReadyIntervalMS = DefaultReadyIntervalMS
 	}
 	if opts.ReadyTimeoutSeconds < 0 || opts.ReadyIntervalMS < 0 {
 		return Service{}, errdefs.New(errdefs.ErrInvalidArgument, "use positive values", "negative readiness timing")
@@ -122,7 +121,7 @@ func (c *Client) StatusService(ctx context.Context, workspaceID, name string) (S
 // everything the bounded log still holds).
 func (c *Client) LogsService(ctx context.Context, workspaceID, name string, opts LogsServiceOptions) (ServiceLogs, error) {
 	if opts.TailLines == 0 {
-		opts.TailLines = 200
+		opts.TailLines = DefaultLogTailLines
 	}
 	var out ServiceLogs
 	err := c.withWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {

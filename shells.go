@@ -4,7 +4,6 @@ import (
 	"context"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
-	"github.com/pyro-mcp/pyro/internal/workspace"
 )
 
 // Shells are persistent PTY sessions in a workspace that live in the guest
@@ -65,13 +64,13 @@ type ReadShellOptions struct {
 // OpenShell opens a PTY shell (bash, else sh) in a workspace.
 func (c *Client) OpenShell(ctx context.Context, workspaceID string, opts OpenShellOptions) (Shell, error) {
 	if opts.Cwd == "" {
-		opts.Cwd = workspace.Root
+		opts.Cwd = WorkspaceDir
 	}
 	if opts.Cols == 0 {
-		opts.Cols = 120
+		opts.Cols = DefaultShellCols
 	}
 	if opts.Rows == 0 {
-		opts.Rows = 30
+		opts.Rows = DefaultShellRows
 	}
 	var out Shell
 	err := c.withWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
@@ -85,7 +84,7 @@ func (c *Client) OpenShell(ctx context.Context, workspaceID string, opts OpenShe
 // ReadShell returns merged output from cursor on, and the next cursor.
 func (c *Client) ReadShell(ctx context.Context, workspaceID, shellID string, opts ReadShellOptions) (ShellRead, error) {
 	if opts.MaxChars == 0 {
-		opts.MaxChars = 65536
+		opts.MaxChars = DefaultShellMaxChars
 	}
 	var out ShellRead
 	err := c.withRunningWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
@@ -112,7 +111,7 @@ func (c *Client) WriteShell(ctx context.Context, workspaceID, shellID, input str
 // process group.
 func (c *Client) SignalShell(ctx context.Context, workspaceID, shellID, signal string) (ShellSignal, error) {
 	if signal == "" {
-		signal = "INT"
+		signal = DefaultShellSignal
 	}
 	var out ShellSignal
 	err := c.withRunningWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {

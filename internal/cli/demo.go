@@ -70,7 +70,7 @@ func (a *app) logf(format string, args ...any) {
 // demoEnvironment picks debian:12 when installed, else debian:12-base,
 // pulling the latter when neither is installed.
 func (a *app) demoEnvironment(ctx context.Context, c *pyro.Client) (string, bool, error) {
-	for _, name := range []string{"debian:12", "debian:12-base"} {
+	for _, name := range []string{pyro.DefaultEnvironment, "debian:12-base"} {
 		if e, err := c.InspectEnvironment(ctx, name); err == nil && e.Installed && e.Damaged == "" {
 			return name, false, nil
 		}
@@ -127,7 +127,7 @@ func (a *app) runDemo(ctx context.Context, c *pyro.Client) error {
 	}
 
 	oneShot := "uname -a"
-	if env == "debian:12" {
+	if env == pyro.DefaultEnvironment {
 		oneShot = `uname -a && python3 -c 'import platform; print("python", platform.python_version())'`
 	}
 	err = step("run: "+oneShot+" in a fresh VM (deleted afterwards)", func() (string, error) {
@@ -285,7 +285,7 @@ var vmRunFunction = map[string]any{
 			"type": "object",
 			"properties": map[string]any{
 				"command":         map[string]any{"type": "string", "description": "Shell command to run, e.g. \"uname -a\"."},
-				"timeout_seconds": map[string]any{"type": "integer", "description": "Kill the command after this many seconds. Default 30."},
+				"timeout_seconds": map[string]any{"type": "integer", "description": fmt.Sprintf("Kill the command after this many seconds. Default %d.", pyro.DefaultTimeoutSeconds)},
 			},
 			"required": []string{"command"},
 		},

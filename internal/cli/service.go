@@ -75,14 +75,14 @@ lines. Without one, returns as soon as the process runs.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.Cwd, "cwd", "/workspace", "working directory in the guest")
+	f.StringVar(&o.Cwd, "cwd", pyro.WorkspaceDir, "working directory in the guest")
 	f.StringVar(&file, "ready-file", "", "ready when this guest path exists")
 	f.StringVar(&tcp, "ready-tcp", "", "ready when HOST:PORT accepts a connection (in the guest)")
 	f.StringVar(&httpURL, "ready-http", "", "ready when this URL answers 2xx/3xx (in the guest)")
 	f.IntVar(&httpStatus, "ready-http-status", 0, "with --ready-http: the exact status to expect")
 	f.StringVar(&command, "ready-command", "", "ready when this shell command exits 0")
-	f.IntVar(&o.ReadyTimeoutSeconds, "ready-timeout-seconds", 30, "give up (and stop the service) after this many seconds")
-	f.IntVar(&o.ReadyIntervalMS, "ready-interval-ms", 500, "milliseconds between probe attempts")
+	f.IntVar(&o.ReadyTimeoutSeconds, "ready-timeout-seconds", pyro.DefaultReadyTimeoutSeconds, "give up (and stop the service) after this many seconds")
+	f.IntVar(&o.ReadyIntervalMS, "ready-interval-ms", pyro.DefaultReadyIntervalMS, "milliseconds between probe attempts")
 	f.StringArrayVar(&secretEnv, "secret-env", nil, "expose secret NAME as env var (NAME or NAME=VAR; repeatable)")
 	return cmd
 }
@@ -148,7 +148,7 @@ func (a *app) serviceLogs() *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().IntVar(&o.TailLines, "tail-lines", 200, "number of lines from the end")
+	cmd.Flags().IntVar(&o.TailLines, "tail-lines", pyro.DefaultLogTailLines, "number of lines from the end")
 	cmd.Flags().BoolVar(&o.All, "all", false, "everything the bounded log still holds")
 	return cmd
 }
@@ -217,9 +217,9 @@ func (a *app) shellOpen() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.Cwd, "cwd", "/workspace", "working directory")
-	f.IntVar(&o.Cols, "cols", 120, "terminal columns")
-	f.IntVar(&o.Rows, "rows", 30, "terminal rows")
+	f.StringVar(&o.Cwd, "cwd", pyro.WorkspaceDir, "working directory")
+	f.IntVar(&o.Cols, "cols", pyro.DefaultShellCols, "terminal columns")
+	f.IntVar(&o.Rows, "rows", pyro.DefaultShellRows, "terminal rows")
 	f.IntVar(&o.BufferBytes, "buffer-bytes", 0, "output kept for readers (default 1 MiB)")
 	f.StringArrayVar(&secretEnv, "secret-env", nil, "expose secret NAME as env var (NAME or NAME=VAR; repeatable)")
 	return cmd
@@ -246,8 +246,8 @@ func (a *app) shellRead() *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().Int64Var(&o.Cursor, "cursor", 0, "byte offset to read from (the previous read's next_cursor)")
-	cmd.Flags().IntVar(&o.MaxChars, "max-chars", 65536, "at most this many characters")
+	cmd.Flags().Int64Var(&o.Cursor, "cursor", pyro.DefaultShellCursor, "byte offset to read from (the previous read's next_cursor)")
+	cmd.Flags().IntVar(&o.MaxChars, "max-chars", pyro.DefaultShellMaxChars, "at most this many characters")
 	return cmd
 }
 
@@ -268,7 +268,7 @@ func (a *app) shellWrite() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&input, "input", "", "text to send")
-	cmd.Flags().BoolVar(&noNewline, "no-newline", false, "do not append a newline")
+	cmd.Flags().BoolVar(&noNewline, "no-newline", !pyro.DefaultAppendNewline, "do not append a newline")
 	_ = cmd.MarkFlagRequired("input")
 	return cmd
 }
@@ -288,7 +288,7 @@ func (a *app) shellSignal() *cobra.Command {
 			return a.emit(r, func(w io.Writer) { fmt.Fprintf(w, "sent %s to process group %d\n", r.Signal, r.PGID) })
 		},
 	}
-	cmd.Flags().StringVar(&sig, "signal", "INT", "signal name")
+	cmd.Flags().StringVar(&sig, "signal", pyro.DefaultShellSignal, "signal name")
 	return cmd
 }
 

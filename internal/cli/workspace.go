@@ -126,7 +126,7 @@ func (a *app) wsSyncPush() *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVar(&dest, "dest", "/workspace", "destination directory under /workspace")
+	cmd.Flags().StringVar(&dest, "dest", pyro.WorkspaceDir, "destination directory under /workspace")
 	return cmd
 }
 
@@ -291,7 +291,7 @@ func (a *app) wsReset() *cobra.Command {
 			return a.emit(ws, func(w io.Writer) { printWorkspace(w, ws) })
 		},
 	}
-	cmd.Flags().StringVar(&snapshot, "snapshot", "baseline", "snapshot to restore")
+	cmd.Flags().StringVar(&snapshot, "snapshot", pyro.BaselineSnapshot, "snapshot to restore")
 	return cmd
 }
 

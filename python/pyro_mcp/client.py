@@ -34,6 +34,7 @@ import shutil
 import subprocess
 from typing import Any, Mapping, NoReturn, Optional, Sequence, Union
 
+from . import _defaults
 from .errors import PyroError, UnavailableError, error_from_exit, error_from_payload
 
 __all__ = ["Pyro", "PyroServer", "create_server", "Command", "SecretEnv", "Secrets"]
@@ -255,13 +256,13 @@ class Pyro:
 
     def create_vm(
         self,
-        environment: str = "debian:12",
+        environment: str = _defaults.DEFAULT_ENVIRONMENT,
         *,
-        vcpu_count: int = 1,
-        mem_mib: int = 1024,
+        vcpu_count: int = _defaults.DEFAULT_VCPU_COUNT,
+        mem_mib: int = _defaults.DEFAULT_MEM_MIB,
         ttl_seconds: int = 0,
-        network: bool = False,
-        allow_host_compat: bool = False,
+        network: bool = _defaults.DEFAULT_NETWORK,
+        allow_host_compat: bool = _defaults.DEFAULT_ALLOW_HOST_COMPAT,
     ) -> dict[str, Any]:
         """Record a VM without booting it (``pyro vm create``); boot it with :meth:`start_vm`.
 
@@ -292,7 +293,7 @@ class Pyro:
         """Boot a created or stopped VM and wait until it runs (idempotent)."""
         return self._call(["vm", "start"], [vm_id])
 
-    def exec_vm(self, vm_id: str, *, command: Command, timeout_seconds: int = 30) -> dict[str, Any]:
+    def exec_vm(self, vm_id: str, *, command: Command, timeout_seconds: int = _defaults.DEFAULT_TIMEOUT_SECONDS) -> dict[str, Any]:
         """Run one command in a running VM, then delete the VM (auto-clean).
 
         Args:
@@ -330,15 +331,15 @@ class Pyro:
 
     def run_in_vm(
         self,
-        environment: str = "debian:12",
+        environment: str = _defaults.DEFAULT_ENVIRONMENT,
         command: Optional[Command] = None,
         *,
-        vcpu_count: int = 1,
-        mem_mib: int = 1024,
-        timeout_seconds: int = 30,
+        vcpu_count: int = _defaults.DEFAULT_VCPU_COUNT,
+        mem_mib: int = _defaults.DEFAULT_MEM_MIB,
+        timeout_seconds: int = _defaults.DEFAULT_TIMEOUT_SECONDS,
         ttl_seconds: int = 0,
-        network: bool = False,
-        allow_host_compat: bool = False,
+        network: bool = _defaults.DEFAULT_NETWORK,
+        allow_host_compat: bool = _defaults.DEFAULT_ALLOW_HOST_COMPAT,
     ) -> dict[str, Any]:
         """Boot a fresh VM, run one command in it and delete the VM (``pyro run``).
 
@@ -374,12 +375,12 @@ class Pyro:
 
     def create_workspace(
         self,
-        environment: str = "debian:12",
+        environment: str = _defaults.DEFAULT_ENVIRONMENT,
         *,
-        vcpu_count: int = 1,
-        mem_mib: int = 1024,
-        network: bool = False,
-        allow_host_compat: bool = False,
+        vcpu_count: int = _defaults.DEFAULT_VCPU_COUNT,
+        mem_mib: int = _defaults.DEFAULT_MEM_MIB,
+        network: bool = _defaults.DEFAULT_NETWORK,
+        allow_host_compat: bool = _defaults.DEFAULT_ALLOW_HOST_COMPAT,
         seed_path: Optional[Union[str, "os.PathLike[str]"]] = None,
         secrets: Optional[Secrets] = None,
     ) -> dict[str, Any]:
@@ -416,7 +417,7 @@ class Pyro:
         workspace_id: str,
         source_path: Union[str, "os.PathLike[str]"],
         *,
-        dest: str = "/workspace",
+        dest: str = _defaults.WORKSPACE_DIR,
     ) -> dict[str, Any]:
         """Import a host directory or archive into a started workspace under ``dest``."""
         return self._call(
@@ -451,7 +452,7 @@ class Pyro:
         """Delete one named snapshot (the baseline cannot be deleted)."""
         return self._call(["workspace", "snapshot", "delete"], [workspace_id, snapshot_name])
 
-    def reset_workspace(self, workspace_id: str, *, snapshot: str = "baseline") -> dict[str, Any]:
+    def reset_workspace(self, workspace_id: str, *, snapshot: str = _defaults.BASELINE_SNAPSHOT) -> dict[str, Any]:
         """Recreate the whole sandbox and restore ``/workspace`` from ``snapshot``.
 
         Clears command, shell and service history; secrets are re-materialised.
@@ -463,7 +464,7 @@ class Pyro:
         workspace_id: str,
         *,
         command: Command,
-        timeout_seconds: int = 30,
+        timeout_seconds: int = _defaults.DEFAULT_TIMEOUT_SECONDS,
         secret_env: Optional[SecretEnv] = None,
     ) -> dict[str, Any]:
         """Run a command in the workspace's ``/workspace``; the workspace stays alive.
@@ -502,10 +503,10 @@ class Pyro:
         service_name: str,
         *,
         command: Command,
-        cwd: str = "/workspace",
+        cwd: str = _defaults.WORKSPACE_DIR,
         readiness: Optional[Mapping[str, Any]] = None,
-        ready_timeout_seconds: int = 30,
-        ready_interval_ms: int = 500,
+        ready_timeout_seconds: int = _defaults.DEFAULT_READY_TIMEOUT_SECONDS,
+        ready_interval_ms: int = _defaults.DEFAULT_READY_INTERVAL_MS,
         secret_env: Optional[SecretEnv] = None,
     ) -> dict[str, Any]:
         """Start a named long-running process in a started workspace.
@@ -545,7 +546,7 @@ class Pyro:
         return self._call(["workspace", "service", "status"], [workspace_id, service_name])
 
     def logs_service(
-        self, workspace_id: str, service_name: str, *, tail_lines: int = 200, all: bool = False
+        self, workspace_id: str, service_name: str, *, tail_lines: int = _defaults.DEFAULT_LOG_TAIL_LINES, all: bool = False
     ) -> dict[str, Any]:
         """The tail (or, with ``all=True``, all) of a service's merged stdout/stderr."""
         args = [workspace_id, service_name, f"--tail-lines={int(tail_lines)}"]
@@ -563,9 +564,9 @@ class Pyro:
         self,
         workspace_id: str,
         *,
-        cwd: str = "/workspace",
-        cols: int = 120,
-        rows: int = 30,
+        cwd: str = _defaults.WORKSPACE_DIR,
+        cols: int = _defaults.DEFAULT_SHELL_COLS,
+        rows: int = _defaults.DEFAULT_SHELL_ROWS,
         secret_env: Optional[SecretEnv] = None,
     ) -> dict[str, Any]:
         """Open a persistent PTY shell in a started workspace (``shell_id``, ...)."""
@@ -574,14 +575,14 @@ class Pyro:
         return self._call(["workspace", "shell", "open"], args)
 
     def read_shell(
-        self, workspace_id: str, shell_id: str, *, cursor: int = 0, max_chars: int = 65536
+        self, workspace_id: str, shell_id: str, *, cursor: int = _defaults.DEFAULT_SHELL_CURSOR, max_chars: int = _defaults.DEFAULT_SHELL_MAX_CHARS
     ) -> dict[str, Any]:
         """Read merged shell output from ``cursor``; follow ``next_cursor`` to read on."""
         args = [workspace_id, shell_id, f"--cursor={int(cursor)}", f"--max-chars={int(max_chars)}"]
         return self._call(["workspace", "shell", "read"], args)
 
     def write_shell(
-        self, workspace_id: str, shell_id: str, *, input: str, append_newline: bool = True
+        self, workspace_id: str, shell_id: str, *, input: str, append_newline: bool = _defaults.DEFAULT_APPEND_NEWLINE
     ) -> dict[str, Any]:
         """Type ``input`` into the shell, followed by a newline unless ``append_newline=False``."""
         args = [workspace_id, shell_id, f"--input={input}"]
@@ -590,7 +591,7 @@ class Pyro:
         return self._call(["workspace", "shell", "write"], args)
 
     def signal_shell(
-        self, workspace_id: str, shell_id: str, *, signal_name: str = "INT"
+        self, workspace_id: str, shell_id: str, *, signal_name: str = _defaults.DEFAULT_SHELL_SIGNAL
     ) -> dict[str, Any]:
         """Send a signal (``INT``, ``TERM``, ``HUP``, ``KILL``, ...) to the shell's foreground job."""
         return self._call(
