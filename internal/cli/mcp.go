@@ -16,8 +16,8 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/spf13/cobra"
 
-	"github.com/pyro-mcp/pyro"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/mcpserver"
 )
 
 // tokenEnv names the environment variable holding the HTTP bearer token.
@@ -55,7 +55,10 @@ the token is $` + tokenEnv + `, or a random one printed once on stderr.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c := a.sdk
-			server := pyro.CreateServer(c, pyro.ServerOptions{})
+			server, err := mcpserver.New(c, mcpserver.Options{Version: version()})
+			if err != nil {
+				return err
+			}
 			if httpAddr == "" {
 				if allowRemote {
 					return usageError(cmd, "--allow-remote needs --http ADDR")

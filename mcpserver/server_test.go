@@ -1,31 +1,44 @@
-package pyro
+package mcpserver
 
 import (
 	"context"
 	"encoding/json"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/pyro-mcp/pyro"
 )
 
-// connect runs CreateServer over in-memory transports and returns a real
+// connect runs the server over in-memory transports and returns a real
 // client session.
 func connect(t *testing.T) *mcp.ClientSession {
 	t.Helper()
-	c, err := New(Options{StateDir: t.TempDir(), Binary: "/nonexistent/pyro"})
+	return connectWith(t, Options{}, table, nil)
+}
+
+// connectWith serves tools with opts to a client made with copts.
+func connectWith(t *testing.T, opts Options, tools []tool, copts *mcp.ClientOptions) *mcp.ClientSession {
+	t.Helper()
+	c, err := pyro.New(pyro.Options{StateDir: t.TempDir(), Binary: "/nonexistent/pyro"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
 	st, ct := mcp.NewInMemoryTransports()
-	ss, err := CreateServer(c, ServerOptions{}).Connect(ctx, st, nil)
+	s, err := newServer(c, opts, tools)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ss, err := s.Connect(ctx, st, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = ss.Close() })
-	cs, err := mcp.NewClient(&mcp.Implementation{Name: "test", Version: "1"}, nil).Connect(ctx, ct, nil)
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "test", Version: "1"}, copts).Connect(ctx, ct, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,12 +82,22 @@ func TestMCPToolsMatchContract(t *testing.T) {
 		names = append(names, tool.Name)
 		tools[tool.Name] = tool
 	}
-	want := ToolNames()
-	if len(want) != 32 {
-		t.Fatalf("contract has 32 tools, ToolNames lists %d", len(want))
+	// The public contract's tool list, stated once here, independently of
+	// the table, so that a table typo or a lost row fails.
+	contract := []string{
+		"vm_run",
+		"vm_list_environments", "vm_create", "vm_start", "vm_exec", "vm_stop", "vm_delete", "vm_status", "vm_network_info", "vm_reap_expired",
+		"workspace_create", "workspace_sync_push", "workspace_exec", "workspace_export", "workspace_diff",
+		"snapshot_create", "snapshot_list", "snapshot_delete", "workspace_reset",
+		"service_start", "service_list", "service_status", "service_logs", "service_stop",
+		"shell_open", "shell_read", "shell_write", "shell_signal", "shell_close",
+		"workspace_status", "workspace_logs", "workspace_delete",
+	}
+	if !slices.Equal(ToolNames(), contract) {
+		t.Fatalf("table:\n got %v\nwant %v", ToolNames(), contract)
 	}
 	slices.Sort(names)
-	sorted := slices.Sorted(slices.Values(want))
+	sorted := slices.Sorted(slices.Values(contract))
 	if !slices.Equal(names, sorted) {
 		t.Fatalf("tools:\n got %v\nwant %v", names, sorted)
 	}
@@ -83,6 +106,9 @@ func TestMCPToolsMatchContract(t *testing.T) {
 	}
 
 	for _, tool := range res.Tools {
+		if tool.Title == "" {
+			t.Errorf("%s: no title", tool.Name)
+		}
 		if len(tool.Description) < 40 {
 			t.Errorf("%s: description too short for a model: %q", tool.Name, tool.Description)
 		}
@@ -158,15 +184,56 @@ func TestMCPToolsMatchContract(t *testing.T) {
 func TestMCPInstructions(t *testing.T) {
 	cs := connect(t)
 	ins := cs.InitializeResult().Instructions
-	for _, w := range []string{"vm_run", "workspace_create", "workspace_delete", "secret_env"} {
+	for _, w := range []string{"vm_run", "workspace_create", "workspace_delete", "secret_env", pyro.DefaultEnvironment} {
 		if !strings.Contains(ins, w) {
 			t.Errorf("instructions do not mention %s", w)
 		}
 	}
+	// Every tool-like word in the instructions names a tool of the table
+	// (or a group of them, like service_*), so a renamed tool cannot leave
+	// the model a stale name.
+	prefixes := map[string]bool{}
+	for _, n := range ToolNames() {
+		prefixes[n[:strings.Index(n, "_")+1]] = true
+	}
+	args := map[string]bool{"seed_path": true, "secret_env": true, "exit_code": true, "vcpu_count": true, "mem_mib": true,
+		"timeout_seconds": true, "allow_host_compat": true, "source_path": true, "file_path": true, "output_path": true}
+	for _, w := range regexp.MustCompile(`[a-z]+_[a-z_]*\*?`).FindAllString(ins, -1) {
+		if args[w] || !prefixes[w[:strings.Index(w, "_")+1]] {
+			continue
+		}
+		if strings.HasSuffix(w, "_*") {
+			continue
+		}
+		if !slices.Contains(ToolNames(), w) {
+			t.Errorf("instructions name %q, which is not a tool", w)
+		}
+	}
 }
 
-// call calls a tool and returns the result's first text.
-func call(t *testing.T, cs *mcp.ClientSession, name string, args any) (*mcp.CallToolResult, string) {
+// TestMCPPanicIsToolError: a handler that panics gives an internal tool
+// error and the server answers the next call.
+func TestMCPPanicIsToolError(t *testing.T) {
+	boom := def(tool{name: "boom", title: "Panic", description: "Panics, to test the server's recovery."},
+		func(context.Context, *call, noIn) (snapshotDeleted, string, error) {
+			var m map[string]int
+			m["x"]++ // nil map write: a runtime panic, like a real bug
+			return snapshotDeleted{}, "", nil
+		})
+	cs := connectWith(t, Options{}, append(slices.Clone(table), boom), nil)
+	for range 2 {
+		res, text := callTool(t, cs, "boom", nil)
+		if !res.IsError || !strings.HasPrefix(text, "internal: tool boom failed unexpectedly") || !strings.Contains(text, "hint: ") {
+			t.Fatalf("panic: isError=%v %q", res.IsError, text)
+		}
+		if res, text := callTool(t, cs, "vm_list_environments", nil); res.IsError {
+			t.Fatalf("after a panic: %s", text)
+		}
+	}
+}
+
+// callTool calls a tool and returns the result's first text.
+func callTool(t *testing.T, cs *mcp.ClientSession, name string, args any) (*mcp.CallToolResult, string) {
 	t.Helper()
 	res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: name, Arguments: args})
 	if err != nil {
@@ -201,7 +268,7 @@ func TestMCPToolErrors(t *testing.T) {
 		{"vm_run", map[string]any{}, "invalid_argument: "},
 		{"vm_run", map[string]any{"command": "true", "bogus": 1}, "invalid_argument: "},
 	} {
-		res, text := call(t, cs, c.tool, c.args)
+		res, text := callTool(t, cs, c.tool, c.args)
 		t.Logf("%s %v -> %s", c.tool, c.args, text)
 		if !res.IsError {
 			t.Errorf("%s %v: not a tool error: %s", c.tool, c.args, text)
@@ -214,7 +281,7 @@ func TestMCPToolErrors(t *testing.T) {
 			t.Errorf("%s %v: no hint in %q", c.tool, c.args, text)
 		}
 		// The server keeps working after each error.
-		if res, text := call(t, cs, "vm_list_environments", nil); res.IsError {
+		if res, text := callTool(t, cs, "vm_list_environments", nil); res.IsError {
 			t.Fatalf("after %s: vm_list_environments failed: %s", c.tool, text)
 		}
 	}
@@ -222,7 +289,7 @@ func TestMCPToolErrors(t *testing.T) {
 
 func TestMCPListEnvironments(t *testing.T) {
 	cs := connect(t)
-	res, text := call(t, cs, "vm_list_environments", map[string]any{})
+	res, text := callTool(t, cs, "vm_list_environments", map[string]any{})
 	if res.IsError {
 		t.Fatal(text)
 	}
@@ -250,7 +317,7 @@ func TestMCPListEnvironments(t *testing.T) {
 
 func TestMCPReapEmpty(t *testing.T) {
 	cs := connect(t)
-	res, text := call(t, cs, "vm_reap_expired", nil)
+	res, text := callTool(t, cs, "vm_reap_expired", nil)
 	if res.IsError || !strings.Contains(text, "removed 0") {
 		t.Fatalf("%v %s", res.IsError, text)
 	}

@@ -1,0 +1,195 @@
+// Package mcpserver serves pyro's Go SDK to MCP clients as the contract's
+// tools (vm_run, the vm_* lifecycle tools, workspace, snapshot, service and
+// shell tools). It is its own package so that a Go program using only the
+// SDK never imports the MCP go-sdk or a JSON-schema library.
+//
+// Every tool maps its arguments onto one SDK call; the behaviour lives in
+// the SDK. The tools are one table (tools.go): names, descriptions,
+// annotations, schemas and handlers all come from it.
+//
+// Results: a guest command that fails is a normal result (exit_code,
+// stderr). A tool that cannot do its job (unknown id, bad argument, no
+// guest) returns a tool error (isError) whose text is
+// "category: message (hint: ...)"; the server keeps serving, also when a
+// handler panics.
+//
+// Long calls (vm_run, vm_start, workspace_create, workspace_exec,
+// workspace_reset) send progress notifications when the client passed a
+// progress token; cancelling a call cancels the SDK call, which kills the
+// guest command.
+package mcpserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"strings"
+	"sync"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/pyro-mcp/pyro"
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+)
+
+// Options configure New. The zero value is usable.
+type Options struct {
+	// Version is reported as the server implementation version.
+	Version string
+	// Logger receives the MCP server's own records; nil keeps it silent.
+	Logger *slog.Logger
+}
+
+// instructions tell a model how to choose between the tools. Tool names in
+// it are checked against the table by a test; defaults come from package
+// pyro.
+var instructions = `pyro runs commands in disposable Linux microVMs (real VM isolation, no network unless asked).
+
+How to choose:
+- One-off command (check a fact, run a snippet, try a tool): call vm_run. It boots a fresh VM, runs the command with /bin/sh -c, returns exit_code/stdout/stderr and deletes the VM. Nothing persists between vm_run calls.
+- Multi-step work (edit files, build, test, run a server, iterate): call workspace_create once, then workspace_exec as often as needed. ` + pyro.WorkspaceDir + ` persists across calls; use workspace_sync_push / seed_path to bring host files in, workspace_export to get files out, workspace_diff to see what changed since creation, snapshot_create + workspace_reset to checkpoint and roll back, service_* for long-running processes (dev servers, databases) and shell_* for interactive programs.
+- Always call workspace_delete when you are done with a workspace; it holds a running VM until deleted.
+- Secrets: pass them once to workspace_create (secrets), then expose them per call with secret_env; never put secret values in command strings.
+- A command that exits non-zero is a normal result: read exit_code and stderr. A tool error (isError) means the call itself could not be done; its text starts with the category (not_found, invalid_argument, failed_precondition, already_exists, unavailable, internal) and ends with a hint.
+- vm_create/vm_start/vm_exec are lower-level lifecycle tools; prefer vm_run. Use vm_list_environments to see which environments are installed.
+
+` + fmt.Sprintf("Defaults: environment %s, vcpu_count %d, mem_mib %d, timeout_seconds %d, network %v, allow_host_compat %v.",
+	pyro.DefaultEnvironment, pyro.DefaultVCPUCount, pyro.DefaultMemMiB, pyro.DefaultTimeoutSeconds, pyro.DefaultNetwork, pyro.DefaultAllowHostCompat)
+
+// New returns an MCP server whose tools drive c.
+func New(c *pyro.Client, opts Options) (*mcp.Server, error) {
+	return newServer(c, opts, table)
+}
+
+// ToolNames lists the tools New serves, in table order.
+func ToolNames() []string {
+	names := make([]string, len(table))
+	for i, t := range table {
+		names[i] = t.name
+	}
+	return names
+}
+
+// newServer serves tools; tests pass extra tools.
+func newServer(c *pyro.Client, opts Options, tools []tool) (*mcp.Server, error) {
+	version := opts.Version
+	if version == "" {
+		version = "dev"
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	env := &env{c: c, opts: opts, logger: logger}
+	s := mcp.NewServer(&mcp.Implementation{Name: "pyro", Title: "pyro microVM sandboxes", Version: version}, &mcp.ServerOptions{
+		Instructions: instructions,
+		Logger:       opts.Logger,
+	})
+	s.AddReceivingMiddleware(argumentErrors)
+	for _, t := range tools {
+		t.add(s, env)
+	}
+	return s, nil
+}
+
+// env is what every handler shares: the client and the server's options.
+type env struct {
+	c      *pyro.Client
+	opts   Options
+	logger *slog.Logger
+}
+
+// toolError is what a tool returns when it cannot do its job. Its text
+// leads with the error's category.
+type toolError struct{ err error }
+
+func (e *toolError) Error() string {
+	if errors.Is(e.err, context.Canceled) {
+		return "unavailable: call cancelled: " + e.err.Error()
+	}
+	return errdefs.CategoryName(e.err) + ": " + e.err.Error()
+}
+
+func (e *toolError) Unwrap() error { return e.err }
+
+// argumentErrors rewrites the SDK's own argument-validation failures (wrong
+// types, missing required fields, unknown fields) into the same
+// "invalid_argument: ..." shape as the SDK's errors.
+func argumentErrors(next mcp.MethodHandler) mcp.MethodHandler {
+	return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
+		res, err := next(ctx, method, req)
+		if method != "tools/call" || err != nil {
+			return res, err
+		}
+		r, ok := res.(*mcp.CallToolResult)
+		if !ok || !r.IsError {
+			return res, err
+		}
+		var te *toolError
+		if errors.As(r.GetError(), &te) {
+			return res, err
+		}
+		for _, ct := range r.Content {
+			if tc, ok := ct.(*mcp.TextContent); ok && !strings.HasPrefix(tc.Text, "invalid_argument: ") {
+				tc.Text = "invalid_argument: " + tc.Text + " (hint: check the arguments against the tool's input schema)"
+			}
+		}
+		return r, nil
+	}
+}
+
+// recovered turns a handler's panic into an error, so that one bad call
+// cannot take down the server and every client's session with it. The
+// stack goes to the server's log, not to the model.
+func recovered(logger *slog.Logger, tool string, v any) error {
+	logger.Error("tool handler panicked", "tool", tool, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+	return fmt.Errorf("tool %s failed unexpectedly: %v (hint: this is a bug in pyro; the server keeps running, report it with the server's log)", tool, v)
+}
+
+// progress sends MCP progress notifications when the client asked for
+// them (a progress token on the call); otherwise it does nothing.
+type progress struct {
+	mu    sync.Mutex
+	req   *mcp.CallToolRequest
+	token any
+	n     float64
+}
+
+func newProgress(req *mcp.CallToolRequest) *progress {
+	p := &progress{req: req}
+	if req != nil && req.Params != nil && req.Session != nil {
+		p.token = req.Params.GetProgressToken()
+	}
+	return p
+}
+
+// step reports one step with a message.
+func (p *progress) step(ctx context.Context, format string, args ...any) {
+	if p == nil || p.token == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.n++
+	_ = p.req.Session.NotifyProgress(ctx, &mcp.ProgressNotificationParams{
+		ProgressToken: p.token, Progress: p.n, Message: fmt.Sprintf(format, args...),
+	})
+}
+
+// output returns an OnOutput callback that forwards guest output as
+// progress messages (nil when nobody listens).
+func (p *progress) output(ctx context.Context) func(stream string, b []byte) {
+	if p == nil || p.token == nil {
+		return nil
+	}
+	return func(stream string, b []byte) {
+		const max = 4096
+		s := string(b)
+		if len(s) > max {
+			s = s[:max] + "…"
+		}
+		p.step(ctx, "%s: %s", stream, s)
+	}
+}
