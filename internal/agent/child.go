@@ -2,12 +2,9 @@ package agent
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -40,66 +37,24 @@ func RunChild() {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("component", "pyro-agent")
-	opts := ServeOptions{
+	a := New(Options{
 		Logger:         log,
 		Shutdown:       func() { _ = unix.Kill(1, unix.SIGUSR2) },
 		InitStartedMS:  envInt(envInitStarted),
 		RootReadyMS:    envInt(envRootReady),
 		AgentStartedMS: started,
-	}
-	if n := restoreSecrets(agentapi.SecretsDir); n > 0 {
+	})
+	if n := a.RestoreSecrets(); n > 0 {
 		log.Info("secrets restored", "count", n)
 	}
-	dev, err := findPort(agentapi.PortName, portWait)
+	ln, err := SerialListener(agentapi.PortName, portWait)
 	if err != nil {
 		log.Error("cannot find agent port", "err", err)
 		os.Exit(1)
 	}
-	backoff := 10 * time.Millisecond
-	for {
-		// O_RDWR once per host connection: a second open is EBUSY. Reads
-		// return EOF while no host is connected; then we reopen.
-		f, err := os.OpenFile(dev, os.O_RDWR|unix.O_CLOEXEC, 0)
-		if err != nil {
-			log.Error("open agent port", "dev", dev, "err", err)
-			os.Exit(1)
-		}
-		t0 := time.Now()
-		if err := Serve(context.Background(), f, opts); err != nil {
-			log.Debug("agent session ended", "err", err)
-		}
-		// A session that carried traffic ends when the host disconnects;
-		// reconnect at once. An immediate EOF means no host yet: back off.
-		if time.Since(t0) > time.Second {
-			backoff = 10 * time.Millisecond
-		} else if backoff < 200*time.Millisecond {
-			backoff *= 2
-		}
-		time.Sleep(backoff)
-	}
-}
-
-// findPort returns /dev/<vportXpY> for the virtio-serial port with the given
-// name, waiting up to wait for it to appear.
-func findPort(name string, wait time.Duration) (string, error) {
-	deadline := time.Now().Add(wait)
-	for {
-		matches, _ := filepath.Glob("/sys/class/virtio-ports/*/name")
-		for _, m := range matches {
-			b, err := os.ReadFile(m)
-			if err != nil || strings.TrimSpace(string(b)) != name {
-				continue
-			}
-			dev := "/dev/" + filepath.Base(filepath.Dir(m))
-			if _, err := os.Stat(dev); err == nil {
-				return dev, nil
-			}
-		}
-		if time.Now().After(deadline) {
-			return "", fmt.Errorf("no virtio-serial port named %q after %s", name, wait)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	err = a.ServeListener(context.Background(), ln)
+	log.Error("agent listener failed", "err", err)
+	os.Exit(1)
 }
 
 func envInt(key string) int64 {

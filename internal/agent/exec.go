@@ -20,16 +20,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/redact"
 )
-
-// defaultEnv is the environment every command starts from.
-var defaultEnv = map[string]string{
-	"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-	"HOME": "/root",
-	"LANG": "C.UTF-8",
-	"TERM": "xterm-256color",
-}
 
 // pipeGrace is how long output is still read after the command exits, for
 // background processes that keep its stdout/stderr open. After it the pipes
@@ -38,32 +31,32 @@ const pipeGrace = 250 * time.Millisecond
 
 const maxRequestBytes = 8 << 20
 
-func (s *server) handleExec(w http.ResponseWriter, r *http.Request) {
+func (s *Agent) handleExec(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxRequestBytes+1))
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_argument", "read exec request: %v", err)
+		s.fail(w, errorf(errdefs.ErrInvalidArgument, "read exec request: %v", err))
 		return
 	}
 	if len(body) > maxRequestBytes {
-		writeError(w, http.StatusRequestEntityTooLarge, "invalid_argument", "exec request larger than %d bytes", maxRequestBytes)
+		s.fail(w, errorf(errdefs.ErrInvalidArgument, "exec request larger than %d bytes", maxRequestBytes))
 		return
 	}
 	var req agentapi.ExecRequest
 	if err := json.Unmarshal(body, &req); err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_argument", "decode exec request: %v", err)
+		s.fail(w, errorf(errdefs.ErrInvalidArgument, "decode exec request: %v", err))
 		return
 	}
-	req.Env, err = withSecretEnv(req.Env, req.SecretEnv)
+	req.Env, err = s.secrets.withEnv(req.Env, req.SecretEnv)
 	if err != nil {
-		writeAPIError(w, err)
+		s.fail(w, err)
 		return
 	}
-	p, err := prepare(req)
+	p, err := prepare(req, s.env)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_argument", "%v", err)
+		s.fail(w, errorf(errdefs.ErrInvalidArgument, "%v", err))
 		return
 	}
-	red, _ := agentSecrets.redactor()
+	red, _ := s.secrets.redactor()
 	ew := &eventWriter{w: w, rc: http.NewResponseController(w)}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
@@ -80,7 +73,7 @@ func (s *server) handleExec(w http.ResponseWriter, r *http.Request) {
 	res.Stdout, res.Stderr = red.String(res.Stdout), red.String(res.Stderr)
 	// Whatever the command wrote to /workspace reaches the disk before
 	// the host learns it finished.
-	syncWorkspace()
+	s.syncWorkspace()
 	s.log.Debug("exec done", "argv", red.Strings(p.argv), "exit_code", res.ExitCode, "duration_ms", res.DurationMS)
 	if r.Context().Err() != nil {
 		// The request was abandoned (client gone, or the agent is shutting
@@ -173,7 +166,9 @@ type prepared struct {
 	maxOutput int64
 }
 
-func prepare(req agentapi.ExecRequest) (*prepared, error) {
+// prepare validates req; base is the environment the command starts from,
+// req.Env overrides it.
+func prepare(req agentapi.ExecRequest, base map[string]string) (*prepared, error) {
 	p := &prepared{cwd: req.Cwd, maxOutput: req.MaxOutputBytes}
 	switch {
 	case len(req.Argv) > 0 && req.Shell != "":
@@ -214,8 +209,8 @@ func prepare(req agentapi.ExecRequest) (*prepared, error) {
 	} else if !st.IsDir() {
 		return nil, fmt.Errorf("cwd %q is not a directory", p.cwd)
 	}
-	env := make(map[string]string, len(defaultEnv)+len(req.Env))
-	for k, v := range defaultEnv {
+	env := make(map[string]string, len(base)+len(req.Env))
+	for k, v := range base {
 		env[k] = v
 	}
 	for k, v := range req.Env {

@@ -14,12 +14,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/tarutil"
 )
-
-// workspaceDir is where the workspace disk is mounted; every exec ends with
-// a syncfs of it. A variable for tests.
-var workspaceDir = WorkspaceDir
 
 // syncFS flushes the filesystem holding p to its disk (syncfs), so data
 // written so far survives a kill of the VMM. Errors (p missing) are ignored.
@@ -32,22 +29,22 @@ func syncFS(p string) {
 	_ = unix.Close(fd)
 }
 
-// syncWorkspace is syncFS of /workspace.
-func syncWorkspace() { syncFS(workspaceDir) }
+// syncWorkspace is syncFS of the workspace directory.
+func (s *Agent) syncWorkspace() { syncFS(s.workspaceDir) }
 
 // confined checks, when the request names a "within" directory, that p
 // resolves (symlinks followed, as far as it exists) to within or below it,
 // so that a symlink inside /workspace cannot lead a push or pull out of it.
 // Without followLast, p's last element is taken as it is (a pull archives
 // a symlink as a link, it does not follow it).
-func confined(w http.ResponseWriter, r *http.Request, p string, followLast bool) bool {
+func (s *Agent) confined(w http.ResponseWriter, r *http.Request, p string, followLast bool) bool {
 	within := r.URL.Query().Get("within")
 	if within == "" {
 		return true
 	}
 	root, err := filepath.EvalSymlinks(within)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_argument", "%s: %v", within, err)
+		s.fail(w, errorf(errdefs.ErrInvalidArgument, "%s: %v", within, err))
 		return false
 	}
 	resolved := resolveExisting(p)
@@ -55,7 +52,7 @@ func confined(w http.ResponseWriter, r *http.Request, p string, followLast bool)
 		resolved = filepath.Join(resolveExisting(filepath.Dir(p)), filepath.Base(p))
 	}
 	if resolved != root && !strings.HasPrefix(resolved, root+"/") {
-		writeError(w, http.StatusBadRequest, "invalid_argument", "%s resolves to %s, outside %s", p, resolved, within)
+		s.fail(w, errorf(errdefs.ErrInvalidArgument, "%s resolves to %s, outside %s", p, resolved, within))
 		return false
 	}
 	return true
@@ -77,55 +74,55 @@ func resolveExisting(p string) string {
 }
 
 // absPath validates an absolute path query parameter.
-func absPath(w http.ResponseWriter, r *http.Request, key string) (string, bool) {
+func (s *Agent) absPath(w http.ResponseWriter, r *http.Request, key string) (string, bool) {
 	p := r.URL.Query().Get(key)
 	if p == "" {
-		writeError(w, http.StatusBadRequest, "invalid_argument", "missing %s parameter", key)
+		s.fail(w, errorf(errdefs.ErrInvalidArgument, "missing %s parameter", key))
 		return "", false
 	}
 	if !path.IsAbs(p) {
-		writeError(w, http.StatusBadRequest, "invalid_argument", "%s %q is not an absolute path", key, p)
+		s.fail(w, errorf(errdefs.ErrInvalidArgument, "%s %q is not an absolute path", key, p))
 		return "", false
 	}
 	for i := 0; i < len(p); i++ {
 		if p[i] == 0 {
-			writeError(w, http.StatusBadRequest, "invalid_argument", "%s contains a NUL byte", key)
+			s.fail(w, errorf(errdefs.ErrInvalidArgument, "%s contains a NUL byte", key))
 			return "", false
 		}
 	}
 	return path.Clean(p), true
 }
 
-func (s *server) handleFilesPush(w http.ResponseWriter, r *http.Request) {
-	dest, ok := absPath(w, r, "dest")
-	if ok && !confined(w, r, dest, true) {
+func (s *Agent) handleFilesPush(w http.ResponseWriter, r *http.Request) {
+	dest, ok := s.absPath(w, r, "dest")
+	if ok && !s.confined(w, r, dest, true) {
 		return
 	}
 	if !ok {
 		return
 	}
 	if fi, err := os.Stat(dest); err == nil && !fi.IsDir() {
-		writeError(w, http.StatusBadRequest, "invalid_argument", "dest %s exists and is not a directory", dest)
+		s.fail(w, errorf(errdefs.ErrInvalidArgument, "dest %s exists and is not a directory", dest))
 		return
 	}
 	st, err := tarutil.ExtractTar(r.Body, dest)
 	syncFS(dest)
-	if dest != workspaceDir {
-		syncWorkspace()
+	if dest != s.workspaceDir {
+		s.syncWorkspace()
 	}
 	if err != nil {
-		code, cat := http.StatusInternalServerError, "internal"
+		cat := error(nil)
 		switch {
 		case errors.Is(err, tarutil.ErrUnsafePath), errors.Is(err, tarutil.ErrBadArchive),
 			errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.EISDIR), errors.Is(err, syscall.EEXIST),
 			errors.Is(err, syscall.ENOTEMPTY), errors.Is(err, syscall.ENAMETOOLONG), errors.Is(err, syscall.ELOOP):
-			code, cat = http.StatusBadRequest, "invalid_argument"
+			cat = errdefs.ErrInvalidArgument
 		case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT), errors.Is(err, syscall.EROFS),
 			errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
-			code, cat = http.StatusConflict, "failed_precondition"
+			cat = errdefs.ErrFailedPrecondition
 		}
 		s.log.Debug("files push failed", "dest", dest, "err", err)
-		writeError(w, code, cat, "push into %s (after %d files, %d dirs): %v", dest, st.Files, st.Dirs, err)
+		s.fail(w, categorize(cat, err, "push into %s (after %d files, %d dirs)", dest, st.Files, st.Dirs))
 		return
 	}
 	s.log.Debug("files push", "dest", dest, "files", st.Files, "dirs", st.Dirs, "bytes", st.Bytes)
@@ -151,18 +148,18 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-func (s *server) handleFilesPull(w http.ResponseWriter, r *http.Request) {
-	p, ok := absPath(w, r, "path")
-	if !ok || !confined(w, r, p, false) {
+func (s *Agent) handleFilesPull(w http.ResponseWriter, r *http.Request) {
+	p, ok := s.absPath(w, r, "path")
+	if !ok || !s.confined(w, r, p, false) {
 		return
 	}
 	fi, err := os.Lstat(p)
 	if errors.Is(err, fs.ErrNotExist) {
-		writeError(w, http.StatusNotFound, "not_found", "%s does not exist", p)
+		s.fail(w, errorf(errdefs.ErrNotFound, "%s does not exist", p))
 		return
 	}
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_argument", "%v", err)
+		s.fail(w, errorf(errdefs.ErrInvalidArgument, "%v", err))
 		return
 	}
 	cw := &countingWriter{w: w}
@@ -174,7 +171,7 @@ func (s *server) handleFilesPull(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set(agentapi.HeaderKind, agentapi.KindFile)
 		_, err = tarutil.TarFile(cw, p, filepath.Base(p))
 	default:
-		writeError(w, http.StatusBadRequest, "invalid_argument", "%s is not a regular file, directory or symlink", p)
+		s.fail(w, errorf(errdefs.ErrInvalidArgument, "%s is not a regular file, directory or symlink", p))
 		return
 	}
 	if err == nil && cw.b != nil {
@@ -184,11 +181,11 @@ func (s *server) handleFilesPull(w http.ResponseWriter, r *http.Request) {
 		s.log.Debug("files pull failed", "path", p, "err", err)
 		if cw.b == nil {
 			w.Header().Del(agentapi.HeaderKind)
-			code, cat := http.StatusInternalServerError, "internal"
+			cat := error(nil)
 			if errors.Is(err, fs.ErrNotExist) {
-				code, cat = http.StatusNotFound, "not_found"
+				cat = errdefs.ErrNotFound
 			}
-			writeError(w, code, cat, "pull %s: %v", p, err)
+			s.fail(w, categorize(cat, err, "pull %s", p))
 			return
 		}
 		// Mid-stream: end the response without the tar's end marker.

@@ -84,7 +84,7 @@ func keys(m map[string]string) []string {
 }
 
 func TestFilesPushPull(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	ctx := testCtx(t)
 	dest := filepath.Join(t.TempDir(), "ws", "sub")
 	big := strings.Repeat("0123456789abcdef", 1<<16) // 1 MiB
@@ -193,7 +193,7 @@ func TestFilesPushPull(t *testing.T) {
 }
 
 func TestFilesPushRejectsEscapes(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	ctx := testCtx(t)
 	base := t.TempDir()
 	outside := filepath.Join(base, "outside")
@@ -229,7 +229,7 @@ func TestFilesPushRejectsEscapes(t *testing.T) {
 }
 
 func TestFilesPullErrors(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	ctx := testCtx(t)
 	if _, _, err := c.PullTar(ctx, filepath.Join(t.TempDir(), "missing"), ""); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("missing: %v", err)
@@ -244,16 +244,12 @@ func TestFilesPullErrors(t *testing.T) {
 
 func TestExecSyncsWorkspace(t *testing.T) {
 	// syncWorkspace must tolerate a missing /workspace (host-compat, tests).
-	old := workspaceDir
-	workspaceDir = filepath.Join(t.TempDir(), "missing")
-	t.Cleanup(func() { workspaceDir = old })
-	syncWorkspace()
-	workspaceDir = t.TempDir()
-	syncWorkspace()
+	New(Options{WorkspaceDir: filepath.Join(t.TempDir(), "missing")}).syncWorkspace()
+	New(Options{WorkspaceDir: t.TempDir()}).syncWorkspace()
 }
 
 func TestFilesConfinedWithin(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	ctx := testCtx(t)
 	root := t.TempDir()
 	outside := t.TempDir()

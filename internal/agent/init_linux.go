@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pyro-mcp/pyro/internal/reaper"
 )
 
 // Paths inside the guest.
@@ -91,7 +93,7 @@ func Init() {
 		fatal(err)
 	}
 	env := append(os.Environ(),
-		"PATH="+defaultEnv["PATH"],
+		"PATH="+DefaultPath,
 		envInitStarted+"="+strconv.FormatInt(initStarted, 10),
 		envRootReady+"="+strconv.FormatInt(rootReady, 10),
 	)
@@ -379,50 +381,27 @@ func supervise(sigs chan os.Signal, env []string) {
 			if sig != unix.SIGCHLD {
 				powerOff()
 			}
-			for {
-				var ws unix.WaitStatus
-				pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
-				if pid <= 0 || err != nil {
-					break
+			reaper.Reap(func(pid int, ws unix.WaitStatus) {
+				if pid != childPID {
+					return
 				}
-				if pid == childPID {
-					childPID = 0
-					if time.Since(started) > 10*time.Second {
-						backoff = 100 * time.Millisecond
-					} else if backoff < 5*time.Second {
-						backoff *= 2
-					}
-					consolef("pyro-init: agent exited (%s), restarting in %s\n", describeStatus(ws), backoff)
-					restart = time.After(backoff)
+				childPID = 0
+				if time.Since(started) > 10*time.Second {
+					backoff = 100 * time.Millisecond
+				} else if backoff < 5*time.Second {
+					backoff *= 2
 				}
-			}
+				consolef("pyro-init: agent exited (%s), restarting in %s\n", reaper.Describe(ws), backoff)
+				restart = time.After(backoff)
+			})
 		}
 	}
-}
-
-func describeStatus(ws unix.WaitStatus) string {
-	if ws.Signaled() {
-		return "signal " + unix.SignalName(ws.Signal())
-	}
-	return "exit code " + strconv.Itoa(ws.ExitStatus())
 }
 
 // powerOff kills every process, syncs and reboots; with reboot=t and QEMU's
 // -no-reboot that ends the VM. It never returns.
 func powerOff() {
-	_ = unix.Kill(-1, unix.SIGTERM)
-	deadline := time.Now().Add(time.Second)
-	for time.Now().Before(deadline) {
-		var ws unix.WaitStatus
-		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
-		if errors.Is(err, unix.ECHILD) {
-			break
-		}
-		if pid <= 0 {
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
-	_ = unix.Kill(-1, unix.SIGKILL)
+	reaper.KillAll(time.Second)
 	unix.Sync()
 	err := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
 	consolef("pyro-init: reboot: %v\n", err)

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/names"
 	"github.com/pyro-mcp/pyro/internal/redact"
 )
@@ -22,17 +23,14 @@ import (
 // to redact them from everything it returns) and materialises them as
 // 0400 files on a tmpfs. Values are never logged and never put in errors.
 
-// secretStore is the agent process's secret set. It outlives host
-// connections, like services and shells.
+// secretStore is an agent's secret set. It outlives host connections, like
+// services and shells.
 type secretStore struct {
 	mu     sync.RWMutex
 	values map[string]string
 	red    *redact.Redactor
 	gen    uint64 // bumped on every change
 }
-
-// agentSecrets is the agent process's one secret set.
-var agentSecrets = &secretStore{}
 
 // redactor returns the current redactor (nil: nothing to redact) and the
 // set's generation.
@@ -75,24 +73,24 @@ func (st *secretStore) resolve(mapping map[string]string) (map[string]string, er
 	for _, name := range names {
 		v, ok := st.values[name]
 		if !ok {
-			return nil, errorf("not_found", "unknown secret %q (hint: secrets are set when the workspace is created)", name)
+			return nil, errorf(errdefs.ErrNotFound, "unknown secret %q (hint: secrets are set when the workspace is created)", name)
 		}
 		vr := mapping[name]
 		if vr == "" {
 			vr = name
 		}
 		if strings.ContainsAny(vr, "=\x00") {
-			return nil, errorf("invalid_argument", "invalid environment variable name %q for secret %q", vr, name)
+			return nil, errorf(errdefs.ErrInvalidArgument, "invalid environment variable name %q for secret %q", vr, name)
 		}
 		env[vr] = v
 	}
 	return env, nil
 }
 
-// withSecretEnv returns env with the resolved secret variables added (they
-// win over env).
-func withSecretEnv(env, mapping map[string]string) (map[string]string, error) {
-	sec, err := agentSecrets.resolve(mapping)
+// withEnv returns env with the resolved secret variables added (they win
+// over env).
+func (st *secretStore) withEnv(env, mapping map[string]string) (map[string]string, error) {
+	sec, err := st.resolve(mapping)
 	if err != nil || len(sec) == 0 {
 		return env, err
 	}
@@ -107,43 +105,36 @@ func withSecretEnv(env, mapping map[string]string) (map[string]string, error) {
 }
 
 // redactString redacts s with the current secret set.
-func redactString(s string) string {
-	red, _ := agentSecrets.redactor()
+func (st *secretStore) redactString(s string) string {
+	red, _ := st.redactor()
 	return red.String(s)
 }
 
-func (s *server) secretsDir() string {
-	if s.opts.SecretsDir != "" {
-		return s.opts.SecretsDir
-	}
-	return agentapi.SecretsDir
-}
-
-func (s *server) handleSetSecrets(w http.ResponseWriter, r *http.Request) {
+func (s *Agent) handleSetSecrets(w http.ResponseWriter, r *http.Request) {
 	var req agentapi.SecretsRequest
 	if err := decodeBody(r, &req); err != nil {
 		// A decode error may quote the body: never echo it.
-		writeAPIError(w, errorf("invalid_argument", "decode secrets request: malformed JSON"))
+		s.fail(w, errorf(errdefs.ErrInvalidArgument, "decode secrets request: malformed JSON"))
 		return
 	}
 	set := make([]string, 0, len(req.Secrets))
 	for name, v := range req.Secrets {
 		if !names.IsEnvName(name) {
-			writeAPIError(w, errorf("invalid_argument", "invalid secret name %q: use letters, digits and '_', not starting with a digit", name))
+			s.fail(w, errorf(errdefs.ErrInvalidArgument, "invalid secret name %q: use letters, digits and '_', not starting with a digit", name))
 			return
 		}
 		if v == "" || strings.IndexByte(v, 0) >= 0 {
-			writeAPIError(w, errorf("invalid_argument", "secret %q: the value must be non-empty and contain no NUL byte", name))
+			s.fail(w, errorf(errdefs.ErrInvalidArgument, "secret %q: the value must be non-empty and contain no NUL byte", name))
 			return
 		}
 		set = append(set, name)
 	}
 	sort.Strings(set)
 	// Redact first: from now on nothing returns the values.
-	agentSecrets.set(req.Secrets)
-	dir := s.secretsDir()
+	s.secrets.set(req.Secrets)
+	dir := s.opts.SecretsDir
 	if err := materializeSecrets(dir, req.Secrets, dir == agentapi.SecretsDir); err != nil {
-		writeAPIError(w, errorf("unavailable", "materialise secrets under %s: %v", dir, err))
+		s.fail(w, errorf(errdefs.ErrUnavailable, "materialise secrets under %s: %v", dir, err))
 		return
 	}
 	s.log.Info("secrets set", "count", len(set), "dir", dir)
@@ -223,18 +214,19 @@ func isMountPoint(path string) bool {
 	return st.Dev != pst.Dev
 }
 
-// liveRedactor redacts a byte stream written into w with the agent's
-// current secrets; a secret split across writes is still caught. When the
+// liveRedactor redacts a byte stream written into w with the current
+// secrets of st; a secret split across writes is still caught. When the
 // set changes, the held-back tail is flushed and a new stream starts. Not
 // safe for concurrent use (one copying goroutine).
 type liveRedactor struct {
+	st  *secretStore
 	w   io.Writer
 	gen uint64
 	s   *redact.Stream
 }
 
 func (l *liveRedactor) Write(p []byte) (int, error) {
-	red, gen := agentSecrets.redactor()
+	red, gen := l.st.redactor()
 	if l.s == nil || gen != l.gen {
 		l.Flush()
 		l.s, l.gen = red.Stream(), gen
@@ -257,10 +249,12 @@ func (l *liveRedactor) Flush() {
 	}
 }
 
-// restoreSecrets reloads the secret set from the files in dir, so an agent
-// process that PID 1 restarted keeps resolving and redacting the secrets
-// the host set before. Missing or unreadable files are skipped.
-func restoreSecrets(dir string) int {
+// RestoreSecrets reloads the secret set from the files in the secrets
+// directory, so an agent process that PID 1 restarted keeps resolving and
+// redacting the secrets the host set before. Missing or unreadable files
+// are skipped. It returns how many secrets it loaded.
+func (s *Agent) RestoreSecrets() int {
+	dir := s.opts.SecretsDir
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return 0
@@ -275,7 +269,7 @@ func restoreSecrets(dir string) int {
 		}
 	}
 	if len(values) > 0 {
-		agentSecrets.set(values)
+		s.secrets.set(values)
 	}
 	return len(values)
 }

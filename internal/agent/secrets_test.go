@@ -26,7 +26,6 @@ func setTestSecrets(t *testing.T, c *agentapi.Client, values map[string]string) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { agentSecrets.set(nil) })
 	return res
 }
 
@@ -41,7 +40,7 @@ func noSecret(t *testing.T, what, s string) {
 
 func TestSecretsMaterialised(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "pyro-secrets")
-	c := newTestClient(t, ServeOptions{SecretsDir: dir})
+	c := newTestClient(t, Options{SecretsDir: dir})
 	res := setTestSecrets(t, c, map[string]string{"TOKEN": testSecret, "OTHER": "other-value-1"})
 	if strings.Join(res.Names, ",") != "OTHER,TOKEN" || res.Dir != dir {
 		t.Fatalf("response %+v", res)
@@ -81,7 +80,7 @@ func TestSecretsMaterialised(t *testing.T) {
 
 func TestSecretsExecRedacted(t *testing.T) {
 	dir := t.TempDir()
-	c := newTestClient(t, ServeOptions{SecretsDir: dir})
+	c := newTestClient(t, Options{SecretsDir: dir})
 	setTestSecrets(t, c, map[string]string{"TOKEN": testSecret, "SPLIT": splitSecret})
 	ctx := testCtx(t)
 
@@ -152,7 +151,7 @@ func TestSecretsExecRedacted(t *testing.T) {
 
 func TestSecretsServiceLogsRedacted(t *testing.T) {
 	dir := t.TempDir()
-	c := newTestClient(t, ServeOptions{SecretsDir: dir})
+	c := newTestClient(t, Options{SecretsDir: dir})
 	setTestSecrets(t, c, map[string]string{"TOKEN": testSecret, "SPLIT": splitSecret})
 	stopAfter(t, c, "sec")
 	half := len(splitSecret) / 2
@@ -195,7 +194,7 @@ func TestSecretsServiceLogsRedacted(t *testing.T) {
 
 func TestSecretsShellRedacted(t *testing.T) {
 	dir := t.TempDir()
-	c := newTestClient(t, ServeOptions{SecretsDir: dir})
+	c := newTestClient(t, Options{SecretsDir: dir})
 	setTestSecrets(t, c, map[string]string{"TOKEN": testSecret, "SPLIT": splitSecret})
 	info := openShell(t, c, agentapi.ShellOpenRequest{SecretEnv: map[string]string{"TOKEN": ""}})
 	ctx := testCtx(t)

@@ -1,6 +1,7 @@
 // Package agent is pyro's guest agent: the PID-1 init of a guest (Init), the
 // agent server process it starts (RunChild), and the HTTP API both the guest
-// and host-compat serve over a yamux session (Serve). The wire protocol is
+// and host-compat serve over a yamux session (New(opts).Serve, or
+// ServeListener for a stream of host connections). The wire protocol is
 // documented in internal/agentapi.
 package agent
 
@@ -25,15 +26,18 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/errdefs"
 )
 
-// ServeOptions configures Serve.
-type ServeOptions struct {
+// Options configures an Agent. Everything an agent keeps across host
+// connections (services, shells, secrets) lives in the Agent that New
+// builds from them, never in package variables.
+type Options struct {
 	// Logger receives the agent's own diagnostics; nil discards them.
 	Logger *slog.Logger
 	// Shutdown is called (once per request, after the reply is sent) when
 	// the host asks the guest to power off. Nil makes /v1/shutdown reply
-	// with 501-like failed_precondition.
+	// failed_precondition.
 	Shutdown func()
 	// Version is reported as agent_version; empty means the build info.
 	Version string
@@ -43,17 +47,70 @@ type ServeOptions struct {
 	// agentapi.SecretsDir, which gets a tmpfs of its own. Another directory
 	// (tests) is used as is.
 	SecretsDir string
+	// WorkspaceDir is synced (syncfs) after every exec and push, and is
+	// the default cwd of services and shells when it exists; empty means
+	// WorkspaceDir.
+	WorkspaceDir string
+	// Env is the environment every command starts from; nil means
+	// DefaultEnv().
+	Env map[string]string
 }
 
-// Serve runs a yamux server session over conn and serves the agent HTTP API
-// on its streams until conn fails, the peer goes away, or ctx ends. It
-// closes conn before returning. The end of the peer's session is not an
-// error.
-func Serve(ctx context.Context, conn io.ReadWriteCloser, opts ServeOptions) error {
-	log := opts.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+// DefaultEnv is the environment commands start from unless Options.Env
+// says otherwise.
+func DefaultEnv() map[string]string {
+	return map[string]string{
+		"PATH": DefaultPath,
+		"HOME": "/root",
+		"LANG": "C.UTF-8",
+		"TERM": "xterm-256color",
 	}
+}
+
+// DefaultPath is PATH in DefaultEnv, and init's own PATH.
+const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// Agent serves the agent API. One Agent lives as long as its process; the
+// host may connect many times (Serve per connection, or ServeListener),
+// and services, shells and secrets outlive each connection.
+type Agent struct {
+	opts         Options
+	log          *slog.Logger
+	env          map[string]string
+	workspaceDir string
+	secrets      *secretStore
+	services     *serviceManager
+	shells       *shellManager
+	handler      http.Handler
+}
+
+// New builds an agent from opts.
+func New(opts Options) *Agent {
+	a := &Agent{opts: opts, log: opts.Logger, env: opts.Env, workspaceDir: opts.WorkspaceDir}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	if a.env == nil {
+		a.env = DefaultEnv()
+	}
+	if a.workspaceDir == "" {
+		a.workspaceDir = WorkspaceDir
+	}
+	if a.opts.SecretsDir == "" {
+		a.opts.SecretsDir = agentapi.SecretsDir
+	}
+	a.secrets = &secretStore{}
+	a.services = &serviceManager{a: a, svcs: map[string]*service{}}
+	a.shells = &shellManager{a: a, shells: map[string]*shell{}}
+	a.handler = a.routes()
+	return a
+}
+
+// Serve runs a yamux server session over conn and serves the agent HTTP
+// API on its streams until conn fails, the peer goes away, or ctx ends. It
+// closes conn before returning. The end of the peer's session is not an
+// error. Calls may overlap (each connection is its own session).
+func (s *Agent) Serve(ctx context.Context, conn io.ReadWriteCloser) error {
 	cfg := yamux.DefaultConfig()
 	cfg.LogOutput = io.Discard
 	// The guest never writes unprompted: a write while no host is connected
@@ -66,11 +123,10 @@ func Serve(ctx context.Context, conn io.ReadWriteCloser, opts ServeOptions) erro
 		_ = conn.Close()
 		return fmt.Errorf("start yamux server: %w", err)
 	}
-	s := &server{opts: opts, log: log}
 	srv := &http.Server{
-		Handler:           s.routes(),
+		Handler:           s.handler,
 		ReadHeaderTimeout: 30 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		BaseContext:       func(_ net.Listener) context.Context { return ctx },
 	}
 	stop := context.AfterFunc(ctx, func() {
@@ -91,27 +147,20 @@ func Serve(ctx context.Context, conn io.ReadWriteCloser, opts ServeOptions) erro
 	return fmt.Errorf("serve agent api: %w", err)
 }
 
-type server struct {
-	opts     ServeOptions
-	log      *slog.Logger
-	services *serviceManager // shared by all sessions of the agent process
-	shells   *shellManager   // shared by all sessions of the agent process
-}
-
-func (s *server) routes() http.Handler {
+func (s *Agent) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+agentapi.PathHealth, s.handleHealth)
 	mux.HandleFunc("POST "+agentapi.PathExec, s.handleExec)
 	mux.HandleFunc("POST "+agentapi.PathShutdown, s.handleShutdown)
 	mux.HandleFunc("POST "+agentapi.PathSecrets, s.handleSetSecrets)
-	s.serviceRoutes(mux)
-	s.shellRoutes(mux)
+	s.services.routes(mux)
+	s.shells.routes(mux)
 	mux.HandleFunc("POST "+agentapi.PathFilesPush, s.handleFilesPush)
 	mux.HandleFunc("GET "+agentapi.PathFilesPull, s.handleFilesPull)
 	return mux
 }
 
-func (s *server) handleHealth(w http.ResponseWriter, _ *http.Request) {
+func (s *Agent) handleHealth(w http.ResponseWriter, _ *http.Request) {
 	h := agentapi.Health{
 		AgentVersion:   s.opts.Version,
 		VCPUs:          runtime.NumCPU(),
@@ -131,9 +180,9 @@ func (s *server) handleHealth(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, h)
 }
 
-func (s *server) handleShutdown(w http.ResponseWriter, _ *http.Request) {
+func (s *Agent) handleShutdown(w http.ResponseWriter, _ *http.Request) {
 	if s.opts.Shutdown == nil {
-		writeError(w, http.StatusConflict, "failed_precondition", "this agent cannot power off its host")
+		s.fail(w, errorf(errdefs.ErrFailedPrecondition, "this agent cannot power off its host"))
 		return
 	}
 	writeJSON(w, http.StatusOK, agentapi.ShutdownResponse{OK: true})
@@ -151,10 +200,27 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// writeError replies with an error; secret values in the message are
-// redacted.
-func writeError(w http.ResponseWriter, code int, category, format string, args ...any) {
-	writeJSON(w, code, agentapi.ErrorResponse{Error: redactString(fmt.Sprintf(format, args...)), Category: category})
+// fail replies with err: its errdefs category gives the wire name and
+// the HTTP status; secret values in the message are redacted.
+func (s *Agent) fail(w http.ResponseWriter, err error) {
+	writeJSON(w, errdefs.HTTPStatus(err), agentapi.ErrorResponse{
+		Error:    s.secrets.redactString(err.Error()),
+		Category: errdefs.CategoryName(err),
+	})
+}
+
+// errorf is an error of an errdefs category (errdefs.ErrNotFound...).
+func errorf(category error, format string, args ...any) error {
+	return errdefs.New(category, "", format, args...)
+}
+
+// categorize wraps err with a message and, when category is not nil, that
+// category; without one, err keeps whatever category it has.
+func categorize(category, err error, format string, args ...any) error {
+	if category == nil {
+		return fmt.Errorf(format+": %w", append(args, err)...)
+	}
+	return errdefs.Wrap(category, err, "", format, args...)
 }
 
 // buildVersion is the module version plus VCS revision of this binary.

@@ -22,16 +22,17 @@ import (
 
 // newTestClient serves the agent API over in-memory pipes and returns a
 // real client for it.
-func newTestClient(t *testing.T, opts ServeOptions) *agentapi.Client {
+func newTestClient(t *testing.T, opts Options) *agentapi.Client {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
+	a := New(opts)
 	c := agentapi.NewClient(func(context.Context) (net.Conn, error) {
 		host, guest := net.Pipe()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_ = Serve(ctx, guest, opts)
+			_ = a.Serve(ctx, guest)
 		}()
 		return host, nil
 	})
@@ -50,7 +51,7 @@ func testCtx(t *testing.T) context.Context {
 }
 
 func TestHealth(t *testing.T) {
-	c := newTestClient(t, ServeOptions{Version: "test-1", AgentStartedMS: 7})
+	c := newTestClient(t, Options{Version: "test-1", AgentStartedMS: 7})
 	h, err := c.WaitReady(testCtx(t))
 	if err != nil {
 		t.Fatal(err)
@@ -61,7 +62,7 @@ func TestHealth(t *testing.T) {
 }
 
 func TestExecArgvAndShell(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	ctx := testCtx(t)
 	res, err := c.Exec(ctx, agentapi.ExecRequest{Argv: []string{"echo", "hello", "world"}}, nil)
 	if err != nil {
@@ -83,7 +84,7 @@ func TestExecArgvAndShell(t *testing.T) {
 }
 
 func TestExecStreamsOutput(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	var mu sync.Mutex
 	got := map[string]string{}
 	var firstAt time.Time
@@ -110,7 +111,7 @@ func TestExecStreamsOutput(t *testing.T) {
 }
 
 func TestExecEnvAndCwd(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	dir := t.TempDir()
 	res, err := c.Exec(testCtx(t), agentapi.ExecRequest{
 		Shell: `echo "$FOO|$HOME|$LANG|$(pwd)"`,
@@ -131,7 +132,7 @@ func TestExecEnvAndCwd(t *testing.T) {
 }
 
 func TestExecNotFound(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	res, err := c.Exec(testCtx(t), agentapi.ExecRequest{Argv: []string{"pyro-no-such-command"}}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -155,7 +156,7 @@ func TestExecNotFound(t *testing.T) {
 }
 
 func TestExecBadRequest(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	for name, req := range map[string]agentapi.ExecRequest{
 		"empty":       {},
 		"both":        {Argv: []string{"true"}, Shell: "true"},
@@ -172,7 +173,7 @@ func TestExecBadRequest(t *testing.T) {
 }
 
 func TestExecTruncation(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	var streamed atomic.Int64
 	res, err := c.Exec(testCtx(t), agentapi.ExecRequest{
 		Shell:          "head -c 100000 /dev/zero; echo short >&2",
@@ -230,7 +231,7 @@ func readPID(t *testing.T, path string) int {
 }
 
 func TestExecTimeoutKillsGroup(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	pidFile := filepath.Join(t.TempDir(), "pid")
 	start := time.Now()
 	res, err := c.Exec(testCtx(t), agentapi.ExecRequest{
@@ -250,7 +251,7 @@ func TestExecTimeoutKillsGroup(t *testing.T) {
 }
 
 func TestExecCancelKillsProcess(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	pidFile := filepath.Join(t.TempDir(), "pid")
 	ctx, cancel := context.WithCancel(testCtx(t))
 	errc := make(chan error, 1)
@@ -273,7 +274,7 @@ func TestExecCancelKillsProcess(t *testing.T) {
 }
 
 func TestExecBackgroundHoldsPipe(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	pidFile := filepath.Join(t.TempDir(), "pid")
 	start := time.Now()
 	res, err := c.Exec(testCtx(t), agentapi.ExecRequest{Shell: "sleep 30 & echo $! > " + pidFile + "; echo done"}, nil)
@@ -290,7 +291,7 @@ func TestExecBackgroundHoldsPipe(t *testing.T) {
 }
 
 func TestExecSignal(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	res, err := c.Exec(testCtx(t), agentapi.ExecRequest{Shell: "kill -TERM $$"}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -301,7 +302,7 @@ func TestExecSignal(t *testing.T) {
 }
 
 func TestConcurrentExec(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	var wg sync.WaitGroup
 	for i := 0; i < 8; i++ {
 		wg.Add(1)
@@ -318,7 +319,7 @@ func TestConcurrentExec(t *testing.T) {
 
 func TestShutdown(t *testing.T) {
 	called := make(chan struct{}, 1)
-	c := newTestClient(t, ServeOptions{Shutdown: func() { called <- struct{}{} }})
+	c := newTestClient(t, Options{Shutdown: func() { called <- struct{}{} }})
 	if err := c.Shutdown(testCtx(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -327,7 +328,7 @@ func TestShutdown(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("shutdown hook not called")
 	}
-	c2 := newTestClient(t, ServeOptions{})
+	c2 := newTestClient(t, Options{})
 	if err := c2.Shutdown(testCtx(t)); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Fatalf("without hook: got %v", err)
 	}
@@ -351,9 +352,10 @@ func TestUnavailable(t *testing.T) {
 func TestServerGoneMidExec(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	a := New(Options{})
 	c := agentapi.NewClient(func(context.Context) (net.Conn, error) {
 		host, guest := net.Pipe()
-		go func() { _ = Serve(ctx, guest, ServeOptions{}) }()
+		go func() { _ = a.Serve(ctx, guest) }()
 		return host, nil
 	})
 	defer c.Close()
@@ -396,5 +398,46 @@ func TestRtentryLayout(t *testing.T) {
 	}
 	if o := unsafe.Offsetof(rt.dev); o != 88 {
 		t.Fatalf("offsetof(rt_dev) = %d, want 88", o)
+	}
+}
+
+// One Agent serves host connection after host connection from a listener,
+// and what a connection set (here a secret) is still there for the next:
+// state lives in the Agent, not in a connection or a package variable.
+func TestServeListenerKeepsStateAcrossConnections(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := New(Options{SecretsDir: t.TempDir()})
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- a.ServeListener(ctx, NetListener(ln)) }()
+	dial := func() *agentapi.Client {
+		return agentapi.NewClient(func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		})
+	}
+	c1 := dial()
+	if _, err := c1.SetSecrets(testCtx(t), map[string]string{"TOKEN": "listener-secret-1"}); err != nil {
+		t.Fatal(err)
+	}
+	c1.Close()
+	c2 := dial()
+	defer c2.Close()
+	res, err := c2.Exec(testCtx(t), agentapi.ExecRequest{Shell: `echo "$TOKEN"`, SecretEnv: map[string]string{"TOKEN": ""}}, nil)
+	if err != nil || res.Stdout != "[REDACTED]\n" {
+		t.Fatalf("second connection: %+v %v", res, err)
+	}
+	// A second agent has its own, empty, secret set.
+	c3 := newTestClient(t, Options{})
+	if _, err := c3.Exec(testCtx(t), agentapi.ExecRequest{Argv: []string{"true"}, SecretEnv: map[string]string{"TOKEN": ""}}, nil); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("another agent sees the secret: %v", err)
+	}
+	cancel()
+	if err := <-served; !errors.Is(err, context.Canceled) {
+		t.Fatalf("ServeListener: %v", err)
 	}
 }

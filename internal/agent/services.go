@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/names"
 )
 
@@ -44,45 +45,12 @@ const (
 )
 
 // defaultWorkDir is the cwd of services and shells when the request leaves
-// it empty: /workspace when it exists, else /.
-func defaultWorkDir() string {
-	if st, err := os.Stat("/workspace"); err == nil && st.IsDir() {
-		return "/workspace"
+// it empty: the workspace directory when it exists, else /.
+func (s *Agent) defaultWorkDir() string {
+	if st, err := os.Stat(s.workspaceDir); err == nil && st.IsDir() {
+		return s.workspaceDir
 	}
 	return "/"
-}
-
-// apiError is a request error with its category name.
-type apiError struct {
-	code     int
-	category string
-	msg      string
-}
-
-func (e *apiError) Error() string { return e.msg }
-
-func errorf(category, format string, args ...any) *apiError {
-	code := http.StatusInternalServerError
-	switch category {
-	case "invalid_argument":
-		code = http.StatusBadRequest
-	case "not_found":
-		code = http.StatusNotFound
-	case "already_exists", "failed_precondition":
-		code = http.StatusConflict
-	case "unavailable":
-		code = http.StatusServiceUnavailable
-	}
-	return &apiError{code: code, category: category, msg: fmt.Sprintf(format, args...)}
-}
-
-func writeAPIError(w http.ResponseWriter, err error) {
-	var ae *apiError
-	if errors.As(err, &ae) {
-		writeError(w, ae.code, ae.category, "%s", ae.msg)
-		return
-	}
-	writeError(w, http.StatusInternalServerError, "unavailable", "%v", err)
 }
 
 // decodeBody reads a bounded JSON request body into v. An empty body
@@ -90,29 +58,29 @@ func writeAPIError(w http.ResponseWriter, err error) {
 func decodeBody(r *http.Request, v any) error {
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxRequestBytes+1))
 	if err != nil {
-		return errorf("invalid_argument", "read request: %v", err)
+		return errorf(errdefs.ErrInvalidArgument, "read request: %v", err)
 	}
 	if len(body) > maxRequestBytes {
-		return errorf("invalid_argument", "request larger than %d bytes", maxRequestBytes)
+		return errorf(errdefs.ErrInvalidArgument, "request larger than %d bytes", maxRequestBytes)
 	}
 	if len(bytes.TrimSpace(body)) == 0 {
 		return nil
 	}
 	if err := json.Unmarshal(body, v); err != nil {
-		return errorf("invalid_argument", "decode request: %v", err)
+		return errorf(errdefs.ErrInvalidArgument, "decode request: %v", err)
 	}
 	return nil
 }
 
+// serviceManager is an agent's service table.
 type serviceManager struct {
+	a    *Agent
 	mu   sync.Mutex
 	svcs map[string]*service
 }
 
-// agentServices is the agent process's one service table.
-var agentServices = &serviceManager{svcs: map[string]*service{}}
-
 type service struct {
+	secrets   *secretStore // redacts what status reports
 	name      string
 	argv      []string
 	cwd       string
@@ -159,7 +127,7 @@ func (sv *service) status() agentapi.ServiceStatus {
 		c := *sv.exitCode
 		st.ExitCode = &c
 	}
-	if red, _ := agentSecrets.redactor(); !red.Empty() {
+	if red, _ := sv.secrets.redactor(); !red.Empty() {
 		st.Argv = red.Strings(st.Argv)
 		st.LastProbeError, st.Error = red.String(st.LastProbeError), red.String(st.Error)
 	}
@@ -184,12 +152,8 @@ func (sv *service) active() bool {
 	return false
 }
 
-// serviceRoutes registers the service endpoints.
-func (s *server) serviceRoutes(mux *http.ServeMux) {
-	if s.services == nil {
-		s.services = agentServices
-	}
-	m := s.services
+// routes registers the service endpoints.
+func (m *serviceManager) routes(mux *http.ServeMux) {
 	mux.HandleFunc("POST "+agentapi.PathServices, m.handleStart)
 	mux.HandleFunc("GET "+agentapi.PathServices, m.handleList)
 	mux.HandleFunc("POST "+agentapi.PathServicesReset, m.handleReset)
@@ -203,7 +167,7 @@ func (m *serviceManager) get(name string) (*service, error) {
 	defer m.mu.Unlock()
 	sv := m.svcs[name]
 	if sv == nil {
-		return nil, errorf("not_found", "no service named %q", name)
+		return nil, errorf(errdefs.ErrNotFound, "no service named %q", name)
 	}
 	return sv, nil
 }
@@ -226,7 +190,7 @@ func (m *serviceManager) handleList(w http.ResponseWriter, _ *http.Request) {
 func (m *serviceManager) handleStatus(w http.ResponseWriter, r *http.Request) {
 	sv, err := m.get(r.PathValue("name"))
 	if err != nil {
-		writeAPIError(w, err)
+		m.a.fail(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, sv.status())
@@ -235,7 +199,7 @@ func (m *serviceManager) handleStatus(w http.ResponseWriter, r *http.Request) {
 func (m *serviceManager) handleLogs(w http.ResponseWriter, r *http.Request) {
 	sv, err := m.get(r.PathValue("name"))
 	if err != nil {
-		writeAPIError(w, err)
+		m.a.fail(w, err)
 		return
 	}
 	q := r.URL.Query()
@@ -243,7 +207,7 @@ func (m *serviceManager) handleLogs(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("tail_lines"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 0 {
-			writeAPIError(w, errorf("invalid_argument", "tail_lines %q is not a non-negative integer", v))
+			m.a.fail(w, errorf(errdefs.ErrInvalidArgument, "tail_lines %q is not a non-negative integer", v))
 			return
 		}
 		if n > 0 {
@@ -254,7 +218,7 @@ func (m *serviceManager) handleLogs(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("all"); v != "" {
 		all, err = strconv.ParseBool(v)
 		if err != nil {
-			writeAPIError(w, errorf("invalid_argument", "all %q is not a boolean", v))
+			m.a.fail(w, errorf(errdefs.ErrInvalidArgument, "all %q is not a boolean", v))
 			return
 		}
 	}
@@ -297,7 +261,7 @@ func logLines(b *outBuf, tail int) ([]string, bool) {
 func (m *serviceManager) handleStop(w http.ResponseWriter, r *http.Request) {
 	sv, err := m.get(r.PathValue("name"))
 	if err != nil {
-		writeAPIError(w, err)
+		m.a.fail(w, err)
 		return
 	}
 	sv.stop(time.Duration(agentapi.ServiceStopGraceMS)*time.Millisecond, agentapi.ServiceStopped, "")
@@ -339,13 +303,13 @@ type startOptions struct {
 	interval  time.Duration
 }
 
-func validateStart(req agentapi.ServiceStartRequest) (*startOptions, error) {
+func (m *serviceManager) validateStart(req agentapi.ServiceStartRequest) (*startOptions, error) {
 	if !names.IsIdentifier(req.Name) {
-		return nil, errorf("invalid_argument", "invalid service name %q: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit", req.Name)
+		return nil, errorf(errdefs.ErrInvalidArgument, "invalid service name %q: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit", req.Name)
 	}
 	o := &startOptions{name: req.Name}
 	if req.ReadyTimeoutMS < 0 || req.ReadyIntervalMS < 0 {
-		return nil, errorf("invalid_argument", "ready_timeout_ms and ready_interval_ms must not be negative")
+		return nil, errorf(errdefs.ErrInvalidArgument, "ready_timeout_ms and ready_interval_ms must not be negative")
 	}
 	o.timeout = time.Duration(req.ReadyTimeoutMS) * time.Millisecond
 	if o.timeout == 0 {
@@ -358,15 +322,15 @@ func validateStart(req agentapi.ServiceStartRequest) (*startOptions, error) {
 	o.interval = max(o.interval, minProbeInterval)
 	cwd := req.Cwd
 	if cwd == "" {
-		cwd = defaultWorkDir()
+		cwd = m.a.defaultWorkDir()
 	}
-	env, err := withSecretEnv(req.Env, req.SecretEnv)
+	env, err := m.a.secrets.withEnv(req.Env, req.SecretEnv)
 	if err != nil {
 		return nil, err
 	}
-	p, err := prepare(agentapi.ExecRequest{Argv: req.Argv, Shell: req.Shell, Env: env, Cwd: cwd})
+	p, err := prepare(agentapi.ExecRequest{Argv: req.Argv, Shell: req.Shell, Env: env, Cwd: cwd}, m.a.env)
 	if err != nil {
-		return nil, errorf("invalid_argument", "service %q: %v", req.Name, err)
+		return nil, errorf(errdefs.ErrInvalidArgument, "service %q: %v", req.Name, err)
 	}
 	o.p = p
 	if req.Readiness != nil {
@@ -379,9 +343,9 @@ func validateStart(req agentapi.ServiceStartRequest) (*startOptions, error) {
 	path, err := lookPath(p.argv[0], p.path, p.cwd)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, errorf("failed_precondition", "service %q: %s: command not found", req.Name, p.argv[0])
+			return nil, errorf(errdefs.ErrFailedPrecondition, "service %q: %s: command not found", req.Name, p.argv[0])
 		}
-		return nil, errorf("failed_precondition", "service %q: %s: cannot execute: %v", req.Name, p.argv[0], err)
+		return nil, errorf(errdefs.ErrFailedPrecondition, "service %q: %s: cannot execute: %v", req.Name, p.argv[0], err)
 	}
 	o.path = path
 	return o, nil
@@ -391,11 +355,11 @@ func validateReadiness(rd agentapi.ServiceReadiness) (*agentapi.ServiceReadiness
 	switch rd.Type {
 	case agentapi.ProbeFile:
 		if rd.Path == "" {
-			return nil, errorf("invalid_argument", "file readiness probe needs a path")
+			return nil, errorf(errdefs.ErrInvalidArgument, "file readiness probe needs a path")
 		}
 	case agentapi.ProbeTCP:
 		if rd.Address == "" {
-			return nil, errorf("invalid_argument", "tcp readiness probe needs an address (host:port)")
+			return nil, errorf(errdefs.ErrInvalidArgument, "tcp readiness probe needs an address (host:port)")
 		}
 		addr := rd.Address
 		if _, err := strconv.ParseUint(addr, 10, 16); err == nil {
@@ -404,28 +368,28 @@ func validateReadiness(rd agentapi.ServiceReadiness) (*agentapi.ServiceReadiness
 			addr = "127.0.0.1" + addr
 		}
 		if _, _, err := net.SplitHostPort(addr); err != nil {
-			return nil, errorf("invalid_argument", "tcp readiness probe address %q: %v", rd.Address, err)
+			return nil, errorf(errdefs.ErrInvalidArgument, "tcp readiness probe address %q: %v", rd.Address, err)
 		}
 		rd.Address = addr
 	case agentapi.ProbeHTTP:
 		u, err := url.Parse(rd.URL)
 		if rd.URL == "" || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, errorf("invalid_argument", "http readiness probe needs an http:// or https:// url, got %q", rd.URL)
+			return nil, errorf(errdefs.ErrInvalidArgument, "http readiness probe needs an http:// or https:// url, got %q", rd.URL)
 		}
 		if rd.ExpectStatus != 0 && (rd.ExpectStatus < 100 || rd.ExpectStatus > 599) {
-			return nil, errorf("invalid_argument", "http readiness probe expect_status %d is not an HTTP status", rd.ExpectStatus)
+			return nil, errorf(errdefs.ErrInvalidArgument, "http readiness probe expect_status %d is not an HTTP status", rd.ExpectStatus)
 		}
 	case agentapi.ProbeCommand:
 		if strings.TrimSpace(rd.Command) == "" {
-			return nil, errorf("invalid_argument", "command readiness probe needs a command")
+			return nil, errorf(errdefs.ErrInvalidArgument, "command readiness probe needs a command")
 		}
 		if strings.IndexByte(rd.Command, 0) >= 0 {
-			return nil, errorf("invalid_argument", "command readiness probe contains a NUL byte")
+			return nil, errorf(errdefs.ErrInvalidArgument, "command readiness probe contains a NUL byte")
 		}
 	case "":
-		return nil, errorf("invalid_argument", "readiness probe needs a type: file, tcp, http or command")
+		return nil, errorf(errdefs.ErrInvalidArgument, "readiness probe needs a type: file, tcp, http or command")
 	default:
-		return nil, errorf("invalid_argument", "unknown readiness probe type %q: use file, tcp, http or command", rd.Type)
+		return nil, errorf(errdefs.ErrInvalidArgument, "unknown readiness probe type %q: use file, tcp, http or command", rd.Type)
 	}
 	return &rd, nil
 }
@@ -433,23 +397,24 @@ func validateReadiness(rd agentapi.ServiceReadiness) (*agentapi.ServiceReadiness
 func (m *serviceManager) handleStart(w http.ResponseWriter, r *http.Request) {
 	var req agentapi.ServiceStartRequest
 	if err := decodeBody(r, &req); err != nil {
-		writeAPIError(w, err)
+		m.a.fail(w, err)
 		return
 	}
 	st, err := m.start(r.Context(), req)
 	if err != nil {
-		writeAPIError(w, err)
+		m.a.fail(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, st)
 }
 
 func (m *serviceManager) start(ctx context.Context, req agentapi.ServiceStartRequest) (agentapi.ServiceStatus, error) {
-	o, err := validateStart(req)
+	o, err := m.validateStart(req)
 	if err != nil {
 		return agentapi.ServiceStatus{}, err
 	}
 	sv := &service{
+		secrets:   m.a.secrets,
 		name:      o.name,
 		argv:      o.p.argv,
 		cwd:       o.p.cwd,
@@ -463,7 +428,7 @@ func (m *serviceManager) start(ctx context.Context, req agentapi.ServiceStartReq
 	m.mu.Lock()
 	if old := m.svcs[o.name]; old != nil && old.active() {
 		m.mu.Unlock()
-		return agentapi.ServiceStatus{}, errorf("already_exists", "service %q is already running (hint: stop it first or pick another name)", o.name)
+		return agentapi.ServiceStatus{}, errorf(errdefs.ErrAlreadyExists, "service %q is already running (hint: stop it first or pick another name)", o.name)
 	}
 	m.svcs[o.name] = sv
 	m.mu.Unlock()
@@ -478,7 +443,7 @@ func (m *serviceManager) start(ctx context.Context, req agentapi.ServiceStartReq
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		release()
-		return agentapi.ServiceStatus{}, errorf("unavailable", "service %q: create pipe: %v", o.name, err)
+		return agentapi.ServiceStatus{}, errorf(errdefs.ErrUnavailable, "service %q: create pipe: %v", o.name, err)
 	}
 	cmd := &exec.Cmd{
 		Path:        o.path,
@@ -495,7 +460,7 @@ func (m *serviceManager) start(ctx context.Context, req agentapi.ServiceStartReq
 	if err != nil {
 		pr.Close()
 		release()
-		return agentapi.ServiceStatus{}, errorf("failed_precondition", "service %q: start %s: %v", o.name, o.p.argv[0], err)
+		return agentapi.ServiceStatus{}, errorf(errdefs.ErrFailedPrecondition, "service %q: start %s: %v", o.name, o.p.argv[0], err)
 	}
 	sv.mu.Lock()
 	sv.pid = cmd.Process.Pid
@@ -505,7 +470,7 @@ func (m *serviceManager) start(ctx context.Context, req agentapi.ServiceStartReq
 	sv.mu.Unlock()
 	go func() {
 		// Secret values never reach the log, even split across writes.
-		lr := &liveRedactor{w: sv.log}
+		lr := &liveRedactor{st: sv.secrets, w: sv.log}
 		_, _ = io.Copy(lr, pr)
 		lr.Flush()
 		pr.Close()
@@ -577,7 +542,7 @@ func (sv *service) waitReady(ctx context.Context, o *startOptions) (agentapi.Ser
 		} else {
 			full += "; the service printed nothing"
 		}
-		return sv.status(), errorf("failed_precondition", "%s", full)
+		return sv.status(), errorf(errdefs.ErrFailedPrecondition, "%s", full)
 	}
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -586,7 +551,7 @@ func (sv *service) waitReady(ctx context.Context, o *startOptions) (agentapi.Ser
 		case <-sv.done:
 			st := sv.status()
 			if st.State == agentapi.ServiceStopped {
-				return st, errorf("failed_precondition", "service %q was stopped before it became ready", sv.name)
+				return st, errorf(errdefs.ErrFailedPrecondition, "service %q was stopped before it became ready", sv.name)
 			}
 			code := -1
 			if st.ExitCode != nil {

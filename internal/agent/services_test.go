@@ -60,7 +60,7 @@ func checkStopped(t *testing.T, c *agentapi.Client, name string) {
 
 func TestServiceHTTPProbe(t *testing.T) {
 	needPython(t)
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	port := freePort(t)
 	stopAfter(t, c, "web")
 	st, err := c.StartService(testCtx(t), agentapi.ServiceStartRequest{
@@ -108,7 +108,7 @@ func TestServiceHTTPProbe(t *testing.T) {
 
 func TestServiceTCPProbe(t *testing.T) {
 	needPython(t)
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	port := freePort(t)
 	stopAfter(t, c, "web-tcp")
 	st, err := c.StartService(testCtx(t), agentapi.ServiceStartRequest{
@@ -134,7 +134,7 @@ func TestServiceTCPProbe(t *testing.T) {
 }
 
 func TestServiceFileAndCommandProbes(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	dir := t.TempDir()
 	stopAfter(t, c, "filey")
 	stopAfter(t, c, "cmdy")
@@ -174,7 +174,7 @@ func TestServiceFileAndCommandProbes(t *testing.T) {
 }
 
 func TestServiceNoReadiness(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	stopAfter(t, c, "plain")
 	st, err := c.StartService(testCtx(t), agentapi.ServiceStartRequest{Name: "plain", Argv: []string{"sleep", "100"}, Cwd: "/"})
 	if err != nil {
@@ -206,7 +206,7 @@ func TestServiceNoReadiness(t *testing.T) {
 }
 
 func TestServiceProbeTimeout(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	port := freePort(t)
 	stopAfter(t, c, "never")
 	t0 := time.Now()
@@ -245,7 +245,7 @@ func TestServiceProbeTimeout(t *testing.T) {
 }
 
 func TestServiceExitsBeforeReady(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	_, err := c.StartService(testCtx(t), agentapi.ServiceStartRequest{
 		Name:           "crash",
 		Shell:          "echo boom >&2; exit 3",
@@ -263,7 +263,7 @@ func TestServiceExitsBeforeReady(t *testing.T) {
 }
 
 func TestServiceLogsTail(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	dir := t.TempDir()
 	stopAfter(t, c, "chatty")
 	_, err := c.StartService(testCtx(t), agentapi.ServiceStartRequest{
@@ -294,7 +294,7 @@ func TestServiceLogsTail(t *testing.T) {
 }
 
 func TestServiceStopKillsGroup(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	dir := t.TempDir()
 	stopAfter(t, c, "stubborn")
 	st, err := c.StartService(testCtx(t), agentapi.ServiceStartRequest{
@@ -322,7 +322,7 @@ func TestServiceStopKillsGroup(t *testing.T) {
 }
 
 func TestServiceNamesAndDuplicates(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	for _, name := range []string{"", "-x", ".hidden", "has space", "a/b", strings.Repeat("a", 65)} {
 		_, err := c.StartService(testCtx(t), agentapi.ServiceStartRequest{Name: name, Argv: []string{"true"}})
 		if !errors.Is(err, errdefs.ErrInvalidArgument) {
@@ -370,7 +370,7 @@ func TestServiceNamesAndDuplicates(t *testing.T) {
 }
 
 func TestServiceReset(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	var pids []int
 	for _, name := range []string{"r1", "r2"} {
 		stopAfter(t, c, name)

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/errdefs"
 )
 
 // Shells are interactive shells on PTYs that live in the agent process
@@ -35,13 +36,15 @@ const (
 	maxShellDim       = 1000
 )
 
+// shellManager is an agent's shell table.
 type shellManager struct {
+	a      *Agent
 	mu     sync.Mutex
 	shells map[string]*shell
-}
 
-// agentShells is the agent process's one shell table.
-var agentShells = &shellManager{shells: map[string]*shell{}}
+	inputrcOnce sync.Once
+	inputrc     string // plainInputrc's path, "" if it could not be written
+}
 
 type shell struct {
 	id        string
@@ -84,12 +87,8 @@ func (sh *shell) info() agentapi.ShellInfo {
 	return in
 }
 
-// shellRoutes registers the shell endpoints.
-func (s *server) shellRoutes(mux *http.ServeMux) {
-	if s.shells == nil {
-		s.shells = agentShells
-	}
-	m := s.shells
+// routes registers the shell endpoints.
+func (m *shellManager) routes(mux *http.ServeMux) {
 	mux.HandleFunc("POST "+agentapi.PathShells, m.handleOpen)
 	mux.HandleFunc("GET "+agentapi.PathShells, m.handleList)
 	mux.HandleFunc("POST "+agentapi.PathShellsReset, m.handleReset)
@@ -106,7 +105,7 @@ func (m *shellManager) get(id string) (*shell, error) {
 	defer m.mu.Unlock()
 	sh := m.shells[id]
 	if sh == nil {
-		return nil, errorf("not_found", "no shell with id %q (it was closed or never opened)", id)
+		return nil, errorf(errdefs.ErrNotFound, "no shell with id %q (it was closed or never opened)", id)
 	}
 	return sh, nil
 }
@@ -119,7 +118,7 @@ func checkDims(cols, rows int) (int, int, error) {
 		rows = agentapi.DefaultShellRows
 	}
 	if cols < 1 || rows < 1 || cols > maxShellDim || rows > maxShellDim {
-		return 0, 0, errorf("invalid_argument", "terminal size %dx%d: cols and rows must be 1-%d", cols, rows, maxShellDim)
+		return 0, 0, errorf(errdefs.ErrInvalidArgument, "terminal size %dx%d: cols and rows must be 1-%d", cols, rows, maxShellDim)
 	}
 	return cols, rows, nil
 }
@@ -127,12 +126,12 @@ func checkDims(cols, rows int) (int, int, error) {
 func (m *shellManager) handleOpen(w http.ResponseWriter, r *http.Request) {
 	var req agentapi.ShellOpenRequest
 	if err := decodeBody(r, &req); err != nil {
-		writeAPIError(w, err)
+		m.a.fail(w, err)
 		return
 	}
 	sh, err := m.open(req)
 	if err != nil {
-		writeAPIError(w, err)
+		m.a.fail(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, sh.info())
@@ -148,7 +147,7 @@ func (m *shellManager) open(req agentapi.ShellOpenRequest) (*shell, error) {
 		bufBytes = agentapi.DefaultShellBufferBytes
 	}
 	if bufBytes < minShellBuffer || bufBytes > agentapi.MaxShellBufferBytes {
-		return nil, errorf("invalid_argument", "buffer_bytes %d: must be %d-%d", req.BufferBytes, minShellBuffer, agentapi.MaxShellBufferBytes)
+		return nil, errorf(errdefs.ErrInvalidArgument, "buffer_bytes %d: must be %d-%d", req.BufferBytes, minShellBuffer, agentapi.MaxShellBufferBytes)
 	}
 	shellPath := "/bin/sh"
 	if checkExecutable("/bin/bash") == nil {
@@ -156,38 +155,38 @@ func (m *shellManager) open(req agentapi.ShellOpenRequest) (*shell, error) {
 	}
 	cwd := req.Cwd
 	if cwd == "" {
-		cwd = defaultWorkDir()
+		cwd = m.a.defaultWorkDir()
 	}
 	env := map[string]string{"TERM": "xterm-256color"}
-	if rc := plainInputrc(); rc != "" {
+	if rc := m.plainInputrc(); rc != "" {
 		env["INPUTRC"] = rc
 	}
 	for k, v := range req.Env {
 		env[k] = v
 	}
-	env, err = withSecretEnv(env, req.SecretEnv)
+	env, err = m.a.secrets.withEnv(env, req.SecretEnv)
 	if err != nil {
 		return nil, err
 	}
-	p, err := prepare(agentapi.ExecRequest{Argv: []string{shellPath, "-i"}, Env: env, Cwd: cwd})
+	p, err := prepare(agentapi.ExecRequest{Argv: []string{shellPath, "-i"}, Env: env, Cwd: cwd}, m.a.env)
 	if err != nil {
-		return nil, errorf("invalid_argument", "open shell: %v", err)
+		return nil, errorf(errdefs.ErrInvalidArgument, "open shell: %v", err)
 	}
 	m.mu.Lock()
 	n := len(m.shells)
 	m.mu.Unlock()
 	if n >= maxShells {
-		return nil, errorf("failed_precondition", "%d shells are open (hint: close shells you no longer need)", n)
+		return nil, errorf(errdefs.ErrFailedPrecondition, "%d shells are open (hint: close shells you no longer need)", n)
 	}
 
 	ptmx, tty, err := openPTY()
 	if err != nil {
-		return nil, errorf("unavailable", "open shell: %v", err)
+		return nil, errorf(errdefs.ErrUnavailable, "open shell: %v", err)
 	}
 	defer tty.Close()
 	if err := setWinsize(ptmx, cols, rows); err != nil {
 		ptmx.Close()
-		return nil, errorf("unavailable", "open shell: set terminal size: %v", err)
+		return nil, errorf(errdefs.ErrUnavailable, "open shell: set terminal size: %v", err)
 	}
 	cmd := &exec.Cmd{
 		Path:        shellPath,
@@ -201,7 +200,7 @@ func (m *shellManager) open(req agentapi.ShellOpenRequest) (*shell, error) {
 	}
 	if err := cmd.Start(); err != nil {
 		ptmx.Close()
-		return nil, errorf("unavailable", "open shell: start %s: %v", shellPath, err)
+		return nil, errorf(errdefs.ErrUnavailable, "open shell: start %s: %v", shellPath, err)
 	}
 	sh := &shell{
 		id:        newShellID(),
@@ -220,7 +219,7 @@ func (m *shellManager) open(req agentapi.ShellOpenRequest) (*shell, error) {
 		// shell is closed.
 		// Secret values never reach the buffer, even split across
 		// reads; cursors count the redacted output's bytes.
-		lr := &liveRedactor{w: sh.out}
+		lr := &liveRedactor{st: m.a.secrets, w: sh.out}
 		_, _ = io.Copy(lr, ptmx)
 		lr.Flush()
 		sh.out.close()
@@ -249,16 +248,11 @@ func (m *shellManager) open(req agentapi.ShellOpenRequest) (*shell, error) {
 // inputrcPath is where plainInputrc writes its readline settings.
 const inputrcPath = "/run/pyro/inputrc"
 
-var inputrcOnce struct {
-	sync.Once
-	path string
-}
-
 // plainInputrc returns a readline init file that includes the system one
 // and turns bracketed paste off, so output carries no \e[?2004h/l noise;
 // "" if it cannot be written.
-func plainInputrc() string {
-	inputrcOnce.Do(func() {
+func (m *shellManager) plainInputrc() string {
+	m.inputrcOnce.Do(func() {
 		content := "set enable-bracketed-paste off\n"
 		if _, err := os.Stat("/etc/inputrc"); err == nil {
 			content = "$include /etc/inputrc\n" + content
@@ -269,9 +263,9 @@ func plainInputrc() string {
 		if err := os.WriteFile(inputrcPath, []byte(content), 0o644); err != nil {
 			return
 		}
-		inputrcOnce.path = inputrcPath
+		m.inputrc = inputrcPath
 	})
-	return inputrcOnce.path
+	return m.inputrc
 }
 
 func newShellID() string {
@@ -364,7 +358,7 @@ func (m *shellManager) handleList(w http.ResponseWriter, _ *http.Request) {
 func (m *shellManager) handleInfo(w http.ResponseWriter, r *http.Request) {
 	sh, err := m.get(r.PathValue("id"))
 	if err != nil {
-		writeAPIError(w, err)
+		m.a.fail(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, sh.info())
@@ -377,7 +371,7 @@ func queryInt(r *http.Request, key string, def int64) (int64, error) {
 	}
 	n, err := strconv.ParseInt(v, 10, 64)
 	if err != nil || n < 0 {
-		return 0, errorf("invalid_argument", "%s %q is not a non-negative integer", key, v)
+		return 0, errorf(errdefs.ErrInvalidArgument, "%s %q is not a non-negative integer", key, v)
 	}
 	return n, nil
 }
@@ -385,17 +379,17 @@ func queryInt(r *http.Request, key string, def int64) (int64, error) {
 func (m *shellManager) handleRead(w http.ResponseWriter, r *http.Request) {
 	sh, err := m.get(r.PathValue("id"))
 	if err != nil {
-		writeAPIError(w, err)
+		m.a.fail(w, err)
 		return
 	}
 	cursor, err := queryInt(r, "cursor", 0)
 	if err != nil {
-		writeAPIError(w, err)
+		m.a.fail(w, err)
 		return
 	}
 	maxChars, err := queryInt(r, "max_chars", 0)
 	if err != nil {
-		writeAPIError(w, err)
+		m.a.fail(w, err)
 		return
 	}
 	if maxChars == 0 {
@@ -403,11 +397,11 @@ func (m *shellManager) handleRead(w http.ResponseWriter, r *http.Request) {
 	}
 	waitMS, err := queryInt(r, "wait_ms", 0)
 	if err != nil {
-		writeAPIError(w, err)
+		m.a.fail(w, err)
 		return
 	}
 	if _, end, _ := sh.out.bounds(); cursor > end {
-		writeAPIError(w, errorf("invalid_argument", "cursor %d is past the end of shell %q's output (%d bytes so far)", cursor, sh.id, end))
+		m.a.fail(w, errorf(errdefs.ErrInvalidArgument, "cursor %d is past the end of shell %q's output (%d bytes so far)", cursor, sh.id, end))
 		return
 	}
 	if waitMS > 0 {
@@ -446,12 +440,12 @@ func (sh *shell) read(cursor int64, maxChars int) agentapi.ShellReadResponse {
 func (m *shellManager) handleWrite(w http.ResponseWriter, r *http.Request) {
 	sh, err := m.get(r.PathValue("id"))
 	if err != nil {
-		writeAPIError(w, err)
+		m.a.fail(w, err)
 		return
 	}
 	var req agentapi.ShellWriteRequest
 	if err := decodeBody(r, &req); err != nil {
-		writeAPIError(w, err)
+		m.a.fail(w, err)
 		return
 	}
 	data := []byte(req.Input)
@@ -459,7 +453,7 @@ func (m *shellManager) handleWrite(w http.ResponseWriter, r *http.Request) {
 		data = append(data, '\r')
 	}
 	if sh.info().State != agentapi.ShellRunning {
-		writeAPIError(w, errorf("failed_precondition", "shell %q has exited (hint: read its last output, then close it)", sh.id))
+		m.a.fail(w, errorf(errdefs.ErrFailedPrecondition, "shell %q has exited (hint: read its last output, then close it)", sh.id))
 		return
 	}
 	sh.writeMu.Lock()
@@ -468,10 +462,10 @@ func (m *shellManager) handleWrite(w http.ResponseWriter, r *http.Request) {
 	sh.writeMu.Unlock()
 	if err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			writeAPIError(w, errorf("unavailable", "shell %q: wrote %d of %d bytes: the terminal did not accept input for %s (the program is not reading)", sh.id, n, len(data), shellWriteTimeout))
+			m.a.fail(w, errorf(errdefs.ErrUnavailable, "shell %q: wrote %d of %d bytes: the terminal did not accept input for %s (the program is not reading)", sh.id, n, len(data), shellWriteTimeout))
 			return
 		}
-		writeAPIError(w, errorf("failed_precondition", "shell %q: wrote %d of %d bytes: %v", sh.id, n, len(data), err))
+		m.a.fail(w, errorf(errdefs.ErrFailedPrecondition, "shell %q: wrote %d of %d bytes: %v", sh.id, n, len(data), err))
 		return
 	}
 	writeJSON(w, http.StatusOK, agentapi.ShellWriteResponse{ShellID: sh.id, BytesWritten: n})
@@ -486,12 +480,12 @@ var shellSignals = map[string]unix.Signal{
 func (m *shellManager) handleSignal(w http.ResponseWriter, r *http.Request) {
 	sh, err := m.get(r.PathValue("id"))
 	if err != nil {
-		writeAPIError(w, err)
+		m.a.fail(w, err)
 		return
 	}
 	var req agentapi.ShellSignalRequest
 	if err := decodeBody(r, &req); err != nil {
-		writeAPIError(w, err)
+		m.a.fail(w, err)
 		return
 	}
 	name := strings.TrimPrefix(strings.ToUpper(strings.TrimSpace(req.Signal)), "SIG")
@@ -500,11 +494,11 @@ func (m *shellManager) handleSignal(w http.ResponseWriter, r *http.Request) {
 	}
 	sig, ok := shellSignals[name]
 	if !ok {
-		writeAPIError(w, errorf("invalid_argument", "unknown signal %q: use INT, TERM, KILL, HUP, QUIT, USR1, USR2, WINCH, CONT, STOP or TSTP", req.Signal))
+		m.a.fail(w, errorf(errdefs.ErrInvalidArgument, "unknown signal %q: use INT, TERM, KILL, HUP, QUIT, USR1, USR2, WINCH, CONT, STOP or TSTP", req.Signal))
 		return
 	}
 	if sh.info().State != agentapi.ShellRunning {
-		writeAPIError(w, errorf("failed_precondition", "shell %q has exited", sh.id))
+		m.a.fail(w, errorf(errdefs.ErrFailedPrecondition, "shell %q has exited", sh.id))
 		return
 	}
 	pgrp, err := foregroundPgrp(sh.ptmx)
@@ -512,7 +506,7 @@ func (m *shellManager) handleSignal(w http.ResponseWriter, r *http.Request) {
 		pgrp = sh.pid
 	}
 	if err := unix.Kill(-pgrp, sig); err != nil {
-		writeAPIError(w, errorf("failed_precondition", "shell %q: send SIG%s to process group %d: %v", sh.id, name, pgrp, err))
+		m.a.fail(w, errorf(errdefs.ErrFailedPrecondition, "shell %q: send SIG%s to process group %d: %v", sh.id, name, pgrp, err))
 		return
 	}
 	writeJSON(w, http.StatusOK, agentapi.ShellSignalResponse{ShellID: sh.id, Signal: "SIG" + name, PGID: pgrp})
@@ -521,22 +515,22 @@ func (m *shellManager) handleSignal(w http.ResponseWriter, r *http.Request) {
 func (m *shellManager) handleResize(w http.ResponseWriter, r *http.Request) {
 	sh, err := m.get(r.PathValue("id"))
 	if err != nil {
-		writeAPIError(w, err)
+		m.a.fail(w, err)
 		return
 	}
 	var req agentapi.ShellResizeRequest
 	if err := decodeBody(r, &req); err != nil {
-		writeAPIError(w, err)
+		m.a.fail(w, err)
 		return
 	}
 	cols, rows, err := checkDims(req.Cols, req.Rows)
 	if err != nil {
-		writeAPIError(w, err)
+		m.a.fail(w, err)
 		return
 	}
 	// TIOCSWINSZ makes the kernel send SIGWINCH to the foreground group.
 	if err := setWinsize(sh.ptmx, cols, rows); err != nil {
-		writeAPIError(w, errorf("failed_precondition", "shell %q: resize: %v", sh.id, err))
+		m.a.fail(w, errorf(errdefs.ErrFailedPrecondition, "shell %q: resize: %v", sh.id, err))
 		return
 	}
 	sh.mu.Lock()
@@ -552,7 +546,7 @@ func (m *shellManager) handleClose(w http.ResponseWriter, r *http.Request) {
 	delete(m.shells, id)
 	m.mu.Unlock()
 	if sh == nil {
-		writeAPIError(w, errorf("not_found", "no shell with id %q (it was closed or never opened)", id))
+		m.a.fail(w, errorf(errdefs.ErrNotFound, "no shell with id %q (it was closed or never opened)", id))
 		return
 	}
 	sh.close()

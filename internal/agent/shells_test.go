@@ -64,7 +64,7 @@ func readUntil(t *testing.T, c *agentapi.Client, id string, cursor int64, want s
 }
 
 func TestShellBasics(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	dir := t.TempDir()
 	if err := os.Mkdir(filepath.Join(dir, "sub"), 0o755); err != nil {
 		t.Fatal(err)
@@ -103,7 +103,7 @@ func TestShellBasics(t *testing.T) {
 }
 
 func TestShellCursorContinuity(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	info := openShell(t, c, agentapi.ShellOpenRequest{})
 	id := info.ShellID
 	c.WriteShell(testCtx(t), id, "seq 1 3000; echo done-$((1+1))", true)
@@ -150,7 +150,7 @@ func TestShellCursorContinuity(t *testing.T) {
 }
 
 func TestShellDroppedRange(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	info := openShell(t, c, agentapi.ShellOpenRequest{BufferBytes: 1024})
 	id := info.ShellID
 	c.WriteShell(testCtx(t), id, "seq 1 5000; echo end-$((2+3))", true)
@@ -199,7 +199,7 @@ func shellChild(t *testing.T, sid int, comm string) int {
 }
 
 func TestShellSignalInterrupts(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	info := openShell(t, c, agentapi.ShellOpenRequest{})
 	id := info.ShellID
 	c.WriteShell(testCtx(t), id, "sleep 100", true)
@@ -217,7 +217,7 @@ func TestShellSignalInterrupts(t *testing.T) {
 }
 
 func TestShellsIndependentAndClose(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	a := openShell(t, c, agentapi.ShellOpenRequest{})
 	b := openShell(t, c, agentapi.ShellOpenRequest{})
 	if a.ShellID == b.ShellID {
@@ -256,7 +256,7 @@ func TestShellsIndependentAndClose(t *testing.T) {
 }
 
 func TestShellExitAndReset(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	a := openShell(t, c, agentapi.ShellOpenRequest{})
 	b := openShell(t, c, agentapi.ShellOpenRequest{})
 	c.WriteShell(testCtx(t), a.ShellID, "exit 3", true)
@@ -291,7 +291,7 @@ func TestShellExitAndReset(t *testing.T) {
 }
 
 func TestShellUTF8NeverSplit(t *testing.T) {
-	c := newTestClient(t, ServeOptions{})
+	c := newTestClient(t, Options{})
 	info := openShell(t, c, agentapi.ShellOpenRequest{})
 	id := info.ShellID
 	c.WriteShell(testCtx(t), id, `for i in 1 2 3 4 5 6 7 8 9 10; do printf 'é€😀'; done; echo " fin-$((9*9))"`, true)

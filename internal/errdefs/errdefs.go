@@ -95,3 +95,19 @@ func ExitCode(err error) int {
 	}
 	return 1
 }
+
+// HTTPStatus maps a category to the HTTP status of an API error reply
+// (the guest agent's and the supervisor's).
+func HTTPStatus(err error) int {
+	switch Category(err) {
+	case ErrInvalidArgument:
+		return 400
+	case ErrNotFound:
+		return 404
+	case ErrAlreadyExists, ErrFailedPrecondition:
+		return 409
+	case ErrUnavailable:
+		return 503
+	}
+	return 500
+}

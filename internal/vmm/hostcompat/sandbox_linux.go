@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pyro-mcp/pyro/internal/agent"
+	"github.com/pyro-mcp/pyro/internal/reaper"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 )
 
@@ -75,42 +76,19 @@ func runInit(arg string) {
 		if sig != unix.SIGCHLD {
 			shutdown()
 		}
-		for {
-			var ws unix.WaitStatus
-			pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
-			if pid <= 0 || err != nil {
-				break
-			}
+		reaper.Reap(func(pid int, ws unix.WaitStatus) {
 			if pid == server {
-				fmt.Fprintf(os.Stderr, "pyro-hostcompat: agent server exited (%v)\n", describe(ws))
+				fmt.Fprintf(os.Stderr, "pyro-hostcompat: agent server exited (%s)\n", reaper.Describe(ws))
 				shutdown()
 			}
-		}
+		})
 	}
-}
-
-func describe(ws unix.WaitStatus) string {
-	if ws.Signaled() {
-		return "signal " + unix.SignalName(ws.Signal())
-	}
-	return fmt.Sprintf("exit code %d", ws.ExitStatus())
 }
 
 // shutdown ends the sandbox: TERM to everything, a short grace, then exit;
 // the kernel kills whatever is left in the PID namespace when PID 1 exits.
 func shutdown() {
-	_ = unix.Kill(-1, unix.SIGTERM)
-	deadline := time.Now().Add(500 * time.Millisecond)
-	for time.Now().Before(deadline) {
-		var ws unix.WaitStatus
-		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
-		if errors.Is(err, unix.ECHILD) {
-			break
-		}
-		if pid <= 0 {
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
+	reaper.KillAll(500 * time.Millisecond)
 	os.Exit(0)
 }
 
@@ -427,25 +405,16 @@ func runServe() {
 	if err != nil {
 		fatalf("agent socket: %v", err)
 	}
-	opts := agent.ServeOptions{
+	a := agent.New(agent.Options{
 		Logger:         log,
 		Shutdown:       func() { _ = unix.Kill(1, unix.SIGTERM) },
 		AgentStartedMS: uptimeMS(started),
+	})
+	err = a.ServeListener(context.Background(), agent.NetListener(ln))
+	if errors.Is(err, net.ErrClosed) {
+		os.Exit(0)
 	}
-	for {
-		conn, err := ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				os.Exit(0)
-			}
-			log.Error("accept", "err", err)
-			time.Sleep(10 * time.Millisecond)
-			continue
-		}
-		if err := agent.Serve(context.Background(), conn, opts); err != nil {
-			log.Debug("agent session ended", "err", err)
-		}
-	}
+	fatalf("agent socket: %v", err)
 }
 
 // uptimeMS is t as milliseconds since the host booted (the boot
