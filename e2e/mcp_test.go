@@ -20,19 +20,34 @@ import (
 
 // mcpClient starts `pyro mcp serve` (stdio) as a subprocess with env and
 // connects a real MCP client to it. progress receives progress messages.
+// The client offers the test's temporary directory as its MCP root, so
+// that host paths from t.TempDir() are allowed.
 func mcpClient(t *testing.T, env []string, progress func(string)) *mcp.ClientSession {
 	t.Helper()
-	cmd := exec.Command(pyroBin, "mcp", "serve")
+	return mcpClientWith(t, env, nil, []string{filepath.Dir(t.TempDir())}, progress)
+}
+
+// mcpClientWith is mcpClient with extra `mcp serve` flags and the client's
+// roots (nil: the client offers no roots capability).
+func mcpClientWith(t *testing.T, env, flags, roots []string, progress func(string)) *mcp.ClientSession {
+	t.Helper()
+	cmd := exec.Command(pyroBin, append([]string{"mcp", "serve"}, flags...)...)
 	cmd.Env = append(os.Environ(), env...)
 	stderr := &lockedBuffer{}
 	cmd.Stderr = stderr
 	opts := &mcp.ClientOptions{}
+	if roots == nil {
+		opts.Capabilities = &mcp.ClientCapabilities{}
+	}
 	if progress != nil {
 		opts.ProgressNotificationHandler = func(_ context.Context, req *mcp.ProgressNotificationClientRequest) {
 			progress(req.Params.Message)
 		}
 	}
 	client := mcp.NewClient(&mcp.Implementation{Name: "pyro-e2e", Version: "1"}, opts)
+	for _, r := range roots {
+		client.AddRoots(&mcp.Root{URI: "file://" + r})
+	}
 	cs, err := client.Connect(context.Background(), &mcp.CommandTransport{Command: cmd}, nil)
 	if err != nil {
 		t.Fatalf("connect to pyro mcp serve: %v\nstderr: %s", err, stderr.String())
@@ -348,4 +363,60 @@ func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
 	r = r.Clone(r.Context())
 	r.Header.Set("Authorization", "Bearer "+b.token)
 	return http.DefaultTransport.RoundTrip(r)
+}
+
+// TestMCPHostPathsConfined: host paths from the model are confined to the
+// --allow-path directories (this client offers no roots). /etc is refused
+// as a seed and as a secret file, an export outside is refused; beneath
+// the allowed directory seed, secret file and export work through the
+// real binary.
+func TestMCPHostPathsConfined(t *testing.T) {
+	requireE2E(t)
+	ensureEnv(t, baseEnv)
+	_, env := isolatedHome(t)
+	allowed, outside := t.TempDir(), t.TempDir()
+	seed := filepath.Join(allowed, "seed")
+	if err := os.MkdirAll(seed, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(seed, "a.txt"), []byte("seeded\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(allowed, "token"), []byte("s3cret-value"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cs := mcpClientWith(t, env, []string{"--allow-path", allowed}, nil, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+
+	refused := func(tool string, args map[string]any) {
+		t.Helper()
+		_, text, isErr := callTool(t, ctx, cs, tool, args)
+		if !isErr || !strings.HasPrefix(text, "failed_precondition: ") || !strings.Contains(text, "--allow-path") {
+			t.Fatalf("%s %v: want a failed_precondition naming --allow-path, got isError=%v %q", tool, args, isErr, text)
+		}
+	}
+	refused("workspace_create", map[string]any{"environment": baseEnv, "seed_path": "/etc"})
+	refused("workspace_create", map[string]any{"environment": baseEnv, "seed_path": filepath.Join(allowed, "..", filepath.Base(outside))})
+	refused("workspace_create", map[string]any{"environment": baseEnv, "secrets": []any{map[string]any{"name": "TOK", "file_path": "/etc/hostname"}}})
+
+	ws, _ := mustTool(t, ctx, cs, "workspace_create", map[string]any{"environment": baseEnv, "seed_path": seed,
+		"secrets": []any{map[string]any{"name": "TOK", "file_path": filepath.Join(allowed, "token")}}})
+	id, _ := ws["workspace_id"].(string)
+	defer callTool(t, context.Background(), cs, "workspace_delete", map[string]any{"workspace_id": id})
+	ex, _ := mustTool(t, ctx, cs, "workspace_exec", map[string]any{"workspace_id": id, "secret_env": map[string]any{"TOK": ""},
+		"command": `cat a.txt && test "$TOK" = s3cret-value && echo secret-ok`})
+	if ex["stdout"] != "seeded\nsecret-ok\n" {
+		t.Fatalf("seed and secret from beneath --allow-path: %v", ex)
+	}
+	refused("workspace_sync_push", map[string]any{"workspace_id": id, "source_path": "/etc"})
+	refused("workspace_export", map[string]any{"workspace_id": id, "path": "a.txt", "output_path": filepath.Join(outside, "a.txt")})
+	out := filepath.Join(allowed, "exported.txt")
+	exp, _ := mustTool(t, ctx, cs, "workspace_export", map[string]any{"workspace_id": id, "path": "a.txt", "output_path": out})
+	if b, err := os.ReadFile(out); err != nil || string(b) != "seeded\n" || exp["output_path"] != out {
+		t.Fatalf("export beneath --allow-path: %v %q %v", exp, b, err)
+	}
+	if ents, _ := os.ReadDir(outside); len(ents) != 0 {
+		t.Fatalf("something was written outside: %v", ents)
+	}
 }

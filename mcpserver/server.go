@@ -13,6 +13,10 @@
 // "category: message (hint: ...)"; the server keeps serving, also when a
 // handler panics.
 //
+// The model is untrusted: host paths it names are confined to allowed
+// roots (paths.go), and allow_host_compat only takes effect when the
+// person who started the server allowed it (Options.AllowHostCompat).
+//
 // Long calls (vm_run, vm_start, workspace_create, workspace_exec,
 // workspace_reset) send progress notifications when the client passed a
 // progress token; cancelling a call cancels the SDK call, which kills the
@@ -34,12 +38,23 @@ import (
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 )
 
-// Options configure New. The zero value is usable.
+// Options configure New. The zero value is usable: host paths are
+// confined to the working directory (plus the client's roots) and host
+// compatibility is refused.
 type Options struct {
 	// Version is reported as the server implementation version.
 	Version string
 	// Logger receives the MCP server's own records; nil keeps it silent.
 	Logger *slog.Logger
+	// AllowPaths are host directories beneath which tool arguments may
+	// name host paths (seed_path, source_path, a secret's file_path,
+	// output_path), in addition to the client's MCP roots. Empty means the
+	// server's working directory. /proc, /sys and /dev are refused.
+	AllowPaths []string
+	// AllowHostCompat lets a tool call's allow_host_compat=true take
+	// effect. Without it such a call is refused: a model must not choose
+	// the weaker sandbox on its own.
+	AllowHostCompat bool
 }
 
 // instructions tell a model how to choose between the tools. Tool names in
@@ -52,6 +67,7 @@ How to choose:
 - Multi-step work (edit files, build, test, run a server, iterate): call workspace_create once, then workspace_exec as often as needed. ` + pyro.WorkspaceDir + ` persists across calls; use workspace_sync_push / seed_path to bring host files in, workspace_export to get files out, workspace_diff to see what changed since creation, snapshot_create + workspace_reset to checkpoint and roll back, service_* for long-running processes (dev servers, databases) and shell_* for interactive programs.
 - Always call workspace_delete when you are done with a workspace; it holds a running VM until deleted.
 - Secrets: pass them once to workspace_create (secrets), then expose them per call with secret_env; never put secret values in command strings.
+- Host paths (seed_path, source_path, a secret's file_path, output_path) must lie beneath the client's roots or the directories the server was started with.
 - A command that exits non-zero is a normal result: read exit_code and stderr. A tool error (isError) means the call itself could not be done; its text starts with the category (not_found, invalid_argument, failed_precondition, already_exists, unavailable, internal) and ends with a hint.
 - vm_create/vm_start/vm_exec are lower-level lifecycle tools; prefer vm_run. Use vm_list_environments to see which environments are installed.
 
@@ -82,10 +98,16 @@ func newServer(c *pyro.Client, opts Options, tools []tool) (*mcp.Server, error) 
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	env := &env{c: c, opts: opts, logger: logger}
+	paths, err := newConfinement(opts.AllowPaths)
+	if err != nil {
+		return nil, err
+	}
+	env := &env{c: c, opts: opts, logger: logger, paths: paths}
 	s := mcp.NewServer(&mcp.Implementation{Name: "pyro", Title: "pyro microVM sandboxes", Version: version}, &mcp.ServerOptions{
-		Instructions: instructions,
-		Logger:       opts.Logger,
+		Instructions:            instructions,
+		Logger:                  opts.Logger,
+		InitializedHandler:      paths.sessionStarted,
+		RootsListChangedHandler: paths.rootsChanged,
 	})
 	s.AddReceivingMiddleware(argumentErrors)
 	for _, t := range tools {
@@ -99,6 +121,7 @@ type env struct {
 	c      *pyro.Client
 	opts   Options
 	logger *slog.Logger
+	paths  *confinement
 }
 
 // toolError is what a tool returns when it cannot do its job. Its text

@@ -23,6 +23,17 @@ func connect(t *testing.T) *mcp.ClientSession {
 // connectWith serves tools with opts to a client made with copts.
 func connectWith(t *testing.T, opts Options, tools []tool, copts *mcp.ClientOptions) *mcp.ClientSession {
 	t.Helper()
+	return serve(t, opts, tools, mcp.NewClient(&mcp.Implementation{Name: "test", Version: "1"}, copts))
+}
+
+// connectClient serves the table with opts to client.
+func connectClient(t *testing.T, opts Options, client *mcp.Client) *mcp.ClientSession {
+	t.Helper()
+	return serve(t, opts, table, client)
+}
+
+func serve(t *testing.T, opts Options, tools []tool, client *mcp.Client) *mcp.ClientSession {
+	t.Helper()
 	c, err := pyro.New(pyro.Options{StateDir: t.TempDir(), Binary: "/nonexistent/pyro"})
 	if err != nil {
 		t.Fatal(err)
@@ -38,7 +49,7 @@ func connectWith(t *testing.T, opts Options, tools []tool, copts *mcp.ClientOpti
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = ss.Close() })
-	cs, err := mcp.NewClient(&mcp.Implementation{Name: "test", Version: "1"}, copts).Connect(ctx, ct, nil)
+	cs, err := client.Connect(ctx, ct, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,13 +3,16 @@ package mcpserver
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/google/jsonschema-go/jsonschema"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/pyro-mcp/pyro"
+	"github.com/pyro-mcp/pyro/internal/errdefs"
 )
 
 // hints are a tool's MCP annotations.
@@ -42,6 +45,17 @@ type call struct {
 	*env
 	req *mcp.CallToolRequest
 	p   *progress
+}
+
+// hostCompat refuses allow_host_compat=true unless the server allows it:
+// the model must not choose the weaker sandbox on its own.
+func (cl *call) hostCompat(requested bool) error {
+	if requested && !cl.opts.AllowHostCompat {
+		return errdefs.New(errdefs.ErrFailedPrecondition,
+			"omit allow_host_compat to require a real VM, or ask the user to start the server with `pyro mcp serve --allow-host-compat`",
+			"allow_host_compat is not allowed by this server")
+	}
+	return nil
 }
 
 // handler is a tool's implementation: it returns the structured result and
@@ -188,8 +202,15 @@ func addTool[In, Out any](s *mcp.Server, e *env, t tool, h handler[In, Out]) {
 				res, out, err = nil, zero, &toolError{recovered(e.logger, t.name, v)}
 			}
 		}()
+		e.paths.learn(req)
 		cl := &call{env: e, req: req, p: newProgress(req)}
 		out, text, err := h(ctx, cl, in)
+		if errors.Is(err, errNeedRoots) {
+			// Handlers resolve host paths before doing anything, so
+			// calling again once the roots are known repeats nothing.
+			var zero Out
+			return rootsInputRequest(), zero, nil
+		}
 		if err != nil {
 			var zero Out
 			return nil, zero, &toolError{err}
@@ -201,6 +222,9 @@ func addTool[In, Out any](s *mcp.Server, e *env, t tool, h handler[In, Out]) {
 func vmRun(ctx context.Context, cl *call, in vmRunIn) (pyro.RunResult, string, error) {
 	cmd, err := command(in.Command)
 	if err != nil {
+		return pyro.RunResult{}, "", err
+	}
+	if err := cl.hostCompat(in.AllowHostCompat); err != nil {
 		return pyro.RunResult{}, "", err
 	}
 	cl.p.step(ctx, "booting %s", orDefault(in.Environment, pyro.DefaultEnvironment))
@@ -247,6 +271,9 @@ func vmListEnvironments(ctx context.Context, cl *call, _ noIn) (EnvironmentList,
 }
 
 func vmCreate(ctx context.Context, cl *call, in vmCreateIn) (pyro.VM, string, error) {
+	if err := cl.hostCompat(in.AllowHostCompat); err != nil {
+		return pyro.VM{}, "", err
+	}
 	v, err := cl.c.CreateVM(ctx, pyro.CreateVMOptions{Environment: in.Environment, VCPUCount: in.VCPUCount, MemMiB: in.MemMiB,
 		TTLSeconds: in.TTLSeconds, Network: in.Network, AllowHostCompat: in.AllowHostCompat})
 	return v, renderVM(v), err
@@ -299,13 +326,33 @@ func vmReapExpired(ctx context.Context, cl *call, _ noIn) (pyro.ReapResult, stri
 }
 
 func workspaceCreate(ctx context.Context, cl *call, in workspaceCreateIn) (pyro.Workspace, string, error) {
+	if err := cl.hostCompat(in.AllowHostCompat); err != nil {
+		return pyro.Workspace{}, "", err
+	}
+	// Every host path is resolved before anything is created.
+	seed := ""
+	if in.SeedPath != "" {
+		var err error
+		if seed, err = cl.paths.source(cl.req, "seed_path", in.SeedPath); err != nil {
+			return pyro.Workspace{}, "", err
+		}
+	}
 	var secrets []pyro.Secret
 	for _, s := range in.Secrets {
-		secrets = append(secrets, pyro.Secret{Name: s.Name, Value: s.Value, FilePath: s.FilePath})
+		sec := pyro.Secret{Name: s.Name, Value: s.Value}
+		if s.FilePath != "" {
+			p, done, err := cl.paths.secretFile(cl.req, "secret "+strconv.Quote(s.Name)+" file_path", s.FilePath)
+			if err != nil {
+				return pyro.Workspace{}, "", err
+			}
+			defer done()
+			sec.FilePath = p
+		}
+		secrets = append(secrets, sec)
 	}
 	cl.p.step(ctx, "creating workspace (%s)", orDefault(in.Environment, pyro.DefaultEnvironment))
 	ws, err := cl.c.CreateWorkspace(ctx, pyro.CreateWorkspaceOptions{Environment: in.Environment, VCPUCount: in.VCPUCount, MemMiB: in.MemMiB,
-		Network: in.Network, AllowHostCompat: in.AllowHostCompat, SeedPath: in.SeedPath, Secrets: secrets})
+		Network: in.Network, AllowHostCompat: in.AllowHostCompat, SeedPath: seed, Secrets: secrets})
 	if err != nil {
 		return ws, "", err
 	}
@@ -314,7 +361,11 @@ func workspaceCreate(ctx context.Context, cl *call, in workspaceCreateIn) (pyro.
 }
 
 func workspaceSyncPush(ctx context.Context, cl *call, in workspaceSyncIn) (pyro.SyncResult, string, error) {
-	r, err := cl.c.PushWorkspaceSync(ctx, in.WorkspaceID, in.SourcePath, in.Dest)
+	src, err := cl.paths.source(cl.req, "source_path", in.SourcePath)
+	if err != nil {
+		return pyro.SyncResult{}, "", err
+	}
+	r, err := cl.c.PushWorkspaceSync(ctx, in.WorkspaceID, src, in.Dest)
 	return r, fmt.Sprintf("imported %d file(s), %d bytes from %s into %s", r.FileCount, r.Bytes, r.SourcePath, r.Dest), err
 }
 
@@ -334,7 +385,15 @@ func workspaceExec(ctx context.Context, cl *call, in workspaceExecIn) (pyro.Exec
 }
 
 func workspaceExport(ctx context.Context, cl *call, in workspaceExportIn) (pyro.ExportResult, string, error) {
-	r, err := cl.c.ExportWorkspace(ctx, in.WorkspaceID, in.Path, in.OutputPath)
+	out, real, done, err := cl.paths.output(cl.req, "output_path", in.OutputPath)
+	if err != nil {
+		return pyro.ExportResult{}, "", err
+	}
+	defer done()
+	r, err := cl.c.ExportWorkspace(ctx, in.WorkspaceID, in.Path, out)
+	if r.OutputPath != "" {
+		r.OutputPath = real // not the /proc/self/fd path the SDK wrote through
+	}
 	return r, fmt.Sprintf("exported %s %s to %s (%d file(s), %d bytes)", r.Kind, r.Path, r.OutputPath, r.FileCount, r.Bytes), err
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -33,10 +34,9 @@ func (a *app) mcpCommand() *cobra.Command {
 }
 
 func (a *app) mcpServeCommand() *cobra.Command {
-	var httpAddr string
-	var allowRemote bool
+	var o serveOptions
 	cmd := &cobra.Command{
-		Use:   "serve [--http ADDR [--allow-remote]]",
+		Use:   "serve [--allow-path DIR]... [--allow-host-compat] [--http ADDR [--tls-cert FILE --tls-key FILE] [--allow-remote]]",
 		Short: "Run the MCP server on stdio, or on streamable HTTP with --http",
 		Long: `Runs pyro's MCP server: vm_run for one-off commands, the vm_* lifecycle
 tools and the workspace, snapshot, service and shell tools.
@@ -44,38 +44,67 @@ tools and the workspace, snapshot, service and shell tools.
 By default it speaks MCP on stdin/stdout (stdout carries only the protocol).
 With --http ADDR it serves the streamable HTTP transport at http://ADDR/mcp
 instead. ADDR must be a loopback address (":PORT" means 127.0.0.1:PORT) unless
---allow-remote is given. Every HTTP request needs "Authorization: Bearer TOKEN";
-the token is $` + tokenEnv + `, or a random one printed once on stderr.`,
+--allow-remote is given, which also needs --tls-cert and --tls-key (the server
+then speaks HTTPS; the certificate files may also be used on loopback). Every
+HTTP request needs "Authorization: Bearer TOKEN"; the token is $` + tokenEnv + `,
+or a random one printed once on stderr.
+
+The model is untrusted. Host paths in tool arguments (seed_path, source_path,
+a secret's file_path, output_path) must lie beneath the client's MCP roots or a
+--allow-path directory (default: the current directory); /proc, /sys and /dev
+never count. A tool call's allow_host_compat=true takes effect only with
+--allow-host-compat.`,
 		Example: `  pyro mcp serve
   pyro mcp serve --http 127.0.0.1:8765
   PYRO_MCP_TOKEN=secret pyro mcp serve --http :8765
+  pyro mcp serve --allow-path ~/src/project --allow-path /tmp/exports
+  pyro mcp serve --http 0.0.0.0:8765 --allow-remote --tls-cert cert.pem --tls-key key.pem
 
   Claude Desktop (claude_desktop_config.json):
   {"mcpServers": {"pyro": {"command": "pyro", "args": ["mcp", "serve"]}}}`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c := a.sdk
-			server, err := mcpserver.New(c, mcpserver.Options{Version: version()})
+			if o.httpAddr == "" && (o.allowRemote || o.tlsCert != "" || o.tlsKey != "") {
+				return usageError(cmd, "--allow-remote, --tls-cert and --tls-key need --http ADDR")
+			}
+			if (o.tlsCert == "") != (o.tlsKey == "") {
+				return usageError(cmd, "give --tls-cert and --tls-key together")
+			}
+			if o.allowRemote && o.tlsCert == "" {
+				return errdefs.New(errdefs.ErrInvalidArgument, "pass --tls-cert FILE --tls-key FILE: the bearer token must not cross a network in clear text",
+					"refusing --allow-remote without TLS")
+			}
+			server, err := mcpserver.New(a.sdk, mcpserver.Options{Version: version(), AllowPaths: o.allowPaths, AllowHostCompat: o.allowHostCompat})
 			if err != nil {
 				return err
 			}
-			if httpAddr == "" {
-				if allowRemote {
-					return usageError(cmd, "--allow-remote needs --http ADDR")
-				}
+			if o.httpAddr == "" {
 				err := server.Run(cmd.Context(), &mcp.StdioTransport{})
 				if err != nil && cmd.Context().Err() == nil && !isClosedPipe(err) {
 					return errdefs.Wrap(errdefs.ErrUnavailable, err, "", "mcp server")
 				}
 				return nil
 			}
-			return a.serveHTTP(cmd.Context(), server, httpAddr, allowRemote)
+			return a.serveHTTP(cmd.Context(), server, o)
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&httpAddr, "http", "", `serve streamable HTTP on ADDR (host:port; ":port" means 127.0.0.1) instead of stdio`)
-	f.BoolVar(&allowRemote, "allow-remote", false, "allow --http on a non-loopback address (the bearer token is still required)")
+	f.StringVar(&o.httpAddr, "http", "", `serve streamable HTTP on ADDR (host:port; ":port" means 127.0.0.1) instead of stdio`)
+	f.BoolVar(&o.allowRemote, "allow-remote", false, "allow --http on a non-loopback address (needs --tls-cert/--tls-key; the bearer token is still required)")
+	f.StringVar(&o.tlsCert, "tls-cert", "", "serve HTTPS with this PEM certificate (chain) file")
+	f.StringVar(&o.tlsKey, "tls-key", "", "the PEM private key of --tls-cert")
+	f.StringArrayVar(&o.allowPaths, "allow-path", nil, "host directory beneath which tool arguments may name host paths (repeatable; default: the current directory)")
+	f.BoolVar(&o.allowHostCompat, "allow-host-compat", false, "let a tool call's allow_host_compat=true fall back to the weaker host sandbox")
 	return cmd
+}
+
+// serveOptions are the flags of `mcp serve`.
+type serveOptions struct {
+	httpAddr        string
+	allowRemote     bool
+	tlsCert, tlsKey string
+	allowPaths      []string
+	allowHostCompat bool
 }
 
 // isClosedPipe reports the normal end of a stdio session.
@@ -84,8 +113,9 @@ func isClosedPipe(err error) bool {
 		strings.Contains(err.Error(), "EOF")
 }
 
-// serveHTTP serves server on addr until ctx ends.
-func (a *app) serveHTTP(ctx context.Context, server *mcp.Server, addr string, allowRemote bool) error {
+// serveHTTP serves server on o.httpAddr until ctx ends.
+func (a *app) serveHTTP(ctx context.Context, server *mcp.Server, o serveOptions) error {
+	addr := o.httpAddr
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return errdefs.Wrap(errdefs.ErrInvalidArgument, err, "use host:port, e.g. 127.0.0.1:8765", "bad --http address %q", addr)
@@ -93,9 +123,17 @@ func (a *app) serveHTTP(ctx context.Context, server *mcp.Server, addr string, al
 	if host == "" {
 		host = "127.0.0.1"
 	}
-	if !isLoopback(host) && !allowRemote {
+	if !isLoopback(host) && !o.allowRemote {
 		return errdefs.New(errdefs.ErrInvalidArgument, "bind 127.0.0.1, or pass --allow-remote to expose pyro's tools to the network",
 			"refusing to serve MCP on non-loopback address %q", host)
+	}
+	var tlsConfig *tls.Config
+	if o.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+		if err != nil {
+			return errdefs.Wrap(errdefs.ErrInvalidArgument, err, "give a PEM certificate and its PEM private key", "cannot load --tls-cert/--tls-key")
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	token := os.Getenv(tokenEnv)
 	generated := token == ""
@@ -113,6 +151,10 @@ func (a *app) serveHTTP(ctx context.Context, server *mcp.Server, addr string, al
 	handler := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server }, nil)
 	srv := &http.Server{Handler: requireBearer(token, handler), ReadHeaderTimeout: 10 * time.Second}
 	url := "http://" + ln.Addr().String() + "/mcp"
+	if tlsConfig != nil {
+		ln = tls.NewListener(ln, tlsConfig)
+		url = "https://" + strings.TrimPrefix(url, "http://")
+	}
 	if generated {
 		fmt.Fprintf(a.stderr, "pyro: MCP server listening on %s\npyro: bearer token (shown once; set %s to choose it): %s\n", url, tokenEnv, token)
 	} else {
