@@ -353,7 +353,15 @@ type ExportResult struct {
 	Kind        string `json:"kind"` // "file" or "dir"
 	FileCount   int    `json:"file_count"`
 	Bytes       int64  `json:"bytes"`
+	// Skipped lists entries the export did not write (at most 100):
+	// symlinks that are absolute or lead out of the exported tree,
+	// devices, fifos. SkippedCount counts them all.
+	Skipped      []ExportSkip `json:"skipped"`
+	SkippedCount int          `json:"skipped_count"`
 }
+
+// ExportSkip is one entry an export did not write, and why.
+type ExportSkip = tarutil.Skip
 
 // ExportOptions tune ExportWorkspace.
 type ExportOptions struct {
@@ -364,6 +372,9 @@ type ExportOptions struct {
 
 // ExportWorkspace copies one file or directory from /workspace to the
 // host path outputPath, which must not exist unless Overwrite is set.
+// What the guest sent is normalised (see workspace.Export): no
+// setuid/setgid/sticky bits, modes within the umask, no device, and no
+// symlink out of the exported tree; a file export is a regular file.
 func (c *Client) ExportWorkspace(ctx context.Context, id, path, outputPath string, opts ...ExportOptions) (ExportResult, error) {
 	var o ExportOptions
 	if len(opts) > 0 {
@@ -394,28 +405,11 @@ func (c *Client) ExportWorkspace(ctx context.Context, id, path, outputPath strin
 		return ExportResult{}, err
 	}
 	defer r.Close()
-	res := ExportResult{WorkspaceID: id, Path: guest, OutputPath: out, Kind: kind}
-	// Extract next to the output, then rename: a failed export leaves nothing.
-	tmp, err := os.MkdirTemp(filepath.Dir(out), ".pyro-export-*")
-	if err != nil {
-		return res, err
-	}
-	defer os.RemoveAll(tmp)
-	st, err := tarutil.ExtractTar(r, tmp)
-	if err != nil {
-		return res, fmt.Errorf("export %s: %w", guest, err)
-	}
+	res := ExportResult{WorkspaceID: id, Path: guest, OutputPath: out, Kind: kind, Skipped: []ExportSkip{}}
+	st, err := workspace.Export(r, guest, kind, out, o.Overwrite)
 	res.FileCount, res.Bytes = st.Files, st.Bytes
-	from := tmp
-	if kind == agentapi.KindFile {
-		from = filepath.Join(tmp, filepath.Base(guest))
-	}
-	if o.Overwrite {
-		if err := os.RemoveAll(out); err != nil {
-			return res, err
-		}
-	}
-	if err := os.Rename(from, out); err != nil {
+	res.Skipped, res.SkippedCount = append(res.Skipped, st.Skipped...), st.SkippedCount
+	if err != nil {
 		return res, err
 	}
 	return res, nil

@@ -10,6 +10,7 @@ import (
 
 	"github.com/pyro-mcp/pyro"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/termtext"
 )
 
 func (a *app) workspaceCommand() *cobra.Command {
@@ -174,6 +175,12 @@ func (a *app) wsExport() *cobra.Command {
 			}
 			return a.emit(r, func(w io.Writer) {
 				fmt.Fprintf(w, "exported %s %s to %s (%d files, %s)\n", r.Kind, r.Path, r.OutputPath, r.FileCount, humanBytes(r.Bytes))
+				for _, s := range r.Skipped {
+					fmt.Fprintf(w, "skipped %s: %s\n", termtext.Line(s.Path), s.Reason)
+				}
+				if more := r.SkippedCount - len(r.Skipped); more > 0 {
+					fmt.Fprintf(w, "skipped %d more\n", more)
+				}
 			})
 		},
 	}

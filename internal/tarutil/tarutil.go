@@ -18,6 +18,7 @@ import (
 	"path"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -39,6 +40,55 @@ type Stats struct {
 	Files int   // regular files, symlinks and hard links
 	Dirs  int   // directory entries (not the root, not implied parents)
 	Bytes int64 // regular file content bytes
+	// Skipped lists entries that were not written (devices, fifos,
+	// sockets, unknown types, and in untrusted mode symlinks leaving the
+	// tree), at most MaxSkipped of them; SkippedCount counts them all.
+	Skipped      []Skip
+	SkippedCount int
+}
+
+// Skip is one archive entry that extraction did not write, and why.
+type Skip struct {
+	Path   string `json:"path"`
+	Reason string `json:"reason"`
+}
+
+// MaxSkipped bounds Stats.Skipped: an archive can hold millions of
+// entries, and the list is for people.
+const MaxSkipped = 100
+
+func (st *Stats) skip(name, reason string) {
+	st.SkippedCount++
+	if len(st.Skipped) < MaxSkipped {
+		st.Skipped = append(st.Skipped, Skip{Path: name, Reason: reason})
+	}
+}
+
+// ExtractOptions tune ExtractTarWith.
+type ExtractOptions struct {
+	// Untrusted is for archives written by a party the caller does not
+	// trust (the host extracting what a guest sent). Then the archive's
+	// "." entry is ignored; setuid, setgid and sticky bits are dropped;
+	// permissions are masked with Umask (directories keep owner rwx so
+	// the tree stays removable); and symlinks that are absolute or lead
+	// out of dest are not created but listed in Stats.Skipped.
+	Untrusted bool
+	// Umask is applied to permissions in untrusted mode; see
+	// ProcessUmask.
+	Umask fs.FileMode
+}
+
+// mode returns the permissions an entry gets on disk.
+func (o ExtractOptions) mode(h int64, dir bool) fs.FileMode {
+	m := goMode(h)
+	if !o.Untrusted {
+		return m
+	}
+	m = m.Perm() &^ o.Umask
+	if dir {
+		m |= 0o700
+	}
+	return m
 }
 
 // TarDir writes the contents of dir as an uncompressed tar stream to w.
@@ -206,7 +256,14 @@ func CleanName(name string) (string, error) {
 	return c, nil
 }
 
-// ExtractTar extracts the uncompressed tar stream r into dest, which is
+// ExtractTar extracts the uncompressed tar stream r into dest as
+// ExtractTarWith does, trusting its modes and links (the guest agent
+// extracting what the host pushed).
+func ExtractTar(r io.Reader, dest string) (Stats, error) {
+	return ExtractTarWith(r, dest, ExtractOptions{})
+}
+
+// ExtractTarWith extracts the uncompressed tar stream r into dest, which is
 // created (with parents) if missing. It is safe against hostile archives:
 // entries with absolute names or ".." are rejected, no existing symlink is
 // ever followed (an entry whose parent path is a symlink is rejected, and an
@@ -215,8 +272,8 @@ func CleanName(name string) (string, error) {
 // for dest. Modes (permissions, setuid/setgid/sticky) and modification
 // times are restored; owners are not (files belong to the caller).
 // Devices, fifos and sockets are skipped. On error, what was extracted so
-// far stays.
-func ExtractTar(r io.Reader, dest string) (Stats, error) {
+// far stays. See ExtractOptions for archives from an untrusted party.
+func ExtractTarWith(r io.Reader, dest string, opts ExtractOptions) (Stats, error) {
 	var st Stats
 	if err := os.MkdirAll(dest, 0o755); err != nil {
 		return st, err
@@ -247,9 +304,11 @@ func ExtractTar(r io.Reader, dest string) (Stats, error) {
 		if err != nil {
 			return st, err
 		}
-		mode := goMode(hdr.Mode)
+		mode := opts.mode(hdr.Mode, hdr.Typeflag == tar.TypeDir)
 		if name == "." {
-			if hdr.Typeflag == tar.TypeDir {
+			// dest's own mode is the caller's choice when the archive
+			// is not trusted.
+			if hdr.Typeflag == tar.TypeDir && !opts.Untrusted {
 				dirs = append(dirs, dirMeta{name, mode, hdr.ModTime})
 			}
 			continue
@@ -257,7 +316,14 @@ func ExtractTar(r io.Reader, dest string) (Stats, error) {
 		switch hdr.Typeflag {
 		case tar.TypeReg, tar.TypeRegA, tar.TypeDir, tar.TypeSymlink, tar.TypeLink:
 		default:
-			continue // devices, fifos, sockets, unknown: skipped
+			st.skip(name, fmt.Sprintf("unsupported entry type %q", hdr.Typeflag))
+			continue
+		}
+		if hdr.Typeflag == tar.TypeSymlink && opts.Untrusted {
+			if why := unsafeLink(name, hdr.Linkname); why != "" {
+				st.skip(name, why)
+				continue
+			}
 		}
 		if err := prepareParent(root, name); err != nil {
 			return st, err
@@ -361,6 +427,37 @@ func ExtractTar(r io.Reader, dest string) (Stats, error) {
 		}
 	}
 	return st, nil
+}
+
+// unsafeLink says why a symlink name -> target from an untrusted archive
+// could lead out of the extracted tree ("" when it cannot). The target must
+// be relative, may climb with leading ".." no higher than the tree's root
+// (every parent of an entry is a real directory, see prepareParent), and
+// must not use ".." after any other element: "l/.." climbs from wherever
+// the symlink l points, which is not known from the name.
+func unsafeLink(name, target string) string {
+	if target == "" || strings.IndexByte(target, 0) >= 0 {
+		return "symlink with an invalid target"
+	}
+	if strings.HasPrefix(target, "/") {
+		return "absolute symlink"
+	}
+	up, depth := 0, strings.Count(name, "/")
+	climbing := true
+	for _, el := range strings.Split(target, "/") {
+		switch {
+		case el == ".." && climbing:
+			up++
+		case el == "..":
+			return "symlink with .. after another element"
+		default:
+			climbing = false
+		}
+	}
+	if up > depth {
+		return "symlink leading out of the exported tree"
+	}
+	return ""
 }
 
 // prepareParent makes sure every parent directory of name exists as a real
@@ -553,4 +650,22 @@ func (g *sparseGuard) Read(p []byte) (int, error) {
 		return n, fmt.Errorf("%w: a sparse file (not supported)", ErrBadArchive)
 	}
 	return n, err
+}
+
+// ProcessUmask returns the process's file mode creation mask, read from
+// /proc/self/status: setting and restoring it with umask(2) would change it
+// for every other goroutine meanwhile. Without /proc it assumes 022.
+func ProcessUmask() fs.FileMode {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0o022
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Umask:"); ok {
+			if m, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32); err == nil {
+				return fs.FileMode(m) & fs.ModePerm
+			}
+		}
+	}
+	return 0o022
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -322,5 +323,118 @@ func TestOpenArchive(t *testing.T) {
 	}
 	if _, err := OpenArchive(filepath.Join(dir, "missing.tar")); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("missing: %v", err)
+	}
+}
+
+// A guest-written archive cannot put setuid bits, modes beyond the umask,
+// devices or links out of the tree on the host, nor change dest's mode.
+func TestExtractUntrusted(t *testing.T) {
+	data := mkTar(t,
+		entry{name: "./", typ: tar.TypeDir, mode: 0o7777},
+		entry{name: "suid", typ: tar.TypeReg, mode: 0o6755, body: "x"},
+		entry{name: "world/", typ: tar.TypeDir, mode: 0o1777},
+		entry{name: "world/f", typ: tar.TypeReg, mode: 0o666, body: "y"},
+		entry{name: "id_rsa", typ: tar.TypeSymlink, link: "/root/.ssh/id_rsa"},
+		entry{name: "sub/x", typ: tar.TypeSymlink, link: "../../etc"},
+		entry{name: "sub/ok", typ: tar.TypeSymlink, link: "../suid"},
+		entry{name: "sub/deep/up", typ: tar.TypeSymlink, link: "../../world/f"},
+		entry{name: "dot", typ: tar.TypeSymlink, link: "."},
+		entry{name: "through", typ: tar.TypeSymlink, link: "dot/.."},
+		entry{name: "fifo", typ: tar.TypeFifo},
+		entry{name: "null", typ: tar.TypeChar},
+	)
+	dest := t.TempDir()
+	if err := os.Chmod(dest, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	st, err := ExtractTarWith(bytes.NewReader(data), dest, ExtractOptions{Untrusted: true, Umask: 0o022})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mode := func(name string) fs.FileMode {
+		fi, err := os.Lstat(filepath.Join(dest, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Mode()
+	}
+	if m := mode("."); m.Perm() != 0o700 || m&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky) != 0 {
+		t.Errorf("dest mode changed to %v by the archive's . entry", m)
+	}
+	if m := mode("suid"); m != 0o755 {
+		t.Errorf("suid file: %v, want -rwxr-xr-x", m)
+	}
+	if m := mode("world"); m != fs.ModeDir|0o755 {
+		t.Errorf("0777 sticky dir: %v, want drwxr-xr-x", m)
+	}
+	if m := mode("world/f"); m != 0o644 {
+		t.Errorf("0666 file: %v, want -rw-r--r--", m)
+	}
+	for _, name := range []string{"id_rsa", "sub/x", "through", "fifo", "null"} {
+		if _, err := os.Lstat(filepath.Join(dest, name)); err == nil {
+			t.Errorf("%s was written", name)
+		}
+	}
+	for _, name := range []string{"sub/ok", "sub/deep/up", "dot"} {
+		if mode(name)&fs.ModeSymlink == 0 {
+			t.Errorf("%s: a symlink inside the tree was not kept", name)
+		}
+	}
+	if st.SkippedCount != 5 || len(st.Skipped) != 5 {
+		t.Fatalf("skipped %d %v, want 5", st.SkippedCount, st.Skipped)
+	}
+	got := map[string]string{}
+	for _, s := range st.Skipped {
+		got[s.Path] = s.Reason
+	}
+	want := map[string]string{
+		"id_rsa":  "absolute symlink",
+		"sub/x":   "symlink leading out of the exported tree",
+		"through": "symlink with .. after another element",
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("skipped %s: %q, want %q", k, got[k], v)
+		}
+	}
+}
+
+// The trusted mode (the agent extracting a push) keeps modes and links.
+func TestExtractTrustedKeepsModes(t *testing.T) {
+	data := mkTar(t,
+		entry{name: "suid", typ: tar.TypeReg, mode: 0o4755, body: "x"},
+		entry{name: "abs", typ: tar.TypeSymlink, link: "/etc/hostname"},
+	)
+	dest := t.TempDir()
+	if _, err := ExtractTar(bytes.NewReader(data), dest); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(filepath.Join(dest, "suid")); err != nil || fi.Mode()&fs.ModeSetuid == 0 {
+		t.Errorf("trusted extraction dropped setuid: %v %v", fi.Mode(), err)
+	}
+	if l, err := os.Readlink(filepath.Join(dest, "abs")); err != nil || l != "/etc/hostname" {
+		t.Errorf("trusted extraction dropped an absolute symlink: %q %v", l, err)
+	}
+}
+
+func TestSkippedIsBounded(t *testing.T) {
+	var es []entry
+	for i := 0; i < MaxSkipped+50; i++ {
+		es = append(es, entry{name: "f" + string(rune('a'+i%26)) + string(rune('a'+i/26)), typ: tar.TypeFifo})
+	}
+	st, err := ExtractTarWith(bytes.NewReader(mkTar(t, es...)), t.TempDir(), ExtractOptions{Untrusted: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.SkippedCount != MaxSkipped+50 || len(st.Skipped) != MaxSkipped {
+		t.Errorf("skipped count %d, list %d", st.SkippedCount, len(st.Skipped))
+	}
+}
+
+func TestProcessUmask(t *testing.T) {
+	old := syscall.Umask(0o027)
+	defer syscall.Umask(old)
+	if m := ProcessUmask(); m != 0o027 {
+		t.Errorf("umask %o, want 027", m)
 	}
 }

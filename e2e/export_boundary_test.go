@@ -1,0 +1,106 @@
+package e2e
+
+import (
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// What a guest chooses (modes, links, devices) must not reach the host
+// through export: a root guest makes a setuid binary, a world-writable
+// directory, an absolute symlink to a key, a relative symlink out of the
+// tree, a fifo and a symlink to /etc/shadow; each comes out safe.
+func TestExportBoundary(t *testing.T) {
+	requireE2E(t)
+	ensureEnv(t, baseEnv)
+	_, env := isolatedHome(t)
+	var w wsStatus
+	mustWS(t, env, &w, "create", baseEnv)
+	id := w.WorkspaceID
+	defer ws(t, env, nil, "delete", id)
+	res := wsExec(t, env, id, "sh", "-ec", `
+mkdir -p out/open
+printf '#!/bin/sh\nid\n' > out/suid && chmod 6755 out/suid
+chmod 1777 out/open && echo hi > out/open/f && chmod 0666 out/open/f
+ln -s /root/.ssh/id_rsa out/id_rsa
+ln -s ../../etc out/x
+ln -s open/f out/inside
+mkfifo out/fifo
+ln -s /etc/shadow shadowlink
+chmod 0777 out`)
+	if res["exit_code"] != float64(0) {
+		t.Fatalf("guest setup: %v", res)
+	}
+
+	umask := syscall.Umask(0o022)
+	syscall.Umask(umask)
+	host := t.TempDir()
+	out := filepath.Join(host, "out")
+	var er struct {
+		FileCount    int `json:"file_count"`
+		SkippedCount int `json:"skipped_count"`
+		Skipped      []struct {
+			Path   string `json:"path"`
+			Reason string `json:"reason"`
+		} `json:"skipped"`
+	}
+	mustWS(t, env, &er, "export", id, "out", "--output", out)
+	mode := func(name string) fs.FileMode {
+		t.Helper()
+		fi, err := os.Lstat(filepath.Join(out, name))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		return fi.Mode()
+	}
+	special := fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky
+	for name, want := range map[string]fs.FileMode{
+		".":      fs.ModeDir | 0o777&^fs.FileMode(umask) | 0o700,
+		"suid":   0o755 &^ fs.FileMode(umask),
+		"open":   fs.ModeDir | 0o777&^fs.FileMode(umask) | 0o700,
+		"open/f": 0o666 &^ fs.FileMode(umask),
+	} {
+		if m := mode(name); m != want || m&special != 0 {
+			t.Errorf("%s: mode %v, want %v", name, m, want)
+		}
+	}
+	if l, err := os.Readlink(filepath.Join(out, "inside")); err != nil || l != "open/f" {
+		t.Errorf("a symlink inside the tree was not kept: %q %v", l, err)
+	}
+	for _, name := range []string{"id_rsa", "x", "fifo"} {
+		if _, err := os.Lstat(filepath.Join(out, name)); err == nil {
+			t.Errorf("%s was written to the host", name)
+		}
+	}
+	skipped := map[string]string{}
+	for _, s := range er.Skipped {
+		skipped[s.Path] = s.Reason
+	}
+	// The agent does not archive fifos, so only the links are reported.
+	if er.SkippedCount != 2 || skipped["id_rsa"] == "" || skipped["x"] == "" {
+		t.Errorf("skipped: %+v", er)
+	}
+
+	// A single-file export of a symlink is refused: the output path never
+	// becomes a link (here it would be one to the host's /etc/shadow).
+	shadow := filepath.Join(host, "shadow")
+	r := ws(t, env, nil, "export", id, "shadowlink", "--output", shadow)
+	if r.code == 0 || !strings.Contains(r.stdout+r.stderr, "symlink") {
+		t.Errorf("file export of a symlink: exit %d: %s %s", r.code, r.stdout, r.stderr)
+	}
+	if _, err := os.Lstat(shadow); err == nil {
+		t.Error("file export of a symlink wrote the output path")
+	}
+	ents, _ := os.ReadDir(host)
+	if len(ents) != 1 {
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Errorf("leftovers beside the output: %v", names)
+	}
+	t.Logf("file export of a symlink: %s", strings.TrimSpace(r.stdout+r.stderr))
+}
