@@ -129,7 +129,9 @@
 // # Errors
 //
 // Request errors are HTTP 4xx/5xx with an ErrorResponse body whose category is
-// an errdefs category name (invalid_argument, not_found, unavailable, ...).
+// an errdefs wire name (invalid_argument, not_found, unavailable, ...) and
+// whose status is that category's (errdefs.HTTPStatus); the hint travels in
+// its own field. See errors.go.
 // A command that fails is not an error: it is an ExecResult with its exit code
 // (127 when the command is not found, 126 when it cannot be executed, 124 on
 // timeout, 128+n when killed by signal n).
@@ -251,10 +253,4 @@ type Event struct {
 // ShutdownResponse acknowledges a shutdown request.
 type ShutdownResponse struct {
 	OK bool `json:"ok"`
-}
-
-// ErrorResponse is the body of a non-2xx reply.
-type ErrorResponse struct {
-	Error    string `json:"error"`
-	Category string `json:"category"`
 }

@@ -233,12 +233,11 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest, onOutput func(stream
 			}
 			return *ev.Result, nil
 		case EventError:
-			msg := "unknown error"
-			cat := ""
+			er := ErrorResponse{Error: "unknown error"}
 			if ev.Error != nil {
-				msg, cat = ev.Error.Error, ev.Error.Category
+				er = *ev.Error
 			}
-			return ExecResult{}, errdefs.New(categoryFromName(cat), "", "exec: agent: %s", msg)
+			return ExecResult{}, fmt.Errorf("exec: agent: %w", er.Err(0))
 		}
 	}
 }
@@ -291,23 +290,7 @@ func (c *Client) doStream(ctx context.Context, method, path string, body io.Read
 	var er ErrorResponse
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if json.Unmarshal(data, &er) != nil || er.Error == "" {
-		er.Error = fmt.Sprintf("http status %d: %s", resp.StatusCode, bytes.TrimSpace(data))
+		er = ErrorResponse{Error: fmt.Sprintf("http status %d: %s", resp.StatusCode, bytes.TrimSpace(data))}
 	}
-	return nil, errdefs.New(categoryFromName(er.Category), "", "%s", er.Error)
-}
-
-// categoryFromName maps an ErrorResponse category back to an errdefs value.
-// Unknown names are reported as unavailable: the agent failed, not the caller.
-func categoryFromName(name string) error {
-	switch name {
-	case "invalid_argument":
-		return errdefs.ErrInvalidArgument
-	case "not_found":
-		return errdefs.ErrNotFound
-	case "already_exists":
-		return errdefs.ErrAlreadyExists
-	case "failed_precondition":
-		return errdefs.ErrFailedPrecondition
-	}
-	return errdefs.ErrUnavailable
+	return nil, er.Err(resp.StatusCode)
 }

@@ -109,3 +109,26 @@ func TestRedialAfterSessionLoss(t *testing.T) {
 		t.Fatalf("after close: %v", err)
 	}
 }
+
+// An error crosses the wire with its category, message and hint apart, and
+// a reply without a readable body still maps by its status.
+func TestErrorRoundTrip(t *testing.T) {
+	for _, cat := range errdefs.Categories() {
+		orig := errdefs.New(cat, "do this", "it failed")
+		mux := http.NewServeMux()
+		mux.HandleFunc("GET "+PathHealth, func(w http.ResponseWriter, r *http.Request) { WriteError(w, orig) })
+		c, _ := fakeAgent(t, mux)
+		_, err := c.Health(ctx(t))
+		if !errors.Is(err, cat) || errdefs.Hint(err) != "do this" || errdefs.Message(err) != "it failed" {
+			t.Errorf("%v: got %v", cat, err)
+		}
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+PathHealth, func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "gone", http.StatusNotFound)
+	})
+	c, _ := fakeAgent(t, mux)
+	if _, err := c.Health(ctx(t)); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("status fallback: %v", err)
+	}
+}

@@ -22,7 +22,6 @@ package supervisor
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -285,13 +284,4 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 // writeError answers with the agent protocol's error body, so the proxied
 // agent client maps it back to the same category.
-func writeError(w http.ResponseWriter, err error) {
-	code := http.StatusInternalServerError
-	switch {
-	case errors.Is(err, errdefs.ErrFailedPrecondition):
-		code = http.StatusConflict
-	case errors.Is(err, errdefs.ErrUnavailable):
-		code = http.StatusBadGateway
-	}
-	writeJSON(w, code, agentapi.ErrorResponse{Error: err.Error(), Category: errdefs.CategoryName(err)})
-}
+func writeError(w http.ResponseWriter, err error) { agentapi.WriteError(w, err) }
