@@ -203,10 +203,9 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 // fail replies with err: its errdefs category gives the wire name and
 // the HTTP status; secret values in the message are redacted.
 func (s *Agent) fail(w http.ResponseWriter, err error) {
-	writeJSON(w, errdefs.HTTPStatus(err), agentapi.ErrorResponse{
-		Error:    s.secrets.redactString(err.Error()),
-		Category: errdefs.CategoryName(err),
-	})
+	er := agentapi.NewErrorResponse(err)
+	er.Error, er.Hint = s.secrets.redactString(er.Error), s.secrets.redactString(er.Hint)
+	agentapi.WriteErrorResponse(w, errdefs.HTTPStatus(err), er)
 }
 
 // errorf is an error of an errdefs category (errdefs.ErrNotFound...).

@@ -169,19 +169,3 @@ func Message(err error) string {
 	}
 	return h.msg + ": " + Message(h.cause)
 }
-
-// HTTPStatus maps a category to the HTTP status of an API error reply
-// (the guest agent's and the supervisor's).
-func HTTPStatus(err error) int {
-	switch Category(err) {
-	case ErrInvalidArgument:
-		return 400
-	case ErrNotFound:
-		return 404
-	case ErrAlreadyExists, ErrFailedPrecondition:
-		return 409
-	case ErrUnavailable:
-		return 503
-	}
-	return 500
-}
