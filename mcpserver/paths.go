@@ -62,11 +62,17 @@ var errNeedRoots = errors.New("client roots needed")
 // confinement holds the allowed roots of a server and the client roots of
 // each session.
 type confinement struct {
-	allow []string // absolute, cleaned, symlink-free
+	allow []root
 
 	mu      sync.Mutex
-	session map[*mcp.ServerSession][]string // known client roots
+	session map[*mcp.ServerSession][]root // known client roots
 }
+
+// root is an allowed directory as it was named (absolute, clean) and as it
+// resolves (symlink-free). Paths are matched against either, so that a
+// path given through a symlinked working directory still matches; what
+// they resolve to is checked against the real one.
+type root struct{ given, real string }
 
 func newConfinement(dirs []string) (*confinement, error) {
 	if len(dirs) == 0 {
@@ -76,7 +82,7 @@ func newConfinement(dirs []string) (*confinement, error) {
 		}
 		dirs = []string{wd}
 	}
-	c := &confinement{session: map[*mcp.ServerSession][]string{}}
+	c := &confinement{session: map[*mcp.ServerSession][]root{}}
 	for _, d := range dirs {
 		root, err := rootDir(d)
 		if err != nil {
@@ -89,26 +95,26 @@ func newConfinement(dirs []string) (*confinement, error) {
 
 // rootDir checks that d can be a root: an existing directory whose real
 // path is not a pseudo file system.
-func rootDir(d string) (string, error) {
+func rootDir(d string) (root, error) {
 	abs, err := filepath.Abs(d)
 	if err != nil {
-		return "", err
+		return root{}, err
 	}
 	real, err := filepath.EvalSymlinks(abs)
 	if err != nil {
-		return "", err
+		return root{}, err
 	}
 	if inPseudoFS(abs) || inPseudoFS(real) {
-		return "", fmt.Errorf("%s is a pseudo file system", real)
+		return root{}, fmt.Errorf("%s is a pseudo file system", real)
 	}
 	st, err := os.Stat(real)
 	if err != nil {
-		return "", err
+		return root{}, err
 	}
 	if !st.IsDir() {
-		return "", fmt.Errorf("%s is not a directory", real)
+		return root{}, fmt.Errorf("%s is not a directory", real)
 	}
-	return real, nil
+	return root{given: abs, real: real}, nil
 }
 
 func inPseudoFS(p string) bool {
@@ -154,12 +160,12 @@ func (c *confinement) learn(req *mcp.CallToolRequest) {
 	if !ok {
 		return
 	}
-	var dirs []string
-	for _, root := range r.Roots {
-		if root == nil {
+	var dirs []root
+	for _, cr := range r.Roots {
+		if cr == nil {
 			continue
 		}
-		u, err := url.Parse(root.URI)
+		u, err := url.Parse(cr.URI)
 		if err != nil || u.Scheme != "file" || (u.Host != "" && u.Host != "localhost") {
 			continue // only local file roots mean a host directory
 		}
@@ -168,7 +174,7 @@ func (c *confinement) learn(req *mcp.CallToolRequest) {
 		}
 	}
 	if dirs == nil {
-		dirs = []string{}
+		dirs = []root{}
 	}
 	c.mu.Lock()
 	c.session[req.Session] = dirs
@@ -177,7 +183,7 @@ func (c *confinement) learn(req *mcp.CallToolRequest) {
 
 // roots returns the roots allowed for this call, or errNeedRoots when the
 // client offers roots that the server does not know yet.
-func (c *confinement) roots(req *mcp.CallToolRequest) ([]string, error) {
+func (c *confinement) roots(req *mcp.CallToolRequest) ([]root, error) {
 	if req == nil || req.Session == nil {
 		return c.allow, nil
 	}
@@ -191,7 +197,7 @@ func (c *confinement) roots(req *mcp.CallToolRequest) ([]string, error) {
 	if !known {
 		return nil, errNeedRoots
 	}
-	return append(append([]string{}, c.allow...), client...), nil
+	return append(append([]root{}, c.allow...), client...), nil
 }
 
 // rootsInputRequest is the result that asks the client for its roots. The
@@ -201,19 +207,20 @@ func rootsInputRequest() *mcp.CallToolResult {
 	return &mcp.CallToolResult{InputRequests: mcp.InputRequestMap{rootsInputID: &mcp.ListRootsParams{}}}
 }
 
-func outsideError(arg, p string, roots []string) error {
-	where := "the server allows no host paths"
-	if len(roots) > 0 {
-		where = "allowed roots: " + strings.Join(roots, ", ")
+func outsideError(arg, p string, roots []root) error {
+	var names []string
+	for _, r := range roots {
+		names = append(names, r.real)
 	}
+	where := "allowed roots: " + strings.Join(names, ", ")
 	return errdefs.New(errdefs.ErrFailedPrecondition,
 		where+"; name a path beneath one of them, add the directory to the client's roots, or start the server with --allow-path DIR",
 		"%s %q is outside the allowed roots", arg, p)
 }
 
 // beneath finds the root that lexically holds p and opens it. rel is p
-// relative to it.
-func beneath(arg, p string, roots []string) (r *os.Root, rootPath, rel string, err error) {
+// relative to it; rootPath is the root's real path.
+func beneath(arg, p string, roots []root) (r *os.Root, rootPath, rel string, err error) {
 	if p == "" {
 		return nil, "", "", errdefs.New(errdefs.ErrInvalidArgument, "give a host path", "%s is empty", arg)
 	}
@@ -224,16 +231,18 @@ func beneath(arg, p string, roots []string) (r *os.Root, rootPath, rel string, e
 	if inPseudoFS(abs) {
 		return nil, "", "", outsideError(arg, p, roots)
 	}
-	for _, root := range roots {
-		if !within(root, abs) {
-			continue
+	for _, rt := range roots {
+		for _, form := range []string{rt.real, rt.given} {
+			if !within(form, abs) {
+				continue
+			}
+			r, err := os.OpenRoot(rt.real)
+			if err != nil {
+				break
+			}
+			rel, _ := filepath.Rel(form, abs)
+			return r, rt.real, rel, nil
 		}
-		r, err := os.OpenRoot(root)
-		if err != nil {
-			continue
-		}
-		rel, _ := filepath.Rel(root, abs)
-		return r, root, rel, nil
 	}
 	return nil, "", "", outsideError(arg, p, roots)
 }

@@ -248,3 +248,17 @@ func TestMCPHostCompatNeedsServerFlag(t *testing.T) {
 		}
 	}
 }
+
+// TestMCPSymlinkedRoot: a root named through a symlink (a symlinked
+// working directory, say) matches paths in both spellings.
+func TestMCPSymlinkedRoot(t *testing.T) {
+	allowed, _ := tree(t)
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(allowed, link); err != nil {
+		t.Fatal(err)
+	}
+	cs := connectWith(t, Options{AllowPaths: []string{link}}, table, noRoots)
+	wantPathAccepted(t, cs, filepath.Join(link, "dir"))
+	wantPathAccepted(t, cs, filepath.Join(allowed, "dir"))
+	wantPathRefused(t, cs, "workspace_sync_push", map[string]any{"workspace_id": "nope", "source_path": filepath.Join(link, "out")}, "failed_precondition: ")
+}
