@@ -1,14 +1,28 @@
 // Package hostcompat is the host-compat backend: when no guest can boot and
-// the caller allowed it, the guest agent runs on the host itself, inside new
-// mount, PID, UTS, IPC (and, without networking, network) namespaces, with
-// the environment's ext4 root image (read-only, under a tmpfs overlay) as
-// its root filesystem. Isolation is weaker than a VM: same kernel, real root
-// (with a reduced capability bounding set).
+// the operator allowed it, the guest agent runs on the host itself. It is
+// a real sandbox, weaker than a VM only in that it shares the host kernel:
+//
+//   - namespaces: mount, PID, UTS, IPC, cgroup and always its own network
+//     namespace with only lo (no network: a requested one is refused);
+//   - a user namespace mapping the sandbox's root to an unprivileged host
+//     id range (idmap_linux.go), with the images mounted idmapped;
+//   - no capabilities at all for the agent and the commands (bounding,
+//     inheritable, permitted, effective and ambient sets empty, securebits
+//     locked), no_new_privs, and a seccomp filter (seccomp_linux.go);
+//   - a cgroup enforcing mem_mib, vcpu_count and a pids limit
+//     (cgroup_linux.go), and sized tmpfs mounts.
 //
 // The sandbox is the pyro binary itself, re-executed with HiddenArg (see
-// Main): PID 1 of the new PID namespace sets up the root, listens on the VM
-// directory's agent socket, pivots into the root and starts the agent server
-// as its child, then only reaps orphans.
+// Main), in three steps:
+//
+//	init     host root, new mount and PID namespaces: joins the cgroup,
+//	         mounts the images (loop devices and idmapped mounts need host
+//	         privileges), the overlay root and the agent socket, starts
+//	         the sandbox and forwards signals to it.
+//	sandbox  PID 1 inside every new namespace, root of the user
+//	         namespace: mounts /proc, /sys, /dev..., pivots into the root,
+//	         starts the agent and reaps orphans.
+//	serve    drops every privilege (confine) and execs the agent server.
 package hostcompat
 
 import (
@@ -17,6 +31,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"syscall"
 
 	"github.com/pyro-mcp/pyro/internal/errdefs"
@@ -31,8 +46,11 @@ const HiddenArg = "__pyro-hostcompat"
 
 // Roles after HiddenArg.
 const (
-	roleInit  = "init"  // PID 1: set up the root, reap orphans
-	roleServe = "serve" // the agent server, child of PID 1
+	roleInit    = "init"    // host side of the sandbox: mounts, cgroup, signals
+	roleHold    = "hold"    // keeps a user namespace alive for idmapped mounts
+	roleSandbox = "sandbox" // PID 1 inside the namespaces: reaps orphans
+	roleServe   = "serve"   // drops privileges, then execs roleAgent
+	roleAgent   = "agent"   // the agent server
 )
 
 // stagingDir is the directory in the VM directory where the sandbox mounts
@@ -42,13 +60,29 @@ const stagingDir = "hostcompat-root"
 // sandboxPath is the PATH the sandbox processes start with.
 const sandboxPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
+// Defaults for a spec that leaves the sizes out (the VM layer always sets
+// them).
+const (
+	defaultMemMiB = 1024
+	defaultVCPUs  = 1
+)
+
 // config is what the host hands the sandbox init on its command line.
 type config struct {
-	Dir       string `json:"dir"`                 // VM directory (absolute)
-	Rootfs    string `json:"rootfs"`              // read-only ext4 root image
-	Workspace string `json:"workspace,omitempty"` // read-write ext4 image for /workspace
-	Network   bool   `json:"network"`             // share the host network namespace
-	Hostname  string `json:"hostname"`
+	Dir       string   `json:"dir"`                 // VM directory (absolute)
+	Rootfs    string   `json:"rootfs"`              // read-only ext4 root image
+	Workspace string   `json:"workspace,omitempty"` // read-write ext4 image for /workspace
+	Hostname  string   `json:"hostname"`
+	MemMiB    int      `json:"mem_mib"` // sizes the tmpfs mounts
+	Cgroup    []string `json:"cgroup"`  // directories to join (one per hierarchy)
+	IDs       idRange  `json:"ids"`
+}
+
+// sandboxConfig is what the init hands the sandbox's PID 1. It holds no
+// host path: the root comes as an open directory.
+type sandboxConfig struct {
+	Hostname string `json:"hostname"`
+	MemMiB   int    `json:"mem_mib"`
 }
 
 // Backend runs guests as host-compat sandboxes.
@@ -66,11 +100,8 @@ func (b *Backend) Features() vmm.Features {
 }
 
 // Note is a one-line description of the isolation a spec gets, for results.
-func Note(spec vmm.Spec) string {
-	if spec.Network {
-		return "sharing the host network namespace"
-	}
-	return "no network"
+func Note(vmm.Spec) string {
+	return "user namespace, no capabilities, seccomp, cgroup limits, no network"
 }
 
 func configFor(spec vmm.Spec) config {
@@ -78,31 +109,44 @@ func configFor(spec vmm.Spec) config {
 	if root == "" {
 		root = spec.RootDisk
 	}
+	mem := spec.MemMiB
+	if mem <= 0 {
+		mem = defaultMemMiB
+	}
 	return config{
 		Dir: string(spec.Dir), Rootfs: root, Workspace: spec.WorkspaceDisk,
-		Network: spec.Network, Hostname: "pyro",
+		Hostname: "pyro", MemMiB: mem,
 	}
 }
 
+func limitsFor(spec vmm.Spec) limits {
+	l := limits{MemMiB: spec.MemMiB, VCPUs: spec.VCPUs, Pids: pidsMax}
+	if l.MemMiB <= 0 {
+		l.MemMiB = defaultMemMiB
+	}
+	if l.VCPUs <= 0 {
+		l.VCPUs = defaultVCPUs
+	}
+	return l
+}
+
 // Args returns the sandbox init's arguments (after the program name).
-func Args(spec vmm.Spec) ([]string, error) {
-	b, err := json.Marshal(configFor(spec))
+func Args(cfg config) ([]string, error) {
+	b, err := json.Marshal(cfg)
 	if err != nil {
 		return nil, err
 	}
 	return []string{HiddenArg, roleInit, string(b)}, nil
 }
 
-// Cloneflags returns the namespaces a sandbox for spec is created in: the
-// network namespace is shared with the host only when spec asks for a
-// network.
-func Cloneflags(spec vmm.Spec) uintptr {
-	f := uintptr(syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC)
-	if !spec.Network {
-		f |= syscall.CLONE_NEWNET
-	}
-	return f
-}
+// Cloneflags are the namespaces the sandbox init is created in; the
+// sandbox proper adds the user, UTS, IPC, network and cgroup namespaces
+// (sandboxCloneflags).
+const Cloneflags = syscall.CLONE_NEWNS | syscall.CLONE_NEWPID
+
+// sandboxCloneflags are the namespaces of the sandbox's PID 1.
+const sandboxCloneflags = syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS | syscall.CLONE_NEWPID |
+	syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC | syscall.CLONE_NEWNET | syscall.CLONE_NEWCGROUP
 
 // Start starts the sandbox for spec. Its init writes its diagnostics to the
 // VM directory's console log.
@@ -110,14 +154,43 @@ func (b *Backend) Start(_ context.Context, spec vmm.Spec) (vmm.Machine, error) {
 	if spec.Dir == "" {
 		return nil, errdefs.New(errdefs.ErrInvalidArgument, "", "host-compat: no VM directory")
 	}
+	// A network in host-compat would be the host's own (its loopback
+	// services, its routes) until a userspace network with a policy
+	// exists for it; refusing is clearer than silently running offline.
+	if spec.Network {
+		return nil, errdefs.New(errdefs.ErrUnavailable,
+			"run without --network (network=false), or install qemu-system-x86 so a VM can boot",
+			"host-compat has no network: the sandbox gets its own network namespace with only loopback")
+	}
 	if os.Geteuid() != 0 {
-		return nil, errdefs.New(errdefs.ErrUnavailable, "run pyro as root, or install qemu-system-x86", "host-compat needs root (namespaces, loop devices, mounts)")
+		return nil, errdefs.New(errdefs.ErrUnavailable, "run pyro as root, or install qemu-system-x86", "host-compat needs root (namespaces, loop devices, mounts, cgroups)")
+	}
+	if _, err := filterProgram(); err != nil {
+		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "install qemu-system-x86", "host-compat")
 	}
 	cfg := configFor(spec)
 	if _, err := os.Stat(cfg.Rootfs); err != nil {
 		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "reinstall the environment with `pyro env pull`", "host-compat: root image")
 	}
-	args, err := Args(spec)
+	id := spec.ID
+	if id == "" {
+		id = filepath.Base(string(spec.Dir))
+	}
+	cg, err := createCgroup(id, limitsFor(spec))
+	if err != nil {
+		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "host-compat needs cgroup v2 (or the v1 memory, pids and cpu controllers) mounted at "+cgroupRoot, "host-compat cgroup")
+	}
+	cfg.Cgroup, cfg.IDs = cg.Dirs, sandboxIDs()
+	m, err := start(spec, cfg)
+	if err != nil {
+		_ = cg.remove()
+		return nil, err
+	}
+	return newMachine(m, cg), nil
+}
+
+func start(spec vmm.Spec, cfg config) (vmm.Machine, error) {
+	args, err := Args(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -131,12 +204,42 @@ func (b *Backend) Start(_ context.Context, spec vmm.Spec) (vmm.Machine, error) {
 	}
 	defer log.Close()
 	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: Cloneflags(spec)}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: Cloneflags}
 	m, err := vmm.StartMachine(cmd, spec.Dir, vmdir.ConsoleLog, "host-compat sandbox")
 	if err != nil {
 		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "host-compat needs root and a kernel with user, PID and mount namespaces", "start host-compat sandbox")
 	}
 	return m, nil
+}
+
+// machine is a running sandbox; its cgroup goes away once the sandbox has
+// exited.
+type machine struct {
+	vmm.Machine
+	removed chan struct{}
+}
+
+func newMachine(m vmm.Machine, cg *cgroup) *machine {
+	hm := &machine{Machine: m, removed: make(chan struct{})}
+	go func() {
+		<-m.Done()
+		if err := cg.remove(); err != nil {
+			fmt.Fprintf(os.Stderr, "pyro: host-compat: %v\n", err)
+		}
+		close(hm.removed)
+	}()
+	return hm
+}
+
+// Stop stops the sandbox and waits (as long as ctx allows) for its cgroup
+// to be removed.
+func (m *machine) Stop(ctx context.Context) error {
+	err := m.Machine.Stop(ctx)
+	select {
+	case <-m.removed:
+	case <-ctx.Done():
+	}
+	return err
 }
 
 // parseConfig decodes the init's configuration argument.
@@ -147,6 +250,15 @@ func parseConfig(s string) (config, error) {
 	}
 	if c.Dir == "" || c.Rootfs == "" {
 		return c, fmt.Errorf("sandbox config lacks dir or rootfs")
+	}
+	if len(c.Cgroup) == 0 {
+		return c, fmt.Errorf("sandbox config lacks a cgroup")
+	}
+	if c.IDs.UIDBase == 0 || c.IDs.GIDBase == 0 || c.IDs.Count == 0 {
+		return c, fmt.Errorf("sandbox config lacks an unprivileged id range")
+	}
+	if c.MemMiB <= 0 {
+		c.MemMiB = defaultMemMiB
 	}
 	if c.Hostname == "" {
 		c.Hostname = "pyro"

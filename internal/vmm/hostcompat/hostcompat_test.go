@@ -1,9 +1,13 @@
 package hostcompat
 
 import (
+	"context"
+	"errors"
+	"strings"
 	"syscall"
 	"testing"
 
+	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/vmm"
 )
@@ -18,54 +22,80 @@ func TestBackendIdentity(t *testing.T) {
 	}
 }
 
-func TestCloneflags(t *testing.T) {
-	base := uintptr(syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC)
-	if got := Cloneflags(vmm.Spec{}); got != base|syscall.CLONE_NEWNET {
-		t.Errorf("no network: flags %#x, want %#x", got, base|syscall.CLONE_NEWNET)
-	}
-	if got := Cloneflags(vmm.Spec{Network: true}); got != base {
-		t.Errorf("network: flags %#x, want %#x (host network namespace shared)", got, base)
-	}
-}
-
 func TestArgsRoundTrip(t *testing.T) {
 	spec := vmm.Spec{
-		Dir: vmdir.Dir("/state/vms/abc, with:odd=chars"), RootDisk: "/envs/rootfs.ext4",
-		WorkspaceDisk: "/ws/disk.ext4", Network: true,
+		ID: "abc", Dir: vmdir.Dir("/state/vms/abc, with:odd=chars"), RootDisk: "/envs/rootfs.ext4",
+		WorkspaceDisk: "/ws/disk.ext4", MemMiB: 512,
 	}
-	args, err := Args(spec)
+	cfg := configFor(spec)
+	cfg.Cgroup = []string{"/sys/fs/cgroup/pyro/abc"}
+	cfg.IDs = idRange{UIDBase: 100000, GIDBase: 200000, Count: 65536}
+	args, err := Args(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(args) != 3 || args[0] != HiddenArg || args[1] != roleInit {
 		t.Fatalf("args = %q", args)
 	}
-	cfg, err := parseConfig(args[2])
+	got, err := parseConfig(args[2])
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := config{Dir: string(spec.Dir), Rootfs: spec.RootDisk, Workspace: spec.WorkspaceDisk, Network: true, Hostname: "pyro"}
-	if cfg != want {
-		t.Errorf("config = %+v, want %+v", cfg, want)
+	if got.Dir != string(spec.Dir) || got.Rootfs != spec.RootDisk || got.Workspace != spec.WorkspaceDisk ||
+		got.MemMiB != 512 || got.Hostname != "pyro" || got.IDs != cfg.IDs || len(got.Cgroup) != 1 {
+		t.Errorf("config = %+v, want %+v", got, cfg)
 	}
 	// Rootfs, when set, wins over RootDisk.
 	spec.Rootfs = "/other.ext4"
-	args, _ = Args(spec)
-	if cfg, _ := parseConfig(args[2]); cfg.Rootfs != "/other.ext4" {
-		t.Errorf("Rootfs not preferred: %+v", cfg)
+	if c := configFor(spec); c.Rootfs != "/other.ext4" {
+		t.Errorf("Rootfs not preferred: %+v", c)
+	}
+}
+
+func TestSandboxNamespaces(t *testing.T) {
+	// The sandbox always gets its own user and network namespaces (and
+	// the rest); the init only the mount and PID ones it needs on the
+	// host side.
+	for _, f := range []uintptr{syscall.CLONE_NEWUSER, syscall.CLONE_NEWNET, syscall.CLONE_NEWNS,
+		syscall.CLONE_NEWPID, syscall.CLONE_NEWUTS, syscall.CLONE_NEWIPC, syscall.CLONE_NEWCGROUP} {
+		if sandboxCloneflags&f == 0 {
+			t.Errorf("sandbox lacks namespace flag %#x", f)
+		}
+	}
+	if Cloneflags&(syscall.CLONE_NEWUSER|syscall.CLONE_NEWNET) != 0 {
+		t.Errorf("init flags %#x: the init must stay host root with host network for loop devices", Cloneflags)
+	}
+}
+
+func TestNetworkRefused(t *testing.T) {
+	_, err := New().Start(context.Background(), vmm.Spec{Dir: vmdir.Dir(t.TempDir()), Network: true})
+	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "network") {
+		t.Fatalf("Start with a network: %v, want an unavailable error about the network", err)
 	}
 }
 
 func TestParseConfigRejects(t *testing.T) {
-	for _, s := range []string{"", "{", `{"dir":"/x"}`, `{"rootfs":"/r"}`} {
+	ok := `"dir":"/x","rootfs":"/r","cgroup":["/c"],"ids":{"uid_base":100000,"gid_base":100000,"count":65536}`
+	if _, err := parseConfig("{" + ok + "}"); err != nil {
+		t.Fatalf("valid config refused: %v", err)
+	}
+	for _, s := range []string{"", "{", `{"dir":"/x"}`, `{"rootfs":"/r"}`,
+		`{"dir":"/x","rootfs":"/r","ids":{"uid_base":100000,"gid_base":100000,"count":65536}}`,
+		`{"dir":"/x","rootfs":"/r","cgroup":["/c"]}`,
+		`{"dir":"/x","rootfs":"/r","cgroup":["/c"],"ids":{"uid_base":0,"gid_base":0,"count":65536}}`} {
 		if _, err := parseConfig(s); err == nil {
 			t.Errorf("parseConfig(%q) succeeded", s)
 		}
 	}
 }
 
-func TestNote(t *testing.T) {
-	if Note(vmm.Spec{Network: true}) == Note(vmm.Spec{}) {
-		t.Error("Note does not say whether the host network is shared")
+func TestParseSubordinate(t *testing.T) {
+	in := "alice:100000:65536\npyro:0:65536\npyro:300000:65536\n"
+	b, n, ok := parseSubordinate(strings.NewReader(in), "pyro")
+	if !ok || b != 300000 || n != 65536 {
+		t.Errorf("got %d %d %v, want the first range not starting at host id 0", b, n, ok)
+	}
+	if _, _, ok := parseSubordinate(strings.NewReader(in), "bob"); ok {
+		t.Error("found a range for a user without one")
 	}
 }

@@ -2,13 +2,16 @@ package hostcompat
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -26,14 +29,21 @@ func Main(args []string) {
 		os.Exit(2)
 	}
 	switch args[0] {
-	case roleInit:
+	case roleInit, roleSandbox:
 		if len(args) != 2 {
-			fmt.Fprintln(os.Stderr, "pyro-hostcompat: init wants one config argument")
+			fmt.Fprintf(os.Stderr, "pyro-hostcompat: %s wants one config argument\n", args[0])
 			os.Exit(2)
 		}
-		runInit(args[1])
+		if args[0] == roleInit {
+			runInit(args[1])
+		}
+		runSandbox(args[1])
+	case roleHold:
+		runHold()
 	case roleServe:
 		runServe()
+	case roleAgent:
+		runAgent()
 	}
 	fmt.Fprintf(os.Stderr, "pyro-hostcompat: unknown role %q\n", args[0])
 	os.Exit(2)
@@ -44,10 +54,11 @@ func fatalf(format string, args ...any) {
 	os.Exit(1)
 }
 
-// runInit is PID 1 of the sandbox's PID namespace.
+// runInit is the host side of the sandbox: real root, PID 1 of a new PID
+// namespace (everything below dies with it) in a new mount namespace.
 func runInit(arg string) {
 	sigs := make(chan os.Signal, 16)
-	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGCHLD)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
 	if os.Getpid() != 1 {
 		fatalf("not PID 1 of a new PID namespace (pid %d)", os.Getpid())
 	}
@@ -55,11 +66,226 @@ func runInit(arg string) {
 	if err != nil {
 		fatalf("%v", err)
 	}
-	ln, err := setup(cfg)
+	// First of all: nothing may run outside the limits.
+	if err := (&cgroup{Dirs: cfg.Cgroup}).join(); err != nil {
+		fatalf("%v", err)
+	}
+	ln, err := prepare(cfg)
 	if err != nil {
 		fatalf("%v", err)
 	}
-	dropCapabilities(cfg.Network)
+	sandbox, err := startSandbox(cfg, ln)
+	if err != nil {
+		fatalf("%v", err)
+	}
+	_ = ln.Close()
+	done := make(chan struct{})
+	go func() {
+		_ = sandbox.Wait()
+		close(done)
+	}()
+	for {
+		select {
+		case sig := <-sigs:
+			// The sandbox's PID 1 ends everything inside; give it a
+			// moment, then leave (which kills what is left).
+			_ = sandbox.Process.Signal(sig)
+			select {
+			case <-done:
+			case <-time.After(2 * time.Second):
+			}
+			os.Exit(0)
+		case <-done:
+			fmt.Fprintf(os.Stderr, "pyro-hostcompat: sandbox exited (%v)\n", sandbox.ProcessState)
+			os.Exit(0)
+		}
+	}
+}
+
+// prepare builds the sandbox's root in the init's mount namespace: a sized
+// tmpfs holding the overlay's upper layer, the root image (read-only) and
+// the workspace image, both idmapped to the sandbox's ids, and the overlay
+// root. It returns the listening agent socket (in the VM directory), and
+// leaves the current directory at the new root: the sandbox starts there,
+// in its copy of this mount namespace (a path would not do: the VM
+// directory is closed to the sandbox's ids, and an open directory would
+// point into this namespace, not the copy).
+func prepare(cfg config) (ln *os.File, err error) {
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return nil, fmt.Errorf("make mounts private: %w", err)
+	}
+	// A /proc of this PID namespace: the host's would resolve this
+	// namespace's pids (the children's uid_map, ns/user) to other
+	// processes.
+	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return nil, fmt.Errorf("mount /proc: %w", err)
+	}
+	staging := filepath.Join(cfg.Dir, stagingDir)
+	if err := os.MkdirAll(staging, 0o700); err != nil {
+		return nil, err
+	}
+	// The upper layer is what the sandbox writes to /; it is charged to
+	// the sandbox's memory cgroup and sized by its memory too. (Not
+	// nodev: the loop device nodes are made here.)
+	opts := fmt.Sprintf("mode=0755,size=%dm,nr_inodes=%d", cfg.MemMiB, rootInodes)
+	if err := unix.Mount("tmpfs", staging, "tmpfs", unix.MS_NOSUID, opts); err != nil {
+		return nil, fmt.Errorf("mount staging tmpfs: %w", err)
+	}
+	// Relative paths from here on: the VM directory may be long or hold
+	// characters overlayfs options cannot.
+	if err := unix.Chdir(staging); err != nil {
+		return nil, err
+	}
+	for _, d := range []string{"image", "lower", "upper", "work", "new"} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	// The sandbox's root owns the overlay's writable side (and so "/").
+	for _, d := range []string{"upper", "work"} {
+		if err := os.Lchown(d, int(cfg.IDs.UIDBase), int(cfg.IDs.GIDBase)); err != nil {
+			return nil, err
+		}
+	}
+	userns, err := mappingUserns(cfg.IDs)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(userns)
+	mountShifted := func(image, dst string, readOnly bool) error {
+		if err := mountImage(image, "image", readOnly); err != nil {
+			return fmt.Errorf("mount image %s: %w", image, err)
+		}
+		attrs := uint64(unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV)
+		if readOnly {
+			attrs |= unix.MOUNT_ATTR_RDONLY
+		}
+		if err := idmapMount("image", dst, userns, attrs); err != nil {
+			return err
+		}
+		return unix.Unmount("image", unix.MNT_DETACH)
+	}
+	if err := mountShifted(cfg.Rootfs, "lower", true); err != nil {
+		return nil, err
+	}
+	if err := unix.Mount("overlay", "new", "overlay", unix.MS_NOSUID|unix.MS_NODEV, "lowerdir=lower,upperdir=upper,workdir=work"); err != nil {
+		return nil, fmt.Errorf("mount overlay root: %w", err)
+	}
+	if cfg.Workspace != "" {
+		if err := os.MkdirAll("new/workspace", 0o755); err != nil {
+			return nil, err
+		}
+		if err := mountShifted(cfg.Workspace, "new/workspace", false); err != nil {
+			return nil, err
+		}
+	}
+	// The socket must be reachable from the host: it lives in the VM
+	// directory, made before the sandbox loses sight of it.
+	if err := unix.Chdir(cfg.Dir); err != nil {
+		return nil, err
+	}
+	_ = os.Remove(vmdir.AgentSock)
+	l, err := net.Listen("unix", vmdir.AgentSock)
+	if err != nil {
+		return nil, fmt.Errorf("listen on agent socket: %w", err)
+	}
+	ul := l.(*net.UnixListener)
+	ul.SetUnlinkOnClose(false)
+	ln, err = ul.File()
+	if err != nil {
+		return nil, err
+	}
+	_ = ul.Close()
+	if err := unix.Chdir(filepath.Join(stagingDir, "new")); err != nil {
+		_ = ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}
+
+// Sizes of the sandbox's tmpfs mounts: inode counts bound the kernel
+// memory a sandbox can pin with empty files.
+const (
+	rootInodes  = 262144
+	smallInodes = 65536
+)
+
+// startSandbox starts the sandbox's PID 1 in its own user (mapped to
+// cfg.IDs), mount, PID, UTS, IPC, network and cgroup namespaces, handing it
+// the agent socket as fd 3. It starts in the current directory (its root).
+func startSandbox(cfg config, ln *os.File) (*exec.Cmd, error) {
+	b, err := json.Marshal(sandboxConfig{Hostname: cfg.Hostname, MemMiB: cfg.MemMiB})
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command("/proc/self/exe", HiddenArg, roleSandbox, string(b))
+	cmd.Args[0] = "pyro"
+	cmd.Env = []string{sandboxPath}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.ExtraFiles = []*os.File{ln}
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:                 sandboxCloneflags,
+		UidMappings:                cfg.IDs.uidMap(),
+		GidMappings:                cfg.IDs.gidMap(),
+		GidMappingsEnableSetgroups: true,
+		// Entering a user namespace keeps the host ids (host root,
+		// unmapped there); becoming 0 inside is what makes the process
+		// the namespace's root, host ids cfg.IDs.
+		Credential: &syscall.Credential{Uid: 0, Gid: 0},
+		Pdeathsig:  syscall.SIGKILL,
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start sandbox: %w", err)
+	}
+	return cmd, nil
+}
+
+// runSandbox is PID 1 inside the sandbox's namespaces, root of its user
+// namespace (with capabilities only there).
+func runSandbox(arg string) {
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGCHLD)
+	if os.Getpid() != 1 {
+		fatalf("sandbox: not PID 1 of a new PID namespace (pid %d)", os.Getpid())
+	}
+	// Nothing in the sandbox may open this process's /proc files (its
+	// exe is the host's pyro binary; its memory holds its capabilities).
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		fatalf("sandbox: set non-dumpable: %v", err)
+	}
+	var cfg sandboxConfig
+	if err := json.Unmarshal([]byte(arg), &cfg); err != nil || cfg.MemMiB <= 0 || cfg.Hostname == "" {
+		fatalf("sandbox: bad config %q: %v", arg, err)
+	}
+	ln := os.NewFile(3, "agent.sock")
+	// The root came from the init's namespace, so here it is a locked
+	// mount, which pivot_root refuses to move: bind it onto itself (the
+	// new top mount is this namespace's own) and step onto the bind
+	// (".." is the staging tmpfs, open to all).
+	if err := unix.Mount(".", ".", "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		fatalf("sandbox: bind root: %v", err)
+	}
+	if err := unix.Chdir("../new"); err != nil {
+		fatalf("sandbox: enter root: %v", err)
+	}
+	if b, err := os.ReadFile("/proc/self/status"); err == nil {
+		os.WriteFile("/tmp/hc/status", b, 0o666)
+	}
+	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		os.WriteFile("/tmp/hc/mountinfo", b, 0o666)
+	}
+	if err := populate(".", cfg); err != nil {
+		fatalf("sandbox: %v", err)
+	}
+	if err := unix.PivotRoot(".", "."); err != nil {
+		fatalf("sandbox: pivot_root: %v", err)
+	}
+	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
+		fatalf("sandbox: detach old root: %v", err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		fatalf("sandbox: %v", err)
+	}
 	p, err := os.StartProcess("/proc/self/exe", []string{"pyro", HiddenArg, roleServe}, &os.ProcAttr{
 		Dir:   "/",
 		Env:   []string{sandboxPath},
@@ -92,73 +318,12 @@ func shutdown() {
 	os.Exit(0)
 }
 
-// setup builds the sandbox root and switches into it. It returns the
-// listening agent socket (created in the VM directory before the switch).
-func setup(cfg config) (*os.File, error) {
-	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		return nil, fmt.Errorf("make mounts private: %w", err)
-	}
-	staging := filepath.Join(cfg.Dir, stagingDir)
-	if err := os.MkdirAll(staging, 0o700); err != nil {
-		return nil, err
-	}
-	if err := unix.Mount("tmpfs", staging, "tmpfs", unix.MS_NOSUID, "mode=0755"); err != nil {
-		return nil, fmt.Errorf("mount staging tmpfs: %w", err)
-	}
-	// Relative paths from here on: the VM directory may be long or hold
-	// characters overlayfs options cannot.
-	if err := unix.Chdir(staging); err != nil {
-		return nil, err
-	}
-	for _, d := range []string{"lower", "upper", "work", "new"} {
-		if err := os.Mkdir(d, 0o755); err != nil {
-			return nil, err
-		}
-	}
-	if err := mountImage(cfg.Rootfs, "lower", true); err != nil {
-		return nil, fmt.Errorf("mount root image %s: %w", cfg.Rootfs, err)
-	}
-	if err := unix.Mount("overlay", "new", "overlay", 0, "lowerdir=lower,upperdir=upper,workdir=work"); err != nil {
-		return nil, fmt.Errorf("mount overlay root: %w", err)
-	}
-	if err := populate("new", cfg); err != nil {
-		return nil, err
-	}
-	// The socket must be reachable from the host, so it is made before
-	// the old root goes away.
-	if err := unix.Chdir(cfg.Dir); err != nil {
-		return nil, err
-	}
-	_ = os.Remove(vmdir.AgentSock)
-	l, err := net.Listen("unix", vmdir.AgentSock)
-	if err != nil {
-		return nil, fmt.Errorf("listen on agent socket: %w", err)
-	}
-	ul := l.(*net.UnixListener)
-	ul.SetUnlinkOnClose(false)
-	lf, err := ul.File()
-	if err != nil {
-		return nil, err
-	}
-	_ = ul.Close()
-	if err := unix.Chdir(filepath.Join(stagingDir, "new")); err != nil {
-		return nil, err
-	}
-	if err := unix.PivotRoot(".", "."); err != nil {
-		return nil, fmt.Errorf("pivot_root: %w", err)
-	}
-	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
-		return nil, fmt.Errorf("detach old root: %w", err)
-	}
-	if err := unix.Chdir("/"); err != nil {
-		return nil, err
-	}
-	return lf, nil
-}
-
-// populate mounts what a system expects inside root (relative to the cwd)
-// and writes hostname, hosts and resolv.conf.
-func populate(root string, cfg config) error {
+// populate mounts what a system expects inside root (relative to the cwd),
+// every tmpfs sized, sets the hostname, writes /etc/hosts and brings up
+// lo. It runs as root of the sandbox's user namespace, before the root
+// switch (the host's /dev nodes are bound in).
+func populate(root string, cfg sandboxConfig) error {
+	half := max(cfg.MemMiB/2, 16)
 	type mnt struct {
 		src, dst, fstype string
 		flags            uintptr
@@ -185,10 +350,10 @@ func populate(root string, cfg config) error {
 	}
 	for _, m := range []mnt{
 		{"devpts", "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"},
-		{"tmpfs", "/dev/shm", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+		{"tmpfs", "/dev/shm", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, fmt.Sprintf("mode=1777,size=%dm,nr_inodes=%d", half, smallInodes)},
 		{"mqueue", "/dev/mqueue", "mqueue", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
-		{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
-		{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+		{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, fmt.Sprintf("mode=0755,size=%dm,nr_inodes=%d", min(half, 64), smallInodes)},
+		{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, fmt.Sprintf("mode=1777,size=%dm,nr_inodes=%d", half, smallInodes)},
 	} {
 		if err := mountAt(root, m.src, m.dst, m.fstype, m.flags, m.data); err != nil {
 			return err
@@ -199,8 +364,8 @@ func populate(root string, cfg config) error {
 			return err
 		}
 	}
-	// The host kernel's global knobs stay read-only (and, with
-	// CAP_SYS_ADMIN dropped, cannot be remounted).
+	// The host kernel's global knobs stay read-only (the sandbox has no
+	// capability to remount them, and no mount syscalls).
 	for _, p := range []string{"/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"} {
 		if err := readOnlyBind(filepath.Join(root, p)); err != nil {
 			return err
@@ -213,28 +378,11 @@ func populate(root string, cfg config) error {
 			}
 		}
 	}
-	if cfg.Workspace != "" {
-		dst := filepath.Join(root, "workspace")
-		if err := os.MkdirAll(dst, 0o755); err != nil {
-			return err
-		}
-		if err := mountImage(cfg.Workspace, dst, false); err != nil {
-			return fmt.Errorf("mount workspace image %s: %w", cfg.Workspace, err)
-		}
-	}
 	if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
 		return fmt.Errorf("set hostname: %w", err)
 	}
 	agent.WriteHosts(filepath.Join(root, "etc/hosts"), cfg.Hostname)
-	if cfg.Network {
-		if b, err := os.ReadFile("/etc/resolv.conf"); err == nil {
-			dst := filepath.Join(root, "etc/resolv.conf")
-			_ = os.Remove(dst) // often a dangling symlink in images
-			if err := os.WriteFile(dst, b, 0o644); err != nil {
-				return fmt.Errorf("write resolv.conf: %w", err)
-			}
-		}
-	} else if err := loopbackUp(); err != nil {
+	if err := loopbackUp(); err != nil {
 		return fmt.Errorf("bring up lo: %w", err)
 	}
 	return nil
@@ -374,33 +522,26 @@ func configureLoop(devFd, imgFd int, flags uint32) error {
 	return nil
 }
 
-// dropCapabilities narrows the bounding set before the agent server is
-// executed, so commands (root in the sandbox) cannot load modules, mount,
-// reboot, set the clock or make device nodes on the shared kernel; with the
-// host network shared they cannot reconfigure it either.
-func dropCapabilities(hostNet bool) {
-	caps := []int{
-		unix.CAP_SYS_MODULE, unix.CAP_SYS_ADMIN, unix.CAP_SYS_BOOT, unix.CAP_SYS_TIME,
-		unix.CAP_SYS_RAWIO, unix.CAP_MKNOD, unix.CAP_MAC_ADMIN, unix.CAP_MAC_OVERRIDE,
-		unix.CAP_AUDIT_CONTROL, unix.CAP_AUDIT_READ, unix.CAP_SYSLOG, unix.CAP_WAKE_ALARM,
-		unix.CAP_BLOCK_SUSPEND, unix.CAP_SYS_PACCT, unix.CAP_BPF, unix.CAP_PERFMON,
-		unix.CAP_CHECKPOINT_RESTORE,
+// runServe takes every privilege away (confine) and execs the agent
+// server, which inherits the result along with the agent socket (fd 3).
+func runServe() {
+	if err := confine(); err != nil {
+		fatalf("confine: %v", err)
 	}
-	if hostNet {
-		caps = append(caps, unix.CAP_NET_ADMIN)
-	}
-	for _, c := range caps {
-		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil && !errors.Is(err, unix.EINVAL) {
-			fmt.Fprintf(os.Stderr, "pyro-hostcompat: drop capability %d: %v\n", c, err)
-		}
-	}
+	err := unix.Exec("/proc/self/exe", []string{"pyro", HiddenArg, roleAgent}, []string{sandboxPath})
+	fatalf("exec agent server: %v", err)
 }
 
-// runServe is the agent server: it accepts one host connection at a time
+// runAgent is the agent server: it accepts one host connection at a time
 // on the socket PID 1 handed it (fd 3) and serves the agent API on it.
-func runServe() {
+func runAgent() {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("component", "pyro-agent", "backend", "host")
 	started := time.Now()
+	// The commands run as the same (capability-less) user: keep them out
+	// of the server's /proc files (its exe is the host's pyro binary).
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		fatalf("agent: set non-dumpable: %v", err)
+	}
 	ln, err := net.FileListener(os.NewFile(3, "agent.sock"))
 	if err != nil {
 		fatalf("agent socket: %v", err)
