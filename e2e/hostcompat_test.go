@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -12,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // hostCompatArg is the hidden argument of the host-compat sandbox processes
@@ -21,8 +24,8 @@ const hostCompatArg = "__pyro-hostcompat"
 // noQEMU makes every guest boot impossible (qemu.Binary honours PYRO_QEMU).
 const noQEMU = "PYRO_QEMU=/nonexistent/qemu"
 
-// hostCompatInits lists the pids of host-compat sandbox inits whose VM
-// directory is under root.
+// hostCompatInits lists the pids of host-compat sandbox inits (the host
+// side of each sandbox) whose VM directory is under root.
 func hostCompatInits(root string) []string {
 	var pids []string
 	ents, _ := os.ReadDir("/proc")
@@ -32,7 +35,7 @@ func hostCompatInits(root string) []string {
 			continue
 		}
 		args := strings.Split(string(b), "\x00")
-		if len(args) > 2 && args[1] == hostCompatArg && strings.Contains(string(b), root) {
+		if len(args) > 3 && args[1] == hostCompatArg && args[2] == "init" && strings.Contains(args[3], root) {
 			pids = append(pids, e.Name())
 		}
 	}
@@ -147,20 +150,44 @@ func TestHostCompatRun(t *testing.T) {
 	}
 }
 
-func TestHostCompatNetwork(t *testing.T) {
+// TestHostCompatNetworkRefused: host-compat has no network of its own to
+// give (the host's would reach its loopback services and routes), so a
+// request for one is refused with a hint instead of sharing the host's.
+func TestHostCompatNetworkRefused(t *testing.T) {
 	requireE2E(t)
 	ensureEnv(t, baseEnv)
-	_, env := isolatedHome(t)
-	m, r := runJSON(t, append(env, noQEMU), "--allow-host-compat", "--network", baseEnv, "--", "sh", "-c", "ls /sys/class/net; test -s /etc/resolv.conf")
-	if m["exit_code"] != float64(0) {
-		t.Fatalf("exit %v\n%s%s", m["exit_code"], r.stdout, r.stderr)
+	home, env := isolatedHome(t)
+	r := pyro(t, append(env, noQEMU), "run", "--allow-host-compat", "--network", baseEnv, "--", "ls", "/sys/class/net")
+	if r.code == 0 {
+		t.Fatalf("host-compat run with --network succeeded (the host's network namespace?):\n%s%s", r.stdout, r.stderr)
 	}
-	if s, _ := m["stdout"].(string); strings.TrimSpace(s) == "lo" {
-		t.Errorf("--network should share the host's interfaces, saw only lo")
+	for _, want := range []string{"host-compat has no network", "without --network"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("error does not say %q:\n%s", want, r.stderr)
+		}
 	}
-	if ws, _ := m["warnings"].([]any); len(ws) == 0 || !strings.Contains(ws[0].(string), "host network") {
-		t.Errorf("warnings do not say the host network is shared: %v", m["warnings"])
+	if left := vmDirs(t, home); len(left) != 0 {
+		t.Errorf("vm directories left: %v", left)
 	}
+}
+
+// sandboxPIDNS is the PID namespace of the sandbox under the host-compat
+// init initPid (the init's child in a namespace of its own).
+func sandboxPIDNS(t *testing.T, initPid string) string {
+	t.Helper()
+	own, _ := os.Readlink(filepath.Join("/proc", initPid, "ns", "pid"))
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "status"))
+		if err != nil || !strings.Contains(string(b), "\nPPid:\t"+initPid+"\n") {
+			continue
+		}
+		if ns, err := os.Readlink(filepath.Join("/proc", e.Name(), "ns", "pid")); err == nil && ns != own {
+			return ns
+		}
+	}
+	t.Fatalf("no sandbox PID namespace under init %s", initPid)
+	return ""
 }
 
 func TestHostCompatInterruptCleansUp(t *testing.T) {
@@ -183,11 +210,8 @@ func TestHostCompatInterruptCleansUp(t *testing.T) {
 		cmd.Process.Kill()
 		t.Fatalf("expected one sandbox init for this run, have %v", inits)
 	}
-	ns, err := os.Readlink(filepath.Join("/proc", inits[0], "ns", "pid"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// init, agent server, sh and the sleeps: "started" is printed before
+	ns := sandboxPIDNS(t, inits[0])
+	// PID 1, agent server, sh and the sleeps: "started" is printed before
 	// sh has forked them, so give it a moment.
 	deadline := time.Now().Add(10 * time.Second)
 	for len(processesInPIDNS(ns)) < 4 && time.Now().Before(deadline) {
@@ -216,5 +240,128 @@ func TestHostCompatInterruptCleansUp(t *testing.T) {
 	}
 	if left := vmDirs(t, home); len(left) != 0 {
 		t.Fatalf("vm directories left: %v", left)
+	}
+}
+
+// buildProbe builds testdata/hostcompat-probe as a static binary into dir.
+func buildProbe(t *testing.T, dir string) {
+	t.Helper()
+	build := exec.Command("go", "build", "-o", filepath.Join(dir, "probe"), "./testdata/hostcompat-probe")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build probe: %v\n%s", err, out)
+	}
+}
+
+// cgroupSandboxes lists the sandbox cgroups pyro has on this host.
+func cgroupSandboxes() []string {
+	var all []string
+	for _, pat := range []string{"/sys/fs/cgroup/pyro/*", "/sys/fs/cgroup/*/pyro/*"} {
+		m, _ := filepath.Glob(pat)
+		for _, d := range m {
+			if fi, err := os.Stat(d); err == nil && fi.IsDir() {
+				all = append(all, d)
+			}
+		}
+	}
+	return all
+}
+
+// TestHostCompatSandboxHolds runs a static binary in a host-compat
+// workspace that tries what broke out of the old sandbox (an fd on the
+// host's filesystem from /proc/1/exe, then open_by_handle_at to a host
+// directory, reading a 0600 host file and writing a new one), and checks
+// the confinement a command gets: no capabilities, no_new_privs, seccomp,
+// and cgroup limits on processes and memory.
+func TestHostCompatSandboxHolds(t *testing.T) {
+	requireE2E(t)
+	ensureEnv(t, baseEnv)
+	_, env := isolatedHome(t)
+	env = append(env, noQEMU)
+
+	// The marker sits next to the pyro binary: /proc/1/exe in the old
+	// sandbox was an fd on that filesystem.
+	hostDir, err := os.MkdirTemp(filepath.Dir(pyroBin), "hostcompat-marker-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(hostDir)
+	const secret = "host-secret-4711"
+	marker := filepath.Join(hostDir, "marker")
+	if err := os.WriteFile(marker, []byte(secret), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	written := filepath.Join(hostDir, "written-from-sandbox")
+	h, _, err := unix.NameToHandleAt(unix.AT_FDCWD, hostDir, 0)
+	if err != nil {
+		t.Fatalf("name_to_handle_at %s (the filesystem must support file handles): %v", hostDir, err)
+	}
+	handle := fmt.Sprintf("%d:%x", h.Type(), h.Bytes())
+
+	seed := t.TempDir()
+	buildProbe(t, seed)
+	before := cgroupSandboxes()
+	var w wsStatus
+	mustWS(t, env, &w, "create", "--allow-host-compat", "--mem-mib", "256", "--seed-path", seed, baseEnv)
+	defer ws(t, env, nil, "delete", w.WorkspaceID)
+
+	m := wsExec(t, env, w.WorkspaceID, "./probe", "escape", handle, "marker", filepath.Base(written), marker)
+	out, _ := m["stdout"].(string)
+	t.Logf("escape attempts:\n%s%v", out, m["stderr"])
+	for _, step := range []string{"open-proc1-exe", "open-by-handle", "read-host-marker-by-path", "write-host-file-by-path", "unshare-user-ns"} {
+		if !strings.Contains(out, step+" denied") {
+			t.Errorf("%s was not denied", step)
+		}
+	}
+	if strings.Contains(out, "ESCAPED") || strings.Contains(out, secret) {
+		t.Errorf("the sandbox reached the host:\n%s", out)
+	}
+	if _, err := os.Stat(written); err == nil {
+		t.Errorf("the sandbox wrote %s on the host", written)
+	}
+
+	m = wsExec(t, env, w.WorkspaceID, "cat", "/proc/self/status")
+	status, _ := m["stdout"].(string)
+	for _, want := range []string{"CapInh:\t0000000000000000", "CapPrm:\t0000000000000000", "CapEff:\t0000000000000000",
+		"CapBnd:\t0000000000000000", "CapAmb:\t0000000000000000", "NoNewPrivs:\t1", "Seccomp:\t2"} {
+		if !strings.Contains(status, want+"\n") {
+			t.Errorf("/proc/self/status lacks %q", want)
+		}
+	}
+	if !strings.Contains(status, "Uid:\t0\t0\t0\t0\n") {
+		t.Errorf("commands should run as the sandbox's root:\n%s", status)
+	}
+	if m := wsExec(t, env, w.WorkspaceID, "cat", "/proc/self/uid_map"); strings.Fields(m["stdout"].(string))[1] == "0" {
+		t.Errorf("sandbox root is host root: uid_map %q", m["stdout"])
+	}
+
+	// A fork bomb stops at pids.max (1024), with the agent's and the
+	// shell's processes counted in.
+	m = wsExec(t, env, w.WorkspaceID, "./probe", "forks", "5000")
+	out, _ = m["stdout"].(string)
+	var forked int
+	var forkErr string
+	fmt.Sscanf(out, "forked %d err=%s", &forked, &forkErr)
+	t.Logf("fork bomb: %s", strings.TrimSpace(out))
+	if forked == 0 || forked >= 1024 || forkErr == "<nil>" {
+		t.Errorf("fork bomb not stopped by the pids limit: %q", out)
+	}
+
+	// memory.max is mem_mib: touching twice that gets the command killed.
+	m = wsExec(t, env, w.WorkspaceID, "./probe", "mem", "512")
+	t.Logf("512 MiB in a 256 MiB sandbox: exit %v, stdout %q", m["exit_code"], m["stdout"])
+	if m["exit_code"] == float64(0) || strings.Contains(m["stdout"].(string), "allocated") {
+		t.Errorf("allocated 512 MiB in a 256 MiB sandbox: %v", m)
+	}
+	if m := wsExec(t, env, w.WorkspaceID, "echo", "alive"); m["stdout"] != "alive\n" {
+		t.Errorf("sandbox unusable after the limits hit: %v", m)
+	}
+
+	if got := cgroupSandboxes(); len(got) <= len(before) {
+		t.Errorf("no cgroup for the sandbox (before %v, now %v)", before, got)
+	}
+	mustWS(t, env, nil, "delete", w.WorkspaceID)
+	if got := cgroupSandboxes(); len(got) != len(before) {
+		t.Errorf("cgroups left after delete: before %v, now %v", before, got)
 	}
 }

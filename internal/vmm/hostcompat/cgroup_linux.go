@@ -165,10 +165,10 @@ func contains(list []string, s string) bool {
 func writeAll(dir string, files [][2]string, optional string) error {
 	for _, f := range files {
 		p := filepath.Join(dir, f[0])
+		if _, err := os.Stat(p); f[0] == optional && errors.Is(err, os.ErrNotExist) {
+			continue
+		}
 		if err := os.WriteFile(p, []byte(f[1]), 0); err != nil {
-			if f[0] == optional && errors.Is(err, os.ErrNotExist) {
-				continue
-			}
 			return fmt.Errorf("set %s to %s: %w", p, f[1], err)
 		}
 	}
