@@ -17,6 +17,7 @@ import (
 	"github.com/pyro-mcp/pyro/internal/doctor"
 	"github.com/pyro-mcp/pyro/internal/envstore"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/lifecycle"
 	"github.com/pyro-mcp/pyro/internal/statedir"
 )
 
@@ -47,6 +48,7 @@ type Client struct {
 	envs   *envstore.Store
 	logger *slog.Logger
 	binary string
+	lc     *lifecycle.Manager
 }
 
 // New returns a Client.
@@ -63,12 +65,39 @@ func New(opts Options) (*Client, error) {
 		return nil, errdefs.Wrap(errdefs.ErrFailedPrecondition, err, "set PYRO_HOME to a writable directory", "cannot create state directory %q", root)
 	}
 	dirs := statedir.Dirs{Root: root}
-	return &Client{
+	c := &Client{
 		dirs:   dirs,
 		envs:   envstore.New(dirs.Environments(), dirs.Cache()),
 		logger: logger,
 		binary: opts.Binary,
-	}, nil
+	}
+	c.lc = lifecycle.New(lifecycle.Config{
+		Dirs: dirs, Logger: logger, Binary: c.agentBinary,
+		CheckEnvironment: func(name string) error { _, err := c.envs.Get(name); return err },
+		PrepareGuest:     c.prepareGuest,
+	})
+	return c, nil
+}
+
+// ReconcileReport counts the leftovers of interrupted work (a killed
+// `pyro run`, a delete cut short) that the client removed when first used.
+type ReconcileReport struct {
+	InterruptedRuns int      `json:"interrupted_runs"`
+	HalfDeleted     int      `json:"half_deleted"`
+	Unrecorded      int      `json:"unrecorded"`
+	Removed         int      `json:"removed"`
+	Failed          []string `json:"failed,omitempty"`
+	Incomplete      bool     `json:"incomplete,omitempty"`
+}
+
+// Reconcile removes what interrupted runs left behind under the state
+// directory (within a small time budget) and says what it removed. It runs
+// once per Client, on its first lifecycle call or here; later calls return
+// the same report.
+func (c *Client) Reconcile(ctx context.Context) ReconcileReport {
+	r := c.lc.Reconcile(ctx)
+	return ReconcileReport{InterruptedRuns: r.InterruptedRuns, HalfDeleted: r.HalfDeleted, Unrecorded: r.Unrecorded,
+		Removed: r.Removed(), Failed: r.Failed, Incomplete: r.Incomplete}
 }
 
 // StateDir returns the client's state directory.

@@ -6,6 +6,7 @@ import (
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/instance"
 	"github.com/pyro-mcp/pyro/internal/vm"
 )
 
@@ -104,8 +105,24 @@ func (c *Client) RunInVM(ctx context.Context, opts RunOptions) (RunResult, error
 	if err != nil {
 		return RunResult{}, err
 	}
+	rec, err := newRecord(instance.KindRun, CreateVMOptions{Environment: opts.Environment, VCPUCount: opts.VCPUCount, MemMiB: opts.MemMiB,
+		Network: opts.Network, AllowHostCompat: opts.AllowHostCompat})
+	if err != nil {
+		return RunResult{}, err
+	}
+	// The run's directory names this process as its owner, so that should
+	// this process be killed, the next client's reconcile removes it.
+	dir, end, err := c.lc.BeginRun(ctx, rec)
+	if err != nil {
+		return RunResult{}, err
+	}
+	defer func() {
+		if err := end(); err != nil {
+			c.logger.Warn("remove run directory", "vm_id", rec.ID, "err", err)
+		}
+	}()
 	machine, err := vm.Boot(ctx, vm.Deps{Dirs: c.dirs, Envs: c.envs, Logger: c.logger, AgentBinary: bin}, vm.Config{
-		Environment: opts.Environment, VCPUs: opts.VCPUCount, MemMiB: opts.MemMiB,
+		ID: rec.ID, Dir: dir, Environment: opts.Environment, VCPUs: opts.VCPUCount, MemMiB: opts.MemMiB,
 		Network: opts.Network, AllowHostCompat: opts.AllowHostCompat,
 	})
 	if err != nil {

@@ -138,7 +138,7 @@ func (c *Client) withRunningWorkspaceAgent(ctx context.Context, id string, f fun
 	if err != nil {
 		return err
 	}
-	agent, err := c.runningAgent(ctx, dir, rec)
+	agent, err := c.lc.Agent(ctx, dir, rec)
 	if err != nil {
 		return err
 	}

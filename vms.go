@@ -3,15 +3,13 @@ package pyro
 import (
 	"context"
 	"errors"
-	"os"
-	"sort"
 	"time"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
 	"github.com/pyro-mcp/pyro/internal/catalog"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/instance"
-	"github.com/pyro-mcp/pyro/internal/supervisor"
+	"github.com/pyro-mcp/pyro/internal/lifecycle"
 	"github.com/pyro-mcp/pyro/internal/vm"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 )
@@ -48,6 +46,7 @@ type VM struct {
 	VMID            string     `json:"vm_id"`
 	Environment     string     `json:"environment"`
 	State           string     `json:"state"`
+	ReasonKind      string     `json:"reason_kind,omitempty"`
 	Reason          string     `json:"reason,omitempty"`
 	VCPUCount       int        `json:"vcpu_count"`
 	MemMiB          int        `json:"mem_mib"`
@@ -172,31 +171,20 @@ func (c *Client) CreateVM(ctx context.Context, opts CreateVMOptions) (VM, error)
 	if _, err := c.envs.Get(rec.Environment); err != nil {
 		return VM{}, err
 	}
-	dir, _ := vmdir.Open(c.dirs.VMs(), rec.ID)
-	if err := dir.Create(); err != nil {
+	if _, _, err := c.lc.Create(ctx, rec, nil); err != nil {
 		return VM{}, err
 	}
-	if err := instance.Save(dir, rec); err != nil {
-		_ = dir.Remove()
-		return VM{}, err
-	}
-	instance.AppendEvent(dir, "created", map[string]any{"environment": rec.Environment})
 	return c.StatusVM(ctx, rec.ID)
 }
 
 // vmDir returns an existing VM's directory and record.
 func (c *Client) vmDir(id string) (vmdir.Dir, instance.Record, error) {
-	dir, err := vmdir.Open(c.dirs.VMs(), id)
-	if err != nil {
-		return "", instance.Record{}, errdefs.Wrap(errdefs.ErrNotFound, err, "list them with `pyro vm list`", "vm %q not found", id)
-	}
-	rec, err := instance.Load(dir, "vm")
-	return dir, rec, err
+	return c.lc.Open(instance.KindVM, id)
 }
 
-func vmFrom(rec instance.Record, st supervisor.Status) VM {
+func vmFrom(rec instance.Record, st lifecycle.Status) VM {
 	return VM{
-		VMID: rec.ID, Environment: rec.Environment, State: st.State, Reason: st.Reason,
+		VMID: rec.ID, Environment: rec.Environment, State: st.State, ReasonKind: string(st.Cause), Reason: st.Reason,
 		VCPUCount: rec.VCPUCount, MemMiB: rec.MemMiB, Network: rec.Network, AllowHostCompat: rec.AllowHostCompat,
 		TTLSeconds: rec.TTLSeconds, CreatedAt: rec.CreatedAt, ExpiresAt: rec.ExpiresAt,
 		Backend: st.Backend, Acceleration: st.Acceleration, Isolation: st.Isolation, BootMS: st.BootMS,
@@ -210,32 +198,22 @@ func (c *Client) StatusVM(ctx context.Context, id string) (VM, error) {
 	if err != nil {
 		return VM{}, err
 	}
-	return vmFrom(rec, supervisor.Observe(ctx, dir, rec)), nil
+	return vmFrom(rec, c.lc.Observe(ctx, dir, rec)), nil
 }
 
 // ListVMs returns every VM with its observed status, oldest first.
 func (c *Client) ListVMs(ctx context.Context) ([]VM, error) {
-	ents, err := os.ReadDir(c.dirs.VMs())
-	if err != nil && !os.IsNotExist(err) {
+	c.lc.Reconcile(ctx)
+	dirs, recs, err := c.lc.List(instance.KindVM)
+	if err != nil {
 		return nil, err
 	}
 	var out []VM
-	for _, e := range ents {
-		if !e.IsDir() || vmdir.IsHidden(e.Name()) {
-			continue
-		}
-		v, err := c.StatusVM(ctx, e.Name())
-		if err != nil {
-			continue // deleted meanwhile, or not a VM
-		}
-		out = append(out, v)
+	for i, dir := range dirs {
+		out = append(out, vmFrom(recs[i], c.lc.Observe(ctx, dir, recs[i])))
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
 	return out, nil
 }
-
-// bootTimeout bounds StartVM's wait for the guest agent.
-const bootTimeout = 120 * time.Second
 
 // StartVM boots a VM under its own supervisor and returns once the guest
 // agent answers. Starting a running VM returns its status.
@@ -244,89 +222,11 @@ func (c *Client) StartVM(ctx context.Context, id string) (VM, error) {
 	if err != nil {
 		return VM{}, err
 	}
-	return c.start(ctx, dir, rec)
-}
-
-// start is StartVM for any instance kind.
-func (c *Client) start(ctx context.Context, dir vmdir.Dir, rec instance.Record) (VM, error) {
-	unlock, err := instance.Lock(ctx, dir)
+	st, err := c.lc.Start(ctx, dir, rec)
 	if err != nil {
 		return VM{}, err
 	}
-	defer unlock()
-	st := supervisor.Observe(ctx, dir, rec)
-	switch st.State {
-	case instance.Running, instance.Starting:
-		if st.State == instance.Running {
-			return vmFrom(rec, st), nil
-		}
-	case instance.Expired:
-		return VM{}, errdefs.New(errdefs.ErrFailedPrecondition, "create a new one; `pyro vm reap` removes expired ones", "%s %q has expired", rec.Kind, rec.ID)
-	default:
-		if _, err := c.envs.Get(rec.Environment); err != nil {
-			return VM{}, err
-		}
-		bin, err := c.agentBinary()
-		if err != nil {
-			return VM{}, err
-		}
-		supervisor.Kill(dir) // a broken one's leftovers
-		// Until the new supervisor writes its pid, the state reads "created".
-		_ = os.Remove(dir.Path(vmdir.Exit))
-		_ = os.Remove(dir.Path(vmdir.SupervisorPid))
-		if err := supervisor.Spawn(bin, dir); err != nil {
-			return VM{}, err
-		}
-	}
-	return c.waitRunning(ctx, dir, rec)
-}
-
-// waitRunning polls the supervisor until the guest answers, the supervisor
-// gives up (its exit note says why) or ctx ends.
-func (c *Client) waitRunning(ctx context.Context, dir vmdir.Dir, rec instance.Record) (VM, error) {
-	ctx, cancel := context.WithTimeout(ctx, bootTimeout)
-	defer cancel()
-	tick := time.NewTicker(25 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		st := supervisor.Observe(ctx, dir, rec)
-		switch st.State {
-		case instance.Running:
-			return vmFrom(rec, st), nil
-		case instance.Stopped, instance.Expired, instance.Broken:
-			if st.Reason == supervisor.NotAnswering {
-				break // busy booting on a loaded host: keep waiting
-			}
-			if st.State == instance.Expired {
-				return VM{}, errdefs.New(errdefs.ErrFailedPrecondition, "give it a longer ttl_seconds: it counts from creation and includes the boot",
-					"%s %q expired before it finished booting", rec.Kind, rec.ID)
-			}
-			return VM{}, errdefs.New(errdefs.ErrUnavailable, "see "+dir.Path(vmdir.SupervisorLog), "%s %q did not start: %s", rec.Kind, rec.ID, st.Reason)
-		}
-		select {
-		case <-ctx.Done():
-			supervisor.Kill(dir)
-			return VM{}, errdefs.Wrap(errdefs.ErrUnavailable, ctx.Err(), "see "+dir.Path(vmdir.SupervisorLog), "%s %q did not start", rec.Kind, rec.ID)
-		case <-tick.C:
-		}
-	}
-}
-
-// runningAgent returns an agent client for a running instance, or
-// ErrFailedPrecondition saying how to get it running.
-func (c *Client) runningAgent(ctx context.Context, dir vmdir.Dir, rec instance.Record) (*agentapi.Client, error) {
-	st := supervisor.Observe(ctx, dir, rec)
-	if st.State != instance.Running {
-		hint := "start it with `pyro vm start " + rec.ID + "`"
-		if rec.Kind == "workspace" {
-			hint = "its next command restarts it, or recreate it with `pyro workspace reset " + rec.ID + "`"
-		}
-		if st.Reason != "" {
-			return nil, errdefs.New(errdefs.ErrFailedPrecondition, hint, "%s %q is %s (%s)", rec.Kind, rec.ID, st.State, st.Reason)
-		}
-		return nil, errdefs.New(errdefs.ErrFailedPrecondition, hint, "%s %q is %s", rec.Kind, rec.ID, st.State)
-	}
-	return supervisor.NewClient(dir).Agent(), nil
+	return vmFrom(rec, st), nil
 }
 
 // execIn runs one command through an agent client.
@@ -358,7 +258,7 @@ func (c *Client) ExecVM(ctx context.Context, id string, opts ExecOptions) (ExecR
 	if err != nil {
 		return ExecResult{}, err
 	}
-	agent, err := c.runningAgent(ctx, dir, rec)
+	agent, err := c.lc.Agent(ctx, dir, rec)
 	if err != nil {
 		return ExecResult{}, err
 	}
@@ -377,30 +277,10 @@ func (c *Client) StopVM(ctx context.Context, id string) (VM, error) {
 	if err != nil {
 		return VM{}, err
 	}
-	if err := c.stop(ctx, dir); err != nil {
+	if err := c.lc.Stop(ctx, dir); err != nil {
 		return VM{}, err
 	}
 	return c.StatusVM(ctx, id)
-}
-
-// stop powers an instance off under its lock: gracefully through the
-// supervisor, then by force.
-func (c *Client) stop(ctx context.Context, dir vmdir.Dir) error {
-	unlock, err := instance.Lock(ctx, dir)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	if _, alive := instance.SupervisorPid(dir); !alive {
-		return nil
-	}
-	stopCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	if err := supervisor.NewClient(dir).Stop(stopCtx); err != nil {
-		supervisor.Kill(dir)
-		return supervisor.WaitExit(context.WithoutCancel(ctx), dir)
-	}
-	return nil
 }
 
 // DeleteVM stops a VM if needed and removes all its files. Deleting an
@@ -410,20 +290,8 @@ func (c *Client) DeleteVM(ctx context.Context, id string) (DeleteResult, error) 
 	if err != nil {
 		return DeleteResult{}, err
 	}
-	prior, err := c.remove(ctx, dir, rec)
+	prior, err := c.lc.Delete(ctx, dir, rec)
 	return DeleteResult{VMID: id, Deleted: err == nil, PriorState: prior}, err
-}
-
-// remove stops an instance and deletes its directory.
-func (c *Client) remove(ctx context.Context, dir vmdir.Dir, rec instance.Record) (string, error) {
-	prior := supervisor.Observe(ctx, dir, rec).State
-	if err := c.stop(ctx, dir); err != nil {
-		supervisor.Kill(dir)
-	}
-	if err := dir.Remove(); err != nil {
-		return prior, errdefs.Wrap(errdefs.ErrUnavailable, err, "", "remove %s %q", rec.Kind, rec.ID)
-	}
-	return prior, nil
 }
 
 // NetworkInfoVM describes a VM's network: off (no NIC at all) or QEMU
@@ -447,29 +315,12 @@ func networkInfo(rec instance.Record) NetworkInfo {
 // ReapExpired deletes VMs whose TTL passed and VMs whose supervisor is
 // gone without a clean stop (broken), and returns what it removed.
 func (c *Client) ReapExpired(ctx context.Context) (ReapResult, error) {
-	vms, err := c.ListVMs(ctx)
-	if err != nil {
-		return ReapResult{}, err
-	}
+	c.lc.Reconcile(ctx)
+	reaped, err := c.lc.Reap(ctx, instance.KindVM)
 	res := ReapResult{Removed: []DeleteResult{}}
-	for _, v := range vms {
-		if v.State != instance.Expired && v.State != instance.Broken {
-			continue
-		}
-		d, err := c.DeleteVM(ctx, v.VMID)
-		if err != nil {
-			return res, err
-		}
-		d.PriorState = v.State
-		res.Removed = append(res.Removed, d)
-	}
-	// Leftovers of interrupted deletes.
-	ents, _ := os.ReadDir(c.dirs.VMs())
-	for _, e := range ents {
-		if vmdir.IsHidden(e.Name()) {
-			_ = os.RemoveAll(vmdir.Dir(c.dirs.VMs()).Path(e.Name()))
-		}
+	for _, r := range reaped {
+		res.Removed = append(res.Removed, DeleteResult{VMID: r.ID, Deleted: true, PriorState: r.PriorState})
 	}
 	res.Count = len(res.Removed)
-	return res, nil
+	return res, err
 }

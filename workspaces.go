@@ -8,13 +8,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
 	"time"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/instance"
-	"github.com/pyro-mcp/pyro/internal/supervisor"
+	"github.com/pyro-mcp/pyro/internal/lifecycle"
 	"github.com/pyro-mcp/pyro/internal/tarutil"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/workspace"
@@ -62,6 +61,7 @@ type Workspace struct {
 	WorkspaceID         string        `json:"workspace_id"`
 	Environment         string        `json:"environment"`
 	State               string        `json:"state"`
+	ReasonKind          string        `json:"reason_kind,omitempty"`
 	Reason              string        `json:"reason,omitempty"`
 	VCPUCount           int           `json:"vcpu_count"`
 	MemMiB              int           `json:"mem_mib"`
@@ -105,12 +105,7 @@ func setMeta(rec *instance.Record, m workspaceMeta) {
 
 // wsDir returns an existing workspace's directory and record.
 func (c *Client) wsDir(id string) (vmdir.Dir, instance.Record, error) {
-	dir, err := vmdir.Open(c.dirs.Workspaces(), id)
-	if err != nil {
-		return "", instance.Record{}, errdefs.Wrap(errdefs.ErrNotFound, err, "list them with `pyro workspace list`", "workspace %q not found", id)
-	}
-	rec, err := instance.Load(dir, "workspace")
-	return dir, rec, err
+	return c.lc.Open(instance.KindWorkspace, id)
 }
 
 func snapshotsOf(dir vmdir.Dir) workspace.Snapshots {
@@ -143,43 +138,44 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 	if _, err := c.envs.Get(rec.Environment); err != nil {
 		return ws, err
 	}
-	dir, _ := vmdir.Open(c.dirs.Workspaces(), rec.ID)
-	if err := dir.Create(); err != nil {
+	dir, rec, err := c.lc.Create(ctx, rec, func(dir vmdir.Dir, rec *instance.Record) error {
+		rec.WorkspaceDisk = dir.Path(workspace.DiskFile)
+		if err := workspace.CreateDisk(ctx, rec.WorkspaceDisk, workspace.DiskBytes()); err != nil {
+			return err
+		}
+		if err := saveSecrets(dir, secretValues); err != nil {
+			return err
+		}
+		setMeta(rec, workspaceMeta{Seed: seed, Secrets: secretInfo})
+		return nil
+	})
+	if err != nil {
 		return ws, err
 	}
 	defer func() {
 		if err != nil {
-			_, _ = c.remove(context.WithoutCancel(ctx), dir, rec)
+			_, _ = c.lc.Delete(context.WithoutCancel(ctx), dir, rec)
 		}
 	}()
-	rec.WorkspaceDisk = dir.Path(workspace.DiskFile)
-	if err := workspace.CreateDisk(ctx, rec.WorkspaceDisk, workspace.DiskBytes()); err != nil {
+	// Start runs prepareGuest (secrets) before anything else reaches the guest.
+	if _, err := c.lc.Start(ctx, dir, rec); err != nil {
 		return ws, err
 	}
-	if err := saveSecrets(dir, secretValues); err != nil {
-		return ws, err
-	}
-	setMeta(&rec, workspaceMeta{Seed: seed, Secrets: secretInfo})
-	if err := instance.Save(dir, rec); err != nil {
-		return ws, err
-	}
-	instance.AppendEvent(dir, "created", map[string]any{"environment": rec.Environment, "seed_mode": seed.Mode})
-	if _, err := c.start(ctx, dir, rec); err != nil {
-		return ws, err
-	}
-	agent := supervisor.NewClient(dir).Agent()
+	agent := c.lc.Client(dir)
 	defer agent.Close()
-	if err := c.prepareGuest(ctx, dir, agent); err != nil {
-		return ws, err
-	}
 	if source != nil {
 		r, err := agent.PushTar(ctx, workspace.Root, workspace.Root, source)
 		if err != nil {
 			return ws, fmt.Errorf("seed /workspace: %w", err)
 		}
 		seed.FileCount, seed.Bytes = r.Files, r.Bytes
-		setMeta(&rec, workspaceMeta{Seed: seed, Secrets: secretInfo})
-		if err := instance.Save(dir, rec); err != nil {
+		err = c.lc.Update(ctx, dir, instance.KindWorkspace, func(r *instance.Record) error {
+			m := metaOf(*r)
+			m.Seed = seed
+			setMeta(r, m)
+			return nil
+		})
+		if err != nil {
 			return ws, err
 		}
 	}
@@ -201,21 +197,10 @@ func (c *Client) snapshot(ctx context.Context, dir vmdir.Dir, agent *agentapi.Cl
 
 // workspaceAgent returns an agent client for a workspace, restarting its VM
 // on the same /workspace disk when it is not running (after a crash, a
-// host reboot or a stop). An expired workspace is not restarted.
+// host reboot, a stop) or no longer answering. An expired workspace is not
+// restarted.
 func (c *Client) workspaceAgent(ctx context.Context, dir vmdir.Dir, rec instance.Record) (*agentapi.Client, error) {
-	st := supervisor.Observe(ctx, dir, rec)
-	if st.State != instance.Running {
-		if _, err := c.start(ctx, dir, rec); err != nil {
-			return nil, fmt.Errorf("restart workspace %q: %w", rec.ID, err)
-		}
-		agent := supervisor.NewClient(dir).Agent()
-		if err := c.prepareGuest(ctx, dir, agent); err != nil {
-			agent.Close()
-			return nil, err
-		}
-		return agent, nil
-	}
-	return supervisor.NewClient(dir).Agent(), nil
+	return c.lc.EnsureRunning(ctx, dir, rec)
 }
 
 // StatusWorkspace returns a workspace's observed status.
@@ -224,18 +209,18 @@ func (c *Client) StatusWorkspace(ctx context.Context, id string) (Workspace, err
 	if err != nil {
 		return Workspace{}, err
 	}
-	st := supervisor.Observe(ctx, dir, rec)
+	st := c.lc.Observe(ctx, dir, rec)
 	m := metaOf(rec)
 	hist, _ := workspace.ReadHistory(dir.Path(workspace.HistoryFile))
 	ws := Workspace{
-		WorkspaceID: rec.ID, Environment: rec.Environment, State: st.State, Reason: st.Reason,
+		WorkspaceID: rec.ID, Environment: rec.Environment, State: st.State, ReasonKind: string(st.Cause), Reason: st.Reason,
 		VCPUCount: rec.VCPUCount, MemMiB: rec.MemMiB, Network: rec.Network, AllowHostCompat: rec.AllowHostCompat,
 		CreatedAt: rec.CreatedAt, WorkspaceSeed: m.Seed, ResetCount: m.ResetCount, LastResetAt: m.LastResetAt,
 		Secrets: m.Secrets, CommandCount: len(hist),
 		Backend: st.Backend, Acceleration: st.Acceleration, Isolation: st.Isolation,
 	}
 	if st.State == instance.Running {
-		agent := supervisor.NewClient(dir).Agent()
+		agent := c.lc.Client(dir)
 		defer agent.Close()
 		ws.ServiceCount, ws.RunningServiceCount = serviceCounts(ctx, agent)
 	}
@@ -244,20 +229,17 @@ func (c *Client) StatusWorkspace(ctx context.Context, id string) (Workspace, err
 
 // ListWorkspaces returns every workspace, oldest first.
 func (c *Client) ListWorkspaces(ctx context.Context) ([]Workspace, error) {
-	ents, err := os.ReadDir(c.dirs.Workspaces())
-	if err != nil && !os.IsNotExist(err) {
+	c.lc.Reconcile(ctx)
+	_, recs, err := c.lc.List(instance.KindWorkspace)
+	if err != nil {
 		return nil, err
 	}
 	out := []Workspace{}
-	for _, e := range ents {
-		if !e.IsDir() || vmdir.IsHidden(e.Name()) {
-			continue
-		}
-		if ws, err := c.StatusWorkspace(ctx, e.Name()); err == nil {
+	for _, rec := range recs {
+		if ws, err := c.StatusWorkspace(ctx, rec.ID); err == nil {
 			out = append(out, ws)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
 	return out, nil
 }
 
@@ -501,44 +483,33 @@ func (c *Client) ResetWorkspace(ctx context.Context, id, snapshot string) (Works
 		return Workspace{}, err
 	}
 	defer data.Close()
-	if err := c.stop(ctx, dir); err != nil {
-		return Workspace{}, err
-	}
-	if err := workspace.CreateDisk(ctx, rec.WorkspaceDisk, workspace.DiskBytes()); err != nil {
-		return Workspace{}, err
-	}
-	if err := os.Remove(dir.Path(workspace.HistoryFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return Workspace{}, err
-	}
-	if _, err := c.start(ctx, dir, rec); err != nil {
-		return Workspace{}, err
-	}
-	agent := supervisor.NewClient(dir).Agent()
-	defer agent.Close()
-	if err := c.prepareGuest(ctx, dir, agent); err != nil {
-		return Workspace{}, err
-	}
-	if _, err := agent.PushTar(ctx, workspace.Root, workspace.Root, data); err != nil {
-		return Workspace{}, fmt.Errorf("restore snapshot %q: %w", snapshot, err)
-	}
-	unlock, err := instance.Lock(ctx, dir)
+	// One hold of the workspace's lock from the stop to the restored start:
+	// a concurrent command waits instead of booting the old disk.
+	err = c.lc.Reset(ctx, dir, rec, lifecycle.ResetSteps{
+		Fresh: func(ctx context.Context) error {
+			if err := workspace.CreateDisk(ctx, rec.WorkspaceDisk, workspace.DiskBytes()); err != nil {
+				return err
+			}
+			if err := os.Remove(dir.Path(workspace.HistoryFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+			return nil
+		},
+		Restore: func(ctx context.Context, agent *agentapi.Client, r *instance.Record) error {
+			if _, err := agent.PushTar(ctx, workspace.Root, workspace.Root, data); err != nil {
+				return fmt.Errorf("restore snapshot %q: %w", snapshot, err)
+			}
+			m := metaOf(*r)
+			m.ResetCount++
+			now := time.Now().UTC()
+			m.LastResetAt = &now
+			setMeta(r, m)
+			return nil
+		},
+	})
 	if err != nil {
 		return Workspace{}, err
 	}
-	rec, err = instance.Load(dir, "workspace")
-	if err == nil {
-		m := metaOf(rec)
-		m.ResetCount++
-		now := time.Now().UTC()
-		m.LastResetAt = &now
-		setMeta(&rec, m)
-		err = instance.Save(dir, rec)
-	}
-	unlock()
-	if err != nil {
-		return Workspace{}, err
-	}
-	instance.AppendEvent(dir, "reset", map[string]any{"snapshot": snapshot})
 	return c.StatusWorkspace(ctx, id)
 }
 
@@ -558,7 +529,7 @@ func (c *Client) DeleteWorkspace(ctx context.Context, id string) (DeleteResult, 
 	if err != nil {
 		return DeleteResult{}, err
 	}
-	prior, err := c.remove(ctx, dir, rec)
+	prior, err := c.lc.Delete(ctx, dir, rec)
 	return DeleteResult{WorkspaceID: id, Deleted: err == nil, PriorState: prior}, err
 }
 
@@ -566,7 +537,7 @@ func (c *Client) DeleteWorkspace(ctx context.Context, id string) (DeleteResult, 
 // a restart and reset): it sends the workspace's secrets, which the agent
 // materialises under /run/pyro-secrets (a tmpfs, never /workspace) and
 // from then on redacts from everything it returns.
-func (c *Client) prepareGuest(ctx context.Context, dir vmdir.Dir, agent *agentapi.Client) error {
+func (c *Client) prepareGuest(ctx context.Context, dir vmdir.Dir, _ instance.Record, agent *agentapi.Client) error {
 	values, err := loadSecrets(dir)
 	if err != nil {
 		return fmt.Errorf("read workspace secrets: %w", err)

@@ -31,13 +31,43 @@ const (
 	Stopped  = "stopped"  // stopped on request
 	Expired  = "expired"  // its TTL passed
 	Broken   = "broken"   // died without a clean stop; Reason says how
+	// Unresponsive: the supervisor lives but the guest agent did not answer
+	// its health call within a deadline (a starved or hung guest).
+	Unresponsive = "unresponsive"
+)
+
+// Cause says, as a value callers can compare, why an instance is in its
+// state; the free-text reason beside it is for people only.
+type Cause string
+
+const (
+	CauseNone Cause = ""
+	// Ends on purpose (written in the exit note).
+	CauseRequested  Cause = "requested"   // stopped on request
+	CauseSignal     Cause = "signal"      // the supervisor got SIGTERM/SIGINT/SIGHUP
+	CauseTTL        Cause = "ttl"         // its TTL passed
+	CauseBootFailed Cause = "boot_failed" // the guest never answered
+	CauseVMMExited  Cause = "vmm_exited"  // the VMM died under a running guest
+	// Observed, never written.
+	CauseSupervisorGone   Cause = "supervisor_gone"         // no process, no exit note (killed)
+	CauseSupervisorSilent Cause = "supervisor_not_answering" // process alive, socket silent
+	CauseAgentSilent      Cause = "agent_not_answering"      // supervisor answers, guest agent does not
+)
+
+// Record kinds. A one-shot run (RunInVM) has a record too, so that the
+// directory a dead run leaves behind is recognisable and reaped; its
+// "supervisor" pid is the calling process, which owns the guest.
+const (
+	KindVM        = "vm"
+	KindWorkspace = "workspace"
+	KindRun       = "run"
 )
 
 // Record is what was asked for. It is written atomically and changed only
 // under the instance's lock.
 type Record struct {
 	ID              string     `json:"id"`
-	Kind            string     `json:"kind"` // "vm" or "workspace"
+	Kind            string     `json:"kind"` // KindVM, KindWorkspace or KindRun
 	Environment     string     `json:"environment"`
 	VCPUCount       int        `json:"vcpu_count"`
 	MemMiB          int        `json:"mem_mib"`
@@ -56,6 +86,7 @@ type Record struct {
 // ExitNote is written by a supervisor that ends on purpose.
 type ExitNote struct {
 	State  string    `json:"state"` // stopped, expired or broken
+	Cause  Cause     `json:"cause,omitempty"`
 	Reason string    `json:"reason,omitempty"`
 	At     time.Time `json:"at"`
 }
@@ -97,8 +128,8 @@ func Lock(ctx context.Context, dir vmdir.Dir) (unlock func(), err error) {
 }
 
 // WriteExit records why a supervisor ended.
-func WriteExit(dir vmdir.Dir, state, reason string) error {
-	b, _ := json.Marshal(ExitNote{State: state, Reason: reason, At: time.Now().UTC()})
+func WriteExit(dir vmdir.Dir, state string, cause Cause, reason string) error {
+	b, _ := json.Marshal(ExitNote{State: state, Cause: cause, Reason: reason, At: time.Now().UTC()})
 	return fsutil.WriteFileAtomic(dir.Path(vmdir.Exit), b, 0o600)
 }
 

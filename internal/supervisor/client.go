@@ -62,11 +62,15 @@ func dialSock(ctx context.Context, dir vmdir.Dir) (net.Conn, error) {
 	return unixsock.Dial(ctx, dir.Path(vmdir.SupervisorSock))
 }
 
-// Status asks the supervisor for its status. It fails fast (1 s) when no
+// statusDeadline bounds a status request: the supervisor's own health call
+// to the guest plus a second for the supervisor itself.
+const statusDeadline = HealthDeadline + time.Second
+
+// Status asks the supervisor for its status. It fails fast when no
 // supervisor answers: callers then observe the directory instead.
 func (c *Client) Status(ctx context.Context) (Status, error) {
 	var st Status
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	ctx, cancel := context.WithTimeout(ctx, statusDeadline)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://pyro-supervisor/v1/status", nil)
 	resp, err := c.http.Do(req)
@@ -132,10 +136,6 @@ func (c *Client) Agent() *agentapi.Client {
 	return agentapi.NewProxiedClient(func(ctx context.Context) (net.Conn, error) { return dialSock(ctx, c.dir) }, AgentPrefix)
 }
 
-// NotAnswering is the reason of a supervisor whose process lives but whose
-// socket does not answer in time (hung, or too busy).
-const NotAnswering = "supervisor is alive but not answering"
-
 // Observe returns the observed state of the instance in dir: the
 // supervisor's own answer when it is up, else what its exit note, its
 // process and the record say.
@@ -145,16 +145,17 @@ func Observe(ctx context.Context, dir vmdir.Dir, rec instance.Record) Status {
 		if st, err := NewClient(dir).Status(ctx); err == nil {
 			return st
 		}
-		return Status{State: instance.Broken, Reason: NotAnswering, SupervisorPID: pid}
+		return Status{State: instance.Broken, Cause: instance.CauseSupervisorSilent,
+			Reason: "supervisor is alive but not answering", SupervisorPID: pid}
 	}
 	if n, ok := instance.ReadExit(dir); ok {
-		return Status{State: n.State, Reason: n.Reason}
+		return Status{State: n.State, Cause: n.Cause, Reason: n.Reason}
 	}
 	if rec.ExpiresAt != nil && time.Now().After(*rec.ExpiresAt) {
-		return Status{State: instance.Expired, Reason: "ttl passed"}
+		return Status{State: instance.Expired, Cause: instance.CauseTTL, Reason: "ttl passed"}
 	}
 	if pid == 0 {
 		return Status{State: instance.Created}
 	}
-	return Status{State: instance.Broken, Reason: "supervisor exited without a clean stop (killed?)"}
+	return Status{State: instance.Broken, Cause: instance.CauseSupervisorGone, Reason: "supervisor exited without a clean stop (killed?)"}
 }

@@ -26,7 +26,7 @@ func TestObserve(t *testing.T) {
 	}
 
 	d := newDir()
-	instance.WriteExit(d, instance.Stopped, "stopped on request")
+	instance.WriteExit(d, instance.Stopped, instance.CauseRequested, "stopped on request")
 	if st := Observe(ctx, d, rec); st.State != instance.Stopped || st.Reason == "" {
 		t.Errorf("exit note: %+v", st)
 	}
@@ -53,7 +53,7 @@ func TestObserve(t *testing.T) {
 	// A live process that does not answer on the socket.
 	d = newDir()
 	instance.WritePid(d)
-	if st := Observe(ctx, d, rec); st.State != instance.Broken || st.Reason != NotAnswering {
+	if st := Observe(ctx, d, rec); st.State != instance.Broken || st.Cause != instance.CauseSupervisorSilent {
 		t.Errorf("silent supervisor: %+v", st)
 	}
 }

@@ -50,9 +50,11 @@ const Arg = "__supervise"
 // AgentPrefix is where the supervisor serves the proxied agent API.
 const AgentPrefix = "/agent"
 
-// Status is what GET /v1/status answers.
+// Status is what GET /v1/status answers, and what Observe derives when no
+// supervisor answers. Cause is the value to compare; Reason is for people.
 type Status struct {
 	State         string           `json:"state"`
+	Cause         instance.Cause   `json:"cause,omitempty"`
 	Reason        string           `json:"reason,omitempty"`
 	Backend       string           `json:"backend,omitempty"`
 	Acceleration  string           `json:"acceleration,omitempty"`
@@ -65,24 +67,45 @@ type Status struct {
 	Health        *agentapi.Health `json:"health,omitempty"`
 }
 
+// HealthDeadline bounds the guest agent's answer to the health call made
+// for every status request of a running guest; a guest that misses it is
+// observed as unresponsive. Generous, because a TCG guest on a busy host
+// answers slowly.
+const HealthDeadline = 2 * time.Second
+
+// Options adjust a supervisor; the zero value is what `pyro __supervise`
+// runs. Tests swap boot steps (a fake backend) through it.
+type Options struct {
+	// Steps replaces vm.ColdBoot().
+	Steps vm.Steps
+	// HealthDeadline replaces HealthDeadline.
+	HealthDeadline time.Duration
+}
+
 type server struct {
 	dir    vmdir.Dir
 	rec    instance.Record
 	log    *slog.Logger
+	opts   Options
 	mu     sync.Mutex
 	status Status
 	vm     *vm.VM
 	proxy  *httputil.ReverseProxy
-	// stop is closed (once) with the reason in stopState/stopReason.
+	// stop is closed (once) with the reason in stopState/stopCause/stopReason.
 	stopOnce   sync.Once
 	stop       chan struct{}
 	stopState  string
+	stopCause  instance.Cause
 	stopReason string
 }
 
 // Main is the supervisor process: it boots the VM recorded in dir and
 // serves until the VM stops. It returns the process exit code.
-func Main(dir string) int {
+func Main(dir string) int { return MainWith(dir, Options{}) }
+
+// MainWith is Main with options (tests re-exec their own binary as a
+// supervisor with a fake backend).
+func MainWith(dir string, opts Options) int {
 	d := vmdir.Dir(dir)
 	logFile, err := os.OpenFile(d.Path(vmdir.SupervisorLog), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
@@ -91,36 +114,61 @@ func Main(dir string) int {
 	}
 	defer logFile.Close()
 	log := slog.New(slog.NewTextHandler(logFile, nil)).With("vm_id", filepath.Base(dir))
-	if err := run(d, log); err != nil {
+	// A signal is a stop request like any other, with its own cause.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	if err := Serve(d, log, opts, sigs); err != nil {
 		log.Error("supervisor failed", "err", err)
 		return 1
 	}
 	return 0
 }
 
-func run(d vmdir.Dir, log *slog.Logger) error {
-	// Socket names are relative to the VM directory, so their absolute
-	// length never matters.
-	if err := os.Chdir(string(d)); err != nil {
-		return err
+// listen opens the supervisor socket. A path too long for a unix socket
+// address is reached relative to the VM directory instead (the process
+// then runs with it as its working directory), so the length of the
+// state root never matters.
+func listen(d vmdir.Dir) (net.Listener, error) {
+	p := d.Path(vmdir.SupervisorSock)
+	if len(p) >= 100 {
+		if err := os.Chdir(string(d)); err != nil {
+			return nil, err
+		}
+		p = vmdir.SupervisorSock
+	}
+	_ = os.Remove(p)
+	return net.Listen("unix", p)
+}
+
+// Serve boots the VM recorded in d and serves its API until the VM ends;
+// a value on sigs is a stop request. It writes the exit note before it
+// returns. It is Main without the process set-up, so tests run it in
+// their own process.
+func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) error {
+	if opts.HealthDeadline == 0 {
+		opts.HealthDeadline = HealthDeadline
+	}
+	if opts.Steps == nil {
+		opts.Steps = vm.ColdBoot()
 	}
 	rec, err := instance.Load(d, "vm")
 	if err != nil {
 		return err
 	}
-	_ = os.Remove(vmdir.Exit)
+	_ = os.Remove(d.Path(vmdir.Exit))
 	// Listen before announcing the pid: a live pid with no socket reads as
 	// a supervisor that stopped answering.
-	_ = os.Remove(vmdir.SupervisorSock)
-	ln, err := net.Listen("unix", vmdir.SupervisorSock)
+	ln, err := listen(d)
 	if err != nil {
-		_ = instance.WriteExit(d, instance.Broken, "supervisor cannot listen: "+err.Error())
+		_ = instance.WriteExit(d, instance.Broken, instance.CauseBootFailed, "supervisor cannot listen: "+err.Error())
 		return err
 	}
 	if err := instance.WritePid(d); err != nil {
+		ln.Close()
 		return err
 	}
-	s := &server{dir: d, rec: rec, log: log, stop: make(chan struct{}),
+	s := &server{dir: d, rec: rec, log: log, opts: opts, stop: make(chan struct{}),
 		status: Status{State: instance.Starting, SupervisorPID: os.Getpid(), StartedAt: time.Now().UTC()}}
 	httpSrv := &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = httpSrv.Serve(ln) }()
@@ -128,18 +176,21 @@ func run(d vmdir.Dir, log *slog.Logger) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		_ = httpSrv.Shutdown(ctx)
-		_ = os.Remove(vmdir.SupervisorSock)
+		_ = os.Remove(d.Path(vmdir.SupervisorSock))
 	}()
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	go func() {
-		sig := <-sigs
-		s.requestStop(instance.Stopped, "supervisor received "+sig.String())
+		select {
+		case sig := <-sigs:
+			s.requestStop(instance.Stopped, instance.CauseSignal, "supervisor received "+sig.String())
+		case <-s.stop:
+		}
 	}()
 	if rec.ExpiresAt != nil {
 		wait := time.Until(*rec.ExpiresAt)
-		t := time.AfterFunc(wait, func() { s.requestStop(instance.Expired, "ttl of "+fmt.Sprint(rec.TTLSeconds)+" s passed") })
+		t := time.AfterFunc(wait, func() {
+			s.requestStop(instance.Expired, instance.CauseTTL, "ttl of "+fmt.Sprint(rec.TTLSeconds)+" s passed")
+		})
 		defer t.Stop()
 	}
 
@@ -155,19 +206,19 @@ func run(d vmdir.Dir, log *slog.Logger) error {
 		case <-bootCtx.Done():
 		}
 	}()
-	v, err := vm.Boot(bootCtx, vm.Deps{Dirs: dirs, Envs: envstore.New(dirs.Environments(), dirs.Cache()), Logger: log, AgentBinary: self}, vm.Config{
+	v, err := vm.BootWith(bootCtx, opts.Steps, vm.Deps{Dirs: dirs, Envs: envstore.New(dirs.Environments(), dirs.Cache()), Logger: log, AgentBinary: self}, vm.Config{
 		ID: rec.ID, Dir: d, Environment: rec.Environment, VCPUs: rec.VCPUCount, MemMiB: rec.MemMiB,
 		Network: rec.Network, AllowHostCompat: rec.AllowHostCompat, WorkspaceDisk: rec.WorkspaceDisk,
 	})
 	cancelBoot()
 	if err != nil {
-		state, reason := instance.Broken, "boot failed: "+err.Error()
+		state, cause, reason := instance.Broken, instance.CauseBootFailed, "boot failed: "+err.Error()
 		select {
 		case <-s.stop:
-			state, reason = s.stopState, s.stopReason
+			state, cause, reason = s.stopState, s.stopCause, s.stopReason
 		default:
 		}
-		s.finish(state, reason)
+		s.finish(state, cause, reason)
 		return nil
 	}
 	s.mu.Lock()
@@ -199,10 +250,10 @@ func run(d vmdir.Dir, log *slog.Logger) error {
 			reason += ": " + err.Error()
 		}
 		_ = v.Close(context.Background())
-		s.finish(instance.Broken, reason)
+		s.finish(instance.Broken, instance.CauseVMMExited, reason)
 	case <-s.stop:
 		s.powerOff(v)
-		s.finish(s.stopState, s.stopReason)
+		s.finish(s.stopState, s.stopCause, s.stopReason)
 	}
 	return nil
 }
@@ -221,43 +272,31 @@ func (s *server) powerOff(v *vm.VM) {
 	_ = v.Close(context.Background())
 }
 
-func (s *server) finish(state, reason string) {
+func (s *server) finish(state string, cause instance.Cause, reason string) {
 	s.mu.Lock()
-	s.status.State, s.status.Reason = state, reason
+	s.status.State, s.status.Cause, s.status.Reason = state, cause, reason
 	s.mu.Unlock()
-	if err := instance.WriteExit(s.dir, state, reason); err != nil {
+	if err := instance.WriteExit(s.dir, state, cause, reason); err != nil {
 		s.log.Error("write exit note", "err", err)
 	}
 	instance.AppendEvent(s.dir, state, map[string]any{"reason": reason})
 	s.log.Info("supervisor exiting", "state", state, "reason", reason)
 }
 
-func (s *server) requestStop(state, reason string) {
+func (s *server) requestStop(state string, cause instance.Cause, reason string) {
 	s.stopOnce.Do(func() {
-		s.stopState, s.stopReason = state, reason
+		s.stopState, s.stopCause, s.stopReason = state, cause, reason
 		close(s.stop)
 	})
 }
 
 func (s *server) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
-		s.mu.Lock()
-		st, v := s.status, s.vm
-		s.mu.Unlock()
-		// Observed, not remembered: a VMM that just died is reported even
-		// before the main loop has noticed and written the exit note.
-		if v != nil && st.State == instance.Running {
-			select {
-			case <-v.Machine.Done():
-				st.State, st.Reason = instance.Broken, "the VMM exited unexpectedly"
-			default:
-			}
-		}
-		writeJSON(w, http.StatusOK, st)
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, s.observe(r.Context()))
 	})
 	mux.HandleFunc("POST /v1/stop", func(w http.ResponseWriter, _ *http.Request) {
-		s.requestStop(instance.Stopped, "stopped on request")
+		s.requestStop(instance.Stopped, instance.CauseRequested, "stopped on request")
 		s.mu.Lock()
 		st := s.status
 		s.mu.Unlock()
@@ -274,6 +313,42 @@ func (s *server) routes() http.Handler {
 		p.ServeHTTP(w, r)
 	})
 	return mux
+}
+
+// observe is the status as seen now, not as remembered: a VMM that just
+// died is reported even before the main loop has noticed and written the
+// exit note, and a running guest must answer a health call in time.
+func (s *server) observe(ctx context.Context) Status {
+	s.mu.Lock()
+	st, v := s.status, s.vm
+	s.mu.Unlock()
+	if v == nil || st.State != instance.Running {
+		return st
+	}
+	select {
+	case <-v.Machine.Done():
+		st.State, st.Cause, st.Reason = instance.Broken, instance.CauseVMMExited, "the VMM exited unexpectedly"
+		return st
+	default:
+	}
+	hctx, cancel := context.WithTimeout(ctx, s.opts.HealthDeadline)
+	defer cancel()
+	h, err := v.Agent.Health(hctx)
+	if err != nil {
+		select {
+		case <-v.Machine.Done():
+			st.State, st.Cause, st.Reason = instance.Broken, instance.CauseVMMExited, "the VMM exited unexpectedly"
+		default:
+			st.State, st.Cause = instance.Unresponsive, instance.CauseAgentSilent
+			st.Reason = fmt.Sprintf("guest agent did not answer its health call within %s", s.opts.HealthDeadline)
+			if hctx.Err() == nil {
+				st.Reason = "guest agent health call failed: " + err.Error()
+			}
+		}
+		return st
+	}
+	st.Health = &h
+	return st
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

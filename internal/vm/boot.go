@@ -24,8 +24,9 @@ import (
 	"github.com/pyro-mcp/pyro/internal/statedir"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/vmm"
-	"github.com/pyro-mcp/pyro/internal/vmm/hostcompat"
-	"github.com/pyro-mcp/pyro/internal/vmm/qemu"
+	// The backends a real pyro can boot with register themselves.
+	_ "github.com/pyro-mcp/pyro/internal/vmm/hostcompat"
+	_ "github.com/pyro-mcp/pyro/internal/vmm/qemu"
 )
 
 // Deps are the long-lived things a boot needs.
@@ -55,6 +56,12 @@ type Config struct {
 	// BootTimeout bounds the wait for the guest agent (default 90 s: TCG
 	// guests on a busy 2-core host can take several seconds).
 	BootTimeout time.Duration
+	// Backend names a registered backend to use; empty means $PYRO_BACKEND,
+	// else the first one whose probe succeeds.
+	Backend string
+	// Needs is what the backend must be able to enforce; a backend without
+	// it is refused with ErrFailedPrecondition.
+	Needs vmm.Needs
 }
 
 // VM is a booted guest.
@@ -79,24 +86,94 @@ type VM struct {
 	closeErr error
 }
 
-type step struct {
-	name string
-	run  func(ctx context.Context, d Deps, c Config, v *VM) error
+// StepFunc is one boot step. It may register cleanups with v.OnClose.
+type StepFunc func(ctx context.Context, d Deps, c Config, v *VM) error
+
+// Step is a named boot step.
+type Step struct {
+	Name string
+	Run  StepFunc
 }
 
-// coldBoot is the list of steps from nothing to a guest agent that answers.
-var coldBoot = []step{
-	{"resolve environment", resolveEnvironment},
-	{"prepare directory", prepareDir},
-	{"build initramfs", buildInitramfs},
-	{"choose backend", chooseBackend},
-	{"start vmm", startVMM},
-	{"connect agent", connectAgent},
+// Steps is an ordered list of boot steps. Its methods return changed
+// copies, so a caller's list never alters another's.
+type Steps []Step
+
+// Names of the cold-boot steps, for Swap and Remove.
+const (
+	StepResolveEnvironment = "resolve environment"
+	StepPrepareDirectory   = "prepare directory"
+	StepBuildInitramfs     = "build initramfs"
+	StepChooseBackend      = "choose backend"
+	StepCheckFeatures      = "check features"
+	StepStartVMM           = "start vmm"
+	StepConnectAgent       = "connect agent"
+)
+
+// ColdBoot returns the steps from nothing to a guest agent that answers.
+// A restore from a snapshot swaps steps (start vmm, connect agent) instead
+// of adding branches to them.
+func ColdBoot() Steps {
+	return Steps{
+		{StepResolveEnvironment, resolveEnvironment},
+		{StepPrepareDirectory, prepareDir},
+		{StepBuildInitramfs, buildInitramfs},
+		{StepChooseBackend, chooseBackend},
+		{StepCheckFeatures, checkFeatures},
+		{StepStartVMM, startVMM},
+		{StepConnectAgent, connectAgent},
+	}
+}
+
+func (s Steps) index(name string) int {
+	for i, st := range s {
+		if st.Name == name {
+			return i
+		}
+	}
+	panic(fmt.Sprintf("vm: no boot step %q", name))
+}
+
+// Swap returns a copy with the step called name running run instead.
+// Naming a step that is not there is a programming error (panic).
+func (s Steps) Swap(name string, run StepFunc) Steps {
+	out := append(Steps(nil), s...)
+	out[out.index(name)].Run = run
+	return out
+}
+
+// Remove returns a copy without the step called name.
+func (s Steps) Remove(name string) Steps {
+	i := s.index(name)
+	return append(append(Steps(nil), s[:i]...), s[i+1:]...)
+}
+
+// InsertAfter returns a copy with st run right after the step called name.
+func (s Steps) InsertAfter(name string, st Step) Steps {
+	i := s.index(name) + 1
+	out := append(Steps(nil), s[:i]...)
+	out = append(out, st)
+	return append(out, s[i:]...)
+}
+
+// Names lists the steps in order.
+func (s Steps) Names() []string {
+	out := make([]string, len(s))
+	for i, st := range s {
+		out[i] = st.Name
+	}
+	return out
 }
 
 // Boot runs the cold-boot steps. On failure everything already set up is
 // torn down before it returns.
 func Boot(ctx context.Context, d Deps, c Config) (*VM, error) {
+	return BootWith(ctx, ColdBoot(), d, c)
+}
+
+// BootWith runs the given steps in order. On failure everything already
+// set up is torn down (LIFO) before it returns.
+func BootWith(ctx context.Context, steps Steps, d Deps, c Config) (*VM, error) {
 	if d.Logger == nil {
 		d.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -111,19 +188,31 @@ func Boot(ctx context.Context, d Deps, c Config) (*VM, error) {
 		v.ID = vmdir.NewID()
 	}
 	start := time.Now()
-	for _, s := range coldBoot {
+	for _, s := range steps {
 		t := time.Now()
-		if err := s.run(ctx, d, c, v); err != nil {
+		if err := s.Run(ctx, d, c, v); err != nil {
 			cerr := v.Close(context.Background())
 			if ctx.Err() != nil && !errors.Is(err, errdefs.ErrUnavailable) {
-				err = fmt.Errorf("%s: %w", s.name, ctx.Err())
+				err = fmt.Errorf("%s: %w", s.Name, ctx.Err())
 			}
 			return nil, errors.Join(err, cerr)
 		}
-		d.Logger.Debug("boot step", "vm_id", v.ID, "step", s.name, "ms", time.Since(t).Milliseconds())
+		d.Logger.Debug("boot step", "vm_id", v.ID, "step", s.Name, "ms", time.Since(t).Milliseconds())
 	}
 	v.BootMS = time.Since(start).Milliseconds()
 	return v, nil
+}
+
+// OnClose registers a cleanup that Close runs (LIFO, exactly once).
+func (v *VM) OnClose(f func(context.Context) error) { v.onClose(f) }
+
+// Use makes b the VM's backend (a step that chooses one calls it); note
+// says why, for people.
+func (v *VM) Use(b vmm.Backend, note string) {
+	v.backend = b
+	v.Backend = b.Name()
+	v.Features = b.Features()
+	v.AccelNote = note
 }
 
 func (v *VM) onClose(f func(context.Context) error) {
@@ -197,46 +286,73 @@ func (v *VM) spec(c Config) vmm.Spec {
 	}
 }
 
-// chooseBackend prefers QEMU with KVM, then QEMU with TCG, and falls back to
-// host-compat only when the caller allowed it (PYRO_BACKEND=host forces that
-// fallback, for tests).
+// chooseBackend takes the backend named by Config.Backend or
+// $PYRO_BACKEND, else the registered backends in priority order: the first
+// whose probe succeeds wins. A backend with weaker isolation (host-compat)
+// is only taken when the caller allowed it, and its note says why the
+// better ones could not run.
 func chooseBackend(ctx context.Context, d Deps, c Config, v *VM) error {
-	bin, err := qemu.Binary()
-	if err == nil && c.AllowHostCompat {
-		// A binary that cannot even run (missing libraries, wrong
-		// architecture) is as good as none when a fallback is allowed.
-		vctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		if _, verr := qemu.Version(vctx, bin); verr != nil && ctx.Err() == nil {
-			err = errdefs.Wrap(errdefs.ErrUnavailable, verr, "", "qemu cannot run")
+	spec := v.spec(c)
+	in := vmm.ProbeInput{CacheDir: d.Dirs.Cache(), Spec: spec, FallbackAllowed: c.AllowHostCompat}
+	name := c.Backend
+	if name == "" {
+		name = os.Getenv("PYRO_BACKEND")
+	}
+	var reasons []string
+	if r, ok := vmm.Lookup(name); ok && (!r.WeakerIsolation || c.AllowHostCompat) {
+		p, err := r.Probe(ctx, in)
+		if err != nil {
+			return errdefs.Wrap(errdefs.ErrUnavailable, err, "", "backend %q (PYRO_BACKEND) cannot run here", name)
 		}
-		cancel()
-	}
-	if err == nil && c.AllowHostCompat && os.Getenv("PYRO_BACKEND") == "host" {
-		err = errors.New("PYRO_BACKEND=host")
-	}
-	if err != nil {
-		reason, _, _ := strings.Cut(err.Error(), " (hint:")
-		if !c.AllowHostCompat {
-			return errdefs.New(errdefs.ErrUnavailable,
-				"install qemu-system-x86 (`pyro doctor` checks the host), or pass --allow-host-compat (allow_host_compat) to run on the host in Linux namespaces, with weaker isolation",
-				"no guest can boot on this host: %s", reason)
+		if r.WeakerIsolation {
+			reasons = append(reasons, "PYRO_BACKEND="+name)
 		}
-		v.backend = hostcompat.New()
-		v.Backend = v.backend.Name()
-		v.Features = v.backend.Features()
-		v.AccelNote = fmt.Sprintf("%s; running on the host in Linux namespaces (%s)", reason, hostcompat.Note(v.spec(c)))
-		d.Logger.Warn("no guest can boot; using host-compat", "vm_id", v.ID, "reason", reason)
-		return nil
+		return use(d, v, r, p, reasons)
 	}
-	verdict := qemu.ProbeKVM(ctx, d.Dirs.Cache(), bin, v.spec(c))
-	accel := "tcg"
-	if verdict.Usable {
-		accel = "kvm"
+	hint := "install qemu-system-x86 (`pyro doctor` checks the host), or pass --allow-host-compat (allow_host_compat) to run on the host in Linux namespaces, with weaker isolation"
+	for _, r := range vmm.Registered() {
+		if r.Explicit || (r.WeakerIsolation && !c.AllowHostCompat) {
+			continue
+		}
+		p, err := r.Probe(ctx, in)
+		if err == nil {
+			return use(d, v, r, p, reasons)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var u *vmm.Unusable
+		if errors.As(err, &u) {
+			reasons = append(reasons, u.Reason)
+		} else {
+			reasons = append(reasons, fmt.Sprintf("%s: %v", r.Name, err))
+		}
 	}
-	v.AccelNote = verdict.Reason
-	v.backend = qemu.New(bin, accel)
-	v.Backend = v.backend.Name()
-	v.Features = v.backend.Features()
+	if len(reasons) == 0 {
+		reasons = append(reasons, "no backend is registered")
+	}
+	return errdefs.New(errdefs.ErrUnavailable, hint, "no guest can boot on this host: %s", strings.Join(reasons, "; "))
+}
+
+// use adopts a probed backend; reasons are why better ones were passed over.
+func use(d Deps, v *VM, r vmm.Registration, p vmm.Probed, reasons []string) error {
+	note := p.Note
+	if len(reasons) > 0 {
+		note = strings.Join(append(reasons, p.Note), "; ")
+	}
+	v.Use(p.Backend, note)
+	if r.WeakerIsolation {
+		d.Logger.Warn("no guest can boot; using a weaker backend", "vm_id", v.ID, "backend", r.Name, "reason", strings.Join(reasons, "; "))
+	}
+	return nil
+}
+
+// checkFeatures refuses a backend that cannot enforce what the caller needs.
+func checkFeatures(_ context.Context, _ Deps, c Config, v *VM) error {
+	if missing := v.Features.Missing(c.Needs); len(missing) > 0 {
+		return errdefs.New(errdefs.ErrFailedPrecondition, "use a host where a backend that supports it can run (`pyro doctor`)",
+			"backend %q cannot enforce %s", v.Backend, strings.Join(missing, ", "))
+	}
 	return nil
 }
 

@@ -33,6 +33,34 @@ type Spec struct {
 type Features struct {
 	Isolation    string // "vm" or "namespaces"
 	Acceleration string // "kvm", "tcg" or "none"
+	// What the backend can enforce. A caller that needs one of these and
+	// gets a backend without it refuses (Missing), never degrades silently.
+	NetworkPolicy  bool // per-connection egress rules for the guest
+	MemorySnapshot bool // save and restore guest RAM
+	DiskSnapshot   bool // copy-on-write layers of the guest's disks
+}
+
+// Needs names what a caller requires of a backend.
+type Needs struct {
+	NetworkPolicy  bool
+	MemorySnapshot bool
+	DiskSnapshot   bool
+}
+
+// Missing lists (by name) what n asks for and f cannot enforce; empty when
+// the backend is enough.
+func (f Features) Missing(n Needs) []string {
+	var out []string
+	if n.NetworkPolicy && !f.NetworkPolicy {
+		out = append(out, "network policy")
+	}
+	if n.MemorySnapshot && !f.MemorySnapshot {
+		out = append(out, "memory snapshots")
+	}
+	if n.DiskSnapshot && !f.DiskSnapshot {
+		out = append(out, "disk snapshots")
+	}
+	return out
 }
 
 // Backend starts machines.
