@@ -150,6 +150,14 @@ func WritePid(dir vmdir.Dir) error {
 	return fsutil.WriteFileAtomic(dir.Path(vmdir.SupervisorPid), []byte(fmt.Sprintf("%d %d\n", pid, startTime(pid))), 0o600)
 }
 
+// RemovePid removes the supervisor pid file if it names the current
+// process.
+func RemovePid(dir vmdir.Dir) {
+	if pid, _ := SupervisorPid(dir); pid == os.Getpid() {
+		_ = os.Remove(dir.Path(vmdir.SupervisorPid))
+	}
+}
+
 // SupervisorPid returns the recorded supervisor pid and whether that
 // process is still alive (same pid and start time). pid 0: never started.
 func SupervisorPid(dir vmdir.Dir) (pid int, alive bool) {

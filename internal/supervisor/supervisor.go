@@ -168,6 +168,9 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 		ln.Close()
 		return err
 	}
+	// Once Serve returns the exit note speaks for the instance, also when
+	// Serve ran inside a process that lives on (tests).
+	defer instance.RemovePid(d)
 	s := &server{dir: d, rec: rec, log: log, opts: opts, stop: make(chan struct{}),
 		status: Status{State: instance.Starting, SupervisorPID: os.Getpid(), StartedAt: time.Now().UTC()}}
 	httpSrv := &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
@@ -228,6 +231,14 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 			r.Out.URL.Scheme, r.Out.URL.Host = "http", "pyro-agent"
 			r.Out.URL.Path = strings.TrimPrefix(r.In.URL.Path, AgentPrefix)
 			r.Out.URL.RawPath = ""
+			// Forward a body of known length as a stream (chunked): with
+			// the length, a guest that answers before the transport has
+			// finished with the request body had its request cancelled
+			// (the yamux stream was half-closed under it), seen with the
+			// in-memory fake guest, which answers within microseconds.
+			if r.Out.Body != nil {
+				r.Out.ContentLength = -1
+			}
 		},
 		Transport:     v.Agent.Transport(),
 		FlushInterval: -1, // exec output streams
@@ -262,12 +273,18 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 // stops the VMM, each step with a deadline.
 func (s *server) powerOff(v *vm.VM) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	_ = v.Agent.Shutdown(ctx)
+	err := v.Agent.Shutdown(ctx)
 	cancel()
-	select {
-	case <-v.Machine.Done():
-	case <-time.After(5 * time.Second):
-		s.log.Warn("guest did not power off in time; stopping the VMM")
+	if err != nil {
+		// An agent that cannot even acknowledge will not power off: stop
+		// the VMM now rather than wait for nothing.
+		s.log.Warn("guest agent did not acknowledge the power-off; stopping the VMM", "err", err)
+	} else {
+		select {
+		case <-v.Machine.Done():
+		case <-time.After(5 * time.Second):
+			s.log.Warn("guest did not power off in time; stopping the VMM")
+		}
 	}
 	_ = v.Close(context.Background())
 }
