@@ -49,7 +49,7 @@ const (
 	CauseBootFailed Cause = "boot_failed" // the guest never answered
 	CauseVMMExited  Cause = "vmm_exited"  // the VMM died under a running guest
 	// Observed, never written.
-	CauseSupervisorGone   Cause = "supervisor_gone"         // no process, no exit note (killed)
+	CauseSupervisorGone   Cause = "supervisor_gone"          // no process, no exit note (killed)
 	CauseSupervisorSilent Cause = "supervisor_not_answering" // process alive, socket silent
 	CauseAgentSilent      Cause = "agent_not_answering"      // supervisor answers, guest agent does not
 )

@@ -310,4 +310,3 @@ func TestMainWithoutRecord(t *testing.T) {
 		t.Fatalf("exit code %d", code)
 	}
 }
-

@@ -43,6 +43,8 @@ const (
 	FailFile   = "fake.fail-start" // present at start: Start fails
 	NoAgent    = "fake.no-agent"   // present at start: the agent never answers
 	BootLog    = "fake.boots.jsonl"
+	// WorkspaceDir stands in for the guest's /workspace.
+	WorkspaceDir = "fake-workspace"
 )
 
 func init() {
@@ -66,7 +68,7 @@ func New(f vmm.Features) *Backend {
 	return &Backend{features: f}
 }
 
-func (b *Backend) Name() string            { return Name }
+func (b *Backend) Name() string           { return Name }
 func (b *Backend) Features() vmm.Features { return b.features }
 
 // Boot is one line of a VM directory's boot log.
@@ -103,6 +105,19 @@ func (b *Backend) Start(_ context.Context, spec vmm.Spec) (vmm.Machine, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Machine{spec: spec, done: make(chan struct{}), ctx: ctx, cancel: cancel, noAgent: exists(spec.Dir.Path(NoAgent))}
+	// One agent per machine, as one per guest: services, shells and
+	// secrets outlive each connection.
+	ws := spec.Dir.Path(WorkspaceDir)
+	if err := os.MkdirAll(ws, 0o700); err != nil {
+		cancel()
+		return nil, err
+	}
+	m.agent = agent.New(agent.Options{
+		Shutdown:     func() { m.exit(nil) },
+		SecretsDir:   spec.Dir.Path("fake-secrets"),
+		WorkspaceDir: ws,
+		Version:      "fake",
+	})
 	go m.watch()
 	return m, nil
 }
@@ -111,6 +126,7 @@ func (b *Backend) Start(_ context.Context, spec vmm.Spec) (vmm.Machine, error) {
 type Machine struct {
 	spec    vmm.Spec
 	noAgent bool
+	agent   *agent.Agent
 	ctx     context.Context
 	cancel  context.CancelFunc
 	once    sync.Once
@@ -190,11 +206,7 @@ func (m *Machine) DialAgent(ctx context.Context) (net.Conn, error) {
 		return host, nil
 	}
 	go func() {
-		_ = agent.Serve(m.ctx, &gate{Conn: guest, m: m}, agent.ServeOptions{
-			Shutdown:   func() { m.exit(nil) },
-			SecretsDir: m.spec.Dir.Path("fake-secrets"),
-			Version:    "fake",
-		})
+		_ = m.agent.Serve(m.ctx, &gate{Conn: guest, m: m})
 	}()
 	// The host end dies with the machine, as a VMM's socket would.
 	go func() {
