@@ -3,7 +3,6 @@ package cli
 import (
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"text/tabwriter"
 
@@ -113,7 +112,7 @@ type pullProgress struct {
 }
 
 func newPullProgress(w io.Writer) *pullProgress {
-	f, ok := w.(*os.File)
+	f, ok := w.(interface{ Fd() uintptr }) // *os.File or brokenPipeWriter
 	return &pullProgress{w: w, tty: ok && term.IsTerminal(int(f.Fd()))}
 }
 

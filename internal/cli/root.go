@@ -11,10 +11,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"runtime/debug"
 	"strings"
-	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -31,21 +29,41 @@ type app struct {
 	exitCode int
 	// sdk is the client every command uses, made before the command runs.
 	sdk *pyro.Client
+	// watchParent, when set, is called to cancel a command of
+	// watchParentOf whose parent process exited.
+	watchParent context.CancelCauseFunc
 }
 
 // Main runs the CLI with args and returns the process exit code.
 func Main(args []string) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	nohup := hangupsIgnored()
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	stop := watchSignals(cancel, nohup)
 	defer stop()
-	a := &app{stdout: os.Stdout, stderr: os.Stderr}
+	a := &app{
+		stdout: &brokenPipeWriter{w: os.Stdout, name: "stdout", cancel: cancel},
+		stderr: &brokenPipeWriter{w: os.Stderr, name: "stderr", cancel: cancel},
+	}
+	if !nohup {
+		a.watchParent = cancel
+	}
 	root := a.rootCommand()
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
+	i, interrupted := interruptedBy(ctx)
 	if err != nil {
-		a.printError(err)
-		if ctx.Err() != nil {
-			return 130
+		if interrupted && errors.Is(err, context.Canceled) {
+			err = fmt.Errorf("%w: %w", i, err)
 		}
+		a.printError(err)
+	}
+	if interrupted {
+		// Even a command that finished was cut short when its output
+		// could not be written.
+		return i.exitCode()
+	}
+	if err != nil {
 		return errdefs.ExitCode(err)
 	}
 	return a.exitCode
@@ -71,6 +89,9 @@ State lives in $PYRO_HOME (default ~/.local/share/pyro).`,
 	root.PersistentFlags().BoolVar(&a.json, "json", false, "print one JSON object instead of human-readable text")
 	// Every command talks to the SDK; make the client once, before any runs.
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		if a.watchParent != nil && watchParentOf[cmd.CommandPath()] {
+			watchParent(cmd.Context(), a.watchParent)
+		}
 		if cmd.Name() == "help" || strings.HasPrefix(cmd.CommandPath(), "pyro completion") {
 			return nil // no state needed
 		}
@@ -116,6 +137,11 @@ func (a *app) printError(err error) {
 		_ = json.NewEncoder(a.stdout).Encode(map[string]any{
 			"error": map[string]string{"message": err.Error(), "category": errdefs.CategoryName(err)},
 		})
+	}
+	var i *interruption
+	if errors.As(err, &i) {
+		fmt.Fprintf(a.stderr, "pyro: %v\n", i)
+		return
 	}
 	if errors.Is(err, context.Canceled) {
 		fmt.Fprintln(a.stderr, "pyro: interrupted")

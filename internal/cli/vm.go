@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -52,7 +51,11 @@ func (a *app) vmCreateCommand() *cobra.Command {
 			}
 			v, err := c.CreateVM(cmd.Context(), o)
 			if err == nil && start {
-				v, err = c.StartVM(cmd.Context(), v.VMID)
+				id := v.VMID
+				if v, err = c.StartVM(cmd.Context(), id); err != nil && cmd.Context().Err() != nil {
+					// Interrupted half-way: leave no VM the caller never learnt of.
+					_, _ = c.DeleteVM(context.WithoutCancel(cmd.Context()), id)
+				}
 			}
 			if err != nil {
 				return err
@@ -127,10 +130,12 @@ func (a *app) streamTo(f *func(string, []byte)) {
 		return
 	}
 	*f = func(stream string, p []byte) {
+		// A write that fails with EPIPE interrupts the command (see
+		// brokenPipeWriter); other write errors cannot be reported better.
 		if stream == "stderr" {
-			os.Stderr.Write(p)
+			_, _ = a.stderr.Write(p)
 		} else {
-			os.Stdout.Write(p)
+			_, _ = a.stdout.Write(p)
 		}
 	}
 }
