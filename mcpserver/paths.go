@@ -62,7 +62,8 @@ var errNeedRoots = errors.New("client roots needed")
 // confinement holds the allowed roots of a server and the client roots of
 // each session.
 type confinement struct {
-	allow []root
+	allow       []root
+	clientRoots bool // whether the client's roots count
 
 	mu      sync.Mutex
 	session map[*mcp.ServerSession][]root // known client roots
@@ -74,7 +75,7 @@ type confinement struct {
 // they resolve to is checked against the real one.
 type root struct{ given, real string }
 
-func newConfinement(dirs []string) (*confinement, error) {
+func newConfinement(dirs []string, clientRoots bool) (*confinement, error) {
 	if len(dirs) == 0 {
 		wd, err := os.Getwd()
 		if err != nil {
@@ -82,7 +83,7 @@ func newConfinement(dirs []string) (*confinement, error) {
 		}
 		dirs = []string{wd}
 	}
-	c := &confinement{session: map[*mcp.ServerSession][]root{}}
+	c := &confinement{clientRoots: clientRoots, session: map[*mcp.ServerSession][]root{}}
 	for _, d := range dirs {
 		root, err := rootDir(d)
 		if err != nil {
@@ -153,7 +154,7 @@ func (c *confinement) rootsChanged(_ context.Context, req *mcp.RootsListChangedR
 
 // learn records the roots a client sent with a retried call.
 func (c *confinement) learn(req *mcp.CallToolRequest) {
-	if req == nil || req.Params == nil || req.Session == nil {
+	if req == nil || req.Params == nil || req.Session == nil || !c.clientRoots {
 		return
 	}
 	r, ok := req.Params.InputResponses[rootsInputID].(*mcp.ListRootsResult)
@@ -184,7 +185,7 @@ func (c *confinement) learn(req *mcp.CallToolRequest) {
 // roots returns the roots allowed for this call, or errNeedRoots when the
 // client offers roots that the server does not know yet.
 func (c *confinement) roots(req *mcp.CallToolRequest) ([]root, error) {
-	if req == nil || req.Session == nil {
+	if req == nil || req.Session == nil || !c.clientRoots {
 		return c.allow, nil
 	}
 	ip := req.Session.InitializeParams()

@@ -124,7 +124,7 @@ func TestMCPSecretFiles(t *testing.T) {
 	}
 
 	// A good file comes back through a sealed memfd with its content.
-	c, err := newConfinement([]string{allowed})
+	c, err := newConfinement([]string{allowed}, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +146,7 @@ func TestMCPSecretFiles(t *testing.T) {
 // the file lands in the real directory.
 func TestMCPOutputThroughPinnedParent(t *testing.T) {
 	allowed, _ := tree(t)
-	c, err := newConfinement([]string{allowed})
+	c, err := newConfinement([]string{allowed}, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,7 +176,7 @@ func TestMCPOutputThroughPinnedParent(t *testing.T) {
 
 func TestMCPPseudoFSNeverRoots(t *testing.T) {
 	for _, d := range []string{"/proc", "/proc/self", "/sys", "/dev", "/dev/shm"} {
-		if _, err := newConfinement([]string{d}); err == nil {
+		if _, err := newConfinement([]string{d}, true); err == nil {
 			t.Errorf("--allow-path %s accepted", d)
 		}
 	}
@@ -224,6 +224,13 @@ func TestMCPClientRoots(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	wantPathRefused(t, cs, "workspace_sync_push", map[string]any{"workspace_id": "nope", "source_path": b}, "failed_precondition: ")
+
+	// A server for remote clients ignores their roots.
+	client = mcp.NewClient(&mcp.Implementation{Name: "test", Version: "1"}, nil)
+	client.AddRoots(&mcp.Root{URI: "file://" + b})
+	cs = connectClient(t, Options{AllowPaths: []string{allowed}, IgnoreClientRoots: true}, client)
+	wantPathRefused(t, cs, "workspace_sync_push", map[string]any{"workspace_id": "nope", "source_path": b}, "failed_precondition: ")
+	wantPathAccepted(t, cs, filepath.Join(allowed, "dir"))
 }
 
 func TestMCPHostCompatNeedsServerFlag(t *testing.T) {

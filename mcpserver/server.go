@@ -51,6 +51,10 @@ type Options struct {
 	// output_path), in addition to the client's MCP roots. Empty means the
 	// server's working directory. /proc, /sys and /dev are refused.
 	AllowPaths []string
+	// IgnoreClientRoots stops the client's MCP roots from allowing paths.
+	// Set it when clients are remote: their roots name their own files,
+	// not this host's, and must not widen what the model can reach here.
+	IgnoreClientRoots bool
 	// AllowHostCompat lets a tool call's allow_host_compat=true take
 	// effect. Without it such a call is refused: a model must not choose
 	// the weaker sandbox on its own.
@@ -98,7 +102,7 @@ func newServer(c *pyro.Client, opts Options, tools []tool) (*mcp.Server, error) 
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	paths, err := newConfinement(opts.AllowPaths)
+	paths, err := newConfinement(opts.AllowPaths, !opts.IgnoreClientRoots)
 	if err != nil {
 		return nil, err
 	}

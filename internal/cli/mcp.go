@@ -50,9 +50,9 @@ HTTP request needs "Authorization: Bearer TOKEN"; the token is $` + tokenEnv + `
 or a random one printed once on stderr.
 
 The model is untrusted. Host paths in tool arguments (seed_path, source_path,
-a secret's file_path, output_path) must lie beneath the client's MCP roots or a
---allow-path directory (default: the current directory); /proc, /sys and /dev
-never count. A tool call's allow_host_compat=true takes effect only with
+a secret's file_path, output_path) must lie beneath the client's MCP roots (not
+with --allow-remote: a remote client's roots are its own files) or a --allow-path
+directory (default: the current directory); /proc, /sys and /dev never count. A tool call's allow_host_compat=true takes effect only with
 --allow-host-compat.`,
 		Example: `  pyro mcp serve
   pyro mcp serve --http 127.0.0.1:8765
@@ -74,7 +74,9 @@ never count. A tool call's allow_host_compat=true takes effect only with
 				return errdefs.New(errdefs.ErrInvalidArgument, "pass --tls-cert FILE --tls-key FILE: the bearer token must not cross a network in clear text",
 					"refusing --allow-remote without TLS")
 			}
-			server, err := mcpserver.New(a.sdk, mcpserver.Options{Version: version(), AllowPaths: o.allowPaths, AllowHostCompat: o.allowHostCompat})
+			// A remote client's roots name its own files, not this host's.
+			server, err := mcpserver.New(a.sdk, mcpserver.Options{Version: version(), AllowPaths: o.allowPaths, AllowHostCompat: o.allowHostCompat,
+				IgnoreClientRoots: o.allowRemote})
 			if err != nil {
 				return err
 			}
