@@ -37,7 +37,14 @@ func RunChild() {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("component", "pyro-agent")
+	userCgroup := ""
+	if st, err := os.Stat(UserCgroupDir); err == nil && st.IsDir() {
+		userCgroup = UserCgroupDir
+	} else {
+		log.Warn("no user cgroup: commands run without pids and memory limits", "dir", UserCgroupDir)
+	}
 	a := New(Options{
+		UserCgroup:     userCgroup,
 		Logger:         log,
 		Shutdown:       func() { _ = unix.Kill(1, unix.SIGUSR2) },
 		InitStartedMS:  envInt(envInitStarted),

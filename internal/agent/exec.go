@@ -66,7 +66,7 @@ func (s *Agent) handleExec(w http.ResponseWriter, r *http.Request) {
 	stop := context.AfterFunc(r.Context(), func() { _ = ew.rc.SetWriteDeadline(time.Now()) })
 	defer stop()
 	out := newRedactedOutput(red, ew.output)
-	res := run(r.Context(), p, out.forward)
+	res := s.run(r.Context(), p, out.forward)
 	out.flush()
 	// The result repeats the whole output: redacted as a whole, it equals
 	// the concatenation of the redacted chunks.
@@ -306,8 +306,10 @@ func (c *capture) add(p []byte) {
 
 // run starts p, streams its output through forward and returns its result.
 // It never fails: problems starting the command become exit codes 126/127
-// with the reason on stderr.
-func run(ctx context.Context, p *prepared, forward func(stream string, p []byte)) agentapi.ExecResult {
+// with the reason on stderr. The command runs in a cgroup leaf of its own;
+// a timeout or cancel kills the whole leaf, and processes it leaves behind
+// otherwise may keep running (background jobs) as a leftover.
+func (s *Agent) run(ctx context.Context, p *prepared, forward func(stream string, p []byte)) agentapi.ExecResult {
 	start := time.Now()
 	res := agentapi.ExecResult{StartedAt: start.UTC()}
 	finish := func() agentapi.ExecResult {
@@ -357,7 +359,7 @@ func run(ctx context.Context, p *prepared, forward func(stream string, p []byte)
 		Stderr:      errW,
 		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
 	}
-	err = cmd.Start()
+	cmd, cg, err := s.startUser(cmd, "exec")
 	outW.Close()
 	errW.Close()
 	if err != nil {
@@ -365,6 +367,7 @@ func run(ctx context.Context, p *prepared, forward func(stream string, p []byte)
 		errR.Close()
 		return startFailed(&res, stderr, p, err, finish)
 	}
+	defer cg.release()
 	pid := cmd.Process.Pid
 	res.PID = pid
 
@@ -397,6 +400,8 @@ func run(ctx context.Context, p *prepared, forward func(stream string, p []byte)
 			timedOut = true
 		}
 		_ = unix.Kill(-pid, unix.SIGKILL)
+		// Everything it started, in whatever process group or session.
+		cg.kill()
 	}
 	var timer *time.Timer
 	if p.timeout > 0 {
@@ -409,6 +414,13 @@ func run(ctx context.Context, p *prepared, forward func(stream string, p []byte)
 		timer.Stop()
 	}
 	stopCancel()
+	killMu.Lock()
+	killed := timedOut || ctx.Err() != nil
+	killMu.Unlock()
+	if killed {
+		// Let the killed leaf empty, so release removes it.
+		cg.waitEmpty(time.Second)
+	}
 
 	// Let the readers finish; background processes may hold the pipes.
 	done := make(chan struct{})

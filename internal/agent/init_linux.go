@@ -83,6 +83,11 @@ func Init() {
 	if err != nil {
 		fatal(err)
 	}
+	// Init and the agent (which inherits it) are never the OOM killer's
+	// choice; user work is reset to 0 when the agent starts it.
+	if err := protectFromOOM(); err != nil {
+		consolef("pyro-init: oom_score_adj: %v\n", err)
+	}
 	rootReady := uptimeMS()
 	if cfg.poweroff {
 		consolef("pyro-init: boot ok (init %d ms, root %d ms), powering off\n", initStarted, rootReady)
@@ -91,6 +96,10 @@ func Init() {
 	prefetch()
 	if err := setupSystem(cfg); err != nil {
 		fatal(err)
+	}
+	// Without it the guest still works, with no limits on user work.
+	if err := setupUserCgroup(); err != nil {
+		consolef("pyro-init: user cgroup: %v\n", err)
 	}
 	env := append(os.Environ(),
 		"PATH="+DefaultPath,

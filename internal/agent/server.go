@@ -54,6 +54,11 @@ type Options struct {
 	// Env is the environment every command starts from; nil means
 	// DefaultEnv().
 	Env map[string]string
+	// UserCgroup is the cgroup v2 directory (made by init, see
+	// UserCgroupDir) in which user commands, services and shells run,
+	// each in a leaf of its own; empty runs them without one
+	// (host-compat, tests).
+	UserCgroup string
 }
 
 // DefaultEnv is the environment commands start from unless Options.Env
@@ -79,6 +84,7 @@ type Agent struct {
 	env          map[string]string
 	workspaceDir string
 	secrets      *secretStore
+	user         *userCgroup // nil: no user cgroup
 	services     *serviceManager
 	shells       *shellManager
 	handler      http.Handler
@@ -100,6 +106,7 @@ func New(opts Options) *Agent {
 		a.opts.SecretsDir = agentapi.SecretsDir
 	}
 	a.secrets = &secretStore{}
+	a.user = newUserCgroup(opts.UserCgroup)
 	a.services = &serviceManager{a: a, svcs: map[string]*service{}}
 	a.shells = &shellManager{a: a, shells: map[string]*shell{}}
 	a.handler = a.routes()

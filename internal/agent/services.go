@@ -88,6 +88,7 @@ type service struct {
 	readiness *agentapi.ServiceReadiness
 	log       *outBuf
 	startedAt time.Time
+	cg        *leaf // the service's cgroup leaf; nil without a user cgroup
 
 	// stopMu serializes stop attempts.
 	stopMu sync.Mutex
@@ -455,7 +456,7 @@ func (m *serviceManager) start(ctx context.Context, req agentapi.ServiceStartReq
 		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
 	}
 	sv.startedAt = time.Now().UTC()
-	err = cmd.Start()
+	cmd, sv.cg, err = m.a.startUser(cmd, "service")
 	pw.Close()
 	if err != nil {
 		pr.Close()
@@ -481,7 +482,7 @@ func (m *serviceManager) start(ctx context.Context, req agentapi.ServiceStartReq
 	if o.readiness == nil {
 		return sv.status(), nil
 	}
-	return sv.waitReady(ctx, o)
+	return sv.waitReady(ctx, o, m.a)
 }
 
 // reap waits for the service's process and records how it ended.
@@ -515,9 +516,9 @@ func (sv *service) reap(cmd *exec.Cmd) {
 
 // waitReady probes until the service is ready; on failure it stops the
 // service and returns a failed_precondition error with the details.
-func (sv *service) waitReady(ctx context.Context, o *startOptions) (agentapi.ServiceStatus, error) {
+func (sv *service) waitReady(ctx context.Context, o *startOptions, a *Agent) (agentapi.ServiceStatus, error) {
 	deadline := time.Now().Add(o.timeout)
-	probe := newProber(*o.readiness, o.p)
+	probe := a.newProber(*o.readiness, o.p)
 	var lastErr error
 	fail := func(why string) (agentapi.ServiceStatus, error) {
 		probeNote := ""
@@ -600,8 +601,9 @@ func minTime(a, b time.Time) time.Time {
 	return b
 }
 
-// newProber returns one attempt of the readiness probe.
-func newProber(rd agentapi.ServiceReadiness, p *prepared) func(ctx context.Context) error {
+// newProber returns one attempt of the readiness probe. A command probe
+// is user work: it runs in a cgroup leaf of its own.
+func (a *Agent) newProber(rd agentapi.ServiceReadiness, p *prepared) func(ctx context.Context) error {
 	switch rd.Type {
 	case agentapi.ProbeFile:
 		path := rd.Path
@@ -656,13 +658,25 @@ func newProber(rd agentapi.ServiceReadiness, p *prepared) func(ctx context.Conte
 		return func(ctx context.Context) error {
 			var out limitedBuffer
 			out.limit = 2048
-			cmd := exec.CommandContext(ctx, "/bin/sh", "-c", rd.Command)
+			cmd := exec.Command("/bin/sh", "-c", rd.Command)
 			cmd.Env, cmd.Dir = p.env, p.cwd
 			cmd.Stdout, cmd.Stderr = &out, &out
 			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-			cmd.Cancel = func() error { return unix.Kill(-cmd.Process.Pid, unix.SIGKILL) }
+			// Background processes holding the output pipe do not hold
+			// the probe.
 			cmd.WaitDelay = time.Second
-			err := cmd.Run()
+			cmd, cg, err := a.startUser(cmd, "probe")
+			if err == nil {
+				pid := cmd.Process.Pid
+				stop := context.AfterFunc(ctx, func() {
+					_ = unix.Kill(-pid, unix.SIGKILL)
+					cg.kill()
+				})
+				err = cmd.Wait()
+				stop()
+				// Nothing of a probe outlives it.
+				cg.remove()
+			}
 			if err == nil {
 				return nil
 			}
@@ -758,12 +772,18 @@ func (sv *service) stop(grace time.Duration, state, errMsg string) {
 		_ = unix.Kill(-pgid, unix.SIGCONT)
 		if !waitGone(grace) {
 			_ = unix.Kill(-pgid, unix.SIGKILL)
+			sv.cg.kill()
 			waitGone(5 * time.Second)
 		}
 	}
 	sv.mu.Lock()
 	sv.groupGone = gone()
 	sv.mu.Unlock()
+	if sv.groupGone {
+		// Whatever the service started outside its process group goes
+		// with it.
+		sv.cg.remove()
+	}
 }
 
 // procInfo is what groupMembers needs from /proc/PID/stat.

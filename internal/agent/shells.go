@@ -53,6 +53,7 @@ type shell struct {
 	pid       int
 	startedAt time.Time
 	ptmx      *os.File
+	cg        *leaf // the shell's cgroup leaf; nil without a user cgroup
 	out       *outBuf
 	done      chan struct{} // closed once the shell process is reaped
 
@@ -198,7 +199,8 @@ func (m *shellManager) open(req agentapi.ShellOpenRequest) (*shell, error) {
 		Stderr:      tty,
 		SysProcAttr: &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0},
 	}
-	if err := cmd.Start(); err != nil {
+	cmd, cg, err := m.a.startUser(cmd, "shell")
+	if err != nil {
 		ptmx.Close()
 		return nil, errorf(errdefs.ErrUnavailable, "open shell: start %s: %v", shellPath, err)
 	}
@@ -209,6 +211,7 @@ func (m *shellManager) open(req agentapi.ShellOpenRequest) (*shell, error) {
 		pid:       cmd.Process.Pid,
 		startedAt: time.Now().UTC(),
 		ptmx:      ptmx,
+		cg:        cg,
 		out:       newOutBuf(bufBytes),
 		done:      make(chan struct{}),
 		cols:      cols,
@@ -585,6 +588,7 @@ func (sh *shell) close() {
 	sh.mu.Unlock()
 	killSession := func() {
 		_ = unix.Kill(-sh.pid, unix.SIGKILL)
+		sh.cg.kill()
 		for _, p := range listProcs() {
 			if p.sid == sh.pid && p.state != 'Z' {
 				_ = unix.Kill(p.pid, unix.SIGKILL)
@@ -597,5 +601,6 @@ func (sh *shell) close() {
 	case <-time.After(2 * time.Second):
 	}
 	killSession() // anything forked meanwhile
+	sh.cg.remove()
 	_ = sh.ptmx.Close()
 }
