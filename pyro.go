@@ -120,11 +120,16 @@ type DoctorReport = doctor.Report
 
 // Doctor checks this host: VMM binaries and versions, KVM (a real probe
 // boot), TCG, environment build tools, the state directory, free disk and
-// installed environments. Each check has a status and a fix-it hint.
+// installed environments, and reports the leftovers of interrupted runs
+// that the reconcile removed. Each check has a status and a fix-it hint.
 func (c *Client) Doctor(ctx context.Context) (DoctorReport, error) {
 	bin, err := c.agentBinary()
 	if err != nil {
 		bin = ""
 	}
-	return doctor.Run(ctx, doctor.Inputs{Dirs: c.dirs, Envs: c.envs, AgentBinary: bin}), nil
+	r := doctor.Run(ctx, doctor.Inputs{Dirs: c.dirs, Envs: c.envs, AgentBinary: bin})
+	// What interrupted runs left is removed by the reconcile; say so.
+	rr := c.Reconcile(ctx)
+	r.Checks = append(r.Checks, doctor.Leftovers(rr.Removed, rr.Failed, rr.Incomplete))
+	return r, nil
 }

@@ -323,3 +323,78 @@ func readTime(t *testing.T, path string) time.Time {
 	}
 	return time.Unix(0, int64(f*1e9))
 }
+
+// TestInterruptLeftoversReportedByDoctor: what no handler can clean up (a
+// `pyro run` killed with SIGKILL leaves its VM directory; its QEMU dies
+// with it) is removed by the next client's reconcile and reported by
+// `pyro doctor`.
+func TestInterruptLeftoversReportedByDoctor(t *testing.T) {
+	requireE2E(t)
+	ensureEnv(t, baseEnv)
+	home, env := isolatedHome(t)
+	killHomeOnCleanup(t, home)
+	// Two runs at once (two guests fit two cores), each killed with
+	// SIGKILL once its guest command runs.
+	type run struct {
+		cmd *exec.Cmd
+		out *bufio.Reader
+	}
+	var runs []run
+	for range 2 {
+		cmd := exec.Command(pyroBin, "run", "--timeout-seconds", "120", baseEnv, "--", "echo started; sleep 300")
+		cmd.Env = append(os.Environ(), env...)
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		runs = append(runs, run{cmd, bufio.NewReader(stdout)})
+	}
+	for _, r := range runs {
+		line, err := r.out.ReadString('\n')
+		_ = r.cmd.Process.Kill()
+		_ = r.cmd.Wait()
+		if line != "started\n" {
+			t.Fatalf("run did not start: %q %v", line, err)
+		}
+	}
+	// Their QEMUs die with them (PDEATHSIG); their directories stay.
+	deadline := time.Now().Add(cleanupBound)
+	for len(homeProcesses(home)) > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if p := homeProcesses(home); len(p) > 0 {
+		t.Fatalf("processes outlived their killed pyro: %q", p)
+	}
+	if d := homeDirs(home); len(d) != 2 {
+		t.Fatalf("expected the two runs' directories, have %q", d)
+	}
+
+	var rep struct {
+		Checks []struct{ Name, Status, Detail string }
+	}
+	r := pyro(t, env, "doctor", "--json")
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatalf("doctor --json: %v\n%s%s", err, r.stdout, r.stderr)
+	}
+	found := false
+	for _, c := range rep.Checks {
+		if c.Name == "leftovers" {
+			found = true
+			if c.Status != "ok" || c.Detail != "2 leftovers from interrupted runs, removed" {
+				t.Errorf("leftovers check: %+v", c)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("doctor reports no leftovers check: %s", r.stdout)
+	}
+	if d := homeDirs(home); len(d) != 0 {
+		t.Errorf("left after doctor: %q", d)
+	}
+	if h := pyro(t, env, "doctor"); !strings.Contains(h.stdout, "none from interrupted runs") {
+		t.Errorf("a second doctor:\n%s", h.stdout)
+	}
+}

@@ -15,7 +15,8 @@ func (a *app) doctorCommand() *cobra.Command {
 		Short: "Check that this host can run pyro guests, with a fix for each problem",
 		Long: `Checks the VMM binary and version, KVM (with a real probe boot, cached per
 host boot), TCG, the environment build tools, the state directory, free disk
-and installed environments. Exits non-zero when a check fails.`,
+and installed environments, and removes (and counts) what interrupted runs
+left behind. Exits non-zero when a check fails.`,
 		Example: "  pyro doctor\n  pyro doctor --json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
