@@ -68,9 +68,9 @@ func (s *Agent) handleExec(w http.ResponseWriter, r *http.Request) {
 	out := newRedactedOutput(red, ew.output)
 	res := s.run(r.Context(), p, out.forward)
 	out.flush()
-	// The result repeats the whole output: redacted as a whole, it equals
-	// the concatenation of the redacted chunks.
-	res.Stdout, res.Stderr = red.String(res.Stdout), red.String(res.Stderr)
+	// Output crosses the channel once, in the events above: the host
+	// assembles the result's stdout and stderr from them.
+	res.Stdout, res.Stderr = "", ""
 	// Whatever the command wrote to /workspace reaches the disk before
 	// the host learns it finished.
 	s.syncWorkspace()
@@ -113,8 +113,13 @@ func (e *eventWriter) write(ev agentapi.Event) {
 	}
 }
 
+// output sends p in events of at most MaxEventDataBytes, the host's bound.
 func (e *eventWriter) output(stream string, p []byte) {
-	e.write(agentapi.Event{Type: stream, Data: p})
+	for len(p) > 0 {
+		n := min(len(p), agentapi.MaxEventDataBytes)
+		e.write(agentapi.Event{Type: stream, Data: p[:n]})
+		p = p[n:]
+	}
 }
 
 // redactedOutput redacts each output stream of one exec through its own

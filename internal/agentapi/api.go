@@ -71,10 +71,12 @@
 //     Exec calls may run at once; each runs in its own process group. A retry
 //     after a lost connection may run the command twice.
 //   - The exec response streams Events: zero or more "stdout"/"stderr" events
-//     in arrival order (per stream), then exactly one "exit" event carrying the
-//     ExecResult (which repeats the full captured stdout/stderr, so callers
-//     that do not stream need not reassemble). A response that ends without an
-//     "exit" event means the agent or channel failed.
+//     in arrival order (per stream), each with at most MaxEventDataBytes of
+//     output, then exactly one "exit" event carrying the ExecResult without
+//     output (stdout and stderr empty): each byte crosses the channel once,
+//     and the host assembles the result from the events (Client.Exec does).
+//     A response that ends without an "exit" event means the agent or
+//     channel failed.
 //   - If the exec request ends early (client cancels, channel closes), the
 //     guest kills the command's whole process group with SIGKILL.
 //   - Shutdown is idempotent: the agent replies, then asks PID 1 to kill all
@@ -215,7 +217,8 @@ type ExecRequest struct {
 	SecretEnv map[string]string `json:"secret_env,omitempty"`
 }
 
-// ExecResult is the outcome of one command.
+// ExecResult is the outcome of one command. On the wire (the exit event)
+// Stdout and Stderr are empty: the output came in the events before it.
 type ExecResult struct {
 	ExitCode        int    `json:"exit_code"`
 	Stdout          string `json:"stdout"`

@@ -1,7 +1,6 @@
 package agentapi
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -28,6 +27,10 @@ const unavailableHint = "the guest agent is not reachable; check that the VM is 
 // client session over the channel; each HTTP connection is one yamux stream.
 // If the session dies (the channel closed), the next call dials again.
 // A Client is safe for concurrent use.
+//
+// Everything the guest sends is bounded here, in size (bounds.go) and in
+// time (every call has a deadline derived from its own timeout), because a
+// guest may replace its agent and send anything or nothing.
 type Client struct {
 	dial DialFunc
 	http *http.Client
@@ -45,25 +48,34 @@ type Client struct {
 func NewClient(dial DialFunc) *Client {
 	c := &Client{dial: dial, base: "http://pyro-agent"}
 	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			s, err := c.getSession(ctx)
-			if err != nil {
-				return nil, err
-			}
-			st, err := s.OpenStream()
-			if err != nil {
-				c.dropSession(s)
-				return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, unavailableHint, "open agent stream")
-			}
-			return st, nil
-		},
+		DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return c.OpenStream(ctx) },
 		DisableCompression:  true,
 		MaxIdleConns:        16,
 		MaxIdleConnsPerHost: 16,
 		IdleConnTimeout:     5 * time.Minute,
+		// A guest that accepts a stream and never answers is caught by
+		// each call's own deadline; this only bounds the header wait of
+		// calls whose deadline is long (exec, service start).
+		MaxResponseHeaderBytes: MaxHeaderBytes,
 	}
 	c.http = &http.Client{Transport: tr}
 	return c
+}
+
+// OpenStream opens a new raw stream to the agent (one yamux stream of the
+// session, dialled if needed). The supervisor splices host connections to
+// such streams; everything else uses the Client's calls.
+func (c *Client) OpenStream(ctx context.Context) (net.Conn, error) {
+	s, err := c.getSession(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st, err := s.OpenStream()
+	if err != nil {
+		c.dropSession(s)
+		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, unavailableHint, "open agent stream")
+	}
+	return st, nil
 }
 
 func (c *Client) getSession(ctx context.Context) (*yamux.Session, error) {
@@ -136,33 +148,25 @@ func (c *Client) Close() error {
 // NewProxiedClient returns a Client that reaches the agent through an HTTP
 // proxy (the VM's supervisor) serving the agent API under prefix. Each HTTP
 // connection is one call of dial; there is no yamux session on this side.
+// The bounds and deadlines are the same as for a direct Client: the
+// supervisor passes the guest's bytes through untouched.
 func NewProxiedClient(dial DialFunc, prefix string) *Client {
 	c := &Client{dial: dial, base: "http://pyro-supervisor" + prefix}
 	c.http = &http.Client{Transport: &http.Transport{
-		DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
-		DisableCompression:  true,
-		MaxIdleConnsPerHost: 4,
-		IdleConnTimeout:     30 * time.Second,
+		DialContext:            func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
+		DisableCompression:     true,
+		MaxIdleConnsPerHost:    4,
+		IdleConnTimeout:        30 * time.Second,
+		MaxResponseHeaderBytes: MaxHeaderBytes,
 	}}
 	return c
 }
 
-// Transport is the client's HTTP transport: a supervisor proxies requests
-// to the agent through it.
-func (c *Client) Transport() http.RoundTripper { return c.http.Transport }
-
-// Health asks the agent how the guest is.
+// Health asks the agent how the guest is, within HealthTimeout.
 func (c *Client) Health(ctx context.Context) (Health, error) {
 	var h Health
-	resp, err := c.do(ctx, http.MethodGet, PathHealth, nil)
-	if err != nil {
-		return h, err
-	}
-	defer resp.Body.Close()
-	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
-		return h, errdefs.Wrap(errdefs.ErrUnavailable, err, unavailableHint, "read agent health")
-	}
-	return h, nil
+	err := c.jsonCall(ctx, HealthTimeout, http.MethodGet, PathHealth, nil, &h)
+	return h, err
 }
 
 // WaitReady retries Health until it succeeds or ctx ends. The caller bounds
@@ -195,51 +199,36 @@ func (c *Client) WaitReady(ctx context.Context) (Health, error) {
 // Exec runs req in the guest and returns its result once it exits.
 // onOutput, if not nil, is called with each chunk of output as it arrives
 // (stream is EventStdout or EventStderr), from the calling goroutine.
-// Cancelling ctx aborts the request; the guest then kills the process group.
+// The result's Stdout and Stderr are assembled here from the same events,
+// each capped at req.MaxOutputBytes (DefaultMaxOutputBytes when 0) and
+// marked truncated beyond it, whatever the guest claims.
+//
+// With req.TimeoutMS set, the call fails with ErrUnavailable when the guest
+// has not finished ExecGrace after that timeout (a hung guest); without it
+// only ctx bounds the call. Cancelling ctx aborts the request; the guest
+// then kills the process group.
 func (c *Client) Exec(ctx context.Context, req ExecRequest, onOutput func(stream string, p []byte)) (ExecResult, error) {
 	body, err := json.Marshal(req)
 	if err != nil {
 		return ExecResult{}, fmt.Errorf("encode exec request: %w", err)
+	}
+	if req.TimeoutMS > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = withGuestDeadline(ctx, time.Duration(req.TimeoutMS)*time.Millisecond+execGrace)
+		defer cancel()
 	}
 	resp, err := c.do(ctx, http.MethodPost, PathExec, body)
 	if err != nil {
 		return ExecResult{}, err
 	}
 	defer resp.Body.Close()
-	dec := json.NewDecoder(bufio.NewReaderSize(resp.Body, 64<<10))
-	for {
-		var ev Event
-		if err := dec.Decode(&ev); err != nil {
-			if ctx.Err() != nil {
-				return ExecResult{}, fmt.Errorf("exec: %w", ctx.Err())
-			}
-			if errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF
-			}
-			return ExecResult{}, errdefs.Wrap(errdefs.ErrUnavailable, err, unavailableHint, "exec: output stream ended before the exit status")
-		}
-		switch ev.Type {
-		case EventStdout, EventStderr:
-			if onOutput != nil && len(ev.Data) > 0 {
-				onOutput(ev.Type, ev.Data)
-			}
-		case EventExit:
-			if ctx.Err() != nil {
-				// The guest killed the command because we went away.
-				return ExecResult{}, fmt.Errorf("exec: %w", ctx.Err())
-			}
-			if ev.Result == nil {
-				return ExecResult{}, errdefs.New(errdefs.ErrUnavailable, "", "exec: exit event without a result")
-			}
-			return *ev.Result, nil
-		case EventError:
-			er := ErrorResponse{Error: "unknown error"}
-			if ev.Error != nil {
-				er = *ev.Error
-			}
-			return ExecResult{}, fmt.Errorf("exec: agent: %w", er.Err(0))
-		}
+	res, err := DecodeExecStream(resp.Body, req.MaxOutputBytes, onOutput)
+	if ctx.Err() != nil {
+		// Either way the command is gone: the guest kills it when we
+		// leave, and a late exit event is no result of ours.
+		return ExecResult{}, ctxErr(ctx, "exec")
 	}
+	return res, err
 }
 
 // Shutdown asks the guest to power off. It returns once the agent has
@@ -247,12 +236,46 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest, onOutput func(stream
 // the request is reported as ErrUnavailable: the caller decides by
 // watching the VMM process.
 func (c *Client) Shutdown(ctx context.Context) error {
+	ctx, cancel := withGuestDeadline(ctx, callTimeout)
+	defer cancel()
 	resp, err := c.do(ctx, http.MethodPost, PathShutdown, nil)
 	if err != nil {
 		return err
 	}
-	_, _ = io.Copy(io.Discard, resp.Body)
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, MaxReplyBytes))
 	return resp.Body.Close()
+}
+
+// jsonCall sends in (if not nil) as JSON and decodes a 2xx reply of at
+// most MaxReplyBytes into out, all within timeout.
+func (c *Client) jsonCall(ctx context.Context, timeout time.Duration, method, path string, in, out any) error {
+	return c.jsonCallLimit(ctx, timeout, MaxReplyBytes, method, path, in, out)
+}
+
+// jsonCallLimit is jsonCall with its own reply size bound.
+func (c *Client) jsonCallLimit(ctx context.Context, timeout time.Duration, limit int64, method, path string, in, out any) error {
+	var body []byte
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encode agent request: %w", err)
+		}
+		body = b
+	}
+	ctx, cancel := withGuestDeadline(ctx, timeout)
+	defer cancel()
+	resp, err := c.do(ctx, method, path, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if err := DecodeReply(resp.Body, limit, out); err != nil {
+		if ctx.Err() != nil {
+			return ctxErr(ctx, "agent "+method+" "+path)
+		}
+		return fmt.Errorf("agent %s %s: %w", method, path, err)
+	}
+	return nil
 }
 
 // do sends one request with an optional JSON body and returns a 2xx
@@ -276,7 +299,7 @@ func (c *Client) doStream(ctx context.Context, method, path string, body io.Read
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("agent %s %s: %w", method, path, ctx.Err())
+			return nil, ctxErr(ctx, "agent "+method+" "+path)
 		}
 		if errdefs.Category(err) != nil {
 			return nil, err
@@ -288,9 +311,32 @@ func (c *Client) doStream(ctx context.Context, method, path string, body io.Read
 	}
 	defer resp.Body.Close()
 	var er ErrorResponse
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, MaxErrorBytes))
 	if json.Unmarshal(data, &er) != nil || er.Error == "" {
 		er = ErrorResponse{Error: fmt.Sprintf("http status %d: %s", resp.StatusCode, bytes.TrimSpace(data))}
 	}
 	return nil, er.Err(resp.StatusCode)
 }
+
+// guestDeadline is the cause of a context that a guest call's own
+// deadline ended (as opposed to the caller's).
+type guestDeadline struct{ after time.Duration }
+
+func (g *guestDeadline) Error() string { return fmt.Sprintf("no answer within %s", g.after) }
+
+// withGuestDeadline bounds one guest call to d.
+func withGuestDeadline(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeoutCause(ctx, d, &guestDeadline{after: d})
+}
+
+// ctxErr explains why ctx ended for op: the guest missed the call's own
+// deadline (unavailable: it is hung or overloaded), or the caller gave up.
+func ctxErr(ctx context.Context, op string) error {
+	var gd *guestDeadline
+	if cause := context.Cause(ctx); errors.As(cause, &gd) {
+		return errdefs.Wrap(errdefs.ErrUnavailable, cause, hungHint, "%s: the guest stopped answering", op)
+	}
+	return fmt.Errorf("%s: %w", op, ctx.Err())
+}
+
+const hungHint = "the guest is hung or overloaded; check its state with `pyro vm status ID` or `pyro workspace status ID`, and look at its console log"

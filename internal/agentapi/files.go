@@ -2,12 +2,12 @@ package agentapi
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-
-	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"time"
 )
 
 // HeaderKind is the response header of a pull naming what the path was.
@@ -34,29 +34,91 @@ type PushResult struct {
 // (within, when set, is a directory dest must resolve into, symlinks
 // followed)
 // into the absolute guest directory dest (see the package doc). The body is
-// streamed, not buffered. Unsafe entries fail with ErrInvalidArgument.
+// streamed, not buffered. Unsafe entries fail with ErrInvalidArgument. The
+// push fails with ErrUnavailable when no byte moves for
+// TransferIdleTimeout.
 func (c *Client) PushTar(ctx context.Context, dest, within string, r io.Reader) (PushResult, error) {
 	var res PushResult
-	resp, err := c.doStream(ctx, http.MethodPost, PathFilesPush+"?dest="+url.QueryEscape(dest)+"&within="+url.QueryEscape(within), r, "application/x-tar")
+	ctx, w, cancel := newIdleWatch(ctx, TransferIdleTimeout)
+	defer cancel()
+	resp, err := c.doStream(ctx, http.MethodPost, PathFilesPush+"?dest="+url.QueryEscape(dest)+"&within="+url.QueryEscape(within), w.reader(r), "application/x-tar")
 	if err != nil {
 		return res, err
 	}
 	defer resp.Body.Close()
-	if err := json.NewDecoder(resp.Body).Decode(&res); err != nil {
-		return res, errdefs.Wrap(errdefs.ErrUnavailable, err, unavailableHint, "read push result")
+	if err := DecodeReply(w.reader(resp.Body), MaxReplyBytes, &res); err != nil {
+		if ctx.Err() != nil {
+			return res, ctxErr(ctx, "push")
+		}
+		return res, fmt.Errorf("push: %w", err)
 	}
 	return res, nil
 }
 
 // PullTar (within: as for PushTar) asks the guest for the file or directory at the absolute guest
 // path and returns the tar stream (see the package doc) and its kind,
-// KindDir or KindFile. The caller closes the stream; a stream that ends
-// before the tar's end marker means the pull failed. A missing path fails
-// with ErrNotFound.
+// KindDir or KindFile. The caller closes the stream and bounds what it
+// reads from it (the guest chooses its length); a stream that ends before
+// the tar's end marker means the pull failed. A stream that moves no byte
+// for TransferIdleTimeout fails. A missing path fails with ErrNotFound.
 func (c *Client) PullTar(ctx context.Context, path, within string) (io.ReadCloser, string, error) {
+	ctx, w, cancel := newIdleWatch(ctx, TransferIdleTimeout)
 	resp, err := c.doStream(ctx, http.MethodGet, PathFilesPull+"?path="+url.QueryEscape(path)+"&within="+url.QueryEscape(within), nil, "")
 	if err != nil {
+		cancel()
 		return nil, "", err
 	}
-	return resp.Body, resp.Header.Get(HeaderKind), nil
+	return &watchedBody{Reader: w.reader(resp.Body), body: resp.Body, ctx: ctx, cancel: cancel}, resp.Header.Get(HeaderKind), nil
+}
+
+// idleWatch ends a transfer's context when no byte moved for d.
+type idleWatch struct {
+	d     time.Duration
+	timer *time.Timer
+}
+
+func newIdleWatch(ctx context.Context, d time.Duration) (context.Context, *idleWatch, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	w := &idleWatch{d: d, timer: time.AfterFunc(d, func() { cancel(&guestDeadline{after: d}) })}
+	return ctx, w, func() { w.timer.Stop(); cancel(context.Canceled) }
+}
+
+func (w *idleWatch) kick() { w.timer.Reset(w.d) }
+
+func (w *idleWatch) reader(r io.Reader) io.Reader { return &watchedReader{r: r, w: w} }
+
+type watchedReader struct {
+	r io.Reader
+	w *idleWatch
+}
+
+func (r *watchedReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if n > 0 {
+		r.w.kick()
+	}
+	return n, err
+}
+
+// watchedBody is a pull's stream: reads explain an idle timeout, Close
+// ends the watch.
+type watchedBody struct {
+	io.Reader
+	body   io.Closer
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func (b *watchedBody) Read(p []byte) (int, error) {
+	n, err := b.Reader.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) && b.ctx.Err() != nil {
+		err = ctxErr(b.ctx, "pull")
+	}
+	return n, err
+}
+
+func (b *watchedBody) Close() error {
+	err := b.body.Close()
+	b.cancel()
+	return err
 }

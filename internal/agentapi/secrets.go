@@ -38,6 +38,6 @@ func (c *Client) SetSecrets(ctx context.Context, secrets map[string]string) (Sec
 		secrets = map[string]string{}
 	}
 	var r SecretsResponse
-	err := c.jsonCall(ctx, http.MethodPost, PathSecrets, SecretsRequest{Secrets: secrets}, &r)
+	err := c.jsonCall(ctx, callTimeout, http.MethodPost, PathSecrets, SecretsRequest{Secrets: secrets}, &r)
 	return r, err
 }

@@ -2,14 +2,11 @@ package agentapi
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
-	"net/http"
+			"net/http"
 	"net/url"
 	"strconv"
 	"time"
 
-	"github.com/pyro-mcp/pyro/internal/errdefs"
 )
 
 // Service defaults the agent applies when a request leaves a field at 0.
@@ -152,6 +149,24 @@ type ServiceReset struct {
 	Removed int `json:"removed"`
 }
 
+// serviceStopTimeout bounds stop and reset: the agent waits up to
+// ServiceStopGraceMS before SIGKILL (services stop in parallel on reset).
+const serviceStopTimeout = ServiceStopGraceMS*time.Millisecond + CallTimeout
+
+// serviceProbeAttemptTimeout is how long the agent lets one probe attempt
+// run (a command probe is killed after it).
+const serviceProbeAttemptTimeout = 5 * time.Second
+
+// startServiceTimeout bounds a start: the readiness wait, a last probe
+// attempt, stopping a service that never became ready, and the grace.
+func startServiceTimeout(req ServiceStartRequest) time.Duration {
+	ready := time.Duration(req.ReadyTimeoutMS) * time.Millisecond
+	if req.ReadyTimeoutMS <= 0 {
+		ready = DefaultServiceReadyTimeoutMS * time.Millisecond
+	}
+	return ready + serviceProbeAttemptTimeout + serviceStopTimeout
+}
+
 func servicePath(name string, suffix string) string {
 	return PathServices + "/" + url.PathEscape(name) + suffix
 }
@@ -164,14 +179,14 @@ func servicePath(name string, suffix string) string {
 // service.
 func (c *Client) StartService(ctx context.Context, req ServiceStartRequest) (ServiceStatus, error) {
 	var st ServiceStatus
-	err := c.jsonCall(ctx, http.MethodPost, PathServices, req, &st)
+	err := c.jsonCall(ctx, startServiceTimeout(req), http.MethodPost, PathServices, req, &st)
 	return st, err
 }
 
 // ListServices returns all services the agent knows, sorted by name.
 func (c *Client) ListServices(ctx context.Context) ([]ServiceStatus, error) {
 	var l ServiceList
-	if err := c.jsonCall(ctx, http.MethodGet, PathServices, nil, &l); err != nil {
+	if err := c.jsonCall(ctx, callTimeout, http.MethodGet, PathServices, nil, &l); err != nil {
 		return nil, err
 	}
 	return l.Services, nil
@@ -180,7 +195,7 @@ func (c *Client) ListServices(ctx context.Context) ([]ServiceStatus, error) {
 // ServiceStatus returns one service; unknown names are not_found.
 func (c *Client) ServiceStatus(ctx context.Context, name string) (ServiceStatus, error) {
 	var st ServiceStatus
-	err := c.jsonCall(ctx, http.MethodGet, servicePath(name, ""), nil, &st)
+	err := c.jsonCall(ctx, callTimeout, http.MethodGet, servicePath(name, ""), nil, &st)
 	return st, err
 }
 
@@ -199,7 +214,7 @@ func (c *Client) ServiceLogs(ctx context.Context, name string, tailLines int, al
 		p += "?" + q.Encode()
 	}
 	var l ServiceLogs
-	err := c.jsonCall(ctx, http.MethodGet, p, nil, &l)
+	err := c.jsonCallLimit(ctx, callTimeout, MaxServiceLogsReplyBytes, http.MethodGet, p, nil, &l)
 	return l, err
 }
 
@@ -208,37 +223,13 @@ func (c *Client) ServiceLogs(ctx context.Context, name string, tailLines int, al
 // already ended is not an error.
 func (c *Client) StopService(ctx context.Context, name string) (ServiceStatus, error) {
 	var st ServiceStatus
-	err := c.jsonCall(ctx, http.MethodPost, servicePath(name, "/stop"), nil, &st)
+	err := c.jsonCall(ctx, serviceStopTimeout, http.MethodPost, servicePath(name, "/stop"), nil, &st)
 	return st, err
 }
 
 // ResetServices stops every service and forgets them all.
 func (c *Client) ResetServices(ctx context.Context) (ServiceReset, error) {
 	var r ServiceReset
-	err := c.jsonCall(ctx, http.MethodPost, PathServicesReset, nil, &r)
+	err := c.jsonCall(ctx, serviceStopTimeout, http.MethodPost, PathServicesReset, nil, &r)
 	return r, err
-}
-
-// jsonCall sends in (if not nil) as JSON and decodes a 2xx reply into out.
-func (c *Client) jsonCall(ctx context.Context, method, path string, in, out any) error {
-	var body []byte
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return fmt.Errorf("encode agent request: %w", err)
-		}
-		body = b
-	}
-	resp, err := c.do(ctx, method, path, body)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		if ctx.Err() != nil {
-			return fmt.Errorf("agent %s %s: %w", method, path, ctx.Err())
-		}
-		return errdefs.Wrap(errdefs.ErrUnavailable, err, unavailableHint, "agent %s %s: read reply", method, path)
-	}
-	return nil
 }

@@ -152,6 +152,23 @@ type ShellReset struct {
 	Closed int `json:"closed"`
 }
 
+// readShellTimeout bounds a read: its long-poll (capped by the agent at
+// MaxShellReadWaitMS) plus CallTimeout.
+func readShellTimeout(req ShellReadRequest) time.Duration {
+	wait := min(max(req.WaitMS, 0), MaxShellReadWaitMS)
+	return time.Duration(wait)*time.Millisecond + callTimeout
+}
+
+// readShellLimit bounds a read's reply: MaxChars runes, each at most 6
+// bytes once JSON-escaped, plus the fields around them.
+func readShellLimit(req ShellReadRequest) int64 {
+	chars := req.MaxChars
+	if chars <= 0 {
+		chars = DefaultShellMaxChars
+	}
+	return max(MaxReplyBytes, 6*int64(chars)+64<<10)
+}
+
 func shellPath(id, suffix string) string {
 	return PathShells + "/" + url.PathEscape(id) + suffix
 }
@@ -159,7 +176,7 @@ func shellPath(id, suffix string) string {
 // OpenShell starts a shell on a new PTY.
 func (c *Client) OpenShell(ctx context.Context, req ShellOpenRequest) (ShellInfo, error) {
 	var info ShellInfo
-	err := c.jsonCall(ctx, http.MethodPost, PathShells, req, &info)
+	err := c.jsonCall(ctx, callTimeout, http.MethodPost, PathShells, req, &info)
 	return info, err
 }
 
@@ -175,28 +192,28 @@ func (c *Client) ReadShell(ctx context.Context, id string, req ShellReadRequest)
 		q.Set("wait_ms", strconv.Itoa(req.WaitMS))
 	}
 	var r ShellReadResponse
-	err := c.jsonCall(ctx, http.MethodGet, shellPath(id, "/read?"+q.Encode()), nil, &r)
+	err := c.jsonCallLimit(ctx, readShellTimeout(req), readShellLimit(req), http.MethodGet, shellPath(id, "/read?"+q.Encode()), nil, &r)
 	return r, err
 }
 
 // WriteShell types input into the shell (plus Enter when appendNewline).
 func (c *Client) WriteShell(ctx context.Context, id, input string, appendNewline bool) (ShellWriteResponse, error) {
 	var r ShellWriteResponse
-	err := c.jsonCall(ctx, http.MethodPost, shellPath(id, "/write"), ShellWriteRequest{Input: input, AppendNewline: appendNewline}, &r)
+	err := c.jsonCall(ctx, callTimeout, http.MethodPost, shellPath(id, "/write"), ShellWriteRequest{Input: input, AppendNewline: appendNewline}, &r)
 	return r, err
 }
 
 // SignalShell sends a signal to the shell's foreground process group.
 func (c *Client) SignalShell(ctx context.Context, id, signal string) (ShellSignalResponse, error) {
 	var r ShellSignalResponse
-	err := c.jsonCall(ctx, http.MethodPost, shellPath(id, "/signal"), ShellSignalRequest{Signal: signal}, &r)
+	err := c.jsonCall(ctx, callTimeout, http.MethodPost, shellPath(id, "/signal"), ShellSignalRequest{Signal: signal}, &r)
 	return r, err
 }
 
 // ResizeShell changes the terminal size.
 func (c *Client) ResizeShell(ctx context.Context, id string, cols, rows int) (ShellInfo, error) {
 	var info ShellInfo
-	err := c.jsonCall(ctx, http.MethodPost, shellPath(id, "/resize"), ShellResizeRequest{Cols: cols, Rows: rows}, &info)
+	err := c.jsonCall(ctx, callTimeout, http.MethodPost, shellPath(id, "/resize"), ShellResizeRequest{Cols: cols, Rows: rows}, &info)
 	return info, err
 }
 
@@ -204,14 +221,14 @@ func (c *Client) ResizeShell(ctx context.Context, id string, cols, rows int) (Sh
 // Afterwards the id is not_found.
 func (c *Client) CloseShell(ctx context.Context, id string) error {
 	var r ShellCloseResponse
-	return c.jsonCall(ctx, http.MethodPost, shellPath(id, "/close"), nil, &r)
+	return c.jsonCall(ctx, callTimeout, http.MethodPost, shellPath(id, "/close"), nil, &r)
 }
 
 // ListShells returns the open shells (including ones whose process exited
 // but that were not closed), oldest first.
 func (c *Client) ListShells(ctx context.Context) ([]ShellInfo, error) {
 	var l ShellList
-	if err := c.jsonCall(ctx, http.MethodGet, PathShells, nil, &l); err != nil {
+	if err := c.jsonCall(ctx, callTimeout, http.MethodGet, PathShells, nil, &l); err != nil {
 		return nil, err
 	}
 	return l.Shells, nil
@@ -220,6 +237,6 @@ func (c *Client) ListShells(ctx context.Context) ([]ShellInfo, error) {
 // ResetShells closes every shell.
 func (c *Client) ResetShells(ctx context.Context) (ShellReset, error) {
 	var r ShellReset
-	err := c.jsonCall(ctx, http.MethodPost, PathShellsReset, nil, &r)
+	err := c.jsonCall(ctx, callTimeout, http.MethodPost, PathShellsReset, nil, &r)
 	return r, err
 }

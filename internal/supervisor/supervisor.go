@@ -26,11 +26,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -90,7 +88,6 @@ type server struct {
 	mu     sync.Mutex
 	status Status
 	vm     *vm.VM
-	proxy  *httputil.ReverseProxy
 	// stop is closed (once) with the reason in stopState/stopCause/stopReason.
 	stopOnce   sync.Once
 	stop       chan struct{}
@@ -226,26 +223,6 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 	}
 	s.mu.Lock()
 	s.vm = v
-	s.proxy = &httputil.ReverseProxy{
-		Rewrite: func(r *httputil.ProxyRequest) {
-			r.Out.URL.Scheme, r.Out.URL.Host = "http", "pyro-agent"
-			r.Out.URL.Path = strings.TrimPrefix(r.In.URL.Path, AgentPrefix)
-			r.Out.URL.RawPath = ""
-			// Forward a body of known length as a stream (chunked): with
-			// the length, a guest that answers before the transport has
-			// finished with the request body had its request cancelled
-			// (the yamux stream was half-closed under it), seen with the
-			// in-memory fake guest, which answers within microseconds.
-			if r.Out.Body != nil {
-				r.Out.ContentLength = -1
-			}
-		},
-		Transport:     v.Agent.Transport(),
-		FlushInterval: -1, // exec output streams
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			writeError(w, errdefs.Wrap(errdefs.ErrUnavailable, err, "check the VM with `pyro vm status`", "guest agent unreachable"))
-		},
-	}
 	h := v.Health
 	s.status.State = instance.Running
 	s.status.Backend, s.status.Acceleration, s.status.Isolation = v.Backend, v.Features.Acceleration, v.Features.Isolation
@@ -321,13 +298,13 @@ func (s *server) routes() http.Handler {
 	})
 	mux.HandleFunc(AgentPrefix+"/", func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
-		p, state := s.proxy, s.status.State
+		v, state := s.vm, s.status.State
 		s.mu.Unlock()
-		if p == nil || state != instance.Running {
+		if v == nil || state != instance.Running {
 			writeError(w, errdefs.New(errdefs.ErrFailedPrecondition, "wait until it is running", "vm is %s", state))
 			return
 		}
-		p.ServeHTTP(w, r)
+		spliceAgent(w, r, v.Agent)
 	})
 	return mux
 }

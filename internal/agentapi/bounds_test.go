@@ -1,0 +1,244 @@
+package agentapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+)
+
+// repeatReader yields n bytes of b repeated, without holding them.
+type repeatReader struct {
+	b []byte
+	n int64
+	i int
+}
+
+func (r *repeatReader) Read(p []byte) (int, error) {
+	if r.n <= 0 {
+		return 0, io.EOF
+	}
+	k := 0
+	for k < len(p) && r.n > 0 {
+		c := copy(p[k:], r.b[r.i:])
+		if int64(c) > r.n {
+			c = int(r.n)
+		}
+		k += c
+		r.n -= int64(c)
+		r.i = (r.i + c) % len(r.b)
+	}
+	return k, nil
+}
+
+// allocatedBy runs f and returns the bytes it allocated (whole process, so
+// keep other goroutines quiet).
+func allocatedBy(f func()) uint64 {
+	var a, b runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&a)
+	f()
+	runtime.ReadMemStats(&b)
+	return b.TotalAlloc - a.TotalAlloc
+}
+
+// samplePeakHeap records the peak heap in use above the current level
+// until stop is called.
+func samplePeakHeap(peak *uint64) (stop func()) {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	base := m.HeapInuse
+	done, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		for {
+			var m runtime.MemStats
+			runtime.ReadMemStats(&m)
+			if m.HeapInuse > base && m.HeapInuse-base > *peak {
+				*peak = m.HeapInuse - base
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
+}
+
+// A replaced agent sends one 256 MiB stdout event and a 256 MiB result
+// (#12.6). The host refuses the line at MaxEventLineBytes: it neither
+// accepts the output nor allocates it.
+func TestExecRefusesHugeEventLine(t *testing.T) {
+	for _, tc := range []struct{ name, prefix, suffix string }{
+		{"stdout event", `{"type":"stdout","data":"`, `"}` + "\n"},
+		{"exit result", `{"type":"exit","result":{"exit_code":0,"stdout":"`, `"}}` + "\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mux := http.NewServeMux()
+			mux.HandleFunc("POST "+PathExec, func(w http.ResponseWriter, r *http.Request) {
+				_, _ = io.WriteString(w, tc.prefix)
+				_, _ = io.Copy(w, &repeatReader{b: []byte("QUFB"), n: 256 << 20})
+				_, _ = io.WriteString(w, tc.suffix)
+			})
+			c, _ := fakeAgent(t, mux)
+			var err error
+			alloc := allocatedBy(func() {
+				_, err = c.Exec(ctx(t), ExecRequest{Argv: []string{"x"}}, nil)
+			})
+			if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "longer than") {
+				t.Fatalf("got %v", err)
+			}
+			// The pipe and yamux move the bytes in small frames; the
+			// decoder holds one line buffer.
+			if alloc > 32<<20 {
+				t.Fatalf("host allocated %d MiB for a refused reply", alloc>>20)
+			}
+		})
+	}
+}
+
+// A guest that streams far more output than max_output_bytes in legal
+// events gets it cut on the host and marked truncated, even when its
+// result claims otherwise; memory stays near the cap.
+func TestExecCapsOutputOnHost(t *testing.T) {
+	chunk := bytes.Repeat([]byte("y"), MaxEventDataBytes)
+	line := []byte(`{"type":"stdout","data":"` + base64.StdEncoding.EncodeToString(chunk) + `"}` + "\n")
+	const events = 1024 // 64 MiB of output against a 1 MiB cap
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+PathExec, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(w, &repeatReader{b: line, n: int64(len(line)) * events})
+		_, _ = io.WriteString(w, `{"type":"stderr","data":"ZXJy"}`+"\n")
+		_, _ = io.WriteString(w, `{"type":"exit","result":{"exit_code":3,"stdout":"forged","stdout_truncated":false}}`+"\n")
+	})
+	c, _ := fakeAgent(t, mux)
+	var streamed int
+	var res ExecResult
+	var err error
+	var peak uint64
+	defer debug.SetGCPercent(debug.SetGCPercent(10))
+	alloc := allocatedBy(func() {
+		stop := samplePeakHeap(&peak)
+		defer stop()
+		res, err = c.Exec(ctx(t), ExecRequest{Argv: []string{"x"}}, func(s string, p []byte) {
+			if s == EventStdout {
+				streamed += len(p)
+			}
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Stdout) != DefaultMaxOutputBytes || streamed != DefaultMaxOutputBytes || !res.StdoutTruncated {
+		t.Fatalf("stdout %d, streamed %d, truncated %v", len(res.Stdout), streamed, res.StdoutTruncated)
+	}
+	if res.Stderr != "err" || res.StderrTruncated || res.ExitCode != 3 || strings.Contains(res.Stdout, "forged") {
+		t.Fatalf("result %+v", res)
+	}
+	// Every event is decoded (64 KiB each, once), so the total allocated
+	// grows with the stream, but what is held never passes the cap.
+	t.Logf("allocated %d MiB in total for 64 MiB of guest output, peak heap %d MiB", alloc>>20, peak>>20)
+	// The fake agent runs in this process too (its yamux window is 8 MiB);
+	// holding the output, as the old result did, would pass 64 MiB.
+	if peak > 40<<20 {
+		t.Fatalf("host heap peaked at %d MiB", peak>>20)
+	}
+}
+
+func TestReplyCapped(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+PathHealth, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, `{"agent_version":"`)
+		_, _ = io.Copy(w, &repeatReader{b: []byte("v"), n: 256 << 20})
+		_, _ = io.WriteString(w, `"}`)
+	})
+	mux.HandleFunc("GET "+PathServices, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, `{"services":[`)
+		_, _ = io.Copy(w, &repeatReader{b: []byte(`{},`), n: 3 << 20})
+		_, _ = io.WriteString(w, `{}]}`)
+	})
+	c, _ := fakeAgent(t, mux)
+	var err error
+	alloc := allocatedBy(func() { _, err = c.Health(ctx(t)) })
+	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "larger than") {
+		t.Fatalf("got %v", err)
+	}
+	if alloc > 3*MaxReplyBytes {
+		t.Fatalf("host allocated %d MiB for a refused reply", alloc>>20)
+	}
+	// A list within the byte bound but with more entries than any agent
+	// keeps is refused before it is built.
+	alloc = allocatedBy(func() { _, err = c.ListServices(ctx(t)) })
+	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "more than") {
+		t.Fatalf("list: %v", err)
+	}
+	// (It used to decode into ~350 MiB of structs.)
+	if alloc > 64<<20 {
+		t.Fatalf("host allocated %d MiB for a refused list", alloc>>20)
+	}
+}
+
+// A guest that stops answering fails each call at its own deadline, with
+// unavailable and a hint, not at the caller's.
+func TestGuestDeadlines(t *testing.T) {
+	hang := make(chan struct{})
+	t.Cleanup(func() { close(hang) })
+	mux := http.NewServeMux()
+	silent := func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+	}
+	mux.HandleFunc("POST "+PathExec, silent)
+	mux.HandleFunc("GET "+PathShells+"/{id}/read", silent)
+	c, _ := fakeAgent(t, mux)
+	defer func(g time.Duration) { execGrace, callTimeout = g, CallTimeout }(execGrace)
+	execGrace, callTimeout = 200*time.Millisecond, 300*time.Millisecond
+
+	start := time.Now()
+	_, err := c.Exec(context.Background(), ExecRequest{Argv: []string{"x"}, TimeoutMS: 300}, nil)
+	if !errors.Is(err, errdefs.ErrUnavailable) || errdefs.Hint(err) == "" || !strings.Contains(err.Error(), "stopped answering") {
+		t.Fatalf("exec: %v", err)
+	}
+	if d := time.Since(start); d < 500*time.Millisecond || d > 3*time.Second {
+		t.Fatalf("exec gave up after %s, want timeout+grace (500ms)", d)
+	}
+
+	start = time.Now()
+	_, err = c.ReadShell(context.Background(), "abc", ShellReadRequest{WaitMS: 400})
+	if !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("read: %v", err)
+	}
+	if d := time.Since(start); d < 700*time.Millisecond || d > 3*time.Second {
+		t.Fatalf("read gave up after %s, want wait+grace (700ms)", d)
+	}
+
+	// The caller's own cancellation stays a cancellation.
+	cctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err = c.Exec(cctx, ExecRequest{Argv: []string{"x"}, TimeoutMS: 10_000}, nil)
+	if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("caller deadline: %v", err)
+	}
+}
+
+func ExampleDecodeExecStream() {
+	stream := `{"type":"stdout","data":"aGVsbG8K"}` + "\n" + `{"type":"exit","result":{"exit_code":0}}` + "\n"
+	res, err := DecodeExecStream(strings.NewReader(stream), 3, nil)
+	fmt.Printf("%q %v %v\n", res.Stdout, res.StdoutTruncated, err)
+	// Output: "hel" true <nil>
+}
