@@ -7,7 +7,7 @@
 //
 //	GET  /v1/status    -> Status (any time, also while the guest boots)
 //	POST /v1/stop      -> Status; powers the guest off, then the supervisor exits
-//	*    /agent/...    -> proxied to the guest agent (internal/agentapi paths)
+//	*    /agent/...    -> spliced to a new guest agent stream (agentproxy.go)
 //
 // Call order: spawn, poll /v1/status until "running" (or the process exits:
 // DIR/exit.json then says why), use /agent/..., /v1/stop. Stop is idempotent
