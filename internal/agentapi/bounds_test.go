@@ -242,3 +242,36 @@ func ExampleDecodeExecStream() {
 	fmt.Printf("%q %v %v\n", res.Stdout, res.StdoutTruncated, err)
 	// Output: "hel" true <nil>
 }
+
+// On a direct yamux session (pyro run talks to its guest without a
+// supervisor) a call's deadline must end a read that waits on a guest that
+// never answers, too.
+func TestDeadlineEndsBlockedStreamRead(t *testing.T) {
+	hang := make(chan struct{})
+	t.Cleanup(func() { close(hang) })
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+PathExec, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		<-hang // a stopped guest: it neither answers nor sees the FIN
+	})
+	c, _ := fakeAgent(t, mux)
+	defer func(g time.Duration) { execGrace = g }(execGrace)
+	execGrace = 200 * time.Millisecond
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Exec(context.Background(), ExecRequest{Argv: []string{"x"}, TimeoutMS: 100}, nil)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, errdefs.ErrUnavailable) {
+			t.Fatalf("got %v", err)
+		}
+		t.Logf("gave up after %s", time.Since(start))
+	case <-time.After(5 * time.Second):
+		t.Fatal("exec still blocked 5 s after its deadline")
+	}
+}

@@ -75,7 +75,19 @@ func (c *Client) OpenStream(ctx context.Context) (net.Conn, error) {
 		c.dropSession(s)
 		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, unavailableHint, "open agent stream")
 	}
-	return st, nil
+	return fullClose{st}, nil
+}
+
+// fullClose makes Close end a stream both ways at once. yamux's own Close
+// only half-closes (it sends FIN) and leaves a blocked Read waiting for the
+// guest's side, so a call whose deadline passed would keep waiting for a
+// guest that stopped answering. The deadline goes first: Close itself may
+// wait for the session's writer.
+type fullClose struct{ *yamux.Stream }
+
+func (s fullClose) Close() error {
+	_ = s.Stream.SetDeadline(time.Now())
+	return s.Stream.Close()
 }
 
 func (c *Client) getSession(ctx context.Context) (*yamux.Session, error) {
