@@ -85,6 +85,7 @@ type ReconcileReport struct {
 	InterruptedRuns int      `json:"interrupted_runs"`
 	HalfDeleted     int      `json:"half_deleted"`
 	Unrecorded      int      `json:"unrecorded"`
+	HalfMade        int      `json:"half_made"`
 	Removed         int      `json:"removed"`
 	Failed          []string `json:"failed,omitempty"`
 	Incomplete      bool     `json:"incomplete,omitempty"`
@@ -96,7 +97,7 @@ type ReconcileReport struct {
 // the same report.
 func (c *Client) Reconcile(ctx context.Context) ReconcileReport {
 	r := c.lc.Reconcile(ctx)
-	return ReconcileReport{InterruptedRuns: r.InterruptedRuns, HalfDeleted: r.HalfDeleted, Unrecorded: r.Unrecorded,
+	return ReconcileReport{InterruptedRuns: r.InterruptedRuns, HalfDeleted: r.HalfDeleted, Unrecorded: r.Unrecorded, HalfMade: r.HalfMade,
 		Removed: r.Removed(), Failed: r.Failed, Incomplete: r.Incomplete}
 }
 

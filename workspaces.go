@@ -139,6 +139,11 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 		return ws, err
 	}
 	dir, rec, err := c.lc.Create(ctx, rec, func(dir vmdir.Dir, rec *instance.Record) error {
+		// Half-made until the baseline is recorded: should this process
+		// be killed meanwhile, the next reconcile removes the workspace.
+		if err := instance.WriteCreator(dir); err != nil {
+			return err
+		}
 		rec.WorkspaceDisk = dir.Path(workspace.DiskFile)
 		if err := workspace.CreateDisk(ctx, rec.WorkspaceDisk, workspace.DiskBytes()); err != nil {
 			return err
@@ -181,6 +186,9 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 	}
 	if _, err := c.snapshot(ctx, dir, agent, workspace.Baseline); err != nil {
 		return ws, fmt.Errorf("record baseline: %w", err)
+	}
+	if err := instance.DoneCreating(dir); err != nil {
+		return ws, err
 	}
 	return c.StatusWorkspace(ctx, rec.ID)
 }

@@ -324,17 +324,18 @@ func readTime(t *testing.T, path string) time.Time {
 	return time.Unix(0, int64(f*1e9))
 }
 
-// TestInterruptLeftoversReportedByDoctor: what no handler can clean up (a
-// `pyro run` killed with SIGKILL leaves its VM directory; its QEMU dies
-// with it) is removed by the next client's reconcile and reported by
-// `pyro doctor`.
+// TestInterruptLeftoversReportedByDoctor: what no handler can clean up is
+// removed by the next client's reconcile and reported by `pyro doctor`:
+// two `pyro run`s killed with SIGKILL leave their VM directories (their
+// QEMUs die with them), and a `workspace create` killed with SIGKILL
+// during boot leaves a half-made workspace whose VM runs on, detached.
 func TestInterruptLeftoversReportedByDoctor(t *testing.T) {
 	requireE2E(t)
 	ensureEnv(t, baseEnv)
 	home, env := isolatedHome(t)
 	killHomeOnCleanup(t, home)
-	// Two runs at once (two guests fit two cores), each killed with
-	// SIGKILL once its guest command runs.
+	// Two runs at once (two guests fit two cores), each killed once its
+	// guest command runs.
 	type run struct {
 		cmd *exec.Cmd
 		out *bufio.Reader
@@ -360,22 +361,39 @@ func TestInterruptLeftoversReportedByDoctor(t *testing.T) {
 			t.Fatalf("run did not start: %q %v", line, err)
 		}
 	}
-	// Their QEMUs die with them (PDEATHSIG); their directories stay.
 	deadline := time.Now().Add(cleanupBound)
 	for len(homeProcesses(home)) > 0 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	if p := homeProcesses(home); len(p) > 0 {
-		t.Fatalf("processes outlived their killed pyro: %q", p)
+		t.Fatalf("processes outlived their killed pyro run: %q", p)
 	}
-	if d := homeDirs(home); len(d) != 2 {
-		t.Fatalf("expected the two runs' directories, have %q", d)
+
+	ws := exec.Command(pyroBin, "workspace", "create", baseEnv)
+	ws.Env = append(os.Environ(), env...)
+	if err := ws.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(time.Minute); len(qemuProcessesFor(filepath.Join(home, "workspaces"))) == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("no QEMU for the workspace after a minute")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	_ = ws.Process.Kill()
+	_ = ws.Wait()
+	if d := homeDirs(home); len(d) != 3 {
+		t.Fatalf("expected the two runs' and the workspace's directories, have %q", d)
+	}
+	if len(homeProcesses(home)) == 0 {
+		t.Fatal("the half-made workspace's VM did not outlive its creator: nothing for reconcile to stop")
 	}
 
 	var rep struct {
 		Checks []struct{ Name, Status, Detail string }
 	}
 	r := pyro(t, env, "doctor", "--json")
+	doneAt := time.Now()
 	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
 		t.Fatalf("doctor --json: %v\n%s%s", err, r.stdout, r.stderr)
 	}
@@ -383,7 +401,7 @@ func TestInterruptLeftoversReportedByDoctor(t *testing.T) {
 	for _, c := range rep.Checks {
 		if c.Name == "leftovers" {
 			found = true
-			if c.Status != "ok" || c.Detail != "2 leftovers from interrupted runs, removed" {
+			if c.Status != "ok" || c.Detail != "3 leftovers from interrupted runs, removed" {
 				t.Errorf("leftovers check: %+v", c)
 			}
 		}
@@ -391,9 +409,7 @@ func TestInterruptLeftoversReportedByDoctor(t *testing.T) {
 	if !found {
 		t.Errorf("doctor reports no leftovers check: %s", r.stdout)
 	}
-	if d := homeDirs(home); len(d) != 0 {
-		t.Errorf("left after doctor: %q", d)
-	}
+	requireNothingLeft(t, home, doneAt)
 	if h := pyro(t, env, "doctor"); !strings.Contains(h.stdout, "none from interrupted runs") {
 		t.Errorf("a second doctor:\n%s", h.stdout)
 	}

@@ -161,7 +161,34 @@ func RemovePid(dir vmdir.Dir) {
 // SupervisorPid returns the recorded supervisor pid and whether that
 // process is still alive (same pid and start time). pid 0: never started.
 func SupervisorPid(dir vmdir.Dir) (pid int, alive bool) {
-	b, err := os.ReadFile(dir.Path(vmdir.SupervisorPid))
+	return readPidFile(dir.Path(vmdir.SupervisorPid))
+}
+
+// WriteCreator marks the instance as being created by the current process
+// until DoneCreating: should this process die first, Creator reports the
+// instance half-made.
+func WriteCreator(dir vmdir.Dir) error {
+	pid := os.Getpid()
+	return fsutil.WriteFileAtomic(dir.Path(vmdir.Creator), []byte(fmt.Sprintf("%d %d\n", pid, startTime(pid))), 0o600)
+}
+
+// DoneCreating marks the instance complete.
+func DoneCreating(dir vmdir.Dir) error {
+	if err := os.Remove(dir.Path(vmdir.Creator)); err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	return nil
+}
+
+// Creator returns the pid of the process creating the instance (0: none,
+// the instance is complete) and whether it is still alive.
+func Creator(dir vmdir.Dir) (pid int, alive bool) {
+	return readPidFile(dir.Path(vmdir.Creator))
+}
+
+// readPidFile reads "<pid> <start time>" and checks that process lives.
+func readPidFile(path string) (pid int, alive bool) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0, false
 	}

@@ -22,7 +22,9 @@ import (
 //     record names its owner; a killed `pyro run` leaves its directory);
 //   - hidden ".deleting-" directories of interrupted deletes;
 //   - directories with no record at all, older than unrecordedAge (a crash
-//     between creating a directory and writing its record).
+//     between creating a directory and writing its record);
+//   - half-made instances: a workspace whose creating process died before
+//     it was complete (instance.Creator), its detached VM included.
 //
 // Live instances, and VMs and workspaces of any state, are never touched:
 // reaping those is Reap's job, on request.
@@ -42,6 +44,9 @@ type ReconcileReport struct {
 	HalfDeleted int
 	// Unrecorded are directories without a record.
 	Unrecorded int
+	// HalfMade are instances whose creating process died before they were
+	// complete.
+	HalfMade int
 	// Failed describes removals that failed (they are retried next time).
 	Failed []string
 	// Incomplete is true when the time budget ran out first.
@@ -50,7 +55,9 @@ type ReconcileReport struct {
 }
 
 // Removed is the number of leftovers removed.
-func (r ReconcileReport) Removed() int { return r.InterruptedRuns + r.HalfDeleted + r.Unrecorded }
+func (r ReconcileReport) Removed() int {
+	return r.InterruptedRuns + r.HalfDeleted + r.Unrecorded + r.HalfMade
+}
 
 type reconcileOnce struct {
 	once   sync.Once
@@ -67,7 +74,7 @@ func (m *Manager) Reconcile(ctx context.Context) ReconcileReport {
 		r.Duration = time.Since(start)
 		if r.Removed() > 0 || len(r.Failed) > 0 {
 			m.log.Info("reconciled leftovers of interrupted runs", "runs", r.InterruptedRuns, "half_deleted", r.HalfDeleted,
-				"unrecorded", r.Unrecorded, "failed", len(r.Failed), "incomplete", r.Incomplete)
+				"unrecorded", r.Unrecorded, "half_made", r.HalfMade, "failed", len(r.Failed), "incomplete", r.Incomplete)
 		}
 		m.rec.report = r
 	})
@@ -113,6 +120,11 @@ func (m *Manager) checkLeftover(path string, r *ReconcileReport) {
 		if st, err := os.Stat(path); err == nil && time.Since(st.ModTime()) > unrecordedAge {
 			m.hideAndRemove(dir, "directory without a record", &r.Unrecorded, r)
 		}
+		return
+	}
+	if pid, alive := instance.Creator(dir); pid != 0 && !alive {
+		supervisor.Kill(dir) // a workspace's VM runs detached from its creator
+		m.hideAndRemove(dir, "half-made "+rec.Kind, &r.HalfMade, r)
 		return
 	}
 	if rec.Kind != instance.KindRun {

@@ -33,6 +33,10 @@ const (
 	// Secrets holds a workspace's secret values (mode 0600), the only
 	// file on the host that may contain them.
 	Secrets = "secrets.json"
+	// Creator is "<pid> <start time>" of the process still creating the
+	// instance (a workspace: until its baseline is recorded). Present with
+	// that process gone, the instance is half-made: reconcile removes it.
+	Creator = "creator.pid"
 )
 
 // ValidateID checks that id is safe as a single path component.
