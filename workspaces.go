@@ -405,7 +405,9 @@ func (c *Client) ExportWorkspace(ctx context.Context, id, path, outputPath strin
 	return res, nil
 }
 
-// DiffWorkspace compares /workspace with the immutable baseline.
+// DiffWorkspace compares /workspace with the immutable baseline. It streams
+// (see workspace.Diff for its bounds) and redacts the workspace's secrets
+// from the result.
 func (c *Client) DiffWorkspace(ctx context.Context, id string) (WorkspaceDiff, error) {
 	dir, rec, err := c.wsDir(id)
 	if err != nil {
@@ -426,10 +428,17 @@ func (c *Client) DiffWorkspace(ctx context.Context, id string) (WorkspaceDiff, e
 		return WorkspaceDiff{}, err
 	}
 	defer cur.Close()
-	d, err := workspace.Diff(base, cur)
-	if err != nil {
-		return WorkspaceDiff{}, err
+	// No honest file is larger than the disk it lives on.
+	var maxEntry int64
+	if fi, err := os.Stat(rec.WorkspaceDisk); err == nil {
+		maxEntry = fi.Size()
 	}
+	red := instance.Redactor(dir)
+	d, err := workspace.Diff(base, cur, workspace.DiffOptions{MaxEntryBytes: maxEntry})
+	if err != nil {
+		return WorkspaceDiff{}, red.Error(fmt.Errorf("diff /workspace: %w", err))
+	}
+	d.Redact(red)
 	return WorkspaceDiff{WorkspaceID: id, DiffResult: d}, nil
 }
 

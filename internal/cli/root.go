@@ -18,6 +18,7 @@ import (
 
 	"github.com/pyro-mcp/pyro"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/termtext"
 )
 
 // app carries what every command needs.
@@ -147,7 +148,9 @@ func (a *app) printError(err error) {
 		fmt.Fprintln(a.stderr, "pyro: interrupted")
 		return
 	}
-	fmt.Fprintf(a.stderr, "pyro: %v\n", err)
+	// Errors can quote the guest (console tails, names): no terminal
+	// control sequence from it reaches the terminal.
+	fmt.Fprintf(a.stderr, "pyro: %s\n", termtext.Clean(err.Error()))
 }
 
 // usageError is an invalid-argument error with the command's usage as hint.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/pyro-mcp/pyro"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/termtext"
 )
 
 func (a *app) serviceCommand() *cobra.Command {
@@ -102,7 +103,7 @@ func (a *app) serviceList() *cobra.Command {
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "NAME\tSTATE\tPID\tCOMMAND")
 				for _, s := range list {
-					fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", s.Name, s.State, s.PID, strings.Join(s.Argv, " "))
+					fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", termtext.Line(s.Name), s.State, s.PID, termtext.Line(strings.Join(s.Argv, " ")))
 				}
 				tw.Flush()
 			})
@@ -170,7 +171,7 @@ func (a *app) serviceStop() *cobra.Command {
 }
 
 func printService(w io.Writer, s pyro.Service) {
-	fmt.Fprintf(w, "service: %s\nstate:   %s\npid:     %d\ncommand: %s\n", s.Name, s.State, s.PID, strings.Join(s.Argv, " "))
+	fmt.Fprintf(w, "service: %s\nstate:   %s\npid:     %d\ncommand: %s\n", termtext.Line(s.Name), s.State, s.PID, termtext.Line(strings.Join(s.Argv, " ")))
 	if s.ExitCode != nil {
 		fmt.Fprintf(w, "exit:    %d\n", *s.ExitCode)
 	}
@@ -178,7 +179,7 @@ func printService(w io.Writer, s pyro.Service) {
 		fmt.Fprintf(w, "ready:   %s after %d ms\n", s.ReadyAt.Format("15:04:05"), s.ReadyAt.Sub(s.StartedAt).Milliseconds())
 	}
 	if s.Error != "" {
-		fmt.Fprintf(w, "error:   %s\n", s.Error)
+		fmt.Fprintf(w, "error:   %s\n", termtext.Clean(s.Error))
 	}
 }
 

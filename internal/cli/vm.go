@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pyro-mcp/pyro"
+	"github.com/pyro-mcp/pyro/internal/termtext"
 )
 
 // vmCommand is the SDK's VM lifecycle on the command line. `pyro run` is
@@ -243,7 +244,7 @@ func (a *app) vmReapCommand() *cobra.Command {
 func printVM(w io.Writer, v pyro.VM) {
 	fmt.Fprintf(w, "vm_id:       %s\nenvironment: %s\nstate:       %s\n", v.VMID, v.Environment, v.State)
 	if v.Reason != "" {
-		fmt.Fprintf(w, "reason:      %s\n", v.Reason)
+		fmt.Fprintf(w, "reason:      %s\n", termtext.Clean(v.Reason))
 	}
 	fmt.Fprintf(w, "resources:   %d vCPU, %d MiB, network %v\n", v.VCPUCount, v.MemMiB, v.Network)
 	if v.Backend != "" {

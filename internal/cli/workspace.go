@@ -209,15 +209,16 @@ func (a *app) wsDiff() *cobra.Command {
 				}
 				for _, ch := range d.Changes {
 					mark := map[string]string{"added": "A", "modified": "M", "deleted": "D"}[ch.Status]
-					fmt.Fprintf(w, "%s %s", mark, ch.Path)
+					fmt.Fprintf(w, "%s %s", mark, termtext.Line(ch.Path))
 					if ch.Note != "" {
-						fmt.Fprintf(w, " (%s)", ch.Note)
+						fmt.Fprintf(w, " (%s)", termtext.Line(ch.Note))
 					}
 					fmt.Fprintln(w)
 				}
 				for _, ch := range d.Changes {
 					if ch.Diff != "" {
-						fmt.Fprint(w, "\n"+ch.Diff)
+						// Guest text: no escape sequence reaches the terminal.
+						fmt.Fprint(w, "\n"+termtext.Clean(ch.Diff))
 					}
 				}
 			})
@@ -237,7 +238,7 @@ func (a *app) wsSnapshotCreate() *cobra.Command {
 				return err
 			}
 			return a.emit(s, func(w io.Writer) {
-				fmt.Fprintf(w, "snapshot %s: %s, sha256 %s\n", s.Name, humanBytes(s.Bytes), s.SHA256[:12])
+				fmt.Fprintf(w, "snapshot %s: %s, sha256 %s\n", s.Name, humanBytes(s.Bytes), shortDigest(s.SHA256))
 			})
 		},
 	}
@@ -385,7 +386,7 @@ func (a *app) wsList() *cobra.Command {
 func printWorkspace(w io.Writer, ws pyro.Workspace) {
 	fmt.Fprintf(w, "workspace_id: %s\nenvironment:  %s\nstate:        %s\n", ws.WorkspaceID, ws.Environment, ws.State)
 	if ws.Reason != "" {
-		fmt.Fprintf(w, "reason:       %s\n", ws.Reason)
+		fmt.Fprintf(w, "reason:       %s\n", termtext.Clean(ws.Reason))
 	}
 	s := ws.WorkspaceSeed
 	fmt.Fprintf(w, "seed:         %s", s.Mode)
@@ -404,4 +405,13 @@ func printWorkspace(w io.Writer, ws pyro.Workspace) {
 		}
 		fmt.Fprintf(w, "secrets:      %s\n", strings.Join(names, ", "))
 	}
+}
+
+// shortDigest abbreviates a hex digest for people; anything that is not
+// one is shown as it is (never sliced blindly).
+func shortDigest(d string) string {
+	if len(d) == 64 && strings.Trim(d, "0123456789abcdef") == "" {
+		return d[:12]
+	}
+	return termtext.Line(d)
 }

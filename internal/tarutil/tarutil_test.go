@@ -438,3 +438,28 @@ func TestProcessUmask(t *testing.T) {
 		t.Errorf("umask %o, want 027", m)
 	}
 }
+
+func TestReaderRefusesSparseAndOversized(t *testing.T) {
+	for _, name := range []string{"sparse-gnu.tar", "sparse-pax.tar"} {
+		f, err := os.Open(filepath.Join("testdata", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = NewReader(f, 0).Next()
+		f.Close()
+		if !errors.Is(err, ErrBadArchive) {
+			t.Errorf("%s: %v, want a refused sparse entry", name, err)
+		}
+	}
+	data := mkTar(t, entry{name: "small", typ: tar.TypeReg, body: "abc"}, entry{name: "big", typ: tar.TypeReg, body: "0123456789"})
+	r := NewReader(bytes.NewReader(data), 5)
+	if h, err := r.Next(); err != nil || h.Name != "small" {
+		t.Fatalf("first entry: %v %v", h, err)
+	}
+	if b, err := io.ReadAll(r); err != nil || string(b) != "abc" {
+		t.Fatalf("read: %q %v", b, err)
+	}
+	if _, err := r.Next(); !errors.Is(err, ErrBadArchive) {
+		t.Errorf("oversized entry: %v", err)
+	}
+}

@@ -3,10 +3,18 @@ package workspace
 import (
 	"archive/tar"
 	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/pyro-mcp/pyro/internal/redact"
+	"github.com/pyro-mcp/pyro/internal/tarutil"
 )
 
 func tarOf(t *testing.T, files map[string]string) *bytes.Buffer {
@@ -28,7 +36,7 @@ func tarOf(t *testing.T, files map[string]string) *bytes.Buffer {
 func TestDiff(t *testing.T) {
 	base := tarOf(t, map[string]string{"same.txt": "x\n", "edit.txt": "one\ntwo\n", "gone.txt": "bye\n", "bin": "a\x00b", "d/": ""})
 	cur := tarOf(t, map[string]string{"same.txt": "x\n", "edit.txt": "one\nTWO\n", "new.txt": "hi\n", "bin": "a\x00c", "d/": ""})
-	r, err := Diff(base, cur)
+	r, err := Diff(bytes.NewReader(base.Bytes()), cur, DiffOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,5 +132,147 @@ func TestHistoryNumbersAndExcerpts(t *testing.T) {
 	}
 	if !h[1].OutputTruncated || len(h[1].Stdout) != HistoryExcerpt || h[0].OutputTruncated {
 		t.Errorf("excerpts: %+v", h[1].OutputTruncated)
+	}
+}
+
+// bigTar streams a tar holding one file of size bytes (repeated text)
+// without holding it.
+func bigTar(name string, size int64) io.Reader {
+	pr, pw := io.Pipe()
+	go func() {
+		tw := tar.NewWriter(pw)
+		if err := tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: size}); err != nil {
+			pw.CloseWithError(err)
+			return
+		}
+		line := bytes.Repeat([]byte("all work and no play\n"), 3000)
+		var n int64
+		for n < size {
+			k := min(int64(len(line)), size-n)
+			if _, err := tw.Write(line[:k]); err != nil {
+				pw.CloseWithError(err)
+				return
+			}
+			n += k
+		}
+		pw.CloseWithError(tw.Close())
+	}()
+	return pr
+}
+
+// A file far larger than the text window streams through: hashed, reported
+// as changed without text, and the host allocates a small fraction of it
+// (io.ReadAll per entry allocated the whole file).
+func TestDiffStreamsLargeFiles(t *testing.T) {
+	const size = 256 << 20
+	base := tarOf(t, map[string]string{"big.log": "old\n"})
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	r, err := Diff(bytes.NewReader(base.Bytes()), bigTar("big.log", size), DiffOptions{MaxEntryBytes: 1 << 30})
+	runtime.ReadMemStats(&after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Changes) != 1 || r.Changes[0].Diff != "" || !strings.Contains(r.Changes[0].Note, "over") {
+		t.Fatalf("changes: %+v", r.Changes)
+	}
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 16<<20 {
+		t.Errorf("diffing a %d MiB file allocated %d MiB", size>>20, alloc>>20)
+	}
+}
+
+func TestDiffTextWindow(t *testing.T) {
+	small := strings.Repeat("x\n", 100)
+	large := strings.Repeat("y\n", MaxTextDiff/2+1) // just over the window
+	base := tarOf(t, map[string]string{"small": small, "large": large})
+	cur := tarOf(t, map[string]string{"small": small + "z\n", "large": large + "z\n"})
+	r, err := Diff(bytes.NewReader(base.Bytes()), cur, DiffOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range r.Changes {
+		switch c.Path {
+		case "small":
+			if !strings.Contains(c.Diff, "+z") {
+				t.Errorf("small: %+v", c)
+			}
+		case "large":
+			if c.Diff != "" || c.Note == "" {
+				t.Errorf("large: diff of %d bytes, note %q", len(c.Diff), c.Note)
+			}
+		}
+	}
+}
+
+func TestDiffRefusesHostileStreams(t *testing.T) {
+	base := tarOf(t, map[string]string{"a": "x\n"})
+	for _, name := range []string{"sparse-gnu.tar", "sparse-pax.tar"} {
+		f, err := os.Open(filepath.Join("..", "tarutil", "testdata", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = Diff(bytes.NewReader(base.Bytes()), f, DiffOptions{MaxEntryBytes: 8 << 30})
+		f.Close()
+		if !errors.Is(err, tarutil.ErrBadArchive) {
+			t.Errorf("%s: %v, want a refused sparse entry", name, err)
+		}
+	}
+	if _, err := Diff(bytes.NewReader(base.Bytes()), bigTar("huge", 1<<40), DiffOptions{MaxEntryBytes: 1 << 30}); !errors.Is(err, tarutil.ErrBadArchive) {
+		t.Errorf("oversized entry: %v", err)
+	}
+	var dup bytes.Buffer
+	tw := tar.NewWriter(&dup)
+	for i := 0; i < 2; i++ {
+		tw.WriteHeader(&tar.Header{Name: "a", Typeflag: tar.TypeReg, Mode: 0o644, Size: 2})
+		tw.Write([]byte("y\n"))
+	}
+	tw.Close()
+	if _, err := Diff(bytes.NewReader(base.Bytes()), &dup, DiffOptions{}); !errors.Is(err, tarutil.ErrBadArchive) {
+		t.Errorf("duplicate entry: %v", err)
+	}
+	for _, bad := range []string{"../x", "/etc/passwd"} {
+		cur := tarOf(t, map[string]string{bad: "x"})
+		if _, err := Diff(bytes.NewReader(base.Bytes()), cur, DiffOptions{}); err == nil {
+			t.Errorf("entry %q accepted", bad)
+		}
+	}
+}
+
+// The diff budget bounds the text kept for many changed files.
+func TestDiffBudget(t *testing.T) {
+	files := map[string]string{}
+	body := strings.Repeat("line\n", MaxTextDiff/5-1)
+	n := maxDiffText/len(body) + 4
+	for i := 0; i < n; i++ {
+		files["f"+strconv.Itoa(i)] = body
+	}
+	r, err := Diff(bytes.NewReader(tarOf(t, nil).Bytes()), tarOf(t, files), DiffOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var text, limited int
+	for _, c := range r.Changes {
+		text += len(c.Diff)
+		if strings.Contains(c.Note, "limit") {
+			limited++
+		}
+	}
+	if text > maxDiffText || limited == 0 || len(r.Added) != n {
+		t.Errorf("%d files: %d bytes of diff, %d over the limit", n, text, limited)
+	}
+}
+
+func TestDiffRedact(t *testing.T) {
+	base := tarOf(t, map[string]string{"a": "x\n"})
+	cur := tarOf(t, map[string]string{"a": "token=hunter2-secret\n", "hunter2-secret.txt": "x"})
+	r, err := Diff(bytes.NewReader(base.Bytes()), cur, DiffOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Redact(redact.New([]string{"hunter2-secret"}))
+	b, _ := json.Marshal(r)
+	if strings.Contains(string(b), "hunter2") {
+		t.Errorf("secret in diff: %s", b)
 	}
 }

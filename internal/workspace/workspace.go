@@ -5,7 +5,6 @@
 package workspace
 
 import (
-	"archive/tar"
 	"bufio"
 	"context"
 	"crypto/sha256"
@@ -154,12 +153,37 @@ type Snapshots struct{ Dir string }
 func (s Snapshots) tarPath(name string) string  { return filepath.Join(s.Dir, name+".tar") }
 func (s Snapshots) metaPath(name string) string { return filepath.Join(s.Dir, name+".json") }
 
+// checkName validates a snapshot name at every lookup, not only at
+// create: names arrive from the model and the CLI, and become file names.
+func checkName(name string) error {
+	if name == Baseline {
+		return nil
+	}
+	return ValidateSnapshotName(name)
+}
+
+// checkRecord validates a snapshot record read from disk against the name
+// it was looked up by: a tampered or truncated record is refused, never
+// trusted (its digest is sliced and compared later).
+func checkRecord(name string, snap Snapshot) error {
+	if snap.Name != name || !isSHA256(snap.SHA256) || snap.Bytes < 0 || snap.Implicit != (name == Baseline) {
+		return errdefs.New(errdefs.ErrFailedPrecondition, "delete it, or restore another snapshot", "snapshot %q has a damaged record", name)
+	}
+	return nil
+}
+
+func isSHA256(s string) bool {
+	if len(s) != sha256.Size*2 {
+		return false
+	}
+	_, err := hex.DecodeString(s)
+	return err == nil && strings.ToLower(s) == s
+}
+
 // Save stores r as snapshot name, atomically; it refuses to overwrite.
 func (s Snapshots) Save(name string, r io.Reader) (Snapshot, error) {
-	if name != Baseline {
-		if err := ValidateSnapshotName(name); err != nil {
-			return Snapshot{}, err
-		}
+	if err := checkName(name); err != nil {
+		return Snapshot{}, err
 	}
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
 		return Snapshot{}, err
@@ -195,16 +219,22 @@ func (s Snapshots) Save(name string, r io.Reader) (Snapshot, error) {
 }
 
 // List returns the snapshots, baseline first, then by creation time.
+// Records whose file name is not a valid snapshot name, or whose content
+// does not match it, are left out.
 func (s Snapshots) List() ([]Snapshot, error) {
-	paths, _ := filepath.Glob(filepath.Join(s.Dir, "*.json"))
+	ents, err := os.ReadDir(s.Dir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
 	out := []Snapshot{}
-	for _, p := range paths {
-		var snap Snapshot
-		b, err := os.ReadFile(p)
-		if err != nil || json.Unmarshal(b, &snap) != nil {
+	for _, e := range ents {
+		name, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok || !e.Type().IsRegular() || checkName(name) != nil {
 			continue
 		}
-		out = append(out, snap)
+		if snap, err := s.Get(name); err == nil {
+			out = append(out, snap)
+		}
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Implicit != out[j].Implicit {
@@ -215,19 +245,28 @@ func (s Snapshots) List() ([]Snapshot, error) {
 	return out, nil
 }
 
-// Get returns one snapshot's metadata.
+// Get returns one snapshot's metadata, validated.
 func (s Snapshots) Get(name string) (Snapshot, error) {
 	var snap Snapshot
+	if err := checkName(name); err != nil {
+		return snap, err
+	}
 	b, err := os.ReadFile(s.metaPath(name))
 	if err != nil {
 		return snap, errdefs.New(errdefs.ErrNotFound, "list them with `pyro workspace snapshot list`", "snapshot %q not found", name)
 	}
-	return snap, json.Unmarshal(b, &snap)
+	if len(b) > 64<<10 || json.Unmarshal(b, &snap) != nil {
+		return Snapshot{}, errdefs.New(errdefs.ErrFailedPrecondition, "delete it, or restore another snapshot", "snapshot %q has a damaged record", name)
+	}
+	if err := checkRecord(name, snap); err != nil {
+		return Snapshot{}, err
+	}
+	return snap, nil
 }
 
 // Open verifies snapshot name against its recorded sha256 and returns its
 // tar stream. A damaged snapshot is never restored.
-func (s Snapshots) Open(name string) (io.ReadCloser, error) {
+func (s Snapshots) Open(name string) (*os.File, error) {
 	snap, err := s.Get(name)
 	if err != nil {
 		return nil, err
@@ -243,6 +282,7 @@ func (s Snapshots) Open(name string) (io.ReadCloser, error) {
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != snap.SHA256 {
 		f.Close()
+		// Both are 64 hex digits here (checkRecord).
 		return nil, errdefs.New(errdefs.ErrFailedPrecondition, "restore another snapshot", "snapshot %q is damaged (sha256 %s, recorded %s)", name, got[:12], snap.SHA256[:12])
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
@@ -252,15 +292,22 @@ func (s Snapshots) Open(name string) (io.ReadCloser, error) {
 	return f, nil
 }
 
-// Delete removes a named snapshot; the baseline cannot be deleted.
+// Delete removes a named snapshot; the baseline cannot be deleted. A
+// damaged record can be deleted (that is how it goes away), an invalid
+// name never reaches the file system.
 func (s Snapshots) Delete(name string) error {
+	if err := checkName(name); err != nil {
+		return err
+	}
 	if name == Baseline {
 		return errdefs.New(errdefs.ErrFailedPrecondition, "the baseline is what diff and reset compare against", "the baseline snapshot cannot be deleted")
 	}
-	if _, err := s.Get(name); err != nil {
+	if _, err := s.Get(name); errors.Is(err, errdefs.ErrNotFound) {
 		return err
 	}
-	_ = os.Remove(s.tarPath(name))
+	if err := os.Remove(s.tarPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
 	return os.Remove(s.metaPath(name))
 }
 
@@ -338,65 +385,4 @@ func ReadHistory(path string) ([]HistoryEntry, error) {
 		}
 	}
 	return out, sc.Err()
-}
-
-// entry is one file of a tree read from a tar stream.
-type entry struct {
-	kind   string // "file", "dir", "symlink"
-	mode   int64
-	size   int64
-	sum    [32]byte
-	target string
-	text   []byte // content when small enough to diff, else nil
-	binary bool
-}
-
-// maxTextDiff bounds the size of files that get a unified diff.
-const maxTextDiff = 256 << 10
-
-func readTree(r io.Reader) (map[string]entry, error) {
-	tr := tar.NewReader(r)
-	out := map[string]entry{}
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			return out, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("read tree: %w", err)
-		}
-		name := strings.TrimSuffix(strings.TrimPrefix(h.Name, "./"), "/")
-		if name == "" || name == "." {
-			continue
-		}
-		e := entry{mode: h.Mode & 0o7777, size: h.Size}
-		switch h.Typeflag {
-		case tar.TypeDir:
-			e.kind = "dir"
-		case tar.TypeSymlink:
-			e.kind, e.target = "symlink", h.Linkname
-		case tar.TypeReg, tar.TypeLink:
-			e.kind = "file"
-			data, err := io.ReadAll(tr)
-			if err != nil {
-				return nil, err
-			}
-			e.sum = sha256.Sum256(data)
-			e.binary = isBinary(data)
-			if !e.binary && len(data) <= maxTextDiff {
-				e.text = data
-			}
-		default:
-			continue
-		}
-		out[name] = e
-	}
-}
-
-func isBinary(b []byte) bool {
-	n := len(b)
-	if n > 8000 {
-		n = 8000
-	}
-	return strings.IndexByte(string(b[:n]), 0) >= 0
 }
