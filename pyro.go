@@ -11,7 +11,6 @@ package pyro
 import (
 	"context"
 	"log/slog"
-	"os"
 	"os/exec"
 
 	"github.com/pyro-mcp/pyro/internal/doctor"
@@ -61,8 +60,8 @@ func New(opts Options) (*Client, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	if err := os.MkdirAll(root, 0o755); err != nil {
-		return nil, errdefs.Wrap(errdefs.ErrFailedPrecondition, err, "set PYRO_HOME to a writable directory", "cannot create state directory %q", root)
+	if err := statedir.Prepare(root); err != nil {
+		return nil, err
 	}
 	dirs := statedir.Dirs{Root: root}
 	c := &Client{

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -124,11 +126,15 @@ func Kill(dir vmdir.Dir) {
 	}
 }
 
-// vmmBelongsTo checks the process's cwd is the VM directory (QEMU runs
-// there), so a recycled pid is never killed.
+// vmmBelongsTo checks the process is the VMM of dir: host-compat runs with
+// the VM directory as its cwd, QEMU carries dir.VMMName() on its command
+// line; so a recycled pid is never killed.
 func vmmBelongsTo(pid int, dir vmdir.Dir) bool {
-	cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
-	return err == nil && cwd == string(dir)
+	if cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); err == nil && cwd == string(dir) {
+		return true
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return err == nil && slices.Contains(strings.Split(string(b), "\x00"), dir.VMMName())
 }
 
 // Agent returns an agent client that goes through the supervisor's proxy.

@@ -40,3 +40,21 @@ func Exists(path string) bool {
 	fi, err := os.Stat(path)
 	return err == nil && fi.Mode()&os.ModeSocket != 0
 }
+
+// Listen binds a listening unix socket at path, however long: like Dial, a
+// long path is bound through /proc/self/fd/N/<name>.
+func Listen(path string) (*net.UnixListener, error) {
+	if len(path) <= maxPath {
+		return net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	}
+	fd, err := unix.Open(filepath.Dir(path), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open socket directory: %w", err)
+	}
+	defer unix.Close(fd)
+	short := fmt.Sprintf("/proc/self/fd/%d/%s", fd, filepath.Base(path))
+	if len(short) > maxPath {
+		return nil, fmt.Errorf("socket name %q is too long", filepath.Base(path))
+	}
+	return net.ListenUnix("unix", &net.UnixAddr{Name: short, Net: "unix"})
+}

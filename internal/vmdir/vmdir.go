@@ -102,3 +102,8 @@ func isID(id string) bool {
 	}
 	return true
 }
+
+// VMMName is the QEMU -name option that marks a VMM process as this
+// directory's (QEMU runs with "/" as its working directory, so its cwd
+// cannot say which VM it is). Commas are doubled, as QEMU options require.
+func (d Dir) VMMName() string { return "guest=" + strings.ReplaceAll(string(d), ",", ",,") }

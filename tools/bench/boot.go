@@ -1,10 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
-	"os/exec"
 	"time"
 
 	"github.com/pyro-mcp/pyro/internal/envstore"
@@ -43,7 +44,7 @@ func benchBoot(ctx context.Context, cfg *config) ([]row, error) {
 	defer os.RemoveAll(tmp)
 	spec := vmm.Spec{Dir: vmdir.Dir(tmp), Kernel: inst.KernelPath(), Initrd: initrd, RootDisk: inst.RootfsPath(),
 		VCPUs: 1, MemMiB: 1024, Cmdline: []string{"pyro.poweroff=1"}}
-	bareArgs := qemu.New(qbin, accel).Args(spec)
+	bare := qemu.New(qbin, accel)
 
 	pyroRun := func() error {
 		if out, err := command(ctx, cfg.pyroBin, "run", cfg.env, "--", "true").CombinedOutput(); err != nil {
@@ -64,11 +65,19 @@ func benchBoot(ctx context.Context, cfg *config) ([]row, error) {
 		}
 		tPyro = append(tPyro, time.Since(start))
 
-		c := exec.CommandContext(ctx, qbin, bareArgs...)
-		c.Dir = tmp
+		// The same command line and descriptors pyro hands QEMU, without
+		// pyro's supervisor and agent around it.
+		c, cleanup, err := bare.Command(spec, io.Discard)
+		if err != nil {
+			return nil, err
+		}
+		var stderr bytes.Buffer
+		c.Stderr = &stderr
 		start = time.Now()
-		if out, err := c.CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("bare qemu: %v: %s", err, out)
+		err = c.Run()
+		cleanup()
+		if err != nil {
+			return nil, fmt.Errorf("bare qemu: %v: %s", err, stderr.Bytes())
 		}
 		tBare = append(tBare, time.Since(start))
 	}

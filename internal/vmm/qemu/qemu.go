@@ -13,8 +13,11 @@ import (
 	"strings"
 	"sync"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/pyro-mcp/pyro/internal/caplog"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
-	"github.com/pyro-mcp/pyro/internal/vmdir"
+	"github.com/pyro-mcp/pyro/internal/hostres"
 	"github.com/pyro-mcp/pyro/internal/vmm"
 )
 
@@ -51,65 +54,58 @@ func (b *Backend) Features() vmm.Features {
 	return vmm.Features{Isolation: "vm", Acceleration: b.accel}
 }
 
-// Args returns QEMU's command line for spec. File paths inside the VM
-// directory are relative: QEMU runs with the directory as its cwd.
-func (b *Backend) Args(spec vmm.Spec) []string {
-	cmdline := append([]string{
-		"console=ttyS0", "reboot=t", "panic=-1", "quiet", "cryptomgr.notests",
-		// Without a known TSC rate, TCG guests sometimes spin forever
-		// calibrating the clock (NOTES-guest.md).
-		"tsc_early_khz=" + strconv.Itoa(hostTSCkHz()),
-	}, spec.Cmdline...)
-	if spec.Network {
-		cmdline = append(cmdline, "pyro.net=1")
-	}
-	if spec.WorkspaceDisk != "" {
-		cmdline = append(cmdline, "pyro.workspace=1") // init waits for /dev/vdb
-	}
-	args := []string{
-		"-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on",
-		"-accel", b.accel,
-		"-m", strconv.Itoa(spec.MemMiB),
-		"-smp", strconv.Itoa(spec.VCPUs),
-		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-serial", "file:" + vmdir.ConsoleLog,
-		"-qmp", "unix:" + vmdir.QMPSock + ",server=on,wait=off",
-		"-kernel", spec.Kernel,
-		"-initrd", spec.Initrd,
-		"-append", strings.Join(cmdline, " "),
-		"-drive", "id=root,file=" + spec.RootDisk + ",format=raw,if=none,readonly=on",
-		"-device", "virtio-blk-device,drive=root",
-		"-device", "virtio-serial-device",
-		"-chardev", "socket,id=agent,path=" + vmdir.AgentSock + ",server=on,wait=off",
-		"-device", "virtserialport,chardev=agent,name=" + AgentPortName,
-	}
-	if spec.WorkspaceDisk != "" {
-		args = append(args,
-			"-drive", "id=workspace,file="+spec.WorkspaceDisk+",format=raw,if=none,cache=writeback,discard=unmap",
-			"-device", "virtio-blk-device,drive=workspace")
-	}
-	if spec.Network {
-		// User-mode networking: outbound only, nothing listens on the host.
-		nic := "virtio-net-device,netdev=net0"
-		if spec.MAC != "" {
-			nic += ",mac=" + spec.MAC
-		}
-		args = append(args, "-netdev", "user,id=net0", "-device", nic)
-	}
-	return args
-}
-
-// Start launches QEMU for spec.
+// Start launches QEMU for spec, once the host's memory can hold it.
 func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) {
-	cmd := exec.Command(b.binary, b.Args(spec)...)
-	cmd.Dir = string(spec.Dir)
-	stderr, err := os.Create(spec.Dir.Path("vmm.log"))
+	console, err := consoleLog(spec.Dir)
 	if err != nil {
 		return nil, err
 	}
-	defer stderr.Close()
-	cmd.Stdout, cmd.Stderr = stderr, stderr
-	m, err := vmm.StartMachine(cmd, spec.Dir, "vmm.log", "qemu")
+	cmd, cleanup, err := b.Command(spec, console)
+	if err != nil {
+		console.Close()
+		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "check `pyro doctor`", "prepare qemu")
+	}
+	defer cleanup()
+	stderr, err := caplog.Open(spec.Dir.Path(vmmLog), hostres.Load().ConsoleLogBytes)
+	if err != nil {
+		console.Close()
+		return nil, err
+	}
+	cmd.Stderr = stderr
+	m, err := b.admitAndStart(cmd, spec)
+	if err != nil {
+		console.Close()
+		stderr.Close()
+		return nil, err
+	}
+	go func() {
+		<-m.Done() // the console copier has finished when the process is waited for
+		console.Close()
+		stderr.Close()
+	}()
+	return m, nil
+}
+
+// vmmLog is QEMU's own stderr in the VM directory.
+const vmmLog = "vmm.log"
+
+// admitAndStart starts cmd if the host's memory can hold spec's guest next
+// to the running ones. The check and the start happen under a lock on the
+// QEMU binary (any user can take it, and every pyro on the host shares
+// it), so two guests starting at once cannot both take the last memory.
+func (b *Backend) admitAndStart(cmd *exec.Cmd, spec vmm.Spec) (vmm.Machine, error) {
+	if f, err := os.Open(b.binary); err == nil {
+		defer f.Close()
+		if unix.Flock(int(f.Fd()), unix.LOCK_EX) == nil {
+			defer unix.Flock(int(f.Fd()), unix.LOCK_UN)
+		}
+	}
+	if h, err := hostres.Observe(); err == nil {
+		if err := h.Admit(spec.MemMiB); err != nil {
+			return nil, err
+		}
+	}
+	m, err := vmm.StartMachine(cmd, spec.Dir, vmmLog, "qemu")
 	if err != nil {
 		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "check `pyro doctor`", "start qemu")
 	}

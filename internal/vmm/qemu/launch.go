@@ -1,0 +1,303 @@
+package qemu
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/pyro-mcp/pyro/internal/caplog"
+	"github.com/pyro-mcp/pyro/internal/hostres"
+	"github.com/pyro-mcp/pyro/internal/unixsock"
+	"github.com/pyro-mcp/pyro/internal/vmdir"
+	"github.com/pyro-mcp/pyro/internal/vmm"
+)
+
+// How QEMU is confined on the host (issue #12.12):
+//
+//   - -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny:
+//     QEMU's own seccomp filter, installed while it parses its options.
+//   - a scrubbed environment (Env): nothing of pyro's, no PYRO_MCP_TOKEN.
+//   - when pyro runs as root, QEMU runs as an unprivileged account
+//     (PYRO_QEMU_USER, default "nobody").
+//
+// QEMU's own -runas cannot be used: QEMU installs the seccomp filter before
+// it drops privileges, so elevateprivileges=deny kills it (SIGSYS) at its own
+// setgid; and the kernel clears the parent-death signal when a process
+// changes its credentials, so a -runas QEMU would outlive a killed
+// supervisor. Instead pyro starts QEMU already unprivileged (Go sets the
+// credentials, then the parent-death signal, before exec) and hands it
+// every file pre-opened: disks through -add-fd/fdset, the kernel and
+// initramfs through /proc/self/fd (a re-open that skips the path, so it
+// needs only the file's own read permission), the agent and QMP sockets as
+// listening descriptors, the console through stdout. QEMU thus needs no
+// access to the state directory at all, and its working directory is "/".
+
+// Descriptor numbers of the files handed to QEMU (ExtraFiles start at 3).
+const (
+	fdKernel = 3 + iota
+	fdInitrd
+	fdRoot
+	fdAgent
+	fdQMP
+	fdWorkspace // only when the spec has a workspace disk
+)
+
+// fdset ids for the disks (-add-fd set=N, file=/dev/fdset/N).
+const (
+	fdsetRoot      = 1
+	fdsetWorkspace = 2
+)
+
+// Env is QEMU's whole environment: enough to run, nothing of the caller's.
+func Env() []string {
+	return []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C"}
+}
+
+// Account is the unprivileged identity QEMU runs as.
+type Account struct {
+	Name   string
+	UID    uint32
+	GID    uint32
+	Groups []uint32 // supplementary groups, e.g. /dev/kvm's
+}
+
+// Privileges says who QEMU runs as and why.
+type Privileges struct {
+	Drop   *Account // nil: QEMU runs as pyro's own user
+	Reason string   // why it does or does not drop, for doctor and errors
+}
+
+// UserEnv names the account QEMU runs as when pyro runs as root;
+// "root" keeps QEMU as root.
+const UserEnv = "PYRO_QEMU_USER"
+
+// ChoosePrivileges decides who QEMU runs as for a guest booting kernel and
+// initrd under accel. It drops only when pyro is root, the account exists,
+// and the files QEMU must open by path (kernel, initramfs, /dev/kvm under
+// KVM) allow that account in.
+func ChoosePrivileges(accel, kernel, initrd string) Privileges {
+	if os.Geteuid() != 0 {
+		return Privileges{Reason: "pyro does not run as root; qemu runs as the same user"}
+	}
+	name := os.Getenv(UserEnv)
+	if name == "" {
+		name = "nobody"
+	}
+	if name == "root" {
+		return Privileges{Reason: UserEnv + "=root keeps qemu as root"}
+	}
+	u, err := user.Lookup(name)
+	if err != nil {
+		return Privileges{Reason: fmt.Sprintf("no user %q to run qemu as (set %s)", name, UserEnv)}
+	}
+	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
+	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
+	if err1 != nil || err2 != nil || uid == 0 {
+		return Privileges{Reason: fmt.Sprintf("user %q is not an unprivileged account", name)}
+	}
+	acct := &Account{Name: name, UID: uint32(uid), GID: uint32(gid)}
+	for _, f := range []string{kernel, initrd} {
+		if f == "" {
+			continue
+		}
+		if ok, why := readableBy(f, acct); !ok {
+			return Privileges{Reason: why + "; qemu runs as root"}
+		}
+	}
+	if accel == "kvm" {
+		g, why := kvmGroup(acct)
+		if why != "" {
+			return Privileges{Reason: why + "; qemu runs as root"}
+		}
+		if g != 0 {
+			acct.Groups = append(acct.Groups, g)
+		}
+	}
+	return Privileges{Drop: acct, Reason: fmt.Sprintf("qemu runs as %s (uid %d)", name, uid)}
+}
+
+// readableBy reports whether acct may read path by its mode bits alone (the
+// path itself is re-opened through /proc/self/fd, so directories above it
+// do not matter).
+func readableBy(path string, acct *Account) (bool, string) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return false, err.Error()
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return false, "cannot read the owner of " + path
+	}
+	m := st.Mode().Perm()
+	if m&0o004 != 0 || (sys.Uid == acct.UID && m&0o400 != 0) || (sys.Gid == acct.GID && m&0o040 != 0) {
+		return true, ""
+	}
+	return false, fmt.Sprintf("%s (mode %o) is not readable by %s", path, m, acct.Name)
+}
+
+// kvmGroup returns the group that opens /dev/kvm for acct (0 when the node
+// is open to everyone), or why none does. QEMU opens /dev/kvm by path, so
+// it cannot be handed over; root's own group is never lent.
+func kvmGroup(acct *Account) (uint32, string) {
+	st, err := os.Stat("/dev/kvm")
+	if err != nil {
+		return 0, "/dev/kvm: " + err.Error()
+	}
+	sys := st.Sys().(*syscall.Stat_t)
+	m := st.Mode().Perm()
+	switch {
+	case m&0o006 == 0o006:
+		return 0, ""
+	case m&0o060 == 0o060 && sys.Gid != 0:
+		return sys.Gid, ""
+	}
+	return 0, fmt.Sprintf("/dev/kvm (mode %o, gid %d) is open to root only", m, sys.Gid)
+}
+
+// Args returns QEMU's command line for spec, with every file given as the
+// descriptors of the layout above.
+func (b *Backend) Args(spec vmm.Spec) []string {
+	cmdline := append([]string{
+		"console=ttyS0", "reboot=t", "panic=-1", "quiet", "cryptomgr.notests",
+		// Without a known TSC rate, TCG guests sometimes spin forever
+		// calibrating the clock (NOTES-guest.md).
+		"tsc_early_khz=" + strconv.Itoa(hostTSCkHz()),
+	}, spec.Cmdline...)
+	if spec.Network {
+		cmdline = append(cmdline, "pyro.net=1")
+	}
+	if spec.WorkspaceDisk != "" {
+		cmdline = append(cmdline, "pyro.workspace=1") // init waits for /dev/vdb
+	}
+	fd := func(n int) string { return strconv.Itoa(n) }
+	args := []string{
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+		"-name", spec.Dir.VMMName(),
+		"-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on",
+		"-accel", b.accel,
+		"-m", strconv.Itoa(spec.MemMiB),
+		"-smp", strconv.Itoa(spec.VCPUs),
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		// The console goes to stdout, read by pyro under a size cap.
+		"-serial", "stdio",
+		"-chardev", "socket,id=qmp,fd=" + fd(fdQMP) + ",server=on,wait=off",
+		"-mon", "chardev=qmp,mode=control",
+		"-kernel", "/proc/self/fd/" + fd(fdKernel),
+		"-initrd", "/proc/self/fd/" + fd(fdInitrd),
+		"-append", strings.Join(cmdline, " "),
+		"-add-fd", fmt.Sprintf("fd=%d,set=%d", fdRoot, fdsetRoot),
+		"-drive", fmt.Sprintf("id=root,file=/dev/fdset/%d,format=raw,if=none,readonly=on", fdsetRoot),
+		"-device", "virtio-blk-device,drive=root",
+		"-device", "virtio-serial-device",
+		"-chardev", "socket,id=agent,fd=" + fd(fdAgent) + ",server=on,wait=off",
+		"-device", "virtserialport,chardev=agent,name=" + AgentPortName,
+	}
+	if spec.WorkspaceDisk != "" {
+		args = append(args,
+			"-add-fd", fmt.Sprintf("fd=%d,set=%d", fdWorkspace, fdsetWorkspace),
+			"-drive", fmt.Sprintf("id=workspace,file=/dev/fdset/%d,format=raw,if=none,cache=writeback,discard=unmap", fdsetWorkspace),
+			"-device", "virtio-blk-device,drive=workspace")
+	}
+	if spec.Network {
+		// User-mode networking: outbound only, nothing listens on the host.
+		nic := "virtio-net-device,netdev=net0"
+		if spec.MAC != "" {
+			nic += ",mac=" + spec.MAC
+		}
+		args = append(args, "-netdev", "user,id=net0", "-device", nic)
+	}
+	return args
+}
+
+// Command prepares QEMU for spec: the files opened, the sockets bound in
+// spec.Dir, the credentials chosen. Call cleanup once the command started
+// (or failed to): pyro's copies of the descriptors are then closed and the
+// console writer is left to the command. console receives the guest's
+// serial output.
+func (b *Backend) Command(spec vmm.Spec, console io.Writer) (cmd *exec.Cmd, cleanup func(), err error) {
+	var files []*os.File
+	cleanup = func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}
+	defer func() {
+		if err != nil {
+			cleanup()
+		}
+	}()
+	open := func(path string, flag int) error {
+		f, err := os.OpenFile(path, flag, 0)
+		if err != nil {
+			return err
+		}
+		files = append(files, f)
+		return nil
+	}
+	listen := func(name string) error {
+		f, err := listenFile(spec.Dir.Path(name))
+		if err != nil {
+			return err
+		}
+		files = append(files, f)
+		return nil
+	}
+	if err = open(spec.Kernel, os.O_RDONLY); err != nil {
+		return nil, nil, err
+	}
+	if err = open(spec.Initrd, os.O_RDONLY); err != nil {
+		return nil, nil, err
+	}
+	if err = open(spec.RootDisk, os.O_RDONLY); err != nil {
+		return nil, nil, err
+	}
+	if err = listen(vmdir.AgentSock); err != nil {
+		return nil, nil, err
+	}
+	if err = listen(vmdir.QMPSock); err != nil {
+		return nil, nil, err
+	}
+	if spec.WorkspaceDisk != "" {
+		disk := spec.WorkspaceDisk
+		if !filepath.IsAbs(disk) {
+			disk = spec.Dir.Path(disk)
+		}
+		if err = open(disk, os.O_RDWR); err != nil {
+			return nil, nil, err
+		}
+	}
+	cmd = exec.Command(b.binary, b.Args(spec)...)
+	cmd.Env = Env()
+	cmd.Dir = "/"
+	cmd.ExtraFiles = files
+	cmd.Stdout = console
+	priv := ChoosePrivileges(b.accel, spec.Kernel, spec.Initrd)
+	if a := priv.Drop; a != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: a.UID, Gid: a.GID, Groups: a.Groups}}
+	}
+	return cmd, cleanup, nil
+}
+
+// listenFile binds a listening unix socket at path (replacing a stale one)
+// and returns its descriptor; the path stays when pyro's copy is closed.
+func listenFile(path string) (*os.File, error) {
+	_ = os.Remove(path)
+	l, err := unixsock.Listen(path)
+	if err != nil {
+		return nil, err
+	}
+	l.SetUnlinkOnClose(false)
+	defer l.Close()
+	return l.File()
+}
+
+// consoleLog opens the capped console log of dir.
+func consoleLog(dir vmdir.Dir) (*caplog.Writer, error) {
+	return caplog.Open(dir.Path(vmdir.ConsoleLog), hostres.Load().ConsoleLogBytes)
+}
