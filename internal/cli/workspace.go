@@ -38,15 +38,37 @@ the immutable "baseline" snapshot for diff and reset.`,
 	return cmd
 }
 
-// parseSecretFlags turns NAME=VALUE and NAME=PATH flags into secrets.
-func parseSecretFlags(literal, files []string) ([]pyro.Secret, error) {
+// maxStdinSecrets bounds what `--secret NAME` reads from stdin.
+const maxStdinSecrets = 1 << 20
+
+// parseSecretFlags turns --secret NAME=VALUE, --secret NAME and
+// --secret-file NAME=PATH flags into secrets. A bare NAME takes its value
+// from stdin, so the value never sits on a command line (where every local
+// user can read it in /proc): with one bare NAME, stdin is the value (one
+// trailing newline removed, as `echo` adds it); with several, stdin holds
+// one NUL-terminated value per bare NAME, in flag order (what the Python
+// SDK sends; values are exact then).
+func parseSecretFlags(literal, files []string, stdin io.Reader) ([]pyro.Secret, error) {
 	var out []pyro.Secret
+	var fromStdin []int // indexes in out of the bare NAMEs
 	for _, kv := range literal {
 		name, value, ok := strings.Cut(kv, "=")
+		if name == "" {
+			return nil, errdefs.New(errdefs.ErrInvalidArgument, "use --secret NAME=VALUE, or --secret NAME with the value on stdin", "a --secret has no NAME")
+		}
 		if !ok {
-			return nil, errdefs.New(errdefs.ErrInvalidArgument, "use --secret NAME=VALUE", "a --secret has no NAME= part")
+			fromStdin = append(fromStdin, len(out))
 		}
 		out = append(out, pyro.Secret{Name: name, Value: value})
+	}
+	if len(fromStdin) > 0 {
+		values, err := readStdinSecrets(stdin, len(fromStdin))
+		if err != nil {
+			return nil, err
+		}
+		for i, at := range fromStdin {
+			out[at].Value = values[i]
+		}
 	}
 	for _, kv := range files {
 		name, path, ok := strings.Cut(kv, "=")
@@ -56,6 +78,34 @@ func parseSecretFlags(literal, files []string) ([]pyro.Secret, error) {
 		out = append(out, pyro.Secret{Name: name, FilePath: path})
 	}
 	return out, nil
+}
+
+// readStdinSecrets reads n secret values from r (see parseSecretFlags).
+func readStdinSecrets(r io.Reader, n int) ([]string, error) {
+	if r == nil {
+		r = strings.NewReader("")
+	}
+	b, err := io.ReadAll(io.LimitReader(r, maxStdinSecrets+1))
+	if err != nil {
+		return nil, errdefs.Wrap(errdefs.ErrInvalidArgument, err, "", "read --secret values from stdin")
+	}
+	if len(b) > maxStdinSecrets {
+		return nil, errdefs.New(errdefs.ErrInvalidArgument, "use --secret-file NAME=PATH for large secrets", "stdin holds more than %d bytes of secrets", maxStdinSecrets)
+	}
+	s := string(b)
+	if strings.Contains(s, "\x00") {
+		values := strings.Split(strings.TrimSuffix(s, "\x00"), "\x00")
+		if len(values) != n {
+			return nil, errdefs.New(errdefs.ErrInvalidArgument, "end each value on stdin with a NUL byte, one per --secret NAME, in order",
+				"stdin holds %d NUL-terminated values for %d --secret NAME flags", len(values), n)
+		}
+		return values, nil
+	}
+	if n != 1 {
+		return nil, errdefs.New(errdefs.ErrInvalidArgument, `end each value on stdin with a NUL byte, in flag order: printf '%s\0' "$A" "$B" | pyro ...`,
+			"%d --secret NAME flags read stdin, which holds no NUL separators", n)
+	}
+	return []string{strings.TrimSuffix(s, "\n")}, nil
 }
 
 // parseSecretEnv turns SECRET[=VAR] flags into a mapping.
@@ -79,14 +129,15 @@ func (a *app) wsCreate() *cobra.Command {
 		Short: "Create and start a workspace, optionally seeded from a host folder or archive",
 		Example: `  pyro workspace create debian:12
   pyro workspace create --seed-path ./src --network debian:12-build
-  pyro workspace create --secret API_TOKEN=abc --secret-file KEY=./key.pem debian:12`,
+  pyro workspace create --secret API_TOKEN=abc --secret-file KEY=./key.pem debian:12
+  printf %s "$API_TOKEN" | pyro workspace create --secret API_TOKEN debian:12`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := a.sdk
 			if len(args) == 1 {
 				o.Environment = args[0]
 			}
-			parsed, err := parseSecretFlags(secrets, secretFiles)
+			parsed, err := parseSecretFlags(secrets, secretFiles, cmd.InOrStdin())
 			if err != nil {
 				return err
 			}
@@ -104,8 +155,8 @@ func (a *app) wsCreate() *cobra.Command {
 	f.BoolVar(&o.Network, "network", false, "outbound networking (QEMU user-mode NAT)")
 	f.BoolVar(&o.AllowHostCompat, "allow-host-compat", false, "fall back to host namespaces when no guest can boot")
 	f.StringVar(&o.SeedPath, "seed-path", "", "host directory or .tar/.tar.gz/.tgz to fill /workspace with")
-	f.StringArrayVar(&secrets, "secret", nil, "guest-only secret NAME=VALUE (repeatable)")
-	f.StringArrayVar(&secretFiles, "secret-file", nil, "guest-only secret NAME=PATH read from a host file (repeatable)")
+	f.StringArrayVar(&secrets, "secret", nil, "guest-only secret NAME=VALUE, or NAME to read the value from stdin and keep it off the command line (repeatable)")
+	f.StringArrayVar(&secretFiles, "secret-file", nil, "guest-only secret NAME=PATH read from a host file, e.g. a 0600 file (repeatable)")
 	return cmd
 }
 

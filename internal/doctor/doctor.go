@@ -62,6 +62,11 @@ func Run(ctx context.Context, in Inputs) Report {
 		} else {
 			add(Check{"qemu", OK, qemuBin + ": " + v, ""})
 		}
+		if err := qemu.CheckSandbox(ctx, qemuBin); err != nil {
+			add(Check{"qemu sandbox", Fail, err.Error(), "install Debian's qemu-system-x86 (built with seccomp)"})
+		} else {
+			add(Check{"qemu sandbox", OK, "seccomp -sandbox " + qemu.SandboxOptions + "; environment scrubbed to PATH and LANG", ""})
+		}
 		out, _ := exec.CommandContext(ctx, qemuBin, "-accel", "help").Output()
 		if strings.Contains(string(out), "tcg") {
 			add(Check{"tcg", OK, "software emulation available (slower than KVM, always works)", ""})
@@ -87,11 +92,14 @@ func Run(ctx context.Context, in Inputs) Report {
 			break
 		}
 		v := qemu.ProbeKVM(ctx, in.Dirs.Cache(), qemuBin, vmm.Spec{Kernel: installed.KernelPath(), Initrd: initrd, RootDisk: installed.RootfsPath()})
+		accel := "tcg"
 		if v.Usable {
+			accel = "kvm"
 			add(Check{"kvm", OK, v.Reason, ""})
 		} else {
 			add(Check{"kvm", Warn, "unusable, guests run under TCG: " + v.Reason, "enable (nested) virtualisation for this host to boot faster"})
 		}
+		add(userCheck(qemu.ChoosePrivileges(accel, installed.KernelPath(), initrd)))
 	}
 
 	if err := initramfs.CheckStatic(in.AgentBinary); err != nil {
@@ -156,6 +164,16 @@ func Run(ctx context.Context, in Inputs) Report {
 		}
 	}
 	return r
+}
+
+// userCheck says who QEMU runs as: as root, an unprivileged account is
+// expected, and keeping root is a warning with the way out.
+func userCheck(p qemu.Privileges) Check {
+	c := Check{"qemu user", OK, p.Reason, ""}
+	if p.Drop == nil && os.Geteuid() == 0 {
+		c.Status, c.Hint = Warn, "let the account in "+qemu.UserEnv+" (default nobody) read the environment files and /dev/kvm, or run pyro as a regular user"
+	}
+	return c
 }
 
 func installedEnvironment(s *envstore.Store) *envstore.Installed {

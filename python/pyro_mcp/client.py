@@ -103,10 +103,16 @@ def _secret_env_flags(secret_env: Optional[SecretEnv]) -> list[str]:
     return out
 
 
-def _secret_flags(secrets: Optional[Secrets]) -> list[str]:
+def _secret_flags(secrets: Optional[Secrets]) -> tuple[list[str], Optional[bytes]]:
+    """The ``--secret``/``--secret-file`` flags for ``secrets`` and the stdin
+    that carries the values: a value never goes on the command line, which
+    every local user can read (``/proc/PID/cmdline``). Each value secret is
+    a bare ``--secret=NAME`` whose value is sent on stdin, NUL-terminated,
+    in flag order."""
     if not secrets:
-        return []
+        return [], None
     out: list[str] = []
+    values: list[bytes] = []
     if isinstance(secrets, Mapping):
         items: list[Mapping[str, Any]] = [{"name": k, "value": v} for k, v in secrets.items()]
     else:
@@ -118,11 +124,17 @@ def _secret_flags(secrets: Optional[Secrets]) -> list[str]:
         has_value, has_file = "value" in s, "file_path" in s
         if has_value == has_file:
             raise ValueError(f"secret {name!r} needs exactly one of 'value' or 'file_path'")
+        if not isinstance(name, str) or not name or "=" in name:
+            raise ValueError(f"secret name must be a non-empty string without '=', got {name!r}")
         if has_value:
-            out.append(f"--secret={name}={s['value']}")
+            value = s["value"]
+            if not isinstance(value, str) or "\x00" in value:
+                raise ValueError(f"secret {name!r} must be a string without NUL characters")
+            out.append(f"--secret={name}")
+            values.append(value.encode("utf-8") + b"\x00")
         else:
             out.append(f"--secret-file={name}={os.fspath(s['file_path'])}")
-    return out
+    return out, (b"".join(values) if values else None)
 
 
 def _readiness_flags(readiness: Optional[Mapping[str, Any]]) -> list[str]:
@@ -178,20 +190,29 @@ class Pyro:
         return env
 
     def _call(
-        self, words: Sequence[str], args: Sequence[str] = (), command: Optional[Command] = None
+        self,
+        words: Sequence[str],
+        args: Sequence[str] = (),
+        command: Optional[Command] = None,
+        stdin: Optional[bytes] = None,
     ) -> Any:
-        """Run ``pyro WORDS --json ARGS [-- COMMAND]`` and return its decoded result."""
+        """Run ``pyro WORDS --json ARGS [-- COMMAND]`` and return its decoded result.
+
+        ``stdin`` is sent to pyro's standard input (secret values); without
+        it pyro's stdin is ``/dev/null``."""
         argv = [self.pyro_bin, *words, "--json", *args]
         if command is not None:
             argv += ["--", *_command_argv(command)]
         try:
+            # Secret values arrive on a pipe; otherwise stdin is /dev/null.
+            feed: dict[str, Any] = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
             proc = subprocess.run(
                 argv,
-                stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=self._env(),
                 check=False,
+                **feed,
             )
         except OSError as e:  # binary vanished, not executable, ...
             raise UnavailableError(f"cannot run {argv[0]}: {e}") from e
@@ -409,8 +430,9 @@ class Pyro:
             args.append("--allow-host-compat")
         if seed_path is not None:
             args.append(f"--seed-path={os.fspath(seed_path)}")
-        args += _secret_flags(secrets)
-        return self._call(["workspace", "create"], args)
+        flags, stdin = _secret_flags(secrets)
+        args += flags
+        return self._call(["workspace", "create"], args, stdin=stdin)
 
     def push_workspace_sync(
         self,

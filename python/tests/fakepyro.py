@@ -1,6 +1,6 @@
 """A fake ``pyro`` binary for argument-mapping tests (no VM involved).
 
-It records its argv and PYRO_HOME as one JSON line in $FAKE_PYRO_LOG, prints
+It records its argv, its /proc/self/cmdline, its stdin and PYRO_HOME as one JSON line in $FAKE_PYRO_LOG, prints
 $FAKE_PYRO_STDOUT (default ``{"ok": true}``) and $FAKE_PYRO_STDERR, and exits
 with $FAKE_PYRO_EXIT (default 0).
 """
@@ -18,7 +18,9 @@ SCRIPT = r'''
 import json, os, sys
 with open(os.environ["FAKE_PYRO_LOG"], "a") as f:
     f.write(json.dumps({"argv": sys.argv[1:], "pyro_home": os.environ.get("PYRO_HOME"),
-                        "stdin_tty": os.isatty(0)}) + "\n")
+                        "stdin_tty": os.isatty(0),
+                        "stdin": "" if os.isatty(0) else sys.stdin.buffer.read().decode("utf-8", "replace"),
+                        "cmdline": open("/proc/self/cmdline", "rb").read().decode("utf-8", "replace")}) + "\n")
 sys.stdout.write(os.environ.get("FAKE_PYRO_STDOUT", '{"ok": true}'))
 sys.stderr.write(os.environ.get("FAKE_PYRO_STDERR", ""))
 sys.exit(int(os.environ.get("FAKE_PYRO_EXIT", "0")))

@@ -187,6 +187,21 @@ class MappingTest(unittest.TestCase):
         self.assertFalse(calls[0]["stdin_tty"])
         return result
 
+    def test_secret_values_never_on_command_line(self) -> None:
+        # Issue #12.11: every local user can read a process's command line
+        # (/proc/PID/cmdline), so secret values travel on stdin instead.
+        values = {"API_TOKEN": "tok-3f9a\nline2", "DB_PASSWORD": "pw=with=equals", "EMPTYISH": " "}
+        self.check(lambda: self.pyro.create_workspace(secrets=values),
+                   ["workspace", "create", "--json", "debian:12", "--vcpu-count=1", "--mem-mib=1024",
+                    "--secret=API_TOKEN", "--secret=DB_PASSWORD", "--secret=EMPTYISH"])
+        call = self.fake.calls()[-1]
+        for v in values.values():
+            self.assertNotIn(v, call["cmdline"])
+            self.assertFalse(any(v in a for a in call["argv"]))
+        self.assertEqual(call["stdin"], "tok-3f9a\nline2\x00pw=with=equals\x00 \x00")
+        with self.assertRaises(ValueError):
+            self.pyro.create_workspace(secrets={"A": "nul\x00inside"})
+
     def test_environments(self) -> None:
         envs = self.check(self.pyro.list_environments, ["env", "list", "--json"],
                           stdout='{"environments": [{"name": "debian:12"}]}')
@@ -239,11 +254,13 @@ class MappingTest(unittest.TestCase):
                                               secrets=[{"name": "A", "value": "x=y"},
                                                        {"name": "B", "file_path": "/k.pem"}]),
                    ["workspace", "create", "--json", "debian:12-base", "--vcpu-count=2", "--mem-mib=2048",
-                    "--network", "--allow-host-compat", "--seed-path=/src", "--secret=A=x=y",
+                    "--network", "--allow-host-compat", "--seed-path=/src", "--secret=A",
                     "--secret-file=B=/k.pem"])
+        self.assertEqual(self.fake.calls()[-1]["stdin"], "x=y\x00")
         self.check(lambda: p.create_workspace(secrets={"TOKEN": "-v"}),
                    ["workspace", "create", "--json", "debian:12", "--vcpu-count=1", "--mem-mib=1024",
-                    "--secret=TOKEN=-v"])
+                    "--secret=TOKEN"])
+        self.assertEqual(self.fake.calls()[-1]["stdin"], "-v\x00")
         with self.assertRaises(ValueError):
             p.create_workspace(secrets=[{"name": "A"}])
         with self.assertRaises(ValueError):

@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -37,6 +38,22 @@ import (
 // needs only the file's own read permission), the agent and QMP sockets as
 // listening descriptors, the console through stdout. QEMU thus needs no
 // access to the state directory at all, and its working directory is "/".
+
+// SandboxOptions is QEMU's -sandbox value: its seccomp filter denies
+// obsolete system calls, privilege changes, spawning processes and
+// resource-control calls.
+const SandboxOptions = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+// CheckSandbox asks binary whether it accepts SandboxOptions (a QEMU built
+// without libseccomp refuses -sandbox); -version makes it exit at once.
+func CheckSandbox(ctx context.Context, binary string) error {
+	out, err := exec.CommandContext(ctx, binary, "-sandbox", SandboxOptions, "-version").CombinedOutput()
+	if err != nil {
+		line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+		return fmt.Errorf("%s refuses -sandbox %s: %s", binary, SandboxOptions, line)
+	}
+	return nil
+}
 
 // Descriptor numbers of the files handed to QEMU (ExtraFiles start at 3).
 const (
@@ -177,7 +194,7 @@ func (b *Backend) Args(spec vmm.Spec) []string {
 	}
 	fd := func(n int) string { return strconv.Itoa(n) }
 	args := []string{
-		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+		"-sandbox", SandboxOptions,
 		"-name", spec.Dir.VMMName(),
 		"-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on",
 		"-accel", b.accel,
