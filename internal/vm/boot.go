@@ -20,6 +20,7 @@ import (
 	"github.com/pyro-mcp/pyro/internal/catalog"
 	"github.com/pyro-mcp/pyro/internal/envstore"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/hostres"
 	"github.com/pyro-mcp/pyro/internal/initramfs"
 	"github.com/pyro-mcp/pyro/internal/statedir"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
@@ -433,5 +434,5 @@ func ValidateResources(vcpus, memMiB int) error {
 	if memMiB < 128 || memMiB > 65536 {
 		return errdefs.New(errdefs.ErrInvalidArgument, "use 128 to 65536 MiB", "mem_mib %d out of range", memMiB)
 	}
-	return nil
+	return hostres.CheckRequest(vcpus, memMiB) // and within this host's cores and memory
 }
