@@ -12,6 +12,7 @@ import (
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/hostres"
 	"github.com/pyro-mcp/pyro/internal/instance"
 	"github.com/pyro-mcp/pyro/internal/lifecycle"
 	"github.com/pyro-mcp/pyro/internal/tarutil"
@@ -396,7 +397,7 @@ func (c *Client) ExportWorkspace(ctx context.Context, id, path, outputPath strin
 	}
 	defer r.Close()
 	res := ExportResult{WorkspaceID: id, Path: guest, OutputPath: out, Kind: kind, Skipped: []ExportSkip{}}
-	st, err := workspace.Export(r, guest, kind, out, o.Overwrite)
+	st, err := workspace.Export(hostres.CapReader(r, hostres.Load().ExportBytes, "export of "+guest, hostres.ExportBytesEnv), guest, kind, out, o.Overwrite)
 	res.FileCount, res.Bytes = st.Files, st.Bytes
 	res.Skipped, res.SkippedCount = append(res.Skipped, st.Skipped...), st.SkippedCount
 	if err != nil {

@@ -138,7 +138,8 @@ func vmDirs(t *testing.T, root string) []string {
 	return out
 }
 
-// qemuProcessesFor lists pids of QEMU processes whose cwd is under root.
+// qemuProcessesFor lists pids of QEMU processes of VMs under root: QEMU
+// names its VM directory in its -name option (its cwd is "/").
 func qemuProcessesFor(root string) []string {
 	var pids []string
 	ents, _ := os.ReadDir("/proc")
@@ -147,9 +148,12 @@ func qemuProcessesFor(root string) []string {
 		if err != nil || !strings.HasPrefix(string(comm), "qemu-system") {
 			continue
 		}
-		cwd, _ := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
-		if strings.HasPrefix(cwd, root) {
-			pids = append(pids, e.Name())
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		for _, a := range strings.Split(string(cmdline), "\x00") {
+			if strings.HasPrefix(a, "guest="+root) {
+				pids = append(pids, e.Name())
+				break
+			}
 		}
 	}
 	return pids

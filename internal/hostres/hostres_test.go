@@ -2,6 +2,7 @@ package hostres
 
 import (
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -97,5 +98,16 @@ func TestLimitsFromEnv(t *testing.T) {
 	t.Setenv(ConsoleLogEnv, "-3")
 	if Load().ConsoleLogBytes != Defaults.ConsoleLogBytes {
 		t.Fatal("a bad value keeps the default")
+	}
+}
+
+func TestCapReader(t *testing.T) {
+	b, err := io.ReadAll(CapReader(strings.NewReader("0123456789"), 10, "export", ExportBytesEnv))
+	if err != nil || string(b) != "0123456789" {
+		t.Fatalf("at the cap: %q %v", b, err)
+	}
+	_, err = io.ReadAll(CapReader(strings.NewReader("0123456789X"), 10, "export of /workspace", ExportBytesEnv))
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "export of /workspace exceeds the host's cap of 10 bytes") || !strings.Contains(err.Error(), ExportBytesEnv) {
+		t.Fatalf("past the cap: %v", err)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/hostres"
 	"github.com/pyro-mcp/pyro/internal/names"
 	"github.com/pyro-mcp/pyro/internal/tarutil"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
@@ -191,6 +192,12 @@ func (s Snapshots) Save(name string, r io.Reader) (Snapshot, error) {
 	if _, err := os.Stat(s.metaPath(name)); err == nil {
 		return Snapshot{}, errdefs.New(errdefs.ErrAlreadyExists, "delete it first or pick another name", "snapshot %q already exists", name)
 	}
+	lim := hostres.Load()
+	if name != Baseline && s.namedCount() >= lim.SnapshotCount {
+		return Snapshot{}, errdefs.New(errdefs.ErrFailedPrecondition, "delete one with `pyro workspace snapshot delete`, or raise "+hostres.SnapshotCountEnv,
+			"workspace has %d snapshots, the host's cap", lim.SnapshotCount)
+	}
+	r = hostres.CapReader(r, lim.SnapshotBytes, "snapshot "+strconv.Quote(name), hostres.SnapshotBytesEnv)
 	f, err := os.CreateTemp(s.Dir, ".tmp-*")
 	if err != nil {
 		return Snapshot{}, err
@@ -216,6 +223,18 @@ func (s Snapshots) Save(name string, r io.Reader) (Snapshot, error) {
 		return Snapshot{}, err
 	}
 	return snap, nil
+}
+
+// namedCount is the number of snapshots besides the baseline.
+func (s Snapshots) namedCount() int64 {
+	have, _ := s.List()
+	n := int64(0)
+	for _, h := range have {
+		if !h.Implicit {
+			n++
+		}
+	}
+	return n
 }
 
 // List returns the snapshots, baseline first, then by creation time.
@@ -345,6 +364,7 @@ func excerpt(s string, n int) (string, bool) {
 // when read (their line number), so appending never reads the history.
 func AppendHistory(path string, e HistoryEntry) error {
 	e.Seq = 0
+	e.Command = capWords(e.Command, int(hostres.Load().HistoryLineBytes))
 	var t1, t2 bool
 	e.Stdout, t1 = excerpt(e.Stdout, HistoryExcerpt)
 	e.Stderr, t2 = excerpt(e.Stderr, HistoryExcerpt)
@@ -362,6 +382,20 @@ func AppendHistory(path string, e HistoryEntry) error {
 		return err
 	}
 	return f.Sync()
+}
+
+// capWords keeps words up to max bytes in all, the last one cut, and marks
+// the cut with "...".
+func capWords(words []string, max int) []string {
+	total := 0
+	for i, w := range words {
+		if total+len(w) > max {
+			out := append([]string(nil), words[:i]...)
+			return append(out, w[:max-total]+"...")
+		}
+		total += len(w)
+	}
+	return words
 }
 
 // ReadHistory returns every entry, oldest first.
