@@ -131,10 +131,19 @@ func TestDoctor(t *testing.T) {
 		t.Fatalf("doctor --json: %v %s", err, r.stdout)
 	}
 	seen := map[string]string{}
+	detail := map[string]string{}
 	for _, c := range rep.Checks {
-		seen[c.Name] = c.Status
+		seen[c.Name], detail[c.Name] = c.Status, c.Detail
 	}
-	for _, n := range []string{"qemu", "kvm", "tcg", "agent binary", "state dir", "environments"} {
+	// #12.12: doctor says whether QEMU's seccomp sandbox applies and
+	// whom QEMU runs as.
+	if seen["qemu sandbox"] != "ok" || !strings.Contains(detail["qemu sandbox"], "elevateprivileges=deny") {
+		t.Errorf("qemu sandbox check: %q %q", seen["qemu sandbox"], detail["qemu sandbox"])
+	}
+	if os.Geteuid() == 0 && seen["kvm"] != "ok" && os.Getenv("PYRO_QEMU_USER") == "" && !strings.Contains(detail["qemu user"], "qemu runs as nobody") {
+		t.Errorf("as root on this host, qemu should run as nobody: %q %q", seen["qemu user"], detail["qemu user"])
+	}
+	for _, n := range []string{"qemu", "kvm", "tcg", "agent binary", "state dir", "environments", "qemu sandbox", "qemu user"} {
 		if seen[n] == "" {
 			t.Errorf("doctor has no %q check: %s", n, r.stdout)
 		}
