@@ -62,7 +62,8 @@ const (
 	fdRoot
 	fdAgent
 	fdQMP
-	fdWorkspace // only when the spec has a workspace disk
+	fdWorkspace   // only when the spec has a workspace disk: read-write
+	fdWorkspaceRO // and read-only, for QEMU's first (auto-read-only) open
 )
 
 // fdset ids for the disks (-add-fd set=N, file=/dev/fdset/N).
@@ -217,7 +218,10 @@ func (b *Backend) Args(spec vmm.Spec) []string {
 	}
 	if spec.WorkspaceDisk != "" {
 		args = append(args,
+			// -drive opens the image read-only first and reopens it
+			// read-write when the device attaches: the set holds both.
 			"-add-fd", fmt.Sprintf("fd=%d,set=%d", fdWorkspace, fdsetWorkspace),
+			"-add-fd", fmt.Sprintf("fd=%d,set=%d", fdWorkspaceRO, fdsetWorkspace),
 			"-drive", fmt.Sprintf("id=workspace,file=/dev/fdset/%d,format=raw,if=none,cache=writeback,discard=unmap", fdsetWorkspace),
 			"-device", "virtio-blk-device,drive=workspace")
 	}
@@ -286,6 +290,9 @@ func (b *Backend) Command(spec vmm.Spec, console io.Writer) (cmd *exec.Cmd, clea
 			disk = spec.Dir.Path(disk)
 		}
 		if err = open(disk, os.O_RDWR); err != nil {
+			return nil, nil, err
+		}
+		if err = open(disk, os.O_RDONLY); err != nil {
 			return nil, nil, err
 		}
 	}

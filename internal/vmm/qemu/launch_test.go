@@ -55,6 +55,7 @@ func TestArgsSandboxAndDescriptors(t *testing.T) {
 		{"-chardev", "socket,id=ag"}: "socket,id=agent,fd=6,server=on,wait=off",
 		{"-chardev", "socket,id=qm"}: "socket,id=qmp,fd=7,server=on,wait=off",
 		{"-add-fd", "fd=8"}:          "fd=8,set=2",
+		{"-add-fd", "fd=9"}:          "fd=9,set=2",
 		{"-serial", ""}:              "stdio",
 		{"-name", ""}:                spec.Dir.VMMName(),
 	}
@@ -91,7 +92,7 @@ func TestCommandFilesAndEnv(t *testing.T) {
 	if cmd.Dir != "/" {
 		t.Errorf("cwd %q", cmd.Dir)
 	}
-	wantFiles := []string{spec.Kernel, spec.Initrd, spec.RootDisk, "socket", "socket", spec.WorkspaceDisk}
+	wantFiles := []string{spec.Kernel, spec.Initrd, spec.RootDisk, "socket", "socket", spec.WorkspaceDisk, spec.WorkspaceDisk}
 	if len(cmd.ExtraFiles) != len(wantFiles) {
 		t.Fatalf("%d extra files, want %d", len(cmd.ExtraFiles), len(wantFiles))
 	}
