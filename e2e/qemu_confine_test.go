@@ -3,7 +3,6 @@ package e2e
 import (
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,12 +18,16 @@ func TestVMQEMUConfined(t *testing.T) {
 	ensureEnv(t, baseEnv)
 	home, env := isolatedHome(t)
 	env = append(env, "PYRO_MCP_TOKEN=e2e-token-must-not-leak", "PYRO_CONSOLE_LOG_MAX_BYTES=65536")
-	v, r := vmJSON(t, env, "create", "--start", baseEnv)
-	if r.code != 0 || v.State != "running" || v.VMMPID <= 0 {
-		t.Fatalf("create: %d %+v %s", r.code, v, r.stderr)
+	// A workspace: it has a read-write disk too, and outlives an exec.
+	var w wsStatus
+	mustWS(t, env, &w, "create", baseEnv)
+	defer ws(t, env, nil, "delete", w.WorkspaceID)
+	dir := filepath.Join(home, "workspaces", w.WorkspaceID)
+	pidText, err := os.ReadFile(filepath.Join(dir, "vmm.pid"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	defer pyro(t, env, "vm", "delete", v.VMID)
-	proc := "/proc/" + strconv.Itoa(v.VMMPID)
+	proc := "/proc/" + strings.TrimSpace(string(pidText))
 
 	status, err := os.ReadFile(proc + "/status")
 	if err != nil {
@@ -64,10 +67,9 @@ func TestVMQEMUConfined(t *testing.T) {
 	}
 
 	// 300 KB on the serial console; the cap is 64 KiB per generation.
-	if r := pyro(t, env, "vm", "exec", v.VMID, "--", "sh", "-c", "head -c 300000 /dev/zero | tr '\\0' x > /dev/ttyS0; echo done"); r.code != 0 {
-		t.Fatalf("flood: %d %s", r.code, r.stderr)
+	if res := wsExec(t, env, w.WorkspaceID, "sh", "-c", "head -c 300000 /dev/zero | tr '\\0' x > /dev/ttyS0; echo done"); res["stdout"] != "done\n" {
+		t.Fatalf("flood: %v", res)
 	}
-	dir := filepath.Join(home, "vms", v.VMID)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		cur, err1 := os.Stat(filepath.Join(dir, "console.log"))

@@ -283,8 +283,11 @@ func findPids(t *testing.T, id string) map[string]int {
 			out["supervisor"] = n
 		}
 		if strings.Contains(args[0], "qemu-system") {
-			if cwd, _ := os.Readlink(filepath.Join("/proc", e.Name(), "cwd")); strings.HasSuffix(cwd, "/"+id) {
-				out["vmm"] = n
+			// QEMU names its VM directory in -name guest=DIR (its cwd is "/").
+			for _, a := range args {
+				if strings.HasPrefix(a, "guest=") && strings.HasSuffix(a, "/"+id) {
+					out["vmm"] = n
+				}
 			}
 		}
 	}
