@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -363,8 +364,20 @@ func TestHostCompatSandboxHolds(t *testing.T) {
 		t.Errorf("sandbox unusable after the limits hit: %v", m)
 	}
 
-	if got := cgroupSandboxes(); len(got) <= len(before) {
-		t.Errorf("no cgroup for the sandbox (before %v, now %v)", before, got)
+	// The vCPU count is a CPU quota (one vCPU: 100 ms per 100 ms period).
+	var quotas []string
+	for _, d := range cgroupSandboxes() {
+		if slices.Contains(before, d) {
+			continue
+		}
+		for _, f := range []string{"cpu.max", "cpu.cfs_quota_us"} {
+			if b, err := os.ReadFile(filepath.Join(d, f)); err == nil {
+				quotas = append(quotas, f+"="+strings.TrimSpace(string(b)))
+			}
+		}
+	}
+	if len(quotas) != 1 || (quotas[0] != "cpu.max=100000 100000" && quotas[0] != "cpu.cfs_quota_us=100000") {
+		t.Errorf("sandbox CPU quota: %v, want one vCPU", quotas)
 	}
 	mustWS(t, env, nil, "delete", w.WorkspaceID)
 	if got := cgroupSandboxes(); len(got) != len(before) {
