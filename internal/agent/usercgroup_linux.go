@@ -42,6 +42,11 @@ const (
 	// agent's threads in the root cgroup weigh 1024 each, so under a CPU
 	// storm the agent still gets most of a CPU when it needs one.
 	userCPUWeight = 20
+	// leftoverPidsMax is the process limit of a finished exec's leaf that
+	// still has processes: enough for a background server and its
+	// workers; a fork bomb left behind stops growing at once, and the
+	// next command's sweep kills it.
+	leftoverPidsMax = 64
 )
 
 // setupUserCgroup mounts cgroup2 (if needed), enables the pids, memory and
@@ -250,8 +255,8 @@ func (l *leaf) waitEmpty(d time.Duration) bool {
 }
 
 // release is called when the leaf's main process has ended: an empty leaf
-// is removed; one with processes left is kept as a leftover until it
-// empties or is reclaimed.
+// is removed; one with processes left is kept as a leftover, limited to
+// leftoverPidsMax processes, until it empties or is reclaimed.
 func (l *leaf) release() {
 	if l == nil {
 		return
@@ -259,6 +264,7 @@ func (l *leaf) release() {
 	if unix.Rmdir(l.path) == nil {
 		return
 	}
+	_ = writeCgroupFile(l.path, "pids.max", strconv.Itoa(leftoverPidsMax))
 	l.u.mu.Lock()
 	l.u.leftovers[l] = struct{}{}
 	l.u.mu.Unlock()
