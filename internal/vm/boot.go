@@ -284,7 +284,22 @@ func (v *VM) spec(c Config) vmm.Spec {
 		Kernel: v.Environment.KernelPath(), Initrd: v.initrd, RootDisk: v.Environment.RootfsPath(),
 		VCPUs: c.VCPUs, MemMiB: c.MemMiB, Network: c.Network,
 		WorkspaceDisk: c.WorkspaceDisk, MAC: MAC(v.ID),
+		Cmdline: GuestCmdline(c), Transport: vmm.TransportVirtioSerial,
 	}
+}
+
+// GuestCmdline is the guest kernel command line for c, the same for every
+// backend: generic kernel words and the options pyro's guest init reads
+// (internal/agent). Backends add only their machine's own words.
+func GuestCmdline(c Config) []string {
+	words := []string{"reboot=t", "panic=-1", "quiet", "cryptomgr.notests"}
+	if c.Network {
+		words = append(words, "pyro.net=1")
+	}
+	if c.WorkspaceDisk != "" {
+		words = append(words, "pyro.workspace=1") // init waits for the second disk
+	}
+	return words
 }
 
 // chooseBackend takes the backend named by Config.Backend or
@@ -293,7 +308,9 @@ func (v *VM) spec(c Config) vmm.Spec {
 // is only taken when the caller allowed it, and its note says why the
 // better ones could not run.
 func chooseBackend(ctx context.Context, d Deps, c Config, v *VM) error {
-	spec := v.spec(c)
+	// A probe boots at most a bare guest: no network, no workspace disk.
+	spec := v.spec(Config{VCPUs: c.VCPUs, MemMiB: c.MemMiB})
+	spec.Network = c.Network // for the note of a backend that shares it
 	in := vmm.ProbeInput{CacheDir: d.Dirs.Cache(), Spec: spec, FallbackAllowed: c.AllowHostCompat}
 	name := c.Backend
 	if name == "" {
@@ -350,6 +367,13 @@ func use(d Deps, v *VM, r vmm.Registration, p vmm.Probed, reasons []string) erro
 
 // checkFeatures refuses a backend that cannot enforce what the caller needs.
 func checkFeatures(_ context.Context, _ Deps, c Config, v *VM) error {
+	want, have := v.spec(c).Transport, v.Features.Transport
+	if have == "" {
+		have = vmm.TransportVirtioSerial
+	}
+	if want != have {
+		return errdefs.New(errdefs.ErrFailedPrecondition, "", "backend %q provides the agent transport %q, the guest expects %q", v.Backend, have, want)
+	}
 	if missing := v.Features.Missing(c.Needs); len(missing) > 0 {
 		return errdefs.New(errdefs.ErrFailedPrecondition, "use a host where a backend that supports it can run (`pyro doctor`)",
 			"backend %q cannot enforce %s", v.Backend, strings.Join(missing, ", "))

@@ -276,6 +276,34 @@ func TestFeaturesRefused(t *testing.T) {
 	if m := (vmm.Features{}).Missing(vmm.Needs{DiskSnapshot: true}); len(m) != 1 || m[0] != "disk snapshots" {
 		t.Fatalf("missing: %v", m)
 	}
+	// A backend with another agent transport than the guest expects.
+	_, err = vm.BootWith(context.Background(), fakevmm.Steps(fakevmm.New(vmm.Features{Transport: "vsock"})), d, cfg)
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "vsock") {
+		t.Fatalf("transport: %v", err)
+	}
+}
+
+// The guest's kernel command line is chosen above the backend and reaches
+// it whole.
+func TestGuestCmdline(t *testing.T) {
+	d := deps(t)
+	c := cfg
+	c.Network = true
+	c.WorkspaceDisk = filepath.Join(t.TempDir(), "disk")
+	os.WriteFile(c.WorkspaceDisk, []byte("disk"), 0o600)
+	v, err := vm.BootWith(context.Background(), fakeSteps(), d, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close(context.Background())
+	boots, _ := fakevmm.Boots(v.Dir)
+	got := strings.Join(boots[0].Cmdline, " ")
+	if !strings.Contains(got, "pyro.net=1") || !strings.Contains(got, "pyro.workspace=1") || !strings.Contains(got, "panic=-1") {
+		t.Fatalf("cmdline %q", got)
+	}
+	if got := strings.Join(vm.GuestCmdline(cfg), " "); strings.Contains(got, "pyro.") {
+		t.Fatalf("bare cmdline %q", got)
+	}
 }
 
 func TestDefaultStepsValidate(t *testing.T) {

@@ -26,8 +26,22 @@ type Spec struct {
 	// WorkspaceDisk is an ext4 image attached read-write after the root
 	// disk (the guest's /dev/vdb, mounted at /workspace); empty for none.
 	WorkspaceDisk string
-	Cmdline       []string // extra kernel command-line words (pyro.* options)
+	// Cmdline is the guest kernel command line chosen above the backend
+	// (generic words and pyro.* options for the guest init); a backend
+	// adds only what its machine needs (its console device, clock hints).
+	Cmdline []string
+	// Transport is the channel to the guest agent the guest expects
+	// (TransportVirtioSerial); a backend that cannot provide it refuses.
+	Transport string
 }
+
+// Agent transports.
+const (
+	// TransportVirtioSerial: a virtio-serial port named org.pyro.agent,
+	// a unix socket on the host (QEMU), or that socket directly
+	// (host-compat, whose agent listens on it).
+	TransportVirtioSerial = "virtio-serial"
+)
 
 // Features says what a backend can do, so callers ask instead of guessing.
 type Features struct {
@@ -38,6 +52,9 @@ type Features struct {
 	NetworkPolicy  bool // per-connection egress rules for the guest
 	MemorySnapshot bool // save and restore guest RAM
 	DiskSnapshot   bool // copy-on-write layers of the guest's disks
+	// Transport is the agent channel the backend provides (empty:
+	// TransportVirtioSerial).
+	Transport string
 }
 
 // Needs names what a caller requires of a backend.

@@ -181,18 +181,14 @@ func kvmGroup(acct *Account) (uint32, string) {
 // Args returns QEMU's command line for spec, with every file given as the
 // descriptors of the layout above.
 func (b *Backend) Args(spec vmm.Spec) []string {
+	// The guest's own words come from above (spec.Cmdline, vm.GuestCmdline);
+	// these are this machine's: its serial console and a clock hint.
 	cmdline := append([]string{
-		"console=ttyS0", "reboot=t", "panic=-1", "quiet", "cryptomgr.notests",
+		"console=ttyS0",
 		// Without a known TSC rate, TCG guests sometimes spin forever
 		// calibrating the clock (NOTES-guest.md).
 		"tsc_early_khz=" + strconv.Itoa(hostTSCkHz()),
 	}, spec.Cmdline...)
-	if spec.Network {
-		cmdline = append(cmdline, "pyro.net=1")
-	}
-	if spec.WorkspaceDisk != "" {
-		cmdline = append(cmdline, "pyro.workspace=1") // init waits for /dev/vdb
-	}
 	fd := func(n int) string { return strconv.Itoa(n) }
 	args := []string{
 		"-sandbox", SandboxOptions,
