@@ -6,10 +6,6 @@ import (
 	"github.com/pyro-mcp/pyro/internal/envstore"
 )
 
-// EnvironmentManifest is an installed environment's manifest: package
-// list, kernel, file sizes and sha256 digests, build source.
-type EnvironmentManifest = envstore.Manifest
-
 // Environment is one catalog environment and its install state.
 type Environment struct {
 	Name        string               `json:"name"`
@@ -29,7 +25,7 @@ func environmentFrom(st envstore.Status) Environment {
 		Name: st.Entry.Name, Version: st.Entry.Version, Description: st.Entry.Description,
 		Packages: st.Entry.Packages, Default: st.Entry.Default,
 		Installed: st.Installed, Damaged: st.Damaged, Path: st.Dir, SizeBytes: st.SizeBytes,
-		Manifest: st.Manifest,
+		Manifest: manifestFrom(st.Manifest),
 	}
 }
 
@@ -56,10 +52,6 @@ func (c *Client) InspectEnvironment(ctx context.Context, name string) (Environme
 	return environmentFrom(st), nil
 }
 
-// PullProgress reports one step of a pull: Phase names the step; Done and
-// Total count bytes (or items) when known, else both are 0.
-type PullProgress = envstore.Event
-
 // PullOptions tune PullEnvironment.
 type PullOptions struct {
 	// Mirror is the Debian mirror for local builds. Default:
@@ -83,7 +75,7 @@ type PullResult struct {
 // installed, otherwise a (re)build from Debian packages. It is atomic: a
 // cancelled pull leaves nothing behind.
 func (c *Client) PullEnvironment(ctx context.Context, name string, opts PullOptions) (PullResult, error) {
-	r, err := c.envs.Pull(ctx, name, envstore.PullOptions{Mirror: opts.Mirror, Force: opts.Force, Progress: opts.Progress})
+	r, err := c.envs.Pull(ctx, name, envstore.PullOptions{Mirror: opts.Mirror, Force: opts.Force, Progress: progressTo(opts.Progress)})
 	if err != nil {
 		return PullResult{}, err
 	}
@@ -94,12 +86,10 @@ func (c *Client) PullEnvironment(ctx context.Context, name string, opts PullOpti
 	return PullResult{Environment: env, AlreadyInstalled: r.AlreadyInstalled, Rebuilt: r.Rebuilt, DurationMS: r.DurationMS}, nil
 }
 
-// PruneResult lists what PruneEnvironments removed.
-type PruneResult = envstore.PruneResult
-
 // PruneEnvironments removes partial builds, superseded versions, names the
 // catalog no longer has and unused kernel caches. Installed current
 // versions of catalog environments stay.
 func (c *Client) PruneEnvironments(ctx context.Context) (PruneResult, error) {
-	return c.envs.Prune(ctx)
+	r, err := c.envs.Prune(ctx)
+	return pruneFrom(r), err
 }

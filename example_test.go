@@ -17,7 +17,7 @@ func ExampleClient_RunInVM() {
 	}
 	res, err := c.RunInVM(context.Background(), pyro.RunOptions{
 		Environment: "debian:12",
-		Command:     []string{"python3", "-c", "print(6*7)"},
+		ExecOptions: pyro.ExecOptions{Command: []string{"python3", "-c", "print(6*7)"}},
 	})
 	if err != nil {
 		log.Fatal(err) // pyro could not run it at all
@@ -61,12 +61,12 @@ func ExampleClient_CreateWorkspace() {
 	}
 	defer c.DeleteWorkspace(ctx, ws.WorkspaceID)
 
-	res, _ := c.ExecWorkspace(ctx, ws.WorkspaceID, pyro.WorkspaceExecOptions{Command: []string{"make test > report.txt"}})
+	res, _ := c.ExecWorkspace(ctx, ws.WorkspaceID, pyro.ExecOptions{Command: []string{"make test > report.txt"}})
 	fmt.Println("tests exited", res.ExitCode)
 	diff, _ := c.DiffWorkspace(ctx, ws.WorkspaceID)
 	fmt.Println("added:", diff.Added)
 	c.CreateSnapshot(ctx, ws.WorkspaceID, "after-tests")
-	c.ExportWorkspace(ctx, ws.WorkspaceID, "report.txt", "./report.txt")
+	c.ExportWorkspace(ctx, ws.WorkspaceID, "report.txt", "./report.txt", nil)
 	c.ResetWorkspace(ctx, ws.WorkspaceID, "baseline")
 }
 
@@ -89,7 +89,7 @@ func ExampleClient_StartService() {
 	fmt.Println(svc.State) // ready
 
 	sh, _ := c.OpenShell(ctx, ws.WorkspaceID, pyro.OpenShellOptions{})
-	c.WriteShell(ctx, ws.WorkspaceID, sh.ShellID, "curl -s localhost:8000 | head -3", true)
+	c.WriteShell(ctx, ws.WorkspaceID, sh.ShellID, "curl -s localhost:8000 | head -3", nil)
 	out, _ := c.ReadShell(ctx, ws.WorkspaceID, sh.ShellID, pyro.ReadShellOptions{})
 	os.Stdout.WriteString(out.Output) // follow out.NextCursor on the next read
 }

@@ -115,9 +115,6 @@ func (c *Client) agentBinary() (string, error) {
 	return p, nil
 }
 
-// DoctorReport is the result of Doctor.
-type DoctorReport = doctor.Report
-
 // Doctor checks this host: VMM binaries and versions, KVM (a real probe
 // boot), TCG, environment build tools, the state directory, free disk and
 // installed environments, and reports the leftovers of interrupted runs
@@ -131,5 +128,5 @@ func (c *Client) Doctor(ctx context.Context) (DoctorReport, error) {
 	// What interrupted runs left is removed by the reconcile; say so.
 	rr := c.Reconcile(ctx)
 	r.Checks = append(r.Checks, doctor.Leftovers(rr.Removed, rr.Failed, rr.Incomplete))
-	return r, nil
+	return doctorFrom(r), nil
 }

@@ -12,24 +12,6 @@ import (
 // databases), supervised by the guest agent. A typed readiness probe,
 // checked inside the guest, decides when StartService returns.
 
-// Readiness is a service's readiness probe: Type "file" (Path exists),
-// "tcp" (Address "host:port" accepts), "http" (URL answers 2xx/3xx, or
-// ExpectStatus) or "command" (a shell Command exits 0).
-type Readiness = agentapi.ServiceReadiness
-
-// Service is a service's status: state (starting, running, ready, exited,
-// failed, stopped), pid, exit code, times.
-type Service struct {
-	WorkspaceID string `json:"workspace_id"`
-	agentapi.ServiceStatus
-}
-
-// ServiceLogs is the tail of a service's merged stdout/stderr.
-type ServiceLogs struct {
-	WorkspaceID string `json:"workspace_id"`
-	agentapi.ServiceLogs
-}
-
 // StartServiceOptions describe a service. Zero values take the contract
 // defaults: cwd /workspace, no readiness probe, ready timeout 30 s,
 // probe interval 500 ms.
@@ -76,7 +58,7 @@ func (c *Client) StartService(ctx context.Context, workspaceID, name string, opt
 		return Service{}, errdefs.New(errdefs.ErrInvalidArgument, "use positive values", "negative readiness timing")
 	}
 	req := agentapi.ServiceStartRequest{
-		Name: name, Cwd: opts.Cwd, Env: opts.Env, Readiness: opts.Readiness, SecretEnv: opts.SecretEnv,
+		Name: name, Cwd: opts.Cwd, Env: opts.Env, Readiness: opts.Readiness.wire(), SecretEnv: opts.SecretEnv,
 		ReadyTimeoutMS: int64(opts.ReadyTimeoutSeconds) * 1000, ReadyIntervalMS: int64(opts.ReadyIntervalMS),
 	}
 	if len(opts.Command) == 1 {
@@ -87,7 +69,7 @@ func (c *Client) StartService(ctx context.Context, workspaceID, name string, opt
 	var out Service
 	err := c.withWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
 		st, err := a.StartService(ctx, req)
-		out = Service{WorkspaceID: workspaceID, ServiceStatus: st}
+		out = serviceFrom(workspaceID, st)
 		return err
 	})
 	return out, err
@@ -99,7 +81,7 @@ func (c *Client) ListServices(ctx context.Context, workspaceID string) ([]Servic
 	err := c.withWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
 		list, err := a.ListServices(ctx)
 		for _, s := range list {
-			out = append(out, Service{WorkspaceID: workspaceID, ServiceStatus: s})
+			out = append(out, serviceFrom(workspaceID, s))
 		}
 		return err
 	})
@@ -111,7 +93,7 @@ func (c *Client) StatusService(ctx context.Context, workspaceID, name string) (S
 	var out Service
 	err := c.withWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
 		st, err := a.ServiceStatus(ctx, name)
-		out = Service{WorkspaceID: workspaceID, ServiceStatus: st}
+		out = serviceFrom(workspaceID, st)
 		return err
 	})
 	return out, err
@@ -126,7 +108,7 @@ func (c *Client) LogsService(ctx context.Context, workspaceID, name string, opts
 	var out ServiceLogs
 	err := c.withWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
 		l, err := a.ServiceLogs(ctx, name, opts.TailLines, opts.All)
-		out = ServiceLogs{WorkspaceID: workspaceID, ServiceLogs: l}
+		out = serviceLogsFrom(workspaceID, l)
 		return err
 	})
 	return out, err
@@ -138,7 +120,7 @@ func (c *Client) StopService(ctx context.Context, workspaceID, name string) (Ser
 	var out Service
 	err := c.withWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
 		st, err := a.StopService(ctx, name)
-		out = Service{WorkspaceID: workspaceID, ServiceStatus: st}
+		out = serviceFrom(workspaceID, st)
 		return err
 	})
 	return out, err

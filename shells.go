@@ -12,30 +12,6 @@ import (
 // twice; a cursor behind the buffer's start is answered with the dropped
 // range.
 
-// Shell describes an open shell.
-type Shell struct {
-	WorkspaceID string `json:"workspace_id"`
-	agentapi.ShellInfo
-}
-
-// ShellRead is output read from a shell.
-type ShellRead struct {
-	WorkspaceID string `json:"workspace_id"`
-	agentapi.ShellReadResponse
-}
-
-// ShellWrite acknowledges input.
-type ShellWrite struct {
-	WorkspaceID string `json:"workspace_id"`
-	agentapi.ShellWriteResponse
-}
-
-// ShellSignal acknowledges a signal.
-type ShellSignal struct {
-	WorkspaceID string `json:"workspace_id"`
-	agentapi.ShellSignalResponse
-}
-
 // ShellClose acknowledges a close.
 type ShellClose struct {
 	WorkspaceID string `json:"workspace_id"`
@@ -75,7 +51,7 @@ func (c *Client) OpenShell(ctx context.Context, workspaceID string, opts OpenShe
 	var out Shell
 	err := c.withWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
 		info, err := a.OpenShell(ctx, agentapi.ShellOpenRequest{Cwd: opts.Cwd, Cols: opts.Cols, Rows: opts.Rows, Env: opts.Env, SecretEnv: opts.SecretEnv, BufferBytes: opts.BufferBytes})
-		out = Shell{WorkspaceID: workspaceID, ShellInfo: info}
+		out = shellFrom(workspaceID, info)
 		return err
 	})
 	return out, err
@@ -89,19 +65,34 @@ func (c *Client) ReadShell(ctx context.Context, workspaceID, shellID string, opt
 	var out ShellRead
 	err := c.withRunningWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
 		r, err := a.ReadShell(ctx, shellID, agentapi.ShellReadRequest{Cursor: opts.Cursor, MaxChars: opts.MaxChars})
-		out = ShellRead{WorkspaceID: workspaceID, ShellReadResponse: r}
+		out = shellReadFrom(workspaceID, r)
 		return err
 	})
 	return out, err
 }
 
-// WriteShell sends input to a shell, with a newline unless appendNewline
-// is false (the contract's default is true).
-func (c *Client) WriteShell(ctx context.Context, workspaceID, shellID, input string, appendNewline bool) (ShellWrite, error) {
+// Bool returns a pointer to b, for optional fields of option structs.
+func Bool(b bool) *bool { return &b }
+
+// WriteShellOptions tune WriteShell. A nil *WriteShellOptions, or a nil
+// field, takes the contract default.
+type WriteShellOptions struct {
+	// AppendNewline presses Enter after the input (default true:
+	// DefaultAppendNewline).
+	AppendNewline *bool
+}
+
+// WriteShell sends input to a shell, followed by a newline unless opts
+// says otherwise.
+func (c *Client) WriteShell(ctx context.Context, workspaceID, shellID, input string, opts *WriteShellOptions) (ShellWrite, error) {
+	appendNewline := DefaultAppendNewline
+	if opts != nil && opts.AppendNewline != nil {
+		appendNewline = *opts.AppendNewline
+	}
 	var out ShellWrite
 	err := c.withRunningWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
 		r, err := a.WriteShell(ctx, shellID, input, appendNewline)
-		out = ShellWrite{WorkspaceID: workspaceID, ShellWriteResponse: r}
+		out = ShellWrite{WorkspaceID: workspaceID, ShellID: r.ShellID, BytesWritten: r.BytesWritten}
 		return err
 	})
 	return out, err
@@ -116,7 +107,7 @@ func (c *Client) SignalShell(ctx context.Context, workspaceID, shellID, signal s
 	var out ShellSignal
 	err := c.withRunningWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
 		r, err := a.SignalShell(ctx, shellID, signal)
-		out = ShellSignal{WorkspaceID: workspaceID, ShellSignalResponse: r}
+		out = ShellSignal{WorkspaceID: workspaceID, ShellID: r.ShellID, Signal: r.Signal, PGID: r.PGID}
 		return err
 	})
 	return out, err

@@ -63,19 +63,58 @@ type VM struct {
 	VMMPID          int        `json:"vmm_pid,omitempty"`
 }
 
-// ExecOptions describe one command in a running VM or workspace.
+// ExecOptions describe one command: the one shape for RunInVM (embedded
+// in RunOptions), ExecVM and ExecWorkspace. Zero values take the contract
+// defaults.
 type ExecOptions struct {
 	// Command is an argv; a single element is run by /bin/sh -c.
 	Command []string
-	// TimeoutSeconds kills the command's process group (default 30).
+	// TimeoutSeconds kills the command's process group when it passes
+	// (default 30); the result then says timed_out.
 	TimeoutSeconds int
 	Env            map[string]string
-	Cwd            string
+	// Cwd defaults to /workspace in a workspace, / elsewhere.
+	Cwd string
+	// SecretEnv maps a workspace's secret names to environment variable
+	// names for this command only ("" means the secret's own name).
+	// Workspaces only: VMs and runs have no secrets.
+	SecretEnv map[string]string
+	// MaxOutputBytes caps captured stdout and stderr each (default 1 MiB);
+	// a capped stream is marked truncated.
 	MaxOutputBytes int64
-	// OnOutput, when set, receives output as the guest writes it.
+	// OnOutput, when set, receives output as the guest writes it
+	// (stream is "stdout" or "stderr").
 	OnOutput func(stream string, p []byte)
-	// secretEnv is set by ExecWorkspace (VMs have no secrets).
-	secretEnv map[string]string
+}
+
+// execRequest turns options into the agent's request: a single command
+// element is a shell string, several are an argv.
+func (o ExecOptions) execRequest() (agentapi.ExecRequest, error) {
+	if len(o.Command) == 0 {
+		return agentapi.ExecRequest{}, errdefs.New(errdefs.ErrInvalidArgument, "pass the command after --, e.g. `pyro run debian:12 -- uname -a`", "no command given")
+	}
+	if o.TimeoutSeconds < 0 {
+		return agentapi.ExecRequest{}, errdefs.New(errdefs.ErrInvalidArgument, "use a positive number of seconds", "timeout_seconds %d is negative", o.TimeoutSeconds)
+	}
+	timeout := o.TimeoutSeconds
+	if timeout == 0 {
+		timeout = DefaultTimeoutSeconds
+	}
+	req := agentapi.ExecRequest{Env: o.Env, Cwd: o.Cwd, TimeoutMS: int64(timeout) * 1000, MaxOutputBytes: o.MaxOutputBytes, SecretEnv: o.SecretEnv}
+	if len(o.Command) == 1 {
+		req.Shell = o.Command[0]
+	} else {
+		req.Argv = o.Command
+	}
+	return req, nil
+}
+
+// noSecrets refuses SecretEnv where there are no secrets.
+func (o ExecOptions) noSecrets(what string) error {
+	if len(o.SecretEnv) > 0 {
+		return errdefs.New(errdefs.ErrInvalidArgument, "secrets belong to workspaces; use a workspace", "%s has no secrets (secret_env given)", what)
+	}
+	return nil
 }
 
 // ExecResult is the outcome of a command. A command that fails is a
@@ -229,26 +268,18 @@ func (c *Client) StartVM(ctx context.Context, id string) (VM, error) {
 	return vmFrom(rec, st), nil
 }
 
-// execIn runs one command through an agent client.
+// execIn runs one command through an agent client and closes it.
 func execIn(ctx context.Context, agent *agentapi.Client, opts ExecOptions) (ExecResult, error) {
-	if opts.TimeoutSeconds == 0 {
-		opts.TimeoutSeconds = DefaultTimeoutSeconds
-	}
-	req, err := execRequest(opts.Command, opts.Env, opts.Cwd, opts.TimeoutSeconds, opts.MaxOutputBytes)
+	defer agent.Close()
+	req, err := opts.execRequest()
 	if err != nil {
 		return ExecResult{}, err
 	}
-	req.SecretEnv = opts.secretEnv
-	defer agent.Close()
 	r, err := agent.Exec(ctx, req, opts.OnOutput)
 	if err != nil {
 		return ExecResult{}, err
 	}
-	return ExecResult{
-		ExitCode: r.ExitCode, Stdout: r.Stdout, Stderr: r.Stderr,
-		StdoutTruncated: r.StdoutTruncated, StderrTruncated: r.StderrTruncated,
-		TimedOut: r.TimedOut, Signal: r.Signal, DurationMS: r.DurationMS,
-	}, nil
+	return execResultFrom(r), nil
 }
 
 // ExecVM runs one command in a running VM, then deletes the VM (the
@@ -256,6 +287,9 @@ func execIn(ctx context.Context, agent *agentapi.Client, opts ExecOptions) (Exec
 func (c *Client) ExecVM(ctx context.Context, id string, opts ExecOptions) (ExecResult, error) {
 	dir, rec, err := c.vmDir(id)
 	if err != nil {
+		return ExecResult{}, err
+	}
+	if err := opts.noSecrets("a vm"); err != nil {
 		return ExecResult{}, err
 	}
 	agent, err := c.lc.Agent(ctx, dir, rec)

@@ -15,7 +15,6 @@ import (
 	"github.com/pyro-mcp/pyro/internal/hostres"
 	"github.com/pyro-mcp/pyro/internal/instance"
 	"github.com/pyro-mcp/pyro/internal/lifecycle"
-	"github.com/pyro-mcp/pyro/internal/tarutil"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/workspace"
 )
@@ -26,21 +25,6 @@ import (
 // disk. The create-time content of /workspace is kept as the immutable
 // "baseline" snapshot, against which diff compares and to which reset
 // returns by default.
-
-// WorkspaceSeed describes how /workspace was initialised.
-type WorkspaceSeed = workspace.Seed
-
-// Snapshot is one stored /workspace checkpoint.
-type Snapshot = workspace.Snapshot
-
-// WorkspaceDiff compares /workspace with the baseline.
-type WorkspaceDiff struct {
-	WorkspaceID string `json:"workspace_id"`
-	workspace.DiffResult
-}
-
-// HistoryEntry is one command of a workspace's history.
-type HistoryEntry = workspace.HistoryEntry
 
 // CreateWorkspaceOptions describe a workspace. Zero values take the
 // contract defaults (debian:12, 1 vCPU, 1024 MiB, no network).
@@ -201,7 +185,8 @@ func (c *Client) snapshot(ctx context.Context, dir vmdir.Dir, agent *agentapi.Cl
 		return Snapshot{}, err
 	}
 	defer r.Close()
-	return snapshotsOf(dir).Save(name, r)
+	snap, err := snapshotsOf(dir).Save(name, r)
+	return snapshotFrom(snap), err
 }
 
 // workspaceAgent returns an agent client for a workspace, restarting its VM
@@ -224,7 +209,7 @@ func (c *Client) StatusWorkspace(ctx context.Context, id string) (Workspace, err
 	ws := Workspace{
 		WorkspaceID: rec.ID, Environment: rec.Environment, State: st.State, ReasonKind: string(st.Cause), Reason: st.Reason,
 		VCPUCount: rec.VCPUCount, MemMiB: rec.MemMiB, Network: rec.Network, AllowHostCompat: rec.AllowHostCompat,
-		CreatedAt: rec.CreatedAt, WorkspaceSeed: m.Seed, ResetCount: m.ResetCount, LastResetAt: m.LastResetAt,
+		CreatedAt: rec.CreatedAt, WorkspaceSeed: seedFrom(m.Seed), ResetCount: m.ResetCount, LastResetAt: m.LastResetAt,
 		Secrets: m.Secrets, CommandCount: len(hist),
 		Backend: st.Backend, Acceleration: st.Acceleration, Isolation: st.Isolation,
 	}
@@ -252,23 +237,9 @@ func (c *Client) ListWorkspaces(ctx context.Context) ([]Workspace, error) {
 	return out, nil
 }
 
-// WorkspaceExecOptions describe one command in a workspace.
-type WorkspaceExecOptions struct {
-	Command        []string
-	TimeoutSeconds int // default 30
-	// Cwd defaults to /workspace.
-	Cwd string
-	Env map[string]string
-	// SecretEnv maps secret names to environment variable names for this
-	// call only ("" means the secret's own name).
-	SecretEnv      map[string]string
-	MaxOutputBytes int64
-	OnOutput       func(stream string, p []byte)
-}
-
 // ExecWorkspace runs one command in /workspace and leaves the workspace
 // running; the command goes into the workspace's history.
-func (c *Client) ExecWorkspace(ctx context.Context, id string, opts WorkspaceExecOptions) (ExecResult, error) {
+func (c *Client) ExecWorkspace(ctx context.Context, id string, opts ExecOptions) (ExecResult, error) {
 	dir, rec, err := c.wsDir(id)
 	if err != nil {
 		return ExecResult{}, err
@@ -281,8 +252,7 @@ func (c *Client) ExecWorkspace(ctx context.Context, id string, opts WorkspaceExe
 		return ExecResult{}, err
 	}
 	started := time.Now().UTC()
-	res, err := execIn(ctx, agent, ExecOptions{Command: opts.Command, TimeoutSeconds: opts.TimeoutSeconds, Env: opts.Env, Cwd: opts.Cwd,
-		MaxOutputBytes: opts.MaxOutputBytes, OnOutput: opts.OnOutput, secretEnv: opts.SecretEnv})
+	res, err := execIn(ctx, agent, opts)
 	res.WorkspaceID = id
 	// The agent redacted the output; the command line is the caller's and
 	// may hold a value too: history and errors get the host's redaction.
@@ -352,7 +322,10 @@ type ExportResult struct {
 }
 
 // ExportSkip is one entry an export did not write, and why.
-type ExportSkip = tarutil.Skip
+type ExportSkip struct {
+	Path   string `json:"path"`
+	Reason string `json:"reason"`
+}
 
 // ExportOptions tune ExportWorkspace.
 type ExportOptions struct {
@@ -366,10 +339,10 @@ type ExportOptions struct {
 // What the guest sent is normalised (see workspace.Export): no
 // setuid/setgid/sticky bits, modes within the umask, no device, and no
 // symlink out of the exported tree; a file export is a regular file.
-func (c *Client) ExportWorkspace(ctx context.Context, id, path, outputPath string, opts ...ExportOptions) (ExportResult, error) {
-	var o ExportOptions
-	if len(opts) > 0 {
-		o = opts[0]
+func (c *Client) ExportWorkspace(ctx context.Context, id, path, outputPath string, opts *ExportOptions) (ExportResult, error) {
+	var o ExportOptions // nil: the defaults
+	if opts != nil {
+		o = *opts
 	}
 	dir, rec, err := c.wsDir(id)
 	if err != nil {
@@ -399,7 +372,10 @@ func (c *Client) ExportWorkspace(ctx context.Context, id, path, outputPath strin
 	res := ExportResult{WorkspaceID: id, Path: guest, OutputPath: out, Kind: kind, Skipped: []ExportSkip{}}
 	st, err := workspace.Export(hostres.CapReader(r, hostres.Load().ExportBytes, "export of "+guest, hostres.ExportBytesEnv), guest, kind, out, o.Overwrite)
 	res.FileCount, res.Bytes = st.Files, st.Bytes
-	res.Skipped, res.SkippedCount = append(res.Skipped, st.Skipped...), st.SkippedCount
+	for _, s := range st.Skipped {
+		res.Skipped = append(res.Skipped, ExportSkip{Path: s.Path, Reason: s.Reason})
+	}
+	res.SkippedCount = st.SkippedCount
 	if err != nil {
 		return res, err
 	}
@@ -440,7 +416,7 @@ func (c *Client) DiffWorkspace(ctx context.Context, id string) (WorkspaceDiff, e
 		return WorkspaceDiff{}, red.Error(fmt.Errorf("diff /workspace: %w", err))
 	}
 	d.Redact(red)
-	return WorkspaceDiff{WorkspaceID: id, DiffResult: d}, nil
+	return diffFrom(id, d), nil
 }
 
 // CreateSnapshot stores the current /workspace as a named snapshot.
@@ -472,7 +448,12 @@ func (c *Client) ListSnapshots(ctx context.Context, id string) ([]Snapshot, erro
 	if err != nil {
 		return nil, err
 	}
-	return snapshotsOf(dir).List()
+	list, err := snapshotsOf(dir).List()
+	out := make([]Snapshot, 0, len(list))
+	for _, s := range list {
+		out = append(out, snapshotFrom(s))
+	}
+	return out, err
 }
 
 // DeleteSnapshot deletes a named snapshot; the baseline cannot be deleted.
@@ -537,7 +518,12 @@ func (c *Client) LogsWorkspace(ctx context.Context, id string) ([]HistoryEntry, 
 	if err != nil {
 		return nil, err
 	}
-	return workspace.ReadHistory(dir.Path(workspace.HistoryFile))
+	hist, err := workspace.ReadHistory(dir.Path(workspace.HistoryFile))
+	out := make([]HistoryEntry, 0, len(hist))
+	for _, h := range hist {
+		out = append(out, historyFrom(h))
+	}
+	return out, err
 }
 
 // DeleteWorkspace stops a workspace and removes everything it has:

@@ -49,8 +49,8 @@ func TestSDKEnvironmentsAndRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	var streamed strings.Builder
-	r, err := c.RunInVM(ctx, sdk.RunOptions{Environment: baseEnv, Command: []string{"echo hi; exit 5"},
-		OnOutput: func(_ string, p []byte) { streamed.Write(p) }})
+	r, err := c.RunInVM(ctx, sdk.RunOptions{Environment: baseEnv, ExecOptions: sdk.ExecOptions{Command: []string{"echo hi; exit 5"},
+		OnOutput: func(_ string, p []byte) { streamed.Write(p) }}})
 	if err != nil || r.ExitCode != 5 || r.Stdout != "hi\n" || streamed.String() != "hi\n" || r.VCPUCount != 1 || r.MemMiB != 1024 {
 		t.Fatalf("RunInVM: %+v %v (streamed %q)", r, err, streamed.String())
 	}
@@ -132,7 +132,7 @@ func TestSDKWorkspace(t *testing.T) {
 	}
 	defer c.DeleteWorkspace(context.Background(), w.WorkspaceID)
 	id := w.WorkspaceID
-	if r, err := c.ExecWorkspace(ctx, id, sdk.WorkspaceExecOptions{Command: []string{"echo b > b.txt; cat a.txt"}}); err != nil || r.Stdout != "a\n" || r.WorkspaceID != id {
+	if r, err := c.ExecWorkspace(ctx, id, sdk.ExecOptions{Command: []string{"echo b > b.txt; cat a.txt"}}); err != nil || r.Stdout != "a\n" || r.WorkspaceID != id {
 		t.Fatalf("ExecWorkspace: %+v %v", r, err)
 	}
 	d, err := c.DiffWorkspace(ctx, id)
@@ -158,7 +158,7 @@ func TestSDKWorkspace(t *testing.T) {
 		t.Fatalf("PushWorkspaceSync: %+v %v", r, err)
 	}
 	out := filepath.Join(t.TempDir(), "in")
-	if _, err := c.ExportWorkspace(ctx, id, "in", out); err != nil {
+	if _, err := c.ExportWorkspace(ctx, id, "in", out, nil); err != nil {
 		t.Fatal(err)
 	}
 	if b, _ := os.ReadFile(filepath.Join(out, "c.txt")); string(b) != "c\n" {
@@ -173,7 +173,7 @@ func TestSDKWorkspace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.WriteShell(ctx, id, sh.ShellID, "echo from-shell", true); err != nil {
+	if _, err := c.WriteShell(ctx, id, sh.ShellID, "echo from-shell", nil); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(20 * time.Second)

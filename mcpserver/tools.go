@@ -228,9 +228,9 @@ func vmRun(ctx context.Context, cl *call, in vmRunIn) (pyro.RunResult, string, e
 		return pyro.RunResult{}, "", err
 	}
 	cl.p.step(ctx, "booting %s", orDefault(in.Environment, pyro.DefaultEnvironment))
-	res, err := cl.c.RunInVM(ctx, pyro.RunOptions{Environment: in.Environment, Command: cmd, VCPUCount: in.VCPUCount, MemMiB: in.MemMiB,
-		TimeoutSeconds: in.TimeoutSeconds, TTLSeconds: in.TTLSeconds, Network: in.Network, AllowHostCompat: in.AllowHostCompat,
-		OnOutput: cl.p.output(ctx)})
+	res, err := cl.c.RunInVM(ctx, pyro.RunOptions{Environment: in.Environment, VCPUCount: in.VCPUCount, MemMiB: in.MemMiB,
+		TTLSeconds: in.TTLSeconds, Network: in.Network, AllowHostCompat: in.AllowHostCompat,
+		ExecOptions: pyro.ExecOptions{Command: cmd, TimeoutSeconds: in.TimeoutSeconds, OnOutput: cl.p.output(ctx)}})
 	if err != nil {
 		return res, "", err
 	}
@@ -375,7 +375,7 @@ func workspaceExec(ctx context.Context, cl *call, in workspaceExecIn) (pyro.Exec
 		return pyro.ExecResult{}, "", err
 	}
 	cl.p.step(ctx, "running in workspace %s", in.WorkspaceID)
-	res, err := cl.c.ExecWorkspace(ctx, in.WorkspaceID, pyro.WorkspaceExecOptions{Command: cmd, TimeoutSeconds: in.TimeoutSeconds,
+	res, err := cl.c.ExecWorkspace(ctx, in.WorkspaceID, pyro.ExecOptions{Command: cmd, TimeoutSeconds: in.TimeoutSeconds,
 		SecretEnv: in.SecretEnv, OnOutput: cl.p.output(ctx)})
 	if err != nil {
 		return res, "", err
@@ -390,7 +390,7 @@ func workspaceExport(ctx context.Context, cl *call, in workspaceExportIn) (pyro.
 		return pyro.ExportResult{}, "", err
 	}
 	defer done()
-	r, err := cl.c.ExportWorkspace(ctx, in.WorkspaceID, in.Path, out)
+	r, err := cl.c.ExportWorkspace(ctx, in.WorkspaceID, in.Path, out, nil)
 	if r.OutputPath != "" {
 		r.OutputPath = real // not the /proc/self/fd path the SDK wrote through
 	}
@@ -493,7 +493,7 @@ func shellRead(ctx context.Context, cl *call, in shellReadIn) (pyro.ShellRead, s
 }
 
 func shellWrite(ctx context.Context, cl *call, in shellWriteIn) (pyro.ShellWrite, string, error) {
-	w, err := cl.c.WriteShell(ctx, in.WorkspaceID, in.ShellID, in.Input, in.AppendNewline)
+	w, err := cl.c.WriteShell(ctx, in.WorkspaceID, in.ShellID, in.Input, &pyro.WriteShellOptions{AppendNewline: pyro.Bool(in.AppendNewline)})
 	return w, fmt.Sprintf("wrote %d bytes to shell %s", w.BytesWritten, in.ShellID), err
 }
 

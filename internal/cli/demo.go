@@ -131,7 +131,7 @@ func (a *app) runDemo(ctx context.Context, c *pyro.Client) error {
 		oneShot = `uname -a && python3 -c 'import platform; print("python", platform.python_version())'`
 	}
 	err = step("run: "+oneShot+" in a fresh VM (deleted afterwards)", func() (string, error) {
-		r, err := c.RunInVM(ctx, pyro.RunOptions{Environment: env, Command: []string{oneShot}})
+		r, err := c.RunInVM(ctx, pyro.RunOptions{Environment: env, ExecOptions: pyro.ExecOptions{Command: []string{oneShot}}})
 		if err != nil {
 			return "", err
 		}
@@ -174,7 +174,7 @@ func (a *app) runDemo(ctx context.Context, c *pyro.Client) error {
 	}()
 
 	exec := func(cmdline string) (string, error) {
-		r, err := c.ExecWorkspace(ctx, ws.WorkspaceID, pyro.WorkspaceExecOptions{Command: []string{cmdline}})
+		r, err := c.ExecWorkspace(ctx, ws.WorkspaceID, pyro.ExecOptions{Command: []string{cmdline}})
 		if err != nil {
 			return "", err
 		}
@@ -418,7 +418,7 @@ func (a *app) runToolCall(ctx context.Context, c *pyro.Client, env string, tc ch
 		return fail(errdefs.New(errdefs.ErrInvalidArgument, `pass {"command": "..."}`, "bad vm_run arguments %s", string(tc.Function.Arguments)))
 	}
 	a.logf("[tool] vm_run %q", args.Command)
-	r, err := c.RunInVM(ctx, pyro.RunOptions{Environment: env, Command: []string{args.Command}, TimeoutSeconds: args.TimeoutSeconds})
+	r, err := c.RunInVM(ctx, pyro.RunOptions{Environment: env, ExecOptions: pyro.ExecOptions{Command: []string{args.Command}, TimeoutSeconds: args.TimeoutSeconds}})
 	if err != nil {
 		return fail(err)
 	}

@@ -261,7 +261,7 @@ func (a *app) shellWrite() *cobra.Command {
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := a.sdk
-			r, err := c.WriteShell(cmd.Context(), args[0], args[1], input, !noNewline)
+			r, err := c.WriteShell(cmd.Context(), args[0], args[1], input, &pyro.WriteShellOptions{AppendNewline: pyro.Bool(!noNewline)})
 			if err != nil {
 				return err
 			}

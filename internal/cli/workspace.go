@@ -183,7 +183,7 @@ func (a *app) wsSyncPush() *cobra.Command {
 }
 
 func (a *app) wsExec() *cobra.Command {
-	var o pyro.WorkspaceExecOptions
+	var o pyro.ExecOptions
 	var secretEnv []string
 	cmd := &cobra.Command{
 		Use:   "exec WORKSPACE_ID [--timeout-seconds N] [--secret-env NAME[=VAR]] -- COMMAND [ARG...]",
@@ -220,7 +220,7 @@ func (a *app) wsExport() *cobra.Command {
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := a.sdk
-			r, err := c.ExportWorkspace(cmd.Context(), args[0], args[1], output, o)
+			r, err := c.ExportWorkspace(cmd.Context(), args[0], args[1], output, &o)
 			if err != nil {
 				return err
 			}
