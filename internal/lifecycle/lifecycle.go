@@ -255,6 +255,11 @@ func (m *Manager) waitRunning(ctx context.Context, dir vmdir.Dir, rec instance.R
 			if st.Cause == instance.CauseSupervisorSilent {
 				break // busy booting on a loaded host: keep waiting
 			}
+			// A supervisor that gave up exits right after saying so; wait
+			// for that (bounded), so what callers observe next agrees.
+			ectx, ecancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_ = supervisor.WaitExit(ectx, dir)
+			ecancel()
 			if st.State == instance.Expired {
 				return st, errdefs.New(errdefs.ErrFailedPrecondition, "give it a longer ttl_seconds: it counts from creation and includes the boot",
 					"%s %q expired before it finished booting", rec.Kind, rec.ID)
