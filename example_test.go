@@ -88,8 +88,8 @@ func ExampleClient_StartService() {
 	}
 	fmt.Println(svc.State) // ready
 
-	sh, _ := c.OpenShell(ctx, ws.WorkspaceID, pyro.OpenShellOptions{})
+	sh, _ := c.OpenShell(ctx, ws.WorkspaceID, nil)
 	c.WriteShell(ctx, ws.WorkspaceID, sh.ShellID, "curl -s localhost:8000 | head -3", nil)
-	out, _ := c.ReadShell(ctx, ws.WorkspaceID, sh.ShellID, pyro.ReadShellOptions{})
+	out, _ := c.ReadShell(ctx, ws.WorkspaceID, sh.ShellID, nil)
 	os.Stdout.WriteString(out.Output) // follow out.NextCursor on the next read
 }

@@ -101,7 +101,11 @@ func (c *Client) StatusService(ctx context.Context, workspaceID, name string) (S
 
 // LogsService returns a service's log tail (default 200 lines; All for
 // everything the bounded log still holds).
-func (c *Client) LogsService(ctx context.Context, workspaceID, name string, opts LogsServiceOptions) (ServiceLogs, error) {
+func (c *Client) LogsService(ctx context.Context, workspaceID, name string, o *LogsServiceOptions) (ServiceLogs, error) {
+	var opts LogsServiceOptions // nil: the contract defaults
+	if o != nil {
+		opts = *o
+	}
 	if opts.TailLines == 0 {
 		opts.TailLines = DefaultLogTailLines
 	}

@@ -38,7 +38,11 @@ type ReadShellOptions struct {
 }
 
 // OpenShell opens a PTY shell (bash, else sh) in a workspace.
-func (c *Client) OpenShell(ctx context.Context, workspaceID string, opts OpenShellOptions) (Shell, error) {
+func (c *Client) OpenShell(ctx context.Context, workspaceID string, o *OpenShellOptions) (Shell, error) {
+	var opts OpenShellOptions // nil: the contract defaults
+	if o != nil {
+		opts = *o
+	}
 	if opts.Cwd == "" {
 		opts.Cwd = WorkspaceDir
 	}
@@ -58,7 +62,11 @@ func (c *Client) OpenShell(ctx context.Context, workspaceID string, opts OpenShe
 }
 
 // ReadShell returns merged output from cursor on, and the next cursor.
-func (c *Client) ReadShell(ctx context.Context, workspaceID, shellID string, opts ReadShellOptions) (ShellRead, error) {
+func (c *Client) ReadShell(ctx context.Context, workspaceID, shellID string, o *ReadShellOptions) (ShellRead, error) {
+	var opts ReadShellOptions // nil: the contract defaults
+	if o != nil {
+		opts = *o
+	}
 	if opts.MaxChars == 0 {
 		opts.MaxChars = DefaultShellMaxChars
 	}

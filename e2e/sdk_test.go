@@ -169,7 +169,7 @@ func TestSDKWorkspace(t *testing.T) {
 	if err != nil || svc.State != "ready" {
 		t.Fatalf("StartService: %+v %v", svc, err)
 	}
-	sh, err := c.OpenShell(ctx, id, sdk.OpenShellOptions{})
+	sh, err := c.OpenShell(ctx, id, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +178,7 @@ func TestSDKWorkspace(t *testing.T) {
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		r, err := c.ReadShell(ctx, id, sh.ShellID, sdk.ReadShellOptions{})
+		r, err := c.ReadShell(ctx, id, sh.ShellID, nil)
 		if err == nil && strings.Contains(r.Output, "from-shell\r\n") {
 			break
 		}
@@ -195,7 +195,7 @@ func TestSDKWorkspace(t *testing.T) {
 	if err != nil || w.ResetCount != 1 || w.ServiceCount != 0 {
 		t.Fatalf("ResetWorkspace: %+v %v", w, err)
 	}
-	if _, err := c.ReadShell(ctx, id, sh.ShellID, sdk.ReadShellOptions{}); !errors.Is(err, sdk.ErrNotFound) {
+	if _, err := c.ReadShell(ctx, id, sh.ShellID, nil); !errors.Is(err, sdk.ErrNotFound) {
 		t.Fatalf("shell after reset: %v", err)
 	}
 	if h, _ := c.LogsWorkspace(ctx, id); len(h) != 0 {

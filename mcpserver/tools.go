@@ -472,7 +472,7 @@ func serviceStatus(ctx context.Context, cl *call, in serviceIn) (pyro.Service, s
 }
 
 func serviceLogs(ctx context.Context, cl *call, in serviceLogsIn) (pyro.ServiceLogs, string, error) {
-	l, err := cl.c.LogsService(ctx, in.WorkspaceID, in.ServiceName, pyro.LogsServiceOptions{TailLines: in.TailLines, All: in.All})
+	l, err := cl.c.LogsService(ctx, in.WorkspaceID, in.ServiceName, &pyro.LogsServiceOptions{TailLines: in.TailLines, All: in.All})
 	text := fmt.Sprintf("service %s (%s), %d line(s):\n%s", l.Name, l.State, len(l.Lines), strings.Join(l.Lines, "\n"))
 	return l, text, err
 }
@@ -483,12 +483,12 @@ func serviceStop(ctx context.Context, cl *call, in serviceIn) (pyro.Service, str
 }
 
 func shellOpen(ctx context.Context, cl *call, in shellOpenIn) (pyro.Shell, string, error) {
-	sh, err := cl.c.OpenShell(ctx, in.WorkspaceID, pyro.OpenShellOptions{Cwd: in.Cwd, Cols: in.Cols, Rows: in.Rows, SecretEnv: in.SecretEnv})
+	sh, err := cl.c.OpenShell(ctx, in.WorkspaceID, &pyro.OpenShellOptions{Cwd: in.Cwd, Cols: in.Cols, Rows: in.Rows, SecretEnv: in.SecretEnv})
 	return sh, fmt.Sprintf("shell %s opened in %s (%dx%d)", sh.ShellID, sh.Cwd, sh.Cols, sh.Rows), err
 }
 
 func shellRead(ctx context.Context, cl *call, in shellReadIn) (pyro.ShellRead, string, error) {
-	r, err := cl.c.ReadShell(ctx, in.WorkspaceID, in.ShellID, pyro.ReadShellOptions{Cursor: in.Cursor, MaxChars: in.MaxChars})
+	r, err := cl.c.ReadShell(ctx, in.WorkspaceID, in.ShellID, &pyro.ReadShellOptions{Cursor: in.Cursor, MaxChars: in.MaxChars})
 	return r, fmt.Sprintf("[cursor %d -> next_cursor %d, state %s, more %v]\n%s", r.Cursor, r.NextCursor, r.State, r.More, r.Output), err
 }
 

@@ -135,7 +135,7 @@ func (a *app) serviceLogs() *cobra.Command {
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := a.sdk
-			l, err := c.LogsService(cmd.Context(), args[0], args[1], o)
+			l, err := c.LogsService(cmd.Context(), args[0], args[1], &o)
 			if err != nil {
 				return err
 			}
@@ -210,7 +210,7 @@ func (a *app) shellOpen() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := a.sdk
 			o.SecretEnv = parseSecretEnv(secretEnv)
-			s, err := c.OpenShell(cmd.Context(), args[0], o)
+			s, err := c.OpenShell(cmd.Context(), args[0], &o)
 			if err != nil {
 				return err
 			}
@@ -234,7 +234,7 @@ func (a *app) shellRead() *cobra.Command {
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := a.sdk
-			r, err := c.ReadShell(cmd.Context(), args[0], args[1], o)
+			r, err := c.ReadShell(cmd.Context(), args[0], args[1], &o)
 			if err != nil {
 				return err
 			}

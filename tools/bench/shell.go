@@ -30,7 +30,7 @@ func benchShell(ctx context.Context, cfg *config) (rows []row, err error) {
 		}
 	}()
 	id := ws.WorkspaceID
-	sh, err := c.OpenShell(ctx, id, pyro.OpenShellOptions{})
+	sh, err := c.OpenShell(ctx, id, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -83,7 +83,7 @@ func benchShell(ctx context.Context, cfg *config) (rows []row, err error) {
 	sdk, err := echoes(
 		func(s string) error { _, err := c.WriteShell(ctx, id, sh.ShellID, s, nil); return err },
 		func(cur int64) (string, int64, error) {
-			r, err := c.ReadShell(ctx, id, sh.ShellID, pyro.ReadShellOptions{Cursor: cur})
+			r, err := c.ReadShell(ctx, id, sh.ShellID, &pyro.ReadShellOptions{Cursor: cur})
 			return r.Output, r.NextCursor, err
 		})
 	if err != nil {
