@@ -76,14 +76,20 @@ type confinement struct {
 type root struct{ given, real string }
 
 func newConfinement(dirs []string, clientRoots bool) (*confinement, error) {
+	c := &confinement{clientRoots: clientRoots, session: map[*mcp.ServerSession][]root{}}
 	if len(dirs) == 0 {
 		wd, err := os.Getwd()
 		if err != nil {
 			return nil, errdefs.Wrap(errdefs.ErrFailedPrecondition, err, "pass --allow-path DIR", "cannot find the working directory to allow")
 		}
+		if !defaultRootOK(wd) {
+			// Clients often start servers in "/" or the home directory;
+			// allowing it by default would hand the model ~/.ssh and let
+			// export create ~/.bash_profile. Only client roots count then.
+			return c, nil
+		}
 		dirs = []string{wd}
 	}
-	c := &confinement{clientRoots: clientRoots, session: map[*mcp.ServerSession][]root{}}
 	for _, d := range dirs {
 		root, err := rootDir(d)
 		if err != nil {
@@ -92,6 +98,32 @@ func newConfinement(dirs []string, clientRoots bool) (*confinement, error) {
 		c.allow = append(c.allow, root)
 	}
 	return c, nil
+}
+
+// defaultRootOK reports whether the working directory wd may be the
+// implicit root: not "/", not the home directory nor an ancestor of it
+// (by name or by real path). --allow-path may still name those.
+func defaultRootOK(wd string) bool {
+	home, err := os.UserHomeDir()
+	if err != nil || home == "" {
+		home = "/"
+	}
+	for _, w := range []string{wd, realOr(wd)} {
+		for _, h := range []string{filepath.Clean(home), realOr(home)} {
+			if w == "/" || within(w, h) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// realOr returns p's real path, or p itself when it does not resolve.
+func realOr(p string) string {
+	if r, err := filepath.EvalSymlinks(p); err == nil {
+		return r
+	}
+	return p
 }
 
 // rootDir checks that d can be a root: an existing directory whose real
@@ -214,6 +246,9 @@ func outsideError(arg, p string, roots []root) error {
 		names = append(names, r.real)
 	}
 	where := "allowed roots: " + strings.Join(names, ", ")
+	if len(names) == 0 {
+		where = "no allowed roots (the working directory is / or the home directory)"
+	}
 	return errdefs.New(errdefs.ErrFailedPrecondition,
 		where+"; name a path beneath one of them, add the directory to the client's roots, or start the server with --allow-path DIR",
 		"%s %q is outside the allowed roots", arg, p)

@@ -269,3 +269,39 @@ func TestMCPSymlinkedRoot(t *testing.T) {
 	wantPathAccepted(t, cs, filepath.Join(allowed, "dir"))
 	wantPathRefused(t, cs, "workspace_sync_push", map[string]any{"workspace_id": "nope", "source_path": filepath.Join(link, "out")}, "failed_precondition: ")
 }
+
+// TestMCPDefaultRootNeverHomeOrSlash: without --allow-path the working
+// directory is allowed, but not when it is "/" or the user's home (or an
+// ancestor of it): clients often start servers there, and then the model
+// would read ~/.ssh through seed_path and create ~/.ssh/authorized_keys or
+// ~/.bash_profile through workspace_export.
+func TestMCPDefaultRootNeverHomeOrSlash(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("HOME", filepath.Join(home, "user"))
+	if err := os.Mkdir(filepath.Join(home, "user"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, wd := range []string{"/", home, filepath.Join(home, "user")} {
+		t.Chdir(wd)
+		c, err := newConfinement(nil, true)
+		if err != nil {
+			t.Fatalf("cwd %s: %v", wd, err)
+		}
+		if len(c.allow) != 0 {
+			t.Errorf("cwd %s: implicitly allowed %v", wd, c.allow)
+		}
+	}
+	// A project directory beneath home is still the default, and an
+	// explicit --allow-path may name anything but the pseudo file systems.
+	proj := filepath.Join(home, "user", "proj")
+	if err := os.Mkdir(proj, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(proj)
+	if c, err := newConfinement(nil, true); err != nil || len(c.allow) != 1 {
+		t.Errorf("cwd %s: allow %v, %v", proj, c.allow, err)
+	}
+	if c, err := newConfinement([]string{filepath.Join(home, "user")}, true); err != nil || len(c.allow) != 1 {
+		t.Errorf("--allow-path home: allow %v, %v", c.allow, err)
+	}
+}

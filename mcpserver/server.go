@@ -49,7 +49,9 @@ type Options struct {
 	// AllowPaths are host directories beneath which tool arguments may
 	// name host paths (seed_path, source_path, a secret's file_path,
 	// output_path), in addition to the client's MCP roots. Empty means the
-	// server's working directory. /proc, /sys and /dev are refused.
+	// server's working directory, unless that is "/" or the user's home
+	// (or an ancestor of it): then only client roots count. /proc, /sys
+	// and /dev are refused.
 	AllowPaths []string
 	// IgnoreClientRoots stops the client's MCP roots from allowing paths.
 	// Set it when clients are remote: their roots name their own files,

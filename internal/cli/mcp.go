@@ -52,7 +52,8 @@ or a random one printed once on stderr.
 The model is untrusted. Host paths in tool arguments (seed_path, source_path,
 a secret's file_path, output_path) must lie beneath the client's MCP roots (not
 with --allow-remote: a remote client's roots are its own files) or a --allow-path
-directory (default: the current directory); /proc, /sys and /dev never count. A tool call's allow_host_compat=true takes effect only with
+directory (default: the current directory, unless it is / or your home
+directory); /proc, /sys and /dev never count. A tool call's allow_host_compat=true takes effect only with
 --allow-host-compat.`,
 		Example: `  pyro mcp serve
   pyro mcp serve --http 127.0.0.1:8765
@@ -95,7 +96,7 @@ directory (default: the current directory); /proc, /sys and /dev never count. A 
 	f.BoolVar(&o.allowRemote, "allow-remote", false, "allow --http on a non-loopback address (needs --tls-cert/--tls-key; the bearer token is still required)")
 	f.StringVar(&o.tlsCert, "tls-cert", "", "serve HTTPS with this PEM certificate (chain) file")
 	f.StringVar(&o.tlsKey, "tls-key", "", "the PEM private key of --tls-cert")
-	f.StringArrayVar(&o.allowPaths, "allow-path", nil, "host directory beneath which tool arguments may name host paths (repeatable; default: the current directory)")
+	f.StringArrayVar(&o.allowPaths, "allow-path", nil, "host directory beneath which tool arguments may name host paths (repeatable; default: the current directory unless it is / or your home)")
 	f.BoolVar(&o.allowHostCompat, "allow-host-compat", false, "let a tool call's allow_host_compat=true fall back to the weaker host sandbox")
 	return cmd
 }
