@@ -58,9 +58,14 @@ func NewClient(dial DialFunc) *Client {
 		// calls whose deadline is long (exec, service start).
 		MaxResponseHeaderBytes: MaxHeaderBytes,
 	}
-	c.http = &http.Client{Transport: tr}
+	c.http = &http.Client{Transport: tr, CheckRedirect: noRedirects}
 	return c
 }
+
+// noRedirects keeps a guest's 3xx reply as its answer: following it would
+// let the guest steer the host's call to any path of the socket the host
+// dials (through the supervisor, the supervisor's own API).
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 // OpenStream opens a new raw stream to the agent (one yamux stream of the
 // session, dialled if needed). The supervisor splices host connections to
@@ -170,7 +175,7 @@ func NewProxiedClient(dial DialFunc, prefix string) *Client {
 		MaxIdleConnsPerHost:    4,
 		IdleConnTimeout:        30 * time.Second,
 		MaxResponseHeaderBytes: MaxHeaderBytes,
-	}}
+	}, CheckRedirect: noRedirects}
 	return c
 }
 
