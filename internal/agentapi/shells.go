@@ -160,12 +160,15 @@ func readShellTimeout(req ShellReadRequest) time.Duration {
 }
 
 // readShellLimit bounds a read's reply: MaxChars runes, each at most 6
-// bytes once JSON-escaped, plus the fields around them.
+// bytes once JSON-escaped, plus the fields around them. MaxChars is the
+// model's number: past what a shell's buffer can hold it does not widen
+// the bound.
 func readShellLimit(req ShellReadRequest) int64 {
 	chars := req.MaxChars
 	if chars <= 0 {
 		chars = DefaultShellMaxChars
 	}
+	chars = min(chars, MaxShellBufferBytes)
 	return max(MaxReplyBytes, 6*int64(chars)+64<<10)
 }
 

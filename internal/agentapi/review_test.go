@@ -48,3 +48,15 @@ func TestGuestRedirectNotFollowed(t *testing.T) {
 		t.Fatal("a redirect answered as a health reply")
 	}
 }
+
+// TestShellReadLimitNotModelChosen: max_chars comes from the model, so
+// the host's bound on a shell read's reply must not grow with it beyond
+// what an honest agent can hold (MaxShellBufferBytes of output).
+func TestShellReadLimitNotModelChosen(t *testing.T) {
+	ceiling := 6*int64(MaxShellBufferBytes) + 64<<10
+	for _, chars := range []int{1 << 30, 1 << 40, 1<<62 - 1} {
+		if got := readShellLimit(ShellReadRequest{MaxChars: chars}); got > ceiling || got < MaxReplyBytes {
+			t.Errorf("max_chars %d: reply limit %d, want within [%d, %d]", chars, got, MaxReplyBytes, ceiling)
+		}
+	}
+}
