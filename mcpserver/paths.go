@@ -199,8 +199,8 @@ func (c *confinement) learn(req *mcp.CallToolRequest) {
 			continue
 		}
 		u, err := url.Parse(cr.URI)
-		if err != nil || u.Scheme != "file" || (u.Host != "" && u.Host != "localhost") {
-			continue // only local file roots mean a host directory
+		if err != nil || u.Scheme != "file" || (u.Host != "" && u.Host != "localhost") || !filepath.IsAbs(u.Path) {
+			continue // only local file roots with a path mean a host directory ("" would be the cwd)
 		}
 		if d, err := rootDir(u.Path); err == nil {
 			dirs = append(dirs, d)

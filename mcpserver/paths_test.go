@@ -305,3 +305,21 @@ func TestMCPDefaultRootNeverHomeOrSlash(t *testing.T) {
 		t.Errorf("--allow-path home: allow %v, %v", c.allow, err)
 	}
 }
+
+// TestMCPClientRootWithoutPath: a file URI without an absolute path
+// ("file:rel", "file://localhost") names no directory; it must not allow
+// the server's working directory (filepath.Abs("") is the cwd).
+func TestMCPClientRootWithoutPath(t *testing.T) {
+	allowed, _ := tree(t)
+	wd := t.TempDir()
+	if err := os.Mkdir(filepath.Join(wd, "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(wd)
+	for _, uri := range []string{"file:rel", "file://localhost", "file:"} {
+		client := mcp.NewClient(&mcp.Implementation{Name: "test", Version: "1"}, nil)
+		client.AddRoots(&mcp.Root{URI: uri})
+		cs := connectClient(t, Options{AllowPaths: []string{allowed}}, client)
+		wantPathRefused(t, cs, "workspace_sync_push", map[string]any{"workspace_id": "nope", "source_path": filepath.Join(wd, "d")}, "failed_precondition: ")
+	}
+}
