@@ -99,3 +99,26 @@ func TestParseSubordinate(t *testing.T) {
 		t.Error("found a range for a user without one")
 	}
 }
+
+// TestSandboxIDsAvoidOtherUsersRanges: without a "pyro" entry the sandbox
+// ids must not be another user's subordinate ids (adduser gives the first
+// user 100000:65536): that user's rootless containers run as the same host
+// uid and could read the sandbox's /proc/PID/environ and /proc/PID/root.
+func TestSandboxIDsAvoidOtherUsersRanges(t *testing.T) {
+	sub := "alice:100000:65536\nbob:165536:65536\n1003:300000:10\n"
+	r := sandboxIDsFrom(sub, sub)
+	for _, base := range []uint32{r.UIDBase, r.GIDBase} {
+		lo, hi := uint64(base), uint64(base)+uint64(r.Count)
+		for _, rg := range [][2]uint64{{100000, 165536}, {165536, 231072}, {300000, 300010}} {
+			if lo < rg[1] && rg[0] < hi {
+				t.Errorf("sandbox ids %d..%d overlap another user's %d..%d", lo, hi-1, rg[0], rg[1]-1)
+			}
+		}
+		if base == 0 {
+			t.Error("base 0")
+		}
+	}
+	if r := sandboxIDsFrom("pyro:500000:65536\n", ""); r.UIDBase != 500000 || r.GIDBase != defaultIDBase {
+		t.Errorf("pyro entry: got %+v", r)
+	}
+}

@@ -21,7 +21,8 @@ import (
 //
 // The range is the "pyro" entry of /etc/subuid and /etc/subgid when the
 // operator made one (the usual place to reserve subordinate ids), else
-// defaultIDBase. Every sandbox shares it: sandboxes never see each other's
+// the first range from defaultIDBase up that no other entry of those files
+// holds (see pickBase). Every sandbox shares it: sandboxes never see each other's
 // files, processes, IPC or network (separate mount, PID, IPC and network
 // namespaces), so a shared range costs nothing there, and it needs no
 // allocation state.
@@ -46,26 +47,48 @@ type idRange struct {
 
 // sandboxIDs returns the id range for sandboxes on this host.
 func sandboxIDs() idRange {
-	r := idRange{UIDBase: defaultIDBase, GIDBase: defaultIDBase, Count: idCount}
-	if b, n, ok := subordinate("/etc/subuid", subordinateFor); ok && n >= idCount {
-		r.UIDBase = b
-	}
-	if b, n, ok := subordinate("/etc/subgid", subordinateFor); ok && n >= idCount {
-		r.GIDBase = b
-	}
-	return r
+	uids, _ := os.ReadFile("/etc/subuid")
+	gids, _ := os.ReadFile("/etc/subgid")
+	return sandboxIDsFrom(string(uids), string(gids))
 }
 
-// subordinate reads user's first range from a subuid/subgid file.
-func subordinate(file, user string) (base, count uint32, ok bool) {
-	f, err := os.Open(file)
-	if err != nil {
-		return 0, 0, false
-	}
-	defer f.Close()
-	return parseSubordinate(f, user)
+// sandboxIDsFrom picks the range from the contents of /etc/subuid and
+// /etc/subgid.
+func sandboxIDsFrom(subuid, subgid string) idRange {
+	return idRange{UIDBase: pickBase(subuid), GIDBase: pickBase(subgid), Count: idCount}
 }
 
+// pickBase returns the "pyro" entry's base when it holds idCount ids,
+// else the first base from defaultIDBase whose ids overlap no other
+// entry: those are another user's rootless containers, which run as the
+// same host ids and could then read the sandbox's /proc/PID/environ and
+// /proc/PID/root.
+func pickBase(file string) uint32 {
+	if b, n, ok := parseSubordinate(strings.NewReader(file), subordinateFor); ok && n >= idCount {
+		return b
+	}
+	base := uint64(defaultIDBase)
+	for moved := true; moved; { // base only grows: this ends
+		moved = false
+		for _, line := range strings.Split(file, "\n") {
+			f := strings.Split(strings.TrimSpace(line), ":")
+			if len(f) != 3 {
+				continue
+			}
+			b, err1 := strconv.ParseUint(f[1], 10, 32)
+			n, err2 := strconv.ParseUint(f[2], 10, 32)
+			if err1 == nil && err2 == nil && b < base+idCount && base < b+n {
+				base, moved = b+n, true
+			}
+		}
+	}
+	if base+idCount > 1<<32-1 {
+		return defaultIDBase // no free range: nothing better to do
+	}
+	return uint32(base)
+}
+
+// parseSubordinate reads user's first range from a subuid/subgid file.
 func parseSubordinate(r io.Reader, user string) (base, count uint32, ok bool) {
 	s := bufio.NewScanner(r)
 	for s.Scan() {
