@@ -123,6 +123,35 @@ func TestInterruptRunBrokenPipe(t *testing.T) {
 	}
 }
 
+// TestInterruptVMExecBrokenPipe: `pyro vm exec ID -- ... | head -1`. vm
+// exec is one-shot (the VM is deleted afterwards): cut short, it must
+// still delete the VM, its supervisor and QEMU.
+func TestInterruptVMExecBrokenPipe(t *testing.T) {
+	requireE2E(t)
+	ensureEnv(t, baseEnv)
+	home, env := isolatedHome(t)
+	killHomeOnCleanup(t, home)
+	v, r := vmJSON(t, env, "create", "--start", baseEnv)
+	if r.code != 0 || v.State != "running" {
+		t.Fatalf("vm create --start: exit %d, %+v\n%s", r.code, v, r.stderr)
+	}
+	tmp := t.TempDir()
+	code, cut := filepath.Join(tmp, "code"), filepath.Join(tmp, "cut")
+	sh := exec.Command("sh", "-c", `{ `+shellQuote(pyroBin)+` vm exec --timeout-seconds 120 `+v.VMID+` -- 'seq 1 200000; sleep 100'; echo $? >`+code+`; } | { head -1; date +%s.%N >`+cut+`; }`)
+	sh.Env = append(os.Environ(), env...)
+	var errb bytes.Buffer
+	sh.Stderr = &errb
+	out, err := runBounded(t, sh, 3*time.Minute)
+	t.Logf("stdout %q, stderr %q, err %v", out, errb.String(), err)
+	if out != "1\n" {
+		t.Fatalf("head printed %q, want the first line", out)
+	}
+	requireNothingLeft(t, home, readTime(t, cut))
+	if c := readFile(t, code); c != "141" {
+		t.Errorf("pyro vm exec exited %s, want 141 (broken pipe)", c)
+	}
+}
+
 // baseOnlyHome is isolatedHome with only debian:12-base installed, so that
 // `pyro demo` picks it whatever else the shared state dir holds, and its
 // output has the same lines every time.
@@ -334,8 +363,8 @@ func TestInterruptLeftoversReportedByDoctor(t *testing.T) {
 	ensureEnv(t, baseEnv)
 	home, env := isolatedHome(t)
 	killHomeOnCleanup(t, home)
-	// Two runs at once (two guests fit two cores), each killed once its
-	// guest command runs.
+	// Two runs whose guest commands run, and a workspace create during
+	// its boot, are then all killed with SIGKILL.
 	type run struct {
 		cmd *exec.Cmd
 		out *bufio.Reader
@@ -354,21 +383,12 @@ func TestInterruptLeftoversReportedByDoctor(t *testing.T) {
 		runs = append(runs, run{cmd, bufio.NewReader(stdout)})
 	}
 	for _, r := range runs {
-		line, err := r.out.ReadString('\n')
-		_ = r.cmd.Process.Kill()
-		_ = r.cmd.Wait()
-		if line != "started\n" {
+		if line, err := r.out.ReadString('\n'); line != "started\n" {
 			t.Fatalf("run did not start: %q %v", line, err)
 		}
 	}
-	deadline := time.Now().Add(cleanupBound)
-	for len(homeProcesses(home)) > 0 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if p := homeProcesses(home); len(p) > 0 {
-		t.Fatalf("processes outlived their killed pyro run: %q", p)
-	}
-
+	// Started while the runs live (a client's first call reconciles, and
+	// would otherwise remove the runs' leftovers before doctor sees them).
 	ws := exec.Command(pyroBin, "workspace", "create", baseEnv)
 	ws.Env = append(os.Environ(), env...)
 	if err := ws.Start(); err != nil {
@@ -380,8 +400,19 @@ func TestInterruptLeftoversReportedByDoctor(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	_ = ws.Process.Kill()
-	_ = ws.Wait()
+	for _, c := range []*exec.Cmd{runs[0].cmd, runs[1].cmd, ws} {
+		_ = c.Process.Kill()
+		_ = c.Wait()
+	}
+	// The runs' QEMUs die with them (PDEATHSIG); the workspace's VM runs
+	// on under its detached supervisor.
+	deadline := time.Now().Add(cleanupBound)
+	for len(qemuProcessesFor(filepath.Join(home, "vms"))) > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if p := qemuProcessesFor(filepath.Join(home, "vms")); len(p) > 0 {
+		t.Fatalf("QEMUs outlived their killed pyro run: %q", p)
+	}
 	if d := homeDirs(home); len(d) != 3 {
 		t.Fatalf("expected the two runs' and the workspace's directories, have %q", d)
 	}
