@@ -169,3 +169,62 @@ printf 'title \033]0;pwned\007 and \033[31mred\n' > esc.txt`, size))
 		t.Errorf("diff --json: exit %d, secret shown: %v", r.code, strings.Contains(r.stdout, secret))
 	}
 }
+
+// Snapshot names are validated at every lookup: a crafted delete cannot
+// reach a host file or the baseline, and a tampered snapshot record (a
+// short digest) is an error, not a crash.
+func TestSnapshotNameBoundary(t *testing.T) {
+	requireE2E(t)
+	ensureEnv(t, baseEnv)
+	home, env := isolatedHome(t)
+	var w wsStatus
+	mustWS(t, env, &w, "create", baseEnv)
+	id := w.WorkspaceID
+	defer ws(t, env, nil, "delete", id)
+	snaps := filepath.Join(home, "workspaces", id, "snapshots")
+	// What "../../x" reaches from the snapshots directory.
+	victims := []string{filepath.Join(home, "workspaces", "x.json"), filepath.Join(home, "workspaces", "x.tar")}
+	for _, v := range victims {
+		if err := os.WriteFile(v, []byte("{}"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{"../../x", "./baseline", "baseline/..", strings.Repeat("a", 300)} {
+		r := ws(t, env, nil, "snapshot", "delete", id, name)
+		if r.code != 2 || !strings.Contains(r.stdout, "invalid_argument") {
+			t.Errorf("snapshot delete %q: exit %d %s %s", name, r.code, r.stdout, r.stderr)
+		}
+		r = ws(t, env, nil, "reset", id, "--snapshot", name)
+		if r.code != 2 || !strings.Contains(r.stdout, "invalid_argument") {
+			t.Errorf("reset --snapshot %q: exit %d %s %s", name, r.code, r.stdout, r.stderr)
+		}
+	}
+	for _, v := range victims {
+		if _, err := os.Stat(v); err != nil {
+			t.Errorf("a crafted snapshot name removed %s", v)
+		}
+	}
+	if r := ws(t, env, nil, "snapshot", "delete", id, "baseline"); r.code != 5 {
+		t.Errorf("snapshot delete baseline: exit %d %s", r.code, r.stdout)
+	}
+	// A tampered record with a short digest.
+	if err := os.WriteFile(filepath.Join(snaps, "short.json"), []byte(`{"name":"short","sha256":"ab","bytes":1}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(snaps, "short.tar"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := ws(t, env, nil, "reset", id, "--snapshot", "short")
+	if r.code != 5 || strings.Contains(r.stderr, "panic") {
+		t.Errorf("reset to a tampered snapshot: exit %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	var list struct {
+		Snapshots []struct {
+			Name string `json:"name"`
+		} `json:"snapshots"`
+	}
+	mustWS(t, env, &list, "snapshot", "list", id)
+	if len(list.Snapshots) != 1 || list.Snapshots[0].Name != "baseline" {
+		t.Errorf("snapshot list: %+v", list)
+	}
+}
