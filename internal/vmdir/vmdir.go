@@ -13,9 +13,9 @@ import (
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 )
 
-// File names inside a VM directory. Sockets are opened relative to the
-// directory (QEMU runs with it as its working directory) so that their
-// absolute path length never matters.
+// File names inside a VM directory. Sockets are bound and dialled through
+// the directory's descriptor (internal/unixsock), so their absolute path
+// length never matters; QEMU gets its sockets as listening descriptors.
 const (
 	ConsoleLog = "console.log" // the guest's serial console
 	AgentSock  = "agent.sock"  // virtio-serial channel to the guest agent
