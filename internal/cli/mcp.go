@@ -82,7 +82,7 @@ directory); /proc, /sys and /dev never count. A tool call's allow_host_compat=tr
 				return err
 			}
 			if o.httpAddr == "" {
-				err := server.Run(cmd.Context(), &mcp.StdioTransport{})
+				err := server.Run(cmd.Context(), &mcpserver.StdioTransport{})
 				if err != nil && cmd.Context().Err() == nil && !isClosedPipe(err) {
 					return errdefs.Wrap(errdefs.ErrUnavailable, err, "", "mcp server")
 				}

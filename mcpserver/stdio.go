@@ -1,0 +1,310 @@
+package mcpserver
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"sync"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// StdioTransport serves MCP over newline-delimited JSON-RPC like
+// mcp.StdioTransport, but survives bad frames. The go-sdk's stdio
+// connection ends the whole session on the first line that is not a valid
+// JSON-RPC message (bad JSON, a wrong "jsonrpc" tag, a non-string method,
+// an empty batch, a batch after batching was removed from the protocol),
+// so one stray line from a client or a proxy would drop the session. This
+// transport checks every line first, answers a bad one itself with the
+// JSON-RPC error (-32700 parse error or -32600 invalid request, id null
+// unless the frame carried a usable id) and hands only valid lines on to
+// the SDK's connection.
+type StdioTransport struct {
+	// In and Out default to os.Stdin and os.Stdout.
+	In  io.Reader
+	Out io.Writer
+	// MaxLineLength bounds one inbound line; 0 means
+	// mcp.DefaultMaxLineLength. A longer line is answered with -32600 and
+	// skipped.
+	MaxLineLength int
+}
+
+// JSON-RPC 2.0 error codes the transport answers with.
+const (
+	codeParseError     = -32700
+	codeInvalidRequest = -32600
+	// maxDepth is the go-sdk decoder's nesting limit; a deeper frame would
+	// end its session, so it is refused here first.
+	maxDepth = 1000
+	// noBatchVersion is the first protocol version without JSON-RPC batches.
+	noBatchVersion = "2025-06-18"
+)
+
+// Connect implements mcp.Transport.
+func (t *StdioTransport) Connect(ctx context.Context) (mcp.Connection, error) {
+	in, out := t.In, t.Out
+	if in == nil {
+		in = os.Stdin
+	}
+	if out == nil {
+		out = os.Stdout
+	}
+	limit := t.MaxLineLength
+	if limit <= 0 {
+		limit = mcp.DefaultMaxLineLength
+	}
+	pr, pw := io.Pipe()
+	f := &frameFilter{w: &snoopWriter{w: out}, limit: limit}
+	f.w.f = f
+	go f.run(in, pw)
+	// The SDK's own connection is used unwrapped so that it keeps learning
+	// the negotiated protocol version; lines are already bounded here.
+	return (&mcp.IOTransport{Reader: pr, Writer: nopCloser{f.w}, MaxLineLength: -1}).Connect(ctx)
+}
+
+type nopCloser struct{ io.Writer }
+
+func (nopCloser) Close() error { return nil }
+
+// frameFilter sits between the input and the SDK's connection.
+type frameFilter struct {
+	w     *snoopWriter
+	limit int
+
+	mu sync.Mutex
+	// initID is the id of the first initialize request passed on, while its
+	// response is outstanding; version is the protocol version it
+	// negotiated ("" until then).
+	initID      *jsonrpc.ID
+	initPending bool
+	version     string
+}
+
+// run copies valid lines from in to pw until in ends or pw is closed.
+func (f *frameFilter) run(in io.Reader, pw *io.PipeWriter) {
+	br := bufio.NewReaderSize(in, 64*1024)
+	for {
+		line, tooLong, err := readLine(br, f.limit)
+		if tooLong {
+			f.reply(nil, codeInvalidRequest, "invalid request: frame exceeds the maximum line length")
+		} else if len(bytes.TrimSpace(line)) > 0 {
+			if ok := f.check(bytes.TrimSpace(line)); ok {
+				if _, werr := pw.Write(append(bytes.TrimSpace(line), '\n')); werr != nil {
+					return
+				}
+			}
+		}
+		if err != nil {
+			pw.CloseWithError(err)
+			return
+		}
+	}
+}
+
+// readLine reads one line (without its newline) of at most limit bytes; a
+// longer line is consumed up to its newline and reported as tooLong.
+func readLine(br *bufio.Reader, limit int) (line []byte, tooLong bool, err error) {
+	for {
+		chunk, err := br.ReadSlice('\n')
+		if !tooLong {
+			if len(line)+len(chunk) > limit+1 {
+				tooLong, line = true, nil
+			} else {
+				line = append(line, chunk...)
+			}
+		}
+		if err == bufio.ErrBufferFull {
+			continue
+		}
+		line = bytes.TrimSuffix(line, []byte("\n"))
+		if err == io.EOF && len(line) > 0 {
+			err = nil // a last line without a newline still counts; the next read reports EOF
+		}
+		return line, tooLong, err
+	}
+}
+
+// check reports whether line may go on to the SDK; if not, it has answered
+// the client already.
+func (f *frameFilter) check(line []byte) bool {
+	if !json.Valid(line) {
+		f.reply(nil, codeParseError, "parse error: the frame is not valid JSON")
+		return false
+	}
+	if tooDeep(line) {
+		f.reply(nil, codeParseError, "parse error: the frame nests deeper than 1000 levels")
+		return false
+	}
+	if line[0] != '[' {
+		msg, err := jsonrpc.DecodeMessage(line)
+		if err != nil {
+			f.reply(idOf(line), codeInvalidRequest, "invalid request: "+err.Error())
+			return false
+		}
+		f.sawInitialize(msg)
+		return true
+	}
+	var raws []json.RawMessage
+	if err := json.Unmarshal(line, &raws); err != nil {
+		f.reply(nil, codeInvalidRequest, "invalid request: "+err.Error())
+		return false
+	}
+	if len(raws) == 0 {
+		f.reply(nil, codeInvalidRequest, "invalid request: empty batch")
+		return false
+	}
+	f.mu.Lock()
+	batchOK := !f.initPending && (f.version == "" || f.version < noBatchVersion)
+	version := f.version
+	f.mu.Unlock()
+	if !batchOK {
+		f.reply(nil, codeInvalidRequest, "invalid request: JSON-RPC batches are not supported in protocol version "+version+" (they were removed in "+noBatchVersion+")")
+		return false
+	}
+	seen := map[jsonrpc.ID]bool{}
+	msgs := make([]jsonrpc.Message, 0, len(raws))
+	for _, raw := range raws {
+		msg, err := jsonrpc.DecodeMessage(raw)
+		if err != nil {
+			f.reply(nil, codeInvalidRequest, "invalid request: batch member: "+err.Error())
+			return false
+		}
+		if req, ok := msg.(*jsonrpc.Request); ok && req.ID.IsValid() {
+			if seen[req.ID] {
+				f.reply(nil, codeInvalidRequest, "invalid request: duplicate id in batch")
+				return false
+			}
+			seen[req.ID] = true
+		}
+		msgs = append(msgs, msg)
+	}
+	for _, msg := range msgs {
+		f.sawInitialize(msg)
+	}
+	return true
+}
+
+// sawInitialize remembers the first initialize request so that the
+// protocol version it negotiates can be read from its response.
+func (f *frameFilter) sawInitialize(msg jsonrpc.Message) {
+	req, ok := msg.(*jsonrpc.Request)
+	if !ok || req.Method != "initialize" || !req.ID.IsValid() {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.version == "" && !f.initPending {
+		id := req.ID
+		f.initID, f.initPending = &id, true
+	}
+}
+
+// sawResponse reads the negotiated version from the initialize response.
+func (f *frameFilter) sawResponse(line []byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.initPending {
+		return
+	}
+	msg, err := jsonrpc.DecodeMessage(bytes.TrimSpace(line))
+	resp, ok := msg.(*jsonrpc.Response)
+	if err != nil || !ok || resp.ID != *f.initID {
+		return
+	}
+	f.initPending = false
+	if resp.Error != nil {
+		return
+	}
+	var r struct {
+		ProtocolVersion string `json:"protocolVersion"`
+	}
+	if json.Unmarshal(resp.Result, &r) == nil {
+		f.version = r.ProtocolVersion
+	}
+}
+
+// reply writes a JSON-RPC error response with id (null when nil).
+func (f *frameFilter) reply(id any, code int, message string) {
+	b, err := json.Marshal(struct {
+		JSONRPC string `json:"jsonrpc"`
+		ID      any    `json:"id"`
+		Error   struct {
+			Code    int    `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	}{JSONRPC: "2.0", ID: id, Error: struct {
+		Code    int    `json:"code"`
+		Message string `json:"message"`
+	}{code, message}})
+	if err != nil {
+		return
+	}
+	_, _ = f.w.Write(append(b, '\n'))
+}
+
+// idOf returns a bad frame's id when it is a string or a number, so the
+// client can match the error to its request; otherwise nil (null).
+func idOf(line []byte) any {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(line, &m) != nil {
+		return nil
+	}
+	var id any
+	dec := json.NewDecoder(bytes.NewReader(m["id"]))
+	dec.UseNumber()
+	if dec.Decode(&id) != nil {
+		return nil
+	}
+	switch id.(type) {
+	case string, json.Number:
+		return id
+	}
+	return nil
+}
+
+// tooDeep reports whether valid JSON nests deeper than maxDepth.
+func tooDeep(b []byte) bool {
+	depth, inString, escaped := 0, false, false
+	for _, c := range b {
+		switch {
+		case escaped:
+			escaped = false
+		case inString && c == '\\':
+			escaped = true
+		case c == '"':
+			inString = !inString
+		case inString:
+		case c == '{' || c == '[':
+			depth++
+			if depth > maxDepth {
+				return true
+			}
+		case c == '}' || c == ']':
+			depth--
+		}
+	}
+	return false
+}
+
+// snoopWriter serialises whole-line writes from the SDK's connection and
+// the filter's error replies, and shows the filter the server's
+// responses while it waits for the initialize response.
+type snoopWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+	f  *frameFilter
+}
+
+func (s *snoopWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	n, err := s.w.Write(p)
+	s.mu.Unlock()
+	if err == nil {
+		s.f.sawResponse(p)
+	}
+	return n, err
+}
