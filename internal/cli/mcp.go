@@ -36,7 +36,7 @@ func (a *app) mcpCommand() *cobra.Command {
 func (a *app) mcpServeCommand() *cobra.Command {
 	var o serveOptions
 	cmd := &cobra.Command{
-		Use:   "serve [--allow-path DIR]... [--allow-host-compat] [--http ADDR [--tls-cert FILE --tls-key FILE] [--allow-remote]]",
+		Use:   "serve [--allow-path DIR]... [--allow-host-compat] [--http ADDR [--tls-cert FILE --tls-key FILE] [--allow-remote] [--allow-origin ORIGIN]...]",
 		Short: "Run the MCP server on stdio, or on streamable HTTP with --http",
 		Long: `Runs pyro's MCP server: vm_run for one-off commands, the vm_* lifecycle
 tools and the workspace, snapshot, service and shell tools.
@@ -47,7 +47,8 @@ instead. ADDR must be a loopback address (":PORT" means 127.0.0.1:PORT) unless
 --allow-remote is given, which also needs --tls-cert and --tls-key (the server
 then speaks HTTPS; the certificate files may also be used on loopback). Every
 HTTP request needs "Authorization: Bearer TOKEN"; the token is $` + tokenEnv + `,
-or a random one printed once on stderr.
+or a random one printed once on stderr. A request carrying a browser Origin is
+refused (403) unless the Origin is the bound address or an --allow-origin entry.
 
 The model is untrusted. Host paths in tool arguments (seed_path, source_path,
 a secret's file_path, output_path) must lie beneath the client's MCP roots (not
@@ -65,8 +66,8 @@ directory); /proc, /sys and /dev never count. A tool call's allow_host_compat=tr
   {"mcpServers": {"pyro": {"command": "pyro", "args": ["mcp", "serve"]}}}`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if o.httpAddr == "" && (o.allowRemote || o.tlsCert != "" || o.tlsKey != "") {
-				return usageError(cmd, "--allow-remote, --tls-cert and --tls-key need --http ADDR")
+			if o.httpAddr == "" && (o.allowRemote || o.tlsCert != "" || o.tlsKey != "" || len(o.allowOrigins) > 0) {
+				return usageError(cmd, "--allow-remote, --allow-origin, --tls-cert and --tls-key need --http ADDR")
 			}
 			if (o.tlsCert == "") != (o.tlsKey == "") {
 				return usageError(cmd, "give --tls-cert and --tls-key together")
@@ -97,6 +98,7 @@ directory); /proc, /sys and /dev never count. A tool call's allow_host_compat=tr
 	f.StringVar(&o.tlsCert, "tls-cert", "", "serve HTTPS with this PEM certificate (chain) file")
 	f.StringVar(&o.tlsKey, "tls-key", "", "the PEM private key of --tls-cert")
 	f.StringArrayVar(&o.allowPaths, "allow-path", nil, "host directory beneath which tool arguments may name host paths (repeatable; default: the current directory unless it is / or your home)")
+	f.StringArrayVar(&o.allowOrigins, "allow-origin", nil, "with --http, also serve browser requests whose Origin is this (scheme://host[:port]; repeatable; default: only the bound address)")
 	f.BoolVar(&o.allowHostCompat, "allow-host-compat", false, "let a tool call's allow_host_compat=true fall back to the weaker host sandbox")
 	return cmd
 }
@@ -108,6 +110,7 @@ type serveOptions struct {
 	tlsCert, tlsKey string
 	allowPaths      []string
 	allowHostCompat bool
+	allowOrigins    []string
 }
 
 // isClosedPipe reports the normal end of a stdio session.
@@ -151,8 +154,13 @@ func (a *app) serveHTTP(ctx context.Context, server *mcp.Server, o serveOptions)
 	if err != nil {
 		return errdefs.Wrap(errdefs.ErrUnavailable, err, "pick another port", "cannot listen on %s", addr)
 	}
+	guard, err := newOriginGuard(ln.Addr().String(), o.allowOrigins)
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	handler := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server }, nil)
-	srv := &http.Server{Handler: requireBearer(token, handler), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: guard.handler(requireBearer(token, handler)), ReadHeaderTimeout: 10 * time.Second}
 	url := "http://" + ln.Addr().String() + "/mcp"
 	if tlsConfig != nil {
 		ln = tls.NewListener(ln, tlsConfig)
