@@ -1,0 +1,28 @@
+package cli
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+)
+
+// Errors quote the guest (console tails, names): human output must not
+// carry its terminal escape sequences.
+func TestPrintErrorStripsTerminalControls(t *testing.T) {
+	var out, errb bytes.Buffer
+	a := &app{stdout: &out, stderr: &errb}
+	a.printError(errors.New("boot failed: console tail:\n\x1b]0;owned\x07\x1b[2Jkernel panic"))
+	if s := errb.String(); strings.ContainsAny(s, "\x1b\x07") || !strings.Contains(s, "console tail:\nkernel panic") {
+		t.Errorf("stderr: %q", s)
+	}
+}
+
+func TestShortDigest(t *testing.T) {
+	full := strings.Repeat("ab", 32)
+	for in, want := range map[string]string{full: full[:12], "ab": "ab", "": "", "x\x1b[2J": "x"} {
+		if got := shortDigest(in); got != want {
+			t.Errorf("shortDigest(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
