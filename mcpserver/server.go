@@ -32,6 +32,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/pyro-mcp/pyro"
@@ -115,7 +116,7 @@ func newServer(c *pyro.Client, opts Options, tools []tool) (*mcp.Server, error) 
 		InitializedHandler:      paths.sessionStarted,
 		RootsListChangedHandler: paths.rootsChanged,
 	})
-	s.AddReceivingMiddleware(argumentErrors)
+	s.AddReceivingMiddleware(argumentErrors, logLevels)
 	for _, t := range tools {
 		t.add(s, env)
 	}
@@ -166,6 +167,24 @@ func argumentErrors(next mcp.MethodHandler) mcp.MethodHandler {
 			}
 		}
 		return r, nil
+	}
+}
+
+// loggingLevels are the syslog severities MCP's logging/setLevel accepts.
+var loggingLevels = map[mcp.LoggingLevel]bool{
+	"debug": true, "info": true, "notice": true, "warning": true,
+	"error": true, "critical": true, "alert": true, "emergency": true,
+}
+
+// logLevels answers logging/setLevel with an unknown level with -32602
+// (invalid params); the go-sdk stores any string it is given.
+func logLevels(next mcp.MethodHandler) mcp.MethodHandler {
+	return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
+		if p, ok := req.GetParams().(*mcp.SetLoggingLevelParams); ok && method == "logging/setLevel" && !loggingLevels[p.Level] {
+			return nil, &jsonrpc.Error{Code: jsonrpc.CodeInvalidParams,
+				Message: fmt.Sprintf("invalid params: unknown logging level %q (want debug, info, notice, warning, error, critical, alert or emergency)", p.Level)}
+		}
+		return next(ctx, method, req)
 	}
 }
 

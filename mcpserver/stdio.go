@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"os"
 	"sync"
@@ -300,11 +301,41 @@ type snoopWriter struct {
 }
 
 func (s *snoopWriter) Write(p []byte) (int, error) {
+	q := s.f.standardCode(p)
 	s.mu.Lock()
-	n, err := s.w.Write(p)
+	_, err := s.w.Write(q)
 	s.mu.Unlock()
-	if err == nil {
-		s.f.sawResponse(p)
+	if err != nil {
+		return 0, err
 	}
-	return n, err
+	s.f.sawResponse(p)
+	return len(p), nil
+}
+
+// standardCode gives an error response the go-sdk sends before a
+// successful initialize (a call other than initialize or ping: "method is
+// invalid during session initialization") the standard code -32600
+// instead of its 0, which is no JSON-RPC error code.
+func (f *frameFilter) standardCode(line []byte) []byte {
+	f.mu.Lock()
+	initialized := f.version != ""
+	f.mu.Unlock()
+	if initialized || !bytes.Contains(line, []byte(`"error"`)) {
+		return line
+	}
+	msg, err := jsonrpc.DecodeMessage(bytes.TrimSpace(line))
+	resp, ok := msg.(*jsonrpc.Response)
+	if err != nil || !ok {
+		return line
+	}
+	var we *jsonrpc.Error
+	if !errors.As(resp.Error, &we) || we.Code != 0 {
+		return line
+	}
+	we.Code = codeInvalidRequest
+	b, err := jsonrpc.EncodeMessage(resp)
+	if err != nil {
+		return line
+	}
+	return append(b, '\n')
 }

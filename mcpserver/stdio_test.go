@@ -173,3 +173,29 @@ func TestStdioLongLine(t *testing.T) {
 	}
 	p.toolsListWorks(2)
 }
+
+// A call before initialize gets a standard JSON-RPC code, not the go-sdk's 0.
+func TestStdioBeforeInitializeStandardCode(t *testing.T) {
+	p := startStdio(t)
+	r, raw := p.send(`{"jsonrpc":"2.0","id":3,"method":"tools/list"}`)
+	if r.Error == nil || r.Error.Code != -32600 || string(r.ID) != "3" {
+		t.Fatalf("tools/list before initialize: want -32600 with id 3, got %s", raw)
+	}
+	if r, raw := p.send(`{"jsonrpc":"2.0","id":4,"method":"ping"}`); r.Error != nil {
+		t.Fatalf("ping before initialize: %s", raw)
+	}
+	p.initialize("2025-11-25")
+	p.toolsListWorks(5)
+}
+
+func TestSetLevelUnknownIsInvalidParams(t *testing.T) {
+	p := startStdio(t)
+	p.initialize("2025-11-25")
+	r, raw := p.send(`{"jsonrpc":"2.0","id":1,"method":"logging/setLevel","params":{"level":"verbose"}}`)
+	if r.Error == nil || r.Error.Code != -32602 || string(r.ID) != "1" {
+		t.Fatalf("setLevel verbose: want -32602, got %s", raw)
+	}
+	if r, raw := p.send(`{"jsonrpc":"2.0","id":2,"method":"logging/setLevel","params":{"level":"warning"}}`); r.Error != nil {
+		t.Fatalf("setLevel warning: %s", raw)
+	}
+}
