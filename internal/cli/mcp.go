@@ -187,14 +187,23 @@ func (a *app) serveHTTP(ctx context.Context, server *mcp.Server, o serveOptions)
 }
 
 // requireBearer answers 401 to any request without the exact bearer token,
-// before the MCP handler sees it.
+// before the MCP handler sees it. The scheme is case-insensitive (RFC 9110
+// section 11.1); the token is compared in constant time. The 401 says how to
+// authenticate, since there is no OAuth to discover: clients that expect
+// OAuth show this text to the user.
 func requireBearer(token string, next http.Handler) http.Handler {
-	want := []byte("Bearer " + token)
+	want := []byte(token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got := []byte(r.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="pyro"`)
-			http.Error(w, "missing or wrong bearer token", http.StatusUnauthorized)
+		scheme, got, _ := strings.Cut(strings.TrimSpace(r.Header.Get("Authorization")), " ")
+		if len(want) == 0 || !strings.EqualFold(scheme, "bearer") || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), want) != 1 {
+			challenge := `Bearer realm="pyro"`
+			if r.Header.Get("Authorization") != "" {
+				challenge += `, error="invalid_token", error_description="wrong bearer token"`
+			}
+			w.Header().Set("WWW-Authenticate", challenge)
+			http.Error(w, "unauthorized: missing or wrong bearer token (hint: send the header \"Authorization: Bearer <token>\"; "+
+				"the token is the server's $"+tokenEnv+", or the random one `pyro mcp serve --http` printed on its stderr when it started; this server does not use OAuth)",
+				http.StatusUnauthorized)
 			return
 		}
 		next.ServeHTTP(w, r)
