@@ -69,8 +69,8 @@ func (s *Agent) handleExec(w http.ResponseWriter, r *http.Request) {
 	res := s.run(r.Context(), p, out.forward)
 	out.flush()
 	// Output crosses the channel once, in the events above: the host
-	// assembles the result's stdout and stderr from them.
-	res.Stdout, res.Stderr = "", ""
+	// assembles the result's stdout and stderr from them (run keeps no
+	// copy, so res.Stdout and res.Stderr are empty).
 	// Whatever the command wrote to /workspace reaches the disk before
 	// the host learns it finished.
 	s.syncWorkspace()
@@ -283,12 +283,12 @@ func checkExecutable(path string) error {
 	return nil
 }
 
-// capture collects one output stream up to a limit and forwards what it
-// keeps.
+// capture forwards one output stream up to a limit and counts it; the
+// bytes themselves are not kept (they reach the host once, as events).
 type capture struct {
 	stream    string
 	limit     int64
-	buf       []byte
+	n         int64
 	truncated bool
 	forward   func(stream string, p []byte)
 }
@@ -297,7 +297,7 @@ func (c *capture) add(p []byte) {
 	if c.truncated {
 		return
 	}
-	room := c.limit - int64(len(c.buf))
+	room := c.limit - c.n
 	if int64(len(p)) > room {
 		p = p[:room]
 		c.truncated = true
@@ -305,8 +305,52 @@ func (c *capture) add(p []byte) {
 	if len(p) == 0 {
 		return
 	}
-	c.buf = append(c.buf, p...)
+	c.n += int64(len(p))
 	c.forward(c.stream, p)
+}
+
+const (
+	// outputPipeBytes is the size asked for each output pipe (the
+	// default is 64 KiB; fs.pipe-max-size is 1 MiB): a producer keeps
+	// writing while the agent sends the previous chunk to the host, or
+	// while the drainer below pauses.
+	outputPipeBytes = 1 << 20
+	// drainReadBytes is the read size of an output pipe.
+	drainReadBytes = 256 << 10
+	// dropPause is how long the drainer waits after a short read once the
+	// stream is past its cap. Reading at once woke the agent for every
+	// write of the producer (8 KiB for head/cat): under the user cgroup's
+	// low cpu.weight the agent's thread preempts the producer on each
+	// wakeup, so a 64 MiB flood cost ~16k context switches per stream,
+	// ruinous under TCG. With a pause the producer fills the large pipe
+	// and each read takes up to drainReadBytes.
+	dropPause = 2 * time.Millisecond
+)
+
+// drain reads r into c until EOF or a read deadline.
+func drain(r *os.File, c *capture) {
+	buf := make([]byte, drainReadBytes)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			c.add(buf[:n])
+		}
+		if err != nil {
+			return
+		}
+		if c.truncated && n < len(buf) {
+			time.Sleep(dropPause)
+		}
+	}
+}
+
+// growPipe asks for a larger pipe buffer; the default size still works.
+func growPipe(f *os.File) {
+	if rc, err := f.SyscallConn(); err == nil {
+		_ = rc.Control(func(fd uintptr) {
+			_, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, outputPipeBytes)
+		})
+	}
 }
 
 // run starts p, streams its output through forward and returns its result.
@@ -341,7 +385,6 @@ func (s *Agent) run(ctx context.Context, p *prepared, forward func(stream string
 			res.ExitCode = agentapi.ExitCannotExecute
 			stderr.add([]byte("pyro: " + p.argv[0] + ": cannot execute: " + err.Error() + "\n"))
 		}
-		res.Stderr = string(stderr.buf)
 		return finish()
 	}
 
@@ -355,6 +398,8 @@ func (s *Agent) run(ctx context.Context, p *prepared, forward func(stream string
 		outW.Close()
 		return startFailed(&res, stderr, p, err, finish)
 	}
+	growPipe(outR)
+	growPipe(errR)
 	cmd := &exec.Cmd{
 		Path:        path,
 		Args:        p.argv,
@@ -377,22 +422,9 @@ func (s *Agent) run(ctx context.Context, p *prepared, forward func(stream string
 	res.PID = pid
 
 	var wg sync.WaitGroup
-	drain := func(r *os.File, c *capture) {
-		defer wg.Done()
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := r.Read(buf)
-			if n > 0 {
-				c.add(buf[:n])
-			}
-			if err != nil {
-				return
-			}
-		}
-	}
 	wg.Add(2)
-	go drain(outR, stdout)
-	go drain(errR, stderr)
+	go func() { defer wg.Done(); drain(outR, stdout) }()
+	go func() { defer wg.Done(); drain(errR, stderr) }()
 
 	var (
 		killMu   sync.Mutex
@@ -458,7 +490,6 @@ func (s *Agent) run(ctx context.Context, p *prepared, forward func(stream string
 	if res.TimedOut {
 		res.ExitCode = agentapi.ExitTimedOut
 	}
-	res.Stdout, res.Stderr = string(stdout.buf), string(stderr.buf)
 	res.StdoutTruncated, res.StderrTruncated = stdout.truncated, stderr.truncated
 	return finish()
 }
@@ -469,6 +500,5 @@ func startFailed(res *agentapi.ExecResult, stderr *capture, p *prepared, err err
 		res.ExitCode = agentapi.ExitNotFound
 	}
 	stderr.add([]byte("pyro: " + p.argv[0] + ": cannot execute: " + err.Error() + "\n"))
-	res.Stderr = string(stderr.buf)
 	return finish()
 }
