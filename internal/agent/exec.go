@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -318,19 +319,25 @@ const (
 	// drainReadBytes is the read size of an output pipe.
 	drainReadBytes = 256 << 10
 	// dropPause is how long the drainer waits after a short read once the
-	// stream is past its cap. Reading at once woke the agent for every
-	// write of the producer (8 KiB for head/cat): under the user cgroup's
-	// low cpu.weight the agent's thread preempts the producer on each
-	// wakeup, so a 64 MiB flood cost ~16k context switches per stream,
-	// ruinous under TCG. With a pause the producer fills the large pipe
-	// and each read takes up to drainReadBytes.
+	// stream is past its cap, so that the producer fills the large pipe
+	// and each read takes up to drainReadBytes. Reading at once woke the
+	// agent for every write of the producer (8 KiB for head or cat), and
+	// under the user cgroup's low cpu.weight the agent's thread preempts
+	// the producer on each wakeup: a 64 MiB flood cost ~8k context
+	// switches per stream, slow under TCG.
 	dropPause = 2 * time.Millisecond
+	// dropPollMS bounds one wait for data of a quiet stream past its cap,
+	// so a stop is seen.
+	dropPollMS = 50
 )
 
-// drain reads r into c until EOF or a read deadline.
-func drain(r *os.File, c *capture) {
+// drain reads r into c until EOF or stop. Once c is past its cap the rest
+// is read and dropped (the command must not block or die of SIGPIPE) off
+// the Go poller: a pipe registered with epoll wakes its reader for every
+// write, and the reader here should sleep through most of them.
+func drain(r *os.File, c *capture, stop *atomic.Bool) {
 	buf := make([]byte, drainReadBytes)
-	for {
+	for !c.truncated {
 		n, err := r.Read(buf)
 		if n > 0 {
 			c.add(buf[:n])
@@ -338,8 +345,43 @@ func drain(r *os.File, c *capture) {
 		if err != nil {
 			return
 		}
-		if c.truncated && n < len(buf) {
+	}
+	fd := -1
+	if rc, err := r.SyscallConn(); err == nil {
+		_ = rc.Control(func(f uintptr) {
+			fd, _ = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 0)
+		})
+	}
+	if fd < 0 {
+		// Stay on the poller, pausing all the same.
+		for {
+			n, err := r.Read(buf)
+			if err != nil {
+				return
+			}
+			if n < len(buf) {
+				time.Sleep(dropPause)
+			}
+		}
+	}
+	defer unix.Close(fd)
+	// Closing r takes the pipe out of the poller's epoll set (the copy
+	// shares its non-blocking open file); run's later deadline and Close
+	// on r are then no-ops.
+	_ = r.Close()
+	for !stop.Load() {
+		n, err := unix.Read(fd, buf)
+		switch {
+		case n == len(buf) || err == unix.EINTR:
+		case n > 0:
 			time.Sleep(dropPause)
+		case err == unix.EAGAIN:
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			if k, _ := unix.Poll(pfd, dropPollMS); k > 0 && pfd[0].Revents&unix.POLLIN != 0 && pfd[0].Revents&unix.POLLHUP == 0 {
+				time.Sleep(dropPause)
+			}
+		default: // EOF or an error
+			return
 		}
 	}
 }
@@ -423,8 +465,9 @@ func (s *Agent) run(ctx context.Context, p *prepared, forward func(stream string
 
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); drain(outR, stdout) }()
-	go func() { defer wg.Done(); drain(errR, stderr) }()
+	var stopDrain atomic.Bool
+	go func() { defer wg.Done(); drain(outR, stdout, &stopDrain) }()
+	go func() { defer wg.Done(); drain(errR, stderr, &stopDrain) }()
 
 	var (
 		killMu   sync.Mutex
@@ -465,6 +508,7 @@ func (s *Agent) run(ctx context.Context, p *prepared, forward func(stream string
 	select {
 	case <-done:
 	case <-time.After(pipeGrace):
+		stopDrain.Store(true)
 		_ = outR.SetReadDeadline(time.Now())
 		_ = errR.SetReadDeadline(time.Now())
 		<-done
