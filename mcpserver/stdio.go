@@ -141,7 +141,10 @@ func (f *frameFilter) check(line []byte) bool {
 		return false
 	}
 	if line[0] != '[' {
-		msg, err := jsonrpc.DecodeMessage(line)
+		msg, err := decode(line)
+		if errors.Is(err, errErrorResponse) {
+			return false // never answer an answer: two peers could ping-pong
+		}
 		if err != nil {
 			f.reply(idOf(line), codeInvalidRequest, "invalid request: "+err.Error())
 			return false
@@ -162,6 +165,12 @@ func (f *frameFilter) check(line []byte) bool {
 	batchOK := !f.initPending && (f.version == "" || f.version < noBatchVersion)
 	version := f.version
 	f.mu.Unlock()
+	if !batchOK && version == "" {
+		// The negotiated version is not known yet; the SDK may already
+		// have switched to one without batches.
+		f.reply(nil, codeInvalidRequest, "invalid request: no JSON-RPC batch while initialize is being answered")
+		return false
+	}
 	if !batchOK {
 		f.reply(nil, codeInvalidRequest, "invalid request: JSON-RPC batches are not supported in protocol version "+version+" (they were removed in "+noBatchVersion+")")
 		return false
@@ -169,7 +178,7 @@ func (f *frameFilter) check(line []byte) bool {
 	seen := map[jsonrpc.ID]bool{}
 	msgs := make([]jsonrpc.Message, 0, len(raws))
 	for _, raw := range raws {
-		msg, err := jsonrpc.DecodeMessage(raw)
+		msg, err := decode(raw)
 		if err != nil {
 			f.reply(nil, codeInvalidRequest, "invalid request: batch member: "+err.Error())
 			return false
@@ -187,6 +196,51 @@ func (f *frameFilter) check(line []byte) bool {
 		f.sawInitialize(msg)
 	}
 	return true
+}
+
+// errErrorResponse marks an error response without a usable id.
+var errErrorResponse = errors.New("error response without an id")
+
+// decode is the go-sdk's own decoding (so that whatever passes here also
+// passes there) plus MCP's rule on ids, which the SDK does not enforce: a
+// request's id is a string or an integer, never null (the SDK would take a
+// null id for a notification and silently truncate 1.5 to 1).
+func decode(raw []byte) (jsonrpc.Message, error) {
+	msg, err := jsonrpc.DecodeMessage(raw)
+	var m map[string]json.RawMessage
+	if json.Unmarshal(raw, &m) != nil {
+		m = nil
+	}
+	idRaw, hasID := m["id"]
+	_, hasMethod := m["method"]
+	_, hasError := m["error"]
+	if err != nil && !hasMethod && hasError && !validID(idRaw) {
+		return nil, errErrorResponse
+	}
+	if err != nil {
+		return nil, err
+	}
+	if hasID && !validID(idRaw) {
+		return nil, errors.New("id must be a string or an integer")
+	}
+	return msg, nil
+}
+
+// validID reports whether raw is a JSON string or integer.
+func validID(raw json.RawMessage) bool {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || string(raw) == "null" {
+		return false
+	}
+	if raw[0] == '"' {
+		return true // DecodeMessage has accepted it as a string
+	}
+	var n json.Number
+	if json.Unmarshal(raw, &n) != nil {
+		return false
+	}
+	_, err := n.Int64()
+	return err == nil
 }
 
 // sawInitialize remembers the first initialize request so that the

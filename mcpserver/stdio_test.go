@@ -58,12 +58,26 @@ type rpcReply struct {
 	} `json:"error"`
 }
 
+// write sends one line; it fails instead of blocking when the server
+// does not read (say, because it is stuck writing an unexpected reply).
+func (p *stdioPeer) write(line string) {
+	p.t.Helper()
+	done := make(chan error, 1)
+	go func() { _, err := io.WriteString(p.in, line+"\n"); done <- err }()
+	select {
+	case err := <-done:
+		if err != nil {
+			p.t.Fatalf("write %.100q: %v (server gone?)", line, err)
+		}
+	case <-time.After(5 * time.Second):
+		p.t.Fatalf("the server does not read %.100q", line)
+	}
+}
+
 // send writes one line and reads one reply line (within 5 s).
 func (p *stdioPeer) send(line string) (rpcReply, string) {
 	p.t.Helper()
-	if _, err := io.WriteString(p.in, line+"\n"); err != nil {
-		p.t.Fatalf("write %q: %v (server gone?)", line, err)
-	}
+	p.write(line)
 	got := make(chan string, 1)
 	go func() {
 		if p.out.Scan() {
@@ -96,9 +110,7 @@ func (p *stdioPeer) initialize(version string) {
 	if r.Error != nil || !strings.Contains(string(r.Result), version) {
 		p.t.Fatalf("initialize: %s", raw)
 	}
-	if _, err := io.WriteString(p.in, `{"jsonrpc":"2.0","method":"notifications/initialized"}`+"\n"); err != nil {
-		p.t.Fatal(err)
-	}
+	p.write(`{"jsonrpc":"2.0","method":"notifications/initialized"}`)
 }
 
 func (p *stdioPeer) toolsListWorks(id int) {
@@ -130,6 +142,9 @@ func TestStdioSurvivesBadFrames(t *testing.T) {
 				{`{"jsonrpc":"2.0","id":8,"method":42}`, -32600, "8"},
 				{`{"jsonrpc":"2.0","id":{"x":1},"method":"tools/list"}`, -32600, "null"},
 				{`{"jsonrpc":"2.0"}`, -32600, "null"},
+				{`{"jsonrpc":"2.0","id":null,"method":"ping"}`, -32600, "null"},
+				{`{"jsonrpc":"2.0","id":1.5,"method":"ping"}`, -32600, "1.5"},
+				{`{"jsonrpc":"2.0","id":true,"method":"ping"}`, -32600, "null"},
 				{`42`, -32600, "null"},
 				{`null`, -32600, "null"},
 				{`[]`, -32600, "null"},
@@ -144,6 +159,15 @@ func TestStdioSurvivesBadFrames(t *testing.T) {
 			}
 		})
 	}
+}
+
+// An error response without an id gets no answer (answering answers could
+// loop between two peers), and the server goes on.
+func TestStdioIgnoresIDlessErrorResponse(t *testing.T) {
+	p := startStdio(t)
+	p.initialize("2025-11-25")
+	p.write(`{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"parse error"}}`)
+	p.toolsListWorks(1) // the next line out answers tools/list, not the response
 }
 
 // Batches stay usable under a protocol version that has them.
