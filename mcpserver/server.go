@@ -17,6 +17,9 @@
 // roots (paths.go), and allow_host_compat only takes effect when the
 // person who started the server allowed it (Options.AllowHostCompat).
 //
+// Serve it on stdio with this package's StdioTransport, not the go-sdk's:
+// that one ends the session on the first malformed line (stdio.go).
+//
 // Long calls (vm_run, vm_start, workspace_create, workspace_exec,
 // workspace_reset) send progress notifications when the client passed a
 // progress token; cancelling a call cancels the SDK call, which kills the
