@@ -26,13 +26,16 @@ type Process struct {
 	once sync.Once
 }
 
-// StartProcess starts cmd in its own process group, killed if pyro dies
+// StartProcess starts cmd in its own process group (or session, when
+// cmd asks for Setsid), killed if pyro dies
 // (Pdeathsig), and begins waiting for it.
 func StartProcess(cmd *exec.Cmd) (*Process, error) {
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
-	cmd.SysProcAttr.Setpgid = true
+	// A new session (Setsid) is a new process group too; setpgid after
+	// setsid would fail with EPERM.
+	cmd.SysProcAttr.Setpgid = !cmd.SysProcAttr.Setsid
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	if err := cmd.Start(); err != nil {
 		return nil, err

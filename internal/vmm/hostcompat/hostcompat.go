@@ -204,7 +204,10 @@ func start(spec vmm.Spec, cfg config) (vmm.Machine, error) {
 	}
 	defer log.Close()
 	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: Cloneflags}
+	// Its own session: started by `pyro run` in a terminal, the sandbox
+	// would otherwise share that terminal as its controlling tty, and a
+	// command could open /dev/tty and type into the user's shell (TIOCSTI).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: Cloneflags, Setsid: true}
 	m, err := vmm.StartMachine(cmd, spec.Dir, vmdir.ConsoleLog, "host-compat sandbox")
 	if err != nil {
 		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "host-compat needs root and a kernel with user, PID and mount namespaces", "start host-compat sandbox")
