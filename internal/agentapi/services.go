@@ -2,11 +2,10 @@ package agentapi
 
 import (
 	"context"
-			"net/http"
+	"net/http"
 	"net/url"
 	"strconv"
 	"time"
-
 )
 
 // Service defaults the agent applies when a request leaves a field at 0.

@@ -136,4 +136,3 @@ func TestSpliceClientGone(t *testing.T) {
 		t.Fatal("the agent never saw the client leave")
 	}
 }
-

@@ -34,7 +34,9 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/pyro-mcp/pyro/internal/caplog"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/hostres"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/vmm"
 )
@@ -198,11 +200,12 @@ func start(spec vmm.Spec, cfg config) (vmm.Machine, error) {
 	cmd.Args[0] = "pyro"
 	cmd.Dir = string(spec.Dir)
 	cmd.Env = []string{sandboxPath}
-	log, err := os.OpenFile(spec.Dir.Path(vmdir.ConsoleLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	// The sandbox's output is capped like a VM's serial console: what runs
+	// inside is untrusted and must not fill the host's disk.
+	log, err := caplog.Open(spec.Dir.Path(vmdir.ConsoleLog), hostres.Load().ConsoleLogBytes)
 	if err != nil {
 		return nil, err
 	}
-	defer log.Close()
 	cmd.Stdout, cmd.Stderr = log, log
 	// Its own session: started by `pyro run` in a terminal, the sandbox
 	// would otherwise share that terminal as its controlling tty, and a
@@ -210,8 +213,13 @@ func start(spec vmm.Spec, cfg config) (vmm.Machine, error) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: Cloneflags, Setsid: true}
 	m, err := vmm.StartMachine(cmd, spec.Dir, vmdir.ConsoleLog, "host-compat sandbox")
 	if err != nil {
+		log.Close()
 		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "host-compat needs root and a kernel with user, PID and mount namespaces", "start host-compat sandbox")
 	}
+	go func() {
+		<-m.Done() // the output copier has finished when the process is waited for
+		log.Close()
+	}()
 	return m, nil
 }
 
