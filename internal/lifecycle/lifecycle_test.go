@@ -490,9 +490,11 @@ func TestResetRefusesExpired(t *testing.T) {
 func TestReap(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	soon := time.Now().Add(1500 * time.Millisecond)
+	// Long enough for three supervisors to start on a loaded 2-core host
+	// before it passes (a start after expiry is refused, by design).
+	soon := time.Now().Add(4 * time.Second)
 	rec := newRecord(instance.KindVM)
-	rec.TTLSeconds, rec.ExpiresAt = 1, &soon
+	rec.TTLSeconds, rec.ExpiresAt = 4, &soon
 	expDir, expRec := f.create(t, rec)
 	if _, err := f.m.Start(ctx, expDir, expRec); err != nil {
 		t.Fatal(err)
