@@ -19,20 +19,13 @@ const maxPath = 107
 // /proc/self/fd/N/<name>, where N is an O_PATH descriptor of its directory,
 // so the address handed to connect(2) stays short whatever the directory.
 func Dial(ctx context.Context, path string) (net.Conn, error) {
-	var d net.Dialer
-	if len(path) <= maxPath {
-		return d.DialContext(ctx, "unix", path)
-	}
-	fd, err := unix.Open(filepath.Dir(path), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open socket directory: %w", err)
-	}
-	defer unix.Close(fd)
-	short := fmt.Sprintf("/proc/self/fd/%d/%s", fd, filepath.Base(path))
-	if len(short) > maxPath {
-		return nil, fmt.Errorf("socket name %q is too long", filepath.Base(path))
-	}
-	return d.DialContext(ctx, "unix", short)
+	var conn net.Conn
+	err := viaShortPath(path, func(p string) (err error) {
+		var d net.Dialer
+		conn, err = d.DialContext(ctx, "unix", p)
+		return err
+	})
+	return conn, err
 }
 
 // Exists reports whether a socket file is present at path.
@@ -44,17 +37,29 @@ func Exists(path string) bool {
 // Listen binds a listening unix socket at path, however long: like Dial, a
 // long path is bound through /proc/self/fd/N/<name>.
 func Listen(path string) (*net.UnixListener, error) {
+	var ln *net.UnixListener
+	err := viaShortPath(path, func(p string) (err error) {
+		ln, err = net.ListenUnix("unix", &net.UnixAddr{Name: p, Net: "unix"})
+		return err
+	})
+	return ln, err
+}
+
+// viaShortPath calls f with path, or, when path is too long for
+// sockaddr_un, with /proc/self/fd/N/<name> where N is the socket's
+// directory held open for the duration of f.
+func viaShortPath(path string, f func(string) error) error {
 	if len(path) <= maxPath {
-		return net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+		return f(path)
 	}
 	fd, err := unix.Open(filepath.Dir(path), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("open socket directory: %w", err)
+		return fmt.Errorf("open socket directory: %w", err)
 	}
 	defer unix.Close(fd)
 	short := fmt.Sprintf("/proc/self/fd/%d/%s", fd, filepath.Base(path))
 	if len(short) > maxPath {
-		return nil, fmt.Errorf("socket name %q is too long", filepath.Base(path))
+		return fmt.Errorf("socket name %q is too long", filepath.Base(path))
 	}
-	return net.ListenUnix("unix", &net.UnixAddr{Name: short, Net: "unix"})
+	return f(short)
 }
