@@ -145,7 +145,7 @@ type shellWriteIn struct {
 type shellSignalIn struct {
 	WorkspaceID string `json:"workspace_id" jsonschema:"Workspace id. Required."`
 	ShellID     string `json:"shell_id" jsonschema:"Shell id returned by shell_open. Required."`
-	SignalName  string `json:"signal_name,omitempty" jsonschema:"Signal for the shell's foreground process group: INT (Ctrl-C), TERM, KILL, HUP, QUIT, USR1, USR2, WINCH, CONT or STOP."`
+	SignalName  string `json:"signal_name,omitempty" jsonschema:"Signal for the shell's foreground process group: INT (Ctrl-C), TERM, KILL, HUP, QUIT, USR1, USR2, WINCH, CONT, STOP or TSTP."`
 }
 
 type shellIn struct {

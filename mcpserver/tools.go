@@ -15,15 +15,100 @@ import (
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 )
 
-// hints are a tool's MCP annotations.
+// hints are a tool's MCP annotations. Every tool states all four hints
+// explicitly (addTool), because the spec's defaults for absent hints are the
+// pessimistic ones (destructive, open world). Annotations are static, so:
+//   - readOnly: the tool changes nothing (and is therefore idempotent).
+//   - destructive: the tool itself deletes, overwrites, stops or kills
+//     existing state. What a user command does inside its own sandbox is
+//     not counted (workspace_exec is not destructive; vm_exec is, because it
+//     deletes its VM).
+//   - idempotent: calling again with the same arguments changes nothing more.
+//   - openWorld: the tool may reach the network: it can request a guest
+//     network (vm_run, vm_create, workspace_create) or runs a command in a
+//     guest that may have one (vm_exec, workspace_exec, service_start,
+//     shell_write). Everything else stays on this host.
 type hints uint8
 
 const (
-	// readOnly tools change nothing (and are therefore idempotent).
 	readOnly hints = 1 << iota
-	// destructive tools delete state.
 	destructive
+	idempotent
+	openWorld
 )
+
+// annotations renders h, with every hint set explicitly.
+func (h hints) annotations(title string) *mcp.ToolAnnotations {
+	ro := h&readOnly != 0
+	d := h&destructive != 0 && !ro
+	ow := h&openWorld != 0
+	return &mcp.ToolAnnotations{Title: title, ReadOnlyHint: ro, DestructiveHint: &d, IdempotentHint: ro || h&idempotent != 0, OpenWorldHint: &ow}
+}
+
+// bounds are the inclusive ranges of every numeric input, by property
+// name, wherever it occurs (nested objects included). addTool refuses a
+// numeric property missing here, so a new number cannot go unbounded.
+// The ranges are what the host and guest accept (mem_mib, cols/rows,
+// vcpu_count) or generous sanity limits a model has no reason to exceed.
+var bounds = map[string][2]float64{
+	"vcpu_count":            {1, 64},
+	"mem_mib":               {128, 65536},
+	"timeout_seconds":       {1, 86400},
+	"ttl_seconds":           {0, 30 * 86400},
+	"ready_timeout_seconds": {1, 3600},
+	"ready_interval_ms":     {10, 60000},
+	"tail_lines":            {1, 100000},
+	"cols":                  {1, 1000},
+	"rows":                  {1, 1000},
+	"cursor":                {0, 1<<53 - 1},
+	"max_chars":             {1, 1 << 20},
+	"expect_status":         {100, 599},
+}
+
+// enums are the fixed vocabularies of string inputs, by property name.
+var enums = map[string][]any{
+	// The agent's shell signal table.
+	"signal_name": {"INT", "TERM", "KILL", "HUP", "QUIT", "USR1", "USR2", "WINCH", "CONT", "STOP", "TSTP"},
+	// Readiness probe types (pyro.Readiness).
+	"type": {"file", "tcp", "http", "command"},
+}
+
+// constrain sets bounds and enums on every property of s, recursively; it
+// fails on a numeric property without bounds.
+func constrain(s *jsonschema.Schema) error {
+	if s == nil {
+		return nil
+	}
+	for name, prop := range s.Properties {
+		if isNumeric(prop) {
+			b, ok := bounds[name]
+			if !ok {
+				return fmt.Errorf("numeric property %q has no bounds", name)
+			}
+			prop.Minimum, prop.Maximum = &b[0], &b[1]
+		}
+		if e, ok := enums[name]; ok {
+			prop.Enum = e
+		}
+		if err := constrain(prop); err != nil {
+			return err
+		}
+	}
+	if err := constrain(s.Items); err != nil {
+		return err
+	}
+	return constrain(s.AdditionalProperties)
+}
+
+// isNumeric reports whether s admits integers or numbers.
+func isNumeric(s *jsonschema.Schema) bool {
+	for _, t := range append([]string{s.Type}, s.Types...) {
+		if t == "integer" || t == "number" {
+			return true
+		}
+	}
+	return false
+}
 
 // tool is one row of the table: everything the server, the tool list and
 // the tests know about a tool.
@@ -89,22 +174,22 @@ func merge(ms ...map[string]any) map[string]any {
 // table is the contract's tools, in contract order. The tool list, the
 // names (ToolNames) and the tests derive from it.
 var table = []tool{
-	def(tool{name: "vm_run", title: "Run a command in a fresh microVM", defaults: merge(vmDefaults, timeoutDefault, noTTL),
+	def(tool{name: "vm_run", title: "Run a command in a fresh microVM", hints: openWorld, defaults: merge(vmDefaults, timeoutDefault, noTTL),
 		description: "Run one shell command in a fresh, isolated Linux microVM and return exit_code, stdout and stderr; the VM is deleted afterwards whatever happens. " +
 			"Use this for one-off commands (check a fact, run a snippet, try a tool). Nothing persists between calls: for multi-step work use workspace_create. " +
 			"A command that exits non-zero is a normal result. Booting takes a few seconds."}, vmRun),
 	def(tool{name: "vm_list_environments", title: "List environments", hints: readOnly,
 		description: "List the environments (root filesystems) a VM or workspace can boot, with whether each is installed. Use it to pick the environment argument of vm_run or workspace_create."}, vmListEnvironments),
-	def(tool{name: "vm_create", title: "Create a VM", defaults: merge(vmDefaults, noTTL),
+	def(tool{name: "vm_create", title: "Create a VM", hints: openWorld, defaults: merge(vmDefaults, noTTL),
 		description: "Record a new VM without booting it; returns its vm_id in state created. Then call vm_start and vm_exec. " +
 			"Lower-level than vm_run (prefer vm_run for one-off commands). vm_exec deletes the VM after its command."}, vmCreate),
-	def(tool{name: "vm_start", title: "Start a VM",
+	def(tool{name: "vm_start", title: "Start a VM", hints: idempotent,
 		description: "Boot a created (or stopped) VM and wait until it is running. Starting a running VM just returns its status."}, vmStart),
-	def(tool{name: "vm_exec", title: "Run a command in a VM, then delete it", defaults: timeoutDefault,
+	def(tool{name: "vm_exec", title: "Run a command in a VM, then delete it", hints: destructive | openWorld, defaults: timeoutDefault,
 		description: "Run one shell command in a started VM and return exit_code, stdout and stderr. The VM is deleted after the command (auto-clean), whether it succeeded or not."}, vmExec),
-	def(tool{name: "vm_stop", title: "Stop a VM",
+	def(tool{name: "vm_stop", title: "Stop a VM", hints: destructive | idempotent,
 		description: "Power a VM off; its files stay and vm_start boots it again. Stopping a stopped VM just returns its status."}, vmStop),
-	def(tool{name: "vm_delete", title: "Delete a VM", hints: destructive,
+	def(tool{name: "vm_delete", title: "Delete a VM", hints: destructive | idempotent,
 		description: "Stop a VM if needed and delete all its files. Deleting an unknown id is a not_found error."}, vmDelete),
 	def(tool{name: "vm_status", title: "VM status", hints: readOnly,
 		description: "Return a VM's observed state (created, starting, running, stopped, expired or broken with the reason) and its settings."}, vmStatus),
@@ -113,14 +198,14 @@ var table = []tool{
 	def(tool{name: "vm_reap_expired", title: "Delete expired VMs", hints: destructive,
 		description: "Delete every VM whose TTL passed or whose supervisor died (broken), and list what was removed."}, vmReapExpired),
 
-	def(tool{name: "workspace_create", title: "Create a persistent workspace", defaults: vmDefaults,
+	def(tool{name: "workspace_create", title: "Create a persistent workspace", hints: openWorld, defaults: vmDefaults,
 		description: "Create and boot a persistent workspace: a long-lived microVM whose /workspace directory survives across calls. " +
 			"Use it for multi-step work (edit, build, test, run services); for a single command use vm_run. " +
 			"Optionally seed /workspace from a host directory or archive (seed_path) and give guest-only secrets. " +
 			"The create-time content is kept as the \"baseline\" snapshot (see workspace_diff, workspace_reset). Always call workspace_delete when done."}, workspaceCreate),
-	def(tool{name: "workspace_sync_push", title: "Import host files into a workspace", defaults: map[string]any{"dest": pyro.WorkspaceDir},
+	def(tool{name: "workspace_sync_push", title: "Import host files into a workspace", hints: destructive | idempotent, defaults: map[string]any{"dest": pyro.WorkspaceDir},
 		description: "Import a host directory or local .tar/.tar.gz/.tgz into a workspace, at dest under /workspace. Existing files with the same names are overwritten."}, workspaceSyncPush),
-	def(tool{name: "workspace_exec", title: "Run a command in a workspace", defaults: timeoutDefault,
+	def(tool{name: "workspace_exec", title: "Run a command in a workspace", hints: openWorld, defaults: timeoutDefault,
 		description: "Run one shell command in a workspace's /workspace and return exit_code, stdout and stderr; the workspace stays alive and files persist. " +
 			"A command that exits non-zero is a normal result. Use secret_env to expose secrets to this call only."}, workspaceExec),
 	def(tool{name: "workspace_export", title: "Export files to the host",
@@ -131,13 +216,13 @@ var table = []tool{
 		description: "Store the current /workspace as a named snapshot, to return to later with workspace_reset. Names are unique per workspace."}, snapshotCreate),
 	def(tool{name: "snapshot_list", title: "List snapshots", hints: readOnly,
 		description: "List a workspace's snapshots: the implicit \"baseline\" and the named ones."}, snapshotListTool),
-	def(tool{name: "snapshot_delete", title: "Delete a snapshot", hints: destructive,
+	def(tool{name: "snapshot_delete", title: "Delete a snapshot", hints: destructive | idempotent,
 		description: "Delete a named snapshot. The baseline cannot be deleted."}, snapshotDelete),
 	def(tool{name: "workspace_reset", title: "Reset a workspace", hints: destructive, defaults: map[string]any{"snapshot": pyro.BaselineSnapshot},
 		description: "Recreate the whole workspace sandbox (fresh VM and root filesystem) and restore /workspace from a snapshot (the \"baseline\" is the create-time content). " +
 			"Command history, services and shells are cleared. Use it to roll back after a failed attempt."}, workspaceReset),
 
-	def(tool{name: "service_start", title: "Start a service",
+	def(tool{name: "service_start", title: "Start a service", hints: openWorld,
 		defaults: map[string]any{"cwd": pyro.WorkspaceDir, "ready_timeout_seconds": pyro.DefaultReadyTimeoutSeconds, "ready_interval_ms": pyro.DefaultReadyIntervalMS},
 		description: "Start a named long-running process (dev server, database) in a workspace. With a readiness probe it returns once the service is ready; " +
 			"if the probe does not pass in time the service is stopped and the error carries its last log lines. Use service_logs to read its output."}, serviceStart),
@@ -147,7 +232,7 @@ var table = []tool{
 		description: "Return one service's state (starting, running, ready, exited, failed, stopped), pid, exit code and times."}, serviceStatus),
 	def(tool{name: "service_logs", title: "Service logs", hints: readOnly, defaults: map[string]any{"tail_lines": pyro.DefaultLogTailLines, "all": false},
 		description: "Return the tail of a service's merged stdout/stderr (all=true for everything the bounded log holds)."}, serviceLogs),
-	def(tool{name: "service_stop", title: "Stop a service",
+	def(tool{name: "service_stop", title: "Stop a service", hints: destructive | idempotent,
 		description: "Stop a service (SIGTERM to its process group, SIGKILL after a grace period). Stopping a stopped service returns its status."}, serviceStop),
 
 	def(tool{name: "shell_open", title: "Open a shell", defaults: map[string]any{"cwd": pyro.WorkspaceDir, "cols": pyro.DefaultShellCols, "rows": pyro.DefaultShellRows},
@@ -155,18 +240,18 @@ var table = []tool{
 			"Use shells for interactive programs and stateful sessions; for plain commands workspace_exec is simpler. Then shell_write input and shell_read output."}, shellOpen),
 	def(tool{name: "shell_read", title: "Read shell output", hints: readOnly, defaults: map[string]any{"cursor": pyro.DefaultShellCursor, "max_chars": pyro.DefaultShellMaxChars},
 		description: "Read a shell's merged output from cursor on. Pass the previous read's next_cursor as cursor to get only new output; more=true means more output is already waiting."}, shellRead),
-	def(tool{name: "shell_write", title: "Type into a shell", defaults: map[string]any{"append_newline": pyro.DefaultAppendNewline},
+	def(tool{name: "shell_write", title: "Type into a shell", hints: openWorld, defaults: map[string]any{"append_newline": pyro.DefaultAppendNewline},
 		description: "Type input into a shell, followed by Enter unless append_newline is false. Read the effect with shell_read."}, shellWrite),
-	def(tool{name: "shell_signal", title: "Signal a shell", defaults: map[string]any{"signal_name": pyro.DefaultShellSignal},
+	def(tool{name: "shell_signal", title: "Signal a shell", hints: destructive, defaults: map[string]any{"signal_name": pyro.DefaultShellSignal},
 		description: "Send a signal to the shell's foreground process group (INT is like Ctrl-C), e.g. to stop a running program."}, shellSignal),
-	def(tool{name: "shell_close", title: "Close a shell", hints: destructive,
+	def(tool{name: "shell_close", title: "Close a shell", hints: destructive | idempotent,
 		description: "Close a shell opened with shell_open and end every process it started. Close shells you no longer need."}, shellClose),
 
 	def(tool{name: "workspace_status", title: "Workspace status", hints: readOnly,
 		description: "Return a workspace's observed state, settings, seed, reset count, secret names, service counts and command count."}, workspaceStatus),
 	def(tool{name: "workspace_logs", title: "Workspace command history", hints: readOnly,
 		description: "Return a workspace's command history (each workspace_exec: command, exit code, duration, output excerpt)."}, workspaceLogsTool),
-	def(tool{name: "workspace_delete", title: "Delete a workspace", hints: destructive,
+	def(tool{name: "workspace_delete", title: "Delete a workspace", hints: destructive | idempotent,
 		description: "Stop a workspace and delete everything it has: disk, snapshots, history and secrets. Call it when you are done with a workspace."}, workspaceDelete),
 }
 
@@ -187,14 +272,10 @@ func addTool[In, Out any](s *mcp.Server, e *env, t tool, h handler[In, Out]) {
 		}
 		prop.Description = strings.TrimSpace(prop.Description + " Default: " + string(prop.Default) + ".")
 	}
-	mt := &mcp.Tool{Name: t.name, Title: t.title, Description: t.description, InputSchema: schema}
-	if t.hints != 0 {
-		mt.Annotations = &mcp.ToolAnnotations{Title: t.title, ReadOnlyHint: t.hints&readOnly != 0, IdempotentHint: t.hints&readOnly != 0}
-		if t.hints&destructive != 0 {
-			yes := true
-			mt.Annotations.DestructiveHint = &yes
-		}
+	if err := constrain(schema); err != nil {
+		panic(fmt.Sprintf("tool %s: %v", t.name, err))
 	}
+	mt := &mcp.Tool{Name: t.name, Title: t.title, Description: t.description, InputSchema: schema, Annotations: t.hints.annotations(t.title)}
 	mcp.AddTool(s, mt, func(ctx context.Context, req *mcp.CallToolRequest, in In) (res *mcp.CallToolResult, out Out, err error) {
 		defer func() {
 			if v := recover(); v != nil {
