@@ -49,15 +49,20 @@ const (
 	// ExecGrace is added to an exec's timeout: after the kill the agent
 	// still drains pipes (250 ms) and syncs /workspace.
 	ExecGrace = 5 * time.Second
-	// TransferIdleTimeout fails a push or pull when no byte moved either
-	// way for this long (their size, not a timeout, sets their length).
+	// TransferIdleTimeout is the window in which a push or pull must move
+	// TransferMinProgress bytes (their size, not a timeout, sets their
+	// length).
 	TransferIdleTimeout = 60 * time.Second
+	// TransferMinProgress is how many bytes a push or pull must move in
+	// each TransferIdleTimeout window (a trickle is as good as silence).
+	TransferMinProgress = 64 << 10
 )
 
 // The deadlines in use; tests shorten them.
 var (
-	execGrace   = ExecGrace
-	callTimeout = CallTimeout
+	execGrace      = ExecGrace
+	callTimeout    = CallTimeout
+	transferWindow = TransferIdleTimeout
 )
 
 // DecodeExecStream reads an exec response (newline-delimited Events) up to

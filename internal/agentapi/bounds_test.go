@@ -278,3 +278,59 @@ func TestDeadlineEndsBlockedStreamRead(t *testing.T) {
 		t.Fatal("exec still blocked 5 s after its deadline")
 	}
 }
+
+// A guest that trickles a byte now and then holds a pull no longer than
+// one transfer window: a trickle is as good as silence.
+func TestPullTrickleFails(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+PathFilesPull, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(HeaderKind, KindFile)
+		w.WriteHeader(http.StatusOK)
+		for {
+			if _, err := w.Write([]byte{0}); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	})
+	c, _ := fakeAgent(t, mux)
+	defer func(d time.Duration) { transferWindow = d }(transferWindow)
+	transferWindow = 300 * time.Millisecond
+	start := time.Now()
+	body, _, err := c.PullTar(ctx(t), "/workspace/x", "/workspace")
+	if err == nil {
+		defer body.Close()
+		_, err = io.Copy(io.Discard, body)
+	}
+	if !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("trickled pull: %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("trickled pull took %s", d)
+	}
+}
+
+// Shell ids come from the model and become request path parts: one the
+// agent never hands out is refused before anything reaches the guest.
+func TestShellIDsChecked(t *testing.T) {
+	reached := false
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { reached = true; http.NotFound(w, r) })
+	c, _ := fakeAgent(t, mux)
+	for _, id := range []string{"..", ".", "", "a/b", "../shells", "x\x00"} {
+		if _, err := c.ReadShell(ctx(t), id, ShellReadRequest{}); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("read %q: %v", id, err)
+		}
+		if err := c.CloseShell(ctx(t), id); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("close %q: %v", id, err)
+		}
+	}
+	if reached {
+		t.Fatal("a bad shell id reached the agent")
+	}
+}

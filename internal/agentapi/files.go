@@ -2,11 +2,11 @@ package agentapi
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"sync/atomic"
 	"time"
 )
 
@@ -35,11 +35,11 @@ type PushResult struct {
 // followed)
 // into the absolute guest directory dest (see the package doc). The body is
 // streamed, not buffered. Unsafe entries fail with ErrInvalidArgument. The
-// push fails with ErrUnavailable when no byte moves for
-// TransferIdleTimeout.
+// push fails with ErrUnavailable when fewer than TransferMinProgress bytes
+// move in a TransferIdleTimeout window.
 func (c *Client) PushTar(ctx context.Context, dest, within string, r io.Reader) (PushResult, error) {
 	var res PushResult
-	ctx, w, cancel := newIdleWatch(ctx, TransferIdleTimeout)
+	ctx, w, cancel := newIdleWatch(ctx, transferWindow)
 	defer cancel()
 	resp, err := c.doStream(ctx, http.MethodPost, PathFilesPush+"?dest="+url.QueryEscape(dest)+"&within="+url.QueryEscape(within), w.reader(r), "application/x-tar")
 	if err != nil {
@@ -59,10 +59,10 @@ func (c *Client) PushTar(ctx context.Context, dest, within string, r io.Reader) 
 // path and returns the tar stream (see the package doc) and its kind,
 // KindDir or KindFile. The caller closes the stream and bounds what it
 // reads from it (the guest chooses its length); a stream that ends before
-// the tar's end marker means the pull failed. A stream that moves no byte
-// for TransferIdleTimeout fails. A missing path fails with ErrNotFound.
+// the tar's end marker means the pull failed. A stream that moves fewer
+// than TransferMinProgress bytes in a TransferIdleTimeout window fails. A missing path fails with ErrNotFound.
 func (c *Client) PullTar(ctx context.Context, path, within string) (io.ReadCloser, string, error) {
-	ctx, w, cancel := newIdleWatch(ctx, TransferIdleTimeout)
+	ctx, w, cancel := newIdleWatch(ctx, transferWindow)
 	resp, err := c.doStream(ctx, http.MethodGet, PathFilesPull+"?path="+url.QueryEscape(path)+"&within="+url.QueryEscape(within), nil, "")
 	if err != nil {
 		cancel()
@@ -71,19 +71,29 @@ func (c *Client) PullTar(ctx context.Context, path, within string) (io.ReadClose
 	return &watchedBody{Reader: w.reader(resp.Body), body: resp.Body, ctx: ctx, cancel: cancel}, resp.Header.Get(HeaderKind), nil
 }
 
-// idleWatch ends a transfer's context when no byte moved for d.
+// idleWatch ends a transfer's context when fewer than
+// TransferMinProgress bytes moved in a window of d: a guest that trickles
+// a byte now and then must not hold a transfer (and its caller) forever.
 type idleWatch struct {
 	d     time.Duration
+	moved atomic.Int64
 	timer *time.Timer
 }
 
 func newIdleWatch(ctx context.Context, d time.Duration) (context.Context, *idleWatch, context.CancelFunc) {
 	ctx, cancel := context.WithCancelCause(ctx)
-	w := &idleWatch{d: d, timer: time.AfterFunc(d, func() { cancel(&guestDeadline{after: d}) })}
+	w := &idleWatch{d: d}
+	w.timer = time.AfterFunc(d, func() {
+		if w.moved.Swap(0) < TransferMinProgress {
+			cancel(&guestDeadline{after: d})
+			return
+		}
+		w.timer.Reset(d)
+	})
 	return ctx, w, func() { w.timer.Stop(); cancel(context.Canceled) }
 }
 
-func (w *idleWatch) kick() { w.timer.Reset(w.d) }
+func (w *idleWatch) add(n int) { w.moved.Add(int64(n)) }
 
 func (w *idleWatch) reader(r io.Reader) io.Reader { return &watchedReader{r: r, w: w} }
 
@@ -94,9 +104,7 @@ type watchedReader struct {
 
 func (r *watchedReader) Read(p []byte) (int, error) {
 	n, err := r.r.Read(p)
-	if n > 0 {
-		r.w.kick()
-	}
+	r.w.add(n)
 	return n, err
 }
 
@@ -111,7 +119,9 @@ type watchedBody struct {
 
 func (b *watchedBody) Read(p []byte) (int, error) {
 	n, err := b.Reader.Read(p)
-	if err != nil && !errors.Is(err, io.EOF) && b.ctx.Err() != nil {
+	// An end caused by the watch (or the caller) is a failure even when the
+	// stream reports it as EOF: the transfer did not finish.
+	if err != nil && b.ctx.Err() != nil {
 		err = ctxErr(b.ctx, "pull")
 	}
 	return n, err

@@ -6,6 +6,9 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/names"
 )
 
 // Shell defaults the agent applies when a request leaves a field at 0.
@@ -172,6 +175,15 @@ func readShellLimit(req ShellReadRequest) int64 {
 	return max(MaxReplyBytes, 6*int64(chars)+64<<10)
 }
 
+// checkShellID refuses an id the agent never hands out ("..", "a/b"):
+// ids come from the model and become part of a request path.
+func checkShellID(id string) error {
+	if !names.IsIdentifier(id) {
+		return errdefs.New(errdefs.ErrInvalidArgument, "use a shell_id returned by shell_open", "invalid shell id %q", id)
+	}
+	return nil
+}
+
 func shellPath(id, suffix string) string {
 	return PathShells + "/" + url.PathEscape(id) + suffix
 }
@@ -195,6 +207,9 @@ func (c *Client) ReadShell(ctx context.Context, id string, req ShellReadRequest)
 		q.Set("wait_ms", strconv.Itoa(req.WaitMS))
 	}
 	var r ShellReadResponse
+	if err := checkShellID(id); err != nil {
+		return r, err
+	}
 	err := c.jsonCallLimit(ctx, readShellTimeout(req), readShellLimit(req), http.MethodGet, shellPath(id, "/read?"+q.Encode()), nil, &r)
 	return r, err
 }
@@ -202,6 +217,9 @@ func (c *Client) ReadShell(ctx context.Context, id string, req ShellReadRequest)
 // WriteShell types input into the shell (plus Enter when appendNewline).
 func (c *Client) WriteShell(ctx context.Context, id, input string, appendNewline bool) (ShellWriteResponse, error) {
 	var r ShellWriteResponse
+	if err := checkShellID(id); err != nil {
+		return r, err
+	}
 	err := c.jsonCall(ctx, callTimeout, http.MethodPost, shellPath(id, "/write"), ShellWriteRequest{Input: input, AppendNewline: appendNewline}, &r)
 	return r, err
 }
@@ -209,6 +227,9 @@ func (c *Client) WriteShell(ctx context.Context, id, input string, appendNewline
 // SignalShell sends a signal to the shell's foreground process group.
 func (c *Client) SignalShell(ctx context.Context, id, signal string) (ShellSignalResponse, error) {
 	var r ShellSignalResponse
+	if err := checkShellID(id); err != nil {
+		return r, err
+	}
 	err := c.jsonCall(ctx, callTimeout, http.MethodPost, shellPath(id, "/signal"), ShellSignalRequest{Signal: signal}, &r)
 	return r, err
 }
@@ -216,6 +237,9 @@ func (c *Client) SignalShell(ctx context.Context, id, signal string) (ShellSigna
 // ResizeShell changes the terminal size.
 func (c *Client) ResizeShell(ctx context.Context, id string, cols, rows int) (ShellInfo, error) {
 	var info ShellInfo
+	if err := checkShellID(id); err != nil {
+		return info, err
+	}
 	err := c.jsonCall(ctx, callTimeout, http.MethodPost, shellPath(id, "/resize"), ShellResizeRequest{Cols: cols, Rows: rows}, &info)
 	return info, err
 }
@@ -224,6 +248,9 @@ func (c *Client) ResizeShell(ctx context.Context, id string, cols, rows int) (Sh
 // Afterwards the id is not_found.
 func (c *Client) CloseShell(ctx context.Context, id string) error {
 	var r ShellCloseResponse
+	if err := checkShellID(id); err != nil {
+		return err
+	}
 	return c.jsonCall(ctx, callTimeout, http.MethodPost, shellPath(id, "/close"), nil, &r)
 }
 
