@@ -83,6 +83,8 @@ type frameFilter struct {
 	initID      *jsonrpc.ID
 	initPending bool
 	version     string
+	// cancels drops the responses to cancelled requests (cancel.go).
+	cancels cancels
 }
 
 // run copies valid lines from in to pw until in ends or pw is closed.
@@ -150,6 +152,7 @@ func (f *frameFilter) check(line []byte) bool {
 			return false
 		}
 		f.sawInitialize(msg)
+		f.sawInbound(msg)
 		return true
 	}
 	var raws []json.RawMessage
@@ -194,6 +197,7 @@ func (f *frameFilter) check(line []byte) bool {
 	}
 	for _, msg := range msgs {
 		f.sawInitialize(msg)
+		f.sawInbound(msg)
 	}
 	return true
 }
@@ -256,6 +260,19 @@ func (f *frameFilter) sawInitialize(msg jsonrpc.Message) {
 		id := req.ID
 		f.initID, f.initPending = &id, true
 	}
+}
+
+// sawInbound and outbound track requests for cancels under the lock.
+func (f *frameFilter) sawInbound(msg jsonrpc.Message) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.cancels.sawInbound(msg)
+}
+
+func (f *frameFilter) outbound(line []byte) []byte {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.cancels.outbound(line)
 }
 
 // sawResponse reads the negotiated version from the initialize response.
@@ -355,7 +372,10 @@ type snoopWriter struct {
 }
 
 func (s *snoopWriter) Write(p []byte) (int, error) {
-	q := s.f.standardCode(p)
+	q := s.f.standardCode(s.f.outbound(p))
+	if len(q) == 0 {
+		return len(p), nil // the response to a cancelled request
+	}
 	s.mu.Lock()
 	_, err := s.w.Write(q)
 	s.mu.Unlock()

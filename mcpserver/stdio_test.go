@@ -21,11 +21,17 @@ type stdioPeer struct {
 
 func startStdio(t *testing.T) *stdioPeer {
 	t.Helper()
+	return startStdioWith(t, table)
+}
+
+// startStdioWith serves tools instead of the table.
+func startStdioWith(t *testing.T, tools []tool) *stdioPeer {
+	t.Helper()
 	c, err := pyro.New(pyro.Options{StateDir: t.TempDir(), Binary: "/nonexistent/pyro"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(c, Options{})
+	s, err := newServer(c, Options{}, tools)
 	if err != nil {
 		t.Fatal(err)
 	}
