@@ -61,6 +61,8 @@ directory); /proc, /sys and /dev never count. A tool call's allow_host_compat=tr
   PYRO_MCP_TOKEN=secret pyro mcp serve --http :8765
   pyro mcp serve --allow-path ~/src/project --allow-path /tmp/exports
   pyro mcp serve --http 0.0.0.0:8765 --allow-remote --tls-cert cert.pem --tls-key key.pem
+  pyro mcp serve --http :8765 --allow-origin https://app.example.com
+  pyro mcp serve --allow-host-compat
 
   Claude Desktop (claude_desktop_config.json):
   {"mcpServers": {"pyro": {"command": "pyro", "args": ["mcp", "serve"]}}}`,
