@@ -21,11 +21,7 @@ import (
 func TestExportBoundary(t *testing.T) {
 	requireE2E(t)
 	ensureEnv(t, baseEnv)
-	_, env := isolatedHome(t)
-	var w wsStatus
-	mustWS(t, env, &w, "create", baseEnv)
-	id := w.WorkspaceID
-	defer ws(t, env, nil, "delete", id)
+	id, env := newWorkspace(t)
 	res := wsExec(t, env, id, "sh", "-ec", `
 mkdir -p out/open
 printf '#!/bin/sh\nid\n' > out/suid && chmod 6755 out/suid

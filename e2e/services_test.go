@@ -139,11 +139,7 @@ func itoa(n int64) string { b, _ := json.Marshal(n); return string(b) }
 func TestShells(t *testing.T) {
 	requireE2E(t)
 	ensureEnv(t, baseEnv)
-	_, env := isolatedHome(t)
-	var w wsStatus
-	mustWS(t, env, &w, "create", baseEnv)
-	id := w.WorkspaceID
-	defer ws(t, env, nil, "delete", id)
+	id, env := newWorkspace(t)
 
 	var a, b struct {
 		ShellID string `json:"shell_id"`

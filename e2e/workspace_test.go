@@ -42,6 +42,17 @@ func ws(t *testing.T, env []string, out any, args ...string) result {
 	return r
 }
 
+// newWorkspace creates a baseEnv workspace in a fresh isolated home and
+// deletes it when the test ends (after the test's own defers).
+func newWorkspace(t *testing.T) (id string, env []string) {
+	t.Helper()
+	_, env = isolatedHome(t)
+	var w wsStatus
+	mustWS(t, env, &w, "create", baseEnv)
+	t.Cleanup(func() { ws(t, env, nil, "delete", w.WorkspaceID) })
+	return w.WorkspaceID, env
+}
+
 func mustWS(t *testing.T, env []string, out any, args ...string) {
 	t.Helper()
 	if r := ws(t, env, out, args...); r.code != 0 {
@@ -216,11 +227,7 @@ func TestWorkspaceFlow(t *testing.T) {
 func TestWorkspaceSurvivesKill9(t *testing.T) {
 	requireE2E(t)
 	ensureEnv(t, baseEnv)
-	_, env := isolatedHome(t)
-	var w wsStatus
-	mustWS(t, env, &w, "create", baseEnv)
-	id := w.WorkspaceID
-	defer ws(t, env, nil, "delete", id)
+	id, env := newWorkspace(t)
 	for i, victim := range []string{"vmm", "supervisor"} {
 		content := "data-" + victim
 		wsExec(t, env, id, "sh -c 'head -c 3000000 /dev/urandom > big.bin; echo "+content+" > f"+string(rune('0'+i))+".txt'")

@@ -14,11 +14,7 @@ import (
 func TestWorkspaceUnresponsive(t *testing.T) {
 	requireE2E(t)
 	ensureEnv(t, baseEnv)
-	_, env := isolatedHome(t)
-	var w wsStatus
-	mustWS(t, env, &w, "create", baseEnv)
-	id := w.WorkspaceID
-	defer ws(t, env, nil, "delete", id)
+	id, env := newWorkspace(t)
 	wsExec(t, env, id, "echo kept > kept.txt")
 	vmm := findPids(t, id)["vmm"]
 	if vmm == 0 {
@@ -50,6 +46,7 @@ func TestWorkspaceUnresponsive(t *testing.T) {
 	if m["stdout"] != "kept\n" {
 		t.Fatalf("after recovery: %v", m)
 	}
+	var w wsStatus
 	mustWS(t, env, &w, "status", id)
 	if w.State != "running" {
 		t.Fatalf("after recovery: %+v", w)
