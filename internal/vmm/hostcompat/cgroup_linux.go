@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -138,7 +139,7 @@ func enableControllers(dir string, ctrls ...string) error {
 	enabled := strings.Fields(string(have))
 	var add []string
 	for _, c := range ctrls {
-		if !contains(enabled, c) {
+		if !slices.Contains(enabled, c) {
 			add = append(add, "+"+c)
 		}
 	}
@@ -149,15 +150,6 @@ func enableControllers(dir string, ctrls ...string) error {
 		return fmt.Errorf("enable cgroup controllers %v in %s: %w", add, dir, err)
 	}
 	return nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // writeAll writes each file's value in dir, in order. A missing optional
