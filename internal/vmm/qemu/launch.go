@@ -12,8 +12,6 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/pyro-mcp/pyro/internal/caplog"
-	"github.com/pyro-mcp/pyro/internal/hostres"
 	"github.com/pyro-mcp/pyro/internal/unixsock"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/vmm"
@@ -315,9 +313,4 @@ func listenFile(path string) (*os.File, error) {
 	l.SetUnlinkOnClose(false)
 	defer l.Close()
 	return l.File()
-}
-
-// consoleLog opens the capped console log of dir.
-func consoleLog(dir vmdir.Dir) (*caplog.Writer, error) {
-	return caplog.Open(dir.Path(vmdir.ConsoleLog), hostres.Load().ConsoleLogBytes)
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/pyro-mcp/pyro/internal/caplog"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/hostres"
+	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/vmm"
 )
 
@@ -56,7 +57,8 @@ func (b *Backend) Features() vmm.Features {
 
 // Start launches QEMU for spec, once the host's memory can hold it.
 func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) {
-	console, err := consoleLog(spec.Dir)
+	logCap := hostres.Load().ConsoleLogBytes
+	console, err := caplog.Open(spec.Dir.Path(vmdir.ConsoleLog), logCap)
 	if err != nil {
 		return nil, err
 	}
@@ -66,7 +68,7 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error)
 		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "check `pyro doctor`", "prepare qemu")
 	}
 	defer cleanup()
-	stderr, err := caplog.Open(spec.Dir.Path(vmmLog), hostres.Load().ConsoleLogBytes)
+	stderr, err := caplog.Open(spec.Dir.Path(vmmLog), logCap)
 	if err != nil {
 		console.Close()
 		return nil, err
