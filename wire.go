@@ -37,9 +37,10 @@ type Snapshot struct {
 	Implicit  bool      `json:"implicit"` // the baseline
 }
 
-func snapshotFrom(s workspace.Snapshot) Snapshot {
-	return Snapshot{Name: s.Name, CreatedAt: s.CreatedAt, Bytes: s.Bytes, SHA256: s.SHA256, Implicit: s.Implicit}
-}
+// snapshotFrom, historyFrom and the Readiness pair are plain conversions:
+// the SDK types mirror the internal ones field for field, so a field added
+// on one side and not the other stops the build instead of being dropped.
+func snapshotFrom(s workspace.Snapshot) Snapshot { return Snapshot(s) }
 
 // HistoryEntry is one command of a workspace's history.
 type HistoryEntry struct {
@@ -54,10 +55,7 @@ type HistoryEntry struct {
 	OutputTruncated bool      `json:"output_truncated,omitempty"`
 }
 
-func historyFrom(h workspace.HistoryEntry) HistoryEntry {
-	return HistoryEntry{Seq: h.Seq, Command: h.Command, ExitCode: h.ExitCode, DurationMS: h.DurationMS, StartedAt: h.StartedAt,
-		TimedOut: h.TimedOut, Stdout: h.Stdout, Stderr: h.Stderr, OutputTruncated: h.OutputTruncated}
-}
+func historyFrom(h workspace.HistoryEntry) HistoryEntry { return HistoryEntry(h) }
 
 // DiffChange is one changed path of a WorkspaceDiff.
 type DiffChange struct {
@@ -84,7 +82,7 @@ func diffFrom(id string, d workspace.DiffResult) WorkspaceDiff {
 	out := WorkspaceDiff{WorkspaceID: id, Added: nonNil(d.Added), Modified: nonNil(d.Modified), Deleted: nonNil(d.Deleted),
 		Changes: make([]DiffChange, 0, len(d.Changes))}
 	for _, c := range d.Changes {
-		out.Changes = append(out.Changes, DiffChange{Path: c.Path, Status: c.Status, Kind: c.Kind, Binary: c.Binary, Diff: c.Diff, Note: c.Note})
+		out.Changes = append(out.Changes, DiffChange(c))
 	}
 	return out
 }
@@ -112,14 +110,16 @@ func (r *Readiness) wire() *agentapi.ServiceReadiness {
 	if r == nil {
 		return nil
 	}
-	return &agentapi.ServiceReadiness{Type: r.Type, Path: r.Path, Address: r.Address, URL: r.URL, ExpectStatus: r.ExpectStatus, Command: r.Command}
+	w := agentapi.ServiceReadiness(*r)
+	return &w
 }
 
 func readinessFrom(r *agentapi.ServiceReadiness) *Readiness {
 	if r == nil {
 		return nil
 	}
-	return &Readiness{Type: r.Type, Path: r.Path, Address: r.Address, URL: r.URL, ExpectStatus: r.ExpectStatus, Command: r.Command}
+	w := Readiness(*r)
+	return &w
 }
 
 // Service is a service's status: state (starting, running, ready, exited,
