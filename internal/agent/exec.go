@@ -331,12 +331,19 @@ const (
 	dropPollMS = 50
 )
 
+// drainBufs holds the drainers' read buffers: every exec runs two
+// drainers, and a fresh drainReadBytes buffer each was 512 KiB of garbage
+// per command, however little it printed.
+var drainBufs = sync.Pool{New: func() any { b := make([]byte, drainReadBytes); return &b }}
+
 // drain reads r into c until EOF or stop. Once c is past its cap the rest
 // is read and dropped (the command must not block or die of SIGPIPE) off
 // the Go poller: a pipe registered with epoll wakes its reader for every
 // write, and the reader here should sleep through most of them.
 func drain(r *os.File, c *capture, stop *atomic.Bool) {
-	buf := make([]byte, drainReadBytes)
+	bp := drainBufs.Get().(*[]byte)
+	defer drainBufs.Put(bp)
+	buf := *bp
 	for !c.truncated {
 		n, err := r.Read(buf)
 		if n > 0 {
