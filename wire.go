@@ -259,7 +259,7 @@ type DoctorReport struct {
 func doctorFrom(r doctor.Report) DoctorReport {
 	out := DoctorReport{OK: r.OK, Checks: make([]DoctorCheck, 0, len(r.Checks))}
 	for _, c := range r.Checks {
-		out.Checks = append(out.Checks, DoctorCheck{Name: c.Name, Status: c.Status, Detail: c.Detail, Hint: c.Hint})
+		out.Checks = append(out.Checks, DoctorCheck(c))
 	}
 	return out
 }
@@ -336,7 +336,7 @@ func progressTo(f func(PullProgress)) func(envstore.Event) {
 		return nil
 	}
 	return func(e envstore.Event) {
-		f(PullProgress{Phase: e.Phase, Message: e.Message, Done: e.Done, Total: e.Total})
+		f(PullProgress(e))
 	}
 }
 
@@ -356,7 +356,7 @@ type PrunedItem struct {
 func pruneFrom(r envstore.PruneResult) PruneResult {
 	out := PruneResult{Removed: make([]PrunedItem, 0, len(r.Removed)), FreedBytes: r.FreedBytes}
 	for _, it := range r.Removed {
-		out.Removed = append(out.Removed, PrunedItem{Path: it.Path, Reason: it.Reason, Bytes: it.Bytes})
+		out.Removed = append(out.Removed, PrunedItem(it))
 	}
 	return out
 }
