@@ -3,6 +3,7 @@ package vmm
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -116,6 +117,18 @@ func (p *Process) DialUnix(ctx context.Context, path string, exitErr func() erro
 		case <-tick.C:
 		}
 	}
+}
+
+// CloseOnExit closes the files a machine's process writes to (its capped
+// logs) once the process has been waited for: by then exec's copiers have
+// finished with them.
+func CloseOnExit(m Machine, files ...io.Closer) {
+	go func() {
+		<-m.Done()
+		for _, f := range files {
+			f.Close()
+		}
+	}()
 }
 
 // StartMachine starts cmd as a Machine whose agent listens on

@@ -216,10 +216,7 @@ func start(spec vmm.Spec, cfg config) (vmm.Machine, error) {
 		log.Close()
 		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "host-compat needs root and a kernel with user, PID and mount namespaces", "start host-compat sandbox")
 	}
-	go func() {
-		<-m.Done() // the output copier has finished when the process is waited for
-		log.Close()
-	}()
+	vmm.CloseOnExit(m, log)
 	return m, nil
 }
 

@@ -80,11 +80,7 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error)
 		stderr.Close()
 		return nil, err
 	}
-	go func() {
-		<-m.Done() // the console copier has finished when the process is waited for
-		console.Close()
-		stderr.Close()
-	}()
+	vmm.CloseOnExit(m, console, stderr)
 	return m, nil
 }
 
