@@ -65,6 +65,9 @@ type Options struct {
 	// effect. Without it such a call is refused: a model must not choose
 	// the weaker sandbox on its own.
 	AllowHostCompat bool
+	// Profile selects the tools served (profiles.go); the zero value is
+	// exactly the contract's tools.
+	Profile Profile
 }
 
 // instructions tell a model how to choose between the tools. Tool names in
@@ -86,10 +89,15 @@ How to choose:
 
 // New returns an MCP server whose tools drive c.
 func New(c *pyro.Client, opts Options) (*mcp.Server, error) {
-	return newServer(c, opts, table)
+	tools, err := toolsFor(opts.Profile)
+	if err != nil {
+		return nil, err
+	}
+	return newServer(c, opts, tools)
 }
 
-// ToolNames lists the tools New serves, in table order.
+// ToolNames lists the contract's tools (what New serves without a
+// Profile), in contract order.
 func ToolNames() []string {
 	names := make([]string, len(table))
 	for i, t := range table {
@@ -114,7 +122,7 @@ func newServer(c *pyro.Client, opts Options, tools []tool) (*mcp.Server, error) 
 	}
 	env := &env{c: c, opts: opts, logger: logger, paths: paths}
 	s := mcp.NewServer(&mcp.Implementation{Name: "pyro", Title: "pyro microVM sandboxes", Version: version}, &mcp.ServerOptions{
-		Instructions:            instructions,
+		Instructions:            instructionsFor(opts.Profile),
 		Logger:                  opts.Logger,
 		InitializedHandler:      paths.sessionStarted,
 		RootsListChangedHandler: paths.rootsChanged,

@@ -36,7 +36,7 @@ func (a *app) mcpCommand() *cobra.Command {
 func (a *app) mcpServeCommand() *cobra.Command {
 	var o serveOptions
 	cmd := &cobra.Command{
-		Use:   "serve [--allow-path DIR]... [--allow-host-compat] [--http ADDR [--tls-cert FILE --tls-key FILE] [--allow-remote] [--allow-origin ORIGIN]...]",
+		Use:   "serve [--profile vm-run|workspace-core|workspace-full] [--allow-path DIR]... [--allow-host-compat] [--http ADDR [--tls-cert FILE --tls-key FILE] [--allow-remote] [--allow-origin ORIGIN]...]",
 		Short: "Run the MCP server on stdio, or on streamable HTTP with --http",
 		Long: `Runs pyro's MCP server: vm_run for one-off commands, the vm_* lifecycle
 tools and the workspace, snapshot, service and shell tools.
@@ -55,7 +55,13 @@ a secret's file_path, output_path) must lie beneath the client's MCP roots (not
 with --allow-remote: a remote client's roots are its own files) or a --allow-path
 directory (default: the current directory, unless it is / or your home
 directory); /proc, /sys and /dev never count. A tool call's allow_host_compat=true takes effect only with
---allow-host-compat.`,
+--allow-host-compat.
+
+--profile chooses the tools: vm-run (vm_run only), workspace-core (workspace
+create, list, status, exec, file ops, patch, diff, summary, reset, export and
+delete, without secrets, network, shells, services, snapshots or disk fields)
+or workspace-full (the contract's tools and every later one). Without
+--profile the server lists exactly the contract's 32 tools.`,
 		Example: `  pyro mcp serve
   pyro mcp serve --http 127.0.0.1:8765
   PYRO_MCP_TOKEN=secret pyro mcp serve --http :8765
@@ -63,6 +69,7 @@ directory); /proc, /sys and /dev never count. A tool call's allow_host_compat=tr
   pyro mcp serve --http 0.0.0.0:8765 --allow-remote --tls-cert cert.pem --tls-key key.pem
   pyro mcp serve --http :8765 --allow-origin https://app.example.com
   pyro mcp serve --allow-host-compat
+  pyro mcp serve --profile workspace-full
 
   Claude Desktop (claude_desktop_config.json):
   {"mcpServers": {"pyro": {"command": "pyro", "args": ["mcp", "serve"]}}}`,
@@ -78,9 +85,13 @@ directory); /proc, /sys and /dev never count. A tool call's allow_host_compat=tr
 				return errdefs.New(errdefs.ErrInvalidArgument, "pass --tls-cert FILE --tls-key FILE: the bearer token must not cross a network in clear text",
 					"refusing --allow-remote without TLS")
 			}
+			profile, err := mcpserver.ParseProfile(o.profile)
+			if err != nil {
+				return err
+			}
 			// A remote client's roots name its own files, not this host's.
 			server, err := mcpserver.New(a.sdk, mcpserver.Options{Version: version(), AllowPaths: o.allowPaths, AllowHostCompat: o.allowHostCompat,
-				IgnoreClientRoots: o.allowRemote})
+				IgnoreClientRoots: o.allowRemote, Profile: profile})
 			if err != nil {
 				return err
 			}
@@ -102,6 +113,7 @@ directory); /proc, /sys and /dev never count. A tool call's allow_host_compat=tr
 	f.StringArrayVar(&o.allowPaths, "allow-path", nil, "host directory beneath which tool arguments may name host paths (repeatable; default: the current directory unless it is / or your home)")
 	f.StringArrayVar(&o.allowOrigins, "allow-origin", nil, "with --http, also serve browser requests whose Origin is this (scheme://host[:port]; repeatable; default: only the bound address)")
 	f.BoolVar(&o.allowHostCompat, "allow-host-compat", false, "let a tool call's allow_host_compat=true fall back to the weaker host sandbox")
+	f.StringVar(&o.profile, "profile", "", "serve a tool profile: vm-run (vm_run only), workspace-core (workspace basics, narrow schemas) or workspace-full (every tool); default: exactly the contract's 32 tools")
 	return cmd
 }
 
@@ -113,6 +125,7 @@ type serveOptions struct {
 	allowPaths      []string
 	allowHostCompat bool
 	allowOrigins    []string
+	profile         string
 }
 
 // isClosedPipe reports the normal end of a stdio session.
