@@ -146,7 +146,7 @@ func (c *Client) withWorkspaceAgent(ctx context.Context, id string, f func(*agen
 }
 
 // serviceCounts returns how many services a running workspace has and how
-// many of them are alive (starting, running or ready). Errors count as none:
+// many of them are alive (starting or running). Errors count as none:
 // status must not fail because the guest is busy.
 func serviceCounts(ctx context.Context, agent *agentapi.Client) (total, running int) {
 	list, err := agent.ListServices(ctx)

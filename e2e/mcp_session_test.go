@@ -335,14 +335,14 @@ func TestMCPSessionWorkspace(t *testing.T) {
 		"command", "sh -c 'echo svc-up TOKEN=$TOKEN; touch /tmp/ready; sleep 1000'",
 		"readiness", map[string]any{"type": "file", "path": "/tmp/ready"},
 		"secret_env", map[string]any{"TOKEN": ""}))
-	if sv["name"] != "web" || sv["state"] != "ready" || num(sv["pid"]) == 0 || sv["workspace_id"] != id {
+	if sv["name"] != "web" || sv["state"] != "running" || sv["ready_at"] == nil || num(sv["pid"]) == 0 || sv["workspace_id"] != id {
 		t.Fatalf("service_start: %v", sv)
 	}
 	list := s.must("service_list", wid)
 	if svs, _ := list["services"].([]any); len(svs) != 1 || svs[0].(map[string]any)["name"] != "web" {
 		t.Errorf("service_list: %v", list)
 	}
-	if st := s.must("service_status", with("service_name", "web")); st["state"] != "ready" || st["pid"] != sv["pid"] {
+	if st := s.must("service_status", with("service_name", "web")); st["state"] != "running" || st["pid"] != sv["pid"] {
 		t.Errorf("service_status: %v", st)
 	}
 	st := s.must("workspace_status", wid)

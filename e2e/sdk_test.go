@@ -166,7 +166,7 @@ func TestSDKWorkspace(t *testing.T) {
 	}
 	svc, err := c.StartService(ctx, id, "marker", sdk.StartServiceOptions{Command: []string{"sh -c 'touch /tmp/up; sleep 1000'"},
 		Readiness: &sdk.Readiness{Type: "file", Path: "/tmp/up"}, ReadyIntervalMS: 100})
-	if err != nil || svc.State != "ready" {
+	if err != nil || svc.State != "running" || svc.ReadyAt == nil {
 		t.Fatalf("StartService: %+v %v", svc, err)
 	}
 	sh, err := c.OpenShell(ctx, id, nil)

@@ -12,6 +12,7 @@ type service struct {
 	State    string `json:"state"`
 	PID      int    `json:"pid"`
 	ExitCode *int   `json:"exit_code"`
+	ReadyAt  string `json:"ready_at"`
 }
 
 // TestServices runs a python3 http.server behind an http probe and a tcp
@@ -27,11 +28,11 @@ func TestServices(t *testing.T) {
 
 	var s service
 	mustWS(t, env, &s, "service", "start", id, "web", "--ready-http", "http://127.0.0.1:8000/", "--", "python3", "-m", "http.server", "8000")
-	if s.State != "ready" {
+	if s.State != "running" || s.ReadyAt == "" {
 		t.Fatalf("http probe: %+v", s)
 	}
 	mustWS(t, env, &s, "service", "start", id, "web2", "--ready-tcp", "127.0.0.1:8001", "--", "python3 -m http.server 8001")
-	if s.State != "ready" {
+	if s.State != "running" || s.ReadyAt == "" {
 		t.Fatalf("tcp probe: %+v", s)
 	}
 	// The service really answers inside the guest.

@@ -229,7 +229,7 @@ var table = []tool{
 	def(tool{name: "service_list", title: "List services", hints: readOnly,
 		description: "List a workspace's services with their states."}, serviceListTool),
 	def(tool{name: "service_status", title: "Service status", hints: readOnly,
-		description: "Return one service's state (starting, running, ready, exited, failed, stopped), pid, exit code and times."}, serviceStatus),
+		description: "Return one service's state (starting, running with ready_at once its probe passed, exited, failed, stopped), pid, exit code and times."}, serviceStatus),
 	def(tool{name: "service_logs", title: "Service logs", hints: readOnly, defaults: map[string]any{"tail_lines": pyro.DefaultLogTailLines, "all": false},
 		description: "Return the tail of a service's merged stdout/stderr (all=true for everything the bounded log holds)."}, serviceLogs),
 	def(tool{name: "service_stop", title: "Stop a service", hints: destructive | idempotent,

@@ -147,7 +147,7 @@ func (sv *service) active() bool {
 	sv.mu.Lock()
 	defer sv.mu.Unlock()
 	switch sv.state {
-	case agentapi.ServiceStarting, agentapi.ServiceRunning, agentapi.ServiceReady:
+	case agentapi.ServiceStarting, agentapi.ServiceRunning:
 		return true
 	}
 	return false
@@ -573,7 +573,7 @@ func (sv *service) waitReady(ctx context.Context, o *startOptions, a *Agent) (ag
 			now := time.Now().UTC()
 			sv.mu.Lock()
 			if sv.state == agentapi.ServiceStarting {
-				sv.state = agentapi.ServiceReady
+				sv.state = agentapi.ServiceRunning
 				sv.readyAt = &now
 				sv.probeErr = ""
 				sv.mu.Unlock()

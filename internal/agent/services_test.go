@@ -74,7 +74,7 @@ func TestServiceHTTPProbe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.State != agentapi.ServiceReady || st.ReadyAt == nil || st.PID == 0 || !st.Active() || st.RestartCount != 0 {
+	if st.State != agentapi.ServiceRunning || st.ReadyAt == nil || st.PID == 0 || !st.Active() || st.RestartCount != 0 {
 		t.Fatalf("status %+v", st)
 	}
 	list, err := c.ListServices(testCtx(t))
@@ -83,7 +83,7 @@ func TestServiceHTTPProbe(t *testing.T) {
 	}
 	found := false
 	for _, s := range list {
-		found = found || (s.Name == "web" && s.State == agentapi.ServiceReady)
+		found = found || (s.Name == "web" && s.State == agentapi.ServiceRunning)
 	}
 	if !found {
 		t.Fatalf("list %+v", list)
@@ -122,7 +122,7 @@ func TestServiceTCPProbe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.State != agentapi.ServiceReady || st.Readiness.Address != fmt.Sprintf("127.0.0.1:%d", port) {
+	if st.State != agentapi.ServiceRunning || st.Readiness.Address != fmt.Sprintf("127.0.0.1:%d", port) {
 		t.Fatalf("status %+v", st)
 	}
 	if conn, err := net.Dial("tcp", st.Readiness.Address); err != nil {
@@ -149,7 +149,7 @@ func TestServiceFileAndCommandProbes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.State != agentapi.ServiceReady || time.Since(t0) < 300*time.Millisecond {
+	if st.State != agentapi.ServiceRunning || time.Since(t0) < 300*time.Millisecond {
 		t.Fatalf("file probe: %+v after %s", st, time.Since(t0))
 	}
 	if _, err := os.Stat(filepath.Join(dir, "ready")); err != nil {
@@ -166,7 +166,7 @@ func TestServiceFileAndCommandProbes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.State != agentapi.ServiceReady || st.LastProbeError != "" {
+	if st.State != agentapi.ServiceRunning || st.LastProbeError != "" {
 		t.Fatalf("command probe: %+v", st)
 	}
 	checkStopped(t, c, "filey")
@@ -280,7 +280,7 @@ func TestServiceLogsTail(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(logs.Lines) != 200 || logs.Lines[0] != "line102" || logs.Lines[199] != "partial" || logs.Truncated || logs.Name != "chatty" || logs.State != agentapi.ServiceReady {
+	if len(logs.Lines) != 200 || logs.Lines[0] != "line102" || logs.Lines[199] != "partial" || logs.Truncated || logs.Name != "chatty" || logs.State != agentapi.ServiceRunning {
 		t.Fatalf("default tail: %d lines, first %q last %q, %+v", len(logs.Lines), logs.Lines[0], logs.Lines[len(logs.Lines)-1], logs.Truncated)
 	}
 	logs, err = c.ServiceLogs(testCtx(t), "chatty", 3, false)

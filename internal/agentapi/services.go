@@ -34,10 +34,10 @@ const (
 	// ServiceStarting: the process runs and the readiness probe has not
 	// passed yet (only while a start request waits).
 	ServiceStarting = "starting"
-	// ServiceRunning: the process runs; it was started without a probe.
+	// ServiceRunning: the process runs; it was started without a probe, or
+	// its readiness probe passed (then ReadyAt is set). There is no separate
+	// "ready" state: the contract's running_service_count counts these.
 	ServiceRunning = "running"
-	// ServiceReady: the process runs and its readiness probe passed.
-	ServiceReady = "ready"
 	// ServiceExited: the process ended on its own with exit code 0.
 	ServiceExited = "exited"
 	// ServiceFailed: the process ended on its own with a non-zero code or
@@ -113,10 +113,10 @@ type ServiceStatus struct {
 }
 
 // Active reports whether the service's process is (still) running:
-// states starting, running and ready.
+// states starting and running.
 func (s ServiceStatus) Active() bool {
 	switch s.State {
-	case ServiceStarting, ServiceRunning, ServiceReady:
+	case ServiceStarting, ServiceRunning:
 		return true
 	}
 	return false

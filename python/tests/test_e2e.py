@@ -355,7 +355,8 @@ class ServiceTest(unittest.TestCase):
         web = p.start_service(wid, "web", command="python3 -m http.server 8080 --bind 127.0.0.1",
                               readiness={"type": "http", "url": "http://127.0.0.1:8080/"})
         self.assertEqual(web["name"], "web")
-        self.assertIn(web["state"], ("ready", "running"))
+        self.assertEqual(web["state"], "running")
+        self.assertTrue(web.get("ready_at"))
         r = p.exec_workspace(wid, command="python3 -c \"import urllib.request as u; "
                              "print(u.urlopen('http://127.0.0.1:8080/').status)\"")
         self.assertEqual(r["stdout"], "200\n")
@@ -363,13 +364,15 @@ class ServiceTest(unittest.TestCase):
         tcp = p.start_service(wid, "tcp", command=["python3", "-m", "http.server", "8081"],
                               readiness={"type": "tcp", "address": "127.0.0.1:8081"},
                               ready_timeout_seconds=20, ready_interval_ms=200)
-        self.assertIn(tcp["state"], ("ready", "running"))
+        self.assertEqual(tcp["state"], "running")
+        self.assertTrue(tcp.get("ready_at"))
         filesvc = p.start_service(wid, "file", command="sleep 1; touch /tmp/ready; exec sleep 300",
                                   cwd="/tmp", readiness={"type": "file", "path": "/tmp/ready"})
         self.assertEqual(filesvc["cwd"], "/tmp")
         cmdsvc = p.start_service(wid, "cmd", command='echo "started-$((6*7))"; touch /tmp/c; exec sleep 300',
                                  readiness={"type": "command", "command": "test -e /tmp/c"})
-        self.assertIn(cmdsvc["state"], ("ready", "running"))
+        self.assertEqual(cmdsvc["state"], "running")
+        self.assertTrue(cmdsvc.get("ready_at"))
         with self.assertRaises(PyroError):
             p.start_service(wid, "never", command="sleep 300",
                             readiness={"type": "file", "path": "/nonexistent"}, ready_timeout_seconds=2)

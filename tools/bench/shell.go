@@ -117,7 +117,7 @@ func benchShell(ctx context.Context, cfg *config) (rows []row, err error) {
 			if o.Readiness == nil {
 				plain = append(plain, d)
 			} else {
-				if st.State != agentapi.ServiceReady {
+				if st.State != agentapi.ServiceRunning {
 					return fmt.Errorf("service %s is %s, not ready", name, st.State)
 				}
 				probed = append(probed, d)
