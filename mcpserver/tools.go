@@ -224,7 +224,7 @@ var table = []tool{
 
 	def(tool{name: "service_start", title: "Start a service", hints: openWorld,
 		defaults: map[string]any{"cwd": pyro.WorkspaceDir, "ready_timeout_seconds": pyro.DefaultReadyTimeoutSeconds, "ready_interval_ms": pyro.DefaultReadyIntervalMS},
-		description: "Start a named long-running process (dev server, database) in a workspace. With a readiness probe it returns once the service is ready; " +
+		description: "Start a named long-running process (dev server, database) in a workspace. With a readiness probe it returns once the probe passed (state running, ready_at set); " +
 			"if the probe does not pass in time the service is stopped and the error carries its last log lines. Use service_logs to read its output."}, serviceStart),
 	def(tool{name: "service_list", title: "List services", hints: readOnly,
 		description: "List a workspace's services with their states."}, serviceListTool),
