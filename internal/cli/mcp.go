@@ -175,7 +175,7 @@ func (a *app) serveHTTP(ctx context.Context, server *mcp.Server, o serveOptions)
 		return err
 	}
 	handler := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server }, nil)
-	srv := &http.Server{Handler: guard.handler(requireBearer(token, requireSession(handler))), ReadHeaderTimeout: 10 * time.Second}
+	srv := newHTTPServer(guard.handler(requireBearer(token, requireSession(handler))))
 	url := "http://" + ln.Addr().String() + "/mcp"
 	if tlsConfig != nil {
 		ln = tls.NewListener(ln, tlsConfig)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"time"
 )
 
 // maxInitializeBody bounds how much of a session-less POST is read to find
@@ -22,7 +23,7 @@ const sessionlessProtocol = "2026-07-28"
 func requireSession(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost || r.Header.Get("Mcp-Session-Id") != "" ||
-			r.Header.Get("Mcp-Protocol-Version") >= sessionlessProtocol {
+			isSessionless(r.Header.Get("Mcp-Protocol-Version")) {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -61,4 +62,19 @@ func hasInitialize(body []byte) bool {
 		}
 	}
 	return false
+}
+
+// isSessionless reports whether version names a protocol version whose
+// requests carry no session. Versions are dates (YYYY-MM-DD) and compare as
+// strings only when they are well formed: compared blindly, any crafted
+// header sorting after the date ("9", "2026-07-28x") would skip the
+// session check.
+func isSessionless(version string) bool {
+	if len(version) != len("2006-01-02") {
+		return false
+	}
+	if _, err := time.Parse("2006-01-02", version); err != nil {
+		return false
+	}
+	return version >= sessionlessProtocol
 }

@@ -67,3 +67,28 @@ func TestMCPHTTPNeedsSessionExceptInitialize(t *testing.T) {
 		t.Errorf("tools/list with the session: status %d, body %.200s", resp.StatusCode, b)
 	}
 }
+
+// TestMCPHTTPCraftedVersionNeedsSession: a protocol version header that
+// only sorts after the sessionless date as a string does not skip the
+// session check; a well-formed later date goes on to the SDK's own answer.
+func TestMCPHTTPCraftedVersionNeedsSession(t *testing.T) {
+	srv := mcpHTTP(t)
+	for _, v := range []string{"9", "9999", "2026-07-28x", "2026-99-99", "３０００-01-01"} {
+		req, _ := http.NewRequest("POST", srv.URL, strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"tools/list"}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		req.Header.Set("Mcp-Protocol-Version", v)
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), "Mcp-Session-Id") {
+			t.Errorf("version %q without a session: status %d %.200q, want our 400 naming Mcp-Session-Id", v, resp.StatusCode, b)
+		}
+	}
+	if !isSessionless("2026-07-28") || !isSessionless("2027-01-01") || isSessionless("2025-11-25") {
+		t.Error("well-formed dates must compare by date")
+	}
+}
