@@ -36,7 +36,7 @@ func TestMCPHTTPSlowBodyCut(t *testing.T) {
 	}))
 	for _, partial := range []string{
 		"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"jsonrpc\"", // stalled body
-		"POST /mcp HTTP/1.1\r\nHost: x\r\n",                                      // stalled headers
+		"POST /mcp HTTP/1.1\r\nHost: x\r\n",                                        // stalled headers
 	} {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
