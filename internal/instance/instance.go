@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/fsutil"
+	"github.com/pyro-mcp/pyro/internal/netpolicy"
 	"github.com/pyro-mcp/pyro/internal/redact"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 )
@@ -66,21 +68,43 @@ const (
 // Record is what was asked for. It is written atomically and changed only
 // under the instance's lock.
 type Record struct {
-	ID              string     `json:"id"`
-	Kind            string     `json:"kind"` // KindVM, KindWorkspace or KindRun
-	Environment     string     `json:"environment"`
-	VCPUCount       int        `json:"vcpu_count"`
-	MemMiB          int        `json:"mem_mib"`
-	Network         bool       `json:"network"`
-	AllowHostCompat bool       `json:"allow_host_compat"`
-	TTLSeconds      int        `json:"ttl_seconds,omitempty"`
-	CreatedAt       time.Time  `json:"created_at"`
-	ExpiresAt       *time.Time `json:"expires_at,omitempty"`
+	ID          string `json:"id"`
+	Kind        string `json:"kind"` // KindVM, KindWorkspace or KindRun
+	Environment string `json:"environment"`
+	VCPUCount   int    `json:"vcpu_count"`
+	MemMiB      int    `json:"mem_mib"`
+	Network     bool   `json:"network"` // NetworkPolicy is not off (kept for older readers)
+	// NetworkPolicy and AllowHosts are the network policy asked for (see
+	// Policy); the supervisor's network stack enforces them.
+	NetworkPolicy   netpolicy.Mode `json:"network_policy,omitempty"`
+	AllowHosts      []string       `json:"allow_hosts,omitempty"`
+	AllowHostCompat bool           `json:"allow_host_compat"`
+	TTLSeconds      int            `json:"ttl_seconds,omitempty"`
+	CreatedAt       time.Time      `json:"created_at"`
+	ExpiresAt       *time.Time     `json:"expires_at,omitempty"`
 	// WorkspaceDisk is the path of /workspace's disk image, for workspaces.
 	WorkspaceDisk string `json:"workspace_disk,omitempty"`
 	// Extra holds kind-specific metadata (workspace seed, resets, secrets
 	// names) that the supervisor does not interpret.
 	Extra json.RawMessage `json:"extra,omitempty"`
+}
+
+// Policy is the network policy in force. A record written before policies
+// existed says only network true/false, which means egress or off.
+func (r Record) Policy() netpolicy.Policy {
+	if r.NetworkPolicy == "" {
+		if r.Network {
+			return netpolicy.Policy{Mode: netpolicy.Egress}
+		}
+		return netpolicy.Policy{Mode: netpolicy.Off}
+	}
+	return netpolicy.Policy{Mode: r.NetworkPolicy, AllowHosts: slices.Clone(r.AllowHosts)}
+}
+
+// SetPolicy records p (checked by the caller) and keeps Network in step.
+func (r *Record) SetPolicy(p netpolicy.Policy) {
+	p = p.Normalized()
+	r.NetworkPolicy, r.AllowHosts, r.Network = p.Mode, slices.Clone(p.AllowHosts), p.Mode.Networked()
 }
 
 // ExitNote is written by a supervisor that ends on purpose.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/netpolicy"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 )
 
@@ -151,4 +152,22 @@ func TestEventsRedacted(t *testing.T) {
 	}
 	// An event log that cannot be written is skipped, not fatal.
 	AppendEvent(vmdir.Dir(filepath.Join(t.TempDir(), "gone")), "x", nil)
+}
+
+func TestRecordPolicy(t *testing.T) {
+	if p := (Record{Network: true}).Policy(); p.Mode != netpolicy.Egress {
+		t.Fatalf("old networked record: %v", p)
+	}
+	if p := (Record{}).Policy(); p.Mode != netpolicy.Off {
+		t.Fatalf("old record: %v", p)
+	}
+	var r Record
+	r.SetPolicy(netpolicy.Policy{Mode: netpolicy.EgressPublished, AllowHosts: []string{"pypi.org"}})
+	if !r.Network || r.Policy().String() != "egress+published-ports (pypi.org)" {
+		t.Fatalf("got %+v", r)
+	}
+	r.SetPolicy(netpolicy.Policy{})
+	if r.Network || r.NetworkPolicy != netpolicy.Off || r.AllowHosts != nil {
+		t.Fatalf("got %+v", r)
+	}
 }
