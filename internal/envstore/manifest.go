@@ -41,7 +41,8 @@ type Manifest struct {
 	Mirror         string              `json:"mirror"`
 	BuiltAt        time.Time           `json:"built_at"`
 	TotalBytes     int64               `json:"total_bytes"`
-	Digest         string              `json:"digest"` // "sha256:<hex>" over the sorted file digests
+	Digest         string              `json:"digest"`          // "sha256:<hex>" over the sorted file digests
+	Image          *ImageInfo          `json:"image,omitempty"` // set when converted from an OCI image
 }
 
 // KernelInfo names the Debian kernel package an environment's kernel came from.

@@ -65,6 +65,10 @@ func (s *Store) Prune(ctx context.Context) (PruneResult, error) {
 		if strings.HasPrefix(d.Name(), ".") || !d.IsDir() {
 			continue // the lock and anything that is not ours
 		}
+		if d.Name() == imagesDir {
+			s.imageKernelsInUse(kernelsInUse) // PruneImages prunes images
+			continue
+		}
 		name, ok := nameFromSafe(d.Name())
 		if !ok {
 			continue // not a directory this store made

@@ -18,6 +18,7 @@
 package envstore
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -41,6 +42,8 @@ type Store struct {
 	cacheDir string
 	log      *slog.Logger
 	build    buildFunc // the seam tests replace
+	// kernelForImage finds the kernel image environments get (a seam).
+	kernelForImage func(ctx context.Context, emit func(Event)) (string, kernelCache, error)
 }
 
 // Option configures a Store.
@@ -63,6 +66,7 @@ func New(root, cacheDir string, opts ...Option) *Store {
 		o(s)
 	}
 	s.build = s.localBuild
+	s.kernelForImage = s.imageKernel
 	return s
 }
 

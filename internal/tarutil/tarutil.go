@@ -76,6 +76,14 @@ type ExtractOptions struct {
 	// Umask is applied to permissions in untrusted mode; see
 	// ProcessUmask.
 	Umask fs.FileMode
+	// Filter, when set, sees every entry (name cleaned, relative) before
+	// it is written; skip drops the entry, an error ends the extraction.
+	// OCI layers use it for whiteouts and the size cap.
+	Filter func(hdr *tar.Header, name string) (skip bool, err error)
+	// Owners restores the entries' uid and gid (lchown, before the mode,
+	// so setuid bits survive). It needs privilege; image conversion is
+	// the one caller.
+	Owners bool
 }
 
 // mode returns the permissions an entry gets on disk.
@@ -304,6 +312,15 @@ func ExtractTarWith(r io.Reader, dest string, opts ExtractOptions) (Stats, error
 		if err != nil {
 			return st, err
 		}
+		if opts.Filter != nil && name != "." {
+			skip, err := opts.Filter(hdr, name)
+			if err != nil {
+				return st, err
+			}
+			if skip {
+				continue
+			}
+		}
 		mode := opts.mode(hdr.Mode, hdr.Typeflag == tar.TypeDir)
 		if name == "." {
 			// dest's own mode is the caller's choice when the archive
@@ -343,6 +360,11 @@ func ExtractTarWith(r io.Reader, dest string, opts ExtractOptions) (Stats, error
 					return st, fmt.Errorf("create directory %s: %w", name, err)
 				}
 			}
+			if opts.Owners {
+				if err := root.Lchown(name, hdr.Uid, hdr.Gid); err != nil {
+					return st, fmt.Errorf("chown %s: %w", name, err)
+				}
+			}
 			dirs = append(dirs, dirMeta{name, mode, hdr.ModTime})
 			st.Dirs++
 		case tar.TypeReg, tar.TypeRegA:
@@ -358,6 +380,9 @@ func ExtractTarWith(r io.Reader, dest string, opts ExtractOptions) (Stats, error
 			st.Bytes += n
 			if err != nil && src.err != nil {
 				err = fmt.Errorf("%w: %w", ErrBadArchive, err)
+			}
+			if err == nil && opts.Owners {
+				err = f.Chown(hdr.Uid, hdr.Gid)
 			}
 			if err == nil {
 				err = f.Chmod(mode)
@@ -381,6 +406,11 @@ func ExtractTarWith(r io.Reader, dest string, opts ExtractOptions) (Stats, error
 			}
 			if err := root.Symlink(hdr.Linkname, name); err != nil {
 				return st, fmt.Errorf("create symlink %s: %w", name, err)
+			}
+			if opts.Owners {
+				if err := root.Lchown(name, hdr.Uid, hdr.Gid); err != nil {
+					return st, fmt.Errorf("chown %s: %w", name, err)
+				}
 			}
 			if err := lutimes(root, name, hdr.ModTime); err != nil {
 				return st, fmt.Errorf("set times of %s: %w", name, err)
