@@ -290,6 +290,7 @@ type EnvironmentManifest struct {
 	BuiltAt        time.Time                  `json:"built_at"`
 	TotalBytes     int64                      `json:"total_bytes"`
 	Digest         string                     `json:"digest"`
+	Image          *EnvironmentImage          `json:"image,omitempty"` // set when converted from an OCI image
 }
 
 // EnvironmentKernel names the Debian kernel package of an environment.
@@ -312,7 +313,7 @@ func manifestFrom(m *envstore.Manifest) *EnvironmentManifest {
 	out := &EnvironmentManifest{Name: m.Name, Version: m.Version, Description: m.Description, Packages: m.Packages,
 		Kernel:  EnvironmentKernel{Package: m.Kernel.Package, Version: m.Kernel.Version, Release: m.Kernel.Release},
 		Modules: m.Modules, BuiltinModules: m.BuiltinModules, Source: m.Source, BuildTool: m.BuildTool, Mirror: m.Mirror,
-		BuiltAt: m.BuiltAt, TotalBytes: m.TotalBytes, Digest: m.Digest}
+		BuiltAt: m.BuiltAt, TotalBytes: m.TotalBytes, Digest: m.Digest, Image: imageFrom(m.Image)}
 	if m.Files != nil {
 		out.Files = make(map[string]EnvironmentFile, len(m.Files))
 		for k, f := range m.Files {

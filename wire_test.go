@@ -63,6 +63,7 @@ func TestPublicTypesCoverWire(t *testing.T) {
 		{doctor.Check{}, DoctorCheck{}, nil},
 		{envstore.Manifest{}, EnvironmentManifest{}, nil},
 		{envstore.KernelInfo{}, EnvironmentKernel{}, nil},
+		{envstore.ImageInfo{}, EnvironmentImage{}, nil},
 		{envstore.FileInfo{}, EnvironmentFile{}, nil},
 		{envstore.Event{}, PullProgress{}, nil},
 		{envstore.PruneResult{}, PruneResult{}, nil},
