@@ -39,6 +39,8 @@ type LogsServiceOptions struct {
 // service is stopped and the error carries the probe's last error and the
 // service's last log lines. Starting a name that is running is refused.
 func (c *Client) StartService(ctx context.Context, workspaceID, name string, opts StartServiceOptions) (Service, error) {
+	workspaceID = c.canonicalID(workspaceID) // results carry the id, not a name
+
 	if !names.IsIdentifier(name) {
 		return Service{}, errdefs.New(errdefs.ErrInvalidArgument, "use letters, digits, '.', '_' and '-', up to 64 characters", "invalid service name %q", name)
 	}
@@ -77,6 +79,8 @@ func (c *Client) StartService(ctx context.Context, workspaceID, name string, opt
 
 // ListServices lists a workspace's services.
 func (c *Client) ListServices(ctx context.Context, workspaceID string) ([]Service, error) {
+	workspaceID = c.canonicalID(workspaceID) // results carry the id, not a name
+
 	out := []Service{}
 	err := c.withWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
 		list, err := a.ListServices(ctx)
@@ -90,6 +94,8 @@ func (c *Client) ListServices(ctx context.Context, workspaceID string) ([]Servic
 
 // StatusService returns one service's status.
 func (c *Client) StatusService(ctx context.Context, workspaceID, name string) (Service, error) {
+	workspaceID = c.canonicalID(workspaceID) // results carry the id, not a name
+
 	var out Service
 	err := c.withWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
 		st, err := a.ServiceStatus(ctx, name)
@@ -102,6 +108,8 @@ func (c *Client) StatusService(ctx context.Context, workspaceID, name string) (S
 // LogsService returns a service's log tail (default 200 lines; All for
 // everything the bounded log still holds).
 func (c *Client) LogsService(ctx context.Context, workspaceID, name string, o *LogsServiceOptions) (ServiceLogs, error) {
+	workspaceID = c.canonicalID(workspaceID) // results carry the id, not a name
+
 	var opts LogsServiceOptions // nil: the contract defaults
 	if o != nil {
 		opts = *o
@@ -121,6 +129,8 @@ func (c *Client) LogsService(ctx context.Context, workspaceID, name string, o *L
 // StopService stops a service: SIGTERM to its process group, SIGKILL after
 // a grace period. Stopping a stopped service returns its status.
 func (c *Client) StopService(ctx context.Context, workspaceID, name string) (Service, error) {
+	workspaceID = c.canonicalID(workspaceID) // results carry the id, not a name
+
 	var out Service
 	err := c.withWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
 		st, err := a.StopService(ctx, name)

@@ -35,10 +35,20 @@ type OpenShellOptions struct {
 type ReadShellOptions struct {
 	Cursor   int64
 	MaxChars int
+	// Plain renders the output as the screen would show it: escape
+	// sequences stripped, carriage returns and backspaces applied
+	// (shell_chat.go).
+	Plain bool
+	// WaitForIdleMS, when positive, keeps reading until the shell printed
+	// nothing for this many milliseconds (at most MaxShellIdleMS; the
+	// whole read at most MaxShellIdleWait).
+	WaitForIdleMS int
 }
 
 // OpenShell opens a PTY shell (bash, else sh) in a workspace.
 func (c *Client) OpenShell(ctx context.Context, workspaceID string, o *OpenShellOptions) (Shell, error) {
+	workspaceID = c.canonicalID(workspaceID) // results carry the id, not a name
+
 	var opts OpenShellOptions // nil: the contract defaults
 	if o != nil {
 		opts = *o
@@ -70,10 +80,20 @@ func (c *Client) ReadShell(ctx context.Context, workspaceID, shellID string, o *
 	if opts.MaxChars == 0 {
 		opts.MaxChars = DefaultShellMaxChars
 	}
+	if err := checkShellRead(opts); err != nil {
+		return ShellRead{}, err
+	}
+	workspaceID = c.canonicalID(workspaceID)
 	var out ShellRead
 	err := c.withRunningWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
-		r, err := a.ReadShell(ctx, shellID, agentapi.ShellReadRequest{Cursor: opts.Cursor, MaxChars: opts.MaxChars})
-		out = shellReadFrom(workspaceID, r)
+		var r agentapi.ShellReadResponse
+		var err error
+		if opts.WaitForIdleMS > 0 {
+			r, err = readShellIdle(ctx, a, shellID, opts)
+		} else {
+			r, err = a.ReadShell(ctx, shellID, agentapi.ShellReadRequest{Cursor: opts.Cursor, MaxChars: opts.MaxChars})
+		}
+		out = plainRead(shellReadFrom(workspaceID, r), opts.Plain)
 		return err
 	})
 	return out, err
@@ -93,6 +113,8 @@ type WriteShellOptions struct {
 // WriteShell sends input to a shell, followed by a newline unless opts
 // says otherwise.
 func (c *Client) WriteShell(ctx context.Context, workspaceID, shellID, input string, opts *WriteShellOptions) (ShellWrite, error) {
+	workspaceID = c.canonicalID(workspaceID) // results carry the id, not a name
+
 	appendNewline := DefaultAppendNewline
 	if opts != nil && opts.AppendNewline != nil {
 		appendNewline = *opts.AppendNewline
@@ -109,6 +131,8 @@ func (c *Client) WriteShell(ctx context.Context, workspaceID, shellID, input str
 // SignalShell sends a signal (default "INT") to the shell's foreground
 // process group.
 func (c *Client) SignalShell(ctx context.Context, workspaceID, shellID, signal string) (ShellSignal, error) {
+	workspaceID = c.canonicalID(workspaceID) // results carry the id, not a name
+
 	if signal == "" {
 		signal = DefaultShellSignal
 	}
@@ -123,6 +147,8 @@ func (c *Client) SignalShell(ctx context.Context, workspaceID, shellID, signal s
 
 // CloseShell ends a shell and its processes.
 func (c *Client) CloseShell(ctx context.Context, workspaceID, shellID string) (ShellClose, error) {
+	workspaceID = c.canonicalID(workspaceID) // results carry the id, not a name
+
 	err := c.withRunningWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
 		return a.CloseShell(ctx, shellID)
 	})
@@ -137,6 +163,7 @@ func (c *Client) withRunningWorkspaceAgent(ctx context.Context, id string, f fun
 	if err != nil {
 		return err
 	}
+	touchActivity(dir)
 	agent, err := c.lc.Agent(ctx, dir, rec)
 	if err != nil {
 		return err

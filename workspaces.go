@@ -39,6 +39,12 @@ type CreateWorkspaceOptions struct {
 	SeedPath string
 	// Secrets are guest-only values, materialised under /run/pyro-secrets.
 	Secrets []Secret
+	// Name, optional, is usable wherever the id is; it is unique among
+	// existing workspaces (ValidateWorkspaceName).
+	Name string
+	// Labels are free KEY=VALUE tags (ValidateLabels), to filter
+	// ListWorkspaces by.
+	Labels map[string]string
 }
 
 // Workspace is a workspace's record and observed status.
@@ -63,6 +69,11 @@ type Workspace struct {
 	Backend             string        `json:"backend,omitempty"`
 	Acceleration        string        `json:"acceleration,omitempty"`
 	Isolation           string        `json:"isolation,omitempty"`
+
+	// Naming and discovery (workspace_names.go).
+	Name           string            `json:"name"`
+	Labels         map[string]string `json:"labels"`
+	LastActivityAt time.Time         `json:"last_activity_at"`
 }
 
 // workspaceMeta is the workspace part of the instance record.
@@ -71,6 +82,9 @@ type workspaceMeta struct {
 	ResetCount  int            `json:"reset_count"`
 	LastResetAt *time.Time     `json:"last_reset_at,omitempty"`
 	Secrets     []SecretInfo   `json:"secrets"`
+
+	Name   string            `json:"name,omitempty"`
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 func metaOf(rec instance.Record) workspaceMeta {
@@ -88,9 +102,11 @@ func setMeta(rec *instance.Record, m workspaceMeta) {
 	rec.Extra, _ = json.Marshal(m)
 }
 
-// wsDir returns an existing workspace's directory and record.
+// wsDir returns an existing workspace's directory and record; id may be
+// the workspace's name (the one place names resolve). Results should carry
+// rec.ID, not the name.
 func (c *Client) wsDir(id string) (vmdir.Dir, instance.Record, error) {
-	return c.lc.Open(instance.KindWorkspace, id)
+	return c.resolveWorkspace(id)
 }
 
 func snapshotsOf(dir vmdir.Dir) workspace.Snapshots {
@@ -123,6 +139,10 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 	if _, err := c.envs.Get(rec.Environment); err != nil {
 		return ws, err
 	}
+	releaseName, err := c.claimName(ctx, opts.Name, opts.Labels)
+	if err != nil {
+		return ws, err
+	}
 	dir, rec, err := c.lc.Create(ctx, rec, func(dir vmdir.Dir, rec *instance.Record) error {
 		// Half-made until the baseline is recorded: should this process
 		// be killed meanwhile, the next reconcile removes the workspace.
@@ -136,9 +156,10 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 		if err := saveSecrets(dir, secretValues); err != nil {
 			return err
 		}
-		setMeta(rec, workspaceMeta{Seed: seed, Secrets: secretInfo})
+		setMeta(rec, workspaceMeta{Seed: seed, Secrets: secretInfo, Name: opts.Name, Labels: opts.Labels})
 		return nil
 	})
+	releaseName() // the record holding the name is saved (or nothing is)
 	if err != nil {
 		return ws, err
 	}
@@ -194,6 +215,7 @@ func (c *Client) snapshot(ctx context.Context, dir vmdir.Dir, agent *agentapi.Cl
 // host reboot, a stop) or no longer answering. An expired workspace is not
 // restarted.
 func (c *Client) workspaceAgent(ctx context.Context, dir vmdir.Dir, rec instance.Record) (*agentapi.Client, error) {
+	touchActivity(dir)
 	return c.lc.EnsureRunning(ctx, dir, rec)
 }
 
@@ -203,6 +225,7 @@ func (c *Client) StatusWorkspace(ctx context.Context, id string) (Workspace, err
 	if err != nil {
 		return Workspace{}, err
 	}
+	id = rec.ID
 	st := c.lc.Observe(ctx, dir, rec)
 	m := metaOf(rec)
 	hist, _ := workspace.ReadHistory(dir.Path(workspace.HistoryFile))
@@ -213,28 +236,13 @@ func (c *Client) StatusWorkspace(ctx context.Context, id string) (Workspace, err
 		Secrets: m.Secrets, CommandCount: len(hist),
 		Backend: st.Backend, Acceleration: st.Acceleration, Isolation: st.Isolation,
 	}
+	statusNames(&ws, dir, rec, m)
 	if st.State == instance.Running {
 		agent := c.lc.Client(dir)
 		defer agent.Close()
 		ws.ServiceCount, ws.RunningServiceCount = serviceCounts(ctx, agent)
 	}
 	return ws, nil
-}
-
-// ListWorkspaces returns every workspace, oldest first.
-func (c *Client) ListWorkspaces(ctx context.Context) ([]Workspace, error) {
-	c.lc.Reconcile(ctx)
-	_, recs, err := c.lc.List(instance.KindWorkspace)
-	if err != nil {
-		return nil, err
-	}
-	out := []Workspace{}
-	for _, rec := range recs {
-		if ws, err := c.StatusWorkspace(ctx, rec.ID); err == nil {
-			out = append(out, ws)
-		}
-	}
-	return out, nil
 }
 
 // ExecWorkspace runs one command in /workspace and leaves the workspace
@@ -244,6 +252,7 @@ func (c *Client) ExecWorkspace(ctx context.Context, id string, opts ExecOptions)
 	if err != nil {
 		return ExecResult{}, err
 	}
+	id = rec.ID
 	if opts.Cwd == "" {
 		opts.Cwd = workspace.Root
 	}
@@ -284,6 +293,7 @@ func (c *Client) PushWorkspaceSync(ctx context.Context, id, sourcePath, dest str
 	if err != nil {
 		return SyncResult{}, err
 	}
+	id = rec.ID
 	dest, err = workspace.GuestPath(dest)
 	if err != nil {
 		return SyncResult{}, err
@@ -348,6 +358,7 @@ func (c *Client) ExportWorkspace(ctx context.Context, id, path, outputPath strin
 	if err != nil {
 		return ExportResult{}, err
 	}
+	id = rec.ID
 	guest, err := workspace.GuestPath(path)
 	if err != nil {
 		return ExportResult{}, err
@@ -390,6 +401,7 @@ func (c *Client) DiffWorkspace(ctx context.Context, id string) (WorkspaceDiff, e
 	if err != nil {
 		return WorkspaceDiff{}, err
 	}
+	id = rec.ID
 	base, err := snapshotsOf(dir).Open(workspace.Baseline)
 	if err != nil {
 		return WorkspaceDiff{}, err
@@ -425,6 +437,7 @@ func (c *Client) CreateSnapshot(ctx context.Context, id, name string) (Snapshot,
 	if err != nil {
 		return Snapshot{}, err
 	}
+	id = rec.ID
 	if name == workspace.Baseline {
 		return Snapshot{}, errdefs.New(errdefs.ErrInvalidArgument, "pick another name", "%q is the implicit create-time snapshot", name)
 	}
@@ -444,10 +457,11 @@ func (c *Client) CreateSnapshot(ctx context.Context, id, name string) (Snapshot,
 
 // ListSnapshots lists the baseline and the named snapshots.
 func (c *Client) ListSnapshots(ctx context.Context, id string) ([]Snapshot, error) {
-	dir, _, err := c.wsDir(id)
+	dir, rec, err := c.wsDir(id)
 	if err != nil {
 		return nil, err
 	}
+	id = rec.ID
 	list, err := snapshotsOf(dir).List()
 	out := make([]Snapshot, 0, len(list))
 	for _, s := range list {
@@ -458,10 +472,11 @@ func (c *Client) ListSnapshots(ctx context.Context, id string) ([]Snapshot, erro
 
 // DeleteSnapshot deletes a named snapshot; the baseline cannot be deleted.
 func (c *Client) DeleteSnapshot(ctx context.Context, id, name string) error {
-	dir, _, err := c.wsDir(id)
+	dir, rec, err := c.wsDir(id)
 	if err != nil {
 		return err
 	}
+	id = rec.ID
 	return snapshotsOf(dir).Delete(name)
 }
 
@@ -474,6 +489,7 @@ func (c *Client) ResetWorkspace(ctx context.Context, id, snapshot string) (Works
 	if err != nil {
 		return Workspace{}, err
 	}
+	id = rec.ID
 	if snapshot == "" {
 		snapshot = workspace.Baseline
 	}
@@ -514,10 +530,11 @@ func (c *Client) ResetWorkspace(ctx context.Context, id, snapshot string) (Works
 
 // LogsWorkspace returns the workspace's command history.
 func (c *Client) LogsWorkspace(ctx context.Context, id string) ([]HistoryEntry, error) {
-	dir, _, err := c.wsDir(id)
+	dir, rec, err := c.wsDir(id)
 	if err != nil {
 		return nil, err
 	}
+	id = rec.ID
 	hist, err := workspace.ReadHistory(dir.Path(workspace.HistoryFile))
 	out := make([]HistoryEntry, 0, len(hist))
 	for _, h := range hist {
@@ -533,6 +550,7 @@ func (c *Client) DeleteWorkspace(ctx context.Context, id string) (DeleteResult, 
 	if err != nil {
 		return DeleteResult{}, err
 	}
+	id = rec.ID
 	prior, err := c.lc.Delete(ctx, dir, rec)
 	return DeleteResult{WorkspaceID: id, Deleted: err == nil, PriorState: prior}, err
 }

@@ -53,6 +53,13 @@ type workspaceCreateIn struct {
 	AllowHostCompat bool       `json:"allow_host_compat,omitempty" jsonschema:"Allow running on the host inside Linux namespaces (weaker isolation) when no VM can boot. Takes effect only if the server was started with --allow-host-compat."`
 	SeedPath        string     `json:"seed_path,omitempty" jsonschema:"Optional host directory or local .tar/.tar.gz/.tgz (beneath an allowed root) whose content fills /workspace before the workspace is returned."`
 	Secrets         []secretIn `json:"secrets,omitempty" jsonschema:"Optional guest-only secrets ({name, value} or {name, file_path}); values never appear in results or logs. Use them per call with secret_env."`
+	nameLabelsIn
+}
+
+// nameLabelsIn are workspace_create's naming fields (tools_names.go).
+type nameLabelsIn struct {
+	Name   string            `json:"name,omitempty" jsonschema:"Optional name, usable wherever workspace_id is: a letter or digit, then up to 63 letters, digits, '.', '_' or '-'; unique among workspaces."`
+	Labels map[string]string `json:"labels,omitempty" jsonschema:"Optional labels (key -> value) to find the workspace by with workspace_list."`
 }
 
 type workspaceIDIn struct {
@@ -133,6 +140,8 @@ type shellReadIn struct {
 	ShellID     string `json:"shell_id" jsonschema:"Shell id returned by shell_open. Required."`
 	Cursor      int64  `json:"cursor,omitempty" jsonschema:"Byte offset to read from: pass the previous read's next_cursor to get only new output; 0 is the start."`
 	MaxChars    int    `json:"max_chars,omitempty" jsonschema:"Maximum characters to return; more is flagged by more=true."`
+	Plain       bool   `json:"plain,omitempty" jsonschema:"Return the text as the screen shows it: escape sequences stripped, carriage returns and backspaces applied."`
+	WaitForIdle int    `json:"wait_for_idle_ms,omitempty" jsonschema:"Keep reading until the shell printed nothing for this many milliseconds (the whole read waits at most 120 s); 0 returns at once."`
 }
 
 type shellWriteIn struct {

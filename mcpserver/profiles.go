@@ -171,10 +171,12 @@ type workspaceCreateCoreIn struct {
 	VCPUCount   int    `json:"vcpu_count,omitempty" jsonschema:"Number of virtual CPUs, 1 to 64."`
 	MemMiB      int    `json:"mem_mib,omitempty" jsonschema:"Guest memory in MiB, 128 to 65536."`
 	SeedPath    string `json:"seed_path,omitempty" jsonschema:"Optional host directory or local .tar/.tar.gz/.tgz (beneath an allowed root) whose content fills /workspace before the workspace is returned."`
+	nameLabelsIn
 }
 
 func workspaceCreateCore(ctx context.Context, cl *call, in workspaceCreateCoreIn) (pyro.Workspace, string, error) {
-	return workspaceCreate(ctx, cl, workspaceCreateIn{Environment: in.Environment, VCPUCount: in.VCPUCount, MemMiB: in.MemMiB, SeedPath: in.SeedPath})
+	return workspaceCreate(ctx, cl, workspaceCreateIn{Environment: in.Environment, VCPUCount: in.VCPUCount, MemMiB: in.MemMiB, SeedPath: in.SeedPath,
+		nameLabelsIn: in.nameLabelsIn})
 }
 
 type workspaceExecCoreIn struct {

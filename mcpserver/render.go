@@ -69,6 +69,9 @@ func renderVM(v pyro.VM) string {
 
 func renderWorkspace(ws pyro.Workspace) string {
 	s := fmt.Sprintf("workspace %s: %s (%s, %d vCPU, %d MiB", ws.WorkspaceID, ws.State, ws.Environment, ws.VCPUCount, ws.MemMiB)
+	if ws.Name != "" {
+		s = fmt.Sprintf("workspace %s (%q): %s (%s, %d vCPU, %d MiB", ws.WorkspaceID, ws.Name, ws.State, ws.Environment, ws.VCPUCount, ws.MemMiB)
+	}
 	if ws.Network {
 		s += ", network"
 	}

@@ -63,6 +63,7 @@ var bounds = map[string][2]float64{
 	"cursor":                {0, 1<<53 - 1},
 	"max_chars":             {1, 1 << 20},
 	"expect_status":         {100, 599},
+	"wait_for_idle_ms":      {0, pyro.MaxShellIdleMS},
 }
 
 // enums are the fixed vocabularies of string inputs, by property name.
@@ -238,7 +239,7 @@ var table = []tool{
 	def(tool{name: "shell_open", title: "Open a shell", defaults: map[string]any{"cwd": pyro.WorkspaceDir, "cols": pyro.DefaultShellCols, "rows": pyro.DefaultShellRows},
 		description: "Open a persistent interactive PTY shell (bash, else sh) in a workspace; returns its shell_id. " +
 			"Use shells for interactive programs and stateful sessions; for plain commands workspace_exec is simpler. Then shell_write input and shell_read output."}, shellOpen),
-	def(tool{name: "shell_read", title: "Read shell output", hints: readOnly, defaults: map[string]any{"cursor": pyro.DefaultShellCursor, "max_chars": pyro.DefaultShellMaxChars},
+	def(tool{name: "shell_read", title: "Read shell output", hints: readOnly, defaults: map[string]any{"cursor": pyro.DefaultShellCursor, "max_chars": pyro.DefaultShellMaxChars, "plain": false, "wait_for_idle_ms": 0},
 		description: "Read a shell's merged output from cursor on. Pass the previous read's next_cursor as cursor to get only new output; more=true means more output is already waiting."}, shellRead),
 	def(tool{name: "shell_write", title: "Type into a shell", hints: openWorld, defaults: map[string]any{"append_newline": pyro.DefaultAppendNewline},
 		description: "Type input into a shell, followed by Enter unless append_newline is false. Read the effect with shell_read."}, shellWrite),
@@ -433,7 +434,7 @@ func workspaceCreate(ctx context.Context, cl *call, in workspaceCreateIn) (pyro.
 	}
 	cl.p.step(ctx, "creating workspace (%s)", orDefault(in.Environment, pyro.DefaultEnvironment))
 	ws, err := cl.c.CreateWorkspace(ctx, pyro.CreateWorkspaceOptions{Environment: in.Environment, VCPUCount: in.VCPUCount, MemMiB: in.MemMiB,
-		Network: in.Network, AllowHostCompat: in.AllowHostCompat, SeedPath: seed, Secrets: secrets})
+		Network: in.Network, AllowHostCompat: in.AllowHostCompat, SeedPath: seed, Secrets: secrets, Name: in.Name, Labels: in.Labels})
 	if err != nil {
 		return ws, "", err
 	}
@@ -569,7 +570,7 @@ func shellOpen(ctx context.Context, cl *call, in shellOpenIn) (pyro.Shell, strin
 }
 
 func shellRead(ctx context.Context, cl *call, in shellReadIn) (pyro.ShellRead, string, error) {
-	r, err := cl.c.ReadShell(ctx, in.WorkspaceID, in.ShellID, &pyro.ReadShellOptions{Cursor: in.Cursor, MaxChars: in.MaxChars})
+	r, err := cl.c.ReadShell(ctx, in.WorkspaceID, in.ShellID, &pyro.ReadShellOptions{Cursor: in.Cursor, MaxChars: in.MaxChars, Plain: in.Plain, WaitForIdleMS: in.WaitForIdle})
 	return r, fmt.Sprintf("[cursor %d -> next_cursor %d, state %s, more %v]\n%s", r.Cursor, r.NextCursor, r.State, r.More, r.Output), err
 }
 

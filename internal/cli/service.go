@@ -203,8 +203,9 @@ nothing is missed or read twice.`,
 func (a *app) shellOpen() *cobra.Command {
 	var o pyro.OpenShellOptions
 	var secretEnv []string
+	var idOnly bool
 	cmd := &cobra.Command{
-		Use:   "open WORKSPACE_ID [--cwd DIR] [--cols N] [--rows N]",
+		Use:   "open WORKSPACE_ID [--cwd DIR] [--cols N] [--rows N] [--id-only]",
 		Short: "Open a persistent PTY shell",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -213,6 +214,9 @@ func (a *app) shellOpen() *cobra.Command {
 			s, err := c.OpenShell(cmd.Context(), args[0], &o)
 			if err != nil {
 				return err
+			}
+			if idOnly {
+				return a.emitID(s.ShellID)
 			}
 			return a.emit(s, func(w io.Writer) { fmt.Fprintf(w, "%s\n", s.ShellID) })
 		},
@@ -223,13 +227,14 @@ func (a *app) shellOpen() *cobra.Command {
 	f.IntVar(&o.Rows, "rows", pyro.DefaultShellRows, "terminal rows")
 	f.IntVar(&o.BufferBytes, "buffer-bytes", 0, "output kept for readers (default 1 MiB)")
 	f.StringArrayVar(&secretEnv, "secret-env", nil, "expose secret NAME as env var (NAME or NAME=VAR; repeatable)")
+	f.BoolVar(&idOnly, "id-only", false, "print only the shell id (for $(...) in scripts)")
 	return cmd
 }
 
 func (a *app) shellRead() *cobra.Command {
 	var o pyro.ReadShellOptions
 	cmd := &cobra.Command{
-		Use:   "read WORKSPACE_ID SHELL_ID [--cursor N] [--max-chars N]",
+		Use:   "read WORKSPACE_ID SHELL_ID [--cursor N] [--max-chars N] [--plain] [--wait-for-idle-ms N]",
 		Short: "Read shell output from a cursor",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -249,6 +254,8 @@ func (a *app) shellRead() *cobra.Command {
 	}
 	cmd.Flags().Int64Var(&o.Cursor, "cursor", pyro.DefaultShellCursor, "byte offset to read from (the previous read's next_cursor)")
 	cmd.Flags().IntVar(&o.MaxChars, "max-chars", pyro.DefaultShellMaxChars, "at most this many characters")
+	cmd.Flags().BoolVar(&o.Plain, "plain", false, "render as the screen shows it: escape sequences stripped, carriage returns and backspaces applied")
+	cmd.Flags().IntVar(&o.WaitForIdleMS, "wait-for-idle-ms", 0, "keep reading until the shell printed nothing for N ms (at most 60000; the whole read at most 120 s)")
 	return cmd
 }
 

@@ -35,6 +35,7 @@ the immutable "baseline" snapshot for diff and reset.`,
 	sync.AddCommand(a.wsSyncPush())
 	cmd.AddCommand(a.wsCreate(), sync, a.wsExec(), a.wsExport(), a.wsDiff(), snap, a.wsReset(),
 		a.wsStatus(), a.wsLogs(), a.wsDelete(), a.wsList(), a.serviceCommand(), a.shellCommand())
+	cmd.AddCommand(a.wsUpdate(), a.wsStop(), a.wsStart())
 	return cmd
 }
 
@@ -123,14 +124,16 @@ func parseSecretEnv(flags []string) map[string]string {
 
 func (a *app) wsCreate() *cobra.Command {
 	var o pyro.CreateWorkspaceOptions
-	var secrets, secretFiles []string
+	var secrets, secretFiles, labels []string
+	var idOnly bool
 	cmd := &cobra.Command{
 		Use:   "create [ENVIRONMENT]",
 		Short: "Create and start a workspace, optionally seeded from a host folder or archive",
 		Example: `  pyro workspace create debian:12
   pyro workspace create --seed-path ./src --network debian:12-build
   pyro workspace create --secret API_TOKEN=abc --secret-file KEY=./key.pem debian:12
-  printf %s "$API_TOKEN" | pyro workspace create --secret API_TOKEN debian:12`,
+  printf %s "$API_TOKEN" | pyro workspace create --secret API_TOKEN debian:12
+  pyro workspace create --name api --label team=infra --id-only`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := a.sdk
@@ -142,9 +145,15 @@ func (a *app) wsCreate() *cobra.Command {
 				return err
 			}
 			o.Secrets = parsed
+			if o.Labels, err = pyro.ParseLabels(labels); err != nil {
+				return err
+			}
 			ws, err := c.CreateWorkspace(cmd.Context(), o)
 			if err != nil {
 				return err
+			}
+			if idOnly {
+				return a.emitID(ws.WorkspaceID)
 			}
 			return a.emit(ws, func(w io.Writer) { printWorkspace(w, ws) })
 		},
@@ -157,6 +166,9 @@ func (a *app) wsCreate() *cobra.Command {
 	f.StringVar(&o.SeedPath, "seed-path", "", "host directory or .tar/.tar.gz/.tgz to fill /workspace with")
 	f.StringArrayVar(&secrets, "secret", nil, "guest-only secret NAME=VALUE, or NAME to read the value from stdin and keep it off the command line (repeatable)")
 	f.StringArrayVar(&secretFiles, "secret-file", nil, "guest-only secret NAME=PATH read from a host file, e.g. a 0600 file (repeatable)")
+	f.StringVar(&o.Name, "name", "", "a name usable wherever the workspace id is (unique among workspaces)")
+	f.StringArrayVar(&labels, "label", nil, "a KEY=VALUE label to find the workspace by (repeatable)")
+	f.BoolVar(&idOnly, "id-only", false, "print only the workspace id (for $(...) in scripts)")
 	return cmd
 }
 
@@ -411,31 +423,9 @@ func (a *app) wsDelete() *cobra.Command {
 	}
 }
 
-func (a *app) wsList() *cobra.Command {
-	return &cobra.Command{
-		Use:   "list",
-		Short: "List workspaces",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c := a.sdk
-			list, err := c.ListWorkspaces(cmd.Context())
-			if err != nil {
-				return err
-			}
-			return a.emit(map[string]any{"workspaces": list}, func(w io.Writer) {
-				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "WORKSPACE_ID\tENVIRONMENT\tSTATE\tRESETS\tCOMMANDS\tCREATED")
-				for _, ws := range list {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", ws.WorkspaceID, ws.Environment, ws.State, ws.ResetCount, ws.CommandCount, ws.CreatedAt.Format("2006-01-02 15:04:05"))
-				}
-				tw.Flush()
-			})
-		},
-	}
-}
-
 func printWorkspace(w io.Writer, ws pyro.Workspace) {
 	fmt.Fprintf(w, "workspace_id: %s\nenvironment:  %s\nstate:        %s\n", ws.WorkspaceID, ws.Environment, ws.State)
+	printNames(w, ws)
 	if ws.Reason != "" {
 		fmt.Fprintf(w, "reason:       %s\n", termtext.Clean(ws.Reason))
 	}

@@ -84,6 +84,10 @@ type Record struct {
 	ExpiresAt       *time.Time     `json:"expires_at,omitempty"`
 	// WorkspaceDisk is the path of /workspace's disk image, for workspaces.
 	WorkspaceDisk string `json:"workspace_disk,omitempty"`
+	// Stopped says a person or program stopped the instance on purpose
+	// (`pyro workspace stop`): commands then refuse instead of booting it
+	// again, until it is started explicitly. A crash never sets it.
+	Stopped bool `json:"stopped,omitempty"`
 	// Extra holds kind-specific metadata (workspace seed, resets, secrets
 	// names) that the supervisor does not interpret.
 	Extra json.RawMessage `json:"extra,omitempty"`

@@ -340,6 +340,8 @@ func (m *Manager) Agent(ctx context.Context, dir vmdir.Dir, rec instance.Record)
 func notRunning(rec instance.Record, st supervisor.Status) error {
 	hint := "start it with `pyro vm start " + rec.ID + "`"
 	switch {
+	case rec.Stopped:
+		return stoppedError(rec)
 	case rec.Kind == instance.KindWorkspace:
 		hint = "its next command restarts it, or recreate it with `pyro workspace reset " + rec.ID + "`"
 	case st.State == instance.Unresponsive:
@@ -361,11 +363,19 @@ func (m *Manager) EnsureRunning(ctx context.Context, dir vmdir.Dir, rec instance
 	if st.State == instance.Running {
 		return supervisor.NewClient(dir).Agent(), nil
 	}
+	if rec.Stopped {
+		return nil, stoppedError(rec)
+	}
 	unlock, err := instance.Lock(ctx, dir)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	// Stopped on purpose while we waited for the lock: a user's stop is
+	// not undone by a command (only by StartStopped).
+	if cur, err := instance.Load(dir, rec.Kind); err == nil && cur.Stopped {
+		return nil, stoppedError(cur)
+	}
 	if st = supervisor.Observe(ctx, dir, rec); st.State == instance.Unresponsive {
 		if m.answersWithin(ctx, dir, m.cfg.RecoverDeadline) {
 			return supervisor.NewClient(dir).Agent(), nil
@@ -414,6 +424,9 @@ func (m *Manager) Reset(ctx context.Context, dir vmdir.Dir, rec instance.Record,
 	defer unlock()
 	if st := supervisor.Observe(ctx, dir, rec); st.State == instance.Expired {
 		return errdefs.New(errdefs.ErrFailedPrecondition, "create a new one", "%s %q has expired", rec.Kind, rec.ID)
+	}
+	if cur, err := instance.Load(dir, rec.Kind); err == nil && cur.Stopped {
+		return stoppedError(cur)
 	}
 	if err := m.stopLocked(ctx, dir); err != nil {
 		return err
