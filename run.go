@@ -17,8 +17,11 @@ type RunOptions struct {
 	VCPUCount   int    // default 1
 	MemMiB      int    // default 1024
 	// TTLSeconds bounds the VM's whole life, boot included (0: no bound).
-	TTLSeconds      int
+	TTLSeconds int
+	// Network, NetworkPolicy and AllowHosts as in CreateVMOptions.
 	Network         bool
+	NetworkPolicy   string
+	AllowHosts      []string
 	AllowHostCompat bool
 	ExecOptions
 }
@@ -34,6 +37,9 @@ type RunResult struct {
 	VCPUCount    int    `json:"vcpu_count"`
 	MemMiB       int    `json:"mem_mib"`
 	Network      bool   `json:"network"`
+	// NetworkPolicy and AllowHosts are the policy in force.
+	NetworkPolicy string   `json:"network_policy"`
+	AllowHosts    []string `json:"allow_hosts"`
 	ExecResult
 	BootMS  int64 `json:"boot_ms"`
 	TotalMS int64 `json:"total_ms"`
@@ -70,12 +76,12 @@ func (c *Client) RunInVM(ctx context.Context, opts RunOptions) (RunResult, error
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(opts.TTLSeconds)*time.Second)
 		defer cancel()
 	}
-	bin, err := c.agentBinary()
+	rec, err := newRecord(instance.KindRun, CreateVMOptions{Environment: opts.Environment, VCPUCount: opts.VCPUCount, MemMiB: opts.MemMiB,
+		Network: opts.Network, NetworkPolicy: opts.NetworkPolicy, AllowHosts: opts.AllowHosts, AllowHostCompat: opts.AllowHostCompat})
 	if err != nil {
 		return RunResult{}, err
 	}
-	rec, err := newRecord(instance.KindRun, CreateVMOptions{Environment: opts.Environment, VCPUCount: opts.VCPUCount, MemMiB: opts.MemMiB,
-		Network: opts.Network, AllowHostCompat: opts.AllowHostCompat})
+	bin, err := c.agentBinary()
 	if err != nil {
 		return RunResult{}, err
 	}
@@ -92,7 +98,7 @@ func (c *Client) RunInVM(ctx context.Context, opts RunOptions) (RunResult, error
 	}()
 	machine, err := vm.Boot(ctx, vm.Deps{Dirs: c.dirs, Envs: c.envs, Logger: c.logger, AgentBinary: bin}, vm.Config{
 		ID: rec.ID, Dir: dir, Environment: opts.Environment, VCPUs: opts.VCPUCount, MemMiB: opts.MemMiB,
-		Network: opts.Network, AllowHostCompat: opts.AllowHostCompat,
+		Network: rec.Network, AllowHostCompat: opts.AllowHostCompat,
 	})
 	if err != nil {
 		return RunResult{}, err
@@ -116,10 +122,11 @@ func (c *Client) RunInVM(ctx context.Context, opts RunOptions) (RunResult, error
 	out := RunResult{
 		VMID: machine.ID, Environment: opts.Environment,
 		Backend: machine.Backend, Acceleration: machine.Features.Acceleration, Isolation: machine.Features.Isolation,
-		VCPUCount: opts.VCPUCount, MemMiB: opts.MemMiB, Network: opts.Network,
+		VCPUCount: opts.VCPUCount, MemMiB: opts.MemMiB, Network: rec.Network,
 		ExecResult: execResultFrom(res),
 		BootMS:     machine.BootMS,
 	}
+	out.NetworkPolicy, out.AllowHosts = policyFields(rec)
 	if machine.Features.Acceleration == "tcg" {
 		out.Warnings = append(out.Warnings, "running under TCG software emulation (slower): "+machine.AccelNote)
 	}

@@ -36,8 +36,13 @@ type CreateVMOptions struct {
 	MemMiB      int    // default 1024
 	// TTLSeconds, when set, stops the VM that many seconds after creation
 	// (state "expired"); ReapExpired then deletes it.
-	TTLSeconds      int
-	Network         bool
+	TTLSeconds int
+	// Network is the contract's switch: true means NetworkPolicy egress.
+	Network bool
+	// NetworkPolicy is off (default), egress or egress+published-ports;
+	// AllowHosts narrows egress (see NetworkPolicyOff).
+	NetworkPolicy   string
+	AllowHosts      []string
 	AllowHostCompat bool
 }
 
@@ -51,6 +56,8 @@ type VM struct {
 	VCPUCount       int        `json:"vcpu_count"`
 	MemMiB          int        `json:"mem_mib"`
 	Network         bool       `json:"network"`
+	NetworkPolicy   string     `json:"network_policy"`
+	AllowHosts      []string   `json:"allow_hosts"`
 	AllowHostCompat bool       `json:"allow_host_compat"`
 	TTLSeconds      int        `json:"ttl_seconds,omitempty"`
 	CreatedAt       time.Time  `json:"created_at"`
@@ -130,6 +137,9 @@ type ExecResult struct {
 	TimedOut        bool   `json:"timed_out"`
 	Signal          string `json:"signal,omitempty"`
 	DurationMS      int64  `json:"duration_ms"`
+	// NetworkDenials are the lookups and connections the network policy
+	// refused since the previous command (empty without a network).
+	NetworkDenials []NetworkDenial `json:"network_denials"`
 }
 
 // NetworkInfo describes a VM's network.
@@ -187,11 +197,16 @@ func newRecord(kind string, o CreateVMOptions) (instance.Record, error) {
 	if o.TTLSeconds < 0 {
 		return instance.Record{}, errdefs.New(errdefs.ErrInvalidArgument, "use a positive number of seconds, or 0 for none", "ttl_seconds %d is negative", o.TTLSeconds)
 	}
+	policy, err := resolvePolicy(o.Network, o.NetworkPolicy, o.AllowHosts)
+	if err != nil {
+		return instance.Record{}, err
+	}
 	now := time.Now().UTC()
 	r := instance.Record{
 		ID: vmdir.NewID(), Kind: kind, Environment: o.Environment, VCPUCount: o.VCPUCount, MemMiB: o.MemMiB,
 		Network: o.Network, AllowHostCompat: o.AllowHostCompat, TTLSeconds: o.TTLSeconds, CreatedAt: now,
 	}
+	r.SetPolicy(policy)
 	if o.TTLSeconds > 0 {
 		exp := now.Add(time.Duration(o.TTLSeconds) * time.Second)
 		r.ExpiresAt = &exp
@@ -222,7 +237,9 @@ func (c *Client) vmDir(id string) (vmdir.Dir, instance.Record, error) {
 }
 
 func vmFrom(rec instance.Record, st lifecycle.Status) VM {
+	policy, hosts := policyFields(rec)
 	return VM{
+		NetworkPolicy: policy, AllowHosts: hosts,
 		VMID: rec.ID, Environment: rec.Environment, State: st.State, ReasonKind: string(st.Cause), Reason: st.Reason,
 		VCPUCount: rec.VCPUCount, MemMiB: rec.MemMiB, Network: rec.Network, AllowHostCompat: rec.AllowHostCompat,
 		TTLSeconds: rec.TTLSeconds, CreatedAt: rec.CreatedAt, ExpiresAt: rec.ExpiresAt,
@@ -298,6 +315,7 @@ func (c *Client) ExecVM(ctx context.Context, id string, opts ExecOptions) (ExecR
 	}
 	res, err := execIn(ctx, agent, opts)
 	res.VMID = id
+	res.NetworkDenials = takeDenials(ctx, dir, rec)
 	if _, derr := c.DeleteVM(context.WithoutCancel(ctx), id); derr != nil && !errors.Is(derr, errdefs.ErrNotFound) {
 		err = errors.Join(err, derr)
 	}

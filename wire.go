@@ -53,9 +53,21 @@ type HistoryEntry struct {
 	Stdout          string    `json:"stdout"`
 	Stderr          string    `json:"stderr"`
 	OutputTruncated bool      `json:"output_truncated,omitempty"`
+	// NetworkDenials: what the network policy refused during the command.
+	NetworkDenials []NetworkDenial `json:"network_denials,omitempty"`
 }
 
-func historyFrom(h workspace.HistoryEntry) HistoryEntry { return HistoryEntry(h) }
+// historyFrom converts field by field: NetworkDenials differ in element type
+// (the public NetworkDenial mirrors netpolicy.Denial).
+func historyFrom(h workspace.HistoryEntry) HistoryEntry {
+	ds := h.NetworkDenials
+	out := HistoryEntry{Seq: h.Seq, Command: h.Command, ExitCode: h.ExitCode, DurationMS: h.DurationMS, StartedAt: h.StartedAt,
+		TimedOut: h.TimedOut, Stdout: h.Stdout, Stderr: h.Stderr, OutputTruncated: h.OutputTruncated}
+	if len(ds) > 0 {
+		out.NetworkDenials = denialsFrom(ds)
+	}
+	return out
+}
 
 // DiffChange is one changed path of a WorkspaceDiff.
 type DiffChange struct {
@@ -270,6 +282,7 @@ func execResultFrom(r agentapi.ExecResult) ExecResult {
 		ExitCode: r.ExitCode, Stdout: r.Stdout, Stderr: r.Stderr,
 		StdoutTruncated: r.StdoutTruncated, StderrTruncated: r.StderrTruncated,
 		TimedOut: r.TimedOut, Signal: r.Signal, DurationMS: r.DurationMS,
+		NetworkDenials: []NetworkDenial{},
 	}
 }
 

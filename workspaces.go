@@ -29,10 +29,13 @@ import (
 // CreateWorkspaceOptions describe a workspace. Zero values take the
 // contract defaults (debian:12, 1 vCPU, 1024 MiB, no network).
 type CreateWorkspaceOptions struct {
-	Environment     string
-	VCPUCount       int
-	MemMiB          int
+	Environment string
+	VCPUCount   int
+	MemMiB      int
+	// Network, NetworkPolicy and AllowHosts as in CreateVMOptions.
 	Network         bool
+	NetworkPolicy   string
+	AllowHosts      []string
 	AllowHostCompat bool
 	// SeedPath is a host directory or a local .tar/.tar.gz/.tgz whose
 	// content fills /workspace before CreateWorkspace returns.
@@ -49,26 +52,31 @@ type CreateWorkspaceOptions struct {
 
 // Workspace is a workspace's record and observed status.
 type Workspace struct {
-	WorkspaceID         string        `json:"workspace_id"`
-	Environment         string        `json:"environment"`
-	State               string        `json:"state"`
-	ReasonKind          string        `json:"reason_kind,omitempty"`
-	Reason              string        `json:"reason,omitempty"`
-	VCPUCount           int           `json:"vcpu_count"`
-	MemMiB              int           `json:"mem_mib"`
-	Network             bool          `json:"network"`
-	AllowHostCompat     bool          `json:"allow_host_compat"`
-	CreatedAt           time.Time     `json:"created_at"`
-	WorkspaceSeed       WorkspaceSeed `json:"workspace_seed"`
-	ResetCount          int           `json:"reset_count"`
-	LastResetAt         *time.Time    `json:"last_reset_at"`
-	Secrets             []SecretInfo  `json:"secrets"`
-	ServiceCount        int           `json:"service_count"`
-	RunningServiceCount int           `json:"running_service_count"`
-	CommandCount        int           `json:"command_count"`
-	Backend             string        `json:"backend,omitempty"`
-	Acceleration        string        `json:"acceleration,omitempty"`
-	Isolation           string        `json:"isolation,omitempty"`
+	WorkspaceID   string   `json:"workspace_id"`
+	Environment   string   `json:"environment"`
+	State         string   `json:"state"`
+	ReasonKind    string   `json:"reason_kind,omitempty"`
+	Reason        string   `json:"reason,omitempty"`
+	VCPUCount     int      `json:"vcpu_count"`
+	MemMiB        int      `json:"mem_mib"`
+	Network       bool     `json:"network"`
+	NetworkPolicy string   `json:"network_policy"`
+	AllowHosts    []string `json:"allow_hosts"`
+	// NetworkDenials: what the policy refused since the last command or
+	// status call (running workspaces with a network only).
+	NetworkDenials      []NetworkDenial `json:"network_denials"`
+	AllowHostCompat     bool            `json:"allow_host_compat"`
+	CreatedAt           time.Time       `json:"created_at"`
+	WorkspaceSeed       WorkspaceSeed   `json:"workspace_seed"`
+	ResetCount          int             `json:"reset_count"`
+	LastResetAt         *time.Time      `json:"last_reset_at"`
+	Secrets             []SecretInfo    `json:"secrets"`
+	ServiceCount        int             `json:"service_count"`
+	RunningServiceCount int             `json:"running_service_count"`
+	CommandCount        int             `json:"command_count"`
+	Backend             string          `json:"backend,omitempty"`
+	Acceleration        string          `json:"acceleration,omitempty"`
+	Isolation           string          `json:"isolation,omitempty"`
 
 	// Naming and discovery (workspace_names.go).
 	Name           string            `json:"name"`
@@ -117,7 +125,8 @@ func snapshotsOf(dir vmdir.Dir) workspace.Snapshots {
 // SeedPath when given, and records the baseline snapshot. On failure
 // nothing is left behind.
 func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOptions) (ws Workspace, err error) {
-	vo := CreateVMOptions{Environment: opts.Environment, VCPUCount: opts.VCPUCount, MemMiB: opts.MemMiB, Network: opts.Network, AllowHostCompat: opts.AllowHostCompat}
+	vo := CreateVMOptions{Environment: opts.Environment, VCPUCount: opts.VCPUCount, MemMiB: opts.MemMiB, Network: opts.Network,
+		NetworkPolicy: opts.NetworkPolicy, AllowHosts: opts.AllowHosts, AllowHostCompat: opts.AllowHostCompat}
 	vo.applyDefaults()
 	rec, err := newRecord("workspace", vo)
 	if err != nil {
@@ -237,7 +246,10 @@ func (c *Client) StatusWorkspace(ctx context.Context, id string) (Workspace, err
 		Backend: st.Backend, Acceleration: st.Acceleration, Isolation: st.Isolation,
 	}
 	statusNames(&ws, dir, rec, m)
+	ws.NetworkPolicy, ws.AllowHosts = policyFields(rec)
+	ws.NetworkDenials = []NetworkDenial{}
 	if st.State == instance.Running {
+		ws.NetworkDenials = takeDenials(ctx, dir, rec)
 		agent := c.lc.Client(dir)
 		defer agent.Close()
 		ws.ServiceCount, ws.RunningServiceCount = serviceCounts(ctx, agent)
@@ -263,6 +275,7 @@ func (c *Client) ExecWorkspace(ctx context.Context, id string, opts ExecOptions)
 	started := time.Now().UTC()
 	res, err := execIn(ctx, agent, opts)
 	res.WorkspaceID = id
+	res.NetworkDenials = takeDenials(ctx, dir, rec)
 	// The agent redacted the output; the command line is the caller's and
 	// may hold a value too: history and errors get the host's redaction.
 	red := instance.Redactor(dir)
@@ -272,6 +285,7 @@ func (c *Client) ExecWorkspace(ctx context.Context, id string, opts ExecOptions)
 	_ = workspace.AppendHistory(dir.Path(workspace.HistoryFile), workspace.HistoryEntry{
 		Command: red.Strings(opts.Command), ExitCode: res.ExitCode, DurationMS: res.DurationMS, StartedAt: started,
 		TimedOut: res.TimedOut, Stdout: res.Stdout, Stderr: res.Stderr, OutputTruncated: res.StdoutTruncated || res.StderrTruncated,
+		NetworkDenials: denialsTo(res.NetworkDenials),
 	})
 	return res, nil
 }

@@ -8,25 +8,29 @@ import "github.com/pyro-mcp/pyro"
 // appended (addTool).
 
 type vmRunIn struct {
-	Environment     string `json:"environment,omitempty" jsonschema:"Environment (root filesystem) to boot: debian:12 (bash, coreutils, python3, curl, git), debian:12-base (minimal) or debian:12-build (compilers, make, pip)."`
-	Command         string `json:"command" jsonschema:"Shell command, run by /bin/sh -c (pipes, &&, redirections work). Required."`
-	VCPUCount       int    `json:"vcpu_count,omitempty" jsonschema:"Number of virtual CPUs, 1 to 64."`
-	MemMiB          int    `json:"mem_mib,omitempty" jsonschema:"Guest memory in MiB, 128 to 65536."`
-	TimeoutSeconds  int    `json:"timeout_seconds,omitempty" jsonschema:"Kill the command (its whole process group) after this many seconds; the result then says timed_out."`
-	TTLSeconds      int    `json:"ttl_seconds,omitempty" jsonschema:"Bound on the VM's whole life in seconds, boot included; 0 means no bound beyond timeout_seconds."`
-	Network         bool   `json:"network,omitempty" jsonschema:"Give the guest outbound networking (NAT); false means no network device at all."`
-	AllowHostCompat bool   `json:"allow_host_compat,omitempty" jsonschema:"Allow running on the host inside Linux namespaces (weaker isolation, stated in the result) when no VM can boot. Takes effect only if the server was started with --allow-host-compat."`
+	Environment     string   `json:"environment,omitempty" jsonschema:"Environment (root filesystem) to boot: debian:12 (bash, coreutils, python3, curl, git), debian:12-base (minimal) or debian:12-build (compilers, make, pip)."`
+	Command         string   `json:"command" jsonschema:"Shell command, run by /bin/sh -c (pipes, &&, redirections work). Required."`
+	VCPUCount       int      `json:"vcpu_count,omitempty" jsonschema:"Number of virtual CPUs, 1 to 64."`
+	MemMiB          int      `json:"mem_mib,omitempty" jsonschema:"Guest memory in MiB, 128 to 65536."`
+	TimeoutSeconds  int      `json:"timeout_seconds,omitempty" jsonschema:"Kill the command (its whole process group) after this many seconds; the result then says timed_out."`
+	TTLSeconds      int      `json:"ttl_seconds,omitempty" jsonschema:"Bound on the VM's whole life in seconds, boot included; 0 means no bound beyond timeout_seconds."`
+	Network         bool     `json:"network,omitempty" jsonschema:"Give the guest outbound networking (NAT); false means no network device at all."`
+	NetworkPolicy   string   `json:"network_policy,omitempty" jsonschema:"Network policy: off (no network device), egress (outbound; never the host, loopback, private or link-local ranges unless an allow_hosts CIDR names them) or egress+published-ports. network=true means egress."`
+	AllowHosts      []string `json:"allow_hosts,omitempty" jsonschema:"With egress: allow only these hosts. Each entry is NAME, *.SUFFIX or CIDR with an optional :PORT, or a preset (@pypi @npm @github @debian). Refused lookups and connections are listed in network_denials."`
+	AllowHostCompat bool     `json:"allow_host_compat,omitempty" jsonschema:"Allow running on the host inside Linux namespaces (weaker isolation, stated in the result) when no VM can boot. Takes effect only if the server was started with --allow-host-compat."`
 }
 
 type noIn struct{}
 
 type vmCreateIn struct {
-	Environment     string `json:"environment,omitempty" jsonschema:"Environment to boot: debian:12, debian:12-base or debian:12-build."`
-	VCPUCount       int    `json:"vcpu_count,omitempty" jsonschema:"Number of virtual CPUs, 1 to 64."`
-	MemMiB          int    `json:"mem_mib,omitempty" jsonschema:"Guest memory in MiB, 128 to 65536."`
-	TTLSeconds      int    `json:"ttl_seconds,omitempty" jsonschema:"Stop the VM this many seconds after creation (state expired; vm_reap_expired deletes it); 0 means no TTL."`
-	Network         bool   `json:"network,omitempty" jsonschema:"Give the guest outbound networking (NAT)."`
-	AllowHostCompat bool   `json:"allow_host_compat,omitempty" jsonschema:"Allow running on the host inside Linux namespaces (weaker isolation) when no VM can boot. Takes effect only if the server was started with --allow-host-compat."`
+	Environment     string   `json:"environment,omitempty" jsonschema:"Environment to boot: debian:12, debian:12-base or debian:12-build."`
+	VCPUCount       int      `json:"vcpu_count,omitempty" jsonschema:"Number of virtual CPUs, 1 to 64."`
+	MemMiB          int      `json:"mem_mib,omitempty" jsonschema:"Guest memory in MiB, 128 to 65536."`
+	TTLSeconds      int      `json:"ttl_seconds,omitempty" jsonschema:"Stop the VM this many seconds after creation (state expired; vm_reap_expired deletes it); 0 means no TTL."`
+	Network         bool     `json:"network,omitempty" jsonschema:"Give the guest outbound networking (NAT)."`
+	NetworkPolicy   string   `json:"network_policy,omitempty" jsonschema:"Network policy: off (no network device), egress (outbound; never the host, loopback, private or link-local ranges unless an allow_hosts CIDR names them) or egress+published-ports. network=true means egress."`
+	AllowHosts      []string `json:"allow_hosts,omitempty" jsonschema:"With egress: allow only these hosts. Each entry is NAME, *.SUFFIX or CIDR with an optional :PORT, or a preset (@pypi @npm @github @debian). Refused lookups and connections are listed in network_denials."`
+	AllowHostCompat bool     `json:"allow_host_compat,omitempty" jsonschema:"Allow running on the host inside Linux namespaces (weaker isolation) when no VM can boot. Takes effect only if the server was started with --allow-host-compat."`
 }
 
 type vmIDIn struct {
@@ -50,6 +54,8 @@ type workspaceCreateIn struct {
 	VCPUCount       int        `json:"vcpu_count,omitempty" jsonschema:"Number of virtual CPUs, 1 to 64."`
 	MemMiB          int        `json:"mem_mib,omitempty" jsonschema:"Guest memory in MiB, 128 to 65536."`
 	Network         bool       `json:"network,omitempty" jsonschema:"Give the guest outbound networking (NAT)."`
+	NetworkPolicy   string     `json:"network_policy,omitempty" jsonschema:"Network policy: off (no network device), egress (outbound; never the host, loopback, private or link-local ranges unless an allow_hosts CIDR names them) or egress+published-ports. network=true means egress."`
+	AllowHosts      []string   `json:"allow_hosts,omitempty" jsonschema:"With egress: allow only these hosts. Each entry is NAME, *.SUFFIX or CIDR with an optional :PORT, or a preset (@pypi @npm @github @debian). Refused lookups and connections are listed in network_denials."`
 	AllowHostCompat bool       `json:"allow_host_compat,omitempty" jsonschema:"Allow running on the host inside Linux namespaces (weaker isolation) when no VM can boot. Takes effect only if the server was started with --allow-host-compat."`
 	SeedPath        string     `json:"seed_path,omitempty" jsonschema:"Optional host directory or local .tar/.tar.gz/.tgz (beneath an allowed root) whose content fills /workspace before the workspace is returned."`
 	Secrets         []secretIn `json:"secrets,omitempty" jsonschema:"Optional guest-only secrets ({name, value} or {name, file_path}); values never appear in results or logs. Use them per call with secret_env."`

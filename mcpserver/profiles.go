@@ -41,6 +41,7 @@ var Profiles = []Profile{ProfileVMRun, ProfileWorkspaceCore, ProfileWorkspaceFul
 // join the default (contract) profile. Append; keep the order stable.
 var extensions = [][]tool{
 	namesTools,
+	networkTools,
 }
 
 // coreTools are the tools of workspace-core, in the order it lists them.

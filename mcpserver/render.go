@@ -58,7 +58,7 @@ func orDefault(s, def string) string {
 func renderVM(v pyro.VM) string {
 	s := fmt.Sprintf("vm %s: %s (%s, %d vCPU, %d MiB", v.VMID, v.State, v.Environment, v.VCPUCount, v.MemMiB)
 	if v.Network {
-		s += ", network"
+		s += ", network " + renderPolicy(v.NetworkPolicy, v.AllowHosts)
 	}
 	s += ")"
 	if v.Reason != "" {
@@ -73,7 +73,7 @@ func renderWorkspace(ws pyro.Workspace) string {
 		s = fmt.Sprintf("workspace %s (%q): %s (%s, %d vCPU, %d MiB", ws.WorkspaceID, ws.Name, ws.State, ws.Environment, ws.VCPUCount, ws.MemMiB)
 	}
 	if ws.Network {
-		s += ", network"
+		s += ", network " + renderPolicy(ws.NetworkPolicy, ws.AllowHosts)
 	}
 	s += fmt.Sprintf("), seed %s (%d files), resets %d, commands %d, services %d running of %d",
 		ws.WorkspaceSeed.Mode, ws.WorkspaceSeed.FileCount, ws.ResetCount, ws.CommandCount, ws.RunningServiceCount, ws.ServiceCount)

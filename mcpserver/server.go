@@ -40,6 +40,7 @@ import (
 
 	"github.com/pyro-mcp/pyro"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/netpolicy"
 )
 
 // Options configure New. The zero value is usable: host paths are
@@ -68,6 +69,11 @@ type Options struct {
 	// Profile selects the tools served (profiles.go); the zero value is
 	// exactly the contract's tools.
 	Profile Profile
+	// NetworkPolicyMax and AllowHostsMax pin what a tool call may ask for
+	// (tools_network.go): a request may only narrow them. Empty means egress
+	// with any allowlist that opens no protected range.
+	NetworkPolicyMax string
+	AllowHostsMax    []string
 }
 
 // instructions tell a model how to choose between the tools. Tool names in
@@ -120,7 +126,11 @@ func newServer(c *pyro.Client, opts Options, tools []tool) (*mcp.Server, error) 
 	if err != nil {
 		return nil, err
 	}
-	env := &env{c: c, opts: opts, logger: logger, paths: paths}
+	netMax, err := maxPolicy(opts)
+	if err != nil {
+		return nil, err
+	}
+	env := &env{c: c, opts: opts, logger: logger, paths: paths, netMax: netMax}
 	s := mcp.NewServer(&mcp.Implementation{Name: "pyro", Title: "pyro microVM sandboxes", Version: version}, &mcp.ServerOptions{
 		Instructions:            instructionsFor(opts.Profile),
 		Logger:                  opts.Logger,
@@ -140,6 +150,7 @@ type env struct {
 	opts   Options
 	logger *slog.Logger
 	paths  *confinement
+	netMax netpolicy.Policy // the network a tool call may ask for at most
 }
 
 // toolError is what a tool returns when it cannot do its job. Its text

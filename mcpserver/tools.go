@@ -72,6 +72,8 @@ var enums = map[string][]any{
 	"signal_name": {"INT", "TERM", "KILL", "HUP", "QUIT", "USR1", "USR2", "WINCH", "CONT", "STOP", "TSTP"},
 	// Readiness probe types (pyro.Readiness).
 	"type": {"file", "tcp", "http", "command"},
+	// Network policies (pyro.NetworkPolicies).
+	"network_policy": {"off", "egress", "egress+published-ports"},
 }
 
 // constrain sets bounds and enums on every property of s, recursively; it
@@ -309,15 +311,19 @@ func vmRun(ctx context.Context, cl *call, in vmRunIn) (pyro.RunResult, string, e
 	if err := cl.hostCompat(in.AllowHostCompat); err != nil {
 		return pyro.RunResult{}, "", err
 	}
+	if err := cl.network(in.Network, in.NetworkPolicy, in.AllowHosts); err != nil {
+		return pyro.RunResult{}, "", err
+	}
 	cl.p.step(ctx, "booting %s", orDefault(in.Environment, pyro.DefaultEnvironment))
 	res, err := cl.c.RunInVM(ctx, pyro.RunOptions{Environment: in.Environment, VCPUCount: in.VCPUCount, MemMiB: in.MemMiB,
-		TTLSeconds: in.TTLSeconds, Network: in.Network, AllowHostCompat: in.AllowHostCompat,
+		TTLSeconds: in.TTLSeconds, Network: in.Network, NetworkPolicy: in.NetworkPolicy, AllowHosts: in.AllowHosts, AllowHostCompat: in.AllowHostCompat,
 		ExecOptions: pyro.ExecOptions{Command: cmd, TimeoutSeconds: in.TimeoutSeconds, OnOutput: cl.p.output(ctx)}})
 	if err != nil {
 		return res, "", err
 	}
 	cl.p.step(ctx, "done: exit_code %d", res.ExitCode)
 	text := renderExec(res.ExitCode, res.TimedOut, res.Signal, res.DurationMS, res.Stdout, res.Stderr, res.StdoutTruncated, res.StderrTruncated)
+	text = withDenials(text, res.NetworkDenials)
 	text += fmt.Sprintf("\n(vm %s, %s, boot %d ms, deleted)", res.VMID, res.Environment, res.BootMS)
 	for _, w := range res.Warnings {
 		text += "\nwarning: " + w
@@ -356,8 +362,11 @@ func vmCreate(ctx context.Context, cl *call, in vmCreateIn) (pyro.VM, string, er
 	if err := cl.hostCompat(in.AllowHostCompat); err != nil {
 		return pyro.VM{}, "", err
 	}
+	if err := cl.network(in.Network, in.NetworkPolicy, in.AllowHosts); err != nil {
+		return pyro.VM{}, "", err
+	}
 	v, err := cl.c.CreateVM(ctx, pyro.CreateVMOptions{Environment: in.Environment, VCPUCount: in.VCPUCount, MemMiB: in.MemMiB,
-		TTLSeconds: in.TTLSeconds, Network: in.Network, AllowHostCompat: in.AllowHostCompat})
+		TTLSeconds: in.TTLSeconds, Network: in.Network, NetworkPolicy: in.NetworkPolicy, AllowHosts: in.AllowHosts, AllowHostCompat: in.AllowHostCompat})
 	return v, renderVM(v), err
 }
 
@@ -376,7 +385,7 @@ func vmExec(ctx context.Context, cl *call, in vmExecIn) (pyro.ExecResult, string
 		return pyro.ExecResult{}, "", err
 	}
 	res, err := cl.c.ExecVM(ctx, in.VMID, pyro.ExecOptions{Command: cmd, TimeoutSeconds: in.TimeoutSeconds, OnOutput: cl.p.output(ctx)})
-	return res, renderExec(res.ExitCode, res.TimedOut, res.Signal, res.DurationMS, res.Stdout, res.Stderr, res.StdoutTruncated, res.StderrTruncated), err
+	return res, withDenials(renderExec(res.ExitCode, res.TimedOut, res.Signal, res.DurationMS, res.Stdout, res.Stderr, res.StdoutTruncated, res.StderrTruncated), res.NetworkDenials), err
 }
 
 func vmStop(ctx context.Context, cl *call, in vmIDIn) (pyro.VM, string, error) {
@@ -411,6 +420,9 @@ func workspaceCreate(ctx context.Context, cl *call, in workspaceCreateIn) (pyro.
 	if err := cl.hostCompat(in.AllowHostCompat); err != nil {
 		return pyro.Workspace{}, "", err
 	}
+	if err := cl.network(in.Network, in.NetworkPolicy, in.AllowHosts); err != nil {
+		return pyro.Workspace{}, "", err
+	}
 	// Every host path is resolved before anything is created.
 	seed := ""
 	if in.SeedPath != "" {
@@ -434,7 +446,7 @@ func workspaceCreate(ctx context.Context, cl *call, in workspaceCreateIn) (pyro.
 	}
 	cl.p.step(ctx, "creating workspace (%s)", orDefault(in.Environment, pyro.DefaultEnvironment))
 	ws, err := cl.c.CreateWorkspace(ctx, pyro.CreateWorkspaceOptions{Environment: in.Environment, VCPUCount: in.VCPUCount, MemMiB: in.MemMiB,
-		Network: in.Network, AllowHostCompat: in.AllowHostCompat, SeedPath: seed, Secrets: secrets, Name: in.Name, Labels: in.Labels})
+		Network: in.Network, NetworkPolicy: in.NetworkPolicy, AllowHosts: in.AllowHosts, AllowHostCompat: in.AllowHostCompat, SeedPath: seed, Secrets: secrets, Name: in.Name, Labels: in.Labels})
 	if err != nil {
 		return ws, "", err
 	}
@@ -463,7 +475,7 @@ func workspaceExec(ctx context.Context, cl *call, in workspaceExecIn) (pyro.Exec
 		return res, "", err
 	}
 	cl.p.step(ctx, "done: exit_code %d", res.ExitCode)
-	return res, renderExec(res.ExitCode, res.TimedOut, res.Signal, res.DurationMS, res.Stdout, res.Stderr, res.StdoutTruncated, res.StderrTruncated), nil
+	return res, withDenials(renderExec(res.ExitCode, res.TimedOut, res.Signal, res.DurationMS, res.Stdout, res.Stderr, res.StdoutTruncated, res.StderrTruncated), res.NetworkDenials), nil
 }
 
 func workspaceExport(ctx context.Context, cl *call, in workspaceExportIn) (pyro.ExportResult, string, error) {

@@ -35,6 +35,8 @@ func (a *app) mcpCommand() *cobra.Command {
 
 func (a *app) mcpServeCommand() *cobra.Command {
 	var o serveOptions
+	var netMax string     // --network-policy-max
+	var hostsMax []string // --allow-host-max
 	cmd := &cobra.Command{
 		Use:   "serve [--profile vm-run|workspace-core|workspace-full] [--allow-path DIR]... [--allow-host-compat] [--http ADDR [--tls-cert FILE --tls-key FILE] [--allow-remote] [--allow-origin ORIGIN]...]",
 		Short: "Run the MCP server on stdio, or on streamable HTTP with --http",
@@ -57,6 +59,12 @@ directory (default: the current directory, unless it is / or your home
 directory); /proc, /sys and /dev never count. A tool call's allow_host_compat=true takes effect only with
 --allow-host-compat.
 
+--network-policy-max and --allow-host-max pin what a tool call may ask for: a
+request may only narrow them (a mode no wider, and with a maximum allowlist only
+entries it covers); wider requests are refused with invalid_argument. Without
+them a tool call may ask for egress with any allowlist, but never one that opens
+loopback, private or link-local ranges or this host's addresses.
+
 --profile chooses the tools: vm-run (vm_run only), workspace-core (workspace
 create, list, status, exec, file ops, patch, diff, summary, reset, export and
 delete, without secrets, network, shells, services, snapshots or disk fields)
@@ -69,6 +77,7 @@ or workspace-full (the contract's tools and every later one). Without
   pyro mcp serve --http 0.0.0.0:8765 --allow-remote --tls-cert cert.pem --tls-key key.pem
   pyro mcp serve --http :8765 --allow-origin https://app.example.com
   pyro mcp serve --allow-host-compat
+  pyro mcp serve --network-policy-max egress --allow-host-max @pypi --allow-host-max '*.github.com:443'
   pyro mcp serve --profile workspace-full
 
   Claude Desktop (claude_desktop_config.json):
@@ -91,7 +100,7 @@ or workspace-full (the contract's tools and every later one). Without
 			}
 			// A remote client's roots name its own files, not this host's.
 			server, err := mcpserver.New(a.sdk, mcpserver.Options{Version: version(), AllowPaths: o.allowPaths, AllowHostCompat: o.allowHostCompat,
-				IgnoreClientRoots: o.allowRemote, Profile: profile})
+				IgnoreClientRoots: o.allowRemote, Profile: profile, NetworkPolicyMax: netMax, AllowHostsMax: hostsMax})
 			if err != nil {
 				return err
 			}
@@ -113,6 +122,8 @@ or workspace-full (the contract's tools and every later one). Without
 	f.StringArrayVar(&o.allowPaths, "allow-path", nil, "host directory beneath which tool arguments may name host paths (repeatable; default: the current directory unless it is / or your home)")
 	f.StringArrayVar(&o.allowOrigins, "allow-origin", nil, "with --http, also serve browser requests whose Origin is this (scheme://host[:port]; repeatable; default: only the bound address)")
 	f.BoolVar(&o.allowHostCompat, "allow-host-compat", false, "let a tool call's allow_host_compat=true fall back to the weaker host sandbox")
+	f.StringVar(&netMax, "network-policy-max", "", "the widest network policy a tool call may ask for: off, egress (default) or egress+published-ports")
+	f.StringArrayVar(&hostsMax, "allow-host-max", nil, "pin tool calls' allow_hosts inside this allowlist entry (NAME, *.SUFFIX or CIDR[:PORT], or a preset; repeatable)")
 	f.StringVar(&o.profile, "profile", "", "serve a tool profile: vm-run (vm_run only), workspace-core (workspace basics, narrow schemas) or workspace-full (every tool); default: exactly the contract's 32 tools")
 	return cmd
 }

@@ -24,6 +24,7 @@ Ctrl-C stops the VM and removes its files.`,
   pyro run debian:12 -- 'python3 -c "print(6*7)" | tee /tmp/x'
   pyro run --vcpu-count 2 --mem-mib 2048 debian:12-build -- make -v
   pyro run --network debian:12 -- curl -sI https://deb.debian.org
+  pyro run --network-policy egress --allow-host @pypi debian:12 -- pip download requests
   pyro run --json --timeout-seconds 5 debian:12-base -- sleep 60`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			dash := cmd.ArgsLenAtDash()
@@ -48,6 +49,7 @@ Ctrl-C stops the VM and removes its files.`,
 				for _, w := range res.Warnings {
 					fmt.Fprintf(a.stderr, "pyro: warning: %s\n", w)
 				}
+				printDenials(a.stderr, "pyro: ", res.NetworkDenials)
 				if res.StdoutTruncated || res.StderrTruncated {
 					fmt.Fprintf(a.stderr, "pyro: output truncated (stdout %v, stderr %v)\n", res.StdoutTruncated, res.StderrTruncated)
 				}
@@ -62,7 +64,8 @@ Ctrl-C stops the VM and removes its files.`,
 	f.IntVar(&o.MemMiB, "mem-mib", pyro.DefaultMemMiB, "guest memory in MiB")
 	f.IntVar(&o.TimeoutSeconds, "timeout-seconds", pyro.DefaultTimeoutSeconds, "kill the command (its whole process group) after this many seconds")
 	f.IntVar(&o.TTLSeconds, "ttl-seconds", 0, "bound the VM's whole life, boot included (0: no bound)")
-	f.BoolVar(&o.Network, "network", false, "give the guest outbound networking (QEMU user-mode NAT); off by default: no NIC at all")
+	f.BoolVar(&o.Network, "network", false, "give the guest outbound networking (same as --network-policy egress); off by default: no NIC at all")
+	networkFlags(f, &o.NetworkPolicy, &o.AllowHosts)
 	f.BoolVar(&o.AllowHostCompat, "allow-host-compat", false, "when no guest can boot, run on the host in Linux namespaces (weaker isolation)")
 	return cmd
 }

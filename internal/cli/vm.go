@@ -68,7 +68,8 @@ func (a *app) vmCreateCommand() *cobra.Command {
 	f.IntVar(&o.VCPUCount, "vcpu-count", pyro.DefaultVCPUCount, "number of guest vCPUs")
 	f.IntVar(&o.MemMiB, "mem-mib", pyro.DefaultMemMiB, "guest memory in MiB")
 	f.IntVar(&o.TTLSeconds, "ttl-seconds", 0, "stop the VM this many seconds after creation (0: never)")
-	f.BoolVar(&o.Network, "network", false, "outbound networking (QEMU user-mode NAT)")
+	f.BoolVar(&o.Network, "network", false, "outbound networking (same as --network-policy egress)")
+	networkFlags(f, &o.NetworkPolicy, &o.AllowHosts)
 	f.BoolVar(&o.AllowHostCompat, "allow-host-compat", false, "fall back to host namespaces when no guest can boot")
 	f.BoolVar(&start, "start", false, "boot it right away")
 	return cmd
@@ -152,6 +153,7 @@ func (a *app) execResult(res pyro.ExecResult) error {
 		if res.TimedOut {
 			fmt.Fprintln(a.stderr, "pyro: command timed out and was killed")
 		}
+		printDenials(a.stderr, "pyro: ", res.NetworkDenials)
 	})
 }
 
@@ -246,7 +248,7 @@ func printVM(w io.Writer, v pyro.VM) {
 	if v.Reason != "" {
 		fmt.Fprintf(w, "reason:      %s\n", termtext.Clean(v.Reason))
 	}
-	fmt.Fprintf(w, "resources:   %d vCPU, %d MiB, network %v\n", v.VCPUCount, v.MemMiB, v.Network)
+	fmt.Fprintf(w, "resources:   %d vCPU, %d MiB, network %s\n", v.VCPUCount, v.MemMiB, policyText(v.NetworkPolicy, v.AllowHosts))
 	if v.Backend != "" {
 		fmt.Fprintf(w, "backend:     %s (%s), booted in %d ms\n", v.Backend, v.Acceleration, v.BootMS)
 	}

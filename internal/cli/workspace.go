@@ -34,7 +34,7 @@ the immutable "baseline" snapshot for diff and reset.`,
 	sync := &cobra.Command{Use: "sync", Short: "Import host content into a workspace"}
 	sync.AddCommand(a.wsSyncPush())
 	cmd.AddCommand(a.wsCreate(), sync, a.wsExec(), a.wsExport(), a.wsDiff(), snap, a.wsReset(),
-		a.wsStatus(), a.wsLogs(), a.wsDelete(), a.wsList(), a.serviceCommand(), a.shellCommand())
+		a.wsStatus(), a.wsLogs(), a.wsDelete(), a.wsList(), a.serviceCommand(), a.shellCommand(), a.wsNetwork())
 	cmd.AddCommand(a.wsUpdate(), a.wsStop(), a.wsStart())
 	return cmd
 }
@@ -161,7 +161,8 @@ func (a *app) wsCreate() *cobra.Command {
 	f := cmd.Flags()
 	f.IntVar(&o.VCPUCount, "vcpu-count", pyro.DefaultVCPUCount, "number of guest vCPUs")
 	f.IntVar(&o.MemMiB, "mem-mib", pyro.DefaultMemMiB, "guest memory in MiB")
-	f.BoolVar(&o.Network, "network", false, "outbound networking (QEMU user-mode NAT)")
+	f.BoolVar(&o.Network, "network", false, "outbound networking (same as --network-policy egress)")
+	networkFlags(f, &o.NetworkPolicy, &o.AllowHosts)
 	f.BoolVar(&o.AllowHostCompat, "allow-host-compat", false, "fall back to host namespaces when no guest can boot")
 	f.StringVar(&o.SeedPath, "seed-path", "", "host directory or .tar/.tar.gz/.tgz to fill /workspace with")
 	f.StringArrayVar(&secrets, "secret", nil, "guest-only secret NAME=VALUE, or NAME to read the value from stdin and keep it off the command line (repeatable)")
@@ -401,6 +402,7 @@ func (a *app) wsLogs() *cobra.Command {
 							fmt.Fprintf(w, "    %s\n", strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n    "))
 						}
 					}
+					printDenials(w, "    ", e.NetworkDenials)
 				}
 			})
 		},
@@ -439,6 +441,8 @@ func printWorkspace(w io.Writer, ws pyro.Workspace) {
 		fmt.Fprintf(w, " (last %s)", ws.LastResetAt.Format("2006-01-02 15:04:05"))
 	}
 	fmt.Fprintf(w, "\nservices:     %d (%d running)\ncommands:     %d\n", ws.ServiceCount, ws.RunningServiceCount, ws.CommandCount)
+	fmt.Fprintf(w, "network:      %s\n", policyText(ws.NetworkPolicy, ws.AllowHosts))
+	printDenials(w, "", ws.NetworkDenials)
 	if len(ws.Secrets) > 0 {
 		var names []string
 		for _, sec := range ws.Secrets {

@@ -24,6 +24,7 @@ import (
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/hostres"
 	"github.com/pyro-mcp/pyro/internal/names"
+	"github.com/pyro-mcp/pyro/internal/netpolicy"
 	"github.com/pyro-mcp/pyro/internal/tarutil"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 )
@@ -341,6 +342,8 @@ type HistoryEntry struct {
 	Stdout          string    `json:"stdout"`
 	Stderr          string    `json:"stderr"`
 	OutputTruncated bool      `json:"output_truncated,omitempty"`
+	// NetworkDenials: what the network policy refused during the command.
+	NetworkDenials []netpolicy.Denial `json:"network_denials,omitempty"`
 }
 
 // HistoryExcerpt bounds the output kept per command in the history.
