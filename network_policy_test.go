@@ -66,7 +66,7 @@ func TestCreateRefusesBadPolicy(t *testing.T) {
 		t.Fatalf("RunInVM bad policy: %v", err)
 	}
 	vms, _ := c.ListVMs(ctx)
-	wss, _ := c.ListWorkspaces(ctx)
+	wss, _ := c.ListWorkspaces(ctx, nil)
 	if len(vms)+len(wss) != 0 {
 		t.Fatalf("left behind %d vms, %d workspaces", len(vms), len(wss))
 	}
