@@ -134,72 +134,93 @@ func readLine(br *bufio.Reader, limit int) (line []byte, tooLong bool, err error
 // check reports whether line may go on to the SDK; if not, it has answered
 // the client already.
 func (f *frameFilter) check(line []byte) bool {
-	if !json.Valid(line) {
-		f.reply(nil, codeParseError, "parse error: the frame is not valid JSON")
-		return false
-	}
-	if tooDeep(line) {
-		f.reply(nil, codeParseError, "parse error: the frame nests deeper than 1000 levels")
-		return false
-	}
-	if line[0] != '[' {
-		msg, err := decode(line)
-		if errors.Is(err, errErrorResponse) {
-			return false // never answer an answer: two peers could ping-pong
+	msgs, bad := checkFrame(line, f.batchesAllowed)
+	if bad != nil {
+		if bad.code != 0 {
+			f.reply(bad.id, bad.code, bad.message)
 		}
-		if err != nil {
-			f.reply(idOf(line), codeInvalidRequest, "invalid request: "+err.Error())
-			return false
-		}
-		f.sawInitialize(msg)
-		f.sawInbound(msg)
-		return true
-	}
-	var raws []json.RawMessage
-	if err := json.Unmarshal(line, &raws); err != nil {
-		f.reply(nil, codeInvalidRequest, "invalid request: "+err.Error())
 		return false
-	}
-	if len(raws) == 0 {
-		f.reply(nil, codeInvalidRequest, "invalid request: empty batch")
-		return false
-	}
-	f.mu.Lock()
-	batchOK := !f.initPending && (f.version == "" || f.version < noBatchVersion)
-	version := f.version
-	f.mu.Unlock()
-	if !batchOK && version == "" {
-		// The negotiated version is not known yet; the SDK may already
-		// have switched to one without batches.
-		f.reply(nil, codeInvalidRequest, "invalid request: no JSON-RPC batch while initialize is being answered")
-		return false
-	}
-	if !batchOK {
-		f.reply(nil, codeInvalidRequest, "invalid request: JSON-RPC batches are not supported in protocol version "+version+" (they were removed in "+noBatchVersion+")")
-		return false
-	}
-	seen := map[jsonrpc.ID]bool{}
-	msgs := make([]jsonrpc.Message, 0, len(raws))
-	for _, raw := range raws {
-		msg, err := decode(raw)
-		if err != nil {
-			f.reply(nil, codeInvalidRequest, "invalid request: batch member: "+err.Error())
-			return false
-		}
-		if req, ok := msg.(*jsonrpc.Request); ok && req.ID.IsValid() {
-			if seen[req.ID] {
-				f.reply(nil, codeInvalidRequest, "invalid request: duplicate id in batch")
-				return false
-			}
-			seen[req.ID] = true
-		}
-		msgs = append(msgs, msg)
 	}
 	for _, msg := range msgs {
 		f.sawInitialize(msg)
 		f.sawInbound(msg)
 	}
 	return true
+}
+
+// batchesAllowed says whether a JSON-RPC batch may be passed on now, and
+// why not.
+func (f *frameFilter) batchesAllowed() (bool, string) {
+	f.mu.Lock()
+	batchOK := !f.initPending && (f.version == "" || f.version < noBatchVersion)
+	version := f.version
+	f.mu.Unlock()
+	switch {
+	case batchOK:
+		return true, ""
+	case version == "":
+		// The negotiated version is not known yet; the SDK may already
+		// have switched to one without batches.
+		return false, "invalid request: no JSON-RPC batch while initialize is being answered"
+	default:
+		return false, "invalid request: JSON-RPC batches are not supported in protocol version " + version + " (they were removed in " + noBatchVersion + ")"
+	}
+}
+
+// badFrame is the JSON-RPC error a frame is answered with; code 0 means
+// the frame is dropped without an answer.
+type badFrame struct {
+	id      any
+	code    int
+	message string
+}
+
+// checkFrame decodes one frame (a message or a batch) the way the go-sdk
+// will, plus the rules it does not enforce, and returns its messages or the
+// error to answer it with. It is shared by the stdio and HTTP transports.
+func checkFrame(line []byte, batches func() (bool, string)) ([]jsonrpc.Message, *badFrame) {
+	if !json.Valid(line) {
+		return nil, &badFrame{nil, codeParseError, "parse error: the frame is not valid JSON"}
+	}
+	if tooDeep(line) {
+		return nil, &badFrame{nil, codeParseError, "parse error: the frame nests deeper than 1000 levels"}
+	}
+	if line[0] != '[' {
+		msg, err := decode(line)
+		if errors.Is(err, errErrorResponse) {
+			return nil, &badFrame{} // never answer an answer: two peers could ping-pong
+		}
+		if err != nil {
+			return nil, &badFrame{idOf(line), codeInvalidRequest, "invalid request: " + err.Error()}
+		}
+		return []jsonrpc.Message{msg}, nil
+	}
+	var raws []json.RawMessage
+	if err := json.Unmarshal(line, &raws); err != nil {
+		return nil, &badFrame{nil, codeInvalidRequest, "invalid request: " + err.Error()}
+	}
+	if len(raws) == 0 {
+		return nil, &badFrame{nil, codeInvalidRequest, "invalid request: empty batch"}
+	}
+	if ok, why := batches(); !ok {
+		return nil, &badFrame{nil, codeInvalidRequest, why}
+	}
+	seen := map[jsonrpc.ID]bool{}
+	msgs := make([]jsonrpc.Message, 0, len(raws))
+	for _, raw := range raws {
+		msg, err := decode(raw)
+		if err != nil {
+			return nil, &badFrame{nil, codeInvalidRequest, "invalid request: batch member: " + err.Error()}
+		}
+		if req, ok := msg.(*jsonrpc.Request); ok && req.ID.IsValid() {
+			if seen[req.ID] {
+				return nil, &badFrame{nil, codeInvalidRequest, "invalid request: duplicate id in batch"}
+			}
+			seen[req.ID] = true
+		}
+		msgs = append(msgs, msg)
+	}
+	return msgs, nil
 }
 
 // errErrorResponse marks an error response without a usable id.
@@ -301,21 +322,26 @@ func (f *frameFilter) sawResponse(line []byte) {
 
 // reply writes a JSON-RPC error response with id (null when nil).
 func (f *frameFilter) reply(id any, code int, message string) {
-	b, err := json.Marshal(struct {
-		JSONRPC string `json:"jsonrpc"`
-		ID      any    `json:"id"`
-		Error   struct {
-			Code    int    `json:"code"`
-			Message string `json:"message"`
-		} `json:"error"`
-	}{JSONRPC: "2.0", ID: id, Error: struct {
+	if b := errorResponse(id, code, message); b != nil {
+		_, _ = f.w.Write(append(b, '\n'))
+	}
+}
+
+// errorResponse encodes a JSON-RPC error response with id (null when nil).
+func errorResponse(id any, code int, message string) []byte {
+	type rpcError struct {
 		Code    int    `json:"code"`
 		Message string `json:"message"`
-	}{code, message}})
-	if err != nil {
-		return
 	}
-	_, _ = f.w.Write(append(b, '\n'))
+	b, err := json.Marshal(struct {
+		JSONRPC string   `json:"jsonrpc"`
+		ID      any      `json:"id"`
+		Error   rpcError `json:"error"`
+	}{"2.0", id, rpcError{code, message}})
+	if err != nil {
+		return nil
+	}
+	return b
 }
 
 // idOf returns a bad frame's id when it is a string or a number, so the

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the host packages pyro needs (Debian 12, as root). Idempotent.
 set -euo pipefail
-pkgs=(qemu-system-x86 qemu-utils mmdebstrap debootstrap e2fsprogs lz4 kmod cpio ca-certificates python3 python3-pytest iproute2 procps)
+pkgs=(qemu-system-x86 qemu-utils mmdebstrap debootstrap e2fsprogs lz4 kmod cpio ca-certificates nodejs npm python3 python3-pytest iproute2 procps)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -84,8 +84,14 @@ or workspace-full (the contract's tools and every later one). Without
   {"mcpServers": {"pyro": {"command": "pyro", "args": ["mcp", "serve"]}}}`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if o.httpAddr == "" && (o.allowRemote || o.tlsCert != "" || o.tlsKey != "" || len(o.allowOrigins) > 0) {
-				return usageError(cmd, "--allow-remote, --allow-origin, --tls-cert and --tls-key need --http ADDR")
+			if o.httpAddr == "" && (o.allowRemote || o.tlsCert != "" || o.tlsKey != "" || len(o.allowOrigins) > 0 || cmd.Flags().Changed("session-timeout")) {
+				return usageError(cmd, "--allow-remote, --allow-origin, --session-timeout, --tls-cert and --tls-key need --http ADDR")
+			}
+			if o.sessionTimeout < 0 {
+				return usageError(cmd, "--session-timeout must not be negative (0 keeps idle sessions)")
+			}
+			if o.sessionTimeout == 0 {
+				o.sessionTimeout = -1 // HTTPOptions: negative keeps idle sessions forever
 			}
 			if (o.tlsCert == "") != (o.tlsKey == "") {
 				return usageError(cmd, "give --tls-cert and --tls-key together")
@@ -121,6 +127,7 @@ or workspace-full (the contract's tools and every later one). Without
 	f.StringVar(&o.tlsKey, "tls-key", "", "the PEM private key of --tls-cert")
 	f.StringArrayVar(&o.allowPaths, "allow-path", nil, "host directory beneath which tool arguments may name host paths (repeatable; default: the current directory unless it is / or your home)")
 	f.StringArrayVar(&o.allowOrigins, "allow-origin", nil, "with --http, also serve browser requests whose Origin is this (scheme://host[:port]; repeatable; default: only the bound address)")
+	f.DurationVar(&o.sessionTimeout, "session-timeout", mcpserver.DefaultSessionTimeout, "with --http, close a session after this long without a request (0: never); its workspaces stay")
 	f.BoolVar(&o.allowHostCompat, "allow-host-compat", false, "let a tool call's allow_host_compat=true fall back to the weaker host sandbox")
 	f.StringVar(&netMax, "network-policy-max", "", "the widest network policy a tool call may ask for: off, egress (default) or egress+published-ports")
 	f.StringArrayVar(&hostsMax, "allow-host-max", nil, "pin tool calls' allow_hosts inside this allowlist entry (NAME, *.SUFFIX or CIDR[:PORT], or a preset; repeatable)")
@@ -137,6 +144,7 @@ type serveOptions struct {
 	allowHostCompat bool
 	allowOrigins    []string
 	profile         string
+	sessionTimeout  time.Duration
 }
 
 // isClosedPipe reports the normal end of a stdio session.
@@ -185,7 +193,7 @@ func (a *app) serveHTTP(ctx context.Context, server *mcp.Server, o serveOptions)
 		ln.Close()
 		return err
 	}
-	handler := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server }, nil)
+	handler := mcpserver.HTTPHandler(server, mcpserver.HTTPOptions{SessionTimeout: o.sessionTimeout})
 	srv := newHTTPServer(guard.handler(requireBearer(token, requireSession(handler))))
 	url := "http://" + ln.Addr().String() + "/mcp"
 	if tlsConfig != nil {

@@ -56,6 +56,13 @@ func main() {
 			case "pass":
 				passed++
 				fmt.Printf("PASS  %s (%.2fs)\n", short, e.Elapsed)
+				// A passing test's output is hidden, except the lines it
+				// marks as its summary (the MCP conformance suite's totals).
+				for _, o := range output[key] {
+					if i := strings.Index(o, "[summary] "); i >= 0 {
+						fmt.Printf("      %s", o[i+len("[summary] "):])
+					}
+				}
 			case "fail":
 				failed++
 				failedNames = append(failedNames, short)
