@@ -142,19 +142,6 @@ type ExecResult struct {
 	NetworkDenials []NetworkDenial `json:"network_denials"`
 }
 
-// NetworkInfo describes a VM's network.
-type NetworkInfo struct {
-	VMID      string `json:"vm_id"`
-	Enabled   bool   `json:"network_enabled"`
-	Mode      string `json:"mode"` // "user" (QEMU user-mode NAT) or "none"
-	GuestIP   string `json:"guest_ip,omitempty"`
-	Prefix    int    `json:"prefix_length,omitempty"`
-	Gateway   string `json:"gateway,omitempty"`
-	DNS       string `json:"dns,omitempty"`
-	MAC       string `json:"mac,omitempty"`
-	Interface string `json:"interface,omitempty"`
-}
-
 // DeleteResult says what a delete removed.
 type DeleteResult struct {
 	VMID        string `json:"vm_id,omitempty"`
@@ -344,24 +331,6 @@ func (c *Client) DeleteVM(ctx context.Context, id string) (DeleteResult, error) 
 	}
 	prior, err := c.lc.Delete(ctx, dir, rec)
 	return DeleteResult{VMID: id, Deleted: err == nil, PriorState: prior}, err
-}
-
-// NetworkInfoVM describes a VM's network: off (no NIC at all) or QEMU
-// user-mode NAT with fixed guest addresses.
-func (c *Client) NetworkInfoVM(ctx context.Context, id string) (NetworkInfo, error) {
-	_, rec, err := c.vmDir(id)
-	if err != nil {
-		return NetworkInfo{}, err
-	}
-	return networkInfo(rec), nil
-}
-
-func networkInfo(rec instance.Record) NetworkInfo {
-	if !rec.Network {
-		return NetworkInfo{VMID: rec.ID, Mode: "none"}
-	}
-	return NetworkInfo{VMID: rec.ID, Enabled: true, Mode: "user", GuestIP: "10.0.2.15", Prefix: 24,
-		Gateway: "10.0.2.2", DNS: "10.0.2.3", MAC: vm.MAC(rec.ID), Interface: "eth0"}
 }
 
 // ReapExpired deletes VMs whose TTL passed and VMs whose supervisor is

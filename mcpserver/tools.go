@@ -197,7 +197,7 @@ var table = []tool{
 	def(tool{name: "vm_status", title: "VM status", hints: readOnly,
 		description: "Return a VM's observed state (created, starting, running, stopped, expired or broken with the reason) and its settings."}, vmStatus),
 	def(tool{name: "vm_network_info", title: "VM network", hints: readOnly,
-		description: "Describe a VM's network: none (no network device) or user-mode NAT with the guest IP, gateway and DNS."}, vmNetworkInfo),
+		description: "Describe a VM's network: none (no network device) or pyro's policed userspace network with the policy in force, the guest IP, gateway, DNS and published ports."}, vmNetworkInfo),
 	def(tool{name: "vm_reap_expired", title: "Delete expired VMs", hints: destructive,
 		description: "Delete every VM whose TTL passed or whose supervisor died (broken), and list what was removed."}, vmReapExpired),
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -203,7 +204,7 @@ func (a *app) vmListCommand() *cobra.Command {
 func (a *app) vmNetworkCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "network VM_ID",
-		Short: "Show a VM's network: mode, guest address, gateway, DNS, MAC",
+		Short: "Show a VM's network: policy, guest address, gateway, DNS, MAC, published ports",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := a.sdk
@@ -216,7 +217,10 @@ func (a *app) vmNetworkCommand() *cobra.Command {
 					fmt.Fprintf(w, "vm %s: networking off (no NIC)\n", n.VMID)
 					return
 				}
-				fmt.Fprintf(w, "mode:    %s\naddress: %s/%d on %s\ngateway: %s\ndns:     %s\nmac:     %s\n", n.Mode, n.GuestIP, n.Prefix, n.Interface, n.Gateway, n.DNS, n.MAC)
+				fmt.Fprintf(w, "mode:    %s\npolicy:  %s %s\naddress: %s/%d on %s\ngateway: %s\ndns:     %s\nmac:     %s\n", n.Mode, n.NetworkPolicy, strings.Join(n.AllowHosts, " "), n.GuestIP, n.Prefix, n.Interface, n.Gateway, n.DNS, n.MAC)
+				for _, p := range n.PublishedPorts {
+					fmt.Fprintf(w, "published: %s:%d -> guest port %d\n", p.HostAddress, p.HostPort, p.GuestPort)
+				}
 			})
 		},
 	}

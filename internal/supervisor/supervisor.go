@@ -8,6 +8,7 @@
 //	GET  /v1/status    -> Status (any time, also while the guest boots)
 //	POST /v1/stop      -> Status; powers the guest off, then the supervisor exits
 //	*    /agent/...    -> spliced to a new guest agent stream (agentproxy.go)
+//	*    /v1/network... -> the guest network: policy, denials, published ports (network.go)
 //
 // Call order: spawn, poll /v1/status until "running" (or the process exits:
 // DIR/exit.json then says why), use /agent/..., /v1/stop. Stop is idempotent
@@ -209,6 +210,7 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 	v, err := vm.BootWith(bootCtx, opts.Steps, vm.Deps{Dirs: dirs, Envs: envstore.New(dirs.Environments(), dirs.Cache()), Logger: log, AgentBinary: self}, vm.Config{
 		ID: rec.ID, Dir: d, Environment: rec.Environment, VCPUs: rec.VCPUCount, MemMiB: rec.MemMiB,
 		Network: rec.Network, AllowHostCompat: rec.AllowHostCompat, WorkspaceDisk: rec.WorkspaceDisk,
+		NetworkPolicy: rec.Policy(),
 	})
 	cancelBoot()
 	if err != nil {
@@ -306,6 +308,7 @@ func (s *server) routes() http.Handler {
 		}
 		spliceAgent(w, r, v.Agent)
 	})
+	s.networkRoutes(mux)
 	return mux
 }
 

@@ -22,6 +22,8 @@ import (
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/hostres"
 	"github.com/pyro-mcp/pyro/internal/initramfs"
+	"github.com/pyro-mcp/pyro/internal/netpolicy"
+	"github.com/pyro-mcp/pyro/internal/netstack"
 	"github.com/pyro-mcp/pyro/internal/statedir"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/vmm"
@@ -63,6 +65,12 @@ type Config struct {
 	// Needs is what the backend must be able to enforce; a backend without
 	// it is refused with ErrFailedPrecondition.
 	Needs vmm.Needs
+	// NetworkPolicy is what the guest network allows when Network is set
+	// (zero: egress without an allowlist); DNSUpstream the resolver it
+	// forwards admitted lookups to (empty: $PYRO_DNS_UPSTREAM, else the
+	// host's). See network.go.
+	NetworkPolicy netpolicy.Policy
+	DNSUpstream   string
 }
 
 // VM is a booted guest.
@@ -78,7 +86,12 @@ type VM struct {
 	Agent     *agentapi.Client
 	Health    agentapi.Health
 	BootMS    int64
+	// Net is the guest's network stack (nil without a network): the
+	// supervisor reads denials, changes the policy and publishes ports
+	// through it.
+	Net *netstack.Stack
 
+	netFile  *os.File // the VMM's end of Net's socket
 	initrd   string
 	backend  vmm.Backend
 	mu       sync.Mutex
@@ -121,6 +134,7 @@ func ColdBoot() Steps {
 		{StepBuildInitramfs, buildInitramfs},
 		{StepChooseBackend, chooseBackend},
 		{StepCheckFeatures, checkFeatures},
+		{StepStartNetwork, startNetwork},
 		{StepStartVMM, startVMM},
 		{StepConnectAgent, connectAgent},
 	}
@@ -283,7 +297,7 @@ func (v *VM) spec(c Config) vmm.Spec {
 		ID: v.ID, Dir: v.Dir,
 		Kernel: v.Environment.KernelPath(), Initrd: v.initrd, RootDisk: v.Environment.RootfsPath(),
 		VCPUs: c.VCPUs, MemMiB: c.MemMiB, Network: c.Network,
-		WorkspaceDisk: c.WorkspaceDisk, MAC: MAC(v.ID),
+		WorkspaceDisk: c.WorkspaceDisk, MAC: MAC(v.ID), NetworkFile: v.netFile,
 		Cmdline: GuestCmdline(c), Transport: vmm.TransportVirtioSerial,
 	}
 }
@@ -374,7 +388,11 @@ func checkFeatures(_ context.Context, _ Deps, c Config, v *VM) error {
 	if want != have {
 		return errdefs.New(errdefs.ErrFailedPrecondition, "", "backend %q provides the agent transport %q, the guest expects %q", v.Backend, have, want)
 	}
-	if missing := v.Features.Missing(c.Needs); len(missing) > 0 {
+	needs := c.Needs
+	// Every networked guest is policed: a backend that cannot enforce a
+	// policy gets no network at all.
+	needs.NetworkPolicy = needs.NetworkPolicy || (c.Network && !slirpBench())
+	if missing := v.Features.Missing(needs); len(missing) > 0 {
 		return errdefs.New(errdefs.ErrFailedPrecondition, "use a host where a backend that supports it can run (`pyro doctor`)",
 			"backend %q cannot enforce %s", v.Backend, strings.Join(missing, ", "))
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/netpolicy"
 	"github.com/pyro-mcp/pyro/internal/statedir"
 	"github.com/pyro-mcp/pyro/internal/vm"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
@@ -41,7 +42,7 @@ func deps(t *testing.T) vm.Deps {
 
 var cfg = vm.Config{Environment: "debian:12", VCPUs: 1, MemMiB: 256}
 
-func fakeSteps() vm.Steps { return fakevmm.Steps(fakevmm.New(vmm.Features{})) }
+func fakeSteps() vm.Steps { return fakevmm.Steps(fakevmm.New(vmm.Features{NetworkPolicy: true})) }
 
 func TestBootRunsTheAgentAndCleansUp(t *testing.T) {
 	d := deps(t)
@@ -104,15 +105,15 @@ func TestBootInCallersDirectory(t *testing.T) {
 
 func TestStepsAreSwappable(t *testing.T) {
 	s := vm.ColdBoot()
-	want := []string{vm.StepResolveEnvironment, vm.StepPrepareDirectory, vm.StepBuildInitramfs, vm.StepChooseBackend, vm.StepCheckFeatures, vm.StepStartVMM, vm.StepConnectAgent}
+	want := []string{vm.StepResolveEnvironment, vm.StepPrepareDirectory, vm.StepBuildInitramfs, vm.StepChooseBackend, vm.StepCheckFeatures, vm.StepStartNetwork, vm.StepStartVMM, vm.StepConnectAgent}
 	if strings.Join(s.Names(), ",") != strings.Join(want, ",") {
 		t.Fatalf("cold boot: %v", s.Names())
 	}
 	r := s.Remove(vm.StepBuildInitramfs).InsertAfter(vm.StepStartVMM, vm.Step{Name: "extra"})
-	if got := strings.Join(r.Names(), ","); got != "resolve environment,prepare directory,choose backend,check features,start vmm,extra,connect agent" {
+	if got := strings.Join(r.Names(), ","); got != "resolve environment,prepare directory,choose backend,check features,start network,start vmm,extra,connect agent" {
 		t.Fatalf("edited: %s", got)
 	}
-	if len(s.Names()) != 7 {
+	if len(s.Names()) != 8 {
 		t.Fatal("editing a copy changed the original")
 	}
 	defer func() {
@@ -264,7 +265,7 @@ func TestFeaturesRefused(t *testing.T) {
 	d := deps(t)
 	c := cfg
 	c.Needs = vmm.Needs{NetworkPolicy: true, MemorySnapshot: true}
-	_, err := vm.BootWith(context.Background(), fakeSteps(), d, c)
+	_, err := vm.BootWith(context.Background(), fakevmm.Steps(fakevmm.New(vmm.Features{})), d, c)
 	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "network policy, memory snapshots") {
 		t.Fatalf("boot: %v", err)
 	}
@@ -301,6 +302,10 @@ func TestGuestCmdline(t *testing.T) {
 	if !strings.Contains(got, "pyro.net=1") || !strings.Contains(got, "pyro.workspace=1") || !strings.Contains(got, "panic=-1") {
 		t.Fatalf("cmdline %q", got)
 	}
+	// The NIC is attached to the guest's network stack, never unpoliced.
+	if !boots[0].NetworkFile || v.Net == nil || v.Net.Policy().Mode != netpolicy.Egress {
+		t.Fatalf("network: file %v, stack %v", boots[0].NetworkFile, v.Net)
+	}
 	if got := strings.Join(vm.GuestCmdline(cfg), " "); strings.Contains(got, "pyro.") {
 		t.Fatalf("bare cmdline %q", got)
 	}
@@ -319,5 +324,16 @@ func TestDefaultStepsValidate(t *testing.T) {
 	}
 	if m := vm.MAC("abc"); m != vm.MAC("abc") || !strings.HasPrefix(m, "52:54:00:") || len(m) != 17 {
 		t.Fatalf("mac %q", m)
+	}
+}
+
+// A backend that cannot police a network gets no networked guest.
+func TestNetworkNeedsPolicyBackend(t *testing.T) {
+	d := deps(t)
+	c := cfg
+	c.Network = true
+	_, err := vm.BootWith(context.Background(), fakevmm.Steps(fakevmm.New(vmm.Features{})), d, c)
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "network policy") {
+		t.Fatalf("networked boot on a backend without NetworkPolicy: %v", err)
 	}
 }

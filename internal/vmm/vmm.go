@@ -7,6 +7,7 @@ package vmm
 import (
 	"context"
 	"net"
+	"os"
 
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 )
@@ -21,8 +22,15 @@ type Spec struct {
 	Rootfs   string // host-compat only: not used by VMMs
 	VCPUs    int    // number of vCPUs
 	MemMiB   int    // guest memory
-	Network  bool   // attach a NIC with outbound user-mode networking
+	Network  bool   // attach a NIC
 	MAC      string // the NIC's MAC address
+	// NetworkFile is the VMM's end of a stream socket to pyro's userspace
+	// network stack (internal/netstack), which decides every connection:
+	// the NIC's frames go there, in QEMU's stream framing. The caller keeps
+	// ownership. A backend that cannot attach it refuses a networked spec
+	// without it rather than give the guest an unpoliced network (the one
+	// exception is the benchmark's slirp reference, see qemu.SlirpEnv).
+	NetworkFile *os.File
 	// WorkspaceDisk is an ext4 image attached read-write after the root
 	// disk (the guest's /dev/vdb, mounted at /workspace); empty for none.
 	WorkspaceDisk string

@@ -50,7 +50,8 @@ const (
 func init() {
 	vmm.Register(vmm.Registration{Name: Name, Priority: 1000, Explicit: true,
 		Probe: func(context.Context, vmm.ProbeInput) (vmm.Probed, error) {
-			return vmm.Probed{Backend: New(vmm.Features{}), Note: "fake backend (tests)"}, nil
+			// It attaches a NIC to the network stack as QEMU does.
+			return vmm.Probed{Backend: New(vmm.Features{NetworkPolicy: true}), Note: "fake backend (tests)"}, nil
 		}})
 }
 
@@ -76,6 +77,8 @@ type Boot struct {
 	At            time.Time `json:"at"`
 	WorkspaceDisk string    `json:"workspace_disk,omitempty"` // the disk's content (tests write short markers)
 	Cmdline       []string  `json:"cmdline,omitempty"`
+	// NetworkFile: the spec carried the network stack's socket.
+	NetworkFile bool `json:"network_file,omitempty"`
 }
 
 // Start "boots" a machine for spec.
@@ -89,7 +92,10 @@ func (b *Backend) Start(_ context.Context, spec vmm.Spec) (vmm.Machine, error) {
 	// A fresh machine starts neither frozen nor crashed.
 	_ = os.Remove(spec.Dir.Path(FreezeFile))
 	_ = os.Remove(spec.Dir.Path(CrashFile))
-	boot := Boot{At: time.Now().UTC(), Cmdline: spec.Cmdline}
+	if spec.Network && spec.NetworkFile == nil {
+		return nil, errdefs.New(errdefs.ErrInvalidArgument, "", "fake: a networked spec without the network stack's socket")
+	}
+	boot := Boot{At: time.Now().UTC(), Cmdline: spec.Cmdline, NetworkFile: spec.NetworkFile != nil}
 	if spec.WorkspaceDisk != "" {
 		data, err := os.ReadFile(spec.WorkspaceDisk)
 		if err != nil {

@@ -156,13 +156,14 @@ func (b *Backend) Start(_ context.Context, spec vmm.Spec) (vmm.Machine, error) {
 	if spec.Dir == "" {
 		return nil, errdefs.New(errdefs.ErrInvalidArgument, "", "host-compat: no VM directory")
 	}
-	// A network in host-compat would be the host's own (its loopback
-	// services, its routes) until a userspace network with a policy
-	// exists for it; refusing is clearer than silently running offline.
+	// The sandbox's network namespace has only lo: host-compat cannot
+	// attach pyro's policed network stack (Features().NetworkPolicy is
+	// false), and the host's own namespace is never an option. Refusing is
+	// clearer than silently running offline.
 	if spec.Network {
-		return nil, errdefs.New(errdefs.ErrUnavailable,
-			"run without --network (network=false), or install qemu-system-x86 so a VM can boot",
-			"host-compat has no network: the sandbox gets its own network namespace with only loopback")
+		return nil, errdefs.New(errdefs.ErrFailedPrecondition,
+			"use --network-policy off (network=false), or install qemu-system-x86 so a VM can boot with a policed network",
+			"host-compat cannot enforce a network policy: the sandbox gets its own network namespace with only loopback")
 	}
 	if os.Geteuid() != 0 {
 		return nil, errdefs.New(errdefs.ErrUnavailable, "run pyro as root, or install qemu-system-x86", "host-compat needs root (namespaces, loop devices, mounts, cgroups)")

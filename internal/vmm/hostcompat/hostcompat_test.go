@@ -69,7 +69,7 @@ func TestSandboxNamespaces(t *testing.T) {
 
 func TestNetworkRefused(t *testing.T) {
 	_, err := New().Start(context.Background(), vmm.Spec{Dir: vmdir.Dir(t.TempDir()), Network: true})
-	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "network") {
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "network") {
 		t.Fatalf("Start with a network: %v, want an unavailable error about the network", err)
 	}
 }

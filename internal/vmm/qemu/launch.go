@@ -2,12 +2,14 @@ package qemu
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -220,15 +222,36 @@ func (b *Backend) Args(spec vmm.Spec) []string {
 			"-device", "virtio-blk-device,drive=workspace")
 	}
 	if spec.Network {
-		// User-mode networking: outbound only, nothing listens on the host.
 		nic := "virtio-net-device,netdev=net0"
 		if spec.MAC != "" {
 			nic += ",mac=" + spec.MAC
 		}
-		args = append(args, "-netdev", "user,id=net0", "-device", nic)
+		// The NIC's frames go to pyro's userspace network stack over the
+		// stream socket handed in as a descriptor; QEMU's slirp (which
+		// lets a guest reach the host's loopback) only for the benchmark.
+		netdev := "stream,id=net0,server=off,addr.type=fd,addr.str=" + fd(netFD(spec))
+		if spec.NetworkFile == nil {
+			netdev = "user,id=net0,restrict=off"
+		}
+		args = append(args, "-netdev", netdev, "-device", nic)
 	}
 	return args
 }
+
+// netFD is the descriptor of spec.NetworkFile: the one after the disks.
+func netFD(spec vmm.Spec) int {
+	if spec.WorkspaceDisk != "" {
+		return fdWorkspaceRO + 1
+	}
+	return fdWorkspace
+}
+
+// SlirpEnv, set to 1, gives a networked guest QEMU's own user networking
+// instead of pyro's stack. It exists only so scripts/bench-network.sh can
+// measure today's slirp beside the stack in the same run: slirp decides
+// nothing (the guest reaches the host's loopback at 10.0.2.2), so nothing
+// else sets it.
+const SlirpEnv = "PYRO_BENCH_SLIRP"
 
 // Command prepares QEMU for spec: the files opened, the sockets bound in
 // spec.Dir, the credentials chosen. Call cleanup once the command started
@@ -290,10 +313,19 @@ func (b *Backend) Command(spec vmm.Spec, console io.Writer) (cmd *exec.Cmd, clea
 			return nil, nil, err
 		}
 	}
+	extra := files
+	switch {
+	case !spec.Network:
+	case spec.NetworkFile != nil:
+		// After the disks, matching netFD; the caller keeps its copy.
+		extra = append(slices.Clone(files), spec.NetworkFile)
+	case os.Getenv(SlirpEnv) != "1":
+		return nil, nil, errors.New("qemu: a networked guest needs pyro's network stack (no NetworkFile in the spec)")
+	}
 	cmd = exec.Command(b.binary, b.Args(spec)...)
 	cmd.Env = Env()
 	cmd.Dir = "/"
-	cmd.ExtraFiles = files
+	cmd.ExtraFiles = extra
 	cmd.Stdout = console
 	priv := ChoosePrivileges(b.accel, spec.Kernel, spec.Initrd)
 	if a := priv.Drop; a != nil {

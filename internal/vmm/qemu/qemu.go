@@ -52,7 +52,8 @@ func New(binary, accel string) *Backend { return &Backend{binary: binary, accel:
 func (b *Backend) Name() string { return "qemu" }
 
 func (b *Backend) Features() vmm.Features {
-	return vmm.Features{Isolation: "vm", Acceleration: b.accel}
+	// The guest's NIC is attached to pyro's network stack (netstack).
+	return vmm.Features{Isolation: "vm", Acceleration: b.accel, NetworkPolicy: true}
 }
 
 // Start launches QEMU for spec, once the host's memory can hold it.
