@@ -7,6 +7,7 @@ import (
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/instance"
 	"github.com/pyro-mcp/pyro/internal/netpolicy"
+	"github.com/pyro-mcp/pyro/internal/supervisor"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 )
 
@@ -91,9 +92,10 @@ func resolvePolicy(network bool, mode string, allowHosts []string) (netpolicy.Po
 }
 
 // haveNetworkStack says whether this build's supervisor runs the userspace
-// network stack that enforces allowlists and publishes ports. Until it does,
-// such policies are refused instead of running with an unfiltered network.
-var haveNetworkStack = false
+// network stack that enforces allowlists and publishes ports (it does:
+// internal/netstack). Without it such policies are refused instead of
+// running with an unfiltered network.
+var haveNetworkStack = true
 
 func checkEnforceable(p netpolicy.Policy) error {
 	if haveNetworkStack || (len(p.AllowHosts) == 0 && p.Mode != netpolicy.EgressPublished) {
@@ -122,7 +124,7 @@ type networkControl interface {
 
 // networkControlOf returns the network control of a running guest's
 // supervisor; nil when this build has none.
-var networkControlOf = func(vmdir.Dir) networkControl { return nil }
+var networkControlOf = func(dir vmdir.Dir) networkControl { return supervisor.NewClient(dir) }
 
 // denialsDeadline bounds the fetch of denials after a command: a slow
 // supervisor must not hold up a finished command's result.
