@@ -38,24 +38,31 @@ func (s *Agent) syncWorkspace() { syncFS(s.workspaceDir) }
 // Without followLast, p's last element is taken as it is (a pull archives
 // a symlink as a link, it does not follow it).
 func (s *Agent) confined(w http.ResponseWriter, r *http.Request, p string, followLast bool) bool {
-	within := r.URL.Query().Get("within")
+	if err := confinedTo(r.URL.Query().Get("within"), p, followLast); err != nil {
+		s.fail(w, err)
+		return false
+	}
+	return true
+}
+
+// confinedTo is confined's check: nil when within is empty or p resolves
+// into it, else invalid_argument.
+func confinedTo(within, p string, followLast bool) error {
 	if within == "" {
-		return true
+		return nil
 	}
 	root, err := filepath.EvalSymlinks(within)
 	if err != nil {
-		s.fail(w, errorf(errdefs.ErrInvalidArgument, "%s: %v", within, err))
-		return false
+		return errorf(errdefs.ErrInvalidArgument, "%s: %v", within, err)
 	}
 	resolved := resolveExisting(p)
 	if !followLast && p != "/" {
 		resolved = filepath.Join(resolveExisting(filepath.Dir(p)), filepath.Base(p))
 	}
 	if resolved != root && !strings.HasPrefix(resolved, root+"/") {
-		s.fail(w, errorf(errdefs.ErrInvalidArgument, "%s resolves to %s, outside %s", p, resolved, within))
-		return false
+		return errorf(errdefs.ErrInvalidArgument, "%s resolves to %s, outside %s", p, resolved, within)
 	}
-	return true
+	return nil
 }
 
 // resolveExisting follows symlinks in the longest existing prefix of p and

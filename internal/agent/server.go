@@ -164,6 +164,7 @@ func (s *Agent) routes() http.Handler {
 	s.shells.routes(mux)
 	mux.HandleFunc("POST "+agentapi.PathFilesPush, s.handleFilesPush)
 	mux.HandleFunc("GET "+agentapi.PathFilesPull, s.handleFilesPull)
+	s.fileOpRoutes(mux)
 	return mux
 }
 
