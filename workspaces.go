@@ -327,6 +327,7 @@ func (c *Client) PushWorkspaceSync(ctx context.Context, id, sourcePath, dest str
 		return SyncResult{}, err
 	}
 	abs, _ := filepath.Abs(sourcePath)
+	c.recordEvent(dir, workspace.Event{Kind: workspace.EventSync, Path: dest, Target: abs, Count: r.Files, Bytes: r.Bytes})
 	return SyncResult{WorkspaceID: id, SourcePath: abs, Mode: mode, Dest: dest, FileCount: r.Files, Bytes: r.Bytes}, nil
 }
 
@@ -404,6 +405,7 @@ func (c *Client) ExportWorkspace(ctx context.Context, id, path, outputPath strin
 	if err != nil {
 		return res, err
 	}
+	c.recordEvent(dir, workspace.Event{Kind: workspace.EventExport, Path: guest, Target: out, Count: res.FileCount, Bytes: res.Bytes})
 	return res, nil
 }
 
@@ -466,7 +468,11 @@ func (c *Client) CreateSnapshot(ctx context.Context, id, name string) (Snapshot,
 		return Snapshot{}, err
 	}
 	defer agent.Close()
-	return c.snapshot(ctx, dir, agent, name)
+	snap, err := c.snapshot(ctx, dir, agent, name)
+	if err == nil {
+		c.recordEvent(dir, workspace.Event{Kind: workspace.EventSnapshotCreate, Path: name})
+	}
+	return snap, err
 }
 
 // ListSnapshots lists the baseline and the named snapshots.
@@ -491,7 +497,11 @@ func (c *Client) DeleteSnapshot(ctx context.Context, id, name string) error {
 		return err
 	}
 	id = rec.ID
-	return snapshotsOf(dir).Delete(name)
+	if err := snapshotsOf(dir).Delete(name); err != nil {
+		return err
+	}
+	c.recordEvent(dir, workspace.Event{Kind: workspace.EventSnapshotDelete, Path: name})
+	return nil
 }
 
 // ResetWorkspace recreates the whole sandbox (fresh VM, fresh root
@@ -539,6 +549,7 @@ func (c *Client) ResetWorkspace(ctx context.Context, id, snapshot string) (Works
 	if err != nil {
 		return Workspace{}, err
 	}
+	c.recordEvent(dir, workspace.Event{Kind: workspace.EventReset, Path: snapshot})
 	return c.StatusWorkspace(ctx, id)
 }
 
