@@ -54,4 +54,7 @@ const (
 	DefaultShellSignal = "INT"
 	// DefaultAppendNewline: shell writes press Enter after the input.
 	DefaultAppendNewline = true
+
+	// DefaultReadMaxBytes bounds what a workspace file read returns.
+	DefaultReadMaxBytes = 65536
 )

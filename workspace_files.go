@@ -23,9 +23,6 @@ import (
 // /workspace (relative paths are taken from it; a symlink leading out is
 // refused in the guest); every reply from the guest is bounded on the host.
 
-// DefaultReadMaxBytes is ReadWorkspaceFile's default max bytes.
-const DefaultReadMaxBytes = 65536
-
 // MaxReadBytes is the largest max bytes of one read.
 const MaxReadBytes = agentapi.MaxReadBytes
 

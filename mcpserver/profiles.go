@@ -42,6 +42,7 @@ var Profiles = []Profile{ProfileVMRun, ProfileWorkspaceCore, ProfileWorkspaceFul
 var extensions = [][]tool{
 	namesTools,
 	networkTools,
+	filesTools,
 }
 
 // coreTools are the tools of workspace-core, in the order it lists them.

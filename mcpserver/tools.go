@@ -62,6 +62,7 @@ var bounds = map[string][2]float64{
 	"rows":                  {1, 1000},
 	"cursor":                {0, 1<<53 - 1},
 	"max_chars":             {1, 1 << 20},
+	"max_bytes":             {1, pyro.MaxReadBytes},
 	"expect_status":         {100, 599},
 	"wait_for_idle_ms":      {0, pyro.MaxShellIdleMS},
 }

@@ -37,6 +37,7 @@ var defaults = []struct {
 	{"DEFAULT_SHELL_MAX_CHARS", pyro.DefaultShellMaxChars},
 	{"DEFAULT_SHELL_SIGNAL", pyro.DefaultShellSignal},
 	{"DEFAULT_APPEND_NEWLINE", pyro.DefaultAppendNewline},
+	{"DEFAULT_READ_MAX_BYTES", pyro.DefaultReadMaxBytes},
 }
 
 // Render returns the content of the Python module.

@@ -505,6 +505,56 @@ class Pyro:
         args += _secret_env_flags(secret_env)
         return self._call(["workspace", "exec"], args, command)
 
+    # -- files ------------------------------------------------------------------
+
+    def list_workspace_files(self, workspace_id: str, path: str = _defaults.WORKSPACE_DIR, *, recursive: bool = False) -> dict[str, Any]:
+        """List a directory under ``/workspace``: ``{"path", "entries": [{"path", "type", "size_bytes", "mode", ...}], "truncated"}``.
+
+        Symlinks are listed, never followed; at most 10,000 entries.
+        """
+        args = [workspace_id, path]
+        if recursive:
+            args.append("--recursive")
+        return self._call(["workspace", "file", "list"], args)
+
+    def read_workspace_file(
+        self,
+        workspace_id: str,
+        path: str,
+        *,
+        max_bytes: int = _defaults.DEFAULT_READ_MAX_BYTES,
+        base64: bool = False,
+    ) -> dict[str, Any]:
+        """Read a text file under ``/workspace``: ``{"path", "content", "size_bytes", "truncated", "binary", ...}``.
+
+        A binary file raises :class:`InvalidArgumentError` unless ``base64=True``,
+        which returns its bytes as ``content_base64`` instead of ``content``.
+        """
+        args = [workspace_id, path, f"--max-bytes={int(max_bytes)}"]
+        if base64:
+            args.append("--base64")
+        return self._call(["workspace", "file", "read"], args)
+
+    def write_workspace_file(self, workspace_id: str, path: str, *, text: str) -> dict[str, Any]:
+        """Create or replace a file under ``/workspace`` with ``text`` (atomically; parents are created).
+
+        Returns ``{"path", "bytes_written", "changed", "created"}``. The text
+        travels on stdin, never on a command line.
+        """
+        return self._call(
+            ["workspace", "file", "write"], [workspace_id, path, "--text-file=-"], stdin=text.encode("utf-8")
+        )
+
+    def apply_workspace_patch(self, workspace_id: str, *, patch: str) -> dict[str, Any]:
+        """Apply a unified diff to ``/workspace``, all or nothing: ``{"changed", "files": [...]}``.
+
+        A hunk that does not match raises :class:`FailedPreconditionError` naming it,
+        and nothing is changed.
+        """
+        return self._call(
+            ["workspace", "patch", "apply"], [workspace_id, "--patch-file=-"], stdin=patch.encode("utf-8")
+        )
+
     def status_workspace(self, workspace_id: str) -> dict[str, Any]:
         """A workspace's observed status, seed, reset, secret and service metadata."""
         return self._call(["workspace", "status"], [workspace_id])

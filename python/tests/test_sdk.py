@@ -129,6 +129,13 @@ CONTRACT: dict[str, list[tuple[str, str, Any]]] = {
     "delete_workspace": [("workspace_id", "pos", REQ)],
     "status_workspace": [("workspace_id", "pos", REQ)],
     "logs_workspace": [("workspace_id", "pos", REQ)],
+    # Files (#16).
+    "list_workspace_files": [("workspace_id", "pos", REQ), ("path", "pos", "/workspace"), ("recursive", "kw", False)],
+    "read_workspace_file": [
+        ("workspace_id", "pos", REQ), ("path", "pos", REQ), ("max_bytes", "kw", 65536), ("base64", "kw", False),
+    ],
+    "write_workspace_file": [("workspace_id", "pos", REQ), ("path", "pos", REQ), ("text", "kw", REQ)],
+    "apply_workspace_patch": [("workspace_id", "pos", REQ), ("patch", "kw", REQ)],
 }
 
 _KIND = {"pos": P.POSITIONAL_OR_KEYWORD, "kw": P.KEYWORD_ONLY}
@@ -244,6 +251,25 @@ class MappingTest(unittest.TestCase):
             p.run_in_vm("debian:12", "")
         with self.assertRaises(ValueError):
             p.run_in_vm("debian:12", [])
+
+    def test_workspace_files(self) -> None:
+        p = self.pyro
+        self.check(lambda: p.list_workspace_files("w1"), ["workspace", "file", "list", "--json", "w1", "/workspace"])
+        self.check(lambda: p.list_workspace_files("w1", "src", recursive=True),
+                   ["workspace", "file", "list", "--json", "w1", "src", "--recursive"])
+        self.check(lambda: p.read_workspace_file("w1", "a.txt"),
+                   ["workspace", "file", "read", "--json", "w1", "a.txt", "--max-bytes=65536"])
+        self.check(lambda: p.read_workspace_file("w1", "a.bin", max_bytes=10, base64=True),
+                   ["workspace", "file", "read", "--json", "w1", "a.bin", "--max-bytes=10", "--base64"])
+        # Content and patches travel on stdin, whatever they hold.
+        text = "--text=x\n\x00 ünïcode\n"
+        self.check(lambda: p.write_workspace_file("w1", "n.txt", text=text),
+                   ["workspace", "file", "write", "--json", "w1", "n.txt", "--text-file=-"])
+        self.assertEqual(self.fake.calls()[-1]["stdin"], text)
+        patch = "--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n"
+        self.check(lambda: p.apply_workspace_patch("w1", patch=patch),
+                   ["workspace", "patch", "apply", "--json", "w1", "--patch-file=-"])
+        self.assertEqual(self.fake.calls()[-1]["stdin"], patch)
 
     def test_workspaces(self) -> None:
         p = self.pyro
