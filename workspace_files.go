@@ -66,7 +66,7 @@ func (c *Client) ListWorkspaceFiles(ctx context.Context, id, path string, recurs
 	if err != nil {
 		return WorkspaceFileList{}, err
 	}
-	out := WorkspaceFileList{WorkspaceID: id, Path: guest, Recursive: recursive, Entries: make([]WorkspaceFileEntry, 0, len(l.Entries)),
+	out := WorkspaceFileList{WorkspaceID: rec.ID, Path: guest, Recursive: recursive, Entries: make([]WorkspaceFileEntry, 0, len(l.Entries)),
 		Truncated: l.Truncated || len(l.Entries) > agentapi.MaxListEntries}
 	for i, e := range l.Entries {
 		if i == agentapi.MaxListEntries {
@@ -143,7 +143,7 @@ func (c *Client) ReadWorkspaceFile(ctx context.Context, id, path string, opts *R
 	if err != nil {
 		return WorkspaceFile{}, red.Error(err)
 	}
-	res := WorkspaceFile{WorkspaceID: id, Path: guest, SizeBytes: max(fc.SizeBytes, int64(len(fc.Content))), MaxBytes: o.MaxBytes, Truncated: fc.Truncated}
+	res := WorkspaceFile{WorkspaceID: rec.ID, Path: guest, SizeBytes: max(fc.SizeBytes, int64(len(fc.Content))), MaxBytes: o.MaxBytes, Truncated: fc.Truncated}
 	text := fc.Content
 	if res.Truncated {
 		text = trimCutRune(text)
@@ -229,7 +229,7 @@ func (c *Client) WriteWorkspaceFile(ctx context.Context, id, path, text string) 
 	}
 	f := res.Files[0]
 	c.recordEvent(dir, workspace.Event{Kind: workspace.EventFileWrite, Path: guest, Bytes: int64(len(text))})
-	return WorkspaceFileWrite{WorkspaceID: id, Path: guest, BytesWritten: int64(len(text)), Changed: f.Changed, Created: f.Created}, nil
+	return WorkspaceFileWrite{WorkspaceID: rec.ID, Path: guest, BytesWritten: int64(len(text)), Changed: f.Changed, Created: f.Created}, nil
 }
 
 // PatchedFile is what a patch did to one file.
@@ -281,7 +281,7 @@ func (c *Client) ApplyWorkspacePatch(ctx context.Context, id, patchText string) 
 	defer agent.Close()
 	red := instance.Redactor(dir)
 	req := agentapi.FileWriteRequest{Within: workspace.Root}
-	out := WorkspacePatch{WorkspaceID: id, FileCount: len(files), Files: make([]PatchedFile, 0, len(files))}
+	out := WorkspacePatch{WorkspaceID: rec.ID, FileCount: len(files), Files: make([]PatchedFile, 0, len(files))}
 	var total int64
 	for i, f := range files {
 		old, exists, err := readWhole(ctx, agent, guests[i])
