@@ -2,6 +2,7 @@ package pyro
 
 import (
 	"context"
+	"errors"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
@@ -26,6 +27,10 @@ type StartServiceOptions struct {
 	// SecretEnv maps secret names to environment variable names for this
 	// start only ("" means the secret's own name).
 	SecretEnv map[string]string
+	// Publish forwards host loopback ports to guest ports while the service
+	// runs: "[HOST_PORT:]GUEST_PORT" (no host port: a free one). Needs the
+	// egress+published-ports network policy (services_publish.go).
+	Publish []string
 }
 
 // LogsServiceOptions select how much log to return (default: last 200 lines).
@@ -68,13 +73,19 @@ func (c *Client) StartService(ctx context.Context, workspaceID, name string, opt
 	} else {
 		req.Argv = opts.Command
 	}
+	pub, err := c.publishBegin(ctx, workspaceID, opts.Publish)
+	if err != nil {
+		return Service{}, err
+	}
 	var out Service
-	err := c.withWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
+	err = c.withWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
 		st, err := a.StartService(ctx, req)
 		out = serviceFrom(workspaceID, st)
 		return err
 	})
-	return out, err
+	ports, perr := pub.end(ctx, name, err)
+	out.PublishedPorts = ports
+	return out, errors.Join(err, perr)
 }
 
 // ListServices lists a workspace's services.
@@ -89,6 +100,7 @@ func (c *Client) ListServices(ctx context.Context, workspaceID string) ([]Servic
 		}
 		return err
 	})
+	withPorts(out, c.servicePorts(ctx, workspaceID))
 	return out, err
 }
 
@@ -102,6 +114,10 @@ func (c *Client) StatusService(ctx context.Context, workspaceID, name string) (S
 		out = serviceFrom(workspaceID, st)
 		return err
 	})
+	out.PublishedPorts = c.servicePorts(ctx, workspaceID)[name]
+	if out.PublishedPorts == nil {
+		out.PublishedPorts = []PublishedPort{}
+	}
 	return out, err
 }
 
@@ -137,6 +153,8 @@ func (c *Client) StopService(ctx context.Context, workspaceID, name string) (Ser
 		out = serviceFrom(workspaceID, st)
 		return err
 	})
+	c.unpublishService(ctx, workspaceID, name)
+	out.PublishedPorts = []PublishedPort{}
 	return out, err
 }
 

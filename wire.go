@@ -157,6 +157,8 @@ type Service struct {
 	LastProbeError string     `json:"last_probe_error,omitempty"`
 	// Error says why the service failed to become ready, if it did.
 	Error string `json:"error,omitempty"`
+	// PublishedPorts are the host loopback ports forwarded to it.
+	PublishedPorts []PublishedPort `json:"published_ports"`
 }
 
 // Active reports whether the service's process is (still) running.
@@ -167,7 +169,7 @@ func (s Service) Active() bool {
 func serviceFrom(id string, s agentapi.ServiceStatus) Service {
 	return Service{WorkspaceID: id, Name: s.Name, State: s.State, Argv: s.Argv, Cwd: s.Cwd, Readiness: readinessFrom(s.Readiness),
 		PID: s.PID, ExitCode: s.ExitCode, Signal: s.Signal, StartedAt: s.StartedAt, ReadyAt: s.ReadyAt, StoppedAt: s.StoppedAt,
-		RestartCount: s.RestartCount, LastProbeError: s.LastProbeError, Error: s.Error}
+		RestartCount: s.RestartCount, LastProbeError: s.LastProbeError, Error: s.Error, PublishedPorts: []PublishedPort{}}
 }
 
 // ServiceLogs is the tail of a service's merged stdout/stderr.

@@ -115,5 +115,8 @@ func renderService(sv pyro.Service) string {
 	if sv.ExitCode != nil {
 		s += fmt.Sprintf(", exit_code %d", *sv.ExitCode)
 	}
+	for _, p := range sv.PublishedPorts {
+		s += fmt.Sprintf(", published %s:%d -> %d", p.HostAddress, p.HostPort, p.GuestPort)
+	}
 	return s
 }

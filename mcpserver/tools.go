@@ -542,7 +542,7 @@ func serviceStart(ctx context.Context, cl *call, in serviceStartIn) (pyro.Servic
 	}
 	cl.p.step(ctx, "starting service %s", in.ServiceName)
 	sv, err := cl.c.StartService(ctx, in.WorkspaceID, in.ServiceName, pyro.StartServiceOptions{Command: cmd, Cwd: in.Cwd, Readiness: r,
-		ReadyTimeoutSeconds: in.ReadyTimeoutSeconds, ReadyIntervalMS: in.ReadyIntervalMS, SecretEnv: in.SecretEnv})
+		ReadyTimeoutSeconds: in.ReadyTimeoutSeconds, ReadyIntervalMS: in.ReadyIntervalMS, SecretEnv: in.SecretEnv, Publish: in.Publish})
 	return sv, renderService(sv), err
 }
 

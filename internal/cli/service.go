@@ -40,7 +40,8 @@ passes; if it does not pass within --ready-timeout-seconds, the service is
 stopped and the error shows the probe's last error and the service's last log
 lines. Without one, returns as soon as the process runs.`,
 		Example: `  pyro workspace service start $id web --ready-tcp 127.0.0.1:8000 -- python3 -m http.server 8000
-  pyro workspace service start $id worker --ready-file /tmp/ready -- ./worker.sh`,
+  pyro workspace service start $id worker --ready-file /tmp/ready -- ./worker.sh
+  pyro workspace service start $id web --publish 18000:8000 -- python3 -m http.server 8000`,
 		Args: commandArgs(2, "WORKSPACE_ID and NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := a.sdk
@@ -85,6 +86,7 @@ lines. Without one, returns as soon as the process runs.`,
 	f.IntVar(&o.ReadyTimeoutSeconds, "ready-timeout-seconds", pyro.DefaultReadyTimeoutSeconds, "give up (and stop the service) after this many seconds")
 	f.IntVar(&o.ReadyIntervalMS, "ready-interval-ms", pyro.DefaultReadyIntervalMS, "milliseconds between probe attempts")
 	f.StringArrayVar(&secretEnv, "secret-env", nil, "expose secret NAME as env var (NAME or NAME=VAR; repeatable)")
+	f.StringArrayVar(&o.Publish, "publish", nil, "forward 127.0.0.1:HOST_PORT on the host to GUEST_PORT while the service runs: [HOST_PORT:]GUEST_PORT (needs --network-policy egress+published-ports; repeatable)")
 	return cmd
 }
 
@@ -180,6 +182,9 @@ func printService(w io.Writer, s pyro.Service) {
 	}
 	if s.Error != "" {
 		fmt.Fprintf(w, "error:   %s\n", termtext.Clean(s.Error))
+	}
+	for _, p := range s.PublishedPorts {
+		fmt.Fprintf(w, "publish: %s:%d -> guest port %d\n", p.HostAddress, p.HostPort, p.GuestPort)
 	}
 }
 

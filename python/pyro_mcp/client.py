@@ -103,6 +103,22 @@ def _secret_env_flags(secret_env: Optional[SecretEnv]) -> list[str]:
     return out
 
 
+def _network_flags(
+    network: bool, network_policy: Optional[str], allow_hosts: Optional[Sequence[str]]
+) -> list[str]:
+    """The network flags of create/run: the policy and one --allow-host per entry.
+
+    Entries are validated by pyro itself (invalid_argument), not here.
+    """
+    if isinstance(allow_hosts, str):
+        raise TypeError("allow_hosts must be a list of entries, not a str")
+    out = ["--network"] if network else []
+    if network_policy is not None:
+        out.append(f"--network-policy={network_policy}")
+    out += [f"--allow-host={h}" for h in allow_hosts or ()]
+    return out
+
+
 def _secret_flags(secrets: Optional[Secrets]) -> tuple[list[str], Optional[bytes]]:
     """The ``--secret``/``--secret-file`` flags for ``secrets`` and the stdin
     that carries the values: a value never goes on the command line, which
@@ -283,6 +299,8 @@ class Pyro:
         mem_mib: int = _defaults.DEFAULT_MEM_MIB,
         ttl_seconds: int = 0,
         network: bool = _defaults.DEFAULT_NETWORK,
+        network_policy: Optional[str] = None,
+        allow_hosts: Optional[Sequence[str]] = None,
         allow_host_compat: bool = _defaults.DEFAULT_ALLOW_HOST_COMPAT,
     ) -> dict[str, Any]:
         """Record a VM without booting it (``pyro vm create``); boot it with :meth:`start_vm`.
@@ -293,6 +311,11 @@ class Pyro:
             mem_mib: guest memory in MiB.
             ttl_seconds: stop the VM this long after creation (0: never).
             network: outbound networking (user-mode NAT); off means no NIC.
+            network_policy: ``"off"``, ``"egress"`` or ``"egress+published-ports"``
+                (``network=True`` means egress).
+            allow_hosts: with egress, allow only these entries: ``NAME``,
+                ``*.SUFFIX`` or ``CIDR``, each with an optional ``:PORT``, or a
+                preset (``@pypi``, ``@npm``, ``@github``, ``@debian``).
             allow_host_compat: fall back to host namespaces when no guest can boot.
 
         Returns:
@@ -304,8 +327,7 @@ class Pyro:
             f"--mem-mib={int(mem_mib)}",
             f"--ttl-seconds={int(ttl_seconds)}",
         ]
-        if network:
-            args.append("--network")
+        args += _network_flags(network, network_policy, allow_hosts)
         if allow_host_compat:
             args.append("--allow-host-compat")
         return self._call(["vm", "create"], args)
@@ -360,6 +382,8 @@ class Pyro:
         timeout_seconds: int = _defaults.DEFAULT_TIMEOUT_SECONDS,
         ttl_seconds: int = 0,
         network: bool = _defaults.DEFAULT_NETWORK,
+        network_policy: Optional[str] = None,
+        allow_hosts: Optional[Sequence[str]] = None,
         allow_host_compat: bool = _defaults.DEFAULT_ALLOW_HOST_COMPAT,
     ) -> dict[str, Any]:
         """Boot a fresh VM, run one command in it and delete the VM (``pyro run``).
@@ -372,6 +396,11 @@ class Pyro:
             timeout_seconds: kill the command after this long (``timed_out``).
             ttl_seconds: bound the VM's whole life, boot included (0: none).
             network: outbound networking.
+            network_policy: ``"off"``, ``"egress"`` or ``"egress+published-ports"``
+                (``network=True`` means egress).
+            allow_hosts: with egress, allow only these entries: ``NAME``,
+                ``*.SUFFIX`` or ``CIDR``, each with an optional ``:PORT``, or a
+                preset (``@pypi``, ``@npm``, ``@github``, ``@debian``).
             allow_host_compat: run on the host in namespaces when no guest can boot.
 
         Returns:
@@ -386,8 +415,7 @@ class Pyro:
             f"--timeout-seconds={int(timeout_seconds)}",
             f"--ttl-seconds={int(ttl_seconds)}",
         ]
-        if network:
-            args.append("--network")
+        args += _network_flags(network, network_policy, allow_hosts)
         if allow_host_compat:
             args.append("--allow-host-compat")
         return self._call(["run"], args, command)
@@ -401,6 +429,8 @@ class Pyro:
         vcpu_count: int = _defaults.DEFAULT_VCPU_COUNT,
         mem_mib: int = _defaults.DEFAULT_MEM_MIB,
         network: bool = _defaults.DEFAULT_NETWORK,
+        network_policy: Optional[str] = None,
+        allow_hosts: Optional[Sequence[str]] = None,
         allow_host_compat: bool = _defaults.DEFAULT_ALLOW_HOST_COMPAT,
         seed_path: Optional[Union[str, "os.PathLike[str]"]] = None,
         secrets: Optional[Secrets] = None,
@@ -412,6 +442,11 @@ class Pyro:
             vcpu_count: guest vCPUs.
             mem_mib: guest memory in MiB.
             network: outbound networking.
+            network_policy: ``"off"``, ``"egress"`` or ``"egress+published-ports"``
+                (``network=True`` means egress).
+            allow_hosts: with egress, allow only these entries: ``NAME``,
+                ``*.SUFFIX`` or ``CIDR``, each with an optional ``:PORT``, or a
+                preset (``@pypi``, ``@npm``, ``@github``, ``@debian``).
             allow_host_compat: fall back to host namespaces when no guest can boot.
             seed_path: host directory or ``.tar``/``.tar.gz``/``.tgz`` that fills
                 ``/workspace`` before this returns.
@@ -424,8 +459,7 @@ class Pyro:
             ``secrets`` metadata, ``reset_count``, ...).
         """
         args = [environment, f"--vcpu-count={int(vcpu_count)}", f"--mem-mib={int(mem_mib)}"]
-        if network:
-            args.append("--network")
+        args += _network_flags(network, network_policy, allow_hosts)
         if allow_host_compat:
             args.append("--allow-host-compat")
         if seed_path is not None:
@@ -563,6 +597,28 @@ class Pyro:
         """The workspace's command history: ``{"workspace_id", "entries": [...]}``."""
         return self._call(["workspace", "logs"], [workspace_id])
 
+    def set_workspace_network(
+        self,
+        workspace_id: str,
+        *,
+        network_policy: Optional[str] = None,
+        allow_hosts: Optional[Sequence[str]] = None,
+    ) -> dict[str, Any]:
+        """Replace a workspace's allowlist (and policy) live, without a restart.
+
+        Args:
+            workspace_id: the workspace.
+            network_policy: a new policy (``"egress"`` or
+                ``"egress+published-ports"``); None keeps the current one.
+            allow_hosts: the new allowlist; None or empty means open egress.
+
+        Returns:
+            the workspace dict with the ``network_policy`` and ``allow_hosts`` in force.
+        """
+        return self._call(
+            ["workspace", "network", "set"], [workspace_id] + _network_flags(False, network_policy, allow_hosts)
+        )
+
     def delete_workspace(self, workspace_id: str) -> dict[str, Any]:
         """Stop a workspace and remove its disk, snapshots, history and secrets."""
         return self._call(["workspace", "delete"], [workspace_id])
@@ -580,6 +636,7 @@ class Pyro:
         ready_timeout_seconds: int = _defaults.DEFAULT_READY_TIMEOUT_SECONDS,
         ready_interval_ms: int = _defaults.DEFAULT_READY_INTERVAL_MS,
         secret_env: Optional[SecretEnv] = None,
+        publish: Optional[Sequence[str]] = None,
     ) -> dict[str, Any]:
         """Start a named long-running process in a started workspace.
 
@@ -596,9 +653,13 @@ class Pyro:
             ready_timeout_seconds: how long the probe may take.
             ready_interval_ms: probe interval.
             secret_env: secrets exposed to this service (as for :meth:`exec_workspace`).
+            publish: forward host loopback ports to guest ports while the service
+                runs, each ``"[HOST_PORT:]GUEST_PORT"`` (needs a workspace with
+                ``network_policy="egress+published-ports"``).
 
         Returns:
-            the service status dict (``name``, ``state``, ``pid``, ...).
+            the service status dict (``name``, ``state``, ``pid``,
+            ``published_ports``, ...).
         """
         args = [workspace_id, service_name, f"--cwd={cwd}"]
         args += _readiness_flags(readiness)
@@ -607,6 +668,9 @@ class Pyro:
             f"--ready-interval-ms={int(ready_interval_ms)}",
         ]
         args += _secret_env_flags(secret_env)
+        if isinstance(publish, str):
+            raise TypeError("publish must be a list of [HOST_PORT:]GUEST_PORT entries, not a str")
+        args += [f"--publish={p}" for p in publish or ()]
         return self._call(["workspace", "service", "start"], args, command)
 
     def list_services(self, workspace_id: str) -> dict[str, Any]:

@@ -41,6 +41,8 @@ CONTRACT: dict[str, list[tuple[str, str, Any]]] = {
         ("mem_mib", "kw", 1024),
         ("ttl_seconds", "kw", 0),
         ("network", "kw", False),
+        ("network_policy", "kw", None),
+        ("allow_hosts", "kw", None),
         ("allow_host_compat", "kw", False),
     ],
     "start_vm": [("vm_id", "pos", REQ)],
@@ -58,6 +60,8 @@ CONTRACT: dict[str, list[tuple[str, str, Any]]] = {
         ("timeout_seconds", "kw", 30),
         ("ttl_seconds", "kw", 0),
         ("network", "kw", False),
+        ("network_policy", "kw", None),
+        ("allow_hosts", "kw", None),
         ("allow_host_compat", "kw", False),
     ],
     "create_workspace": [
@@ -65,6 +69,8 @@ CONTRACT: dict[str, list[tuple[str, str, Any]]] = {
         ("vcpu_count", "kw", 1),
         ("mem_mib", "kw", 1024),
         ("network", "kw", False),
+        ("network_policy", "kw", None),
+        ("allow_hosts", "kw", None),
         ("allow_host_compat", "kw", False),
         ("seed_path", "kw", None),
         ("secrets", "kw", None),
@@ -89,7 +95,9 @@ CONTRACT: dict[str, list[tuple[str, str, Any]]] = {
         ("ready_timeout_seconds", "kw", 30),
         ("ready_interval_ms", "kw", 500),
         ("secret_env", "kw", None),
+        ("publish", "kw", None),
     ],
+    "set_workspace_network": [("workspace_id", "pos", REQ), ("network_policy", "kw", None), ("allow_hosts", "kw", None)],
     "list_services": [("workspace_id", "pos", REQ)],
     "status_service": [("workspace_id", "pos", REQ), ("service_name", "pos", REQ)],
     "logs_service": [
@@ -223,6 +231,9 @@ class MappingTest(unittest.TestCase):
         p = self.pyro
         self.check(p.create_vm, ["vm", "create", "--json", "debian:12", "--vcpu-count=1",
                                  "--mem-mib=1024", "--ttl-seconds=0"])
+        self.check(lambda: p.create_vm(network_policy="off"),
+                   ["vm", "create", "--json", "debian:12", "--vcpu-count=1", "--mem-mib=1024",
+                    "--ttl-seconds=0", "--network-policy=off"])
         self.check(lambda: p.create_vm("debian:12-base", vcpu_count=2, mem_mib=512, ttl_seconds=60,
                                        network=True, allow_host_compat=True),
                    ["vm", "create", "--json", "debian:12-base", "--vcpu-count=2", "--mem-mib=512",
@@ -247,6 +258,13 @@ class MappingTest(unittest.TestCase):
                    ["run", "--json", "debian:12", "--vcpu-count=2", "--mem-mib=2048",
                     "--timeout-seconds=9", "--ttl-seconds=99", "--network", "--allow-host-compat",
                     "--", "python3", "-c", "print(1)"])
+        self.check(lambda: p.run_in_vm("debian:12", "pip download x", network_policy="egress",
+                                       allow_hosts=["@pypi", "*.example.com:443"]),
+                   ["run", "--json", "debian:12", "--vcpu-count=1", "--mem-mib=1024",
+                    "--timeout-seconds=30", "--ttl-seconds=0", "--network-policy=egress",
+                    "--allow-host=@pypi", "--allow-host=*.example.com:443", "--", "pip download x"])
+        with self.assertRaises(TypeError):
+            p.run_in_vm("debian:12", "true", network_policy="egress", allow_hosts="pypi.org")
         with self.assertRaises(ValueError):
             p.run_in_vm("debian:12", "")
         with self.assertRaises(ValueError):
@@ -283,6 +301,13 @@ class MappingTest(unittest.TestCase):
                     "--network", "--allow-host-compat", "--seed-path=/src", "--secret=A",
                     "--secret-file=B=/k.pem"])
         self.assertEqual(self.fake.calls()[-1]["stdin"], "x=y\x00")
+        self.check(lambda: p.create_workspace(network_policy="egress+published-ports", allow_hosts=["10.0.0.0/8"]),
+                   ["workspace", "create", "--json", "debian:12", "--vcpu-count=1", "--mem-mib=1024",
+                    "--network-policy=egress+published-ports", "--allow-host=10.0.0.0/8"])
+        self.check(lambda: p.set_workspace_network("abc", allow_hosts=["pypi.org"]),
+                   ["workspace", "network", "set", "--json", "abc", "--allow-host=pypi.org"])
+        self.check(lambda: p.set_workspace_network("abc", network_policy="egress"),
+                   ["workspace", "network", "set", "--json", "abc", "--network-policy=egress"])
         self.check(lambda: p.create_workspace(secrets={"TOKEN": "-v"}),
                    ["workspace", "create", "--json", "debian:12", "--vcpu-count=1", "--mem-mib=1024",
                     "--secret=TOKEN"])
@@ -341,6 +366,10 @@ class MappingTest(unittest.TestCase):
                    ["workspace", "service", "start", "--json", "w1", "db", "--cwd=/srv",
                     "--ready-timeout-seconds=5", "--ready-interval-ms=100", "--secret-env=PW=DB_PW",
                     "--", "run"])
+        self.check(lambda: p.start_service("w1", "web", command="srv", publish=["8000", "18001:8001"]),
+                   base + tail + ["--publish=8000", "--publish=18001:8001", "--", "srv"])
+        with self.assertRaises(TypeError):
+            p.start_service("w1", "web", command="x", publish="8000")
         with self.assertRaises(ValueError):
             p.start_service("w1", "web", command="x", readiness={"type": "udp", "address": "x"})
         with self.assertRaises(ValueError):
