@@ -8,11 +8,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/fsutil"
 	"github.com/pyro-mcp/pyro/internal/instance"
 	"github.com/pyro-mcp/pyro/internal/netpolicy"
+	"github.com/pyro-mcp/pyro/internal/supervisor"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 )
 
@@ -23,30 +25,32 @@ import (
 // Which service published which port is kept in publishedFile; the
 // supervisor's list is the truth about which ports are open.
 
-// PublishedPort is a guest port forwarded from the host's loopback.
-type PublishedPort struct {
-	HostAddress string `json:"host_address"`
-	HostPort    int    `json:"host_port"`
-	GuestPort   int    `json:"guest_port"`
-}
-
 // publishedFile maps service names to the ports they published.
 const publishedFile = "published-ports.json"
 
 // maxPublish bounds the ports one service may publish.
 const maxPublish = 16
 
-// The supervisor's publishing calls (its client's methods); until a build
-// has a network stack they fail with failed_precondition.
+// The supervisor's publishing calls (function variables: a seam for tests).
 var (
 	publishPort = func(ctx context.Context, dir vmdir.Dir, hostPort, guestPort int) (PublishedPort, error) {
-		return PublishedPort{}, errNoStack
+		pp, err := supervisor.NewClient(dir).Publish(ctx, hostPort, guestPort)
+		return PublishedPort(pp), err
 	}
-	unpublishPort  = func(ctx context.Context, dir vmdir.Dir, guestPort int) error { return errNoStack }
-	publishedPorts = func(ctx context.Context, dir vmdir.Dir) ([]PublishedPort, error) { return nil, errNoStack }
+	unpublishPort = func(ctx context.Context, dir vmdir.Dir, guestPort int) error {
+		return supervisor.NewClient(dir).Unpublish(ctx, guestPort)
+	}
+	publishedPorts = func(ctx context.Context, dir vmdir.Dir) ([]PublishedPort, error) {
+		ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		st, err := supervisor.NewClient(dir).NetworkState(ctx)
+		var out []PublishedPort
+		for _, pp := range st.Published {
+			out = append(out, PublishedPort(pp))
+		}
+		return out, err
+	}
 )
-
-var errNoStack = errdefs.New(errdefs.ErrFailedPrecondition, "", "this pyro build has no network stack to publish ports")
 
 type portSpec struct{ host, guest int }
 
