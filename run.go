@@ -98,7 +98,7 @@ func (c *Client) RunInVM(ctx context.Context, opts RunOptions) (RunResult, error
 	}()
 	machine, err := vm.Boot(ctx, vm.Deps{Dirs: c.dirs, Envs: c.envs, Logger: c.logger, AgentBinary: bin}, vm.Config{
 		ID: rec.ID, Dir: dir, Environment: opts.Environment, VCPUs: opts.VCPUCount, MemMiB: opts.MemMiB,
-		Network: rec.Network, AllowHostCompat: opts.AllowHostCompat,
+		Network: rec.Network, NetworkPolicy: rec.Policy(), AllowHostCompat: opts.AllowHostCompat,
 	})
 	if err != nil {
 		return RunResult{}, err
@@ -127,6 +127,9 @@ func (c *Client) RunInVM(ctx context.Context, opts RunOptions) (RunResult, error
 		BootMS:     machine.BootMS,
 	}
 	out.NetworkPolicy, out.AllowHosts = policyFields(rec)
+	if machine.Net != nil { // a run's network lives in this process
+		out.NetworkDenials = denialsFrom(machine.Net.Denials())
+	}
 	if machine.Features.Acceleration == "tcg" {
 		out.Warnings = append(out.Warnings, "running under TCG software emulation (slower): "+machine.AccelNote)
 	}
