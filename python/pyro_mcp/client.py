@@ -153,6 +153,19 @@ def _secret_flags(secrets: Optional[Secrets]) -> tuple[list[str], Optional[bytes
     return out, (b"".join(values) if values else None)
 
 
+#: The tool profiles of ``pyro mcp serve --profile``.
+MCP_PROFILES = ("vm-run", "workspace-core", "workspace-full")
+
+
+def _label_flags(flag: str, labels: Optional[Mapping[str, str]]) -> list[str]:
+    """``{k: v}`` labels as repeated ``FLAG=k=v`` arguments."""
+    if labels is None:
+        return []
+    if not isinstance(labels, Mapping):
+        raise TypeError("labels must be a mapping of str to str")
+    return [f"{flag}={k}={v}" for k, v in labels.items()]
+
+
 def _readiness_flags(readiness: Optional[Mapping[str, Any]]) -> list[str]:
     if not readiness:
         return []
@@ -256,13 +269,17 @@ class Pyro:
 
     # -- MCP server -----------------------------------------------------------
 
-    def create_server(self) -> "PyroServer":
+    def create_server(self, profile: Optional[str] = None) -> "PyroServer":
         """An MCP server object whose ``run()`` serves pyro's tools over stdio.
 
         ``run()`` replaces the current process with ``pyro mcp serve`` (same
         binary and state directory as this client).
+
+        Args:
+            profile: ``"vm-run"``, ``"workspace-core"`` or ``"workspace-full"``;
+                ``None`` serves exactly the contract's tools.
         """
-        return PyroServer(pyro_bin=self._pyro_bin_arg, state_dir=self.state_dir)
+        return PyroServer(pyro_bin=self._pyro_bin_arg, state_dir=self.state_dir, profile=profile)
 
     # -- environments ---------------------------------------------------------
 
@@ -434,6 +451,8 @@ class Pyro:
         allow_host_compat: bool = _defaults.DEFAULT_ALLOW_HOST_COMPAT,
         seed_path: Optional[Union[str, "os.PathLike[str]"]] = None,
         secrets: Optional[Secrets] = None,
+        name: Optional[str] = None,
+        labels: Optional[Mapping[str, str]] = None,
     ) -> dict[str, Any]:
         """Create and start a persistent workspace (``pyro workspace create``).
 
@@ -453,6 +472,8 @@ class Pyro:
             secrets: guest-only UTF-8 secrets kept outside ``/workspace``: a list of
                 ``{"name": N, "value": V}`` or ``{"name": N, "file_path": P}``, or
                 a ``{name: value}`` dict. Values never appear in results.
+            name: optional name, usable wherever the workspace id is (unique).
+            labels: optional ``{key: value}`` labels to find it by (``list_workspaces``).
 
         Returns:
             the workspace dict (``workspace_id``, ``state``, ``workspace_seed``,
@@ -464,9 +485,56 @@ class Pyro:
             args.append("--allow-host-compat")
         if seed_path is not None:
             args.append(f"--seed-path={os.fspath(seed_path)}")
+        if name is not None:
+            args.append(f"--name={name}")
+        args += _label_flags("--label", labels)
         flags, stdin = _secret_flags(secrets)
         args += flags
         return self._call(["workspace", "create"], args, stdin=stdin)
+
+    def list_workspaces(self, *, labels: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
+        """List workspaces, most recently active first (``pyro workspace list``).
+
+        Args:
+            labels: keep only workspaces carrying all of these ``{key: value}`` labels.
+
+        Returns:
+            ``{"workspaces": [{workspace_id, name, labels, state, environment,
+            command_count, created_at, last_activity_at}, ...], "count": N}``.
+        """
+        return self._call(["workspace", "list"], _label_flags("--label", labels))
+
+    def update_workspace(
+        self,
+        workspace_id: str,
+        *,
+        name: Optional[str] = None,
+        labels: Optional[Mapping[str, str]] = None,
+        clear_labels: Optional[Sequence[str]] = None,
+    ) -> dict[str, Any]:
+        """Rename a workspace or set/clear labels (``pyro workspace update``).
+
+        A taken or invalid name changes nothing (``AlreadyExistsError`` /
+        ``InvalidArgumentError``)."""
+        args = [workspace_id]
+        if name is not None:
+            args.append(f"--name={name}")
+        args += _label_flags("--label", labels)
+        for key in clear_labels or ():
+            args.append(f"--clear-label={key}")
+        return self._call(["workspace", "update"], args)
+
+    def stop_workspace(self, workspace_id: str) -> dict[str, Any]:
+        """Flush and power off a workspace, keeping its disk, snapshots and history.
+
+        A stopped workspace uses no memory or CPU; commands on it raise
+        ``FailedPreconditionError`` until :meth:`start_workspace`, and so does
+        stopping it again."""
+        return self._call(["workspace", "stop"], [workspace_id])
+
+    def start_workspace(self, workspace_id: str) -> dict[str, Any]:
+        """Boot a stopped workspace on its disk (a running one just returns its status)."""
+        return self._call(["workspace", "start"], [workspace_id])
 
     def push_workspace_sync(
         self,
@@ -711,10 +779,28 @@ class Pyro:
         return self._call(["workspace", "shell", "open"], args)
 
     def read_shell(
-        self, workspace_id: str, shell_id: str, *, cursor: int = _defaults.DEFAULT_SHELL_CURSOR, max_chars: int = _defaults.DEFAULT_SHELL_MAX_CHARS
+        self,
+        workspace_id: str,
+        shell_id: str,
+        *,
+        cursor: int = _defaults.DEFAULT_SHELL_CURSOR,
+        max_chars: int = _defaults.DEFAULT_SHELL_MAX_CHARS,
+        plain: bool = False,
+        wait_for_idle_ms: Optional[int] = None,
     ) -> dict[str, Any]:
-        """Read merged shell output from ``cursor``; follow ``next_cursor`` to read on."""
+        """Read merged shell output from ``cursor``; follow ``next_cursor`` to read on.
+
+        Args:
+            plain: return the text as the screen shows it (escape sequences
+                stripped, carriage returns and backspaces applied).
+            wait_for_idle_ms: keep reading until the shell printed nothing for
+                this many milliseconds (at most 60000; the read waits at most 120 s).
+        """
         args = [workspace_id, shell_id, f"--cursor={int(cursor)}", f"--max-chars={int(max_chars)}"]
+        if plain:
+            args.append("--plain")
+        if wait_for_idle_ms is not None:
+            args.append(f"--wait-for-idle-ms={int(wait_for_idle_ms)}")
         return self._call(["workspace", "shell", "read"], args)
 
     def write_shell(
@@ -747,15 +833,21 @@ class PyroServer:
         state_dir: as for :class:`Pyro` (passed as ``PYRO_HOME``).
     """
 
-    def __init__(self, pyro_bin: Optional[str] = None, state_dir: Optional[str] = None) -> None:
+    def __init__(self, pyro_bin: Optional[str] = None, state_dir: Optional[str] = None, profile: Optional[str] = None) -> None:
+        if profile is not None and profile not in MCP_PROFILES:
+            raise ValueError(f"unknown MCP profile {profile!r}: use one of {', '.join(MCP_PROFILES)}, or None")
         self._pyro_bin_arg = pyro_bin
         self.state_dir = state_dir
+        self.profile = profile
 
     def argv(self, transport: str = "stdio") -> list[str]:
         """The command line ``run()`` executes."""
         if transport != "stdio":
             raise ValueError(f"unsupported transport {transport!r}: only 'stdio'")
-        return [_find_pyro(self._pyro_bin_arg), "mcp", "serve"]
+        argv = [_find_pyro(self._pyro_bin_arg), "mcp", "serve"]
+        if self.profile is not None:
+            argv.append(f"--profile={self.profile}")
+        return argv
 
     def run(self, transport: str = "stdio") -> NoReturn:
         """Serve MCP on this process's stdin/stdout by replacing it with ``pyro mcp serve``.
@@ -778,11 +870,13 @@ class PyroServer:
         os.execve(argv[0], argv, env)
 
 
-def create_server(pyro_bin: Optional[str] = None) -> PyroServer:
+def create_server(pyro_bin: Optional[str] = None, profile: Optional[str] = None) -> PyroServer:
     """An MCP server whose ``run()`` hands this process over to ``pyro mcp serve``.
 
     Args:
         pyro_bin: path or name of the ``pyro`` binary (default ``$PYRO_BIN`` or
             ``pyro`` on ``PATH``).
+        profile: ``"vm-run"``, ``"workspace-core"`` or ``"workspace-full"``;
+            ``None`` serves exactly the contract's tools.
     """
-    return PyroServer(pyro_bin=pyro_bin)
+    return PyroServer(pyro_bin=pyro_bin, profile=profile)

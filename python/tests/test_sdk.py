@@ -30,7 +30,7 @@ REQ = P.empty  # "no default"
 # The Python SDK contract: method -> [(name, kind, default)] after self.
 # kind: "pos" positional-or-keyword, "kw" keyword-only.
 CONTRACT: dict[str, list[tuple[str, str, Any]]] = {
-    "create_server": [],
+    "create_server": [("profile", "pos", None)],
     "list_environments": [],
     "pull_environment": [("environment", "pos", REQ)],
     "inspect_environment": [("environment", "pos", REQ)],
@@ -74,7 +74,13 @@ CONTRACT: dict[str, list[tuple[str, str, Any]]] = {
         ("allow_host_compat", "kw", False),
         ("seed_path", "kw", None),
         ("secrets", "kw", None),
+        ("name", "kw", None),
+        ("labels", "kw", None),
     ],
+    "list_workspaces": [("labels", "kw", None)],
+    "update_workspace": [("workspace_id", "pos", REQ), ("name", "kw", None), ("labels", "kw", None), ("clear_labels", "kw", None)],
+    "stop_workspace": [("workspace_id", "pos", REQ)],
+    "start_workspace": [("workspace_id", "pos", REQ)],
     "push_workspace_sync": [
         ("workspace_id", "pos", REQ),
         ("source_path", "pos", REQ),
@@ -119,6 +125,8 @@ CONTRACT: dict[str, list[tuple[str, str, Any]]] = {
         ("shell_id", "pos", REQ),
         ("cursor", "kw", 0),
         ("max_chars", "kw", 65536),
+        ("plain", "kw", False),
+        ("wait_for_idle_ms", "kw", None),
     ],
     "write_shell": [
         ("workspace_id", "pos", REQ),
@@ -157,7 +165,8 @@ class ContractTest(unittest.TestCase):
         ]:
             self.assertTrue(hasattr(pyro_mcp, name), name)
             self.assertIn(name, pyro_mcp.__all__)
-        self.assertEqual(list(inspect.signature(create_server).parameters), ["pyro_bin"])
+        self.assertEqual(list(inspect.signature(create_server).parameters), ["pyro_bin", "profile"])
+        self.assertIsNone(inspect.signature(create_server).parameters["profile"].default)
         self.assertIsNone(inspect.signature(create_server).parameters["pyro_bin"].default)
         sig = inspect.signature(Pyro)
         self.assertEqual([(p.name, p.default) for p in sig.parameters.values()],
@@ -402,6 +411,23 @@ class MappingTest(unittest.TestCase):
         self.check(lambda: p.signal_shell("w1", "s1", signal_name="TERM"),
                    ["workspace", "shell", "signal", "--json", "w1", "s1", "--signal=TERM"])
         self.check(lambda: p.close_shell("w1", "s1"), ["workspace", "shell", "close", "--json", "w1", "s1"])
+        self.check(lambda: p.read_shell("w1", "s1", plain=True, wait_for_idle_ms=300),
+                   ["workspace", "shell", "read", "--json", "w1", "s1", "--cursor=0", "--max-chars=65536", "--plain",
+                    "--wait-for-idle-ms=300"])
+
+    def test_names_and_stop_start(self) -> None:
+        p = self.pyro
+        self.check(lambda: p.create_workspace(name="api", labels={"team": "infra", "stage": "a=b"}),
+                   ["workspace", "create", "--json", "debian:12", "--vcpu-count=1", "--mem-mib=1024", "--name=api",
+                    "--label=team=infra", "--label=stage=a=b"])
+        self.check(lambda: p.list_workspaces(), ["workspace", "list", "--json"])
+        self.check(lambda: p.list_workspaces(labels={"team": "infra"}), ["workspace", "list", "--json", "--label=team=infra"])
+        self.check(lambda: p.update_workspace("w1", name="web", labels={"k": "v"}, clear_labels=["old"]),
+                   ["workspace", "update", "--json", "w1", "--name=web", "--label=k=v", "--clear-label=old"])
+        self.check(lambda: p.stop_workspace("api"), ["workspace", "stop", "--json", "api"])
+        self.check(lambda: p.start_workspace("api"), ["workspace", "start", "--json", "api"])
+        with self.assertRaises(TypeError):
+            p.list_workspaces(labels=["team=infra"])  # type: ignore[arg-type]
 
     def test_result_with_nonzero_exit_is_a_result(self) -> None:
         self.fake.set(stdout=json.dumps({"exit_code": 3, "stdout": "hi\n"}), exit_code=3)
@@ -455,6 +481,12 @@ class LookupTest(unittest.TestCase):
                          [self.fake.path, "mcp", "serve"])
         with self.assertRaises(ValueError):
             create_server(self.fake.path).argv("sse")
+        for profile in ("vm-run", "workspace-core", "workspace-full"):
+            self.assertEqual(create_server(self.fake.path, profile=profile).argv(),
+                             [self.fake.path, "mcp", "serve", f"--profile={profile}"])
+            self.assertEqual(Pyro(pyro_bin=self.fake.path).create_server(profile).argv()[-1], f"--profile={profile}")
+        with self.assertRaises(ValueError):
+            create_server(self.fake.path, profile="everything")
 
 
 class ErrorMappingTest(unittest.TestCase):
