@@ -35,6 +35,10 @@ type Snapshot struct {
 	Bytes     int64     `json:"bytes"`
 	SHA256    string    `json:"sha256"`
 	Implicit  bool      `json:"implicit"` // the baseline
+	// Format is how the snapshot is stored: "" (a tar of /workspace),
+	// "upper" (a copy of a layered workspace's upper layer) or "base"
+	// (a layered workspace's baseline image).
+	Format string `json:"format,omitempty"`
 }
 
 // snapshotFrom, historyFrom and the Readiness pair are plain conversions:

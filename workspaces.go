@@ -162,6 +162,18 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 		if err := workspace.CreateDisk(ctx, rec.WorkspaceDisk, workspace.DiskBytes()); err != nil {
 			return err
 		}
+		// Layered unless host-compat may run it (that backend mounts one
+		// disk): the seed becomes the baseline image here, on the host.
+		if !opts.AllowHostCompat {
+			var src io.Reader
+			if source != nil {
+				src = source
+			}
+			if err := buildBase(ctx, dir, rec, src, &seed); err != nil {
+				return err
+			}
+			source = nil
+		}
 		if err := saveSecrets(dir, secretValues); err != nil {
 			return err
 		}
@@ -199,7 +211,11 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 			return ws, err
 		}
 	}
-	if _, err := c.snapshot(ctx, dir, agent, workspace.Baseline); err != nil {
+	if layered(rec) {
+		if _, err := snapshotsOf(dir).SaveBase(rec.WorkspaceBase); err != nil {
+			return ws, fmt.Errorf("record baseline: %w", err)
+		}
+	} else if _, err := c.snapshot(ctx, dir, agent, workspace.Baseline); err != nil {
 		return ws, fmt.Errorf("record baseline: %w", err)
 	}
 	if err := instance.DoneCreating(dir); err != nil {
@@ -418,6 +434,25 @@ func (c *Client) DiffWorkspace(ctx context.Context, id string) (WorkspaceDiff, e
 		return WorkspaceDiff{}, err
 	}
 	id = rec.ID
+	// No honest file is larger than the disk it lives on.
+	var maxEntry int64
+	if fi, err := os.Stat(rec.WorkspaceDisk); err == nil {
+		maxEntry = fi.Size()
+	}
+	red := instance.Redactor(dir)
+	if layered(rec) {
+		agent, err := c.workspaceAgent(ctx, dir, rec)
+		if err != nil {
+			return WorkspaceDiff{}, err
+		}
+		defer agent.Close()
+		d, err := diffLayered(ctx, dir, agent, workspace.DiffOptions{MaxEntryBytes: maxEntry})
+		if err != nil {
+			return WorkspaceDiff{}, red.Error(fmt.Errorf("diff /workspace: %w", err))
+		}
+		d.Redact(red)
+		return diffFrom(id, d), nil
+	}
 	base, err := snapshotsOf(dir).Open(workspace.Baseline)
 	if err != nil {
 		return WorkspaceDiff{}, err
@@ -433,12 +468,6 @@ func (c *Client) DiffWorkspace(ctx context.Context, id string) (WorkspaceDiff, e
 		return WorkspaceDiff{}, err
 	}
 	defer cur.Close()
-	// No honest file is larger than the disk it lives on.
-	var maxEntry int64
-	if fi, err := os.Stat(rec.WorkspaceDisk); err == nil {
-		maxEntry = fi.Size()
-	}
-	red := instance.Redactor(dir)
 	d, err := workspace.Diff(base, cur, workspace.DiffOptions{MaxEntryBytes: maxEntry})
 	if err != nil {
 		return WorkspaceDiff{}, red.Error(fmt.Errorf("diff /workspace: %w", err))
@@ -468,7 +497,12 @@ func (c *Client) CreateSnapshot(ctx context.Context, id, name string) (Snapshot,
 		return Snapshot{}, err
 	}
 	defer agent.Close()
-	snap, err := c.snapshot(ctx, dir, agent, name)
+	var snap Snapshot
+	if layered(rec) {
+		snap, err = c.snapshotLayer(ctx, dir, rec, agent, name)
+	} else {
+		snap, err = c.snapshot(ctx, dir, agent, name)
+	}
 	if err == nil {
 		c.recordEvent(dir, workspace.Event{Kind: workspace.EventSnapshotCreate, Path: name})
 	}
@@ -516,6 +550,9 @@ func (c *Client) ResetWorkspace(ctx context.Context, id, snapshot string) (Works
 	id = rec.ID
 	if snapshot == "" {
 		snapshot = workspace.Baseline
+	}
+	if layered(rec) {
+		return c.resetLayered(ctx, dir, rec, snapshot)
 	}
 	data, err := snapshotsOf(dir).Open(snapshot)
 	if err != nil {

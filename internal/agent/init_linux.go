@@ -23,8 +23,11 @@ const (
 	modulesOrder = "/pyro/modules.order"
 	rootDisk     = "/dev/vda"
 	// WorkspaceDisk is the optional second disk: the persistent /workspace
-	// (ext4, made by the host with mke2fs, possibly empty).
+	// (ext4, made by the host with mke2fs, possibly empty); in a layered
+	// workspace it is the writable upper disk.
 	WorkspaceDisk = "/dev/vdb"
+	// WorkspaceBaseDisk is a layered workspace's baseline (third disk).
+	WorkspaceBaseDisk = "/dev/vdc"
 	// WorkspaceDir is where WorkspaceDisk is mounted; without the disk it
 	// is a plain directory of the overlay root.
 	WorkspaceDir = "/workspace"
@@ -44,6 +47,9 @@ type bootConfig struct {
 	// the boot if it does not appear. Without it, /dev/vdb is mounted if
 	// present when the root is ready.
 	workspace bool
+	// pyro.workspace=2: /workspace is layered (see layers.go): the
+	// baseline disk under the upper disk, as an overlay.
+	layered bool
 }
 
 func parseCmdline(s string) bootConfig {
@@ -62,7 +68,8 @@ func parseCmdline(s string) bootConfig {
 		case "pyro.debug":
 			c.debug = v == "1"
 		case "pyro.workspace":
-			c.workspace = v == "1"
+			c.workspace = v == "1" || v == "2"
+			c.layered = v == "2"
 		}
 	}
 	return c
@@ -95,6 +102,11 @@ func Init() {
 	}
 	prefetch()
 	if err := setupSystem(cfg); err != nil {
+		fatal(err)
+	}
+	// After setupSystem: a layered workspace's disks are mounted under
+	// /run, which setupSystem makes a fresh tmpfs.
+	if err := mountWorkspace(cfg); err != nil {
 		fatal(err)
 	}
 	// Without it the guest still works, with no limits on user work.
@@ -168,28 +180,38 @@ func setupRoot() (bootConfig, error) {
 	if err := switchRoot(); err != nil {
 		return cfg, err
 	}
-	return cfg, mountWorkspace(cfg.workspace)
+	return cfg, nil
 }
 
 // mountWorkspace creates /workspace in the new root and mounts the
-// workspace disk on it (ext4, read-write) if there is one. With wait, the
-// disk must appear within diskWait.
-func mountWorkspace(wait bool) error {
+// workspace disk on it (ext4, read-write) if there is one. With
+// cfg.workspace, the disk must appear within diskWait; with cfg.layered,
+// the baseline disk too, and /workspace is their overlay.
+func mountWorkspace(cfg bootConfig) error {
 	if err := os.MkdirAll(WorkspaceDir, 0o755); err != nil {
 		return fmt.Errorf("create %s: %w", WorkspaceDir, err)
 	}
+	disks := []string{WorkspaceDisk}
+	if cfg.layered {
+		disks = append(disks, WorkspaceBaseDisk)
+	}
 	deadline := time.Now().Add(diskWait)
-	for {
-		if _, err := os.Stat(WorkspaceDisk); err == nil {
-			break
+	for _, disk := range disks {
+		for {
+			if _, err := os.Stat(disk); err == nil {
+				break
+			}
+			if !cfg.workspace {
+				return nil
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("workspace disk %s did not appear within %s", disk, diskWait)
+			}
+			time.Sleep(2 * time.Millisecond)
 		}
-		if !wait {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("workspace disk %s did not appear within %s", WorkspaceDisk, diskWait)
-		}
-		time.Sleep(2 * time.Millisecond)
+	}
+	if cfg.layered {
+		return mountLayers(WorkspaceBaseDisk, WorkspaceDisk, WorkspaceDir)
 	}
 	if err := unix.Mount(WorkspaceDisk, WorkspaceDir, "ext4", unix.MS_NOATIME|unix.MS_NODEV, ""); err != nil {
 		return fmt.Errorf("mount workspace disk %s on %s: %w", WorkspaceDisk, WorkspaceDir, err)

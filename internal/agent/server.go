@@ -51,6 +51,10 @@ type Options struct {
 	// the default cwd of services and shells when it exists; empty means
 	// WorkspaceDir.
 	WorkspaceDir string
+	// LayerLowerDir and LayerUpperMount are where a layered /workspace's
+	// baseline and upper disk are mounted; empty means the guest's
+	// LayerLowerDir and LayerUpperMount.
+	LayerLowerDir, LayerUpperMount string
 	// Env is the environment every command starts from; nil means
 	// DefaultEnv().
 	Env map[string]string
@@ -88,6 +92,7 @@ type Agent struct {
 	services     *serviceManager
 	shells       *shellManager
 	handler      http.Handler
+	layers       *layers
 }
 
 // New builds an agent from opts.
@@ -104,6 +109,13 @@ func New(opts Options) *Agent {
 	}
 	if a.opts.SecretsDir == "" {
 		a.opts.SecretsDir = agentapi.SecretsDir
+	}
+	a.layers = &layers{lower: opts.LayerLowerDir, upperMount: opts.LayerUpperMount}
+	if a.layers.lower == "" {
+		a.layers.lower = LayerLowerDir
+	}
+	if a.layers.upperMount == "" {
+		a.layers.upperMount = LayerUpperMount
 	}
 	a.secrets = &secretStore{}
 	a.user = newUserCgroup(opts.UserCgroup)
@@ -165,6 +177,9 @@ func (s *Agent) routes() http.Handler {
 	mux.HandleFunc("POST "+agentapi.PathFilesPush, s.handleFilesPush)
 	mux.HandleFunc("GET "+agentapi.PathFilesPull, s.handleFilesPull)
 	s.fileOpRoutes(mux)
+	mux.HandleFunc("GET "+agentapi.PathLayerChanges, s.handleLayerChanges)
+	mux.HandleFunc("POST "+agentapi.PathLayerFreeze, s.handleLayerFreeze)
+	mux.HandleFunc("POST "+agentapi.PathLayerThaw, s.handleLayerThaw)
 	return mux
 }
 

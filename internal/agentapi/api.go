@@ -152,6 +152,12 @@ const (
 	// Files: see the package doc.
 	PathFilesPush = "/v1/files/push"
 	PathFilesPull = "/v1/files/pull"
+	// A layered /workspace: the entries its upper layer changed (GET,
+	// ?side=SideLower|SideMerged, a tar), and the upper disk's freeze and
+	// thaw (POST, freeze takes ?ms=N, the longest it may last).
+	PathLayerChanges = "/v1/layers/changes"
+	PathLayerFreeze  = "/v1/layers/freeze"
+	PathLayerThaw    = "/v1/layers/thaw"
 
 	// Services: PathServices (GET list, POST start), PathServices+"/NAME"
 	// (GET), +"/NAME/logs" (GET), +"/NAME/stop" (POST).

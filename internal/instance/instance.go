@@ -88,6 +88,9 @@ type Record struct {
 	// (`pyro workspace stop`): commands then refuse instead of booting it
 	// again, until it is started explicitly. A crash never sets it.
 	Stopped bool `json:"stopped,omitempty"`
+	// WorkspaceBase, when set, is a layered workspace's baseline image
+	// (read-only; WorkspaceDisk is then the writable upper layer).
+	WorkspaceBase string `json:"workspace_base,omitempty"`
 	// Extra holds kind-specific metadata (workspace seed, resets, secrets
 	// names) that the supervisor does not interpret.
 	Extra json.RawMessage `json:"extra,omitempty"`

@@ -211,6 +211,7 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 		ID: rec.ID, Dir: d, Environment: rec.Environment, VCPUs: rec.VCPUCount, MemMiB: rec.MemMiB,
 		Network: rec.Network, AllowHostCompat: rec.AllowHostCompat, WorkspaceDisk: rec.WorkspaceDisk,
 		NetworkPolicy: rec.Policy(),
+		WorkspaceBase: rec.WorkspaceBase,
 	})
 	cancelBoot()
 	if err != nil {

@@ -56,6 +56,9 @@ type Config struct {
 	// WorkspaceDisk is an ext4 image attached read-write as the guest's
 	// /workspace (second disk); empty for none.
 	WorkspaceDisk string
+	// WorkspaceBase is a layered workspace's read-only baseline image
+	// (third disk): /workspace is then its overlay with WorkspaceDisk.
+	WorkspaceBase string
 	// BootTimeout bounds the wait for the guest agent (default 90 s: TCG
 	// guests on a busy 2-core host can take several seconds).
 	BootTimeout time.Duration
@@ -297,7 +300,7 @@ func (v *VM) spec(c Config) vmm.Spec {
 		ID: v.ID, Dir: v.Dir,
 		Kernel: v.Environment.KernelPath(), Initrd: v.initrd, RootDisk: v.Environment.RootfsPath(),
 		VCPUs: c.VCPUs, MemMiB: c.MemMiB, Network: c.Network,
-		WorkspaceDisk: c.WorkspaceDisk, MAC: MAC(v.ID), NetworkFile: v.netFile,
+		WorkspaceDisk: c.WorkspaceDisk, WorkspaceBase: c.WorkspaceBase, MAC: MAC(v.ID), NetworkFile: v.netFile,
 		Cmdline: GuestCmdline(c), Transport: vmm.TransportVirtioSerial,
 	}
 }
@@ -310,7 +313,10 @@ func GuestCmdline(c Config) []string {
 	if c.Network {
 		words = append(words, "pyro.net=1")
 	}
-	if c.WorkspaceDisk != "" {
+	switch {
+	case c.WorkspaceDisk != "" && c.WorkspaceBase != "":
+		words = append(words, "pyro.workspace=2") // layered: both disks, overlaid
+	case c.WorkspaceDisk != "":
 		words = append(words, "pyro.workspace=1") // init waits for the second disk
 	}
 	return words

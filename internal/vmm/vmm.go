@@ -34,6 +34,10 @@ type Spec struct {
 	// WorkspaceDisk is an ext4 image attached read-write after the root
 	// disk (the guest's /dev/vdb, mounted at /workspace); empty for none.
 	WorkspaceDisk string
+	// WorkspaceBase is a layered workspace's baseline ext4 image, attached
+	// read-only after WorkspaceDisk (/dev/vdc); the guest overlays
+	// WorkspaceDisk on it at /workspace. Empty for none.
+	WorkspaceBase string
 	// Cmdline is the guest kernel command line chosen above the backend
 	// (generic words and pyro.* options for the guest init); a backend
 	// adds only what its machine needs (its console device, clock hints).

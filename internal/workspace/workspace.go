@@ -147,6 +147,9 @@ type Snapshot struct {
 	Bytes     int64     `json:"bytes"`
 	SHA256    string    `json:"sha256"`
 	Implicit  bool      `json:"implicit"` // the baseline
+	// Format says how the data is stored (FormatTar, FormatUpper,
+	// FormatBase; see layers.go).
+	Format string `json:"format,omitempty"`
 }
 
 // Snapshots stores snapshots as <dir>/<name>.tar with a <name>.json sidecar.
@@ -168,7 +171,8 @@ func checkName(name string) error {
 // it was looked up by: a tampered or truncated record is refused, never
 // trusted (its digest is sliced and compared later).
 func checkRecord(name string, snap Snapshot) error {
-	if snap.Name != name || !isSHA256(snap.SHA256) || snap.Bytes < 0 || snap.Implicit != (name == Baseline) {
+	okFormat := snap.Format == FormatTar || snap.Format == FormatUpper && name != Baseline || snap.Format == FormatBase && name == Baseline
+	if snap.Name != name || !isSHA256(snap.SHA256) || snap.Bytes < 0 || snap.Implicit != (name == Baseline) || !okFormat {
 		return errdefs.New(errdefs.ErrFailedPrecondition, "delete it, or restore another snapshot", "snapshot %q has a damaged record", name)
 	}
 	return nil
@@ -325,10 +329,17 @@ func (s Snapshots) Delete(name string) error {
 	if _, err := s.Get(name); errors.Is(err, errdefs.ErrNotFound) {
 		return err
 	}
-	if err := os.Remove(s.tarPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	// The record goes first: a crash between the two leaves data no
+	// record names (invisible), never a record without its data.
+	if err := os.Remove(s.metaPath(name)); err != nil {
 		return err
 	}
-	return os.Remove(s.metaPath(name))
+	for _, p := range []string{s.tarPath(name), s.imgPath(name)} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }
 
 // HistoryEntry is one command run in a workspace.

@@ -64,12 +64,14 @@ const (
 	fdQMP
 	fdWorkspace   // only when the spec has a workspace disk: read-write
 	fdWorkspaceRO // and read-only, for QEMU's first (auto-read-only) open
+	fdBase        // only with a layered workspace: its baseline, read-only
 )
 
 // fdset ids for the disks (-add-fd set=N, file=/dev/fdset/N).
 const (
 	fdsetRoot      = 1
 	fdsetWorkspace = 2
+	fdsetBase      = 3
 )
 
 // Env is QEMU's whole environment: enough to run, nothing of the caller's.
@@ -220,6 +222,12 @@ func (b *Backend) Args(spec vmm.Spec) []string {
 			"-add-fd", fmt.Sprintf("fd=%d,set=%d", fdWorkspaceRO, fdsetWorkspace),
 			"-drive", fmt.Sprintf("id=workspace,file=/dev/fdset/%d,format=raw,if=none,cache=writeback,discard=unmap", fdsetWorkspace),
 			"-device", "virtio-blk-device,drive=workspace")
+		if spec.WorkspaceBase != "" {
+			args = append(args,
+				"-add-fd", fmt.Sprintf("fd=%d,set=%d", fdBase, fdsetBase),
+				"-drive", fmt.Sprintf("id=wsbase,file=/dev/fdset/%d,format=raw,if=none,readonly=on", fdsetBase),
+				"-device", "virtio-blk-device,drive=wsbase")
+		}
 	}
 	if spec.Network {
 		nic := "virtio-net-device,netdev=net0"
@@ -311,6 +319,15 @@ func (b *Backend) Command(spec vmm.Spec, console io.Writer) (cmd *exec.Cmd, clea
 		}
 		if err = open(disk, os.O_RDONLY); err != nil {
 			return nil, nil, err
+		}
+		if spec.WorkspaceBase != "" {
+			base := spec.WorkspaceBase
+			if !filepath.IsAbs(base) {
+				base = spec.Dir.Path(base)
+			}
+			if err = open(base, os.O_RDONLY); err != nil {
+				return nil, nil, err
+			}
 		}
 	}
 	extra := files

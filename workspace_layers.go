@@ -1,0 +1,141 @@
+package pyro
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/hostres"
+	"github.com/pyro-mcp/pyro/internal/instance"
+	"github.com/pyro-mcp/pyro/internal/lifecycle"
+	"github.com/pyro-mcp/pyro/internal/vmdir"
+	"github.com/pyro-mcp/pyro/internal/workspace"
+)
+
+// Layered workspaces (see internal/workspace/layers.go): /workspace is the
+// guest's overlay of a baseline image built on the host and an upper layer
+// image the guest writes. Seeding is mke2fs -d on the host, a diff reads
+// only the upper layer's entries, a reset to the baseline is an empty upper
+// layer, and a snapshot copies the upper layer while the guest holds it
+// frozen. Host-compat workspaces keep the single-disk layout: that backend
+// mounts /workspace itself.
+
+// layered reports whether a workspace keeps /workspace as layers.
+func layered(rec instance.Record) bool { return rec.WorkspaceBase != "" && rec.WorkspaceDisk != "" }
+
+// freezeFor bounds a freeze of the guest's upper layer should the host die
+// before it thaws it: writes to /workspace block meanwhile.
+const freezeFor = 60 * time.Second
+
+// buildBase makes a new workspace's baseline image from the seed (nil:
+// empty) and records it in rec.
+func buildBase(ctx context.Context, dir vmdir.Dir, rec *instance.Record, source io.Reader, seed *workspace.Seed) error {
+	rec.WorkspaceBase = dir.Path(workspace.BaseFile)
+	st, err := workspace.BuildBase(ctx, rec.WorkspaceBase, source, workspace.DiskBytes())
+	if err != nil {
+		return fmt.Errorf("seed /workspace: %w", err)
+	}
+	seed.FileCount, seed.Bytes = st.Files, st.Bytes
+	return nil
+}
+
+// snapshotLayer stores the current upper layer as snapshot name: the guest
+// freezes it (flushed, writers held), the host copies its image, the guest
+// thaws it.
+func (c *Client) snapshotLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, agent *agentapi.Client, name string) (Snapshot, error) {
+	if err := agent.FreezeLayer(ctx, freezeFor); err != nil {
+		return Snapshot{}, fmt.Errorf("freeze /workspace: %w", err)
+	}
+	defer func() { _ = agent.ThawLayer(context.WithoutCancel(ctx)) }()
+	snap, err := snapshotsOf(dir).SaveUpper(name, rec.WorkspaceDisk)
+	return snapshotFrom(snap), err
+}
+
+// diffLayered compares /workspace with its baseline reading only the
+// entries the upper layer changed, from both sides, under the same bounds
+// as a whole-tree diff.
+func diffLayered(ctx context.Context, dir vmdir.Dir, agent *agentapi.Client, opts workspace.DiffOptions) (workspace.DiffResult, error) {
+	lower, err := agent.LayerChanges(ctx, agentapi.SideLower)
+	if err != nil {
+		return workspace.DiffResult{}, err
+	}
+	defer lower.Close()
+	// The baseline side is read twice by Diff: it waits in a private
+	// temporary file, capped like a snapshot.
+	tmp, err := os.CreateTemp(string(dir), ".diff-base-*")
+	if err != nil {
+		return workspace.DiffResult{}, err
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	lim := hostres.Load()
+	if _, err := io.Copy(tmp, hostres.CapReader(lower, lim.SnapshotBytes, "diff baseline", hostres.SnapshotBytesEnv)); err != nil {
+		return workspace.DiffResult{}, err
+	}
+	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+		return workspace.DiffResult{}, err
+	}
+	cur, err := agent.LayerChanges(ctx, agentapi.SideMerged)
+	if err != nil {
+		return workspace.DiffResult{}, err
+	}
+	defer cur.Close()
+	return workspace.Diff(tmp, hostres.CapReader(cur, lim.SnapshotBytes, "diff", hostres.SnapshotBytesEnv), opts)
+}
+
+// freshLayer replaces the upper layer for a reset: empty for the baseline,
+// else a copy of the verified snapshot image.
+func freshLayer(ctx context.Context, rec instance.Record, image string) error {
+	if image == "" {
+		return workspace.CreateDisk(ctx, rec.WorkspaceDisk, workspace.DiskBytes())
+	}
+	_, _, err := workspace.CopyImage(image, rec.WorkspaceDisk, 0, "snapshot", "")
+	return err
+}
+
+// resetLayered recreates the sandbox with the upper layer of snapshot: an
+// empty one for the baseline. The snapshot is verified before anything is
+// destroyed; no /workspace byte goes through the guest.
+func (c *Client) resetLayered(ctx context.Context, dir vmdir.Dir, rec instance.Record, snapshot string) (Workspace, error) {
+	image, err := snapshotsOf(dir).VerifyLayered(snapshot, rec.WorkspaceBase)
+	if err != nil {
+		return Workspace{}, err
+	}
+	err = c.lc.Reset(ctx, dir, rec, lifecycle.ResetSteps{
+		Fresh: func(ctx context.Context) error {
+			if err := freshLayer(ctx, rec, image); err != nil {
+				return err
+			}
+			return clearHistory(dir)
+		},
+		Restore: func(_ context.Context, _ *agentapi.Client, r *instance.Record) error {
+			countReset(r)
+			return nil
+		},
+	})
+	if err != nil {
+		return Workspace{}, err
+	}
+	return c.StatusWorkspace(ctx, rec.ID)
+}
+
+// clearHistory removes the command history (a reset clears it).
+func clearHistory(dir vmdir.Dir) error {
+	if err := os.Remove(dir.Path(workspace.HistoryFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// countReset records one more reset in r.
+func countReset(r *instance.Record) {
+	m := metaOf(*r)
+	m.ResetCount++
+	now := time.Now().UTC()
+	m.LastResetAt = &now
+	setMeta(r, m)
+}
