@@ -100,12 +100,12 @@ func freshLayer(ctx context.Context, rec instance.Record, image string) error {
 // resetLayered recreates the sandbox with the upper layer of snapshot: an
 // empty one for the baseline. The snapshot is verified before anything is
 // destroyed; no /workspace byte goes through the guest.
-func (c *Client) resetLayered(ctx context.Context, dir vmdir.Dir, rec instance.Record, snapshot string) (Workspace, error) {
+func (c *Client) resetLayered(ctx context.Context, dir vmdir.Dir, rec instance.Record, snapshot string) error {
 	image, err := snapshotsOf(dir).VerifyLayered(snapshot, rec.WorkspaceBase)
 	if err != nil {
-		return Workspace{}, err
+		return err
 	}
-	err = c.lc.Reset(ctx, dir, rec, lifecycle.ResetSteps{
+	return c.lc.Reset(ctx, dir, rec, lifecycle.ResetSteps{
 		Fresh: func(ctx context.Context) error {
 			if err := freshLayer(ctx, rec, image); err != nil {
 				return err
@@ -117,10 +117,6 @@ func (c *Client) resetLayered(ctx context.Context, dir vmdir.Dir, rec instance.R
 			return nil
 		},
 	})
-	if err != nil {
-		return Workspace{}, err
-	}
-	return c.StatusWorkspace(ctx, rec.ID)
 }
 
 // clearHistory removes the command history (a reset clears it).

@@ -552,7 +552,11 @@ func (c *Client) ResetWorkspace(ctx context.Context, id, snapshot string) (Works
 		snapshot = workspace.Baseline
 	}
 	if layered(rec) {
-		return c.resetLayered(ctx, dir, rec, snapshot)
+		if err := c.resetLayered(ctx, dir, rec, snapshot); err != nil {
+			return Workspace{}, err
+		}
+		c.recordEvent(dir, workspace.Event{Kind: workspace.EventReset, Path: snapshot})
+		return c.StatusWorkspace(ctx, id)
 	}
 	data, err := snapshotsOf(dir).Open(snapshot)
 	if err != nil {
