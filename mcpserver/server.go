@@ -88,6 +88,7 @@ How to choose:
 - Secrets: pass them once to workspace_create (secrets), then expose them per call with secret_env; never put secret values in command strings.
 - Host paths (seed_path, source_path, a secret's file_path, output_path) must lie beneath the client's roots or the directories the server was started with.
 - A command that exits non-zero is a normal result: read exit_code and stderr. A tool error (isError) means the call itself could not be done; its text starts with the category (not_found, invalid_argument, failed_precondition, already_exists, unavailable, internal) and ends with a hint.
+- Each result comes twice, in two forms for two readers: the text is a compact rendering for you (exit code first, then stdout and stderr, no JSON quoting or escaping), and structuredContent holds the same data as typed JSON fields for programs. They differ in form only; read the text, and nothing is lost.
 - vm_create/vm_start/vm_exec are lower-level lifecycle tools; prefer vm_run. Use vm_list_environments to see which environments are installed.
 
 ` + fmt.Sprintf("Defaults: environment %s, vcpu_count %d, mem_mib %d, timeout_seconds %d, network %v, allow_host_compat %v.",

@@ -195,7 +195,7 @@ func TestMCPToolsMatchContract(t *testing.T) {
 func TestMCPInstructions(t *testing.T) {
 	cs := connect(t)
 	ins := cs.InitializeResult().Instructions
-	for _, w := range []string{"vm_run", "workspace_create", "workspace_delete", "secret_env", pyro.DefaultEnvironment} {
+	for _, w := range []string{"vm_run", "workspace_create", "workspace_delete", "secret_env", pyro.DefaultEnvironment, "structuredContent"} {
 		if !strings.Contains(ins, w) {
 			t.Errorf("instructions do not mention %s", w)
 		}

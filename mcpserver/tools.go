@@ -279,7 +279,14 @@ func addTool[In, Out any](s *mcp.Server, e *env, t tool, h handler[In, Out]) {
 	if err := constrain(schema); err != nil {
 		panic(fmt.Sprintf("tool %s: %v", t.name, err))
 	}
-	mt := &mcp.Tool{Name: t.name, Title: t.title, Description: t.description, InputSchema: schema, Annotations: t.hints.annotations(t.title)}
+	outSchema, err := jsonschema.For[Out](nil)
+	if err != nil {
+		panic(fmt.Sprintf("tool %s: %v", t.name, err))
+	}
+	nullables(schema, false)
+	nullables(outSchema, true)
+	mt := &mcp.Tool{Name: t.name, Title: t.title, Description: t.description, InputSchema: schema, OutputSchema: outSchema,
+		Annotations: t.hints.annotations(t.title)}
 	mcp.AddTool(s, mt, func(ctx context.Context, req *mcp.CallToolRequest, in In) (res *mcp.CallToolResult, out Out, err error) {
 		defer func() {
 			if v := recover(); v != nil {
