@@ -18,6 +18,11 @@ type Environment struct {
 	Path        string               `json:"path,omitempty"`
 	SizeBytes   int64                `json:"size_bytes"`
 	Manifest    *EnvironmentManifest `json:"manifest,omitempty"`
+	// Kind is "catalog" or "image" (converted from an OCI image; Name is
+	// then its reference and Digest its manifest digest).
+	Kind       string   `json:"kind"`
+	Digest     string   `json:"digest,omitempty"`
+	References []string `json:"references,omitempty"`
 }
 
 func environmentFrom(st envstore.Status) Environment {
@@ -25,7 +30,7 @@ func environmentFrom(st envstore.Status) Environment {
 		Name: st.Entry.Name, Version: st.Entry.Version, Description: st.Entry.Description,
 		Packages: st.Entry.Packages, Default: st.Entry.Default,
 		Installed: st.Installed, Damaged: st.Damaged, Path: st.Dir, SizeBytes: st.SizeBytes,
-		Manifest: manifestFrom(st.Manifest),
+		Manifest: manifestFrom(st.Manifest), Kind: "catalog",
 	}
 }
 
@@ -39,12 +44,19 @@ func (c *Client) ListEnvironments(ctx context.Context) ([]Environment, error) {
 	for _, st := range sts {
 		out = append(out, environmentFrom(st))
 	}
-	return out, nil
+	imgs, err := c.listImages()
+	if err != nil {
+		return nil, err
+	}
+	return append(out, imgs...), nil
 }
 
 // InspectEnvironment returns one environment's manifest, paths and sizes.
 // An unknown name is ErrNotFound.
 func (c *Client) InspectEnvironment(ctx context.Context, name string) (Environment, error) {
+	if IsImageReference(name) {
+		return c.inspectImage(name)
+	}
 	st, err := c.envs.Inspect(name)
 	if err != nil {
 		return Environment{}, err
@@ -61,6 +73,11 @@ type PullOptions struct {
 	Force bool
 	// Progress, when set, receives progress events.
 	Progress func(PullProgress)
+	// Registry is tried before a local build of a catalog environment
+	// (default $PYRO_REGISTRY): <Registry>/<name>, pushed by
+	// PushEnvironment, digest-checked. When it fails the pull builds
+	// locally and reports a "note" progress event.
+	Registry string
 }
 
 // PullResult says what a pull did.
@@ -75,7 +92,10 @@ type PullResult struct {
 // installed, otherwise a (re)build from Debian packages. It is atomic: a
 // cancelled pull leaves nothing behind.
 func (c *Client) PullEnvironment(ctx context.Context, name string, opts PullOptions) (PullResult, error) {
-	r, err := c.envs.Pull(ctx, name, envstore.PullOptions{Mirror: opts.Mirror, Force: opts.Force, Progress: progressTo(opts.Progress)})
+	if IsImageReference(name) {
+		return c.pullImage(ctx, name, opts)
+	}
+	r, err := c.envs.Pull(ctx, name, envstore.PullOptions{Mirror: opts.Mirror, Force: opts.Force, Progress: progressTo(opts.Progress), Registry: opts.Registry})
 	if err != nil {
 		return PullResult{}, err
 	}
@@ -91,5 +111,9 @@ func (c *Client) PullEnvironment(ctx context.Context, name string, opts PullOpti
 // versions of catalog environments stay.
 func (c *Client) PruneEnvironments(ctx context.Context) (PruneResult, error) {
 	r, err := c.envs.Prune(ctx)
-	return pruneFrom(r), err
+	out := pruneFrom(r)
+	if err != nil {
+		return out, err
+	}
+	return out, c.pruneImages(ctx, &out)
 }

@@ -48,6 +48,9 @@ type Client struct {
 	logger *slog.Logger
 	binary string
 	lc     *lifecycle.Manager
+	// noImagePulls: image environments must already be cached (see
+	// DisableImagePulls).
+	noImagePulls bool
 }
 
 // New returns a Client.
@@ -72,7 +75,7 @@ func New(opts Options) (*Client, error) {
 	}
 	c.lc = lifecycle.New(lifecycle.Config{
 		Dirs: dirs, Logger: logger, Binary: c.agentBinary,
-		CheckEnvironment: func(name string) error { _, err := c.envs.Get(name); return err },
+		CheckEnvironment: func(name string) error { _, err := c.envs.Resolve(name, ""); return err },
 		PrepareGuest:     c.prepareGuest,
 	})
 	return c, nil

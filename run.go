@@ -40,6 +40,8 @@ type RunResult struct {
 	// NetworkPolicy and AllowHosts are the policy in force.
 	NetworkPolicy string   `json:"network_policy"`
 	AllowHosts    []string `json:"allow_hosts"`
+	// EnvironmentDigest: see VM.EnvironmentDigest.
+	EnvironmentDigest string `json:"environment_digest,omitempty"`
 	ExecResult
 	BootMS  int64 `json:"boot_ms"`
 	TotalMS int64 `json:"total_ms"`
@@ -85,6 +87,9 @@ func (c *Client) RunInVM(ctx context.Context, opts RunOptions) (RunResult, error
 	if err != nil {
 		return RunResult{}, err
 	}
+	if rec.EnvironmentDigest, err = c.ensureEnvironment(ctx, rec.Environment); err != nil {
+		return RunResult{}, err
+	}
 	// The run's directory names this process as its owner, so that should
 	// this process be killed, the next client's reconcile removes it.
 	dir, end, err := c.lc.BeginRun(ctx, rec)
@@ -99,6 +104,7 @@ func (c *Client) RunInVM(ctx context.Context, opts RunOptions) (RunResult, error
 	machine, err := vm.Boot(ctx, vm.Deps{Dirs: c.dirs, Envs: c.envs, Logger: c.logger, AgentBinary: bin}, vm.Config{
 		ID: rec.ID, Dir: dir, Environment: opts.Environment, VCPUs: opts.VCPUCount, MemMiB: opts.MemMiB,
 		Network: rec.Network, NetworkPolicy: rec.Policy(), AllowHostCompat: opts.AllowHostCompat,
+		EnvironmentDigest: rec.EnvironmentDigest,
 	})
 	if err != nil {
 		return RunResult{}, err
@@ -120,7 +126,7 @@ func (c *Client) RunInVM(ctx context.Context, opts RunOptions) (RunResult, error
 		return RunResult{}, err
 	}
 	out := RunResult{
-		VMID: machine.ID, Environment: opts.Environment,
+		VMID: machine.ID, Environment: opts.Environment, EnvironmentDigest: rec.EnvironmentDigest,
 		Backend: machine.Backend, Acceleration: machine.Features.Acceleration, Isolation: machine.Features.Isolation,
 		VCPUCount: opts.VCPUCount, MemMiB: opts.MemMiB, Network: rec.Network,
 		ExecResult: execResultFrom(res),

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
-	"github.com/pyro-mcp/pyro/internal/catalog"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/instance"
 	"github.com/pyro-mcp/pyro/internal/lifecycle"
@@ -68,6 +67,10 @@ type VM struct {
 	BootMS          int64      `json:"boot_ms,omitempty"`
 	SupervisorPID   int        `json:"supervisor_pid,omitempty"`
 	VMMPID          int        `json:"vmm_pid,omitempty"`
+
+	// EnvironmentDigest is the image manifest digest of an image
+	// environment, the catalog environment's manifest digest otherwise.
+	EnvironmentDigest string `json:"environment_digest,omitempty"`
 }
 
 // ExecOptions describe one command: the one shape for RunInVM (embedded
@@ -175,7 +178,7 @@ func applyMachineDefaults(environment *string, vcpus, memMiB *int) {
 
 // newRecord validates options and builds a record of the given kind.
 func newRecord(kind string, o CreateVMOptions) (instance.Record, error) {
-	if _, err := catalog.Lookup(o.Environment); err != nil {
+	if err := validateEnvironmentName(o.Environment); err != nil {
 		return instance.Record{}, err
 	}
 	if err := vm.ValidateResources(o.VCPUCount, o.MemMiB); err != nil {
@@ -209,7 +212,7 @@ func (c *Client) CreateVM(ctx context.Context, opts CreateVMOptions) (VM, error)
 		return VM{}, err
 	}
 	// Fail now, not at start, when the environment is missing.
-	if _, err := c.envs.Get(rec.Environment); err != nil {
+	if rec.EnvironmentDigest, err = c.ensureEnvironment(ctx, rec.Environment); err != nil {
 		return VM{}, err
 	}
 	if _, _, err := c.lc.Create(ctx, rec, nil); err != nil {
@@ -227,7 +230,7 @@ func vmFrom(rec instance.Record, st lifecycle.Status) VM {
 	policy, hosts := policyFields(rec)
 	return VM{
 		NetworkPolicy: policy, AllowHosts: hosts,
-		VMID: rec.ID, Environment: rec.Environment, State: st.State, ReasonKind: string(st.Cause), Reason: st.Reason,
+		VMID: rec.ID, Environment: rec.Environment, EnvironmentDigest: rec.EnvironmentDigest, State: st.State, ReasonKind: string(st.Cause), Reason: st.Reason,
 		VCPUCount: rec.VCPUCount, MemMiB: rec.MemMiB, Network: rec.Network, AllowHostCompat: rec.AllowHostCompat,
 		TTLSeconds: rec.TTLSeconds, CreatedAt: rec.CreatedAt, ExpiresAt: rec.ExpiresAt,
 		Backend: st.Backend, Acceleration: st.Acceleration, Isolation: st.Isolation, BootMS: st.BootMS,

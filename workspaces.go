@@ -82,6 +82,9 @@ type Workspace struct {
 	Name           string            `json:"name"`
 	Labels         map[string]string `json:"labels"`
 	LastActivityAt time.Time         `json:"last_activity_at"`
+
+	// EnvironmentDigest: see VM.EnvironmentDigest.
+	EnvironmentDigest string `json:"environment_digest,omitempty"`
 }
 
 // workspaceMeta is the workspace part of the instance record.
@@ -145,7 +148,7 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 		defer source.Close()
 		seed.SourcePath, _ = filepath.Abs(opts.SeedPath)
 	}
-	if _, err := c.envs.Get(rec.Environment); err != nil {
+	if rec.EnvironmentDigest, err = c.ensureEnvironment(ctx, rec.Environment); err != nil {
 		return ws, err
 	}
 	releaseName, err := c.claimName(ctx, opts.Name, opts.Labels)
@@ -255,7 +258,7 @@ func (c *Client) StatusWorkspace(ctx context.Context, id string) (Workspace, err
 	m := metaOf(rec)
 	hist, _ := workspace.ReadHistory(dir.Path(workspace.HistoryFile))
 	ws := Workspace{
-		WorkspaceID: rec.ID, Environment: rec.Environment, State: st.State, ReasonKind: string(st.Cause), Reason: st.Reason,
+		WorkspaceID: rec.ID, Environment: rec.Environment, EnvironmentDigest: rec.EnvironmentDigest, State: st.State, ReasonKind: string(st.Cause), Reason: st.Reason,
 		VCPUCount: rec.VCPUCount, MemMiB: rec.MemMiB, Network: rec.Network, AllowHostCompat: rec.AllowHostCompat,
 		CreatedAt: rec.CreatedAt, WorkspaceSeed: seedFrom(m.Seed), ResetCount: m.ResetCount, LastResetAt: m.LastResetAt,
 		Secrets: m.Secrets, CommandCount: len(hist),

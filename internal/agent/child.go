@@ -43,7 +43,22 @@ func RunChild() {
 	} else {
 		log.Warn("no user cgroup: commands run without pids and memory limits", "dir", UserCgroupDir)
 	}
+	img, err := LoadImageConfig(agentapi.ImageConfigPath, "/")
+	if err != nil {
+		// The image's own settings are lost, not the guest: commands run
+		// as root in / with the default environment.
+		log.Error("image config ignored", "err", err)
+	}
+	if img.Credential != nil && img.Credential.Uid != 0 {
+		// The user's commands must be able to write the workspace.
+		if st, err := os.Stat(WorkspaceDir); err == nil && st.IsDir() {
+			_ = os.Chown(WorkspaceDir, int(img.Credential.Uid), int(img.Credential.Gid))
+		}
+	}
 	a := New(Options{
+		Env:            img.Env,
+		Credential:     img.Credential,
+		DefaultCwd:     img.Cwd,
 		UserCgroup:     userCgroup,
 		Logger:         log,
 		Shutdown:       func() { _ = unix.Kill(1, unix.SIGUSR2) },

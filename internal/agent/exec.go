@@ -52,6 +52,9 @@ func (s *Agent) handleExec(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
+	if req.Cwd == "" {
+		req.Cwd = s.opts.DefaultCwd
+	}
 	p, err := prepare(req, s.env)
 	if err != nil {
 		s.fail(w, errorf(errdefs.ErrInvalidArgument, "%v", err))

@@ -20,6 +20,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -63,6 +64,12 @@ type Options struct {
 	// each in a leaf of its own; empty runs them without one
 	// (host-compat, tests).
 	UserCgroup string
+	// Credential, when set, is the user every command, service and shell
+	// runs as (an OCI image's User); the agent itself stays root.
+	Credential *syscall.Credential
+	// DefaultCwd is the cwd of an exec that names none (an OCI image's
+	// WorkingDir); empty means "/".
+	DefaultCwd string
 }
 
 // DefaultEnv is the environment commands start from unless Options.Env

@@ -378,6 +378,9 @@ func (a *Agent) startIn(cmd *exec.Cmd, kind string) (*leaf, error) {
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
+	if a.opts.Credential != nil {
+		cmd.SysProcAttr.Credential = a.opts.Credential
+	}
 	var fd int = -1
 	if l != nil {
 		fd, err = unix.Open(l.path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)

@@ -18,9 +18,12 @@ func (a *app) envCommand() *cobra.Command {
 		Use:   "env",
 		Short: "List, pull, inspect and prune guest environments",
 		Long: `Environments are a kernel plus a root filesystem image, built locally from
-Debian packages on first pull and cached in $PYRO_HOME/environments.`,
+Debian packages on first pull (or fetched from $PYRO_REGISTRY) and cached in
+$PYRO_HOME/environments. Any OCI image works too: a name with a "/" or "@", or
+oci-archive:PATH / docker-archive:PATH, is an image reference (Docker Hub's
+python is docker.io/library/python:3.12-slim); "debian:12" is a catalog name.`,
 	}
-	env.AddCommand(a.envListCommand(), a.envPullCommand(), a.envInspectCommand(), a.envPruneCommand())
+	env.AddCommand(a.envListCommand(), a.envPullCommand(), a.envInspectCommand(), a.envPruneCommand(), a.envPushCommand())
 	return env
 }
 
@@ -66,12 +69,18 @@ func (a *app) envPullCommand() *cobra.Command {
 	var o pyro.PullOptions
 	cmd := &cobra.Command{
 		Use:   "pull ENVIRONMENT",
-		Short: "Install an environment (build it locally from Debian packages)",
+		Short: "Install an environment (from a registry, a local build, or an OCI image)",
 		Long: `Installs ENVIRONMENT. A second pull of an intact install is a fast no-op; a
 damaged or half-written one is detected and rebuilt. Ctrl-C leaves nothing
-partial behind. The Debian mirror comes from --mirror, $PYRO_DEBIAN_MIRROR or
-the host's apt sources.`,
-		Example: "  pyro env pull debian:12\n  pyro env pull --force debian:12-base",
+partial behind. A catalog environment is fetched from --registry or
+$PYRO_REGISTRY when set (REGISTRY/NAME, pushed by ` + "`pyro env push`" + `, digest-checked),
+else (or when that fails, with a note) built locally; the Debian mirror comes
+from --mirror, $PYRO_DEBIAN_MIRROR or the host's apt sources. An image
+reference (docker.io/library/python:3.12-slim, oci-archive:PATH,
+docker-archive:PATH) is resolved to its linux/amd64 manifest, downloaded and
+converted; the cache is keyed by manifest digest, capped by
+$PYRO_MAX_IMAGE_BYTES (default 8 GiB).`,
+		Example: "  pyro env pull debian:12\n  pyro env pull --force debian:12-base\n  pyro env pull --registry localhost:5000/pyro debian:12\n  pyro env pull docker.io/library/python:3.12-slim",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := a.sdk
@@ -99,6 +108,7 @@ the host's apt sources.`,
 	}
 	cmd.Flags().StringVar(&o.Mirror, "mirror", "", "Debian mirror URL for local builds")
 	cmd.Flags().BoolVar(&o.Force, "force", false, "rebuild even an intact install")
+	cmd.Flags().StringVar(&o.Registry, "registry", "", "fetch catalog environments from REGISTRY/NAME before building locally (default $PYRO_REGISTRY)")
 	return cmd
 }
 
@@ -117,6 +127,12 @@ func newPullProgress(w io.Writer) *pullProgress {
 }
 
 func (p *pullProgress) update(e pyro.PullProgress) {
+	if e.Phase == "note" {
+		p.finish()
+		p.phase = ""
+		fmt.Fprintf(p.w, "pyro: note: %s\n", e.Message)
+		return
+	}
 	if e.Phase != p.phase {
 		p.finish()
 		p.phase = e.Phase

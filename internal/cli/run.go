@@ -25,7 +25,9 @@ Ctrl-C stops the VM and removes its files.`,
   pyro run --vcpu-count 2 --mem-mib 2048 debian:12-build -- make -v
   pyro run --network debian:12 -- curl -sI https://deb.debian.org
   pyro run --network-policy egress --allow-host @pypi debian:12 -- pip download requests
-  pyro run --json --timeout-seconds 5 debian:12-base -- sleep 60`,
+  pyro run --json --timeout-seconds 5 debian:12-base -- sleep 60
+  pyro run docker.io/library/python:3.12-slim -- python3 -V
+  pyro run docker-archive:./img.tar -- id`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			dash := cmd.ArgsLenAtDash()
 			if len(args) == 0 {
@@ -40,6 +42,9 @@ Ctrl-C stops the VM and removes its files.`,
 			c := a.sdk
 			o.Environment, o.Command = args[0], args[1:]
 			a.streamTo(&o.OnOutput)
+			if err := a.pullImageFirst(cmd.Context(), o.Environment); err != nil {
+				return err
+			}
 			res, err := c.RunInVM(cmd.Context(), o)
 			if err != nil {
 				return err

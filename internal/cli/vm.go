@@ -51,6 +51,9 @@ func (a *app) vmCreateCommand() *cobra.Command {
 			if len(args) == 1 {
 				o.Environment = args[0]
 			}
+			if err := a.pullImageFirst(cmd.Context(), o.Environment); err != nil {
+				return err
+			}
 			v, err := c.CreateVM(cmd.Context(), o)
 			if err == nil && start {
 				id := v.VMID

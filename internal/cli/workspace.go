@@ -149,6 +149,9 @@ func (a *app) wsCreate() *cobra.Command {
 			if o.Labels, err = pyro.ParseLabels(labels); err != nil {
 				return err
 			}
+			if err := a.pullImageFirst(cmd.Context(), o.Environment); err != nil {
+				return err
+			}
 			ws, err := c.CreateWorkspace(cmd.Context(), o)
 			if err != nil {
 				return err

@@ -545,3 +545,13 @@ func (s *Store) imageKernelsInUse(inUse map[string]bool) {
 		}
 	}
 }
+
+// Resolve returns the installed environment a VM boots: a catalog
+// environment by name (as Get), or an image by reference, pinned to digest
+// when one is given.
+func (s *Store) Resolve(name, digest string) (Installed, error) {
+	if IsImage(name) {
+		return s.GetImage(name, digest)
+	}
+	return s.Get(name)
+}

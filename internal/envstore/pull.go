@@ -18,6 +18,7 @@ import (
 
 	"github.com/pyro-mcp/pyro/internal/catalog"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/oci"
 )
 
 // PullOptions tune Pull.
@@ -25,6 +26,11 @@ type PullOptions struct {
 	Mirror   string      // Debian mirror; default $PYRO_DEBIAN_MIRROR, else the host's apt sources
 	Force    bool        // rebuild even when installed and intact
 	Progress func(Event) // called from the pulling goroutine; may be nil
+	// Registry, when set (default $PYRO_REGISTRY), is tried first: the
+	// environment is fetched from <Registry>/<name> (pushed there by
+	// `pyro env push`) and verified; if that fails the local build runs.
+	Registry string
+	OCI      oci.Options // registry access
 }
 
 // Event reports progress. Phases: "lock", "resolve", "kernel", "rootfs",
@@ -60,6 +66,11 @@ type buildResult struct {
 	BuiltinModules []string
 	Tool           string
 	Mirror         string
+	// Set by the registry source: where it came from, when it was built,
+	// and the digest the files must add up to.
+	Source     string
+	BuiltAt    time.Time
+	WantDigest string
 }
 
 type buildFunc func(ctx context.Context, req buildRequest) (buildResult, error)
@@ -165,7 +176,7 @@ func (s *Store) Pull(ctx context.Context, name string, opts PullOptions) (PullRe
 		return res, err
 	}
 
-	br, err := s.build(ctx, buildRequest{Entry: e, Dir: tmp, Mirror: opts.Mirror, Emit: emit})
+	br, err := s.fetchOrBuild(ctx, buildRequest{Entry: e, Dir: tmp, Mirror: opts.Mirror, Emit: emit}, opts)
 	if err != nil {
 		if ctx.Err() != nil {
 			return res, fmt.Errorf("pull environment %q: %w", name, ctx.Err())
@@ -191,14 +202,17 @@ func (s *Store) Pull(ctx context.Context, name string, opts PullOptions) (PullRe
 		Files:          files,
 		Modules:        nonNil(br.Modules),
 		BuiltinModules: nonNil(br.BuiltinModules),
-		Source:         "local-build",
+		Source:         orDefault(br.Source, "local-build"),
 		BuildTool:      br.Tool,
 		Mirror:         br.Mirror,
-		BuiltAt:        time.Now().UTC().Truncate(time.Second),
+		BuiltAt:        orTime(br.BuiltAt, time.Now().UTC().Truncate(time.Second)),
 		Digest:         computeDigest(files),
 	}
 	for _, f := range files {
 		m.TotalBytes += f.Size
+	}
+	if br.WantDigest != "" && m.Digest != br.WantDigest {
+		return res, errdefs.Wrap(errdefs.ErrInvalidArgument, oci.ErrDigestMismatch, "", "environment %q from %s: files add up to %s, the pushed manifest says %s", name, br.Source, m.Digest, br.WantDigest)
 	}
 	if r := verify(tmp, m, e.Name, e.Version, false); r != "" {
 		return res, fmt.Errorf("build environment %q: result is incomplete: %s", name, r)
@@ -345,4 +359,18 @@ func nonNil(s []string) []string {
 		return []string{}
 	}
 	return s
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+func orTime(t, def time.Time) time.Time {
+	if t.IsZero() {
+		return def
+	}
+	return t
 }

@@ -71,9 +71,13 @@ type Record struct {
 	ID          string `json:"id"`
 	Kind        string `json:"kind"` // KindVM, KindWorkspace or KindRun
 	Environment string `json:"environment"`
-	VCPUCount   int    `json:"vcpu_count"`
-	MemMiB      int    `json:"mem_mib"`
-	Network     bool   `json:"network"` // NetworkPolicy is not off (kept for older readers)
+	// EnvironmentDigest is the image manifest digest of an image
+	// environment (boots stay on it), or the catalog environment's
+	// manifest digest at creation.
+	EnvironmentDigest string `json:"environment_digest,omitempty"`
+	VCPUCount         int    `json:"vcpu_count"`
+	MemMiB            int    `json:"mem_mib"`
+	Network           bool   `json:"network"` // NetworkPolicy is not off (kept for older readers)
 	// NetworkPolicy and AllowHosts are the network policy asked for (see
 	// Policy); the supervisor's network stack enforces them.
 	NetworkPolicy   netpolicy.Mode `json:"network_policy,omitempty"`

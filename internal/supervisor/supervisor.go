@@ -208,7 +208,7 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 		}
 	}()
 	v, err := vm.BootWith(bootCtx, opts.Steps, vm.Deps{Dirs: dirs, Envs: envstore.New(dirs.Environments(), dirs.Cache()), Logger: log, AgentBinary: self}, vm.Config{
-		ID: rec.ID, Dir: d, Environment: rec.Environment, VCPUs: rec.VCPUCount, MemMiB: rec.MemMiB,
+		ID: rec.ID, Dir: d, Environment: rec.Environment, EnvironmentDigest: rec.EnvironmentDigest, VCPUs: rec.VCPUCount, MemMiB: rec.MemMiB,
 		Network: rec.Network, AllowHostCompat: rec.AllowHostCompat, WorkspaceDisk: rec.WorkspaceDisk,
 		NetworkPolicy: rec.Policy(),
 		WorkspaceBase: rec.WorkspaceBase,

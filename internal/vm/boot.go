@@ -46,13 +46,16 @@ type Config struct {
 	// ID and Dir name an existing VM directory owned by the caller (a
 	// supervisor); then Close leaves the directory in place. When empty, a
 	// fresh id and directory are made and removed on Close.
-	ID              string
-	Dir             vmdir.Dir
-	Environment     string
-	VCPUs           int
-	MemMiB          int
-	Network         bool
-	AllowHostCompat bool
+	ID          string
+	Dir         vmdir.Dir
+	Environment string
+	// EnvironmentDigest pins an image environment to the digest it was
+	// created from (a workspace keeps its image when the tag moves).
+	EnvironmentDigest string
+	VCPUs             int
+	MemMiB            int
+	Network           bool
+	AllowHostCompat   bool
 	// WorkspaceDisk is an ext4 image attached read-write as the guest's
 	// /workspace (second disk); empty for none.
 	WorkspaceDisk string
@@ -256,10 +259,12 @@ func (v *VM) Close(ctx context.Context) error {
 }
 
 func resolveEnvironment(_ context.Context, d Deps, c Config, v *VM) error {
-	if _, err := catalog.Lookup(c.Environment); err != nil {
-		return err
+	if !envstore.IsImage(c.Environment) {
+		if _, err := catalog.Lookup(c.Environment); err != nil {
+			return err
+		}
 	}
-	env, err := d.Envs.Get(c.Environment)
+	env, err := d.Envs.Resolve(c.Environment, c.EnvironmentDigest)
 	if err != nil {
 		return err
 	}
