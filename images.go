@@ -69,10 +69,15 @@ func (c *Client) ensureEnvironment(ctx context.Context, name string) (string, er
 	if inst, err := c.envs.GetImage(name, d); err == nil {
 		return inst.Manifest.Image.Digest, nil
 	}
-	if c.noImagePulls {
+	switch {
+	case c.imagePulls == ImagePullsNone:
 		return "", errdefs.New(errdefs.ErrFailedPrecondition,
 			fmt.Sprintf("run `pyro env pull %s` on the host first, or start the server with --allow-pull", name),
 			"image %q is not pulled, and this server does not pull images on a client's request", name)
+	case c.imagePulls == ImagePullsRegistryOnly && !isRegistryRef(name):
+		return "", errdefs.New(errdefs.ErrFailedPrecondition,
+			fmt.Sprintf("run `pyro env pull %s` on the host first", name),
+			"image archive %q is not pulled, and this server does not read host archives on a client's request", name)
 	}
 	r, err := c.envs.PullImage(ctx, name, envstore.ImagePullOptions{})
 	if err != nil {
@@ -81,11 +86,32 @@ func (c *Client) ensureEnvironment(ctx context.Context, name string) (string, er
 	return r.Installed.Manifest.Image.Digest, nil
 }
 
-// DisableImagePulls makes the client refuse to pull images that are not
-// cached: creating a VM, workspace or run from an uncached reference fails
-// instead of making the host fetch from a registry. The MCP server sets it
-// (a model names the environment) unless started with --allow-pull.
-func (c *Client) DisableImagePulls() { c.noImagePulls = true }
+// ImagePullPolicy says which uncached images creating a VM, workspace or
+// run may pull. PullEnvironment is not affected: it is always explicit.
+type ImagePullPolicy int
+
+const (
+	// ImagePullsAll pulls any reference (the default: the SDK and CLI act
+	// with the user's own hand).
+	ImagePullsAll ImagePullPolicy = iota
+	// ImagePullsRegistryOnly pulls from registries but reads no host
+	// archive (oci-archive:, docker-archive:) that is not cached.
+	ImagePullsRegistryOnly
+	// ImagePullsNone pulls nothing: only cached images and catalog
+	// environments boot.
+	ImagePullsNone
+)
+
+// SetImagePulls limits what creating a VM, workspace or run may pull. The
+// MCP server sets ImagePullsNone (a model chooses the environment, and a
+// pull makes the host fetch from a network registry) unless started with
+// --allow-pull, which sets ImagePullsRegistryOnly.
+func (c *Client) SetImagePulls(p ImagePullPolicy) { c.imagePulls = p }
+
+func isRegistryRef(name string) bool {
+	src, err := oci.Parse(name)
+	return err == nil && src.Kind == oci.KindRegistry
+}
 
 func imageEnvironment(st envstore.ImageStatus, ref string) Environment {
 	e := Environment{Name: ref, Kind: "image", Digest: st.Digest, Installed: st.Manifest != nil && st.Damaged == "",

@@ -48,9 +48,8 @@ type Client struct {
 	logger *slog.Logger
 	binary string
 	lc     *lifecycle.Manager
-	// noImagePulls: image environments must already be cached (see
-	// DisableImagePulls).
-	noImagePulls bool
+	// imagePulls limits implicit image pulls (see SetImagePulls).
+	imagePulls ImagePullPolicy
 }
 
 // New returns a Client.

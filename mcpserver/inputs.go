@@ -8,7 +8,7 @@ import "github.com/pyro-mcp/pyro"
 // appended (addTool).
 
 type vmRunIn struct {
-	Environment     string   `json:"environment,omitempty" jsonschema:"Environment (root filesystem) to boot: debian:12 (bash, coreutils, python3, curl, git), debian:12-base (minimal) or debian:12-build (compilers, make, pip)."`
+	Environment     string   `json:"environment,omitempty" jsonschema:"Environment (root filesystem) to boot: debian:12 (bash, coreutils, python3, curl, git), debian:12-base (minimal) or debian:12-build (compilers, make, pip); or an OCI image reference with a slash (docker.io/library/python:3.12-slim) that the host has pulled, or any image when the server runs with --allow-pull."`
 	Command         string   `json:"command" jsonschema:"Shell command, run by /bin/sh -c (pipes, &&, redirections work). Required."`
 	VCPUCount       int      `json:"vcpu_count,omitempty" jsonschema:"Number of virtual CPUs, 1 to 64."`
 	MemMiB          int      `json:"mem_mib,omitempty" jsonschema:"Guest memory in MiB, 128 to 65536."`
@@ -23,7 +23,7 @@ type vmRunIn struct {
 type noIn struct{}
 
 type vmCreateIn struct {
-	Environment     string   `json:"environment,omitempty" jsonschema:"Environment to boot: debian:12, debian:12-base or debian:12-build."`
+	Environment     string   `json:"environment,omitempty" jsonschema:"Environment to boot: debian:12, debian:12-base or debian:12-build; or an OCI image reference with a slash (docker.io/library/python:3.12-slim) that the host has pulled, or any image when the server runs with --allow-pull."`
 	VCPUCount       int      `json:"vcpu_count,omitempty" jsonschema:"Number of virtual CPUs, 1 to 64."`
 	MemMiB          int      `json:"mem_mib,omitempty" jsonschema:"Guest memory in MiB, 128 to 65536."`
 	TTLSeconds      int      `json:"ttl_seconds,omitempty" jsonschema:"Stop the VM this many seconds after creation (state expired; vm_reap_expired deletes it); 0 means no TTL."`
@@ -50,7 +50,7 @@ type secretIn struct {
 }
 
 type workspaceCreateIn struct {
-	Environment     string     `json:"environment,omitempty" jsonschema:"Environment to boot: debian:12, debian:12-base or debian:12-build."`
+	Environment     string     `json:"environment,omitempty" jsonschema:"Environment to boot: debian:12, debian:12-base or debian:12-build; or an OCI image reference with a slash (docker.io/library/python:3.12-slim) that the host has pulled, or any image when the server runs with --allow-pull."`
 	VCPUCount       int        `json:"vcpu_count,omitempty" jsonschema:"Number of virtual CPUs, 1 to 64."`
 	MemMiB          int        `json:"mem_mib,omitempty" jsonschema:"Guest memory in MiB, 128 to 65536."`
 	Network         bool       `json:"network,omitempty" jsonschema:"Give the guest outbound networking (NAT)."`

@@ -169,7 +169,7 @@ A command that exits non-zero is a normal result: read exit_code and stderr. A t
 var coreCreateDefaults = map[string]any{"environment": vmDefaults["environment"], "vcpu_count": vmDefaults["vcpu_count"], "mem_mib": vmDefaults["mem_mib"]}
 
 type workspaceCreateCoreIn struct {
-	Environment string `json:"environment,omitempty" jsonschema:"Environment to boot: debian:12, debian:12-base or debian:12-build."`
+	Environment string `json:"environment,omitempty" jsonschema:"Environment to boot: debian:12, debian:12-base or debian:12-build; or an OCI image reference with a slash (docker.io/library/python:3.12-slim) that the host has pulled, or any image when the server runs with --allow-pull."`
 	VCPUCount   int    `json:"vcpu_count,omitempty" jsonschema:"Number of virtual CPUs, 1 to 64."`
 	MemMiB      int    `json:"mem_mib,omitempty" jsonschema:"Guest memory in MiB, 128 to 65536."`
 	SeedPath    string `json:"seed_path,omitempty" jsonschema:"Optional host directory or local .tar/.tar.gz/.tgz (beneath an allowed root) whose content fills /workspace before the workspace is returned."`

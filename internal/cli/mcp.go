@@ -17,6 +17,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/spf13/cobra"
 
+	"github.com/pyro-mcp/pyro"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/mcpserver"
 )
@@ -37,6 +38,7 @@ func (a *app) mcpServeCommand() *cobra.Command {
 	var o serveOptions
 	var netMax string     // --network-policy-max
 	var hostsMax []string // --allow-host-max
+	var allowPull bool    // --allow-pull
 	cmd := &cobra.Command{
 		Use:   "serve [--profile vm-run|workspace-core|workspace-full] [--allow-path DIR]... [--allow-host-compat] [--http ADDR [--tls-cert FILE --tls-key FILE] [--allow-remote] [--allow-origin ORIGIN]...]",
 		Short: "Run the MCP server on stdio, or on streamable HTTP with --http",
@@ -77,6 +79,7 @@ or workspace-full (the contract's tools and every later one). Without
   pyro mcp serve --http 0.0.0.0:8765 --allow-remote --tls-cert cert.pem --tls-key key.pem
   pyro mcp serve --http :8765 --allow-origin https://app.example.com
   pyro mcp serve --allow-host-compat
+  pyro mcp serve --allow-pull
   pyro mcp serve --network-policy-max egress --allow-host-max @pypi --allow-host-max '*.github.com:443'
   pyro mcp serve --profile workspace-full
 
@@ -105,6 +108,10 @@ or workspace-full (the contract's tools and every later one). Without
 				return err
 			}
 			// A remote client's roots name its own files, not this host's.
+			a.sdk.SetImagePulls(pyro.ImagePullsNone)
+			if allowPull {
+				a.sdk.SetImagePulls(pyro.ImagePullsRegistryOnly)
+			}
 			server, err := mcpserver.New(a.sdk, mcpserver.Options{Version: version(), AllowPaths: o.allowPaths, AllowHostCompat: o.allowHostCompat,
 				IgnoreClientRoots: o.allowRemote, Profile: profile, NetworkPolicyMax: netMax, AllowHostsMax: hostsMax})
 			if err != nil {
@@ -121,6 +128,7 @@ or workspace-full (the contract's tools and every later one). Without
 		},
 	}
 	f := cmd.Flags()
+	f.BoolVar(&allowPull, "allow-pull", false, "let a tool call's environment name an OCI image that is not cached yet, which the host then pulls from its registry (default: only cached images and the catalog; host archives never)")
 	f.StringVar(&o.httpAddr, "http", "", `serve streamable HTTP on ADDR (host:port; ":port" means 127.0.0.1) instead of stdio`)
 	f.BoolVar(&o.allowRemote, "allow-remote", false, "allow --http on a non-loopback address (needs --tls-cert/--tls-key; the bearer token is still required)")
 	f.StringVar(&o.tlsCert, "tls-cert", "", "serve HTTPS with this PEM certificate (chain) file")
