@@ -78,6 +78,11 @@ func (c *Client) StartService(ctx context.Context, workspaceID, name string, opt
 		return Service{}, err
 	}
 	var out Service
+	if dir, rec, err := c.wsDir(workspaceID); err == nil {
+		if err := c.checkpointFor(ctx, dir, rec, "service start "+name); err != nil {
+			return Service{}, err
+		}
+	}
 	err = c.withWorkspaceAgent(ctx, workspaceID, func(a *agentapi.Client) error {
 		st, err := a.StartService(ctx, req)
 		out = serviceFrom(workspaceID, st)

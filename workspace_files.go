@@ -220,6 +220,9 @@ func (c *Client) WriteWorkspaceFile(ctx context.Context, id, path, text string) 
 		return WorkspaceFileWrite{}, err
 	}
 	defer agent.Close()
+	if err := c.checkpoint(ctx, dir, rec, agent, "file write "+guest); err != nil {
+		return WorkspaceFileWrite{}, err
+	}
 	res, err := agent.WriteFiles(ctx, agentapi.FileWriteRequest{Within: workspace.Root, Files: []agentapi.FileWrite{{Path: guest, Content: []byte(text)}}})
 	if err != nil {
 		return WorkspaceFileWrite{}, instance.Redactor(dir).Error(err)
@@ -311,6 +314,9 @@ func (c *Client) ApplyWorkspacePatch(ctx context.Context, id, patchText string) 
 			action = "delete"
 		}
 		out.Files = append(out.Files, PatchedFile{Path: guests[i], Action: action, BytesWritten: int64(len(next))})
+	}
+	if err := c.checkpoint(ctx, dir, rec, agent, fmt.Sprintf("patch apply (%d files)", len(files))); err != nil {
+		return WorkspacePatch{}, err
 	}
 	res, err := agent.WriteFiles(ctx, req)
 	if err != nil {

@@ -48,6 +48,11 @@ type CreateWorkspaceOptions struct {
 	// Labels are free KEY=VALUE tags (ValidateLabels), to filter
 	// ListWorkspaces by.
 	Labels map[string]string
+	// Checkpoints takes a checkpoint of /workspace before every command,
+	// push, file write, patch and service start, for UndoWorkspace and
+	// DiffWorkspaceSince (not with AllowHostCompat: that layout has no
+	// layers).
+	Checkpoints bool
 }
 
 // Workspace is a workspace's record and observed status.
@@ -74,6 +79,7 @@ type Workspace struct {
 	ServiceCount        int             `json:"service_count"`
 	RunningServiceCount int             `json:"running_service_count"`
 	CommandCount        int             `json:"command_count"`
+	Checkpoints         bool            `json:"checkpoints"`
 	Backend             string          `json:"backend,omitempty"`
 	Acceleration        string          `json:"acceleration,omitempty"`
 	Isolation           string          `json:"isolation,omitempty"`
@@ -96,6 +102,8 @@ type workspaceMeta struct {
 
 	Name   string            `json:"name,omitempty"`
 	Labels map[string]string `json:"labels,omitempty"`
+
+	Checkpoints bool `json:"checkpoints,omitempty"`
 }
 
 func metaOf(rec instance.Record) workspaceMeta {
@@ -180,7 +188,7 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 		if err := saveSecrets(dir, secretValues); err != nil {
 			return err
 		}
-		setMeta(rec, workspaceMeta{Seed: seed, Secrets: secretInfo, Name: opts.Name, Labels: opts.Labels})
+		setMeta(rec, workspaceMeta{Seed: seed, Secrets: secretInfo, Name: opts.Name, Labels: opts.Labels, Checkpoints: opts.Checkpoints && !opts.AllowHostCompat})
 		return nil
 	})
 	releaseName() // the record holding the name is saved (or nothing is)
@@ -261,7 +269,7 @@ func (c *Client) StatusWorkspace(ctx context.Context, id string) (Workspace, err
 		WorkspaceID: rec.ID, Environment: rec.Environment, EnvironmentDigest: rec.EnvironmentDigest, State: st.State, ReasonKind: string(st.Cause), Reason: st.Reason,
 		VCPUCount: rec.VCPUCount, MemMiB: rec.MemMiB, Network: rec.Network, AllowHostCompat: rec.AllowHostCompat,
 		CreatedAt: rec.CreatedAt, WorkspaceSeed: seedFrom(m.Seed), ResetCount: m.ResetCount, LastResetAt: m.LastResetAt,
-		Secrets: m.Secrets, CommandCount: len(hist),
+		Secrets: m.Secrets, CommandCount: len(hist), Checkpoints: checkpointsOn(rec),
 		Backend: st.Backend, Acceleration: st.Acceleration, Isolation: st.Isolation,
 	}
 	statusNames(&ws, dir, rec, m)
@@ -289,6 +297,9 @@ func (c *Client) ExecWorkspace(ctx context.Context, id string, opts ExecOptions)
 	}
 	agent, err := c.workspaceAgent(ctx, dir, rec)
 	if err != nil {
+		return ExecResult{}, err
+	}
+	if err := c.checkpoint(ctx, dir, rec, agent, commandLabel(opts.Command)); err != nil {
 		return ExecResult{}, err
 	}
 	started := time.Now().UTC()
@@ -341,6 +352,9 @@ func (c *Client) PushWorkspaceSync(ctx context.Context, id, sourcePath, dest str
 		return SyncResult{}, err
 	}
 	defer agent.Close()
+	if err := c.checkpoint(ctx, dir, rec, agent, "sync push "+sourcePath+" "+dest); err != nil {
+		return SyncResult{}, err
+	}
 	r, err := agent.PushTar(ctx, dest, workspace.Root, src)
 	if err != nil {
 		return SyncResult{}, err

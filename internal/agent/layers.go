@@ -253,3 +253,72 @@ func mountLayers(lowerDisk, upperDisk, dir string) error {
 	}
 	return nil
 }
+
+// manifest lists the upper layer's entries with what identifies their
+// state (agentapi.LayerEntry), so two listings taken apart say which paths
+// a command touched, whatever it wrote.
+func manifest(upper string) ([]agentapi.LayerEntry, error) {
+	var out []agentapi.LayerEntry
+	var walk func(dir, rel string) error
+	walk = func(dir, rel string) error {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			return err
+		}
+		for _, e := range ents {
+			if len(out) >= maxLayerChanges {
+				return fmt.Errorf("more than %d changed entries", maxLayerChanges)
+			}
+			name := e.Name()
+			if rel != "" {
+				name = rel + "/" + name
+			}
+			p := filepath.Join(dir, e.Name())
+			var st unix.Stat_t
+			if err := unix.Lstat(p, &st); err != nil {
+				return err
+			}
+			le := agentapi.LayerEntry{Path: name, Size: st.Size, MtimeNS: st.Mtim.Nano(), CtimeNS: st.Ctim.Nano(), Ino: st.Ino, Mode: st.Mode}
+			switch st.Mode & unix.S_IFMT {
+			case unix.S_IFDIR:
+				le.Kind = "dir"
+				le.Opaque = isOpaque(p)
+			case unix.S_IFLNK:
+				le.Kind = "symlink"
+			case unix.S_IFCHR:
+				if st.Rdev == 0 {
+					le.Kind = "whiteout"
+				}
+			case unix.S_IFREG:
+				le.Kind = "file"
+			}
+			if le.Kind == "" {
+				continue
+			}
+			out = append(out, le)
+			if le.Kind == "dir" {
+				if err := walk(p, name); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	return out, walk(upper, "")
+}
+
+func (s *Agent) handleLayerManifest(w http.ResponseWriter, _ *http.Request) {
+	if !s.layers.present() {
+		s.notLayered(w)
+		return
+	}
+	m, err := manifest(upperDir(s.layers.upperMount))
+	if err != nil {
+		s.fail(w, categorize(errdefs.ErrFailedPrecondition, err, "list upper layer"))
+		return
+	}
+	if m == nil {
+		m = []agentapi.LayerEntry{}
+	}
+	writeJSON(w, http.StatusOK, agentapi.LayerManifest{Entries: m})
+}

@@ -187,6 +187,7 @@ func (s *Agent) routes() http.Handler {
 	mux.HandleFunc("GET "+agentapi.PathLayerChanges, s.handleLayerChanges)
 	mux.HandleFunc("POST "+agentapi.PathLayerFreeze, s.handleLayerFreeze)
 	mux.HandleFunc("POST "+agentapi.PathLayerThaw, s.handleLayerThaw)
+	mux.HandleFunc("GET "+agentapi.PathLayerManifest, s.handleLayerManifest)
 	return mux
 }
 

@@ -158,6 +158,9 @@ const (
 	PathLayerChanges = "/v1/layers/changes"
 	PathLayerFreeze  = "/v1/layers/freeze"
 	PathLayerThaw    = "/v1/layers/thaw"
+	// PathLayerManifest (GET) lists the upper layer's entries
+	// (LayerManifest).
+	PathLayerManifest = "/v1/layers/manifest"
 
 	// Services: PathServices (GET list, POST start), PathServices+"/NAME"
 	// (GET), +"/NAME/logs" (GET), +"/NAME/stop" (POST).

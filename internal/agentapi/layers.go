@@ -46,3 +46,32 @@ func (c *Client) ThawLayer(ctx context.Context) error {
 	var out struct{}
 	return c.jsonCall(ctx, callTimeout, http.MethodPost, PathLayerThaw, nil, &out)
 }
+
+// LayerEntry is one entry of a layered /workspace's upper layer: a path
+// the workspace changed since its baseline, with what identifies its
+// state (a write changes ctime, a replacement the inode).
+type LayerEntry struct {
+	Path    string `json:"p"`
+	Kind    string `json:"k"` // "file", "dir", "symlink" or "whiteout" (deleted)
+	Opaque  bool   `json:"o,omitempty"`
+	Size    int64  `json:"s"`
+	Mode    uint32 `json:"m"`
+	MtimeNS int64  `json:"mt"`
+	CtimeNS int64  `json:"ct"`
+	Ino     uint64 `json:"i"`
+}
+
+// LayerManifest lists the upper layer's entries, parents before children.
+type LayerManifest struct {
+	Entries []LayerEntry `json:"entries"`
+}
+
+// MaxManifestBytes bounds a manifest reply.
+const MaxManifestBytes = 256 << 20
+
+// LayerManifest lists the upper layer's entries.
+func (c *Client) LayerManifest(ctx context.Context) (LayerManifest, error) {
+	var m LayerManifest
+	err := c.jsonCallLimit(ctx, transferWindow, MaxManifestBytes, http.MethodGet, PathLayerManifest, nil, &m)
+	return m, err
+}

@@ -37,6 +37,7 @@ the immutable "baseline" snapshot for diff and reset.`,
 		a.wsStatus(), a.wsLogs(), a.wsDelete(), a.wsList(), a.serviceCommand(), a.shellCommand(), a.wsNetwork())
 	cmd.AddCommand(a.wsUpdate(), a.wsStop(), a.wsStart())
 	cmd.AddCommand(a.wsFileCommand(), a.wsPatchCommand())
+	cmd.AddCommand(a.wsCheckpointCommand(), a.wsUndo())
 	return cmd
 }
 
@@ -174,6 +175,7 @@ func (a *app) wsCreate() *cobra.Command {
 	f.StringVar(&o.Name, "name", "", "a name usable wherever the workspace id is (unique among workspaces)")
 	f.StringArrayVar(&labels, "label", nil, "a KEY=VALUE label to find the workspace by (repeatable)")
 	f.BoolVar(&idOnly, "id-only", false, "print only the workspace id (for $(...) in scripts)")
+	f.BoolVar(&o.Checkpoints, "checkpoints", false, "take a checkpoint before every command, for `workspace undo` and `diff --since`")
 	return cmd
 }
 
@@ -259,14 +261,21 @@ func (a *app) wsExport() *cobra.Command {
 }
 
 func (a *app) wsDiff() *cobra.Command {
-	return &cobra.Command{
-		Use:     "diff WORKSPACE_ID",
-		Short:   "Show what changed in /workspace since the create-time baseline",
-		Example: "  pyro workspace diff 3f2a9c1b7d4e",
+	var since int
+	cmd := &cobra.Command{
+		Use:     "diff WORKSPACE_ID [--since N]",
+		Short:   "Show what changed in /workspace since the create-time baseline (or since checkpoint N)",
+		Example: "  pyro workspace diff 3f2a9c1b7d4e\n  pyro workspace diff 3f2a9c1b7d4e --since 4",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := a.sdk
-			d, err := c.DiffWorkspace(cmd.Context(), args[0])
+			var d pyro.WorkspaceDiff
+			var err error
+			if cmd.Flags().Changed("since") {
+				d, err = c.DiffWorkspaceSince(cmd.Context(), args[0], since)
+			} else {
+				d, err = c.DiffWorkspace(cmd.Context(), args[0])
+			}
 			if err != nil {
 				return err
 			}
@@ -292,6 +301,8 @@ func (a *app) wsDiff() *cobra.Command {
 			})
 		},
 	}
+	cmd.Flags().IntVar(&since, "since", 0, "name what the commands since checkpoint N touched (names only)")
+	return cmd
 }
 
 func (a *app) wsSnapshotCreate() *cobra.Command {

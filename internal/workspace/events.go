@@ -23,6 +23,7 @@ const (
 	EventSnapshotCreate = "snapshot_create"
 	EventSnapshotDelete = "snapshot_delete"
 	EventReset          = "reset"
+	EventUndo           = "undo"
 )
 
 // Bounds of the events log.

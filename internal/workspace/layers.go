@@ -67,6 +67,9 @@ func BuildBase(ctx context.Context, path string, src io.Reader, size int64) (tar
 			return st, errdefs.Wrap(errdefs.ErrInvalidArgument, err, "check the seed archive", "unpack seed")
 		}
 	}
+	if err := writeBaseIndex(tree, filepath.Join(filepath.Dir(path), BaseIndexFile)); err != nil {
+		return st, err
+	}
 	img := filepath.Join(tmp, "base.img")
 	if err := mkfs(ctx, img, size, "-O", "^has_journal", "-L", "workspace-base", "-d", tree); err != nil {
 		return st, err

@@ -1,0 +1,233 @@
+package e2e
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Layered workspaces with checkpoints: undo, diff --since, crashes during a
+// push, and reset to a snapshot after many checkpoints.
+
+type checkpointList struct {
+	Checkpoints []struct {
+		Number  int    `json:"number"`
+		Command string `json:"command"`
+	} `json:"checkpoints"`
+}
+
+// seedTree writes a small tree with text, binary, nested and symlinked
+// entries.
+func seedTree(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	writeTree(t, dir, map[string]string{
+		"a.txt": "hello\n", "src/main.go": "package main\n", "src/pkg/util.go": "package pkg\n",
+		"docs/readme.md": "# docs\n", "docs/deep/x/y.txt": "deep\n",
+	})
+	blob := make([]byte, 300<<10)
+	rand.Read(blob)
+	if err := os.WriteFile(filepath.Join(dir, "blob.bin"), blob, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("a.txt", filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// treeSums maps each entry of root to its kind, mode and content digest.
+func treeSums(t *testing.T, root string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == root {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		switch {
+		case fi.Mode()&fs.ModeSymlink != 0:
+			target, _ := os.Readlink(p)
+			out[rel] = "link:" + target
+		case fi.IsDir():
+			out[rel] = "dir"
+		default:
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			sum := sha256.Sum256(b)
+			out[rel] = "file:" + strconv.FormatInt(int64(fi.Mode().Perm()&0o700), 8) + ":" + hex.EncodeToString(sum[:])
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// exportSums exports /workspace and returns its treeSums.
+func exportSums(t *testing.T, env []string, id string) map[string]string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "ws")
+	mustWS(t, env, nil, "export", id, "/workspace", "--output", out)
+	return treeSums(t, out)
+}
+
+func sameTree(t *testing.T, what string, got, want map[string]string) {
+	t.Helper()
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s: %s is %q, want %q", what, k, got[k], v)
+		}
+	}
+	for k := range got {
+		if _, ok := want[k]; !ok {
+			t.Errorf("%s: unexpected %s", what, k)
+		}
+	}
+}
+
+func lastCheckpoint(t *testing.T, env []string, id string) (int, int) {
+	t.Helper()
+	var cl checkpointList
+	mustWS(t, env, &cl, "checkpoint", "list", id)
+	if len(cl.Checkpoints) == 0 {
+		return 0, 0
+	}
+	return cl.Checkpoints[len(cl.Checkpoints)-1].Number, len(cl.Checkpoints)
+}
+
+func TestLayersUndoAndSince(t *testing.T) {
+	requireE2E(t)
+	ensureEnv(t, baseEnv)
+	_, env := isolatedHome(t)
+	seed := seedTree(t)
+	var w wsStatus
+	mustWS(t, env, &w, "create", "--seed-path", seed, "--checkpoints", baseEnv)
+	id := w.WorkspaceID
+	defer ws(t, env, nil, "delete", id)
+	want := treeSums(t, seed)
+	sameTree(t, "seeded", exportSums(t, env, id), want)
+
+	// diff --since names exactly what one command touched.
+	wsExec(t, env, id, "sh -c 'echo x > new.txt; echo y >> a.txt; rm docs/readme.md; rm -r docs/deep'")
+	n, _ := lastCheckpoint(t, env, id)
+	var d struct{ Added, Modified, Deleted []string }
+	mustWS(t, env, &d, "diff", id, "--since", strconv.Itoa(n))
+	if strings.Join(d.Added, ",") != "new.txt" || strings.Join(d.Modified, ",") != "a.txt" ||
+		strings.Join(d.Deleted, ",") != "docs/deep,docs/deep/x,docs/deep/x/y.txt,docs/readme.md" {
+		t.Fatalf("diff --since %d: %+v", n, d)
+	}
+	wsExec(t, env, id, "sh -c 'echo z > later.txt'")
+	mustWS(t, env, &d, "diff", id, "--since", strconv.Itoa(n+1))
+	if strings.Join(d.Added, ",") != "later.txt" || len(d.Modified)+len(d.Deleted) != 0 {
+		t.Fatalf("diff --since %d: %+v", n+1, d)
+	}
+
+	// Undo after rm -rf /workspace/* brings every byte back.
+	wsExec(t, env, id, "sh -c 'rm -rf /workspace/*'")
+	rmN, _ := lastCheckpoint(t, env, id)
+	if m := wsExec(t, env, id, "ls", "-A", "/workspace"); m["stdout"] != "" {
+		t.Fatalf("rm -rf left %q", m["stdout"])
+	}
+	var u struct {
+		Checkpoint int    `json:"checkpoint"`
+		Command    string `json:"command"`
+	}
+	mustWS(t, env, &u, "undo", id, "--to", strconv.Itoa(rmN))
+	if !strings.Contains(u.Command, "rm -rf") {
+		t.Fatalf("undo restored %+v, want the state before rm -rf", u)
+	}
+	if m := wsExec(t, env, id, "cat", "new.txt", "later.txt"); m["stdout"] != "x\nz\n" {
+		t.Fatalf("after undo: %v", m)
+	}
+	mustWS(t, env, &u, "undo", id, "--to", "1")
+	sameTree(t, "after undo --to 1", exportSums(t, env, id), want)
+}
+
+// TestLayersKillDuringPush kills QEMU in the middle of a sync push: the
+// workspace comes back consistent, and undo returns it to exactly the
+// state before the push.
+func TestLayersKillDuringPush(t *testing.T) {
+	requireE2E(t)
+	ensureEnv(t, baseEnv)
+	_, env := isolatedHome(t)
+	seed := seedTree(t)
+	var w wsStatus
+	mustWS(t, env, &w, "create", "--seed-path", seed, "--checkpoints", baseEnv)
+	id := w.WorkspaceID
+	defer ws(t, env, nil, "delete", id)
+	big := t.TempDir()
+	buf := make([]byte, 1<<20)
+	for i := 0; i < 60; i++ {
+		rand.Read(buf)
+		os.WriteFile(filepath.Join(big, "f"+strconv.Itoa(i)), buf, 0o644)
+	}
+	before, _ := lastCheckpoint(t, env, id)
+	done := make(chan result, 1)
+	go func() { done <- ws(t, env, nil, "sync", "push", id, big, "--dest", "/workspace/big") }()
+	// Kill once the push's checkpoint is recorded: the push is under way.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if n, _ := lastCheckpoint(t, env, id); n > before {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("push took no checkpoint")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	pid := findPids(t, id)["vmm"]
+	if pid == 0 {
+		t.Fatal("no QEMU")
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	if r := <-done; r.code == 0 {
+		t.Log("push finished before the kill")
+	}
+	// Consistent: the next command boots on the same layers.
+	if m := wsExec(t, env, id, "cat", "a.txt"); m["stdout"] != "hello\n" {
+		t.Fatalf("after kill: %v", m)
+	}
+	mustWS(t, env, nil, "undo", id)
+	sameTree(t, "after undo of the killed push", exportSums(t, env, id), treeSums(t, seed))
+}
+
+// TestLayersResetAfterCheckpoints resets to a named snapshot after many
+// checkpointed commands: the snapshot's tree comes back exactly.
+func TestLayersResetAfterCheckpoints(t *testing.T) {
+	requireE2E(t)
+	ensureEnv(t, baseEnv)
+	_, env := isolatedHome(t)
+	var w wsStatus
+	mustWS(t, env, &w, "create", "--seed-path", seedTree(t), "--checkpoints", baseEnv)
+	id := w.WorkspaceID
+	defer ws(t, env, nil, "delete", id)
+	wsExec(t, env, id, "sh -c 'echo s >> a.txt; mkdir -p gen; head -c 100000 /dev/urandom > gen/r.bin; rm src/main.go'")
+	mustWS(t, env, nil, "snapshot", "create", id, "s1")
+	want := exportSums(t, env, id)
+	const steps = 12
+	for i := 1; i <= steps; i++ {
+		wsExec(t, env, id, "sh -c 'echo "+strconv.Itoa(i)+" >> a.txt; rm -rf gen src; echo "+strconv.Itoa(i)+" > f"+strconv.Itoa(i)+"'")
+	}
+	if _, count := lastCheckpoint(t, env, id); count < steps {
+		t.Fatalf("%d checkpoints after %d commands", count, steps)
+	}
+	mustWS(t, env, nil, "reset", id, "--snapshot", "s1")
+	sameTree(t, "after reset to s1", exportSums(t, env, id), want)
+}

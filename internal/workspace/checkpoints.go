@@ -1,0 +1,289 @@
+package workspace
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/hostres"
+)
+
+// Checkpoints of a layered workspace: before each command (exec, sync
+// push, file write, patch apply, service start) the upper layer is frozen
+// and copied, with the guest's listing of it (its manifest). Undo restores
+// a copy; diff --since compares two manifests. Each checkpoint is a full
+// copy of the upper layer, so its cost follows what changed since the
+// baseline; the oldest are dropped past a count and a total size.
+
+// CheckpointsDir holds a workspace's checkpoints: N.img, N.manifest.json
+// and N.json (the record, written last).
+const CheckpointsDir = "checkpoints"
+
+// BaseIndexFile lists the baseline's entries (written when the baseline
+// is built, from the host's own unpacked tree, so it is trusted).
+const BaseIndexFile = "base.index"
+
+// Caps of a workspace's checkpoints, from the environment.
+const (
+	CheckpointCountEnv = "PYRO_CHECKPOINT_MAX_COUNT"
+	CheckpointBytesEnv = "PYRO_CHECKPOINT_MAX_BYTES"
+)
+
+func checkpointCaps() (count int, bytes int64) {
+	count, bytes = 50, 4<<30
+	if v, err := strconv.Atoi(os.Getenv(CheckpointCountEnv)); err == nil && v > 0 {
+		count = v
+	}
+	if v, err := strconv.ParseInt(os.Getenv(CheckpointBytesEnv), 10, 64); err == nil && v > 0 {
+		bytes = v
+	}
+	return count, bytes
+}
+
+// Checkpoint is the state of /workspace before one command.
+type Checkpoint struct {
+	Number    int       `json:"number"`
+	Command   string    `json:"command"` // what ran after it ("exec: make", "sync push DIR")
+	CreatedAt time.Time `json:"created_at"`
+	Bytes     int64     `json:"bytes"` // data the upper layer copy holds
+	SHA256    string    `json:"sha256"`
+	// BytesChanged is the size of the files the command after it
+	// touched (filled in by List from the next checkpoint; -1 while that
+	// command is the latest).
+	BytesChanged int64 `json:"bytes_changed"`
+}
+
+// Checkpoints stores checkpoints in Dir.
+type Checkpoints struct{ Dir string }
+
+func (c Checkpoints) path(n int, suffix string) string {
+	return filepath.Join(c.Dir, strconv.Itoa(n)+suffix)
+}
+
+// Take stores the upper layer image upper (frozen by the caller) and its
+// manifest as the next checkpoint, then drops the oldest past the caps.
+func (c Checkpoints) Take(upper string, m agentapi.LayerManifest, command string) (Checkpoint, error) {
+	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
+		return Checkpoint{}, err
+	}
+	list, err := c.records()
+	if err != nil {
+		return Checkpoint{}, err
+	}
+	n := 1
+	if len(list) > 0 {
+		n = list[len(list)-1].Number + 1
+	}
+	if last, err := c.lastNumber(); err == nil && last >= n {
+		n = last + 1 // numbers are never reused, even after an undo
+	}
+	_, maxBytes := checkpointCaps()
+	sum, data, err := CopyImage(upper, c.path(n, ".img"), maxBytes, "checkpoint", CheckpointBytesEnv)
+	if err != nil {
+		return Checkpoint{}, err
+	}
+	b, _ := json.Marshal(m)
+	if err := writeFileSync(c.path(n, ".manifest.json"), b); err != nil {
+		c.remove(n)
+		return Checkpoint{}, err
+	}
+	if len(command) > int(hostres.Load().HistoryLineBytes) {
+		command = command[:hostres.Load().HistoryLineBytes] + "..."
+	}
+	cp := Checkpoint{Number: n, Command: command, CreatedAt: time.Now().UTC(), Bytes: data, SHA256: sum}
+	b, _ = json.Marshal(cp)
+	if err := writeFileSync(c.path(n, ".json"), b); err != nil {
+		c.remove(n)
+		return Checkpoint{}, err
+	}
+	_ = writeFileSync(filepath.Join(c.Dir, "last"), []byte(strconv.Itoa(n)))
+	c.prune()
+	return cp, nil
+}
+
+func (c Checkpoints) lastNumber() (int, error) {
+	b, err := os.ReadFile(filepath.Join(c.Dir, "last"))
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// prune drops the oldest checkpoints past the count and size caps.
+func (c Checkpoints) prune() {
+	maxCount, maxBytes := checkpointCaps()
+	list, err := c.records()
+	if err != nil {
+		return
+	}
+	var total int64
+	for _, cp := range list {
+		total += cp.Bytes
+	}
+	for len(list) > 1 && (len(list) > maxCount || total > maxBytes) {
+		c.remove(list[0].Number)
+		total -= list[0].Bytes
+		list = list[1:]
+	}
+}
+
+// remove deletes checkpoint n, its record first (a crash in between
+// leaves unnamed data, never a record without its data).
+func (c Checkpoints) remove(n int) {
+	_ = os.Remove(c.path(n, ".json"))
+	_ = os.Remove(c.path(n, ".manifest.json"))
+	_ = os.Remove(c.path(n, ".img"))
+}
+
+// records returns the valid checkpoint records, oldest first.
+func (c Checkpoints) records() ([]Checkpoint, error) {
+	ents, err := os.ReadDir(c.Dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return []Checkpoint{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := []Checkpoint{}
+	for _, e := range ents {
+		num, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok {
+			continue
+		}
+		n, err := strconv.Atoi(num)
+		if err != nil || n <= 0 || strconv.Itoa(n) != num {
+			continue
+		}
+		if cp, err := c.Get(n); err == nil {
+			out = append(out, cp)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Number < out[j].Number })
+	return out, nil
+}
+
+// Get returns checkpoint n's record.
+func (c Checkpoints) Get(n int) (Checkpoint, error) {
+	var cp Checkpoint
+	b, err := os.ReadFile(c.path(n, ".json"))
+	if err != nil {
+		return cp, errdefs.New(errdefs.ErrNotFound, "list them with `pyro workspace checkpoint list`", "checkpoint %d not found", n)
+	}
+	if len(b) > 64<<10 || json.Unmarshal(b, &cp) != nil || cp.Number != n || !isSHA256(cp.SHA256) {
+		return Checkpoint{}, errdefs.New(errdefs.ErrFailedPrecondition, "undo to another checkpoint", "checkpoint %d has a damaged record", n)
+	}
+	return cp, nil
+}
+
+// List returns the checkpoints, oldest first, with BytesChanged filled in.
+func (c Checkpoints) List() ([]Checkpoint, error) {
+	list, err := c.records()
+	if err != nil {
+		return nil, err
+	}
+	base := c.baseIndex()
+	for i := range list {
+		list[i].BytesChanged = -1
+		if i+1 < len(list) {
+			a, errA := c.Manifest(list[i].Number)
+			b, errB := c.Manifest(list[i+1].Number)
+			if errA == nil && errB == nil {
+				list[i].BytesChanged = touchedBytes(CompareManifests(a, b, base), b)
+			}
+		}
+	}
+	return list, nil
+}
+
+// Manifest returns checkpoint n's manifest.
+func (c Checkpoints) Manifest(n int) (agentapi.LayerManifest, error) {
+	var m agentapi.LayerManifest
+	f, err := os.Open(c.path(n, ".manifest.json"))
+	if err != nil {
+		return m, errdefs.New(errdefs.ErrNotFound, "list them with `pyro workspace checkpoint list`", "checkpoint %d not found", n)
+	}
+	defer f.Close()
+	if err := json.NewDecoder(bufio.NewReader(f)).Decode(&m); err != nil {
+		return m, fmt.Errorf("checkpoint %d manifest: %w", n, err)
+	}
+	return m, nil
+}
+
+// Verify checks checkpoint n's image against its digest and returns its
+// path. A damaged checkpoint is never restored.
+func (c Checkpoints) Verify(n int) (string, error) {
+	cp, err := c.Get(n)
+	if err != nil {
+		return "", err
+	}
+	p := c.path(n, ".img")
+	sum, _, err := ImageDigest(p)
+	if err != nil {
+		return "", errdefs.Wrap(errdefs.ErrFailedPrecondition, err, "", "checkpoint %d is missing its data", n)
+	}
+	if sum != cp.SHA256 {
+		return "", errdefs.New(errdefs.ErrFailedPrecondition, "undo to another checkpoint", "checkpoint %d is damaged", n)
+	}
+	return p, nil
+}
+
+// DropFrom removes checkpoints n and later (after an undo to n, they
+// describe a future that no longer exists).
+func (c Checkpoints) DropFrom(n int) error {
+	list, err := c.records()
+	if err != nil {
+		return err
+	}
+	for i := len(list) - 1; i >= 0; i-- {
+		if list[i].Number >= n {
+			c.remove(list[i].Number)
+		}
+	}
+	return nil
+}
+
+// Last returns the newest checkpoint's number (0: none).
+func (c Checkpoints) Last() int {
+	list, _ := c.records()
+	if len(list) == 0 {
+		return 0
+	}
+	return list[len(list)-1].Number
+}
+
+func (c Checkpoints) baseIndex() BaseIndex {
+	idx, _ := ReadBaseIndex(filepath.Join(filepath.Dir(c.Dir), BaseIndexFile))
+	return idx
+}
+
+// BaseIndexOf returns the baseline index beside a checkpoints directory.
+func (c Checkpoints) BaseIndex() BaseIndex { return c.baseIndex() }
+
+func writeFileSync(p string, b []byte) error {
+	tmp := p + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err = f.Write(b); err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, p)
+}
