@@ -414,3 +414,35 @@ func TestFrameTooLargeEndsLink(t *testing.T) {
 	}
 	b.Close()
 }
+
+// A server that speaks first, at an address a CIDR entry admits, is not
+// held up by the server-name read that name-bound addresses get.
+func TestCIDRServerSpeaksFirst(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprint(c, "SSH-2.0-test\r\n")
+			c.Close()
+		}
+	}()
+	w := &world{routes: map[string]string{"tcp:203.0.113.9:22": ln.Addr().String()}}
+	e := newEnv(t, netpolicy.Policy{Mode: netpolicy.Egress, AllowHosts: []string{"allowed.test", "203.0.113.0/24"}}, w, nil)
+	c, err := e.dialTCP("203.0.113.9:22")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(peekTimeout / 2))
+	b, err := io.ReadAll(c)
+	if err != nil || !strings.HasPrefix(string(b), "SSH-2.0") {
+		t.Fatalf("banner %q, %v", b, err)
+	}
+}

@@ -25,11 +25,12 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, copyBuf); return &b 
 // forwarder's goroutine for this SYN (at most MaxPendingSYN at once).
 //
 // Order: the engine decides the destination before any host socket exists.
-// When the policy has an allowlist, the guest's handshake is completed
-// first and its first bytes are read (TLS server name or HTTP Host) and
-// decided before the host connection is opened, so a connection with the
-// wrong name never leaves the host. Otherwise the host connection is opened
-// first, so a refused or unreachable destination is a RST to the guest.
+// When the destination is bound to names (an allowlist, and no CIDR entry
+// admits it), the guest's handshake is completed first and its first bytes
+// are read (TLS server name or HTTP Host) and decided before the host
+// connection is opened, so a connection with the wrong name never leaves
+// the host. Otherwise the host connection is opened first, so a refused or
+// unreachable destination is a RST to the guest.
 func (st *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	id := r.ID()
 	dst := addrPort(id.LocalAddress, id.LocalPort)
@@ -49,7 +50,7 @@ func (st *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		r.Complete(true)
 		return
 	}
-	needName := len(st.cfg.Engine.Policy().AllowHosts) > 0
+	needName := st.cfg.Engine.NeedsServerName(dst)
 	var host net.Conn
 	if !needName {
 		c, err := st.cfg.Dialer(st.ctx, "tcp", dst.String())

@@ -337,3 +337,17 @@ func TestNetworkNeedsPolicyBackend(t *testing.T) {
 		t.Fatalf("networked boot on a backend without NetworkPolicy: %v", err)
 	}
 }
+
+// The benchmark's slirp reference never stands in for a policy that
+// promises more than open egress.
+func TestSlirpBenchRefusesPolicies(t *testing.T) {
+	t.Setenv("PYRO_BENCH_SLIRP", "1")
+	d := deps(t)
+	c := cfg
+	c.Network = true
+	c.NetworkPolicy = netpolicy.Policy{Mode: netpolicy.Egress, AllowHosts: []string{"pypi.org"}}
+	_, err := vm.BootWith(context.Background(), fakeSteps(), d, c)
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "PYRO_BENCH_SLIRP") {
+		t.Fatalf("slirp with an allowlist: %v", err)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"syscall"
 
+	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/netpolicy"
 	"github.com/pyro-mcp/pyro/internal/netstack"
 	"github.com/pyro-mcp/pyro/internal/vmm/qemu"
@@ -36,7 +37,16 @@ func slirpBench() bool { return os.Getenv(qemu.SlirpEnv) == "1" }
 // startNetwork builds the stack with the policy's engine and attaches it to
 // one end of a socketpair; the VMM gets the other (spec.NetworkFile).
 func startNetwork(_ context.Context, d Deps, c Config, v *VM) error {
-	if !c.Network || slirpBench() {
+	if !c.Network {
+		return nil
+	}
+	if slirpBench() {
+		// The benchmark's reference decides nothing: it is only for open
+		// egress, never for a policy that promises more.
+		if p := c.policy(); len(p.AllowHosts) > 0 || p.Mode.Publishes() {
+			return errdefs.New(errdefs.ErrFailedPrecondition, "unset "+qemu.SlirpEnv,
+				"%s=1 (benchmark reference, QEMU slirp) cannot enforce network policy %s", qemu.SlirpEnv, p)
+		}
 		return nil
 	}
 	eng, err := netpolicy.NewEngine(c.policy())
