@@ -226,7 +226,7 @@ func TestEgressReachesAndRefusesHost(t *testing.T) {
 	if err != nil || !strings.Contains(body, "public") {
 		t.Fatalf("egress to a public address: %q, %v", body, err)
 	}
-	// Loopback, the gateway (slirp's door to the host's loopback), the
+	// The gateway (slirp's old door to the host's loopback), the
 	// host's own address and link-local are refused before any host
 	// socket is opened. (127.0.0.1 is not tried: a guest kernel does not
 	// send it out of its NIC, and the stack drops such packets as martians.)
