@@ -43,6 +43,7 @@ var extensions = [][]tool{
 	namesTools,
 	networkTools,
 	filesTools,
+	checkpointsTools,
 }
 
 // coreTools are the tools of workspace-core, in the order it lists them.

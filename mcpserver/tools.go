@@ -65,6 +65,9 @@ var bounds = map[string][2]float64{
 	"max_bytes":             {1, pyro.MaxReadBytes},
 	"expect_status":         {100, 599},
 	"wait_for_idle_ms":      {0, pyro.MaxShellIdleMS},
+	// Checkpoint numbers (tools_checkpoints.go).
+	"to":    {0, 1<<31 - 1},
+	"since": {1, 1<<31 - 1},
 }
 
 // enums are the fixed vocabularies of string inputs, by property name.
@@ -454,7 +457,9 @@ func workspaceCreate(ctx context.Context, cl *call, in workspaceCreateIn) (pyro.
 	}
 	cl.p.step(ctx, "creating workspace (%s)", orDefault(in.Environment, pyro.DefaultEnvironment))
 	ws, err := cl.c.CreateWorkspace(ctx, pyro.CreateWorkspaceOptions{Environment: in.Environment, VCPUCount: in.VCPUCount, MemMiB: in.MemMiB,
-		Network: in.Network, NetworkPolicy: in.NetworkPolicy, AllowHosts: in.AllowHosts, AllowHostCompat: in.AllowHostCompat, SeedPath: seed, Secrets: secrets, Name: in.Name, Labels: in.Labels})
+		Network: in.Network, NetworkPolicy: in.NetworkPolicy, AllowHosts: in.AllowHosts, AllowHostCompat: in.AllowHostCompat, SeedPath: seed, Secrets: secrets, Name: in.Name, Labels: in.Labels,
+		// A model's commands are undoable by default (workspace_undo).
+		Checkpoints: true})
 	if err != nil {
 		return ws, "", err
 	}

@@ -453,6 +453,7 @@ class Pyro:
         secrets: Optional[Secrets] = None,
         name: Optional[str] = None,
         labels: Optional[Mapping[str, str]] = None,
+        checkpoints: bool = False,
     ) -> dict[str, Any]:
         """Create and start a persistent workspace (``pyro workspace create``).
 
@@ -474,6 +475,9 @@ class Pyro:
                 a ``{name: value}`` dict. Values never appear in results.
             name: optional name, usable wherever the workspace id is (unique).
             labels: optional ``{key: value}`` labels to find it by (``list_workspaces``).
+            checkpoints: take a checkpoint before every command, push, file write,
+                patch and service start, for ``undo_workspace`` and
+                ``diff_workspace(since=N)``.
 
         Returns:
             the workspace dict (``workspace_id``, ``state``, ``workspace_seed``,
@@ -488,6 +492,8 @@ class Pyro:
         if name is not None:
             args.append(f"--name={name}")
         args += _label_flags("--label", labels)
+        if checkpoints:
+            args.append("--checkpoints")
         flags, stdin = _secret_flags(secrets)
         args += flags
         return self._call(["workspace", "create"], args, stdin=stdin)
@@ -560,9 +566,29 @@ class Pyro:
             ["workspace", "export"], [workspace_id, path, f"--output={os.fspath(output_path)}"]
         )
 
-    def diff_workspace(self, workspace_id: str) -> dict[str, Any]:
-        """What changed in ``/workspace`` since the create-time baseline (``changes``)."""
-        return self._call(["workspace", "diff"], [workspace_id])
+    def diff_workspace(self, workspace_id: str, *, since: Optional[int] = None) -> dict[str, Any]:
+        """What changed in ``/workspace`` since the create-time baseline (``changes``).
+
+        With ``since=N`` (a checkpoint number), the paths the commands since
+        checkpoint N touched, names only.
+        """
+        args = [workspace_id]
+        if since is not None:
+            args.append(f"--since={int(since)}")
+        return self._call(["workspace", "diff"], args)
+
+    def list_checkpoints(self, workspace_id: str) -> dict[str, Any]:
+        """Checkpoints taken before each command: ``{"workspace_id", "checkpoints":
+        [{number, command, created_at, bytes, sha256, bytes_changed}, ...]}``."""
+        return self._call(["workspace", "checkpoint", "list"], [workspace_id])
+
+    def undo_workspace(self, workspace_id: str, *, to: Optional[int] = None) -> dict[str, Any]:
+        """Return ``/workspace`` to the state before the last command (or before
+        checkpoint ``to``'s command). Recreates the sandbox like a reset."""
+        args = [workspace_id]
+        if to is not None:
+            args.append(f"--to={int(to)}")
+        return self._call(["workspace", "undo"], args)
 
     def create_snapshot(self, workspace_id: str, snapshot_name: str) -> dict[str, Any]:
         """Store the current ``/workspace`` as a named snapshot."""

@@ -76,6 +76,7 @@ CONTRACT: dict[str, list[tuple[str, str, Any]]] = {
         ("secrets", "kw", None),
         ("name", "kw", None),
         ("labels", "kw", None),
+        ("checkpoints", "kw", False),
     ],
     "list_workspaces": [("labels", "kw", None)],
     "update_workspace": [("workspace_id", "pos", REQ), ("name", "kw", None), ("labels", "kw", None), ("clear_labels", "kw", None)],
@@ -87,7 +88,10 @@ CONTRACT: dict[str, list[tuple[str, str, Any]]] = {
         ("dest", "kw", "/workspace"),
     ],
     "export_workspace": [("workspace_id", "pos", REQ), ("path", "pos", REQ), ("output_path", "kw", REQ)],
-    "diff_workspace": [("workspace_id", "pos", REQ)],
+    "diff_workspace": [("workspace_id", "pos", REQ), ("since", "kw", None)],
+    # Checkpoints (#15).
+    "list_checkpoints": [("workspace_id", "pos", REQ)],
+    "undo_workspace": [("workspace_id", "pos", REQ), ("to", "kw", None)],
     "create_snapshot": [("workspace_id", "pos", REQ), ("snapshot_name", "pos", REQ)],
     "list_snapshots": [("workspace_id", "pos", REQ)],
     "delete_snapshot": [("workspace_id", "pos", REQ), ("snapshot_name", "pos", REQ)],
@@ -297,6 +301,15 @@ class MappingTest(unittest.TestCase):
         self.check(lambda: p.apply_workspace_patch("w1", patch=patch),
                    ["workspace", "patch", "apply", "--json", "w1", "--patch-file=-"])
         self.assertEqual(self.fake.calls()[-1]["stdin"], patch)
+
+    def test_checkpoints(self) -> None:
+        p = self.pyro
+        self.check(lambda: p.create_workspace(checkpoints=True),
+                   ["workspace", "create", "--json", "debian:12", "--vcpu-count=1", "--mem-mib=1024", "--checkpoints"])
+        self.check(lambda: p.list_checkpoints("abc"), ["workspace", "checkpoint", "list", "--json", "abc"])
+        self.check(lambda: p.undo_workspace("abc"), ["workspace", "undo", "--json", "abc"])
+        self.check(lambda: p.undo_workspace("abc", to=3), ["workspace", "undo", "--json", "abc", "--to=3"])
+        self.check(lambda: p.diff_workspace("abc", since=2), ["workspace", "diff", "--json", "abc", "--since=2"])
 
     def test_workspaces(self) -> None:
         p = self.pyro
