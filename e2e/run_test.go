@@ -61,8 +61,10 @@ func TestRunTruncationAndTimeout(t *testing.T) {
 	if m["stdout_truncated"] != true {
 		t.Fatalf("stdout_truncated = %v", m["stdout_truncated"])
 	}
-	if n := len(m["stdout"].(string)); n != 1<<20 {
-		t.Fatalf("captured %d bytes, want the 1 MiB cap", n)
+	// The first and last 512 KiB with a marked middle (#17.10).
+	marker := "\n[... 2097152 bytes elided ...]\n"
+	if out := m["stdout"].(string); len(out) != 1<<20+len(marker) || out[1<<19:1<<19+len(marker)] != marker {
+		t.Fatalf("captured %d bytes, want the 1 MiB cap plus the marker %q in the middle", len(out), marker)
 	}
 
 	// The timeout kills the whole process group, background children too.

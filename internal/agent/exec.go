@@ -70,7 +70,8 @@ func (s *Agent) handleExec(w http.ResponseWriter, r *http.Request) {
 	stop := context.AfterFunc(r.Context(), func() { _ = ew.rc.SetWriteDeadline(time.Now()) })
 	defer stop()
 	out := newRedactedOutput(red, ew.output)
-	res := s.run(r.Context(), p, out.forward)
+	out.elide = ew.elided
+	res := s.run(r.Context(), p, out)
 	out.flush()
 	// Output crosses the channel once, in the events above: the host
 	// assembles the result's stdout and stderr from them (run keeps no
@@ -126,12 +127,18 @@ func (e *eventWriter) output(stream string, p []byte) {
 	}
 }
 
+// elided sends the elided event of stream (its tail follows).
+func (e *eventWriter) elided(stream string, n int64) {
+	e.write(agentapi.Event{Type: agentapi.EventElided, Stream: stream, Elided: n})
+}
+
 // redactedOutput redacts each output stream of one exec through its own
 // redact.Stream, so a secret split across chunks is still caught. Its
 // forward is called with run's forwarding lock held (one call at a time).
 type redactedOutput struct {
 	red     *redact.Redactor
 	next    func(stream string, p []byte)
+	elide   func(stream string, n int64)
 	streams map[string]*redact.Stream
 }
 
@@ -151,6 +158,21 @@ func (o *redactedOutput) forward(stream string, p []byte) {
 	}
 	if out := st.Write(p); len(out) > 0 {
 		o.next(stream, out)
+	}
+}
+
+// elided ends a stream's head: what the redactor held back goes first,
+// then the elided event; the tail is redacted afresh (a secret cut by the
+// elision is not whole in either part).
+func (o *redactedOutput) elided(stream string, n int64) {
+	if st := o.streams[stream]; st != nil {
+		if out := st.Flush(); len(out) > 0 {
+			o.next(stream, out)
+		}
+		delete(o.streams, stream)
+	}
+	if o.elide != nil {
+		o.elide(stream, n)
 	}
 }
 
@@ -287,30 +309,48 @@ func checkExecutable(path string) error {
 	return nil
 }
 
-// capture forwards one output stream up to a limit and counts it; the
-// bytes themselves are not kept (they reach the host once, as events).
+// capture keeps the head and tail of one output stream
+// (agentapi.HeadTail). The first limit bytes are forwarded as they come
+// (they reach the host once, as events); past that the stream only feeds
+// the tail ring, which finish sends after an elided event, so the host
+// sees how the command started and how it ended.
 type capture struct {
-	stream    string
-	limit     int64
-	n         int64
-	truncated bool
-	forward   func(stream string, p []byte)
+	stream  string
+	limit   int64
+	n       int64 // bytes forwarded live
+	ht      *agentapi.HeadTail
+	forward func(stream string, p []byte)
 }
 
+func newCapture(stream string, limit int64, forward func(string, []byte)) *capture {
+	return &capture{stream: stream, limit: limit, ht: agentapi.NewHeadTail(limit), forward: forward}
+}
+
+// add keeps p and forwards what is still within the live budget.
 func (c *capture) add(p []byte) {
-	if c.truncated {
+	c.ht.Add(p)
+	live := p[:min(int64(len(p)), max(c.limit-c.n, 0))]
+	if len(live) == 0 {
 		return
 	}
-	room := c.limit - c.n
-	if int64(len(p)) > room {
-		p = p[:room]
-		c.truncated = true
-	}
-	if len(p) == 0 {
+	c.n += int64(len(live))
+	c.forward(c.stream, live)
+}
+
+// pastLive reports whether the live budget is spent.
+func (c *capture) pastLive() bool { return c.n >= c.limit }
+
+// truncated reports whether bytes were elided.
+func (c *capture) truncated() bool { return c.ht.Elided() > 0 }
+
+// finish sends the elided event and the tail when bytes were elided
+// (otherwise everything went out live).
+func (c *capture) finish(elide func(stream string, n int64)) {
+	if !c.truncated() {
 		return
 	}
-	c.n += int64(len(p))
-	c.forward(c.stream, p)
+	elide(c.stream, c.ht.Elided())
+	c.forward(c.stream, c.ht.Tail())
 }
 
 const (
@@ -347,7 +387,7 @@ func drain(r *os.File, c *capture, stop *atomic.Bool) {
 	bp := drainBufs.Get().(*[]byte)
 	defer drainBufs.Put(bp)
 	buf := *bp
-	for !c.truncated {
+	for !c.pastLive() {
 		n, err := r.Read(buf)
 		if n > 0 {
 			c.add(buf[:n])
@@ -366,6 +406,9 @@ func drain(r *os.File, c *capture, stop *atomic.Bool) {
 		// Stay on the poller, pausing all the same.
 		for {
 			n, err := r.Read(buf)
+			if n > 0 {
+				c.ht.Add(buf[:n])
+			}
 			if err != nil {
 				return
 			}
@@ -381,6 +424,9 @@ func drain(r *os.File, c *capture, stop *atomic.Bool) {
 	_ = r.Close()
 	for !stop.Load() {
 		n, err := unix.Read(fd, buf)
+		if n > 0 {
+			c.ht.Add(buf[:n]) // the tail ring: a copy, no wakeup of the host
+		}
 		switch {
 		case n == len(buf) || err == unix.EINTR:
 		case n > 0:
@@ -410,7 +456,8 @@ func growPipe(f *os.File) {
 // with the reason on stderr. The command runs in a cgroup leaf of its own;
 // a timeout or cancel kills the whole leaf, and processes it leaves behind
 // otherwise may keep running (background jobs) as a leftover.
-func (s *Agent) run(ctx context.Context, p *prepared, forward func(stream string, p []byte)) agentapi.ExecResult {
+func (s *Agent) run(ctx context.Context, p *prepared, out *redactedOutput) agentapi.ExecResult {
+	forward := out.forward
 	start := time.Now()
 	res := agentapi.ExecResult{StartedAt: start.UTC()}
 	finish := func() agentapi.ExecResult {
@@ -425,8 +472,8 @@ func (s *Agent) run(ctx context.Context, p *prepared, forward func(stream string
 		defer fwdMu.Unlock()
 		forward(stream, b)
 	}
-	stdout := &capture{stream: agentapi.EventStdout, limit: p.maxOutput, forward: safeForward}
-	stderr := &capture{stream: agentapi.EventStderr, limit: p.maxOutput, forward: safeForward}
+	stdout := newCapture(agentapi.EventStdout, p.maxOutput, safeForward)
+	stderr := newCapture(agentapi.EventStderr, p.maxOutput, safeForward)
 
 	path, err := lookPath(p.argv[0], p.path, p.cwd)
 	if err != nil {
@@ -544,7 +591,14 @@ func (s *Agent) run(ctx context.Context, p *prepared, forward func(stream string
 	if res.TimedOut {
 		res.ExitCode = agentapi.ExitTimedOut
 	}
-	res.StdoutTruncated, res.StderrTruncated = stdout.truncated, stderr.truncated
+	for _, c := range []*capture{stdout, stderr} {
+		c.finish(func(stream string, n int64) {
+			fwdMu.Lock()
+			defer fwdMu.Unlock()
+			out.elided(stream, n)
+		})
+	}
+	res.StdoutTruncated, res.StderrTruncated = stdout.truncated(), stderr.truncated()
 	return finish()
 }
 

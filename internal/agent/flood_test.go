@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -16,7 +17,8 @@ func TestExecEndlessOutputTimesOut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !res.TimedOut || !res.StdoutTruncated || len(res.Stdout) != agentapi.DefaultMaxOutputBytes {
+	if !res.TimedOut || !res.StdoutTruncated || !strings.Contains(res.Stdout, " bytes elided ...]\n") ||
+		len(res.Stdout) > agentapi.DefaultMaxOutputBytes+64 {
 		t.Fatalf("timed_out=%v truncated=%v len=%d", res.TimedOut, res.StdoutTruncated, len(res.Stdout))
 	}
 	if el := time.Since(start); el > 10*time.Second {
@@ -29,11 +31,14 @@ func TestExecEndlessOutputTimesOut(t *testing.T) {
 // the command exits does not hold up the result beyond the grace.
 func TestExecDropPastCap(t *testing.T) {
 	c := newTestClient(t, Options{})
-	res, err := c.Exec(testCtx(t), agentapi.ExecRequest{Shell: "head -c 20000000 /dev/zero; echo done >&2; exit 3"}, nil)
+	res, err := c.Exec(testCtx(t), agentapi.ExecRequest{Shell: "head -c 20000000 /dev/zero; echo THE-END; echo done >&2; exit 3"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.ExitCode != 3 || !res.StdoutTruncated || len(res.Stdout) != agentapi.DefaultMaxOutputBytes || res.Stderr != "done\n" {
+	// The head and the tail (with the command's last line) survive the cap.
+	marker := "\n" + agentapi.ElisionMarker(20000000+8-agentapi.DefaultMaxOutputBytes) + "\n"
+	if res.ExitCode != 3 || !res.StdoutTruncated || len(res.Stdout) != agentapi.DefaultMaxOutputBytes+len(marker) ||
+		!strings.Contains(res.Stdout, marker) || !strings.HasSuffix(res.Stdout, "THE-END\n") || res.Stderr != "done\n" {
 		t.Fatalf("exit=%d truncated=%v len=%d stderr=%q", res.ExitCode, res.StdoutTruncated, len(res.Stdout), res.Stderr)
 	}
 	start := time.Now()

@@ -176,7 +176,7 @@ func TestExecTruncation(t *testing.T) {
 	c := newTestClient(t, Options{})
 	var streamed atomic.Int64
 	res, err := c.Exec(testCtx(t), agentapi.ExecRequest{
-		Shell:          "head -c 100000 /dev/zero; echo short >&2",
+		Shell:          "head -c 100000 /dev/zero; echo end; echo short >&2",
 		MaxOutputBytes: 1000,
 	}, func(stream string, p []byte) {
 		if stream == agentapi.EventStdout {
@@ -186,11 +186,15 @@ func TestExecTruncation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.ExitCode != 0 || len(res.Stdout) != 1000 || !res.StdoutTruncated || res.StderrTruncated || res.Stderr != "short\n" {
+	// 500 bytes of head, the marker, 500 bytes of tail ending in "end".
+	marker := "\n" + agentapi.ElisionMarker(100004-1000) + "\n"
+	if res.ExitCode != 0 || len(res.Stdout) != 1000+len(marker) || res.Stdout[500:500+len(marker)] != marker || !strings.HasSuffix(res.Stdout, "\x00end\n") ||
+		!res.StdoutTruncated || res.StderrTruncated || res.Stderr != "short\n" {
 		t.Fatalf("got exit=%d len=%d trunc=%v/%v stderr=%q", res.ExitCode, len(res.Stdout), res.StdoutTruncated, res.StderrTruncated, res.Stderr)
 	}
-	if streamed.Load() != 1000 {
-		t.Fatalf("streamed %d bytes, want 1000", streamed.Load())
+	// Live: the first 1000 bytes, then the marker and the tail.
+	if streamed.Load() != int64(1000+len(marker)+500) {
+		t.Fatalf("streamed %d bytes, want %d", streamed.Load(), 1000+len(marker)+500)
 	}
 }
 

@@ -254,6 +254,9 @@ const (
 // Event is one line of the exec response stream.
 type Event struct {
 	Type string `json:"type"`
+	// Stream and Elided are set on an elided event (see EventElided).
+	Stream string `json:"stream,omitempty"`
+	Elided int64  `json:"elided,omitempty"`
 	// Data holds raw output bytes (base64 in JSON) for stdout/stderr events.
 	Data []byte `json:"data,omitempty"`
 	// Result is set on the exit event.

@@ -79,7 +79,7 @@ func DecodeExecStream(r io.Reader, maxOutput int64, onOutput func(stream string,
 	if maxOutput <= 0 {
 		maxOutput = DefaultMaxOutputBytes
 	}
-	stdout, stderr := &capped{limit: maxOutput}, &capped{limit: maxOutput}
+	stdout, stderr := newCapped(maxOutput), newCapped(maxOutput)
 	br := bufio.NewReaderSize(r, MaxEventLineBytes)
 	for {
 		line, err := br.ReadSlice('\n')
@@ -106,17 +106,27 @@ func DecodeExecStream(r io.Reader, maxOutput int64, onOutput func(stream string,
 			if ev.Type == EventStderr {
 				c = stderr
 			}
-			if kept := c.add(ev.Data); onOutput != nil && len(kept) > 0 {
-				onOutput(ev.Type, kept)
+			if live := c.add(ev.Data); onOutput != nil && len(live) > 0 {
+				onOutput(ev.Type, live)
+			}
+		case EventElided:
+			c := stdout
+			if ev.Stream == EventStderr {
+				c = stderr
+			} else if ev.Stream != EventStdout {
+				break
+			}
+			if marker := c.startTail(ev.Elided); onOutput != nil {
+				onOutput(ev.Stream, marker)
 			}
 		case EventExit:
 			if ev.Result == nil {
 				return ExecResult{}, errdefs.New(errdefs.ErrUnavailable, "", "exec: exit event without a result")
 			}
 			res := *ev.Result
-			res.Stdout, res.Stderr = string(stdout.buf), string(stderr.buf)
-			res.StdoutTruncated = res.StdoutTruncated || stdout.truncated
-			res.StderrTruncated = res.StderrTruncated || stderr.truncated
+			res.Stdout, res.Stderr = string(stdout.ht.Bytes()), string(stderr.ht.Bytes())
+			res.StdoutTruncated = res.StdoutTruncated || stdout.ht.Elided() > 0
+			res.StderrTruncated = res.StderrTruncated || stderr.ht.Elided() > 0
 			return res, nil
 		case EventError:
 			er := ErrorResponse{Error: "unknown error"}
@@ -132,33 +142,39 @@ func DecodeExecStream(r io.Reader, maxOutput int64, onOutput func(stream string,
 	}
 }
 
-// capped keeps up to limit bytes of one output stream.
+// capped keeps the head and tail of one output stream (HeadTail) and
+// bounds what it passes on live: the first limit bytes, then after an
+// elided event the marker and up to half a limit of tail, whatever a guest
+// sends.
 type capped struct {
+	ht        *HeadTail
 	limit     int64
-	buf       []byte
-	truncated bool
+	liveLeft  int64
+	tailStart bool
 }
 
-// add keeps what fits and returns it; the rest marks the stream truncated.
+func newCapped(limit int64) *capped {
+	return &capped{ht: NewHeadTail(limit), limit: limit, liveLeft: limit}
+}
+
+// add keeps p and returns the part to pass on live.
 func (c *capped) add(p []byte) []byte {
-	room := c.limit - int64(len(c.buf))
-	if int64(len(p)) > room {
-		p = p[:room]
-		c.truncated = true
-	}
-	if len(p) == 0 {
+	c.ht.Add(p)
+	n := min(int64(len(p)), max(c.liveLeft, 0))
+	c.liveLeft -= n
+	return p[:n]
+}
+
+// startTail handles an elided event and returns the marker line to pass
+// on; only the first one counts.
+func (c *capped) startTail(n int64) []byte {
+	if c.tailStart {
 		return nil
 	}
-	if need := len(c.buf) + len(p); need > cap(c.buf) {
-		// Grow by doubling, but never past the limit.
-		n := max(2*cap(c.buf), need, 4<<10)
-		n = int(min(int64(n), c.limit))
-		nb := make([]byte, len(c.buf), n)
-		copy(nb, c.buf)
-		c.buf = nb
-	}
-	c.buf = append(c.buf, p...)
-	return p
+	c.tailStart = true
+	c.ht.StartTail(n)
+	c.liveLeft = c.limit / 2
+	return []byte("\n" + ElisionMarker(c.ht.Elided()) + "\n")
 }
 
 // DecodeReply decodes a JSON reply body of at most limit bytes into out. A

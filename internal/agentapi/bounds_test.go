@@ -140,7 +140,8 @@ func TestExecCapsOutputOnHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.Stdout) != DefaultMaxOutputBytes || streamed != DefaultMaxOutputBytes || !res.StdoutTruncated {
+	marker := "\n" + ElisionMarker(events*MaxEventDataBytes-DefaultMaxOutputBytes) + "\n"
+	if len(res.Stdout) != DefaultMaxOutputBytes+len(marker) || !strings.Contains(res.Stdout, marker) || streamed != DefaultMaxOutputBytes || !res.StdoutTruncated {
 		t.Fatalf("stdout %d, streamed %d, truncated %v", len(res.Stdout), streamed, res.StdoutTruncated)
 	}
 	if res.Stderr != "err" || res.StderrTruncated || res.ExitCode != 3 || strings.Contains(res.Stdout, "forged") {
@@ -243,7 +244,7 @@ func ExampleDecodeExecStream() {
 	stream := `{"type":"stdout","data":"aGVsbG8K"}` + "\n" + `{"type":"exit","result":{"exit_code":0}}` + "\n"
 	res, err := DecodeExecStream(strings.NewReader(stream), 3, nil)
 	fmt.Printf("%q %v %v\n", res.Stdout, res.StdoutTruncated, err)
-	// Output: "hel" true <nil>
+	// Output: "he\n[... 3 bytes elided ...]\n\n" true <nil>
 }
 
 // On a direct yamux session (pyro run talks to its guest without a
@@ -332,5 +333,55 @@ func TestShellIDsChecked(t *testing.T) {
 	}
 	if reached {
 		t.Fatal("a bad shell id reached the agent")
+	}
+}
+
+// TestHeadTailKeepsBothEnds: a capped stream keeps its first and last
+// bytes with a marked middle, whatever the chunking.
+func TestHeadTailKeepsBothEnds(t *testing.T) {
+	var in bytes.Buffer
+	for i := 0; i < 1000; i++ {
+		fmt.Fprintf(&in, "line %04d\n", i)
+	}
+	for _, chunk := range []int{1, 7, 100, 4096, 1 << 20} {
+		h := NewHeadTail(200)
+		b := in.Bytes()
+		for len(b) > 0 {
+			n := min(chunk, len(b))
+			h.Add(b[:n])
+			b = b[n:]
+		}
+		got := string(h.Bytes())
+		want := in.String()[:100] + ElisionMarker(int64(in.Len()-200)) + "\n" + in.String()[in.Len()-100:]
+		if got != want {
+			t.Fatalf("chunks of %d:\n%q\nwant\n%q", chunk, got, want)
+		}
+	}
+	h := NewHeadTail(200)
+	h.Add([]byte("short\n"))
+	if string(h.Bytes()) != "short\n" || h.Elided() != 0 {
+		t.Errorf("under the cap: %q", h.Bytes())
+	}
+}
+
+// TestExecElidedTail: the agent's elided event and tail end up after the
+// head with the marker; a live listener sees the marker and the tail.
+func TestExecElidedTail(t *testing.T) {
+	ev := func(typ, data string) string {
+		return `{"type":"` + typ + `","data":"` + base64.StdEncoding.EncodeToString([]byte(data)) + `"}` + "\n"
+	}
+	stream := ev("stdout", "start\n") + ev("stdout", "more\n") + `{"type":"elided","stream":"stdout","elided":5000}` + "\n" +
+		ev("stdout", "error: boom\n") + `{"type":"exit","result":{"exit_code":1}}` + "\n"
+	var live strings.Builder
+	res, err := DecodeExecStream(strings.NewReader(stream), 40, func(s string, p []byte) { live.Write(p) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "start\nmore\n[... 5000 bytes elided ...]\nerror: boom\n"
+	if res.Stdout != want || !res.StdoutTruncated {
+		t.Errorf("stdout %q, want %q", res.Stdout, want)
+	}
+	if !strings.Contains(live.String(), "[... 5000 bytes elided ...]") || !strings.HasSuffix(live.String(), "error: boom\n") {
+		t.Errorf("live %q", live.String())
 	}
 }
