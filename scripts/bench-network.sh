@@ -59,7 +59,7 @@ measure() { # label, PYRO_BENCH_SLIRP value, pyro run arguments; prints "label M
 	label=$1 slirp=$2
 	shift 2
 	out=$(PYRO_BENCH_SLIRP=$slirp flock /tmp/pyro-e2e.lock "$PYRO" run --json --timeout-seconds 600 "$@" "$ENVNAME" -- sh -c "$GUEST")
-	echo "$out" | python3 -c '
+	printf '%s\n' "$out" | python3 -c '
 import json, statistics, sys
 r = json.load(sys.stdin)
 if r["exit_code"] != 0:

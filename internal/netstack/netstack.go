@@ -295,7 +295,8 @@ func (st *Stack) Policy() netpolicy.Policy { return st.cfg.Engine.Policy() }
 
 // SetPolicy changes the policy of the running guest at once: later queries
 // and connections are decided by p (see netpolicy.Engine.Update). Open
-// connections stay; a narrowing revokes learned addresses. Switching the
+// connections stay; a narrowing revokes learned addresses; a policy without
+// published ports closes those published. Switching the
 // network off or on needs a restart (the NIC is there or not), so p must
 // stay networked.
 func (st *Stack) SetPolicy(p netpolicy.Policy) error {
@@ -303,7 +304,20 @@ func (st *Stack) SetPolicy(p netpolicy.Policy) error {
 		return errdefs.New(errdefs.ErrFailedPrecondition, "stop it and start it again without a network",
 			"a running guest's network cannot be switched off live")
 	}
-	return st.cfg.Engine.Update(p)
+	if err := st.cfg.Engine.Update(p); err != nil {
+		return err
+	}
+	if !p.Mode.Publishes() {
+		// A policy without published ports closes the ones open.
+		st.mu.Lock()
+		pubs := st.published
+		st.published = map[int]*published{}
+		st.mu.Unlock()
+		for _, pp := range pubs {
+			pp.close()
+		}
+	}
+	return nil
 }
 
 // Denials drains the lookups and connections refused since the last call.

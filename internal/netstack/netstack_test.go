@@ -396,6 +396,21 @@ func TestPublish(t *testing.T) {
 		c.Close()
 		t.Fatal("the port still accepts after Unpublish")
 	}
+	// A live change to a policy without published ports closes them.
+	p, err = e.st.Publish(0, 8080)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.st.SetPolicy(netpolicy.Policy{Mode: netpolicy.Egress}); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", p.HostPort), time.Second); err == nil {
+		c.Close()
+		t.Fatal("the port still accepts under a policy without published ports")
+	}
+	if len(e.st.Published()) != 0 {
+		t.Fatalf("published: %v", e.st.Published())
+	}
 }
 
 func TestFrameTooLargeEndsLink(t *testing.T) {
