@@ -325,6 +325,11 @@ func vmRun(ctx context.Context, cl *call, in vmRunIn) (pyro.RunResult, string, e
 	if err := cl.network(in.Network, in.NetworkPolicy, in.AllowHosts); err != nil {
 		return pyro.RunResult{}, "", err
 	}
+	stop, err := cl.longCall(ctx, in.TimeoutSeconds)
+	if err != nil {
+		return pyro.RunResult{}, "", err
+	}
+	defer stop()
 	cl.p.step(ctx, "booting %s", orDefault(in.Environment, pyro.DefaultEnvironment))
 	res, err := cl.c.RunInVM(ctx, pyro.RunOptions{Environment: in.Environment, VCPUCount: in.VCPUCount, MemMiB: in.MemMiB,
 		TTLSeconds: in.TTLSeconds, Network: in.Network, NetworkPolicy: in.NetworkPolicy, AllowHosts: in.AllowHosts, AllowHostCompat: in.AllowHostCompat,
@@ -481,6 +486,11 @@ func workspaceExec(ctx context.Context, cl *call, in workspaceExecIn) (pyro.Exec
 	if err != nil {
 		return pyro.ExecResult{}, "", err
 	}
+	stop, err := cl.longCall(ctx, in.TimeoutSeconds)
+	if err != nil {
+		return pyro.ExecResult{}, "", err
+	}
+	defer stop()
 	cl.p.step(ctx, "running in workspace %s", in.WorkspaceID)
 	res, err := cl.c.ExecWorkspace(ctx, in.WorkspaceID, pyro.ExecOptions{Command: cmd, TimeoutSeconds: in.TimeoutSeconds,
 		SecretEnv: in.SecretEnv, OnOutput: cl.p.output(ctx)})
