@@ -45,6 +45,8 @@ type RunResult struct {
 	ExecResult
 	BootMS  int64 `json:"boot_ms"`
 	TotalMS int64 `json:"total_ms"`
+	// Start is "warm" (restored from a memory snapshot) or "cold" (booted).
+	Start string `json:"start"`
 	// Warnings are notes a person should see, such as running on TCG
 	// because KVM is unusable.
 	Warnings []string `json:"warnings,omitempty"`
@@ -131,6 +133,7 @@ func (c *Client) RunInVM(ctx context.Context, opts RunOptions) (RunResult, error
 		VCPUCount: opts.VCPUCount, MemMiB: opts.MemMiB, Network: rec.Network,
 		ExecResult: execResultFrom(res),
 		BootMS:     machine.BootMS,
+		Start:      machine.Start,
 	}
 	out.NetworkPolicy, out.AllowHosts = policyFields(rec)
 	if machine.Net != nil { // a run's network lives in this process

@@ -65,6 +65,7 @@ type VM struct {
 	Acceleration    string     `json:"acceleration,omitempty"`
 	Isolation       string     `json:"isolation,omitempty"`
 	BootMS          int64      `json:"boot_ms,omitempty"`
+	Start           string     `json:"start,omitempty"` // "warm" or "cold"
 	SupervisorPID   int        `json:"supervisor_pid,omitempty"`
 	VMMPID          int        `json:"vmm_pid,omitempty"`
 
@@ -233,7 +234,7 @@ func vmFrom(rec instance.Record, st lifecycle.Status) VM {
 		VMID: rec.ID, Environment: rec.Environment, EnvironmentDigest: rec.EnvironmentDigest, State: st.State, ReasonKind: string(st.Cause), Reason: st.Reason,
 		VCPUCount: rec.VCPUCount, MemMiB: rec.MemMiB, Network: rec.Network, AllowHostCompat: rec.AllowHostCompat,
 		TTLSeconds: rec.TTLSeconds, CreatedAt: rec.CreatedAt, ExpiresAt: rec.ExpiresAt,
-		Backend: st.Backend, Acceleration: st.Acceleration, Isolation: st.Isolation, BootMS: st.BootMS,
+		Backend: st.Backend, Acceleration: st.Acceleration, Isolation: st.Isolation, BootMS: st.BootMS, Start: st.Start,
 		SupervisorPID: st.SupervisorPID, VMMPID: st.VMMPID,
 	}
 }

@@ -21,6 +21,9 @@ const (
 	envInitStarted = "PYRO_INIT_STARTED_MS"
 	envRootReady   = "PYRO_ROOT_READY_MS"
 	envLogLevel    = "PYRO_AGENT_LOG"
+	// envSnapshot=1: the guest may be saved as a memory snapshot
+	// (pyro.snapshot=1): reconnect to a new host at once.
+	envSnapshot = "PYRO_SNAPSHOT"
 )
 
 // portWait bounds the wait for the virtio-serial port to appear.
@@ -69,7 +72,7 @@ func RunChild() {
 	if n := a.RestoreSecrets(); n > 0 {
 		log.Info("secrets restored", "count", n)
 	}
-	ln, err := SerialListener(agentapi.PortName, portWait)
+	ln, err := SerialListener(agentapi.PortName, portWait, os.Getenv(envSnapshot) == "1")
 	if err != nil {
 		log.Error("cannot find agent port", "err", err)
 		os.Exit(1)

@@ -50,6 +50,13 @@ type bootConfig struct {
 	// pyro.workspace=2: /workspace is layered (see layers.go): the
 	// baseline disk under the upper disk, as an overlay.
 	layered bool
+	// pyro.workspace=defer (defer2: layered): as workspace, but only wait
+	// for the disks; the host asks for the mount after a restore
+	// (agentapi.PathIdentity), so a snapshot's guest never reads the
+	// placeholder disks' contents.
+	deferWorkspace bool
+	// pyro.snapshot=1: the guest may be saved as a memory snapshot.
+	snapshot bool
 }
 
 func parseCmdline(s string) bootConfig {
@@ -68,8 +75,11 @@ func parseCmdline(s string) bootConfig {
 		case "pyro.debug":
 			c.debug = v == "1"
 		case "pyro.workspace":
-			c.workspace = v == "1" || v == "2"
-			c.layered = v == "2"
+			c.workspace = v == "1" || v == "2" || v == "defer" || v == "defer2"
+			c.layered = v == "2" || v == "defer2"
+			c.deferWorkspace = v == "defer" || v == "defer2"
+		case "pyro.snapshot":
+			c.snapshot = v == "1"
 		}
 	}
 	return c
@@ -120,6 +130,9 @@ func Init() {
 	)
 	if cfg.debug {
 		env = append(env, envLogLevel+"=debug")
+	}
+	if cfg.snapshot {
+		env = append(env, envSnapshot+"=1")
 	}
 	supervise(sigs, env)
 }
@@ -210,7 +223,15 @@ func mountWorkspace(cfg bootConfig) error {
 			time.Sleep(2 * time.Millisecond)
 		}
 	}
-	if cfg.layered {
+	if cfg.deferWorkspace {
+		return nil
+	}
+	return mountWorkspaceDisks(cfg.layered)
+}
+
+// mountWorkspaceDisks mounts the present workspace disk(s) on /workspace.
+func mountWorkspaceDisks(layered bool) error {
+	if layered {
 		return mountLayers(WorkspaceBaseDisk, WorkspaceDisk, WorkspaceDir)
 	}
 	if err := unix.Mount(WorkspaceDisk, WorkspaceDir, "ext4", unix.MS_NOATIME|unix.MS_NODEV, ""); err != nil {

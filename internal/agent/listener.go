@@ -77,12 +77,16 @@ func (l netListener) Close() error { return l.ln.Close() }
 // Reads return EOF while no host is connected; the next Accept reopens.
 // A session that ended at once (no host yet) makes the next Accept wait a
 // little longer, up to 200 ms; one that carried traffic resets the wait.
-func SerialListener(name string, wait time.Duration) (Listener, error) {
+// With fast, the wait is always 1 ms: a guest that may be saved as a
+// memory snapshot (pyro.snapshot=1) is saved while no host is connected,
+// and each guest restored from it must answer its new host at once, not
+// after whatever backoff the saved guest was sleeping.
+func SerialListener(name string, wait time.Duration, fast bool) (Listener, error) {
 	dev, err := findPort(name, wait)
 	if err != nil {
 		return nil, err
 	}
-	return &serialListener{dev: dev, done: make(chan struct{})}, nil
+	return &serialListener{dev: dev, done: make(chan struct{}), fast: fast}, nil
 }
 
 type serialListener struct {
@@ -90,6 +94,7 @@ type serialListener struct {
 	done    chan struct{}
 	opened  time.Time
 	backoff time.Duration
+	fast    bool
 }
 
 func (l *serialListener) Accept() (io.ReadWriteCloser, error) {
@@ -99,6 +104,9 @@ func (l *serialListener) Accept() (io.ReadWriteCloser, error) {
 			l.backoff = 10 * time.Millisecond
 		} else if l.backoff < 200*time.Millisecond {
 			l.backoff = max(2*l.backoff, 10*time.Millisecond)
+		}
+		if l.fast {
+			l.backoff = time.Millisecond
 		}
 		select {
 		case <-time.After(l.backoff):

@@ -98,6 +98,7 @@ type Agent struct {
 	user         *userCgroup // nil: no user cgroup
 	services     *serviceManager
 	shells       *shellManager
+	identity     identityState // set once after a restore (identity_linux.go)
 	handler      http.Handler
 	layers       *layers
 }
@@ -179,6 +180,7 @@ func (s *Agent) routes() http.Handler {
 	mux.HandleFunc("POST "+agentapi.PathExec, s.handleExec)
 	mux.HandleFunc("POST "+agentapi.PathShutdown, s.handleShutdown)
 	mux.HandleFunc("POST "+agentapi.PathSecrets, s.handleSetSecrets)
+	mux.HandleFunc("POST "+agentapi.PathIdentity, s.handleIdentity)
 	s.services.routes(mux)
 	s.shells.routes(mux)
 	mux.HandleFunc("POST "+agentapi.PathFilesPush, s.handleFilesPush)

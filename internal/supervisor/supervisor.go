@@ -52,18 +52,20 @@ const AgentPrefix = "/agent"
 // Status is what GET /v1/status answers, and what Observe derives when no
 // supervisor answers. Cause is the value to compare; Reason is for people.
 type Status struct {
-	State         string           `json:"state"`
-	Cause         instance.Cause   `json:"cause,omitempty"`
-	Reason        string           `json:"reason,omitempty"`
-	Backend       string           `json:"backend,omitempty"`
-	Acceleration  string           `json:"acceleration,omitempty"`
-	Isolation     string           `json:"isolation,omitempty"`
-	AccelNote     string           `json:"accel_note,omitempty"`
-	SupervisorPID int              `json:"supervisor_pid"`
-	VMMPID        int              `json:"vmm_pid,omitempty"`
-	BootMS        int64            `json:"boot_ms,omitempty"`
-	StartedAt     time.Time        `json:"started_at"`
-	Health        *agentapi.Health `json:"health,omitempty"`
+	State         string         `json:"state"`
+	Cause         instance.Cause `json:"cause,omitempty"`
+	Reason        string         `json:"reason,omitempty"`
+	Backend       string         `json:"backend,omitempty"`
+	Acceleration  string         `json:"acceleration,omitempty"`
+	Isolation     string         `json:"isolation,omitempty"`
+	AccelNote     string         `json:"accel_note,omitempty"`
+	SupervisorPID int            `json:"supervisor_pid"`
+	VMMPID        int            `json:"vmm_pid,omitempty"`
+	BootMS        int64          `json:"boot_ms,omitempty"`
+	// Start is "warm" (restored from a memory snapshot) or "cold".
+	Start     string           `json:"start,omitempty"`
+	StartedAt time.Time        `json:"started_at"`
+	Health    *agentapi.Health `json:"health,omitempty"`
 }
 
 // HealthDeadline bounds the guest agent's answer to the health call made
@@ -75,7 +77,8 @@ const HealthDeadline = 2 * time.Second
 // Options adjust a supervisor; the zero value is what `pyro __supervise`
 // runs. Tests swap boot steps (a fake backend) through it.
 type Options struct {
-	// Steps replaces vm.ColdBoot().
+	// Steps replaces vm.Boot's choice (a restore from a memory snapshot
+	// when one fits, else a cold boot).
 	Steps vm.Steps
 	// HealthDeadline replaces HealthDeadline.
 	HealthDeadline time.Duration
@@ -147,9 +150,6 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 	if opts.HealthDeadline == 0 {
 		opts.HealthDeadline = HealthDeadline
 	}
-	if opts.Steps == nil {
-		opts.Steps = vm.ColdBoot()
-	}
 	rec, err := instance.Load(d, "vm")
 	if err != nil {
 		return err
@@ -207,12 +207,19 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 		case <-bootCtx.Done():
 		}
 	}()
-	v, err := vm.BootWith(bootCtx, opts.Steps, vm.Deps{Dirs: dirs, Envs: envstore.New(dirs.Environments(), dirs.Cache()), Logger: log, AgentBinary: self}, vm.Config{
+	deps := vm.Deps{Dirs: dirs, Envs: envstore.New(dirs.Environments(), dirs.Cache()), Logger: log, AgentBinary: self}
+	cfg := vm.Config{
 		ID: rec.ID, Dir: d, Environment: rec.Environment, EnvironmentDigest: rec.EnvironmentDigest, VCPUs: rec.VCPUCount, MemMiB: rec.MemMiB,
 		Network: rec.Network, AllowHostCompat: rec.AllowHostCompat, WorkspaceDisk: rec.WorkspaceDisk,
 		NetworkPolicy: rec.Policy(),
 		WorkspaceBase: rec.WorkspaceBase,
-	})
+	}
+	var v *vm.VM
+	if opts.Steps != nil {
+		v, err = vm.BootWith(bootCtx, opts.Steps, deps, cfg)
+	} else {
+		v, err = vm.Boot(bootCtx, deps, cfg)
+	}
 	cancelBoot()
 	if err != nil {
 		state, cause, reason := instance.Broken, instance.CauseBootFailed, "boot failed: "+err.Error()
@@ -230,8 +237,9 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 	s.status.State = instance.Running
 	s.status.Backend, s.status.Acceleration, s.status.Isolation = v.Backend, v.Features.Acceleration, v.Features.Isolation
 	s.status.AccelNote, s.status.VMMPID, s.status.BootMS, s.status.Health = v.AccelNote, v.Machine.Pid(), v.BootMS, &h
+	s.status.Start = v.Start
 	s.mu.Unlock()
-	instance.AppendEvent(d, "running", map[string]any{"backend": v.Backend, "acceleration": v.Features.Acceleration, "boot_ms": v.BootMS, "vmm_pid": v.Machine.Pid()})
+	instance.AppendEvent(d, "running", map[string]any{"backend": v.Backend, "acceleration": v.Features.Acceleration, "boot_ms": v.BootMS, "start": v.Start, "vmm_pid": v.Machine.Pid()})
 	log.Info("running", "backend", v.Backend, "acceleration", v.Features.Acceleration, "boot_ms", v.BootMS)
 
 	select {

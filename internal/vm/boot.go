@@ -77,6 +77,9 @@ type Config struct {
 	// host's). See network.go.
 	NetworkPolicy netpolicy.Policy
 	DNSUpstream   string
+	// Cold skips memory snapshots: the guest boots from its kernel even
+	// when a snapshot could restore it (also $PYRO_WARM=0).
+	Cold bool
 }
 
 // VM is a booted guest.
@@ -96,9 +99,15 @@ type VM struct {
 	// supervisor reads denials, changes the policy and publishes ports
 	// through it.
 	Net *netstack.Stack
+	// Start says how the guest came up: StartWarm (restored from a memory
+	// snapshot) or StartCold (booted).
+	Start string
+	// SnapshotNote says why a cold boot did not restore (empty otherwise).
+	SnapshotNote string
 
 	netFile  *os.File // the VMM's end of Net's socket
 	initrd   string
+	warm     warmState
 	backend  vmm.Backend
 	mu       sync.Mutex
 	cleanups []func(context.Context) error
@@ -186,10 +195,28 @@ func (s Steps) Names() []string {
 	return out
 }
 
-// Boot runs the cold-boot steps. On failure everything already set up is
-// torn down before it returns.
+// Boot starts a guest: restored from a memory snapshot when the backend
+// can (WarmBoot, building the snapshot on first use), booted otherwise or
+// when the restore fails. On failure everything already set up is torn
+// down before it returns.
 func Boot(ctx context.Context, d Deps, c Config) (*VM, error) {
-	return BootWith(ctx, ColdBoot(), d, c)
+	if !warmWanted(c) {
+		return BootWith(ctx, ColdBoot(), d, c)
+	}
+	v, err := BootWith(ctx, WarmBoot(), d, c)
+	var wf *warmFailure
+	if err == nil || !errors.As(err, &wf) || ctx.Err() != nil {
+		return v, err
+	}
+	if d.Logger != nil {
+		d.Logger.Warn("restore from memory snapshot failed; booting cold", "vm_id", c.ID, "err", err)
+	}
+	c.Cold = true
+	v, err = BootWith(ctx, ColdBoot(), d, c)
+	if v != nil {
+		v.SnapshotNote = "restore failed: " + wf.Error()
+	}
+	return v, err
 }
 
 // BootWith runs the given steps in order. On failure everything already
@@ -221,6 +248,9 @@ func BootWith(ctx context.Context, steps Steps, d Deps, c Config) (*VM, error) {
 		d.Logger.Debug("boot step", "vm_id", v.ID, "step", s.Name, "ms", time.Since(t).Milliseconds())
 	}
 	v.BootMS = time.Since(start).Milliseconds()
+	if v.Start == "" {
+		v.Start = StartCold
+	}
 	return v, nil
 }
 
@@ -306,7 +336,8 @@ func (v *VM) spec(c Config) vmm.Spec {
 		Kernel: v.Environment.KernelPath(), Initrd: v.initrd, RootDisk: v.Environment.RootfsPath(),
 		VCPUs: c.VCPUs, MemMiB: c.MemMiB, Network: c.Network,
 		WorkspaceDisk: c.WorkspaceDisk, WorkspaceBase: c.WorkspaceBase, MAC: MAC(v.ID), NetworkFile: v.netFile,
-		Cmdline: GuestCmdline(c), Transport: vmm.TransportVirtioSerial,
+		Cmdline: v.cmdline(c), Transport: vmm.TransportVirtioSerial,
+		Memory: v.warm.memory, RestoreState: v.warm.state,
 	}
 }
 

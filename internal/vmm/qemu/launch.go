@@ -192,10 +192,14 @@ func (b *Backend) Args(spec vmm.Spec) []string {
 		"tsc_early_khz=" + strconv.Itoa(hostTSCkHz()),
 	}, spec.Cmdline...)
 	fd := func(n int) string { return strconv.Itoa(n) }
+	machine := "microvm,x-option-roms=off,isa-serial=on,rtc=on"
+	if spec.Memory != nil {
+		machine += ",memory-backend=ram"
+	}
 	args := []string{
 		"-sandbox", SandboxOptions,
 		"-name", spec.Dir.VMMName(),
-		"-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on",
+		"-M", machine,
 		"-accel", b.accel,
 		"-m", strconv.Itoa(spec.MemMiB),
 		"-smp", strconv.Itoa(spec.VCPUs),
@@ -212,7 +216,9 @@ func (b *Backend) Args(spec vmm.Spec) []string {
 		"-device", "virtio-blk-device,drive=root",
 		"-device", "virtio-serial-device",
 		"-chardev", "socket,id=agent,fd=" + fd(fdAgent) + ",server=on,wait=off",
-		"-device", "virtserialport,chardev=agent,name=" + AgentPortName,
+		// The id makes QEMU report the guest opening and closing the port
+		// (VSERPORT_CHANGE), which Save waits for.
+		"-device", "virtserialport,id=" + agentPortID + ",chardev=agent,name=" + AgentPortName,
 	}
 	if spec.WorkspaceDisk != "" {
 		args = append(args,
@@ -243,11 +249,27 @@ func (b *Backend) Args(spec vmm.Spec) []string {
 		}
 		args = append(args, "-netdev", netdev, "-device", nic)
 	}
+	if m := spec.Memory; m != nil {
+		share := "off"
+		if m.Shared {
+			share = "on"
+		}
+		args = append(args, "-object", fmt.Sprintf("memory-backend-file,id=ram,size=%dM,mem-path=/proc/self/fd/%d,share=%s",
+			spec.MemMiB, fdRAM(spec), share))
+	}
+	if spec.RestoreState != "" {
+		// The state arrives later over QMP (restore): a descriptor
+		// passed with getfd, so QEMU never opens a path for it.
+		args = append(args, "-incoming", "defer")
+	}
 	return args
 }
 
 // netFD is the descriptor of spec.NetworkFile: the one after the disks.
 func netFD(spec vmm.Spec) int {
+	if spec.WorkspaceDisk != "" && spec.WorkspaceBase != "" {
+		return fdBase + 1 // a layered workspace's baseline comes first
+	}
 	if spec.WorkspaceDisk != "" {
 		return fdWorkspaceRO + 1
 	}
@@ -260,6 +282,18 @@ func netFD(spec vmm.Spec) int {
 // nothing (the guest reaches the host's loopback at 10.0.2.2), so nothing
 // else sets it.
 const SlirpEnv = "PYRO_BENCH_SLIRP"
+
+// agentPortID is the agent port's device id.
+const agentPortID = "agentport"
+
+// fdRAM is the descriptor of the memory file: after the disks and the
+// network stack's socket.
+func fdRAM(spec vmm.Spec) int {
+	if spec.Network && spec.NetworkFile != nil {
+		return netFD(spec) + 1
+	}
+	return netFD(spec)
+}
 
 // Command prepares QEMU for spec: the files opened, the sockets bound in
 // spec.Dir, the credentials chosen. Call cleanup once the command started
@@ -339,12 +373,26 @@ func (b *Backend) Command(spec vmm.Spec, console io.Writer) (cmd *exec.Cmd, clea
 	case os.Getenv(SlirpEnv) != "1":
 		return nil, nil, errors.New("qemu: a networked guest needs pyro's network stack (no NetworkFile in the spec)")
 	}
+	priv := ChoosePrivileges(b.accel, spec.Kernel, spec.Initrd)
+	if m := spec.Memory; m != nil {
+		// QEMU re-opens the memory file read-write through /proc/self/fd
+		// (7.2 maps even a private copy from a writable open), so the
+		// account it runs as must own it. A snapshot's file is checked by
+		// its inode, size and ctime before every use (internal/golden).
+		if err = ownRAMFile(m.Path, priv.Drop); err != nil {
+			return nil, nil, err
+		}
+		if err = open(m.Path, os.O_RDWR); err != nil {
+			return nil, nil, err
+		}
+		// After the network socket, matching fdRAM.
+		extra = append(slices.Clone(extra), files[len(files)-1])
+	}
 	cmd = exec.Command(b.binary, b.Args(spec)...)
 	cmd.Env = Env()
 	cmd.Dir = "/"
 	cmd.ExtraFiles = extra
 	cmd.Stdout = console
-	priv := ChoosePrivileges(b.accel, spec.Kernel, spec.Initrd)
 	if a := priv.Drop; a != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: a.UID, Gid: a.GID, Groups: a.Groups}}
 	}

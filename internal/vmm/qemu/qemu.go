@@ -12,11 +12,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/pyro-mcp/pyro/internal/caplog"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/fsutil"
 	"github.com/pyro-mcp/pyro/internal/hostres"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/vmm"
@@ -53,7 +55,7 @@ func (b *Backend) Name() string { return "qemu" }
 
 func (b *Backend) Features() vmm.Features {
 	// The guest's NIC is attached to pyro's network stack (netstack).
-	return vmm.Features{Isolation: "vm", Acceleration: b.accel, NetworkPolicy: true}
+	return vmm.Features{Isolation: "vm", Acceleration: b.accel, NetworkPolicy: true, MemorySnapshot: true}
 }
 
 // Start launches QEMU for spec, once the host's memory can hold it.
@@ -82,6 +84,17 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error)
 		return nil, err
 	}
 	vmm.CloseOnExit(m, console, stderr)
+	if spec.RestoreState != "" {
+		if err := restore(ctx, spec, m); err != nil {
+			stopCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = m.Stop(stopCtx)
+			cancel()
+			if m.Err() != nil {
+				err = fmt.Errorf("%w (qemu: %s)", err, fsutil.LastLines(spec.Dir.Path(vmmLog), 3))
+			}
+			return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "", "restore guest from its memory snapshot")
+		}
+	}
 	return m, nil
 }
 

@@ -1,0 +1,178 @@
+package golden
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Build is one snapshot being made: files go to a hidden temporary
+// directory, which Publish renames into place. Exactly one of Publish or
+// Abort ends it; Abort after Publish does nothing.
+type Build struct {
+	store   *Store
+	key     Key
+	Dir     string
+	lock    *os.File
+	started time.Time
+	done    bool
+}
+
+// MemoryPath is where the guest RAM file goes (Begin creates it sparse).
+func (b *Build) MemoryPath() string { return filepath.Join(b.Dir, MemoryFile) }
+
+// StatePath is where the device state goes.
+func (b *Build) StatePath() string { return filepath.Join(b.Dir, StateFile) }
+
+// Begin takes the key's build lock (waiting for another builder until ctx
+// ends) and makes the temporary directory with a sparse memory file of the
+// key's size. When another builder published the snapshot meanwhile, it
+// returns that snapshot and a nil Build.
+func (s *Store) Begin(ctx context.Context, k Key) (*Build, Snapshot, error) {
+	if err := os.MkdirAll(s.dir, 0o755); err != nil {
+		return nil, Snapshot{}, fmt.Errorf("create snapshot store: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(s.dir, ".lock-"+k.ID()), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, Snapshot{}, err
+	}
+	for {
+		err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			lock.Close()
+			return nil, Snapshot{}, fmt.Errorf("lock snapshot build: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			lock.Close()
+			return nil, Snapshot{}, fmt.Errorf("wait for another snapshot build: %w", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if snap, err := s.Lookup(k); err == nil {
+		lock.Close()
+		return nil, snap, nil
+	}
+	dir, err := os.MkdirTemp(s.dir, tmpPrefix+k.ID()+"-")
+	if err != nil {
+		lock.Close()
+		return nil, Snapshot{}, fmt.Errorf("create snapshot build directory: %w", err)
+	}
+	b := &Build{store: s, key: k, Dir: dir, lock: lock, started: time.Now()}
+	f, err := os.OpenFile(b.MemoryPath(), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err == nil {
+		err = f.Truncate(int64(k.MemMiB) << 20)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		b.Abort()
+		return nil, Snapshot{}, fmt.Errorf("create memory file: %w", err)
+	}
+	return b, Snapshot{}, nil
+}
+
+// Abort removes the temporary directory and releases the lock.
+func (b *Build) Abort() {
+	if b.done {
+		return
+	}
+	b.done = true
+	_ = os.RemoveAll(b.Dir)
+	b.lock.Close()
+}
+
+// Publish syncs the memory and state files, writes the manifest and
+// renames the directory into place. Any failure (a full disk) aborts the
+// build: nothing half-written is ever published.
+func (b *Build) Publish() (Snapshot, error) {
+	if b.done {
+		return Snapshot{}, errors.New("snapshot build already ended")
+	}
+	snap, err := b.publish()
+	if err != nil {
+		b.Abort()
+		return Snapshot{}, err
+	}
+	b.done = true
+	b.lock.Close()
+	return snap, nil
+}
+
+func (b *Build) publish() (Snapshot, error) {
+	for _, p := range []string{b.MemoryPath(), b.StatePath()} {
+		if err := syncFile(p); err != nil {
+			return Snapshot{}, fmt.Errorf("sync %s: %w", filepath.Base(p), err)
+		}
+	}
+	sum, n, err := hashFile(b.StatePath(), maxState)
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("state file: %w", err)
+	}
+	if n == 0 {
+		return Snapshot{}, errors.New("state file is empty")
+	}
+	mem, err := StampOf(b.MemoryPath())
+	if err != nil {
+		return Snapshot{}, err
+	}
+	if mem.Size != int64(b.key.MemMiB)<<20 {
+		return Snapshot{}, fmt.Errorf("memory file has %d bytes, want %d", mem.Size, int64(b.key.MemMiB)<<20)
+	}
+	m := Manifest{ID: b.key.ID(), Key: b.key, CreatedAt: time.Now().UTC(), Memory: mem,
+		StateBytes: n, StateSHA256: sum, BuildMS: time.Since(b.started).Milliseconds()}
+	data, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return Snapshot{}, err
+	}
+	mp := filepath.Join(b.Dir, ManifestFile)
+	if err := os.WriteFile(mp, append(data, '\n'), 0o644); err != nil {
+		return Snapshot{}, fmt.Errorf("write snapshot manifest: %w", err)
+	}
+	if err := syncFile(mp); err != nil {
+		return Snapshot{}, err
+	}
+	if err := syncFile(b.Dir); err != nil {
+		return Snapshot{}, err
+	}
+	final := filepath.Join(b.store.dir, m.ID)
+	// A stale or damaged one in the way (the caller holds the lock, so no
+	// one else is publishing it).
+	if _, err := os.Lstat(final); err == nil {
+		if err := b.store.Discard(final); err != nil {
+			return Snapshot{}, err
+		}
+	}
+	if err := os.Rename(b.Dir, final); err != nil {
+		return Snapshot{}, fmt.Errorf("publish snapshot: %w", err)
+	}
+	_ = syncFile(b.store.dir)
+	return Snapshot{Dir: final, Manifest: m}, nil
+}
+
+func syncFile(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+func randSuffix() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

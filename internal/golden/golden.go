@@ -1,0 +1,329 @@
+// Package golden stores memory snapshots of freshly booted guests
+// ("golden snapshots", issue #14): guest RAM in a file plus the VMM's
+// device state, saved once the guest agent answered, so that later guests
+// of the same configuration are restored in a fraction of a boot.
+//
+// A snapshot is keyed by everything that makes two guests the same machine
+// (Key): the environment's digest, vCPUs, memory, network class, the
+// workspace disk slot, the backend and its binary, the kernel command line
+// and the initramfs (agent binary and modules). Snapshots live beside the
+// environment they were made from, one directory per key:
+//
+//	<env version dir>/golden/<key id>/manifest.json  the key, sizes, digests
+//	                                  /memory.ram     guest RAM (sparse)
+//	                                  /state.bin      device state
+//
+// Building happens in a hidden temporary directory under a per-key lock and
+// is published by one rename after every file is synced, so a crash or a
+// full disk while saving leaves no snapshot a later start would use. Before
+// every use the manifest must match the key, the state file its sha256, and
+// the memory file the inode, size and ctime it had when published (a write
+// to it, even through a mapping, changes its ctime; nobody can set a ctime
+// back). Anything else is reported as Invalid, and the caller discards it
+// and boots cold.
+package golden
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// File names inside a snapshot directory.
+const (
+	ManifestFile = "manifest.json"
+	MemoryFile   = "memory.ram"
+	StateFile    = "state.bin"
+)
+
+// DirName is the directory of snapshots inside an environment's directory.
+const DirName = "golden"
+
+const (
+	tmpPrefix     = ".tmp-"
+	discardPrefix = ".discard-"
+	maxManifest   = 64 << 10
+	maxState      = 64 << 20 // device state is ~60 kB; anything near this is not ours
+)
+
+// Key is what makes two guests the same machine.
+type Key struct {
+	Environment string `json:"environment"`
+	EnvDigest   string `json:"environment_digest"`
+	VCPUs       int    `json:"vcpu_count"`
+	MemMiB      int    `json:"mem_mib"`
+	Network     string `json:"network"` // "off" or the network class
+	Workspace   bool   `json:"workspace"`
+	Backend     string `json:"backend"`
+	VMM         string `json:"vmm"` // the backend's snapshot identity (binary, accelerator)
+	Cmdline     string `json:"cmdline"`
+	Initramfs   string `json:"initramfs"` // agent binary and modules
+}
+
+// ID names the key: a digest of all its fields.
+func (k Key) ID() string {
+	b, _ := json.Marshal(k)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:12])
+}
+
+// Stamp is what changes whenever a file's content is written.
+type Stamp struct {
+	Ino     uint64 `json:"ino"`
+	Size    int64  `json:"size"`
+	CtimeNS int64  `json:"ctime_ns"`
+}
+
+// StampOf stats path.
+func StampOf(path string) (Stamp, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return Stamp{}, err
+	}
+	return Stamp{Ino: st.Ino, Size: st.Size, CtimeNS: st.Ctim.Nano()}, nil
+}
+
+// Manifest describes one published snapshot.
+type Manifest struct {
+	ID          string    `json:"id"`
+	Key         Key       `json:"key"`
+	CreatedAt   time.Time `json:"created_at"`
+	Memory      Stamp     `json:"memory"`
+	StateBytes  int64     `json:"state_bytes"`
+	StateSHA256 string    `json:"state_sha256"`
+	// BuildMS is how long the boot and save took.
+	BuildMS int64 `json:"build_ms"`
+}
+
+// Snapshot is a verified, published snapshot.
+type Snapshot struct {
+	Dir      string
+	Manifest Manifest
+}
+
+func (s Snapshot) MemoryPath() string { return filepath.Join(s.Dir, MemoryFile) }
+func (s Snapshot) StatePath() string  { return filepath.Join(s.Dir, StateFile) }
+
+// ErrNotFound: no snapshot for the key.
+var ErrNotFound = errors.New("no memory snapshot")
+
+// Invalid is a snapshot that exists but must not be used.
+type Invalid struct {
+	Dir    string
+	Reason string
+}
+
+func (e *Invalid) Error() string { return "memory snapshot " + e.Dir + " is unusable: " + e.Reason }
+
+// Store is the snapshot directory of one environment.
+type Store struct{ dir string }
+
+// New returns the store whose snapshots live in dir
+// (<environment dir>/golden).
+func New(dir string) *Store { return &Store{dir: dir} }
+
+// Dir is the store's directory.
+func (s *Store) Dir() string { return s.dir }
+
+// Lookup returns the verified snapshot for k: ErrNotFound when there is
+// none, *Invalid when one exists but fails a check.
+func (s *Store) Lookup(k Key) (Snapshot, error) {
+	dir := filepath.Join(s.dir, k.ID())
+	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
+		return Snapshot{}, ErrNotFound
+	}
+	m, err := Verify(dir)
+	if err != nil {
+		return Snapshot{}, &Invalid{Dir: dir, Reason: err.Error()}
+	}
+	if m.Key != k {
+		return Snapshot{}, &Invalid{Dir: dir, Reason: "its manifest was made for another configuration"}
+	}
+	return Snapshot{Dir: dir, Manifest: m}, nil
+}
+
+// Verify checks the snapshot in dir against its manifest and returns it.
+func Verify(dir string) (Manifest, error) {
+	var m Manifest
+	b, err := readCapped(filepath.Join(dir, ManifestFile), maxManifest)
+	if err != nil {
+		return m, fmt.Errorf("manifest: %w", err)
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return m, fmt.Errorf("manifest: %w", err)
+	}
+	if m.ID != m.Key.ID() || m.ID != filepath.Base(dir) {
+		return m, errors.New("manifest id does not match its key or directory")
+	}
+	want := int64(m.Key.MemMiB) << 20
+	st, err := StampOf(filepath.Join(dir, MemoryFile))
+	if err != nil {
+		return m, fmt.Errorf("memory file: %w", err)
+	}
+	if st.Size != want {
+		return m, fmt.Errorf("memory file has %d bytes, want %d", st.Size, want)
+	}
+	if st != m.Memory {
+		return m, errors.New("memory file was written after the snapshot was saved")
+	}
+	sum, n, err := hashFile(filepath.Join(dir, StateFile), maxState)
+	if err != nil {
+		return m, fmt.Errorf("state file: %w", err)
+	}
+	if n != m.StateBytes {
+		return m, fmt.Errorf("state file has %d bytes, want %d", n, m.StateBytes)
+	}
+	if sum != m.StateSHA256 {
+		return m, fmt.Errorf("state file has sha256 %.12s, want %.12s", sum, m.StateSHA256)
+	}
+	return m, nil
+}
+
+// Discard removes the snapshot directory dir (renamed hidden first, so a
+// concurrent Lookup never sees half of it).
+func (s *Store) Discard(dir string) error {
+	if filepath.Dir(dir) != filepath.Clean(s.dir) {
+		return fmt.Errorf("%s is not a snapshot of %s", dir, s.dir)
+	}
+	hidden := filepath.Join(s.dir, discardPrefix+filepath.Base(dir)+"-"+randSuffix())
+	if err := os.Rename(dir, hidden); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	}
+	return os.RemoveAll(hidden)
+}
+
+// Info is one snapshot on disk, for doctor, env inspect and prune.
+type Info struct {
+	ID          string    `json:"id"`
+	Dir         string    `json:"dir"`
+	VCPUCount   int       `json:"vcpu_count,omitempty"`
+	MemMiB      int       `json:"mem_mib,omitempty"`
+	Network     string    `json:"network,omitempty"`
+	Workspace   bool      `json:"workspace"`
+	Backend     string    `json:"backend,omitempty"`
+	CreatedAt   time.Time `json:"created_at,omitzero"`
+	MemoryBytes int64     `json:"memory_bytes"` // allocated on disk (the file is sparse)
+	StateBytes  int64     `json:"state_bytes"`
+	// Problem says why the snapshot would not be used; empty when valid.
+	Problem string `json:"problem,omitempty"`
+	// Partial: a build that never finished (a crash, a full disk).
+	Partial bool `json:"partial,omitempty"`
+}
+
+// List describes every snapshot directory, valid or not, and leftovers.
+func (s *Store) List() ([]Info, error) {
+	ents, err := os.ReadDir(s.dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []Info
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		dir := filepath.Join(s.dir, e.Name())
+		in := Info{ID: e.Name(), Dir: dir}
+		in.MemoryBytes = allocated(filepath.Join(dir, MemoryFile))
+		in.StateBytes = allocated(filepath.Join(dir, StateFile))
+		if strings.HasPrefix(e.Name(), ".") {
+			in.Partial, in.Problem = true, "unfinished build or discard"
+			out = append(out, in)
+			continue
+		}
+		m, err := Verify(dir)
+		if err != nil {
+			in.Problem = err.Error()
+		}
+		in.VCPUCount, in.MemMiB, in.Network, in.Workspace = m.Key.VCPUs, m.Key.MemMiB, m.Key.Network, m.Key.Workspace
+		in.Backend, in.CreatedAt = m.Key.Backend, m.CreatedAt
+		out = append(out, in)
+	}
+	return out, nil
+}
+
+// Removed is one snapshot directory RemoveAll deleted.
+type Removed struct {
+	Path   string
+	Reason string
+	Bytes  int64
+}
+
+// RemoveAll deletes every snapshot (they are a cache, rebuilt on the next
+// start that wants one); guests restored from one keep their private
+// mapping of the memory file.
+func (s *Store) RemoveAll() ([]Removed, error) {
+	list, err := s.List()
+	if err != nil {
+		return nil, err
+	}
+	var out []Removed
+	for _, in := range list {
+		reason := "memory snapshot (rebuilt on next use)"
+		if in.Partial {
+			reason = "unfinished memory snapshot"
+		} else if in.Problem != "" {
+			reason = "unusable memory snapshot: " + in.Problem
+		}
+		if err := os.RemoveAll(in.Dir); err != nil {
+			return out, err
+		}
+		out = append(out, Removed{Path: in.Dir, Reason: reason, Bytes: in.MemoryBytes + in.StateBytes})
+	}
+	_ = os.Remove(s.dir) // only if empty
+	return out, nil
+}
+
+func allocated(p string) int64 {
+	var st syscall.Stat_t
+	if syscall.Stat(p, &st) != nil {
+		return 0
+	}
+	return st.Blocks * 512
+}
+
+func readCapped(p string, limit int64) ([]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("larger than %d bytes", limit)
+	}
+	return b, nil
+}
+
+func hashFile(p string, limit int64) (string, int64, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, io.LimitReader(f, limit+1))
+	if err != nil {
+		return "", n, err
+	}
+	if n > limit {
+		return "", n, fmt.Errorf("larger than %d bytes", limit)
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}

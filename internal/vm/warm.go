@@ -1,0 +1,383 @@
+package vm
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/golden"
+	"github.com/pyro-mcp/pyro/internal/vmdir"
+	"github.com/pyro-mcp/pyro/internal/vmm"
+)
+
+// Warm start (issue #14): a guest restored from a golden memory snapshot
+// instead of booted. WarmBoot is ColdBoot with three steps swapped or
+// added, not branches inside them:
+//
+//	find snapshot     (after check features) look up the snapshot for this
+//	                  configuration, building it on first use
+//	start vmm         restore from it when there is one, else boot
+//	connect agent     a restored agent answers at once: a short deadline
+//	refresh identity  (after connect agent) new RNG state, clock, hostname,
+//	                  machine-id, MAC; then the workspace disk is mounted
+//
+// Devices that differ per guest exist in the snapshot too, because QEMU's
+// microvm cannot hot-plug: the snapshot's guest had the same device set
+// with a placeholder workspace disk (which it probed but never mounted,
+// pyro.workspace=defer), a NIC of the same class, and an agent port with no
+// host connected. A restored guest gets its own disk opened by QEMU at
+// restore time; the agent drops every cached block of it before mounting.
+
+// Start modes reported in results.
+const (
+	StartWarm = "warm"
+	StartCold = "cold"
+)
+
+// Names of the warm-boot steps.
+const (
+	StepFindSnapshot    = "find snapshot"
+	StepRefreshIdentity = "refresh identity"
+)
+
+// basePlaceholderBytes is the size of a layered workspace's baseline
+// placeholder in a snapshot (sparse; never read).
+const basePlaceholderBytes = 1 << 40
+
+// WarmEnv set to "0" makes every start cold.
+const WarmEnv = "PYRO_WARM"
+
+// restoreAgentTimeout bounds the wait for a restored guest's agent: it
+// was answering when saved, so a restore that does not answer quickly is
+// broken, and a cold boot is the better bet.
+const restoreAgentTimeout = 15 * time.Second
+
+// warmState is a VM's part in a warm boot.
+type warmState struct {
+	// snapshotCmdline: the kernel line of a guest that may be snapshotted
+	// or was restored (the same line, or the same machine it is not).
+	snapshotCmdline bool
+	snapshot        *golden.Snapshot
+	memory          *vmm.MemoryFile
+	state           string
+}
+
+// warmFailure marks a failed restore: Boot then boots cold.
+type warmFailure struct{ err error }
+
+func (w *warmFailure) Error() string { return w.err.Error() }
+func (w *warmFailure) Unwrap() error { return w.err }
+
+func warmWanted(c Config) bool { return !c.Cold && os.Getenv(WarmEnv) != "0" }
+
+// WarmBoot returns the steps that restore a guest from its golden memory
+// snapshot, or boot it when there is none.
+func WarmBoot() Steps {
+	return ColdBoot().
+		InsertAfter(StepCheckFeatures, Step{StepFindSnapshot, findSnapshot}).
+		Swap(StepStartVMM, startOrRestore).
+		Swap(StepConnectAgent, connectRestored).
+		InsertAfter(StepConnectAgent, Step{StepRefreshIdentity, refreshIdentity})
+}
+
+// cmdline is GuestCmdline, or for a guest that may be saved (and every
+// guest restored from it) the snapshot variant: the workspace disk is
+// only waited for, not mounted, and the agent reconnects to a new host at
+// once.
+func (v *VM) cmdline(c Config) []string {
+	words := GuestCmdline(c)
+	if !v.warm.snapshotCmdline {
+		return words
+	}
+	if i := slices.Index(words, "pyro.workspace=1"); i >= 0 {
+		words[i] = "pyro.workspace=defer"
+	}
+	if i := slices.Index(words, "pyro.workspace=2"); i >= 0 {
+		words[i] = "pyro.workspace=defer2" // layered
+	}
+	return append(words, "pyro.snapshot=1")
+}
+
+// snapshotBackend is what a backend needs for warm starts.
+type snapshotBackend interface {
+	vmm.Snapshotter
+	SnapshotIdentity() string
+}
+
+// SnapshotKey is the golden snapshot key of a VM about to start (after
+// the backend was chosen).
+func (v *VM) snapshotKey(c Config) (golden.Key, bool) {
+	sb, ok := v.backend.(snapshotBackend)
+	if !ok || !v.Features.MemorySnapshot {
+		return golden.Key{}, false
+	}
+	network := "off"
+	if c.Network {
+		network = "user"
+	}
+	saved := v.warm.snapshotCmdline
+	v.warm.snapshotCmdline = true
+	cmdline := strings.Join(v.cmdline(c), " ")
+	v.warm.snapshotCmdline = saved
+	return golden.Key{
+		Environment: v.Environment.Manifest.Name, EnvDigest: v.Environment.Manifest.Digest,
+		VCPUs: c.VCPUs, MemMiB: c.MemMiB, Network: network, Workspace: c.WorkspaceDisk != "",
+		Backend: v.Backend, VMM: sb.SnapshotIdentity(), Cmdline: cmdline,
+		Initramfs: strings.TrimSuffix(filepath.Base(v.initrd), filepath.Ext(v.initrd)),
+	}, true
+}
+
+// SnapshotStore is the golden snapshot store of an installed environment.
+func SnapshotStore(envDir string) *golden.Store {
+	return golden.New(filepath.Join(envDir, golden.DirName))
+}
+
+func findSnapshot(ctx context.Context, d Deps, c Config, v *VM) error {
+	key, ok := v.snapshotKey(c)
+	if !ok {
+		v.SnapshotNote = fmt.Sprintf("backend %q cannot restore memory snapshots", v.Backend)
+		return nil
+	}
+	store := SnapshotStore(v.Environment.Dir)
+	snap, err := store.Lookup(key)
+	var bad *golden.Invalid
+	if errors.As(err, &bad) {
+		d.Logger.Warn("discarding memory snapshot", "vm_id", v.ID, "dir", bad.Dir, "reason", bad.Reason)
+		if derr := store.Discard(bad.Dir); derr != nil {
+			d.Logger.Warn("discard memory snapshot", "dir", bad.Dir, "err", derr)
+		}
+		err = golden.ErrNotFound
+	}
+	if errors.Is(err, golden.ErrNotFound) {
+		// Built on first use: one boot and a save now, restores from then on.
+		snap, err = buildSnapshot(ctx, d, c, v, store, key)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			d.Logger.Warn("memory snapshot build failed; booting cold", "vm_id", v.ID, "err", err)
+			v.SnapshotNote = "snapshot build failed: " + err.Error()
+			return nil
+		}
+	}
+	if err != nil {
+		return err
+	}
+	v.warm.snapshot = &snap
+	return nil
+}
+
+func startOrRestore(ctx context.Context, d Deps, c Config, v *VM) error {
+	snap := v.warm.snapshot
+	if snap == nil {
+		return startVMM(ctx, d, c, v)
+	}
+	v.warm.snapshotCmdline = true
+	v.warm.memory = &vmm.MemoryFile{Path: snap.MemoryPath()}
+	v.warm.state = snap.StatePath()
+	if err := startVMM(ctx, d, c, v); err != nil {
+		return restoreFailed(d, v, err)
+	}
+	return nil
+}
+
+// restoreFailed discards the snapshot a restore failed from (the next
+// start rebuilds it) and marks the error for Boot's cold retry.
+func restoreFailed(d Deps, v *VM, err error) error {
+	if snap := v.warm.snapshot; snap != nil {
+		d.Logger.Warn("discarding memory snapshot after a failed restore", "vm_id", v.ID, "dir", snap.Dir, "err", err)
+		_ = SnapshotStore(v.Environment.Dir).Discard(snap.Dir)
+	}
+	return &warmFailure{err: err}
+}
+
+func connectRestored(ctx context.Context, d Deps, c Config, v *VM) error {
+	if v.warm.snapshot == nil {
+		return connectAgent(ctx, d, c, v)
+	}
+	c.BootTimeout = min(c.BootTimeout, restoreAgentTimeout)
+	if err := connectAgent(ctx, d, c, v); err != nil {
+		return restoreFailed(d, v, err)
+	}
+	return nil
+}
+
+// refreshIdentity makes a restored guest a machine of its own before the
+// caller gets it (and so before any user code runs in it).
+func refreshIdentity(ctx context.Context, d Deps, c Config, v *VM) error {
+	if v.warm.snapshot == nil {
+		v.Start = StartCold
+		return nil
+	}
+	req, err := NewIdentity(v.ID, c.Network, c.WorkspaceDisk)
+	req.WorkspaceLayered = c.WorkspaceBase != ""
+	if err != nil {
+		return err
+	}
+	if _, err := v.Agent.SetIdentity(ctx, req); err != nil {
+		return restoreFailed(d, v, fmt.Errorf("refresh the restored guest's identity: %w", err))
+	}
+	v.Start = StartWarm
+	return nil
+}
+
+// NewIdentity is the identity a guest restored as id gets: fresh host
+// entropy, the host clock, a hostname and MAC derived from id, a random
+// machine-id, and the workspace disk (when there is one) to mount.
+func NewIdentity(id string, network bool, workspaceDisk string) (agentapi.IdentityRequest, error) {
+	req := agentapi.IdentityRequest{Entropy: make([]byte, agentapi.IdentityEntropyBytes), Hostname: Hostname(id)}
+	if _, err := rand.Read(req.Entropy); err != nil {
+		return req, err
+	}
+	var mid [16]byte
+	if _, err := rand.Read(mid[:]); err != nil {
+		return req, err
+	}
+	req.MachineID = hex.EncodeToString(mid[:])
+	if network {
+		req.MAC = MAC(id)
+	}
+	if workspaceDisk != "" {
+		st, err := os.Stat(workspaceDisk)
+		if err != nil {
+			return req, err
+		}
+		req.MountWorkspace, req.WorkspaceBytes = true, st.Size()
+	}
+	req.UnixNano = time.Now().UnixNano()
+	return req, nil
+}
+
+// Hostname is the hostname of a restored guest: "pyro-" and a digest of
+// its id (ids may be names; the hostname stays a short DNS label).
+func Hostname(id string) string {
+	h := sha256.Sum256([]byte(id))
+	return "pyro-" + hex.EncodeToString(h[:4])
+}
+
+// buildSnapshot boots a guest of v's configuration with its RAM in a
+// shared file and a placeholder workspace disk, waits for its agent, and
+// saves it. The build's own VM directory lives in the build's temporary
+// directory, so nothing of it is ever listed as a VM.
+func buildSnapshot(ctx context.Context, d Deps, c Config, v *VM, store *golden.Store, key golden.Key) (golden.Snapshot, error) {
+	sb := v.backend.(snapshotBackend)
+	bctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	b, existing, err := store.Begin(bctx, key)
+	if err != nil {
+		return golden.Snapshot{}, err
+	}
+	if b == nil {
+		return existing, nil // another start built it meanwhile
+	}
+	defer b.Abort()
+	dir, err := vmdir.Open(b.Dir, "vm")
+	if err != nil {
+		return golden.Snapshot{}, err
+	}
+	if err := dir.Create(); err != nil {
+		return golden.Snapshot{}, err
+	}
+	gc := Config{ID: "golden-" + key.ID(), Dir: dir, Environment: c.Environment, VCPUs: c.VCPUs, MemMiB: c.MemMiB,
+		Network: c.Network, BootTimeout: c.BootTimeout, Cold: true}
+	if c.WorkspaceDisk != "" {
+		st, err := os.Stat(c.WorkspaceDisk)
+		if err != nil {
+			return golden.Snapshot{}, err
+		}
+		gc.WorkspaceDisk = filepath.Join(b.Dir, "placeholder.img")
+		if err := os.WriteFile(gc.WorkspaceDisk, nil, 0o600); err != nil {
+			return golden.Snapshot{}, err
+		}
+		if err := os.Truncate(gc.WorkspaceDisk, st.Size()); err != nil {
+			return golden.Snapshot{}, err
+		}
+		if c.WorkspaceBase != "" {
+			// Baselines differ in size and a read-only disk cannot be
+			// resized after a restore: the placeholder is larger than any
+			// baseline, so each one's ext4 fits the size the guest keeps.
+			gc.WorkspaceBase = filepath.Join(b.Dir, "placeholder-base.img")
+			if err := os.WriteFile(gc.WorkspaceBase, nil, 0o600); err != nil {
+				return golden.Snapshot{}, err
+			}
+			if err := os.Truncate(gc.WorkspaceBase, basePlaceholderBytes); err != nil {
+				return golden.Snapshot{}, err
+			}
+		}
+	}
+	steps := ColdBoot().
+		Swap(StepChooseBackend, func(context.Context, Deps, Config, *VM) error {
+			return nil // the caller's backend, already probed
+		}).
+		InsertAfter(StepChooseBackend, Step{"shared memory", func(_ context.Context, _ Deps, _ Config, g *VM) error {
+			g.Use(v.backend, v.AccelNote)
+			g.warm.snapshotCmdline = true
+			g.warm.memory = &vmm.MemoryFile{Path: b.MemoryPath(), Shared: true}
+			return nil
+		}})
+	g, err := BootWith(bctx, steps, d, gc)
+	if err != nil {
+		return golden.Snapshot{}, fmt.Errorf("boot the snapshot's guest: %w", err)
+	}
+	defer g.Close(context.Background())
+	state, err := os.OpenFile(b.StatePath(), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return golden.Snapshot{}, err
+	}
+	err = sb.Save(bctx, dir, state, func() { _ = g.Agent.Close() })
+	if cerr := state.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return golden.Snapshot{}, fmt.Errorf("save the snapshot: %w", err)
+	}
+	if err := g.Close(context.Background()); err != nil {
+		d.Logger.Debug("stop the snapshot's guest", "err", err)
+	}
+	_ = os.RemoveAll(string(dir))
+	if gc.WorkspaceDisk != "" {
+		_ = os.Remove(gc.WorkspaceDisk)
+		_ = os.Remove(gc.WorkspaceBase)
+	}
+	snap, err := b.Publish()
+	if err != nil {
+		return golden.Snapshot{}, err
+	}
+	d.Logger.Info("memory snapshot built", "dir", snap.Dir, "ms", snap.Manifest.BuildMS)
+	return snap, nil
+}
+
+// PrepareSnapshot makes sure the golden snapshot for c exists (building it
+// when missing or unusable) without keeping a guest: `pyro prepare` and
+// `pyro env pull --warm`. It returns the snapshot's directory.
+func PrepareSnapshot(ctx context.Context, d Deps, c Config) (golden.Snapshot, error) {
+	c.Cold = false
+	var snap golden.Snapshot
+	// No guest of its own: no directory, no VMM.
+	steps := ColdBoot().Remove(StepPrepareDirectory).Remove(StepStartVMM).Remove(StepConnectAgent).
+		InsertAfter(StepCheckFeatures, Step{StepFindSnapshot, func(ctx context.Context, d Deps, c Config, v *VM) error {
+			if err := findSnapshot(ctx, d, c, v); err != nil {
+				return err
+			}
+			if v.warm.snapshot == nil {
+				return fmt.Errorf("no memory snapshot: %s", v.SnapshotNote)
+			}
+			snap = *v.warm.snapshot
+			return nil
+		}})
+	v, err := BootWith(ctx, steps, d, c)
+	if err != nil {
+		return golden.Snapshot{}, err
+	}
+	_ = v.Close(context.Background())
+	return snap, nil
+}
