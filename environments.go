@@ -23,6 +23,8 @@ type Environment struct {
 	Kind       string   `json:"kind"`
 	Digest     string   `json:"digest,omitempty"`
 	References []string `json:"references,omitempty"`
+	// GoldenSnapshots are its memory snapshots (InspectEnvironment only).
+	GoldenSnapshots []GoldenSnapshot `json:"golden_snapshots,omitempty"`
 }
 
 func environmentFrom(st envstore.Status) Environment {
@@ -61,7 +63,11 @@ func (c *Client) InspectEnvironment(ctx context.Context, name string) (Environme
 	if err != nil {
 		return Environment{}, err
 	}
-	return environmentFrom(st), nil
+	env := environmentFrom(st)
+	if st.Installed {
+		env.GoldenSnapshots, _ = c.GoldenSnapshots(name)
+	}
+	return env, nil
 }
 
 // PullOptions tune PullEnvironment.
@@ -86,6 +92,8 @@ type PullResult struct {
 	AlreadyInstalled bool        `json:"already_installed"`
 	Rebuilt          bool        `json:"rebuilt"`
 	DurationMS       int64       `json:"duration_ms"`
+	// Warm is the memory snapshot built with --warm (CLI).
+	Warm *PrepareResult `json:"warm,omitempty"`
 }
 
 // PullEnvironment installs an environment: a no-op when an intact copy is
@@ -107,7 +115,8 @@ func (c *Client) PullEnvironment(ctx context.Context, name string, opts PullOpti
 }
 
 // PruneEnvironments removes partial builds, superseded versions, names the
-// catalog no longer has and unused kernel caches. Installed current
+// catalog no longer has, unused kernel caches and every golden memory
+// snapshot (rebuilt on the next start that wants one). Installed current
 // versions of catalog environments stay.
 func (c *Client) PruneEnvironments(ctx context.Context) (PruneResult, error) {
 	r, err := c.envs.Prune(ctx)
@@ -115,5 +124,9 @@ func (c *Client) PruneEnvironments(ctx context.Context) (PruneResult, error) {
 	if err != nil {
 		return out, err
 	}
-	return out, c.pruneImages(ctx, &out)
+	if err := c.pruneImages(ctx, &out); err != nil {
+		return out, err
+	}
+	// Memory snapshots too (warm.go): rebuilt on the next start.
+	return out, c.pruneSnapshots(&out)
 }

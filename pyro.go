@@ -130,5 +130,6 @@ func (c *Client) Doctor(ctx context.Context) (DoctorReport, error) {
 	// What interrupted runs left is removed by the reconcile; say so.
 	rr := c.Reconcile(ctx)
 	r.Checks = append(r.Checks, doctor.Leftovers(rr.Removed, rr.Failed, rr.Incomplete))
+	r.Checks = append(r.Checks, c.snapshotCheck()) // warm.go
 	return doctorFrom(r), nil
 }

@@ -83,6 +83,10 @@ type Workspace struct {
 	Backend             string          `json:"backend,omitempty"`
 	Acceleration        string          `json:"acceleration,omitempty"`
 	Isolation           string          `json:"isolation,omitempty"`
+	// Start is "warm" (restored from a memory snapshot) or "cold"; BootMS
+	// is how long the current guest took to come up.
+	Start  string `json:"start,omitempty"`
+	BootMS int64  `json:"boot_ms,omitempty"`
 
 	// Naming and discovery (workspace_names.go).
 	Name           string            `json:"name"`
@@ -270,7 +274,7 @@ func (c *Client) StatusWorkspace(ctx context.Context, id string) (Workspace, err
 		VCPUCount: rec.VCPUCount, MemMiB: rec.MemMiB, Network: rec.Network, AllowHostCompat: rec.AllowHostCompat,
 		CreatedAt: rec.CreatedAt, WorkspaceSeed: seedFrom(m.Seed), ResetCount: m.ResetCount, LastResetAt: m.LastResetAt,
 		Secrets: m.Secrets, CommandCount: len(hist), Checkpoints: checkpointsOn(rec),
-		Backend: st.Backend, Acceleration: st.Acceleration, Isolation: st.Isolation,
+		Backend: st.Backend, Acceleration: st.Acceleration, Isolation: st.Isolation, Start: st.Start, BootMS: st.BootMS,
 	}
 	statusNames(&ws, dir, rec, m)
 	ws.NetworkPolicy, ws.AllowHosts = policyFields(rec)

@@ -67,6 +67,8 @@ func envState(e pyro.Environment) string {
 
 func (a *app) envPullCommand() *cobra.Command {
 	var o pyro.PullOptions
+	var po pyro.PrepareOptions
+	var warm bool
 	cmd := &cobra.Command{
 		Use:   "pull ENVIRONMENT",
 		Short: "Install an environment (from a registry, a local build, or an OCI image)",
@@ -80,7 +82,7 @@ reference (docker.io/library/python:3.12-slim, oci-archive:PATH,
 docker-archive:PATH) is resolved to its linux/amd64 manifest, downloaded and
 converted; the cache is keyed by manifest digest, capped by
 $PYRO_MAX_IMAGE_BYTES (default 8 GiB).`,
-		Example: "  pyro env pull debian:12\n  pyro env pull --force debian:12-base\n  pyro env pull --registry localhost:5000/pyro debian:12\n  pyro env pull docker.io/library/python:3.12-slim",
+		Example: "  pyro env pull debian:12\n  pyro env pull --force debian:12-base\n  pyro env pull --registry localhost:5000/pyro debian:12\n  pyro env pull docker.io/library/python:3.12-slim\n  pyro env pull --warm debian:12",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := a.sdk
@@ -91,7 +93,18 @@ $PYRO_MAX_IMAGE_BYTES (default 8 GiB).`,
 			if err != nil {
 				return err
 			}
+			if warm {
+				// --warm: the memory snapshot too (internal/cli/warm.go).
+				pr, err := c.PrepareEnvironment(cmd.Context(), args[0], po)
+				if err != nil {
+					return err
+				}
+				res.Warm = &pr
+			}
 			return a.emit(res, func(w io.Writer) {
+				if res.Warm != nil {
+					defer printPrepared(w, *res.Warm)
+				}
 				switch {
 				case res.AlreadyInstalled:
 					fmt.Fprintf(w, "%s %s is already installed and intact (%s)\n", res.Environment.Name, res.Environment.Version, res.Environment.Path)
@@ -109,6 +122,8 @@ $PYRO_MAX_IMAGE_BYTES (default 8 GiB).`,
 	cmd.Flags().StringVar(&o.Mirror, "mirror", "", "Debian mirror URL for local builds")
 	cmd.Flags().BoolVar(&o.Force, "force", false, "rebuild even an intact install")
 	cmd.Flags().StringVar(&o.Registry, "registry", "", "fetch catalog environments from REGISTRY/NAME before building locally (default $PYRO_REGISTRY)")
+	cmd.Flags().BoolVar(&warm, "warm", false, "also build the memory snapshot that makes starts warm (see `pyro prepare`; its flags choose the configuration)")
+	addPrepareFlags(cmd, &po)
 	return cmd
 }
 
@@ -207,6 +222,9 @@ func (a *app) envInspectCommand() *cobra.Command {
 						}
 					}
 					fmt.Fprintf(w, "  modules      %d files\n", len(m.Modules))
+				}
+				if e.Installed {
+					printSnapshots(w, e.GoldenSnapshots)
 				}
 				if !e.Installed {
 					fmt.Fprintf(w, "install it with: pyro env pull %s\n", e.Name)

@@ -80,6 +80,9 @@ type Config struct {
 	// Cold skips memory snapshots: the guest boots from its kernel even
 	// when a snapshot could restore it (also $PYRO_WARM=0).
 	Cold bool
+	// buildNow: replace an unusable snapshot at once (PrepareSnapshot)
+	// instead of booting cold this time.
+	buildNow bool
 }
 
 // VM is a booted guest.

@@ -155,7 +155,13 @@ func findSnapshot(ctx context.Context, d Deps, c Config, v *VM) error {
 		if derr := store.Discard(bad.Dir); derr != nil {
 			d.Logger.Warn("discard memory snapshot", "dir", bad.Dir, "err", derr)
 		}
-		err = golden.ErrNotFound
+		// This start boots cold; the next one builds a new snapshot.
+		v.SnapshotNote = "snapshot discarded: " + bad.Reason
+		if c.buildNow {
+			err = golden.ErrNotFound
+		} else {
+			return nil
+		}
 	}
 	if errors.Is(err, golden.ErrNotFound) {
 		// Built on first use: one boot and a save now, restores from then on.
@@ -360,7 +366,7 @@ func buildSnapshot(ctx context.Context, d Deps, c Config, v *VM, store *golden.S
 // when missing or unusable) without keeping a guest: `pyro prepare` and
 // `pyro env pull --warm`. It returns the snapshot's directory.
 func PrepareSnapshot(ctx context.Context, d Deps, c Config) (golden.Snapshot, error) {
-	c.Cold = false
+	c.Cold, c.buildNow = false, true
 	var snap golden.Snapshot
 	// No guest of its own: no directory, no VMM.
 	steps := ColdBoot().Remove(StepPrepareDirectory).Remove(StepStartVMM).Remove(StepConnectAgent).

@@ -1,0 +1,167 @@
+package golden
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func testKey() Key {
+	return Key{Environment: "debian:12", EnvDigest: "sha256:ab", VCPUs: 1, MemMiB: 1, Network: "off",
+		Backend: "qemu", VMM: "qemu-system-x86_64 tcg", Cmdline: "quiet", Initramfs: "cd"}
+}
+
+// publish builds and publishes a snapshot whose state is state.
+func publish(t *testing.T, s *Store, k Key, state string) Snapshot {
+	t.Helper()
+	b, _, err := s.Begin(context.Background(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(b.StatePath(), []byte(state), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := b.Publish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return snap
+}
+
+func TestPublishThenLookup(t *testing.T) {
+	s := New(filepath.Join(t.TempDir(), DirName))
+	k := testKey()
+	if _, err := s.Lookup(k); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("lookup before build: %v", err)
+	}
+	snap := publish(t, s, k, "device state")
+	got, err := s.Lookup(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Dir != snap.Dir || got.Manifest.StateSHA256 == "" {
+		t.Fatalf("lookup = %+v", got)
+	}
+	if st, _ := os.Stat(got.MemoryPath()); st.Size() != 1<<20 {
+		t.Fatalf("memory file %d bytes", st.Size())
+	}
+	other := k
+	other.MemMiB = 2
+	if _, err := s.Lookup(other); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("another key found %v", err)
+	}
+	// A second Begin for a published key hands back the snapshot.
+	b, existing, err := s.Begin(context.Background(), k)
+	if err != nil || b != nil || existing.Dir != snap.Dir {
+		t.Fatalf("begin after publish: %v %v %v", b, existing, err)
+	}
+}
+
+func TestDamageIsDetected(t *testing.T) {
+	for _, tc := range []struct {
+		name, want string
+		damage     func(Snapshot) error
+	}{
+		{"state corrupt", "sha256", func(s Snapshot) error { return os.WriteFile(s.StatePath(), []byte("device stat3"), 0o644) }},
+		{"state truncated", "bytes", func(s Snapshot) error { return os.Truncate(s.StatePath(), 3) }},
+		{"memory truncated", "bytes", func(s Snapshot) error { return os.Truncate(s.MemoryPath(), 4096) }},
+		{"memory written", "written", func(s Snapshot) error {
+			f, err := os.OpenFile(s.MemoryPath(), os.O_WRONLY, 0)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			_, err = f.WriteAt([]byte("x"), 100)
+			return err
+		}},
+		{"memory missing", "memory file", func(s Snapshot) error { return os.Remove(s.MemoryPath()) }},
+		{"manifest garbage", "manifest", func(s Snapshot) error {
+			return os.WriteFile(filepath.Join(s.Dir, ManifestFile), []byte("{"), 0o644)
+		}},
+		{"manifest of another key", "another configuration", func(s Snapshot) error {
+			b, _ := os.ReadFile(filepath.Join(s.Dir, ManifestFile))
+			// Rewrite the key but keep the id: as if copied over.
+			m := strings.Replace(string(b), `"vcpu_count": 1`, `"vcpu_count": 2`, 1)
+			return os.WriteFile(filepath.Join(s.Dir, ManifestFile), []byte(m), 0o644)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := New(filepath.Join(t.TempDir(), DirName))
+			snap := publish(t, s, testKey(), "device state")
+			if err := tc.damage(snap); err != nil {
+				t.Fatal(err)
+			}
+			_, err := s.Lookup(testKey())
+			var bad *Invalid
+			if !errors.As(err, &bad) {
+				t.Fatalf("lookup of a damaged snapshot: %v", err)
+			}
+			if !strings.Contains(bad.Reason, tc.want) && !strings.Contains(bad.Reason, "id does not match") {
+				t.Errorf("reason %q, want it to mention %q", bad.Reason, tc.want)
+			}
+			if err := s.Discard(bad.Dir); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Lookup(testKey()); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("after discard: %v", err)
+			}
+		})
+	}
+}
+
+// A build that fails before Publish (a full disk while saving, a crash)
+// leaves nothing a Lookup would use, and List reports the leftover of a
+// crashed one as partial so prune removes it.
+func TestFailedBuildLeavesNoSnapshot(t *testing.T) {
+	s := New(filepath.Join(t.TempDir(), DirName))
+	k := testKey()
+	b, _, err := s.Begin(context.Background(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The state file was never written (the save failed): Publish refuses.
+	if _, err := b.Publish(); err == nil {
+		t.Fatal("publish without a state file succeeded")
+	}
+	if _, err := s.Lookup(k); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("after a failed publish: %v", err)
+	}
+	if _, err := os.Stat(b.Dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("build directory left behind: %v", err)
+	}
+	// A crashed build (no Abort) is listed as partial and pruned.
+	b2, _, err := s.Begin(context.Background(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b2.lock.Close()
+	list, err := s.List()
+	if err != nil || len(list) != 1 || !list[0].Partial {
+		t.Fatalf("list = %+v, %v", list, err)
+	}
+	if _, err := s.Lookup(k); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a partial build was found: %v", err)
+	}
+	removed, err := s.RemoveAll()
+	if err != nil || len(removed) != 1 {
+		t.Fatalf("remove all = %+v, %v", removed, err)
+	}
+}
+
+// An empty state file (a save that wrote nothing) is never published.
+func TestEmptyStateRefused(t *testing.T) {
+	s := New(filepath.Join(t.TempDir(), DirName))
+	b, _, err := s.Begin(context.Background(), testKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(b.StatePath(), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Publish(); err == nil || !strings.Contains(err.Error(), "empty") {
+		t.Fatalf("publish of an empty state: %v", err)
+	}
+}
