@@ -116,6 +116,7 @@ func (s *Agent) applyIdentity(req agentapi.IdentityRequest) (agentapi.IdentityRe
 		resp.Workspace = true
 	}
 	s.log.Info("identity refreshed", "hostname", req.Hostname, "workspace", resp.Workspace)
+	resp.Health = s.health()
 	return resp, nil
 }
 

@@ -194,6 +194,12 @@ func (s *Agent) routes() http.Handler {
 }
 
 func (s *Agent) handleHealth(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, s.health())
+}
+
+// health is what /v1/health answers (and an identity refresh, which is a
+// restored guest's first call).
+func (s *Agent) health() agentapi.Health {
 	h := agentapi.Health{
 		AgentVersion:   s.opts.Version,
 		VCPUs:          runtime.NumCPU(),
@@ -210,7 +216,7 @@ func (s *Agent) handleHealth(w http.ResponseWriter, _ *http.Request) {
 	if unix.Uname(&u) == nil {
 		h.KernelRelease = unix.ByteSliceToString(u.Release[:])
 	}
-	writeJSON(w, http.StatusOK, h)
+	return h
 }
 
 func (s *Agent) handleShutdown(w http.ResponseWriter, _ *http.Request) {

@@ -54,9 +54,13 @@ type IdentityResponse struct {
 	MachineID string `json:"machine_id"`
 	MAC       string `json:"mac,omitempty"`
 	Workspace bool   `json:"workspace_mounted"`
+	// Health is the agent's health after the refresh: the call doubles
+	// as the restored guest's readiness check.
+	Health Health `json:"health"`
 }
 
-// SetIdentity sends a restored guest its new identity.
+// SetIdentity sends a restored guest its new identity: one attempt,
+// bounded by ctx and CallTimeout.
 func (c *Client) SetIdentity(ctx context.Context, req IdentityRequest) (IdentityResponse, error) {
 	var r IdentityResponse
 	err := c.jsonCall(ctx, callTimeout, http.MethodPost, PathIdentity, req, &r)

@@ -108,6 +108,7 @@ func (b *Build) Publish() (Snapshot, error) {
 	}
 	b.done = true
 	b.lock.Close()
+	b.store.clearFailed(b.key)
 	return snap, nil
 }
 
@@ -176,3 +177,28 @@ func randSuffix() string {
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
 }
+
+// failedFor is how long a failed build keeps later starts of the same key
+// from trying again (each try costs a boot).
+const failedFor = 10 * time.Minute
+
+// MarkFailed records that building k failed (why, for people).
+func (s *Store) MarkFailed(k Key, why string) {
+	if os.MkdirAll(s.dir, 0o755) == nil {
+		_ = os.WriteFile(filepath.Join(s.dir, ".failed-"+k.ID()), []byte(why+"\n"), 0o644)
+	}
+}
+
+// RecentlyFailed says whether a build of k failed within failedFor, and why.
+func (s *Store) RecentlyFailed(k Key) (string, bool) {
+	p := filepath.Join(s.dir, ".failed-"+k.ID())
+	st, err := os.Stat(p)
+	if err != nil || time.Since(st.ModTime()) > failedFor {
+		return "", false
+	}
+	b, _ := readCapped(p, 4096)
+	return string(b), true
+}
+
+// clearFailed forgets a failed build once one succeeded.
+func (s *Store) clearFailed(k Key) { _ = os.Remove(filepath.Join(s.dir, ".failed-"+k.ID())) }

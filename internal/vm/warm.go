@@ -164,6 +164,10 @@ func findSnapshot(ctx context.Context, d Deps, c Config, v *VM) error {
 		}
 	}
 	if errors.Is(err, golden.ErrNotFound) {
+		if why, failed := store.RecentlyFailed(key); failed && !c.buildNow {
+			v.SnapshotNote = "snapshot build failed recently: " + why
+			return nil
+		}
 		// Built on first use: one boot and a save now, restores from then on.
 		snap, err = buildSnapshot(ctx, d, c, v, store, key)
 		if err != nil {
@@ -171,6 +175,7 @@ func findSnapshot(ctx context.Context, d Deps, c Config, v *VM) error {
 				return ctx.Err()
 			}
 			d.Logger.Warn("memory snapshot build failed; booting cold", "vm_id", v.ID, "err", err)
+			store.MarkFailed(key, err.Error())
 			v.SnapshotNote = "snapshot build failed: " + err.Error()
 			return nil
 		}
@@ -201,24 +206,31 @@ func startOrRestore(ctx context.Context, d Deps, c Config, v *VM) error {
 func restoreFailed(d Deps, v *VM, err error) error {
 	if snap := v.warm.snapshot; snap != nil {
 		d.Logger.Warn("discarding memory snapshot after a failed restore", "vm_id", v.ID, "dir", snap.Dir, "err", err)
-		_ = SnapshotStore(v.Environment.Dir).Discard(snap.Dir)
+		store := SnapshotStore(v.Environment.Dir)
+		_ = store.Discard(snap.Dir)
+		// Not rebuilt at once: a restore that fails for this
+		// configuration would fail again after the rebuild.
+		store.MarkFailed(snap.Manifest.Key, "restore failed: "+err.Error())
 	}
 	return &warmFailure{err: err}
 }
 
+// connectRestored makes the agent client of a restored guest without a
+// readiness round trip: the identity refresh is its first call and says
+// whether the agent answers (each round trip of a freshly restored TCG
+// guest costs as much as the restore).
 func connectRestored(ctx context.Context, d Deps, c Config, v *VM) error {
 	if v.warm.snapshot == nil {
 		return connectAgent(ctx, d, c, v)
 	}
-	c.BootTimeout = min(c.BootTimeout, restoreAgentTimeout)
-	if err := connectAgent(ctx, d, c, v); err != nil {
-		return restoreFailed(d, v, err)
-	}
+	v.Agent = agentapi.NewClient(v.Machine.DialAgent)
+	v.onClose(func(context.Context) error { return v.Agent.Close() })
 	return nil
 }
 
 // refreshIdentity makes a restored guest a machine of its own before the
-// caller gets it (and so before any user code runs in it).
+// caller gets it (and so before any user code runs in it). Its answer is
+// also the guest's health.
 func refreshIdentity(ctx context.Context, d Deps, c Config, v *VM) error {
 	if v.warm.snapshot == nil {
 		v.Start = StartCold
@@ -229,9 +241,20 @@ func refreshIdentity(ctx context.Context, d Deps, c Config, v *VM) error {
 	if err != nil {
 		return err
 	}
-	if _, err := v.Agent.SetIdentity(ctx, req); err != nil {
+	ctx, cancel := context.WithTimeout(ctx, restoreAgentTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-v.Machine.Done():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	resp, err := v.Agent.SetIdentity(ctx, req)
+	if err != nil {
 		return restoreFailed(d, v, fmt.Errorf("refresh the restored guest's identity: %w", err))
 	}
+	v.Health = resp.Health
 	v.Start = StartWarm
 	return nil
 }

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# bench-warm.sh: warm starts (issue #14) against cold boots and Docker, all
+# measured in this one run so the ratios compare like with like.
+#
+#   scripts/bench-warm.sh [ENVIRONMENT]     (default debian:12; N=5 runs each)
+#
+# Prints medians of wall time (ms) of:
+#   pyro run ENV -- true            warm (restored from the golden snapshot)
+#   pyro run ENV -- true            cold (PYRO_WARM=0)
+#   pyro workspace create ENV       warm
+#   docker run --rm --network none IMG true      (IMG = ENV's rootfs, docker import)
+#   docker run -d --network none IMG sleep 600
+# and the ratios the issue asks for. Docker is used when a daemon answers
+# (`docker info`); otherwise the script says so and prints pyro's figures.
+# Needs root for the loop mount of the rootfs (docker import).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYRO=${PYRO_BIN:-$PWD/bin/pyro}
+ENVNAME=${1:-debian:12}
+N=${N:-5}
+
+state=${PYRO_HOME:-${XDG_DATA_HOME:-$HOME/.local/share}/pyro}
+# A private home for the VMs and workspaces, sharing environments, their
+# snapshots and caches.
+home=$(mktemp -d /tmp/pyro-bench-warm.XXXXXX)
+chmod 700 "$home"
+ln -s "$state/environments" "$home/environments"
+ln -s "$state/cache" "$home/cache"
+export PYRO_HOME=$home
+mnt=""
+cleanup() {
+  for id in $("$PYRO" workspace list --json 2>/dev/null | grep -o '"workspace_id": *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/'); do
+    "$PYRO" workspace delete "$id" >/dev/null 2>&1 || true
+  done
+  [ -n "$mnt" ] && { umount "$mnt" 2>/dev/null || true; rmdir "$mnt" 2>/dev/null || true; }
+  rm -rf "$home"
+}
+trap cleanup EXIT
+
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+median() { sort -n | awk '{a[NR]=$1} END{ if (NR==0) {print "nan"} else if (NR%2) {print a[(NR+1)/2]} else {print (a[NR/2]+a[NR/2+1])/2} }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2fx", a/b; else print "n/a" }'; }
+
+"$PYRO" env pull "$ENVNAME" >/dev/null
+echo "==> preparing golden snapshots of $ENVNAME (run and workspace configurations)"
+"$PYRO" prepare "$ENVNAME"
+"$PYRO" prepare --workspace "$ENVNAME"
+
+# time_pyro_run COLD(0|1): prints one wall time and checks the start mode.
+time_pyro_run() {
+  local want=warm extra=()
+  [ "$1" = 1 ] && want=cold && extra=(env PYRO_WARM=0)
+  local t0 t1 out
+  t0=$(now_ms)
+  out=$("${extra[@]}" "$PYRO" run --json "$ENVNAME" -- true)
+  t1=$(now_ms)
+  echo "$out" | grep -q "\"start\": *\"$want\"" || { echo "bench-warm: expected start $want: $out" >&2; exit 1; }
+  echo $((t1 - t0))
+}
+
+echo "==> pyro run $ENVNAME -- true, warm and cold, $N runs each (interleaved)"
+warm=() cold=()
+for _ in $(seq "$N"); do
+  warm+=("$(time_pyro_run 0)")
+  cold+=("$(time_pyro_run 1)")
+done
+warm_ms=$(printf '%s\n' "${warm[@]}" | median)
+cold_ms=$(printf '%s\n' "${cold[@]}" | median)
+
+echo "==> pyro workspace create $ENVNAME, warm, $N runs"
+ws=()
+for _ in $(seq "$N"); do
+  t0=$(now_ms)
+  out=$("$PYRO" workspace create --json "$ENVNAME")
+  t1=$(now_ms)
+  ws+=($((t1 - t0)))
+  echo "$out" | grep -q '"start": *"warm"' || echo "bench-warm: workspace create was not warm: $out" >&2
+  id=$(echo "$out" | grep -o '"workspace_id": *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/')
+  "$PYRO" workspace delete "$id" >/dev/null
+done
+ws_ms=$(printf '%s\n' "${ws[@]}" | median)
+
+docker_run_ms="" docker_d_ms="" docker_note=""
+if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+  img="pyro-bench-warm:$(echo "$ENVNAME" | tr ':' '-')"
+  if ! docker image inspect "$img" >/dev/null 2>&1; then
+    rootfs=$("$PYRO" env inspect --json "$ENVNAME" | grep -o '"path": *"[^"]*"' | head -1 | sed 's/.*"\([^"]*\)"$/\1/')/rootfs.ext4
+    mnt=$(mktemp -d /tmp/pyro-bench-rootfs.XXXXXX)
+    mount -o loop,ro,noload "$rootfs" "$mnt"
+    tar -C "$mnt" -c . | docker import - "$img" >/dev/null
+    umount "$mnt"; rmdir "$mnt"; mnt=""
+  fi
+  docker run --rm --network none "$img" true >/dev/null # first start outside the figures
+  echo "==> docker run --rm --network none $img true, $N runs"
+  dr=()
+  for _ in $(seq "$N"); do
+    t0=$(now_ms); docker run --rm --network none "$img" true; t1=$(now_ms)
+    dr+=($((t1 - t0)))
+  done
+  docker_run_ms=$(printf '%s\n' "${dr[@]}" | median)
+  echo "==> docker run -d --network none $img sleep 600, $N runs"
+  dd=()
+  for _ in $(seq "$N"); do
+    t0=$(now_ms); cid=$(docker run -d --network none "$img" sleep 600); t1=$(now_ms)
+    dd+=($((t1 - t0)))
+    docker rm -f "$cid" >/dev/null
+  done
+  docker_d_ms=$(printf '%s\n' "${dd[@]}" | median)
+else
+  docker_note="docker: no daemon answers here (docker info failed), Docker figures skipped"
+fi
+
+echo
+echo "== results (median wall ms, $N runs, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
+printf '%-44s %8s\n' "pyro run $ENVNAME -- true (warm)" "$warm_ms"
+printf '%-44s %8s\n' "pyro run $ENVNAME -- true (cold)" "$cold_ms"
+printf '%-44s %8s\n' "pyro workspace create $ENVNAME (warm)" "$ws_ms"
+if [ -n "$docker_run_ms" ]; then
+  printf '%-44s %8s\n' "docker run --rm --network none IMG true" "$docker_run_ms"
+  printf '%-44s %8s\n' "docker run -d --network none IMG sleep" "$docker_d_ms"
+fi
+echo
+echo "== ratios (goal in brackets)"
+echo "warm run / cold run:                 $(ratio "$warm_ms" "$cold_ms")  [<= 0.20x]"
+if [ -n "$docker_run_ms" ]; then
+  echo "warm run / docker run --rm:          $(ratio "$warm_ms" "$docker_run_ms")  [<= 1.5x]"
+  echo "warm workspace create / docker -d:   $(ratio "$ws_ms" "$docker_d_ms")  [<= 1.5x]"
+else
+  echo "$docker_note"
+fi
