@@ -155,7 +155,7 @@ func TestWarmCorruptSnapshotBootsCold(t *testing.T) {
 // reads the placeholder and fails (and the start would be cold).
 func TestWarmWorkspacesOwnDisks(t *testing.T) {
 	requireE2E(t)
-	_, env := warmHome(t)
+	home, env := warmHome(t)
 	seeds := t.TempDir()
 	ids := map[string]string{}
 	for _, who := range []string{"alpha", "beta"} {
@@ -169,7 +169,8 @@ func TestWarmWorkspacesOwnDisks(t *testing.T) {
 		t.Cleanup(func() { ws(t, env, nil, "delete", w.WorkspaceID) })
 		ids[who] = w.WorkspaceID
 		if who == "beta" && w.Start != "warm" {
-			t.Errorf("second workspace start = %q, want warm", w.Start)
+			log, _ := os.ReadFile(filepath.Join(home, "workspaces", w.WorkspaceID, "supervisor.log"))
+			t.Errorf("second workspace start = %q, want warm; supervisor log:\n%s", w.Start, log)
 		}
 	}
 	for who, id := range ids {

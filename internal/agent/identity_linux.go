@@ -199,7 +199,7 @@ func ifDown(fd int, name string) error {
 
 // sizeWait bounds the wait for the guest kernel to see a workspace disk
 // resized on the host after a restore.
-const sizeWait = 3 * time.Second
+const sizeWait = 10 * time.Second
 
 // mountFreshWorkspace mounts the workspace disk(s) after a restore. The
 // snapshot's guest probed placeholder disks in the same slots (the kernel

@@ -54,7 +54,7 @@ func (b *Backend) Save(ctx context.Context, dir vmdir.Dir, state *os.File, relea
 		}
 		return json.Unmarshal(d, &ev) == nil && ev.ID == agentPortID && !ev.Open
 	}
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	err = q.waitEvent(wctx, "VSERPORT_CHANGE", closed)
 	cancel()
 	if err != nil {
