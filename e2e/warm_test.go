@@ -168,9 +168,9 @@ func TestWarmWorkspacesOwnDisks(t *testing.T) {
 		mustWS(t, env, &w, "create", "--seed-path", dir, baseEnv)
 		t.Cleanup(func() { ws(t, env, nil, "delete", w.WorkspaceID) })
 		ids[who] = w.WorkspaceID
-		if who == "beta" && w.Start != "warm" {
+		if w.Start != "warm" {
 			log, _ := os.ReadFile(filepath.Join(home, "workspaces", w.WorkspaceID, "supervisor.log"))
-			t.Errorf("second workspace start = %q, want warm; supervisor log:\n%s", w.Start, log)
+			t.Errorf("workspace %s start = %q, want warm; supervisor log:\n%s", who, w.Start, log)
 		}
 	}
 	for who, id := range ids {

@@ -59,7 +59,7 @@ const WarmEnv = "PYRO_WARM"
 // restoreAgentTimeout bounds the wait for a restored guest's agent: it
 // was answering when saved, so a restore that does not answer quickly is
 // broken, and a cold boot is the better bet.
-const restoreAgentTimeout = 15 * time.Second
+const restoreAgentTimeout = 30 * time.Second
 
 // warmState is a VM's part in a warm boot.
 type warmState struct {
@@ -165,6 +165,7 @@ func findSnapshot(ctx context.Context, d Deps, c Config, v *VM) error {
 	}
 	if errors.Is(err, golden.ErrNotFound) {
 		if why, failed := store.RecentlyFailed(key); failed && !c.buildNow {
+			d.Logger.Info("booting cold: the memory snapshot failed recently", "vm_id", v.ID, "why", why)
 			v.SnapshotNote = "snapshot build failed recently: " + why
 			return nil
 		}
