@@ -29,12 +29,7 @@ func localDNS(t *testing.T) (*dnstest.Server, []string) {
 	return dns, []string{"PYRO_DNS_UPSTREAM=" + dns.Addr()}
 }
 
-type denial struct {
-	Host    string `json:"host"`
-	Address string `json:"address"`
-	Port    int    `json:"port"`
-	Reason  string `json:"reason"`
-}
+// denial is network_test.go's.
 
 func denialsOf(t *testing.T, v any) []denial {
 	t.Helper()
@@ -46,7 +41,7 @@ func denialsOf(t *testing.T, v any) []denial {
 	return ds
 }
 
-func hasDenial(ds []denial, host, addr string) bool {
+func hasDenialAt(ds []denial, host, addr string) bool {
 	return slices.ContainsFunc(ds, func(d denial) bool { return d.Host == host && d.Address == addr && d.Reason != "" })
 }
 
@@ -96,7 +91,7 @@ func TestNetworkPolicyRun(t *testing.T) {
 		t.Errorf("policy in the result: %v %v", m["network_policy"], m["allow_hosts"])
 	}
 	ds := denialsOf(t, m["network_denials"])
-	if !hasDenial(ds, "refused.example.org", "") || !hasDenial(ds, "", "10.255.255.1") {
+	if !hasDenialAt(ds, "refused.example.org", "") || !hasDenialAt(ds, "", "10.255.255.1") {
 		t.Errorf("network_denials = %+v", ds)
 	}
 	if seen := dns.Seen(); len(seen) != 0 {
@@ -131,7 +126,7 @@ func TestNetworkPolicyWorkspaceLive(t *testing.T) {
 	pid := w["supervisor_pid"]
 
 	m := wsExec(t, env, id, "getent hosts svc.test")
-	if m["exit_code"].(float64) == 0 || !hasDenial(denialsOf(t, m["network_denials"]), "svc.test", "") {
+	if m["exit_code"].(float64) == 0 || !hasDenialAt(denialsOf(t, m["network_denials"]), "svc.test", "") {
 		t.Fatalf("before set: %v", m)
 	}
 	if seen := dns.Seen(); len(seen) != 0 {
@@ -165,7 +160,7 @@ func TestNetworkPolicyWorkspaceLive(t *testing.T) {
 		} `json:"entries"`
 	}
 	mustWS(t, env, &logs, "logs", id)
-	if len(logs.Entries) < 2 || !hasDenial(logs.Entries[0].NetworkDenials, "svc.test", "") || len(logs.Entries[1].NetworkDenials) != 0 {
+	if len(logs.Entries) < 2 || !hasDenialAt(logs.Entries[0].NetworkDenials, "svc.test", "") || len(logs.Entries[1].NetworkDenials) != 0 {
 		t.Errorf("workspace logs = %+v", logs.Entries)
 	}
 
