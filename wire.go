@@ -22,10 +22,15 @@ type WorkspaceSeed struct {
 	SourcePath string `json:"source_path,omitempty"`
 	FileCount  int    `json:"file_count"`
 	Bytes      int64  `json:"bytes"`
+	// OriginKind is "project_path", "manual_seed_path" or "empty";
+	// OriginRef is the project or seed path (workspace_project.go).
+	OriginKind string `json:"origin_kind"`
+	OriginRef  string `json:"origin_ref,omitempty"`
 }
 
 func seedFrom(s workspace.Seed) WorkspaceSeed {
-	return WorkspaceSeed{Mode: s.Mode, SourcePath: s.SourcePath, FileCount: s.FileCount, Bytes: s.Bytes}
+	return WorkspaceSeed{Mode: s.Mode, SourcePath: s.SourcePath, FileCount: s.FileCount, Bytes: s.Bytes,
+		OriginKind: originKind(s), OriginRef: s.OriginRef}
 }
 
 // Snapshot is one stored /workspace checkpoint.

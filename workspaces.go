@@ -40,6 +40,10 @@ type CreateWorkspaceOptions struct {
 	// SeedPath is a host directory or a local .tar/.tar.gz/.tgz whose
 	// content fills /workspace before CreateWorkspace returns.
 	SeedPath string
+	// ProjectPath seeds /workspace with the git-tracked files of the
+	// checkout containing this directory (workspace_project.go); not
+	// together with SeedPath.
+	ProjectPath string
 	// Secrets are guest-only values, materialised under /run/pyro-secrets.
 	Secrets []Secret
 	// Name, optional, is usable wherever the id is; it is unique among
@@ -159,6 +163,13 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 		}
 		defer source.Close()
 		seed.SourcePath, _ = filepath.Abs(opts.SeedPath)
+		seed.OriginKind, seed.OriginRef = OriginManualSeedPath, seed.SourcePath
+	}
+	if opts.ProjectPath != "" {
+		if source, err = projectSeed(ctx, opts, &seed); err != nil {
+			return ws, err
+		}
+		defer source.Close()
 	}
 	if rec.EnvironmentDigest, err = c.ensureEnvironment(ctx, rec.Environment); err != nil {
 		return ws, err

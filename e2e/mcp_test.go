@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -31,6 +32,11 @@ func mcpClient(t *testing.T, env []string, progress func(string)) *mcp.ClientSes
 // roots (nil: the client offers no roots capability).
 func mcpClientWith(t *testing.T, env, flags, roots []string, progress func(string)) *mcp.ClientSession {
 	t.Helper()
+	if !slices.ContainsFunc(flags, func(f string) bool { return strings.HasPrefix(f, "--project-path") }) {
+		// The server runs inside pyro's own checkout: without this, every
+		// workspace_create without seed_path would seed pyro's sources.
+		flags = append(slices.Clone(flags), "--project-path=")
+	}
 	cmd := exec.Command(pyroBin, append([]string{"mcp", "serve"}, flags...)...)
 	cmd.Env = append(os.Environ(), env...)
 	stderr := &lockedBuffer{}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -70,6 +71,15 @@ func TestWorkspaceNamesCLI(t *testing.T) {
 		} `json:"workspaces"`
 		Count int `json:"count"`
 	}
+	var created struct {
+		WorkspaceSeed struct {
+			OriginKind string `json:"origin_kind"`
+		} `json:"workspace_seed"`
+	}
+	mustWS(t, env, &created, "status", "api")
+	if created.WorkspaceSeed.OriginKind != "empty" {
+		t.Fatalf("seed origin of an unseeded workspace: %+v", created)
+	}
 	mustWS(t, env, &list, "list")
 	if list.Count != 1 || list.Workspaces[0].WorkspaceID != id || list.Workspaces[0].Name != "api" || list.Workspaces[0].Labels["team"] != "infra" {
 		t.Fatalf("list after refused creates: %+v", list)
@@ -109,11 +119,11 @@ func TestWorkspaceNamesCLI(t *testing.T) {
 		t.Fatalf("shell open --id-only: exit %d %q %s", r.code, r.stdout, r.stderr)
 	}
 	mustWS(t, env, nil, "shell", "write", "api2", sid, "--input",
-		`printf '\033[1;31mRED\033[0m 10%%\r\033[1;31mRED\033[0m 100%%\n'; sleep 1; printf 'ab\bc-done\n'`)
+		`printf '\033[1;31mRED\033[0m 10%%\r\033[1;31mRED\033[0m 100%%\n'; sleep 0.5; printf 'ab\bc-done\n'`)
 	var read struct {
 		Output string `json:"output"`
 	}
-	mustWS(t, env, &read, "shell", "read", "api2", sid, "--plain", "--wait-for-idle-ms", "1500")
+	mustWS(t, env, &read, "shell", "read", "api2", sid, "--plain", "--wait-for-idle-ms", "3000")
 	if !strings.Contains(read.Output, "RED 100%\n") || !strings.Contains(read.Output, "ac-done") || strings.ContainsAny(read.Output, "\x1b\r\b") {
 		t.Fatalf("plain read after idle: %q", read.Output)
 	}
@@ -205,9 +215,11 @@ func TestWorkspaceNamesMCP(t *testing.T) {
 
 	// Profiles over the real binary: the default is exactly the contract.
 	for profile, check := range map[string]func([]string) bool{
-		"":               func(n []string) bool { return len(n) == 32 && !slices.Contains(n, "workspace_list") },
-		"vm-run":         func(n []string) bool { return slices.Equal(n, []string{"vm_run"}) },
-		"workspace-core": func(n []string) bool { return slices.Contains(n, "workspace_list") && !slices.Contains(n, "shell_open") },
+		"":       func(n []string) bool { return len(n) == 32 && !slices.Contains(n, "workspace_list") },
+		"vm-run": func(n []string) bool { return slices.Equal(n, []string{"vm_run"}) },
+		"workspace-core": func(n []string) bool {
+			return slices.Contains(n, "workspace_list") && !slices.Contains(n, "shell_open")
+		},
 		"workspace-full": func(n []string) bool { return len(n) > 32 && slices.Contains(n, "workspace_stop") },
 	} {
 		var flags []string
@@ -267,5 +279,57 @@ func TestWorkspaceNamesMCP(t *testing.T) {
 	if ex := s.must("workspace_exec", map[string]any{"workspace_id": id, "command": "cat f"}); ex["stdout"] != "hi\n" {
 		b, _ := json.Marshal(ex)
 		t.Fatalf("after start: %s", b)
+	}
+}
+
+// TestWorkspaceProjectSeed: `mcp serve --project-path DIR` seeds a
+// workspace_create without seed_path with the checkout's git-tracked files
+// only (no .git, no untracked or ignored file, a symlink stays a link), and
+// workspace_seed says where content came from (project_path,
+// manual_seed_path, empty).
+func TestWorkspaceProjectSeed(t *testing.T) {
+	requireE2E(t)
+	ensureEnv(t, baseEnv)
+	_, env := isolatedHome(t)
+	repo := t.TempDir()
+	git := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command("git", args...)
+		cmd.Dir = repo
+		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@t", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@t")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+	}
+	git("init", "-q")
+	writeTree(t, repo, map[string]string{"main.py": "print('hi')\n", "pkg/util.py": "X = 1\n", ".gitignore": ".env\n"})
+	if err := os.Symlink("/etc/shadow", filepath.Join(repo, "shadow-link")); err != nil {
+		t.Fatal(err)
+	}
+	git("add", "-A")
+	git("commit", "-qm", "init")
+	writeTree(t, repo, map[string]string{".env": "TOKEN=never-copied\n", "scratch.txt": "untracked\n"})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	s := &mcpSession{t: t, ctx: ctx, cs: mcpClientWith(t, env, []string{"--project-path", filepath.Join(repo, "pkg")}, []string{filepath.Dir(t.TempDir())}, nil)}
+	w := s.must("workspace_create", map[string]any{"environment": baseEnv})
+	id, _ := w["workspace_id"].(string)
+	defer s.call("workspace_delete", map[string]any{"workspace_id": id})
+	sd, _ := w["workspace_seed"].(map[string]any)
+	if sd["origin_kind"] != "project_path" || sd["origin_ref"] != repo || num(sd["file_count"]) != 4 {
+		t.Fatalf("project seed: %v", sd)
+	}
+	ex := s.must("workspace_exec", map[string]any{"workspace_id": id, "command": "ls -A /workspace | sort | tr '\\n' ' '; readlink /workspace/shadow-link; cat /workspace/pkg/util.py"})
+	if ex["stdout"] != ".gitignore main.py pkg shadow-link /etc/shadow\nX = 1\n" {
+		t.Fatalf("project files in the guest: %q %v", ex["stdout"], ex["stderr"])
+	}
+	// A seed_path wins over the project, and says so.
+	seed := t.TempDir()
+	writeTree(t, seed, map[string]string{"only.txt": "manual\n"})
+	w2 := s.must("workspace_create", map[string]any{"environment": baseEnv, "seed_path": seed})
+	defer s.call("workspace_delete", map[string]any{"workspace_id": w2["workspace_id"]})
+	if sd, _ := w2["workspace_seed"].(map[string]any); sd["origin_kind"] != "manual_seed_path" || sd["origin_ref"] != seed || num(sd["file_count"]) != 1 {
+		t.Fatalf("manual seed: %v", sd)
 	}
 }

@@ -195,3 +195,12 @@ func workspaceExecCore(ctx context.Context, cl *call, in workspaceExecCoreIn) (p
 func workspaceResetCore(ctx context.Context, cl *call, in workspaceIDIn) (pyro.Workspace, string, error) {
 	return workspaceReset(ctx, cl, workspaceResetIn{WorkspaceID: in.WorkspaceID})
 }
+
+// projectNote tells the model that its workspaces start from the project.
+func projectNote(projectPath string) string {
+	if projectPath == "" {
+		return ""
+	}
+	return "\n\nProject: workspace_create without seed_path fills /workspace with the git-tracked files of " + projectPath +
+		" (workspace_seed.origin_kind project_path); pass seed_path to start from something else."
+}

@@ -74,6 +74,10 @@ type Options struct {
 	// with any allowlist that opens no protected range.
 	NetworkPolicyMax string
 	AllowHostsMax    []string
+	// ProjectPath, when set, is a git checkout whose tracked files seed
+	// every workspace_create without seed_path (chosen by the person who
+	// started the server, so it is not confined like tool arguments).
+	ProjectPath string
 }
 
 // instructions tell a model how to choose between the tools. Tool names in
@@ -133,7 +137,7 @@ func newServer(c *pyro.Client, opts Options, tools []tool) (*mcp.Server, error) 
 	}
 	env := &env{c: c, opts: opts, logger: logger, paths: paths, netMax: netMax}
 	s := mcp.NewServer(&mcp.Implementation{Name: "pyro", Title: "pyro microVM sandboxes", Version: version}, &mcp.ServerOptions{
-		Instructions:            instructionsFor(opts.Profile),
+		Instructions:            instructionsFor(opts.Profile) + projectNote(opts.ProjectPath),
 		Logger:                  opts.Logger,
 		InitializedHandler:      paths.sessionStarted,
 		RootsListChangedHandler: paths.rootsChanged,

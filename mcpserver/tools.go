@@ -460,9 +460,14 @@ func workspaceCreate(ctx context.Context, cl *call, in workspaceCreateIn) (pyro.
 		}
 		secrets = append(secrets, sec)
 	}
+	project := ""
+	if seed == "" {
+		project = cl.opts.ProjectPath // the server's project seeds it (profiles.go)
+	}
 	cl.p.step(ctx, "creating workspace (%s)", orDefault(in.Environment, pyro.DefaultEnvironment))
 	ws, err := cl.c.CreateWorkspace(ctx, pyro.CreateWorkspaceOptions{Environment: in.Environment, VCPUCount: in.VCPUCount, MemMiB: in.MemMiB,
 		Network: in.Network, NetworkPolicy: in.NetworkPolicy, AllowHosts: in.AllowHosts, AllowHostCompat: in.AllowHostCompat, SeedPath: seed, Secrets: secrets, Name: in.Name, Labels: in.Labels,
+		ProjectPath: project,
 		// A model's commands are undoable by default (workspace_undo).
 		Checkpoints: true})
 	if err != nil {

@@ -71,7 +71,12 @@ loopback, private or link-local ranges or this host's addresses.
 create, list, status, exec, file ops, patch, diff, summary, reset, export and
 delete, without secrets, network, shells, services, snapshots or disk fields)
 or workspace-full (the contract's tools and every later one). Without
---profile the server lists exactly the contract's 32 tools.`,
+--profile the server lists exactly the contract's 32 tools.
+
+--project-path DIR (default: the git checkout the server is started in, if any;
+"" for none) makes workspace_create without seed_path fill /workspace with that
+checkout's git-tracked files (no .git, nothing ignored or untracked; symlinks are
+copied as links, never followed out of the checkout).`,
 		Example: `  pyro mcp serve
   pyro mcp serve --http 127.0.0.1:8765
   PYRO_MCP_TOKEN=secret pyro mcp serve --http :8765
@@ -107,13 +112,18 @@ or workspace-full (the contract's tools and every later one). Without
 			if err != nil {
 				return err
 			}
+			projectPath, err := serveProject(cmd.Context(), cmd.Flags().Changed("project-path"), o.projectPath)
+			if err != nil {
+				return err
+			}
 			// A remote client's roots name its own files, not this host's.
 			a.sdk.SetImagePulls(pyro.ImagePullsNone)
 			if allowPull {
 				a.sdk.SetImagePulls(pyro.ImagePullsRegistryOnly)
 			}
 			server, err := mcpserver.New(a.sdk, mcpserver.Options{Version: version(), AllowPaths: o.allowPaths, AllowHostCompat: o.allowHostCompat,
-				IgnoreClientRoots: o.allowRemote, Profile: profile, NetworkPolicyMax: netMax, AllowHostsMax: hostsMax})
+				IgnoreClientRoots: o.allowRemote, Profile: profile, NetworkPolicyMax: netMax, AllowHostsMax: hostsMax,
+				ProjectPath: projectPath})
 			if err != nil {
 				return err
 			}
@@ -139,6 +149,7 @@ or workspace-full (the contract's tools and every later one). Without
 	f.BoolVar(&o.allowHostCompat, "allow-host-compat", false, "let a tool call's allow_host_compat=true fall back to the weaker host sandbox")
 	f.StringVar(&netMax, "network-policy-max", "", "the widest network policy a tool call may ask for: off, egress (default) or egress+published-ports")
 	f.StringArrayVar(&hostsMax, "allow-host-max", nil, "pin tool calls' allow_hosts inside this allowlist entry (NAME, *.SUFFIX or CIDR[:PORT], or a preset; repeatable)")
+	f.StringVar(&o.projectPath, "project-path", "", "seed workspace_create without seed_path from this git checkout's tracked files (default: the checkout the server starts in, if any; \"\" for none)")
 	f.StringVar(&o.profile, "profile", "", "serve a tool profile: vm-run (vm_run only), workspace-core (workspace basics, narrow schemas) or workspace-full (every tool); default: exactly the contract's 32 tools")
 	return cmd
 }
@@ -152,6 +163,7 @@ type serveOptions struct {
 	allowHostCompat bool
 	allowOrigins    []string
 	profile         string
+	projectPath     string
 	sessionTimeout  time.Duration
 }
 

@@ -108,6 +108,11 @@ type Seed struct {
 	SourcePath string `json:"source_path,omitempty"`
 	FileCount  int    `json:"file_count"`
 	Bytes      int64  `json:"bytes"`
+	// OriginKind says where the content came from: "project_path" (the
+	// git-tracked files of a checkout), "manual_seed_path" or "empty";
+	// OriginRef names it (the path). Empty in records older than them.
+	OriginKind string `json:"origin_kind,omitempty"`
+	OriginRef  string `json:"origin_ref,omitempty"`
 }
 
 // OpenSource opens a host directory or a local .tar/.tar.gz/.tgz as an
