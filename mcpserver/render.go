@@ -84,7 +84,7 @@ func renderWorkspace(ws pyro.Workspace) string {
 		}
 		s += ", secrets " + strings.Join(names, ", ")
 	}
-	return s
+	return withDenials(s, ws.NetworkDenials)
 }
 
 func renderDiff(d pyro.WorkspaceDiff) string {
