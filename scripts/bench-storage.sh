@@ -1,0 +1,93 @@
+#!/bin/sh
+# Storage benchmark for workspaces (issue #15): seeded create, sync push,
+# export, diff after one change, snapshot create/reset, checkpoint overhead
+# per exec, each beside Docker on the same root filesystem when Docker is
+# available (docker run -d + docker cp of the same tree). Prints seconds and
+# ratios. Boots guests: run it alone (e.g. under flock /tmp/pyro-e2e.lock).
+#
+#   scripts/bench-storage.sh [PYRO_BIN]      (env: ENV=debian:12-base FILES=1000 MIB=196)
+set -eu
+PYRO=${1:-$(dirname "$0")/../bin/pyro}
+ENV=${ENV:-debian:12-base}
+FILES=${FILES:-1000}
+MIB=${MIB:-196}
+T=$(mktemp -d)
+trap 'rm -rf "$T"; [ -n "${ID:-}" ] && "$PYRO" workspace delete "$ID" >/dev/null 2>&1; [ -n "${ID2:-}" ] && "$PYRO" workspace delete "$ID2" >/dev/null 2>&1; [ -n "${CID:-}" ] && docker rm -f "$CID" >/dev/null 2>&1; true' EXIT
+
+now() { date +%s.%N; }
+since() { echo "$(now) - $1" | bc; }
+ratio() { if [ -n "$2" ]; then printf '%.2fx' "$(echo "$1 / $2" | bc -l)"; else echo "n/a"; fi; }
+
+python3 - "$T/tree" "$FILES" "$MIB" <<'PY'
+import os, sys
+root, n, mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+size = mib * 1024 * 1024 // n
+for i in range(n):
+    d = os.path.join(root, "d%d" % (i % 20))
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "f%d.bin" % i), "wb") as f:
+        f.write(os.urandom(size))
+PY
+echo "tree: $FILES files, $MIB MiB; environment $ENV"
+
+DOCKER=""
+if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+  IMG=pyro-bench-$(echo "$ENV" | tr ':' '-')
+  if ! docker image inspect "$IMG" >/dev/null 2>&1; then
+    ROOTFS=$("$PYRO" env inspect --json "$ENV" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["path"] + "/rootfs.ext4")')
+    mkdir "$T/m" && mount -o loop,ro,noload "$ROOTFS" "$T/m" && tar -C "$T/m" -c . | docker import - "$IMG" >/dev/null; umount "$T/m"
+  fi
+  DOCKER=1
+else
+  echo "docker: not available (no ratios)"
+fi
+
+# 1. seeded create
+s=$(now); ID=$("$PYRO" workspace create --id-only --seed-path "$T/tree" "$ENV"); p_create=$(since "$s")
+d_create=""
+if [ -n "$DOCKER" ]; then
+  s=$(now); CID=$(docker run -d --network none "$IMG" sleep infinity); docker cp "$T/tree/." "$CID:/workspace" ; d_create=$(since "$s")
+fi
+echo "create seeded:   pyro ${p_create}s  docker ${d_create:-n/a}s  ratio $(ratio "$p_create" "$d_create")"
+
+# 2. sync push of the same tree into a subdirectory
+s=$(now); "$PYRO" workspace sync push "$ID" "$T/tree" --dest /workspace/p >/dev/null; p_push=$(since "$s")
+d_push=""
+if [ -n "$DOCKER" ]; then
+  docker exec "$CID" mkdir -p /workspace/p; s=$(now); docker cp "$T/tree/." "$CID:/workspace/p"; d_push=$(since "$s")
+fi
+echo "sync push:       pyro ${p_push}s  docker ${d_push:-n/a}s  ratio $(ratio "$p_push" "$d_push")"
+
+# 3. export
+s=$(now); "$PYRO" workspace export "$ID" p --output "$T/out-p" >/dev/null; p_exp=$(since "$s")
+d_exp=""
+if [ -n "$DOCKER" ]; then s=$(now); docker cp "$CID:/workspace/p" "$T/out-d"; d_exp=$(since "$s"); fi
+echo "export:          pyro ${p_exp}s  docker ${d_exp:-n/a}s  ratio $(ratio "$p_exp" "$d_exp")"
+
+# 4. diff after changing one file of the seeded tree (the push is a change too:
+#    measured after a reset so only the one file differs)
+"$PYRO" workspace reset "$ID" >/dev/null
+"$PYRO" workspace exec "$ID" -- sh -c 'echo x >> d0/f0.bin' >/dev/null
+s=$(now); "$PYRO" workspace diff --json "$ID" >/dev/null; p_diff=$(since "$s")
+echo "diff (1 change): pyro ${p_diff}s  (goal <= 0.1 s)"
+
+# 5. snapshot create / reset, against a cold boot (pyro run true)
+"$PYRO" workspace sync push "$ID" "$T/tree" --dest /workspace/p >/dev/null
+s=$(now); "$PYRO" workspace snapshot create "$ID" bench >/dev/null; p_snap=$(since "$s")
+s=$(now); "$PYRO" workspace reset "$ID" --snapshot bench >/dev/null; p_reset=$(since "$s")
+s=$(now); "$PYRO" run "$ENV" -- true >/dev/null; cold=$(since "$s")
+echo "snapshot create: pyro ${p_snap}s (upper layer ${MIB} MiB)"
+echo "reset:           pyro ${p_reset}s  cold boot ${cold}s  ratio $(ratio "$p_reset" "$cold")"
+
+# 6. checkpoint overhead per exec (small upper layer; and with the pushed tree in it)
+per_exec() { # ID N -> seconds per exec of `true`
+  s=$(now); i=0; while [ $i -lt "$2" ]; do "$PYRO" workspace exec "$1" -- true >/dev/null; i=$((i+1)); done
+  echo "$(since "$s") / $2" | bc -l
+}
+ID2=$("$PYRO" workspace create --id-only --checkpoints "$ENV")
+"$PYRO" workspace exec "$ID" -- true >/dev/null; "$PYRO" workspace exec "$ID2" -- true >/dev/null
+off=$(per_exec "$ID" 5); on=$(per_exec "$ID2" 5)
+printf 'checkpoint/exec: %.3fs without, %.3fs with: overhead %.0f ms (small upper layer)\n' "$off" "$on" "$(echo "($on - $off) * 1000" | bc -l)"
+"$PYRO" workspace sync push "$ID2" "$T/tree" --dest /workspace/p >/dev/null
+on2=$(per_exec "$ID2" 3)
+printf 'checkpoint/exec: %.3fs with %s MiB in the upper layer: overhead %.0f ms\n' "$on2" "$MIB" "$(echo "($on2 - $off) * 1000" | bc -l)"
