@@ -107,6 +107,7 @@ func Main(dir string) int { return MainWith(dir, Options{}) }
 // MainWith is Main with options (tests re-exec their own binary as a
 // supervisor with a fake backend).
 func MainWith(dir string, opts Options) int {
+	closeInherited()
 	d := vmdir.Dir(dir)
 	logFile, err := os.OpenFile(d.Path(vmdir.SupervisorLog), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
