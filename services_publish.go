@@ -141,7 +141,22 @@ func (p *publishing) end(ctx context.Context, service string, startErr error) ([
 		p.undo(ctx)
 		return []PublishedPort{}, nil
 	}
-	err := updatePublished(ctx, p.dir, func(m map[string][]PublishedPort) { m[service] = p.ports })
+	// Entries a restart or reset closed are dropped on the way, so a port
+	// reused later is not credited to a service that no longer has it.
+	open, oerr := publishedPorts(ctx, p.dir)
+	err := updatePublished(ctx, p.dir, func(m map[string][]PublishedPort) {
+		if oerr == nil {
+			for svc, ports := range m {
+				ports = slices.DeleteFunc(ports, func(pp PublishedPort) bool { return !slices.Contains(open, pp) })
+				if len(ports) == 0 {
+					delete(m, svc)
+				} else {
+					m[svc] = ports
+				}
+			}
+		}
+		m[service] = p.ports
+	})
 	if err != nil {
 		p.undo(ctx)
 		return []PublishedPort{}, err
