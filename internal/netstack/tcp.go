@@ -2,7 +2,6 @@ package netstack
 
 import (
 	"context"
-	"errors"
 	"io"
 	"net"
 	"net/netip"
@@ -135,13 +134,11 @@ func relay(guest *gonet.TCPConn, host net.Conn) {
 	<-done
 }
 
-// copyHalf copies with a pooled buffer; the writer/reader wrappers hide
+// copyHalf copies with a pooled buffer until src ends or either side fails
+// (either way this direction is over); the writer/reader wrappers hide
 // ReadFrom/WriteTo, whose fallbacks would use 32 KiB buffers of their own.
 func copyHalf(dst io.Writer, src io.Reader) {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
-	_, err := io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
-	if err != nil && !errors.Is(err, net.ErrClosed) {
-		return
-	}
+	_, _ = io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
 }
