@@ -71,7 +71,7 @@ func (w *world) dials() []string {
 var hostAddr = netip.MustParseAddr("198.51.100.1")
 
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	st    *Stack
 	eng   *netpolicy.Engine
 	guest *stack.Stack
@@ -79,7 +79,7 @@ type env struct {
 	w     *world
 }
 
-func newEnv(t *testing.T, p netpolicy.Policy, w *world, names map[string]netip.Addr) *env {
+func newEnv(t testing.TB, p netpolicy.Policy, w *world, names map[string]netip.Addr) *env {
 	t.Helper()
 	eng, err := netpolicy.NewEngine(p, netpolicy.WithHostAddrs(func() []netip.Addr { return []netip.Addr{hostAddr} }))
 	if err != nil {
@@ -124,7 +124,7 @@ func newEnv(t *testing.T, p netpolicy.Policy, w *world, names map[string]netip.A
 }
 
 // guestStack is the "guest kernel": 10.0.2.15/24, default route 10.0.2.2.
-func guestStack(t *testing.T, conn net.Conn) *stack.Stack {
+func guestStack(t testing.TB, conn net.Conn) *stack.Stack {
 	s := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
@@ -184,7 +184,7 @@ func (e *env) lookup(name string, typ dnsmessage.Type) (dnsmessage.RCode, []neti
 	return h.RCode, addrs
 }
 
-func httpServer(t *testing.T, body string) string {
+func httpServer(t testing.TB, body string) string {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(w, body+" host="+r.Host)
 	}))
@@ -459,5 +459,49 @@ func TestCIDRServerSpeaksFirst(t *testing.T) {
 	b, err := io.ReadAll(c)
 	if err != nil || !strings.HasPrefix(string(b), "SSH-2.0") {
 		t.Fatalf("banner %q, %v", b, err)
+	}
+}
+
+// BenchmarkDownload measures the stack alone (no VM): a guest-side gVisor
+// stack downloads from a loopback server through it. Its MB/s is the
+// stack's ceiling; scripts/bench-network.sh measures real guests.
+func BenchmarkDownload(b *testing.B) {
+	const size = 100 << 20
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		buf := make([]byte, 256<<10)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				for sent := 0; sent < size; sent += len(buf) {
+					if _, err := c.Write(buf); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	w := &world{routes: map[string]string{"tcp:203.0.113.7:80": ln.Addr().String()}}
+	e := newEnv(b, netpolicy.Policy{Mode: netpolicy.Egress}, w, nil)
+	b.SetBytes(size)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		c, err := e.dialTCP("203.0.113.7:80")
+		if err != nil {
+			b.Fatal(err)
+		}
+		n, _ := io.Copy(io.Discard, c)
+		c.Close()
+		if n != size {
+			b.Fatalf("got %d bytes", n)
+		}
 	}
 }
