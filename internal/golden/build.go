@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -160,7 +162,42 @@ func (b *Build) publish() (Snapshot, error) {
 		return Snapshot{}, fmt.Errorf("publish snapshot: %w", err)
 	}
 	_ = syncFile(b.store.dir)
+	b.store.trim(MaxSnapshots)
 	return Snapshot{Dir: final, Manifest: m}, nil
+}
+
+// MaxSnapshots bounds the snapshots kept per environment: every new pyro
+// binary or QEMU makes new keys, and the old snapshots (~150 MiB each)
+// would otherwise pile up. The oldest go first; a guest restored from one
+// keeps its private mapping.
+const MaxSnapshots = 8
+
+// trim removes the oldest published snapshots beyond keep.
+func (s *Store) trim(keep int) {
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		return
+	}
+	type aged struct {
+		dir string
+		mod time.Time
+	}
+	var all []aged
+	for _, e := range ents {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		if fi, err := e.Info(); err == nil {
+			all = append(all, aged{filepath.Join(s.dir, e.Name()), fi.ModTime()})
+		}
+	}
+	if len(all) <= keep {
+		return
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].mod.After(all[j].mod) })
+	for _, a := range all[keep:] {
+		_ = s.Discard(a.dir)
+	}
 }
 
 func syncFile(p string) error {

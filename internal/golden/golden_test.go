@@ -3,6 +3,7 @@ package golden
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -163,5 +164,27 @@ func TestEmptyStateRefused(t *testing.T) {
 	}
 	if _, err := b.Publish(); err == nil || !strings.Contains(err.Error(), "empty") {
 		t.Fatalf("publish of an empty state: %v", err)
+	}
+}
+
+// Old snapshots (other agent binaries, other QEMUs) do not pile up.
+func TestPublishKeepsAtMostMax(t *testing.T) {
+	s := New(filepath.Join(t.TempDir(), DirName))
+	for i := 0; i < MaxSnapshots+3; i++ {
+		k := testKey()
+		k.Initramfs = fmt.Sprint(i)
+		publish(t, s, k, "state")
+	}
+	list, err := s.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != MaxSnapshots {
+		t.Fatalf("%d snapshots kept, want %d", len(list), MaxSnapshots)
+	}
+	k := testKey()
+	k.Initramfs = fmt.Sprint(MaxSnapshots + 2)
+	if _, err := s.Lookup(k); err != nil {
+		t.Fatalf("the newest snapshot is gone: %v", err)
 	}
 }
