@@ -109,6 +109,40 @@ func TestWorkspaceFiles(t *testing.T) {
 		t.Fatalf("a refused call changed something: %q", m["stdout"])
 	}
 
+	// --- summary: commands with exit codes, changes, writes and patches ---
+	wsExec(t, env, id, "sh", "-c", "exit 3")
+	var sum struct {
+		Commands []struct {
+			ExitCode int `json:"exit_code"`
+		} `json:"commands"`
+		CommandCount       int `json:"command_count"`
+		FailedCommandCount int `json:"failed_command_count"`
+		Changes            []struct{ Path, Status string }
+		Events             []struct {
+			Kind  string
+			Path  string
+			Paths []string
+		}
+		Snapshots []string
+	}
+	mustWS(t, env, &sum, "summary", id)
+	var kinds, changes []string
+	for _, e := range sum.Events {
+		kinds = append(kinds, e.Kind)
+	}
+	for _, c := range sum.Changes {
+		changes = append(changes, c.Status+" "+c.Path)
+	}
+	if sum.CommandCount < 3 || sum.FailedCommandCount != 1 || sum.Commands[len(sum.Commands)-1].ExitCode != 3 ||
+		strings.Join(kinds, ",") != "file_write,file_write,patch_apply" || len(sum.Events[2].Paths) != 2 ||
+		!strings.Contains(strings.Join(changes, ","), "modified README") || !strings.Contains(strings.Join(changes, ","), "added notes/todo.md") ||
+		len(sum.Snapshots) == 0 {
+		t.Fatalf("summary: %+v", sum)
+	}
+	if r := pyro(t, env, "workspace", "summary", id); r.code != 0 || !strings.Contains(r.stdout, "1 failed") || !strings.Contains(r.stdout, "patch_apply") {
+		t.Fatalf("human summary: %s %s", r.stdout, r.stderr)
+	}
+
 	// --- Go SDK (same state dir, same workspace) ---
 	c, err := sdk.New(sdk.Options{StateDir: home, Binary: pyroBin})
 	if err != nil {
@@ -173,4 +207,7 @@ func TestWorkspaceFiles(t *testing.T) {
 	s.mustFail("workspace_patch_apply", with("patch", "--- a/mcp.txt\n+++ b/mcp.txt\n@@ -1,2 +1,2 @@\n a\n-b\n+d\n"), "failed_precondition")
 	s.mustFail("workspace_file_read", with("path", "/etc/hostname"), "invalid_argument")
 	s.mustFail("workspace_file_read", with("path", "data.bin"), "invalid_argument")
+	if sm := s.must("workspace_summary", wid); num(sm["command_count"]) < 3 || len(sm["events"].([]any)) < 6 {
+		t.Fatalf("workspace_summary: %v", sm)
+	}
 }

@@ -44,6 +44,7 @@ var extensions = [][]tool{
 	networkTools,
 	filesTools,
 	checkpointsTools,
+	summaryTools,
 }
 
 // coreTools are the tools of workspace-core, in the order it lists them.

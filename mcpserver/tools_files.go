@@ -105,3 +105,33 @@ func workspacePatchApply(ctx context.Context, cl *call, in workspacePatchApplyIn
 	}
 	return r, b.String(), nil
 }
+
+// summaryTools review a workspace's session.
+var summaryTools = []tool{
+	def(tool{name: "workspace_summary", title: "Summarize a workspace", hints: readOnly,
+		description: "Review a workspace in one call: commands run since the last reset with their exit codes, paths changed since the baseline, services and their states, snapshots, " +
+			"and the file writes, patch applies, syncs and exports recorded. A stopped workspace is not booted (changes_note says so). Use it before handing work back."}, workspaceSummary),
+}
+
+func workspaceSummary(ctx context.Context, cl *call, in workspaceIDIn) (pyro.WorkspaceSummary, string, error) {
+	s, err := cl.c.SummarizeWorkspace(ctx, in.WorkspaceID)
+	if err != nil {
+		return s, "", err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "workspace %s: %s; %d command(s), %d failed; %d change(s) since the baseline; %d service(s); %d snapshot(s); %d event(s)\n",
+		s.WorkspaceID, s.State, s.CommandCount, s.FailedCommandCount, s.ChangeCount, len(s.Services), len(s.Snapshots), s.EventCount)
+	for _, c := range s.Commands {
+		fmt.Fprintf(&b, "#%d exit %d: %s\n", c.Seq, c.ExitCode, strings.Join(c.Command, " "))
+	}
+	for _, c := range s.Changes {
+		fmt.Fprintf(&b, "%s %s\n", c.Status, c.Path)
+	}
+	if s.ChangesNote != "" {
+		fmt.Fprintf(&b, "(%s)\n", s.ChangesNote)
+	}
+	for _, e := range s.Events {
+		fmt.Fprintf(&b, "%s %s%s\n", e.Kind, e.Path, strings.Join(e.Paths, " "))
+	}
+	return s, b.String(), nil
+}

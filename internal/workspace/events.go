@@ -10,8 +10,9 @@ import (
 
 // EventsFile is the workspace's log of what changed it besides commands
 // (which are in HistoryFile): file writes, patch applies, syncs, exports,
-// snapshots, resets. The summary reads it.
-const EventsFile = "events.jsonl"
+// snapshots, resets. The summary reads it. (Not vmdir.Events, the
+// supervisor's own event log.)
+const EventsFile = "activity.jsonl"
 
 // Event kinds.
 const (

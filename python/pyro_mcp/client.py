@@ -683,6 +683,14 @@ class Pyro:
             ["workspace", "patch", "apply"], [workspace_id, "--patch-file=-"], stdin=patch.encode("utf-8")
         )
 
+    def summarize_workspace(self, workspace_id: str) -> dict[str, Any]:
+        """Review a workspace: ``commands`` (with exit codes), ``changes`` since the baseline,
+        ``services``, ``snapshots`` and ``events`` (file writes, patches, syncs, exports).
+
+        A stopped workspace is not booted: ``changes_note`` then says why changes are empty.
+        """
+        return self._call(["workspace", "summary"], [workspace_id])
+
     def status_workspace(self, workspace_id: str) -> dict[str, Any]:
         """A workspace's observed status, seed, reset, secret and service metadata."""
         return self._call(["workspace", "status"], [workspace_id])

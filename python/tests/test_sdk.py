@@ -156,6 +156,7 @@ CONTRACT: dict[str, list[tuple[str, str, Any]]] = {
     ],
     "write_workspace_file": [("workspace_id", "pos", REQ), ("path", "pos", REQ), ("text", "kw", REQ)],
     "apply_workspace_patch": [("workspace_id", "pos", REQ), ("patch", "kw", REQ)],
+    "summarize_workspace": [("workspace_id", "pos", REQ)],
 }
 
 _KIND = {"pos": P.POSITIONAL_OR_KEYWORD, "kw": P.KEYWORD_ONLY}
@@ -301,6 +302,7 @@ class MappingTest(unittest.TestCase):
         self.check(lambda: p.apply_workspace_patch("w1", patch=patch),
                    ["workspace", "patch", "apply", "--json", "w1", "--patch-file=-"])
         self.assertEqual(self.fake.calls()[-1]["stdin"], patch)
+        self.check(lambda: p.summarize_workspace("w1"), ["workspace", "summary", "--json", "w1"])
 
     def test_checkpoints(self) -> None:
         p = self.pyro
