@@ -14,6 +14,7 @@ import (
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/instance"
 	"github.com/pyro-mcp/pyro/internal/patch"
+	"github.com/pyro-mcp/pyro/internal/redact"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/workspace"
 )
@@ -144,22 +145,28 @@ func (c *Client) ReadWorkspaceFile(ctx context.Context, id, path string, opts *R
 		return WorkspaceFile{}, red.Error(err)
 	}
 	res := WorkspaceFile{WorkspaceID: rec.ID, Path: guest, SizeBytes: max(fc.SizeBytes, int64(len(fc.Content))), MaxBytes: o.MaxBytes, Truncated: fc.Truncated}
-	text := fc.Content
+	return res, fillContent(&res, fc.Content, o.Base64, red)
+}
+
+// fillContent sets a read's content: text, or base64 when asked; binary
+// content read as text is invalid_argument.
+func fillContent(res *WorkspaceFile, content []byte, asBase64 bool, red *redact.Redactor) error {
+	text := content
 	if res.Truncated {
 		text = trimCutRune(text)
 	}
 	res.Binary = !isText(text)
 	switch {
-	case o.Base64:
-		res.ContentBase64 = base64.StdEncoding.EncodeToString(red.Bytes(fc.Content))
+	case asBase64:
+		res.ContentBase64 = base64.StdEncoding.EncodeToString(red.Bytes(content))
 	case res.Binary:
-		return WorkspaceFile{}, errdefs.New(errdefs.ErrInvalidArgument,
+		return errdefs.New(errdefs.ErrInvalidArgument,
 			"read it with base64 (--base64, base64=true), or copy it out with `pyro workspace export`",
-			"%s is binary (%d bytes), not UTF-8 text", guest, res.SizeBytes)
+			"%s is binary (%d bytes), not UTF-8 text", res.Path, res.SizeBytes)
 	default:
 		res.Content = red.String(string(text))
 	}
-	return res, nil
+	return nil
 }
 
 // isText reports whether b is UTF-8 without NUL bytes.

@@ -45,6 +45,7 @@ var extensions = [][]tool{
 	filesTools,
 	checkpointsTools,
 	summaryTools,
+	diskTools,
 }
 
 // coreTools are the tools of workspace-core, in the order it lists them.

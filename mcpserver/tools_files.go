@@ -38,6 +38,10 @@ func workspaceFileList(ctx context.Context, cl *call, in workspaceFileListIn) (p
 	if err != nil {
 		return l, "", err
 	}
+	return renderList(l)
+}
+
+func renderList(l pyro.WorkspaceFileList) (pyro.WorkspaceFileList, string, error) {
 	var b strings.Builder
 	for _, e := range l.Entries {
 		fmt.Fprintf(&b, "%s %s %d %s", e.Type, e.Mode, e.SizeBytes, e.Path)
@@ -67,14 +71,18 @@ func workspaceFileRead(ctx context.Context, cl *call, in workspaceFileReadIn) (p
 	if err != nil {
 		return f, "", err
 	}
+	return f, renderRead(f, in.Base64), nil
+}
+
+func renderRead(f pyro.WorkspaceFile, asBase64 bool) string {
 	head := fmt.Sprintf("%s (%d bytes", f.Path, f.SizeBytes)
 	if f.Truncated {
 		head += fmt.Sprintf(", truncated to the first %d", f.MaxBytes)
 	}
-	if in.Base64 {
-		return f, head + fmt.Sprintf(", base64, binary=%v):\n%s", f.Binary, f.ContentBase64), nil
+	if asBase64 {
+		return head + fmt.Sprintf(", base64, binary=%v):\n%s", f.Binary, f.ContentBase64)
 	}
-	return f, head + "):\n" + f.Content, nil
+	return head + "):\n" + f.Content
 }
 
 type workspaceFileWriteIn struct {
@@ -134,4 +142,53 @@ func workspaceSummary(ctx context.Context, cl *call, in workspaceIDIn) (pyro.Wor
 		fmt.Fprintf(&b, "%s %s%s\n", e.Kind, e.Path, strings.Join(e.Paths, " "))
 	}
 	return s, b.String(), nil
+}
+
+// diskTools read a stopped workspace's /workspace from its disk image on
+// this host, without booting it.
+var diskTools = []tool{
+	def(tool{name: "workspace_disk_export", title: "Export a stopped workspace's disk",
+		description: "Write a STOPPED workspace's /workspace as a raw ext4 image to a host path (output_path, beneath an allowed root, must not exist), without booting it. " +
+			"A running workspace is an error: stop it first."}, workspaceDiskExport),
+	def(tool{name: "workspace_disk_list", title: "List a stopped workspace's files", hints: readOnly,
+		defaults:    map[string]any{"path": pyro.WorkspaceDir, "recursive": false},
+		description: "List a directory of a STOPPED workspace's /workspace from its disk image, without booting it (like workspace_file_list)."}, workspaceDiskList),
+	def(tool{name: "workspace_disk_read", title: "Read a stopped workspace's file", hints: readOnly,
+		defaults:    map[string]any{"max_bytes": pyro.DefaultReadMaxBytes, "base64": false},
+		description: "Read a text file of a STOPPED workspace's /workspace from its disk image, without booting it (like workspace_file_read)."}, workspaceDiskRead),
+}
+
+type workspaceDiskExportIn struct {
+	WorkspaceID string `json:"workspace_id" jsonschema:"Workspace id. Required."`
+	OutputPath  string `json:"output_path" jsonschema:"Host path of the image, beneath an allowed root; must not exist. Required."`
+}
+
+func workspaceDiskExport(ctx context.Context, cl *call, in workspaceDiskExportIn) (pyro.DiskExport, string, error) {
+	out, real, done, err := cl.paths.output(cl.req, "output_path", in.OutputPath)
+	if err != nil {
+		return pyro.DiskExport{}, "", err
+	}
+	defer done()
+	r, err := cl.c.ExportWorkspaceDisk(ctx, in.WorkspaceID, out, nil)
+	if r.OutputPath != "" {
+		r.OutputPath = real // not the /proc/self/fd path the SDK wrote through
+	}
+	return r, fmt.Sprintf("exported /workspace to %s (ext4, %d files, %d bytes of content)", r.OutputPath, r.FileCount, r.Bytes), err
+}
+
+func workspaceDiskList(ctx context.Context, cl *call, in workspaceFileListIn) (pyro.WorkspaceFileList, string, error) {
+	l, err := cl.c.ListWorkspaceDisk(ctx, in.WorkspaceID, in.Path, in.Recursive)
+	if err != nil {
+		return l, "", err
+	}
+	_, text, err := renderList(l)
+	return l, text, err
+}
+
+func workspaceDiskRead(ctx context.Context, cl *call, in workspaceFileReadIn) (pyro.WorkspaceFile, string, error) {
+	f, err := cl.c.ReadWorkspaceDisk(ctx, in.WorkspaceID, in.Path, &pyro.ReadWorkspaceFileOptions{MaxBytes: in.MaxBytes, Base64: in.Base64})
+	if err != nil {
+		return f, "", err
+	}
+	return f, renderRead(f, in.Base64), nil
 }

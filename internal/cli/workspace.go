@@ -36,7 +36,7 @@ the immutable "baseline" snapshot for diff and reset.`,
 	cmd.AddCommand(a.wsCreate(), sync, a.wsExec(), a.wsExport(), a.wsDiff(), snap, a.wsReset(),
 		a.wsStatus(), a.wsLogs(), a.wsDelete(), a.wsList(), a.serviceCommand(), a.shellCommand(), a.wsNetwork())
 	cmd.AddCommand(a.wsUpdate(), a.wsStop(), a.wsStart())
-	cmd.AddCommand(a.wsFileCommand(), a.wsPatchCommand(), a.wsSummary())
+	cmd.AddCommand(a.wsFileCommand(), a.wsPatchCommand(), a.wsSummary(), a.wsDiskCommand())
 	cmd.AddCommand(a.wsCheckpointCommand(), a.wsUndo())
 	return cmd
 }

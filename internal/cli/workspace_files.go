@@ -45,20 +45,7 @@ func (a *app) wsFileList() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.emit(l, func(w io.Writer) {
-				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-				for _, e := range l.Entries {
-					name := termtext.Line(e.Path)
-					if e.LinkTarget != "" {
-						name += " -> " + termtext.Line(e.LinkTarget)
-					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.Type, e.Mode, humanBytes(e.SizeBytes), name)
-				}
-				tw.Flush()
-				if l.Truncated {
-					fmt.Fprintf(w, "(listing stopped after %d entries)\n", len(l.Entries))
-				}
-			})
+			return a.emit(l, func(w io.Writer) { printFileList(w, l) })
 		},
 	}
 	cmd.Flags().BoolVar(&recursive, "recursive", false, "list everything below PATH")
@@ -83,30 +70,7 @@ func (a *app) wsFileRead() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.emit(f, func(w io.Writer) {
-				body := f.Content
-				if o.Base64 {
-					body = f.ContentBase64 + "\n"
-				}
-				if contentOnly {
-					// The bytes as they are for a pipe or a file; on a
-					// terminal no guest escape sequence gets through.
-					if f, ok := w.(interface{ Fd() uintptr }); ok && term.IsTerminal(int(f.Fd())) {
-						body = termtext.Clean(body)
-					}
-					fmt.Fprint(w, body)
-					return
-				}
-				fmt.Fprintf(w, "%s (%s", termtext.Line(f.Path), humanBytes(f.SizeBytes))
-				if f.Truncated {
-					fmt.Fprintf(w, ", first %s", humanBytes(f.MaxBytes))
-				}
-				fmt.Fprintln(w, ")")
-				fmt.Fprint(w, termtext.Clean(body))
-				if len(body) > 0 && body[len(body)-1] != '\n' {
-					fmt.Fprintln(w)
-				}
-			})
+			return a.emit(f, func(w io.Writer) { printFileRead(w, f, o.Base64, contentOnly) })
 		},
 	}
 	cmd.Flags().Int64Var(&o.MaxBytes, "max-bytes", pyro.DefaultReadMaxBytes, fmt.Sprintf("return at most this many bytes (1..%d)", pyro.MaxReadBytes))
@@ -217,4 +181,44 @@ is changed or none is. A hunk that does not match is an error naming it.`,
 	cmd.Flags().StringVar(&text, "patch", "", "the unified diff")
 	cmd.Flags().StringVar(&file, "patch-file", "", "host file holding the unified diff (- for stdin)")
 	return cmd
+}
+
+func printFileList(w io.Writer, l pyro.WorkspaceFileList) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, e := range l.Entries {
+		name := termtext.Line(e.Path)
+		if e.LinkTarget != "" {
+			name += " -> " + termtext.Line(e.LinkTarget)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.Type, e.Mode, humanBytes(e.SizeBytes), name)
+	}
+	tw.Flush()
+	if l.Truncated {
+		fmt.Fprintf(w, "(listing stopped after %d entries)\n", len(l.Entries))
+	}
+}
+
+func printFileRead(w io.Writer, f pyro.WorkspaceFile, asBase64, contentOnly bool) {
+	body := f.Content
+	if asBase64 {
+		body = f.ContentBase64 + "\n"
+	}
+	if contentOnly {
+		// The bytes as they are for a pipe or a file; on a terminal no
+		// guest escape sequence gets through.
+		if fd, ok := w.(interface{ Fd() uintptr }); ok && term.IsTerminal(int(fd.Fd())) {
+			body = termtext.Clean(body)
+		}
+		fmt.Fprint(w, body)
+		return
+	}
+	fmt.Fprintf(w, "%s (%s", termtext.Line(f.Path), humanBytes(f.SizeBytes))
+	if f.Truncated {
+		fmt.Fprintf(w, ", first %s", humanBytes(f.MaxBytes))
+	}
+	fmt.Fprintln(w, ")")
+	fmt.Fprint(w, termtext.Clean(body))
+	if len(body) > 0 && body[len(body)-1] != '\n' {
+		fmt.Fprintln(w)
+	}
 }

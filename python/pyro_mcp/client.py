@@ -683,6 +683,36 @@ class Pyro:
             ["workspace", "patch", "apply"], [workspace_id, "--patch-file=-"], stdin=patch.encode("utf-8")
         )
 
+    def export_workspace_disk(
+        self, workspace_id: str, *, output_path: Union[str, "os.PathLike[str]"], overwrite: bool = False
+    ) -> dict[str, Any]:
+        """Write a *stopped* workspace's ``/workspace`` as a raw ext4 image at ``output_path``, without booting it."""
+        args = [workspace_id, f"--output={os.fspath(output_path)}"]
+        if overwrite:
+            args.append("--overwrite")
+        return self._call(["workspace", "disk", "export"], args)
+
+    def list_workspace_disk(self, workspace_id: str, path: str = _defaults.WORKSPACE_DIR, *, recursive: bool = False) -> dict[str, Any]:
+        """List a directory of a *stopped* workspace's ``/workspace`` from its disk image (like :meth:`list_workspace_files`)."""
+        args = [workspace_id, path]
+        if recursive:
+            args.append("--recursive")
+        return self._call(["workspace", "disk", "list"], args)
+
+    def read_workspace_disk(
+        self,
+        workspace_id: str,
+        path: str,
+        *,
+        max_bytes: int = _defaults.DEFAULT_READ_MAX_BYTES,
+        base64: bool = False,
+    ) -> dict[str, Any]:
+        """Read a file of a *stopped* workspace's ``/workspace`` from its disk image (like :meth:`read_workspace_file`)."""
+        args = [workspace_id, path, f"--max-bytes={int(max_bytes)}"]
+        if base64:
+            args.append("--base64")
+        return self._call(["workspace", "disk", "read"], args)
+
     def summarize_workspace(self, workspace_id: str) -> dict[str, Any]:
         """Review a workspace: ``commands`` (with exit codes), ``changes`` since the baseline,
         ``services``, ``snapshots`` and ``events`` (file writes, patches, syncs, exports).

@@ -157,6 +157,11 @@ CONTRACT: dict[str, list[tuple[str, str, Any]]] = {
     "write_workspace_file": [("workspace_id", "pos", REQ), ("path", "pos", REQ), ("text", "kw", REQ)],
     "apply_workspace_patch": [("workspace_id", "pos", REQ), ("patch", "kw", REQ)],
     "summarize_workspace": [("workspace_id", "pos", REQ)],
+    "export_workspace_disk": [("workspace_id", "pos", REQ), ("output_path", "kw", REQ), ("overwrite", "kw", False)],
+    "list_workspace_disk": [("workspace_id", "pos", REQ), ("path", "pos", "/workspace"), ("recursive", "kw", False)],
+    "read_workspace_disk": [
+        ("workspace_id", "pos", REQ), ("path", "pos", REQ), ("max_bytes", "kw", 65536), ("base64", "kw", False),
+    ],
 }
 
 _KIND = {"pos": P.POSITIONAL_OR_KEYWORD, "kw": P.KEYWORD_ONLY}
@@ -303,6 +308,12 @@ class MappingTest(unittest.TestCase):
                    ["workspace", "patch", "apply", "--json", "w1", "--patch-file=-"])
         self.assertEqual(self.fake.calls()[-1]["stdin"], patch)
         self.check(lambda: p.summarize_workspace("w1"), ["workspace", "summary", "--json", "w1"])
+        self.check(lambda: p.export_workspace_disk("w1", output_path="/tmp/w.ext4"),
+                   ["workspace", "disk", "export", "--json", "w1", "--output=/tmp/w.ext4"])
+        self.check(lambda: p.list_workspace_disk("w1", "src", recursive=True),
+                   ["workspace", "disk", "list", "--json", "w1", "src", "--recursive"])
+        self.check(lambda: p.read_workspace_disk("w1", "a.txt", max_bytes=5),
+                   ["workspace", "disk", "read", "--json", "w1", "a.txt", "--max-bytes=5"])
 
     def test_checkpoints(self) -> None:
         p = self.pyro

@@ -1,0 +1,170 @@
+package workspace
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+)
+
+func needE2fs(t *testing.T) {
+	t.Helper()
+	for _, tool := range []string{"mke2fs", "debugfs"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed", tool)
+		}
+	}
+}
+
+// image builds an ext4 image from tree with mke2fs -d.
+func image(t *testing.T, tree string) string {
+	t.Helper()
+	img := filepath.Join(t.TempDir(), "img.ext4")
+	if err := mkfs(context.Background(), img, 64<<20, "-d", tree); err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+func TestDiskViewSingle(t *testing.T) {
+	needE2fs(t)
+	tree := t.TempDir()
+	writeFiles(t, tree, map[string]string{"a.txt": "hello\n", "src/deep/b.go": "package b\n", "ctl\x1b[31m\nname": "x"})
+	os.Symlink("/etc/passwd", filepath.Join(tree, "escape"))
+	os.Symlink("..", filepath.Join(tree, "src", "up"))
+	big, _ := os.Create(filepath.Join(tree, "huge"))
+	big.Truncate(1 << 40) // a sparse 1 TiB file
+	big.Close()
+	os.Chmod(filepath.Join(tree, "a.txt"), 0o4755)
+	ctx := context.Background()
+	v, err := OpenDiskView(ctx, "", image(t, tree))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kids, err := v.ReadDir(ctx, v.Root())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, k := range kids {
+		names = append(names, strings.TrimPrefix(k.Path, Root+"/")+":"+k.Type)
+	}
+	if got := strings.Join(names, " "); got != "a.txt:file ctl\x1b[31m\nname:file escape:symlink huge:file lost+found:dir src:dir" {
+		t.Fatalf("%q", got)
+	}
+	n, err := v.Lookup(ctx, "a.txt")
+	if err != nil || n.Size != 6 {
+		t.Fatalf("%+v %v", n, err)
+	}
+	if b, trunc, err := v.Read(ctx, n, 3); err != nil || string(b) != "hel" || !trunc {
+		t.Fatalf("read: %q %v %v", b, trunc, err)
+	}
+	if n, err := v.Lookup(ctx, "ctl\x1b[31m\nname"); err != nil || n.Type != "file" {
+		t.Fatalf("control-char name: %+v %v", n, err)
+	}
+	// Reading a huge file stays bounded.
+	n, _ = v.Lookup(ctx, "huge")
+	if b, trunc, err := v.Read(ctx, n, 1024); err != nil || len(b) != 1024 || !trunc || n.Size != 1<<40 {
+		t.Fatalf("huge: %d %v %v", len(b), trunc, err)
+	}
+	// Links are never followed.
+	if _, err := v.Lookup(ctx, "src/up/a.txt"); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("through a symlink: %v", err)
+	}
+	n, _ = v.Lookup(ctx, "escape")
+	if _, _, err := v.Read(ctx, n, 10); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("read a symlink: %v", err)
+	}
+	if tg, err := v.Readlink(ctx, n); err != nil || tg != "/etc/passwd" {
+		t.Fatalf("readlink: %q %v", tg, err)
+	}
+	for p, want := range map[string]error{"../etc": errdefs.ErrInvalidArgument, "nope": errdefs.ErrNotFound, "a.txt/x": errdefs.ErrInvalidArgument} {
+		if _, err := v.Lookup(ctx, p); !errors.Is(err, want) {
+			t.Errorf("lookup %s: %v", p, err)
+		}
+	}
+	// Export: our modes, no setuid bit, the huge sparse file refused by the cap.
+	out := filepath.Join(t.TempDir(), "out.ext4")
+	if _, err := ExportDisk(ctx, v, out, 1<<20); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("export past the cap: %v", err)
+	}
+	if _, err := os.Stat(out); err == nil {
+		t.Fatal("a failed export left its output")
+	}
+	os.Remove(filepath.Join(tree, "huge"))
+	v, _ = OpenDiskView(ctx, "", image(t, tree))
+	st, err := ExportDisk(ctx, v, out, 1<<20)
+	if err != nil || st.Files != 3 || st.Symlinks != 2 {
+		t.Fatalf("export: %+v %v", st, err)
+	}
+	ev, _ := OpenDiskView(ctx, "", out)
+	n, err = ev.Lookup(ctx, "a.txt")
+	if err != nil || n.Perm != 0o755 {
+		t.Fatalf("exported a.txt: %+v %v", n, err)
+	}
+	if b, _, _ := ev.Read(ctx, n, 100); string(b) != "hello\n" {
+		t.Fatalf("exported content %q", b)
+	}
+}
+
+// TestDiskViewLayered merges an upper layer over a baseline like
+// overlayfs: whiteouts delete, an opaque directory hides the baseline's.
+func TestDiskViewLayered(t *testing.T) {
+	needE2fs(t)
+	if os.Geteuid() != 0 {
+		t.Skip("whiteouts (char 0:0) and trusted xattrs need root")
+	}
+	base := t.TempDir()
+	writeFiles(t, base, map[string]string{"keep.txt": "base\n", "gone.txt": "x", "dir/old.txt": "old", "op/hidden.txt": "h", "changed.txt": "v1\n"})
+	upperRoot := t.TempDir()
+	up := filepath.Join(upperRoot, "upper")
+	writeFiles(t, up, map[string]string{"changed.txt": "v2\n", "dir/new.txt": "new", "op/shown.txt": "s"})
+	os.Mkdir(filepath.Join(upperRoot, "work"), 0o755)
+	if err := unix.Mknod(filepath.Join(up, "gone.txt"), unix.S_IFCHR, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Setxattr(filepath.Join(up, "op"), "trusted.overlay.opaque", []byte("y"), 0); err != nil {
+		t.Skipf("setxattr: %v", err)
+	}
+	ctx := context.Background()
+	v, err := OpenDiskView(ctx, image(t, base), image(t, upperRoot))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	if err := v.Walk(ctx, v.Root(), 100, func(n DiskNode) error {
+		got = append(got, strings.TrimPrefix(n.Path, Root+"/"))
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// (this baseline keeps mke2fs's lost+found; BuildBase removes it)
+	if s := strings.Join(got, " "); s != "changed.txt dir dir/new.txt dir/old.txt keep.txt lost+found op op/shown.txt" {
+		t.Fatalf("merged: %s", s)
+	}
+	n, _ := v.Lookup(ctx, "changed.txt")
+	if b, _, _ := v.Read(ctx, n, 100); string(b) != "v2\n" {
+		t.Fatalf("upper wins: %q", b)
+	}
+	if _, err := v.Lookup(ctx, "gone.txt"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("whiteout: %v", err)
+	}
+}
+
+func writeFiles(t *testing.T, root string, files map[string]string) {
+	t.Helper()
+	for name, body := range files {
+		p := filepath.Join(root, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
