@@ -291,12 +291,24 @@ class Pyro:
         """
         return self._call(["env", "list"])["environments"]
 
-    def pull_environment(self, environment: str) -> dict[str, Any]:
-        """Install an environment, building it locally if needed (``pyro env pull``).
+    def pull_environment(self, environment: str, *, registry: Optional[str] = None) -> dict[str, Any]:
+        """Install an environment (``pyro env pull``).
 
+        ``environment`` is a catalog name (``debian:12``), fetched from
+        ``registry`` (or ``$PYRO_REGISTRY``) when set, else built locally; or
+        an OCI image reference (a name with ``/`` or ``@``, or
+        ``oci-archive:PATH`` / ``docker-archive:PATH``), pulled and converted.
         A pull of an intact install is a fast no-op (``already_installed``).
         """
-        return self._call(["env", "pull"], [environment])
+        flags = [f"--registry={registry}"] if registry else []
+        return self._call(["env", "pull"], [*flags, environment])
+
+    def push_environment(self, environment: str, reference: str) -> dict[str, Any]:
+        """Publish an installed catalog environment to a registry as an OCI artifact (``pyro env push``).
+
+        Returns ``reference``, ``digest`` (the artifact's) and ``environment_digest``.
+        """
+        return self._call(["env", "push"], [environment, reference])
 
     def inspect_environment(self, environment: str) -> dict[str, Any]:
         """An environment's manifest, install state, paths and sizes (``pyro env inspect``)."""

@@ -32,7 +32,8 @@ REQ = P.empty  # "no default"
 CONTRACT: dict[str, list[tuple[str, str, Any]]] = {
     "create_server": [("profile", "pos", None)],
     "list_environments": [],
-    "pull_environment": [("environment", "pos", REQ)],
+    "pull_environment": [("environment", "pos", REQ), ("registry", "kw", None)],
+    "push_environment": [("environment", "pos", REQ), ("reference", "pos", REQ)],
     "inspect_environment": [("environment", "pos", REQ)],
     "prune_environments": [],
     "create_vm": [
@@ -242,6 +243,10 @@ class MappingTest(unittest.TestCase):
         self.assertEqual(envs, [{"name": "debian:12"}])
         self.check(lambda: self.pyro.pull_environment("debian:12-base"),
                    ["env", "pull", "--json", "debian:12-base"])
+        self.check(lambda: self.pyro.pull_environment("debian:12", registry="localhost:5000/pyro"),
+                   ["env", "pull", "--json", "--registry=localhost:5000/pyro", "debian:12"])
+        self.check(lambda: self.pyro.push_environment("debian:12", "localhost:5000/pyro/debian:12"),
+                   ["env", "push", "--json", "debian:12", "localhost:5000/pyro/debian:12"])
         self.check(lambda: self.pyro.inspect_environment("debian:12"),
                    ["env", "inspect", "--json", "debian:12"])
         self.check(self.pyro.prune_environments, ["env", "prune", "--json"])
