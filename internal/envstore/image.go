@@ -295,14 +295,12 @@ func (s *Store) PullImage(ctx context.Context, ref string, opts ImagePullOptions
 	return res, remember()
 }
 
-// imageKernel is the kernel image environments boot: the current cloud
-// kernel when apt can name it, else the newest intact one in the cache (a
-// host without apt that already has a catalog environment).
+// imageKernel is the kernel image environments boot: the newest intact
+// kernel already in the cache (fast check: files unchanged since they were
+// last hashed), else the current cloud kernel, extracted as for the catalog.
+// Asking apt first would cost seconds on every conversion for the same
+// answer.
 func (s *Store) imageKernel(ctx context.Context, emit func(Event)) (string, kernelCache, error) {
-	dir, kc, err := s.ensureKernel(ctx, emit)
-	if err == nil {
-		return dir, kc, nil
-	}
 	ents, _ := os.ReadDir(s.kernelsDir())
 	type cand struct {
 		dir string
@@ -312,22 +310,27 @@ func (s *Store) imageKernel(ctx context.Context, emit func(Event)) (string, kern
 	var cands []cand
 	for _, d := range ents {
 		p := filepath.Join(s.kernelsDir(), d.Name())
-		if strings.HasPrefix(d.Name(), tmpPrefix) {
+		if strings.HasPrefix(d.Name(), tmpPrefix) || !d.IsDir() {
 			continue
 		}
-		c, rerr := readKernelCache(p)
-		if rerr != nil || checkFiles(p, c.Files, true) != "" {
+		c, err := readKernelCache(p)
+		if err != nil || c.Kernel.Package == "" {
 			continue
 		}
-		info, _ := d.Info()
+		info, err := d.Info()
+		if err != nil {
+			continue
+		}
 		cands = append(cands, cand{p, c, info.ModTime()})
 	}
-	if len(cands) == 0 {
-		return "", kernelCache{}, fmt.Errorf("find a kernel for the image: %w", err)
-	}
 	sort.Slice(cands, func(i, j int) bool { return cands[i].mod.After(cands[j].mod) })
-	emit(Event{Phase: "kernel", Message: "using cached " + cands[0].kc.Kernel.Package})
-	return cands[0].dir, cands[0].kc, nil
+	for _, c := range cands {
+		if reason := checkFiles(c.dir, c.kc.Files, false); reason == "" {
+			emit(Event{Phase: "kernel", Message: "using cached " + c.kc.Kernel.Package + " " + c.kc.Kernel.Version})
+			return c.dir, c.kc, nil
+		}
+	}
+	return s.ensureKernel(ctx, emit)
 }
 
 // customizeImageRoot adds what the guest needs to an image's tree. The tree

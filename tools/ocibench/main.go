@@ -14,6 +14,7 @@ package main
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"crypto/rand"
 	"flag"
@@ -26,6 +27,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -120,12 +122,26 @@ func run(pyroBin, env string, runs, extraMiB int) error {
 		os.MkdirAll(home, 0o755)
 		os.Symlink(filepath.Join(state, "cache"), filepath.Join(home, "cache"))
 		start := time.Now()
-		cmd := exec.Command(bin, "env", "pull", "--json", ref)
+		// Human mode, stderr not a terminal: one line per phase, timed
+		// here to show where the time goes.
+		cmd := exec.Command(bin, "env", "pull", ref)
 		cmd.Env = append(os.Environ(), "PYRO_HOME="+home)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("pyro env pull: %v: %s", err, out)
+		stderr, _ := cmd.StderrPipe()
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		sc := bufio.NewScanner(stderr)
+		var phases []string
+		for sc.Scan() {
+			phases = append(phases, fmt.Sprintf("  %6.2f s  %s", time.Since(start).Seconds(), sc.Text()))
+		}
+		if err := cmd.Wait(); err != nil {
+			return fmt.Errorf("pyro env pull: %v: %s", err, strings.Join(phases, "\n"))
 		}
 		pyroTimes = append(pyroTimes, time.Since(start))
+		if i == 0 {
+			fmt.Println(strings.Join(phases, "\n"))
+		}
 		os.RemoveAll(home)
 		fmt.Printf("pyro env pull run %d: %.2f s\n", i+1, pyroTimes[i].Seconds())
 	}
