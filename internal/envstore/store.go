@@ -118,7 +118,12 @@ func rebuildHint(name string) string {
 // Get returns the installed current version of name after a fast check:
 // the manifest parses, every listed file is present with its size, and
 // vmlinux and the modules match their sha256. The rootfs is not hashed here.
+//
+// An image reference (see IsImage) is looked up with GetImage.
 func (s *Store) Get(name string) (Installed, error) {
+	if IsImage(name) {
+		return s.GetImage(name, "")
+	}
 	e, err := lookup(name)
 	if err != nil {
 		return Installed{}, err
