@@ -155,8 +155,10 @@ func TestIsReference(t *testing.T) {
 	if _, err := Parse("debian:12"); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("Parse(catalog name) = %v", err)
 	}
-	if _, err := Parse("localhost:5000/UPPER"); !errors.Is(err, errdefs.ErrInvalidArgument) {
-		t.Errorf("Parse(bad ref) = %v", err)
+	for _, bad := range []string{"localhost:5000/UPPER", "../../etc", "localhost:5000/a/../b", "x/./y", "oci-archive:"} {
+		if _, err := Parse(bad); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("Parse(%q) = %v", bad, err)
+		}
 	}
 }
 

@@ -9,6 +9,7 @@ package oci
 
 import (
 	"fmt"
+	"regexp"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -78,6 +79,13 @@ func Parse(s string) (Source, error) {
 	if err != nil {
 		return Source{}, errdefs.Wrap(errdefs.ErrInvalidArgument, err, hint, "invalid image reference %q", s)
 	}
+	// The library's lenient parse takes "../../etc" as a repository; the
+	// distribution spec's path components never contain dots alone.
+	for _, c := range strings.Split(ref.Context().RepositoryStr(), "/") {
+		if !pathComponentRE.MatchString(c) {
+			return Source{}, errdefs.New(errdefs.ErrInvalidArgument, hint, "invalid image reference %q: bad repository component %q", s, c)
+		}
+	}
 	return Source{Kind: KindRegistry, Ref: ref}, nil
 }
 
@@ -88,5 +96,9 @@ func (s Source) Digest() string {
 	}
 	return ""
 }
+
+// pathComponentRE is a repository path component of the OCI distribution
+// spec.
+var pathComponentRE = regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*$`)
 
 func describe(s Source) string { return fmt.Sprintf("%q", s.String()) }
