@@ -333,3 +333,33 @@ func TestWorkspaceProjectSeed(t *testing.T) {
 		t.Fatalf("manual seed: %v", sd)
 	}
 }
+
+// TestHostDoctor: the real binary's `host doctor` starts the MCP server as
+// a host would and sees it registered with a (fake) claude on PATH.
+func TestHostDoctor(t *testing.T) {
+	requireE2E(t)
+	_, env := isolatedHome(t)
+	bin := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bin, "claude"), []byte("#!/bin/sh\necho 'pyro: pyro mcp serve - connected'\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	env = append(env, "PATH="+bin+":/usr/bin:/bin")
+	var rep struct {
+		Server struct {
+			Starts    bool `json:"starts"`
+			ToolCount int  `json:"tool_count"`
+		} `json:"server"`
+		Hosts []struct {
+			Host       string `json:"host"`
+			Registered bool   `json:"registered"`
+		} `json:"hosts"`
+		OK bool `json:"ok"`
+	}
+	r := pyro(t, env, "host", "doctor", "--json")
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || r.code != 0 || !rep.OK || !rep.Server.Starts || rep.Server.ToolCount <= 32 {
+		t.Fatalf("host doctor: exit %d %v %s %s", r.code, err, r.stdout, r.stderr)
+	}
+	if len(rep.Hosts) != 2 || rep.Hosts[0].Host != "claude-code" || !rep.Hosts[0].Registered || rep.Hosts[1].Registered {
+		t.Fatalf("hosts: %+v", rep.Hosts)
+	}
+}

@@ -101,6 +101,7 @@ State lives in $PYRO_HOME (default ~/.local/share/pyro).`,
 		return err
 	}
 	root.AddCommand(a.runCommand(), a.envCommand(), a.vmCommand(), a.workspaceCommand(), a.doctorCommand(), a.mcpCommand(), a.demoCommand(), a.prepareCommand())
+	root.AddCommand(a.hostCommand())
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return errdefs.Wrap(errdefs.ErrInvalidArgument, err, "see `pyro COMMAND --help`", "bad flags")
 	})
