@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -209,5 +210,78 @@ func TestWorkspaceFiles(t *testing.T) {
 	s.mustFail("workspace_file_read", with("path", "data.bin"), "invalid_argument")
 	if sm := s.must("workspace_summary", wid); num(sm["command_count"]) < 3 || len(sm["events"].([]any)) < 6 {
 		t.Fatalf("workspace_summary: %v", sm)
+	}
+}
+
+// TestWorkspaceDisk reads a stopped workspace's /workspace from its disk
+// images on the host (no boot): list, read, export as ext4; on a running
+// workspace each is failed_precondition.
+func TestWorkspaceDisk(t *testing.T) {
+	requireE2E(t)
+	ensureEnv(t, baseEnv)
+	_, env := isolatedHome(t)
+	seed := t.TempDir()
+	writeTree(t, seed, map[string]string{"base.txt": "from the seed\n", "old/gone.txt": "bye\n"})
+	var w wsStatus
+	mustWS(t, env, &w, "create", "--seed-path", seed, baseEnv)
+	id := w.WorkspaceID
+	defer ws(t, env, nil, "delete", id)
+	wsExec(t, env, id, "sh", "-c", "echo new > new.txt && rm -r old && mkdir -p d && printf 'x\\000y' > d/bin && ln -s /etc/passwd out")
+	if r := ws(t, env, nil, "disk", "list", id); r.code != 5 || !strings.Contains(r.stdout+r.stderr, "workspace stop") {
+		t.Fatalf("disk list on a running workspace: %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	mustWS(t, env, nil, "stop", id)
+	var list struct {
+		Entries []struct{ Path, Type string } `json:"entries"`
+	}
+	mustWS(t, env, &list, "disk", "list", id, "--recursive")
+	var got []string
+	for _, e := range list.Entries {
+		got = append(got, e.Path+":"+e.Type)
+	}
+	if s := strings.Join(got, " "); s != "/workspace/base.txt:file /workspace/d:dir /workspace/d/bin:file /workspace/new.txt:file /workspace/out:symlink" {
+		t.Fatalf("disk list: %s", s)
+	}
+	var f map[string]any
+	mustWS(t, env, &f, "disk", "read", id, "new.txt")
+	if f["content"] != "new\n" {
+		t.Fatalf("disk read: %v", f)
+	}
+	mustWS(t, env, &f, "disk", "read", id, "base.txt")
+	if f["content"] != "from the seed\n" {
+		t.Fatalf("disk read of the baseline: %v", f)
+	}
+	for _, b := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"disk", "read", id, "out"}, 2},
+		{[]string{"disk", "read", id, "d/bin"}, 2},
+		{[]string{"disk", "read", id, "d"}, 2},
+		{[]string{"disk", "read", id, "old/gone.txt"}, 3},
+		{[]string{"disk", "read", id, "../etc/passwd"}, 2},
+		{[]string{"disk", "read", id, "new.txt", "--max-bytes", "0"}, 2},
+	} {
+		if r := ws(t, env, nil, b.args...); r.code != b.code {
+			t.Errorf("%v: exit %d (want %d) %s %s", b.args, r.code, b.code, r.stdout, r.stderr)
+		}
+	}
+	out := filepath.Join(t.TempDir(), "ws.ext4")
+	var ex map[string]any
+	mustWS(t, env, &ex, "disk", "export", id, "--output", out)
+	if ex["file_count"] != float64(3) {
+		t.Fatalf("disk export: %v", ex)
+	}
+	if b, err := exec.Command("debugfs", "-c", "-R", "cat /new.txt", out).Output(); err != nil || string(b) != "new\n" {
+		t.Fatalf("exported image: %q %v", b, err)
+	}
+	if r := ws(t, env, nil, "disk", "export", id, "--output", out); r.code != 4 {
+		t.Fatalf("export over an existing file: %d", r.code)
+	}
+	// Reading the disk did not boot it.
+	var st wsStatus
+	mustWS(t, env, &st, "status", id)
+	if st.State != "stopped" {
+		t.Fatalf("state after disk tools: %s", st.State)
 	}
 }
