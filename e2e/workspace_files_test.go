@@ -219,7 +219,7 @@ func TestWorkspaceFiles(t *testing.T) {
 func TestWorkspaceDisk(t *testing.T) {
 	requireE2E(t)
 	ensureEnv(t, baseEnv)
-	_, env := isolatedHome(t)
+	home, env := isolatedHome(t)
 	seed := t.TempDir()
 	writeTree(t, seed, map[string]string{"base.txt": "from the seed\n", "old/gone.txt": "bye\n"})
 	var w wsStatus
@@ -278,6 +278,42 @@ func TestWorkspaceDisk(t *testing.T) {
 	if r := ws(t, env, nil, "disk", "export", id, "--output", out); r.code != 4 {
 		t.Fatalf("export over an existing file: %d", r.code)
 	}
+	// Go SDK and MCP on the same stopped workspace.
+	c, err := sdk.New(sdk.Options{StateDir: home, Binary: pyroBin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if l, err := c.ListWorkspaceDisk(ctx, id, "d", false); err != nil || len(l.Entries) != 1 || l.Entries[0].Path != "/workspace/d/bin" {
+		t.Fatalf("ListWorkspaceDisk: %+v %v", l, err)
+	}
+	if rf, err := c.ReadWorkspaceDisk(ctx, id, "d/bin", &sdk.ReadWorkspaceFileOptions{Base64: true}); err != nil || !rf.Binary || rf.ContentBase64 != "eAB5" {
+		t.Fatalf("ReadWorkspaceDisk: %+v %v", rf, err)
+	}
+	if ex, err := c.ExportWorkspaceDisk(ctx, id, filepath.Join(t.TempDir(), "sdk.ext4"), nil); err != nil || ex.FileCount != 3 {
+		t.Fatalf("ExportWorkspaceDisk: %+v %v", ex, err)
+	}
+	root := t.TempDir()
+	s := &mcpSession{t: t, ctx: ctx, cs: mcpClientWith(t, env, []string{"--profile", "workspace-full"}, []string{root}, nil)}
+	with := func(kv ...any) map[string]any {
+		m := map[string]any{"workspace_id": id}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i].(string)] = kv[i+1]
+		}
+		return m
+	}
+	if rf := s.must("workspace_disk_read", with("path", "base.txt")); rf["content"] != "from the seed\n" {
+		t.Fatalf("workspace_disk_read: %v", rf)
+	}
+	if l := s.must("workspace_disk_list", with("recursive", true)); len(l["entries"].([]any)) != 5 {
+		t.Fatalf("workspace_disk_list: %v", l)
+	}
+	if ex := s.must("workspace_disk_export", with("output_path", filepath.Join(root, "mcp.ext4"))); ex["file_count"] != float64(3) {
+		t.Fatalf("workspace_disk_export: %v", ex)
+	}
+	s.mustFail("workspace_disk_export", with("output_path", "/tmp/outside-roots.ext4"), "failed_precondition")
+
 	// Reading the disk did not boot it.
 	var st wsStatus
 	mustWS(t, env, &st, "status", id)

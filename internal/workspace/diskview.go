@@ -9,6 +9,7 @@ import (
 	"path"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/pyro-mcp/pyro/internal/diskimg"
@@ -236,6 +237,11 @@ const maxExportEntries = 1_000_000
 // atomically.
 func ExportDisk(ctx context.Context, v *DiskView, out string, maxBytes int64) (DiskExportStats, error) {
 	var st DiskExportStats
+	// A confined output (MCP) is a /proc/self/fd path: mke2fs, a child
+	// process, must see our descriptor, not its own.
+	if rest, ok := strings.CutPrefix(out, "/proc/self/"); ok {
+		out = "/proc/" + strconv.Itoa(os.Getpid()) + "/" + rest
+	}
 	staging, err := os.MkdirTemp(filepath.Dir(out), ".pyro-disk-export-")
 	if err != nil {
 		return st, errdefs.Wrap(errdefs.ErrFailedPrecondition, err, "check the output directory", "staging beside %s", out)
