@@ -98,6 +98,7 @@ type Agent struct {
 	user         *userCgroup // nil: no user cgroup
 	services     *serviceManager
 	shells       *shellManager
+	jobs         *jobManager
 	identity     identityState // set once after a restore (identity_linux.go)
 	handler      http.Handler
 	layers       *layers
@@ -129,6 +130,7 @@ func New(opts Options) *Agent {
 	a.user = newUserCgroup(opts.UserCgroup)
 	a.services = &serviceManager{a: a, svcs: map[string]*service{}}
 	a.shells = &shellManager{a: a, shells: map[string]*shell{}}
+	a.jobs = &jobManager{a: a, jobs: map[string]*job{}}
 	a.handler = a.routes()
 	return a
 }
@@ -183,6 +185,7 @@ func (s *Agent) routes() http.Handler {
 	mux.HandleFunc("POST "+agentapi.PathIdentity, s.handleIdentity)
 	s.services.routes(mux)
 	s.shells.routes(mux)
+	s.jobs.routes(mux)
 	mux.HandleFunc("POST "+agentapi.PathFilesPush, s.handleFilesPush)
 	mux.HandleFunc("GET "+agentapi.PathFilesPull, s.handleFilesPull)
 	s.fileOpRoutes(mux)

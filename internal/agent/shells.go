@@ -418,6 +418,14 @@ func (m *shellManager) handleRead(w http.ResponseWriter, r *http.Request) {
 // read serves output from cursor, at most maxChars characters, never
 // splitting a UTF-8 sequence.
 func (sh *shell) read(cursor int64, maxChars int) agentapi.ShellReadResponse {
+	res := sh.readOutput(cursor, maxChars)
+	in := sh.info()
+	res.State, res.ExitCode = in.State, in.ExitCode
+	return res
+}
+
+// readOutput is read without the state (jobs share it: jobs.go).
+func (sh *shell) readOutput(cursor int64, maxChars int) agentapi.ShellReadResponse {
 	data, start, end, ended := sh.out.snapshot(cursor)
 	res := agentapi.ShellReadResponse{ShellID: sh.id, Cursor: start}
 	if cursor < start {
@@ -435,8 +443,6 @@ func (sh *shell) read(cursor int64, maxChars int) agentapi.ShellReadResponse {
 	res.Output = strings.ToValidUTF8(string(data[:i]), "\uFFFD")
 	res.NextCursor = start + int64(i)
 	res.More = res.NextCursor < end && chars >= maxChars
-	in := sh.info()
-	res.State, res.ExitCode = in.State, in.ExitCode
 	return res
 }
 
