@@ -83,10 +83,12 @@ type Workspace struct {
 	ServiceCount        int             `json:"service_count"`
 	RunningServiceCount int             `json:"running_service_count"`
 	CommandCount        int             `json:"command_count"`
-	Checkpoints         bool            `json:"checkpoints"`
-	Backend             string          `json:"backend,omitempty"`
-	Acceleration        string          `json:"acceleration,omitempty"`
-	Isolation           string          `json:"isolation,omitempty"`
+	// Jobs are the background jobs since the last reset (workspace_jobs.go).
+	Jobs         []WorkspaceJob `json:"jobs,omitempty"`
+	Checkpoints  bool           `json:"checkpoints"`
+	Backend      string         `json:"backend,omitempty"`
+	Acceleration string         `json:"acceleration,omitempty"`
+	Isolation    string         `json:"isolation,omitempty"`
 	// Start is "warm" (restored from a memory snapshot) or "cold"; BootMS
 	// is how long the current guest took to come up.
 	Start  string `json:"start,omitempty"`
@@ -295,6 +297,7 @@ func (c *Client) StatusWorkspace(ctx context.Context, id string) (Workspace, err
 		agent := c.lc.Client(dir)
 		defer agent.Close()
 		ws.ServiceCount, ws.RunningServiceCount = serviceCounts(ctx, agent)
+		ws.Jobs = workspaceJobs(ctx, agent)
 	}
 	return ws, nil
 }
