@@ -23,6 +23,8 @@ command restarts the VM on the same disk. The create-time /workspace is kept as
 the immutable "baseline" snapshot for diff and reset.`,
 		Example: `  id=$(pyro workspace create --json --seed-path ./myproject debian:12 | jq -r .workspace_id)
   pyro workspace exec $id -- python3 -m pytest -q
+  job=$(pyro workspace exec --background --json $id -- make all | jq -r .job_id)
+  pyro workspace job wait $id $job --timeout-seconds 60
   pyro workspace diff $id
   pyro workspace snapshot create $id green
   pyro workspace reset $id --snapshot green
@@ -38,6 +40,7 @@ the immutable "baseline" snapshot for diff and reset.`,
 	cmd.AddCommand(a.wsUpdate(), a.wsStop(), a.wsStart())
 	cmd.AddCommand(a.wsFileCommand(), a.wsPatchCommand(), a.wsSummary(), a.wsDiskCommand())
 	cmd.AddCommand(a.wsCheckpointCommand(), a.wsUndo())
+	cmd.AddCommand(a.wsJobCommand())
 	return cmd
 }
 
@@ -204,8 +207,9 @@ func (a *app) wsSyncPush() *cobra.Command {
 func (a *app) wsExec() *cobra.Command {
 	var o pyro.ExecOptions
 	var secretEnv []string
+	var background bool
 	cmd := &cobra.Command{
-		Use:   "exec WORKSPACE_ID [--timeout-seconds N] [--secret-env NAME[=VAR]] -- COMMAND [ARG...]",
+		Use:   "exec WORKSPACE_ID [--timeout-seconds N] [--secret-env NAME[=VAR]] [--background] -- COMMAND [ARG...]",
 		Short: "Run a command in /workspace; the workspace stays alive",
 		Long: `Runs COMMAND in /workspace, streams its output and exits with its exit code
 (--json: one result object). State persists between calls; every exec is
@@ -216,6 +220,9 @@ recorded in the workspace's history (pyro workspace logs).`,
 			c := a.sdk
 			o.Command = args[1:]
 			o.SecretEnv = parseSecretEnv(secretEnv)
+			if background {
+				return a.wsExecBackground(cmd, args[0], o)
+			}
 			a.streamTo(&o.OnOutput)
 			res, err := c.ExecWorkspace(cmd.Context(), args[0], o)
 			if err != nil {
@@ -226,6 +233,7 @@ recorded in the workspace's history (pyro workspace logs).`,
 	}
 	cmd.Flags().IntVar(&o.TimeoutSeconds, "timeout-seconds", pyro.DefaultTimeoutSeconds, "kill the command's process group after this many seconds")
 	cmd.Flags().StringArrayVar(&secretEnv, "secret-env", nil, "expose secret NAME as env var (NAME or NAME=VAR; repeatable)")
+	cmd.Flags().BoolVar(&background, "background", false, "start the command as a background job and print its job id (no timeout unless --timeout-seconds; see pyro workspace job)")
 	return cmd
 }
 
@@ -458,6 +466,7 @@ func printWorkspace(w io.Writer, ws pyro.Workspace) {
 	fmt.Fprintf(w, "\nservices:     %d (%d running)\ncommands:     %d\n", ws.ServiceCount, ws.RunningServiceCount, ws.CommandCount)
 	fmt.Fprintf(w, "network:      %s\n", policyText(ws.NetworkPolicy, ws.AllowHosts))
 	printDenials(w, "", ws.NetworkDenials)
+	printJobs(w, ws.Jobs)
 	if len(ws.Secrets) > 0 {
 		var names []string
 		for _, sec := range ws.Secrets {
