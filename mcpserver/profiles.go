@@ -46,6 +46,7 @@ var extensions = [][]tool{
 	checkpointsTools,
 	summaryTools,
 	diskTools,
+	jobsTools,
 }
 
 // coreTools are the tools of workspace-core, in the order it lists them.

@@ -84,6 +84,7 @@ func renderWorkspace(ws pyro.Workspace) string {
 		}
 		s += ", secrets " + strings.Join(names, ", ")
 	}
+	s += renderJobs(ws.Jobs)
 	return withDenials(s, ws.NetworkDenials)
 }
 
