@@ -628,22 +628,61 @@ class Pyro:
         command: Command,
         timeout_seconds: int = _defaults.DEFAULT_TIMEOUT_SECONDS,
         secret_env: Optional[SecretEnv] = None,
+        background: bool = False,
     ) -> dict[str, Any]:
         """Run a command in the workspace's ``/workspace``; the workspace stays alive.
 
         Args:
             workspace_id: the workspace.
             command: a str is one shell string; a list is an argv.
-            timeout_seconds: kill the command's process group after this long.
+            timeout_seconds: kill the command's process group after this long
+                (a background job too: pass a larger value for long jobs).
             secret_env: secrets to expose as environment variables for this call:
                 ``{"SECRET": "ENV_VAR"}`` (``None``/``""``: same name) or a list of names.
+            background: start the command as a background job and return at once
+                with its ``job_id``; collect it with ``read_workspace_job`` and
+                ``wait_workspace_job``.
 
         Returns:
             the exec result; a non-zero guest exit code is a result, not an exception.
+            With ``background=True``: the job (``job_id``, ``state``).
         """
         args = [workspace_id, f"--timeout-seconds={int(timeout_seconds)}"]
         args += _secret_env_flags(secret_env)
+        if background:
+            args.append("--background")
         return self._call(["workspace", "exec"], args, command)
+
+    def read_workspace_job(
+        self,
+        workspace_id: str,
+        job_id: str,
+        *,
+        cursor: int = _defaults.DEFAULT_SHELL_CURSOR,
+        max_chars: int = _defaults.DEFAULT_SHELL_MAX_CHARS,
+    ) -> dict[str, Any]:
+        """Read a background job's merged output from ``cursor``; follow ``next_cursor``.
+
+        Returns:
+            ``output``, ``next_cursor``, ``more``, ``state`` and, once exited, ``exit_code``.
+        """
+        args = [workspace_id, job_id, f"--cursor={int(cursor)}", f"--max-chars={int(max_chars)}"]
+        return self._call(["workspace", "job", "read"], args)
+
+    def wait_workspace_job(
+        self,
+        workspace_id: str,
+        job_id: str,
+        *,
+        timeout_seconds: int = 30,
+    ) -> dict[str, Any]:
+        """Wait up to ``timeout_seconds`` (at most 60) for a background job to exit.
+
+        Returns:
+            the job: ``state`` (``running`` or ``exited``) and, once exited, ``exit_code``.
+        """
+        args = [workspace_id, job_id, f"--timeout-seconds={int(timeout_seconds)}"]
+        return self._call(["workspace", "job", "wait"], args)
 
     # -- files ------------------------------------------------------------------
 

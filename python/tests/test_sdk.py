@@ -146,7 +146,13 @@ CONTRACT: dict[str, list[tuple[str, str, Any]]] = {
         ("command", "kw", REQ),
         ("timeout_seconds", "kw", 30),
         ("secret_env", "kw", None),
+        ("background", "kw", False),
     ],
+    # Background jobs (#17 item 9).
+    "read_workspace_job": [
+        ("workspace_id", "pos", REQ), ("job_id", "pos", REQ), ("cursor", "kw", 0), ("max_chars", "kw", 65536),
+    ],
+    "wait_workspace_job": [("workspace_id", "pos", REQ), ("job_id", "pos", REQ), ("timeout_seconds", "kw", 30)],
     "delete_workspace": [("workspace_id", "pos", REQ)],
     "status_workspace": [("workspace_id", "pos", REQ)],
     "logs_workspace": [("workspace_id", "pos", REQ)],
@@ -380,6 +386,12 @@ class MappingTest(unittest.TestCase):
         self.check(lambda: p.exec_workspace("w1", command="env", secret_env=["A", "B"]),
                    ["workspace", "exec", "--json", "w1", "--timeout-seconds=30", "--secret-env=A",
                     "--secret-env=B", "--", "env"])
+        self.check(lambda: p.exec_workspace("w1", command="sleep 1", timeout_seconds=600, background=True),
+                   ["workspace", "exec", "--json", "w1", "--timeout-seconds=600", "--background", "--", "sleep 1"])
+        self.check(lambda: p.read_workspace_job("w1", "j1", cursor=7),
+                   ["workspace", "job", "read", "--json", "w1", "j1", "--cursor=7", "--max-chars=65536"])
+        self.check(lambda: p.wait_workspace_job("w1", "j1", timeout_seconds=60),
+                   ["workspace", "job", "wait", "--json", "w1", "j1", "--timeout-seconds=60"])
         for name, word in [("status_workspace", "status"), ("logs_workspace", "logs"),
                            ("delete_workspace", "delete")]:
             self.check(lambda: getattr(p, name)("w1"), ["workspace", word, "--json", "w1"])
