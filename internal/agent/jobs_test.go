@@ -104,3 +104,22 @@ func TestJobBoundsAndUnknownID(t *testing.T) {
 		t.Fatalf("job %d: %v", agentapi.MaxJobs+1, err)
 	}
 }
+
+// A job's output and its listed command are redacted like exec output.
+func TestJobRedacted(t *testing.T) {
+	c := newTestClient(t, Options{SecretsDir: t.TempDir()})
+	setTestSecrets(t, c, map[string]string{"TOKEN": testSecret})
+	ctx := testCtx(t)
+	info, err := c.StartJob(ctx, agentapi.ExecRequest{Shell: "printenv X; echo '" + testSecret + "' >&2", SecretEnv: map[string]string{"TOKEN": "X"}, Cwd: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	noSecret(t, "job command", info.Command)
+	if w, err := c.WaitJob(ctx, info.JobID, 10*time.Second); err != nil || w.ExitCode == nil || *w.ExitCode != 0 {
+		t.Fatalf("wait: %+v %v", w, err)
+	}
+	r, err := c.ReadJob(ctx, info.JobID, 0, 0)
+	if err != nil || r.Output != "[REDACTED]\n[REDACTED]\n" {
+		t.Fatalf("read: %+v %v", r, err)
+	}
+}
