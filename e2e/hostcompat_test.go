@@ -162,7 +162,7 @@ func TestHostCompatNetworkRefused(t *testing.T) {
 	if r.code == 0 {
 		t.Fatalf("host-compat run with --network succeeded (the host's network namespace?):\n%s%s", r.stdout, r.stderr)
 	}
-	for _, want := range []string{"host-compat has no network", "without --network"} {
+	for _, want := range []string{`backend "host" has no network it can police`, "without --network"} {
 		if !strings.Contains(r.stderr, want) {
 			t.Errorf("error does not say %q:\n%s", want, r.stderr)
 		}

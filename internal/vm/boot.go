@@ -437,6 +437,11 @@ func checkFeatures(_ context.Context, _ Deps, c Config, v *VM) error {
 	// Every networked guest is policed: a backend that cannot enforce a
 	// policy gets no network at all.
 	needs.NetworkPolicy = needs.NetworkPolicy || (c.Network && !slirpBench())
+	if c.Network && !v.Features.NetworkPolicy && !slirpBench() {
+		return errdefs.New(errdefs.ErrFailedPrecondition,
+			"run it without --network (network policy off), or where QEMU can boot a VM (`pyro doctor`)",
+			"backend %q has no network it can police, and a guest never gets the host's", v.Backend)
+	}
 	if missing := v.Features.Missing(needs); len(missing) > 0 {
 		return errdefs.New(errdefs.ErrFailedPrecondition, "use a host where a backend that supports it can run (`pyro doctor`)",
 			"backend %q cannot enforce %s", v.Backend, strings.Join(missing, ", "))
