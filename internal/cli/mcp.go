@@ -214,7 +214,7 @@ func (a *app) serveHTTP(ctx context.Context, server *mcp.Server, o serveOptions)
 		return err
 	}
 	handler := mcpserver.HTTPHandler(server, mcpserver.HTTPOptions{SessionTimeout: o.sessionTimeout})
-	srv := newHTTPServer(guard.handler(requireBearer(token, requireSession(handler))))
+	srv := newHTTPServer(guard.handler(requireBearer(token, readBody(requireSession(handler)))))
 	url := "http://" + ln.Addr().String() + "/mcp"
 	if tlsConfig != nil {
 		ln = tls.NewListener(ln, tlsConfig)

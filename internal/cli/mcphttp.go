@@ -23,10 +23,12 @@ var (
 	idleTimeout   = 2 * time.Minute
 )
 
-// newHTTPServer serves handler with the deadlines above.
+// newHTTPServer serves handler with the header and idle deadlines above;
+// the body deadline is readBody's, which goes inside the token check so
+// that a client without the token never gets a body read (and buffered).
 func newHTTPServer(handler http.Handler) *http.Server {
 	return &http.Server{
-		Handler:           readBody(handler),
+		Handler:           handler,
 		ReadHeaderTimeout: headerTimeout,
 		IdleTimeout:       idleTimeout,
 	}

@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// serveWith serves h through newHTTPServer with short deadlines.
+// serveWith serves h through newHTTPServer and readBody with short deadlines.
 func serveWith(t *testing.T, h http.Handler) string {
 	t.Helper()
 	oldH, oldB := headerTimeout, bodyTimeout
@@ -21,7 +21,7 @@ func serveWith(t *testing.T, h http.Handler) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := newHTTPServer(h)
+	srv := newHTTPServer(readBody(h))
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return ln.Addr().String()
@@ -88,5 +88,32 @@ func TestMCPHTTPLongStreamSurvives(t *testing.T) {
 	}
 	if len(lines) == 0 || lines[len(lines)-1] != "data: end" {
 		t.Fatalf("the stream was cut: %q", lines)
+	}
+}
+
+// TestMCPHTTPNoBodyWithoutToken: a client without the token gets its 401
+// before the server reads (and buffers) anything of its body, so
+// unauthenticated clients cannot make the server hold request bodies.
+func TestMCPHTTPNoBodyWithoutToken(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := newHTTPServer(requireBearer("tok", readBody(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.Error("the handler ran without the token")
+	}))))
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// A body announced at 4 MiB of which nothing arrives.
+	fmt.Fprint(c, "POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 4194304\r\n\r\n{")
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || !strings.Contains(line, "401") {
+		t.Fatalf("got %q, %v; want a prompt 401", line, err)
 	}
 }
