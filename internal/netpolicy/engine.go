@@ -40,6 +40,10 @@ const (
 	// per address (a CDN address serves many names).
 	maxLearned      = 4096
 	maxNamesPerAddr = 32
+	// maxAddrsPerAnswer bounds what one DNS answer teaches: a guest's
+	// resolver can return thousands of records, and each costs work
+	// under the engine's lock, which every packet decision waits for.
+	maxAddrsPerAnswer = 64
 	// A learned address lives for its DNS record's TTL, at least minTTL (a
 	// client connects right after resolving, even with TTL 0) and at most
 	// maxTTL, so a name is re-resolved, and re-checked, at least that often.
@@ -180,6 +184,9 @@ func (e *Engine) Learn(name string, addrs []netip.Addr, ttl time.Duration) {
 	}
 	now := e.now()
 	exp := now.Add(ttl)
+	if len(addrs) > maxAddrsPerAnswer {
+		addrs = addrs[:maxAddrsPerAnswer]
+	}
 	for _, a := range addrs {
 		a = a.Unmap().WithZone("")
 		if !a.IsValid() {
@@ -200,9 +207,15 @@ func (e *Engine) Learn(name string, addrs []netip.Addr, ttl time.Duration) {
 	}
 }
 
-// evictLocked drops expired addresses, then, if still full, the address
-// whose latest name expires first.
+// evictLocked drops expired addresses, then, if still full, the eighth of
+// the addresses whose latest names expire first: one sort per many
+// insertions, never a scan of the whole table per learned address.
 func (e *Engine) evictLocked(now time.Time) {
+	type entry struct {
+		a      netip.Addr
+		latest time.Time
+	}
+	all := make([]entry, 0, len(e.learned))
 	for a, names := range e.learned {
 		for n, exp := range names {
 			if !now.Before(exp) {
@@ -211,18 +224,16 @@ func (e *Engine) evictLocked(now time.Time) {
 		}
 		if len(names) == 0 {
 			delete(e.learned, a)
+			continue
 		}
+		all = append(all, entry{a, names[latestName(names)]})
 	}
-	for len(e.learned) >= maxLearned {
-		var victim netip.Addr
-		var vexp time.Time
-		for a, names := range e.learned {
-			latest := names[latestName(names)]
-			if !victim.IsValid() || latest.Before(vexp) {
-				victim, vexp = a, latest
-			}
-		}
-		delete(e.learned, victim)
+	if len(e.learned) < maxLearned {
+		return
+	}
+	slices.SortFunc(all, func(x, y entry) int { return x.latest.Compare(y.latest) })
+	for _, v := range all[:max(1, maxLearned/8)] {
+		delete(e.learned, v.a)
 	}
 }
 

@@ -328,3 +328,27 @@ func TestConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestLearnBoundsOneAnswer plays a guest whose resolver answers with
+// thousands of records into a full table: one answer teaches at most
+// maxAddrsPerAnswer addresses, and eviction keeps the table bounded.
+func TestLearnBoundsOneAnswer(t *testing.T) {
+	e := newEngine(t, "egress")
+	for i := range maxLearned {
+		e.Learn(fmt.Sprintf("h%d.example.com", i), []netip.Addr{netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)})}, time.Hour)
+	}
+	flood := make([]netip.Addr, 4000)
+	for i := range flood {
+		flood[i] = netip.AddrFrom4([4]byte{203, 0, byte(i >> 8), byte(i)})
+	}
+	e.Learn("flood.example.com", flood, time.Hour)
+	got := 0
+	for a := range e.learned {
+		if a.As4()[0] == 203 {
+			got++
+		}
+	}
+	if got != maxAddrsPerAnswer || len(e.learned) > maxLearned {
+		t.Fatalf("one answer taught %d addresses (want %d), table holds %d", got, maxAddrsPerAnswer, len(e.learned))
+	}
+}
