@@ -12,6 +12,7 @@ import (
 // a reset clears it.
 func TestWorkspaceJobs(t *testing.T) {
 	requireE2E(t)
+	ensureEnv(t, baseEnv)
 	id, env := newWorkspace(t)
 
 	type job struct {
