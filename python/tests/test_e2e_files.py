@@ -43,7 +43,7 @@ class FilesTest(unittest.TestCase):
         self.assertEqual(p.exec_workspace(wid, command="exit 3")["exit_code"], 3)
         s = p.summarize_workspace(wid)
         self.assertEqual(s["commands"][-1]["exit_code"], 3)
-        self.assertIn("/workspace/notes.txt", [c["path"] for c in s["changes"]])
+        self.assertIn("notes.txt", [c["path"] for c in s["changes"]])  # relative, like workspace diff
 
         # Disk tools need the workspace stopped and never boot it.
         with self.assertRaises(FailedPreconditionError):
