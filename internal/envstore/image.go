@@ -217,9 +217,9 @@ func (s *Store) PullImage(ctx context.Context, ref string, opts ImagePullOptions
 			}
 		}
 	}()
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		return res, err
-	}
+	// tmp stays 0700 (MkdirTemp) while it holds the image's files: they
+	// keep the image's owners and setuid bits, which other local users
+	// must never reach on the host. It opens up only once they are gone.
 	root := filepath.Join(tmp, "root")
 	if err := os.Mkdir(root, 0o755); err != nil {
 		return res, err
@@ -285,6 +285,9 @@ func (s *Store) PullImage(ctx context.Context, ref string, opts ImagePullOptions
 		return res, err
 	}
 	emit(Event{Phase: "install", Message: "installing " + src.String()})
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return res, err
+	}
 	dir := s.imageDir(im.Digest)
 	if err := s.install(tmp, dir); err != nil {
 		return res, fmt.Errorf("install image %s: %w", src, err)

@@ -195,3 +195,37 @@ func TestPullImageFailureLeavesNothing(t *testing.T) {
 		t.Errorf("cache entry after failures: %+v", list)
 	}
 }
+
+// TestPullImageStagingPrivate plays another local user during a
+// conversion: while the staging tree holds the image's files (setuid bits
+// and owners kept), its build directory admits nobody but pyro's user.
+func TestPullImageStagingPrivate(t *testing.T) {
+	s := imageStore(t)
+	reg := serveRegistry(t, nil)
+	ref := reg + "/team/private:v1"
+	pushTo(t, ref, testImage(t, map[string]string{"srv/app.txt": "hello"}, v1.Config{}))
+	checked := 0
+	opts := noKeys()
+	opts.Progress = func(ev Event) {
+		if ev.Phase == "install" {
+			return
+		}
+		dirs, _ := filepath.Glob(filepath.Join(s.root, tmpPrefix+"*"))
+		for _, d := range dirs {
+			st, err := os.Stat(d)
+			if err != nil {
+				continue
+			}
+			checked++
+			if st.Mode().Perm()&0o077 != 0 {
+				t.Errorf("phase %s: build directory %s has mode %v", ev.Phase, d, st.Mode().Perm())
+			}
+		}
+	}
+	if _, err := s.PullImage(context.Background(), ref, opts); err != nil {
+		t.Fatal(err)
+	}
+	if checked == 0 {
+		t.Fatal("no build directory seen during the conversion")
+	}
+}
