@@ -22,7 +22,7 @@ var jobsTools = []tool{
 		description: "Read a background job's merged stdout and stderr from cursor on. Pass the previous read's next_cursor as cursor to get only new output; more=true means more output is already waiting. " +
 			"state is running or exited (then exit_code is set)."}, workspaceJobRead),
 	def(tool{name: "workspace_job_wait", title: "Wait for a background job", hints: readOnly,
-		defaults: map[string]any{"timeout_seconds": 30},
+		defaults:    map[string]any{"timeout_seconds": 30},
 		description: fmt.Sprintf("Wait up to timeout_seconds (capped at %d) for a background job to exit and return its state and exit_code; state running means it has not exited yet: wait again or read its output.", pyro.MaxJobWaitSeconds)}, workspaceJobWait),
 }
 
