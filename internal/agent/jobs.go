@@ -169,24 +169,12 @@ func (m *jobManager) handleRead(w http.ResponseWriter, r *http.Request) {
 		m.a.fail(w, err)
 		return
 	}
-	cursor, err := queryInt(r, "cursor", 0)
+	cursor, maxChars, err := readWindow(r, j.out, "job", j.id)
 	if err != nil {
 		m.a.fail(w, err)
 		return
-	}
-	maxChars, err := queryInt(r, "max_chars", 0)
-	if err != nil {
-		m.a.fail(w, err)
-		return
-	}
-	if maxChars == 0 {
-		maxChars = agentapi.DefaultShellMaxChars
 	}
 	maxChars = min(maxChars, agentapi.JobBufferBytes)
-	if _, end, _ := j.out.bounds(); cursor > end {
-		m.a.fail(w, errorf(errdefs.ErrInvalidArgument, "cursor %d is past the end of job %q's output (%d bytes so far)", cursor, j.id, end))
-		return
-	}
 	// The shell reader already handles cursors, dropped ranges and UTF-8.
 	sh := &shell{id: j.id, out: j.out}
 	rd := sh.readOutput(cursor, int(maxChars))

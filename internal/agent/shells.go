@@ -385,26 +385,14 @@ func (m *shellManager) handleRead(w http.ResponseWriter, r *http.Request) {
 		m.a.fail(w, err)
 		return
 	}
-	cursor, err := queryInt(r, "cursor", 0)
+	cursor, maxChars, err := readWindow(r, sh.out, "shell", sh.id)
 	if err != nil {
 		m.a.fail(w, err)
 		return
-	}
-	maxChars, err := queryInt(r, "max_chars", 0)
-	if err != nil {
-		m.a.fail(w, err)
-		return
-	}
-	if maxChars == 0 {
-		maxChars = agentapi.DefaultShellMaxChars
 	}
 	waitMS, err := queryInt(r, "wait_ms", 0)
 	if err != nil {
 		m.a.fail(w, err)
-		return
-	}
-	if _, end, _ := sh.out.bounds(); cursor > end {
-		m.a.fail(w, errorf(errdefs.ErrInvalidArgument, "cursor %d is past the end of shell %q's output (%d bytes so far)", cursor, sh.id, end))
 		return
 	}
 	if waitMS > 0 {
@@ -413,6 +401,25 @@ func (m *shellManager) handleRead(w http.ResponseWriter, r *http.Request) {
 		cancel()
 	}
 	writeJSON(w, http.StatusOK, sh.read(cursor, int(maxChars)))
+}
+
+// readWindow parses a cursor read's cursor and max_chars (default
+// DefaultShellMaxChars) and refuses a cursor past the end of out, which
+// belongs to the shell or job named kind id.
+func readWindow(r *http.Request, out *outBuf, kind, id string) (cursor, maxChars int64, err error) {
+	if cursor, err = queryInt(r, "cursor", 0); err != nil {
+		return 0, 0, err
+	}
+	if maxChars, err = queryInt(r, "max_chars", 0); err != nil {
+		return 0, 0, err
+	}
+	if maxChars == 0 {
+		maxChars = agentapi.DefaultShellMaxChars
+	}
+	if _, end, _ := out.bounds(); cursor > end {
+		return 0, 0, errorf(errdefs.ErrInvalidArgument, "cursor %d is past the end of %s %q's output (%d bytes so far)", cursor, kind, id, end)
+	}
+	return cursor, maxChars, nil
 }
 
 // read serves output from cursor, at most maxChars characters, never
