@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -29,19 +30,32 @@ func (a *app) wsPatchCommand() *cobra.Command {
 }
 
 func (a *app) wsFileList() *cobra.Command {
+	return a.fileListCommand("List a directory of /workspace (symlinks are listed, not followed)", `  pyro workspace file list $id
+  pyro workspace file list $id src --recursive --json`, (*pyro.Client).ListWorkspaceFiles)
+}
+
+func (a *app) wsFileRead() *cobra.Command {
+	return a.fileReadCommand("Print a text file of /workspace (up to --max-bytes)", `  pyro workspace file read $id src/app.py
+  pyro workspace file read $id build.log --max-bytes 4096 --content-only
+  pyro workspace file read $id logo.png --base64 --json`, (*pyro.Client).ReadWorkspaceFile)
+}
+
+// fileListCommand is `file list` and `disk list`: the same arguments and
+// output over the running guest or the stopped workspace's image. The SDK
+// call is a method expression: a.sdk is made only when the command runs.
+func (a *app) fileListCommand(short, example string, list func(c *pyro.Client, ctx context.Context, id, path string, recursive bool) (pyro.WorkspaceFileList, error)) *cobra.Command {
 	var recursive bool
 	cmd := &cobra.Command{
-		Use:   "list WORKSPACE_ID [PATH] [--recursive]",
-		Short: "List a directory of /workspace (symlinks are listed, not followed)",
-		Example: `  pyro workspace file list $id
-  pyro workspace file list $id src --recursive --json`,
-		Args: cobra.RangeArgs(1, 2),
+		Use:     "list WORKSPACE_ID [PATH] [--recursive]",
+		Short:   short,
+		Example: example,
+		Args:    cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			path := ""
 			if len(args) == 2 {
 				path = args[1]
 			}
-			l, err := a.sdk.ListWorkspaceFiles(cmd.Context(), args[0], path, recursive)
+			l, err := list(a.sdk, cmd.Context(), args[0], path, recursive)
 			if err != nil {
 				return err
 			}
@@ -52,21 +66,20 @@ func (a *app) wsFileList() *cobra.Command {
 	return cmd
 }
 
-func (a *app) wsFileRead() *cobra.Command {
+// fileReadCommand is `file read` and `disk read` (see fileListCommand).
+func (a *app) fileReadCommand(short, example string, read func(c *pyro.Client, ctx context.Context, id, path string, o *pyro.ReadWorkspaceFileOptions) (pyro.WorkspaceFile, error)) *cobra.Command {
 	var o pyro.ReadWorkspaceFileOptions
 	var contentOnly bool
 	cmd := &cobra.Command{
-		Use:   "read WORKSPACE_ID PATH [--max-bytes N] [--content-only]",
-		Short: "Print a text file of /workspace (up to --max-bytes)",
-		Example: `  pyro workspace file read $id src/app.py
-  pyro workspace file read $id build.log --max-bytes 4096 --content-only
-  pyro workspace file read $id logo.png --base64 --json`,
-		Args: cobra.ExactArgs(2),
+		Use:     "read WORKSPACE_ID PATH [--max-bytes N] [--content-only]",
+		Short:   short,
+		Example: example,
+		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cmd.Flags().Changed("max-bytes") && o.MaxBytes < 1 {
 				return errdefs.New(errdefs.ErrInvalidArgument, fmt.Sprintf("use 1..%d", pyro.MaxReadBytes), "--max-bytes must be at least 1")
 			}
-			f, err := a.sdk.ReadWorkspaceFile(cmd.Context(), args[0], args[1], &o)
+			f, err := read(a.sdk, cmd.Context(), args[0], args[1], &o)
 			if err != nil {
 				return err
 			}
