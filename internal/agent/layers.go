@@ -56,6 +56,23 @@ func overlayOpts(lower, upperMount string) string {
 // walk finds inside.
 func upperChanges(upper string) ([]tarutil.Selected, error) {
 	var out []tarutil.Selected
+	err := walkUpper(upper, func(p, name string, e fs.DirEntry) (bool, error) {
+		if e.IsDir() && !isOpaque(p) {
+			out = append(out, tarutil.Selected{Name: name})
+			return true, nil
+		}
+		out = append(out, tarutil.Selected{Name: name, Subtree: true})
+		return false, nil
+	})
+	return out, err
+}
+
+// walkUpper visits the upper directory's entries depth-first in name
+// order, each with its path on disk and its name relative to upper, and
+// descends into an entry when visit says so. It stops with an error after
+// maxLayerChanges entries, so a guest's listing stays bounded.
+func walkUpper(upper string, visit func(p, name string, e fs.DirEntry) (descend bool, err error)) error {
+	seen := 0
 	var walk func(dir, rel string) error
 	walk = func(dir, rel string) error {
 		ents, err := os.ReadDir(dir)
@@ -63,26 +80,28 @@ func upperChanges(upper string) ([]tarutil.Selected, error) {
 			return err
 		}
 		for _, e := range ents {
-			if len(out) >= maxLayerChanges {
+			if seen >= maxLayerChanges {
 				return fmt.Errorf("more than %d changed entries", maxLayerChanges)
 			}
+			seen++
 			name := e.Name()
 			if rel != "" {
 				name = rel + "/" + name
 			}
 			p := filepath.Join(dir, e.Name())
-			if e.IsDir() && !isOpaque(p) {
-				out = append(out, tarutil.Selected{Name: name})
+			descend, err := visit(p, name, e)
+			if err != nil {
+				return err
+			}
+			if descend {
 				if err := walk(p, name); err != nil {
 					return err
 				}
-				continue
 			}
-			out = append(out, tarutil.Selected{Name: name, Subtree: true})
 		}
 		return nil
 	}
-	return out, walk(upper, "")
+	return walk(upper, "")
 }
 
 // isOpaque reports whether an upper directory hides the lower one.
@@ -259,52 +278,32 @@ func mountLayers(lowerDisk, upperDisk, dir string) error {
 // a command touched, whatever it wrote.
 func manifest(upper string) ([]agentapi.LayerEntry, error) {
 	var out []agentapi.LayerEntry
-	var walk func(dir, rel string) error
-	walk = func(dir, rel string) error {
-		ents, err := os.ReadDir(dir)
-		if err != nil {
-			return err
+	err := walkUpper(upper, func(p, name string, _ fs.DirEntry) (bool, error) {
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return false, err
 		}
-		for _, e := range ents {
-			if len(out) >= maxLayerChanges {
-				return fmt.Errorf("more than %d changed entries", maxLayerChanges)
+		le := agentapi.LayerEntry{Path: name, Size: st.Size, MtimeNS: st.Mtim.Nano(), CtimeNS: st.Ctim.Nano(), Ino: st.Ino, Mode: st.Mode}
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFDIR:
+			le.Kind = "dir"
+			le.Opaque = isOpaque(p)
+		case unix.S_IFLNK:
+			le.Kind = "symlink"
+		case unix.S_IFCHR:
+			if st.Rdev == 0 {
+				le.Kind = "whiteout"
 			}
-			name := e.Name()
-			if rel != "" {
-				name = rel + "/" + name
-			}
-			p := filepath.Join(dir, e.Name())
-			var st unix.Stat_t
-			if err := unix.Lstat(p, &st); err != nil {
-				return err
-			}
-			le := agentapi.LayerEntry{Path: name, Size: st.Size, MtimeNS: st.Mtim.Nano(), CtimeNS: st.Ctim.Nano(), Ino: st.Ino, Mode: st.Mode}
-			switch st.Mode & unix.S_IFMT {
-			case unix.S_IFDIR:
-				le.Kind = "dir"
-				le.Opaque = isOpaque(p)
-			case unix.S_IFLNK:
-				le.Kind = "symlink"
-			case unix.S_IFCHR:
-				if st.Rdev == 0 {
-					le.Kind = "whiteout"
-				}
-			case unix.S_IFREG:
-				le.Kind = "file"
-			}
-			if le.Kind == "" {
-				continue
-			}
-			out = append(out, le)
-			if le.Kind == "dir" {
-				if err := walk(p, name); err != nil {
-					return err
-				}
-			}
+		case unix.S_IFREG:
+			le.Kind = "file"
 		}
-		return nil
-	}
-	return out, walk(upper, "")
+		if le.Kind == "" {
+			return false, nil
+		}
+		out = append(out, le)
+		return le.Kind == "dir", nil
+	})
+	return out, err
 }
 
 func (s *Agent) handleLayerManifest(w http.ResponseWriter, _ *http.Request) {
