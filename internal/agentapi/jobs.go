@@ -3,12 +3,8 @@ package agentapi
 import (
 	"context"
 	"net/http"
-	"net/url"
 	"strconv"
 	"time"
-
-	"github.com/pyro-mcp/pyro/internal/errdefs"
-	"github.com/pyro-mcp/pyro/internal/names"
 )
 
 // Background jobs: one-shot commands that outlive the call that started
@@ -72,15 +68,10 @@ type JobReadResponse struct {
 }
 
 func checkJobID(id string) error {
-	if !names.IsIdentifier(id) {
-		return errdefs.New(errdefs.ErrInvalidArgument, "use a job_id returned by a background exec", "invalid job id %q", id)
-	}
-	return nil
+	return checkID("job", id, "use a job_id returned by a background exec")
 }
 
-func jobPath(id, suffix string) string {
-	return PathJobs + "/" + url.PathEscape(id) + suffix
-}
+func jobPath(id, suffix string) string { return itemPath(PathJobs, id, suffix) }
 
 // StartJob starts req in the background and returns at once.
 func (c *Client) StartJob(ctx context.Context, req ExecRequest) (JobInfo, error) {
@@ -96,13 +87,7 @@ func (c *Client) ReadJob(ctx context.Context, id string, cursor int64, maxChars 
 	if err := checkJobID(id); err != nil {
 		return r, err
 	}
-	q := url.Values{}
-	q.Set("cursor", strconv.FormatInt(cursor, 10))
-	if maxChars != 0 {
-		q.Set("max_chars", strconv.Itoa(maxChars))
-	}
-	limit := readShellLimit(ShellReadRequest{MaxChars: min(maxChars, JobBufferBytes)})
-	err := c.jsonCallLimit(ctx, callTimeout, limit, http.MethodGet, jobPath(id, "/read?"+q.Encode()), nil, &r)
+	err := c.readOutput(ctx, PathJobs, id, outputRead{cursor: cursor, maxChars: maxChars, bufferBytes: JobBufferBytes}, &r)
 	return r, err
 }
 

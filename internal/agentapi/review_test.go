@@ -55,7 +55,7 @@ func TestGuestRedirectNotFollowed(t *testing.T) {
 func TestShellReadLimitNotModelChosen(t *testing.T) {
 	ceiling := 6*int64(MaxShellBufferBytes) + 64<<10
 	for _, chars := range []int{1 << 30, 1 << 40, 1<<62 - 1} {
-		if got := readShellLimit(ShellReadRequest{MaxChars: chars}); got > ceiling || got < MaxReplyBytes {
+		if got := (outputRead{maxChars: chars, bufferBytes: MaxShellBufferBytes}).readLimit(); got > ceiling || got < MaxReplyBytes {
 			t.Errorf("max_chars %d: reply limit %d, want within [%d, %d]", chars, got, MaxReplyBytes, ceiling)
 		}
 	}

@@ -3,12 +3,7 @@ package agentapi
 import (
 	"context"
 	"net/http"
-	"net/url"
-	"strconv"
 	"time"
-
-	"github.com/pyro-mcp/pyro/internal/errdefs"
-	"github.com/pyro-mcp/pyro/internal/names"
 )
 
 // Shell defaults the agent applies when a request leaves a field at 0.
@@ -155,38 +150,12 @@ type ShellReset struct {
 	Closed int `json:"closed"`
 }
 
-// readShellTimeout bounds a read: its long-poll (capped by the agent at
-// MaxShellReadWaitMS) plus CallTimeout.
-func readShellTimeout(req ShellReadRequest) time.Duration {
-	wait := min(max(req.WaitMS, 0), MaxShellReadWaitMS)
-	return time.Duration(wait)*time.Millisecond + callTimeout
-}
-
-// readShellLimit bounds a read's reply: MaxChars runes, each at most 6
-// bytes once JSON-escaped, plus the fields around them. MaxChars is the
-// model's number: past what a shell's buffer can hold it does not widen
-// the bound.
-func readShellLimit(req ShellReadRequest) int64 {
-	chars := req.MaxChars
-	if chars <= 0 {
-		chars = DefaultShellMaxChars
-	}
-	chars = min(chars, MaxShellBufferBytes)
-	return max(MaxReplyBytes, 6*int64(chars)+64<<10)
-}
-
-// checkShellID refuses an id the agent never hands out ("..", "a/b"):
-// ids come from the model and become part of a request path.
+// checkShellID refuses an id the agent never hands out.
 func checkShellID(id string) error {
-	if !names.IsIdentifier(id) {
-		return errdefs.New(errdefs.ErrInvalidArgument, "use a shell_id returned by shell_open", "invalid shell id %q", id)
-	}
-	return nil
+	return checkID("shell", id, "use a shell_id returned by shell_open")
 }
 
-func shellPath(id, suffix string) string {
-	return PathShells + "/" + url.PathEscape(id) + suffix
-}
+func shellPath(id, suffix string) string { return itemPath(PathShells, id, suffix) }
 
 // OpenShell starts a shell on a new PTY.
 func (c *Client) OpenShell(ctx context.Context, req ShellOpenRequest) (ShellInfo, error) {
@@ -198,19 +167,11 @@ func (c *Client) OpenShell(ctx context.Context, req ShellOpenRequest) (ShellInfo
 // ReadShell returns output from req.Cursor. Unknown or closed ids are
 // not_found; a cursor past the end is invalid_argument.
 func (c *Client) ReadShell(ctx context.Context, id string, req ShellReadRequest) (ShellReadResponse, error) {
-	q := url.Values{}
-	q.Set("cursor", strconv.FormatInt(req.Cursor, 10))
-	if req.MaxChars != 0 {
-		q.Set("max_chars", strconv.Itoa(req.MaxChars))
-	}
-	if req.WaitMS != 0 {
-		q.Set("wait_ms", strconv.Itoa(req.WaitMS))
-	}
 	var r ShellReadResponse
 	if err := checkShellID(id); err != nil {
 		return r, err
 	}
-	err := c.jsonCallLimit(ctx, readShellTimeout(req), readShellLimit(req), http.MethodGet, shellPath(id, "/read?"+q.Encode()), nil, &r)
+	err := c.readOutput(ctx, PathShells, id, outputRead{cursor: req.Cursor, maxChars: req.MaxChars, waitMS: req.WaitMS, bufferBytes: MaxShellBufferBytes}, &r)
 	return r, err
 }
 
