@@ -691,10 +691,7 @@ class Pyro:
 
         Symlinks are listed, never followed; at most 10,000 entries.
         """
-        args = [workspace_id, path]
-        if recursive:
-            args.append("--recursive")
-        return self._call(["workspace", "file", "list"], args)
+        return self._list_tree("file", workspace_id, path, recursive)
 
     def read_workspace_file(
         self,
@@ -709,10 +706,7 @@ class Pyro:
         A binary file raises :class:`InvalidArgumentError` unless ``base64=True``,
         which returns its bytes as ``content_base64`` instead of ``content``.
         """
-        args = [workspace_id, path, f"--max-bytes={int(max_bytes)}"]
-        if base64:
-            args.append("--base64")
-        return self._call(["workspace", "file", "read"], args)
+        return self._read_tree("file", workspace_id, path, max_bytes, base64)
 
     def write_workspace_file(self, workspace_id: str, path: str, *, text: str) -> dict[str, Any]:
         """Create or replace a file under ``/workspace`` with ``text`` (atomically; parents are created).
@@ -745,10 +739,7 @@ class Pyro:
 
     def list_workspace_disk(self, workspace_id: str, path: str = _defaults.WORKSPACE_DIR, *, recursive: bool = False) -> dict[str, Any]:
         """List a directory of a *stopped* workspace's ``/workspace`` from its disk image (like :meth:`list_workspace_files`)."""
-        args = [workspace_id, path]
-        if recursive:
-            args.append("--recursive")
-        return self._call(["workspace", "disk", "list"], args)
+        return self._list_tree("disk", workspace_id, path, recursive)
 
     def read_workspace_disk(
         self,
@@ -759,10 +750,21 @@ class Pyro:
         base64: bool = False,
     ) -> dict[str, Any]:
         """Read a file of a *stopped* workspace's ``/workspace`` from its disk image (like :meth:`read_workspace_file`)."""
+        return self._read_tree("disk", workspace_id, path, max_bytes, base64)
+
+    # The running workspace's files and a stopped one's disk image are
+    # listed and read by the same CLI commands under "file" and "disk".
+    def _list_tree(self, kind: str, workspace_id: str, path: str, recursive: bool) -> dict[str, Any]:
+        args = [workspace_id, path]
+        if recursive:
+            args.append("--recursive")
+        return self._call(["workspace", kind, "list"], args)
+
+    def _read_tree(self, kind: str, workspace_id: str, path: str, max_bytes: int, base64: bool) -> dict[str, Any]:
         args = [workspace_id, path, f"--max-bytes={int(max_bytes)}"]
         if base64:
             args.append("--base64")
-        return self._call(["workspace", "disk", "read"], args)
+        return self._call(["workspace", kind, "read"], args)
 
     def summarize_workspace(self, workspace_id: str) -> dict[str, Any]:
         """Review a workspace: ``commands`` (with exit codes), ``changes`` since the baseline,
