@@ -45,8 +45,12 @@ const (
 	modeChar = 0o020000
 )
 
-// Image is an ext4 image file.
-type Image struct{ Path string }
+// Image is an ext4 image file. Budget, when set, bounds all its debugfs
+// runs together (see Budget).
+type Image struct {
+	Path   string
+	Budget *Budget
+}
 
 // Dirent is one directory entry.
 type Dirent struct {
@@ -67,10 +71,13 @@ func (d Dirent) Perm() uint32 { return d.Mode & 0o777 }
 // run runs one debugfs command and returns at most limit bytes of its
 // output (truncated says more came).
 func (im Image) run(ctx context.Context, cmd string, limit int64) (out []byte, truncated bool, stderr string, err error) {
-	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	ctx, cancel, limit, err := im.Budget.begin(ctx, limit, true)
+	if err != nil {
+		return nil, false, "", err
+	}
 	defer cancel()
 	c := exec.CommandContext(ctx, "debugfs", "-c", "-R", cmd, im.Path)
-	c.Env = []string{"PATH=/usr/sbin:/sbin:/usr/bin:/bin", "PAGER=__none__", "DEBUGFS_PAGER=__none__", "LC_ALL=C"}
+	c.Env = debugfsEnv
 	var errb capBuf
 	errb.max = maxStderr
 	c.Stderr = &errb
@@ -82,11 +89,15 @@ func (im Image) run(ctx context.Context, cmd string, limit int64) (out []byte, t
 		return nil, false, "", errdefs.Wrap(errdefs.ErrUnavailable, err, "install e2fsprogs", "run debugfs")
 	}
 	out, rerr := io.ReadAll(io.LimitReader(stdout, limit+1))
+	im.Budget.spend(int64(len(out)))
 	if int64(len(out)) > limit {
 		out, truncated = out[:limit], true
 		_ = c.Process.Kill()
 	}
 	werr := c.Wait()
+	if ctx.Err() != nil && im.Budget.expired() {
+		return nil, false, "", budgetErr("out of time")
+	}
 	if ctx.Err() != nil {
 		return nil, false, "", errdefs.New(errdefs.ErrUnavailable, "the image may be damaged", "reading the workspace image took longer than %s", CallTimeout)
 	}
@@ -125,6 +136,9 @@ func (im Image) List(ctx context.Context, ino uint32) ([]Dirent, error) {
 	out, truncated, stderr, err := im.run(ctx, fmt.Sprintf("ls -p <%d>", ino), MaxListBytes)
 	if err != nil {
 		return nil, err
+	}
+	if truncated && im.Budget.spent() {
+		return nil, budgetErr("too much listing output")
 	}
 	if truncated {
 		return nil, errdefs.New(errdefs.ErrFailedPrecondition, "", "a directory listing is larger than %d bytes", MaxListBytes)
@@ -177,68 +191,3 @@ func (im Image) Read(ctx context.Context, ino uint32, max int64) ([]byte, bool, 
 
 // maxLinkTarget bounds a symlink target (Linux: PATH_MAX).
 const maxLinkTarget = 4096
-
-// Readlink returns a symlink's target (at most 4096 bytes).
-func (im Image) Readlink(ctx context.Context, ino uint32) (string, error) {
-	out, _, _, err := im.run(ctx, fmt.Sprintf("stat <%d>", ino), 64<<10)
-	if err != nil {
-		return "", err
-	}
-	const mark = "Fast link dest: \""
-	if i := bytes.Index(out, []byte(mark)); i >= 0 {
-		t := out[i+len(mark):]
-		if j := bytes.Index(t, []byte("\"\n")); j >= 0 {
-			t = t[:j]
-		}
-		return truncate(t, maxLinkTarget), nil
-	}
-	b, _, err := im.Read(ctx, ino, maxLinkTarget)
-	return string(b), err
-}
-
-// Opaque reports whether directory ino carries overlayfs' opaque mark
-// (trusted.overlay.opaque=y): the lower layers' content of it is hidden.
-func (im Image) Opaque(ctx context.Context, ino uint32) bool {
-	out, _, _, err := im.run(ctx, fmt.Sprintf("ea_get <%d> trusted.overlay.opaque", ino), 4096)
-	return err == nil && bytes.Contains(out, []byte("y"))
-}
-
-// IsWhiteout reports whether character device ino is an overlayfs
-// whiteout (device 0:0): the name is deleted from the lower layers.
-func (im Image) IsWhiteout(ctx context.Context, ino uint32) bool {
-	out, _, _, err := im.run(ctx, fmt.Sprintf("stat <%d>", ino), 64<<10)
-	return err == nil && bytes.Contains(out, []byte("major/minor number: 00:00"))
-}
-
-// Dump streams inode ino's content into dst (a host file the caller
-// created: debugfs chooses no mode or path from the image). More than
-// limit bytes is an error.
-func (im Image) Dump(ctx context.Context, ino uint32, dst io.Writer, limit int64) (int64, error) {
-	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
-	defer cancel()
-	c := exec.CommandContext(ctx, "debugfs", "-c", "-R", fmt.Sprintf("cat <%d>", ino), im.Path)
-	c.Env = []string{"PATH=/usr/sbin:/sbin:/usr/bin:/bin", "PAGER=__none__", "DEBUGFS_PAGER=__none__", "LC_ALL=C"}
-	stdout, err := c.StdoutPipe()
-	if err != nil {
-		return 0, err
-	}
-	if err := c.Start(); err != nil {
-		return 0, errdefs.Wrap(errdefs.ErrUnavailable, err, "install e2fsprogs", "run debugfs")
-	}
-	n, cerr := io.Copy(dst, io.LimitReader(stdout, limit+1))
-	if n > limit {
-		_ = c.Process.Kill()
-		_ = c.Wait()
-		return n, errdefs.New(errdefs.ErrFailedPrecondition, "", "the image holds more than %d bytes", limit)
-	}
-	werr := c.Wait()
-	switch {
-	case ctx.Err() != nil:
-		return n, errdefs.New(errdefs.ErrUnavailable, "the image may be damaged", "reading the workspace image took longer than %s", CallTimeout)
-	case cerr != nil:
-		return n, cerr
-	case werr != nil:
-		return n, fmt.Errorf("debugfs cat: %w", werr)
-	}
-	return n, nil
-}

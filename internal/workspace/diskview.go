@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -11,19 +12,25 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/pyro-mcp/pyro/internal/diskimg"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 )
 
-// DiskView is a stopped workspace's /workspace read from its images on the
-// host, without booting it: the upper layer over the baseline for a
-// layered workspace (overlayfs rules: whiteouts delete, opaque directories
-// hide the baseline's content), the one disk otherwise. OpenDiskView is
-// the one place that knows the layout. Links are never followed: a path
-// through a symlink is refused, so nothing leaves /workspace.
+// DiskView is a stopped (or frozen) workspace's /workspace read from its
+// images on the host, without the guest: the upper layer over the baseline
+// for a layered workspace (overlayfs rules: whiteouts delete, opaque
+// directories hide the baseline's content), the one disk otherwise.
+// OpenDiskView is the one place that knows the layout. Links are never
+// followed: a path through a symlink is refused, so nothing leaves
+// /workspace. Directories are read a level at a time, each level in a few
+// debugfs runs whatever it holds, and all runs of one view share one
+// diskimg.Budget: an upper layer crafted with thousands of directories or
+// whiteouts exhausts the budget, not the host.
 type DiskView struct {
 	layers []viewLayer // top first
+	times  bool        // read modification times too (exports)
 }
 
 type viewLayer struct {
@@ -34,13 +41,14 @@ type viewLayer struct {
 
 // OpenDiskView opens the /workspace of a workspace whose baseline image is
 // base ("" for a single-disk workspace) and whose writable image is disk.
-// The caller guarantees no guest runs on them.
+// The caller guarantees no guest writes them meanwhile.
 func OpenDiskView(ctx context.Context, base, disk string) (*DiskView, error) {
+	budget := diskimg.DefaultBudget()
 	if base == "" {
-		return &DiskView{layers: []viewLayer{{img: diskimg.Image{Path: disk}, root: diskimg.RootIno}}}, nil
+		return &DiskView{layers: []viewLayer{{img: diskimg.Image{Path: disk, Budget: budget}, root: diskimg.RootIno}}}, nil
 	}
 	v := &DiskView{}
-	upper := diskimg.Image{Path: disk}
+	upper := diskimg.Image{Path: disk, Budget: budget}
 	ents, err := upper.List(ctx, diskimg.RootIno)
 	if err != nil {
 		return nil, fmt.Errorf("read the upper layer: %w", err)
@@ -50,17 +58,19 @@ func OpenDiskView(ctx context.Context, base, disk string) (*DiskView, error) {
 			v.layers = append(v.layers, viewLayer{img: upper, root: e.Ino, upper: true})
 		}
 	}
-	v.layers = append(v.layers, viewLayer{img: diskimg.Image{Path: base}, root: diskimg.RootIno})
+	v.layers = append(v.layers, viewLayer{img: diskimg.Image{Path: base, Budget: budget}, root: diskimg.RootIno})
 	return v, nil
 }
 
 // DiskNode is one entry of a DiskView.
 type DiskNode struct {
-	Path string // guest path
-	Type string // "file", "dir", "symlink" or "other"
-	Perm uint32
-	Size int64
-	at   []layerIno // a directory's contributing layers, top first; else the one
+	Path  string // guest path
+	Type  string // "file", "dir", "symlink" or "other"
+	Perm  uint32
+	Size  int64
+	Link  string     // a symlink's target as stored (at most 4096 bytes)
+	Mtime time.Time  // when the view reads times
+	at    []layerIno // a directory's contributing layers, top first; else the one
 }
 
 type layerIno struct {
@@ -126,72 +136,170 @@ func (v *DiskView) ReadDir(ctx context.Context, dir DiskNode) ([]DiskNode, error
 	if dir.Type != "dir" {
 		return nil, errdefs.New(errdefs.ErrInvalidArgument, "", "%s is not a directory", dir.Path)
 	}
-	merged := map[string]*DiskNode{}
-	closed := map[string]bool{} // whited out, or a non-directory / opaque directory above
-	for _, li := range dir.at {
-		l := v.layers[li.l]
-		ents, err := l.img.List(ctx, li.ino)
-		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", dir.Path, err)
-		}
-		for _, e := range ents {
-			if closed[e.Name] {
-				continue
-			}
-			if l.upper && e.IsChar() && l.img.IsWhiteout(ctx, e.Ino) {
-				closed[e.Name] = true
-				continue
-			}
-			if have := merged[e.Name]; have != nil {
-				if have.Type == "dir" && e.IsDir() {
-					have.at = append(have.at, layerIno{li.l, e.Ino})
+	kids, err := v.readDirs(ctx, []DiskNode{dir})
+	if err != nil {
+		return nil, err
+	}
+	return kids[0], nil
+}
+
+// readDirs reads the directories dirs together: per layer one debugfs run
+// lists them all, one stats what the listing cannot tell (whiteouts and
+// opaque marks in the upper layer, symlink targets, times), one reads the
+// targets of long symlinks.
+func (v *DiskView) readDirs(ctx context.Context, dirs []DiskNode) ([][]DiskNode, error) {
+	type ref struct{ dir, slot int }
+	lists := make([][][]diskimg.Dirent, len(dirs)) // [dir][slot in dir.at]
+	info := make([]map[uint32]diskimg.Inode, len(v.layers))
+	links := make([]map[uint32]string, len(v.layers))
+	for k, d := range dirs {
+		lists[k] = make([][]diskimg.Dirent, len(d.at))
+	}
+	for l, layer := range v.layers {
+		var inos []uint32
+		var refs []ref
+		for k, d := range dirs {
+			for slot, li := range d.at {
+				if li.l == l {
+					inos = append(inos, li.ino)
+					refs = append(refs, ref{k, slot})
 				}
-				continue
-			}
-			n := &DiskNode{Path: path.Join(dir.Path, e.Name), Type: nodeType(e), Perm: e.Perm(), at: []layerIno{{li.l, e.Ino}}}
-			if e.IsReg() {
-				n.Size = e.Size
-			}
-			merged[e.Name] = n
-			if n.Type != "dir" || (l.upper && l.img.Opaque(ctx, e.Ino)) {
-				closed[e.Name] = true // lower layers' entries of this name are hidden
 			}
 		}
+		if len(inos) == 0 {
+			continue
+		}
+		got, err := layer.img.ListMany(ctx, inos)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", dirs[refs[0].dir].Path, err)
+		}
+		var stat []uint32
+		for i, r := range refs {
+			lists[r.dir][r.slot] = got[i]
+			for _, e := range got[i] {
+				if v.times || e.IsLink() || (layer.upper && (e.IsDir() || e.IsChar())) {
+					stat = append(stat, e.Ino)
+				}
+			}
+		}
+		in, err := layer.img.StatMany(ctx, stat)
+		if err != nil {
+			return nil, err
+		}
+		info[l] = make(map[uint32]diskimg.Inode, len(stat))
+		for i, ino := range stat {
+			info[l][ino] = in[i]
+		}
+		// Long targets live in a block, not in the inode.
+		var slow []diskimg.CatItem
+		seen := map[uint32]bool{}
+		for i := range refs {
+			for _, e := range got[i] {
+				if e.IsLink() && info[l][e.Ino].FastLink == nil && e.Size > 0 && e.Size <= 4096 && !seen[e.Ino] {
+					seen[e.Ino] = true
+					slow = append(slow, diskimg.CatItem{Ino: e.Ino, Size: e.Size})
+				}
+			}
+		}
+		links[l] = map[uint32]string{}
+		err = layer.img.Cat(ctx, slow, func(i int, r io.Reader) error {
+			b, err := io.ReadAll(r)
+			links[l][slow[i].Ino] = string(b)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
-	out := make([]DiskNode, 0, len(merged))
-	for _, n := range merged {
-		out = append(out, *n)
+	out := make([][]DiskNode, len(dirs))
+	for k, dir := range dirs {
+		merged := map[string]*DiskNode{}
+		closed := map[string]bool{} // whited out, or a non-directory / opaque directory above
+		for slot, li := range dir.at {
+			l := v.layers[li.l]
+			for _, e := range lists[k][slot] {
+				if closed[e.Name] {
+					continue
+				}
+				st := info[li.l][e.Ino]
+				if l.upper && e.IsChar() && st.Whiteout {
+					closed[e.Name] = true
+					continue
+				}
+				if have := merged[e.Name]; have != nil {
+					if have.Type == "dir" && e.IsDir() {
+						have.at = append(have.at, layerIno{li.l, e.Ino})
+					}
+					continue
+				}
+				n := &DiskNode{Path: path.Join(dir.Path, e.Name), Type: nodeType(e), Perm: e.Perm(), Mtime: st.Mtime, at: []layerIno{{li.l, e.Ino}}}
+				switch {
+				case e.IsReg():
+					n.Size = e.Size
+				case e.IsLink() && st.FastLink != nil:
+					n.Link = *st.FastLink
+				case e.IsLink():
+					n.Link = links[li.l][e.Ino]
+				}
+				merged[e.Name] = n
+				if n.Type != "dir" || (l.upper && st.Opaque) {
+					closed[e.Name] = true // lower layers' entries of this name are hidden
+				}
+			}
+		}
+		kids := make([]DiskNode, 0, len(merged))
+		for _, n := range merged {
+			kids = append(kids, *n)
+		}
+		sort.Slice(kids, func(i, j int) bool { return kids[i].Path < kids[j].Path })
+		out[k] = kids
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
 	return out, nil
 }
 
 // Walk calls fn for every node below dir, depth first in name order,
-// stopping (ErrWalkLimit) after max nodes.
+// stopping (ErrWalkLimit) after max nodes. The tree is read a level at a
+// time (see readDirs); past max nodes the deeper levels are not read, so a
+// truncated walk holds the shallowest entries.
 func (v *DiskView) Walk(ctx context.Context, dir DiskNode, max int, fn func(DiskNode) error) error {
-	count := 0
-	var walk func(d DiskNode) error
-	walk = func(d DiskNode) error {
-		kids, err := v.ReadDir(ctx, d)
+	children := map[string][]DiskNode{}
+	level, count := []DiskNode{dir}, 0
+	for len(level) > 0 && count <= max {
+		kids, err := v.readDirs(ctx, level)
 		if err != nil {
 			return err
 		}
-		for _, k := range kids {
-			if count++; count > max {
+		var next []DiskNode
+		for k, d := range level {
+			children[d.Path] = kids[k]
+			count += len(kids[k])
+			for _, c := range kids[k] {
+				if c.Type == "dir" {
+					next = append(next, c)
+				}
+			}
+		}
+		level = next
+	}
+	n := 0
+	var walk func(p string) error
+	walk = func(p string) error {
+		for _, k := range children[p] {
+			if n++; n > max {
 				return ErrWalkLimit
 			}
 			if err := fn(k); err != nil {
 				return err
 			}
 			if k.Type == "dir" {
-				if err := walk(k); err != nil {
+				if err := walk(k.Path); err != nil {
 					return err
 				}
 			}
 		}
 		return nil
 	}
-	return walk(dir)
+	return walk(dir.Path)
 }
 
 // ErrWalkLimit stops a Walk that reached its bound.
@@ -210,19 +318,24 @@ func (v *DiskView) Read(ctx context.Context, n DiskNode, max int64) ([]byte, boo
 	return v.layers[li.l].img.Read(ctx, li.ino, max)
 }
 
-// Readlink returns a symlink's target as stored.
-func (v *DiskView) Readlink(ctx context.Context, n DiskNode) (string, error) {
-	if n.Type != "symlink" {
-		return "", nil
-	}
-	li := n.at[0]
-	return v.layers[li.l].img.Readlink(ctx, li.ino)
+// Readlink returns a symlink's target as stored ("" for other types): read
+// with its directory.
+func (v *DiskView) Readlink(_ context.Context, n DiskNode) (string, error) {
+	return n.Link, nil
 }
 
 // DiskExportStats says what ExportDisk wrote.
 type DiskExportStats struct {
 	Files, Dirs, Symlinks, Skipped int
 	Bytes                          int64
+}
+
+// hostFile is one file an export writes: where, with which mode, from
+// which inode.
+type hostFile struct {
+	path string
+	mode fs.FileMode
+	item diskimg.CatItem
 }
 
 // maxExportEntries bounds the entries of an exported image.
@@ -254,6 +367,8 @@ func ExportDisk(ctx context.Context, v *DiskView, out string, maxBytes int64) (D
 	if err := os.Mkdir(tree, 0o755); err != nil {
 		return st, err
 	}
+	var total int64
+	files := map[int][]hostFile{} // by layer
 	root := v.Root()
 	err = v.Walk(ctx, root, maxExportEntries, func(n DiskNode) error {
 		rel := strings.TrimPrefix(n.Path, Root+"/")
@@ -275,29 +390,20 @@ func ExportDisk(ctx context.Context, v *DiskView, out string, maxBytes int64) (D
 			st.Dirs++
 			return os.Mkdir(host, 0o755)
 		case "symlink":
-			target, err := v.Readlink(ctx, n)
-			if err != nil {
-				return err
-			}
 			st.Symlinks++
-			return os.Symlink(target, host)
+			return os.Symlink(n.Link, host)
 		case "file":
 			mode := fs.FileMode(0o644)
 			if n.Perm&0o111 != 0 {
 				mode = 0o755
 			}
-			f, err := os.OpenFile(host, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
-			if err != nil {
-				return err
+			if n.Size > maxBytes-total {
+				return errdefs.New(errdefs.ErrFailedPrecondition, "", "the image holds more than %d bytes", maxBytes)
 			}
+			total += n.Size
 			li := n.at[0]
-			written, err := v.layers[li.l].img.Dump(ctx, li.ino, f, maxBytes-st.Bytes)
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
-			st.Bytes += written
-			st.Files++
-			return err
+			files[li.l] = append(files[li.l], hostFile{host, mode, diskimg.CatItem{Ino: li.ino, Size: n.Size}})
+			return nil
 		}
 		st.Skipped++
 		return nil
@@ -307,6 +413,29 @@ func ExportDisk(ctx context.Context, v *DiskView, out string, maxBytes int64) (D
 	}
 	if err != nil {
 		return st, err
+	}
+	// The content, one debugfs run per layer, into files we create.
+	for l, fl := range files {
+		items := make([]diskimg.CatItem, len(fl))
+		for i, f := range fl {
+			items[i] = f.item
+		}
+		err := v.layers[l].img.Cat(ctx, items, func(i int, r io.Reader) error {
+			f, err := os.OpenFile(fl[i].path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fl[i].mode)
+			if err != nil {
+				return err
+			}
+			written, err := io.Copy(f, r)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			st.Bytes += written
+			st.Files++
+			return err
+		})
+		if err != nil {
+			return st, err
+		}
 	}
 	// Room for the content, the metadata and the journal; sparse anyway.
 	size := st.Bytes + st.Bytes/4 + int64(st.Files+st.Dirs+st.Symlinks)*8192 + 64<<20

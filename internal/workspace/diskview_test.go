@@ -3,14 +3,17 @@ package workspace
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pyro-mcp/pyro/internal/diskimg"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 )
 
@@ -167,4 +170,84 @@ func writeFiles(t *testing.T, root string, files map[string]string) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// TestDiskViewBudget plays the guest that crafts its upper layer to make the
+// host's disk tools expensive: thousands of whiteouts and directories in one
+// directory cost a few debugfs runs (a level at a time, not one run per
+// entry), and a deep chain of directories runs out of the view's one budget
+// instead of spawning a process per level without end.
+func TestDiskViewBudget(t *testing.T) {
+	needE2fs(t)
+	defer func(r int) { diskimg.BudgetRuns = r }(diskimg.BudgetRuns)
+	diskimg.BudgetRuns = 12
+	upperRoot := t.TempDir()
+	up := filepath.Join(upperRoot, "upper")
+	const n = 3000
+	for i := range n {
+		// 30 directories of 100 each: mke2fs -d is quadratic in one
+		// directory's size; the walk reads them in one level anyway.
+		g := filepath.Join(up, "many", fmt.Sprintf("g%d", i%30))
+		if err := os.MkdirAll(filepath.Join(g, fmt.Sprintf("d%d", i)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if os.Geteuid() == 0 {
+			if err := unix.Mknod(filepath.Join(g, fmt.Sprintf("w%d", i)), unix.S_IFCHR, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	base := t.TempDir()
+	writeFiles(t, base, map[string]string{"many/g1/w1": "whited out"})
+	ctx := context.Background()
+	img := func(tree string) string {
+		p := filepath.Join(t.TempDir(), "img.ext4")
+		if err := mkfs(ctx, p, 256<<20, "-N", "20000", "-d", tree); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	t0 := time.Now()
+	baseImg, upperImg := img(base), img(upperRoot)
+	t.Logf("images: %s", time.Since(t0))
+	start := time.Now()
+	v, err := OpenDiskView(ctx, baseImg, upperImg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := 0
+	if err := v.Walk(ctx, v.Root(), 100_000, func(DiskNode) error { count++; return nil }); err != nil {
+		t.Fatalf("walk of %d directories and whiteouts: %v", n, err)
+	}
+	want := n + 32 // many/, g*/, d*/ and the baseline's lost+found; the whiteouts hide w*
+	if os.Geteuid() != 0 {
+		want++ // no whiteouts: the baseline's many/g1/w1 shows
+	}
+	if count != want {
+		t.Fatalf("walked %d entries, want %d", count, want)
+	}
+	t.Logf("walk of %d directories + %d whiteouts: %s", n, n, time.Since(start).Round(time.Millisecond))
+
+	// 200 nested directories: a level each, more runs than the budget.
+	deep := t.TempDir()
+	p := filepath.Join(deep, "upper")
+	for range 200 {
+		p = filepath.Join(p, "d")
+	}
+	if err := os.MkdirAll(p, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	v, err = OpenDiskView(ctx, baseImg, img(deep))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	err = v.Walk(ctx, v.Root(), 100_000, func(DiskNode) error { return nil })
+	if !errors.Is(err, diskimg.ErrBudget) || !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("a 200-deep tree with a budget of %d runs: %v", diskimg.BudgetRuns, err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("the budget stopped the walk after %s", d)
+	}
+	t.Logf("deep tree: %v", err)
 }

@@ -1,0 +1,385 @@
+package diskimg
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+)
+
+// Budget bounds every debugfs run of one operation on a set of images (a
+// listing of a tree, an export) together: how many processes start, how
+// long they take in all, and how many bytes of listing and inode output
+// they print. Without it a crafted upper layer with thousands of
+// directories or whiteouts costs the host a debugfs process each, with no
+// end. File content read with Cat is bounded by its own cap, not here. A
+// nil *Budget bounds nothing beyond CallTimeout and the per-call limits.
+type Budget struct {
+	mu       sync.Mutex
+	runs     int
+	bytes    int64
+	deadline time.Time
+}
+
+// Default budget of one operation (OpenDiskView makes one per view).
+var (
+	BudgetRuns        = 1024
+	BudgetBytes int64 = 512 << 20
+	BudgetTime        = 2 * time.Minute
+)
+
+// NewBudget allows runs debugfs processes printing bytes bytes in all,
+// within d from now.
+func NewBudget(runs int, bytes int64, d time.Duration) *Budget {
+	return &Budget{runs: runs, bytes: bytes, deadline: time.Now().Add(d)}
+}
+
+// DefaultBudget is NewBudget with BudgetRuns, BudgetBytes and BudgetTime.
+func DefaultBudget() *Budget { return NewBudget(BudgetRuns, BudgetBytes, BudgetTime) }
+
+// ErrBudget is wrapped by errors of an operation that used up its Budget.
+var ErrBudget = errors.New("the image costs more to read than allowed")
+
+func budgetErr(what string) error {
+	return errdefs.Wrap(errdefs.ErrFailedPrecondition, ErrBudget, "the workspace holds too many directories or deleted entries to read on the host; start it and use the guest tools",
+		"reading the workspace image: %s", what)
+}
+
+// begin charges one run and returns the context it runs under (CallTimeout
+// and the budget's deadline, whichever is first) and the bytes of output
+// it may read (at most limit).
+func (b *Budget) begin(ctx context.Context, limit int64, meter bool) (context.Context, context.CancelFunc, int64, error) {
+	d := CallTimeout
+	if b != nil {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if b.runs <= 0 {
+			return nil, nil, 0, budgetErr("too many debugfs runs")
+		}
+		left := time.Until(b.deadline)
+		if left <= 0 {
+			return nil, nil, 0, budgetErr("out of time")
+		}
+		if meter && b.bytes <= 0 {
+			return nil, nil, 0, budgetErr("too much listing output")
+		}
+		b.runs--
+		d = min(d, left)
+		if meter {
+			limit = min(limit, b.bytes)
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, d)
+	return ctx, cancel, limit, nil
+}
+
+// spend charges n bytes of output.
+func (b *Budget) spend(n int64) {
+	if b != nil {
+		b.mu.Lock()
+		b.bytes -= n
+		b.mu.Unlock()
+	}
+}
+
+// spent says whether the budget's bytes are used up.
+func (b *Budget) spent() bool {
+	if b == nil {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.bytes <= 0
+}
+
+// expired says whether the budget's time is up (a run killed by its
+// context then reports the budget, not a damaged image).
+func (b *Budget) expired() bool {
+	return b != nil && !time.Now().Before(b.deadline)
+}
+
+// debugfsEnv is the environment of every debugfs run: no pager, C locale.
+var debugfsEnv = []string{"PATH=/usr/sbin:/sbin:/usr/bin:/bin", "PAGER=__none__", "DEBUGFS_PAGER=__none__", "LC_ALL=C"}
+
+// batch runs the commands cmds in one debugfs process (read from its
+// standard input; debugfs echoes each as "debugfs: CMD" on standard output
+// before its output) and hands the output, at most limit bytes of it, to
+// consume. Commands only ever name inodes as <N>: no image name reaches
+// them. When meter is set, the bytes read count against the budget.
+func (im Image) batch(ctx context.Context, cmds []string, limit int64, meter bool, consume func(r *bufio.Reader) error) error {
+	if len(cmds) == 0 {
+		return nil
+	}
+	ctx, cancel, limit, err := im.Budget.begin(ctx, limit, meter)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	c := exec.CommandContext(ctx, "debugfs", "-c", "-f", "-", im.Path)
+	c.Env = debugfsEnv
+	var errb capBuf
+	errb.max = maxStderr
+	c.Stderr = &errb
+	stdin, err := c.StdinPipe()
+	if err != nil {
+		return err
+	}
+	stdout, err := c.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := c.Start(); err != nil {
+		return errdefs.Wrap(errdefs.ErrUnavailable, err, "install e2fsprogs", "run debugfs")
+	}
+	go func() {
+		w := bufio.NewWriter(stdin)
+		for _, cmd := range cmds {
+			if _, err := w.WriteString(cmd + "\n"); err != nil {
+				break
+			}
+		}
+		_ = w.Flush()
+		_ = stdin.Close()
+	}()
+	lr := &io.LimitedReader{R: stdout, N: limit + 1}
+	cerr := consume(bufio.NewReaderSize(lr, 64<<10))
+	used := limit + 1 - lr.N
+	if meter {
+		im.Budget.spend(used)
+	}
+	if cerr != nil || used > limit {
+		_ = c.Process.Kill()
+	}
+	_, _ = io.Copy(io.Discard, stdout) // let it end (killed or not)
+	werr := c.Wait()
+	switch {
+	case ctx.Err() != nil && im.Budget.expired():
+		return budgetErr("out of time")
+	case ctx.Err() != nil:
+		return errdefs.New(errdefs.ErrUnavailable, "the image may be damaged", "reading the workspace image took longer than %s", CallTimeout)
+	case used > limit:
+		if meter && im.Budget != nil {
+			return budgetErr("too much listing output")
+		}
+		return errdefs.New(errdefs.ErrFailedPrecondition, "", "debugfs printed more than %d bytes", limit)
+	case cerr != nil:
+		return cerr
+	case werr != nil:
+		return fmt.Errorf("debugfs: %w: %s", werr, errb.String())
+	}
+	return nil
+}
+
+// echo is the line debugfs prints before running cmd from a script.
+func echo(cmd string) string { return "debugfs: " + cmd + "\n" }
+
+// expect reads the exact string s.
+func expect(r *bufio.Reader, s string) error {
+	b := make([]byte, len(s))
+	if _, err := io.ReadFull(r, b); err != nil || string(b) != s {
+		return fmt.Errorf("unexpected debugfs output (want %q, got %q)", strings.TrimSpace(s), truncate(b, 80))
+	}
+	return nil
+}
+
+// ListMany lists the directories inos in one debugfs run: the result's
+// i-th slice holds inos[i]'s entries without "." and "..". An inode that is
+// not a directory lists as empty.
+func (im Image) ListMany(ctx context.Context, inos []uint32) ([][]Dirent, error) {
+	out := make([][]Dirent, len(inos))
+	cmds := make([]string, len(inos))
+	for i, ino := range inos {
+		cmds[i] = fmt.Sprintf("ls -p <%d>", ino)
+	}
+	err := im.batch(ctx, cmds, MaxListBytes*int64(min(len(inos), 64)), true, func(r *bufio.Reader) error {
+		for i := range cmds {
+			if err := expect(r, echo(cmds[i])); err != nil {
+				return err
+			}
+			for {
+				b, err := r.Peek(1)
+				if errors.Is(err, io.EOF) {
+					break
+				}
+				if err != nil {
+					return err
+				}
+				if b[0] == '\n' { // ls ends with an empty line
+					_, _ = r.ReadByte()
+					continue
+				}
+				if b[0] != '/' { // the next command's echo
+					break
+				}
+				d, ok, err := readEntry(r)
+				if err != nil {
+					return err
+				}
+				if ok {
+					out[i] = append(out[i], d)
+				}
+			}
+		}
+		if _, err := r.Peek(1); !errors.Is(err, io.EOF) {
+			return fmt.Errorf("unexpected debugfs output after the last listing")
+		}
+		return nil
+	})
+	return out, err
+}
+
+// readEntry reads one `ls -p` entry: /INO/MODE/UID/GID/NAME/SIZE/ and a
+// newline. A name never holds '/' (nor NUL), so each field ends at the next
+// '/' whatever it holds (newlines included); ok is false for "." and "..".
+func readEntry(r *bufio.Reader) (Dirent, bool, error) {
+	var f [7][]byte
+	for i := range f {
+		b, err := r.ReadSlice('/')
+		if err != nil {
+			return Dirent{}, false, fmt.Errorf("unexpected debugfs listing: %w", err)
+		}
+		f[i] = bytes.Clone(b[:len(b)-1])
+	}
+	if nl, err := r.ReadByte(); err != nil || nl != '\n' || len(f[0]) != 0 {
+		return Dirent{}, false, fmt.Errorf("unexpected debugfs listing entry")
+	}
+	name := string(f[5])
+	n, err1 := strconv.ParseUint(string(f[1]), 10, 32)
+	mode, err2 := strconv.ParseUint(string(f[2]), 8, 32)
+	if err1 != nil || err2 != nil {
+		return Dirent{}, false, fmt.Errorf("unexpected debugfs entry for %q", truncate(f[5], 80))
+	}
+	if name == "." || name == ".." || name == "" {
+		return Dirent{}, false, nil
+	}
+	size, _ := strconv.ParseInt(string(f[6]), 10, 64)
+	return Dirent{Name: name, Ino: uint32(n), Mode: uint32(mode), Size: max(size, 0)}, true, nil
+}
+
+// Inode is what Stat learns of an inode.
+type Inode struct {
+	Whiteout bool      // a character device 0:0 (overlayfs whiteout)
+	Opaque   bool      // trusted.overlay.opaque=y (overlayfs opaque directory)
+	Mtime    time.Time // seconds
+	FastLink *string   // a fast symlink's target (nil: not one, or not printed)
+}
+
+// maxStatBytes bounds the output of one inode's stat (its extent list may
+// be long; xattrs are few).
+const maxStatBytes = 256 << 10
+
+// StatMany stats inos in one debugfs run. A section that cannot be read
+// (a damaged inode) leaves its Inode zero.
+func (im Image) StatMany(ctx context.Context, inos []uint32) ([]Inode, error) {
+	out := make([]Inode, len(inos))
+	cmds := make([]string, len(inos))
+	for i, ino := range inos {
+		cmds[i] = fmt.Sprintf("stat <%d>", ino)
+	}
+	err := im.batch(ctx, cmds, maxStatBytes*int64(len(inos)), true, func(r *bufio.Reader) error {
+		all, err := io.ReadAll(r)
+		if err != nil {
+			return err
+		}
+		// Sections run from one command's echo to the next's. A crafted
+		// fast link target can fake an echo line: then its own entries
+		// parse wrong, which only garbles what the guest exports of
+		// itself; every value is parsed within its section's bounds.
+		rest := all
+		for i := range cmds {
+			e := []byte(echo(cmds[i]))
+			j := bytes.Index(rest, e)
+			if j < 0 {
+				return fmt.Errorf("unexpected debugfs output: no %q", strings.TrimSpace(string(e)))
+			}
+			rest = rest[j+len(e):]
+			end := len(rest)
+			if i+1 < len(cmds) {
+				if k := bytes.Index(rest, []byte(echo(cmds[i+1]))); k >= 0 {
+					end = k
+				}
+			}
+			out[i] = parseStat(rest[:end])
+			rest = rest[end:]
+		}
+		return nil
+	})
+	return out, err
+}
+
+// parseStat reads one `stat` section.
+func parseStat(s []byte) Inode {
+	var in Inode
+	in.Whiteout = bytes.Contains(s, []byte("Type: character special")) && bytes.Contains(s, []byte("major/minor number: 00:00"))
+	in.Opaque = bytes.Contains(s, []byte("\n  trusted.overlay.opaque (1) = \"y\"\n"))
+	if i := bytes.Index(s, []byte("\n mtime: 0x")); i >= 0 {
+		h := s[i+len("\n mtime: 0x"):]
+		if len(h) >= 8 {
+			if sec, err := strconv.ParseUint(string(h[:8]), 16, 32); err == nil {
+				in.Mtime = time.Unix(int64(sec), 0)
+			}
+		}
+	}
+	const mark = "Fast link dest: \""
+	if i := bytes.Index(s, []byte(mark)); i >= 0 {
+		t := s[i+len(mark):]
+		if j := bytes.LastIndex(t, []byte("\"\n")); j >= 0 {
+			t = t[:j]
+		}
+		l := truncate(t, maxLinkTarget)
+		in.FastLink = &l
+	}
+	return in
+}
+
+// CatItem is one inode for Cat and its size as listed.
+type CatItem struct {
+	Ino  uint32
+	Size int64
+}
+
+// Cat streams the content of items in one debugfs run, calling fn with a
+// reader of exactly items[i].Size bytes for each, in order. The image is
+// read as it is: an inode whose content does not match its listed size
+// (an image changed under us) ends the run with an error. The caller bounds
+// the total (the sum of the sizes) before calling.
+func (im Image) Cat(ctx context.Context, items []CatItem, fn func(i int, r io.Reader) error) error {
+	cmds := make([]string, len(items))
+	var total int64
+	for i, it := range items {
+		cmds[i] = fmt.Sprintf("cat <%d>", it.Ino)
+		total += it.Size + int64(len(echo(cmds[i])))
+	}
+	return im.batch(ctx, cmds, total, false, func(r *bufio.Reader) error {
+		for i, it := range items {
+			if err := expect(r, echo(cmds[i])); err != nil {
+				return fmt.Errorf("the image changed while it was read: %w", err)
+			}
+			lr := &io.LimitedReader{R: r, N: it.Size}
+			if err := fn(i, lr); err != nil {
+				return err
+			}
+			if lr.N > 0 { // fn stopped early: skip the rest
+				if _, err := io.Copy(io.Discard, lr); err != nil {
+					return err
+				}
+				if lr.N > 0 {
+					return fmt.Errorf("the image changed while it was read: inode %d is shorter than listed", it.Ino)
+				}
+			}
+		}
+		if _, err := r.Peek(1); !errors.Is(err, io.EOF) {
+			return fmt.Errorf("the image changed while it was read: more content than listed")
+		}
+		return nil
+	})
+}
