@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -27,6 +29,14 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	// pyro honours an ignored SIGHUP (nohup) and its children inherit the
+	// disposition, so under `nohup go test` the hangup and parent-death
+	// tests would see pyro do what nohup asks. Catching SIGHUP here makes
+	// every child start with the default disposition again (exec resets
+	// caught signals, not ignored ones); this process drops the hangups.
+	if signal.Ignored(syscall.SIGHUP) {
+		signal.Notify(make(chan os.Signal, 1), syscall.SIGHUP)
+	}
 	switch {
 	case os.Getenv("PYRO_E2E") != "1":
 		skipWhy = "end-to-end tests boot real guests; set PYRO_E2E=1 (scripts/test.sh does)"
