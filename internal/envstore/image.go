@@ -140,7 +140,10 @@ func (s *Store) checkImage(digest string, full bool) (Installed, string, error) 
 type ImagePullOptions struct {
 	Force    bool        // convert again even when the digest is installed
 	Progress func(Event) // may be nil
-	OCI      oci.Options // registry access; MaxBytes defaults to $PYRO_MAX_IMAGE_BYTES
+	// OCI is registry access; MaxBytes, MaxEntries and MaxDuration default
+	// to $PYRO_MAX_IMAGE_BYTES, $PYRO_MAX_IMAGE_ENTRIES and
+	// $PYRO_MAX_IMAGE_SECONDS.
+	OCI oci.Options
 }
 
 // PullImage resolves ref (asking the registry which digest a tag names),
@@ -167,6 +170,12 @@ func (s *Store) PullImage(ctx context.Context, ref string, opts ImagePullOptions
 	}
 	if opts.OCI.MaxBytes <= 0 {
 		opts.OCI.MaxBytes = maxImageBytes()
+	}
+	if v, err := strconv.Atoi(os.Getenv("PYRO_MAX_IMAGE_ENTRIES")); err == nil && v > 0 && opts.OCI.MaxEntries <= 0 {
+		opts.OCI.MaxEntries = v
+	}
+	if v, err := strconv.Atoi(os.Getenv("PYRO_MAX_IMAGE_SECONDS")); err == nil && v > 0 && opts.OCI.MaxDuration <= 0 {
+		opts.OCI.MaxDuration = time.Duration(v) * time.Second
 	}
 	if opts.OCI.TempDir == "" {
 		opts.OCI.TempDir = s.root

@@ -41,6 +41,17 @@ type ApplyResult struct {
 	Downloaded   int64 // layer bytes read (compressed where the layers are)
 	Skipped      []tarutil.Skip
 	SkippedCount int // device nodes, fifos, sockets: the guest mounts its own /dev
+	Entries      int // tar entries read, all layers together
+}
+
+// errTooSlow is the cancel cause of an Apply that ran past its MaxDuration.
+var errTooSlow = errors.New("image took too long to download and unpack")
+
+// tooManyEntries explains an image over the entry cap.
+func tooManyEntries(err error, format string, args ...any) error {
+	return errdefs.Wrap(errdefs.ErrInvalidArgument, err,
+		"an image this large is likely hostile; raise $PYRO_MAX_IMAGE_ENTRIES to allow it",
+		"%s holds too many files and directories", fmt.Sprintf(format, args...))
 }
 
 // Apply downloads the layers in order and applies them to dest (which
@@ -51,9 +62,22 @@ type ApplyResult struct {
 // fifos and sockets are skipped and listed. Each layer's bytes are checked
 // against its manifest digest and its config diff_id: a mismatch is
 // ErrDigestMismatch. progress, if set, gets the bytes read so far of the
-// total declared. On error dest holds a partial tree: the caller removes it.
-// Restoring owners needs root.
+// total declared. The layers together may hold at most Options.MaxEntries
+// entries, and the whole takes at most Options.MaxDuration. On error dest
+// holds a partial tree: the caller removes it. Restoring owners needs root.
 func (im *Image) Apply(ctx context.Context, dest string, progress func(done, total int64)) (ApplyResult, error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, im.maxDuration, errTooSlow)
+	defer cancel()
+	res, err := im.apply(ctx, dest, progress)
+	if err != nil && errors.Is(context.Cause(ctx), errTooSlow) {
+		return res, errdefs.Wrap(errdefs.ErrUnavailable, errTooSlow,
+			"try again, use a closer registry or mirror, or raise $PYRO_MAX_IMAGE_SECONDS",
+			"image %s: downloading and unpacking its layers took longer than %s", im.Source, im.maxDuration)
+	}
+	return res, err
+}
+
+func (im *Image) apply(ctx context.Context, dest string, progress func(done, total int64)) (ApplyResult, error) {
 	res := ApplyResult{}
 	if err := os.MkdirAll(dest, 0o755); err != nil {
 		return res, err
@@ -104,6 +128,10 @@ func (im *Image) applyLayer(ctx context.Context, root *os.Root, dest string, i i
 		return 0, classify(im.Source, err, "fetch layer of")
 	}
 	defer rc.Close()
+	// The layer's reader belongs to Open's context: closing it is what
+	// ends a read that blocks on a stalled registry when ctx ends.
+	stop := context.AfterFunc(ctx, func() { rc.Close() })
+	defer stop()
 	blob := &hashCounter{r: ctxReader{ctx, rc}, h: sha256.New(), progress: progress}
 	// The stream a layer may be read for is bounded by the cap even when
 	// the registry declared no size.
@@ -117,7 +145,13 @@ func (im *Image) applyLayer(ctx context.Context, root *os.Root, dest string, i i
 	}
 	diff := &hashCounter{r: tarStream, h: sha256.New()}
 	f := &layerFilter{root: root, label: label, written: map[string]bool{}, parents: map[string]bool{}, unpacked: unpacked, max: im.max}
-	st, err := tarutil.ExtractTarWith(diff, dest, tarutil.ExtractOptions{Filter: f.filter, Owners: true})
+	st, err := tarutil.ExtractTarWith(diff, dest, tarutil.ExtractOptions{Filter: f.filter, Owners: true, MaxEntries: max(im.maxEntries-res.Entries, 1)})
+	// A layer after the cap was reached exactly may read one entry (0
+	// would mean no cap) and is refused below.
+	res.Entries += st.Entries
+	if err == nil && res.Entries > im.maxEntries {
+		err = fmt.Errorf("%w: more than %d", tarutil.ErrTooManyEntries, im.maxEntries)
+	}
 	res.Files += st.Files
 	res.Bytes += st.Bytes
 	for _, s := range st.Skipped {
@@ -140,6 +174,9 @@ func (im *Image) applyLayer(ctx context.Context, root *os.Root, dest string, i i
 		}
 		if errdefs.Category(err) != nil || ctx.Err() != nil {
 			return blob.n, err
+		}
+		if errors.Is(err, tarutil.ErrTooManyEntries) {
+			return blob.n, tooManyEntries(err, "%s (%d entries so far)", label, res.Entries)
 		}
 		if errors.Is(err, tarutil.ErrUnsafePath) || errors.Is(err, tarutil.ErrBadArchive) {
 			return blob.n, errdefs.Wrap(errdefs.ErrInvalidArgument, err, "the image is malformed or hostile; pyro refuses it", "%s", label)

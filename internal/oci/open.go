@@ -42,6 +42,15 @@ type Options struct {
 	MaxBytes int64
 	// TempDir holds an unpacked oci-archive while it is read.
 	TempDir string
+	// MaxEntries caps the tar entries of all an image's layers together
+	// (and of an oci-archive): millions of empty files or directories
+	// cost inodes and time while staying under MaxBytes. <= 0 means
+	// DefaultMaxEntries.
+	MaxEntries int
+	// MaxDuration bounds Apply (downloading and unpacking every layer): a
+	// registry that trickles bytes must not hold a pull forever. <= 0
+	// means DefaultMaxDuration.
+	MaxDuration time.Duration
 }
 
 // DefaultMaxBytes is the image size cap unless $PYRO_MAX_IMAGE_BYTES or
@@ -53,6 +62,29 @@ func (o Options) maxBytes() int64 {
 		return o.MaxBytes
 	}
 	return DefaultMaxBytes
+}
+
+// DefaultMaxEntries is the image entry cap unless $PYRO_MAX_IMAGE_ENTRIES or
+// Options.MaxEntries says otherwise: large real images hold a few hundred
+// thousand entries.
+const DefaultMaxEntries = 1 << 20
+
+func (o Options) maxEntries() int {
+	if o.MaxEntries > 0 {
+		return o.MaxEntries
+	}
+	return DefaultMaxEntries
+}
+
+// DefaultMaxDuration is the time bound of Apply unless
+// $PYRO_MAX_IMAGE_SECONDS or Options.MaxDuration says otherwise.
+const DefaultMaxDuration = time.Hour
+
+func (o Options) maxDuration() time.Duration {
+	if o.MaxDuration > 0 {
+		return o.MaxDuration
+	}
+	return DefaultMaxDuration
 }
 
 func (o Options) remote(ctx context.Context) []remote.Option {
@@ -83,7 +115,11 @@ type Image struct {
 	layers []v1.Layer
 	descs  []v1.Descriptor // per layer, as the manifest declares it (Size -1 when unknown)
 	max    int64
-	close  func()
+	// maxEntries and maxDuration bound Apply (Options.MaxEntries,
+	// Options.MaxDuration).
+	maxEntries  int
+	maxDuration time.Duration
+	close       func()
 }
 
 // Close removes what Open unpacked.
@@ -131,7 +167,7 @@ func Open(ctx context.Context, src Source, opts Options) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	im := &Image{Source: src, img: img, max: opts.maxBytes(), close: cleanup}
+	im := &Image{Source: src, img: img, max: opts.maxBytes(), maxEntries: opts.maxEntries(), maxDuration: opts.maxDuration(), close: cleanup}
 	fail := func(err error) (*Image, error) {
 		im.Close()
 		return nil, err
@@ -268,7 +304,7 @@ func openOCIArchive(ctx context.Context, src Source, opts Options) (v1.Image, fu
 	var total int64
 	max := opts.maxBytes()
 	_, err = tarutil.ExtractTarWith(ctxReader{ctx, rc}, dir, tarutil.ExtractOptions{
-		Untrusted: true, Umask: 0o022,
+		Untrusted: true, Umask: 0o022, MaxEntries: opts.maxEntries(),
 		Filter: func(h *tar.Header, _ string) (bool, error) {
 			total += h.Size
 			if total > max {
@@ -298,6 +334,9 @@ func openOCIArchive(ctx context.Context, src Source, opts Options) (v1.Image, fu
 func wrapArchiveErr(src Source, err error) error {
 	if errdefs.Category(err) != nil {
 		return err
+	}
+	if errors.Is(err, tarutil.ErrTooManyEntries) {
+		return tooManyEntries(err, "image archive %q", src.Path)
 	}
 	if errors.Is(err, tarutil.ErrUnsafePath) || errors.Is(err, tarutil.ErrBadArchive) {
 		return errdefs.Wrap(errdefs.ErrInvalidArgument, err, "", "image %s", src)

@@ -35,6 +35,10 @@ var ErrUnsafePath = errors.New("unsafe path in archive")
 // tar stream.
 var ErrBadArchive = errors.New("malformed archive")
 
+// ErrTooManyEntries is wrapped by ExtractTarWith when an archive holds more
+// entries than ExtractOptions.MaxEntries.
+var ErrTooManyEntries = errors.New("too many archive entries")
+
 // Stats counts what was archived or extracted.
 type Stats struct {
 	Files int   // regular files, symlinks and hard links
@@ -45,6 +49,7 @@ type Stats struct {
 	// tree), at most MaxSkipped of them; SkippedCount counts them all.
 	Skipped      []Skip
 	SkippedCount int
+	Entries      int // tar headers read, whatever became of them
 }
 
 // Skip is one archive entry that extraction did not write, and why.
@@ -84,6 +89,11 @@ type ExtractOptions struct {
 	// so setuid bits survive). It needs privilege; image conversion is
 	// the one caller.
 	Owners bool
+	// MaxEntries, when > 0, ends the extraction with ErrTooManyEntries at
+	// the header past it. Every header counts ("." entries, whiteouts,
+	// skipped ones): an archive of millions of empty entries costs inodes,
+	// memory and time long before it costs bytes.
+	MaxEntries int
 }
 
 // mode returns the permissions an entry gets on disk.
@@ -307,6 +317,10 @@ func ExtractTarWith(r io.Reader, dest string, opts ExtractOptions) (Stats, error
 		}
 		if err != nil {
 			return st, fmt.Errorf("%w: %w", ErrBadArchive, err)
+		}
+		st.Entries++
+		if opts.MaxEntries > 0 && st.Entries > opts.MaxEntries {
+			return st, fmt.Errorf("%w: more than %d", ErrTooManyEntries, opts.MaxEntries)
 		}
 		name, err := CleanName(hdr.Name)
 		if err != nil {
