@@ -58,6 +58,9 @@ func (c *Client) checkpoint(ctx context.Context, dir vmdir.Dir, rec instance.Rec
 	if !checkpointsOn(rec) {
 		return nil
 	}
+	if chainable(dir) {
+		return c.checkpointLayer(ctx, dir, rec, agent, what)
+	}
 	if err := agent.FreezeLayer(ctx, freezeFor); err != nil {
 		return fmt.Errorf("checkpoint: freeze /workspace: %w", err)
 	}
@@ -69,6 +72,27 @@ func (c *Client) checkpoint(ctx context.Context, dir vmdir.Dir, rec instance.Rec
 	if _, err := checkpointsOf(dir).Take(rec.WorkspaceDisk, m, instance.Redactor(dir).String(what)); err != nil {
 		return fmt.Errorf("checkpoint: %w", err)
 	}
+	return nil
+}
+
+// checkpointLayer takes a checkpoint as a frozen layer (O(1), see
+// workspace_chain.go), then drops and merges past the caps.
+func (c *Client) checkpointLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, agent *agentapi.Client, what string) error {
+	unlock, err := lockLayers(dir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	ref, bytes, m, err := captureUpper(ctx, dir, rec, agent, true)
+	if err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	if _, err := checkpointsOf(dir).TakeLayer(ref, bytes, m, instance.Redactor(dir).String(what)); err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	// Dropping and merging old layers is housekeeping: the checkpoint
+	// is taken, the command may run.
+	_ = gcLayers(ctx, dir, rec)
 	return nil
 }
 
@@ -133,18 +157,32 @@ func (c *Client) UndoWorkspace(ctx context.Context, id string, to int) (UndoResu
 	if err != nil {
 		return UndoResult{}, err
 	}
-	image, err := cps.Verify(to)
+	ref, isLayer, err := cps.LayerOf(to, layersOf(dir, rec))
 	if err != nil {
 		return UndoResult{}, err
 	}
+	var image string
+	if !isLayer {
+		if image, err = cps.Verify(to); err != nil {
+			return UndoResult{}, err
+		}
+	}
 	err = c.lc.Reset(ctx, dir, rec, lifecycle.ResetSteps{
-		Fresh: func(ctx context.Context) error { return freshLayer(ctx, rec, image) },
+		Fresh: func(ctx context.Context) error {
+			if isLayer {
+				return restoreChain(ctx, dir, rec, &ref, "")
+			}
+			return freshLayer(ctx, dir, rec, image)
+		},
 	})
 	if err != nil {
 		return UndoResult{}, err
 	}
 	if err := cps.DropFrom(to); err != nil {
 		return UndoResult{}, err
+	}
+	if layersOf(dir, rec).Chained() {
+		_ = layersOf(dir, rec).GC(workspace.KeepLayers(string(dir)))
 	}
 	c.recordEvent(dir, workspace.Event{Kind: workspace.EventUndo, Path: fmt.Sprint(to), Target: cp.Command})
 	ws, err := c.StatusWorkspace(ctx, rec.ID)

@@ -28,7 +28,12 @@ func (c *Client) withDiskView(ctx context.Context, id string, f func(rec instanc
 		return rec, errdefs.New(errdefs.ErrFailedPrecondition, "", "workspace %q has no disk image", rec.ID)
 	}
 	err = c.lc.WhileStopped(ctx, dir, rec, func() error {
-		v, err := workspace.OpenDiskView(ctx, rec.WorkspaceBase, rec.WorkspaceDisk)
+		upper, done, err := layersOf(dir, rec).RawUpper(ctx)
+		if err != nil {
+			return err
+		}
+		defer done()
+		v, err := workspace.OpenDiskView(ctx, rec.WorkspaceBase, upper)
 		if err != nil {
 			return err
 		}

@@ -47,6 +47,22 @@ func buildBase(ctx context.Context, dir vmdir.Dir, rec *instance.Record, source 
 // freezes it (flushed, writers held), the host copies its image, the guest
 // thaws it.
 func (c *Client) snapshotLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, agent *agentapi.Client, name string) (Snapshot, error) {
+	if chainable(dir) {
+		if err := workspace.ValidateSnapshotName(name); err != nil {
+			return Snapshot{}, err
+		}
+		unlock, err := lockLayers(dir)
+		if err != nil {
+			return Snapshot{}, err
+		}
+		defer unlock()
+		ref, bytes, _, err := captureUpper(ctx, dir, rec, agent, false)
+		if err != nil {
+			return Snapshot{}, err
+		}
+		snap, err := snapshotsOf(dir).SaveLayer(name, ref, bytes)
+		return snapshotFrom(snap), err
+	}
 	if err := agent.FreezeLayer(ctx, freezeFor); err != nil {
 		return Snapshot{}, fmt.Errorf("freeze /workspace: %w", err)
 	}
@@ -88,8 +104,12 @@ func diffLayered(ctx context.Context, dir vmdir.Dir, agent *agentapi.Client, opt
 }
 
 // freshLayer replaces the upper layer for a reset: empty for the baseline,
-// else a copy of the verified snapshot image.
-func freshLayer(ctx context.Context, rec instance.Record, image string) error {
+// else a copy of the verified snapshot image. A chained upper layer gets a
+// new root instead (the old one may be what saved states stand on).
+func freshLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, image string) error {
+	if layersOf(dir, rec).Chained() {
+		return restoreChain(ctx, dir, rec, nil, image)
+	}
 	if image == "" {
 		return workspace.CreateDisk(ctx, rec.WorkspaceDisk, workspace.DiskBytes())
 	}
@@ -101,13 +121,24 @@ func freshLayer(ctx context.Context, rec instance.Record, image string) error {
 // empty one for the baseline. The snapshot is verified before anything is
 // destroyed; no /workspace byte goes through the guest.
 func (c *Client) resetLayered(ctx context.Context, dir vmdir.Dir, rec instance.Record, snapshot string) error {
-	image, err := snapshotsOf(dir).VerifyLayered(snapshot, rec.WorkspaceBase)
+	ref, isLayer, err := snapshotsOf(dir).LayerOf(snapshot, layersOf(dir, rec))
 	if err != nil {
 		return err
 	}
+	var image string
+	if !isLayer {
+		if image, err = snapshotsOf(dir).VerifyLayered(snapshot, rec.WorkspaceBase); err != nil {
+			return err
+		}
+	}
 	return c.lc.Reset(ctx, dir, rec, lifecycle.ResetSteps{
 		Fresh: func(ctx context.Context) error {
-			if err := freshLayer(ctx, rec, image); err != nil {
+			if isLayer {
+				err = restoreChain(ctx, dir, rec, &ref, "")
+			} else {
+				err = freshLayer(ctx, dir, rec, image)
+			}
+			if err != nil {
 				return err
 			}
 			return clearHistory(dir)

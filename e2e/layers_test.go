@@ -221,13 +221,128 @@ func TestLayersResetAfterCheckpoints(t *testing.T) {
 	wsExec(t, env, id, "sh -c 'echo s >> a.txt; mkdir -p gen; head -c 100000 /dev/urandom > gen/r.bin; rm src/main.go'")
 	mustWS(t, env, nil, "snapshot", "create", id, "s1")
 	want := exportSums(t, env, id)
-	const steps = 12
+	const steps = 50
+	start := time.Now()
 	for i := 1; i <= steps; i++ {
 		wsExec(t, env, id, "sh -c 'echo "+strconv.Itoa(i)+" >> a.txt; rm -rf gen src; echo "+strconv.Itoa(i)+" > f"+strconv.Itoa(i)+"'")
 	}
+	t.Logf("%d checkpointed commands in %v", steps, time.Since(start))
 	if _, count := lastCheckpoint(t, env, id); count < steps {
 		t.Fatalf("%d checkpoints after %d commands", count, steps)
 	}
 	mustWS(t, env, nil, "reset", id, "--snapshot", "s1")
 	sameTree(t, "after reset to s1", exportSums(t, env, id), want)
+}
+
+// killVMMWhen polls until ready says the operation is under way, then kills
+// the workspace's QEMU with SIGKILL.
+func killVMMWhen(t *testing.T, id string, ready func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !ready() {
+		if time.Now().After(deadline) {
+			t.Fatal("the operation never got under way")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	pid := findPids(t, id)["vmm"]
+	if pid == 0 {
+		t.Fatal("no QEMU")
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+}
+
+// bigTree writes n MiB of random files.
+func bigTree(t *testing.T, n int) string {
+	t.Helper()
+	dir := t.TempDir()
+	buf := make([]byte, 1<<20)
+	for i := 0; i < n; i++ {
+		rand.Read(buf)
+		os.WriteFile(filepath.Join(dir, "f"+strconv.Itoa(i)), buf, 0o644)
+	}
+	return dir
+}
+
+// TestLayersKillDuringSnapshot kills QEMU while a snapshot is being taken:
+// the workspace comes back at its last completed command, and the snapshot
+// either exists and restores exactly that tree, or does not exist.
+func TestLayersKillDuringSnapshot(t *testing.T) {
+	requireE2E(t)
+	ensureEnv(t, baseEnv)
+	_, env := isolatedHome(t)
+	var w wsStatus
+	mustWS(t, env, &w, "create", "--seed-path", seedTree(t), "--checkpoints", baseEnv)
+	id := w.WorkspaceID
+	defer ws(t, env, nil, "delete", id)
+	mustWS(t, env, nil, "sync", "push", id, bigTree(t, 40), "--dest", "/workspace/big")
+	wsExec(t, env, id, "sh -c 'echo after-push >> a.txt'")
+	want := exportSums(t, env, id)
+	done := make(chan result, 1)
+	go func() { done <- ws(t, env, nil, "snapshot", "create", id, "s1") }()
+	// Kill as soon as the snapshot call has frozen /workspace (the guest
+	// logs nothing, so: as soon as the command is running).
+	time.Sleep(150 * time.Millisecond)
+	pid := findPids(t, id)["vmm"]
+	if pid == 0 {
+		t.Fatal("no QEMU")
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	r := <-done
+	t.Logf("snapshot create after the kill: exit %d %s", r.code, strings.TrimSpace(r.stderr))
+	sameTree(t, "after the kill", exportSums(t, env, id), want)
+	var snaps struct {
+		Snapshots []struct{ Name string } `json:"snapshots"`
+	}
+	mustWS(t, env, &snaps, "snapshot", "list", id)
+	has := false
+	for _, s := range snaps.Snapshots {
+		has = has || s.Name == "s1"
+	}
+	if r.code == 0 && !has {
+		t.Fatal("snapshot create succeeded but s1 is not listed")
+	}
+	wsExec(t, env, id, "sh -c 'rm -rf big; echo changed > a.txt'")
+	if has {
+		mustWS(t, env, nil, "reset", id, "--snapshot", "s1")
+		sameTree(t, "after reset to the snapshot taken during the kill", exportSums(t, env, id), want)
+	}
+}
+
+// TestLayersKillDuringUndo kills QEMU while an undo boots the guest on the
+// restored layer: /workspace is then either the checkpoint's tree or the
+// tree before the undo, exactly, never a mix.
+func TestLayersKillDuringUndo(t *testing.T) {
+	requireE2E(t)
+	ensureEnv(t, baseEnv)
+	_, env := isolatedHome(t)
+	seed := seedTree(t)
+	var w wsStatus
+	mustWS(t, env, &w, "create", "--seed-path", seed, "--checkpoints", baseEnv)
+	id := w.WorkspaceID
+	defer ws(t, env, nil, "delete", id)
+	wsExec(t, env, id, "sh -c 'echo one > one.txt'")
+	n, _ := lastCheckpoint(t, env, id)
+	wsExec(t, env, id, "sh -c 'rm -rf /workspace/* && echo two > two.txt'")
+	atCheckpoint := treeSums(t, seed)
+	before := exportSums(t, env, id)
+	oldPid := findPids(t, id)["vmm"]
+	done := make(chan result, 1)
+	go func() { done <- ws(t, env, nil, "undo", id, "--to", strconv.Itoa(n)) }()
+	// Kill the QEMU the undo starts on the restored layer.
+	killVMMWhen(t, id, func() bool { p := findPids(t, id)["vmm"]; return p != 0 && p != oldPid })
+	r := <-done
+	t.Logf("undo after the kill: exit %d %s", r.code, strings.TrimSpace(r.stderr))
+	got := exportSums(t, env, id)
+	if len(got) == len(before) && got["two.txt"] != "" {
+		sameTree(t, "after the killed undo (not applied)", got, before)
+	} else {
+		sameTree(t, "after the killed undo (applied)", got, atCheckpoint)
+	}
+	// Either way the workspace keeps working and keeps its history.
+	wsExec(t, env, id, "sh -c 'echo three > three.txt'")
+	mustWS(t, env, nil, "undo", id)
+	if m := wsExec(t, env, id, "ls", "/workspace"); strings.Contains(m["stdout"].(string), "three.txt") {
+		t.Fatalf("undo after the kill left three.txt: %v", m)
+	}
 }

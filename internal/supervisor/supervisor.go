@@ -41,6 +41,7 @@ import (
 	"github.com/pyro-mcp/pyro/internal/statedir"
 	"github.com/pyro-mcp/pyro/internal/vm"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
+	"github.com/pyro-mcp/pyro/internal/workspace"
 )
 
 // Arg is os.Args[1] of a supervisor process.
@@ -215,8 +216,16 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 		NetworkPolicy: rec.Policy(),
 		WorkspaceBase: rec.WorkspaceBase,
 	}
+	// A workspace whose upper layer became a chain of snapshots boots on
+	// its live chain (internal/workspace/chain.go).
+	var chainErr error
+	if rec.WorkspaceDisk != "" {
+		cfg.WorkspaceChain, chainErr = workspace.Layers{Dir: string(d), Disk: rec.WorkspaceDisk}.LiveChain()
+	}
 	var v *vm.VM
-	if opts.Steps != nil {
+	if chainErr != nil {
+		err = fmt.Errorf("workspace layers: %w", chainErr)
+	} else if opts.Steps != nil {
 		v, err = vm.BootWith(bootCtx, opts.Steps, deps, cfg)
 	} else {
 		v, err = vm.Boot(bootCtx, deps, cfg)

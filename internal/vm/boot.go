@@ -62,6 +62,9 @@ type Config struct {
 	// WorkspaceBase is a layered workspace's read-only baseline image
 	// (third disk): /workspace is then its overlay with WorkspaceDisk.
 	WorkspaceBase string
+	// WorkspaceChain is the upper layer as a chain of images, when it is
+	// one (vmm.Spec.WorkspaceChain).
+	WorkspaceChain []string
 	// BootTimeout bounds the wait for the guest agent (default 90 s: TCG
 	// guests on a busy 2-core host can take several seconds).
 	BootTimeout time.Duration
@@ -338,7 +341,7 @@ func (v *VM) spec(c Config) vmm.Spec {
 		ID: v.ID, Dir: v.Dir,
 		Kernel: v.Environment.KernelPath(), Initrd: v.initrd, RootDisk: v.Environment.RootfsPath(),
 		VCPUs: c.VCPUs, MemMiB: c.MemMiB, Network: c.Network,
-		WorkspaceDisk: c.WorkspaceDisk, WorkspaceBase: c.WorkspaceBase, MAC: MAC(v.ID), NetworkFile: v.netFile,
+		WorkspaceDisk: c.WorkspaceDisk, WorkspaceBase: c.WorkspaceBase, WorkspaceChain: c.WorkspaceChain, MAC: MAC(v.ID), NetworkFile: v.netFile,
 		Cmdline: v.cmdline(c), Transport: vmm.TransportVirtioSerial,
 		Memory: v.warm.memory, RestoreState: v.warm.state,
 	}

@@ -38,6 +38,11 @@ type Spec struct {
 	// read-only after WorkspaceDisk (/dev/vdc); the guest overlays
 	// WorkspaceDisk on it at /workspace. Empty for none.
 	WorkspaceBase string
+	// WorkspaceChain, when set, is the upper layer as a chain of images
+	// (root first, the writable top last; see internal/workspace/chain.go):
+	// the guest's disk is then the top, and WorkspaceDisk only gives its
+	// size.
+	WorkspaceChain []string
 	// Cmdline is the guest kernel command line chosen above the backend
 	// (generic words and pyro.* options for the guest init); a backend
 	// adds only what its machine needs (its console device, clock hints).

@@ -39,6 +39,10 @@ const (
 	CheckpointBytesEnv = "PYRO_CHECKPOINT_MAX_BYTES"
 )
 
+// CheckpointCaps returns the count and size caps of a workspace's
+// checkpoints.
+func CheckpointCaps() (count int, bytes int64) { return checkpointCaps() }
+
 func checkpointCaps() (count int, bytes int64) {
 	count, bytes = 50, 4<<30
 	if v, err := strconv.Atoi(os.Getenv(CheckpointCountEnv)); err == nil && v > 0 {
@@ -72,26 +76,43 @@ func (c Checkpoints) path(n int, suffix string) string {
 
 // Take stores the upper layer image upper (frozen by the caller) and its
 // manifest as the next checkpoint, then drops the oldest past the caps.
+// (Checkpoints of a chained upper layer are TakeLayer's, chain_records.go.)
 func (c Checkpoints) Take(upper string, m agentapi.LayerManifest, command string) (Checkpoint, error) {
 	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
 		return Checkpoint{}, err
 	}
-	list, err := c.records()
+	n, err := c.nextNumber()
 	if err != nil {
 		return Checkpoint{}, err
-	}
-	n := 1
-	if len(list) > 0 {
-		n = list[len(list)-1].Number + 1
-	}
-	if last, err := c.lastNumber(); err == nil && last >= n {
-		n = last + 1 // numbers are never reused, even after an undo
 	}
 	_, maxBytes := checkpointCaps()
 	sum, data, err := CopyImage(upper, c.path(n, ".img"), maxBytes, "checkpoint", CheckpointBytesEnv)
 	if err != nil {
 		return Checkpoint{}, err
 	}
+	return c.finish(n, m, command, data, sum)
+}
+
+// nextNumber returns the next checkpoint number: numbers are never
+// reused, even after an undo.
+func (c Checkpoints) nextNumber() (int, error) {
+	list, err := c.records()
+	if err != nil {
+		return 0, err
+	}
+	n := 1
+	if len(list) > 0 {
+		n = list[len(list)-1].Number + 1
+	}
+	if last, err := c.lastNumber(); err == nil && last >= n {
+		n = last + 1
+	}
+	return n, nil
+}
+
+// finish writes checkpoint n's manifest and record (last: a checkpoint
+// exists once its record does) and prunes past the caps.
+func (c Checkpoints) finish(n int, m agentapi.LayerManifest, command string, data int64, sum string) (Checkpoint, error) {
 	b, _ := json.Marshal(m)
 	if err := writeFileSync(c.path(n, ".manifest.json"), b); err != nil {
 		c.remove(n)
@@ -143,6 +164,7 @@ func (c Checkpoints) remove(n int) {
 	_ = os.Remove(c.path(n, ".json"))
 	_ = os.Remove(c.path(n, ".manifest.json"))
 	_ = os.Remove(c.path(n, ".img"))
+	_ = os.Remove(c.path(n, ".layer"))
 }
 
 // records returns the valid checkpoint records, oldest first.

@@ -176,7 +176,7 @@ func checkName(name string) error {
 // it was looked up by: a tampered or truncated record is refused, never
 // trusted (its digest is sliced and compared later).
 func checkRecord(name string, snap Snapshot) error {
-	okFormat := snap.Format == FormatTar || snap.Format == FormatUpper && name != Baseline || snap.Format == FormatBase && name == Baseline
+	okFormat := snap.Format == FormatTar || (snap.Format == FormatUpper || snap.Format == FormatLayer) && name != Baseline || snap.Format == FormatBase && name == Baseline
 	if snap.Name != name || !isSHA256(snap.SHA256) || snap.Bytes < 0 || snap.Implicit != (name == Baseline) || !okFormat {
 		return errdefs.New(errdefs.ErrFailedPrecondition, "delete it, or restore another snapshot", "snapshot %q has a damaged record", name)
 	}
@@ -339,7 +339,7 @@ func (s Snapshots) Delete(name string) error {
 	if err := os.Remove(s.metaPath(name)); err != nil {
 		return err
 	}
-	for _, p := range []string{s.tarPath(name), s.imgPath(name)} {
+	for _, p := range []string{s.tarPath(name), s.imgPath(name), s.layerPath(name)} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}

@@ -221,13 +221,7 @@ func (b *Backend) Args(spec vmm.Spec) []string {
 		"-device", "virtserialport,id=" + agentPortID + ",chardev=agent,name=" + AgentPortName,
 	}
 	if spec.WorkspaceDisk != "" {
-		args = append(args,
-			// -drive opens the image read-only first and reopens it
-			// read-write when the device attaches: the set holds both.
-			"-add-fd", fmt.Sprintf("fd=%d,set=%d", fdWorkspace, fdsetWorkspace),
-			"-add-fd", fmt.Sprintf("fd=%d,set=%d", fdWorkspaceRO, fdsetWorkspace),
-			"-drive", fmt.Sprintf("id=workspace,file=/dev/fdset/%d,format=raw,if=none,cache=writeback,discard=unmap", fdsetWorkspace),
-			"-device", "virtio-blk-device,drive=workspace")
+		args = append(args, workspaceDrive(spec)...) // blocklayers.go
 		if spec.WorkspaceBase != "" {
 			args = append(args,
 				"-add-fd", fmt.Sprintf("fd=%d,set=%d", fdBase, fdsetBase),
@@ -344,7 +338,7 @@ func (b *Backend) Command(spec vmm.Spec, console io.Writer) (cmd *exec.Cmd, clea
 		return nil, nil, err
 	}
 	if spec.WorkspaceDisk != "" {
-		disk := spec.WorkspaceDisk
+		disk := workspaceTop(spec)
 		if !filepath.IsAbs(disk) {
 			disk = spec.Dir.Path(disk)
 		}
@@ -388,6 +382,12 @@ func (b *Backend) Command(spec vmm.Spec, console io.Writer) (cmd *exec.Cmd, clea
 		// After the network socket, matching fdRAM.
 		extra = append(slices.Clone(extra), files[len(files)-1])
 	}
+	// A layer chain's lower layers come last (fdChain).
+	nfixed := len(files)
+	if err = openChain(spec, open); err != nil {
+		return nil, nil, err
+	}
+	extra = append(slices.Clone(extra), files[nfixed:]...)
 	cmd = exec.Command(b.binary, b.Args(spec)...)
 	cmd.Env = Env()
 	cmd.Dir = "/"

@@ -1,0 +1,325 @@
+package workspace
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+)
+
+// Layer chains (QEMU workspaces): the upper layer of /workspace is a chain
+// of images, a raw ext4 root (the workspace's disk, or a fresh one after a
+// reset to the baseline) under qcow2 overlays. QEMU writes only the top.
+// A snapshot or checkpoint freezes the top where it is and puts an empty
+// overlay over it (QMP blockdev-snapshot): nothing is copied, whatever the
+// size of the layer, and the frozen layer (with the ones below it) is the
+// saved state. Reset and undo start the guest on a fresh overlay over the
+// saved layer; layers no saved state or the live chain reaches are
+// deleted; old checkpoints are merged into their parent (block-commit).
+//
+// Every file lives in the workspace directory: the root as DiskFile, the
+// others in LayersDir as N.qcow2 or N.raw, named by an increasing number.
+// The live top is named in LayersDir/top (written atomically); each layer
+// names its parent in its qcow2 header, so a chain is read by following
+// headers from its end, by pyro and by qemu-img alike.
+
+// LayersDir holds a workspace's chained layers and the name of the top.
+const LayersDir = "layers"
+
+const topFile = "top"
+
+var layerName = regexp.MustCompile(`^layers/([1-9][0-9]{0,8})\.(qcow2|raw)$`)
+
+// maxChain bounds a chain's length when it is followed (merges keep the
+// live chain near the checkpoint count cap).
+const maxChain = 1024
+
+// Layers is one workspace's layer store.
+type Layers struct {
+	Dir  string // the workspace directory
+	Disk string // the workspace's disk (the first root)
+}
+
+func (l Layers) rootName() string { return filepath.Base(l.Disk) }
+
+// Path returns a layer's file.
+func (l Layers) Path(name string) string { return filepath.Join(l.Dir, name) }
+
+// valid reports whether name is a layer of this store.
+func (l Layers) valid(name string) bool { return name == l.rootName() || layerName.MatchString(name) }
+
+// raw reports whether a layer is a raw root (no parent).
+func (l Layers) raw(name string) bool { return name == l.rootName() || strings.HasSuffix(name, ".raw") }
+
+// Chained reports whether the workspace keeps its upper layer as a chain.
+func (l Layers) Chained() bool {
+	_, err := os.Stat(filepath.Join(l.Dir, LayersDir, topFile))
+	return err == nil
+}
+
+// Top returns the live top layer's name (the disk itself before any
+// chain exists).
+func (l Layers) Top() (string, error) {
+	b, err := os.ReadFile(filepath.Join(l.Dir, LayersDir, topFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return l.rootName(), nil
+	}
+	if err != nil {
+		return "", err
+	}
+	name := strings.TrimSpace(string(b))
+	if !l.valid(name) {
+		return "", fmt.Errorf("layers: bad top %q", name)
+	}
+	return name, nil
+}
+
+// SetTop names the live top layer (atomically, durably).
+func (l Layers) SetTop(name string) error {
+	if !l.valid(name) {
+		return fmt.Errorf("layers: bad layer %q", name)
+	}
+	if err := os.MkdirAll(filepath.Join(l.Dir, LayersDir), 0o700); err != nil {
+		return err
+	}
+	if err := writeFileSync(filepath.Join(l.Dir, LayersDir, topFile), []byte(name)); err != nil {
+		return err
+	}
+	return syncDir(filepath.Join(l.Dir, LayersDir))
+}
+
+// Parent returns a layer's parent ("" for a raw root), checking the
+// layer's structure on the way.
+func (l Layers) Parent(name string) (string, error) {
+	if !l.valid(name) {
+		return "", fmt.Errorf("layers: bad layer %q", name)
+	}
+	if l.raw(name) {
+		if _, err := os.Stat(l.Path(name)); err != nil {
+			return "", err
+		}
+		return "", nil
+	}
+	info, err := ReadOverlay(l.Path(name))
+	if err != nil {
+		return "", err
+	}
+	parent := filepath.ToSlash(filepath.Clean(filepath.Join(LayersDir, info.Backing)))
+	if !l.valid(parent) || parent == name {
+		return "", fmt.Errorf("layers: %s has a bad parent %q", name, info.Backing)
+	}
+	return parent, nil
+}
+
+// Chain returns the layers from the root up to end.
+func (l Layers) Chain(end string) ([]string, error) {
+	var rev []string
+	for name := end; name != ""; {
+		if len(rev) >= maxChain {
+			return nil, fmt.Errorf("layers: chain of %s longer than %d", end, maxChain)
+		}
+		rev = append(rev, name)
+		p, err := l.Parent(name)
+		if err != nil {
+			return nil, err
+		}
+		name = p
+	}
+	out := make([]string, len(rev))
+	for i, n := range rev {
+		out[len(rev)-1-i] = n
+	}
+	return out, nil
+}
+
+// LiveChain returns the files of the live chain, root first, or nil when
+// the workspace has a single raw upper layer (the disk itself).
+func (l Layers) LiveChain() ([]string, error) {
+	if !l.Chained() {
+		return nil, nil
+	}
+	top, err := l.Top()
+	if err != nil {
+		return nil, err
+	}
+	names, err := l.Chain(top)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = l.Path(n)
+	}
+	return out, nil
+}
+
+// NodeName is QEMU's node name for a layer (stable across restarts, so a
+// running QEMU and pyro agree on it).
+func (l Layers) NodeName(name string) string {
+	if m := layerName.FindStringSubmatch(name); m != nil {
+		return "ws" + m[1]
+	}
+	return "ws0"
+}
+
+// next returns the next free layer number.
+func (l Layers) next() (int, error) {
+	ents, err := os.ReadDir(filepath.Join(l.Dir, LayersDir))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return 0, err
+	}
+	n := 0
+	for _, e := range ents {
+		if m := layerName.FindStringSubmatch(LayersDir + "/" + e.Name()); m != nil {
+			if v, _ := strconv.Atoi(m[1]); v > n {
+				n = v
+			}
+		}
+	}
+	return n + 1, nil
+}
+
+// NewOverlay makes an empty overlay over parent and returns its name (the
+// top is not changed).
+func (l Layers) NewOverlay(parent string) (string, error) {
+	if err := os.MkdirAll(filepath.Join(l.Dir, LayersDir), 0o700); err != nil {
+		return "", err
+	}
+	st, err := os.Stat(l.Disk)
+	if err != nil {
+		return "", err
+	}
+	n, err := l.next()
+	if err != nil {
+		return "", err
+	}
+	name := fmt.Sprintf("%s/%d.qcow2", LayersDir, n)
+	format := "qcow2"
+	if l.raw(parent) {
+		format = "raw"
+	}
+	rel, err := filepath.Rel(filepath.Join(l.Dir, LayersDir), l.Path(parent))
+	if err != nil {
+		return "", err
+	}
+	if err := CreateOverlay(l.Path(name), rel, format, st.Size()); err != nil {
+		if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+			return "", fmt.Errorf("%w (hint: free space on the host; the workspace is unchanged)", err)
+		}
+		return "", err
+	}
+	return name, syncDir(filepath.Join(l.Dir, LayersDir))
+}
+
+// NewRoot makes a new raw root layer: an empty ext4 file system, or a copy
+// of the image from (a snapshot stored before chains existed).
+func (l Layers) NewRoot(ctx context.Context, from string) (string, error) {
+	if err := os.MkdirAll(filepath.Join(l.Dir, LayersDir), 0o700); err != nil {
+		return "", err
+	}
+	n, err := l.next()
+	if err != nil {
+		return "", err
+	}
+	name := fmt.Sprintf("%s/%d.raw", LayersDir, n)
+	if from == "" {
+		err = CreateDisk(ctx, l.Path(name), DiskBytes())
+	} else {
+		_, _, err = CopyImage(from, l.Path(name), 0, "snapshot", "")
+	}
+	return name, err
+}
+
+// Identity is what is recorded of a frozen layer to notice a change to it
+// later without reading it: its size and modification time (a qcow2 file
+// QEMU wrote to grows or at least gets a new mtime).
+func (l Layers) Identity(name string) (size, mtime, blocks int64, err error) {
+	st, err := os.Stat(l.Path(name))
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	var blk int64
+	if sys, ok := st.Sys().(*unix.Stat_t); ok {
+		blk = sys.Blocks * 512
+	}
+	return st.Size(), st.ModTime().UnixNano(), blk, nil
+}
+
+// GC deletes the layers in LayersDir that neither the live chain nor the
+// chain of any name in keep reaches. An unreachable root disk is emptied
+// (its size stays: it is the workspace's disk of record).
+func (l Layers) GC(keep []string) error {
+	top, err := l.Top()
+	if err != nil {
+		return err
+	}
+	reach := map[string]bool{}
+	for _, end := range append([]string{top}, keep...) {
+		chain, err := l.Chain(end)
+		if err != nil {
+			if end == top {
+				return err // never delete under a live chain that cannot be read
+			}
+			continue
+		}
+		for _, n := range chain {
+			reach[n] = true
+		}
+	}
+	ents, err := os.ReadDir(filepath.Join(l.Dir, LayersDir))
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		name := LayersDir + "/" + e.Name()
+		if layerName.MatchString(name) && !reach[name] {
+			_ = os.Remove(l.Path(name))
+		}
+	}
+	if !reach[l.rootName()] {
+		if st, err := os.Stat(l.Disk); err == nil && st.Size() > 0 {
+			if f, err := os.OpenFile(l.Disk, os.O_WRONLY, 0); err == nil {
+				_ = unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, st.Size())
+				f.Close()
+			}
+		}
+	}
+	return nil
+}
+
+// RawUpper returns a raw image of the upper layer for the host tools that
+// read raw ext4 (debugfs, DiskView): the disk itself, or for a chain a
+// flattened sparse copy (qemu-img convert, following the headers) in the
+// workspace directory, which done removes. The workspace must be stopped.
+func (l Layers) RawUpper(ctx context.Context) (path string, done func(), err error) {
+	if !l.Chained() {
+		return l.Disk, func() {}, nil
+	}
+	top, err := l.Top()
+	if err != nil {
+		return "", nil, err
+	}
+	if _, err := l.Chain(top); err != nil {
+		return "", nil, err
+	}
+	if l.raw(top) {
+		return l.Path(top), func() {}, nil
+	}
+	out := filepath.Join(l.Dir, fmt.Sprintf(".flat-%d.raw", os.Getpid()))
+	_ = os.Remove(out)
+	cmd := exec.CommandContext(ctx, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", "-S", "64k", l.Path(top), out)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		_ = os.Remove(out)
+		return "", nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "install qemu-utils", "flatten the workspace's layers: %s", strings.TrimSpace(string(b)))
+	}
+	return out, func() { _ = os.Remove(out) }, nil
+}
