@@ -106,7 +106,8 @@ func TestOCIImageRunPushPull(t *testing.T) {
 	var tamper atomic.Bool
 	reg := ociRegistry(t, &tamper)
 
-	img, err := mutate.AppendLayers(empty.Image, rootfsLayer(t, rootfs), userLayer(t, rootfs))
+	layers := []v1.Layer{rootfsLayer(t, rootfs), userLayer(t, rootfs)}
+	img, err := mutate.AppendLayers(empty.Image, layers...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,6 +136,23 @@ func TestOCIImageRunPushPull(t *testing.T) {
 	if m["environment"] != imgRef || m["environment_digest"] != digest.String() {
 		t.Errorf("result names %v %v, want %s %s", m["environment"], m["environment_digest"], imgRef, digest)
 	}
+	// An image whose User its /etc/passwd does not list runs nothing (it
+	// used to run everything as root), and says why.
+	ghost, _ := mutate.ConfigFile(img, func() *v1.ConfigFile {
+		c := cf.DeepCopy()
+		c.Config.User = "ghost"
+		return c
+	}())
+	ghostRef := reg + "/e2e/ghost:v1"
+	gr, _ := name.ParseReference(ghostRef)
+	if err := remote.Write(gr, ghost); err != nil {
+		t.Fatal(err)
+	}
+	g := pyro(t, env, "run", ghostRef, "--", "id -u")
+	if g.code != 126 || strings.TrimSpace(g.stdout) == "0" || !strings.Contains(g.stderr, `"ghost"`) || !strings.Contains(g.stderr, "as root") {
+		t.Fatalf("run as an unresolvable user: exit %d stdout %q stderr %s", g.code, g.stdout, g.stderr)
+	}
+
 	l := pyro(t, env, "env", "list", "--json")
 	if !strings.Contains(l.stdout, digest.String()) || !strings.Contains(l.stdout, `"kind": "image"`) || !strings.Contains(l.stdout, imgRef) {
 		t.Errorf("env list lacks the image: %s", l.stdout)

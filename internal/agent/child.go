@@ -46,11 +46,10 @@ func RunChild() {
 	} else {
 		log.Warn("no user cgroup: commands run without pids and memory limits", "dir", UserCgroupDir)
 	}
-	img, err := LoadImageConfig(agentapi.ImageConfigPath, "/")
-	if err != nil {
-		// The image's own settings are lost, not the guest: commands run
-		// as root in / with the default environment.
-		log.Error("image config ignored", "err", err)
+	img := LoadImageDefaults(agentapi.ImageConfigPath, "/")
+	if img.Refuse != nil {
+		// The guest still boots and answers; its commands fail saying why.
+		log.Error("image config unusable: user commands are refused", "err", img.Refuse)
 	}
 	if img.Credential != nil && img.Credential.Uid != 0 {
 		// The user's commands must be able to write the workspace.
@@ -61,6 +60,7 @@ func RunChild() {
 	a := New(Options{
 		Env:            img.Env,
 		Credential:     img.Credential,
+		RefuseCommands: img.Refuse,
 		DefaultCwd:     img.Cwd,
 		UserCgroup:     userCgroup,
 		Logger:         log,

@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/errdefs"
 )
 
 // ImageDefaults is what an OCI image's config changes for the commands the
@@ -22,6 +23,24 @@ type ImageDefaults struct {
 	Env        map[string]string   // nil: DefaultEnv()
 	Cwd        string              // "": "/"
 	Credential *syscall.Credential // nil: root
+	// Refuse, when set, is why no user command may run: the image's
+	// config exists but cannot be applied (its User names nobody in
+	// /etc/passwd, the file is corrupt). Running as root instead would
+	// hand root to an image that asked for a user.
+	Refuse error
+}
+
+// LoadImageDefaults is LoadImageConfig for the agent: an error becomes
+// Refuse, with the defaults otherwise empty, so the guest still boots and
+// answers and every command says why it cannot run.
+func LoadImageDefaults(path, root string) ImageDefaults {
+	d, err := LoadImageConfig(path, root)
+	if err != nil {
+		return ImageDefaults{Refuse: errdefs.Wrap(errdefs.ErrFailedPrecondition, err,
+			"give the image a USER that its /etc/passwd lists (or a numeric uid[:gid]) and pull it again",
+			"the image's config cannot be applied, and pyro does not run its commands as root instead")}
+	}
+	return d
 }
 
 // maxConfigBytes bounds the files read here: they come from the image.

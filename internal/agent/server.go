@@ -67,6 +67,9 @@ type Options struct {
 	// Credential, when set, is the user every command, service and shell
 	// runs as (an OCI image's User); the agent itself stays root.
 	Credential *syscall.Credential
+	// RefuseCommands, when set, fails every command, service and shell
+	// at start with this error (ImageDefaults.Refuse).
+	RefuseCommands error
 	// DefaultCwd is the cwd of an exec that names none (an OCI image's
 	// WorkingDir); empty means "/".
 	DefaultCwd string

@@ -371,6 +371,9 @@ func (a *Agent) startUser(cmd *exec.Cmd, kind string) (*exec.Cmd, *leaf, error) 
 }
 
 func (a *Agent) startIn(cmd *exec.Cmd, kind string) (*leaf, error) {
+	if a.opts.RefuseCommands != nil {
+		return nil, a.opts.RefuseCommands
+	}
 	l, err := a.user.newLeaf(kind)
 	if err != nil {
 		return nil, err
