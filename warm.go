@@ -40,16 +40,15 @@ type PrepareResult struct {
 
 // GoldenSnapshot is one memory snapshot of an environment.
 type GoldenSnapshot struct {
-	ID          string    `json:"id"`
-	Path        string    `json:"path"`
-	VCPUCount   int       `json:"vcpu_count,omitempty"`
-	MemMiB      int       `json:"mem_mib,omitempty"`
-	Network     string    `json:"network,omitempty"`
-	Workspace   bool      `json:"workspace"`
-	Backend     string    `json:"backend,omitempty"`
-	CreatedAt   time.Time `json:"created_at,omitzero"`
-	MemoryBytes int64     `json:"memory_bytes"`
-	StateBytes  int64     `json:"state_bytes"`
+	ID         string    `json:"id"`
+	Path       string    `json:"path"`
+	VCPUCount  int       `json:"vcpu_count,omitempty"`
+	MemMiB     int       `json:"mem_mib,omitempty"`
+	Network    string    `json:"network,omitempty"`
+	Workspace  bool      `json:"workspace"`
+	Backend    string    `json:"backend,omitempty"`
+	CreatedAt  time.Time `json:"created_at,omitzero"`
+	StateBytes int64     `json:"state_bytes"` // guest RAM and device state, on disk
 	// Problem says why it would not be used (it is then discarded and
 	// rebuilt); empty when usable.
 	Problem string `json:"problem,omitempty"`
@@ -57,7 +56,7 @@ type GoldenSnapshot struct {
 
 func goldenFrom(in golden.Info) GoldenSnapshot {
 	return GoldenSnapshot{ID: in.ID, Path: in.Dir, VCPUCount: in.VCPUCount, MemMiB: in.MemMiB, Network: in.Network,
-		Workspace: in.Workspace, Backend: in.Backend, CreatedAt: in.CreatedAt, MemoryBytes: in.MemoryBytes,
+		Workspace: in.Workspace, Backend: in.Backend, CreatedAt: in.CreatedAt,
 		StateBytes: in.StateBytes, Problem: in.Problem}
 }
 
@@ -182,7 +181,7 @@ func (c *Client) snapshotCheck() doctor.Check {
 				continue
 			}
 			parts = append(parts, fmt.Sprintf("%s %d vCPU %d MiB network=%s workspace=%t (%d MiB)",
-				st.Entry.Name, in.VCPUCount, in.MemMiB, in.Network, in.Workspace, (in.MemoryBytes+in.StateBytes)>>20))
+				st.Entry.Name, in.VCPUCount, in.MemMiB, in.Network, in.Workspace, in.StateBytes>>20))
 		}
 	}
 	ch := doctor.Check{Name: "memory snapshots", Status: doctor.OK}

@@ -50,7 +50,7 @@ func addPrepareFlags(cmd *cobra.Command, o *pyro.PrepareOptions) {
 func printPrepared(w io.Writer, res pyro.PrepareResult) {
 	s := res.Snapshot
 	fmt.Fprintf(w, "%s: memory snapshot %s ready (%d vCPU, %d MiB, network %s, workspace %t; %s on disk) in %.1f s\n",
-		res.Environment, s.ID, s.VCPUCount, s.MemMiB, s.Network, s.Workspace, humanBytes(s.MemoryBytes+s.StateBytes),
+		res.Environment, s.ID, s.VCPUCount, s.MemMiB, s.Network, s.Workspace, humanBytes(s.StateBytes),
 		float64(res.DurationMS)/1000)
 }
 
@@ -63,7 +63,7 @@ func printSnapshots(w io.Writer, list []pyro.GoldenSnapshot) {
 	fmt.Fprintf(w, "snapshots:\n")
 	for _, s := range list {
 		line := fmt.Sprintf("  %s  %d vCPU %d MiB network=%s workspace=%t  %s", s.ID, s.VCPUCount, s.MemMiB, s.Network, s.Workspace,
-			humanBytes(s.MemoryBytes+s.StateBytes))
+			humanBytes(s.StateBytes))
 		if s.Problem != "" {
 			line += "  unusable: " + s.Problem
 		}

@@ -28,15 +28,11 @@ type Build struct {
 	done    bool
 }
 
-// MemoryPath is where the guest RAM file goes (Begin creates it sparse).
-func (b *Build) MemoryPath() string { return filepath.Join(b.Dir, MemoryFile) }
-
-// StatePath is where the device state goes.
+// StatePath is where guest RAM and device state go.
 func (b *Build) StatePath() string { return filepath.Join(b.Dir, StateFile) }
 
 // Begin takes the key's build lock (waiting for another builder until ctx
-// ends) and makes the temporary directory with a sparse memory file of the
-// key's size. When another builder published the snapshot meanwhile, it
+// ends) and makes the temporary directory. When another builder published the snapshot meanwhile, it
 // returns that snapshot and a nil Build.
 func (s *Store) Begin(ctx context.Context, k Key) (*Build, Snapshot, error) {
 	if err := os.MkdirAll(s.dir, 0o755); err != nil {
@@ -72,17 +68,6 @@ func (s *Store) Begin(ctx context.Context, k Key) (*Build, Snapshot, error) {
 		return nil, Snapshot{}, fmt.Errorf("create snapshot build directory: %w", err)
 	}
 	b := &Build{store: s, key: k, Dir: dir, lock: lock, started: time.Now()}
-	f, err := os.OpenFile(b.MemoryPath(), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err == nil {
-		err = f.Truncate(int64(k.MemMiB) << 20)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-	}
-	if err != nil {
-		b.Abort()
-		return nil, Snapshot{}, fmt.Errorf("create memory file: %w", err)
-	}
 	return b, Snapshot{}, nil
 }
 
@@ -115,27 +100,18 @@ func (b *Build) Publish() (Snapshot, error) {
 }
 
 func (b *Build) publish() (Snapshot, error) {
-	for _, p := range []string{b.MemoryPath(), b.StatePath()} {
-		if err := syncFile(p); err != nil {
-			return Snapshot{}, fmt.Errorf("sync %s: %w", filepath.Base(p), err)
-		}
+	if err := syncFile(b.StatePath()); err != nil {
+		return Snapshot{}, fmt.Errorf("sync %s: %w", StateFile, err)
 	}
-	sum, n, err := hashFile(b.StatePath(), maxState)
-	if err != nil {
-		return Snapshot{}, fmt.Errorf("state file: %w", err)
-	}
-	if n == 0 {
-		return Snapshot{}, errors.New("state file is empty")
-	}
-	mem, err := StampOf(b.MemoryPath())
+	st, err := StampOf(b.StatePath())
 	if err != nil {
 		return Snapshot{}, err
 	}
-	if mem.Size != int64(b.key.MemMiB)<<20 {
-		return Snapshot{}, fmt.Errorf("memory file has %d bytes, want %d", mem.Size, int64(b.key.MemMiB)<<20)
+	if st.Size == 0 {
+		return Snapshot{}, errors.New("state file is empty")
 	}
-	m := Manifest{ID: b.key.ID(), Key: b.key, CreatedAt: time.Now().UTC(), Memory: mem,
-		StateBytes: n, StateSHA256: sum, BuildMS: time.Since(b.started).Milliseconds()}
+	m := Manifest{ID: b.key.ID(), Key: b.key, CreatedAt: time.Now().UTC(), State: st,
+		BuildMS: time.Since(b.started).Milliseconds()}
 	data, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return Snapshot{}, err
@@ -167,7 +143,7 @@ func (b *Build) publish() (Snapshot, error) {
 }
 
 // MaxSnapshots bounds the snapshots kept per environment: every new pyro
-// binary or QEMU makes new keys, and the old snapshots (~150 MiB each)
+// binary or QEMU makes new keys, and the old snapshots (~130 MiB each)
 // would otherwise pile up. The oldest go first; a guest restored from one
 // keeps its private mapping.
 const MaxSnapshots = 8

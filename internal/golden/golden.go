@@ -4,23 +4,24 @@
 // of the same configuration are restored in a fraction of a boot.
 //
 // A snapshot is keyed by everything that makes two guests the same machine
-// (Key): the environment's digest, vCPUs, memory, network class, the
+// (Key): its format, the environment's digest, vCPUs, memory, network class, the
 // workspace disk slot, the backend and its binary, the kernel command line
 // and the initramfs (agent binary and modules). Snapshots live beside the
 // environment they were made from, one directory per key:
 //
-//	<env version dir>/golden/<key id>/manifest.json  the key, sizes, digests
-//	                                  /memory.ram     guest RAM (sparse)
-//	                                  /state.bin      device state
+//	<env version dir>/golden/<key id>/manifest.json  the key, the state's stamp
+//	                                  /state.bin      guest RAM and device state
 //
 // Building happens in a hidden temporary directory under a per-key lock and
 // is published by one rename after every file is synced, so a crash or a
 // full disk while saving leaves no snapshot a later start would use. Before
-// every use the manifest must match the key, the state file its sha256, and
-// the memory file the inode, size and ctime it had when published (a write
-// to it, even through a mapping, changes its ctime; nobody can set a ctime
-// back). Anything else is reported as Invalid, and the caller discards it
-// and boots cold.
+// every use the manifest must match the key and the state file the inode,
+// size and ctime it had when published (any write to it changes its ctime;
+// nobody can set a ctime back; hashing ~130 MiB on every start would cost
+// more than the restore). Anything else is reported as Invalid, and the
+// caller discards it and boots cold. Nothing but pyro ever holds a writable
+// descriptor of a published file: the VMM reads the state through a
+// read-only descriptor (see internal/vmm/qemu/snapshot.go).
 package golden
 
 import (
@@ -40,9 +41,13 @@ import (
 // File names inside a snapshot directory.
 const (
 	ManifestFile = "manifest.json"
-	MemoryFile   = "memory.ram"
 	StateFile    = "state.bin"
 )
+
+// Format is the layout of a snapshot's files, part of its Key: 2 carries
+// guest RAM inside the state file (1, RAM in a file the VMM mapped, is
+// never used again).
+const Format = 2
 
 // DirName is the directory of snapshots inside an environment's directory.
 const DirName = "golden"
@@ -51,11 +56,11 @@ const (
 	tmpPrefix     = ".tmp-"
 	discardPrefix = ".discard-"
 	maxManifest   = 64 << 10
-	maxState      = 64 << 20 // device state is ~60 kB; anything near this is not ours
 )
 
 // Key is what makes two guests the same machine.
 type Key struct {
+	Format      int    `json:"format"`
 	Environment string `json:"environment"`
 	EnvDigest   string `json:"environment_digest"`
 	VCPUs       int    `json:"vcpu_count"`
@@ -93,12 +98,10 @@ func StampOf(path string) (Stamp, error) {
 
 // Manifest describes one published snapshot.
 type Manifest struct {
-	ID          string    `json:"id"`
-	Key         Key       `json:"key"`
-	CreatedAt   time.Time `json:"created_at"`
-	Memory      Stamp     `json:"memory"`
-	StateBytes  int64     `json:"state_bytes"`
-	StateSHA256 string    `json:"state_sha256"`
+	ID        string    `json:"id"`
+	Key       Key       `json:"key"`
+	CreatedAt time.Time `json:"created_at"`
+	State     Stamp     `json:"state"`
 	// BuildMS is how long the boot and save took.
 	BuildMS int64 `json:"build_ms"`
 }
@@ -109,8 +112,7 @@ type Snapshot struct {
 	Manifest Manifest
 }
 
-func (s Snapshot) MemoryPath() string { return filepath.Join(s.Dir, MemoryFile) }
-func (s Snapshot) StatePath() string  { return filepath.Join(s.Dir, StateFile) }
+func (s Snapshot) StatePath() string { return filepath.Join(s.Dir, StateFile) }
 
 // ErrNotFound: no snapshot for the key.
 var ErrNotFound = errors.New("no memory snapshot")
@@ -163,26 +165,18 @@ func Verify(dir string) (Manifest, error) {
 	if m.ID != m.Key.ID() || m.ID != filepath.Base(dir) {
 		return m, errors.New("manifest id does not match its key or directory")
 	}
-	want := int64(m.Key.MemMiB) << 20
-	st, err := StampOf(filepath.Join(dir, MemoryFile))
-	if err != nil {
-		return m, fmt.Errorf("memory file: %w", err)
+	if m.Key.Format != Format {
+		return m, fmt.Errorf("snapshot format %d, want %d", m.Key.Format, Format)
 	}
-	if st.Size != want {
-		return m, fmt.Errorf("memory file has %d bytes, want %d", st.Size, want)
-	}
-	if st != m.Memory {
-		return m, errors.New("memory file was written after the snapshot was saved")
-	}
-	sum, n, err := hashFile(filepath.Join(dir, StateFile), maxState)
+	st, err := StampOf(filepath.Join(dir, StateFile))
 	if err != nil {
 		return m, fmt.Errorf("state file: %w", err)
 	}
-	if n != m.StateBytes {
-		return m, fmt.Errorf("state file has %d bytes, want %d", n, m.StateBytes)
+	if st.Size != m.State.Size {
+		return m, fmt.Errorf("state file has %d bytes, want %d", st.Size, m.State.Size)
 	}
-	if sum != m.StateSHA256 {
-		return m, fmt.Errorf("state file has sha256 %.12s, want %.12s", sum, m.StateSHA256)
+	if st != m.State {
+		return m, errors.New("state file was written after the snapshot was saved")
 	}
 	return m, nil
 }
@@ -205,16 +199,15 @@ func (s *Store) Discard(dir string) error {
 
 // Info is one snapshot on disk, for doctor, env inspect and prune.
 type Info struct {
-	ID          string    `json:"id"`
-	Dir         string    `json:"dir"`
-	VCPUCount   int       `json:"vcpu_count,omitempty"`
-	MemMiB      int       `json:"mem_mib,omitempty"`
-	Network     string    `json:"network,omitempty"`
-	Workspace   bool      `json:"workspace"`
-	Backend     string    `json:"backend,omitempty"`
-	CreatedAt   time.Time `json:"created_at,omitzero"`
-	MemoryBytes int64     `json:"memory_bytes"` // allocated on disk (the file is sparse)
-	StateBytes  int64     `json:"state_bytes"`
+	ID         string    `json:"id"`
+	Dir        string    `json:"dir"`
+	VCPUCount  int       `json:"vcpu_count,omitempty"`
+	MemMiB     int       `json:"mem_mib,omitempty"`
+	Network    string    `json:"network,omitempty"`
+	Workspace  bool      `json:"workspace"`
+	Backend    string    `json:"backend,omitempty"`
+	CreatedAt  time.Time `json:"created_at,omitzero"`
+	StateBytes int64     `json:"state_bytes"` // allocated on disk
 	// Problem says why the snapshot would not be used; empty when valid.
 	Problem string `json:"problem,omitempty"`
 	// Partial: a build that never finished (a crash, a full disk).
@@ -237,7 +230,6 @@ func (s *Store) List() ([]Info, error) {
 		}
 		dir := filepath.Join(s.dir, e.Name())
 		in := Info{ID: e.Name(), Dir: dir}
-		in.MemoryBytes = allocated(filepath.Join(dir, MemoryFile))
 		in.StateBytes = allocated(filepath.Join(dir, StateFile))
 		if strings.HasPrefix(e.Name(), ".") {
 			in.Partial, in.Problem = true, "unfinished build or discard"
@@ -281,7 +273,7 @@ func (s *Store) RemoveAll() ([]Removed, error) {
 		if err := os.RemoveAll(in.Dir); err != nil {
 			return out, err
 		}
-		out = append(out, Removed{Path: in.Dir, Reason: reason, Bytes: in.MemoryBytes + in.StateBytes})
+		out = append(out, Removed{Path: in.Dir, Reason: reason, Bytes: in.StateBytes})
 	}
 	_ = os.Remove(s.dir) // only if empty
 	return out, nil
@@ -309,21 +301,4 @@ func readCapped(p string, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("larger than %d bytes", limit)
 	}
 	return b, nil
-}
-
-func hashFile(p string, limit int64) (string, int64, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return "", 0, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, io.LimitReader(f, limit+1))
-	if err != nil {
-		return "", n, err
-	}
-	if n > limit {
-		return "", n, fmt.Errorf("larger than %d bytes", limit)
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
 }

@@ -11,7 +11,7 @@ import (
 )
 
 func testKey() Key {
-	return Key{Environment: "debian:12", EnvDigest: "sha256:ab", VCPUs: 1, MemMiB: 1, Network: "off",
+	return Key{Format: Format, Environment: "debian:12", EnvDigest: "sha256:ab", VCPUs: 1, MemMiB: 1, Network: "off",
 		Backend: "qemu", VMM: "qemu-system-x86_64 tcg", Cmdline: "quiet", Initramfs: "cd"}
 }
 
@@ -43,11 +43,8 @@ func TestPublishThenLookup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Dir != snap.Dir || got.Manifest.StateSHA256 == "" {
+	if got.Dir != snap.Dir || got.Manifest.State.Size != int64(len("device state")) {
 		t.Fatalf("lookup = %+v", got)
-	}
-	if st, _ := os.Stat(got.MemoryPath()); st.Size() != 1<<20 {
-		t.Fatalf("memory file %d bytes", st.Size())
 	}
 	other := k
 	other.MemMiB = 2
@@ -66,19 +63,30 @@ func TestDamageIsDetected(t *testing.T) {
 		name, want string
 		damage     func(Snapshot) error
 	}{
-		{"state corrupt", "sha256", func(s Snapshot) error { return os.WriteFile(s.StatePath(), []byte("device stat3"), 0o644) }},
 		{"state truncated", "bytes", func(s Snapshot) error { return os.Truncate(s.StatePath(), 3) }},
-		{"memory truncated", "bytes", func(s Snapshot) error { return os.Truncate(s.MemoryPath(), 4096) }},
-		{"memory written", "written", func(s Snapshot) error {
-			f, err := os.OpenFile(s.MemoryPath(), os.O_WRONLY, 0)
+		{"state written in place", "written", func(s Snapshot) error {
+			f, err := os.OpenFile(s.StatePath(), os.O_WRONLY, 0)
 			if err != nil {
 				return err
 			}
 			defer f.Close()
-			_, err = f.WriteAt([]byte("x"), 100)
+			_, err = f.WriteAt([]byte("x"), 3)
 			return err
 		}},
-		{"memory missing", "memory file", func(s Snapshot) error { return os.Remove(s.MemoryPath()) }},
+		{"state replaced", "written", func(s Snapshot) error {
+			// Same size, new inode: as if another file were moved in.
+			tmp := s.StatePath() + ".new"
+			if err := os.WriteFile(tmp, []byte("device stat3"), 0o644); err != nil {
+				return err
+			}
+			return os.Rename(tmp, s.StatePath())
+		}},
+		{"state missing", "state file", func(s Snapshot) error { return os.Remove(s.StatePath()) }},
+		{"old format", "format", func(s Snapshot) error {
+			b, _ := os.ReadFile(filepath.Join(s.Dir, ManifestFile))
+			m := strings.Replace(string(b), `"format": 2`, `"format": 1`, 1)
+			return os.WriteFile(filepath.Join(s.Dir, ManifestFile), []byte(m), 0o644)
+		}},
 		{"manifest garbage", "manifest", func(s Snapshot) error {
 			return os.WriteFile(filepath.Join(s.Dir, ManifestFile), []byte("{"), 0o644)
 		}},

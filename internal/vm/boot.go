@@ -343,7 +343,7 @@ func (v *VM) spec(c Config) vmm.Spec {
 		VCPUs: c.VCPUs, MemMiB: c.MemMiB, Network: c.Network,
 		WorkspaceDisk: c.WorkspaceDisk, WorkspaceBase: c.WorkspaceBase, WorkspaceChain: c.WorkspaceChain, MAC: MAC(v.ID), NetworkFile: v.netFile,
 		Cmdline: v.cmdline(c), Transport: vmm.TransportVirtioSerial,
-		Memory: v.warm.memory, RestoreState: v.warm.state,
+		RestoreState: v.warm.state,
 	}
 }
 

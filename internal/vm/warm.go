@@ -67,7 +67,6 @@ type warmState struct {
 	// or was restored (the same line, or the same machine it is not).
 	snapshotCmdline bool
 	snapshot        *golden.Snapshot
-	memory          *vmm.MemoryFile
 	state           string
 }
 
@@ -129,6 +128,7 @@ func (v *VM) snapshotKey(c Config) (golden.Key, bool) {
 	cmdline := strings.Join(v.cmdline(c), " ")
 	v.warm.snapshotCmdline = saved
 	return golden.Key{
+		Format:      golden.Format,
 		Environment: v.Environment.Manifest.Name, EnvDigest: v.Environment.Manifest.Digest,
 		VCPUs: c.VCPUs, MemMiB: c.MemMiB, Network: network, Workspace: c.WorkspaceDisk != "",
 		Backend: v.Backend, VMM: sb.SnapshotIdentity(), Cmdline: cmdline,
@@ -194,7 +194,6 @@ func startOrRestore(ctx context.Context, d Deps, c Config, v *VM) error {
 		return startVMM(ctx, d, c, v)
 	}
 	v.warm.snapshotCmdline = true
-	v.warm.memory = &vmm.MemoryFile{Path: snap.MemoryPath()}
 	v.warm.state = snap.StatePath()
 	if err := startVMM(ctx, d, c, v); err != nil {
 		return restoreFailed(d, v, err)
@@ -294,8 +293,8 @@ func Hostname(id string) string {
 	return "pyro-" + hex.EncodeToString(h[:4])
 }
 
-// buildSnapshot boots a guest of v's configuration with its RAM in a
-// shared file and a placeholder workspace disk, waits for its agent, and
+// buildSnapshot boots a guest of v's configuration with a placeholder
+// workspace disk, waits for its agent, and
 // saves it. The build's own VM directory lives in the build's temporary
 // directory, so nothing of it is ever listed as a VM.
 func buildSnapshot(ctx context.Context, d Deps, c Config, v *VM, store *golden.Store, key golden.Key) (golden.Snapshot, error) {
@@ -348,10 +347,9 @@ func buildSnapshot(ctx context.Context, d Deps, c Config, v *VM, store *golden.S
 		Swap(StepChooseBackend, func(context.Context, Deps, Config, *VM) error {
 			return nil // the caller's backend, already probed
 		}).
-		InsertAfter(StepChooseBackend, Step{"shared memory", func(_ context.Context, _ Deps, _ Config, g *VM) error {
+		InsertAfter(StepChooseBackend, Step{"snapshot machine", func(_ context.Context, _ Deps, _ Config, g *VM) error {
 			g.Use(v.backend, v.AccelNote)
 			g.warm.snapshotCmdline = true
-			g.warm.memory = &vmm.MemoryFile{Path: b.MemoryPath(), Shared: true}
 			return nil
 		}})
 	g, err := BootWith(bctx, steps, d, gc)

@@ -50,27 +50,16 @@ type Spec struct {
 	// Transport is the channel to the guest agent the guest expects
 	// (TransportVirtioSerial); a backend that cannot provide it refuses.
 	Transport string
-	// Memory, when not nil, backs guest RAM with a file: shared to save a
-	// memory snapshot, private (copy-on-write) to restore one. Only for a
-	// backend whose Features have MemorySnapshot.
-	Memory *MemoryFile
-	// RestoreState, when not empty, is a device state file written by a
-	// Snapshotter over the same Memory file and device set: the machine
-	// continues from it instead of booting the kernel.
+	// RestoreState, when not empty, is a state file written by a
+	// Snapshotter (guest RAM and device state) for the same device set: the
+	// machine continues from it instead of booting the kernel. The VMM gets
+	// it only as a read-only descriptor, so no guest's VMM can change what
+	// later restores load.
 	RestoreState string
 }
 
-// MemoryFile is guest RAM in a file of exactly MemMiB.
-type MemoryFile struct {
-	Path string
-	// Shared: the guest's writes reach the file (saving a snapshot).
-	// Otherwise the file is mapped copy-on-write and never written.
-	Shared bool
-}
-
-// Snapshotter is a Backend that can save a running machine started with a
-// shared Spec.Memory: the RAM stays in that file, the device state goes to
-// state. release is called once the backend watches the agent channel: it
+// Snapshotter is a Backend that can save a running machine: its RAM and
+// device state go to state. release is called once the backend watches the agent channel: it
 // must close the caller's agent connection; Save then waits until the
 // guest has let go of the channel, so every restored copy starts with no
 // agent session open. The machine is paused afterwards; stop it.

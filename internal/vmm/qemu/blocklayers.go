@@ -53,12 +53,12 @@ func workspaceTop(spec vmm.Spec) string {
 }
 
 // fdChain is the first descriptor of the lower layers: after every fixed
-// one (disks, network socket, memory file).
+// one (disks, network socket).
 func fdChain(spec vmm.Spec) int {
-	if spec.Memory != nil {
-		return fdRAM(spec) + 1
+	if spec.Network && spec.NetworkFile != nil {
+		return netFD(spec) + 1 // after the network stack's socket
 	}
-	return fdRAM(spec)
+	return netFD(spec)
 }
 
 // workspaceDrive returns the arguments of /workspace's upper disk: one raw

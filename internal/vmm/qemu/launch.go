@@ -193,9 +193,6 @@ func (b *Backend) Args(spec vmm.Spec) []string {
 	}, spec.Cmdline...)
 	fd := func(n int) string { return strconv.Itoa(n) }
 	machine := "microvm,x-option-roms=off,isa-serial=on,rtc=on"
-	if spec.Memory != nil {
-		machine += ",memory-backend=ram"
-	}
 	args := []string{
 		"-sandbox", SandboxOptions,
 		"-name", spec.Dir.VMMName(),
@@ -243,17 +240,13 @@ func (b *Backend) Args(spec vmm.Spec) []string {
 		}
 		args = append(args, "-netdev", netdev, "-device", nic)
 	}
-	if m := spec.Memory; m != nil {
-		share := "off"
-		if m.Shared {
-			share = "on"
-		}
-		args = append(args, "-object", fmt.Sprintf("memory-backend-file,id=ram,size=%dM,mem-path=/proc/self/fd/%d,share=%s",
-			spec.MemMiB, fdRAM(spec), share))
-	}
 	if spec.RestoreState != "" {
-		// The state arrives later over QMP (restore): a descriptor
-		// passed with getfd, so QEMU never opens a path for it.
+		// Guest RAM and device state arrive later over QMP (restore): a
+		// read-only descriptor passed with getfd, so QEMU never opens a
+		// path for it and never holds a writable handle on a snapshot.
+		// (QEMU 7.2 opens a memory-backend-file read-write even with
+		// share=off, so mapping a shared RAM file would hand every
+		// restored QEMU the power to rewrite what later restores load.)
 		args = append(args, "-incoming", "defer")
 	}
 	return args
@@ -279,15 +272,6 @@ const SlirpEnv = "PYRO_BENCH_SLIRP"
 
 // agentPortID is the agent port's device id.
 const agentPortID = "agentport"
-
-// fdRAM is the descriptor of the memory file: after the disks and the
-// network stack's socket.
-func fdRAM(spec vmm.Spec) int {
-	if spec.Network && spec.NetworkFile != nil {
-		return netFD(spec) + 1
-	}
-	return netFD(spec)
-}
 
 // Command prepares QEMU for spec: the files opened, the sockets bound in
 // spec.Dir, the credentials chosen. Call cleanup once the command started
@@ -368,20 +352,6 @@ func (b *Backend) Command(spec vmm.Spec, console io.Writer) (cmd *exec.Cmd, clea
 		return nil, nil, errors.New("qemu: a networked guest needs pyro's network stack (no NetworkFile in the spec)")
 	}
 	priv := ChoosePrivileges(b.accel, spec.Kernel, spec.Initrd)
-	if m := spec.Memory; m != nil {
-		// QEMU re-opens the memory file read-write through /proc/self/fd
-		// (7.2 maps even a private copy from a writable open), so the
-		// account it runs as must own it. A snapshot's file is checked by
-		// its inode, size and ctime before every use (internal/golden).
-		if err = ownRAMFile(m.Path, priv.Drop); err != nil {
-			return nil, nil, err
-		}
-		if err = open(m.Path, os.O_RDWR); err != nil {
-			return nil, nil, err
-		}
-		// After the network socket, matching fdRAM.
-		extra = append(slices.Clone(extra), files[len(files)-1])
-	}
 	// A layer chain's lower layers come last (fdChain).
 	nfixed := len(files)
 	if err = openChain(spec, open); err != nil {
