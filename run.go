@@ -45,7 +45,8 @@ type RunResult struct {
 	ExecResult
 	BootMS  int64 `json:"boot_ms"`
 	TotalMS int64 `json:"total_ms"`
-	// Start is "warm" (restored from a memory snapshot) or "cold" (booted).
+	// Start is "warm" (restored from a memory snapshot), "cold" (booted)
+	// or "pool" (handed out by a warm pool: boot_ms is the hand-out).
 	Start string `json:"start"`
 	// Warnings are notes a person should see, such as running on TCG
 	// because KVM is unusable.
@@ -91,6 +92,11 @@ func (c *Client) RunInVM(ctx context.Context, opts RunOptions) (RunResult, error
 	}
 	if rec.EnvironmentDigest, err = c.ensureEnvironment(ctx, rec.Environment); err != nil {
 		return RunResult{}, err
+	}
+	// A warm pool of this configuration hands out a guest in milliseconds
+	// (pool.go); without one the run starts its own.
+	if out, ok, err := c.runPooled(ctx, rec, opts, req, start); ok {
+		return out, err
 	}
 	// The run's directory names this process as its owner, so that should
 	// this process be killed, the next client's reconcile removes it.

@@ -38,6 +38,9 @@ type Client struct {
 	// supervisor's proxy prefix when the agent is reached through it.
 	base string
 
+	// noKeepAlive: see NewPausableClient.
+	noKeepAlive bool
+
 	mu      sync.Mutex
 	conn    net.Conn
 	session *yamux.Session
@@ -59,6 +62,16 @@ func NewClient(dial DialFunc) *Client {
 		MaxResponseHeaderBytes: MaxHeaderBytes,
 	}
 	c.http = &http.Client{Transport: tr, CheckRedirect: noRedirects}
+	return c
+}
+
+// NewPausableClient is NewClient for a guest that is paused between calls
+// (a warm pool's): its session sends no keep-alives, which a paused guest
+// cannot answer, so the session is still there when the guest resumes.
+// Each call keeps its own deadline.
+func NewPausableClient(dial DialFunc) *Client {
+	c := NewClient(dial)
+	c.noKeepAlive = true
 	return c
 }
 
@@ -113,7 +126,11 @@ func (c *Client) getSession(ctx context.Context) (*yamux.Session, error) {
 	if err != nil {
 		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, unavailableHint, "dial agent channel")
 	}
-	s, err := yamux.Client(conn, clientConfig())
+	cfg := clientConfig()
+	if c.noKeepAlive {
+		cfg.EnableKeepAlive = false
+	}
+	s, err := yamux.Client(conn, cfg)
 	if err != nil {
 		_ = conn.Close()
 		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "", "start agent session")

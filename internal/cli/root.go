@@ -100,7 +100,7 @@ State lives in $PYRO_HOME (default ~/.local/share/pyro).`,
 		a.sdk, err = a.client()
 		return err
 	}
-	root.AddCommand(a.runCommand(), a.envCommand(), a.vmCommand(), a.workspaceCommand(), a.doctorCommand(), a.mcpCommand(), a.demoCommand(), a.prepareCommand())
+	root.AddCommand(a.runCommand(), a.envCommand(), a.vmCommand(), a.workspaceCommand(), a.doctorCommand(), a.mcpCommand(), a.demoCommand(), a.prepareCommand(), a.poolCommand())
 	root.AddCommand(a.hostCommand())
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return errdefs.Wrap(errdefs.ErrInvalidArgument, err, "see `pyro COMMAND --help`", "bad flags")

@@ -1,0 +1,281 @@
+package pool
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// fakeGuest answers HTTP on each stream with its id and the identity it
+// was handed out as.
+type fakeGuest struct {
+	id      string
+	mu      sync.Mutex
+	as      string
+	resumed bool
+	done    chan struct{}
+	closed  atomic.Bool
+	failOut bool
+}
+
+func (g *fakeGuest) ID() string { return g.id }
+func (g *fakeGuest) Info() GuestInfo {
+	return GuestInfo{Backend: "qemu", Acceleration: "tcg", Isolation: "vm", Start: "warm", BootMS: 7, VMMPID: 4242}
+}
+func (g *fakeGuest) HandOut(_ context.Context, id string) error {
+	if g.failOut {
+		return errors.New("guest did not answer")
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.as, g.resumed = id, true
+	return nil
+}
+func (g *fakeGuest) OpenStream(context.Context) (net.Conn, error) {
+	a, b := net.Pipe()
+	go func() {
+		defer b.Close()
+		req, err := http.ReadRequest(bufio.NewReader(b))
+		if err != nil {
+			return
+		}
+		g.mu.Lock()
+		body := g.id + " as " + g.as
+		g.mu.Unlock()
+		fmt.Fprintf(b, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
+		_ = req
+	}()
+	return a, nil
+}
+func (g *fakeGuest) Done() <-chan struct{} { return g.done }
+func (g *fakeGuest) Close() error {
+	if g.closed.CompareAndSwap(false, true) {
+		close(g.done)
+	}
+	return nil
+}
+
+type fakeFiller struct {
+	mu      sync.Mutex
+	n       int
+	guests  []*fakeGuest
+	failOut bool
+}
+
+func (f *fakeFiller) fill(context.Context) (Guest, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.n++
+	g := &fakeGuest{id: fmt.Sprintf("pooled%d", f.n), done: make(chan struct{}), failOut: f.failOut}
+	f.guests = append(f.guests, g)
+	return g, nil
+}
+
+func (f *fakeFiller) all() []*fakeGuest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]*fakeGuest(nil), f.guests...)
+}
+
+var testKey = Key{Environment: "debian:12", EnvDigest: "sha256:abc", VCPUs: 1, MemMiB: 256, Network: "off"}
+
+func startTest(t *testing.T, size int, f *fakeFiller) (string, *Server) {
+	t.Helper()
+	root, err := os.MkdirTemp("", "pool")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(root) })
+	s, err := Start(Config{Root: root, Key: testKey, Size: size, Fill: f.fill})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.WaitReady(ctx, size); err != nil {
+		t.Fatal(err)
+	}
+	return root, s
+}
+
+func TestClaimHandsOutAndRefills(t *testing.T) {
+	f := &fakeFiller{}
+	root, s := startTest(t, 2, f)
+	ctx := context.Background()
+	l, err := Claim(ctx, root, testKey, "run1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Guest != "pooled1" || l.Info.Backend != "qemu" {
+		t.Fatalf("lease %+v", l)
+	}
+	// The claimer reaches the guest's agent through the pool.
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return l.Dial(ctx) }}}
+	resp, err := hc.Get("http://pyro-agent/v1/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf [64]byte
+	n, _ := resp.Body.Read(buf[:])
+	resp.Body.Close()
+	if got := string(buf[:n]); got != "pooled1 as run1" {
+		t.Fatalf("agent answered %q", got)
+	}
+	// Refill: the pool makes a third guest in the background.
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := s.WaitReady(wctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Status(); st.Leased != 1 || st.Served != 1 || len(f.all()) != 3 {
+		t.Fatalf("status %+v, %d guests made", st, len(f.all()))
+	}
+	// The end of the lease destroys the guest.
+	g := f.all()[0]
+	l.Close()
+	select {
+	case <-g.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("guest outlived its lease")
+	}
+}
+
+func TestClaimMismatchAndEmpty(t *testing.T) {
+	f := &fakeFiller{}
+	root, s := startTest(t, 1, f)
+	ctx := context.Background()
+	other := testKey
+	other.MemMiB = 512
+	if _, err := Claim(ctx, root, other, "run1"); !errors.Is(err, ErrNoPool) {
+		t.Fatalf("other key: %v", err)
+	}
+	// Same socket, wrong key: refused, not handed out.
+	k := testKey
+	r, c, err := call(ctx, SocketPath(root, testKey), request{Op: "claim", Key: &other, ID: "run1"})
+	if err != nil || r.Error == "" || r.Claimed != nil {
+		t.Fatalf("mismatched claim: %+v %v", r, err)
+	}
+	c.Close()
+	l, err := Claim(ctx, root, k, "run1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	// Make refills fail to hand out: a second claim before the refill is
+	// ready finds the pool empty, or a guest that fails the hand-out.
+	s.mu.Lock()
+	s.ready = nil
+	s.mu.Unlock()
+	if _, err := Claim(ctx, root, k, "run2"); !errors.Is(err, ErrEmpty) {
+		t.Fatalf("empty pool: %v", err)
+	}
+}
+
+func TestHandOutFailureDestroysGuest(t *testing.T) {
+	f := &fakeFiller{failOut: true}
+	root, _ := startTest(t, 1, f)
+	if _, err := Claim(context.Background(), root, testKey, "run1"); !errors.Is(err, ErrEmpty) {
+		t.Fatalf("claim of a broken guest: %v", err)
+	}
+	if g := f.all()[0]; !g.closed.Load() {
+		t.Fatal("a guest that failed its hand-out was not destroyed")
+	}
+}
+
+func TestAttachNeedsToken(t *testing.T) {
+	f := &fakeFiller{}
+	root, _ := startTest(t, 1, f)
+	l, err := Claim(context.Background(), root, testKey, "run1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	bad := *l
+	bad.token = "00000000000000000000000000000000"
+	if _, err := bad.Dial(context.Background()); err == nil {
+		t.Fatal("attach with a wrong token succeeded")
+	}
+}
+
+func TestCloseLeavesNothing(t *testing.T) {
+	f := &fakeFiller{}
+	root, s := startTest(t, 2, f)
+	l, err := Claim(context.Background(), root, testKey, "run1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	s.Close()
+	for _, g := range f.all() {
+		if !g.closed.Load() {
+			t.Fatalf("guest %s outlived the pool", g.id)
+		}
+	}
+	if _, err := os.Stat(SocketPath(root, testKey)); !os.IsNotExist(err) {
+		t.Fatalf("socket left: %v", err)
+	}
+	// A second pool of the same key may start now.
+	s2, err := Start(Config{Root: root, Key: testKey, Size: 1, Fill: f.fill})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2.Close()
+}
+
+func TestSecondPoolRefusedAndList(t *testing.T) {
+	f := &fakeFiller{}
+	root, _ := startTest(t, 1, f)
+	if _, err := Start(Config{Root: root, Key: testKey, Size: 1, Fill: f.fill}); err == nil {
+		t.Fatal("second pool of one key started")
+	}
+	// A dead pool's socket is removed by List.
+	dead := filepath.Join(root, DirName, "0000000000000000.sock")
+	ln, err := net.Listen("unix", dead)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
+	list, err := List(context.Background(), root)
+	if err != nil || len(list) != 1 || list[0].Key != testKey || list[0].Ready != 1 {
+		t.Fatalf("list %+v %v", list, err)
+	}
+	if _, err := os.Stat(dead); !os.IsNotExist(err) {
+		t.Fatalf("dead socket kept: %v", err)
+	}
+	st, err := Stop(context.Background(), SocketPath(root, testKey))
+	if err != nil || st.Size != 1 {
+		t.Fatalf("stop: %+v %v", st, err)
+	}
+}
+
+func TestValidClaimed(t *testing.T) {
+	good := Claimed{Guest: "abc123", Token: "0123456789abcdef0123456789abcdef", HandoutMS: 3,
+		GuestInfo: GuestInfo{Backend: "qemu", Acceleration: "tcg", Isolation: "vm", Start: "warm"}}
+	if err := validClaimed(good); err != nil {
+		t.Fatal(err)
+	}
+	for name, mut := range map[string]func(*Claimed){
+		"id":        func(c *Claimed) { c.Guest = "../x" },
+		"token":     func(c *Claimed) { c.Token = "zz" },
+		"isolation": func(c *Claimed) { c.Isolation = "namespaces" },
+		"start":     func(c *Claimed) { c.Start = "pool" },
+		"ms":        func(c *Claimed) { c.HandoutMS = -1 },
+	} {
+		c := good
+		mut(&c)
+		if validClaimed(c) == nil {
+			t.Errorf("%s: bad claim accepted", name)
+		}
+	}
+}
