@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"slices"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 	"github.com/pyro-mcp/pyro/internal/fsutil"
 	"github.com/pyro-mcp/pyro/internal/instance"
 	"github.com/pyro-mcp/pyro/internal/netpolicy"
+	"github.com/pyro-mcp/pyro/internal/netstack"
 	"github.com/pyro-mcp/pyro/internal/supervisor"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 )
@@ -71,6 +73,9 @@ func parsePublish(specs []string) ([]portSpec, error) {
 		if herr != nil || gerr != nil || host < 0 || host > 65535 || guest < 1 || guest > 65535 {
 			return nil, errdefs.New(errdefs.ErrInvalidArgument, "use [HOST_PORT:]GUEST_PORT with ports 1-65535, e.g. 8000 or 18000:8000",
 				"invalid publish %q", s)
+		}
+		if err := netstack.CheckHostPort(host); err != nil {
+			return nil, fmt.Errorf("publish %q: %w", s, err)
 		}
 		if slices.ContainsFunc(out, func(p portSpec) bool { return p.guest == guest || (host != 0 && p.host == host) }) {
 			return nil, errdefs.New(errdefs.ErrInvalidArgument, "publish each port once", "publish %q repeats a port", s)

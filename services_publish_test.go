@@ -9,11 +9,11 @@ import (
 )
 
 func TestParsePublish(t *testing.T) {
-	got, err := parsePublish([]string{"8000", "18001:8001", " 0:9000 "})
-	if err != nil || len(got) != 3 || got[0] != (portSpec{0, 8000}) || got[1] != (portSpec{18001, 8001}) || got[2] != (portSpec{0, 9000}) {
+	got, err := parsePublish([]string{"8000", "18001:8001", " 0:9000 ", "1024:80"})
+	if err != nil || len(got) != 4 || got[0] != (portSpec{0, 8000}) || got[1] != (portSpec{18001, 8001}) || got[2] != (portSpec{0, 9000}) || got[3] != (portSpec{1024, 80}) {
 		t.Fatalf("got %v, %v", got, err)
 	}
-	for _, bad := range [][]string{{"0"}, {"65536"}, {"-1"}, {"80:"}, {":80"}, {"a:80"}, {"70000:80"}, {"1:2:3"}, {"8000", "18000:8000"}, {"1:80", "1:81"}, {""},
+	for _, bad := range [][]string{{"0"}, {"65536"}, {"-1"}, {"80:"}, {":80"}, {"a:80"}, {"70000:80"}, {"1:2:3"}, {"8000", "18000:8000"}, {"1:80", "1:81"}, {""}, {"80:8000"}, {"1023:8000"},
 		make([]string, maxPublish+1)} {
 		if _, err := parsePublish(bad); !errors.Is(err, ErrInvalidArgument) {
 			t.Errorf("parsePublish(%q) = %v, want invalid_argument", bad, err)

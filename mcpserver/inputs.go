@@ -119,7 +119,7 @@ type serviceStartIn struct {
 	ReadyTimeoutSeconds int               `json:"ready_timeout_seconds,omitempty" jsonschema:"How long to wait for readiness, in seconds."`
 	ReadyIntervalMS     int               `json:"ready_interval_ms,omitempty" jsonschema:"Interval between readiness probes, in milliseconds."`
 	SecretEnv           map[string]string `json:"secret_env,omitempty" jsonschema:"Expose workspace secrets as environment variables of the service: SECRET_NAME -> variable name, or \"\" for the secret's own name."`
-	Publish             []string          `json:"publish,omitempty" jsonschema:"Forward host loopback ports to guest ports while the service runs: [HOST_PORT:]GUEST_PORT each (no HOST_PORT: a free one). Needs a workspace created with network_policy egress+published-ports."`
+	Publish             []string          `json:"publish,omitempty" jsonschema:"Forward host loopback ports to guest ports while the service runs: [HOST_PORT:]GUEST_PORT each (HOST_PORT 1024-65535; none: a free one). Needs a workspace created with network_policy egress+published-ports."`
 }
 
 type serviceIn struct {

@@ -86,7 +86,7 @@ lines. Without one, returns as soon as the process runs.`,
 	f.IntVar(&o.ReadyTimeoutSeconds, "ready-timeout-seconds", pyro.DefaultReadyTimeoutSeconds, "give up (and stop the service) after this many seconds")
 	f.IntVar(&o.ReadyIntervalMS, "ready-interval-ms", pyro.DefaultReadyIntervalMS, "milliseconds between probe attempts")
 	f.StringArrayVar(&secretEnv, "secret-env", nil, "expose secret NAME as env var (NAME or NAME=VAR; repeatable)")
-	f.StringArrayVar(&o.Publish, "publish", nil, "forward 127.0.0.1:HOST_PORT on the host to GUEST_PORT while the service runs: [HOST_PORT:]GUEST_PORT (needs --network-policy egress+published-ports; repeatable)")
+	f.StringArrayVar(&o.Publish, "publish", nil, "forward 127.0.0.1:HOST_PORT on the host to GUEST_PORT while the service runs: [HOST_PORT:]GUEST_PORT, HOST_PORT 1024-65535 (needs --network-policy egress+published-ports; repeatable)")
 	return cmd
 }
 

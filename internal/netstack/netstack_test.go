@@ -389,6 +389,16 @@ func TestPublish(t *testing.T) {
 	if _, err := e.st.Publish(p.HostPort, 8081); !errors.Is(err, errdefs.ErrFailedPrecondition) {
 		t.Errorf("publishing a bound host port: %v, want failed precondition", err)
 	}
+	// A model asking for a privileged host port (a system service's, on
+	// a root supervisor) is refused before anything listens.
+	for _, hp := range []int{1, 53, 80, 443, 1023, -1, 65536} {
+		if _, err := e.st.Publish(hp, 8082); !errors.Is(err, errdefs.ErrInvalidArgument) || errdefs.Hint(err) == "" {
+			t.Errorf("publishing on host port %d: %v, want invalid argument with a hint", hp, err)
+		}
+	}
+	if _, err := e.st.Publish(80, 8082); err == nil || !strings.Contains(err.Error(), "privileged") {
+		t.Errorf("host port 80: %v, want it called privileged", err)
+	}
 	if err := e.st.Unpublish(8080); err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package netstack
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strconv"
 	"sync"
@@ -15,6 +16,27 @@ import (
 
 // MaxPublishedConns bounds the connections open through one published port.
 const MaxPublishedConns = 64
+
+// MinHostPort is the lowest host port a guest port may be published on.
+// Ports below it are privileged: as root (pyro often is) the supervisor
+// could bind them, and a guest or a model would then answer on the host's
+// loopback where local programs expect a system service (53, 80, 443,
+// 631...). No sandbox needs one; a proxy can forward a privileged port.
+const MinHostPort = 1024
+
+// CheckHostPort refuses a host port a guest port may not be published on:
+// 0 (pick a free port) or MinHostPort-65535. Every layer that takes a host
+// port from a caller (SDK, supervisor, stack) checks it.
+func CheckHostPort(port int) error {
+	if port == 0 || (port >= MinHostPort && port <= 65535) {
+		return nil
+	}
+	hint := fmt.Sprintf("use a host port of %d-65535, or 0 to pick a free one", MinHostPort)
+	if port > 0 && port < MinHostPort {
+		return errdefs.New(errdefs.ErrInvalidArgument, hint, "host port %d is privileged (below %d); pyro does not publish guest ports on it", port, MinHostPort)
+	}
+	return errdefs.New(errdefs.ErrInvalidArgument, hint, "host port %d out of range", port)
+}
 
 // PublishedPort is a host loopback port forwarded to a guest TCP port.
 type PublishedPort struct {
@@ -32,12 +54,13 @@ type published struct {
 	wg     sync.WaitGroup
 }
 
-// Publish listens on 127.0.0.1:hostPort (0 picks a free port) and forwards
+// Publish listens on 127.0.0.1:hostPort (0 picks a free port; see
+// CheckHostPort) and forwards
 // each connection to the guest's guestPort. A guest port is published at
 // most once; a host port already bound is a failed precondition.
 func (st *Stack) Publish(hostPort, guestPort int) (PublishedPort, error) {
-	if hostPort < 0 || hostPort > 65535 {
-		return PublishedPort{}, errdefs.New(errdefs.ErrInvalidArgument, "use 0 (pick a free port) or 1-65535", "host port %d out of range", hostPort)
+	if err := CheckHostPort(hostPort); err != nil {
+		return PublishedPort{}, err
 	}
 	if guestPort < 1 || guestPort > 65535 {
 		return PublishedPort{}, errdefs.New(errdefs.ErrInvalidArgument, "use 1-65535", "guest port %d out of range", guestPort)

@@ -78,6 +78,9 @@ func TestNetworkEndpoints(t *testing.T) {
 	if _, err := c.Publish(ctx, 0, 70000); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Fatalf("guest port 70000: %v", err)
 	}
+	if _, err := c.Publish(ctx, 443, 9090); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("privileged host port 443: %v", err)
+	}
 	if err := c.Unpublish(ctx, 8080); err != nil {
 		t.Fatal(err)
 	}
