@@ -133,16 +133,25 @@ func (st *Stack) resolve(query []byte, overUDP bool) []byte {
 	if err != nil || h.Response {
 		return nil
 	}
+	if h.OpCode != 0 {
+		// NOTIFY, UPDATE, IQUERY...: a guest has no business sending them
+		// anywhere, and their other sections carry arbitrary records.
+		return replyCode(h, nil, dnsmessage.RCodeNotImplemented)
+	}
 	qs, err := p.AllQuestions()
 	if err != nil || len(qs) != 1 {
 		return replyCode(h, qs, dnsmessage.RCodeFormatError)
 	}
 	q := qs[0]
+	upstream, code := upstreamQuery(&p, h, q)
+	if code != dnsmessage.RCodeSuccess {
+		return replyCode(h, qs, code)
+	}
 	name := q.Name.String()
 	if v := st.cfg.Engine.DecideQuery(name, uint16(q.Type)); !v.Allowed {
 		return replyCode(h, qs, dnsmessage.RCodeNameError)
 	}
-	reply, err := st.exchange(query, h.ID)
+	reply, err := st.exchange(upstream, h.ID)
 	if err != nil {
 		st.log.Debug("dns upstream failed", "name", name, "err", err)
 		return replyCode(h, qs, dnsmessage.RCodeServerFailure)
@@ -158,6 +167,55 @@ func (st *Stack) resolve(query []byte, overUDP bool) []byte {
 		return t
 	}
 	return reply
+}
+
+// upstreamQuery is the only form of query that leaves the host: a standard
+// QUERY for one question of class IN, with at most an EDNS OPT record,
+// rebuilt from its parsed fields, so that nothing else the guest put in
+// the message (answer, authority or additional records, EDNS options,
+// spare header bits) reaches the upstream resolver. p is past the
+// question section. A code other than success is the guest's answer
+// instead (FORMERR for a malformed or stuffed query, NOTIMP for another
+// class).
+func upstreamQuery(p *dnsmessage.Parser, h dnsmessage.Header, q dnsmessage.Question) ([]byte, dnsmessage.RCode) {
+	if q.Class != dnsmessage.ClassINET {
+		return nil, dnsmessage.RCodeNotImplemented
+	}
+	if rs, err := p.AllAnswers(); err != nil || len(rs) > 0 {
+		return nil, dnsmessage.RCodeFormatError
+	}
+	if rs, err := p.AllAuthorities(); err != nil || len(rs) > 0 {
+		return nil, dnsmessage.RCodeFormatError
+	}
+	var opt *dnsmessage.ResourceHeader
+	for {
+		rh, err := p.AdditionalHeader()
+		if errors.Is(err, dnsmessage.ErrSectionDone) {
+			break
+		}
+		if err != nil || rh.Type != dnsmessage.TypeOPT || opt != nil || p.SkipAdditional() != nil {
+			return nil, dnsmessage.RCodeFormatError
+		}
+		opt = &rh
+	}
+	b := dnsmessage.NewBuilder(make([]byte, 0, 512), dnsmessage.Header{ID: h.ID,
+		RecursionDesired: h.RecursionDesired, CheckingDisabled: h.CheckingDisabled})
+	b.EnableCompression()
+	if b.StartQuestions() != nil || b.Question(q) != nil {
+		return nil, dnsmessage.RCodeFormatError
+	}
+	if opt != nil {
+		var rh dnsmessage.ResourceHeader
+		if rh.SetEDNS0(int(opt.Class), dnsmessage.RCodeSuccess, opt.DNSSECAllowed()) != nil ||
+			b.StartAdditionals() != nil || b.OPTResource(rh, dnsmessage.OPTResource{}) != nil {
+			return nil, dnsmessage.RCodeFormatError
+		}
+	}
+	out, err := b.Finish()
+	if err != nil {
+		return nil, dnsmessage.RCodeFormatError
+	}
+	return out, dnsmessage.RCodeSuccess
 }
 
 // exchange sends a query to the upstream over UDP, then TCP when the UDP

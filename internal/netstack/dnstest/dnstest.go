@@ -21,6 +21,7 @@ type Server struct {
 	pc   net.PacketConn
 	mu   sync.Mutex
 	seen []string
+	raw  [][]byte
 }
 
 // Start listens on a free loopback port.
@@ -47,6 +48,13 @@ func (s *Server) Seen() []string {
 	return append([]string(nil), s.seen...)
 }
 
+// Raw returns every message received so far, as received.
+func (s *Server) Raw() [][]byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([][]byte(nil), s.raw...)
+}
+
 func (s *Server) serve() {
 	buf := make([]byte, 4096)
 	for {
@@ -54,6 +62,9 @@ func (s *Server) serve() {
 		if err != nil {
 			return
 		}
+		s.mu.Lock()
+		s.raw = append(s.raw, append([]byte(nil), buf[:n]...))
+		s.mu.Unlock()
 		if out := s.answer(buf[:n]); out != nil {
 			_, _ = s.pc.WriteTo(out, from)
 		}
