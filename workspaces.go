@@ -395,6 +395,9 @@ type ExportResult struct {
 	// devices, fifos. SkippedCount counts them all.
 	Skipped      []ExportSkip `json:"skipped"`
 	SkippedCount int          `json:"skipped_count"`
+	// Transfer says which path served it: "host" (read from the images
+	// on the host) or "guest" (streamed by the guest agent).
+	Transfer string `json:"transfer"`
 }
 
 // ExportSkip is one entry an export did not write, and why.
@@ -436,18 +439,22 @@ func (c *Client) ExportWorkspace(ctx context.Context, id, path, outputPath strin
 	if _, err := os.Lstat(out); err == nil && !o.Overwrite {
 		return ExportResult{}, errdefs.New(errdefs.ErrAlreadyExists, "choose another path, or pass --overwrite", "output %q exists", out)
 	}
-	agent, err := c.workspaceAgent(ctx, dir, rec)
-	if err != nil {
-		return ExportResult{}, err
+	st, kind, onHost, err := c.exportHost(ctx, dir, rec, guest, out, o.Overwrite)
+	res := ExportResult{WorkspaceID: id, Path: guest, OutputPath: out, Kind: kind, Skipped: []ExportSkip{}, Transfer: TransferHost}
+	if !onHost {
+		agent, aerr := c.workspaceAgent(ctx, dir, rec)
+		if aerr != nil {
+			return ExportResult{}, aerr
+		}
+		defer agent.Close()
+		r, kind, perr := agent.PullTar(ctx, guest, workspace.Root)
+		if perr != nil {
+			return ExportResult{}, perr
+		}
+		defer r.Close()
+		res.Kind, res.Transfer = kind, TransferGuest
+		st, err = workspace.Export(hostres.CapReader(r, hostres.Load().ExportBytes, "export of "+guest, hostres.ExportBytesEnv), guest, kind, out, o.Overwrite)
 	}
-	defer agent.Close()
-	r, kind, err := agent.PullTar(ctx, guest, workspace.Root)
-	if err != nil {
-		return ExportResult{}, err
-	}
-	defer r.Close()
-	res := ExportResult{WorkspaceID: id, Path: guest, OutputPath: out, Kind: kind, Skipped: []ExportSkip{}}
-	st, err := workspace.Export(hostres.CapReader(r, hostres.Load().ExportBytes, "export of "+guest, hostres.ExportBytesEnv), guest, kind, out, o.Overwrite)
 	res.FileCount, res.Bytes = st.Files, st.Bytes
 	for _, s := range st.Skipped {
 		res.Skipped = append(res.Skipped, ExportSkip{Path: s.Path, Reason: s.Reason})

@@ -170,7 +170,7 @@ func (im Image) batch(ctx context.Context, cmds []string, limit int64, meter boo
 		if meter && im.Budget != nil {
 			return budgetErr("too much listing output")
 		}
-		return errdefs.New(errdefs.ErrFailedPrecondition, "", "debugfs printed more than %d bytes", limit)
+		return fmt.Errorf("debugfs printed more than %d bytes: %w", limit, errOverLimit)
 	case cerr != nil:
 		return cerr
 	case werr != nil:
@@ -178,6 +178,9 @@ func (im Image) batch(ctx context.Context, cmds []string, limit int64, meter boo
 	}
 	return nil
 }
+
+// errOverLimit: a batch printed more than its limit.
+var errOverLimit = errors.New("output over its bound")
 
 // echo is the line debugfs prints before running cmd from a script.
 func echo(cmd string) string { return "debugfs: " + cmd + "\n" }
@@ -359,7 +362,7 @@ func (im Image) Cat(ctx context.Context, items []CatItem, fn func(i int, r io.Re
 		cmds[i] = fmt.Sprintf("cat <%d>", it.Ino)
 		total += it.Size + int64(len(echo(cmds[i])))
 	}
-	return im.batch(ctx, cmds, total, false, func(r *bufio.Reader) error {
+	err := im.batch(ctx, cmds, total, false, func(r *bufio.Reader) error {
 		for i, it := range items {
 			if err := expect(r, echo(cmds[i])); err != nil {
 				return fmt.Errorf("the image changed while it was read: %w", err)
@@ -382,4 +385,29 @@ func (im Image) Cat(ctx context.Context, items []CatItem, fn func(i int, r io.Re
 		}
 		return nil
 	})
+	if errors.Is(err, errOverLimit) {
+		return fmt.Errorf("the image changed while it was read: more content than listed")
+	}
+	return err
+}
+
+// Clean reports whether the image's journal needs no recovery (no
+// needs_recovery feature): what the guest wrote last is in place, not only
+// in the journal, which debugfs -c does not replay.
+func (im Image) Clean(ctx context.Context) (bool, error) {
+	out, _, _, err := im.run(ctx, "features", 64<<10)
+	if err != nil {
+		return false, err
+	}
+	line, _, _ := bytes.Cut(out, []byte("\n"))
+	feats, ok := bytes.CutPrefix(line, []byte("Filesystem features:"))
+	if !ok {
+		return false, fmt.Errorf("debugfs features: unexpected output %q", truncate(out, 80))
+	}
+	for _, f := range bytes.Fields(feats) {
+		if string(f) == "needs_recovery" {
+			return false, nil
+		}
+	}
+	return true, nil
 }
