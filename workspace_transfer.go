@@ -41,11 +41,23 @@ func (c *Client) exportHost(ctx context.Context, dir vmdir.Dir, rec instance.Rec
 	if _, err := exec.LookPath("debugfs"); err != nil {
 		return st, "", false, nil
 	}
-	read := func(ctx context.Context) {
-		st, kind, ok, err = exportFromImages(ctx, rec, guest, out, overwrite)
+	// The upper layer as a raw image (a chain of checkpoint layers is
+	// flattened first, see workspace.Layers).
+	read := func(ctx context.Context, raw func(context.Context) (string, func(), error)) {
+		upper, done, rerr := raw(ctx)
+		if rerr != nil {
+			return // ok stays false: the guest serves
+		}
+		defer done()
+		st, kind, ok, err = exportFromImages(ctx, rec.WorkspaceBase, upper, guest, out, overwrite)
 	}
 	if c.lc.Observe(ctx, dir, rec).State == instance.Running {
 		touchActivity(dir)
+		unlock, lerr := lockLayers(dir) // no checkpoint moves the top meanwhile
+		if lerr != nil {
+			return st, "", false, nil
+		}
+		defer unlock()
 		agent := c.lc.Client(dir)
 		defer agent.Close()
 		if agent.FreezeLayer(ctx, freezeFor) != nil {
@@ -55,20 +67,20 @@ func (c *Client) exportHost(ctx context.Context, dir vmdir.Dir, rec instance.Rec
 		// The guest thaws by itself after freezeFor: stop reading before.
 		fctx, cancel := context.WithTimeout(ctx, freezeFor-5*time.Second)
 		defer cancel()
-		read(fctx)
+		read(fctx, layersOf(dir, rec).RawUpperFrozen)
 		return st, kind, ok, err
 	}
-	if werr := c.lc.WhileStopped(ctx, dir, rec, func() error { read(ctx); return nil }); werr != nil {
+	if werr := c.lc.WhileStopped(ctx, dir, rec, func() error { read(ctx, layersOf(dir, rec).RawUpper); return nil }); werr != nil {
 		return st, "", false, nil // it started meanwhile: the guest serves
 	}
 	return st, kind, ok, err
 }
 
-// exportFromImages reads guest from the images (which nobody writes
-// meanwhile) into out.
-func exportFromImages(ctx context.Context, rec instance.Record, guest, out string, overwrite bool) (tarutil.Stats, string, bool, error) {
+// exportFromImages reads guest from the baseline and raw upper images
+// (which nobody writes meanwhile) into out.
+func exportFromImages(ctx context.Context, base, upper, guest, out string, overwrite bool) (tarutil.Stats, string, bool, error) {
 	var st tarutil.Stats
-	v, err := workspace.OpenDiskView(ctx, rec.WorkspaceBase, rec.WorkspaceDisk)
+	v, err := workspace.OpenDiskView(ctx, base, upper)
 	if err != nil {
 		return st, "", false, nil
 	}

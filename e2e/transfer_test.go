@@ -3,6 +3,7 @@ package e2e
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -26,8 +27,16 @@ func TestExportHostPath(t *testing.T) {
 	_, env := isolatedHome(t)
 	seed := t.TempDir()
 	writeTree(t, seed, map[string]string{"tree/a.txt": "seed a\n", "tree/gone.txt": "deleted later\n", "tree/sub/b.txt": "seed b\n"})
+	// With checkpoints the upper layer is a chain of qcow2 layers, read
+	// flattened; without, the raw disk itself.
+	for _, flags := range [][]string{nil, {"--checkpoints"}} {
+		t.Run(fmt.Sprint("create", flags), func(t *testing.T) { exportHostPath(t, env, seed, flags) })
+	}
+}
+
+func exportHostPath(t *testing.T, env []string, seed string, flags []string) {
 	var w wsStatus
-	mustWS(t, env, &w, "create", "--seed-path", seed, baseEnv)
+	mustWS(t, env, &w, append([]string{"create", "--seed-path", seed, baseEnv}, flags...)...)
 	id := w.WorkspaceID
 	defer ws(t, env, nil, "delete", id)
 	res := wsExec(t, env, id, "sh", "-ec", `rm tree/gone.txt; echo changed > tree/sub/b.txt; mkdir tree/new; head -c 300000 /dev/urandom > tree/new/r.bin; sha256sum tree/new/r.bin | cut -c1-64 > /tmp/sum; cat /tmp/sum`)

@@ -301,6 +301,18 @@ func (l Layers) GC(keep []string) error {
 // flattened sparse copy (qemu-img convert, following the headers) in the
 // workspace directory, which done removes. The workspace must be stopped.
 func (l Layers) RawUpper(ctx context.Context) (path string, done func(), err error) {
+	return l.rawUpper(ctx, false)
+}
+
+// RawUpperFrozen is RawUpper for a running workspace whose guest holds the
+// upper layer frozen (its writes flushed through QEMU): the chain is read
+// beside the QEMU that holds it open (qemu-img -U). The caller holds the
+// layer lock, so the top does not move meanwhile.
+func (l Layers) RawUpperFrozen(ctx context.Context) (path string, done func(), err error) {
+	return l.rawUpper(ctx, true)
+}
+
+func (l Layers) rawUpper(ctx context.Context, shared bool) (path string, done func(), err error) {
 	if !l.Chained() {
 		return l.Disk, func() {}, nil
 	}
@@ -316,7 +328,11 @@ func (l Layers) RawUpper(ctx context.Context) (path string, done func(), err err
 	}
 	out := filepath.Join(l.Dir, fmt.Sprintf(".flat-%d.raw", os.Getpid()))
 	_ = os.Remove(out)
-	cmd := exec.CommandContext(ctx, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", "-S", "64k", l.Path(top), out)
+	args := []string{"convert", "-f", "qcow2", "-O", "raw", "-S", "64k"}
+	if shared {
+		args = append(args, "-U")
+	}
+	cmd := exec.CommandContext(ctx, "qemu-img", append(args, l.Path(top), out)...)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		_ = os.Remove(out)
 		return "", nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "install qemu-utils", "flatten the workspace's layers: %s", strings.TrimSpace(string(b)))
