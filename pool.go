@@ -267,6 +267,8 @@ func (c *Client) runPooled(ctx context.Context, rec instance.Record, opts RunOpt
 
 // ListPools returns the warm pools running on this state directory.
 func (c *Client) ListPools(ctx context.Context) ([]PoolStatus, error) {
+	// What a killed pool left (its guests' directories) goes first.
+	c.lc.Reconcile(ctx)
 	list, err := pool.List(ctx, c.dirs.Root)
 	if err != nil {
 		return nil, err

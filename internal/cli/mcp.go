@@ -39,6 +39,8 @@ func (a *app) mcpServeCommand() *cobra.Command {
 	var netMax string     // --network-policy-max
 	var hostsMax []string // --allow-host-max
 	var allowPull bool    // --allow-pull
+	var poolSize int      // --pool
+	var poolEnv string    // --pool-environment
 	cmd := &cobra.Command{
 		Use:   "serve [--profile vm-run|workspace-core|workspace-full] [--allow-path DIR]... [--allow-host-compat] [--http ADDR [--tls-cert FILE --tls-key FILE] [--allow-remote] [--allow-origin ORIGIN]...]",
 		Short: "Run the MCP server on stdio, or on streamable HTTP with --http",
@@ -87,6 +89,7 @@ copied as links, never followed out of the checkout).`,
   pyro mcp serve --allow-pull
   pyro mcp serve --network-policy-max egress --allow-host-max @pypi --allow-host-max '*.github.com:443'
   pyro mcp serve --profile workspace-full
+  pyro mcp serve --pool 2                  # vm_run gets restored guests in milliseconds
 
   Claude Desktop (claude_desktop_config.json):
   {"mcpServers": {"pyro": {"command": "pyro", "args": ["mcp", "serve"]}}}`,
@@ -127,6 +130,7 @@ copied as links, never followed out of the checkout).`,
 			if err != nil {
 				return err
 			}
+			defer a.servePool(cmd.Context(), poolSize, poolEnv)() // mcp_pool.go
 			if o.httpAddr == "" {
 				err := server.Run(cmd.Context(), &mcpserver.StdioTransport{})
 				if err != nil && cmd.Context().Err() == nil && !isClosedPipe(err) {
@@ -150,6 +154,8 @@ copied as links, never followed out of the checkout).`,
 	f.StringVar(&netMax, "network-policy-max", "", "the widest network policy a tool call may ask for: off, egress (default) or egress+published-ports")
 	f.StringArrayVar(&hostsMax, "allow-host-max", nil, "pin tool calls' allow_hosts inside this allowlist entry (NAME, *.SUFFIX or CIDR[:PORT], or a preset; repeatable)")
 	f.StringVar(&o.projectPath, "project-path", "", "seed workspace_create without seed_path from this git checkout's tracked files (default: the checkout the server starts in, if any; \"\" for none)")
+	f.IntVar(&poolSize, "pool", 0, "keep this many restored, paused guests of vm_run's default configuration (--pool-environment, 1 vCPU, 1024 MiB, no network) ready while serving (0: none)")
+	f.StringVar(&poolEnv, "pool-environment", pyro.DefaultEnvironment, "the environment of --pool's guests")
 	f.StringVar(&o.profile, "profile", "", "serve a tool profile: vm-run (vm_run only), workspace-core (workspace basics, narrow schemas) or workspace-full (every tool); default: exactly the contract's 32 tools")
 	return cmd
 }
