@@ -18,7 +18,7 @@ To serve MCP over stdio (e.g. as an MCP client's server command)::
     python -c 'from pyro_mcp import create_server; create_server().run()'
 """
 
-from .client import Command, Pyro, PyroServer, SecretEnv, Secrets, create_server
+from .client import Command, Pyro, PyroPool, PyroServer, SecretEnv, Secrets, create_server
 from .errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -33,6 +33,7 @@ __version__ = "2.0.0"
 __all__ = [
     "Pyro",
     "PyroServer",
+    "PyroPool",
     "create_server",
     "PyroError",
     "NotFoundError",

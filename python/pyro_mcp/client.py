@@ -269,7 +269,7 @@ class Pyro:
 
     # -- MCP server -----------------------------------------------------------
 
-    def create_server(self, profile: Optional[str] = None) -> "PyroServer":
+    def create_server(self, profile: Optional[str] = None, *, pool: int = 0) -> "PyroServer":
         """An MCP server object whose ``run()`` serves pyro's tools over stdio.
 
         ``run()`` replaces the current process with ``pyro mcp serve`` (same
@@ -278,8 +278,50 @@ class Pyro:
         Args:
             profile: ``"vm-run"``, ``"workspace-core"`` or ``"workspace-full"``;
                 ``None`` serves exactly the contract's tools.
+            pool: keep this many restored, paused guests of ``vm_run``'s
+                default configuration ready while serving (``--pool``; 0: none).
         """
-        return PyroServer(pyro_bin=self._pyro_bin_arg, state_dir=self.state_dir, profile=profile)
+        return PyroServer(pyro_bin=self._pyro_bin_arg, state_dir=self.state_dir, profile=profile, pool=pool)
+
+    # -- warm pools -----------------------------------------------------------
+
+    def start_pool(
+        self,
+        environment: str = _defaults.DEFAULT_ENVIRONMENT,
+        *,
+        size: int = 2,
+        vcpu_count: int = _defaults.DEFAULT_VCPU_COUNT,
+        mem_mib: int = _defaults.DEFAULT_MEM_MIB,
+        wait_seconds: float = 300,
+    ) -> "PyroPool":
+        """Start a warm pool (``pyro pool start``) as a child process of this one.
+
+        It keeps ``size`` restored, paused guests of the configuration ready;
+        each ``run_in_vm`` of the same configuration without a network then
+        gets one in milliseconds (``start == "pool"``). Waits until the pool
+        has its guests (at most ``wait_seconds``; 0: do not wait). Close the
+        returned :class:`PyroPool` (or use it as a context manager): its guests
+        go with it.
+        """
+        argv = [self.pyro_bin, "pool", "start", "--json", f"--size={int(size)}",
+                f"--vcpu-count={int(vcpu_count)}", f"--mem-mib={int(mem_mib)}", environment]
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self._env())
+        except OSError as e:
+            raise UnavailableError(f"cannot run {argv[0]}: {e}") from e
+        pool = PyroPool(self, proc, environment)
+        if wait_seconds > 0:
+            pool.wait_ready(size, wait_seconds)
+        return pool
+
+    def list_pools(self) -> list[dict[str, Any]]:
+        """The warm pools running on this state directory (``pyro pool status``)."""
+        return self._call(["pool", "status"])["pools"]
+
+    def stop_pools(self, environment: Optional[str] = None) -> list[dict[str, Any]]:
+        """Stop the warm pools of ``environment`` (every pool when ``None``) and
+        wait until they are gone (``pyro pool stop``); returns their last status."""
+        return self._call(["pool", "stop"], [environment] if environment else [])["stopped"]
 
     # -- environments ---------------------------------------------------------
 
@@ -942,6 +984,74 @@ class Pyro:
         return self._call(["workspace", "shell", "close"], [workspace_id, shell_id])
 
 
+class PyroPool:
+    """A warm pool run by a ``pyro pool start`` child process (see :meth:`Pyro.start_pool`)."""
+
+    def __init__(self, client: Pyro, proc: "subprocess.Popen[bytes]", environment: str) -> None:
+        self._client = client
+        self._proc = proc
+        self.environment = environment
+
+    @property
+    def pid(self) -> int:
+        """The pool process's id."""
+        return self._proc.pid
+
+    def status(self) -> Optional[dict[str, Any]]:
+        """This pool's status (``ready``, ``leased``, ``served``, ...), or ``None`` once it is gone."""
+        for p in self._client.list_pools():
+            if p.get("pid") == self._proc.pid:
+                return p
+        return None
+
+    def wait_ready(self, count: int, timeout_seconds: float = 300) -> dict[str, Any]:
+        """Wait until ``count`` guests are ready; raises if the pool exits or the time passes."""
+        import time
+
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode("utf-8", "replace") if self._proc.stderr else ""
+                out = self._proc.stdout.read().decode("utf-8", "replace") if self._proc.stdout else ""
+                try:
+                    data = json.loads(out)
+                except ValueError:
+                    data = None
+                if isinstance(data, dict) and isinstance(data.get("error"), dict):
+                    raise error_from_payload(data["error"], exit_code=self._proc.returncode, stderr=err)
+                raise error_from_exit(self._proc.returncode or 1, err, out)
+            st = self.status()
+            if st is not None and st.get("ready", 0) >= count:
+                return st
+            if time.monotonic() > deadline:
+                self.close()
+                raise UnavailableError(f"warm pool of {self.environment} not ready after {timeout_seconds} s")
+            time.sleep(0.2)
+
+    def close(self) -> Optional[dict[str, Any]]:
+        """Stop the pool (SIGINT, as Ctrl-C) and wait for it; returns its final status."""
+        import signal
+
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = self._proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()  # its guests die with it
+            out, _ = self._proc.communicate()
+        try:
+            data = json.loads(out.decode("utf-8", "replace")) if out else None
+        except ValueError:
+            data = None
+        return data if isinstance(data, dict) else None
+
+    def __enter__(self) -> "PyroPool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 class PyroServer:
     """pyro's MCP server, served by the ``pyro`` binary itself.
 
@@ -950,12 +1060,17 @@ class PyroServer:
         state_dir: as for :class:`Pyro` (passed as ``PYRO_HOME``).
     """
 
-    def __init__(self, pyro_bin: Optional[str] = None, state_dir: Optional[str] = None, profile: Optional[str] = None) -> None:
+    def __init__(
+        self, pyro_bin: Optional[str] = None, state_dir: Optional[str] = None, profile: Optional[str] = None, pool: int = 0
+    ) -> None:
         if profile is not None and profile not in MCP_PROFILES:
             raise ValueError(f"unknown MCP profile {profile!r}: use one of {', '.join(MCP_PROFILES)}, or None")
+        if pool < 0:
+            raise ValueError(f"pool size {pool} is negative")
         self._pyro_bin_arg = pyro_bin
         self.state_dir = state_dir
         self.profile = profile
+        self.pool = int(pool)
 
     def argv(self, transport: str = "stdio") -> list[str]:
         """The command line ``run()`` executes."""
@@ -964,6 +1079,8 @@ class PyroServer:
         argv = [_find_pyro(self._pyro_bin_arg), "mcp", "serve"]
         if self.profile is not None:
             argv.append(f"--profile={self.profile}")
+        if self.pool:
+            argv.append(f"--pool={self.pool}")
         return argv
 
     def run(self, transport: str = "stdio") -> NoReturn:
@@ -987,7 +1104,7 @@ class PyroServer:
         os.execve(argv[0], argv, env)
 
 
-def create_server(pyro_bin: Optional[str] = None, profile: Optional[str] = None) -> PyroServer:
+def create_server(pyro_bin: Optional[str] = None, profile: Optional[str] = None, *, pool: int = 0) -> PyroServer:
     """An MCP server whose ``run()`` hands this process over to ``pyro mcp serve``.
 
     Args:
@@ -995,5 +1112,7 @@ def create_server(pyro_bin: Optional[str] = None, profile: Optional[str] = None)
             ``pyro`` on ``PATH``).
         profile: ``"vm-run"``, ``"workspace-core"`` or ``"workspace-full"``;
             ``None`` serves exactly the contract's tools.
+        pool: keep this many restored, paused guests of ``vm_run``'s default
+            configuration ready while serving (``--pool``; 0: none).
     """
-    return PyroServer(pyro_bin=pyro_bin, profile=profile)
+    return PyroServer(pyro_bin=pyro_bin, profile=profile, pool=pool)

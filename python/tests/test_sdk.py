@@ -30,7 +30,16 @@ REQ = P.empty  # "no default"
 # The Python SDK contract: method -> [(name, kind, default)] after self.
 # kind: "pos" positional-or-keyword, "kw" keyword-only.
 CONTRACT: dict[str, list[tuple[str, str, Any]]] = {
-    "create_server": [("profile", "pos", None)],
+    "create_server": [("profile", "pos", None), ("pool", "kw", 0)],
+    "start_pool": [
+        ("environment", "pos", "debian:12"),
+        ("size", "kw", 2),
+        ("vcpu_count", "kw", 1),
+        ("mem_mib", "kw", 1024),
+        ("wait_seconds", "kw", 300),
+    ],
+    "list_pools": [],
+    "stop_pools": [("environment", "pos", None)],
     "list_environments": [],
     "pull_environment": [("environment", "pos", REQ), ("registry", "kw", None)],
     "push_environment": [("environment", "pos", REQ), ("reference", "pos", REQ)],
@@ -182,7 +191,7 @@ class ContractTest(unittest.TestCase):
         ]:
             self.assertTrue(hasattr(pyro_mcp, name), name)
             self.assertIn(name, pyro_mcp.__all__)
-        self.assertEqual(list(inspect.signature(create_server).parameters), ["pyro_bin", "profile"])
+        self.assertEqual(list(inspect.signature(create_server).parameters), ["pyro_bin", "profile", "pool"])
         self.assertIsNone(inspect.signature(create_server).parameters["profile"].default)
         self.assertIsNone(inspect.signature(create_server).parameters["pyro_bin"].default)
         sig = inspect.signature(Pyro)
@@ -530,6 +539,25 @@ class LookupTest(unittest.TestCase):
             self.assertEqual(Pyro(pyro_bin=self.fake.path).create_server(profile).argv()[-1], f"--profile={profile}")
         with self.assertRaises(ValueError):
             create_server(self.fake.path, profile="everything")
+        self.assertEqual(create_server(self.fake.path, pool=2).argv(), [self.fake.path, "mcp", "serve", "--pool=2"])
+        self.assertEqual(Pyro(pyro_bin=self.fake.path).create_server(pool=3).argv()[-1], "--pool=3")
+
+    def test_pools(self) -> None:
+        pyro = Pyro(pyro_bin=self.fake.path)
+        self.fake.set(stdout=json.dumps({"pools": [{"environment": "debian:12", "ready": 2}], "count": 1}))
+        self.assertEqual(pyro.list_pools()[0]["ready"], 2)
+        self.assertEqual(self.fake.last_argv(), ["pool", "status", "--json"])
+        self.fake.set(stdout=json.dumps({"stopped": [], "count": 0}))
+        self.assertEqual(pyro.stop_pools("debian:12-base"), [])
+        self.assertEqual(self.fake.last_argv(), ["pool", "stop", "--json", "debian:12-base"])
+        pyro.stop_pools()
+        self.assertEqual(self.fake.last_argv(), ["pool", "stop", "--json"])
+        # start_pool without waiting: the child's argv, then close.
+        p = pyro.start_pool("debian:12-base", size=1, mem_mib=512, wait_seconds=0)
+        p._proc.wait(timeout=60)  # the fake exits at once; a real pool runs until close
+        self.assertEqual(p.close(), {"stopped": [], "count": 0})
+        self.assertEqual(self.fake.calls()[-1]["argv"],
+                         ["pool", "start", "--json", "--size=1", "--vcpu-count=1", "--mem-mib=512", "debian:12-base"])
 
 
 class ErrorMappingTest(unittest.TestCase):
