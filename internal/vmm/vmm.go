@@ -56,6 +56,11 @@ type Spec struct {
 	// it only as a read-only descriptor, so no guest's VMM can change what
 	// later restores load.
 	RestoreState string
+	// RestoreLive: RestoreState was written by LiveSaver from a guest
+	// whose agent had a host session open; the restore waits until the
+	// guest agent let go of that session and reopened its channel, so
+	// the new host never talks into the old session.
+	RestoreLive bool
 }
 
 // Snapshotter is a Backend that can save a running machine: its RAM and

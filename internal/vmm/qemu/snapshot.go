@@ -137,6 +137,11 @@ func restore(ctx context.Context, spec vmm.Spec, m vmm.Machine) error {
 	if err != nil {
 		return err
 	}
+	if spec.RestoreLive { // a fork (fork.go)
+		if err := waitAgentReopened(ctx, q); err != nil {
+			return err
+		}
+	}
 	if spec.WorkspaceDisk != "" {
 		// The snapshot's guest saw a placeholder disk; a resize to the real
 		// disk's size (even the same) makes QEMU tell the guest to re-read

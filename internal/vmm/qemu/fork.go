@@ -1,0 +1,176 @@
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/vmdir"
+	"github.com/pyro-mcp/pyro/internal/vmm"
+)
+
+// Live save for fork (vmm.LiveSaver). The source's RAM is anonymous (a
+// cold boot) or a private mapping of a golden file (a warm restore): in
+// both cases it is not shared, so x-ignore-shared skips nothing and the
+// whole RAM goes into the stream (zero pages as a flag). The capability is
+// set anyway because restore sets it, and the stream's layout depends on
+// it. A live migration keeps the guest running while RAM is copied; QEMU
+// pauses it for the last dirty pages and leaves it paused
+// ("postmigrate"), which is when the caller copies the disks; then "cont"
+// resumes it (and takes its disks back).
+
+var _ vmm.LiveSaver = (*Backend)(nil)
+
+// liveSaveTimeout bounds a live save (a guest dirtying RAM faster than it
+// can be written would otherwise never finish).
+const liveSaveTimeout = 2 * time.Minute
+
+// resumeTimeout bounds the resume that follows every save.
+const resumeTimeout = 10 * time.Second
+
+type memdev struct {
+	ID    string `json:"id"`
+	Share bool   `json:"share"`
+}
+
+// SaveLive implements vmm.LiveSaver.
+func (b *Backend) SaveLive(ctx context.Context, dir vmdir.Dir, state *os.File, whilePaused func(context.Context) error) (out vmm.LiveSave, err error) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, liveSaveTimeout)
+	defer cancel()
+	q, err := dialQMP(ctx, dir.Path(vmdir.QMPSock))
+	if err != nil {
+		return out, err
+	}
+	defer q.Close()
+	r, err := q.call(ctx, "query-memdev", nil, nil)
+	if err != nil {
+		return out, err
+	}
+	var mems []memdev
+	if err := json.Unmarshal(r, &mems); err != nil {
+		return out, fmt.Errorf("query-memdev: %w", err)
+	}
+	for _, m := range mems {
+		if m.Share {
+			// Its RAM would not be in the stream (x-ignore-shared).
+			return out, errdefs.New(errdefs.ErrFailedPrecondition, "", "guest RAM %q is a shared file; it cannot be forked", m.ID)
+		}
+		if m.ID == "ram" {
+			out.MemoryFile = true // launch.go's memory-backend-file id
+		}
+	}
+	if err := setIgnoreShared(ctx, q); err != nil {
+		return out, err
+	}
+	if _, err := q.call(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(1) << 40}, nil); err != nil {
+		return out, err
+	}
+	if _, err := q.call(ctx, "getfd", map[string]any{"fdname": migrationName}, state); err != nil {
+		return out, err
+	}
+	// From here on the guest may be paused: it is resumed on every path.
+	defer func() {
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), resumeTimeout)
+		defer rcancel()
+		t := time.Now()
+		if rerr := resume(rctx, q); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("resume the source: %w", rerr))
+		}
+		out.PausedMS += time.Since(t).Milliseconds()
+		out.TotalMS = time.Since(start).Milliseconds()
+	}()
+	if _, err = q.call(ctx, "migrate", map[string]any{"uri": "fd:" + migrationName}, nil); err != nil {
+		return out, err
+	}
+	var downtime int64
+	err = q.poll(ctx, "query-migrate", func(r json.RawMessage) (bool, error) {
+		var st struct {
+			Status    string `json:"status"`
+			ErrorDesc string `json:"error-desc"`
+			Downtime  int64  `json:"downtime"`
+		}
+		if err := json.Unmarshal(r, &st); err != nil {
+			return false, err
+		}
+		switch st.Status {
+		case "completed":
+			downtime = st.Downtime
+			return true, nil
+		case "failed", "cancelled":
+			return false, fmt.Errorf("save guest state: migration %s: %s", st.Status, st.ErrorDesc)
+		}
+		return false, nil
+	})
+	if err != nil {
+		_, _ = q.call(context.WithoutCancel(ctx), "migrate_cancel", nil, nil)
+		return out, err
+	}
+	t := time.Now()
+	if whilePaused != nil {
+		err = whilePaused(ctx)
+	}
+	out.PausedMS = downtime + time.Since(t).Milliseconds()
+	if fi, serr := state.Stat(); serr == nil {
+		out.StateBytes = fi.Size()
+	}
+	return out, err
+}
+
+// resume continues a guest a save paused (postmigrate, or paused by a
+// failed migration); a running guest is left alone.
+func resume(ctx context.Context, q *qmp) error {
+	r, err := q.call(ctx, "query-status", nil, nil)
+	if err != nil {
+		return err
+	}
+	var st struct {
+		Status string `json:"status"`
+	}
+	if err := json.Unmarshal(r, &st); err != nil {
+		return err
+	}
+	if st.Status == "running" {
+		return nil
+	}
+	_, err = q.call(ctx, "cont", nil, nil)
+	return err
+}
+
+// agentReopenTimeout bounds the wait for a restored guest's agent to drop
+// the saved host session and reopen its port.
+const agentReopenTimeout = 15 * time.Second
+
+// waitAgentReopened waits, after a live state was loaded, until the guest
+// agent closed its port and opened it again. Loading the state reports the
+// port as the guest had it (open, with the source's host session), then
+// tells the guest its host went away: the agent ends that session, closes
+// the port and reopens it for the next host. Only then may a new host
+// connect: bytes sent earlier would reach the old session.
+func waitAgentReopened(ctx context.Context, q *qmp) error {
+	ctx, cancel := context.WithTimeout(ctx, agentReopenTimeout)
+	defer cancel()
+	closed := false
+	err := q.waitEvent(ctx, "VSERPORT_CHANGE", func(d json.RawMessage) bool {
+		var ev struct {
+			ID   string `json:"id"`
+			Open bool   `json:"open"`
+		}
+		if json.Unmarshal(d, &ev) != nil || ev.ID != agentPortID {
+			return false
+		}
+		if !ev.Open {
+			closed = true
+			return false
+		}
+		return closed
+	})
+	if err != nil {
+		return fmt.Errorf("the restored guest's agent did not reopen its port: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,225 @@
+package qemu
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/pyro-mcp/pyro/internal/vmdir"
+)
+
+// fakeQMP answers QMP commands on dir's socket from answer (command name
+// to reply value; nil: {}), and records the commands in order.
+type fakeQMP struct {
+	mu     sync.Mutex
+	cmds   []string
+	answer func(cmd string) (any, string) // reply, or an error description
+}
+
+func (f *fakeQMP) serve(t *testing.T, path string) {
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go f.conn(c)
+		}
+	}()
+}
+
+func (f *fakeQMP) conn(c net.Conn) {
+	defer c.Close()
+	enc := json.NewEncoder(c)
+	_ = enc.Encode(map[string]any{"QMP": map[string]any{}})
+	r := bufio.NewScanner(c)
+	for r.Scan() {
+		var msg struct {
+			Execute string `json:"execute"`
+		}
+		if json.Unmarshal(r.Bytes(), &msg) != nil {
+			return
+		}
+		f.mu.Lock()
+		f.cmds = append(f.cmds, msg.Execute)
+		f.mu.Unlock()
+		ret, fail := any(map[string]any{}), ""
+		if f.answer != nil && msg.Execute != "qmp_capabilities" {
+			if v, e := f.answer(msg.Execute); v != nil || e != "" {
+				ret, fail = v, e
+			}
+		}
+		if fail != "" {
+			_ = enc.Encode(map[string]any{"error": map[string]any{"class": "GenericError", "desc": fail}})
+			continue
+		}
+		_ = enc.Encode(map[string]any{"return": ret})
+	}
+}
+
+func (f *fakeQMP) commands() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.cmds)
+}
+
+func liveSaveFixture(t *testing.T, migration string, memdevs []memdev) (*fakeQMP, vmdir.Dir, *os.File) {
+	t.Helper()
+	dir := vmdir.Dir(t.TempDir())
+	status := "running"
+	var mu sync.Mutex
+	f := &fakeQMP{answer: func(cmd string) (any, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch cmd {
+		case "query-memdev":
+			return memdevs, ""
+		case "migrate":
+			if migration == "completed" {
+				status = "postmigrate"
+			}
+		case "query-migrate":
+			return map[string]any{"status": migration, "downtime": 7, "error-desc": "no space left on device"}, ""
+		case "query-status":
+			return map[string]any{"status": status}, ""
+		case "cont":
+			status = "running"
+		}
+		return nil, ""
+	}}
+	f.serve(t, dir.Path(vmdir.QMPSock))
+	state, err := os.Create(filepath.Join(t.TempDir(), "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { state.Close() })
+	return f, dir, state
+}
+
+// A live save migrates, runs whilePaused while the guest is paused after
+// the migration, then resumes it, and says the RAM was a file when it was.
+func TestSaveLiveOrder(t *testing.T) {
+	f, dir, state := liveSaveFixture(t, "completed", []memdev{{ID: "ram"}})
+	var seen []string
+	res, err := (&Backend{}).SaveLive(context.Background(), dir, state, func(context.Context) error {
+		seen = f.commands()
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.MemoryFile || res.PausedMS < 7 {
+		t.Fatalf("result %+v: want MemoryFile and PausedMS >= the migration's downtime", res)
+	}
+	if i := slices.Index(seen, "migrate"); i < 0 || slices.Contains(seen, "cont") || seen[len(seen)-1] != "query-migrate" {
+		t.Fatalf("whilePaused ran after %v: want after the migration completed, before cont", seen)
+	}
+	all := f.commands()
+	if all[len(all)-1] != "cont" {
+		t.Fatalf("commands %v: the guest was not resumed last", all)
+	}
+	if !slices.Contains(all, "migrate-set-capabilities") || !slices.Contains(all, "getfd") {
+		t.Fatalf("commands %v: want x-ignore-shared and the state fd handed over", all)
+	}
+}
+
+// A copy that fails while paused still resumes the source, and the error
+// comes back; so does a migration that fails (a full disk).
+func TestSaveLiveResumesOnFailure(t *testing.T) {
+	f, dir, state := liveSaveFixture(t, "completed", []memdev{{ID: "microvm.ram"}})
+	boom := errors.New("disk copy failed")
+	_, err := (&Backend{}).SaveLive(context.Background(), dir, state, func(context.Context) error { return boom })
+	if !errors.Is(err, boom) {
+		t.Fatalf("err %v, want the copy's error", err)
+	}
+	if c := f.commands(); c[len(c)-1] != "cont" {
+		t.Fatalf("commands %v: source not resumed", c)
+	}
+
+	f, dir, state = liveSaveFixture(t, "failed", []memdev{{ID: "microvm.ram"}})
+	called := false
+	_, err = (&Backend{}).SaveLive(context.Background(), dir, state, func(context.Context) error { called = true; return nil })
+	if err == nil || called {
+		t.Fatalf("failed migration: err %v, whilePaused called %v", err, called)
+	}
+	if c := f.commands(); !slices.Contains(c, "query-status") {
+		t.Fatalf("commands %v: the source's state was not checked after a failed save", c)
+	}
+}
+
+// A guest whose RAM is a shared file (a golden snapshot's build) would
+// save no RAM at all: refused before anything is migrated.
+func TestSaveLiveRefusesSharedRAM(t *testing.T) {
+	f, dir, state := liveSaveFixture(t, "completed", []memdev{{ID: "ram", Share: true}})
+	if _, err := (&Backend{}).SaveLive(context.Background(), dir, state, nil); err == nil {
+		t.Fatal("saved a guest with shared RAM")
+	}
+	if slices.Contains(f.commands(), "migrate") {
+		t.Fatal("migrated a guest with shared RAM")
+	}
+}
+
+// The restore of a fork waits for the agent port to close and reopen;
+// the open event that loading the state itself reports does not count.
+func TestWaitAgentReopened(t *testing.T) {
+	ev := func(open bool) string {
+		bs, _ := json.Marshal(map[string]any{"event": "VSERPORT_CHANGE", "data": map[string]any{"id": agentPortID, "open": open}})
+		return string(bs)
+	}
+	for _, tc := range []struct {
+		events []string
+		ok     bool
+	}{
+		{[]string{ev(true), ev(false), ev(true)}, true},
+		{[]string{ev(false), ev(true)}, true},
+		{[]string{ev(true)}, false},
+	} {
+		uq := unixPair(t, tc.events)
+		ctx, cancel := context.WithTimeout(context.Background(), 300e6)
+		err := waitAgentReopened(ctx, uq)
+		cancel()
+		if (err == nil) != tc.ok {
+			t.Fatalf("events %v: err %v", tc.events, err)
+		}
+	}
+}
+
+// unixPair returns a qmp client whose peer has sent lines.
+func unixPair(t *testing.T, lines []string) *qmp {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "s")
+	ln, err := net.Listen("unix", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("unix", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	peer, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { peer.Close() })
+	for _, l := range lines {
+		if _, err := peer.Write([]byte(l + "\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	uc := c.(*net.UnixConn)
+	return &qmp{conn: uc, r: bufio.NewReader(uc)}
+}
