@@ -41,6 +41,7 @@ the immutable "baseline" snapshot for diff and reset.`,
 	cmd.AddCommand(a.wsFileCommand(), a.wsPatchCommand(), a.wsSummary(), a.wsDiskCommand())
 	cmd.AddCommand(a.wsCheckpointCommand(), a.wsUndo())
 	cmd.AddCommand(a.wsJobCommand())
+	cmd.AddCommand(a.wsFork())
 	return cmd
 }
 

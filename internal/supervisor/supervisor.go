@@ -223,11 +223,20 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 		cfg.WorkspaceChain, chainErr = workspace.Layers{Dir: string(d), Disk: rec.WorkspaceDisk}.LiveChain()
 	}
 	var v *vm.VM
-	if chainErr != nil {
+	forkBoot, isFork, ferr := forkSteps(d) // fork.go
+	switch {
+	case chainErr != nil:
 		err = fmt.Errorf("workspace layers: %w", chainErr)
-	} else if opts.Steps != nil {
+	case opts.Steps != nil:
 		v, err = vm.BootWith(bootCtx, opts.Steps, deps, cfg)
-	} else {
+	case ferr != nil:
+		err = ferr
+	case isFork:
+		v, err = vm.BootWith(bootCtx, forkBoot, deps, cfg)
+		if err == nil {
+			_ = os.Remove(d.Path(ForkFile)) // later boots are ordinary ones
+		}
+	default:
 		v, err = vm.Boot(bootCtx, deps, cfg)
 	}
 	cancelBoot()
@@ -328,6 +337,7 @@ func (s *server) routes() http.Handler {
 		spliceAgent(w, r, v.Agent)
 	})
 	s.networkRoutes(mux)
+	s.forkRoutes(mux)
 	return mux
 }
 

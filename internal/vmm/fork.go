@@ -30,8 +30,4 @@ type LiveSave struct {
 	TotalMS  int64
 	// StateBytes is the size of the saved state.
 	StateBytes int64
-	// MemoryFile says the guest's RAM was a memory-backend-file (a warm
-	// restore): a machine restored from the state needs its RAM backed by
-	// a file too (Spec.Memory, private), else the default RAM.
-	MemoryFile bool
 }

@@ -67,14 +67,19 @@ func workspaceDrive(spec vmm.Spec) []string {
 	chain := spec.WorkspaceChain
 	top := workspaceTop(spec)
 	var args []string
-	drive := fmt.Sprintf("id=workspace,file=/dev/fdset/%d,format=%s,if=none,cache=writeback,discard=unmap,node-name=%s",
+	// No image locking (file.locking=off, here and on every layer): a
+	// read-only open leaves its OFD locks on its fd set descriptor, so
+	// re-activating the disks after a live save (fork) would find them and
+	// fail; one VMM per disk is pyro's own rule (a supervisor ends an old
+	// VMM before it starts a new one).
+	drive := fmt.Sprintf("id=workspace,file=/dev/fdset/%d,format=%s,if=none,cache=writeback,discard=unmap,node-name=%s,file.locking=off",
 		fdsetWorkspace, layerFormat(top), NodeName(top))
 	if len(chain) > 1 {
 		lower := chain[:len(chain)-1]
 		for i, p := range lower {
 			set := fdsetChain + i
 			fd := fdChain(spec) + 2*i
-			bd := fmt.Sprintf("driver=%s,node-name=%s,read-only=on,file.driver=file,file.filename=/dev/fdset/%d",
+			bd := fmt.Sprintf("driver=%s,node-name=%s,read-only=on,file.driver=file,file.filename=/dev/fdset/%d,file.locking=off",
 				layerFormat(p), NodeName(p), set)
 			if i > 0 {
 				bd += ",backing=" + NodeName(lower[i-1])
@@ -158,7 +163,7 @@ func PushOverlay(ctx context.Context, dir vmdir.Dir, path string) error {
 	node := NodeName(path)
 	add := map[string]any{
 		"driver": "qcow2", "node-name": node, "backing": nil,
-		"file": map[string]any{"driver": "file", "filename": fmt.Sprintf("/dev/fdset/%d", set)},
+		"file": map[string]any{"driver": "file", "filename": fmt.Sprintf("/dev/fdset/%d", set), "locking": "off"},
 	}
 	if _, err := q.call(ctx, "blockdev-add", add, nil); err != nil {
 		_, _ = q.call(ctx, "remove-fd", map[string]any{"fdset-id": set}, nil)

@@ -8,20 +8,17 @@ import (
 	"os"
 	"time"
 
-	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/vmm"
 )
 
-// Live save for fork (vmm.LiveSaver). The source's RAM is anonymous (a
-// cold boot) or a private mapping of a golden file (a warm restore): in
-// both cases it is not shared, so x-ignore-shared skips nothing and the
-// whole RAM goes into the stream (zero pages as a flag). The capability is
-// set anyway because restore sets it, and the stream's layout depends on
-// it. A live migration keeps the guest running while RAM is copied; QEMU
-// pauses it for the last dirty pages and leaves it paused
-// ("postmigrate"), which is when the caller copies the disks; then "cont"
-// resumes it (and takes its disks back).
+// Live save for fork (vmm.LiveSaver): the same migration as Save (RAM
+// included, zero pages as a flag), but live: the guest keeps running while
+// its RAM is copied, and QEMU pauses it only for the last dirty pages,
+// leaving it paused ("postmigrate") for the caller's disk copies; then
+// "cont" resumes it (and takes its disks back). Its agent session stays
+// open throughout: a fork's restore waits until the restored agent drops
+// it (waitAgentReopened).
 
 var _ vmm.LiveSaver = (*Backend)(nil)
 
@@ -31,11 +28,6 @@ const liveSaveTimeout = 2 * time.Minute
 
 // resumeTimeout bounds the resume that follows every save.
 const resumeTimeout = 10 * time.Second
-
-type memdev struct {
-	ID    string `json:"id"`
-	Share bool   `json:"share"`
-}
 
 // SaveLive implements vmm.LiveSaver.
 func (b *Backend) SaveLive(ctx context.Context, dir vmdir.Dir, state *os.File, whilePaused func(context.Context) error) (out vmm.LiveSave, err error) {
@@ -47,26 +39,7 @@ func (b *Backend) SaveLive(ctx context.Context, dir vmdir.Dir, state *os.File, w
 		return out, err
 	}
 	defer q.Close()
-	r, err := q.call(ctx, "query-memdev", nil, nil)
-	if err != nil {
-		return out, err
-	}
-	var mems []memdev
-	if err := json.Unmarshal(r, &mems); err != nil {
-		return out, fmt.Errorf("query-memdev: %w", err)
-	}
-	for _, m := range mems {
-		if m.Share {
-			// Its RAM would not be in the stream (x-ignore-shared).
-			return out, errdefs.New(errdefs.ErrFailedPrecondition, "", "guest RAM %q is a shared file; it cannot be forked", m.ID)
-		}
-		if m.ID == "ram" {
-			out.MemoryFile = true // launch.go's memory-backend-file id
-		}
-	}
-	if err := setIgnoreShared(ctx, q); err != nil {
-		return out, err
-	}
+	// The default bandwidth cap makes saving several times slower.
 	if _, err := q.call(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(1) << 40}, nil); err != nil {
 		return out, err
 	}

@@ -75,7 +75,7 @@ func (f *fakeQMP) commands() []string {
 	return slices.Clone(f.cmds)
 }
 
-func liveSaveFixture(t *testing.T, migration string, memdevs []memdev) (*fakeQMP, vmdir.Dir, *os.File) {
+func liveSaveFixture(t *testing.T, migration string) (*fakeQMP, vmdir.Dir, *os.File) {
 	t.Helper()
 	dir := vmdir.Dir(t.TempDir())
 	status := "running"
@@ -84,8 +84,6 @@ func liveSaveFixture(t *testing.T, migration string, memdevs []memdev) (*fakeQMP
 		mu.Lock()
 		defer mu.Unlock()
 		switch cmd {
-		case "query-memdev":
-			return memdevs, ""
 		case "migrate":
 			if migration == "completed" {
 				status = "postmigrate"
@@ -111,7 +109,7 @@ func liveSaveFixture(t *testing.T, migration string, memdevs []memdev) (*fakeQMP
 // A live save migrates, runs whilePaused while the guest is paused after
 // the migration, then resumes it, and says the RAM was a file when it was.
 func TestSaveLiveOrder(t *testing.T) {
-	f, dir, state := liveSaveFixture(t, "completed", []memdev{{ID: "ram"}})
+	f, dir, state := liveSaveFixture(t, "completed")
 	var seen []string
 	res, err := (&Backend{}).SaveLive(context.Background(), dir, state, func(context.Context) error {
 		seen = f.commands()
@@ -120,8 +118,8 @@ func TestSaveLiveOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !res.MemoryFile || res.PausedMS < 7 {
-		t.Fatalf("result %+v: want MemoryFile and PausedMS >= the migration's downtime", res)
+	if res.PausedMS < 7 {
+		t.Fatalf("result %+v: want PausedMS >= the migration's downtime", res)
 	}
 	if i := slices.Index(seen, "migrate"); i < 0 || slices.Contains(seen, "cont") || seen[len(seen)-1] != "query-migrate" {
 		t.Fatalf("whilePaused ran after %v: want after the migration completed, before cont", seen)
@@ -130,15 +128,15 @@ func TestSaveLiveOrder(t *testing.T) {
 	if all[len(all)-1] != "cont" {
 		t.Fatalf("commands %v: the guest was not resumed last", all)
 	}
-	if !slices.Contains(all, "migrate-set-capabilities") || !slices.Contains(all, "getfd") {
-		t.Fatalf("commands %v: want x-ignore-shared and the state fd handed over", all)
+	if !slices.Contains(all, "getfd") {
+		t.Fatalf("commands %v: want the state fd handed over", all)
 	}
 }
 
 // A copy that fails while paused still resumes the source, and the error
 // comes back; so does a migration that fails (a full disk).
 func TestSaveLiveResumesOnFailure(t *testing.T) {
-	f, dir, state := liveSaveFixture(t, "completed", []memdev{{ID: "microvm.ram"}})
+	f, dir, state := liveSaveFixture(t, "completed")
 	boom := errors.New("disk copy failed")
 	_, err := (&Backend{}).SaveLive(context.Background(), dir, state, func(context.Context) error { return boom })
 	if !errors.Is(err, boom) {
@@ -148,7 +146,7 @@ func TestSaveLiveResumesOnFailure(t *testing.T) {
 		t.Fatalf("commands %v: source not resumed", c)
 	}
 
-	f, dir, state = liveSaveFixture(t, "failed", []memdev{{ID: "microvm.ram"}})
+	f, dir, state = liveSaveFixture(t, "failed")
 	called := false
 	_, err = (&Backend{}).SaveLive(context.Background(), dir, state, func(context.Context) error { called = true; return nil })
 	if err == nil || called {
@@ -156,18 +154,6 @@ func TestSaveLiveResumesOnFailure(t *testing.T) {
 	}
 	if c := f.commands(); !slices.Contains(c, "query-status") {
 		t.Fatalf("commands %v: the source's state was not checked after a failed save", c)
-	}
-}
-
-// A guest whose RAM is a shared file (a golden snapshot's build) would
-// save no RAM at all: refused before anything is migrated.
-func TestSaveLiveRefusesSharedRAM(t *testing.T) {
-	f, dir, state := liveSaveFixture(t, "completed", []memdev{{ID: "ram", Share: true}})
-	if _, err := (&Backend{}).SaveLive(context.Background(), dir, state, nil); err == nil {
-		t.Fatal("saved a guest with shared RAM")
-	}
-	if slices.Contains(f.commands(), "migrate") {
-		t.Fatal("migrated a guest with shared RAM")
 	}
 }
 

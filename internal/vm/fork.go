@@ -1,0 +1,117 @@
+package vm
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/vmm"
+)
+
+// Live fork (issue #14). A running guest is saved whole, RAM and devices,
+// by its backend (vmm.LiveSaver) while its disks are copied at the instant
+// it is paused; each fork is a new VM whose first boot is ForkBoot: the
+// same device set restored from that state, so its processes (services,
+// shells) continue where the source's were. Every guest, cold-booted or
+// restored, reopens its agent port when its host goes away
+// (internal/agent/listener.go), so any running guest can be forked: the
+// restore waits until the restored agent dropped the source's session.
+// Then the fork gets an identity of its own (RNG, clock, hostname,
+// machine-id, MAC) before its host hands it to anyone; its workspace disk
+// is already mounted (the copy matches the saved page cache), so unlike a
+// warm start nothing is mounted.
+
+// StartFork is the start mode of a fork's first boot.
+const StartFork = "fork"
+
+// ForkSource is a live-saved guest that forks are restored from.
+type ForkSource struct {
+	// State is the saved state (RAM and devices).
+	State string `json:"state"`
+}
+
+// SaveLive saves the running v to state (see vmm.LiveSaver): whilePaused
+// runs at the instant the saved RAM describes, the guest then resumes.
+func (v *VM) SaveLive(ctx context.Context, state *os.File, whilePaused func(context.Context) error) (vmm.LiveSave, error) {
+	ls, ok := v.backend.(vmm.LiveSaver)
+	if !ok || !v.Features.MemorySnapshot {
+		return vmm.LiveSave{}, errdefs.New(errdefs.ErrFailedPrecondition, "fork workspaces that run on the qemu backend",
+			"backend %q cannot save a running guest", v.Backend)
+	}
+	return ls.SaveLive(ctx, v.Dir, state, whilePaused)
+}
+
+// Names of the fork-boot steps.
+const (
+	StepRestoreFork  = "restore fork"
+	StepForkIdentity = "fork identity"
+)
+
+// ForkBoot returns the steps that start a fork of src: ColdBoot with the
+// VMM restored instead of booted, the agent reached without a readiness
+// round trip, and a new identity as the first call.
+func ForkBoot(src ForkSource) Steps {
+	return ColdBoot().
+		Swap(StepStartVMM, func(ctx context.Context, d Deps, c Config, v *VM) error {
+			t := time.Now()
+			err := restoreFork(ctx, c, v, src)
+			d.Logger.Info("fork restored", "ms", time.Since(t).Milliseconds(), "err", err)
+			return err
+		}).
+		Swap(StepConnectAgent, func(_ context.Context, _ Deps, _ Config, v *VM) error {
+			v.Agent = agentapi.NewClient(v.Machine.DialAgent)
+			v.onClose(func(context.Context) error { return v.Agent.Close() })
+			return nil
+		}).
+		InsertAfter(StepConnectAgent, Step{StepForkIdentity, func(ctx context.Context, d Deps, c Config, v *VM) error {
+			t := time.Now()
+			err := forkIdentity(ctx, d, c, v)
+			d.Logger.Info("fork identity", "ms", time.Since(t).Milliseconds(), "err", err)
+			return err
+		}})
+}
+
+func restoreFork(ctx context.Context, c Config, v *VM, src ForkSource) error {
+	v.warm.state = src.State
+	spec := v.spec(c)
+	spec.RestoreLive = true
+	m, err := v.backend.Start(ctx, spec)
+	if err != nil {
+		return fmt.Errorf("restore the fork: %w", err)
+	}
+	v.Machine = m
+	v.onClose(func(ctx context.Context) error {
+		stopCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		return m.Stop(stopCtx)
+	})
+	return nil
+}
+
+// forkIdentity gives the fork its own identity; its answer is also the
+// guest's health. The workspace is mounted already (MountWorkspace off).
+func forkIdentity(ctx context.Context, _ Deps, c Config, v *VM) error {
+	req, err := NewIdentity(v.ID, c.Network, "")
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, restoreAgentTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-v.Machine.Done():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	resp, err := v.Agent.SetIdentity(ctx, req)
+	if err != nil {
+		return errdefs.Wrap(errdefs.ErrUnavailable, err, "", "give the fork its own identity")
+	}
+	v.Health = resp.Health
+	v.Start = StartFork
+	return nil
+}

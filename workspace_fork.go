@@ -1,0 +1,288 @@
+package pyro
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/fsutil"
+	"github.com/pyro-mcp/pyro/internal/instance"
+	"github.com/pyro-mcp/pyro/internal/lifecycle"
+	"github.com/pyro-mcp/pyro/internal/supervisor"
+	"github.com/pyro-mcp/pyro/internal/vmdir"
+	"github.com/pyro-mcp/pyro/internal/workspace"
+)
+
+// Live fork (issue #14): ForkWorkspace saves a running workspace whole
+// (RAM, devices, and its upper layer at the same instant, the source
+// paused only for the last dirty pages and the layer copy), then starts N
+// new workspaces restored from that state. Each continues from that
+// instant: the same files, the same running services, shells and
+// background jobs (processes, not just files), with its own identity
+// (RNG reseeded, clock, hostname, machine-id, MAC), network stack and
+// disk (its own copy of the frozen upper layer over the shared read-only
+// baseline). Not inherited: published ports (a host port belongs to one
+// workspace), named snapshots and checkpoints, network connections in
+// flight. A source with secrets is forked only when the caller says so
+// (WithSecrets): they are in the running guest's memory.
+
+// MaxForkCount bounds the forks of one call.
+const MaxForkCount = 16
+
+// forkParallel bounds the forks restoring at once (each restore is a QEMU
+// loading the saved RAM and a guest answering its first call; a 2-core
+// host gains nothing from more).
+const forkParallel = 3
+
+// ForkWorkspaceOptions describe a fork.
+type ForkWorkspaceOptions struct {
+	// Count is the number of forks, 1 to MaxForkCount (0 means 1).
+	Count int
+	// Name names the fork; with Count > 1 the forks are NAME-1..NAME-N.
+	Name string
+	// WithSecrets must be set to fork a workspace that has secrets.
+	WithSecrets bool
+}
+
+// ForkedWorkspace is one fork and what it inherited from the source.
+type ForkedWorkspace struct {
+	Workspace
+	// InheritedServices and InheritedShells name the services and shell
+	// ids running in the fork, carried over from the source.
+	InheritedServices []string `json:"inherited_services"`
+	InheritedShells   []string `json:"inherited_shells"`
+}
+
+// ForkResult says what a fork made.
+type ForkResult struct {
+	SourceWorkspaceID string            `json:"source_workspace_id"`
+	Forks             []ForkedWorkspace `json:"forks"`
+	// SourcePausedMS is how long the source was paused; SaveMS how long
+	// saving it took (it ran meanwhile); DurationMS the whole call.
+	SourcePausedMS int64 `json:"source_paused_ms"`
+	SaveMS         int64 `json:"save_ms"`
+	DurationMS     int64 `json:"duration_ms"`
+	StateBytes     int64 `json:"state_bytes"`
+	// NotInherited names what the forks do not get from the source.
+	NotInherited []string `json:"not_inherited"`
+}
+
+// forkNotInherited is ForkResult.NotInherited.
+var forkNotInherited = []string{
+	"published ports (publish them again in the fork)",
+	"named snapshots and checkpoints",
+	"network connections open in the source",
+}
+
+func forkNames(o ForkWorkspaceOptions) ([]string, error) {
+	if o.Count == 0 {
+		o.Count = 1
+	}
+	if o.Count < 1 || o.Count > MaxForkCount {
+		return nil, errdefs.New(errdefs.ErrInvalidArgument, fmt.Sprintf("use 1 to %d", MaxForkCount), "fork count %d out of range", o.Count)
+	}
+	names := make([]string, o.Count)
+	for i := range names {
+		switch {
+		case o.Name == "":
+		case o.Count == 1:
+			names[i] = o.Name
+		default:
+			names[i] = o.Name + "-" + strconv.Itoa(i+1)
+		}
+		if names[i] != "" {
+			if err := ValidateWorkspaceName(names[i]); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return names, nil
+}
+
+// ForkWorkspace forks a running workspace Count ways (see above). The
+// source keeps running; on failure no fork is left.
+func (c *Client) ForkWorkspace(ctx context.Context, id string, opts ForkWorkspaceOptions) (ForkResult, error) {
+	start := time.Now()
+	names, err := forkNames(opts)
+	if err != nil {
+		return ForkResult{}, err
+	}
+	dir, rec, err := c.wsDir(id)
+	if err != nil {
+		return ForkResult{}, err
+	}
+	m := metaOf(rec)
+	if len(m.Secrets) > 0 && !opts.WithSecrets {
+		return ForkResult{}, errdefs.New(errdefs.ErrFailedPrecondition,
+			"pass --with-secrets (with_secrets) to give the forks the same secrets: they live in the running guest",
+			"workspace %q has secrets", rec.ID)
+	}
+	if !layered(rec) {
+		return ForkResult{}, errdefs.New(errdefs.ErrFailedPrecondition, "fork workspaces created without --allow-host-compat",
+			"workspace %q keeps /workspace on one disk (host-compat layout); only layered workspaces can be forked", rec.ID)
+	}
+	for _, n := range names {
+		if n != "" {
+			if err := c.checkNameFree(n, ""); err != nil {
+				return ForkResult{}, err
+			}
+		}
+	}
+	out := ForkResult{SourceWorkspaceID: rec.ID, Forks: []ForkedWorkspace{}, NotInherited: forkNotInherited}
+	var made []vmdir.Dir
+	var recs []instance.Record
+	err = c.lc.Fork(ctx, dir, rec, func(ctx context.Context, saved lifecycle.Saved) error {
+		out.SourcePausedMS, out.SaveMS, out.StateBytes = saved.PausedMS, saved.SaveMS, saved.StateBytes
+		var err error
+		made, recs, err = c.makeForks(ctx, dir, rec, names, opts.WithSecrets, saved)
+		if err != nil {
+			return err
+		}
+		return c.startForks(ctx, made, recs)
+	})
+	if err != nil {
+		for i, d := range made {
+			_, _ = c.lc.Delete(context.WithoutCancel(ctx), d, recs[i])
+		}
+		return ForkResult{}, err
+	}
+	for i, d := range made {
+		fw := ForkedWorkspace{InheritedServices: []string{}, InheritedShells: []string{}}
+		if fw.Workspace, err = c.StatusWorkspace(ctx, recs[i].ID); err != nil {
+			return out, err
+		}
+		agent := c.lc.Client(d)
+		if svcs, err := agent.ListServices(ctx); err == nil {
+			for _, s := range svcs {
+				fw.InheritedServices = append(fw.InheritedServices, s.Name)
+			}
+		}
+		if shells, err := agent.ListShells(ctx); err == nil {
+			for _, s := range shells {
+				fw.InheritedShells = append(fw.InheritedShells, s.ShellID)
+			}
+		}
+		agent.Close()
+		out.Forks = append(out.Forks, fw)
+	}
+	out.DurationMS = time.Since(start).Milliseconds()
+	return out, nil
+}
+
+// makeForks creates the forks' directories and records (not started):
+// each gets its own copy of the saved upper layer, the source's baseline
+// (a hard link: it is never written), its baseline record, history and,
+// when asked, secrets, and the state its first boot restores.
+func (c *Client) makeForks(ctx context.Context, src vmdir.Dir, srcRec instance.Record, names []string, withSecrets bool, saved lifecycle.Saved) (made []vmdir.Dir, recs []instance.Record, err error) {
+	unlock, err := c.lockNames(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer unlock()
+	sm := metaOf(srcRec)
+	plan, err := json.Marshal(saved.ForkSource)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, name := range names {
+		if name != "" {
+			if err := c.checkNameFree(name, ""); err != nil {
+				return made, recs, err
+			}
+		}
+		rec := srcRec
+		rec.ID, rec.CreatedAt, rec.Stopped = vmdir.NewID(), time.Now().UTC(), false
+		if rec.TTLSeconds > 0 {
+			exp := rec.CreatedAt.Add(time.Duration(rec.TTLSeconds) * time.Second)
+			rec.ExpiresAt = &exp
+		}
+		m := workspaceMeta{Seed: sm.Seed, Secrets: []SecretInfo{}, Name: name, Labels: sm.Labels, Checkpoints: sm.Checkpoints}
+		if withSecrets {
+			m.Secrets = sm.Secrets
+		}
+		dir, rec, err := c.lc.Create(ctx, rec, func(dir vmdir.Dir, rec *instance.Record) error {
+			// Half-made until it runs: a killed fork is reconciled away.
+			if err := instance.WriteCreator(dir); err != nil {
+				return err
+			}
+			rec.WorkspaceDisk, rec.WorkspaceBase = dir.Path(workspace.DiskFile), dir.Path(workspace.BaseFile)
+			if _, _, err := workspace.CopyImage(saved.Disk, rec.WorkspaceDisk, 0, "workspace disk", ""); err != nil {
+				return err
+			}
+			if err := linkOrCopy(srcRec.WorkspaceBase, rec.WorkspaceBase); err != nil {
+				return err
+			}
+			for _, f := range []string{filepath.Join(workspace.SnapshotsDir, workspace.Baseline+".json"), workspace.HistoryFile} {
+				if err := copySmall(src.Path(f), dir.Path(f)); err != nil {
+					return err
+				}
+			}
+			if withSecrets {
+				if err := copySmall(src.Path(workspace.SecretsFile), dir.Path(workspace.SecretsFile)); err != nil {
+					return err
+				}
+			}
+			setMeta(rec, m)
+			return fsutil.WriteFileAtomic(dir.Path(supervisor.ForkFile), plan, 0o600)
+		})
+		if err != nil {
+			return made, recs, fmt.Errorf("create fork: %w", err)
+		}
+		made, recs = append(made, dir), append(recs, rec)
+	}
+	return made, recs, nil
+}
+
+// startForks starts the forks, forkParallel at a time, and marks each
+// complete once it runs.
+func (c *Client) startForks(ctx context.Context, dirs []vmdir.Dir, recs []instance.Record) error {
+	sem := make(chan struct{}, forkParallel)
+	errs := make([]error, len(dirs))
+	var wg sync.WaitGroup
+	for i := range dirs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			if _, err := c.lc.Start(ctx, dirs[i], recs[i]); err != nil {
+				errs[i] = fmt.Errorf("start fork %s: %w", recs[i].ID, err)
+				return
+			}
+			errs[i] = instance.DoneCreating(dirs[i])
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// linkOrCopy hard-links a read-only image (copying it across filesystems).
+func linkOrCopy(src, dst string) error {
+	if err := os.Link(src, dst); err == nil {
+		return nil
+	}
+	_, _, err := workspace.CopyImage(src, dst, 0, "workspace baseline", "")
+	return err
+}
+
+// copySmall copies a small private file when it exists.
+func copySmall(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+		return err
+	}
+	return fsutil.WriteFileAtomic(dst, b, 0o600)
+}
