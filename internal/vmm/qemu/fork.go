@@ -115,8 +115,10 @@ func resume(ctx context.Context, q *qmp) error {
 }
 
 // agentReopenTimeout bounds the wait for a restored guest's agent to drop
-// the saved host session and reopen its port.
-const agentReopenTimeout = 15 * time.Second
+// the saved host session and reopen its port: the guest has to run for
+// that, and TCG guests on a loaded host run slowly (a few seconds at a
+// load of 20 on 2 cores).
+const agentReopenTimeout = 45 * time.Second
 
 // waitAgentReopened waits, after a live state was loaded, until the guest
 // agent closed its port and opened it again. Loading the state reports the

@@ -93,7 +93,11 @@ func (b *Backend) Save(ctx context.Context, dir vmdir.Dir, state *os.File, relea
 // version, other device set, damaged) makes QEMU exit or report failure:
 // either way an error here, never a hung guest.
 func restore(ctx context.Context, spec vmm.Spec, m vmm.Machine) error {
-	ctx, cancel := context.WithTimeout(ctx, restoreTimeout)
+	timeout := restoreTimeout
+	if spec.RestoreLive {
+		timeout += agentReopenTimeout // fork.go: the guest must run a while
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	// A QEMU that exits (it refused the state) ends the wait at once.
 	go func() {
