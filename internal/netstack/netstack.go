@@ -26,8 +26,11 @@
 // Bounds (a guest can make the host hold no more than this): frames of at
 // most MTU+18 bytes, read and delivered inline by one goroutine; at most
 // MaxTCPFlows TCP and MaxUDPFlows UDP flows, MaxPendingSYN half-open
-// handshakes, MaxDNSInFlight upstream DNS exchanges; TCP buffers of at most
-// maxTCPBuffer each way per flow; UDP flows end after udpIdle.
+// handshakes, MaxDNSInFlight upstream DNS exchanges; TCP buffers of
+// maxTCPBuffer each way for at most fastTCPFlows flows at once and of
+// minTCPBuffer for every other (so a guest's flows hold at most
+// MaxTCPBufferBytes, where 256 flows of 2 MiB each way used to allow 1 GiB);
+// UDP flows end after udpIdle.
 package netstack
 
 import (
@@ -71,9 +74,18 @@ const (
 	MaxUDPFlows    = 128
 	MaxPendingSYN  = 64
 	MaxDNSInFlight = 32
-	maxTCPBuffer   = 2 << 20
-	udpIdle        = 60 * time.Second
-	dialTimeout    = 10 * time.Second
+	// A TCP flow's buffers, each way: the first fastTCPFlows flows open
+	// at once get maxTCPBuffer (a download runs at full speed), the
+	// others minTCPBuffer, so many idle or stalled flows cannot make the
+	// supervisor hold a buffer each.
+	maxTCPBuffer = 2 << 20
+	minTCPBuffer = 64 << 10
+	fastTCPFlows = 8
+	// MaxTCPBufferBytes bounds what the guest's TCP flows may hold in the
+	// stack's buffers, both ways, all flows together.
+	MaxTCPBufferBytes = 2 * (fastTCPFlows*maxTCPBuffer + (MaxTCPFlows-fastTCPFlows)*minTCPBuffer)
+	udpIdle           = 60 * time.Second
+	dialTimeout       = 10 * time.Second
 )
 
 // gatewayMAC is the stack's own MAC address (locally administered).
@@ -105,6 +117,7 @@ type Stack struct {
 	wg     sync.WaitGroup
 
 	tcpFlows chan struct{} // semaphore of live TCP flows
+	fastTCP  chan struct{} // semaphore of TCP flows with maxTCPBuffer buffers
 	udpFlows chan struct{} // semaphore of live UDP flows
 	dnsSlots chan struct{} // semaphore of upstream DNS exchanges
 
@@ -140,6 +153,7 @@ func New(cfg Config) (*Stack, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	st := &Stack{cfg: cfg, log: log, upstream: up, ctx: ctx, cancel: cancel,
 		tcpFlows:  make(chan struct{}, MaxTCPFlows),
+		fastTCP:   make(chan struct{}, fastTCPFlows),
 		udpFlows:  make(chan struct{}, MaxUDPFlows),
 		dnsSlots:  make(chan struct{}, MaxDNSInFlight),
 		published: map[int]*published{},
@@ -204,7 +218,10 @@ func (st *Stack) build(l *frameLink) error {
 		return tcpip.TCPReceiveBufferSizeRangeOption{Min: 4096, Default: def, Max: maxTCPBuffer},
 			tcpip.TCPSendBufferSizeRangeOption{Min: 4096, Default: def, Max: maxTCPBuffer}
 	}
-	rcv, snd := bufOpt(1 << 20)
+	// Every flow starts small; handleTCP grows the fast ones. Published
+	// ports' flows (at most MaxPublishedConns a port, opened from the
+	// host) keep this default and its auto-tuning.
+	rcv, snd := bufOpt(minTCPBuffer)
 	sack := tcpip.TCPSACKEnabled(true)
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
 	for _, o := range []tcpip.SettableTransportProtocolOption{&rcv, &snd, &sack, &moderate} {

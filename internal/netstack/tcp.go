@@ -72,13 +72,31 @@ func (st *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	}
 	r.Complete(false)
 	ep.SocketOptions().SetKeepAlive(true)
+	fast := setFlowBuffers(ep, st.fastTCP)
 	guest := gonet.NewTCPConn(&wq, ep)
 	st.wg.Add(1)
 	go func() {
 		defer st.wg.Done()
 		defer release(st.tcpFlows)
+		if fast {
+			defer release(st.fastTCP)
+		}
 		st.serveTCP(guest, ep, host, dst)
 	}()
+}
+
+// setFlowBuffers gives a new flow maxTCPBuffer each way when a fast slot
+// is free (it reports true: the caller releases the slot when the flow
+// ends), else minTCPBuffer. A size set here also pins the receive buffer:
+// auto-tuning does not grow it past what the guest's budget allows.
+func setFlowBuffers(ep tcpip.Endpoint, fastSlots chan struct{}) bool {
+	size, fast := int64(minTCPBuffer), acquire(fastSlots)
+	if fast {
+		size = maxTCPBuffer
+	}
+	ep.SocketOptions().SetReceiveBufferSize(size, true)
+	ep.SocketOptions().SetSendBufferSize(size, true)
+	return fast
 }
 
 // serveTCP finishes the decision (server name) when needed, then relays.
