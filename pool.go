@@ -134,7 +134,7 @@ func poolKey(rec instance.Record) pool.Key {
 }
 
 // poolable says whether a run may be served by a pool.
-func poolable(rec instance.Record, opts RunOptions) bool {
+func poolable(rec instance.Record) bool {
 	return os.Getenv(PoolEnv) != "0" && os.Getenv(vm.WarmEnv) != "0" && !rec.Network && !rec.Policy().Normalized().Mode.Networked()
 }
 
@@ -224,7 +224,7 @@ func (g *pooledVM) Close() error {
 // configuration; ok is false when there is none to claim (the caller then
 // starts one the usual way).
 func (c *Client) runPooled(ctx context.Context, rec instance.Record, opts RunOptions, req agentapi.ExecRequest, start time.Time) (out RunResult, ok bool, err error) {
-	if !poolable(rec, opts) {
+	if !poolable(rec) {
 		return RunResult{}, false, nil
 	}
 	lease, err := pool.Claim(ctx, c.dirs.Root, poolKey(rec), rec.ID)
