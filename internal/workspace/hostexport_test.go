@@ -6,6 +6,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -181,4 +182,28 @@ func TestCatFraming(t *testing.T) {
 		}
 	}
 	_ = agentapi.KindDir
+}
+
+// TestDiskViewClean: an upper layer whose journal still needs replaying (a
+// guest that died mid-write) is not clean, so the host-side export leaves
+// it to the guest, whose kernel replays it.
+func TestDiskViewClean(t *testing.T) {
+	needE2fs(t)
+	ctx := context.Background()
+	upperRoot := t.TempDir()
+	writeFiles(t, filepath.Join(upperRoot, "upper"), map[string]string{"a": "x"})
+	upper := image(t, upperRoot)
+	v, err := OpenDiskView(ctx, image(t, t.TempDir()), upper)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if clean, err := v.Clean(ctx); err != nil || !clean {
+		t.Fatalf("fresh image: clean %v %v", clean, err)
+	}
+	if out, err := exec.Command("debugfs", "-w", "-R", "feature needs_recovery", upper).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if clean, err := v.Clean(ctx); err != nil || clean {
+		t.Fatalf("needs_recovery: clean %v %v", clean, err)
+	}
 }
