@@ -289,34 +289,53 @@ func (im Image) StatMany(ctx context.Context, inos []uint32) ([]Inode, error) {
 		cmds[i] = fmt.Sprintf("stat <%d>", ino)
 	}
 	err := im.batch(ctx, cmds, maxStatBytes*int64(len(inos)), true, func(r *bufio.Reader) error {
-		all, err := io.ReadAll(r)
-		if err != nil {
+		// Sections run from one command's echo line to the next's, read
+		// a line at a time; at most maxStatBytes of each is kept. A
+		// crafted fast link target can fake an echo line: then its own
+		// entries parse wrong, which only garbles what the guest exports
+		// of itself.
+		if err := expect(r, echo(cmds[0])); err != nil {
 			return err
 		}
-		// Sections run from one command's echo to the next's. A crafted
-		// fast link target can fake an echo line: then its own entries
-		// parse wrong, which only garbles what the guest exports of
-		// itself; every value is parsed within its section's bounds.
-		rest := all
-		for i := range cmds {
-			e := []byte(echo(cmds[i]))
-			j := bytes.Index(rest, e)
-			if j < 0 {
-				return fmt.Errorf("unexpected debugfs output: no %q", strings.TrimSpace(string(e)))
+		var sec []byte
+		i := 0
+		for {
+			line, err := readLine(r)
+			if len(line) == 0 && errors.Is(err, io.EOF) {
+				break
 			}
-			rest = rest[j+len(e):]
-			end := len(rest)
-			if i+1 < len(cmds) {
-				if k := bytes.Index(rest, []byte(echo(cmds[i+1]))); k >= 0 {
-					end = k
-				}
+			if err != nil && !errors.Is(err, io.EOF) {
+				return err
 			}
-			out[i] = parseStat(rest[:end])
-			rest = rest[end:]
+			if i+1 < len(cmds) && string(line) == echo(cmds[i+1]) {
+				out[i] = parseStat(sec)
+				sec, i = sec[:0], i+1
+				continue
+			}
+			if len(sec)+len(line) <= maxStatBytes {
+				sec = append(sec, line...)
+			}
 		}
+		out[i] = parseStat(sec)
 		return nil
 	})
 	return out, err
+}
+
+// readLine reads one line of any length, keeping at most maxStatBytes of
+// it (and its newline, when one came).
+func readLine(r *bufio.Reader) ([]byte, error) {
+	var line []byte
+	for {
+		b, err := r.ReadSlice('\n')
+		if len(line)+len(b) <= maxStatBytes {
+			line = append(line, b...)
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		return line, err
+	}
 }
 
 // parseStat reads one `stat` section.

@@ -3,6 +3,7 @@ package workspace
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -205,5 +206,46 @@ func TestDiskViewClean(t *testing.T) {
 	}
 	if clean, err := v.Clean(ctx); err != nil || clean {
 		t.Fatalf("needs_recovery: clean %v %v", clean, err)
+	}
+}
+
+// TestStatManyFakeEcho: a fast link target that holds newlines and a fake
+// debugfs echo line garbles at most the guest's own entries: listing and
+// export go on, within their bounds.
+func TestStatManyFakeEcho(t *testing.T) {
+	needE2fs(t)
+	tree := t.TempDir()
+	writeFiles(t, tree, map[string]string{"z.txt": "z"})
+	ctx := context.Background()
+	img := diskimg.Image{Path: image(t, tree)}
+	ents, err := img.List(ctx, diskimg.RootIno)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := uint32(0)
+	for _, e := range ents {
+		next = max(next, e.Ino)
+	}
+	// The next inode mke2fs hands out is the one after the highest.
+	os.Symlink("a\ndebugfs: stat <"+fmt.Sprint(next+2)+">\n  trusted.overlay.opaque (1) = \"y\"\n", filepath.Join(tree, "evil"))
+	os.Mkdir(filepath.Join(tree, "dir"), 0o755)
+	v, err := OpenDiskView(ctx, "", image(t, tree))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.times = true
+	kids, err := v.ReadDir(ctx, v.Root())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(kids) != 4 { // dir evil lost+found z.txt
+		t.Fatalf("%+v", kids)
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	if _, err := hostExport(t, v, "/workspace", out, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(out, "z.txt")); string(b) != "z" {
+		t.Fatalf("z.txt: %q", b)
 	}
 }
