@@ -58,12 +58,20 @@ func lockLayers(dir vmdir.Dir) (func(), error) {
 // copy of its source) use it. The caller holds the layer lock.
 func captureUpper(ctx context.Context, dir vmdir.Dir, rec instance.Record, agent *agentapi.Client, manifest bool) (workspace.LayerRef, int64, agentapi.LayerManifest, error) {
 	var m agentapi.LayerManifest
-	if err := agent.FreezeLayer(ctx, freezeFor); err != nil {
+	listed := false
+	var err error
+	if manifest {
+		m, listed, err = agent.FreezeLayerManifest(ctx, freezeFor)
+	} else {
+		err = agent.FreezeLayer(ctx, freezeFor)
+	}
+	// Thawed on every way out, also when the listing failed after the
+	// freeze (thawing a layer that is not frozen is a no-op).
+	defer func() { _ = agent.ThawLayer(context.WithoutCancel(ctx)) }()
+	if err != nil {
 		return workspace.LayerRef{}, 0, m, fmt.Errorf("freeze /workspace: %w", err)
 	}
-	defer func() { _ = agent.ThawLayer(context.WithoutCancel(ctx)) }()
-	if manifest {
-		var err error
+	if manifest && !listed {
 		if m, err = agent.LayerManifest(ctx); err != nil {
 			return workspace.LayerRef{}, 0, m, fmt.Errorf("list /workspace changes: %w", err)
 		}

@@ -202,6 +202,19 @@ func (s *Agent) handleLayerFreeze(w http.ResponseWriter, r *http.Request) {
 		l.thawTimer.Stop()
 	}
 	l.thawTimer = time.AfterFunc(d, func() { _ = l.thaw() })
+	if r.URL.Query().Get("manifest") == "1" {
+		// The listing of the frozen layer, in the same round trip.
+		m, err := manifest(upperDir(l.upperMount))
+		if err != nil {
+			s.fail(w, categorize(errdefs.ErrFailedPrecondition, err, "list upper layer"))
+			return
+		}
+		if m == nil {
+			m = []agentapi.LayerEntry{}
+		}
+		writeJSON(w, http.StatusOK, agentapi.LayerManifest{Entries: m})
+		return
+	}
 	writeJSON(w, http.StatusOK, struct{}{})
 }
 

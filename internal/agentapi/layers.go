@@ -41,6 +41,22 @@ func (c *Client) FreezeLayer(ctx context.Context, d time.Duration) error {
 	return c.jsonCall(ctx, callTimeout, http.MethodPost, PathLayerFreeze+"?ms="+strconv.FormatInt(d.Milliseconds(), 10), nil, &out)
 }
 
+// FreezeLayerManifest is FreezeLayer that also lists the frozen upper
+// layer (LayerManifest) in the same call: a checkpoint needs both, and
+// each call costs the guest a round trip. ok is false when the agent
+// predates it (it froze the layer but sent no listing).
+func (c *Client) FreezeLayerManifest(ctx context.Context, d time.Duration) (m LayerManifest, ok bool, err error) {
+	var out struct {
+		Entries *[]LayerEntry `json:"entries"`
+	}
+	err = c.jsonCallLimit(ctx, transferWindow, MaxManifestBytes, http.MethodPost,
+		PathLayerFreeze+"?manifest=1&ms="+strconv.FormatInt(d.Milliseconds(), 10), nil, &out)
+	if err != nil || out.Entries == nil {
+		return m, false, err
+	}
+	return LayerManifest{Entries: *out.Entries}, true, nil
+}
+
 // ThawLayer ends a FreezeLayer.
 func (c *Client) ThawLayer(ctx context.Context) error {
 	var out struct{}
