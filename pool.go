@@ -208,8 +208,10 @@ func (g *pooledVM) HandOut(ctx context.Context, id string) error {
 	return err
 }
 
-func (g *pooledVM) OpenStream(ctx context.Context) (net.Conn, error) { return g.v.Agent.OpenStream(ctx) }
-func (g *pooledVM) Done() <-chan struct{}                            { return g.v.Machine.Done() }
+func (g *pooledVM) OpenStream(ctx context.Context) (net.Conn, error) {
+	return g.v.Agent.OpenStream(ctx)
+}
+func (g *pooledVM) Done() <-chan struct{} { return g.v.Machine.Done() }
 
 func (g *pooledVM) Close() error {
 	var errs []error
