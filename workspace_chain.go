@@ -185,3 +185,19 @@ func gcLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record) error {
 	}
 	return nil
 }
+
+// dropUnreferenced deletes the layers nothing refers to any more (after an
+// undo dropped checkpoints, or a snapshot was deleted), under the layer
+// lock so that a capture's new overlay, not yet named the top, is safe.
+func dropUnreferenced(dir vmdir.Dir, rec instance.Record) error {
+	l := layersOf(dir, rec)
+	if !l.Chained() {
+		return nil
+	}
+	unlock, err := lockLayers(dir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return l.GC(workspace.KeepLayers(string(dir)))
+}

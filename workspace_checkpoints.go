@@ -181,9 +181,7 @@ func (c *Client) UndoWorkspace(ctx context.Context, id string, to int) (UndoResu
 	if err := cps.DropFrom(to); err != nil {
 		return UndoResult{}, err
 	}
-	if layersOf(dir, rec).Chained() {
-		_ = layersOf(dir, rec).GC(workspace.KeepLayers(string(dir)))
-	}
+	_ = dropUnreferenced(dir, rec)
 	c.recordEvent(dir, workspace.Event{Kind: workspace.EventUndo, Path: fmt.Sprint(to), Target: cp.Command})
 	ws, err := c.StatusWorkspace(ctx, rec.ID)
 	return UndoResult{WorkspaceID: rec.ID, Checkpoint: to, Command: cp.Command, Workspace: ws}, err

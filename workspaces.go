@@ -576,6 +576,7 @@ func (c *Client) DeleteSnapshot(ctx context.Context, id, name string) error {
 	if err := snapshotsOf(dir).Delete(name); err != nil {
 		return err
 	}
+	_ = dropUnreferenced(dir, rec) // a layer snapshot's layers (workspace_chain.go)
 	c.recordEvent(dir, workspace.Event{Kind: workspace.EventSnapshotDelete, Path: name})
 	return nil
 }
