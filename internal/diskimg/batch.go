@@ -274,6 +274,10 @@ type Inode struct {
 	Opaque   bool      // trusted.overlay.opaque=y (overlayfs opaque directory)
 	Mtime    time.Time // seconds
 	FastLink *string   // a fast symlink's target (nil: not one, or not printed)
+	// Extents is a file's extent map; Mapped says it was read whole
+	// (else its content is read with Cat).
+	Extents []Extent
+	Mapped  bool
 }
 
 // maxStatBytes bounds the output of one inode's stat (its extent list may
@@ -298,9 +302,9 @@ func (im Image) StatMany(ctx context.Context, inos []uint32) ([]Inode, error) {
 			return err
 		}
 		var sec []byte
-		i := 0
+		i, over := 0, false
 		for {
-			line, err := readLine(r)
+			line, cut, err := readLine(r)
 			if len(line) == 0 && errors.Is(err, io.EOF) {
 				break
 			}
@@ -308,39 +312,47 @@ func (im Image) StatMany(ctx context.Context, inos []uint32) ([]Inode, error) {
 				return err
 			}
 			if i+1 < len(cmds) && string(line) == echo(cmds[i+1]) {
-				out[i] = parseStat(sec)
-				sec, i = sec[:0], i+1
+				out[i] = parseStat(sec, over)
+				sec, i, over = sec[:0], i+1, false
 				continue
 			}
-			if len(sec)+len(line) <= maxStatBytes {
+			if len(sec)+len(line) <= maxStatBytes && !cut {
 				sec = append(sec, line...)
+			} else {
+				over = true
 			}
 		}
-		out[i] = parseStat(sec)
+		out[i] = parseStat(sec, over)
 		return nil
 	})
 	return out, err
 }
 
 // readLine reads one line of any length, keeping at most maxStatBytes of
-// it (and its newline, when one came).
-func readLine(r *bufio.Reader) ([]byte, error) {
+// it (and its newline, when one came); cut says some was dropped.
+func readLine(r *bufio.Reader) ([]byte, bool, error) {
 	var line []byte
+	cut := false
 	for {
 		b, err := r.ReadSlice('\n')
 		if len(line)+len(b) <= maxStatBytes {
 			line = append(line, b...)
+		} else {
+			cut = true
 		}
 		if errors.Is(err, bufio.ErrBufferFull) {
 			continue
 		}
-		return line, err
+		return line, cut, err
 	}
 }
 
-// parseStat reads one `stat` section.
-func parseStat(s []byte) Inode {
+// parseStat reads one `stat` section (over: it was cut at maxStatBytes).
+func parseStat(s []byte, over bool) Inode {
 	var in Inode
+	if !over {
+		in.Extents, in.Mapped = parseExtents(s)
+	}
 	in.Whiteout = bytes.Contains(s, []byte("Type: character special")) && bytes.Contains(s, []byte("major/minor number: 00:00"))
 	in.Opaque = bytes.Contains(s, []byte("\n  trusted.overlay.opaque (1) = \"y\"\n"))
 	if i := bytes.Index(s, []byte("\n mtime: 0x")); i >= 0 {

@@ -71,6 +71,9 @@ type DiskNode struct {
 	Link  string     // a symlink's target as stored (at most 4096 bytes)
 	Mtime time.Time  // when the view reads times
 	at    []layerIno // a directory's contributing layers, top first; else the one
+	// ext is a file's extent map when the view read it whole (times).
+	ext    []diskimg.Extent
+	mapped bool
 }
 
 type layerIno struct {
@@ -235,7 +238,7 @@ func (v *DiskView) readDirs(ctx context.Context, dirs []DiskNode) ([][]DiskNode,
 				n := &DiskNode{Path: path.Join(dir.Path, e.Name), Type: nodeType(e), Perm: e.Perm(), Mtime: st.Mtime, at: []layerIno{{li.l, e.Ino}}}
 				switch {
 				case e.IsReg():
-					n.Size = e.Size
+					n.Size, n.ext, n.mapped = e.Size, st.Extents, st.Mapped
 				case e.IsLink() && st.FastLink != nil:
 					n.Link = *st.FastLink
 				case e.IsLink():

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"context"
 	"io"
+	"os"
 	"path"
 	"strings"
 	"time"
@@ -82,6 +83,38 @@ func (v *DiskView) WriteTar(ctx context.Context, n DiskNode, w io.Writer, maxByt
 		if err := tw.WriteHeader(hdr); err != nil {
 			return err
 		}
+	}
+	// Files whose extent map was read come straight from the image file;
+	// the others through debugfs.
+	buf := make([]byte, 1<<20)
+	for l := range v.layers {
+		var rest []DiskNode
+		var img *os.File
+		var bs int64
+		for _, k := range files[l] {
+			if !k.mapped {
+				rest = append(rest, k)
+				continue
+			}
+			if img == nil {
+				var err error
+				if bs, err = v.layers[l].img.BlockSize(ctx); err != nil {
+					return err
+				}
+				if img, err = os.Open(v.layers[l].img.Path); err != nil {
+					return err
+				}
+				defer img.Close()
+			}
+			hdr := &tar.Header{Typeflag: tar.TypeReg, Name: name(k), Mode: int64(k.Perm), Size: k.Size, ModTime: mtime(k), Format: tar.FormatPAX}
+			if err := tw.WriteHeader(hdr); err != nil {
+				return err
+			}
+			if err := diskimg.ReadExtents(img, bs, k.ext, k.Size, tw, buf); err != nil {
+				return err
+			}
+		}
+		files[l] = rest
 	}
 	for l := range v.layers {
 		fl := files[l]
