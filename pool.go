@@ -127,8 +127,8 @@ func (c *Client) StartPool(ctx context.Context, opts PoolOptions) (*Pool, error)
 	return &Pool{srv: srv}, nil
 }
 
-// poolKey is the pool configuration of a run record; ok is false when no
-// pool may serve it.
+// poolKey is the pool configuration of a run record (poolable says whether
+// a pool may serve it at all).
 func poolKey(rec instance.Record) pool.Key {
 	return pool.Key{Environment: rec.Environment, EnvDigest: rec.EnvironmentDigest, VCPUs: rec.VCPUCount, MemMiB: rec.MemMiB, Network: "off"}
 }

@@ -70,8 +70,8 @@ type Key struct {
 	// guest has no NIC: a run's network policy and its stack belong to
 	// the run).
 	Network string `json:"network"`
-	// Workspace is false: pools serve runs, not workspaces (see DESIGN
-	// in the pool README lines).
+	// Workspace is false: pools serve one-shot runs, not workspaces
+	// (which need their own disk and must outlive the pool's process).
 	Workspace bool `json:"workspace"`
 }
 
