@@ -34,7 +34,9 @@ trap cleanup EXIT
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 median() { sort -n | awk '{a[NR]=$1} END{ if (NR==0) {print "nan"} else if (NR%2) {print a[(NR+1)/2]} else {print (a[NR/2]+a[NR/2+1])/2} }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2fx", a/b; else print "n/a" }'; }
-field() { grep -o "\"$1\": *[0-9.]*" | head -1 | sed 's/.*: *//'; }
+# field NAME: the first numeric JSON field NAME on stdin (no early-closing
+# pipes: with pipefail a SIGPIPE'd writer would fail the script).
+field() { sed -n "s/.*\"$1\": *\([0-9.]*\).*/\1/p" | sed -n 1p; }
 
 "$PYRO" env pull "$ENVNAME" >/dev/null
 "$PYRO" prepare "$ENVNAME" >/dev/null
@@ -43,7 +45,7 @@ echo "==> pyro run $ENVNAME -- true, warm (no pool), $N runs"
 warm=()
 for _ in $(seq "$N"); do
   t0=$(now_ms); out=$("$PYRO" run --json "$ENVNAME" -- true); t1=$(now_ms)
-  echo "$out" | grep -q '"start": *"warm"' || echo "bench-pool: expected a warm start: $out" >&2
+  grep -q '"start": *"warm"' <<<"$out" || echo "bench-pool: expected a warm start: $out" >&2
   warm+=($((t1 - t0)))
 done
 
@@ -54,7 +56,7 @@ poolpid=$!
 wait_ready() {
   for _ in $(seq 600); do
     st=$("$PYRO" pool status --json)
-    if echo "$st" | grep -q '"ready": *1' && echo "$st" | grep -q "\"served\": *$1,"; then return 0; fi
+    if grep -q '"ready": *1' <<<"$st" && grep -q "\"served\": *$1," <<<"$st"; then return 0; fi
     sleep 0.2
   done
   echo "bench-pool: the pool did not get ready: $st" >&2; exit 1
@@ -64,8 +66,8 @@ handout=() pooled=()
 for i in $(seq "$N"); do
   wait_ready $((i - 1))
   t0=$(now_ms); out=$("$PYRO" run --json "$ENVNAME" -- true); t1=$(now_ms)
-  echo "$out" | grep -q '"start": *"pool"' || { echo "bench-pool: expected start pool: $out" >&2; exit 1; }
-  handout+=("$(echo "$out" | field boot_ms)")
+  grep -q '"start": *"pool"' <<<"$out" || { echo "bench-pool: expected start pool: $out" >&2; exit 1; }
+  handout+=("$(field boot_ms <<<"$out")")
   pooled+=($((t1 - t0)))
 done
 
