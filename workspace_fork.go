@@ -36,10 +36,11 @@ import (
 // MaxForkCount bounds the forks of one call.
 const MaxForkCount = 16
 
-// forkParallel bounds the forks restoring at once (each restore is a QEMU
-// loading the saved RAM and a guest answering its first call; a 2-core
-// host gains nothing from more).
-const forkParallel = 3
+// forkParallel bounds the forks restoring at once. One: restored guests
+// that ran side by side on this 2-core TCG host were seen to take tens of
+// seconds to drop the source's agent session, some longer than their
+// first call's deadline; one at a time they all came up.
+const forkParallel = 1
 
 // ForkWorkspaceOptions describe a fork.
 type ForkWorkspaceOptions struct {

@@ -47,6 +47,7 @@ var extensions = [][]tool{
 	summaryTools,
 	diskTools,
 	jobsTools,
+	forkTools,
 }
 
 // coreTools are the tools of workspace-core, in the order it lists them.

@@ -68,6 +68,8 @@ var bounds = map[string][2]float64{
 	// Checkpoint numbers (tools_checkpoints.go).
 	"to":    {0, 1<<31 - 1},
 	"since": {1, 1<<31 - 1},
+	// Forks of one workspace_fork call (tools_fork.go).
+	"count": {1, pyro.MaxForkCount},
 }
 
 // enums are the fixed vocabularies of string inputs, by property name.

@@ -98,7 +98,7 @@ func forkIdentity(ctx context.Context, _ Deps, c Config, v *VM) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, restoreAgentTimeout)
+	ctx, cancel := context.WithTimeout(ctx, 2*restoreAgentTimeout)
 	defer cancel()
 	go func() {
 		select {
@@ -107,7 +107,18 @@ func forkIdentity(ctx context.Context, _ Deps, c Config, v *VM) error {
 		case <-ctx.Done():
 		}
 	}()
-	resp, err := v.Agent.SetIdentity(ctx, req)
+	// A restored guest that answers late is not a dead one: the call is
+	// asked again (it is idempotent without a mount) until the deadline.
+	var resp agentapi.IdentityResponse
+	for {
+		if resp, err = v.Agent.SetIdentity(ctx, req); err == nil || ctx.Err() != nil || errdefs.Category(err) != errdefs.ErrUnavailable {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 	if err != nil {
 		return errdefs.Wrap(errdefs.ErrUnavailable, err, "", "give the fork its own identity")
 	}

@@ -596,6 +596,34 @@ class Pyro:
         """Boot a stopped workspace on its disk (a running one just returns its status)."""
         return self._call(["workspace", "start"], [workspace_id])
 
+    def fork_workspace(
+        self,
+        workspace_id: str,
+        *,
+        count: int = 1,
+        name: Optional[str] = None,
+        with_secrets: bool = False,
+    ) -> dict[str, Any]:
+        """Fork a running workspace ``count`` ways (1 to 16).
+
+        Each fork continues from the same instant: the same files and the
+        same running services, shells and background jobs, with its own
+        identity, network and disk; the source keeps running. A workspace
+        with secrets needs ``with_secrets=True``. Published ports, named
+        snapshots and checkpoints are not inherited.
+
+        Returns:
+            ``{"source_workspace_id", "forks": [workspace status +
+            "inherited_services", "inherited_shells"], "source_paused_ms",
+            "duration_ms", "not_inherited", ...}``.
+        """
+        args = [workspace_id, f"--count={int(count)}"]
+        if name is not None:
+            args.append(f"--name={name}")
+        if with_secrets:
+            args.append("--with-secrets")
+        return self._call(["workspace", "fork"], args)
+
     def push_workspace_sync(
         self,
         workspace_id: str,

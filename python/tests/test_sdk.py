@@ -92,6 +92,7 @@ CONTRACT: dict[str, list[tuple[str, str, Any]]] = {
     "update_workspace": [("workspace_id", "pos", REQ), ("name", "kw", None), ("labels", "kw", None), ("clear_labels", "kw", None)],
     "stop_workspace": [("workspace_id", "pos", REQ)],
     "start_workspace": [("workspace_id", "pos", REQ)],
+    "fork_workspace": [("workspace_id", "pos", REQ), ("count", "kw", 1), ("name", "kw", None), ("with_secrets", "kw", False)],
     "push_workspace_sync": [
         ("workspace_id", "pos", REQ),
         ("source_path", "pos", REQ),
@@ -478,6 +479,9 @@ class MappingTest(unittest.TestCase):
                    ["workspace", "update", "--json", "w1", "--name=web", "--label=k=v", "--clear-label=old"])
         self.check(lambda: p.stop_workspace("api"), ["workspace", "stop", "--json", "api"])
         self.check(lambda: p.start_workspace("api"), ["workspace", "start", "--json", "api"])
+        self.check(lambda: p.fork_workspace("api"), ["workspace", "fork", "--json", "api", "--count=1"])
+        self.check(lambda: p.fork_workspace("api", count=3, name="try", with_secrets=True),
+                   ["workspace", "fork", "--json", "api", "--count=3", "--name=try", "--with-secrets"])
         with self.assertRaises(TypeError):
             p.list_workspaces(labels=["team=infra"])  # type: ignore[arg-type]
 
