@@ -116,7 +116,13 @@ func MainWith(dir string, opts Options) int {
 		return 1
 	}
 	defer logFile.Close()
-	log := slog.New(slog.NewTextHandler(logFile, nil)).With("vm_id", filepath.Base(dir))
+	// PYRO_LOG=debug (inherited from the CLI) logs boot steps and their
+	// times here too.
+	var lopts *slog.HandlerOptions
+	if os.Getenv("PYRO_LOG") == "debug" {
+		lopts = &slog.HandlerOptions{Level: slog.LevelDebug}
+	}
+	log := slog.New(slog.NewTextHandler(logFile, lopts)).With("vm_id", filepath.Base(dir))
 	// A signal is a stop request like any other, with its own cause.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
