@@ -45,7 +45,8 @@ func TestWarmGoldenNotWritableByQEMU(t *testing.T) {
 	mustWS(t, env, &w, "create", baseEnv)
 	defer ws(t, env, nil, "delete", w.WorkspaceID)
 	if w.Start != "warm" {
-		t.Fatalf("workspace start = %q, want warm", w.Start)
+		log, _ := os.ReadFile(filepath.Join(home, "workspaces", w.WorkspaceID, "supervisor.log"))
+		t.Fatalf("workspace start = %q, want warm; supervisor log:\n%s", w.Start, log)
 	}
 	pidText, err := os.ReadFile(filepath.Join(home, "workspaces", w.WorkspaceID, "vmm.pid"))
 	if err != nil {
