@@ -56,7 +56,11 @@ func (c *Client) snapshotLayer(ctx context.Context, dir vmdir.Dir, rec instance.
 			return Snapshot{}, err
 		}
 		defer unlock()
-		ref, bytes, _, err := captureUpper(ctx, dir, rec, agent, false)
+		ref, _, _, err := captureUpper(ctx, dir, rec, agent, false)
+		if err != nil {
+			return Snapshot{}, err
+		}
+		bytes, err := layersOf(dir, rec).ChainBytes(ref.Layer)
 		if err != nil {
 			return Snapshot{}, err
 		}

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -116,6 +117,17 @@ func (l Layers) Parent(name string) (string, error) {
 	parent := filepath.ToSlash(filepath.Clean(filepath.Join(LayersDir, info.Backing)))
 	if !l.valid(parent) || parent == name {
 		return "", fmt.Errorf("layers: %s has a bad parent %q", name, info.Backing)
+	}
+	// The parent's format is stated, never probed: qemu-img (which flattens
+	// chains for the disk tools and export) would probe a raw root the
+	// guest writes, and a qcow2 header the guest put there could name any
+	// host file as its backing.
+	want := "qcow2"
+	if l.raw(parent) {
+		want = "raw"
+	}
+	if info.BackingFmt != want {
+		return "", fmt.Errorf("layers: %s states its parent's format as %q, not %s", name, info.BackingFmt, want)
 	}
 	return parent, nil
 }
@@ -248,7 +260,7 @@ func (l Layers) Identity(name string) (size, mtime, blocks int64, err error) {
 		return 0, 0, 0, err
 	}
 	var blk int64
-	if sys, ok := st.Sys().(*unix.Stat_t); ok {
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
 		blk = sys.Blocks * 512
 	}
 	return st.Size(), st.ModTime().UnixNano(), blk, nil

@@ -40,6 +40,26 @@ func (l Layers) Ref(name string) (LayerRef, int64, error) {
 	return LayerRef{Layer: name, Size: size, Mtime: mtime}, blocks, err
 }
 
+// ChainBytes is what the state ending at layer end holds on the host: the
+// allocated bytes of every layer of its chain. A snapshot reports this (the
+// state it keeps), where a checkpoint reports its own layer's bytes (what
+// one command changed).
+func (l Layers) ChainBytes(end string) (int64, error) {
+	chain, err := l.Chain(end)
+	if err != nil {
+		return 0, err
+	}
+	var sum int64
+	for _, name := range chain {
+		_, _, blocks, err := l.Identity(name)
+		if err != nil {
+			return 0, err
+		}
+		sum += blocks
+	}
+	return sum, nil
+}
+
 // writeRef stores ref at p durably and returns the digest of what it wrote.
 func writeRef(p string, ref LayerRef) (string, error) {
 	b, _ := json.Marshal(ref)

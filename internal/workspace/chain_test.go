@@ -82,3 +82,66 @@ func TestOverlayHeader(t *testing.T) {
 		t.Fatal("a changed layer verified")
 	}
 }
+
+// TestChainBytes: a snapshot's bytes are its whole chain's (the state it
+// keeps), a layer's own bytes only what was written since the one below.
+func TestChainBytes(t *testing.T) {
+	dir := t.TempDir()
+	l := Layers{Dir: dir, Disk: filepath.Join(dir, "workspace.ext4")}
+	if err := os.WriteFile(l.Disk, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a, err := l.NewOverlay("workspace.ext4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, own, err := l.Ref(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	total, err := l.ChainBytes(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := mustBlocks(t, l, "workspace.ext4")
+	if root < 1<<20 || total != own+root {
+		t.Fatalf("chain bytes %d, own %d", total, own)
+	}
+}
+
+func mustBlocks(t *testing.T, l Layers, name string) int64 {
+	t.Helper()
+	_, _, blocks, err := l.Identity(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return blocks
+}
+
+// TestParentFormatStated: a layer that leaves its parent's format to be
+// probed, or states the wrong one, is refused (qemu-img would probe the
+// guest-written raw root, where a forged qcow2 header can name a host file).
+func TestParentFormatStated(t *testing.T) {
+	dir := t.TempDir()
+	l := Layers{Dir: dir, Disk: filepath.Join(dir, "workspace.ext4")}
+	if err := os.WriteFile(l.Disk, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(l.Disk, 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	a, err := l.NewOverlay("workspace.ext4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Chain(a); err != nil {
+		t.Fatalf("a well-formed chain refused: %v", err)
+	}
+	os.Remove(l.Path(a))
+	if err := CreateOverlay(l.Path(a), "../workspace.ext4", "qcow2", 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Chain(a); err == nil {
+		t.Fatal("a qcow2 parent format over a raw root accepted")
+	}
+}
