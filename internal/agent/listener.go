@@ -73,14 +73,14 @@ func (l netListener) Accept() (io.ReadWriteCloser, error) {
 func (l netListener) Close() error { return l.ln.Close() }
 
 // SerialListener is the virtio-serial port named name: each Accept opens
-// the port (O_RDWR, once per host connection: a second open is EBUSY).
-// Reads return EOF while no host is connected; the next Accept reopens.
-// A session that ended at once (no host yet) makes the next Accept wait a
-// little longer, up to 200 ms; one that carried traffic resets the wait.
-// With fast, the wait is always 1 ms: a guest that may be saved as a
-// memory snapshot (pyro.snapshot=1) is saved while no host is connected,
-// and each guest restored from it must answer its new host at once, not
-// after whatever backoff the saved guest was sleeping.
+// the port (O_RDWR, once per host connection: a second open is EBUSY) and
+// returns it once a host is connected (waitHost). Reads return EOF when
+// the host goes away; the next Accept reopens. A session that ended at
+// once makes the next Accept wait a little longer, up to 200 ms; one that
+// carried traffic resets the wait. With fast, the wait is always 1 ms: a
+// guest that may be saved as a memory snapshot (pyro.snapshot=1) is saved
+// while no host is connected, and each guest restored from it must answer
+// its new host at once.
 func SerialListener(name string, wait time.Duration, fast bool) (Listener, error) {
 	dev, err := findPort(name, wait)
 	if err != nil {
@@ -123,8 +123,50 @@ func (l *serialListener) Accept() (io.ReadWriteCloser, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open agent port %s: %w", l.dev, err)
 	}
+	if err := l.waitHost(f); err != nil {
+		_ = f.Close()
+		return nil, err
+	}
 	l.opened = time.Now()
 	return f, nil
+}
+
+// waitHost keeps the freshly opened port f open until a host is connected
+// (the port no longer reports POLLHUP). Reading it before would return EOF
+// at once, and the close that follows would discard whatever a host that
+// connected in between already sent; closing and reopening in a loop
+// would also flood QEMU with port events, of which it passes on only one
+// a second (a fork's restore waits for one, internal/vmm/qemu/fork.go).
+// Nothing blocks on a host connecting without sending, so the port is
+// polled: every millisecond at first, then less often, up to every 50 ms.
+func (l *serialListener) waitHost(f *os.File) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	for wait := time.Millisecond; ; wait = min(2*wait, 50*time.Millisecond) {
+		hup := false
+		var perr error
+		if err := rc.Control(func(fd uintptr) {
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			if _, perr = unix.Poll(pfd, 0); perr == nil {
+				hup = pfd[0].Revents&unix.POLLHUP != 0
+			}
+		}); err != nil {
+			return err
+		}
+		if perr != nil && !errors.Is(perr, unix.EINTR) {
+			return fmt.Errorf("poll agent port %s: %w", l.dev, perr)
+		}
+		if perr == nil && !hup {
+			return nil
+		}
+		select {
+		case <-time.After(wait):
+		case <-l.done:
+			return net.ErrClosed
+		}
+	}
 }
 
 func (l *serialListener) Close() error {

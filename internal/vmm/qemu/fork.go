@@ -121,15 +121,23 @@ func resume(ctx context.Context, q *qmp) error {
 const agentReopenTimeout = 45 * time.Second
 
 // waitAgentReopened waits, after a live state was loaded, until the guest
-// agent closed its port and opened it again. Loading the state reports the
+// agent dropped the source's host session. Loading the state reports the
 // port as the guest had it (open, with the source's host session), then
-// tells the guest its host went away: the agent ends that session, closes
-// the port and reopens it for the next host. Only then may a new host
-// connect: bytes sent earlier would reach the old session.
+// tells the guest its host went away: the agent ends that session and
+// closes the port (then opens it again and waits for the next host,
+// internal/agent/listener.go). Only after that close may a new host
+// connect: bytes sent earlier would reach the old session; bytes sent
+// after it are kept until the agent reads them.
+//
+// QEMU sends at most one VSERPORT_CHANGE a second per port and drops all
+// but the last of the changes in between, so the agent's close and reopen
+// may arrive as a single "open" a second after the load's own "open"
+// event. Either a "closed" event or a second "open" one thus means the
+// guest closed the port since the load.
 func waitAgentReopened(ctx context.Context, q *qmp) error {
 	ctx, cancel := context.WithTimeout(ctx, agentReopenTimeout)
 	defer cancel()
-	closed := false
+	opens := 0
 	err := q.waitEvent(ctx, "VSERPORT_CHANGE", func(d json.RawMessage) bool {
 		var ev struct {
 			ID   string `json:"id"`
@@ -139,13 +147,26 @@ func waitAgentReopened(ctx context.Context, q *qmp) error {
 			return false
 		}
 		if !ev.Open {
-			closed = true
-			return false
+			return true
 		}
-		return closed
+		opens++
+		return opens >= 2
 	})
 	if err != nil {
-		return fmt.Errorf("the restored guest's agent did not reopen its port: %w", err)
+		return fmt.Errorf("the restored guest's agent did not drop its old session: %w", err)
 	}
 	return nil
+}
+
+// agentPortChanged matches any change of the agent port after the host
+// let go of a guest whose agent had the port open: the agent closes it
+// and opens it again at once, and QEMU, which passes on at most one
+// VSERPORT_CHANGE a second per port (the last), may report the pair as a
+// single "open". Events read before the host let go must be dropped first
+// (qmp.dropEvents).
+func agentPortChanged(d json.RawMessage) bool {
+	var ev struct {
+		ID string `json:"id"`
+	}
+	return json.Unmarshal(d, &ev) == nil && ev.ID == agentPortID
 }

@@ -46,15 +46,9 @@ func (b *Backend) NewPauser(ctx context.Context, dir vmdir.Dir) (*Pauser, error)
 func (p *Pauser) Release(ctx context.Context, release func()) error {
 	p.mu.Lock()
 	ctx, cancel := context.WithTimeout(ctx, pauseTimeout)
+	p.q.dropEvents()
 	release()
-	closed := func(d json.RawMessage) bool {
-		var ev struct {
-			ID   string `json:"id"`
-			Open bool   `json:"open"`
-		}
-		return json.Unmarshal(d, &ev) == nil && ev.ID == agentPortID && !ev.Open
-	}
-	err := p.q.waitEvent(ctx, "VSERPORT_CHANGE", closed)
+	err := p.q.waitEvent(ctx, "VSERPORT_CHANGE", agentPortChanged)
 	cancel()
 	p.mu.Unlock()
 	if err != nil {

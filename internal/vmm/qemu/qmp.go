@@ -138,6 +138,14 @@ func (q *qmp) call(ctx context.Context, cmd string, args any, file *os.File) (js
 	}
 }
 
+// dropEvents forgets the events read so far: a later waitEvent sees only
+// what QEMU sends from now on.
+func (q *qmp) dropEvents() {
+	q.mu.Lock()
+	q.events = nil
+	q.mu.Unlock()
+}
+
 // waitEvent waits until QEMU sends an event named name whose data match
 // (match nil: any), also one already read during an earlier call.
 func (q *qmp) waitEvent(ctx context.Context, name string, match func(json.RawMessage) bool) error {

@@ -44,18 +44,12 @@ func (b *Backend) Save(ctx context.Context, dir vmdir.Dir, state *os.File, relea
 		return err
 	}
 	defer q.Close()
+	q.dropEvents()
 	release()
 	// The guest agent sees its host go away and closes the port: from then
 	// on the guest waits for a new host, which is the state to save.
-	closed := func(d json.RawMessage) bool {
-		var ev struct {
-			ID   string `json:"id"`
-			Open bool   `json:"open"`
-		}
-		return json.Unmarshal(d, &ev) == nil && ev.ID == agentPortID && !ev.Open
-	}
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err = q.waitEvent(wctx, "VSERPORT_CHANGE", closed)
+	err = q.waitEvent(wctx, "VSERPORT_CHANGE", agentPortChanged)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("guest did not release the agent port: %w", err)
