@@ -11,7 +11,6 @@ import (
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
-	"github.com/pyro-mcp/pyro/internal/hostres"
 )
 
 // Snapshots and checkpoints of a chained upper layer (chain.go) record a
@@ -156,16 +155,8 @@ func (s Snapshots) SaveLayer(name string, ref LayerRef, bytes int64) (Snapshot, 
 	if err := ValidateSnapshotName(name); err != nil {
 		return Snapshot{}, err
 	}
-	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+	if _, err := s.admit(name); err != nil {
 		return Snapshot{}, err
-	}
-	if _, err := os.Stat(s.metaPath(name)); err == nil {
-		return Snapshot{}, errdefs.New(errdefs.ErrAlreadyExists, "delete it first or pick another name", "snapshot %q already exists", name)
-	}
-	lim := hostres.Load()
-	if s.namedCount() >= lim.SnapshotCount {
-		return Snapshot{}, errdefs.New(errdefs.ErrFailedPrecondition, "delete one with `pyro workspace snapshot delete`, or raise "+hostres.SnapshotCountEnv,
-			"workspace has %d snapshots, the host's cap", lim.SnapshotCount)
 	}
 	sum, err := writeRef(s.layerPath(name), ref)
 	if err != nil {

@@ -313,16 +313,9 @@ func (s Snapshots) SaveUpper(name, upper string) (Snapshot, error) {
 	if err := ValidateSnapshotName(name); err != nil {
 		return Snapshot{}, err
 	}
-	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+	lim, err := s.admit(name)
+	if err != nil {
 		return Snapshot{}, err
-	}
-	if _, err := os.Stat(s.metaPath(name)); err == nil {
-		return Snapshot{}, errdefs.New(errdefs.ErrAlreadyExists, "delete it first or pick another name", "snapshot %q already exists", name)
-	}
-	lim := hostres.Load()
-	if s.namedCount() >= lim.SnapshotCount {
-		return Snapshot{}, errdefs.New(errdefs.ErrFailedPrecondition, "delete one with `pyro workspace snapshot delete`, or raise "+hostres.SnapshotCountEnv,
-			"workspace has %d snapshots, the host's cap", lim.SnapshotCount)
 	}
 	sum, n, err := CopyImage(upper, s.imgPath(name), lim.SnapshotBytes, "snapshot "+name, hostres.SnapshotBytesEnv)
 	if err != nil {

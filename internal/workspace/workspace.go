@@ -196,16 +196,9 @@ func (s Snapshots) Save(name string, r io.Reader) (Snapshot, error) {
 	if err := checkName(name); err != nil {
 		return Snapshot{}, err
 	}
-	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+	lim, err := s.admit(name)
+	if err != nil {
 		return Snapshot{}, err
-	}
-	if _, err := os.Stat(s.metaPath(name)); err == nil {
-		return Snapshot{}, errdefs.New(errdefs.ErrAlreadyExists, "delete it first or pick another name", "snapshot %q already exists", name)
-	}
-	lim := hostres.Load()
-	if name != Baseline && s.namedCount() >= lim.SnapshotCount {
-		return Snapshot{}, errdefs.New(errdefs.ErrFailedPrecondition, "delete one with `pyro workspace snapshot delete`, or raise "+hostres.SnapshotCountEnv,
-			"workspace has %d snapshots, the host's cap", lim.SnapshotCount)
 	}
 	r = hostres.CapReader(r, lim.SnapshotBytes, "snapshot "+strconv.Quote(name), hostres.SnapshotBytesEnv)
 	f, err := os.CreateTemp(s.Dir, ".tmp-*")
@@ -233,6 +226,24 @@ func (s Snapshots) Save(name string, r io.Reader) (Snapshot, error) {
 		return Snapshot{}, err
 	}
 	return snap, nil
+}
+
+// admit makes room for a new snapshot name (its name already checked): the
+// directory exists, no snapshot has the name, and a named one stays within
+// the host's count cap. It returns the host's limits for the rest.
+func (s Snapshots) admit(name string) (hostres.Limits, error) {
+	lim := hostres.Load()
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return lim, err
+	}
+	if _, err := os.Stat(s.metaPath(name)); err == nil {
+		return lim, errdefs.New(errdefs.ErrAlreadyExists, "delete it first or pick another name", "snapshot %q already exists", name)
+	}
+	if name != Baseline && s.namedCount() >= lim.SnapshotCount {
+		return lim, errdefs.New(errdefs.ErrFailedPrecondition, "delete one with `pyro workspace snapshot delete`, or raise "+hostres.SnapshotCountEnv,
+			"workspace has %d snapshots, the host's cap", lim.SnapshotCount)
+	}
+	return lim, nil
 }
 
 // namedCount is the number of snapshots besides the baseline.
