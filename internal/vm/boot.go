@@ -453,7 +453,13 @@ func checkFeatures(_ context.Context, _ Deps, c Config, v *VM) error {
 }
 
 func startVMM(ctx context.Context, _ Deps, c Config, v *VM) error {
-	m, err := v.backend.Start(ctx, v.spec(c))
+	return v.start(ctx, v.spec(c))
+}
+
+// start starts v's machine from spec (booted or restored) and stops it
+// when v closes.
+func (v *VM) start(ctx context.Context, spec vmm.Spec) error {
+	m, err := v.backend.Start(ctx, spec)
 	if err != nil {
 		return err
 	}

@@ -78,16 +78,9 @@ func restoreFork(ctx context.Context, c Config, v *VM, src ForkSource) error {
 	v.warm.state = src.State
 	spec := v.spec(c)
 	spec.RestoreLive = true
-	m, err := v.backend.Start(ctx, spec)
-	if err != nil {
+	if err := v.start(ctx, spec); err != nil {
 		return fmt.Errorf("restore the fork: %w", err)
 	}
-	v.Machine = m
-	v.onClose(func(ctx context.Context) error {
-		stopCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		return m.Stop(stopCtx)
-	})
 	return nil
 }
 
