@@ -101,6 +101,20 @@ func sameTree(t *testing.T, what string, got, want map[string]string) {
 	}
 }
 
+// checkpointedWorkspace creates a workspace seeded with seedTree, with
+// checkpoints on, in a home of its own; it is deleted when the test ends.
+func checkpointedWorkspace(t *testing.T) (env []string, id, seed string) {
+	t.Helper()
+	requireE2E(t)
+	ensureEnv(t, baseEnv)
+	_, env = isolatedHome(t)
+	seed = seedTree(t)
+	var w wsStatus
+	mustWS(t, env, &w, "create", "--seed-path", seed, "--checkpoints", baseEnv)
+	t.Cleanup(func() { ws(t, env, nil, "delete", w.WorkspaceID) })
+	return env, w.WorkspaceID, seed
+}
+
 func lastCheckpoint(t *testing.T, env []string, id string) (int, int) {
 	t.Helper()
 	var cl checkpointList
@@ -112,14 +126,7 @@ func lastCheckpoint(t *testing.T, env []string, id string) (int, int) {
 }
 
 func TestLayersUndoAndSince(t *testing.T) {
-	requireE2E(t)
-	ensureEnv(t, baseEnv)
-	_, env := isolatedHome(t)
-	seed := seedTree(t)
-	var w wsStatus
-	mustWS(t, env, &w, "create", "--seed-path", seed, "--checkpoints", baseEnv)
-	id := w.WorkspaceID
-	defer ws(t, env, nil, "delete", id)
+	env, id, seed := checkpointedWorkspace(t)
 	want := treeSums(t, seed)
 	sameTree(t, "seeded", exportSums(t, env, id), want)
 
@@ -163,14 +170,7 @@ func TestLayersUndoAndSince(t *testing.T) {
 // workspace comes back consistent, and undo returns it to exactly the
 // state before the push.
 func TestLayersKillDuringPush(t *testing.T) {
-	requireE2E(t)
-	ensureEnv(t, baseEnv)
-	_, env := isolatedHome(t)
-	seed := seedTree(t)
-	var w wsStatus
-	mustWS(t, env, &w, "create", "--seed-path", seed, "--checkpoints", baseEnv)
-	id := w.WorkspaceID
-	defer ws(t, env, nil, "delete", id)
+	env, id, seed := checkpointedWorkspace(t)
 	big := t.TempDir()
 	buf := make([]byte, 1<<20)
 	for i := 0; i < 60; i++ {
@@ -211,13 +211,7 @@ func TestLayersKillDuringPush(t *testing.T) {
 // TestLayersResetAfterCheckpoints resets to a named snapshot after many
 // checkpointed commands: the snapshot's tree comes back exactly.
 func TestLayersResetAfterCheckpoints(t *testing.T) {
-	requireE2E(t)
-	ensureEnv(t, baseEnv)
-	_, env := isolatedHome(t)
-	var w wsStatus
-	mustWS(t, env, &w, "create", "--seed-path", seedTree(t), "--checkpoints", baseEnv)
-	id := w.WorkspaceID
-	defer ws(t, env, nil, "delete", id)
+	env, id, _ := checkpointedWorkspace(t)
 	wsExec(t, env, id, "sh -c 'echo s >> a.txt; mkdir -p gen; head -c 100000 /dev/urandom > gen/r.bin; rm src/main.go'")
 	mustWS(t, env, nil, "snapshot", "create", id, "s1")
 	want := exportSums(t, env, id)
@@ -268,13 +262,7 @@ func bigTree(t *testing.T, n int) string {
 // the workspace comes back at its last completed command, and the snapshot
 // either exists and restores exactly that tree, or does not exist.
 func TestLayersKillDuringSnapshot(t *testing.T) {
-	requireE2E(t)
-	ensureEnv(t, baseEnv)
-	_, env := isolatedHome(t)
-	var w wsStatus
-	mustWS(t, env, &w, "create", "--seed-path", seedTree(t), "--checkpoints", baseEnv)
-	id := w.WorkspaceID
-	defer ws(t, env, nil, "delete", id)
+	env, id, _ := checkpointedWorkspace(t)
 	mustWS(t, env, nil, "sync", "push", id, bigTree(t, 40), "--dest", "/workspace/big")
 	wsExec(t, env, id, "sh -c 'echo after-push >> a.txt'")
 	want := exportSums(t, env, id)
@@ -313,14 +301,7 @@ func TestLayersKillDuringSnapshot(t *testing.T) {
 // restored layer: /workspace is then either the checkpoint's tree or the
 // tree before the undo, exactly, never a mix.
 func TestLayersKillDuringUndo(t *testing.T) {
-	requireE2E(t)
-	ensureEnv(t, baseEnv)
-	_, env := isolatedHome(t)
-	seed := seedTree(t)
-	var w wsStatus
-	mustWS(t, env, &w, "create", "--seed-path", seed, "--checkpoints", baseEnv)
-	id := w.WorkspaceID
-	defer ws(t, env, nil, "delete", id)
+	env, id, seed := checkpointedWorkspace(t)
 	wsExec(t, env, id, "sh -c 'echo one > one.txt'")
 	n, _ := lastCheckpoint(t, env, id)
 	wsExec(t, env, id, "sh -c 'rm -rf /workspace/* && echo two > two.txt'")
