@@ -1,5 +1,5 @@
 // Package fsutil holds the few file helpers several packages need, so each
-// exists once: atomic writes and reading the end of a log.
+// exists once: atomic writes, fsync of a path, and reading the end of a log.
 package fsutil
 
 import (
@@ -40,6 +40,17 @@ func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
 		d.Close()
 	}
 	return nil
+}
+
+// Sync fsyncs the file or directory at path (a directory: so the names
+// created or renamed in it survive a crash).
+func Sync(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
 }
 
 // LastLines returns the last n non-empty lines of the file at path, joined

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pyro-mcp/pyro/internal/fsutil"
 )
 
 // Build is one snapshot being made: files go to a hidden temporary
@@ -100,7 +102,7 @@ func (b *Build) Publish() (Snapshot, error) {
 }
 
 func (b *Build) publish() (Snapshot, error) {
-	if err := syncFile(b.StatePath()); err != nil {
+	if err := fsutil.Sync(b.StatePath()); err != nil {
 		return Snapshot{}, fmt.Errorf("sync %s: %w", StateFile, err)
 	}
 	st, err := StampOf(b.StatePath())
@@ -120,10 +122,10 @@ func (b *Build) publish() (Snapshot, error) {
 	if err := os.WriteFile(mp, append(data, '\n'), 0o644); err != nil {
 		return Snapshot{}, fmt.Errorf("write snapshot manifest: %w", err)
 	}
-	if err := syncFile(mp); err != nil {
+	if err := fsutil.Sync(mp); err != nil {
 		return Snapshot{}, err
 	}
-	if err := syncFile(b.Dir); err != nil {
+	if err := fsutil.Sync(b.Dir); err != nil {
 		return Snapshot{}, err
 	}
 	final := filepath.Join(b.store.dir, m.ID)
@@ -137,7 +139,7 @@ func (b *Build) publish() (Snapshot, error) {
 	if err := os.Rename(b.Dir, final); err != nil {
 		return Snapshot{}, fmt.Errorf("publish snapshot: %w", err)
 	}
-	_ = syncFile(b.store.dir)
+	_ = fsutil.Sync(b.store.dir)
 	b.store.trim(MaxSnapshots)
 	return Snapshot{Dir: final, Manifest: m}, nil
 }
@@ -174,15 +176,6 @@ func (s *Store) trim(keep int) {
 	for _, a := range all[keep:] {
 		_ = s.Discard(a.dir)
 	}
-}
-
-func syncFile(p string) error {
-	f, err := os.Open(p)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
 }
 
 func randSuffix() string {

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/fsutil"
 )
 
 // Layer chains (QEMU workspaces): the upper layer of /workspace is a chain
@@ -95,7 +96,7 @@ func (l Layers) SetTop(name string) error {
 	if err := writeFileSync(filepath.Join(l.Dir, LayersDir, topFile), []byte(name)); err != nil {
 		return err
 	}
-	return syncDir(filepath.Join(l.Dir, LayersDir))
+	return fsutil.Sync(filepath.Join(l.Dir, LayersDir))
 }
 
 // Parent returns a layer's parent ("" for a raw root), checking the
@@ -229,7 +230,7 @@ func (l Layers) NewOverlay(parent string) (string, error) {
 		}
 		return "", err
 	}
-	return name, syncDir(filepath.Join(l.Dir, LayersDir))
+	return name, fsutil.Sync(filepath.Join(l.Dir, LayersDir))
 }
 
 // NewRoot makes a new raw root layer: an empty ext4 file system, or a copy

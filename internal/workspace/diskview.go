@@ -16,6 +16,7 @@ import (
 
 	"github.com/pyro-mcp/pyro/internal/diskimg"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/fsutil"
 )
 
 // DiskView is a stopped (or frozen) workspace's /workspace read from its
@@ -449,7 +450,7 @@ func ExportDisk(ctx context.Context, v *DiskView, out string, maxBytes int64) (D
 	if err := os.Chmod(img, 0o644); err != nil {
 		return st, err
 	}
-	if err := syncFile(img); err != nil {
+	if err := fsutil.Sync(img); err != nil {
 		return st, err
 	}
 	return st, os.Rename(img, out)

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/fsutil"
 	"github.com/pyro-mcp/pyro/internal/hostres"
 	"github.com/pyro-mcp/pyro/internal/tarutil"
 )
@@ -81,7 +82,7 @@ func BuildBase(ctx context.Context, path string, src io.Reader, size int64) (tar
 			return st, errdefs.Wrap(errdefs.ErrUnavailable, err, "install e2fsprogs", "debugfs: %s", strings.TrimSpace(string(out)))
 		}
 	}
-	if err := syncFile(img); err != nil {
+	if err := fsutil.Sync(img); err != nil {
 		return st, err
 	}
 	return st, os.Rename(img, path)
@@ -110,15 +111,6 @@ func mkfs(ctx context.Context, img string, size int64, extra ...string) error {
 		return errdefs.Wrap(errdefs.ErrUnavailable, err, "install e2fsprogs", "mke2fs: %s", msg)
 	}
 	return nil
-}
-
-func syncFile(p string) error {
-	f, err := os.Open(p)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
 }
 
 // dataExtents calls fn for each data extent of f (SEEK_DATA/SEEK_HOLE):
@@ -254,16 +246,7 @@ func CopyImage(src, dst string, limit int64, what, env string) (string, int64, e
 	if err := os.Rename(out.Name(), dst); err != nil {
 		return "", 0, err
 	}
-	return sum, n, syncDir(filepath.Dir(dst))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return sum, n, fsutil.Sync(filepath.Dir(dst))
 }
 
 func (s Snapshots) imgPath(name string) string { return filepath.Join(s.Dir, name+".img") }
@@ -289,7 +272,7 @@ func (s Snapshots) writeRecord(snap Snapshot) error {
 	if err := os.Rename(f.Name(), s.metaPath(snap.Name)); err != nil {
 		return err
 	}
-	return syncDir(s.Dir)
+	return fsutil.Sync(s.Dir)
 }
 
 // SaveBase records the baseline of a layered workspace: the image at base
