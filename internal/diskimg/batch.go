@@ -196,14 +196,20 @@ func expect(r *bufio.Reader, s string) error {
 
 // ListMany lists the directories inos in one debugfs run: the result's
 // i-th slice holds inos[i]'s entries without "." and "..". An inode that is
-// not a directory lists as empty.
-func (im Image) ListMany(ctx context.Context, inos []uint32) ([][]Dirent, error) {
+// not a directory lists as empty. At most max entries are read in all, so
+// the host keeps what its caller can hold, not what the image holds (a
+// crafted directory of millions of entries): past max the run stops, and
+// whole says how many directories, a prefix of inos, were listed whole;
+// the next holds the part read of it, the rest nothing.
+func (im Image) ListMany(ctx context.Context, inos []uint32, max int) (lists [][]Dirent, whole int, err error) {
 	out := make([][]Dirent, len(inos))
 	cmds := make([]string, len(inos))
 	for i, ino := range inos {
 		cmds[i] = fmt.Sprintf("ls -p <%d>", ino)
 	}
-	err := im.batch(ctx, cmds, MaxListBytes*int64(min(len(inos), 64)), true, func(r *bufio.Reader) error {
+	n := 0
+	whole = len(inos)
+	err = im.batch(ctx, cmds, MaxListBytes*int64(min(len(inos), 64)), true, func(r *bufio.Reader) error {
 		for i := range cmds {
 			if err := expect(r, echo(cmds[i])); err != nil {
 				return err
@@ -227,9 +233,15 @@ func (im Image) ListMany(ctx context.Context, inos []uint32) ([][]Dirent, error)
 				if err != nil {
 					return err
 				}
-				if ok {
-					out[i] = append(out[i], d)
+				if !ok {
+					continue
 				}
+				if n == max {
+					whole = i
+					return errCut
+				}
+				n++
+				out[i] = append(out[i], d)
 			}
 		}
 		if _, err := r.Peek(1); !errors.Is(err, io.EOF) {
@@ -237,8 +249,14 @@ func (im Image) ListMany(ctx context.Context, inos []uint32) ([][]Dirent, error)
 		}
 		return nil
 	})
-	return out, err
+	if errors.Is(err, errCut) {
+		err = nil
+	}
+	return out, whole, err
 }
+
+// errCut ends a listing that reached its entry cap (the run is killed).
+var errCut = errors.New("listing cut at its entry cap")
 
 // readEntry reads one `ls -p` entry: /INO/MODE/UID/GID/NAME/SIZE/ and a
 // newline. A name never holds '/' (nor NUL), so each field ends at the next

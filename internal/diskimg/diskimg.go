@@ -15,8 +15,6 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
-	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
@@ -32,6 +30,10 @@ var (
 	CallTimeout = 30 * time.Second
 	// MaxListBytes bounds the output of one directory listing.
 	MaxListBytes int64 = 16 << 20
+	// MaxDirEntries bounds the entries of one directory that List or a
+	// DiskView reads: the host holds a few hundred bytes per entry read,
+	// so this, not the image, decides the memory a listing takes.
+	MaxDirEntries = 1 << 20
 )
 
 const maxStderr = 64 << 10
@@ -123,56 +125,27 @@ func (b *capBuf) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// lsEntry matches one line of `ls -p`: /INO/MODE/UID/GID/NAME/SIZE/ and a
-// newline. A name never holds '/' (nor NUL), so it ends at the next '/'
-// whatever else it holds (newlines included).
-var lsEntry = regexp.MustCompile(`^/(\d+)/(\d+)/\d+/\d+/([^/]*)/(\d*)/\n`)
+// ErrTooManyEntries: a directory holds more entries than a listing may.
+var ErrTooManyEntries = errors.New("too many directory entries")
 
-// ErrNotDir: the inode is not a directory.
-var ErrNotDir = errors.New("not a directory")
-
-// List returns the entries of directory ino, without "." and "..".
+// List returns the entries of directory ino, without "." and "..": at most
+// MaxDirEntries of them, else an error wrapping ErrTooManyEntries.
 func (im Image) List(ctx context.Context, ino uint32) ([]Dirent, error) {
-	out, truncated, stderr, err := im.run(ctx, fmt.Sprintf("ls -p <%d>", ino), MaxListBytes)
+	lists, whole, err := im.ListMany(ctx, []uint32{ino}, MaxDirEntries)
 	if err != nil {
 		return nil, err
 	}
-	if truncated && im.Budget.spent() {
-		return nil, budgetErr("too much listing output")
+	if whole == 0 {
+		return nil, TooManyEntries(fmt.Sprintf("<%d>", ino), MaxDirEntries)
 	}
-	if truncated {
-		return nil, errdefs.New(errdefs.ErrFailedPrecondition, "", "a directory listing is larger than %d bytes", MaxListBytes)
-	}
-	if strings.Contains(stderr, "not a directory") {
-		return nil, ErrNotDir
-	}
-	var ents []Dirent
-	for rest := out; len(rest) > 0; {
-		if rest[0] == '\n' { // ls ends with an empty line
-			rest = rest[1:]
-			continue
-		}
-		m := lsEntry.FindSubmatch(rest)
-		if m == nil {
-			return nil, fmt.Errorf("unexpected debugfs output at %q", truncate(rest, 80))
-		}
-		rest = rest[len(m[0]):]
-		name := string(m[3])
-		if name == "." || name == ".." || name == "" {
-			continue
-		}
-		n, err1 := strconv.ParseUint(string(m[1]), 10, 32)
-		mode, err2 := strconv.ParseUint(string(m[2]), 8, 32)
-		if err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("unexpected debugfs entry %q", truncate(m[0], 80))
-		}
-		size, _ := strconv.ParseInt(string(m[4]), 10, 64)
-		if size < 0 {
-			size = 0
-		}
-		ents = append(ents, Dirent{Name: name, Ino: uint32(n), Mode: uint32(mode), Size: size})
-	}
-	return ents, nil
+	return lists[0], nil
+}
+
+// TooManyEntries is the error for a directory (named name) holding more
+// than max entries.
+func TooManyEntries(name string, max int) error {
+	return errdefs.Wrap(errdefs.ErrFailedPrecondition, ErrTooManyEntries, "start the workspace and use the guest tools",
+		"%s holds more than %d entries", name, max)
 }
 
 func truncate(b []byte, n int) string {

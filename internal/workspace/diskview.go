@@ -140,9 +140,12 @@ func (v *DiskView) ReadDir(ctx context.Context, dir DiskNode) ([]DiskNode, error
 	if dir.Type != "dir" {
 		return nil, errdefs.New(errdefs.ErrInvalidArgument, "", "%s is not a directory", dir.Path)
 	}
-	kids, err := v.readDirs(ctx, []DiskNode{dir})
+	kids, cut, err := v.readDirs(ctx, []DiskNode{dir}, len(v.layers)*diskimg.MaxDirEntries)
 	if err != nil {
 		return nil, err
+	}
+	if cut {
+		return nil, diskimg.TooManyEntries(dir.Path, diskimg.MaxDirEntries)
 	}
 	return kids[0], nil
 }
@@ -150,8 +153,11 @@ func (v *DiskView) ReadDir(ctx context.Context, dir DiskNode) ([]DiskNode, error
 // readDirs reads the directories dirs together: per layer one debugfs run
 // lists them all, one stats what the listing cannot tell (whiteouts and
 // opaque marks in the upper layer, symlink targets, times), one reads the
-// targets of long symlinks.
-func (v *DiskView) readDirs(ctx context.Context, dirs []DiskNode) ([][]DiskNode, error) {
+// targets of long symlinks. At most max entries are read from all layers
+// together, so memory follows max, not the images: past it, cut is set, the
+// layers below the one cut are not read (an entry shown is never one the
+// layer above deletes, but some are missing), and the result is partial.
+func (v *DiskView) readDirs(ctx context.Context, dirs []DiskNode, max int) (out [][]DiskNode, cut bool, err error) {
 	type ref struct{ dir, slot int }
 	lists := make([][][]diskimg.Dirent, len(dirs)) // [dir][slot in dir.at]
 	info := make([]map[uint32]diskimg.Inode, len(v.layers))
@@ -173,13 +179,15 @@ func (v *DiskView) readDirs(ctx context.Context, dirs []DiskNode) ([][]DiskNode,
 		if len(inos) == 0 {
 			continue
 		}
-		got, err := layer.img.ListMany(ctx, inos)
+		got, whole, err := layer.img.ListMany(ctx, inos, max)
 		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", dirs[refs[0].dir].Path, err)
+			return nil, false, fmt.Errorf("read %s: %w", dirs[refs[0].dir].Path, err)
 		}
+		cut = whole < len(inos)
 		var stat []uint32
 		for i, r := range refs {
 			lists[r.dir][r.slot] = got[i]
+			max -= len(got[i])
 			for _, e := range got[i] {
 				if v.times || e.IsLink() || (layer.upper && (e.IsDir() || e.IsChar())) {
 					stat = append(stat, e.Ino)
@@ -188,7 +196,7 @@ func (v *DiskView) readDirs(ctx context.Context, dirs []DiskNode) ([][]DiskNode,
 		}
 		in, err := layer.img.StatMany(ctx, stat)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		info[l] = make(map[uint32]diskimg.Inode, len(stat))
 		for i, ino := range stat {
@@ -212,10 +220,13 @@ func (v *DiskView) readDirs(ctx context.Context, dirs []DiskNode) ([][]DiskNode,
 			return err
 		})
 		if err != nil {
-			return nil, err
+			return nil, false, err
+		}
+		if cut {
+			break
 		}
 	}
-	out := make([][]DiskNode, len(dirs))
+	out = make([][]DiskNode, len(dirs))
 	for k, dir := range dirs {
 		merged := map[string]*DiskNode{}
 		closed := map[string]bool{} // whited out, or a non-directory / opaque directory above
@@ -258,18 +269,23 @@ func (v *DiskView) readDirs(ctx context.Context, dirs []DiskNode) ([][]DiskNode,
 		sort.Slice(kids, func(i, j int) bool { return kids[i].Path < kids[j].Path })
 		out[k] = kids
 	}
-	return out, nil
+	return out, cut, nil
 }
 
 // Walk calls fn for every node below dir, depth first in name order,
 // stopping (ErrWalkLimit) after max nodes. The tree is read a level at a
 // time (see readDirs); past max nodes the deeper levels are not read, so a
-// truncated walk holds the shallowest entries.
+// truncated walk holds the shallowest entries. A level is read with room
+// for what max leaves (per layer: a name counts once per layer), so the
+// host holds O(max) entries however wide a level the image holds; a level
+// cut there is read in part and the walk ends with ErrWalkLimit.
 func (v *DiskView) Walk(ctx context.Context, dir DiskNode, max int, fn func(DiskNode) error) error {
 	children := map[string][]DiskNode{}
-	level, count := []DiskNode{dir}, 0
-	for len(level) > 0 && count <= max {
-		kids, err := v.readDirs(ctx, level)
+	level, count, cut := []DiskNode{dir}, 0, false
+	for len(level) > 0 && count <= max && !cut {
+		var kids [][]DiskNode
+		var err error
+		kids, cut, err = v.readDirs(ctx, level, len(v.layers)*(max-count+1))
 		if err != nil {
 			return err
 		}
@@ -303,7 +319,10 @@ func (v *DiskView) Walk(ctx context.Context, dir DiskNode, max int, fn func(Disk
 		}
 		return nil
 	}
-	return walk(dir.Path)
+	if err := walk(dir.Path); err != nil || !cut {
+		return err
+	}
+	return ErrWalkLimit
 }
 
 // ErrWalkLimit stops a Walk that reached its bound.

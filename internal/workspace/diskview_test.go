@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -250,4 +251,79 @@ func TestDiskViewBudget(t *testing.T) {
 		t.Fatalf("the budget stopped the walk after %s", d)
 	}
 	t.Logf("deep tree: %v", err)
+}
+
+// TestDiskViewWideLevel plays a guest that fills a level of its tree with
+// many entries (here 100 directories of 200 files; a real attack holds
+// millions): a walk bounded to a few hundred nodes reads about that many
+// entries, not the whole level, and a directory over the per-directory cap
+// is refused rather than read whole.
+func TestDiskViewWideLevel(t *testing.T) {
+	needE2fs(t)
+	tree := t.TempDir()
+	const dirs, files = 100, 200
+	// Hard links of one file: creating files costs ~0.5 ms each here.
+	one := filepath.Join(tree, "one")
+	if err := os.WriteFile(one, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for d := range dirs {
+		p := filepath.Join(tree, "many", fmt.Sprintf("d%03d", d))
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for f := range files {
+			if err := os.Link(one, filepath.Join(p, fmt.Sprintf("f%03d", f))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	ctx := context.Background()
+	img := filepath.Join(t.TempDir(), "img.ext4")
+	if err := mkfs(ctx, img, 64<<20, "-d", tree); err != nil {
+		t.Fatal(err)
+	}
+	v, err := OpenDiskView(ctx, "", img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const max = 500
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	seen := 0
+	err = v.Walk(ctx, v.Root(), max, func(DiskNode) error { seen++; return nil })
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, ErrWalkLimit) || seen > max {
+		t.Fatalf("walk of %d entries bounded to %d: %d seen, %v", dirs*files, max, seen, err)
+	}
+	// An entry read costs about ten allocations (the parse, the node, its
+	// path, the merge): the old walk read the whole level (over 200,000
+	// here), this one about max entries (about 6,000).
+	allocs := after.Mallocs - before.Mallocs
+	t.Logf("walk bounded to %d nodes over %d entries: %d allocations, %d KiB", max, dirs*files, allocs, (after.TotalAlloc-before.TotalAlloc)>>10)
+	if allocs > 30*max {
+		t.Fatalf("a walk bounded to %d nodes made %d allocations: it read the whole %d-entry level", max, allocs, dirs*files)
+	}
+
+	defer func(n int) { diskimg.MaxDirEntries = n }(diskimg.MaxDirEntries)
+	diskimg.MaxDirEntries = files - 1
+	d, err := v.Lookup(ctx, Root+"/many/d007")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rerr := v.ReadDir(ctx, d)
+	_, lerr := v.Lookup(ctx, Root+"/many/d007/f001")
+	for _, err := range []error{rerr, lerr} {
+		if !errors.Is(err, diskimg.ErrTooManyEntries) || !errors.Is(err, errdefs.ErrFailedPrecondition) {
+			t.Fatalf("a %d-entry directory under a %d-entry cap: %v", files, diskimg.MaxDirEntries, err)
+		}
+	}
+	t.Log(lerr)
+	if d, err = v.Lookup(ctx, Root+"/many"); err != nil {
+		t.Fatal(err)
+	}
+	if kids, err := v.ReadDir(ctx, d); err != nil || len(kids) != dirs {
+		t.Fatalf("a directory under the cap: %d entries, %v", len(kids), err)
+	}
 }
