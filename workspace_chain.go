@@ -176,7 +176,7 @@ func gcLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record) error {
 		if err != nil {
 			return err
 		}
-		if err := qemu.CommitLayer(ctx, dir, l.Path(y), l.Path(x), rel); err != nil {
+		if err := qemu.CommitLayer(ctx, dir, l.Path(y), l.Path(x), l.Path(live[i+2]), rel); err != nil {
 			return err
 		}
 		children[x] = children[y]

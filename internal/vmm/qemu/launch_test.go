@@ -54,8 +54,8 @@ func TestArgsSandboxAndDescriptors(t *testing.T) {
 		{"-add-fd", "fd=5"}:          "fd=5,set=1",
 		{"-chardev", "socket,id=ag"}: "socket,id=agent,fd=6,server=on,wait=off",
 		{"-chardev", "socket,id=qm"}: "socket,id=qmp,fd=7,server=on,wait=off",
-		{"-add-fd", "fd=8"}:          "fd=8,set=2",
-		{"-add-fd", "fd=9"}:          "fd=9,set=2",
+		{"-add-fd", "fd=8"}:          "fd=8,set=2,opaque=ws0:rw",
+		{"-add-fd", "fd=9"}:          "fd=9,set=2,opaque=ws0:ro",
 		{"-serial", ""}:              "stdio",
 		{"-name", ""}:                spec.Dir.VMMName(),
 	}
