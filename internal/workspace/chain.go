@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -325,6 +326,10 @@ func (l Layers) RawUpperFrozen(ctx context.Context) (path string, done func(), e
 	return l.rawUpper(ctx, true)
 }
 
+// FlattenTimeout bounds one flattening of a chain (qemu-img convert of
+// at most MaxDiskBytes, sparse: it copies what the layers hold).
+var FlattenTimeout = 10 * time.Minute
+
 func (l Layers) rawUpper(ctx context.Context, shared bool) (path string, done func(), err error) {
 	if !l.Chained() {
 		return l.Disk, func() {}, nil
@@ -339,16 +344,46 @@ func (l Layers) rawUpper(ctx context.Context, shared bool) (path string, done fu
 	if l.raw(top) {
 		return l.Path(top), func() {}, nil
 	}
+	// The raw copy is as large as the top's header says, and the QEMU that
+	// runs the guest writes that header.
+	info, err := ReadOverlay(l.Path(top))
+	if err != nil {
+		return "", nil, err
+	}
+	if info.Size > MaxDiskBytes {
+		return "", nil, errdefs.New(errdefs.ErrFailedPrecondition, "reset the workspace or restore a snapshot",
+			"the workspace's top layer claims a %d-byte disk, more than %d", info.Size, int64(MaxDiskBytes))
+	}
 	out := filepath.Join(l.Dir, fmt.Sprintf(".flat-%d.raw", os.Getpid()))
 	_ = os.Remove(out)
+	fail := func(err error) (string, func(), error) {
+		_ = os.Remove(out)
+		return "", nil, err
+	}
 	args := []string{"convert", "-f", "qcow2", "-O", "raw", "-S", "64k"}
 	if shared {
 		args = append(args, "-U")
 	}
-	cmd := exec.CommandContext(ctx, "qemu-img", append(args, l.Path(top), out)...)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		_ = os.Remove(out)
-		return "", nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "install qemu-utils", "flatten the workspace's layers: %s", strings.TrimSpace(string(b)))
+	cctx, cancel := context.WithTimeout(ctx, FlattenTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(cctx, "qemu-img", append(args, l.Path(top), out)...)
+	cmd.WaitDelay = 5 * time.Second
+	b, err := cmd.CombinedOutput()
+	if cctx.Err() != nil && ctx.Err() == nil {
+		return fail(errdefs.New(errdefs.ErrUnavailable, "the layers may be damaged; reset the workspace or restore a snapshot",
+			"flattening the workspace's layers took longer than %s", FlattenTimeout))
+	}
+	if err != nil {
+		msg := strings.TrimSpace(string(b))
+		return fail(errdefs.Wrap(errdefs.ErrUnavailable, err, "install qemu-utils", "flatten the workspace's layers: %s", msg[:min(len(msg), 1024)]))
+	}
+	// qemu-img writes exactly the virtual size; anything else is not the
+	// disk the header describes.
+	if st, err := os.Stat(out); err != nil || st.Size() != info.Size {
+		if err == nil {
+			err = fmt.Errorf("the flattened copy holds %d bytes, not %d", st.Size(), info.Size)
+		}
+		return fail(errdefs.Wrap(errdefs.ErrFailedPrecondition, err, "", "flatten the workspace's layers"))
 	}
 	return out, func() { _ = os.Remove(out) }, nil
 }

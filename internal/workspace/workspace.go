@@ -47,11 +47,16 @@ const Baseline = "baseline"
 // what is written).
 const defaultDiskBytes = 8 << 30
 
+// MaxDiskBytes bounds a /workspace disk: no disk is made larger, and a
+// layer whose header claims more (the QEMU that writes the top layer
+// writes its header too) is not flattened.
+const MaxDiskBytes = 1 << 40
+
 // DiskBytes is the size of new /workspace disks: $PYRO_WORKSPACE_DISK_MIB
-// MiB when set (at least 16), else 8 GiB.
+// MiB when set (at least 16, at most MaxDiskBytes), else 8 GiB.
 func DiskBytes() int64 {
 	if v, err := strconv.Atoi(os.Getenv("PYRO_WORKSPACE_DISK_MIB")); err == nil && v >= 16 {
-		return int64(v) << 20
+		return min(int64(v)<<20, MaxDiskBytes)
 	}
 	return defaultDiskBytes
 }
