@@ -163,11 +163,18 @@ func (c *Client) fillPool(ctx context.Context, key pool.Key, bin string) (pool.G
 		g.Close()
 		return nil, errdefs.New(errdefs.ErrFailedPrecondition, "pools need a VM backend (qemu)", "backend %q runs no VM", v.Backend)
 	}
-	// One command before the pause warms what every run's first command
-	// pays for in a freshly restored guest (its page cache, the exec path;
-	// ~0.3 s under TCG). It is the pool's own `true`, not user code, and
-	// the hand-out reseeds the RNG after it anyway.
-	if _, err := v.Agent.Exec(ctx, agentapi.ExecRequest{Argv: []string{"true"}, TimeoutMS: 30_000}, nil); err != nil {
+	// Priming: one command before the pause warms what every run's first
+	// command pays for in a freshly restored guest (~0.3 s under TCG): the
+	// agent's exec path, the guest kernel's fork/exec/exit, and the shell,
+	// ld.so, libc and /bin/true that a run's `-- true` uses, translated
+	// once by TCG. The translations live in this QEMU process and survive
+	// the pause; with fixed mappings under TCG (tcgWords in internal/vm)
+	// the next process finds them at the same addresses. The command is
+	// pyro's own, run before any claimer exists, so nothing of a user
+	// leaks into a later claim; it leaves no files, and the hand-out gives
+	// the guest fresh RNG state, clock, hostname and machine-id after it.
+	prime := agentapi.ExecRequest{Shell: poolPrimeShell, TimeoutMS: 30_000}
+	if _, err := v.Agent.Exec(ctx, prime, nil); err != nil {
 		g.Close()
 		return nil, fmt.Errorf("warm up the pooled guest: %w", err)
 	}
@@ -181,6 +188,11 @@ func (c *Client) fillPool(ctx context.Context, key pool.Key, bin string) (pool.G
 	}
 	return g, nil
 }
+
+// poolPrimeShell is the pooled guest's priming command: a shell string,
+// as `pyro run ENV -- cmd` sends one word, that also forks and execs a
+// program.
+const poolPrimeShell = "true; /bin/true"
 
 // pooledVM is a paused guest of this process's pool.
 type pooledVM struct {

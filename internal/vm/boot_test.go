@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -349,5 +350,24 @@ func TestSlirpBenchRefusesPolicies(t *testing.T) {
 	_, err := vm.BootWith(context.Background(), fakeSteps(), d, c)
 	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "PYRO_BENCH_SLIRP") {
 		t.Fatalf("slirp with an allowlist: %v", err)
+	}
+}
+
+// TCG guests get fixed mappings (norandmaps, tcg.go): every exec then
+// reuses what TCG translated for the previous one. KVM guests keep
+// address-space randomization.
+func TestTCGGuestsHaveFixedMappings(t *testing.T) {
+	for accel, want := range map[string]bool{"tcg": true, "kvm": false} {
+		d := deps(t)
+		v, err := vm.BootWith(context.Background(), fakevmm.Steps(fakevmm.New(vmm.Features{Acceleration: accel})), d, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		boots, _ := fakevmm.Boots(v.Dir)
+		got := slices.Contains(boots[0].Cmdline, "norandmaps")
+		v.Close(context.Background())
+		if got != want {
+			t.Errorf("%s guest: norandmaps %v, want %v (cmdline %q)", accel, got, want, boots[0].Cmdline)
+		}
 	}
 }

@@ -88,12 +88,12 @@ func WarmBoot() Steps {
 		InsertAfter(StepConnectAgent, Step{StepRefreshIdentity, refreshIdentity})
 }
 
-// cmdline is GuestCmdline, or for a guest that may be saved (and every
+// cmdline is GuestCmdline (and the words of TCG guests, tcg.go), or for a guest that may be saved (and every
 // guest restored from it) the snapshot variant: the workspace disk is
 // only waited for, not mounted, and the agent reconnects to a new host at
 // once.
 func (v *VM) cmdline(c Config) []string {
-	words := GuestCmdline(c)
+	words := append(GuestCmdline(c), tcgWords(v.Features.Acceleration)...)
 	if !v.warm.snapshotCmdline {
 		return words
 	}

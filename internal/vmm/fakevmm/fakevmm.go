@@ -63,9 +63,12 @@ type Backend struct {
 var _ vmm.Backend = (*Backend)(nil)
 
 // New returns a fake backend that claims the given enforcement features;
-// isolation is "vm" and acceleration "none".
+// isolation is "vm" and acceleration f's, else "none".
 func New(f vmm.Features) *Backend {
-	f.Isolation, f.Acceleration = "vm", "none"
+	f.Isolation = "vm"
+	if f.Acceleration == "" {
+		f.Acceleration = "none"
+	}
 	return &Backend{features: f}
 }
 
