@@ -489,7 +489,9 @@ func (m *Manager) List(kind string) ([]vmdir.Dir, []instance.Record, error) {
 
 // Reap deletes the instances of kind whose TTL passed and those whose
 // supervisor is gone without a clean stop (broken), then whatever the
-// reconcile pass finds.
+// reconcile pass finds. A supervisor that is alive but did not answer in
+// time is not gone: on a loaded host it is busy (waitRunning waits for it
+// too), so reap leaves it; delete removes it.
 func (m *Manager) Reap(ctx context.Context, kind string) ([]Reaped, error) {
 	dirs, recs, err := m.List(kind)
 	if err != nil {
@@ -498,7 +500,7 @@ func (m *Manager) Reap(ctx context.Context, kind string) ([]Reaped, error) {
 	out := []Reaped{}
 	for i, dir := range dirs {
 		st := supervisor.Observe(ctx, dir, recs[i])
-		if st.State != instance.Expired && st.State != instance.Broken {
+		if st.State != instance.Expired && st.State != instance.Broken || st.Cause == instance.CauseSupervisorSilent {
 			continue
 		}
 		if _, err := m.Delete(ctx, dir, recs[i]); err != nil {
