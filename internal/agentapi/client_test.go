@@ -2,6 +2,7 @@ package agentapi
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -130,5 +131,26 @@ func TestErrorRoundTrip(t *testing.T) {
 	c, _ := fakeAgent(t, mux)
 	if _, err := c.Health(ctx(t)); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("status fallback: %v", err)
+	}
+}
+
+// A restored guest that answers its identity call after CallTimeout is
+// slow, not dead: SetIdentityWithin waits the caller's bound (a restore
+// waits as long as a boot), SetIdentity only CallTimeout.
+func TestSetIdentityWithinOutlastsCallTimeout(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+PathIdentity, func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(600 * time.Millisecond)
+		_ = json.NewEncoder(w).Encode(IdentityResponse{Hostname: "pyro-slow"})
+	})
+	c, _ := fakeAgent(t, mux)
+	defer func(d time.Duration) { callTimeout = d }(callTimeout)
+	callTimeout = 200 * time.Millisecond
+	if _, err := c.SetIdentity(ctx(t), IdentityRequest{}); !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("SetIdentity past CallTimeout: %v", err)
+	}
+	r, err := c.SetIdentityWithin(ctx(t), 5*time.Second, IdentityRequest{})
+	if err != nil || r.Hostname != "pyro-slow" {
+		t.Fatalf("SetIdentityWithin: %+v %v", r, err)
 	}
 }

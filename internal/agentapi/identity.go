@@ -3,6 +3,7 @@ package agentapi
 import (
 	"context"
 	"net/http"
+	"time"
 )
 
 // PathIdentity makes a guest restored from a memory snapshot a machine of
@@ -62,7 +63,15 @@ type IdentityResponse struct {
 // SetIdentity sends a restored guest its new identity: one attempt,
 // bounded by ctx and CallTimeout.
 func (c *Client) SetIdentity(ctx context.Context, req IdentityRequest) (IdentityResponse, error) {
+	return c.SetIdentityWithin(ctx, callTimeout, req)
+}
+
+// SetIdentityWithin is SetIdentity bounded by d instead of CallTimeout,
+// for a caller that waits for a restored guest's first answer as long as
+// it would wait for a booted one's: that answer comes as fast as the host
+// lets the guest run, and on a loaded TCG host that is slow, not dead.
+func (c *Client) SetIdentityWithin(ctx context.Context, d time.Duration, req IdentityRequest) (IdentityResponse, error) {
 	var r IdentityResponse
-	err := c.jsonCall(ctx, callTimeout, http.MethodPost, PathIdentity, req, &r)
+	err := c.jsonCall(ctx, d, http.MethodPost, PathIdentity, req, &r)
 	return r, err
 }

@@ -56,9 +56,8 @@ const basePlaceholderBytes = 1 << 40
 // WarmEnv set to "0" makes every start cold.
 const WarmEnv = "PYRO_WARM"
 
-// restoreAgentTimeout bounds the wait for a restored guest's agent: it
-// was answering when saved, so a restore that does not answer quickly is
-// broken, and a cold boot is the better bet.
+// restoreAgentTimeout bounds each wait of a fork for its restored
+// guest's agent (fork.go).
 const restoreAgentTimeout = 30 * time.Second
 
 // warmState is a VM's part in a warm boot.
@@ -244,7 +243,12 @@ func refreshIdentity(ctx context.Context, d Deps, c Config, v *VM) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, restoreAgentTimeout)
+	// The restored guest gets as long to answer as a booted one gets to
+	// come up (c.BootTimeout): a cold boot on the same loaded host would
+	// be slower still, so only evidence (its QEMU exited, the agent
+	// refused) ends a restore early. A shorter bound (15 s) turned slow
+	// restores at a load of 15-20 into cold boots and discarded snapshots.
+	ctx, cancel := context.WithTimeout(ctx, c.BootTimeout)
 	defer cancel()
 	go func() {
 		select {
@@ -253,7 +257,7 @@ func refreshIdentity(ctx context.Context, d Deps, c Config, v *VM) error {
 		case <-ctx.Done():
 		}
 	}()
-	resp, err := v.Agent.SetIdentity(ctx, req)
+	resp, err := v.Agent.SetIdentityWithin(ctx, c.BootTimeout, req)
 	if err != nil {
 		return restoreFailed(d, v, fmt.Errorf("refresh the restored guest's identity: %w", err))
 	}
