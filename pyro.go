@@ -87,6 +87,7 @@ type ReconcileReport struct {
 	HalfDeleted     int      `json:"half_deleted"`
 	Unrecorded      int      `json:"unrecorded"`
 	HalfMade        int      `json:"half_made"`
+	ForkStaging     int      `json:"fork_staging"`
 	Removed         int      `json:"removed"`
 	Failed          []string `json:"failed,omitempty"`
 	Incomplete      bool     `json:"incomplete,omitempty"`
@@ -99,7 +100,7 @@ type ReconcileReport struct {
 func (c *Client) Reconcile(ctx context.Context) ReconcileReport {
 	r := c.lc.Reconcile(ctx)
 	return ReconcileReport{InterruptedRuns: r.InterruptedRuns, HalfDeleted: r.HalfDeleted, Unrecorded: r.Unrecorded, HalfMade: r.HalfMade,
-		Removed: r.Removed(), Failed: r.Failed, Incomplete: r.Incomplete}
+		ForkStaging: r.ForkStaging, Removed: r.Removed(), Failed: r.Failed, Incomplete: r.Incomplete}
 }
 
 // StateDir returns the client's state directory.

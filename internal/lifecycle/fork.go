@@ -2,6 +2,7 @@ package lifecycle
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 
@@ -14,6 +15,22 @@ import (
 // forkStagingPattern names the private directory inside a source workspace
 // that holds its saved state while forks restore from it.
 const forkStagingPattern = ".fork-*"
+
+// sweepForkStaging removes the fork staging directories in dir (a killed
+// fork's saved RAM and upper layer copy, hundreds of MB) and returns how
+// many it removed. The caller holds the instance lock, so no fork of dir
+// is running.
+func sweepForkStaging(dir vmdir.Dir) (n int, err error) {
+	old, _ := filepath.Glob(dir.Path(forkStagingPattern))
+	for _, p := range old {
+		if rerr := os.RemoveAll(p); rerr != nil {
+			err = errors.Join(err, rerr)
+			continue
+		}
+		n++
+	}
+	return n, err
+}
 
 // Saved is a live-saved source: the state and the copy of its upper layer
 // that forks are made from, valid while the create callback of Fork runs.
@@ -57,11 +74,7 @@ func (m *Manager) Fork(ctx context.Context, dir vmdir.Dir, rec instance.Record, 
 	}
 	// Under the lock no other fork of this source runs: what a killed
 	// fork left behind goes now.
-	if old, _ := filepath.Glob(dir.Path(forkStagingPattern)); len(old) > 0 {
-		for _, p := range old {
-			_ = os.RemoveAll(p)
-		}
-	}
+	sweepForkStaging(dir)
 	staging, err := os.MkdirTemp(string(dir), forkStagingPattern)
 	if err != nil {
 		return err

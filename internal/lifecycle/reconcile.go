@@ -24,7 +24,10 @@ import (
 //   - directories with no record at all, older than unrecordedAge (a crash
 //     between creating a directory and writing its record);
 //   - half-made instances: a workspace whose creating process died before
-//     it was complete (instance.Creator), its detached VM included.
+//     it was complete (instance.Creator), its detached VM included;
+//   - fork staging directories inside an instance that no fork is using
+//     (a `workspace fork` killed with -9 leaves its saved RAM and upper
+//     layer copy; the instance lock, free, says no fork runs).
 //
 // Live instances, and VMs and workspaces of any state, are never touched:
 // reaping those is Reap's job, on request.
@@ -47,6 +50,8 @@ type ReconcileReport struct {
 	// HalfMade are instances whose creating process died before they were
 	// complete.
 	HalfMade int
+	// ForkStaging are killed forks' staging directories.
+	ForkStaging int
 	// Failed describes removals that failed (they are retried next time).
 	Failed []string
 	// Incomplete is true when the time budget ran out first.
@@ -56,7 +61,7 @@ type ReconcileReport struct {
 
 // Removed is the number of leftovers removed.
 func (r ReconcileReport) Removed() int {
-	return r.InterruptedRuns + r.HalfDeleted + r.Unrecorded + r.HalfMade
+	return r.InterruptedRuns + r.HalfDeleted + r.Unrecorded + r.HalfMade + r.ForkStaging
 }
 
 type reconcileOnce struct {
@@ -74,7 +79,7 @@ func (m *Manager) Reconcile(ctx context.Context) ReconcileReport {
 		r.Duration = time.Since(start)
 		if r.Removed() > 0 || len(r.Failed) > 0 {
 			m.log.Info("reconciled leftovers of interrupted runs", "runs", r.InterruptedRuns, "half_deleted", r.HalfDeleted,
-				"unrecorded", r.Unrecorded, "half_made", r.HalfMade, "failed", len(r.Failed), "incomplete", r.Incomplete)
+				"unrecorded", r.Unrecorded, "half_made", r.HalfMade, "fork_staging", r.ForkStaging, "failed", len(r.Failed), "incomplete", r.Incomplete)
 		}
 		m.rec.report = r
 	})
@@ -128,6 +133,7 @@ func (m *Manager) checkLeftover(path string, r *ReconcileReport) {
 		return
 	}
 	if rec.Kind != instance.KindRun {
+		m.sweepForks(dir, r)
 		return
 	}
 	if _, alive := instance.SupervisorPid(dir); alive {
@@ -141,6 +147,27 @@ func (m *Manager) checkLeftover(path string, r *ReconcileReport) {
 	}
 	supervisor.Kill(dir) // its VMM, should it have outlived the run
 	m.hideAndRemove(dir, "directory of an interrupted run", &r.InterruptedRuns, r)
+}
+
+// sweepForks removes a killed fork's staging directories in dir when the
+// instance lock is free (waiting for it briefly: a fork holds it while it
+// uses its staging directory).
+func (m *Manager) sweepForks(dir vmdir.Dir, r *ReconcileReport) {
+	if old, _ := filepath.Glob(dir.Path(forkStagingPattern)); len(old) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	unlock, err := instance.Lock(ctx, dir)
+	if err != nil {
+		return // busy: a fork (or another change) runs; next time
+	}
+	defer unlock()
+	n, err := sweepForkStaging(dir)
+	r.ForkStaging += n
+	if err != nil {
+		r.Failed = append(r.Failed, fmt.Sprintf("fork staging in %s: %v", dir, err))
+	}
 }
 
 // isNotFound reports whether dir has no record file.
