@@ -18,12 +18,8 @@ PYRO=${PYRO_BIN:-$PWD/bin/pyro}
 ENVNAME=${1:-debian:12}
 N=${N:-5}
 
-state=${PYRO_HOME:-${XDG_DATA_HOME:-$HOME/.local/share}/pyro}
-home=$(mktemp -d /tmp/pyro-bench-pool.XXXXXX)
-chmod 700 "$home"
-ln -s "$state/environments" "$home/environments"
-ln -s "$state/cache" "$home/cache"
-export PYRO_HOME=$home
+. scripts/bench-lib.sh
+bench_home pool
 poolpid=""
 cleanup() {
   [ -n "$poolpid" ] && { kill -INT "$poolpid" 2>/dev/null || true; wait "$poolpid" 2>/dev/null || true; }
@@ -31,9 +27,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-median() { sort -n | awk '{a[NR]=$1} END{ if (NR==0) {print "nan"} else if (NR%2) {print a[(NR+1)/2]} else {print (a[NR/2]+a[NR/2+1])/2} }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2fx", a/b; else print "n/a" }'; }
 # field NAME: the first numeric JSON field NAME on stdin (no early-closing
 # pipes: with pipefail a SIGPIPE'd writer would fail the script).
 field() { sed -n "s/.*\"$1\": *\([0-9.]*\).*/\1/p" | sed -n 1p; }

@@ -19,14 +19,8 @@ PYRO=${PYRO_BIN:-$PWD/bin/pyro}
 ENVNAME=${1:-debian:12}
 N=${N:-5}
 
-state=${PYRO_HOME:-${XDG_DATA_HOME:-$HOME/.local/share}/pyro}
-# A private home for the VMs and workspaces, sharing environments, their
-# snapshots and caches.
-home=$(mktemp -d /tmp/pyro-bench-warm.XXXXXX)
-chmod 700 "$home"
-ln -s "$state/environments" "$home/environments"
-ln -s "$state/cache" "$home/cache"
-export PYRO_HOME=$home
+. scripts/bench-lib.sh
+bench_home warm
 mnt=""
 cleanup() {
   for id in $("$PYRO" workspace list --json 2>/dev/null | grep -o '"workspace_id": *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/'); do
@@ -36,10 +30,6 @@ cleanup() {
   rm -rf "$home"
 }
 trap cleanup EXIT
-
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-median() { sort -n | awk '{a[NR]=$1} END{ if (NR==0) {print "nan"} else if (NR%2) {print a[(NR+1)/2]} else {print (a[NR/2]+a[NR/2+1])/2} }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2fx", a/b; else print "n/a" }'; }
 
 "$PYRO" env pull "$ENVNAME" >/dev/null
 echo "==> preparing golden snapshots of $ENVNAME (run and workspace configurations)"

@@ -1,0 +1,17 @@
+# bench-lib.sh: set-up shared by the bench scripts; sourced, never run.
+
+# bench_home NAME: a private PYRO_HOME (exported, also in $home) for this
+# run's VMs and workspaces, sharing the user's environments (with their
+# golden snapshots) and caches. The caller removes $home when it ends.
+bench_home() {
+  local state=${PYRO_HOME:-${XDG_DATA_HOME:-$HOME/.local/share}/pyro}
+  home=$(mktemp -d "/tmp/pyro-bench-$1.XXXXXX")
+  chmod 700 "$home"
+  ln -s "$state/environments" "$home/environments"
+  ln -s "$state/cache" "$home/cache"
+  export PYRO_HOME=$home
+}
+
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+median() { sort -n | awk '{a[NR]=$1} END{ if (NR==0) {print "nan"} else if (NR%2) {print a[(NR+1)/2]} else {print (a[NR/2]+a[NR/2+1])/2} }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2fx", a/b; else print "n/a" }'; }
