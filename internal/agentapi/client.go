@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -45,6 +46,13 @@ type Client struct {
 	conn    net.Conn
 	session *yamux.Session
 	closed  bool
+	// streams counts the streams opened and not yet closed (added to
+	// under mu, so Release sees every stream getSession handed out;
+	// a close counts down without mu, which Close holds while it closes
+	// idle connections); held, when not nil, makes new streams wait
+	// (release.go).
+	streams atomic.Int64
+	held    chan struct{}
 }
 
 // NewClient returns a Client that reaches the agent through dial.
@@ -88,33 +96,49 @@ func (c *Client) OpenStream(ctx context.Context) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	done := sync.OnceFunc(c.streamDone)
 	st, err := s.OpenStream()
 	if err != nil {
+		done()
 		c.dropSession(s)
 		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, unavailableHint, "open agent stream")
 	}
-	return fullClose{st}, nil
+	return &fullClose{st, done}, nil
 }
 
 // fullClose makes Close end a stream both ways at once. yamux's own Close
 // only half-closes (it sends FIN) and leaves a blocked Read waiting for the
 // guest's side, so a call whose deadline passed would keep waiting for a
 // guest that stopped answering. The deadline goes first: Close itself may
-// wait for the session's writer.
-type fullClose struct{ *yamux.Stream }
-
-func (s fullClose) Close() error {
-	_ = s.Stream.SetDeadline(time.Now())
-	return s.Stream.Close()
+// wait for the session's writer. done counts the stream closed (once).
+// Handed out as a pointer: callers key maps by the connection
+// (internal/pool), and a func field is not comparable.
+type fullClose struct {
+	*yamux.Stream
+	done func()
 }
 
+func (s *fullClose) Close() error {
+	_ = s.Stream.SetDeadline(time.Now())
+	err := s.Stream.Close()
+	s.done()
+	return err
+}
+
+// getSession returns the session, dialled if needed, and counts one
+// more stream on it (the caller opens it, and its close or failure
+// counts it done: streamDone).
 func (c *Client) getSession(ctx context.Context) (*yamux.Session, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if err := c.waitHeld(ctx); err != nil {
+		return nil, err
+	}
 	if c.closed {
 		return nil, errdefs.New(errdefs.ErrUnavailable, "", "agent client is closed")
 	}
 	if c.session != nil && !c.session.IsClosed() {
+		c.streams.Add(1)
 		return c.session, nil
 	}
 	if c.session != nil {
@@ -136,6 +160,7 @@ func (c *Client) getSession(ctx context.Context) (*yamux.Session, error) {
 		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "", "start agent session")
 	}
 	c.conn, c.session = conn, s
+	c.streams.Add(1)
 	return s, nil
 }
 

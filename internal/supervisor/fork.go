@@ -115,14 +115,15 @@ func (s *server) forkSave(ctx context.Context, req ForkSaveRequest) (res ForkSav
 		diskBytes = n
 		return err
 	})
-	s.log.Info("fork save", "paused_ms", saved.PausedMS, "save_ms", saved.TotalMS, "state_bytes", saved.StateBytes, "err", err)
+	s.log.Info("fork save", "paused_ms", saved.PausedMS, "save_ms", saved.TotalMS, "state_bytes", saved.StateBytes,
+		"released", saved.Released, "release_ms", saved.ReleaseMS, "err", err)
 	if err != nil {
 		return res, err
 	}
 	if err = f.Sync(); err != nil {
 		return res, err
 	}
-	res = ForkSaveResult{ForkSource: vm.ForkSource{State: req.State},
+	res = ForkSaveResult{ForkSource: vm.ForkSource{State: req.State, Released: saved.Released},
 		PausedMS: saved.PausedMS, SaveMS: saved.TotalMS, StateBytes: saved.StateBytes, DiskBytes: diskBytes}
 	return res, nil
 }

@@ -15,9 +15,13 @@ import (
 // by its backend (vmm.LiveSaver) while its disks are copied at the instant
 // it is paused; each fork is a new VM whose first boot is ForkBoot: the
 // same device set restored from that state, so its processes (services,
-// shells) continue where the source's were. Every guest, cold-booted or
-// restored, reopens its agent port when its host goes away
-// (internal/agent/listener.go), so any running guest can be forked: the
+// shells) continue where the source's were. Before the save the source's
+// host lets go of its agent session when no call is in flight
+// (agentapi.Client.Release) and holds its calls until the source runs
+// again: the saved agent waits for a new host, and each fork's host
+// connects at once, as to a warm-started guest. When a call was in flight
+// the session is saved with it; every guest reopens its agent port when
+// its host goes away (internal/agent/listener.go), so such a fork's
 // restore waits until the restored agent dropped the source's session.
 // Then the fork gets an identity of its own (RNG, clock, hostname,
 // machine-id, MAC) before its host hands it to anyone; its workspace disk
@@ -31,17 +35,30 @@ const StartFork = "fork"
 type ForkSource struct {
 	// State is the saved state (RAM and devices).
 	State string `json:"state"`
+	// Released: the saved agent had no host session (vmm.LiveSave).
+	Released bool `json:"released,omitempty"`
 }
 
-// SaveLive saves the running v to state (see vmm.LiveSaver): whilePaused
-// runs at the instant the saved RAM describes, the guest then resumes.
+// SaveLive saves the running v to state (see vmm.LiveSaver), its agent
+// session let go of first when no call is in flight: whilePaused runs at
+// the instant the saved RAM describes, the guest then resumes, and v's
+// agent calls (held meanwhile) dial it again.
 func (v *VM) SaveLive(ctx context.Context, state *os.File, whilePaused func(context.Context) error) (vmm.LiveSave, error) {
 	ls, ok := v.backend.(vmm.LiveSaver)
 	if !ok || !v.Features.MemorySnapshot {
 		return vmm.LiveSave{}, errdefs.New(errdefs.ErrFailedPrecondition, "fork workspaces that run on the qemu backend",
 			"backend %q cannot save a running guest", v.Backend)
 	}
-	return ls.SaveLive(ctx, v.Dir, state, whilePaused)
+	resume := func() {}
+	defer func() { resume() }()
+	return ls.SaveLive(ctx, v.Dir, state, vmm.LiveSaveHooks{
+		Release: func() bool {
+			var ok bool
+			ok, resume = v.Agent.Release()
+			return ok
+		},
+		WhilePaused: whilePaused,
+	})
 }
 
 // Names of the fork-boot steps.
@@ -77,7 +94,7 @@ func ForkBoot(src ForkSource) Steps {
 func restoreFork(ctx context.Context, c Config, v *VM, src ForkSource) error {
 	v.warm.state = src.State
 	spec := v.spec(c)
-	spec.RestoreLive = true
+	spec.RestoreLive = !src.Released
 	if err := v.start(ctx, spec); err != nil {
 		return fmt.Errorf("restore the fork: %w", err)
 	}

@@ -16,9 +16,16 @@ import (
 // included, zero pages as a flag), but live: the guest keeps running while
 // its RAM is copied, and QEMU pauses it only for the last dirty pages,
 // leaving it paused ("postmigrate") for the caller's disk copies; then
-// "cont" resumes it (and takes its disks back). Its agent session stays
-// open throughout: a fork's restore waits until the restored agent drops
-// it (waitAgentReopened).
+// "cont" resumes it (and takes its disks back).
+//
+// First the caller lets go of its agent session when it can (no call in
+// flight, hooks.Release), and the save waits until the guest agent closed
+// its port, as Save does for a golden snapshot: the saved agent is then
+// waiting for a new host, and each fork's host connects at once. A caller
+// that keeps its session (a call in flight) is saved with it, and each
+// fork's restore waits until its agent dropped it (waitAgentReopened):
+// about a second more per fork, because QEMU passes on one port event a
+// second.
 
 var _ vmm.LiveSaver = (*Backend)(nil)
 
@@ -29,8 +36,13 @@ const liveSaveTimeout = 2 * time.Minute
 // resumeTimeout bounds the resume that follows every save.
 const resumeTimeout = 10 * time.Second
 
+// releaseTimeout bounds the wait for the guest agent to close its port
+// after its host let go (a variable for tests). The guest notices at once
+// when it runs at all; QEMU may hold the event back up to a second.
+var releaseTimeout = 10 * time.Second
+
 // SaveLive implements vmm.LiveSaver.
-func (b *Backend) SaveLive(ctx context.Context, dir vmdir.Dir, state *os.File, whilePaused func(context.Context) error) (out vmm.LiveSave, err error) {
+func (b *Backend) SaveLive(ctx context.Context, dir vmdir.Dir, state *os.File, hooks vmm.LiveSaveHooks) (out vmm.LiveSave, err error) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, liveSaveTimeout)
 	defer cancel()
@@ -45,6 +57,11 @@ func (b *Backend) SaveLive(ctx context.Context, dir vmdir.Dir, state *os.File, w
 	}
 	if _, err := q.call(ctx, "getfd", map[string]any{"fdname": migrationName}, state); err != nil {
 		return out, err
+	}
+	if hooks.Release != nil {
+		if out.Released, out.ReleaseMS, err = release(ctx, q, hooks.Release); err != nil {
+			return out, err
+		}
 	}
 	// From here on the guest may be paused: it is resumed on every path.
 	defer func() {
@@ -84,14 +101,33 @@ func (b *Backend) SaveLive(ctx context.Context, dir vmdir.Dir, state *os.File, w
 		return out, err
 	}
 	t := time.Now()
-	if whilePaused != nil {
-		err = whilePaused(ctx)
+	if hooks.WhilePaused != nil {
+		err = hooks.WhilePaused(ctx)
 	}
 	out.PausedMS = downtime + time.Since(t).Milliseconds()
 	if fi, serr := state.Stat(); serr == nil {
 		out.StateBytes = fi.Size()
 	}
 	return out, err
+}
+
+// release has the caller let go of its agent session and, when it did,
+// waits until the guest agent closed its port (any change of it: QEMU
+// may report the close and the agent's reopen as one "open" a second
+// later, agentPortChanged). A guest that does not is not saved: its forks
+// could not tell whether their agent still holds the session.
+func release(ctx context.Context, q *qmp, let func() bool) (released bool, ms int64, err error) {
+	q.dropEvents()
+	t := time.Now()
+	if !let() {
+		return false, 0, nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, releaseTimeout)
+	defer cancel()
+	if err := q.waitEvent(wctx, "VSERPORT_CHANGE", agentPortChanged); err != nil {
+		return false, 0, fmt.Errorf("the guest agent did not let go of its port: %w", err)
+	}
+	return true, time.Since(t).Milliseconds(), nil
 }
 
 // resume continues a guest a save paused (postmigrate, or paused by a

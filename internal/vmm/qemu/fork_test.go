@@ -11,8 +11,10 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/pyro-mcp/pyro/internal/vmdir"
+	"github.com/pyro-mcp/pyro/internal/vmm"
 )
 
 // fakeQMP answers QMP commands on dir's socket from answer (command name
@@ -21,6 +23,23 @@ type fakeQMP struct {
 	mu     sync.Mutex
 	cmds   []string
 	answer func(cmd string) (any, string) // reply, or an error description
+	encs   []*json.Encoder                // of the open connections, under mu
+}
+
+// emit sends an event on every open connection.
+func (f *fakeQMP) emit(event string, data any) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, enc := range f.encs {
+		_ = enc.Encode(map[string]any{"event": event, "data": data})
+	}
+}
+
+// send writes one reply under mu (events may be written meanwhile).
+func (f *fakeQMP) send(enc *json.Encoder, v any) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_ = enc.Encode(v)
 }
 
 func (f *fakeQMP) serve(t *testing.T, path string) {
@@ -43,7 +62,10 @@ func (f *fakeQMP) serve(t *testing.T, path string) {
 func (f *fakeQMP) conn(c net.Conn) {
 	defer c.Close()
 	enc := json.NewEncoder(c)
-	_ = enc.Encode(map[string]any{"QMP": map[string]any{}})
+	f.send(enc, map[string]any{"QMP": map[string]any{}})
+	f.mu.Lock()
+	f.encs = append(f.encs, enc)
+	f.mu.Unlock()
 	r := bufio.NewScanner(c)
 	for r.Scan() {
 		var msg struct {
@@ -62,10 +84,10 @@ func (f *fakeQMP) conn(c net.Conn) {
 			}
 		}
 		if fail != "" {
-			_ = enc.Encode(map[string]any{"error": map[string]any{"class": "GenericError", "desc": fail}})
+			f.send(enc, map[string]any{"error": map[string]any{"class": "GenericError", "desc": fail}})
 			continue
 		}
-		_ = enc.Encode(map[string]any{"return": ret})
+		f.send(enc, map[string]any{"return": ret})
 	}
 }
 
@@ -111,10 +133,10 @@ func liveSaveFixture(t *testing.T, migration string) (*fakeQMP, vmdir.Dir, *os.F
 func TestSaveLiveOrder(t *testing.T) {
 	f, dir, state := liveSaveFixture(t, "completed")
 	var seen []string
-	res, err := (&Backend{}).SaveLive(context.Background(), dir, state, func(context.Context) error {
+	res, err := (&Backend{}).SaveLive(context.Background(), dir, state, vmm.LiveSaveHooks{WhilePaused: func(context.Context) error {
 		seen = f.commands()
 		return nil
-	})
+	}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +160,7 @@ func TestSaveLiveOrder(t *testing.T) {
 func TestSaveLiveResumesOnFailure(t *testing.T) {
 	f, dir, state := liveSaveFixture(t, "completed")
 	boom := errors.New("disk copy failed")
-	_, err := (&Backend{}).SaveLive(context.Background(), dir, state, func(context.Context) error { return boom })
+	_, err := (&Backend{}).SaveLive(context.Background(), dir, state, vmm.LiveSaveHooks{WhilePaused: func(context.Context) error { return boom }})
 	if !errors.Is(err, boom) {
 		t.Fatalf("err %v, want the copy's error", err)
 	}
@@ -148,12 +170,70 @@ func TestSaveLiveResumesOnFailure(t *testing.T) {
 
 	f, dir, state = liveSaveFixture(t, "failed")
 	called := false
-	_, err = (&Backend{}).SaveLive(context.Background(), dir, state, func(context.Context) error { called = true; return nil })
+	_, err = (&Backend{}).SaveLive(context.Background(), dir, state, vmm.LiveSaveHooks{WhilePaused: func(context.Context) error { called = true; return nil }})
 	if err == nil || called {
 		t.Fatalf("failed migration: err %v, whilePaused called %v", err, called)
 	}
 	if c := f.commands(); !slices.Contains(c, "query-status") {
 		t.Fatalf("commands %v: the source's state was not checked after a failed save", c)
+	}
+}
+
+// A live save lets go of the agent session first and waits until the
+// guest closed its agent port before it migrates: the saved agent waits
+// for a new host. An event of another port, or one read before the
+// release, does not count.
+func TestSaveLiveReleasesFirst(t *testing.T) {
+	f, dir, state := liveSaveFixture(t, "completed")
+	// Before the release: the open event of the source's own connection.
+	f.emit("VSERPORT_CHANGE", map[string]any{"id": agentPortID, "open": true})
+	var atRelease []string
+	res, err := (&Backend{}).SaveLive(context.Background(), dir, state, vmm.LiveSaveHooks{
+		Release: func() bool {
+			atRelease = f.commands()
+			go func() {
+				time.Sleep(30 * time.Millisecond)
+				f.emit("VSERPORT_CHANGE", map[string]any{"id": "console", "open": false})
+				time.Sleep(30 * time.Millisecond)
+				f.emit("VSERPORT_CHANGE", map[string]any{"id": agentPortID, "open": false})
+			}()
+			return true
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(atRelease, "migrate") {
+		t.Fatalf("released after %v: want before the migration", atRelease)
+	}
+	if !res.Released || res.ReleaseMS < 50 {
+		t.Fatalf("result %+v: want released after the agent port's close event", res)
+	}
+	if c := f.commands(); c[len(c)-1] != "cont" || !slices.Contains(c, "migrate") {
+		t.Fatalf("commands %v: want a migration and the guest resumed", c)
+	}
+}
+
+// A caller that keeps its session (a call in flight) is saved with it,
+// without waiting; a guest that never closes its port after the release
+// is not saved at all (its forks could not know whether their agent still
+// holds the session).
+func TestSaveLiveWithoutRelease(t *testing.T) {
+	f, dir, state := liveSaveFixture(t, "completed")
+	res, err := (&Backend{}).SaveLive(context.Background(), dir, state, vmm.LiveSaveHooks{Release: func() bool { return false }})
+	if err != nil || res.Released {
+		t.Fatalf("kept session: %+v %v", res, err)
+	}
+	if !slices.Contains(f.commands(), "migrate") {
+		t.Fatalf("commands %v: not saved", f.commands())
+	}
+
+	defer func(d time.Duration) { releaseTimeout = d }(releaseTimeout)
+	releaseTimeout = 100 * time.Millisecond
+	f, dir, state = liveSaveFixture(t, "completed")
+	_, err = (&Backend{}).SaveLive(context.Background(), dir, state, vmm.LiveSaveHooks{Release: func() bool { return true }})
+	if err == nil || slices.Contains(f.commands(), "migrate") {
+		t.Fatalf("silent guest: err %v, commands %v; want an error and no migration", err, f.commands())
 	}
 }
 
