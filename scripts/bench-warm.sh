@@ -7,6 +7,9 @@
 # Prints medians of wall time (ms) of:
 #   pyro run ENV -- true            warm (restored from the golden snapshot)
 #   pyro run ENV -- true            cold (PYRO_WARM=0)
+#   pyro run ENV -- true            served by a warm pool (`pyro pool start
+#                                   --size 1`, ready before each run: the
+#                                   refill after a run is not timed)
 #   pyro workspace create ENV       warm
 #   docker run --rm --network none IMG true      (IMG = ENV's rootfs, docker import)
 #   docker run -d --network none IMG sleep 600
@@ -21,8 +24,9 @@ N=${N:-5}
 
 . scripts/bench-lib.sh
 bench_home warm
-mnt=""
+mnt="" poolpid=""
 cleanup() {
+  [ -n "$poolpid" ] && { kill -INT "$poolpid" 2>/dev/null || true; wait "$poolpid" 2>/dev/null || true; }
   for id in $("$PYRO" workspace list --json 2>/dev/null | grep -o '"workspace_id": *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/'); do
     "$PYRO" workspace delete "$id" >/dev/null 2>&1 || true
   done
@@ -56,6 +60,32 @@ for _ in $(seq "$N"); do
 done
 warm_ms=$(printf '%s\n' "${warm[@]}" | median)
 cold_ms=$(printf '%s\n' "${cold[@]}" | median)
+
+echo "==> pyro run $ENVNAME -- true through a warm pool (pyro pool start --size 1), $N runs"
+"$PYRO" pool start --size 1 "$ENVNAME" >/dev/null 2>&1 &
+poolpid=$!
+# pool_ready SERVED: until the pool has a ready guest and SERVED hand-outs
+# (a run then finds a guest, and no refill competes with it for the CPU).
+pool_ready() {
+  local st
+  for _ in $(seq 600); do
+    st=$("$PYRO" pool status --json)
+    if grep -q '"ready": *1' <<<"$st" && grep -q "\"served\": *$1," <<<"$st"; then return 0; fi
+    sleep 0.2
+  done
+  echo "bench-warm: the pool did not get ready: $st" >&2; exit 1
+}
+pooled=() handout=()
+for i in $(seq "$N"); do
+  pool_ready $((i - 1))
+  t0=$(now_ms); out=$("$PYRO" run --json "$ENVNAME" -- true); t1=$(now_ms)
+  grep -q '"start": *"pool"' <<<"$out" || { echo "bench-warm: expected start pool: $out" >&2; exit 1; }
+  pooled+=($((t1 - t0)))
+  handout+=("$(sed -n 's/.*"boot_ms": *\([0-9]*\).*/\1/p' <<<"$out" | sed -n 1p)")
+done
+kill -INT "$poolpid"; wait "$poolpid" 2>/dev/null || true; poolpid=""
+pool_ms=$(printf '%s\n' "${pooled[@]}" | median)
+handout_ms=$(printf '%s\n' "${handout[@]}" | median)
 
 echo "==> pyro workspace create $ENVNAME, warm, $N runs"
 ws=()
@@ -104,6 +134,8 @@ echo
 echo "== results (median wall ms, $N runs, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
 printf '%-44s %8s\n' "pyro run $ENVNAME -- true (warm)" "$warm_ms"
 printf '%-44s %8s\n' "pyro run $ENVNAME -- true (cold)" "$cold_ms"
+printf '%-44s %8s\n' "pyro run $ENVNAME -- true (pool)" "$pool_ms"
+printf '%-44s %8s\n' "  of which the pool's hand-out (boot_ms)" "$handout_ms"
 printf '%-44s %8s\n' "pyro workspace create $ENVNAME (warm)" "$ws_ms"
 if [ -n "$docker_run_ms" ]; then
   printf '%-44s %8s\n' "docker run --rm --network none IMG true" "$docker_run_ms"
@@ -112,8 +144,10 @@ fi
 echo
 echo "== ratios (goal in brackets)"
 echo "warm run / cold run:                 $(ratio "$warm_ms" "$cold_ms")  [<= 0.20x]"
+echo "pool hand-out:                       ${handout_ms} ms  [<= 50 ms]"
 if [ -n "$docker_run_ms" ]; then
   echo "warm run / docker run --rm:          $(ratio "$warm_ms" "$docker_run_ms")  [<= 1.5x]"
+  echo "pool run / docker run --rm:          $(ratio "$pool_ms" "$docker_run_ms")  [<= 1.5x]"
   echo "warm workspace create / docker -d:   $(ratio "$ws_ms" "$docker_d_ms")  [<= 1.5x]"
 else
   echo "$docker_note"
