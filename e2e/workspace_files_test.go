@@ -34,18 +34,7 @@ func TestWorkspaceFiles(t *testing.T) {
 	defer ws(t, env, nil, "delete", id)
 
 	// --- CLI ---
-	var list struct {
-		Entries []struct {
-			Path, Type, Mode string
-			SizeBytes        int64 `json:"size_bytes"`
-		} `json:"entries"`
-	}
-	mustWS(t, env, &list, "file", "list", id, "--recursive")
-	var names []string
-	for _, e := range list.Entries {
-		names = append(names, e.Path+":"+e.Type)
-	}
-	if got := strings.Join(names, " "); got != "/workspace/README:file /workspace/data.bin:file /workspace/src:dir /workspace/src/app.py:file" {
+	if got := listing(t, env, "file", "list", id, "--recursive"); got != "/workspace/README:file /workspace/data.bin:file /workspace/src:dir /workspace/src/app.py:file" {
 		t.Fatalf("file list: %s", got)
 	}
 	var f map[string]any
@@ -231,15 +220,7 @@ func TestWorkspaceDisk(t *testing.T) {
 		t.Fatalf("disk list on a running workspace: %d %s %s", r.code, r.stdout, r.stderr)
 	}
 	mustWS(t, env, nil, "stop", id)
-	var list struct {
-		Entries []struct{ Path, Type string } `json:"entries"`
-	}
-	mustWS(t, env, &list, "disk", "list", id, "--recursive")
-	var got []string
-	for _, e := range list.Entries {
-		got = append(got, e.Path+":"+e.Type)
-	}
-	if s := strings.Join(got, " "); s != "/workspace/base.txt:file /workspace/d:dir /workspace/d/bin:file /workspace/new.txt:file /workspace/out:symlink" {
+	if s := listing(t, env, "disk", "list", id, "--recursive"); s != "/workspace/base.txt:file /workspace/d:dir /workspace/d/bin:file /workspace/new.txt:file /workspace/out:symlink" {
 		t.Fatalf("disk list: %s", s)
 	}
 	var f map[string]any
@@ -320,4 +301,19 @@ func TestWorkspaceDisk(t *testing.T) {
 	if st.State != "stopped" {
 		t.Fatalf("state after disk tools: %s", st.State)
 	}
+}
+
+// listing runs `pyro workspace ARGS` (a file or disk list) and returns its
+// entries as "path:type", space-separated.
+func listing(t *testing.T, env []string, args ...string) string {
+	t.Helper()
+	var list struct {
+		Entries []struct{ Path, Type string } `json:"entries"`
+	}
+	mustWS(t, env, &list, args...)
+	var names []string
+	for _, e := range list.Entries {
+		names = append(names, e.Path+":"+e.Type)
+	}
+	return strings.Join(names, " ")
 }
