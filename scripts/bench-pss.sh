@@ -20,13 +20,8 @@ ENVNAME=${2:-debian:12}
 MIN_FREE_MIB=${PYRO_BENCH_MIN_FREE_MIB:-2048}
 SETTLE=${PYRO_BENCH_SETTLE_SECONDS:-5}
 
-state=${PYRO_HOME:-${XDG_DATA_HOME:-$HOME/.local/share}/pyro}
-# A private home for the workspaces, sharing environments and caches.
-home=$(mktemp -d /tmp/pyro-bench-pss.XXXXXX)
-chmod 700 "$home"
-ln -s "$state/environments" "$home/environments"
-ln -s "$state/cache" "$home/cache"
-export PYRO_HOME=$home
+. scripts/bench-lib.sh
+bench_home pss
 ids=()
 cleanup() {
   for id in "${ids[@]}"; do
