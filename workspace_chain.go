@@ -76,29 +76,35 @@ func captureUpper(ctx context.Context, dir vmdir.Dir, rec instance.Record, agent
 			return workspace.LayerRef{}, 0, m, fmt.Errorf("list /workspace changes: %w", err)
 		}
 	}
-	l := layersOf(dir, rec)
+	ref, bytes, err := pushTop(ctx, dir, layersOf(dir, rec))
+	return ref, bytes, m, err
+}
+
+// pushTop freezes the live top layer under a new empty overlay and returns
+// it (with the bytes its file holds). The guest's disk holds the state to
+// keep (frozen, or synced and quiet); the caller holds the layer lock.
+func pushTop(ctx context.Context, dir vmdir.Dir, l workspace.Layers) (workspace.LayerRef, int64, error) {
 	top, err := l.Top()
 	if err != nil {
-		return workspace.LayerRef{}, 0, m, err
+		return workspace.LayerRef{}, 0, err
 	}
 	over, err := l.NewOverlay(top)
 	if err != nil {
-		return workspace.LayerRef{}, 0, m, err
+		return workspace.LayerRef{}, 0, err
 	}
 	// The new top is named before QEMU switches to it: should anything
 	// die in between, the chain read at the next boot has an empty layer
 	// over the old top, which reads the same.
 	if err := l.SetTop(over); err != nil {
 		_ = os.Remove(l.Path(over))
-		return workspace.LayerRef{}, 0, m, err
+		return workspace.LayerRef{}, 0, err
 	}
 	if err := qemu.PushOverlay(ctx, dir, l.Path(over)); err != nil {
 		_ = l.SetTop(top)
 		_ = os.Remove(l.Path(over))
-		return workspace.LayerRef{}, 0, m, fmt.Errorf("freeze the upper layer: %w", err)
+		return workspace.LayerRef{}, 0, fmt.Errorf("freeze the upper layer: %w", err)
 	}
-	ref, bytes, err := l.Ref(top)
-	return ref, bytes, m, err
+	return l.Ref(top)
 }
 
 // restoreChain makes the live chain start from a saved state for a reset

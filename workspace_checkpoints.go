@@ -83,6 +83,8 @@ func (c *Client) checkpointLayer(ctx context.Context, dir vmdir.Dir, rec instanc
 		return err
 	}
 	defer unlock()
+	// A quiet report kept from before describes a guest this call changes.
+	_ = checkpointsOf(dir).ClearPending()
 	ref, bytes, m, err := captureUpper(ctx, dir, rec, agent, true)
 	if err != nil {
 		return fmt.Errorf("checkpoint: %w", err)

@@ -317,11 +317,8 @@ func (c *Client) ExecWorkspace(ctx context.Context, id string, opts ExecOptions)
 	if err != nil {
 		return ExecResult{}, err
 	}
-	if err := c.checkpoint(ctx, dir, rec, agent, commandLabel(opts.Command)); err != nil {
-		return ExecResult{}, err
-	}
 	started := time.Now().UTC()
-	res, err := execIn(ctx, agent, opts)
+	res, err := c.execCheckpointed(ctx, dir, rec, agent, opts)
 	res.WorkspaceID = id
 	res.NetworkDenials = takeDenials(ctx, dir, rec)
 	// The agent redacted the output; the command line is the caller's and

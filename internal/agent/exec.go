@@ -78,6 +78,10 @@ func (s *Agent) handleExec(w http.ResponseWriter, r *http.Request) {
 	// copy, so res.Stdout and res.Stderr are empty).
 	// Whatever the command wrote to /workspace reaches the disk before
 	// the host learns it finished.
+	var epoch uint64
+	if req.Quiet != nil {
+		epoch = s.quiet.current()
+	}
 	s.syncWorkspace()
 	s.log.Debug("exec done", "argv", red.Strings(p.argv), "exit_code", res.ExitCode, "duration_ms", res.DurationMS)
 	if r.Context().Err() != nil {
@@ -85,6 +89,11 @@ func (s *Agent) handleExec(w http.ResponseWriter, r *http.Request) {
 		// down) and the command killed for it: that is no result, so the
 		// stream ends without an exit event and the host reports the loss.
 		return
+	}
+	if req.Quiet != nil {
+		if q := s.quietReport(epoch, req.Quiet.Have); q != nil {
+			ew.write(agentapi.Event{Type: agentapi.EventQuiet, Quiet: q})
+		}
 	}
 	ew.write(agentapi.Event{Type: agentapi.EventExit, Result: &res})
 }

@@ -105,6 +105,7 @@ type Agent struct {
 	identity     identityState // set once after a restore (identity_linux.go)
 	handler      http.Handler
 	layers       *layers
+	quiet        *quiet
 }
 
 // New builds an agent from opts.
@@ -130,6 +131,7 @@ func New(opts Options) *Agent {
 		a.layers.upperMount = LayerUpperMount
 	}
 	a.secrets = &secretStore{}
+	a.quiet = newQuiet()
 	a.user = newUserCgroup(opts.UserCgroup)
 	a.services = &serviceManager{a: a, svcs: map[string]*service{}}
 	a.shells = &shellManager{a: a, shells: map[string]*shell{}}
@@ -183,6 +185,7 @@ func (s *Agent) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+agentapi.PathHealth, s.handleHealth)
 	mux.HandleFunc("POST "+agentapi.PathExec, s.handleExec)
+	mux.HandleFunc("POST "+agentapi.PathExecQuiet, s.handleExec)
 	mux.HandleFunc("POST "+agentapi.PathShutdown, s.handleShutdown)
 	mux.HandleFunc("POST "+agentapi.PathSecrets, s.handleSetSecrets)
 	mux.HandleFunc("POST "+agentapi.PathIdentity, s.handleIdentity)
@@ -196,7 +199,7 @@ func (s *Agent) routes() http.Handler {
 	mux.HandleFunc("POST "+agentapi.PathLayerFreeze, s.handleLayerFreeze)
 	mux.HandleFunc("POST "+agentapi.PathLayerThaw, s.handleLayerThaw)
 	mux.HandleFunc("GET "+agentapi.PathLayerManifest, s.handleLayerManifest)
-	return mux
+	return s.tracked(mux)
 }
 
 func (s *Agent) handleHealth(w http.ResponseWriter, _ *http.Request) {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -117,6 +118,19 @@ func KeepLayers(dir string) []string {
 // TakeLayer records the frozen layer ref (its file holding bytes) and the
 // manifest m as the next checkpoint, then drops the oldest past the caps.
 func (c Checkpoints) TakeLayer(ref LayerRef, bytes int64, m agentapi.LayerManifest, command string) (Checkpoint, error) {
+	return c.takeLayer(ref, bytes, command, func(p string) error {
+		b, _ := json.Marshal(m)
+		return writeFileAtomic(p, b)
+	})
+}
+
+// takeLayer records ref as the next checkpoint, its listing written by
+// list. Only the record, written last, is made durable on its own: a
+// checkpoint exists once its record does, and kill -9 of any process
+// loses nothing already written; after a host crash a record whose
+// sidecar or listing did not reach the disk reads as damaged, never as
+// another state.
+func (c Checkpoints) takeLayer(ref LayerRef, bytes int64, command string, list func(string) error) (Checkpoint, error) {
 	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
 		return Checkpoint{}, err
 	}
@@ -124,12 +138,22 @@ func (c Checkpoints) TakeLayer(ref LayerRef, bytes int64, m agentapi.LayerManife
 	if err != nil {
 		return Checkpoint{}, err
 	}
-	sum, err := writeRef(c.path(n, ".layer"), ref)
-	if err != nil {
+	// The number is taken before anything is written under it, so that
+	// a crash half way never leaves it to the next checkpoint.
+	if err := writeFileAtomic(filepath.Join(c.Dir, "last"), []byte(strconv.Itoa(n))); err != nil {
+		return Checkpoint{}, err
+	}
+	b, _ := json.Marshal(ref)
+	sum := sha256.Sum256(b)
+	if err := writeFileAtomic(c.path(n, ".layer"), b); err != nil {
 		c.remove(n)
 		return Checkpoint{}, err
 	}
-	return c.finish(n, m, command, bytes, sum)
+	if err := list(c.path(n, ".manifest.json")); err != nil {
+		c.remove(n)
+		return Checkpoint{}, err
+	}
+	return c.record(n, command, bytes, hex.EncodeToString(sum[:]))
 }
 
 // LayerOf returns checkpoint n's frozen layer, verified (ok false: n is

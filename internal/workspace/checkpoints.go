@@ -94,15 +94,20 @@ func (c Checkpoints) Take(upper string, m agentapi.LayerManifest, command string
 }
 
 // nextNumber returns the next checkpoint number: numbers are never
-// reused, even after an undo.
+// reused, even after an undo. Only names are read (a record a crash left
+// half written still holds its number).
 func (c Checkpoints) nextNumber() (int, error) {
-	list, err := c.records()
-	if err != nil {
+	ents, err := os.ReadDir(c.Dir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return 0, err
 	}
 	n := 1
-	if len(list) > 0 {
-		n = list[len(list)-1].Number + 1
+	for _, e := range ents {
+		if num, ok := strings.CutSuffix(e.Name(), ".json"); ok {
+			if v, err := strconv.Atoi(num); err == nil && v >= n {
+				n = v + 1
+			}
+		}
 	}
 	if last, err := c.lastNumber(); err == nil && last >= n {
 		n = last + 1
@@ -118,16 +123,24 @@ func (c Checkpoints) finish(n int, m agentapi.LayerManifest, command string, dat
 		c.remove(n)
 		return Checkpoint{}, err
 	}
+	cp, err := c.record(n, command, data, sum)
+	if err == nil {
+		_ = writeFileSync(filepath.Join(c.Dir, "last"), []byte(strconv.Itoa(n)))
+	}
+	return cp, err
+}
+
+// record writes checkpoint n's record durably and prunes past the caps.
+func (c Checkpoints) record(n int, command string, data int64, sum string) (Checkpoint, error) {
 	if len(command) > int(hostres.Load().HistoryLineBytes) {
 		command = command[:hostres.Load().HistoryLineBytes] + "..."
 	}
 	cp := Checkpoint{Number: n, Command: command, CreatedAt: time.Now().UTC(), Bytes: data, SHA256: sum}
-	b, _ = json.Marshal(cp)
+	b, _ := json.Marshal(cp)
 	if err := writeFileSync(c.path(n, ".json"), b); err != nil {
 		c.remove(n)
 		return Checkpoint{}, err
 	}
-	_ = writeFileSync(filepath.Join(c.Dir, "last"), []byte(strconv.Itoa(n)))
 	c.prune()
 	return cp, nil
 }

@@ -1,0 +1,196 @@
+package agent
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+)
+
+// Quiet reports (agentapi/quiet.go): the epoch moves on at the start of
+// every call that may change the guest (every call but a GET: exec, file
+// writes, shells, services, jobs, freeze...), and the calls under way are
+// counted. The guest is quiet when no such call is under way and no user
+// process is left in the user cgroup: then nothing can change /workspace
+// until the host's next call, which moves the epoch on.
+type quiet struct {
+	mu       sync.Mutex
+	epoch    uint64
+	inflight int
+	// The manifest last reported: its epoch, and the upper disk's write
+	// counters after the sync it followed. Counters unchanged after the
+	// next sync mean not a byte reached the disk since: same manifest.
+	sentEpoch  uint64
+	sentWrites string
+}
+
+// newQuiet starts the epoch at a random value: an epoch reported by an
+// earlier agent process (before a restart of the guest or of the agent)
+// never matches this one's.
+func newQuiet() *quiet {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return &quiet{epoch: binary.LittleEndian.Uint64(b[:])>>1 + 1}
+}
+
+func (q *quiet) begin() {
+	q.mu.Lock()
+	q.epoch++
+	q.inflight++
+	q.mu.Unlock()
+}
+
+func (q *quiet) end() {
+	q.mu.Lock()
+	q.inflight--
+	q.mu.Unlock()
+}
+
+// claim begins a call only if the guest is still quiet at epoch expect.
+func (q *quiet) claim(expect uint64, idle func() bool) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	ok := expect != 0 && q.epoch == expect && q.inflight == 0 && idle()
+	if ok {
+		q.epoch++
+		q.inflight++
+	}
+	return ok
+}
+
+func (q *quiet) current() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.epoch
+}
+
+// alone reports whether the epoch is still e and the caller's is the only
+// call under way.
+func (q *quiet) alone(e uint64) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.epoch == e && q.inflight == 1
+}
+
+// tracked wraps the API: every call but a GET moves the epoch on, and
+// PathExecQuiet runs only while its expected epoch holds.
+func (s *Agent) tracked(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet || r.Method == http.MethodHead {
+			h.ServeHTTP(w, r)
+			return
+		}
+		if r.URL.Path == agentapi.PathExecQuiet {
+			expect, _ := strconv.ParseUint(r.URL.Query().Get("expect"), 10, 64)
+			if !s.quiet.claim(expect, s.userIdle) {
+				s.fail(w, errorf(errdefs.ErrFailedPrecondition, "the guest changed since quiet epoch %d", expect))
+				return
+			}
+		} else {
+			s.quiet.begin()
+		}
+		defer s.quiet.end()
+		h.ServeHTTP(w, r)
+	})
+}
+
+// userIdle reports whether no user process is left (false without a user
+// cgroup: then nothing says so).
+func (s *Agent) userIdle() bool {
+	if s.user == nil {
+		return false
+	}
+	b, err := os.ReadFile(s.user.dir + "/cgroup.events")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "populated "); ok {
+			return strings.TrimSpace(v) == "0"
+		}
+	}
+	return false
+}
+
+// quietReport is the report of an exec that asked for one, called after
+// the command ended and /workspace was synced; e is the epoch read before
+// that sync. nil: the guest is not quiet (or /workspace not layered, or
+// the listing too large to carry).
+func (s *Agent) quietReport(e, have uint64) *agentapi.QuietReport {
+	if !s.layers.present() || !s.userIdle() || !s.quiet.alone(e) {
+		return nil
+	}
+	writes, err := diskWrites(s.layers.upperMount)
+	if err != nil {
+		return nil
+	}
+	rep := &agentapi.QuietReport{Epoch: e}
+	s.quiet.mu.Lock()
+	same := have != 0 && have == s.quiet.sentEpoch && writes == s.quiet.sentWrites
+	s.quiet.mu.Unlock()
+	if same {
+		rep.SameAs = have
+	} else {
+		m, err := manifest(upperDir(s.layers.upperMount))
+		if err != nil {
+			return nil
+		}
+		// A bound on the encoded size (an entry's fields other than its
+		// path take well under 160 bytes).
+		size := 0
+		for _, le := range m {
+			size += len(le.Path) + 160
+		}
+		if size > agentapi.MaxQuietManifestBytes {
+			return nil
+		}
+		if m == nil {
+			m = []agentapi.LayerEntry{}
+		}
+		rep.Manifest = &agentapi.LayerManifest{Entries: m}
+	}
+	// Still nothing else under way and no process: the listing is of the
+	// state at e.
+	if !s.userIdle() || !s.quiet.alone(e) {
+		return nil
+	}
+	if !same {
+		s.quiet.mu.Lock()
+		s.quiet.sentEpoch, s.quiet.sentWrites = e, writes
+		s.quiet.mu.Unlock()
+	}
+	return rep
+}
+
+// diskWrites returns the write and discard counters of the block device
+// mounted at mount (/sys/dev/block/M:N/stat): they move whenever anything
+// reaches the disk. Flushes, which a sync sends even with nothing to
+// write, are left out.
+func diskWrites(mount string) (string, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(mount, &st); err != nil {
+		return "", err
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/sys/dev/block/%d:%d/stat", unix.Major(st.Dev), unix.Minor(st.Dev)))
+	if err != nil {
+		return "", err
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 11 {
+		return "", fmt.Errorf("short disk stat %q", b)
+	}
+	out := f[4] + " " + f[6] // writes completed, sectors written
+	if len(f) >= 15 {
+		out += " " + f[11] + " " + f[13] // discards completed, sectors discarded
+	}
+	return out, nil
+}

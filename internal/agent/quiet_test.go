@@ -1,0 +1,66 @@
+package agent
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+)
+
+// TestQuietClaim: a quiet epoch can be claimed once, only while no other
+// call is under way and no user process is left; agents start at
+// different epochs.
+func TestQuietClaim(t *testing.T) {
+	idle, busy := func() bool { return true }, func() bool { return false }
+	q := newQuiet()
+	if newQuiet().current() == q.current() {
+		t.Fatal("two agents start at the same epoch")
+	}
+	e := q.current()
+	if q.claim(e, busy) {
+		t.Fatal("claimed with a user process left")
+	}
+	if q.claim(0, idle) || q.claim(e+1, idle) {
+		t.Fatal("claimed a wrong epoch")
+	}
+	if !q.claim(e, idle) {
+		t.Fatal("quiet epoch refused")
+	}
+	if !q.alone(e + 1) {
+		t.Fatal("the claiming call is not alone")
+	}
+	q.end()
+	if q.claim(e, idle) {
+		t.Fatal("claimed the same epoch twice")
+	}
+	e = q.current()
+	q.begin() // another call under way
+	if q.claim(e+1, idle) {
+		t.Fatal("claimed while another call runs")
+	}
+	q.end()
+}
+
+// TestExecQuietRefused: an exec through PathExecQuiet whose epoch does
+// not hold runs nothing and says so; a plain call moves the epoch on.
+func TestExecQuietRefused(t *testing.T) {
+	other := New(Options{}) // an epoch of another agent process
+	c := newTestClient(t, Options{})
+	ctx := testCtx(t)
+	marker := filepath.Join(t.TempDir(), "ran")
+	_, ran, err := c.ExecQuiet(ctx, agentapi.ExecRequest{Argv: []string{"touch", marker}}, other.quiet.current(), nil)
+	if ran || !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("ran %v err %v", ran, err)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Fatal("the refused command ran")
+	}
+	// Without a user cgroup nothing says the guest is quiet: no report.
+	res, err := c.Exec(ctx, agentapi.ExecRequest{Argv: []string{"true"}, Quiet: &agentapi.QuietRequest{}}, nil)
+	if err != nil || res.Quiet != nil {
+		t.Fatalf("%+v %v", res, err)
+	}
+}

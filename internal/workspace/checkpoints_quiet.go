@@ -1,0 +1,204 @@
+package workspace
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/pyro-mcp/pyro/internal/agentapi"
+)
+
+// The pending quiet report of a workspace (agentapi/quiet.go): the last
+// exec ended with the guest quiet at an epoch, /workspace synced, and the
+// upper layer's listing then. The next exec's checkpoint is taken from it
+// without asking the guest anything; the guest refuses that exec if it
+// changed since, and the host then takes the checkpoint the usual way.
+// The files are hints: written without fsync, consumed (removed) by the
+// checkpoint that uses them, and worthless to a guest that restarted (its
+// epochs start afresh), so a lost, stale or torn one only costs the usual
+// checkpoint.
+//
+//	pending.json                 {"epoch": E, "manifest": M} (E 0 once used)
+//	pending-M.manifest.json      the upper layer's listing at epoch M
+
+type pending struct {
+	Epoch    uint64 `json:"epoch"`
+	Manifest uint64 `json:"manifest"`
+}
+
+func (c Checkpoints) pendingPath() string { return filepath.Join(c.Dir, "pending.json") }
+
+func (c Checkpoints) pendingManifest(m uint64) string {
+	return filepath.Join(c.Dir, "pending-"+strconv.FormatUint(m, 10)+".manifest.json")
+}
+
+func (c Checkpoints) readPending() (pending, bool) {
+	var p pending
+	b, err := os.ReadFile(c.pendingPath())
+	if err != nil || len(b) > 4096 || json.Unmarshal(b, &p) != nil || p.Manifest == 0 {
+		return pending{}, false
+	}
+	if _, err := os.Stat(c.pendingManifest(p.Manifest)); err != nil {
+		return pending{}, false
+	}
+	return p, true
+}
+
+// PendingManifest returns the epoch of the listing the host holds for the
+// next checkpoint (0: none), for the next exec's QuietRequest.Have.
+func (c Checkpoints) PendingManifest() uint64 {
+	p, ok := c.readPending()
+	if !ok {
+		return 0
+	}
+	return p.Manifest
+}
+
+// SavePending keeps an exec's quiet report for the next checkpoint; a nil
+// report (the guest was not quiet) or one that refers to a listing the
+// host does not hold clears it. The caller holds the layer lock.
+func (c Checkpoints) SavePending(rep *agentapi.QuietReport) error {
+	old, hadOld := c.readPending()
+	if rep == nil || rep.Epoch == 0 {
+		return c.ClearPending()
+	}
+	p := pending{Epoch: rep.Epoch}
+	switch {
+	case rep.Manifest != nil:
+		if err := os.MkdirAll(c.Dir, 0o700); err != nil {
+			return err
+		}
+		b, err := json.Marshal(rep.Manifest)
+		if err != nil {
+			return err
+		}
+		if err := writeFileAtomic(c.pendingManifest(rep.Epoch), b); err != nil {
+			return err
+		}
+		p.Manifest = rep.Epoch
+	case hadOld && rep.SameAs == old.Manifest:
+		p.Manifest = old.Manifest
+	default:
+		return c.ClearPending()
+	}
+	b, _ := json.Marshal(p)
+	if err := writeFileAtomic(c.pendingPath(), b); err != nil {
+		return err
+	}
+	c.dropPendingManifests(p.Manifest)
+	return nil
+}
+
+// ClearPending forgets the pending report (the next checkpoint asks the
+// guest). The caller holds the layer lock.
+func (c Checkpoints) ClearPending() error {
+	err := os.Remove(c.pendingPath())
+	c.dropPendingManifests(0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+func (c Checkpoints) dropPendingManifests(keep uint64) {
+	ents, _ := os.ReadDir(c.Dir)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "pending-") && strings.HasSuffix(e.Name(), ".manifest.json") &&
+			e.Name() != filepath.Base(c.pendingManifest(keep)) {
+			_ = os.Remove(filepath.Join(c.Dir, e.Name()))
+		}
+	}
+}
+
+// TakePending consumes the pending report: the epoch the guest must still
+// be at, and the listing's file (kept: the next report may say the layer
+// is unchanged since it). ok is false when there is none.
+func (c Checkpoints) TakePending() (epoch uint64, manifest string, ok bool) {
+	p, ok := c.readPending()
+	if !ok || p.Epoch == 0 {
+		return 0, "", false
+	}
+	b, _ := json.Marshal(pending{Manifest: p.Manifest})
+	if err := writeFileAtomic(c.pendingPath(), b); err != nil {
+		_ = os.Remove(c.pendingPath())
+		return 0, "", false
+	}
+	return p.Epoch, c.pendingManifest(p.Manifest), true
+}
+
+// TakeLayerListed is TakeLayer with the listing in the file manifest
+// (linked, not copied: the pending listing is replaced, never changed).
+func (c Checkpoints) TakeLayerListed(ref LayerRef, bytes int64, manifest, command string) (Checkpoint, error) {
+	return c.takeLayer(ref, bytes, command, func(p string) error {
+		_ = os.Remove(p)
+		if err := os.Link(manifest, p); err == nil {
+			return nil
+		}
+		b, err := os.ReadFile(manifest)
+		if err != nil {
+			return err
+		}
+		return writeFileAtomic(p, b)
+	})
+}
+
+// EmptyTop reports whether the live top is a qcow2 overlay nothing was
+// written to since it was made (QEMU allocates a cluster past the four of
+// a fresh overlay and points an L1 entry at an L2 table for any write,
+// zeroes and discards included, and writes L1 entries through at once),
+// and returns its parent: the state of /workspace is then exactly the
+// parent's, so a checkpoint can name the parent instead of freezing the
+// empty top under another overlay.
+func (l Layers) EmptyTop(top string) (parent string, empty bool) {
+	if l.raw(top) {
+		return "", false
+	}
+	parent, err := l.Parent(top)
+	if err != nil || parent == "" {
+		return "", false
+	}
+	f, err := os.Open(l.Path(top))
+	if err != nil {
+		return "", false
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || st.Size() != 4*qcowCluster {
+		return "", false
+	}
+	h := make([]byte, 48)
+	if _, err := io.ReadFull(f, h); err != nil {
+		return "", false
+	}
+	be := binary.BigEndian
+	n, off := int64(be.Uint32(h[36:])), int64(be.Uint64(h[40:]))
+	if n <= 0 || off <= 0 || off+8*n > st.Size() {
+		return "", false
+	}
+	l1 := make([]byte, 8*n)
+	if _, err := f.ReadAt(l1, off); err != nil {
+		return "", false
+	}
+	for i := 0; i < len(l1); i += 8 {
+		if be.Uint64(l1[i:]) != 0 {
+			return "", false
+		}
+	}
+	return parent, true
+}
+
+// writeFileAtomic replaces p with b (rename; no fsync: see the callers).
+func writeFileAtomic(p string, b []byte) error {
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", filepath.Base(p), err)
+	}
+	return os.Rename(tmp, p)
+}

@@ -1,0 +1,117 @@
+package workspace
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/pyro-mcp/pyro/internal/agentapi"
+)
+
+// TestEmptyTop: a fresh overlay is empty and names its parent; after any
+// write QEMU makes to it (data, zeroes, a discard), it is not. The writes
+// go through qemu-io, QEMU's own block layer, when it is installed.
+func TestEmptyTop(t *testing.T) {
+	dir := t.TempDir()
+	l := Layers{Dir: dir, Disk: filepath.Join(dir, "workspace.ext4")}
+	if err := os.WriteFile(l.Disk, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(l.Disk, 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	if _, empty := l.EmptyTop("workspace.ext4"); empty {
+		t.Fatal("a raw root is never an empty overlay")
+	}
+	a, err := l.NewOverlay("workspace.ext4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, empty := l.EmptyTop(a); !empty || p != "workspace.ext4" {
+		t.Fatalf("fresh overlay: parent %q empty %v", p, empty)
+	}
+	if _, err := exec.LookPath("qemu-io"); err != nil {
+		t.Skip("qemu-io not installed")
+	}
+	for _, op := range []string{"write -P 7 4096 4096", "write -z 1048576 65536", "discard 0 65536"} {
+		top, err := l.NewOverlay(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", op, l.Path(top)).CombinedOutput()
+		if err != nil {
+			t.Fatalf("qemu-io %s: %v %s", op, err, out)
+		}
+		if _, empty := l.EmptyTop(top); empty {
+			t.Errorf("after %q the overlay still reads as empty", op)
+		}
+	}
+	// A read allocates nothing.
+	top, _ := l.NewOverlay(a)
+	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "read 0 65536", l.Path(top)).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-io read: %v %s", err, out)
+	}
+	if _, empty := l.EmptyTop(top); !empty {
+		t.Error("a read made the overlay non-empty")
+	}
+}
+
+// TestPending: a quiet report is kept once, a report that says "same
+// listing" keeps the listing held, anything else clears it, and a
+// checkpoint takes the listing as its own.
+func TestPending(t *testing.T) {
+	c := Checkpoints{Dir: filepath.Join(t.TempDir(), CheckpointsDir)}
+	if _, _, ok := c.TakePending(); ok || c.PendingManifest() != 0 {
+		t.Fatal("pending before any report")
+	}
+	m := agentapi.LayerManifest{Entries: []agentapi.LayerEntry{{Path: "a.txt", Kind: "file", Size: 3}}}
+	if err := c.SavePending(&agentapi.QuietReport{Epoch: 10, Manifest: &m}); err != nil {
+		t.Fatal(err)
+	}
+	if c.PendingManifest() != 10 {
+		t.Fatalf("held listing %d", c.PendingManifest())
+	}
+	e, list, ok := c.TakePending()
+	if !ok || e != 10 {
+		t.Fatalf("take: %d %v", e, ok)
+	}
+	if _, _, ok := c.TakePending(); ok {
+		t.Fatal("a report was used twice")
+	}
+	if c.PendingManifest() != 10 {
+		t.Fatal("the listing went with the report")
+	}
+	cp, err := c.TakeLayerListed(LayerRef{Layer: "workspace.ext4"}, 0, list, "exec: true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.Manifest(cp.Number)
+	if err != nil || len(got.Entries) != 1 || got.Entries[0].Path != "a.txt" {
+		t.Fatalf("checkpoint listing %+v %v", got, err)
+	}
+	// Unchanged since 10: the held listing stands for epoch 12.
+	if err := c.SavePending(&agentapi.QuietReport{Epoch: 12, SameAs: 10}); err != nil {
+		t.Fatal(err)
+	}
+	if e, list, ok := c.TakePending(); !ok || e != 12 || filepath.Base(list) != "pending-10.manifest.json" {
+		t.Fatalf("take after same: %d %s %v", e, list, ok)
+	}
+	// A listing the host does not hold, or no report: nothing pending.
+	if err := c.SavePending(&agentapi.QuietReport{Epoch: 14, SameAs: 9}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := c.TakePending(); ok || c.PendingManifest() != 0 {
+		t.Fatal("a report naming an unknown listing was kept")
+	}
+	_ = c.SavePending(&agentapi.QuietReport{Epoch: 16, Manifest: &m})
+	_ = c.SavePending(nil)
+	if _, _, ok := c.TakePending(); ok {
+		t.Fatal("no report kept the old one")
+	}
+	// Numbers go on after the record of the last checkpoint.
+	cp2, err := c.TakeLayerListed(LayerRef{Layer: "workspace.ext4"}, 0, list, "exec: true")
+	if err == nil && cp2.Number != cp.Number+1 {
+		t.Fatalf("checkpoint numbers %d then %d", cp.Number, cp2.Number)
+	}
+}

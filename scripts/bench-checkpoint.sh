@@ -1,0 +1,41 @@
+#!/bin/sh
+# Checkpoint overhead per exec (issue #15, goal <= 10 ms): two workspaces of
+# the same environment, one with --checkpoints, run the same commands in
+# turn; prints the median time of an exec in each and the difference, for
+# a command that writes nothing (`true`) and one that appends to a file.
+# Boots guests: run it alone (e.g. under flock /tmp/pyro-e2e.lock).
+#
+#   scripts/bench-checkpoint.sh [PYRO_BIN]      (env: ENV=debian:12-base N=15)
+set -eu
+PYRO=${1:-$(dirname "$0")/../bin/pyro}
+ENV=${ENV:-debian:12-base}
+N=${N:-15}
+T=$(mktemp -d)
+trap 'rm -rf "$T"; for id in ${ON:-} ${OFF:-}; do "$PYRO" workspace delete "$id" >/dev/null 2>&1; done; true' EXIT
+
+ms() { date +%s%N; }
+ON=$("$PYRO" workspace create --id-only --checkpoints "$ENV")
+OFF=$("$PYRO" workspace create --id-only "$ENV")
+# Warm both (first exec after create pays one-time costs).
+for id in "$ON" "$OFF"; do "$PYRO" workspace exec "$id" -- true >/dev/null; "$PYRO" workspace exec "$id" -- true >/dev/null; done
+
+run() { # LABEL ID CMD... -> appends one duration (ns) to $T/LABEL
+  label=$1 id=$2; shift 2
+  s=$(ms); "$PYRO" workspace exec "$id" -- "$@" >/dev/null; e=$(ms)
+  echo $((e - s)) >>"$T/$label"
+}
+i=0
+while [ $i -lt "$N" ]; do
+  run on-true "$ON" true; run off-true "$OFF" true
+  run off-write "$OFF" sh -c "echo $i >> log.txt"; run on-write "$ON" sh -c "echo $i >> log.txt"
+  i=$((i + 1))
+done
+median() { sort -n "$T/$1" | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+for kind in true write; do
+  on=$(median "on-$kind"); off=$(median "off-$kind")
+  printf 'exec %-5s: %6.1f ms without checkpoints, %6.1f ms with: checkpoint overhead %5.1f ms per exec (median of %d; goal <= 10 ms)\n' \
+    "$kind" "$(echo "$off / 1000000" | bc -l)" "$(echo "$on / 1000000" | bc -l)" "$(echo "($on - $off) / 1000000" | bc -l)" "$N"
+done
+n=$("$PYRO" workspace checkpoint list --json "$ON" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["checkpoints"]))')
+echo "checkpoints kept: $n (after $((2 * N + 2)) execs)"
+uptime

@@ -1,0 +1,132 @@
+package pyro
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/instance"
+	"github.com/pyro-mcp/pyro/internal/vmdir"
+	"github.com/pyro-mcp/pyro/internal/workspace"
+)
+
+// A checkpoint before an exec without a guest round trip (each costs
+// ~10 ms of the guest's emulated CPU). Every exec of a workspace that
+// takes checkpoints asks the guest for a quiet report (agentapi/quiet.go):
+// the command over, /workspace synced, no user process left, no other
+// call under way, and the upper layer's listing. The next exec's
+// checkpoint then comes from the disk alone: the live top goes under a new
+// overlay over QMP (or, when nothing was written to it since it was made,
+// the checkpoint names its parent and QEMU is not even asked), and the
+// command runs only if the guest is still as reported; else nothing ran,
+// the checkpoint is dropped and taken the usual way.
+//
+// Why no freeze: the guest synced /workspace and nothing has run since, so
+// its disk holds the state exactly. A block-level copy of a journaled ext4
+// taken at any instant (blockdev-snapshot drains in-flight requests first)
+// is what a power cut would leave; the frozen layer is only ever mounted
+// by a guest again (undo, reset to it), which replays the journal, and the
+// host's own readers refuse an image that needs recovery
+// (DiskView.Clean). Named snapshots, which host tools read, still freeze.
+
+// execCheckpointed runs an exec in a workspace, with its checkpoint first
+// when it takes them; agent is closed.
+func (c *Client) execCheckpointed(ctx context.Context, dir vmdir.Dir, rec instance.Record, agent *agentapi.Client, opts ExecOptions) (ExecResult, error) {
+	if !checkpointsOn(rec) {
+		return execIn(ctx, agent, opts)
+	}
+	defer agent.Close()
+	req, err := opts.execRequest()
+	if err != nil {
+		return ExecResult{}, err
+	}
+	what := commandLabel(opts.Command)
+	cps := checkpointsOf(dir)
+	quiet := chainable(dir)
+	if quiet {
+		req.Quiet = &agentapi.QuietRequest{Have: cps.PendingManifest()}
+		n, expect, ok, err := c.checkpointQuiet(ctx, dir, rec, what)
+		if err != nil {
+			return ExecResult{}, err
+		}
+		if ok {
+			r, ran, err := agent.ExecQuiet(ctx, req, expect, opts.OnOutput)
+			if ran {
+				c.keepQuiet(dir, r.Quiet, err)
+				if err != nil {
+					return ExecResult{}, err
+				}
+				return execResultFrom(r), nil
+			}
+			// Refused before anything ran: the guest changed since
+			// its report, so the checkpoint may miss that change.
+			_ = cps.DropFrom(n)
+		}
+		// The usual checkpoint forgets the pending listing.
+		req.Quiet.Have = 0
+	}
+	if err := c.checkpoint(ctx, dir, rec, agent, what); err != nil {
+		return ExecResult{}, err
+	}
+	r, err := agent.Exec(ctx, req, opts.OnOutput)
+	if quiet {
+		c.keepQuiet(dir, r.Quiet, err)
+	}
+	if err != nil {
+		return ExecResult{}, err
+	}
+	return execResultFrom(r), nil
+}
+
+// keepQuiet keeps an exec's quiet report for the next checkpoint (none
+// after a failed exec).
+func (c *Client) keepQuiet(dir vmdir.Dir, rep *agentapi.QuietReport, execErr error) {
+	unlock, err := lockLayers(dir)
+	if err != nil {
+		return
+	}
+	defer unlock()
+	if execErr != nil {
+		rep = nil
+	}
+	_ = checkpointsOf(dir).SavePending(rep)
+}
+
+// checkpointQuiet takes the checkpoint before an exec from the pending
+// quiet report: ok is false when there is none. It returns the
+// checkpoint's number and the epoch the guest must still be at.
+func (c *Client) checkpointQuiet(ctx context.Context, dir vmdir.Dir, rec instance.Record, what string) (n int, expect uint64, ok bool, err error) {
+	unlock, err := lockLayers(dir)
+	if err != nil {
+		return 0, 0, false, err
+	}
+	defer unlock()
+	cps := checkpointsOf(dir)
+	expect, manifest, ok := cps.TakePending()
+	if !ok {
+		return 0, 0, false, nil
+	}
+	l := layersOf(dir, rec)
+	top, err := l.Top()
+	if err != nil {
+		return 0, 0, false, fmt.Errorf("checkpoint: %w", err)
+	}
+	var ref workspace.LayerRef
+	var bytes int64
+	if parent, empty := l.EmptyTop(top); empty {
+		// Nothing reached the disk since the top was made: the state is
+		// its parent's, already frozen.
+		ref, _, err = l.Ref(parent)
+	} else {
+		ref, bytes, err = pushTop(ctx, dir, l)
+	}
+	if err != nil {
+		return 0, 0, false, fmt.Errorf("checkpoint: %w", err)
+	}
+	cp, err := cps.TakeLayerListed(ref, bytes, manifest, instance.Redactor(dir).String(what))
+	if err != nil {
+		return 0, 0, false, fmt.Errorf("checkpoint: %w", err)
+	}
+	_ = gcLayers(ctx, dir, rec)
+	return cp.Number, expect, true, nil
+}
