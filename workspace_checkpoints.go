@@ -174,7 +174,7 @@ func (c *Client) UndoWorkspace(ctx context.Context, id string, to int) (UndoResu
 			if isLayer {
 				return restoreChain(ctx, dir, rec, &ref, "")
 			}
-			return freshLayer(ctx, dir, rec, image)
+			return c.freshLayer(ctx, dir, rec, image)
 		},
 	})
 	if err != nil {

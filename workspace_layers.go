@@ -32,15 +32,43 @@ func layered(rec instance.Record) bool { return rec.WorkspaceBase != "" && rec.W
 const freezeFor = 60 * time.Second
 
 // buildBase makes a new workspace's baseline image from the seed (nil:
-// empty) and records it in rec.
-func buildBase(ctx context.Context, dir vmdir.Dir, rec *instance.Record, source io.Reader, seed *workspace.Seed) error {
+// empty, copied from a template with its digest) and records it in rec.
+func (c *Client) buildBase(ctx context.Context, dir vmdir.Dir, rec *instance.Record, source io.Reader, seed *workspace.Seed) (baseDigest, error) {
 	rec.WorkspaceBase = dir.Path(workspace.BaseFile)
+	if source == nil {
+		sum, n, err := c.templates().EmptyBase(ctx, rec.WorkspaceBase, workspace.DiskBytes())
+		return baseDigest{sum, n}, err
+	}
 	st, err := workspace.BuildBase(ctx, rec.WorkspaceBase, source, workspace.DiskBytes())
 	if err != nil {
-		return fmt.Errorf("seed /workspace: %w", err)
+		return baseDigest{}, fmt.Errorf("seed /workspace: %w", err)
 	}
 	seed.FileCount, seed.Bytes = st.Files, st.Bytes
-	return nil
+	return baseDigest{}, nil
+}
+
+// baseDigest is a baseline image's digest and data bytes when they are
+// known without reading the image again (sum "" otherwise).
+type baseDigest struct {
+	sum string
+	n   int64
+}
+
+// record records the baseline of a layered workspace in dir.
+func (d baseDigest) record(dir vmdir.Dir, base string) error {
+	var err error
+	if d.sum != "" {
+		_, err = snapshotsOf(dir).RecordBase(d.sum, d.n)
+	} else {
+		_, err = snapshotsOf(dir).SaveBase(base)
+	}
+	return err
+}
+
+// templates are the cached empty images new workspace disks are copied
+// from (internal/workspace/templates.go).
+func (c *Client) templates() workspace.Templates {
+	return workspace.Templates{Dir: c.dirs.Cache()}
 }
 
 // snapshotLayer stores the current upper layer as snapshot name: the guest
@@ -110,12 +138,12 @@ func diffLayered(ctx context.Context, dir vmdir.Dir, agent *agentapi.Client, opt
 // freshLayer replaces the upper layer for a reset: empty for the baseline,
 // else a copy of the verified snapshot image. A chained upper layer gets a
 // new root instead (the old one may be what saved states stand on).
-func freshLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, image string) error {
+func (c *Client) freshLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, image string) error {
 	if layersOf(dir, rec).Chained() {
 		return restoreChain(ctx, dir, rec, nil, image)
 	}
 	if image == "" {
-		return workspace.CreateDisk(ctx, rec.WorkspaceDisk, workspace.DiskBytes())
+		return c.templates().EmptyDisk(ctx, rec.WorkspaceDisk, workspace.DiskBytes())
 	}
 	_, _, err := workspace.CopyImage(image, rec.WorkspaceDisk, 0, "snapshot", "")
 	return err
@@ -140,7 +168,7 @@ func (c *Client) resetLayered(ctx context.Context, dir vmdir.Dir, rec instance.R
 			if isLayer {
 				err = restoreChain(ctx, dir, rec, &ref, "")
 			} else {
-				err = freshLayer(ctx, dir, rec, image)
+				err = c.freshLayer(ctx, dir, rec, image)
 			}
 			if err != nil {
 				return err

@@ -180,6 +180,7 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 	if err != nil {
 		return ws, err
 	}
+	var base baseDigest
 	dir, rec, err := c.lc.Create(ctx, rec, func(dir vmdir.Dir, rec *instance.Record) error {
 		// Half-made until the baseline is recorded: should this process
 		// be killed meanwhile, the next reconcile removes the workspace.
@@ -187,7 +188,7 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 			return err
 		}
 		rec.WorkspaceDisk = dir.Path(workspace.DiskFile)
-		if err := workspace.CreateDisk(ctx, rec.WorkspaceDisk, workspace.DiskBytes()); err != nil {
+		if err := c.templates().EmptyDisk(ctx, rec.WorkspaceDisk, workspace.DiskBytes()); err != nil {
 			return err
 		}
 		// Layered unless host-compat may run it (that backend mounts one
@@ -197,7 +198,7 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 			if source != nil {
 				src = source
 			}
-			if err := buildBase(ctx, dir, rec, src, &seed); err != nil {
+			if base, err = c.buildBase(ctx, dir, rec, src, &seed); err != nil {
 				return err
 			}
 			source = nil
@@ -240,7 +241,7 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 		}
 	}
 	if layered(rec) {
-		if _, err := snapshotsOf(dir).SaveBase(rec.WorkspaceBase); err != nil {
+		if err := base.record(dir, rec.WorkspaceBase); err != nil {
 			return ws, fmt.Errorf("record baseline: %w", err)
 		}
 	} else if _, err := c.snapshot(ctx, dir, agent, workspace.Baseline); err != nil {
@@ -607,7 +608,7 @@ func (c *Client) ResetWorkspace(ctx context.Context, id, snapshot string) (Works
 	// a concurrent command waits instead of booting the old disk.
 	err = c.lc.Reset(ctx, dir, rec, lifecycle.ResetSteps{
 		Fresh: func(ctx context.Context) error {
-			if err := workspace.CreateDisk(ctx, rec.WorkspaceDisk, workspace.DiskBytes()); err != nil {
+			if err := c.templates().EmptyDisk(ctx, rec.WorkspaceDisk, workspace.DiskBytes()); err != nil {
 				return err
 			}
 			if err := os.Remove(dir.Path(workspace.HistoryFile)); err != nil && !errors.Is(err, os.ErrNotExist) {

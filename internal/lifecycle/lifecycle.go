@@ -227,8 +227,11 @@ func (m *Manager) startLocked(ctx context.Context, dir vmdir.Dir, rec instance.R
 	return m.waitRunning(ctx, dir, rec, true)
 }
 
-// waitRunning polls the supervisor until the guest answers, the supervisor
-// gives up (its exit note says why) or ctx ends. booted says this call
+// waitRunning asks the supervisor until the guest answers, the supervisor
+// gives up (its exit note says why) or ctx ends. Each request is held by
+// the supervisor until the boot ends (bootWait), so a start costs one
+// request, not one every few milliseconds; the 25 ms tick only paces the
+// wait for a supervisor that is not listening yet. booted says this call
 // started the guest: it then runs PrepareGuest, and on failure kills
 // what it started.
 func (m *Manager) waitRunning(ctx context.Context, dir vmdir.Dir, rec instance.Record, booted bool) (supervisor.Status, error) {
@@ -237,7 +240,7 @@ func (m *Manager) waitRunning(ctx context.Context, dir vmdir.Dir, rec instance.R
 	tick := time.NewTicker(25 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		st := supervisor.Observe(wctx, dir, rec)
+		st := supervisor.ObserveWait(wctx, dir, rec, bootWait)
 		switch st.State {
 		case instance.Running:
 			if booted && m.cfg.PrepareGuest != nil {
@@ -276,6 +279,9 @@ func (m *Manager) waitRunning(ctx context.Context, dir vmdir.Dir, rec instance.R
 		}
 	}
 }
+
+// bootWait is how long one status request of waitRunning may be held.
+const bootWait = 5 * time.Second
 
 // kill ends a supervisor by force and waits (bounded) for it to go.
 func (m *Manager) kill(ctx context.Context, dir vmdir.Dir) {

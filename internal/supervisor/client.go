@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -70,11 +71,19 @@ const statusDeadline = HealthDeadline + time.Second
 
 // Status asks the supervisor for its status. It fails fast when no
 // supervisor answers: callers then observe the directory instead.
-func (c *Client) Status(ctx context.Context) (Status, error) {
+func (c *Client) Status(ctx context.Context) (Status, error) { return c.StatusWait(ctx, 0) }
+
+// StatusWait is Status, but while the guest is still starting the
+// supervisor holds the answer until the boot ends or wait passed.
+func (c *Client) StatusWait(ctx context.Context, wait time.Duration) (Status, error) {
 	var st Status
-	ctx, cancel := context.WithTimeout(ctx, statusDeadline)
+	ctx, cancel := context.WithTimeout(ctx, statusDeadline+wait)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://pyro-supervisor/v1/status", nil)
+	url := "http://pyro-supervisor/v1/status"
+	if wait > 0 {
+		url += "?wait=" + strconv.FormatInt(wait.Milliseconds(), 10)
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return st, err
@@ -146,10 +155,22 @@ func (c *Client) Agent() *agentapi.Client {
 // supervisor's own answer when it is up, else what its exit note, its
 // process and the record say.
 func Observe(ctx context.Context, dir vmdir.Dir, rec instance.Record) Status {
+	return ObserveWait(ctx, dir, rec, 0)
+}
+
+// ObserveWait is Observe, but a supervisor whose guest is still starting
+// answers when the boot ends (or wait passed) rather than at once.
+func ObserveWait(ctx context.Context, dir vmdir.Dir, rec instance.Record, wait time.Duration) Status {
 	pid, alive := instance.SupervisorPid(dir)
 	if alive {
-		if st, err := NewClient(dir).Status(ctx); err == nil {
+		if st, err := NewClient(dir).StatusWait(ctx, wait); err == nil {
 			return st
+		}
+		// Serve writes its exit note before it stops serving and removes
+		// any old one before it listens: a note beside a live supervisor
+		// that no longer answers is one on its way out, and says why.
+		if n, ok := instance.ReadExit(dir); ok {
+			return Status{State: n.State, Cause: n.Cause, Reason: n.Reason}
 		}
 		return Status{State: instance.Broken, Cause: instance.CauseSupervisorSilent,
 			Reason: "supervisor is alive but not answering", SupervisorPID: pid}

@@ -5,13 +5,15 @@
 // dies with it: Pdeathsig), the one agent connection, the TTL timer and the
 // event log, and serves HTTP+JSON on DIR/supervisor.sock:
 //
-//	GET  /v1/status    -> Status (any time, also while the guest boots)
+//	GET  /v1/status    -> Status (any time, also while the guest boots);
+//	                      ?wait=MS holds the answer while the guest is still
+//	                      starting, up to MS milliseconds (at most maxStatusWait)
 //	POST /v1/stop      -> Status; powers the guest off, then the supervisor exits
 //	*    /agent/...    -> spliced to a new guest agent stream (agentproxy.go)
 //	*    /v1/network... -> the guest network: policy, denials, published ports (network.go)
 //
-// Call order: spawn, poll /v1/status until "running" (or the process exits:
-// DIR/exit.json then says why), use /agent/..., /v1/stop. Stop is idempotent
+// Call order: spawn, ask /v1/status?wait=... until "running" (or the process
+// exits: DIR/exit.json then says why), use /agent/..., /v1/stop. Stop is idempotent
 // while the supervisor lives; afterwards the socket is gone and callers read
 // the exit note. Any number of requests may run concurrently.
 //
@@ -30,6 +32,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -99,7 +102,18 @@ type server struct {
 	stopState  string
 	stopCause  instance.Cause
 	stopReason string
+	// booted is closed (once) when the boot ended, either way: status
+	// requests that wait for the end of "starting" wake on it.
+	bootedOnce sync.Once
+	booted     chan struct{}
 }
+
+// bootEnded wakes the status requests waiting for the boot to end.
+func (s *server) bootEnded() { s.bootedOnce.Do(func() { close(s.booted) }) }
+
+// maxStatusWait bounds how long one status request waits for a boot to
+// end; the caller asks again (its own deadline decides when to give up).
+const maxStatusWait = 10 * time.Second
 
 // Main is the supervisor process: it boots the VM recorded in dir and
 // serves until the VM stops. It returns the process exit code.
@@ -177,7 +191,7 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 	// Once Serve returns the exit note speaks for the instance, also when
 	// Serve ran inside a process that lives on (tests).
 	defer instance.RemovePid(d)
-	s := &server{dir: d, rec: rec, log: log, opts: opts, stop: make(chan struct{}),
+	s := &server{dir: d, rec: rec, log: log, opts: opts, stop: make(chan struct{}), booted: make(chan struct{}),
 		status: Status{State: instance.Starting, SupervisorPID: os.Getpid(), StartedAt: time.Now().UTC()}}
 	httpSrv := &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = httpSrv.Serve(ln) }()
@@ -264,6 +278,7 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 	s.status.AccelNote, s.status.VMMPID, s.status.BootMS, s.status.Health = v.AccelNote, v.Machine.Pid(), v.BootMS, &h
 	s.status.Start = v.Start
 	s.mu.Unlock()
+	s.bootEnded()
 	instance.AppendEvent(d, "running", map[string]any{"backend": v.Backend, "acceleration": v.Features.Acceleration, "boot_ms": v.BootMS, "start": v.Start, "vmm_pid": v.Machine.Pid()})
 	log.Info("running", "backend", v.Backend, "acceleration", v.Features.Acceleration, "boot_ms", v.BootMS)
 
@@ -309,6 +324,7 @@ func (s *server) finish(state string, cause instance.Cause, reason string) {
 	if err := instance.WriteExit(s.dir, state, cause, reason); err != nil {
 		s.log.Error("write exit note", "err", err)
 	}
+	s.bootEnded() // after the note: a woken caller that finds no socket reads it
 	instance.AppendEvent(s.dir, state, map[string]any{"reason": reason})
 	s.log.Info("supervisor exiting", "state", state, "reason", reason)
 }
@@ -323,6 +339,17 @@ func (s *server) requestStop(state string, cause instance.Cause, reason string) 
 func (s *server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		// A caller waiting for a boot holds one request open instead of
+		// polling: the answer comes the moment the boot ends.
+		if ms, err := strconv.Atoi(r.URL.Query().Get("wait")); err == nil && ms > 0 {
+			t := time.NewTimer(min(time.Duration(ms)*time.Millisecond, maxStatusWait))
+			select {
+			case <-s.booted:
+			case <-t.C:
+			case <-r.Context().Done():
+			}
+			t.Stop()
+		}
 		writeJSON(w, http.StatusOK, s.observe(r.Context()))
 	})
 	mux.HandleFunc("POST /v1/stop", func(w http.ResponseWriter, _ *http.Request) {

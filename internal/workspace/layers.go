@@ -72,20 +72,29 @@ func BuildBase(ctx context.Context, path string, src io.Reader, size int64) (tar
 		return st, err
 	}
 	img := filepath.Join(tmp, "base.img")
-	if err := mkfs(ctx, img, size, "-O", "^has_journal", "-L", "workspace-base", "-d", tree); err != nil {
+	if err := baseImage(ctx, img, tree, size); err != nil {
 		return st, err
-	}
-	// mke2fs adds an empty lost+found; /workspace shows only what the
-	// seed holds (the baseline is never written, so never needs e2fsck's).
-	if _, err := os.Lstat(filepath.Join(tree, "lost+found")); errors.Is(err, os.ErrNotExist) {
-		if out, err := exec.CommandContext(ctx, "debugfs", "-w", "-R", "rmdir lost+found", img).CombinedOutput(); err != nil {
-			return st, errdefs.Wrap(errdefs.ErrUnavailable, err, "install e2fsprogs", "debugfs: %s", strings.TrimSpace(string(out)))
-		}
 	}
 	if err := fsutil.Sync(img); err != nil {
 		return st, err
 	}
 	return st, os.Rename(img, path)
+}
+
+// baseImage makes the journal-less baseline image of tree at img (sparse,
+// size bytes).
+func baseImage(ctx context.Context, img, tree string, size int64) error {
+	if err := mkfs(ctx, img, size, "-O", "^has_journal", "-L", "workspace-base", "-d", tree); err != nil {
+		return err
+	}
+	// mke2fs adds an empty lost+found; /workspace shows only what the
+	// seed holds (the baseline is never written, so never needs e2fsck's).
+	if _, err := os.Lstat(filepath.Join(tree, "lost+found")); errors.Is(err, os.ErrNotExist) {
+		if out, err := exec.CommandContext(ctx, "debugfs", "-w", "-R", "rmdir lost+found", img).CombinedOutput(); err != nil {
+			return errdefs.Wrap(errdefs.ErrUnavailable, err, "install e2fsprogs", "debugfs: %s", strings.TrimSpace(string(out)))
+		}
+	}
+	return nil
 }
 
 // mkfs makes an ext4 image of size bytes (sparse) at img with extra
@@ -278,11 +287,18 @@ func (s Snapshots) writeRecord(snap Snapshot) error {
 // SaveBase records the baseline of a layered workspace: the image at base
 // (not copied: it is never written again), with its digest.
 func (s Snapshots) SaveBase(base string) (Snapshot, error) {
-	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
-		return Snapshot{}, err
-	}
 	sum, n, err := ImageDigest(base)
 	if err != nil {
+		return Snapshot{}, err
+	}
+	return s.RecordBase(sum, n)
+}
+
+// RecordBase records the baseline of a layered workspace whose image
+// digest (ImageDigest) and data bytes the caller already has: made while
+// the image was copied or built, instead of reading it once more.
+func (s Snapshots) RecordBase(sum string, n int64) (Snapshot, error) {
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
 		return Snapshot{}, err
 	}
 	snap := Snapshot{Name: Baseline, CreatedAt: time.Now().UTC(), Bytes: n, SHA256: sum, Implicit: true, Format: FormatBase}
