@@ -124,6 +124,12 @@ func TestVMTTLAndReap(t *testing.T) {
 	requireE2E(t)
 	ensureEnv(t, baseEnv)
 	home, env := isolatedHome(t)
+	// The TTL counts from creation and includes the boot: the snapshot is
+	// made first, so the start is a restore, not a boot and a save (which
+	// a new guest command line or QEMU makes the first start do).
+	if r := pyro(t, env, "prepare", baseEnv); r.code != 0 {
+		t.Fatalf("prepare: %d %s", r.code, r.stderr)
+	}
 	v, r := vmJSON(t, env, "create", "--start", "--ttl-seconds", "10", baseEnv)
 	if r.code != 0 || v.State != "running" {
 		t.Fatalf("create --start: %d %+v %s", r.code, v, r.stderr)
