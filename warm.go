@@ -98,6 +98,7 @@ func (c *Client) PrepareEnvironment(ctx context.Context, env string, opts Prepar
 		// Workspaces on a VM are layered (workspace_layers.go): the
 		// snapshot has a placeholder baseline disk too.
 		cfg.WorkspaceBase = cfg.WorkspaceDisk
+		cfg.TransferDisk = cfg.WorkspaceDisk // and a transfer disk (workspace_push.go)
 	}
 	snap, err := vm.PrepareSnapshot(ctx, vm.Deps{Dirs: c.dirs, Envs: c.envs, Logger: c.logger, AgentBinary: bin}, cfg)
 	if err != nil {

@@ -344,6 +344,10 @@ type SyncResult struct {
 	Dest        string `json:"dest"`
 	FileCount   int    `json:"file_count"`
 	Bytes       int64  `json:"bytes"`
+	// Transfer says which path carried it: "disk" (written by the host
+	// to the workspace's transfer disk, copied by the guest with direct
+	// I/O) or "guest" (streamed through the guest agent).
+	Transfer string `json:"transfer"`
 }
 
 // PushWorkspaceSync imports a host directory or archive into the workspace
@@ -371,13 +375,13 @@ func (c *Client) PushWorkspaceSync(ctx context.Context, id, sourcePath, dest str
 	if err := c.checkpoint(ctx, dir, rec, agent, "sync push "+sourcePath+" "+dest); err != nil {
 		return SyncResult{}, err
 	}
-	r, err := agent.PushTar(ctx, dest, workspace.Root, src)
+	r, transfer, err := pushTar(ctx, dir, rec, agent, dest, src) // workspace_push.go
 	if err != nil {
 		return SyncResult{}, err
 	}
 	abs, _ := filepath.Abs(sourcePath)
 	c.recordEvent(dir, workspace.Event{Kind: workspace.EventSync, Path: dest, Target: abs, Count: r.Files, Bytes: r.Bytes})
-	return SyncResult{WorkspaceID: id, SourcePath: abs, Mode: mode, Dest: dest, FileCount: r.Files, Bytes: r.Bytes}, nil
+	return SyncResult{WorkspaceID: id, SourcePath: abs, Mode: mode, Dest: dest, FileCount: r.Files, Bytes: r.Bytes, Transfer: transfer}, nil
 }
 
 // ExportResult says what an export wrote.

@@ -206,6 +206,15 @@ func TestLayersKillDuringPush(t *testing.T) {
 	}
 	mustWS(t, env, nil, "undo", id)
 	sameTree(t, "after undo of the killed push", exportSums(t, env, id), treeSums(t, seed))
+	// The transfer disk the killed push used serves the next one, exactly.
+	var r pushResult
+	mustWS(t, env, &r, "sync", "push", id, big, "--dest", "/workspace/big")
+	if r.Transfer != "disk" {
+		t.Errorf("push after the kill: transfer %q, want disk", r.Transfer)
+	}
+	out := filepath.Join(t.TempDir(), "big")
+	mustWS(t, env, nil, "export", id, "/workspace/big", "--output", out)
+	sameTree(t, "push after the kill", treeSums(t, out), treeSums(t, big))
 }
 
 // TestLayersResetAfterCheckpoints resets to a named snapshot after many

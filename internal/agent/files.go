@@ -101,6 +101,13 @@ func (s *Agent) absPath(w http.ResponseWriter, r *http.Request, key string) (str
 }
 
 func (s *Agent) handleFilesPush(w http.ResponseWriter, r *http.Request) {
+	s.push(w, r, func(dest string) (tarutil.Stats, error) { return tarutil.ExtractTar(r.Body, dest) })
+}
+
+// push checks the request's dest (absolute, confined, a directory if it
+// exists), runs extract into it, makes it durable and replies with what
+// was extracted.
+func (s *Agent) push(w http.ResponseWriter, r *http.Request, extract func(dest string) (tarutil.Stats, error)) {
 	dest, ok := s.absPath(w, r, "dest")
 	if ok && !s.confined(w, r, dest, true) {
 		return
@@ -112,7 +119,7 @@ func (s *Agent) handleFilesPush(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, errorf(errdefs.ErrInvalidArgument, "dest %s exists and is not a directory", dest))
 		return
 	}
-	st, err := tarutil.ExtractTar(r.Body, dest)
+	st, err := extract(dest)
 	syncFS(dest)
 	if dest != s.workspaceDir {
 		s.syncWorkspace()

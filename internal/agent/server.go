@@ -193,6 +193,7 @@ func (s *Agent) routes() http.Handler {
 	s.shells.routes(mux)
 	s.jobs.routes(mux)
 	mux.HandleFunc("POST "+agentapi.PathFilesPush, s.handleFilesPush)
+	mux.HandleFunc("POST "+agentapi.PathFilesPushDisk, s.handleFilesPushDisk)
 	mux.HandleFunc("GET "+agentapi.PathFilesPull, s.handleFilesPull)
 	s.fileOpRoutes(mux)
 	mux.HandleFunc("GET "+agentapi.PathLayerChanges, s.handleLayerChanges)

@@ -152,6 +152,9 @@ const (
 	// Files: see the package doc.
 	PathFilesPush = "/v1/files/push"
 	PathFilesPull = "/v1/files/pull"
+	// PathFilesPushDisk (POST ?dest=&within=&length=N) extracts the tar
+	// the host wrote at the start of the transfer disk (see PushDisk).
+	PathFilesPushDisk = "/v1/files/push-disk"
 	// A layered /workspace: the entries its upper layer changed (GET,
 	// ?side=SideLower|SideMerged, a tar), and the upper disk's freeze and
 	// thaw (POST, freeze takes ?ms=N, the longest it may last).

@@ -236,6 +236,13 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 		NetworkPolicy: rec.Policy(),
 		WorkspaceBase: rec.WorkspaceBase,
 	}
+	// A layered workspace gets a transfer disk for large pushes
+	// (internal/workspace/transferdisk.go); without one, pushes stream.
+	if rec.WorkspaceBase != "" && rec.WorkspaceDisk != "" {
+		if p := d.Path(workspace.TransferFile); workspace.EnsureTransferDisk(p, workspace.DiskBytes()) == nil {
+			cfg.TransferDisk = p
+		}
+	}
 	// A workspace whose upper layer became a chain of snapshots boots on
 	// its live chain (internal/workspace/chain.go).
 	var chainErr error

@@ -62,6 +62,9 @@ type Config struct {
 	// WorkspaceBase is a layered workspace's read-only baseline image
 	// (third disk): /workspace is then its overlay with WorkspaceDisk.
 	WorkspaceBase string
+	// TransferDisk is a layered workspace's transfer disk
+	// (vmm.Spec.TransferDisk), empty for none.
+	TransferDisk string
 	// WorkspaceChain is the upper layer as a chain of images, when it is
 	// one (vmm.Spec.WorkspaceChain).
 	WorkspaceChain []string
@@ -341,7 +344,7 @@ func (v *VM) spec(c Config) vmm.Spec {
 		ID: v.ID, Dir: v.Dir,
 		Kernel: v.Environment.KernelPath(), Initrd: v.initrd, RootDisk: v.Environment.RootfsPath(),
 		VCPUs: c.VCPUs, MemMiB: c.MemMiB, Network: c.Network,
-		WorkspaceDisk: c.WorkspaceDisk, WorkspaceBase: c.WorkspaceBase, WorkspaceChain: c.WorkspaceChain, MAC: MAC(v.ID), NetworkFile: v.netFile,
+		WorkspaceDisk: c.WorkspaceDisk, WorkspaceBase: c.WorkspaceBase, TransferDisk: c.TransferDisk, WorkspaceChain: c.WorkspaceChain, MAC: MAC(v.ID), NetworkFile: v.netFile,
 		Cmdline: v.cmdline(c), Transport: vmm.TransportVirtioSerial,
 		RestoreState: v.warm.state,
 	}

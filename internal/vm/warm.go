@@ -348,6 +348,10 @@ func buildSnapshot(ctx context.Context, d Deps, c Config, v *VM, store *golden.S
 			if err := os.Truncate(gc.WorkspaceBase, basePlaceholderBytes); err != nil {
 				return golden.Snapshot{}, err
 			}
+			if c.TransferDisk != "" {
+				// Read-only and larger than any transfer disk too.
+				gc.TransferDisk = gc.WorkspaceBase
+			}
 		}
 	}
 	steps := ColdBoot().

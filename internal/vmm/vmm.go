@@ -38,6 +38,11 @@ type Spec struct {
 	// read-only after WorkspaceDisk (/dev/vdc); the guest overlays
 	// WorkspaceDisk on it at /workspace. Empty for none.
 	WorkspaceBase string
+	// TransferDisk, with WorkspaceBase, is an image attached read-only
+	// after it (/dev/vdd) that the host writes large pushes into for the
+	// guest to copy with direct I/O (internal/agent/pushdisk.go). Empty
+	// for none.
+	TransferDisk string
 	// WorkspaceChain, when set, is the upper layer as a chain of images
 	// (root first, the writable top last; see internal/workspace/chain.go):
 	// the guest's disk is then the top, and WorkspaceDisk only gives its

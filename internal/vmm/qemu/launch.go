@@ -65,6 +65,7 @@ const (
 	fdWorkspace   // only when the spec has a workspace disk: read-write
 	fdWorkspaceRO // and read-only, for QEMU's first (auto-read-only) open
 	fdBase        // only with a layered workspace: its baseline, read-only
+	fdTransfer    // only with a layered workspace's transfer disk: read-only
 )
 
 // fdset ids for the disks (-add-fd set=N, file=/dev/fdset/N).
@@ -72,6 +73,7 @@ const (
 	fdsetRoot      = 1
 	fdsetWorkspace = 2
 	fdsetBase      = 3
+	fdsetTransfer  = 4
 )
 
 // Env is QEMU's whole environment: enough to run, nothing of the caller's.
@@ -224,6 +226,14 @@ func (b *Backend) Args(spec vmm.Spec) []string {
 				"-add-fd", fmt.Sprintf("fd=%d,set=%d", fdBase, fdsetBase),
 				"-drive", fmt.Sprintf("id=wsbase,file=/dev/fdset/%d,format=raw,if=none,readonly=on", fdsetBase),
 				"-device", "virtio-blk-device,drive=wsbase")
+			if spec.TransferDisk != "" {
+				// The host writes it, the guest only reads it (/dev/vdd,
+				// internal/agent/pushdisk.go).
+				args = append(args,
+					"-add-fd", fmt.Sprintf("fd=%d,set=%d", fdTransfer, fdsetTransfer),
+					"-drive", fmt.Sprintf("id=wstransfer,file=/dev/fdset/%d,format=raw,if=none,readonly=on", fdsetTransfer),
+					"-device", "virtio-blk-device,drive=wstransfer")
+			}
 		}
 	}
 	if spec.Network {
@@ -254,6 +264,9 @@ func (b *Backend) Args(spec vmm.Spec) []string {
 
 // netFD is the descriptor of spec.NetworkFile: the one after the disks.
 func netFD(spec vmm.Spec) int {
+	if spec.WorkspaceDisk != "" && spec.WorkspaceBase != "" && spec.TransferDisk != "" {
+		return fdTransfer + 1 // a layered workspace's baseline and transfer disk come first
+	}
 	if spec.WorkspaceDisk != "" && spec.WorkspaceBase != "" {
 		return fdBase + 1 // a layered workspace's baseline comes first
 	}
@@ -339,6 +352,11 @@ func (b *Backend) Command(spec vmm.Spec, console io.Writer) (cmd *exec.Cmd, clea
 			}
 			if err = open(base, os.O_RDONLY); err != nil {
 				return nil, nil, err
+			}
+			if spec.TransferDisk != "" {
+				if err = open(spec.TransferDisk, os.O_RDONLY); err != nil {
+					return nil, nil, err
+				}
 			}
 		}
 	}

@@ -153,3 +153,44 @@ func TestChoosePrivileges(t *testing.T) {
 		t.Fatalf("unknown user, yet: %+v", p)
 	}
 }
+
+// A layered workspace's transfer disk comes right after its baseline, as a
+// read-only drive on its own descriptor, and what follows (the network
+// socket) moves up one.
+func TestTransferDiskDescriptor(t *testing.T) {
+	spec := testSpec(t)
+	spec.WorkspaceBase = spec.RootDisk
+	spec.TransferDisk = spec.Kernel
+	spec.Network = true
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	spec.NetworkFile = w
+	cmd, cleanup, err := New("/usr/bin/qemu-system-x86_64", "tcg").Command(spec, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cleanup()
+	args := New("q", "tcg").Args(spec)
+	if got := argAfter(args, "-add-fd", "fd=11"); got != "fd=11,set=4" {
+		t.Errorf("transfer disk descriptor %q", got)
+	}
+	if got := argAfter(args, "-drive", "id=wstransfer"); !strings.Contains(got, "readonly=on") || !strings.Contains(got, "/dev/fdset/4") {
+		t.Errorf("transfer drive %q", got)
+	}
+	if got := argAfter(args, "-netdev", ""); !strings.Contains(got, "addr.str=12") {
+		t.Errorf("netdev %q, want its socket at fd 12", got)
+	}
+	st, _ := cmd.ExtraFiles[11-3].Stat()
+	want, _ := os.Stat(spec.TransferDisk)
+	if !os.SameFile(st, want) {
+		t.Errorf("fd 11 is not the transfer disk")
+	}
+	spec.TransferDisk = ""
+	if got := argAfter(New("q", "tcg").Args(spec), "-drive", "id=wstransfer"); got != "" {
+		t.Errorf("no transfer disk, yet %q", got)
+	}
+}
