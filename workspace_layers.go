@@ -54,14 +54,32 @@ type baseDigest struct {
 	n   int64
 }
 
-// record records the baseline of a layered workspace in dir.
-func (d baseDigest) record(dir vmdir.Dir, base string) error {
-	var err error
-	if d.sum != "" {
-		_, err = snapshotsOf(dir).RecordBase(d.sum, d.n)
-	} else {
-		_, err = snapshotsOf(dir).SaveBase(base)
+// digest returns a wait for the digest of the baseline image base,
+// read in the background when it is not known yet (a seeded baseline):
+// a create reads its image while the guest is being restored, instead of
+// after (~0.2-0.5 s for a 196 MiB seed). The image is complete and never
+// written again once BuildBase returned, so reading it early reads what
+// reading it later would.
+func (d baseDigest) digest(base string) func() (baseDigest, error) {
+	if d.sum != "" || base == "" {
+		return func() (baseDigest, error) { return d, nil }
 	}
+	done := make(chan struct{})
+	var out baseDigest
+	var err error
+	go func() {
+		defer close(done)
+		out.sum, out.n, err = workspace.ImageDigest(base)
+	}()
+	return func() (baseDigest, error) {
+		<-done
+		return out, err
+	}
+}
+
+// record records the baseline of a layered workspace in dir.
+func (d baseDigest) record(dir vmdir.Dir) error {
+	_, err := snapshotsOf(dir).RecordBase(d.sum, d.n)
 	return err
 }
 

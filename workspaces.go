@@ -218,6 +218,7 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 			_, _ = c.lc.Delete(context.WithoutCancel(ctx), dir, rec)
 		}
 	}()
+	baseDone := base.digest(rec.WorkspaceBase) // read while the guest starts
 	// Start runs prepareGuest (secrets) before anything else reaches the guest.
 	if _, err := c.lc.Start(ctx, dir, rec); err != nil {
 		return ws, err
@@ -241,7 +242,10 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 		}
 	}
 	if layered(rec) {
-		if err := base.record(dir, rec.WorkspaceBase); err != nil {
+		if base, err = baseDone(); err == nil {
+			err = base.record(dir)
+		}
+		if err != nil {
 			return ws, fmt.Errorf("record baseline: %w", err)
 		}
 	} else if _, err := c.snapshot(ctx, dir, agent, workspace.Baseline); err != nil {
