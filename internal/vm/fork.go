@@ -95,6 +95,7 @@ func restoreFork(ctx context.Context, c Config, v *VM, src ForkSource) error {
 	v.warm.state = src.State
 	spec := v.spec(c)
 	spec.RestoreLive = !src.Released
+	spec.HugePages = true // ten restores at once: see vmm.Spec.HugePages
 	if err := v.start(ctx, spec); err != nil {
 		return fmt.Errorf("restore the fork: %w", err)
 	}

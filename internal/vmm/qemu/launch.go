@@ -376,7 +376,6 @@ func (b *Backend) Command(spec vmm.Spec, console io.Writer) (cmd *exec.Cmd, clea
 		return nil, nil, err
 	}
 	extra = append(slices.Clone(extra), files[nfixed:]...)
-	_ = noHugePages() // hugepages.go: best effort, a memory figure only
 	cmd = exec.Command(b.binary, b.Args(spec)...)
 	cmd.Env = Env()
 	cmd.Dir = "/"

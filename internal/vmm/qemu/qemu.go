@@ -117,7 +117,11 @@ func (b *Backend) admitAndStart(cmd *exec.Cmd, spec vmm.Spec) (vmm.Machine, erro
 			return nil, err
 		}
 	}
-	m, err := vmm.StartMachine(cmd, spec.Dir, vmmLog, "qemu")
+	var m vmm.Machine
+	err := startWithHugePages(spec.HugePages, func() (err error) { // hugepages.go
+		m, err = vmm.StartMachine(cmd, spec.Dir, vmmLog, "qemu")
+		return err
+	})
 	if err != nil {
 		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "check `pyro doctor`", "start qemu")
 	}
