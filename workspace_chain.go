@@ -131,6 +131,8 @@ func restoreChain(ctx context.Context, dir vmdir.Dir, rec instance.Record, ref *
 		_ = os.Remove(l.Path(top))
 		return err
 	}
+	// A quiet report of the guest before describes another state.
+	_ = checkpointsOf(dir).ClearPending()
 	return l.GC(workspace.KeepLayers(string(dir)))
 }
 

@@ -54,6 +54,9 @@ func (s *Agent) handleIdentity(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
+	// Every guest restored from the same saved state would count its
+	// quiet epochs on from the same value: start afresh.
+	s.quiet.reseed(req.Entropy)
 	writeJSON(w, http.StatusOK, resp)
 }
 

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"net/http"
@@ -40,6 +41,18 @@ func newQuiet() *quiet {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return &quiet{epoch: binary.LittleEndian.Uint64(b[:])>>1 + 1}
+}
+
+// reseed starts the epoch afresh from host entropy and the guest's own
+// (after a restore from a saved state), forgetting the last listing.
+func (q *quiet) reseed(entropy []byte) {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	sum := sha256.Sum256(append(append([]byte{}, entropy...), b[:]...))
+	q.mu.Lock()
+	q.epoch = binary.LittleEndian.Uint64(sum[:8])>>1 + 1
+	q.sentEpoch, q.sentWrites = 0, ""
+	q.mu.Unlock()
 }
 
 func (q *quiet) begin() {

@@ -20,6 +20,11 @@ func TestQuietClaim(t *testing.T) {
 		t.Fatal("two agents start at the same epoch")
 	}
 	e := q.current()
+	q.reseed([]byte("host entropy"))
+	if q.current() == e {
+		t.Fatal("reseed kept the epoch")
+	}
+	e = q.current()
 	if q.claim(e, busy) {
 		t.Fatal("claimed with a user process left")
 	}
