@@ -29,7 +29,7 @@ for i in range(n):
     with open(os.path.join(d, "f%d.bin" % i), "wb") as f:
         f.write(os.urandom(size))
 PY
-echo "tree: $FILES files, $MIB MiB; environment $ENV"
+echo "tree: $FILES files, $MIB MiB; environment $ENV; load:$(uptime | sed "s/.*load average://")"
 
 DOCKER=""
 if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
@@ -55,16 +55,17 @@ if [ -n "$DOCKER" ]; then
 fi
 echo "create seeded:   pyro ${p_create}s  docker ${d_create:-n/a}s  ratio $(ratio "$p_create" "$d_create")  (start: $p_start; goal <= 1.5x)"
 
-# 2. sync push of the same tree into a subdirectory
-s=$(now); "$PYRO" workspace sync push "$ID" "$T/tree" --dest /workspace/p >/dev/null; p_push=$(since "$s")
+# 2. sync push of the same tree into a subdirectory (the result says which
+#    path carried it: disk, the workspace's transfer disk, or guest)
+transfer() { python3 -c 'import json,sys; print(json.load(sys.stdin).get("transfer", "guest"))'; }
+s=$(now); x=$("$PYRO" workspace sync push --json "$ID" "$T/tree" --dest /workspace/p | transfer); p_push=$(since "$s")
 d_push=""
 if [ -n "$DOCKER" ]; then
   docker exec "$CID" mkdir -p /workspace/p; s=$(now); docker cp "$T/tree/." "$CID:/workspace/p"; d_push=$(since "$s")
 fi
-echo "sync push:       pyro ${p_push}s  docker ${d_push:-n/a}s  ratio $(ratio "$p_push" "$d_push")"
+echo "sync push:       pyro ${p_push}s  docker ${d_push:-n/a}s  ratio $(ratio "$p_push" "$d_push")  (via $x; goal <= 1.5x)"
 
 # 3. export (the result says which path served it: host or guest)
-transfer() { python3 -c 'import json,sys; print(json.load(sys.stdin).get("transfer", "guest"))'; }
 s=$(now); x=$("$PYRO" workspace export --json "$ID" p --output "$T/out-p" | transfer); p_exp=$(since "$s")
 d_exp=""
 if [ -n "$DOCKER" ]; then s=$(now); docker cp "$CID:/workspace/p" "$T/out-d"; d_exp=$(since "$s"); fi
