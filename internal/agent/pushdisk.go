@@ -160,13 +160,16 @@ func (d *transferDisk) Seek(off int64, whence int) (int64, error) {
 const pageSize = 4096
 
 // directMin is the smallest file written with direct I/O: below it, one
-// direct write's block allocation and completion cost more in the guest
-// than copying the bytes through the page cache.
-const directMin = 64 << 10
+// direct write's block allocation and unwritten-extent conversion cost
+// more in the guest than copying the bytes through the page cache (whose
+// writeback allocates for many files at once). Measured, 1,000 files of
+// 200 KiB (TCG, load 10): 27.0 s with direct writes, 21.8 s buffered; one
+// file of 196 MiB: 1.2 s direct, ~3.7 s buffered.
+const directMin = 1 << 20
 
 // copyTo writes the n bytes at off on the disk into f (a new, empty
 // file): whole pages with direct writes from the window, the last partial
-// page (and a small file) through the page cache.
+// page (and a file under directMin) through the page cache.
 func (d *transferDisk) copyTo(f *os.File, off, n int64) (int64, error) {
 	if n == 0 {
 		return 0, nil
