@@ -29,7 +29,7 @@ for i in range(n):
     with open(os.path.join(d, "f%d.bin" % i), "wb") as f:
         f.write(os.urandom(size))
 PY
-echo "tree: $FILES files, $MIB MiB; environment $ENV; load:$(uptime | sed "s/.*load average://")"
+echo "tree: $FILES files, $MIB MiB; environment $ENV"
 
 DOCKER=""
 if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
