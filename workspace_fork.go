@@ -158,27 +158,43 @@ func (c *Client) ForkWorkspace(ctx context.Context, id string, opts ForkWorkspac
 		}
 		return ForkResult{}, err
 	}
+	// What each fork inherited, asked of all forks at once (each answer
+	// is a round trip into a freshly restored guest).
+	out.Forks = make([]ForkedWorkspace, len(made))
+	errs := make([]error, len(made))
+	var wg sync.WaitGroup
 	for i, d := range made {
-		fw := ForkedWorkspace{InheritedServices: []string{}, InheritedShells: []string{}}
-		if fw.Workspace, err = c.StatusWorkspace(ctx, recs[i].ID); err != nil {
-			return out, err
-		}
-		agent := c.lc.Client(d)
-		if svcs, err := agent.ListServices(ctx); err == nil {
-			for _, s := range svcs {
-				fw.InheritedServices = append(fw.InheritedServices, s.Name)
-			}
-		}
-		if shells, err := agent.ListShells(ctx); err == nil {
-			for _, s := range shells {
-				fw.InheritedShells = append(fw.InheritedShells, s.ShellID)
-			}
-		}
-		agent.Close()
-		out.Forks = append(out.Forks, fw)
+		wg.Go(func() { out.Forks[i], errs[i] = c.forkInherited(ctx, d, recs[i].ID) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return out, err
 	}
 	out.DurationMS = time.Since(start).Milliseconds()
 	return out, nil
+}
+
+// forkInherited is the status of the running fork id in d and the
+// services and shells it inherited.
+func (c *Client) forkInherited(ctx context.Context, d vmdir.Dir, id string) (ForkedWorkspace, error) {
+	fw := ForkedWorkspace{InheritedServices: []string{}, InheritedShells: []string{}}
+	var err error
+	if fw.Workspace, err = c.StatusWorkspace(ctx, id); err != nil {
+		return fw, err
+	}
+	agent := c.lc.Client(d)
+	defer agent.Close()
+	if svcs, err := agent.ListServices(ctx); err == nil {
+		for _, s := range svcs {
+			fw.InheritedServices = append(fw.InheritedServices, s.Name)
+		}
+	}
+	if shells, err := agent.ListShells(ctx); err == nil {
+		for _, s := range shells {
+			fw.InheritedShells = append(fw.InheritedShells, s.ShellID)
+		}
+	}
+	return fw, nil
 }
 
 // makeForks creates the forks' directories and records (not started):
