@@ -36,14 +36,11 @@ import (
 // MaxForkCount bounds the forks of one call.
 const MaxForkCount = 16
 
-// forkParallel bounds the forks restoring at once. Restored guests once
-// took tens of seconds each to drop the source's agent session (their
-// agent cycled its port, and QEMU passes on one port event a second), so
-// forks were restored one at a time; now each waits about a second,
-// mostly idle. Measured here (2 cores, TCG), 10 forks of debian:12: 18.5 s
-// one at a time, 8.2 s four at a time, 7.7 s eight at a time (each fork's
-// own boot 2-3 s at four, 2-4.7 s at eight): four keeps each fork well
-// inside its deadlines on a small host.
+// forkParallel bounds the forks restoring at once. Each restore is CPU
+// bound on TCG (~0.9 s of a core: loading the state, then translating the
+// guest's code again); four at a time overlap one fork's waits with
+// another's work. Measured here (2 cores, TCG, load 8-10 from other
+// work), 10 forks of debian:12: 9.9 s four at a time, 32 s two at a time.
 const forkParallel = 4
 
 // ForkWorkspaceOptions describe a fork.
