@@ -184,10 +184,10 @@ func (s *Agent) quietReport(e, have uint64) *agentapi.QuietReport {
 	return rep
 }
 
-// diskWrites returns the write and discard counters of the block device
-// mounted at mount (/sys/dev/block/M:N/stat): they move whenever anything
-// reaches the disk. Flushes, which a sync sends even with nothing to
-// write, are left out.
+// diskWrites returns the sectors written and discarded on the block
+// device mounted at mount (/sys/dev/block/M:N/stat): they move whenever
+// anything reaches the disk. Request counts are left out: the empty write
+// that carries a sync's flush counts as a write request of no sectors.
 func diskWrites(mount string) (string, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(mount, &st); err != nil {
@@ -197,13 +197,19 @@ func diskWrites(mount string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	f := strings.Fields(string(b))
+	return sectorsWritten(string(b))
+}
+
+// sectorsWritten picks the sectors written and discarded out of a block
+// device's stat line.
+func sectorsWritten(stat string) (string, error) {
+	f := strings.Fields(stat)
 	if len(f) < 11 {
-		return "", fmt.Errorf("short disk stat %q", b)
+		return "", fmt.Errorf("short disk stat %q", stat)
 	}
-	out := f[4] + " " + f[6] // writes completed, sectors written
+	out := f[6]
 	if len(f) >= 15 {
-		out += " " + f[11] + " " + f[13] // discards completed, sectors discarded
+		out += " " + f[13]
 	}
 	return out, nil
 }

@@ -69,3 +69,22 @@ func TestExecQuietRefused(t *testing.T) {
 		t.Fatalf("%+v %v", res, err)
 	}
 }
+
+// TestSectorsWritten: a sync's flush (one more write request, no sector)
+// leaves the counters as they were; a write or a discard moves them.
+func TestSectorsWritten(t *testing.T) {
+	before := "10 0 74 8 21 15 272 64 0 32 88 0 0 0 0 9 16"
+	flushed := "10 0 74 8 22 15 272 76 0 44 112 0 0 0 0 10 28"
+	written := "10 0 74 8 23 15 280 80 0 48 120 0 0 0 0 11 32"
+	discarded := "10 0 74 8 22 15 272 76 0 44 112 1 0 8 0 10 28"
+	a, err := sectorsWritten(before)
+	b, _ := sectorsWritten(flushed)
+	c, _ := sectorsWritten(written)
+	d, _ := sectorsWritten(discarded)
+	if err != nil || a != b || a == c || a == d {
+		t.Fatalf("%q %q %q %q %v", a, b, c, d, err)
+	}
+	if _, err := sectorsWritten("1 2 3"); err == nil {
+		t.Fatal("short stat accepted")
+	}
+}
