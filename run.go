@@ -112,7 +112,7 @@ func (c *Client) RunInVM(ctx context.Context, opts RunOptions) (RunResult, error
 	machine, err := vm.Boot(ctx, vm.Deps{Dirs: c.dirs, Envs: c.envs, Logger: c.logger, AgentBinary: bin}, vm.Config{
 		ID: rec.ID, Dir: dir, Environment: opts.Environment, VCPUs: opts.VCPUCount, MemMiB: opts.MemMiB,
 		Network: rec.Network, NetworkPolicy: rec.Policy(), AllowHostCompat: opts.AllowHostCompat,
-		EnvironmentDigest: rec.EnvironmentDigest,
+		EnvironmentDigest: rec.EnvironmentDigest, OneShot: true,
 	})
 	if err != nil {
 		return RunResult{}, err

@@ -86,6 +86,9 @@ type Config struct {
 	// Cold skips memory snapshots: the guest boots from its kernel even
 	// when a snapshot could restore it (also $PYRO_WARM=0).
 	Cold bool
+	// OneShot: the guest lives for one command (a run); its RAM may use
+	// huge pages (vmm.Spec.HugePages).
+	OneShot bool
 	// buildNow: replace an unusable snapshot at once (PrepareSnapshot)
 	// instead of booting cold this time.
 	buildNow bool
@@ -347,6 +350,7 @@ func (v *VM) spec(c Config) vmm.Spec {
 		WorkspaceDisk: c.WorkspaceDisk, WorkspaceBase: c.WorkspaceBase, TransferDisk: c.TransferDisk, WorkspaceChain: c.WorkspaceChain, MAC: MAC(v.ID), NetworkFile: v.netFile,
 		Cmdline: v.cmdline(c), Transport: vmm.TransportVirtioSerial,
 		RestoreState: v.warm.state,
+		HugePages:    c.OneShot,
 	}
 }
 

@@ -371,3 +371,22 @@ func TestTCGGuestsHaveFixedMappings(t *testing.T) {
 		}
 	}
 }
+
+// Only a one-shot guest's RAM may use huge pages (qemu/hugepages.go): a
+// guest that waits idle would hold more memory for them.
+func TestOneShotGuestsUseHugePages(t *testing.T) {
+	for _, oneShot := range []bool{true, false} {
+		d := deps(t)
+		c := cfg
+		c.OneShot = oneShot
+		v, err := vm.BootWith(context.Background(), fakeSteps(), d, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		boots, _ := fakevmm.Boots(v.Dir)
+		v.Close(context.Background())
+		if boots[0].HugePages != oneShot {
+			t.Errorf("one-shot %v: spec huge pages %v", oneShot, boots[0].HugePages)
+		}
+	}
+}

@@ -72,7 +72,8 @@ type Spec struct {
 	// in a 4 KiB zero page without them, 2 MiB with them. Measured here
 	// (TCG, debian:12 at 1 GiB): a restore's QEMU used 0.48 s of CPU
 	// without, 0.21 s with. Set for forks (vm.ForkBoot), where ten
-	// restores at once share the host's cores.
+	// restores at once share the host's cores, and for one-shot runs
+	// (vm.Config.OneShot), which live for one command.
 	HugePages bool
 }
 

@@ -82,6 +82,8 @@ type Boot struct {
 	Cmdline       []string  `json:"cmdline,omitempty"`
 	// NetworkFile: the spec carried the network stack's socket.
 	NetworkFile bool `json:"network_file,omitempty"`
+	// HugePages: the spec let guest RAM use huge pages (one-shot runs).
+	HugePages bool `json:"huge_pages,omitempty"`
 }
 
 // Start "boots" a machine for spec.
@@ -98,7 +100,7 @@ func (b *Backend) Start(_ context.Context, spec vmm.Spec) (vmm.Machine, error) {
 	if spec.Network && spec.NetworkFile == nil {
 		return nil, errdefs.New(errdefs.ErrInvalidArgument, "", "fake: a networked spec without the network stack's socket")
 	}
-	boot := Boot{At: time.Now().UTC(), Cmdline: spec.Cmdline, NetworkFile: spec.NetworkFile != nil}
+	boot := Boot{At: time.Now().UTC(), Cmdline: spec.Cmdline, NetworkFile: spec.NetworkFile != nil, HugePages: spec.HugePages}
 	if spec.WorkspaceDisk != "" {
 		data, err := os.ReadFile(spec.WorkspaceDisk)
 		if err != nil {
