@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"time"
@@ -36,12 +37,13 @@ import (
 // MaxForkCount bounds the forks of one call.
 const MaxForkCount = 16
 
-// forkParallel bounds the forks restoring at once. Each restore is CPU
-// bound on TCG (~0.9 s of a core: loading the state, then translating the
-// guest's code again); four at a time overlap one fork's waits with
-// another's work. Measured here (2 cores, TCG, load 8-10 from other
-// work), 10 forks of debian:12: 9.9 s four at a time, 32 s two at a time.
-const forkParallel = 4
+// forkParallel bounds the forks restoring at once: one per host core (at
+// least two). Each restore is CPU bound on TCG (~0.9 s of a core: loading
+// the state, then translating the guest's code again), and more restores
+// than cores only compete. Measured here (2 cores, TCG, load 3-5 from
+// other work), 10 forks of debian:12: 14.0 s one at a time, 5.0 s two at
+// a time, 8.2 s four at a time.
+var forkParallel = max(2, runtime.NumCPU())
 
 // ForkWorkspaceOptions describe a fork.
 type ForkWorkspaceOptions struct {
