@@ -60,7 +60,9 @@ func (c *Client) execCheckpointed(ctx context.Context, dir vmdir.Dir, rec instan
 			}
 			// Refused before anything ran: the guest changed since
 			// its report, so the checkpoint may miss that change.
-			_ = cps.DropFrom(n)
+			// Only that one goes: an exec that ran meanwhile took
+			// its own checkpoint after it.
+			c.dropCheckpoint(dir, n)
 		}
 		// The usual checkpoint forgets the pending listing.
 		req.Quiet.Have = 0
@@ -76,6 +78,16 @@ func (c *Client) execCheckpointed(ctx context.Context, dir vmdir.Dir, rec instan
 		return ExecResult{}, err
 	}
 	return execResultFrom(r), nil
+}
+
+// dropCheckpoint removes checkpoint n under the layer lock.
+func (c *Client) dropCheckpoint(dir vmdir.Dir, n int) {
+	unlock, err := lockLayers(dir)
+	if err != nil {
+		return
+	}
+	defer unlock()
+	checkpointsOf(dir).Drop(n)
 }
 
 // keepQuiet keeps an exec's quiet report for the next checkpoint (none

@@ -287,6 +287,10 @@ func (c Checkpoints) DropFrom(n int) error {
 	return nil
 }
 
+// Drop removes checkpoint n alone: a later one, taken meanwhile by
+// another call, stays. The caller holds the layer lock.
+func (c Checkpoints) Drop(n int) { c.remove(n) }
+
 // Last returns the newest checkpoint's number (0: none).
 func (c Checkpoints) Last() int {
 	list, _ := c.records()

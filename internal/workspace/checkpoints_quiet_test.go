@@ -115,3 +115,29 @@ func TestPending(t *testing.T) {
 		t.Fatalf("checkpoint numbers %d then %d", cp.Number, cp2.Number)
 	}
 }
+
+// TestDropLeavesLater: a quiet checkpoint the guest refused goes alone;
+// the checkpoint a concurrent exec took after it stays (a guest that
+// refuses on purpose must not erase another exec's undo point).
+func TestDropLeavesLater(t *testing.T) {
+	c := Checkpoints{Dir: filepath.Join(t.TempDir(), CheckpointsDir)}
+	m := agentapi.LayerManifest{}
+	a, err := c.TakeLayer(LayerRef{Layer: "workspace.ext4"}, 0, m, "exec: a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.TakeLayer(LayerRef{Layer: "workspace.ext4"}, 0, m, "exec: b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Drop(a.Number)
+	if _, err := c.Get(a.Number); err == nil {
+		t.Fatalf("checkpoint %d still there", a.Number)
+	}
+	if _, err := c.Get(b.Number); err != nil {
+		t.Fatalf("the later checkpoint %d went too: %v", b.Number, err)
+	}
+	if next, err := c.TakeLayer(LayerRef{Layer: "workspace.ext4"}, 0, m, "exec: c"); err != nil || next.Number != b.Number+1 {
+		t.Fatalf("next number %d %v", next.Number, err)
+	}
+}
