@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -49,7 +50,7 @@ func (s *Agent) handleFilesPushDisk(w http.ResponseWriter, r *http.Request) {
 	}
 	pushDiskMu.Lock()
 	defer pushDiskMu.Unlock()
-	d, err := openTransferDisk(length)
+	d, err := openTransferDisk(r.Context(), length)
 	if err != nil {
 		// Not found: the host falls back to a streamed push.
 		s.fail(w, categorize(errdefs.ErrNotFound, err, "transfer disk"))
@@ -64,8 +65,11 @@ func (s *Agent) handleFilesPushDisk(w http.ResponseWriter, r *http.Request) {
 // transferDisk reads the first length bytes of TransferDisk with direct
 // I/O through one window of the disk: an io.ReadSeeker for the tar reader
 // (headers), and copyTo for file content, written to the file straight
-// from the window (one disk read serves many small files).
+// from the window (one disk read serves many small files). Once ctx is
+// done (the host gave up on the call and may already have freed or
+// refilled the disk) every read from the disk fails.
 type transferDisk struct {
+	ctx    context.Context
 	fd     int
 	length int64
 	pos    int64
@@ -80,7 +84,7 @@ type transferDisk struct {
 	mem    []byte // the mapping holding win and buf
 }
 
-func openTransferDisk(length int64) (*transferDisk, error) {
+func openTransferDisk(ctx context.Context, length int64) (*transferDisk, error) {
 	fd, err := unix.Open(TransferDisk, unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
@@ -99,7 +103,7 @@ func openTransferDisk(length int64) (*transferDisk, error) {
 		unix.Close(fd)
 		return nil, err
 	}
-	return &transferDisk{fd: fd, length: length, win: mem[:directChunk:directChunk], buf: mem[directChunk:], mem: mem}, nil
+	return &transferDisk{ctx: ctx, fd: fd, length: length, win: mem[:directChunk:directChunk], buf: mem[directChunk:], mem: mem}, nil
 }
 
 func (d *transferDisk) close() {
@@ -111,6 +115,10 @@ func (d *transferDisk) close() {
 // length), from the window, refilled from pos when they are not in it.
 func (d *transferDisk) at(pos, n int64) ([]byte, error) {
 	if pos < d.winOff || pos+n > d.winOff+int64(d.winLen) {
+		if err := d.ctx.Err(); err != nil {
+			d.winLen = 0
+			return nil, fmt.Errorf("read the transfer disk: %w", err)
+		}
 		off := pos &^ (sector - 1)
 		m := min(int64(len(d.win)), d.length-off)
 		got, err := unix.Pread(d.fd, d.win[:m], off)
