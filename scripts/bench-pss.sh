@@ -12,6 +12,9 @@
 # cost the host together. Stops creating early (and says so) when the
 # host's MemAvailable falls under $PYRO_BENCH_MIN_FREE_MIB (default 2048).
 # Everything it created is deleted on exit, also on failure or ^C.
+# MEM_MIB sets the guests' memory (default 1024): pyro admits a guest only when
+# its whole memory fits beside what running guests were promised, so a host
+# with less than N GiB cannot hold N idle 1024 MiB workspaces at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYRO=${PYRO_BIN:-$PWD/bin/pyro}
@@ -19,6 +22,7 @@ N=${1:-50}
 ENVNAME=${2:-debian:12}
 MIN_FREE_MIB=${PYRO_BENCH_MIN_FREE_MIB:-2048}
 SETTLE=${PYRO_BENCH_SETTLE_SECONDS:-5}
+MEM_MIB=${MEM_MIB:-1024}
 
 . scripts/bench-lib.sh
 bench_home pss
@@ -38,15 +42,15 @@ pss_kib() { awk '/^Pss:/ {print $2; found=1} END {if (!found) print 0}' "/proc/$
 
 "$PYRO" env pull "$ENVNAME" >/dev/null
 echo "==> preparing the golden snapshot of $ENVNAME (workspace configuration)"
-"$PYRO" prepare --workspace "$ENVNAME" >/dev/null
+"$PYRO" prepare --workspace --mem-mib "$MEM_MIB" "$ENVNAME" >/dev/null
 
-echo "==> creating $N workspaces of $ENVNAME (MemAvailable before: $(avail_mib) MiB)"
+echo "==> creating $N workspaces of $ENVNAME, $MEM_MIB MiB each (MemAvailable before: $(avail_mib) MiB)"
 for i in $(seq "$N"); do
   if [ "$(avail_mib)" -lt "$MIN_FREE_MIB" ]; then
     echo "bench-pss: stopping at $((i - 1)) workspaces: MemAvailable $(avail_mib) MiB < $MIN_FREE_MIB MiB" >&2
     break
   fi
-  out=$("$PYRO" workspace create --json "$ENVNAME")
+  out=$("$PYRO" workspace create --json --mem-mib "$MEM_MIB" "$ENVNAME")
   id=$(echo "$out" | grep -o '"workspace_id": *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/')
   [ -n "$id" ] || { echo "bench-pss: create failed: $out" >&2; exit 1; }
   ids+=("$id")
