@@ -26,12 +26,8 @@ PYRO=${PYRO_BIN:-$PWD/bin/pyro}
 ENVNAME=${1:-debian:12}
 COUNT=${2:-10}
 
-state=${PYRO_HOME:-${XDG_DATA_HOME:-$HOME/.local/share}/pyro}
-home=$(mktemp -d /tmp/pyro-bench-fork.XXXXXX)
-chmod 700 "$home"
-ln -s "$state/environments" "$home/environments"
-ln -s "$state/cache" "$home/cache"
-export PYRO_HOME=$home
+. scripts/bench-lib.sh
+bench_home fork
 cleanup() {
   for w in $("$PYRO" workspace list --json 2>/dev/null | jq -r '.workspaces[].workspace_id' 2>/dev/null); do
     "$PYRO" workspace delete "$w" >/dev/null 2>&1 || true
