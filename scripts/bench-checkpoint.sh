@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/usr/bin/env bash
 # Checkpoint overhead per exec (issue #15, goal <= 10 ms): two workspaces of
 # the same environment, one with --checkpoints, run the same commands in
 # turn (alternating which goes first); prints the median time of an exec in each and the difference, for
@@ -12,16 +12,15 @@ ENV=${ENV:-debian:12-base}
 N=${N:-15}
 T=$(mktemp -d)
 trap 'rm -rf "$T"; for id in ${ON:-} ${OFF:-}; do "$PYRO" workspace delete "$id" >/dev/null 2>&1; done; true' EXIT
-
-ms() { date +%s%N; }
+. "$(dirname "$0")/bench-lib.sh"
 ON=$("$PYRO" workspace create --id-only --checkpoints "$ENV")
 OFF=$("$PYRO" workspace create --id-only "$ENV")
 # Warm both (first exec after create pays one-time costs).
 for id in "$ON" "$OFF"; do "$PYRO" workspace exec "$id" -- true >/dev/null; "$PYRO" workspace exec "$id" -- true >/dev/null; done
 
-run() { # LABEL ID CMD... -> appends one duration (ns) to $T/LABEL
+run() { # LABEL ID CMD... -> appends one duration (ms) to $T/LABEL
   label=$1 id=$2; shift 2
-  s=$(ms); "$PYRO" workspace exec "$id" -- "$@" >/dev/null; e=$(ms)
+  s=$(now_ms); "$PYRO" workspace exec "$id" -- "$@" >/dev/null; e=$(now_ms)
   echo $((e - s)) >>"$T/$label"
 }
 # Each kind in a run of its own: a command's writes are frozen by the next
@@ -38,16 +37,15 @@ while [ $i -lt "$N" ]; do
   else run off-write "$OFF" sh -c "echo $i >> log.txt"; run on-write "$ON" sh -c "echo $i >> log.txt"; fi
   i=$((i + 1))
 done
-median() { sort -n "$T/$1" | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 fastest() { sort -n "$T/$1" | head -1; }
 # The median is the figure; the fastest runs say the same with less of the
 # noise of a busy machine.
 for kind in true write; do
-  on=$(median "on-$kind"); off=$(median "off-$kind")
+  on=$(median <"$T/on-$kind"); off=$(median <"$T/off-$kind")
   onf=$(fastest "on-$kind"); offf=$(fastest "off-$kind")
   printf 'exec %-5s: %6.1f ms without checkpoints, %6.1f ms with: checkpoint overhead %5.1f ms per exec (median of %d; goal <= 10 ms); fastest %.1f vs %.1f: %.1f ms\n' \
-    "$kind" "$(echo "$off / 1000000" | bc -l)" "$(echo "$on / 1000000" | bc -l)" "$(echo "($on - $off) / 1000000" | bc -l)" "$N" \
-    "$(echo "$offf / 1000000" | bc -l)" "$(echo "$onf / 1000000" | bc -l)" "$(echo "($onf - $offf) / 1000000" | bc -l)"
+    "$kind" "$off" "$on" "$(echo "$on - $off" | bc -l)" "$N" \
+    "$offf" "$onf" "$((onf - offf))"
 done
 n=$("$PYRO" workspace checkpoint list --json "$ON" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["checkpoints"]))')
 echo "checkpoints kept: $n (after $((2 * N + 2)) execs)"

@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/usr/bin/env bash
 # Storage benchmark for workspaces (issue #15): seeded create, sync push,
 # export, diff after one change, snapshot create/reset, checkpoint overhead
 # per exec, each beside Docker on the same root filesystem when Docker is
@@ -15,9 +15,7 @@ MIB=${MIB:-196}
 T=$(mktemp -d)
 trap 'rm -rf "$T"; [ -n "${ID:-}" ] && "$PYRO" workspace delete "$ID" >/dev/null 2>&1; [ -n "${ID2:-}" ] && "$PYRO" workspace delete "$ID2" >/dev/null 2>&1; [ -n "${CID:-}" ] && docker rm -f "$CID" >/dev/null 2>&1; true' EXIT
 
-now() { date +%s.%N; }
-since() { echo "$(now) - $1" | bc; }
-ratio() { if [ -n "$2" ]; then printf '%.2fx' "$(echo "$1 / $2" | bc -l)"; else echo "n/a"; fi; }
+. "$(dirname "$0")/bench-lib.sh"
 
 python3 - "$T/tree" "$FILES" "$MIB" <<'PY'
 import os, sys
@@ -47,33 +45,33 @@ fi
 #    snapshot (made here first, so its one-time build is not in the figure)
 "$PYRO" prepare --workspace "$ENV" >/dev/null
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores)"
-s=$(now); ID=$("$PYRO" workspace create --id-only --seed-path "$T/tree" "$ENV"); p_create=$(since "$s")
+s=$(now_ms); ID=$("$PYRO" workspace create --id-only --seed-path "$T/tree" "$ENV"); p_create=$(since_s "$s")
 p_start=$("$PYRO" workspace status --json "$ID" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("start", "?"))')
 d_create=""
 if [ -n "$DOCKER" ]; then
-  s=$(now); CID=$(docker run -d --network none "$IMG" sleep infinity); docker cp "$T/tree/." "$CID:/workspace" ; d_create=$(since "$s")
+  s=$(now_ms); CID=$(docker run -d --network none "$IMG" sleep infinity); docker cp "$T/tree/." "$CID:/workspace" ; d_create=$(since_s "$s")
 fi
 echo "create seeded:   pyro ${p_create}s  docker ${d_create:-n/a}s  ratio $(ratio "$p_create" "$d_create")  (start: $p_start; goal <= 1.5x)"
 
 # 2. sync push of the same tree into a subdirectory (the result says which
 #    path carried it: disk, the workspace's transfer disk, or guest)
 transfer() { python3 -c 'import json,sys; print(json.load(sys.stdin).get("transfer", "guest"))'; }
-s=$(now); x=$("$PYRO" workspace sync push --json "$ID" "$T/tree" --dest /workspace/p | transfer); p_push=$(since "$s")
+s=$(now_ms); x=$("$PYRO" workspace sync push --json "$ID" "$T/tree" --dest /workspace/p | transfer); p_push=$(since_s "$s")
 d_push=""
 if [ -n "$DOCKER" ]; then
-  docker exec "$CID" mkdir -p /workspace/p; s=$(now); docker cp "$T/tree/." "$CID:/workspace/p"; d_push=$(since "$s")
+  docker exec "$CID" mkdir -p /workspace/p; s=$(now_ms); docker cp "$T/tree/." "$CID:/workspace/p"; d_push=$(since_s "$s")
 fi
 echo "sync push:       pyro ${p_push}s  docker ${d_push:-n/a}s  ratio $(ratio "$p_push" "$d_push")  (via $x; goal <= 1.5x)"
 
 # 3. export (the result says which path served it: host or guest)
-s=$(now); x=$("$PYRO" workspace export --json "$ID" p --output "$T/out-p" | transfer); p_exp=$(since "$s")
+s=$(now_ms); x=$("$PYRO" workspace export --json "$ID" p --output "$T/out-p" | transfer); p_exp=$(since_s "$s")
 d_exp=""
-if [ -n "$DOCKER" ]; then s=$(now); docker cp "$CID:/workspace/p" "$T/out-d"; d_exp=$(since "$s"); fi
+if [ -n "$DOCKER" ]; then s=$(now_ms); docker cp "$CID:/workspace/p" "$T/out-d"; d_exp=$(since_s "$s"); fi
 echo "export:          pyro ${p_exp}s  docker ${d_exp:-n/a}s  ratio $(ratio "$p_exp" "$d_exp")  (running, via $x)"
 if [ -n "$DOCKER" ]; then cmp -s "$T/out-p/d0/f0.bin" "$T/out-d/d0/f0.bin" || echo "export: pyro and docker outputs differ"; fi
 # ... and of the stopped workspace (read from its images, not booted)
 "$PYRO" workspace stop "$ID" >/dev/null
-s=$(now); x=$("$PYRO" workspace export --json "$ID" p --output "$T/out-s" | transfer); p_exps=$(since "$s")
+s=$(now_ms); x=$("$PYRO" workspace export --json "$ID" p --output "$T/out-s" | transfer); p_exps=$(since_s "$s")
 echo "export stopped:  pyro ${p_exps}s  docker ${d_exp:-n/a}s  ratio $(ratio "$p_exps" "$d_exp")  (via $x)"
 "$PYRO" workspace start "$ID" >/dev/null
 
@@ -81,25 +79,25 @@ echo "export stopped:  pyro ${p_exps}s  docker ${d_exp:-n/a}s  ratio $(ratio "$p
 #    measured after a reset so only the one file differs)
 "$PYRO" workspace reset "$ID" >/dev/null
 "$PYRO" workspace exec "$ID" -- sh -c 'echo x >> d0/f0.bin' >/dev/null
-s=$(now); "$PYRO" workspace diff --json "$ID" >/dev/null; p_diff=$(since "$s")
+s=$(now_ms); "$PYRO" workspace diff --json "$ID" >/dev/null; p_diff=$(since_s "$s")
 echo "diff (1 change): pyro ${p_diff}s  (goal <= 0.1 s)"
 [ -n "${QUICK:-}" ] && exit 0
 
 # 5. snapshot create / reset, against a cold boot (pyro run true)
 "$PYRO" workspace sync push "$ID" "$T/tree" --dest /workspace/p >/dev/null
-s=$(now); "$PYRO" workspace snapshot create "$ID" bench >/dev/null; p_snap=$(since "$s")
-s=$(now); "$PYRO" workspace reset "$ID" --snapshot bench >/dev/null; p_reset=$(since "$s")
+s=$(now_ms); "$PYRO" workspace snapshot create "$ID" bench >/dev/null; p_snap=$(since_s "$s")
+s=$(now_ms); "$PYRO" workspace reset "$ID" --snapshot bench >/dev/null; p_reset=$(since_s "$s")
 # The reference is a cold boot (no memory snapshot), after one untimed run
 # so that a first run's one-time costs (KVM probe, initramfs) are not in it.
 "$PYRO" run "$ENV" -- true >/dev/null 2>&1
-s=$(now); PYRO_WARM=0 "$PYRO" run "$ENV" -- true >/dev/null; cold=$(since "$s")
+s=$(now_ms); PYRO_WARM=0 "$PYRO" run "$ENV" -- true >/dev/null; cold=$(since_s "$s")
 echo "snapshot create: pyro ${p_snap}s (upper layer ${MIB} MiB; goal <= 0.2 s)"
 echo "reset:           pyro ${p_reset}s  cold boot ${cold}s  ratio $(ratio "$p_reset" "$cold") (goal <= 0.5x)"
 
 # 6. checkpoint overhead per exec (small upper layer; and with the pushed tree in it)
 per_exec() { # ID N -> seconds per exec of `true`
-  s=$(now); i=0; while [ $i -lt "$2" ]; do "$PYRO" workspace exec "$1" -- true >/dev/null; i=$((i+1)); done
-  echo "$(since "$s") / $2" | bc -l
+  s=$(now_ms); i=0; while [ $i -lt "$2" ]; do "$PYRO" workspace exec "$1" -- true >/dev/null; i=$((i+1)); done
+  echo "$(since_s "$s") / $2" | bc -l
 }
 ID2=$("$PYRO" workspace create --id-only --checkpoints "$ENV")
 "$PYRO" workspace exec "$ID" -- true >/dev/null; "$PYRO" workspace exec "$ID2" -- true >/dev/null
