@@ -75,7 +75,11 @@ func pushTar(ctx context.Context, dir vmdir.Dir, rec instance.Record, agent *age
 	if more || length%512 != 0 {
 		return stream(io.MultiReader(written, all))
 	}
-	res, err := agent.PushDisk(ctx, dest, workspace.Root, length)
+	fi, err := f.Stat()
+	if err != nil {
+		return stream(written)
+	}
+	res, err := agent.PushDisk(ctx, dest, workspace.Root, length, fi.Size())
 	if errors.Is(err, errdefs.ErrNotFound) {
 		return stream(written) // the guest has no transfer disk: nothing was extracted
 	}

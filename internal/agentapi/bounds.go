@@ -56,6 +56,14 @@ const (
 	// TransferMinProgress is how many bytes a push or pull must move in
 	// each TransferIdleTimeout window (a trickle is as good as silence).
 	TransferMinProgress = 64 << 10
+	// PushDiskMinRate is the slowest a push through the transfer disk may
+	// go on top of one TransferIdleTimeout, and PushDiskFullRate the
+	// slowest it may go over the whole disk: however long the push, the
+	// call lasts at most the time to extract the entire transfer disk at
+	// that rate (an 8 GiB disk: 60 s + 17 min), where the guest moves the
+	// bytes at host speed (~300 MB/s measured under TCG).
+	PushDiskMinRate  = 1 << 20
+	PushDiskFullRate = 8 << 20
 )
 
 // The deadlines in use; tests shorten them.

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -399,5 +400,38 @@ func TestDecodeQuietEvent(t *testing.T) {
 	res, err = DecodeExecStream(strings.NewReader(`{"type":"exit","result":{"exit_code":1}}`+"\n"), 0, nil)
 	if err != nil || res.Quiet != nil {
 		t.Fatalf("%+v %v", res, err)
+	}
+}
+
+// A guest that never answers a push through the transfer disk holds the
+// call no longer than the whole disk takes at PushDiskFullRate, whatever
+// the push's length says; a length the disk cannot hold is refused before
+// anything reaches the guest.
+func TestPushDiskBoundedByDisk(t *testing.T) {
+	var reached atomic.Int32
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+PathFilesPushDisk, func(w http.ResponseWriter, r *http.Request) {
+		reached.Add(1)
+		<-r.Context().Done()
+	})
+	c, _ := fakeAgent(t, mux)
+	defer func(d time.Duration) { transferWindow = d }(transferWindow)
+	transferWindow = 100 * time.Millisecond
+	const disk = 2 * PushDiskFullRate // 2 s at the full-disk rate, 16 s at the floor
+	start := time.Now()
+	_, err := c.PushDisk(ctx(t), "/workspace", "/workspace", disk, disk)
+	if !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("push to a hung guest: %v", err)
+	}
+	if d := time.Since(start); d < 2*time.Second || d > 6*time.Second {
+		t.Fatalf("push to a hung guest took %s, want the disk's 2 s and the window", d)
+	}
+	for _, length := range []int64{0, -512, disk + 512, 1 << 62} {
+		if _, err := c.PushDisk(ctx(t), "/workspace", "/workspace", length, disk); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("length %d on a %d-byte disk: %v", length, disk, err)
+		}
+	}
+	if n := reached.Load(); n != 1 {
+		t.Fatalf("the guest was asked %d times, want once", n)
 	}
 }

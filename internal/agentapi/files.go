@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"sync/atomic"
 	"time"
+
+	"github.com/pyro-mcp/pyro/internal/errdefs"
 )
 
 // HeaderKind is the response header of a pull naming what the path was.
@@ -140,12 +142,21 @@ func (b *watchedBody) Close() error {
 // moves file content from the disk with direct I/O, so the push costs
 // little guest CPU per byte. A guest without a transfer disk (or one too
 // small) fails with ErrNotFound before it extracts anything: then push
-// with PushTar. The call is bounded by a floor of 1 MiB/s on top of
-// TransferIdleTimeout.
-func (c *Client) PushDisk(ctx context.Context, dest, within string, length int64) (PushResult, error) {
+// with PushTar. disk is the transfer disk's size (the host's own file):
+// length must fit in it, and the call is bounded by pushDiskTimeout.
+func (c *Client) PushDisk(ctx context.Context, dest, within string, length, disk int64) (PushResult, error) {
 	var res PushResult
+	if length <= 0 || length > disk {
+		return res, errdefs.New(errdefs.ErrInvalidArgument, "", "push of %d bytes through a transfer disk of %d bytes", length, disk)
+	}
 	q := url.Values{"dest": {dest}, "within": {within}, "length": {strconv.FormatInt(length, 10)}}
-	timeout := transferWindow + time.Duration(length>>20)*time.Second
-	err := c.jsonCall(ctx, timeout, http.MethodPost, PathFilesPushDisk+"?"+q.Encode(), nil, &res)
+	err := c.jsonCall(ctx, pushDiskTimeout(length, disk), http.MethodPost, PathFilesPushDisk+"?"+q.Encode(), nil, &res)
 	return res, err
+}
+
+// pushDiskTimeout is TransferIdleTimeout plus a floor of PushDiskMinRate
+// for the push's length bytes, capped at PushDiskFullRate for the whole
+// disk of disk bytes: the push's length alone does not stretch the call.
+func pushDiskTimeout(length, disk int64) time.Duration {
+	return transferWindow + time.Duration(min(length/PushDiskMinRate, disk/PushDiskFullRate))*time.Second
 }
