@@ -7,10 +7,9 @@ import (
 	"io"
 	"os"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/pyro-mcp/pyro/internal/agentapi"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/fsutil"
 	"github.com/pyro-mcp/pyro/internal/instance"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/workspace"
@@ -60,8 +59,14 @@ func pushTar(ctx context.Context, dir vmdir.Dir, rec instance.Record, agent *age
 		return stream(all) // a guest started without one
 	}
 	defer f.Close()
-	// One push at a time owns the disk's content.
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+	// One push at a time owns the disk's content; the next one waits for
+	// it as long as its own context lets it.
+	if err := fsutil.LockContext(ctx, f); err != nil {
+		if ctx.Err() != nil {
+			return agentapi.PushResult{}, "", errdefs.Wrap(errdefs.ErrUnavailable, err,
+				"another push to this workspace is still running: retry once it ends, or allow this one more time",
+				"wait for the workspace's transfer disk")
+		}
 		return stream(all)
 	}
 	length, more, err := workspace.FillTransfer(f, all)

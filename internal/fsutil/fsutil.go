@@ -1,5 +1,6 @@
 // Package fsutil holds the few file helpers several packages need, so each
-// exists once: atomic writes, fsync of a path, and reading the end of a log.
+// exists once: atomic writes, fsync of a path, reading the end of a log,
+// and an flock that gives up when its context ends.
 package fsutil
 
 import (
