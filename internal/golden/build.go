@@ -44,21 +44,12 @@ func (s *Store) Begin(ctx context.Context, k Key) (*Build, Snapshot, error) {
 	if err != nil {
 		return nil, Snapshot{}, err
 	}
-	for {
-		err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			break
+	if err := fsutil.LockContext(ctx, lock); err != nil {
+		lock.Close()
+		if ctx.Err() != nil {
+			return nil, Snapshot{}, fmt.Errorf("wait for another snapshot build: %w", err)
 		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			lock.Close()
-			return nil, Snapshot{}, fmt.Errorf("lock snapshot build: %w", err)
-		}
-		select {
-		case <-ctx.Done():
-			lock.Close()
-			return nil, Snapshot{}, fmt.Errorf("wait for another snapshot build: %w", ctx.Err())
-		case <-time.After(20 * time.Millisecond):
-		}
+		return nil, Snapshot{}, fmt.Errorf("lock snapshot build: %w", err)
 	}
 	if snap, err := s.Lookup(k); err == nil {
 		lock.Close()
