@@ -151,26 +151,37 @@ func (c *Client) ForkWorkspace(ctx context.Context, id string, opts ForkWorkspac
 		}
 		return c.startForks(ctx, made, recs)
 	})
+	if err == nil {
+		out.Forks, err = collectForks(len(made), func(i int) (ForkedWorkspace, error) {
+			return c.forkInherited(ctx, made[i], recs[i].ID)
+		})
+	}
 	if err != nil {
 		for i, d := range made {
 			_, _ = c.lc.Delete(context.WithoutCancel(ctx), d, recs[i])
 		}
 		return ForkResult{}, err
 	}
-	// What each fork inherited, asked of all forks at once (each answer
-	// is a round trip into a freshly restored guest).
-	out.Forks = make([]ForkedWorkspace, len(made))
-	errs := make([]error, len(made))
+	out.DurationMS = time.Since(start).Milliseconds()
+	return out, nil
+}
+
+// collectForks asks inherited for what each of n forks inherited, all at
+// once (each answer is a round trip into a freshly restored guest). It
+// returns every fork's entry, or an error and none: never a list with
+// holes where an answer failed.
+func collectForks(n int, inherited func(i int) (ForkedWorkspace, error)) ([]ForkedWorkspace, error) {
+	forks := make([]ForkedWorkspace, n)
+	errs := make([]error, n)
 	var wg sync.WaitGroup
-	for i, d := range made {
-		wg.Go(func() { out.Forks[i], errs[i] = c.forkInherited(ctx, d, recs[i].ID) })
+	for i := range n {
+		wg.Go(func() { forks[i], errs[i] = inherited(i) })
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
-		return out, err
+		return nil, err
 	}
-	out.DurationMS = time.Since(start).Milliseconds()
-	return out, nil
+	return forks, nil
 }
 
 // forkInherited is the status of the running fork id in d and the
