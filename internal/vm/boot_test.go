@@ -355,7 +355,9 @@ func TestSlirpBenchRefusesPolicies(t *testing.T) {
 
 // TCG guests get fixed mappings (norandmaps, tcg.go): every exec then
 // reuses what TCG translated for the previous one. KVM guests keep
-// address-space randomization.
+// address-space randomization. TCG guests also trust their TSC
+// (tsc=reliable): a restored guest's tick-counting watchdog otherwise
+// switches it to refined-jiffies.
 func TestTCGGuestsHaveFixedMappings(t *testing.T) {
 	for accel, want := range map[string]bool{"tcg": true, "kvm": false} {
 		d := deps(t)
@@ -364,10 +366,11 @@ func TestTCGGuestsHaveFixedMappings(t *testing.T) {
 			t.Fatal(err)
 		}
 		boots, _ := fakevmm.Boots(v.Dir)
-		got := slices.Contains(boots[0].Cmdline, "norandmaps")
 		v.Close(context.Background())
-		if got != want {
-			t.Errorf("%s guest: norandmaps %v, want %v (cmdline %q)", accel, got, want, boots[0].Cmdline)
+		for _, word := range []string{"norandmaps", "tsc=reliable"} {
+			if got := slices.Contains(boots[0].Cmdline, word); got != want {
+				t.Errorf("%s guest: %s %v, want %v (cmdline %q)", accel, word, got, want, boots[0].Cmdline)
+			}
 		}
 	}
 }

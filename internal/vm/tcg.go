@@ -15,9 +15,21 @@ package vm
 // service. The guest is the sandbox (DESIGN.md: everything in it is
 // untrusted and commands run as root in it), so the host's boundary does
 // not change; KVM guests, which translate nothing, keep randomization.
+//
+// tsc=reliable: a TCG guest's TSC is QEMU's, derived from the host's
+// invariant TSC and stopped with the guest, so it is sound; the kernel's
+// only watchdog for it on microvm (no HPET, no ACPI PM timer) is
+// refined-jiffies, which counts timer ticks, and a TCG vCPU busy
+// translating (every restore, a loaded host) delivers ticks late. The
+// watchdog then declared the TSC unstable in nearly every restored guest
+// (dmesg: "Marking clocksource 'tsc' as unstable ... Switched to
+// clocksource refined-jiffies"): the switch itself patches kernel text
+// (static keys) under a freshly restored, untranslated kernel, and from
+// then on every clock read in the guest (Go's scheduler reads it all the
+// time) is a system call with 4 ms resolution instead of a vDSO read.
 func tcgWords(acceleration string) []string {
 	if acceleration != "tcg" {
 		return nil
 	}
-	return []string{"norandmaps"}
+	return []string{"norandmaps", "tsc=reliable"}
 }
