@@ -50,31 +50,36 @@ type PoolOptions struct {
 	MemMiB      int
 	// Size is how many ready guests to keep (default 2, at most 64).
 	Size int
+	// Workspace keeps whole workspaces ready for CreateWorkspace instead
+	// of guests for RunInVM (workspace_pool.go).
+	Workspace bool
 }
 
 // PoolStatus is a pool's state.
 type PoolStatus struct {
-	Environment       string    `json:"environment"`
-	EnvironmentDigest string    `json:"environment_digest"`
-	VCPUCount         int       `json:"vcpu_count"`
-	MemMiB            int       `json:"mem_mib"`
-	Network           string    `json:"network"`
-	Size              int       `json:"size"`
-	Ready             int       `json:"ready"`
-	Leased            int       `json:"leased"`
-	Filling           int       `json:"filling"`
-	Served            int64     `json:"served"`
-	Failures          int64     `json:"failures"`
-	LastError         string    `json:"last_error,omitempty"`
-	LastHandoutMS     float64   `json:"last_handout_ms,omitempty"`
-	PID               int       `json:"pid"`
-	Socket            string    `json:"socket"`
-	StartedAt         time.Time `json:"started_at"`
+	Environment       string `json:"environment"`
+	EnvironmentDigest string `json:"environment_digest"`
+	VCPUCount         int    `json:"vcpu_count"`
+	MemMiB            int    `json:"mem_mib"`
+	Network           string `json:"network"`
+	// Workspace: the pool serves workspace create, not runs.
+	Workspace     bool      `json:"workspace"`
+	Size          int       `json:"size"`
+	Ready         int       `json:"ready"`
+	Leased        int       `json:"leased"`
+	Filling       int       `json:"filling"`
+	Served        int64     `json:"served"`
+	Failures      int64     `json:"failures"`
+	LastError     string    `json:"last_error,omitempty"`
+	LastHandoutMS float64   `json:"last_handout_ms,omitempty"`
+	PID           int       `json:"pid"`
+	Socket        string    `json:"socket"`
+	StartedAt     time.Time `json:"started_at"`
 }
 
 func poolStatusFrom(st pool.Status) PoolStatus {
 	return PoolStatus{Environment: st.Key.Environment, EnvironmentDigest: st.Key.EnvDigest, VCPUCount: st.Key.VCPUs, MemMiB: st.Key.MemMiB,
-		Network: st.Key.Network, Size: st.Size, Ready: st.Ready, Leased: st.Leased, Filling: st.Filling, Served: st.Served,
+		Network: st.Key.Network, Workspace: st.Key.Workspace, Size: st.Size, Ready: st.Ready, Leased: st.Leased, Filling: st.Filling, Served: st.Served,
 		Failures: st.Failures, LastError: st.LastError, LastHandoutMS: st.LastHandoutMS, PID: st.PID, Socket: st.Socket, StartedAt: st.StartedAt}
 }
 
@@ -119,8 +124,12 @@ func (c *Client) StartPool(ctx context.Context, opts PoolOptions) (*Pool, error)
 		return nil, err
 	}
 	key := poolKey(rec)
-	srv, err := pool.Start(pool.Config{Root: c.dirs.Root, Key: key, Size: opts.Size, Logger: c.logger,
-		Fill: func(ctx context.Context) (pool.Guest, error) { return c.fillPool(ctx, key, bin) }})
+	fill := func(ctx context.Context) (pool.Guest, error) { return c.fillPool(ctx, key, bin) }
+	if opts.Workspace {
+		key.Workspace = true
+		fill = func(ctx context.Context) (pool.Guest, error) { return c.fillWorkspacePool(ctx, key) }
+	}
+	srv, err := pool.Start(pool.Config{Root: c.dirs.Root, Key: key, Size: opts.Size, Logger: c.logger, Fill: fill})
 	if err != nil {
 		return nil, err
 	}
@@ -209,7 +218,8 @@ func (g *pooledVM) Info() pool.GuestInfo {
 		Start: g.v.Start, BootMS: g.v.BootMS, VMMPID: g.v.Machine.Pid()}
 }
 
-func (g *pooledVM) HandOut(ctx context.Context, id string) error {
+func (g *pooledVM) HandOut(ctx context.Context, to pool.Claimer) error {
+	id := to.ID
 	t := time.Now()
 	if err := g.p.Resume(ctx); err != nil {
 		return err

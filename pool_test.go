@@ -32,7 +32,7 @@ func (g *fakePooled) ID() string { return g.id }
 func (g *fakePooled) Info() pool.GuestInfo {
 	return pool.GuestInfo{Backend: "qemu", Acceleration: "tcg", Isolation: "vm", Start: "warm", BootMS: 5}
 }
-func (g *fakePooled) HandOut(_ context.Context, id string) error { g.as.Store(id); return nil }
+func (g *fakePooled) HandOut(_ context.Context, to pool.Claimer) error { g.as.Store(to.ID); return nil }
 func (g *fakePooled) OpenStream(ctx context.Context) (net.Conn, error) {
 	return g.agent.OpenStream(ctx)
 }

@@ -176,6 +176,11 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 	if rec.EnvironmentDigest, err = c.ensureEnvironment(ctx, rec.Environment); err != nil {
 		return ws, err
 	}
+	// A workspace pool of this configuration hands out a ready one
+	// (workspace_pool.go); without one the create starts its own.
+	if ws, ok, err := c.createPooled(ctx, opts, rec); ok {
+		return ws, err
+	}
 	releaseName, err := c.claimName(ctx, opts.Name, opts.Labels)
 	if err != nil {
 		return ws, err

@@ -19,9 +19,11 @@ func (a *app) poolCommand() *cobra.Command {
 		Short: "Keep restored guests ready so runs start in milliseconds",
 		Long: `A warm pool keeps restored, paused guests of one configuration (environment,
 vCPUs, memory; no network) and hands one to each ` + "`pyro run`" + ` of that configuration
-in milliseconds, refilling in the background. Runs of other configurations, with a
-network, and VMs and workspaces start the usual way (warm restore, else cold boot).
-Results of pooled runs say start: pool, and boot_ms is the hand-out.`,
+in milliseconds, refilling in the background. With --workspace it keeps whole
+workspaces ready for ` + "`pyro workspace create`" + ` instead (unseeded, no secrets, no
+network); a claimed workspace is the creator's and outlives the pool. Everything else
+starts the usual way (warm restore, else cold boot). Results served by a pool say
+start: pool, and boot_ms is the hand-out.`,
 	}
 	cmd.AddCommand(a.poolStartCommand(), a.poolStatusCommand(), a.poolStopCommand())
 	return cmd
@@ -40,6 +42,8 @@ status as one object when it stops.`,
 		Example: `  pyro pool start debian:12                # 2 guests, 1 vCPU, 1024 MiB
   pyro pool start --size 4 --mem-mib 512 debian:12-base &
   pyro run --mem-mib 512 debian:12-base -- true   # start: pool
+  pyro pool start --workspace --size 2 debian:12 &
+  pyro workspace create debian:12                 # start: pool
   pyro pool stop`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -60,8 +64,8 @@ status as one object when it stops.`,
 			defer p.Close()
 			st := p.Status()
 			if !a.json {
-				fmt.Fprintf(a.stderr, "pyro: pool of %s (%d vCPU, %d MiB): making %d guests; Ctrl-C stops it\n",
-					st.Environment, st.VCPUCount, st.MemMiB, st.Size)
+				fmt.Fprintf(a.stderr, "pyro: %s of %s (%d vCPU, %d MiB): making %d; Ctrl-C stops it\n",
+					poolKind(st), st.Environment, st.VCPUCount, st.MemMiB, st.Size)
 			}
 			go func() {
 				t := time.Now()
@@ -84,6 +88,7 @@ status as one object when it stops.`,
 	f.IntVar(&o.Size, "size", 2, "how many ready guests to keep (at most 64)")
 	f.IntVar(&o.VCPUCount, "vcpu-count", pyro.DefaultVCPUCount, "number of guest vCPUs of the pooled configuration")
 	f.IntVar(&o.MemMiB, "mem-mib", pyro.DefaultMemMiB, "guest memory in MiB of the pooled configuration")
+	f.BoolVar(&o.Workspace, "workspace", false, "keep workspaces ready for `pyro workspace create` instead of guests for `pyro run`")
 	return cmd
 }
 
@@ -109,8 +114,8 @@ func printPools(w io.Writer, list []pyro.PoolStatus) {
 		return
 	}
 	for _, p := range list {
-		fmt.Fprintf(w, "%s  %d vCPU %d MiB  ready %d/%d  in use %d  filling %d  served %d  pid %d",
-			p.Environment, p.VCPUCount, p.MemMiB, p.Ready, p.Size, p.Leased, p.Filling, p.Served, p.PID)
+		fmt.Fprintf(w, "%s  %s  %d vCPU %d MiB  ready %d/%d  in use %d  filling %d  served %d  pid %d",
+			p.Environment, poolKind(p), p.VCPUCount, p.MemMiB, p.Ready, p.Size, p.Leased, p.Filling, p.Served, p.PID)
 		if p.LastHandoutMS > 0 {
 			fmt.Fprintf(w, "  last hand-out %.1f ms", p.LastHandoutMS)
 		}
@@ -179,4 +184,12 @@ func waitPoolsGone(ctx context.Context, c *pyro.Client, stopped []pyro.PoolStatu
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// poolKind says what a pool serves.
+func poolKind(p pyro.PoolStatus) string {
+	if p.Workspace {
+		return "workspace pool"
+	}
+	return "run pool"
 }

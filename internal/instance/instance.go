@@ -63,6 +63,13 @@ const (
 	KindVM        = "vm"
 	KindWorkspace = "workspace"
 	KindRun       = "run"
+	// KindPooled is a workspace a warm pool made ahead of any create: its
+	// guest waits paused under its own supervisor until a create claims
+	// it and the record becomes KindWorkspace. Until then no workspace
+	// command finds it (Open of a workspace is not found), and its
+	// creator is the pool's process, so reconcile removes it when the
+	// pool died.
+	KindPooled = "pooled"
 )
 
 // Record is what was asked for. It is written atomically and changed only
@@ -205,6 +212,17 @@ func SupervisorPid(dir vmdir.Dir) (pid int, alive bool) {
 func WriteCreator(dir vmdir.Dir) error {
 	pid := os.Getpid()
 	return fsutil.WriteFileAtomic(dir.Path(vmdir.Creator), []byte(fmt.Sprintf("%d %d\n", pid, startTime(pid))), 0o600)
+}
+
+// WriteCreatorPID marks the instance as being created by process pid (a
+// pool hands a pooled workspace to the process that claimed it, which
+// completes it): should that process die first, the instance is half-made.
+func WriteCreatorPID(dir vmdir.Dir, pid int) error {
+	st := startTime(pid)
+	if st == 0 {
+		return fmt.Errorf("process %d is gone", pid)
+	}
+	return fsutil.WriteFileAtomic(dir.Path(vmdir.Creator), []byte(fmt.Sprintf("%d %d\n", pid, st)), 0o600)
 }
 
 // DoneCreating marks the instance complete.

@@ -75,9 +75,9 @@ func New(cfg Config) *Manager {
 }
 
 // Parent is the directory holding the instances of kind (runs live beside
-// VMs).
+// VMs, pooled workspaces beside workspaces).
 func (m *Manager) Parent(kind string) string {
-	if kind == instance.KindWorkspace {
+	if kind == instance.KindWorkspace || kind == instance.KindPooled {
 		return m.cfg.Dirs.Workspaces()
 	}
 	return m.cfg.Dirs.VMs()

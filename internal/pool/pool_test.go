@@ -21,6 +21,7 @@ type fakeGuest struct {
 	id      string
 	mu      sync.Mutex
 	as      string
+	byPID   int
 	resumed bool
 	done    chan struct{}
 	closed  atomic.Bool
@@ -31,13 +32,13 @@ func (g *fakeGuest) ID() string { return g.id }
 func (g *fakeGuest) Info() GuestInfo {
 	return GuestInfo{Backend: "qemu", Acceleration: "tcg", Isolation: "vm", Start: "warm", BootMS: 7, VMMPID: 4242}
 }
-func (g *fakeGuest) HandOut(_ context.Context, id string) error {
+func (g *fakeGuest) HandOut(_ context.Context, to Claimer) error {
 	if g.failOut {
 		return errors.New("guest did not answer")
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.as, g.resumed = id, true
+	g.as, g.byPID, g.resumed = to.ID, to.PID, true
 	return nil
 }
 func (g *fakeGuest) OpenStream(context.Context) (net.Conn, error) {
@@ -262,8 +263,17 @@ func TestSecondPoolRefusedAndList(t *testing.T) {
 func TestValidClaimed(t *testing.T) {
 	good := Claimed{Guest: "abc123", Token: "0123456789abcdef0123456789abcdef", HandoutMS: 3,
 		GuestInfo: GuestInfo{Backend: "qemu", Acceleration: "tcg", Isolation: "vm", Start: "warm"}}
-	if err := validClaimed(good); err != nil {
+	if err := validClaimed(good, false); err != nil {
 		t.Fatal(err)
+	}
+	// A workspace pool's claim carries no token (there is no lease).
+	noToken := good
+	noToken.Token = ""
+	if err := validClaimed(noToken, true); err != nil {
+		t.Fatal(err)
+	}
+	if validClaimed(noToken, false) == nil {
+		t.Error("a run's claim without a token was accepted")
 	}
 	for name, mut := range map[string]func(*Claimed){
 		"id":        func(c *Claimed) { c.Guest = "../x" },
@@ -274,7 +284,7 @@ func TestValidClaimed(t *testing.T) {
 	} {
 		c := good
 		mut(&c)
-		if validClaimed(c) == nil {
+		if validClaimed(c, true) == nil {
 			t.Errorf("%s: bad claim accepted", name)
 		}
 	}

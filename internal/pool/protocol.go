@@ -19,6 +19,10 @@
 //	                                        as the lease: when it closes (the
 //	                                        claimer is done, or was killed),
 //	                                        the pool destroys the guest
+//	                                        (a workspace pool's claim has no
+//	                                        lease: the pool answers and
+//	                                        closes; the workspace is the
+//	                                        claimer's)
 //	{"op":"attach","guest":G,"token":T}  -> {}; the connection is then a raw
 //	                                        stream to the guest agent (one
 //	                                        HTTP connection of the agent API)
@@ -70,8 +74,10 @@ type Key struct {
 	// guest has no NIC: a run's network policy and its stack belong to
 	// the run).
 	Network string `json:"network"`
-	// Workspace is false: pools serve one-shot runs, not workspaces
-	// (which need their own disk and must outlive the pool's process).
+	// Workspace: the pool serves `workspace create` instead of one-shot
+	// runs. Its guests are whole workspaces (their own supervisor and
+	// disks) and a claim hands one over for good: no lease, no token, the
+	// claimed workspace outlives the pool.
 	Workspace bool `json:"workspace"`
 }
 

@@ -28,10 +28,11 @@ import (
 type Guest interface {
 	ID() string
 	Info() GuestInfo
-	// HandOut resumes the guest and gives it the identity of id (the
-	// claimer's VM id): fresh RNG state first, then the clock, hostname
+	// HandOut resumes the guest and gives it the identity of to.ID (the
+	// claimer's VM id; a workspace pool's guest keeps its own id, which
+	// the claim answers): fresh RNG state first, then the clock, hostname
 	// and machine-id. It is the guest's health check too.
-	HandOut(ctx context.Context, id string) error
+	HandOut(ctx context.Context, to Claimer) error
 	// OpenStream opens a raw stream to the guest agent (one HTTP
 	// connection of the agent API).
 	OpenStream(ctx context.Context) (net.Conn, error)
@@ -39,6 +40,14 @@ type Guest interface {
 	Done() <-chan struct{}
 	// Close stops the guest and removes its files.
 	Close() error
+}
+
+// Claimer is who a guest is handed out to.
+type Claimer struct {
+	// ID is the claimer's VM id.
+	ID string
+	// PID is the claimer's process (from the connection's credentials).
+	PID int
 }
 
 // Config configures a Server.
@@ -330,22 +339,23 @@ func (s *Server) acceptLoop() {
 	}
 }
 
-// peerIsOwner says whether the connecting process runs as this user.
-func peerIsOwner(c net.Conn) bool {
+// peerIsOwner says whether the connecting process runs as this user, and
+// which process it is.
+func peerIsOwner(c net.Conn) (pid int, ok bool) {
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
-		return false
+		return 0, false
 	}
 	raw, err := uc.SyscallConn()
 	if err != nil {
-		return false
+		return 0, false
 	}
 	var cred *unix.Ucred
 	var cerr error
 	if err := raw.Control(func(fd uintptr) { cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil || cerr != nil {
-		return false
+		return 0, false
 	}
-	return int(cred.Uid) == os.Getuid()
+	return int(cred.Pid), int(cred.Uid) == os.Getuid()
 }
 
 func (s *Server) handle(c net.Conn) {
@@ -355,7 +365,8 @@ func (s *Server) handle(c net.Conn) {
 			c.Close()
 		}
 	}()
-	if !peerIsOwner(c) {
+	pid, owner := peerIsOwner(c)
+	if !owner {
 		return
 	}
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
@@ -378,7 +389,7 @@ func (s *Server) handle(c net.Conn) {
 		// Close waits for this handler: it runs on its own.
 		go s.Close()
 	case "claim":
-		s.claim(c, req)
+		s.claim(c, req, pid)
 	case "attach":
 		keep = s.attach(c, req)
 	default:
@@ -389,7 +400,7 @@ func (s *Server) handle(c net.Conn) {
 // claim hands out a ready guest and holds the lease until the claimer's
 // connection closes, the guest dies or the pool closes; then the guest is
 // destroyed.
-func (s *Server) claim(c net.Conn, req request) {
+func (s *Server) claim(c net.Conn, req request, pid int) {
 	if req.Key == nil || *req.Key != s.cfg.Key {
 		_ = writeJSONLine(c, reply{Error: "configuration differs from the pool's"})
 		return
@@ -411,13 +422,17 @@ func (s *Server) claim(c net.Conn, req request) {
 		s.ready = s.ready[1:]
 		s.mu.Unlock()
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.HandoutTimeout)
-		err := g.HandOut(ctx, req.ID)
+		err := g.HandOut(ctx, Claimer{ID: req.ID, PID: pid})
 		cancel()
 		if err != nil {
 			s.fail("hand out pooled guest %s: %v", g.ID(), err)
 			s.closeGuest(g)
 			g = nil
 		}
+	}
+	if s.cfg.Key.Workspace {
+		s.transfer(c, g, req, start)
+		return
 	}
 	var tok [16]byte
 	_, _ = rand.Read(tok[:])
@@ -457,6 +472,22 @@ func (s *Server) claim(c net.Conn, req request) {
 	case <-s.ctx.Done():
 	}
 	c.Close()
+}
+
+// transfer answers the claim of a workspace pool's guest: handed out, it
+// is the claimer's for good (a workspace outlives the pool), so there is
+// no lease and the pool forgets it, also when it is closing meanwhile.
+func (s *Server) transfer(c net.Conn, g Guest, req request, start time.Time) {
+	ms := float64(time.Since(start).Microseconds()) / 1000
+	s.mu.Lock()
+	s.served++
+	s.lastMS = ms
+	s.mu.Unlock()
+	// A claimer that went away meanwhile left a half-made workspace
+	// (its creator is the claimer): the next reconcile removes it.
+	_ = writeJSONLine(c, reply{Claimed: &Claimed{Guest: g.ID(), GuestInfo: g.Info(), HandoutMS: ms}})
+	s.kick()
+	s.log.Info("handed out", "guest", g.ID(), "to", req.ID, "ms", ms)
 }
 
 func (s *Server) endLease(l *lease) {

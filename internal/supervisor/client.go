@@ -24,7 +24,10 @@ import (
 // Spawn starts a detached supervisor for dir using the pyro binary. The
 // supervisor gets its own session so that a terminal's Ctrl-C or the
 // caller's exit does not reach it; its output goes to the VM's log.
-func Spawn(binary string, dir vmdir.Dir) error {
+func Spawn(binary string, dir vmdir.Dir) error { return spawn(binary, dir, nil) }
+
+// spawn is Spawn with a change to the command (a pooled supervisor's link).
+func spawn(binary string, dir vmdir.Dir, adjust func(*exec.Cmd)) error {
 	logf, err := os.OpenFile(dir.Path(vmdir.SupervisorLog), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
 		return err
@@ -38,6 +41,9 @@ func Spawn(binary string, dir vmdir.Dir) error {
 	cmd := exec.Command(binary, Arg, string(dir))
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if adjust != nil {
+		adjust(cmd)
+	}
 	if err := cmd.Start(); err != nil {
 		return errdefs.Wrap(errdefs.ErrUnavailable, err, "check that "+binary+" is the pyro binary", "start supervisor")
 	}

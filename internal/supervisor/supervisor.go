@@ -26,6 +26,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -70,6 +71,10 @@ type Status struct {
 	Start     string           `json:"start,omitempty"`
 	StartedAt time.Time        `json:"started_at"`
 	Health    *agentapi.Health `json:"health,omitempty"`
+	// Pooled: a warm pool's workspace not claimed yet (pooled.go);
+	// Paused: its guest waits paused.
+	Pooled bool `json:"pooled,omitempty"`
+	Paused bool `json:"paused,omitempty"`
 }
 
 // HealthDeadline bounds the guest agent's answer to the health call made
@@ -86,6 +91,11 @@ type Options struct {
 	Steps vm.Steps
 	// HealthDeadline replaces HealthDeadline.
 	HealthDeadline time.Duration
+	// PoolLink is a pooled supervisor's link to its pool (pooled.go);
+	// MainWith takes it from PoolLinkEnv.
+	PoolLink io.ReadCloser
+	// Pause replaces the backend's pause of a pooled guest (tests).
+	Pause func(ctx context.Context, v *vm.VM) (PausedGuest, error)
 }
 
 type server struct {
@@ -106,6 +116,8 @@ type server struct {
 	// requests that wait for the end of "starting" wake on it.
 	bootedOnce sync.Once
 	booted     chan struct{}
+	// pool is set for a pooled workspace (pooled.go).
+	pool *poolState
 }
 
 // bootEnded wakes the status requests waiting for the boot to end.
@@ -122,6 +134,9 @@ func Main(dir string) int { return MainWith(dir, Options{}) }
 // MainWith is Main with options (tests re-exec their own binary as a
 // supervisor with a fake backend).
 func MainWith(dir string, opts Options) int {
+	if link := takePoolLink(); link != nil && opts.PoolLink == nil {
+		opts.PoolLink = link
+	}
 	closeInherited()
 	d := vmdir.Dir(dir)
 	logFile, err := os.OpenFile(d.Path(vmdir.SupervisorLog), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
@@ -193,6 +208,16 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 	defer instance.RemovePid(d)
 	s := &server{dir: d, rec: rec, log: log, opts: opts, stop: make(chan struct{}), booted: make(chan struct{}),
 		status: Status{State: instance.Starting, SupervisorPID: os.Getpid(), StartedAt: time.Now().UTC()}}
+	if rec.Kind == instance.KindPooled {
+		s.startPooled(opts.PoolLink)
+		// Runs before the socket and pid file go (defers run last in,
+		// first out): an unclaimed pooled workspace leaves nothing.
+		defer func() {
+			if s.discarding() {
+				_ = d.Remove()
+			}
+		}()
+	}
 	httpSrv := &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = httpSrv.Serve(ln) }()
 	defer func() {
@@ -298,7 +323,11 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 		_ = v.Close(context.Background())
 		s.finish(instance.Broken, instance.CauseVMMExited, reason)
 	case <-s.stop:
-		s.powerOff(v)
+		if s.discarding() {
+			_ = v.Close(context.Background()) // paused: nothing to power off
+		} else {
+			s.powerOff(v)
+		}
 		s.finish(s.stopState, s.stopCause, s.stopReason)
 	}
 	return nil
@@ -374,10 +403,15 @@ func (s *server) routes() http.Handler {
 			writeError(w, errdefs.New(errdefs.ErrFailedPrecondition, "wait until it is running", "vm is %s", state))
 			return
 		}
+		if s.paused() {
+			writeError(w, errdefs.New(errdefs.ErrFailedPrecondition, "claim it first", "the pooled guest is paused"))
+			return
+		}
 		spliceAgent(w, r, v.Agent)
 	})
 	s.networkRoutes(mux)
 	s.forkRoutes(mux)
+	s.poolRoutes(mux)
 	return mux
 }
 
@@ -388,8 +422,8 @@ func (s *server) observe(ctx context.Context) Status {
 	s.mu.Lock()
 	st, v := s.status, s.vm
 	s.mu.Unlock()
-	if v == nil || st.State != instance.Running {
-		return st
+	if v == nil || st.State != instance.Running || st.Paused {
+		return st // a paused pooled guest answers nothing until its claim
 	}
 	select {
 	case <-v.Machine.Done():

@@ -3,6 +3,7 @@ package vm
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
@@ -53,6 +54,13 @@ func (v *VM) Pause(ctx context.Context, p Pauser) error {
 	return p.Pause(ctx)
 }
 
+// HandoutIdentityTimeout bounds the identity call of a hand-out. A pooled
+// guest is primed and answers in ~20 ms (a few hundred on a host loaded to
+// 15-20); one that has not answered after this is stuck, and the claimer
+// is better served by starting a guest of its own than by waiting on
+// agentapi's 15 s call timeout.
+const HandoutIdentityTimeout = 2 * time.Second
+
 // SetIdentity gives a restored guest another identity (a pooled guest at
 // hand-out: fresh RNG state, the clock now, the hostname of id, a new
 // machine-id; the MAC of id when it has a NIC). It is the refresh a warm
@@ -62,7 +70,7 @@ func (v *VM) SetIdentity(ctx context.Context, id string, network bool) error {
 	if err != nil {
 		return err
 	}
-	resp, err := v.Agent.SetIdentity(ctx, req)
+	resp, err := v.Agent.SetIdentityWithin(ctx, HandoutIdentityTimeout, req)
 	if err != nil {
 		return err
 	}
