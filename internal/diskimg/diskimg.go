@@ -4,8 +4,9 @@
 // run is bounded in time and in the output read from it, and names from
 // the image are never handed to debugfs: entries are addressed by inode
 // number (<N>), so a name holding quotes, newlines or control characters
-// cannot become part of a debugfs command. Nothing here follows a link or
-// writes a host path the image names.
+// cannot become part of a debugfs command (StatPath's path is the
+// caller's, quoted as one argument). Nothing here follows a link or writes
+// a host path the image names.
 package diskimg
 
 import (

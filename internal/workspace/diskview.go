@@ -38,6 +38,9 @@ type viewLayer struct {
 	img   diskimg.Image
 	root  uint32
 	upper bool
+	// dir is root's path in img ("" for the image's root), for lookups
+	// by path.
+	dir string
 }
 
 // OpenDiskView opens the /workspace of a workspace whose baseline image is
@@ -56,7 +59,7 @@ func OpenDiskView(ctx context.Context, base, disk string) (*DiskView, error) {
 	}
 	for _, e := range ents {
 		if e.Name == "upper" && e.IsDir() { // absent until the guest first mounted it
-			v.layers = append(v.layers, viewLayer{img: upper, root: e.Ino, upper: true})
+			v.layers = append(v.layers, viewLayer{img: upper, root: e.Ino, upper: true, dir: "/upper"})
 		}
 	}
 	v.layers = append(v.layers, viewLayer{img: diskimg.Image{Path: base, Budget: budget}, root: diskimg.RootIno})
@@ -103,7 +106,8 @@ func (v *DiskView) Root() DiskNode {
 	return n
 }
 
-// Lookup finds the guest path p (under /workspace, see GuestPath).
+// Lookup finds the guest path p (under /workspace, see GuestPath) a name
+// at a time, without listing the directories on the way (see child).
 func (v *DiskView) Lookup(ctx context.Context, p string) (DiskNode, error) {
 	guest, err := GuestPath(p)
 	if err != nil {
@@ -122,17 +126,64 @@ func (v *DiskView) Lookup(ctx context.Context, p string) (DiskNode, error) {
 		default:
 			return DiskNode{}, errdefs.New(errdefs.ErrInvalidArgument, "", "%s is not a directory", n.Path)
 		}
-		kids, err := v.ReadDir(ctx, n)
+		kid, ok, err := v.child(ctx, n, name)
 		if err != nil {
 			return DiskNode{}, err
 		}
-		i := sort.Search(len(kids), func(i int) bool { return path.Base(kids[i].Path) >= name })
-		if i == len(kids) || path.Base(kids[i].Path) != name {
+		if !ok {
 			return DiskNode{}, errdefs.New(errdefs.ErrNotFound, "", "%s does not exist", path.Join(n.Path, name))
 		}
-		n = kids[i]
+		n = kid
 	}
 	return n, nil
+}
+
+// child finds the entry name of directory dir: debugfs looks it up by path
+// in each of dir's layers, top first, until one hides the layers below,
+// and the entries merge as readDirs merges them. No directory is listed,
+// so a lookup costs the same in a directory of millions of entries. The
+// path through each layer holds only directories of that layer (a layer
+// is in dir.at only where it has a directory there), so no link is
+// followed.
+func (v *DiskView) child(ctx context.Context, dir DiskNode, name string) (DiskNode, bool, error) {
+	rel := strings.TrimPrefix(path.Join(dir.Path, name), Root)
+	lists := make([][]diskimg.Dirent, len(dir.at))
+	info := make([]map[uint32]diskimg.Inode, len(v.layers))
+	links := make([]map[uint32]string, len(v.layers))
+	for slot, li := range dir.at {
+		l := v.layers[li.l]
+		e, st, found, err := l.img.StatPath(ctx, l.dir+rel)
+		if err != nil {
+			return DiskNode{}, false, fmt.Errorf("read %s: %w", path.Join(dir.Path, name), err)
+		}
+		if !found {
+			continue
+		}
+		lists[slot] = []diskimg.Dirent{e}
+		info[li.l] = map[uint32]diskimg.Inode{e.Ino: st}
+		if e.IsLink() && st.FastLink == nil && e.Size > 0 && e.Size <= 4096 {
+			b, _, err := l.img.Read(ctx, e.Ino, e.Size)
+			if err != nil {
+				return DiskNode{}, false, err
+			}
+			links[li.l] = map[uint32]string{e.Ino: string(b)}
+		}
+		if hides(l, e, st) {
+			break
+		}
+	}
+	kids := v.merge(dir, lists, info, links)
+	if len(kids) == 0 {
+		return DiskNode{}, false, nil
+	}
+	return kids[0], true, nil
+}
+
+// hides says whether layer l's entry e (with its stat st) hides the
+// entries of the same name in the layers below: anything but a directory
+// (a whiteout too), or an opaque directory of the upper layer.
+func hides(l viewLayer, e diskimg.Dirent, st diskimg.Inode) bool {
+	return !e.IsDir() || (l.upper && st.Opaque)
 }
 
 // ReadDir returns a directory's merged entries sorted by name.
@@ -228,48 +279,56 @@ func (v *DiskView) readDirs(ctx context.Context, dirs []DiskNode, max int) (out 
 	}
 	out = make([][]DiskNode, len(dirs))
 	for k, dir := range dirs {
-		merged := map[string]*DiskNode{}
-		closed := map[string]bool{} // whited out, or a non-directory / opaque directory above
-		for slot, li := range dir.at {
-			l := v.layers[li.l]
-			for _, e := range lists[k][slot] {
-				if closed[e.Name] {
-					continue
-				}
-				st := info[li.l][e.Ino]
-				if l.upper && e.IsChar() && st.Whiteout {
-					closed[e.Name] = true
-					continue
-				}
-				if have := merged[e.Name]; have != nil {
-					if have.Type == "dir" && e.IsDir() {
-						have.at = append(have.at, layerIno{li.l, e.Ino})
-					}
-					continue
-				}
-				n := &DiskNode{Path: path.Join(dir.Path, e.Name), Type: nodeType(e), Perm: e.Perm(), Mtime: st.Mtime, at: []layerIno{{li.l, e.Ino}}}
-				switch {
-				case e.IsReg():
-					n.Size, n.ext, n.mapped = e.Size, st.Extents, st.Mapped
-				case e.IsLink() && st.FastLink != nil:
-					n.Link = *st.FastLink
-				case e.IsLink():
-					n.Link = links[li.l][e.Ino]
-				}
-				merged[e.Name] = n
-				if n.Type != "dir" || (l.upper && st.Opaque) {
-					closed[e.Name] = true // lower layers' entries of this name are hidden
-				}
-			}
-		}
-		kids := make([]DiskNode, 0, len(merged))
-		for _, n := range merged {
-			kids = append(kids, *n)
-		}
-		sort.Slice(kids, func(i, j int) bool { return kids[i].Path < kids[j].Path })
-		out[k] = kids
+		out[k] = v.merge(dir, lists[k], info, links)
 	}
 	return out, cut, nil
+}
+
+// merge makes directory dir's entries, sorted by name, from its layers'
+// listings lists (one per slot of dir.at) with what was learnt of their
+// inodes (info, and links for long symlink targets, per layer), under
+// overlayfs rules.
+func (v *DiskView) merge(dir DiskNode, lists [][]diskimg.Dirent, info []map[uint32]diskimg.Inode, links []map[uint32]string) []DiskNode {
+	merged := map[string]*DiskNode{}
+	closed := map[string]bool{} // whited out, or a non-directory / opaque directory above
+	for slot, li := range dir.at {
+		l := v.layers[li.l]
+		for _, e := range lists[slot] {
+			if closed[e.Name] {
+				continue
+			}
+			st := info[li.l][e.Ino]
+			if l.upper && e.IsChar() && st.Whiteout {
+				closed[e.Name] = true
+				continue
+			}
+			if have := merged[e.Name]; have != nil {
+				if have.Type == "dir" && e.IsDir() {
+					have.at = append(have.at, layerIno{li.l, e.Ino})
+				}
+				continue
+			}
+			n := &DiskNode{Path: path.Join(dir.Path, e.Name), Type: nodeType(e), Perm: e.Perm(), Mtime: st.Mtime, at: []layerIno{{li.l, e.Ino}}}
+			switch {
+			case e.IsReg():
+				n.Size, n.ext, n.mapped = e.Size, st.Extents, st.Mapped
+			case e.IsLink() && st.FastLink != nil:
+				n.Link = *st.FastLink
+			case e.IsLink():
+				n.Link = links[li.l][e.Ino]
+			}
+			merged[e.Name] = n
+			if hides(l, e, st) {
+				closed[e.Name] = true // lower layers' entries of this name are hidden
+			}
+		}
+	}
+	kids := make([]DiskNode, 0, len(merged))
+	for _, n := range merged {
+		kids = append(kids, *n)
+	}
+	sort.Slice(kids, func(i, j int) bool { return kids[i].Path < kids[j].Path })
+	return kids
 }
 
 // Walk calls fn for every node below dir, depth first in name order,

@@ -40,9 +40,10 @@ func image(t *testing.T, tree string) string {
 func TestDiskViewSingle(t *testing.T) {
 	needE2fs(t)
 	tree := t.TempDir()
-	writeFiles(t, tree, map[string]string{"a.txt": "hello\n", "src/deep/b.go": "package b\n", "ctl\x1b[31m\nname": "x"})
+	writeFiles(t, tree, map[string]string{"a.txt": "hello\n", "src/deep/b.go": "package b\n", "ctl\x1b[31m\nname": "x", `src/deep/"q" <2> #x`: "q"})
 	os.Symlink("/etc/passwd", filepath.Join(tree, "escape"))
 	os.Symlink("..", filepath.Join(tree, "src", "up"))
+	os.Symlink(strings.Repeat("long/", 30), filepath.Join(tree, "src", "long")) // kept in a block, not the inode
 	big, _ := os.Create(filepath.Join(tree, "huge"))
 	big.Truncate(1 << 40) // a sparse 1 TiB file
 	big.Close()
@@ -94,6 +95,7 @@ func TestDiskViewSingle(t *testing.T) {
 			t.Errorf("lookup %s: %v", p, err)
 		}
 	}
+	lookupsMatchWalk(t, v)
 	// Export: our modes, no setuid bit, the huge sparse file refused by the cap.
 	out := filepath.Join(t.TempDir(), "out.ext4")
 	if _, err := ExportDisk(ctx, v, out, 1<<20); !errors.Is(err, errdefs.ErrFailedPrecondition) {
@@ -105,7 +107,7 @@ func TestDiskViewSingle(t *testing.T) {
 	os.Remove(filepath.Join(tree, "huge"))
 	v, _ = OpenDiskView(ctx, "", image(t, tree))
 	st, err := ExportDisk(ctx, v, out, 1<<20)
-	if err != nil || st.Files != 3 || st.Symlinks != 2 {
+	if err != nil || st.Files != 4 || st.Symlinks != 3 {
 		t.Fatalf("export: %+v %v", st, err)
 	}
 	ev, _ := OpenDiskView(ctx, "", out)
@@ -157,8 +159,33 @@ func TestDiskViewLayered(t *testing.T) {
 	if b, _, _ := v.Read(ctx, n, 100); string(b) != "v2\n" {
 		t.Fatalf("upper wins: %q", b)
 	}
-	if _, err := v.Lookup(ctx, "gone.txt"); !errors.Is(err, errdefs.ErrNotFound) {
-		t.Fatalf("whiteout: %v", err)
+	for _, p := range []string{"gone.txt", "op/hidden.txt"} {
+		if _, err := v.Lookup(ctx, p); !errors.Is(err, errdefs.ErrNotFound) {
+			t.Fatalf("%s (whited out, under an opaque directory): %v", p, err)
+		}
+	}
+	lookupsMatchWalk(t, v)
+}
+
+// lookupsMatchWalk checks that looking each node of v's tree up by its
+// path (no listing) finds what the walk read from the listings.
+func lookupsMatchWalk(t *testing.T, v *DiskView) {
+	t.Helper()
+	ctx := context.Background()
+	n := 0
+	err := v.Walk(ctx, v.Root(), 1000, func(w DiskNode) error {
+		n++
+		l, err := v.Lookup(ctx, w.Path)
+		if err != nil {
+			return err
+		}
+		if l.Path != w.Path || l.Type != w.Type || l.Perm != w.Perm || l.Size != w.Size || l.Link != w.Link || fmt.Sprint(l.at) != fmt.Sprint(w.at) {
+			t.Errorf("lookup %q: %+v, the walk read %+v", w.Path, l, w)
+		}
+		return nil
+	})
+	if err != nil || n == 0 {
+		t.Fatalf("walk of %d nodes: %v", n, err)
 	}
 }
 
@@ -312,14 +339,17 @@ func TestDiskViewWideLevel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, rerr := v.ReadDir(ctx, d)
-	_, lerr := v.Lookup(ctx, Root+"/many/d007/f001")
-	for _, err := range []error{rerr, lerr} {
-		if !errors.Is(err, diskimg.ErrTooManyEntries) || !errors.Is(err, errdefs.ErrFailedPrecondition) {
-			t.Fatalf("a %d-entry directory under a %d-entry cap: %v", files, diskimg.MaxDirEntries, err)
-		}
+	if _, err := v.ReadDir(ctx, d); !errors.Is(err, diskimg.ErrTooManyEntries) || !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("a %d-entry directory under a %d-entry cap: %v", files, diskimg.MaxDirEntries, err)
 	}
-	t.Log(lerr)
+	// A lookup lists no directory: one name is found in a directory too
+	// wide to read (debugfs looks it up), and the absent one is not.
+	if n, err := v.Lookup(ctx, Root+"/many/d007/f001"); err != nil || n.Type != "file" || n.Path != Root+"/many/d007/f001" {
+		t.Fatalf("lookup in a %d-entry directory under a %d-entry cap: %+v %v", files, diskimg.MaxDirEntries, n, err)
+	}
+	if _, err := v.Lookup(ctx, Root+"/many/d007/f999"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("lookup of a missing name in a wide directory: %v", err)
+	}
 	if d, err = v.Lookup(ctx, Root+"/many"); err != nil {
 		t.Fatal(err)
 	}
