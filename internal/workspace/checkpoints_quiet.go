@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"os"
 	"path/filepath"
@@ -149,12 +150,16 @@ func (c Checkpoints) TakeLayerListed(ref LayerRef, bytes int64, manifest, comman
 }
 
 // EmptyTop reports whether the live top is a qcow2 overlay nothing was
-// written to since it was made (QEMU allocates a cluster past the four of
-// a fresh overlay and points an L1 entry at an L2 table for any write,
-// zeroes and discards included, and writes L1 entries through at once),
-// and returns its parent: the state of /workspace is then exactly the
-// parent's, so a checkpoint can name the parent instead of freezing the
-// empty top under another overlay.
+// written to since it was made, and returns its parent: the state of
+// /workspace is then exactly the parent's, so a checkpoint can name the
+// parent instead of freezing the empty top under another overlay. Any
+// write QEMU makes (data, zeroes and discards included) changes an L2
+// entry or allocates a cluster past the fresh overlay's end, and L2
+// tables are written through at the guest's next flush; the guest synced
+// /workspace before the quiet report this is used with. So: the file is
+// exactly as long as a fresh overlay, its L1 table is as made (each entry
+// at its preallocated L2 table, or empty for an overlay made before the
+// tables were preallocated), and the L2 tables are all zero.
 func (l Layers) EmptyTop(top string) (parent string, empty bool) {
 	if l.raw(top) {
 		return "", false
@@ -169,7 +174,7 @@ func (l Layers) EmptyTop(top string) (parent string, empty bool) {
 	}
 	defer f.Close()
 	st, err := f.Stat()
-	if err != nil || st.Size() != 4*qcowCluster {
+	if err != nil {
 		return "", false
 	}
 	h := make([]byte, 48)
@@ -178,19 +183,68 @@ func (l Layers) EmptyTop(top string) (parent string, empty bool) {
 	}
 	be := binary.BigEndian
 	n, off := int64(be.Uint32(h[36:])), int64(be.Uint64(h[40:]))
-	if n <= 0 || off <= 0 || off+8*n > st.Size() {
+	if n <= 0 || n*8 > qcowCluster || off != 3*qcowCluster {
+		return "", false
+	}
+	prealloc := st.Size() == overlayClusters(n)*qcowCluster
+	if !prealloc && st.Size() != 4*qcowCluster {
 		return "", false
 	}
 	l1 := make([]byte, 8*n)
 	if _, err := f.ReadAt(l1, off); err != nil {
 		return "", false
 	}
-	for i := 0; i < len(l1); i += 8 {
-		if be.Uint64(l1[i:]) != 0 {
+	for i := int64(0); i < n; i++ {
+		want := uint64(0)
+		if prealloc {
+			want = uint64(l2Table(i)) | qcowCopied
+		}
+		if be.Uint64(l1[8*i:]) != want {
 			return "", false
 		}
 	}
+	if prealloc && !zeroFrom(f, l2Table(0), st.Size()) {
+		return "", false
+	}
 	return parent, true
+}
+
+// maxZeroScan bounds the bytes zeroFrom reads where the file system does
+// not report holes (the L2 tables of a 1 TiB disk take 128 MiB).
+const maxZeroScan = 16 << 20
+
+// zeroFrom reports whether f holds only zeroes from off to end: holes are
+// skipped (SEEK_DATA), data is read and checked.
+func zeroFrom(f *os.File, off, end int64) bool {
+	buf := make([]byte, qcowCluster)
+	read := int64(0)
+	for off < end {
+		d, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			return true // nothing but a hole up to the end
+		}
+		if err != nil {
+			d = off // no hole reporting: read everything
+		}
+		if d >= end {
+			return true
+		}
+		off = d
+		n := min(int64(len(buf)), end-off)
+		if read += n; read > maxZeroScan {
+			return false
+		}
+		if _, err := f.ReadAt(buf[:n], off); err != nil {
+			return false
+		}
+		for _, b := range buf[:n] {
+			if b != 0 {
+				return false
+			}
+		}
+		off += n
+	}
+	return true
 }
 
 // writeFileAtomic replaces p with b (rename; no fsync: see the callers).
