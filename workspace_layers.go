@@ -31,50 +31,23 @@ func layered(rec instance.Record) bool { return rec.WorkspaceBase != "" && rec.W
 // before it thaws it: writes to /workspace block meanwhile.
 const freezeFor = 60 * time.Second
 
-// buildBase makes a new workspace's baseline image from the seed (nil:
-// empty, copied from a template with its digest) and records it in rec.
-func (c *Client) buildBase(ctx context.Context, dir vmdir.Dir, rec *instance.Record, source io.Reader, seed *workspace.Seed) (baseDigest, error) {
+// buildBase makes a new workspace's baseline image when it has no seed
+// (copied from a template, with its digest) and records it in rec. A
+// seed's baseline is only prepared here, at its final size: it is built
+// while the guest starts (workspace_seedbuild.go).
+func (c *Client) buildBase(ctx context.Context, dir vmdir.Dir, rec *instance.Record, seeded bool) (baseDigest, error) {
 	rec.WorkspaceBase = dir.Path(workspace.BaseFile)
-	if source == nil {
-		sum, n, err := c.templates().EmptyBase(ctx, rec.WorkspaceBase, workspace.DiskBytes())
-		return baseDigest{sum, n}, err
+	if seeded {
+		return baseDigest{}, workspace.PrepareBase(rec.WorkspaceBase, workspace.DiskBytes())
 	}
-	st, err := workspace.BuildBase(ctx, rec.WorkspaceBase, source, workspace.DiskBytes())
-	if err != nil {
-		return baseDigest{}, fmt.Errorf("seed /workspace: %w", err)
-	}
-	seed.FileCount, seed.Bytes = st.Files, st.Bytes
-	return baseDigest{}, nil
+	sum, n, err := c.templates().EmptyBase(ctx, rec.WorkspaceBase, workspace.DiskBytes())
+	return baseDigest{sum, n}, err
 }
 
-// baseDigest is a baseline image's digest and data bytes when they are
-// known without reading the image again (sum "" otherwise).
+// baseDigest is a baseline image's digest and data bytes.
 type baseDigest struct {
 	sum string
 	n   int64
-}
-
-// digest returns a wait for the digest of the baseline image base,
-// read in the background when it is not known yet (a seeded baseline):
-// a create reads its image while the guest is being restored, instead of
-// after (~0.2-0.5 s for a 196 MiB seed). The image is complete and never
-// written again once BuildBase returned, so reading it early reads what
-// reading it later would.
-func (d baseDigest) digest(base string) func() (baseDigest, error) {
-	if d.sum != "" || base == "" {
-		return func() (baseDigest, error) { return d, nil }
-	}
-	done := make(chan struct{})
-	var out baseDigest
-	var err error
-	go func() {
-		defer close(done)
-		out.sum, out.n, err = workspace.ImageDigest(base)
-	}()
-	return func() (baseDigest, error) {
-		<-done
-		return out, err
-	}
 }
 
 // record records the baseline of a layered workspace in dir.

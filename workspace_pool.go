@@ -163,7 +163,7 @@ func (c *Client) fillWorkspacePool(ctx context.Context, key pool.Key) (g pool.Gu
 			return err
 		}
 		seed := workspace.Seed{Mode: "empty"}
-		base, err := c.buildBase(ctx, dir, rec, nil, &seed)
+		base, err := c.buildBase(ctx, dir, rec, false)
 		if err != nil {
 			return err
 		}

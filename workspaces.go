@@ -186,6 +186,7 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 		return ws, err
 	}
 	var base baseDigest
+	var seedSrc io.Reader // a baseline's seed, built while the guest starts
 	dir, rec, err := c.lc.Create(ctx, rec, func(dir vmdir.Dir, rec *instance.Record) error {
 		// Half-made until the baseline is recorded: should this process
 		// be killed meanwhile, the next reconcile removes the workspace.
@@ -199,14 +200,12 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 		// Layered unless host-compat may run it (that backend mounts one
 		// disk): the seed becomes the baseline image here, on the host.
 		if !opts.AllowHostCompat {
-			var src io.Reader
-			if source != nil {
-				src = source
-			}
-			if base, err = c.buildBase(ctx, dir, rec, src, &seed); err != nil {
+			if base, err = c.buildBase(ctx, dir, rec, source != nil); err != nil {
 				return err
 			}
-			source = nil
+			if source != nil {
+				seedSrc, source = source, nil
+			}
 		}
 		if err := saveSecrets(dir, secretValues); err != nil {
 			return err
@@ -223,9 +222,13 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 			_, _ = c.lc.Delete(context.WithoutCancel(ctx), dir, rec)
 		}
 	}()
-	baseDone := base.digest(rec.WorkspaceBase) // read while the guest starts
 	// Start runs prepareGuest (secrets) before anything else reaches the guest.
-	if _, err := c.lc.Start(ctx, dir, rec); err != nil {
+	if build := startSeedBuild(ctx, rec.WorkspaceBase, seedSrc); build != nil {
+		_, err = c.lc.Start(build.startCtx, dir, rec)
+		if base, err = build.finish(ctx, c, dir, seed, err); err != nil {
+			return ws, err
+		}
+	} else if _, err := c.lc.Start(ctx, dir, rec); err != nil {
 		return ws, err
 	}
 	agent := c.lc.Client(dir)
@@ -247,10 +250,7 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 		}
 	}
 	if layered(rec) {
-		if base, err = baseDone(); err == nil {
-			err = base.record(dir)
-		}
-		if err != nil {
+		if err := base.record(dir); err != nil {
 			return ws, fmt.Errorf("record baseline: %w", err)
 		}
 	} else if _, err := c.snapshot(ctx, dir, agent, workspace.Baseline); err != nil {

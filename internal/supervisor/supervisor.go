@@ -260,6 +260,7 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 		Network: rec.Network, AllowHostCompat: rec.AllowHostCompat, WorkspaceDisk: rec.WorkspaceDisk,
 		NetworkPolicy: rec.Policy(),
 		WorkspaceBase: rec.WorkspaceBase,
+		AwaitBase:     awaitBase(d, rec.WorkspaceBase), // awaitbase.go
 	}
 	// A layered workspace gets a transfer disk for large pushes
 	// (internal/workspace/transferdisk.go); without one, pushes stream.

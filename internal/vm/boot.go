@@ -89,6 +89,10 @@ type Config struct {
 	// OneShot: the guest lives for one command (a run); its RAM may use
 	// huge pages (vmm.Spec.HugePages).
 	OneShot bool
+	// AwaitBase, when set, returns once WorkspaceBase is whole and
+	// durable: it is still being built when the boot starts
+	// (awaitbase.go).
+	AwaitBase func(context.Context) error
 	// buildNow: replace an unusable snapshot at once (PrepareSnapshot)
 	// instead of booting cold this time.
 	buildNow bool
@@ -125,6 +129,8 @@ type VM struct {
 	cleanups []func(context.Context) error
 	closed   bool
 	closeErr error
+
+	baseReady bool // Config.AwaitBase returned (awaitbase.go)
 }
 
 // StepFunc is one boot step. It may register cleanups with v.OnClose.
@@ -162,6 +168,7 @@ func ColdBoot() Steps {
 		{StepChooseBackend, chooseBackend},
 		{StepCheckFeatures, checkFeatures},
 		{StepStartNetwork, startNetwork},
+		{StepAwaitBaseCold, awaitBaseCold}, // awaitbase.go
 		{StepStartVMM, startVMM},
 		{StepConnectAgent, connectAgent},
 	}

@@ -106,15 +106,15 @@ func TestBootInCallersDirectory(t *testing.T) {
 
 func TestStepsAreSwappable(t *testing.T) {
 	s := vm.ColdBoot()
-	want := []string{vm.StepResolveEnvironment, vm.StepPrepareDirectory, vm.StepBuildInitramfs, vm.StepChooseBackend, vm.StepCheckFeatures, vm.StepStartNetwork, vm.StepStartVMM, vm.StepConnectAgent}
+	want := []string{vm.StepResolveEnvironment, vm.StepPrepareDirectory, vm.StepBuildInitramfs, vm.StepChooseBackend, vm.StepCheckFeatures, vm.StepStartNetwork, vm.StepAwaitBaseCold, vm.StepStartVMM, vm.StepConnectAgent}
 	if strings.Join(s.Names(), ",") != strings.Join(want, ",") {
 		t.Fatalf("cold boot: %v", s.Names())
 	}
 	r := s.Remove(vm.StepBuildInitramfs).InsertAfter(vm.StepStartVMM, vm.Step{Name: "extra"})
-	if got := strings.Join(r.Names(), ","); got != "resolve environment,prepare directory,choose backend,check features,start network,start vmm,extra,connect agent" {
+	if got := strings.Join(r.Names(), ","); got != "resolve environment,prepare directory,choose backend,check features,start network,"+vm.StepAwaitBaseCold+",start vmm,extra,connect agent" {
 		t.Fatalf("edited: %s", got)
 	}
-	if len(s.Names()) != 8 {
+	if len(s.Names()) != 9 {
 		t.Fatal("editing a copy changed the original")
 	}
 	defer func() {

@@ -84,7 +84,8 @@ func WarmBoot() Steps {
 		InsertAfter(StepCheckFeatures, Step{StepFindSnapshot, findSnapshot}).
 		Swap(StepStartVMM, startOrRestore).
 		Swap(StepConnectAgent, connectRestored).
-		InsertAfter(StepConnectAgent, Step{StepRefreshIdentity, refreshIdentity})
+		InsertAfter(StepConnectAgent, Step{StepAwaitBase, awaitBase}).
+		InsertAfter(StepAwaitBase, Step{StepRefreshIdentity, refreshIdentity})
 }
 
 // cmdline is GuestCmdline (and the words of TCG guests, tcg.go), or for a guest that may be saved (and every

@@ -44,11 +44,13 @@ const (
 	FormatBase  = "base"  // the baseline of a layered workspace: BaseFile, empty upper
 )
 
-// BuildBase makes the baseline image at path from the tar stream src
-// (nil: an empty /workspace). The archive is unpacked on the host under
-// tarutil's rules (no escapes, no links followed, no devices) into a
-// private directory beside path, which mke2fs -d turns into a journal-less
-// ext4 image of size bytes (sparse). path is replaced atomically.
+// BuildBase makes the baseline image at path, which PrepareBase made, from
+// the tar stream src (nil: an empty /workspace). The archive is unpacked on
+// the host under tarutil's rules (no escapes, no links followed, no
+// devices) into a private directory beside path, which mke2fs -d turns
+// into a journal-less ext4 image of size bytes (sparse), written in place:
+// a guest may have the file open already (basegate.go). Once the image is
+// whole and durable, its pending mark goes.
 func BuildBase(ctx context.Context, path string, src io.Reader, size int64) (tarutil.Stats, error) {
 	var st tarutil.Stats
 	tmp, err := os.MkdirTemp(filepath.Dir(path), ".seed-")
@@ -71,14 +73,13 @@ func BuildBase(ctx context.Context, path string, src io.Reader, size int64) (tar
 	if err := writeBaseIndex(tree, filepath.Join(filepath.Dir(path), BaseIndexFile)); err != nil {
 		return st, err
 	}
-	img := filepath.Join(tmp, "base.img")
-	if err := baseImage(ctx, img, tree, size); err != nil {
+	if err := baseImage(ctx, path, tree, size); err != nil {
 		return st, err
 	}
-	if err := fsutil.Sync(img); err != nil {
+	if err := fsutil.Sync(path); err != nil {
 		return st, err
 	}
-	return st, os.Rename(img, path)
+	return st, os.Remove(pendingPath(path))
 }
 
 // baseImage makes the journal-less baseline image of tree at img (sparse,
@@ -98,9 +99,10 @@ func baseImage(ctx context.Context, img, tree string, size int64) error {
 }
 
 // mkfs makes an ext4 image of size bytes (sparse) at img with extra
-// mke2fs arguments.
+// mke2fs arguments. img is new, or empty at its size (PrepareBase): it is
+// not truncated first, so a reader that has it open never sees it shrink.
 func mkfs(ctx context.Context, img string, size int64, extra ...string) error {
-	f, err := os.Create(img)
+	f, err := os.OpenFile(img, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return err
 	}

@@ -117,9 +117,30 @@ func TestBuildBaseUnpacksOnHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	st, err := BuildBase(context.Background(), filepath.Join(dir, BaseFile), r, 64<<20)
+	img := filepath.Join(dir, BaseFile)
+	if err := PrepareBase(img, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	// A reader that opened the image before the build (QEMU) sees the
+	// built image through its descriptor: it is written in place.
+	early, err := os.Open(img)
 	if err != nil {
 		t.Fatal(err)
+	}
+	defer early.Close()
+	st, err := BuildBase(context.Background(), img, r, 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if BasePending(img) {
+		t.Fatal("the image is still marked pending after its build")
+	}
+	sb := make([]byte, 2)
+	if _, err := early.ReadAt(sb, 1024+56); err != nil || sb[0] != 0x53 || sb[1] != 0xef {
+		t.Fatalf("no ext4 superblock through the early descriptor: %x %v", sb, err)
+	}
+	if fi, _ := early.Stat(); fi.Size() != 64<<20 {
+		t.Fatalf("image size %d", fi.Size())
 	}
 	if st.Files != 2 || st.Bytes != 4 {
 		t.Fatalf("stats %+v", st)
