@@ -524,17 +524,10 @@ func (s *Store) PruneImages(ctx context.Context, keep func(digest string) bool) 
 		if reason == "" {
 			continue
 		}
-		if err := ctx.Err(); err != nil {
+		if err := s.pruneTree(ctx, &res, filepath.Join(s.imagesRoot(), d.Name()), reason); err != nil {
 			return res, err
 		}
-		p := filepath.Join(s.imagesRoot(), d.Name())
-		n, _ := diskUsage(p)
-		if err := removeTree(p); err != nil {
-			return res, fmt.Errorf("prune %s: %w", p, err)
-		}
 		removed[digest] = true
-		res.Removed = append(res.Removed, PrunedItem{Path: p, Reason: reason, Bytes: n})
-		res.FreedBytes += n
 	}
 	if len(removed) > 0 {
 		refs := readRefs(s.imagesRoot())

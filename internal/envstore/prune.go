@@ -34,20 +34,7 @@ func (s *Store) Prune(ctx context.Context) (PruneResult, error) {
 		return res, err
 	}
 	defer fl.Unlock()
-
-	remove := func(path, reason string) error {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		n, _ := diskUsage(path)
-		if err := removeTree(path); err != nil {
-			return fmt.Errorf("prune %s: %w", path, err)
-		}
-		s.log.Info("pruned", "path", path, "reason", reason, "bytes", n)
-		res.Removed = append(res.Removed, PrunedItem{Path: path, Reason: reason, Bytes: n})
-		res.FreedBytes += n
-		return nil
-	}
+	remove := func(path, reason string) error { return s.pruneTree(ctx, &res, path, reason) }
 
 	kernelsInUse := map[string]bool{}
 	ents, err := os.ReadDir(s.root)
@@ -130,21 +117,29 @@ func (s *Store) pruneKernels(ctx context.Context, res *PruneResult, inUse map[st
 		if !d.IsDir() || inUse[d.Name()] {
 			continue
 		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
 		reason := "kernel no installed environment uses"
 		if strings.HasPrefix(d.Name(), tmpPrefix) {
 			reason = "partial kernel extraction"
 		}
-		p := filepath.Join(s.kernelsDir(), d.Name())
-		n, _ := diskUsage(p)
-		if err := removeTree(p); err != nil {
-			return fmt.Errorf("prune %s: %w", p, err)
+		if err := s.pruneTree(ctx, res, filepath.Join(s.kernelsDir(), d.Name()), reason); err != nil {
+			return err
 		}
-		s.log.Info("pruned", "path", p, "reason", reason, "bytes", n)
-		res.Removed = append(res.Removed, PrunedItem{Path: p, Reason: reason, Bytes: n})
-		res.FreedBytes += n
 	}
+	return nil
+}
+
+// pruneTree removes the tree at path (unless ctx has ended) and records it
+// in res with its reason and size. Call with the lock held.
+func (s *Store) pruneTree(ctx context.Context, res *PruneResult, path, reason string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	n, _ := diskUsage(path)
+	if err := removeTree(path); err != nil {
+		return fmt.Errorf("prune %s: %w", path, err)
+	}
+	s.log.Info("pruned", "path", path, "reason", reason, "bytes", n)
+	res.Removed = append(res.Removed, PrunedItem{Path: path, Reason: reason, Bytes: n})
+	res.FreedBytes += n
 	return nil
 }
