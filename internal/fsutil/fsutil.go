@@ -1,6 +1,6 @@
 // Package fsutil holds the few file helpers several packages need, so each
-// exists once: atomic writes, fsync of a path, reading the end of a log,
-// and an flock that gives up when its context ends.
+// exists once: atomic writes, appending a line, fsync of a path, reading
+// the end of a log, and an flock that gives up when its context ends.
 package fsutil
 
 import (
@@ -66,4 +66,19 @@ func LastLines(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "; ")
+}
+
+// AppendLine appends line and a newline to the file at path (created 0600
+// when missing) in one write, so concurrent appenders do not interleave
+// within a line.
+func AppendLine(path string, line []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(append(line, '\n'))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }

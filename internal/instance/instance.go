@@ -312,12 +312,7 @@ func AppendEvent(dir vmdir.Dir, event string, fields map[string]any) {
 	if err != nil {
 		return
 	}
-	f, err := os.OpenFile(dir.Path(vmdir.Events), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	_, _ = f.Write(append(b, '\n'))
+	_ = fsutil.AppendLine(dir.Path(vmdir.Events), b)
 }
 
 // Redactor returns a redactor for the secret values of the VM or workspace

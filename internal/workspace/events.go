@@ -6,6 +6,8 @@ import (
 	"errors"
 	"os"
 	"time"
+
+	"github.com/pyro-mcp/pyro/internal/fsutil"
 )
 
 // EventsFile is the workspace's log of what changed it besides commands
@@ -81,13 +83,7 @@ func AppendEvent(path string, e Event) error {
 			return err
 		}
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	_, err = f.Write(append(b, '\n'))
-	return err
+	return fsutil.AppendLine(path, b)
 }
 
 // keepNewerHalf rewrites the log with its newer half (atomically).

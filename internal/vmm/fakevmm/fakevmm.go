@@ -28,6 +28,7 @@ import (
 
 	"github.com/pyro-mcp/pyro/internal/agent"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/fsutil"
 	"github.com/pyro-mcp/pyro/internal/vm"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/vmm"
@@ -335,13 +336,7 @@ func appendJSON(path string, v any) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	_, err = f.Write(append(b, '\n'))
-	return err
+	return fsutil.AppendLine(path, b)
 }
 
 func exists(p string) bool {
