@@ -19,6 +19,7 @@ import (
 	"github.com/pyro-mcp/pyro/internal/instance"
 	"github.com/pyro-mcp/pyro/internal/statedir"
 	"github.com/pyro-mcp/pyro/internal/supervisor"
+	"github.com/pyro-mcp/pyro/internal/vm"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/vmm"
 	"github.com/pyro-mcp/pyro/internal/vmm/fakevmm"
@@ -32,6 +33,10 @@ func TestMain(m *testing.M) {
 		os.Exit(supervisor.MainWith(os.Args[2], supervisor.Options{
 			Steps:          fakevmm.Steps(fakevmm.New(vmm.Features{})),
 			HealthDeadline: 300 * time.Millisecond,
+			// Pooled workspaces (pooled_test.go): the fake backend
+			// cannot pause, and its agent runs on the host.
+			Pause:    func(context.Context, *vm.VM) (supervisor.PausedGuest, error) { return noPause{}, nil },
+			Identity: func(context.Context, *vm.VM) error { return nil },
 		}))
 	}
 	os.Exit(m.Run())

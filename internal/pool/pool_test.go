@@ -91,12 +91,17 @@ var testKey = Key{Environment: "debian:12", EnvDigest: "sha256:abc", VCPUs: 1, M
 
 func startTest(t *testing.T, size int, f *fakeFiller) (string, *Server) {
 	t.Helper()
+	return startKey(t, testKey, size, f)
+}
+
+func startKey(t *testing.T, key Key, size int, f *fakeFiller) (string, *Server) {
+	t.Helper()
 	root, err := os.MkdirTemp("", "pool")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(root) })
-	s, err := Start(Config{Root: root, Key: testKey, Size: size, Fill: f.fill})
+	s, err := Start(Config{Root: root, Key: key, Size: size, Fill: f.fill})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,5 +292,50 @@ func TestValidClaimed(t *testing.T) {
 		if validClaimed(c, true) == nil {
 			t.Errorf("%s: bad claim accepted", name)
 		}
+	}
+}
+
+// A workspace pool hands a guest over for good: the claim answers with no
+// token (there is no lease), the claimer's process is named to the guest,
+// the pool forgets it (closing the claim or the pool leaves it alone) and
+// refills; no agent stream is served for it.
+func TestWorkspaceClaimTransfers(t *testing.T) {
+	f := &fakeFiller{}
+	wsKey := testKey
+	wsKey.Workspace = true
+	root, s := startKey(t, wsKey, 1, f)
+	ctx := context.Background()
+	if _, err := Claim(ctx, root, testKey, "run1"); !errors.Is(err, ErrNoPool) {
+		t.Fatalf("a run claimed from a workspace pool: %v", err)
+	}
+	l, err := Claim(ctx, root, wsKey, "ws1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := f.all()[0]
+	g.mu.Lock()
+	as, by := g.as, g.byPID
+	g.mu.Unlock()
+	if l.Guest != g.id || l.token != "" || as != "ws1" || by != os.Getpid() {
+		t.Fatalf("claim %+v: handed out as %q to pid %d", l, as, by)
+	}
+	if _, err := l.Dial(ctx); err == nil {
+		t.Fatal("an agent stream of a handed-over workspace was served")
+	}
+	l.Close()
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := s.WaitReady(wctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Status(); st.Leased != 0 || st.Served != 1 {
+		t.Fatalf("status %+v", st)
+	}
+	s.Close()
+	if g.closed.Load() {
+		t.Fatal("the pool destroyed a workspace it had handed over")
+	}
+	if !f.all()[1].closed.Load() {
+		t.Fatal("the pool's unclaimed workspace outlived it")
 	}
 }

@@ -235,7 +235,11 @@ func (s *server) poolClaim(ctx context.Context) (Status, error) {
 	err = p.Resume(ctx)
 	resumed := time.Since(start)
 	if err == nil {
-		err = v.SetIdentity(ctx, v.ID, v.Net != nil)
+		if s.opts.Identity != nil {
+			err = s.opts.Identity(ctx, v)
+		} else {
+			err = v.SetIdentity(ctx, v.ID, v.Net != nil)
+		}
 	}
 	_ = p.Close()
 	if ps.link != nil {

@@ -94,8 +94,11 @@ type Options struct {
 	// PoolLink is a pooled supervisor's link to its pool (pooled.go);
 	// MainWith takes it from PoolLinkEnv.
 	PoolLink io.ReadCloser
-	// Pause replaces the backend's pause of a pooled guest (tests).
-	Pause func(ctx context.Context, v *vm.VM) (PausedGuest, error)
+	// Pause replaces the backend's pause of a pooled guest, and Identity
+	// the identity refresh of its claim (tests: the fake backend's agent
+	// runs on the host, whose clock and hostname are not its to set).
+	Pause    func(ctx context.Context, v *vm.VM) (PausedGuest, error)
+	Identity func(ctx context.Context, v *vm.VM) error
 }
 
 type server struct {
