@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -553,6 +554,12 @@ func TestReapLeavesBusySupervisor(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer syscall.Kill(pid, syscall.SIGCONT)
+	// A stop takes effect when every thread of the process got it: on a
+	// loaded host, after kill returns (the process was seen answering
+	// one more request, state R, with the stop still pending).
+	for deadline := time.Now().Add(5 * time.Second); !stoppedState(pid) && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if st := f.m.Observe(ctx, dir, rec); st.Cause != instance.CauseSupervisorSilent {
 		t.Fatalf("a stopped supervisor observed as %+v", st)
 	}
@@ -653,4 +660,15 @@ func TestUpdate(t *testing.T) {
 	if b, _ := os.ReadFile(dir.Path(vmdir.Events)); !strings.Contains(string(b), `"custom"`) {
 		t.Fatalf("events: %s", b)
 	}
+}
+
+// stoppedState reports whether process pid is stopped (state T in
+// /proc/PID/stat).
+func stoppedState(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i > 0 && i+2 < len(b) && b[i+2] == 'T'
 }
