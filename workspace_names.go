@@ -160,6 +160,26 @@ func lastActivity(dir vmdir.Dir, rec instance.Record) time.Time {
 	return rec.CreatedAt
 }
 
+// WorkspaceEntry is one compact row of a workspace list (`pyro workspace
+// list --json`, the workspace_list tool): what picks a workspace, not its
+// whole status.
+type WorkspaceEntry struct {
+	WorkspaceID    string            `json:"workspace_id"`
+	Name           string            `json:"name"`
+	Labels         map[string]string `json:"labels"`
+	State          string            `json:"state"`
+	Environment    string            `json:"environment"`
+	CommandCount   int               `json:"command_count"`
+	CreatedAt      time.Time         `json:"created_at"`
+	LastActivityAt time.Time         `json:"last_activity_at"`
+}
+
+// Entry is ws's row of a workspace list.
+func (ws Workspace) Entry() WorkspaceEntry {
+	return WorkspaceEntry{WorkspaceID: ws.WorkspaceID, Name: ws.Name, Labels: ws.Labels, State: ws.State, Environment: ws.Environment,
+		CommandCount: ws.CommandCount, CreatedAt: ws.CreatedAt, LastActivityAt: ws.LastActivityAt}
+}
+
 // ListWorkspacesOptions filter ListWorkspaces.
 type ListWorkspacesOptions struct {
 	// Labels keeps the workspaces that carry every one of these labels.

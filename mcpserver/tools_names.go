@@ -38,22 +38,9 @@ type workspaceUpdateIn struct {
 	ClearLabels []string          `json:"clear_labels,omitempty" jsonschema:"Label keys to remove."`
 }
 
-// workspaceEntry is one compact row of workspace_list: what a model needs
-// to pick a workspace, not its whole status.
-type workspaceEntry struct {
-	WorkspaceID    string            `json:"workspace_id"`
-	Name           string            `json:"name"`
-	Labels         map[string]string `json:"labels"`
-	State          string            `json:"state"`
-	Environment    string            `json:"environment"`
-	CommandCount   int               `json:"command_count"`
-	CreatedAt      time.Time         `json:"created_at"`
-	LastActivityAt time.Time         `json:"last_activity_at"`
-}
-
 type workspaceListOut struct {
-	Workspaces []workspaceEntry `json:"workspaces"`
-	Count      int              `json:"count"`
+	Workspaces []pyro.WorkspaceEntry `json:"workspaces"`
+	Count      int                   `json:"count"`
 }
 
 func workspaceListTool(ctx context.Context, cl *call, in workspaceListIn) (workspaceListOut, string, error) {
@@ -64,11 +51,10 @@ func workspaceListTool(ctx context.Context, cl *call, in workspaceListIn) (works
 	if err != nil {
 		return workspaceListOut{}, "", err
 	}
-	out := workspaceListOut{Workspaces: make([]workspaceEntry, len(list)), Count: len(list)}
+	out := workspaceListOut{Workspaces: make([]pyro.WorkspaceEntry, len(list)), Count: len(list)}
 	var b strings.Builder
 	for i, ws := range list {
-		out.Workspaces[i] = workspaceEntry{WorkspaceID: ws.WorkspaceID, Name: ws.Name, Labels: ws.Labels, State: ws.State, Environment: ws.Environment,
-			CommandCount: ws.CommandCount, CreatedAt: ws.CreatedAt, LastActivityAt: ws.LastActivityAt}
+		out.Workspaces[i] = ws.Entry()
 		fmt.Fprintf(&b, "%s", ws.WorkspaceID)
 		if ws.Name != "" {
 			fmt.Fprintf(&b, " %q", ws.Name)

@@ -6,7 +6,6 @@ import (
 	"slices"
 	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -44,18 +43,6 @@ func labelString(labels map[string]string) string {
 	return strings.Join(parts, ",")
 }
 
-// workspaceEntry is one compact line of `workspace list --json`.
-type workspaceEntry struct {
-	WorkspaceID    string            `json:"workspace_id"`
-	Name           string            `json:"name"`
-	Labels         map[string]string `json:"labels"`
-	State          string            `json:"state"`
-	Environment    string            `json:"environment"`
-	CommandCount   int               `json:"command_count"`
-	CreatedAt      time.Time         `json:"created_at"`
-	LastActivityAt time.Time         `json:"last_activity_at"`
-}
-
 func (a *app) wsList() *cobra.Command {
 	var labels []string
 	cmd := &cobra.Command{
@@ -73,10 +60,9 @@ func (a *app) wsList() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			entries := make([]workspaceEntry, len(list))
+			entries := make([]pyro.WorkspaceEntry, len(list))
 			for i, ws := range list {
-				entries[i] = workspaceEntry{WorkspaceID: ws.WorkspaceID, Name: ws.Name, Labels: ws.Labels, State: ws.State, Environment: ws.Environment,
-					CommandCount: ws.CommandCount, CreatedAt: ws.CreatedAt, LastActivityAt: ws.LastActivityAt}
+				entries[i] = ws.Entry()
 			}
 			return a.emit(map[string]any{"workspaces": entries, "count": len(entries)}, func(w io.Writer) {
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
