@@ -72,7 +72,11 @@ func RunChild() {
 	if n := a.RestoreSecrets(); n > 0 {
 		log.Info("secrets restored", "count", n)
 	}
-	ln, err := SerialListener(agentapi.PortName, portWait, os.Getenv(envSnapshot) == "1")
+	snapshot := os.Getenv(envSnapshot) == "1"
+	if snapshot {
+		prewarm()
+	}
+	ln, err := SerialListener(agentapi.PortName, portWait, snapshot)
 	if err != nil {
 		log.Error("cannot find agent port", "err", err)
 		os.Exit(1)

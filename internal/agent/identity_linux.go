@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
-	"regexp"
 	"sync"
 	"time"
 	"unsafe"
@@ -24,10 +22,33 @@ import (
 // machine-id and MAC. handleIdentity makes it a machine of its own before
 // the host lets anything else run (agentapi.PathIdentity).
 
-var (
-	hostnameRE  = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-	machineIDRE = regexp.MustCompile(`^[0-9a-f]{32}$`)
-)
+// isHostname reports whether s is a DNS label of lowercase letters,
+// digits and inner hyphens (1 to 63 bytes). Checked by hand, not with a
+// regexp: the matcher is code every restored guest would translate anew.
+func isHostname(s string) bool {
+	if len(s) == 0 || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// isMachineID reports whether s is 32 lowercase hex digits.
+func isMachineID(s string) bool {
+	if len(s) != 32 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
 
 // identityState remembers that the workspace disk is mounted (a second
 // mount on top would hide the first).
@@ -64,9 +85,9 @@ func checkIdentity(req agentapi.IdentityRequest) error {
 	switch {
 	case len(req.Entropy) < 16 || len(req.Entropy) > agentapi.IdentityEntropyBytes:
 		return errorf(errdefs.ErrInvalidArgument, "entropy of %d bytes (want 16 to %d)", len(req.Entropy), agentapi.IdentityEntropyBytes)
-	case !hostnameRE.MatchString(req.Hostname):
+	case !isHostname(req.Hostname):
 		return errorf(errdefs.ErrInvalidArgument, "hostname %q is not a DNS label", req.Hostname)
-	case !machineIDRE.MatchString(req.MachineID):
+	case !isMachineID(req.MachineID):
 		return errorf(errdefs.ErrInvalidArgument, "machine id %q is not 32 hex digits", req.MachineID)
 	case req.UnixNano <= 0:
 		return errorf(errdefs.ErrInvalidArgument, "no clock")
@@ -95,8 +116,7 @@ func (s *Agent) applyIdentity(req agentapi.IdentityRequest) (agentapi.IdentityRe
 		return agentapi.IdentityResponse{}, errorf(errdefs.ErrUnavailable, "set hostname: %v", err)
 	}
 	WriteHosts("/etc/hosts", req.Hostname)
-	_ = os.Remove(machineIDPath) // the lower layer's file may be a link
-	if err := os.WriteFile(machineIDPath, []byte(req.MachineID+"\n"), 0o444); err != nil {
+	if err := rewriteFile(machineIDPath, []byte(req.MachineID+"\n"), 0o444); err != nil {
 		return agentapi.IdentityResponse{}, errorf(errdefs.ErrUnavailable, "write machine id: %v", err)
 	}
 	resp := agentapi.IdentityResponse{Hostname: req.Hostname, MachineID: req.MachineID}
@@ -118,7 +138,9 @@ func (s *Agent) applyIdentity(req agentapi.IdentityRequest) (agentapi.IdentityRe
 		s.identity.workspace = true
 		resp.Workspace = true
 	}
-	s.log.Info("identity refreshed", "hostname", req.Hostname, "workspace", resp.Workspace)
+	// Debug: an info line would go to the serial console, through the
+	// tty and UART code of a kernel that a restore has not translated yet.
+	s.log.Debug("identity refreshed", "hostname", req.Hostname, "workspace", resp.Workspace)
 	resp.Health = s.health()
 	return resp, nil
 }

@@ -229,12 +229,23 @@ func mountWorkspace(cfg bootConfig) error {
 	return mountWorkspaceDisks(cfg.layered)
 }
 
+// writableExt4Opts are the options of a writable workspace disk's mount.
+// noinit_itable: the host makes these disks with mke2fs, which leaves
+// the inode tables to be zeroed lazily, and every mount then started a
+// kernel thread (ext4lazyinit) that zeroes them in the background: guest
+// CPU (and, under TCG, fresh kernel code to translate) right after a
+// warm start, and zeroes written into the sparse disk file. ext4 does not
+// need them zeroed: each group records how much of its table is in use
+// (uninit_bg, metadata_csum) and inodes are initialised as they are
+// allocated; the zeroing only spares e2fsck some trust in that record.
+const writableExt4Opts = "noinit_itable"
+
 // mountWorkspaceDisks mounts the present workspace disk(s) on /workspace.
 func mountWorkspaceDisks(layered bool) error {
 	if layered {
 		return mountLayers(WorkspaceBaseDisk, WorkspaceDisk, WorkspaceDir)
 	}
-	if err := unix.Mount(WorkspaceDisk, WorkspaceDir, "ext4", unix.MS_NOATIME|unix.MS_NODEV, ""); err != nil {
+	if err := unix.Mount(WorkspaceDisk, WorkspaceDir, "ext4", unix.MS_NOATIME|unix.MS_NODEV, writableExt4Opts); err != nil {
 		return fmt.Errorf("mount workspace disk %s on %s: %w", WorkspaceDisk, WorkspaceDir, err)
 	}
 	// mke2fs leaves an empty lost+found; /workspace shows only what the
@@ -371,6 +382,13 @@ func setupSystem(cfg bootConfig) error {
 		return fmt.Errorf("set hostname: %w", err)
 	}
 	WriteHosts("/etc/hosts", cfg.hostname)
+	if cfg.snapshot {
+		// Every restored guest writes its own hosts file and machine-id
+		// (identity_linux.go); WriteHosts leaves a hosts file that names
+		// the host already where it is, in the read-only lower layer.
+		copyUp("/etc/hosts", 0o644)
+		copyUp(machineIDPath, 0o444)
+	}
 	if err := setupNetwork(cfg.net); err != nil {
 		return err
 	}
@@ -393,9 +411,46 @@ func WriteHosts(path, hostname string) {
 		b = append(b, '\n')
 	}
 	b = append(b, "127.0.1.1\t"+hostname+"\n"...)
-	// Replace, not write through: the lower layer's file may be a link.
-	_ = os.Remove(path)
-	_ = os.WriteFile(path, b, 0o644)
+	_ = rewriteFile(path, b, 0o644)
+}
+
+// rewriteFile gives the file at path the content b. A regular file is
+// rewritten in place; a link (the lower layer's file may be one) or a
+// missing file is replaced by a new regular file with mode perm. In
+// place is what a restored guest does (init made the file a plain one in
+// the writable layer at boot, copyUp): on the overlay root a replacement
+// is an unlink that leaves a whiteout and a create over it, much more
+// kernel code for a freshly restored guest to translate than a write.
+func rewriteFile(path string, b []byte, perm os.FileMode) error {
+	// O_NONBLOCK: a FIFO put there fails the open instead of blocking it.
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err == nil {
+		f := os.NewFile(uintptr(fd), path)
+		var st unix.Stat_t
+		if err = unix.Fstat(fd, &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFREG {
+			_, err = f.Write(b)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			return err
+		}
+		f.Close()
+	}
+	if !errors.Is(err, unix.ENOENT) {
+		_ = os.Remove(path)
+	}
+	return os.WriteFile(path, b, perm)
+}
+
+// copyUp makes the file at path a regular file of the writable layer with
+// the same content (a link is replaced by a copy of what it points at, a
+// missing file by an empty one), so a later rewriteFile writes it in place.
+func copyUp(path string, perm os.FileMode) {
+	b, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	_ = rewriteFile(path, b, perm)
 }
 
 // supervise is step 7-8: run the agent child, restart it when it dies, reap

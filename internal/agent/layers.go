@@ -272,7 +272,7 @@ func mountLayers(lowerDisk, upperDisk, dir string) error {
 	if err := unix.Mount(lowerDisk, LayerLowerDir, "ext4", unix.MS_RDONLY|unix.MS_NOATIME|unix.MS_NODEV, "noload"); err != nil {
 		return fmt.Errorf("mount workspace baseline %s: %w", lowerDisk, err)
 	}
-	if err := unix.Mount(upperDisk, LayerUpperMount, "ext4", unix.MS_NOATIME|unix.MS_NODEV, ""); err != nil {
+	if err := unix.Mount(upperDisk, LayerUpperMount, "ext4", unix.MS_NOATIME|unix.MS_NODEV, writableExt4Opts); err != nil {
 		return fmt.Errorf("mount workspace upper disk %s: %w", upperDisk, err)
 	}
 	for _, d := range []string{upperDir(LayerUpperMount), workDir(LayerUpperMount)} {

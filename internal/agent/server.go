@@ -106,6 +106,10 @@ type Agent struct {
 	handler      http.Handler
 	layers       *layers
 	quiet        *quiet
+	// static is the part of health that never changes while the agent
+	// lives (a restored guest has its saved guest's memory, vCPUs and
+	// kernel): read once, not in every restored guest's first call.
+	static agentapi.Health
 }
 
 // New builds an agent from opts.
@@ -137,6 +141,14 @@ func New(opts Options) *Agent {
 	a.shells = &shellManager{a: a, shells: map[string]*shell{}}
 	a.jobs = &jobManager{a: a, jobs: map[string]*job{}}
 	a.handler = a.routes()
+	a.static = agentapi.Health{AgentVersion: opts.Version, VCPUs: runtime.NumCPU(), MemTotalKiB: memTotalKiB()}
+	if a.static.AgentVersion == "" {
+		a.static.AgentVersion = buildVersion()
+	}
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		a.static.KernelRelease = unix.ByteSliceToString(u.Release[:])
+	}
 	return a
 }
 
@@ -162,7 +174,12 @@ func (s *Agent) Serve(ctx context.Context, conn io.ReadWriteCloser) error {
 		ReadHeaderTimeout: 30 * time.Second,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		BaseContext:       func(_ net.Listener) context.Context { return ctx },
+		// HTTP/1.1 only: the host speaks nothing else, and each Serve of
+		// a server allowing HTTP/2 sets it up first (code a restored
+		// guest's first call would run and, under TCG, translate).
+		Protocols: new(http.Protocols),
 	}
+	srv.Protocols.SetHTTP1(true)
 	stop := context.AfterFunc(ctx, func() {
 		_ = srv.Close()
 		_ = sess.Close()
@@ -210,22 +227,9 @@ func (s *Agent) handleHealth(w http.ResponseWriter, _ *http.Request) {
 // health is what /v1/health answers (and an identity refresh, which is a
 // restored guest's first call).
 func (s *Agent) health() agentapi.Health {
-	h := agentapi.Health{
-		AgentVersion:   s.opts.Version,
-		VCPUs:          runtime.NumCPU(),
-		MemTotalKiB:    memTotalKiB(),
-		UptimeMS:       uptimeMS(),
-		InitStartedMS:  s.opts.InitStartedMS,
-		RootReadyMS:    s.opts.RootReadyMS,
-		AgentStartedMS: s.opts.AgentStartedMS,
-	}
-	if h.AgentVersion == "" {
-		h.AgentVersion = buildVersion()
-	}
-	var u unix.Utsname
-	if unix.Uname(&u) == nil {
-		h.KernelRelease = unix.ByteSliceToString(u.Release[:])
-	}
+	h := s.static
+	h.UptimeMS = uptimeMS()
+	h.InitStartedMS, h.RootReadyMS, h.AgentStartedMS = s.opts.InitStartedMS, s.opts.RootReadyMS, s.opts.AgentStartedMS
 	return h
 }
 
