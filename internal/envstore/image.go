@@ -221,9 +221,7 @@ func (s *Store) PullImage(ctx context.Context, ref string, opts ImagePullOptions
 	installed := false
 	defer func() {
 		if !installed {
-			if err := removeTree(tmp); err != nil {
-				s.log.Warn("remove partial image build", "dir", tmp, "err", err)
-			}
+			s.removeBuild(tmp, "partial image build")
 		}
 	}()
 	// tmp stays 0700 (MkdirTemp) while it holds the image's files: they

@@ -167,9 +167,7 @@ func (s *Store) Pull(ctx context.Context, name string, opts PullOptions) (PullRe
 	installed := false
 	defer func() {
 		if !installed {
-			if err := removeTree(tmp); err != nil {
-				s.log.Warn("remove partial build", "dir", tmp, "err", err)
-			}
+			s.removeBuild(tmp, "partial build")
 		}
 	}()
 	if err := os.Chmod(tmp, 0o755); err != nil {
@@ -251,11 +249,7 @@ func (s *Store) install(tmp, dir string) error {
 			os.Remove(o)
 			return err
 		}
-		defer func() {
-			if err := removeTree(o); err != nil {
-				s.log.Warn("remove replaced environment", "dir", o, "err", err)
-			}
-		}()
+		defer s.removeBuild(o, "replaced environment")
 	}
 	if err := os.Rename(tmp, dir); err != nil {
 		if old != "" {
@@ -276,11 +270,17 @@ func (s *Store) removeStaleTemps() {
 	ents, _ := os.ReadDir(s.root)
 	for _, d := range ents {
 		if strings.HasPrefix(d.Name(), tmpPrefix) {
-			p := filepath.Join(s.root, d.Name())
-			if err := removeTree(p); err != nil {
-				s.log.Warn("remove stale build", "dir", p, "err", err)
-			}
+			s.removeBuild(filepath.Join(s.root, d.Name()), "stale build")
 		}
+	}
+}
+
+// removeBuild removes dir, a build directory or a replaced install (what
+// says which, for the log). A failure is only logged: the next pull or
+// prune sweeps it.
+func (s *Store) removeBuild(dir, what string) {
+	if err := removeTree(dir); err != nil {
+		s.log.Warn("remove "+what, "dir", dir, "err", err)
 	}
 }
 
