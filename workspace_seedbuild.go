@@ -47,7 +47,7 @@ func startSeedBuild(ctx context.Context, path string, src io.Reader) *seedBuild 
 	b.cancelBuild = cancelBuild
 	go func() {
 		defer close(b.done)
-		b.st, b.err = workspace.BuildBase(bctx, path, ctxReader{bctx, src}, workspace.DiskBytes())
+		b.st, b.err = workspace.BuildBase(bctx, path, src, workspace.DiskBytes())
 		if b.err == nil {
 			b.base.sum, b.base.n, b.err = workspace.ImageDigest(path)
 		}
@@ -82,18 +82,4 @@ func (b *seedBuild) finish(ctx context.Context, c *Client, dir vmdir.Dir, seed w
 		return nil
 	})
 	return b.base, err
-}
-
-// ctxReader ends a read of r once ctx ends, so a canceled build stops
-// unpacking at once.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }

@@ -47,7 +47,8 @@ const (
 // BuildBase makes the baseline image at path, which PrepareBase made, from
 // the tar stream src (nil: an empty /workspace). The archive is unpacked on
 // the host under tarutil's rules (no escapes, no links followed, no
-// devices) into a private directory beside path, which mke2fs -d turns
+// devices), a seed directory (a *DirSource) staged under the same rules
+// (stageDir), into a private directory beside path, which mke2fs -d turns
 // into a journal-less ext4 image of size bytes (sparse), written in place:
 // a guest may have the file open already (basegate.go). Once the image is
 // whole and durable, its pending mark goes.
@@ -65,8 +66,12 @@ func BuildBase(ctx context.Context, path string, src io.Reader, size int64) (tar
 	if err := os.Mkdir(tree, 0o755); err != nil {
 		return st, err
 	}
-	if src != nil {
-		if st, err = tarutil.ExtractTar(src, tree); err != nil {
+	if ds, ok := src.(*DirSource); ok {
+		if st, err = stageDir(ctx, ds.dir, tree); err != nil {
+			return st, fmt.Errorf("stage seed: %w", err)
+		}
+	} else if src != nil {
+		if st, err = tarutil.ExtractTar(ctxReader{ctx, src}, tree); err != nil {
 			return st, errdefs.Wrap(errdefs.ErrInvalidArgument, err, "check the seed archive", "unpack seed")
 		}
 	}
@@ -358,4 +363,18 @@ func (s Snapshots) VerifyLayered(name, base string) (string, error) {
 		return "", nil
 	}
 	return p, nil
+}
+
+// ctxReader ends a read of r once ctx ends, so a canceled build stops
+// unpacking at once.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }

@@ -120,8 +120,8 @@ type Seed struct {
 	OriginRef  string `json:"origin_ref,omitempty"`
 }
 
-// OpenSource opens a host directory or a local .tar/.tar.gz/.tgz as an
-// uncompressed tar stream, and says which it was.
+// OpenSource opens a host directory (a *DirSource) or a local
+// .tar/.tar.gz/.tgz as an uncompressed tar stream, and says which it was.
 func OpenSource(path string) (io.ReadCloser, string, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
@@ -132,12 +132,7 @@ func OpenSource(path string) (io.ReadCloser, string, error) {
 		return nil, "", errdefs.Wrap(errdefs.ErrNotFound, err, "give a directory or a .tar/.tar.gz/.tgz file", "seed source %q", path)
 	}
 	if st.IsDir() {
-		pr, pw := io.Pipe()
-		go func() {
-			_, _, err := tarutil.TarDir(pw, abs)
-			pw.CloseWithError(err)
-		}()
-		return pr, "directory", nil
+		return newDirSource(abs), "directory", nil // stage.go
 	}
 	lower := strings.ToLower(abs)
 	if !st.Mode().IsRegular() || !(strings.HasSuffix(lower, ".tar") || strings.HasSuffix(lower, ".tar.gz") || strings.HasSuffix(lower, ".tgz")) {
