@@ -89,8 +89,9 @@ type Workspace struct {
 	Backend      string         `json:"backend,omitempty"`
 	Acceleration string         `json:"acceleration,omitempty"`
 	Isolation    string         `json:"isolation,omitempty"`
-	// Start is "warm" (restored from a memory snapshot) or "cold"; BootMS
-	// is how long the current guest took to come up.
+	// Start is "warm" (restored from a memory snapshot), "cold", or
+	// "pool" (handed out by a workspace pool: BootMS is the hand-out);
+	// BootMS is how long the current guest took to come up.
 	Start  string `json:"start,omitempty"`
 	BootMS int64  `json:"boot_ms,omitempty"`
 

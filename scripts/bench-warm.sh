@@ -11,6 +11,9 @@
 #                                   --size 1`, ready before each run: the
 #                                   refill after a run is not timed)
 #   pyro workspace create ENV       warm
+#   pyro workspace create ENV       served by a workspace pool (`pyro pool
+#                                   start --workspace --size 1`, ready before
+#                                   each create; the delete is not timed)
 #   docker run --rm --network none IMG true      (IMG = ENV's rootfs, docker import)
 #   docker run -d --network none IMG sleep 600
 # and the ratios the issue asks for. Docker is used when a daemon answers
@@ -100,6 +103,23 @@ for _ in $(seq "$N"); do
 done
 ws_ms=$(printf '%s\n' "${ws[@]}" | median)
 
+echo "==> pyro workspace create $ENVNAME through a workspace pool (pyro pool start --workspace --size 1), $N runs"
+"$PYRO" pool start --workspace --size 1 "$ENVNAME" >/dev/null 2>&1 &
+poolpid=$!
+wsp=() wsp_handout=()
+for i in $(seq "$N"); do
+  pool_ready $((i - 1))
+  t0=$(now_ms); out=$("$PYRO" workspace create --json "$ENVNAME"); t1=$(now_ms)
+  grep -q '"start": *"pool"' <<<"$out" || { echo "bench-warm: expected start pool: $out" >&2; exit 1; }
+  wsp+=($((t1 - t0)))
+  wsp_handout+=("$(sed -n 's/.*"boot_ms": *\([0-9]*\).*/\1/p' <<<"$out" | sed -n 1p)")
+  id=$(echo "$out" | grep -o '"workspace_id": *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/')
+  "$PYRO" workspace delete "$id" >/dev/null
+done
+kill -INT "$poolpid"; wait "$poolpid" 2>/dev/null || true; poolpid=""
+wsp_ms=$(printf '%s\n' "${wsp[@]}" | median)
+wsp_handout_ms=$(printf '%s\n' "${wsp_handout[@]}" | median)
+
 docker_run_ms="" docker_d_ms="" docker_note=""
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
   img="pyro-bench-warm:$(echo "$ENVNAME" | tr ':' '-')"
@@ -137,6 +157,8 @@ printf '%-44s %8s\n' "pyro run $ENVNAME -- true (cold)" "$cold_ms"
 printf '%-44s %8s\n' "pyro run $ENVNAME -- true (pool)" "$pool_ms"
 printf '%-44s %8s\n' "  of which the pool's hand-out (boot_ms)" "$handout_ms"
 printf '%-44s %8s\n' "pyro workspace create $ENVNAME (warm)" "$ws_ms"
+printf '%-44s %8s\n' "pyro workspace create $ENVNAME (pool)" "$wsp_ms"
+printf '%-44s %8s\n' "  of which the pool's hand-out (boot_ms)" "$wsp_handout_ms"
 if [ -n "$docker_run_ms" ]; then
   printf '%-44s %8s\n' "docker run --rm --network none IMG true" "$docker_run_ms"
   printf '%-44s %8s\n' "docker run -d --network none IMG sleep" "$docker_d_ms"
@@ -149,6 +171,7 @@ if [ -n "$docker_run_ms" ]; then
   echo "warm run / docker run --rm:          $(ratio "$warm_ms" "$docker_run_ms")  [<= 1.5x]"
   echo "pool run / docker run --rm:          $(ratio "$pool_ms" "$docker_run_ms")  [<= 1.5x]"
   echo "warm workspace create / docker -d:   $(ratio "$ws_ms" "$docker_d_ms")  [<= 1.5x]"
+  echo "pool workspace create / docker -d:   $(ratio "$wsp_ms" "$docker_d_ms")  [<= 1.5x]"
 else
   echo "$docker_note"
 fi

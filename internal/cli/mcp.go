@@ -41,6 +41,7 @@ func (a *app) mcpServeCommand() *cobra.Command {
 	var allowPull bool    // --allow-pull
 	var poolSize int      // --pool
 	var poolEnv string    // --pool-environment
+	var poolWS int        // --pool-workspace
 	cmd := &cobra.Command{
 		Use:   "serve [--profile vm-run|workspace-core|workspace-full] [--allow-path DIR]... [--allow-host-compat] [--http ADDR [--tls-cert FILE --tls-key FILE] [--allow-remote] [--allow-origin ORIGIN]...]",
 		Short: "Run the MCP server on stdio, or on streamable HTTP with --http",
@@ -90,6 +91,7 @@ copied as links, never followed out of the checkout).`,
   pyro mcp serve --network-policy-max egress --allow-host-max @pypi --allow-host-max '*.github.com:443'
   pyro mcp serve --profile workspace-full
   pyro mcp serve --pool 2                  # vm_run gets restored guests in milliseconds
+  pyro mcp serve --pool-workspace 2        # so does workspace_create (unseeded)
 
   Claude Desktop (claude_desktop_config.json):
   {"mcpServers": {"pyro": {"command": "pyro", "args": ["mcp", "serve"]}}}`,
@@ -131,6 +133,7 @@ copied as links, never followed out of the checkout).`,
 				return err
 			}
 			defer a.servePool(cmd.Context(), poolSize, poolEnv)() // mcp_pool.go
+			defer a.serveWorkspacePool(cmd.Context(), poolWS, poolEnv)()
 			if o.httpAddr == "" {
 				err := server.Run(cmd.Context(), &mcpserver.StdioTransport{})
 				if err != nil && cmd.Context().Err() == nil && !isClosedPipe(err) {
@@ -155,7 +158,8 @@ copied as links, never followed out of the checkout).`,
 	f.StringArrayVar(&hostsMax, "allow-host-max", nil, "pin tool calls' allow_hosts inside this allowlist entry (NAME, *.SUFFIX or CIDR[:PORT], or a preset; repeatable)")
 	f.StringVar(&o.projectPath, "project-path", "", "seed workspace_create without seed_path from this git checkout's tracked files (default: the checkout the server starts in, if any; \"\" for none)")
 	f.IntVar(&poolSize, "pool", 0, "keep this many restored, paused guests of vm_run's default configuration (--pool-environment, 1 vCPU, 1024 MiB, no network) ready while serving (0: none)")
-	f.StringVar(&poolEnv, "pool-environment", pyro.DefaultEnvironment, "the environment of --pool's guests")
+	f.StringVar(&poolEnv, "pool-environment", pyro.DefaultEnvironment, "the environment of --pool's guests and --pool-workspace's workspaces")
+	f.IntVar(&poolWS, "pool-workspace", 0, "keep this many workspaces of workspace_create's default configuration (--pool-environment, 1 vCPU, 1024 MiB, unseeded, no network) ready while serving (0: none)")
 	f.StringVar(&o.profile, "profile", "", "serve a tool profile: vm-run (vm_run only), workspace-core (workspace basics, narrow schemas) or workspace-full (every tool); default: exactly the contract's 32 tools")
 	return cmd
 }

