@@ -131,7 +131,8 @@ func (a *app) poolStopCommand() *cobra.Command {
 		Use:   "stop [ENVIRONMENT]",
 		Short: "Stop the warm pools (of ENVIRONMENT, or all)",
 		Long: `Asks each warm pool (of ENVIRONMENT, or every one) to stop and waits until it
-has: its guests, those in use included, are destroyed.`,
+has: its guests, those in use by runs included, are destroyed. Workspaces a workspace
+pool handed out are their creators' and stay; those it had not handed out go.`,
 		Example: "  pyro pool stop\n  pyro pool stop debian:12-base --json",
 		Args:    cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
