@@ -6,6 +6,8 @@
 # ratios. Boots guests: run it alone (e.g. under flock /tmp/pyro-e2e.lock).
 #
 #   scripts/bench-storage.sh [PYRO_BIN]      (env: ENV=debian:12-base FILES=1000 MIB=196;
+#                                              CREATES=3 seeded creates, medians;
+#                                              CREATE_ONLY=1 stops after them;
 #                                              QUICK=1 stops after the diff: transfers only)
 set -eu
 PYRO=${1:-$(dirname "$0")/../bin/pyro}
@@ -45,13 +47,23 @@ fi
 #    snapshot (made here first, so its one-time build is not in the figure)
 "$PYRO" prepare --workspace "$ENV" >/dev/null
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores)"
-s=$(now_ms); ID=$("$PYRO" workspace create --id-only --seed-path "$T/tree" "$ENV"); p_create=$(since_s "$s")
-p_start=$("$PYRO" workspace status --json "$ID" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("start", "?"))')
+#    CREATES rounds (default 3), pyro and Docker alternating, medians; the
+#    last workspace and container stay for the rows below.
+: >"$T/pc"; : >"$T/dc"
+for _ in $(seq "${CREATES:-3}"); do
+  if [ -n "${ID:-}" ]; then "$PYRO" workspace delete "$ID" >/dev/null; fi
+  if [ -n "${CID:-}" ]; then docker rm -f "$CID" >/dev/null; fi
+  sync; s=$(now_ms); ID=$("$PYRO" workspace create --id-only --seed-path "$T/tree" "$ENV"); echo "$(since_s "$s")" >>"$T/pc"
+  if [ -n "$DOCKER" ]; then
+    sync; s=$(now_ms); CID=$(docker run -d --network none "$IMG" sleep infinity); docker cp "$T/tree/." "$CID:/workspace" ; echo "$(since_s "$s")" >>"$T/dc"
+  fi
+done
+p_create=$(median <"$T/pc")
 d_create=""
-if [ -n "$DOCKER" ]; then
-  s=$(now_ms); CID=$(docker run -d --network none "$IMG" sleep infinity); docker cp "$T/tree/." "$CID:/workspace" ; d_create=$(since_s "$s")
-fi
-echo "create seeded:   pyro ${p_create}s  docker ${d_create:-n/a}s  ratio $(ratio "$p_create" "$d_create")  (start: $p_start; goal <= 1.5x)"
+if [ -n "$DOCKER" ]; then d_create=$(median <"$T/dc"); fi
+p_start=$("$PYRO" workspace status --json "$ID" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("start", "?"))')
+echo "create seeded:   pyro ${p_create}s  docker ${d_create:-n/a}s  ratio $(ratio "$p_create" "$d_create")  (median of ${CREATES:-3}: pyro $(echo $(cat "$T/pc")), docker $(echo $(cat "$T/dc")); start: $p_start; goal <= 1.5x)"
+if [ -n "${CREATE_ONLY:-}" ]; then exit 0; fi
 
 # 2. sync push of the same tree into a subdirectory (the result says which
 #    path carried it: disk, the workspace's transfer disk, or guest)
