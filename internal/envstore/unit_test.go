@@ -316,3 +316,14 @@ func TestRunToolKillsGroupOnCancel(t *testing.T) {
 		t.Fatalf("failure output: %v", err)
 	}
 }
+
+// A failing tool's stdout and stderr are copied into one tail by two
+// goroutines at once: the tail stays whole (run with -race to see the old
+// unguarded buffer fail).
+func TestRunToolTailOfBothStreams(t *testing.T) {
+	_, err := runTool(context.Background(), command{name: "sh", args: []string{"-c",
+		`i=0; while [ $i -lt 500 ]; do echo out$i; echo err$i >&2; i=$((i+1)); done; exit 3`}})
+	if err == nil || !strings.Contains(err.Error(), "exit status 3") || !strings.Contains(err.Error(), "499") {
+		t.Fatalf("failed tool: %v", err)
+	}
+}
