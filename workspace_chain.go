@@ -80,31 +80,173 @@ func captureUpper(ctx context.Context, dir vmdir.Dir, rec instance.Record, agent
 	return ref, bytes, m, err
 }
 
-// pushTop freezes the live top layer under a new empty overlay and returns
-// it (with the bytes its file holds). The guest's disk holds the state to
-// keep (frozen, or synced and quiet); the caller holds the layer lock.
+// pushTop freezes the live top layer under an empty overlay and returns
+// it (with the bytes its file holds): the next overlay when one was made
+// ahead over it (chain_next.go: one QMP call), else a new one. The guest's
+// disk holds the state to keep (frozen, or synced and quiet); the caller
+// holds the layer lock.
 func pushTop(ctx context.Context, dir vmdir.Dir, l workspace.Layers) (workspace.LayerRef, int64, error) {
-	top, err := l.Top()
+	top, err := resolveTop(ctx, dir, l)
 	if err != nil {
 		return workspace.LayerRef{}, 0, err
 	}
-	over, err := l.NewOverlay(top)
-	if err != nil {
+	n, ok := l.NextOver(top)
+	if !ok {
+		discardNext(ctx, dir, l, top)
+		over, err := l.NewOverlay(top)
+		if err != nil {
+			return workspace.LayerRef{}, 0, err
+		}
+		n = workspace.NextLayer{Layer: over, Parent: top}
+		if err := l.SetNext(n); err != nil {
+			_ = os.Remove(l.Path(over))
+			return workspace.LayerRef{}, 0, err
+		}
+	}
+	// The new top is named before QEMU switches to it, and the record of
+	// the next overlay, which now names the top, says the switch is under
+	// way until it goes: should this process die in between, resolveTop
+	// asks QEMU; should QEMU die, the chain read at the next boot has an
+	// empty layer over the old top, which reads the same.
+	if err := l.PushedTop(n.Layer); err != nil {
 		return workspace.LayerRef{}, 0, err
 	}
-	// The new top is named before QEMU switches to it: should anything
-	// die in between, the chain read at the next boot has an empty layer
-	// over the old top, which reads the same.
-	if err := l.SetTop(over); err != nil {
-		_ = os.Remove(l.Path(over))
-		return workspace.LayerRef{}, 0, err
-	}
-	if err := qemu.PushOverlay(ctx, dir, l.Path(over)); err != nil {
-		_ = l.SetTop(top)
-		_ = os.Remove(l.Path(over))
+	if err := switchTop(ctx, dir, l, n); err != nil {
+		_ = l.PushedTop(top)
+		discardNext(ctx, dir, l, top)
 		return workspace.LayerRef{}, 0, fmt.Errorf("freeze the upper layer: %w", err)
 	}
+	_ = l.ClearNext()
 	return l.Ref(top)
+}
+
+// QEMU's side of the layer switches (seams for unit tests).
+var (
+	qemuPush     = qemu.PushOverlay
+	qemuStage    = qemu.StageOverlay
+	qemuSwitch   = qemu.SwitchOverlay
+	qemuUnstage  = qemu.UnstageOverlay
+	qemuLiveNode = qemu.LiveNode
+)
+
+// switchTop has QEMU put the overlay n over the live top: a staged node
+// switches in one call; one QEMU does not hold (it restarted since it was
+// staged) is handed over the usual way. A failed call that switched all
+// the same (its answer lost) is a switch.
+func switchTop(ctx context.Context, dir vmdir.Dir, l workspace.Layers, n workspace.NextLayer) error {
+	path := l.Path(n.Layer)
+	var err error
+	if n.Staged {
+		if err = qemuSwitch(ctx, dir, path, n.DropParentRW); err == nil {
+			return nil
+		}
+		if live, lerr := qemuLiveNode(ctx, dir); lerr == nil && live == qemu.NodeName(l.Path(n.Parent)) {
+			_ = qemuUnstage(ctx, dir, path)
+			err = qemuPush(ctx, dir, path)
+		}
+	} else {
+		err = qemuPush(ctx, dir, path)
+	}
+	if err != nil {
+		if live, lerr := qemuLiveNode(ctx, dir); lerr == nil && live == qemu.NodeName(path) {
+			return nil
+		}
+	}
+	return err
+}
+
+// resolveTop returns the live top, first settling a switch a dead process
+// left under way (the top is named, QEMU may not have switched): QEMU says
+// which layer it writes. Without a running QEMU the next boot reads the
+// chain from the named top, which reads the same as the layer below it.
+func resolveTop(ctx context.Context, dir vmdir.Dir, l workspace.Layers) (string, error) {
+	top, err := l.Top()
+	if err != nil {
+		return "", err
+	}
+	n, switching := l.Switching(top)
+	if !switching {
+		return top, nil
+	}
+	if chainable(dir) {
+		live, err := qemuLiveNode(ctx, dir)
+		if err != nil {
+			return "", fmt.Errorf("find the layer the guest writes: %w", err)
+		}
+		switch live {
+		case qemu.NodeName(l.Path(top)):
+		case qemu.NodeName(l.Path(n.Parent)):
+			if err := switchTop(ctx, dir, l, n); err != nil {
+				return "", fmt.Errorf("finish a layer switch: %w", err)
+			}
+		default:
+			return "", fmt.Errorf("the guest writes layer node %q, not %s", live, top)
+		}
+	}
+	return top, l.ClearNext()
+}
+
+// discardNext drops a next overlay that is not over top any more (QEMU's
+// node of it first, so that QEMU holds no deleted file).
+func discardNext(ctx context.Context, dir vmdir.Dir, l workspace.Layers, top string) {
+	n, ok := l.Next()
+	if !ok || n.Layer == top {
+		return
+	}
+	if n.Staged && chainable(dir) {
+		_ = qemuUnstage(ctx, dir, l.Path(n.Layer))
+	}
+	_ = l.ClearNext()
+	_ = os.Remove(l.Path(n.Layer))
+}
+
+// stageNext makes the next overlay over the live top ahead and hands it to
+// QEMU (chain_next.go). The caller holds the layer lock; the guest may be
+// running a command meanwhile.
+func stageNext(ctx context.Context, dir vmdir.Dir, l workspace.Layers) error {
+	top, err := resolveTop(ctx, dir, l)
+	if err != nil {
+		return err
+	}
+	if n, ok := l.NextOver(top); ok && n.Staged {
+		return nil
+	}
+	discardNext(ctx, dir, l, top)
+	over, err := l.NewOverlay(top)
+	if err != nil {
+		return err
+	}
+	topRW, err := qemuStage(ctx, dir, l.Path(over), l.Path(top))
+	if err == nil {
+		err = l.SetNext(workspace.NextLayer{Layer: over, Parent: top, Staged: true, DropParentRW: topRW})
+	}
+	if err != nil {
+		_ = qemuUnstage(ctx, dir, l.Path(over))
+		_ = os.Remove(l.Path(over))
+	}
+	return err
+}
+
+// afterCheckpoint runs the housekeeping after a checkpoint while the
+// command runs: checkpoints past the caps dropped, layers no state needs
+// merged or deleted, the next overlay made ahead. wait returns once it is
+// over (before the caller's process may exit).
+func afterCheckpoint(ctx context.Context, dir vmdir.Dir, rec instance.Record) (wait func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		unlock, err := lockLayers(dir)
+		if err != nil {
+			return
+		}
+		defer unlock()
+		checkpointsOf(dir).Prune()
+		_ = gcLayers(ctx, dir, rec)
+		if chainable(dir) {
+			_ = stageNext(ctx, dir, layersOf(dir, rec))
+		}
+	}()
+	return func() { <-done }
 }
 
 // restoreChain makes the live chain start from a saved state for a reset
@@ -118,6 +260,9 @@ func restoreChain(ctx context.Context, dir vmdir.Dir, rec instance.Record, ref *
 	}
 	defer unlock()
 	l := layersOf(dir, rec)
+	// A next overlay made over the old chain goes (the guest is stopped:
+	// no QEMU holds it); GC below deletes its file.
+	_ = l.ClearNext()
 	var top string
 	if ref != nil {
 		top, err = l.NewOverlay(ref.Layer)

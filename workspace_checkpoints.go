@@ -55,28 +55,42 @@ func checkpointsOn(rec instance.Record) bool { return layered(rec) && metaOf(rec
 // workspace takes them. A checkpoint that cannot be taken (the host's disk
 // is full) refuses the step: it must stay undoable.
 func (c *Client) checkpoint(ctx context.Context, dir vmdir.Dir, rec instance.Record, agent *agentapi.Client, what string) error {
+	wait, err := c.checkpointThen(ctx, dir, rec, agent, what)
+	wait()
+	return err
+}
+
+// checkpointThen is checkpoint with the housekeeping after it (dropping
+// and merging old layers, making the next overlay) left running: the
+// caller runs its step meanwhile, then calls wait.
+func (c *Client) checkpointThen(ctx context.Context, dir vmdir.Dir, rec instance.Record, agent *agentapi.Client, what string) (wait func(), err error) {
+	nothing := func() {}
 	if !checkpointsOn(rec) {
-		return nil
+		return nothing, nil
 	}
 	if chainable(dir) {
-		return c.checkpointLayer(ctx, dir, rec, agent, what)
+		if err := c.checkpointLayer(ctx, dir, rec, agent, what); err != nil {
+			return nothing, err
+		}
+		return afterCheckpoint(ctx, dir, rec), nil
 	}
 	if err := agent.FreezeLayer(ctx, freezeFor); err != nil {
-		return fmt.Errorf("checkpoint: freeze /workspace: %w", err)
+		return nothing, fmt.Errorf("checkpoint: freeze /workspace: %w", err)
 	}
 	defer func() { _ = agent.ThawLayer(context.WithoutCancel(ctx)) }()
 	m, err := agent.LayerManifest(ctx)
 	if err != nil {
-		return fmt.Errorf("checkpoint: list /workspace changes: %w", err)
+		return nothing, fmt.Errorf("checkpoint: list /workspace changes: %w", err)
 	}
 	if _, err := checkpointsOf(dir).Take(rec.WorkspaceDisk, m, instance.Redactor(dir).String(what)); err != nil {
-		return fmt.Errorf("checkpoint: %w", err)
+		return nothing, fmt.Errorf("checkpoint: %w", err)
 	}
-	return nil
+	return nothing, nil
 }
 
 // checkpointLayer takes a checkpoint as a frozen layer (O(1), see
-// workspace_chain.go), then drops and merges past the caps.
+// workspace_chain.go); dropping and merging past the caps is left to
+// afterCheckpoint.
 func (c *Client) checkpointLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, agent *agentapi.Client, what string) error {
 	unlock, err := lockLayers(dir)
 	if err != nil {
@@ -92,9 +106,6 @@ func (c *Client) checkpointLayer(ctx context.Context, dir vmdir.Dir, rec instanc
 	if _, err := checkpointsOf(dir).TakeLayer(ref, bytes, m, instance.Redactor(dir).String(what)); err != nil {
 		return fmt.Errorf("checkpoint: %w", err)
 	}
-	// Dropping and merging old layers is housekeeping: the checkpoint
-	// is taken, the command may run.
-	_ = gcLayers(ctx, dir, rec)
 	return nil
 }
 

@@ -30,7 +30,8 @@ import (
 // (DiskView.Clean). Named snapshots, which host tools read, still freeze.
 
 // execCheckpointed runs an exec in a workspace, with its checkpoint first
-// when it takes them; agent is closed.
+// when it takes them; agent is closed. The housekeeping after the
+// checkpoint (afterCheckpoint) runs beside the command.
 func (c *Client) execCheckpointed(ctx context.Context, dir vmdir.Dir, rec instance.Record, agent *agentapi.Client, opts ExecOptions) (ExecResult, error) {
 	if !checkpointsOn(rec) {
 		return execIn(ctx, agent, opts)
@@ -50,7 +51,9 @@ func (c *Client) execCheckpointed(ctx context.Context, dir vmdir.Dir, rec instan
 			return ExecResult{}, err
 		}
 		if ok {
+			wait := afterCheckpoint(ctx, dir, rec)
 			r, ran, err := agent.ExecQuiet(ctx, req, expect, opts.OnOutput)
+			wait()
 			if ran {
 				c.keepQuiet(dir, r.Quiet, err)
 				if err != nil {
@@ -67,10 +70,13 @@ func (c *Client) execCheckpointed(ctx context.Context, dir vmdir.Dir, rec instan
 		// The usual checkpoint forgets the pending listing.
 		req.Quiet.Have = 0
 	}
-	if err := c.checkpoint(ctx, dir, rec, agent, what); err != nil {
+	wait, err := c.checkpointThen(ctx, dir, rec, agent, what)
+	if err != nil {
+		wait()
 		return ExecResult{}, err
 	}
 	r, err := agent.Exec(ctx, req, opts.OnOutput)
+	wait()
 	if quiet {
 		c.keepQuiet(dir, r.Quiet, err)
 	}
@@ -119,7 +125,7 @@ func (c *Client) checkpointQuiet(ctx context.Context, dir vmdir.Dir, rec instanc
 		return 0, 0, false, nil
 	}
 	l := layersOf(dir, rec)
-	top, err := l.Top()
+	top, err := resolveTop(ctx, dir, l)
 	if err != nil {
 		return 0, 0, false, fmt.Errorf("checkpoint: %w", err)
 	}
@@ -139,6 +145,5 @@ func (c *Client) checkpointQuiet(ctx context.Context, dir vmdir.Dir, rec instanc
 	if err != nil {
 		return 0, 0, false, fmt.Errorf("checkpoint: %w", err)
 	}
-	_ = gcLayers(ctx, dir, rec)
 	return cp.Number, expect, true, nil
 }

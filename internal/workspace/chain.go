@@ -86,16 +86,30 @@ func (l Layers) Top() (string, error) {
 	return name, nil
 }
 
-// SetTop names the live top layer (atomically, durably).
-func (l Layers) SetTop(name string) error {
+// SetTop names the live top layer (atomically, durably: a reset or an
+// undo names a new chain and deletes the old one's layers).
+func (l Layers) SetTop(name string) error { return l.setTop(name, true) }
+
+// PushedTop names the live top layer after a push put it over the old one
+// (atomically, not synced: kill -9 of any process loses nothing written,
+// and for a host crash the fsync of the checkpoint or snapshot record that
+// follows every push commits the rename with it on a journaled file
+// system; should it not, the chain read at the next boot ends at the old
+// top, which holds the recorded state).
+func (l Layers) PushedTop(name string) error { return l.setTop(name, false) }
+
+func (l Layers) setTop(name string, durable bool) error {
 	if !l.valid(name) {
 		return fmt.Errorf("layers: bad layer %q", name)
 	}
 	if err := os.MkdirAll(filepath.Join(l.Dir, LayersDir), 0o700); err != nil {
 		return err
 	}
-	if err := writeFileSync(filepath.Join(l.Dir, LayersDir, topFile), []byte(name)); err != nil {
+	if err := replaceFile(filepath.Join(l.Dir, LayersDir, topFile), []byte(name), durable); err != nil {
 		return err
+	}
+	if !durable {
+		return nil
 	}
 	return fsutil.Sync(filepath.Join(l.Dir, LayersDir))
 }
@@ -288,6 +302,11 @@ func (l Layers) GC(keep []string) error {
 		for _, n := range chain {
 			reach[n] = true
 		}
+	}
+	// The next overlay (chain_next.go) is kept alone: the layer it was
+	// made over may go, it is then made again.
+	if n, ok := l.Next(); ok {
+		reach[n.Layer] = true
 	}
 	ents, err := os.ReadDir(filepath.Join(l.Dir, LayersDir))
 	if err != nil {

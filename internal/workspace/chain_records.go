@@ -64,7 +64,7 @@ func (l Layers) ChainBytes(end string) (int64, error) {
 func writeRef(p string, ref LayerRef) (string, error) {
 	b, _ := json.Marshal(ref)
 	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:]), writeFileSync(p, b)
+	return hex.EncodeToString(sum[:]), replaceFile(p, b, true)
 }
 
 // readRef reads the sidecar at p and checks it against sum.
@@ -116,11 +116,11 @@ func KeepLayers(dir string) []string {
 }
 
 // TakeLayer records the frozen layer ref (its file holding bytes) and the
-// manifest m as the next checkpoint, then drops the oldest past the caps.
+// manifest m as the next checkpoint (Prune drops the oldest past the caps).
 func (c Checkpoints) TakeLayer(ref LayerRef, bytes int64, m agentapi.LayerManifest, command string) (Checkpoint, error) {
 	return c.takeLayer(ref, bytes, command, func(p string) error {
 		b, _ := json.Marshal(m)
-		return writeFileAtomic(p, b)
+		return replaceFile(p, b, false)
 	})
 }
 
@@ -140,12 +140,12 @@ func (c Checkpoints) takeLayer(ref LayerRef, bytes int64, command string, list f
 	}
 	// The number is taken before anything is written under it, so that
 	// a crash half way never leaves it to the next checkpoint.
-	if err := writeFileAtomic(filepath.Join(c.Dir, "last"), []byte(strconv.Itoa(n))); err != nil {
+	if err := replaceFile(filepath.Join(c.Dir, "last"), []byte(strconv.Itoa(n)), false); err != nil {
 		return Checkpoint{}, err
 	}
 	b, _ := json.Marshal(ref)
 	sum := sha256.Sum256(b)
-	if err := writeFileAtomic(c.path(n, ".layer"), b); err != nil {
+	if err := replaceFile(c.path(n, ".layer"), b, false); err != nil {
 		c.remove(n)
 		return Checkpoint{}, err
 	}

@@ -119,29 +119,29 @@ func (c Checkpoints) nextNumber() (int, error) {
 // exists once its record does) and prunes past the caps.
 func (c Checkpoints) finish(n int, m agentapi.LayerManifest, command string, data int64, sum string) (Checkpoint, error) {
 	b, _ := json.Marshal(m)
-	if err := writeFileSync(c.path(n, ".manifest.json"), b); err != nil {
+	if err := replaceFile(c.path(n, ".manifest.json"), b, true); err != nil {
 		c.remove(n)
 		return Checkpoint{}, err
 	}
 	cp, err := c.record(n, command, data, sum)
 	if err == nil {
-		_ = writeFileSync(filepath.Join(c.Dir, "last"), []byte(strconv.Itoa(n)))
+		_ = replaceFile(filepath.Join(c.Dir, "last"), []byte(strconv.Itoa(n)), true)
+		c.Prune()
 	}
 	return cp, err
 }
 
-// record writes checkpoint n's record durably and prunes past the caps.
+// record writes checkpoint n's record durably (the callers prune).
 func (c Checkpoints) record(n int, command string, data int64, sum string) (Checkpoint, error) {
 	if len(command) > int(hostres.Load().HistoryLineBytes) {
 		command = command[:hostres.Load().HistoryLineBytes] + "..."
 	}
 	cp := Checkpoint{Number: n, Command: command, CreatedAt: time.Now().UTC(), Bytes: data, SHA256: sum}
 	b, _ := json.Marshal(cp)
-	if err := writeFileSync(c.path(n, ".json"), b); err != nil {
+	if err := replaceFile(c.path(n, ".json"), b, true); err != nil {
 		c.remove(n)
 		return Checkpoint{}, err
 	}
-	c.prune()
 	return cp, nil
 }
 
@@ -153,8 +153,10 @@ func (c Checkpoints) lastNumber() (int, error) {
 	return strconv.Atoi(strings.TrimSpace(string(b)))
 }
 
-// prune drops the oldest checkpoints past the count and size caps.
-func (c Checkpoints) prune() {
+// Prune drops the oldest checkpoints past the count and size caps (a
+// chained checkpoint's caller does it after the command started, off the
+// path of the checkpoint itself).
+func (c Checkpoints) Prune() {
 	maxCount, maxBytes := checkpointCaps()
 	list, err := c.records()
 	if err != nil {
@@ -308,21 +310,32 @@ func (c Checkpoints) baseIndex() BaseIndex {
 // BaseIndexOf returns the baseline index beside a checkpoints directory.
 func (c Checkpoints) BaseIndex() BaseIndex { return c.baseIndex() }
 
-func writeFileSync(p string, b []byte) error {
-	tmp := p + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+// replaceFile replaces p with b through a temporary file of its own beside
+// it and a rename: a reader (and a process killed half way) sees the old
+// content or the new, never a part. With sync the new content is flushed
+// to the disk before the rename, for the records a host crash must not
+// tear; the directory is not synced (fsutil.WriteFileAtomic does that too):
+// on the journaled file systems pyro's state lives on, the rename commits
+// with the next fsync of any file, and the callers' crash argument (kill
+// -9 of any process) needs no fsync at all (see takeLayer).
+func replaceFile(p string, b []byte, sync bool) error {
+	f, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".tmp-*")
 	if err != nil {
-		return err
+		return fmt.Errorf("write %s: %w", filepath.Base(p), err)
 	}
-	if _, err = f.Write(b); err == nil {
+	_, err = f.Write(b)
+	if err == nil && sync {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return err
+	if err == nil {
+		err = os.Rename(f.Name(), p)
 	}
-	return os.Rename(tmp, p)
+	if err != nil {
+		_ = os.Remove(f.Name())
+		return fmt.Errorf("write %s: %w", filepath.Base(p), err)
+	}
+	return nil
 }

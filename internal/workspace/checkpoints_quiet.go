@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"golang.org/x/sys/unix"
 	"io"
 	"os"
@@ -20,12 +19,12 @@ import (
 // upper layer's listing then. The next exec's checkpoint is taken from it
 // without asking the guest anything; the guest refuses that exec if it
 // changed since, and the host then takes the checkpoint the usual way.
-// The files are hints: written without fsync, consumed (removed) by the
-// checkpoint that uses them, and worthless to a guest that restarted (its
+// The files are hints: written without fsync, replaced by the next
+// exec's report or cleared by a checkpoint taken the usual way, and worthless to a guest that restarted (its
 // epochs start afresh), so a lost, stale or torn one only costs the usual
 // checkpoint.
 //
-//	pending.json                 {"epoch": E, "manifest": M} (E 0 once used)
+//	pending.json                 {"epoch": E, "manifest": M}
 //	pending-M.manifest.json      the upper layer's listing at epoch M
 
 type pending struct {
@@ -79,7 +78,7 @@ func (c Checkpoints) SavePending(rep *agentapi.QuietReport) error {
 		if err != nil {
 			return err
 		}
-		if err := writeFileAtomic(c.pendingManifest(rep.Epoch), b); err != nil {
+		if err := replaceFile(c.pendingManifest(rep.Epoch), b, false); err != nil {
 			return err
 		}
 		p.Manifest = rep.Epoch
@@ -89,7 +88,7 @@ func (c Checkpoints) SavePending(rep *agentapi.QuietReport) error {
 		return c.ClearPending()
 	}
 	b, _ := json.Marshal(p)
-	if err := writeFileAtomic(c.pendingPath(), b); err != nil {
+	if err := replaceFile(c.pendingPath(), b, false); err != nil {
 		return err
 	}
 	c.dropPendingManifests(p.Manifest)
@@ -117,17 +116,16 @@ func (c Checkpoints) dropPendingManifests(keep uint64) {
 	}
 }
 
-// TakePending consumes the pending report: the epoch the guest must still
-// be at, and the listing's file (kept: the next report may say the layer
-// is unchanged since it). ok is false when there is none.
+// TakePending returns the pending report: the epoch the guest must still
+// be at, and the listing's file (the next report may say the layer is
+// unchanged since it). ok is false when there is none. The report is not
+// used up: the guest runs the exec that follows only while it is still at
+// that epoch, and refuses a second use once the first exec ran, so using
+// it again (after a process died between the checkpoint and the exec)
+// costs at most a checkpoint taken again the usual way.
 func (c Checkpoints) TakePending() (epoch uint64, manifest string, ok bool) {
 	p, ok := c.readPending()
 	if !ok || p.Epoch == 0 {
-		return 0, "", false
-	}
-	b, _ := json.Marshal(pending{Manifest: p.Manifest})
-	if err := writeFileAtomic(c.pendingPath(), b); err != nil {
-		_ = os.Remove(c.pendingPath())
 		return 0, "", false
 	}
 	return p.Epoch, c.pendingManifest(p.Manifest), true
@@ -145,7 +143,7 @@ func (c Checkpoints) TakeLayerListed(ref LayerRef, bytes int64, manifest, comman
 		if err != nil {
 			return err
 		}
-		return writeFileAtomic(p, b)
+		return replaceFile(p, b, false)
 	})
 }
 
@@ -245,14 +243,4 @@ func zeroFrom(f *os.File, off, end int64) bool {
 		off += n
 	}
 	return true
-}
-
-// writeFileAtomic replaces p with b (rename; no fsync: see the callers).
-func writeFileAtomic(p string, b []byte) error {
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", filepath.Base(p), err)
-	}
-	return os.Rename(tmp, p)
 }
