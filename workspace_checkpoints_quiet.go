@@ -28,6 +28,32 @@ import (
 // by a guest again (undo, reset to it), which replays the journal, and the
 // host's own readers refuse an image that needs recovery
 // (DiskView.Clean). Named snapshots, which host tools read, still freeze.
+//
+// Why nothing wrote between the report and the switch: /workspace changes
+// only through the agent's calls and user processes. The report is sent
+// only with no user process left in the user cgroup (services and shells
+// live there too: a running service means no report, so every exec of a
+// workspace with a service takes the frozen checkpoint) and no other call
+// under way; every call that may change the guest moves the epoch on, and
+// the quiet exec runs only at the reported epoch with nothing under way
+// and no user process (the agent checks all three under one lock before it
+// starts the command). So if the command runs, nothing ran between the
+// report and the checkpoint, whatever the host did meanwhile; if anything
+// did, the command does not run and the checkpoint goes.
+//
+// Cost (the exec after a writing exec): the next overlay was made and
+// handed to QEMU while the command before ran (workspace_chain.go
+// stageNext), so the checkpoint is one QMP switch (blockdev-snapshot), a
+// rename of the top and the checkpoint's records with one fsync; dropping
+// and merging old layers runs beside the command. Kill -9 of any process
+// at any point: before the top is renamed nothing changed; between the
+// rename and QEMU's switch the record of the next overlay marks the switch
+// (resolveTop asks QEMU which layer it writes before anything trusts the
+// top; a QEMU that died boots on the named chain, whose new top is empty);
+// after the switch and before the record the old top is frozen and the
+// pending report stands, so the next exec names that layer again; a
+// command that ran and was not reported makes the next quiet exec be
+// refused (the epoch moved), so its checkpoint is taken the usual way.
 
 // execCheckpointed runs an exec in a workspace, with its checkpoint first
 // when it takes them; agent is closed. The housekeeping after the
