@@ -29,10 +29,11 @@ import (
 // ran a priming command and waits paused. The record's kind is "pooled"
 // until a create claims it, so no workspace command sees it before.
 //
-// A claim (CreateWorkspace with no seed, no secrets, no network, no
-// host-compat, of the pool's environment, vCPUs and memory) resumes the
-// guest with a fresh identity (kernel RNG state, clock, hostname,
-// machine-id) and the create completes the record with its name, labels
+// A claim (CreateWorkspace with no seed, no network, no host-compat, of
+// the pool's environment, vCPUs and memory) resumes the guest with a fresh
+// identity (kernel RNG state, clock, hostname, machine-id); the create
+// materialises its secrets, if any, while the workspace is still invisible
+// to every other command, then completes the record with its name, labels
 // and options: the workspace is the claimer's for good and outlives the
 // pool. Nothing of a claimer reaches the pool or another claimer: the pool
 // hands each workspace out once, a workspace holds no user data before its
@@ -49,7 +50,7 @@ import (
 // workspacePoolable says whether a create may be served by a pool.
 func workspacePoolable(opts CreateWorkspaceOptions, rec instance.Record) bool {
 	return os.Getenv(PoolEnv) != "0" && os.Getenv(vm.WarmEnv) != "0" && opts.SeedPath == "" && opts.ProjectPath == "" &&
-		len(opts.Secrets) == 0 && !opts.AllowHostCompat && !rec.Network && !rec.Policy().Normalized().Mode.Networked()
+		!opts.AllowHostCompat && !rec.Network && !rec.Policy().Normalized().Mode.Networked()
 }
 
 // workspacePoolKey is the pool configuration of a workspace record.
@@ -108,6 +109,23 @@ func (c *Client) adoptPooled(ctx context.Context, want instance.Record, id strin
 			c.discardAdopted(ctx, dir)
 		}
 	}()
+	secretInfo, secretValues, err := checkSecrets(opts.Secrets)
+	if err != nil {
+		return dir, err
+	}
+	if len(secretValues) > 0 {
+		// Materialised before the record says "workspace": no other
+		// command can reach the guest before it has them.
+		if err := saveSecrets(dir, secretValues); err != nil {
+			return dir, err
+		}
+		agent := c.lc.Client(dir)
+		err := c.prepareGuest(ctx, dir, want, agent)
+		agent.Close()
+		if err != nil {
+			return dir, err
+		}
+	}
 	err = c.lc.Update(ctx, dir, instance.KindPooled, func(r *instance.Record) error {
 		switch {
 		case r.Kind != instance.KindPooled || r.ID != id:
@@ -120,7 +138,7 @@ func (c *Client) adoptPooled(ctx context.Context, want instance.Record, id strin
 		}
 		r.Kind = instance.KindWorkspace
 		r.CreatedAt = want.CreatedAt
-		setMeta(r, workspaceMeta{Seed: workspace.Seed{Mode: "empty"}, Secrets: []SecretInfo{}, Name: opts.Name, Labels: opts.Labels,
+		setMeta(r, workspaceMeta{Seed: workspace.Seed{Mode: "empty"}, Secrets: secretInfo, Name: opts.Name, Labels: opts.Labels,
 			Checkpoints: opts.Checkpoints})
 		return nil
 	})

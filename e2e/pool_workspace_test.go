@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -55,8 +56,8 @@ func TestPoolWorkspace(t *testing.T) {
 	pool := startWorkspacePool(t, env)
 	waitPool(t, env, 0, 120*time.Second)
 
-	create := func(name string) (string, []string) {
-		r := pyro(t, env, "workspace", "create", "--json", baseEnv)
+	create := func(name string, extra ...string) (string, []string) {
+		r := pyro(t, env, append(append([]string{"workspace", "create", "--json"}, extra...), baseEnv)...)
 		var ws map[string]any
 		if r.code != 0 || json.Unmarshal([]byte(r.stdout), &ws) != nil {
 			t.Fatalf("%s: create: exit %d: %s %s", name, r.code, r.stdout, r.stderr)
@@ -91,7 +92,18 @@ func TestPoolWorkspace(t *testing.T) {
 	// The pool refills in the background; the next create gets another
 	// workspace with an identity of its own.
 	waitPool(t, env, 1, 60*time.Second)
-	b, pb := create("second create")
+	// With a secret: materialised in this workspace only.
+	const secret = "pool-secret-value-4711"
+	b, pb := create("second create", "--secret", "TOKEN="+secret)
+	if r := pyro(t, env, "workspace", "exec", b, "--", "sh", "-c", "wc -c < /run/pyro-secrets/TOKEN"); r.code != 0 || strings.TrimSpace(r.stdout) != strconv.Itoa(len(secret)) {
+		t.Errorf("secret in the pooled workspace: exit %d %q %s", r.code, r.stdout, r.stderr)
+	}
+	if r := pyro(t, env, "workspace", "exec", b, "--secret-env", "TOKEN", "--", "printenv", "TOKEN"); r.code != 0 || strings.Contains(r.stdout, secret) {
+		t.Errorf("secret not redacted: exit %d %q %s", r.code, r.stdout, r.stderr)
+	}
+	if r := pyro(t, env, "workspace", "exec", a, "--", "test", "!", "-e", "/run/pyro-secrets/TOKEN"); r.code != 0 {
+		t.Errorf("the other workspace has the secret: %s %s", r.stdout, r.stderr)
+	}
 	for i, what := range []string{"urandom", "hostname", "machine-id"} {
 		if pa[i] == "" || pa[i] == pb[i] {
 			t.Errorf("%s: %q and %q, want two different values", what, pa[i], pb[i])

@@ -20,8 +20,7 @@ func (a *app) poolCommand() *cobra.Command {
 		Long: `A warm pool keeps restored, paused guests of one configuration (environment,
 vCPUs, memory; no network) and hands one to each ` + "`pyro run`" + ` of that configuration
 in milliseconds, refilling in the background. With --workspace it keeps whole
-workspaces ready for ` + "`pyro workspace create`" + ` instead (unseeded, no secrets, no
-network); a claimed workspace is the creator's and outlives the pool. Everything else
+workspaces ready for ` + "`pyro workspace create`" + ` instead (unseeded, no network); a claimed workspace is the creator's and outlives the pool. Everything else
 starts the usual way (warm restore, else cold boot). Results served by a pool say
 start: pool, and boot_ms is the hand-out.`,
 	}

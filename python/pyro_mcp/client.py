@@ -308,7 +308,7 @@ class Pyro:
         go with it.
 
         With ``workspace=True`` it keeps whole workspaces ready for
-        ``create_workspace`` instead (unseeded, no secrets, no network): a
+        ``create_workspace`` instead (unseeded, no network): a
         claimed workspace (``start == "pool"``) is the caller's and outlives
         the pool.
         """
