@@ -34,6 +34,9 @@ type seedBuild struct {
 	err  error
 }
 
+// buildBaseImage builds a baseline image (a seam for tests).
+var buildBaseImage = workspace.BuildBase
+
 // startSeedBuild builds the baseline image at path (made by
 // workspace.PrepareBase) from the tar stream src in the background; nil
 // when there is no seed (src nil).
@@ -47,7 +50,7 @@ func startSeedBuild(ctx context.Context, path string, src io.Reader) *seedBuild 
 	b.cancelBuild = cancelBuild
 	go func() {
 		defer close(b.done)
-		b.st, b.err = workspace.BuildBase(bctx, path, src, workspace.DiskBytes())
+		b.st, b.err = buildBaseImage(bctx, path, src, workspace.DiskBytes())
 		if b.err == nil {
 			b.base.sum, b.base.n, b.err = workspace.ImageDigest(path)
 		}
