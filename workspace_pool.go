@@ -99,14 +99,20 @@ func (c *Client) createPooled(ctx context.Context, opts CreateWorkspaceOptions, 
 // adoptPooled completes the record of the pooled workspace id the pool
 // handed out: checked against what the claimer asked for (the pool's word
 // is not trusted), then an ordinary workspace with the claimer's name,
-// labels and options. A workspace that fails the check is deleted.
+// labels and options. A pooled workspace that fails the check is deleted;
+// an id that names no pooled workspace is left alone (the pool's word is
+// not enough to delete anything else).
 func (c *Client) adoptPooled(ctx context.Context, want instance.Record, id string, opts CreateWorkspaceOptions) (dir vmdir.Dir, err error) {
 	if dir, err = vmdir.Open(c.lc.Parent(instance.KindWorkspace), id); err != nil {
 		return "", err
 	}
+	adopted := false
 	defer func() {
-		if err != nil {
-			c.discardAdopted(ctx, dir)
+		if err == nil {
+			return
+		}
+		if cur, lerr := instance.Load(dir, instance.KindPooled); lerr == nil && (adopted || cur.Kind == instance.KindPooled) {
+			c.discardAdopted(ctx, dir, cur)
 		}
 	}()
 	secretInfo, secretValues, err := checkSecrets(opts.Secrets)
@@ -138,6 +144,7 @@ func (c *Client) adoptPooled(ctx context.Context, want instance.Record, id strin
 		}
 		r.Kind = instance.KindWorkspace
 		r.CreatedAt = want.CreatedAt
+		adopted = true
 		setMeta(r, workspaceMeta{Seed: workspace.Seed{Mode: "empty"}, Secrets: secretInfo, Name: opts.Name, Labels: opts.Labels,
 			Checkpoints: opts.Checkpoints})
 		return nil
@@ -150,11 +157,7 @@ func (c *Client) adoptPooled(ctx context.Context, want instance.Record, id strin
 }
 
 // discardAdopted deletes a claimed workspace the claimer could not adopt.
-func (c *Client) discardAdopted(ctx context.Context, dir vmdir.Dir) {
-	rec, err := instance.Load(dir, instance.KindWorkspace)
-	if err != nil {
-		return
-	}
+func (c *Client) discardAdopted(ctx context.Context, dir vmdir.Dir, rec instance.Record) {
 	if _, err := c.lc.Delete(context.WithoutCancel(ctx), dir, rec); err != nil {
 		c.logger.Warn("delete an unadoptable pooled workspace", "dir", string(dir), "err", err)
 	}
