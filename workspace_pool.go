@@ -276,10 +276,12 @@ type pooledWorkspace struct {
 }
 
 // watch closes done when the supervisor's end of the link closes (it
-// exited: its guest is gone).
+// exited, or it was handed out and let go of the link), and closes the
+// pool's end: a pool hands out many workspaces in its life.
 func (g *pooledWorkspace) watch() {
 	var b [1]byte
 	_, _ = g.link.Read(b[:])
+	_ = g.link.Close()
 	close(g.done)
 }
 
@@ -290,6 +292,9 @@ func (g *pooledWorkspace) HandOut(ctx context.Context, to pool.Claimer) error {
 	t := time.Now()
 	_, err := g.c.lc.ClaimPooled(ctx, g.dir, to.PID)
 	g.c.logger.Debug("workspace hand-out", "workspace_id", g.id, "ms", time.Since(t).Milliseconds(), "err", err)
+	if err == nil {
+		_ = g.link.Close() // the workspace is the claimer's: the link means nothing now
+	}
 	return err
 }
 

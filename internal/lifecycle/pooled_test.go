@@ -2,6 +2,7 @@ package lifecycle
 
 import (
 	"context"
+	"io"
 	"os"
 	"testing"
 	"time"
@@ -24,6 +25,9 @@ func link(t *testing.T) (ours, theirs *os.File) {
 	t.Helper()
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.SetNonblock(fds[0], true); err != nil { // read deadlines
 		t.Fatal(err)
 	}
 	return os.NewFile(uintptr(fds[0]), "pool"), os.NewFile(uintptr(fds[1]), "supervisor")
@@ -71,6 +75,12 @@ func TestPooledClaimOutlivesPool(t *testing.T) {
 	}
 	if pid, alive := instance.Creator(dir); pid != os.Getpid() || !alive {
 		t.Fatalf("creator %d %v", pid, alive)
+	}
+	// The claimed supervisor lets go of its end of the link at once
+	// (the pool's end then reads EOF and the pool frees it).
+	_ = ours.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := ours.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("the pool's end of a claimed workspace's link: %v, want EOF", err)
 	}
 	ours.Close() // the pool ends
 	time.Sleep(200 * time.Millisecond)

@@ -102,6 +102,11 @@ func takePoolLink() *os.File {
 	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil {
 		return nil
 	}
+	// Non-blocking, so the file uses Go's poller and a Close at the
+	// claim ends the read waiting on it (and frees the descriptor).
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return nil
+	}
 	return os.NewFile(uintptr(fd), "pool-link")
 }
 
