@@ -120,27 +120,31 @@ func (c *Client) adoptPooled(ctx context.Context, want instance.Record, id strin
 		return dir, err
 	}
 	if len(secretValues) > 0 {
+		// Checked before the secrets are written: an id that names a
+		// workspace of the user's must not get (or push to its guest)
+		// the claimer's secrets.
+		cur, err := instance.Load(dir, instance.KindPooled)
+		if err != nil {
+			return dir, err
+		}
+		if err := pooledFits(cur, want, id, dir); err != nil {
+			return dir, err
+		}
 		// Materialised before the record says "workspace": no other
 		// command can reach the guest before it has them.
 		if err := saveSecrets(dir, secretValues); err != nil {
 			return dir, err
 		}
 		agent := c.lc.Client(dir)
-		err := c.prepareGuest(ctx, dir, want, agent)
+		err = c.prepareGuest(ctx, dir, want, agent)
 		agent.Close()
 		if err != nil {
 			return dir, err
 		}
 	}
 	err = c.lc.Update(ctx, dir, instance.KindPooled, func(r *instance.Record) error {
-		switch {
-		case r.Kind != instance.KindPooled || r.ID != id:
-			return fmt.Errorf("record of kind %q, id %q", r.Kind, r.ID)
-		case r.Environment != want.Environment || r.EnvironmentDigest != want.EnvironmentDigest ||
-			r.VCPUCount != want.VCPUCount || r.MemMiB != want.MemMiB || r.Network || r.AllowHostCompat:
-			return fmt.Errorf("configuration %s %s %d vCPU %d MiB differs from the create's", r.Environment, r.EnvironmentDigest, r.VCPUCount, r.MemMiB)
-		case r.WorkspaceDisk != dir.Path(workspace.DiskFile) || r.WorkspaceBase != dir.Path(workspace.BaseFile):
-			return errors.New("disks outside the workspace's directory")
+		if err := pooledFits(*r, want, id, dir); err != nil {
+			return err
 		}
 		r.Kind = instance.KindWorkspace
 		r.CreatedAt = want.CreatedAt
@@ -154,6 +158,21 @@ func (c *Client) adoptPooled(ctx context.Context, want instance.Record, id strin
 	}
 	instance.AppendEvent(dir, "created", map[string]any{"environment": want.Environment, "start": supervisor.StartPool})
 	return dir, instance.DoneCreating(dir)
+}
+
+// pooledFits says whether r, the record in dir, is the unclaimed pooled
+// workspace id of want's configuration.
+func pooledFits(r, want instance.Record, id string, dir vmdir.Dir) error {
+	switch {
+	case r.Kind != instance.KindPooled || r.ID != id:
+		return fmt.Errorf("record of kind %q, id %q", r.Kind, r.ID)
+	case r.Environment != want.Environment || r.EnvironmentDigest != want.EnvironmentDigest ||
+		r.VCPUCount != want.VCPUCount || r.MemMiB != want.MemMiB || r.Network || r.AllowHostCompat:
+		return fmt.Errorf("configuration %s %s %d vCPU %d MiB differs from the create's", r.Environment, r.EnvironmentDigest, r.VCPUCount, r.MemMiB)
+	case r.WorkspaceDisk != dir.Path(workspace.DiskFile) || r.WorkspaceBase != dir.Path(workspace.BaseFile):
+		return errors.New("disks outside the workspace's directory")
+	}
+	return nil
 }
 
 // discardAdopted deletes a claimed workspace the claimer could not adopt.

@@ -87,4 +87,14 @@ func TestAdoptPooledChecksThePool(t *testing.T) {
 	if _, _, err := c.lc.Open(instance.KindWorkspace, good.ID); err != nil {
 		t.Errorf("a refused adoption removed an existing workspace: %v", err)
 	}
+	// Nor does it write the claimer's secrets into it (or push them to
+	// its guest).
+	withSecret := opts
+	withSecret.Secrets = []Secret{{Name: "TOKEN", Value: "claimer-secret"}}
+	if _, err := c.adoptPooled(ctx, want, good.ID, withSecret); err == nil {
+		t.Error("an ordinary workspace was adopted again with secrets")
+	}
+	if values, err := loadSecrets(dir); err != nil || len(values) != 0 {
+		t.Errorf("a refused adoption wrote the claimer's secrets into an existing workspace: %v %v", values, err)
+	}
 }
