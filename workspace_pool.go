@@ -100,11 +100,17 @@ func (c *Client) createPooled(ctx context.Context, opts CreateWorkspaceOptions, 
 // handed out: checked against what the claimer asked for (the pool's word
 // is not trusted), then an ordinary workspace with the claimer's name,
 // labels and options. A pooled workspace that fails the check is deleted;
-// an id that names no pooled workspace is left alone (the pool's word is
-// not enough to delete anything else).
+// an id that names no pooled workspace, or one not handed to this process
+// (its supervisor made this process its creator at the claim), is left
+// alone (the pool's word is not enough to delete or take anything else:
+// another pool's unclaimed workspace, paused and without its fresh
+// identity, whose supervisor removes its directory when its pool goes).
 func (c *Client) adoptPooled(ctx context.Context, want instance.Record, id string, opts CreateWorkspaceOptions) (dir vmdir.Dir, err error) {
 	if dir, err = vmdir.Open(c.lc.Parent(instance.KindWorkspace), id); err != nil {
 		return "", err
+	}
+	if pid, _ := instance.Creator(dir); pid != os.Getpid() {
+		return dir, fmt.Errorf("pooled workspace %s was not handed to this process", id)
 	}
 	adopted := false
 	defer func() {

@@ -79,6 +79,20 @@ func TestAdoptPooledChecksThePool(t *testing.T) {
 			t.Errorf("%s: the refused workspace is left: %v", name, err)
 		}
 	}
+	// A pooled workspace not handed to this process (another pool's,
+	// still unclaimed, or another claimer's) is refused and left alone.
+	other := want
+	other.ID = vmdir.NewID()
+	otherDir := pooledDir(t, c, other)
+	if err := instance.WriteCreatorPID(otherDir, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.adoptPooled(ctx, want, other.ID, opts); err == nil {
+		t.Error("a pooled workspace handed to another process was adopted")
+	}
+	if rec, err := instance.Load(otherDir, instance.KindPooled); err != nil || rec.Kind != instance.KindPooled {
+		t.Errorf("a refused adoption changed or removed another's pooled workspace: %+v %v", rec, err)
+	}
 	// An id the pool names that is no pooled workspace is refused, and
 	// left alone: the pool's word deletes nothing of the user's.
 	if _, err := c.adoptPooled(ctx, want, good.ID, opts); err == nil {
