@@ -5,7 +5,10 @@
 # a command that writes nothing (`true`) and one that appends to a file.
 # Boots guests: run it alone (e.g. under flock /tmp/pyro-e2e.lock).
 #
-#   scripts/bench-checkpoint.sh [PYRO_BIN]      (env: ENV=debian:12-base N=15)
+# With MIB set (e.g. MIB=196 FILES=1000), both workspaces first get a tree of
+# that size pushed into /workspace, so the upper layer holds it.
+#
+#   scripts/bench-checkpoint.sh [PYRO_BIN]      (env: ENV=debian:12-base N=15 MIB= FILES=1000)
 set -eu
 PYRO=${1:-$(dirname "$0")/../bin/pyro}
 ENV=${ENV:-debian:12-base}
@@ -15,6 +18,20 @@ trap 'rm -rf "$T"; for id in ${ON:-} ${OFF:-}; do "$PYRO" workspace delete "$id"
 . "$(dirname "$0")/bench-lib.sh"
 ON=$("$PYRO" workspace create --id-only --checkpoints "$ENV")
 OFF=$("$PYRO" workspace create --id-only "$ENV")
+if [ -n "${MIB:-}" ]; then
+  python3 - "$T/tree" "${FILES:-1000}" "$MIB" <<'PY'
+import os, sys
+root, n, mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+size = mib * 1024 * 1024 // n
+for i in range(n):
+    d = os.path.join(root, "d%d" % (i % 20))
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "f%d.bin" % i), "wb") as f:
+        f.write(os.urandom(size))
+PY
+  for id in "$ON" "$OFF"; do "$PYRO" workspace sync push "$id" "$T/tree" --dest /workspace/tree >/dev/null; done
+  echo "upper layer: $MIB MiB in ${FILES:-1000} files pushed"
+fi
 # Warm both (first exec after create pays one-time costs).
 for id in "$ON" "$OFF"; do "$PYRO" workspace exec "$id" -- true >/dev/null; "$PYRO" workspace exec "$id" -- true >/dev/null; done
 
