@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
@@ -208,5 +210,80 @@ func TestCheckpointsTakePruneDrop(t *testing.T) {
 	cp, err := c.Take(upper, agentapi.LayerManifest{}, "exec: again")
 	if err != nil || cp.Number != 6 {
 		t.Fatalf("next checkpoint %+v %v", cp, err)
+	}
+}
+
+// A seed with a read-only directory (a Go module cache, say) leaves no
+// staging tree behind, so the workspace directory can be removed, and
+// the seed's file (hard-linked while staged) has its one link again.
+// Root unlinks in read-only directories: as root the test reruns itself
+// as nobody.
+func TestBuildBaseRemovesReadOnlyStaging(t *testing.T) {
+	if _, err := os.Stat("/usr/sbin/mke2fs"); err != nil {
+		t.Skip("no mke2fs")
+	}
+	if os.Getuid() == 0 {
+		tmp, err := os.MkdirTemp("", "pyro-ro-staging-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(tmp)
+		if err := os.Chmod(tmp, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		// The test binary's own directory is root's alone: run a copy.
+		bin, err := os.ReadFile(os.Args[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		self := filepath.Join(tmp, "workspace.test")
+		if err := os.WriteFile(self, bin, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(self, "-test.run=^TestBuildBaseRemovesReadOnlyStaging$", "-test.count=1")
+		cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := cmd.CombinedOutput()
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			t.Fatalf("as nobody: %v\n%s", err, out)
+		} else if err != nil {
+			t.Skipf("cannot run as nobody: %v", err)
+		}
+		return
+	}
+	dir := t.TempDir()
+	seed := filepath.Join(dir, "seed")
+	ro := filepath.Join(seed, "ro")
+	os.MkdirAll(ro, 0o755)
+	os.WriteFile(filepath.Join(ro, "f"), []byte("hi"), 0o644)
+	os.Chmod(ro, 0o555)
+	defer os.Chmod(ro, 0o755)
+	r, _, err := OpenSource(seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ws := filepath.Join(dir, "ws")
+	os.Mkdir(ws, 0o700)
+	img := filepath.Join(ws, BaseFile)
+	if err := PrepareBase(img, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := BuildBase(context.Background(), img, r, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	ents, _ := os.ReadDir(ws)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".seed-") {
+			t.Errorf("left %s", e.Name())
+		}
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(ro, "f"), &st); err != nil || st.Nlink != 1 {
+		t.Errorf("the seed's file has %d links after the build: %v", st.Nlink, err)
+	}
+	if err := os.RemoveAll(ws); err != nil {
+		t.Errorf("the workspace directory cannot be removed: %v", err)
 	}
 }
