@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -132,15 +133,23 @@ var (
 // switchTop has QEMU put the overlay n over the live top: a staged node
 // switches in one call; one QEMU does not hold (it restarted since it was
 // staged) is handed over the usual way. A failed call that switched all
-// the same (its answer lost) is a switch.
+// the same (its answer lost) is a switch. QEMU is asked which layer the
+// guest writes also when ctx ended (a cancelled caller is the usual way
+// an answer is lost): a switch taken for a failed one would have the
+// layer the guest writes deleted under it.
 func switchTop(ctx context.Context, dir vmdir.Dir, l workspace.Layers, n workspace.NextLayer) error {
 	path := l.Path(n.Layer)
+	liveNode := func() (string, error) {
+		qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+		defer cancel()
+		return qemuLiveNode(qctx, dir)
+	}
 	var err error
 	if n.Staged {
 		if err = qemuSwitch(ctx, dir, path, n.DropParentRW); err == nil {
 			return nil
 		}
-		if live, lerr := qemuLiveNode(ctx, dir); lerr == nil && live == qemu.NodeName(l.Path(n.Parent)) {
+		if live, lerr := liveNode(); lerr == nil && live == qemu.NodeName(l.Path(n.Parent)) {
 			_ = qemuUnstage(ctx, dir, path)
 			err = qemuPush(ctx, dir, path)
 		}
@@ -148,12 +157,15 @@ func switchTop(ctx context.Context, dir vmdir.Dir, l workspace.Layers, n workspa
 		err = qemuPush(ctx, dir, path)
 	}
 	if err != nil {
-		if live, lerr := qemuLiveNode(ctx, dir); lerr == nil && live == qemu.NodeName(path) {
+		if live, lerr := liveNode(); lerr == nil && live == qemu.NodeName(path) {
 			return nil
 		}
 	}
 	return err
 }
+
+// settleTimeout bounds the question that settles a failed switch.
+const settleTimeout = 5 * time.Second
 
 // resolveTop returns the live top, first settling a switch a dead process
 // left under way (the top is named, QEMU may not have switched): QEMU says

@@ -253,3 +253,56 @@ func TestExecCheckpointed(t *testing.T) {
 		}
 	}
 }
+
+// A switch whose answer is lost because the caller was cancelled (the
+// MCP request ended meanwhile) may have happened all the same: the layer
+// the guest now writes must stay the named top with its file, never be
+// deleted under QEMU with the name put back on the frozen layer below.
+func TestSwitchCancelledAfterQEMUSwitched(t *testing.T) {
+	d := t.TempDir()
+	dir := vmdir.Dir(d)
+	lis, err := net.Listen("unix", dir.Path(vmdir.QMPSock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	rec := instance.Record{ID: "ws", WorkspaceBase: filepath.Join(d, "base.ext4"), WorkspaceDisk: filepath.Join(d, "workspace.ext4")}
+	setMeta(&rec, workspaceMeta{Checkpoints: true})
+	if err := os.WriteFile(rec.WorkspaceDisk, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(rec.WorkspaceDisk, 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	l := layersOf(dir, rec)
+	g := &fakeGuest{t: t, l: l, top: "workspace.ext4"}
+	g.fakeQEMU(t)
+	if err := stageNext(context.Background(), dir, l); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	switched := qemuSwitch
+	qemuSwitch = func(ctx context.Context, dir vmdir.Dir, path string, drop bool) error {
+		err := switched(ctx, dir, path, drop)
+		cancel() // QEMU switched; its answer is lost with the caller
+		return fmt.Errorf("qmp: %w %v", context.Canceled, err)
+	}
+	live := qemuLiveNode
+	qemuLiveNode = func(ctx context.Context, dir vmdir.Dir) (string, error) {
+		if err := ctx.Err(); err != nil {
+			return "", err // as dialling QMP would
+		}
+		return live(ctx, dir)
+	}
+	_, _, err = pushTop(ctx, dir, l)
+	g.mu.Lock()
+	writes := g.top
+	g.mu.Unlock()
+	top, terr := l.Top()
+	if terr != nil || top != writes {
+		t.Errorf("QEMU writes %s, the named top is %s (%v); push: %v", writes, top, terr, err)
+	}
+	if _, serr := os.Stat(l.Path(writes)); serr != nil {
+		t.Errorf("the layer QEMU writes is gone: %v", serr)
+	}
+}
