@@ -26,6 +26,9 @@ type fakeGuest struct {
 	done    chan struct{}
 	closed  atomic.Bool
 	failOut bool
+	// hold, when set, keeps HandOut waiting until it is closed (holding
+	// is closed when it starts waiting).
+	hold, holding chan struct{}
 }
 
 func (g *fakeGuest) ID() string { return g.id }
@@ -35,6 +38,13 @@ func (g *fakeGuest) Info() GuestInfo {
 func (g *fakeGuest) HandOut(_ context.Context, to Claimer) error {
 	if g.failOut {
 		return errors.New("guest did not answer")
+	}
+	g.mu.Lock()
+	hold, holding := g.hold, g.holding
+	g.mu.Unlock()
+	if hold != nil {
+		close(holding)
+		<-hold
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -337,5 +347,42 @@ func TestWorkspaceClaimTransfers(t *testing.T) {
 	}
 	if !f.all()[1].closed.Load() {
 		t.Fatal("the pool's unclaimed workspace outlived it")
+	}
+}
+
+// A workspace handed out to a claimer that went away meanwhile (its
+// deadline passed during the hand-out) is ended by the pool: nobody would
+// complete it, and its creator, the claimer, may live on for long.
+func TestWorkspaceClaimerGoneDuringHandOut(t *testing.T) {
+	f := &fakeFiller{}
+	wsKey := testKey
+	wsKey.Workspace = true
+	root, _ := startKey(t, wsKey, 1, f)
+	g := f.all()[0]
+	hold, holding := make(chan struct{}), make(chan struct{})
+	g.mu.Lock()
+	g.hold, g.holding = hold, holding
+	g.mu.Unlock()
+	c, err := net.Dial("unix", SocketPath(root, wsKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := wsKey
+	if err := writeJSONLine(c, request{Op: "claim", Key: &k, ID: "ws1"}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	select {
+	case <-holding:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no hand-out")
+	}
+	c.Close() // the claimer gives up
+	close(hold)
+	for !g.closed.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("a workspace handed out to a claimer that went away was left")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -483,9 +483,14 @@ func (s *Server) transfer(c net.Conn, g Guest, req request, start time.Time) {
 	s.served++
 	s.lastMS = ms
 	s.mu.Unlock()
-	// A claimer that went away meanwhile left a half-made workspace
-	// (its creator is the claimer): the next reconcile removes it.
-	_ = writeJSONLine(c, reply{Claimed: &Claimed{Guest: g.ID(), GuestInfo: g.Info(), HandoutMS: ms}})
+	if err := writeJSONLine(c, reply{Claimed: &Claimed{Guest: g.ID(), GuestInfo: g.Info(), HandoutMS: ms}}); err != nil {
+		// The claimer went away during the hand-out (its deadline
+		// passed): nobody completes the workspace, and reconcile would
+		// leave it, guest running, for as long as the claimer lives
+		// (its creator; a server lives long). It goes now.
+		s.fail("hand out pooled guest %s: the claimer went away: %v", g.ID(), err)
+		s.closeGuest(g)
+	}
 	s.kick()
 	s.log.Info("handed out", "guest", g.ID(), "to", req.ID, "ms", ms)
 }
