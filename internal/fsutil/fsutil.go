@@ -1,9 +1,11 @@
 // Package fsutil holds the few file helpers several packages need, so each
-// exists once: atomic writes, appending a line, fsync of a path, reading
+// exists once: atomic writes, appending a line, fsync of a path, removing a
+// tree with read-only directories, reading
 // the end of a log, and an flock that gives up when its context ends.
 package fsutil
 
 import (
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -81,4 +83,23 @@ func AppendLine(path string, line []byte) error {
 		err = cerr
 	}
 	return err
+}
+
+// RemoveAll is os.RemoveAll that also removes a tree with read-only
+// directories in it (a seed's staging tree carries the seed's modes, and
+// unlinking in a read-only directory is refused to all but root): when
+// the first pass fails, the tree's directories are made writable and it
+// is removed again. Files are never chmod'ed (one may be a hard link to a
+// file of the user's).
+func RemoveAll(path string) error {
+	if os.RemoveAll(path) == nil {
+		return nil
+	}
+	_ = filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			_ = os.Chmod(p, 0o700)
+		}
+		return nil
+	})
+	return os.RemoveAll(path)
 }

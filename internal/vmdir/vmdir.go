@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/fsutil"
 )
 
 // File names inside a VM directory. Sockets are bound and dialled through
@@ -84,7 +85,7 @@ func (d Dir) Remove() error {
 		}
 		return err
 	}
-	return os.RemoveAll(hidden)
+	return fsutil.RemoveAll(hidden)
 }
 
 // IsHidden reports whether name is a leftover of an interrupted Remove.

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -59,7 +58,7 @@ func BuildBase(ctx context.Context, path string, src io.Reader, size int64) (tar
 	if err != nil {
 		return st, err
 	}
-	defer removeStaging(tmp)
+	defer fsutil.RemoveAll(tmp)
 	if err := os.Chmod(tmp, 0o700); err != nil {
 		return st, err
 	}
@@ -86,25 +85,6 @@ func BuildBase(ctx context.Context, path string, src io.Reader, size int64) (tar
 		return st, err
 	}
 	return st, os.Remove(pendingPath(path))
-}
-
-// removeStaging removes a seed's staging tree. Its directories carry the
-// seed's modes, and unlinking in a read-only one is refused (to all but
-// root): the tree, hard links to the caller's files among it, stayed in
-// the workspace directory and made its removal fail. Directories are made
-// writable first; files never are chmod'ed (a link's mode is the caller's
-// own file's).
-func removeStaging(dir string) {
-	if os.RemoveAll(dir) == nil {
-		return
-	}
-	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err == nil && d.IsDir() {
-			_ = os.Chmod(p, 0o700)
-		}
-		return nil
-	})
-	_ = os.RemoveAll(dir)
 }
 
 // baseImage makes the journal-less baseline image of tree at img (sparse,
