@@ -1,12 +1,11 @@
 package vmdir
 
 import (
-	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"syscall"
 	"testing"
+
+	"github.com/pyro-mcp/pyro/internal/asnobody"
 )
 
 // A directory holding a read-only subdirectory (the seed staging tree a
@@ -14,34 +13,7 @@ import (
 // reconcile and delete do not fail on it for good. Root unlinks in
 // read-only directories: as root the test reruns itself as nobody.
 func TestRemoveReadOnlyInside(t *testing.T) {
-	if os.Getuid() == 0 {
-		tmp, err := os.MkdirTemp("", "pyro-vmdir-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer os.RemoveAll(tmp)
-		if err := os.Chmod(tmp, 0o777); err != nil {
-			t.Fatal(err)
-		}
-		// The test binary's own directory is root's alone: run a copy.
-		bin, err := os.ReadFile(os.Args[0])
-		if err != nil {
-			t.Fatal(err)
-		}
-		self := filepath.Join(tmp, "vmdir.test")
-		if err := os.WriteFile(self, bin, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command(self, "-test.run=^TestRemoveReadOnlyInside$", "-test.count=1")
-		cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-		out, err := cmd.CombinedOutput()
-		var exit *exec.ExitError
-		if errors.As(err, &exit) {
-			t.Fatalf("as nobody: %v\n%s", err, out)
-		} else if err != nil {
-			t.Skipf("cannot run as nobody: %v", err)
-		}
+	if asnobody.Rerun(t) {
 		return
 	}
 	parent := t.TempDir()

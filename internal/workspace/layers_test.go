@@ -5,11 +5,12 @@ import (
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/pyro-mcp/pyro/internal/asnobody"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
@@ -222,34 +223,7 @@ func TestBuildBaseRemovesReadOnlyStaging(t *testing.T) {
 	if _, err := os.Stat("/usr/sbin/mke2fs"); err != nil {
 		t.Skip("no mke2fs")
 	}
-	if os.Getuid() == 0 {
-		tmp, err := os.MkdirTemp("", "pyro-ro-staging-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer os.RemoveAll(tmp)
-		if err := os.Chmod(tmp, 0o777); err != nil {
-			t.Fatal(err)
-		}
-		// The test binary's own directory is root's alone: run a copy.
-		bin, err := os.ReadFile(os.Args[0])
-		if err != nil {
-			t.Fatal(err)
-		}
-		self := filepath.Join(tmp, "workspace.test")
-		if err := os.WriteFile(self, bin, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command(self, "-test.run=^TestBuildBaseRemovesReadOnlyStaging$", "-test.count=1")
-		cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-		out, err := cmd.CombinedOutput()
-		var exit *exec.ExitError
-		if errors.As(err, &exit) {
-			t.Fatalf("as nobody: %v\n%s", err, out)
-		} else if err != nil {
-			t.Skipf("cannot run as nobody: %v", err)
-		}
+	if asnobody.Rerun(t) {
 		return
 	}
 	dir := t.TempDir()
