@@ -290,8 +290,26 @@ func mountLayers(lowerDisk, upperDisk, dir string) error {
 // state (agentapi.LayerEntry), so two listings taken apart say which paths
 // a command touched, whatever it wrote.
 func manifest(upper string) ([]agentapi.LayerEntry, error) {
+	return manifestWithin(upper, 0)
+}
+
+// errManifestTooLarge: a listing would not fit the size it must fit in.
+var errManifestTooLarge = errors.New("upper layer listing over its size bound")
+
+// manifestEntryBytes bounds what an entry's fields other than its path
+// take once encoded.
+const manifestEntryBytes = 160
+
+// manifestWithin is manifest that gives up with errManifestTooLarge as
+// soon as the encoded listing would pass maxBytes (0: no bound but the
+// walk's), instead of walking the rest of a large upper layer first.
+func manifestWithin(upper string, maxBytes int) ([]agentapi.LayerEntry, error) {
 	var out []agentapi.LayerEntry
+	size := 0
 	err := walkUpper(upper, func(p, name string, _ fs.DirEntry) (bool, error) {
+		if size += len(name) + manifestEntryBytes; maxBytes > 0 && size > maxBytes {
+			return false, errManifestTooLarge
+		}
 		var st unix.Stat_t
 		if err := unix.Lstat(p, &st); err != nil {
 			return false, err
@@ -316,7 +334,10 @@ func manifest(upper string) ([]agentapi.LayerEntry, error) {
 		out = append(out, le)
 		return le.Kind == "dir", nil
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func (s *Agent) handleLayerManifest(w http.ResponseWriter, _ *http.Request) {

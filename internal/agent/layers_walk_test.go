@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -56,5 +58,33 @@ func TestUpperListings(t *testing.T) {
 	wantM := []string{"a:dir", "a/b:dir", "a/b/f:file", "a/l:symlink", "gone:whiteout", "opq:dir:opaque", "opq/in:dir"}
 	if !reflect.DeepEqual(got, wantM) {
 		t.Fatalf("manifest = %v, want %v", got, wantM)
+	}
+}
+
+// A listing that would pass its size bound ends at the bound with
+// errManifestTooLarge; one within it is the whole manifest.
+func TestManifestWithin(t *testing.T) {
+	up := t.TempDir()
+	for _, d := range []string{"a", "b"} {
+		if err := os.MkdirAll(filepath.Join(up, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 50; i++ {
+			if err := os.WriteFile(filepath.Join(up, d, fmt.Sprintf("f%02d", i)), nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	whole, err := manifest(up)
+	if err != nil || len(whole) != 102 {
+		t.Fatalf("manifest: %d entries, %v", len(whole), err)
+	}
+	// Room for the first ten entries only.
+	if m, err := manifestWithin(up, 10*(5+manifestEntryBytes)); !errors.Is(err, errManifestTooLarge) || m != nil {
+		t.Fatalf("over the bound: %d entries, %v", len(m), err)
+	}
+	m, err := manifestWithin(up, 102*(5+manifestEntryBytes))
+	if err != nil || !reflect.DeepEqual(m, whole) {
+		t.Fatalf("within the bound: %d entries, %v", len(m), err)
 	}
 }

@@ -153,17 +153,9 @@ func (s *Agent) quietReport(e, have uint64) *agentapi.QuietReport {
 	if same {
 		rep.SameAs = have
 	} else {
-		m, err := manifest(upperDir(s.layers.upperMount))
+		// Too large to carry: the walk stops at the bound.
+		m, err := manifestWithin(upperDir(s.layers.upperMount), agentapi.MaxQuietManifestBytes)
 		if err != nil {
-			return nil
-		}
-		// A bound on the encoded size (an entry's fields other than its
-		// path take well under 160 bytes).
-		size := 0
-		for _, le := range m {
-			size += len(le.Path) + 160
-		}
-		if size > agentapi.MaxQuietManifestBytes {
 			return nil
 		}
 		if m == nil {
