@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -117,9 +118,13 @@ func TestWarmCorruptSnapshotBootsCold(t *testing.T) {
 
 	// 1. State written after it was saved: the stamp check catches it.
 	flip()
-	m, lines := warmRun(t, env, baseEnv, "--", "echo", "ok")
+	m, lines := warmRun(t, env, baseEnv, "--", "sh", "-c", "echo ok; cat /etc/machine-id")
 	if m["start"] != "cold" || lines[0] != "ok" {
 		t.Fatalf("corrupt snapshot: start %v stdout %q", m["start"], lines)
+	}
+	// A cold-booted guest has a machine-id of its own too.
+	if len(lines) < 2 || !regexp.MustCompile(`^[0-9a-f]{32}$`).MatchString(lines[1]) {
+		t.Fatalf("cold guest's machine-id: %q", lines)
 	}
 	if _, err := os.Stat(snap); !os.IsNotExist(err) {
 		t.Fatalf("corrupt snapshot not discarded: %v", err)

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"bufio"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -382,12 +384,16 @@ func setupSystem(cfg bootConfig) error {
 		return fmt.Errorf("set hostname: %w", err)
 	}
 	WriteHosts("/etc/hosts", cfg.hostname)
+	// A machine-id of its own for every booted guest: the image's file is
+	// absent, empty or shared by every guest of that image. A restored
+	// guest gets another one with its identity (identity_linux.go),
+	// written in place over this plain file of the writable layer.
+	_ = rewriteFile(machineIDPath, []byte(newMachineID()+"\n"), 0o444)
 	if cfg.snapshot {
-		// Every restored guest writes its own hosts file and machine-id
-		// (identity_linux.go); WriteHosts leaves a hosts file that names
-		// the host already where it is, in the read-only lower layer.
+		// Every restored guest writes its own hosts file too; WriteHosts
+		// leaves a hosts file that names the host already where it is,
+		// in the read-only lower layer.
 		copyUp("/etc/hosts", 0o644)
-		copyUp(machineIDPath, 0o444)
 	}
 	if err := setupNetwork(cfg.net); err != nil {
 		return err
@@ -440,6 +446,24 @@ func rewriteFile(path string, b []byte, perm os.FileMode) error {
 		_ = os.Remove(path)
 	}
 	return os.WriteFile(path, b, perm)
+}
+
+// newMachineID returns 32 random hex digits. GRND_INSECURE: at this
+// point of a boot the kernel's RNG may not be initialised yet, and a
+// machine-id must be unique, not secret, so it must not wait for it.
+func newMachineID() string {
+	var b [16]byte
+	for n := 0; n < len(b); {
+		m, err := unix.Getrandom(b[n:], unix.GRND_INSECURE)
+		if err != nil {
+			// Kernels before 5.6: the clock and pid still tell guests apart.
+			binary.LittleEndian.PutUint64(b[:8], uint64(time.Now().UnixNano()))
+			binary.LittleEndian.PutUint64(b[8:], uint64(os.Getpid())<<32^uint64(time.Now().UnixNano()))
+			break
+		}
+		n += m
+	}
+	return hex.EncodeToString(b[:])
 }
 
 // copyUp makes the file at path a regular file of the writable layer with

@@ -78,3 +78,11 @@ func TestIdentityNames(t *testing.T) {
 		}
 	}
 }
+
+// Every booted guest's machine-id is 32 hex digits of its own.
+func TestNewMachineID(t *testing.T) {
+	a, b := newMachineID(), newMachineID()
+	if !isMachineID(a) || !isMachineID(b) || a == b {
+		t.Fatalf("machine ids %q %q", a, b)
+	}
+}
