@@ -210,6 +210,25 @@ func dropWritable(ctx context.Context, q *qmp, keep string) error {
 	return nil
 }
 
+// addOverlayNode hands QEMU the qcow2 overlay at path (a descriptor in a
+// set of its own) as an unattached node without a backing yet, named
+// NodeName(path); on failure nothing of it stays in QEMU.
+func addOverlayNode(ctx context.Context, q *qmp, path string) (node string, set int, err error) {
+	if set, err = addLayerFile(ctx, q, path); err != nil {
+		return "", 0, err
+	}
+	node = NodeName(path)
+	add := map[string]any{
+		"driver": "qcow2", "node-name": node, "backing": nil,
+		"file": map[string]any{"driver": "file", "filename": fmt.Sprintf("/dev/fdset/%d", set), "locking": "off"},
+	}
+	if _, err := q.call(ctx, "blockdev-add", add, nil); err != nil {
+		_, _ = q.call(ctx, "remove-fd", map[string]any{"fdset-id": set}, nil)
+		return "", 0, err
+	}
+	return node, set, nil
+}
+
 // PushOverlay puts the empty qcow2 overlay at path over the running
 // guest's workspace disk (blockdev-snapshot: QEMU drains the disk, the old
 // top becomes the overlay's read-only backing, the guest goes on writing
@@ -220,17 +239,8 @@ func PushOverlay(ctx context.Context, dir vmdir.Dir, path string) error {
 		return err
 	}
 	defer q.Close()
-	set, err := addLayerFile(ctx, q, path)
+	node, set, err := addOverlayNode(ctx, q, path)
 	if err != nil {
-		return err
-	}
-	node := NodeName(path)
-	add := map[string]any{
-		"driver": "qcow2", "node-name": node, "backing": nil,
-		"file": map[string]any{"driver": "file", "filename": fmt.Sprintf("/dev/fdset/%d", set), "locking": "off"},
-	}
-	if _, err := q.call(ctx, "blockdev-add", add, nil); err != nil {
-		_, _ = q.call(ctx, "remove-fd", map[string]any{"fdset-id": set}, nil)
 		return err
 	}
 	if _, err := q.call(ctx, "blockdev-snapshot", map[string]any{"node": "workspace", "overlay": node}, nil); err != nil {

@@ -36,17 +36,7 @@ func StageOverlay(ctx context.Context, dir vmdir.Dir, path, top string) (topRW b
 		return false, err
 	}
 	defer q.Close()
-	set, err := addLayerFile(ctx, q, path)
-	if err != nil {
-		return false, err
-	}
-	node := NodeName(path)
-	add := map[string]any{
-		"driver": "qcow2", "node-name": node, "backing": nil,
-		"file": map[string]any{"driver": "file", "filename": fmt.Sprintf("/dev/fdset/%d", set), "locking": "off"},
-	}
-	if _, err := q.call(ctx, "blockdev-add", add, nil); err != nil {
-		_, _ = q.call(ctx, "remove-fd", map[string]any{"fdset-id": set}, nil)
+	if _, _, err := addOverlayNode(ctx, q, path); err != nil {
 		return false, err
 	}
 	sets, err := fdSets(ctx, q)
