@@ -162,22 +162,7 @@ func (g *fakeGuest) fakeQEMU(t *testing.T) {
 // moved on since its report refuses the quiet exec, whose checkpoint is
 // then taken the usual way (one freeze) and not kept twice.
 func TestExecCheckpointed(t *testing.T) {
-	d := t.TempDir()
-	dir := vmdir.Dir(d)
-	// A QMP socket makes the workspace chainable; fakeQEMU answers for it.
-	lis, err := net.Listen("unix", dir.Path(vmdir.QMPSock))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close()
-	rec := instance.Record{ID: "ws", WorkspaceBase: filepath.Join(d, "base.ext4"), WorkspaceDisk: filepath.Join(d, "workspace.ext4")}
-	setMeta(&rec, workspaceMeta{Checkpoints: true})
-	if err := os.WriteFile(rec.WorkspaceDisk, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(rec.WorkspaceDisk, 1<<30); err != nil {
-		t.Fatal(err)
-	}
+	dir, rec := chainableWorkspace(t)
 	g := &fakeGuest{t: t, l: layersOf(dir, rec), top: "workspace.ext4", ep: 100}
 	g.fakeQEMU(t)
 	c := &Client{}
@@ -259,21 +244,7 @@ func TestExecCheckpointed(t *testing.T) {
 // the guest now writes must stay the named top with its file, never be
 // deleted under QEMU with the name put back on the frozen layer below.
 func TestSwitchCancelledAfterQEMUSwitched(t *testing.T) {
-	d := t.TempDir()
-	dir := vmdir.Dir(d)
-	lis, err := net.Listen("unix", dir.Path(vmdir.QMPSock))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close()
-	rec := instance.Record{ID: "ws", WorkspaceBase: filepath.Join(d, "base.ext4"), WorkspaceDisk: filepath.Join(d, "workspace.ext4")}
-	setMeta(&rec, workspaceMeta{Checkpoints: true})
-	if err := os.WriteFile(rec.WorkspaceDisk, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(rec.WorkspaceDisk, 1<<30); err != nil {
-		t.Fatal(err)
-	}
+	dir, rec := chainableWorkspace(t)
 	l := layersOf(dir, rec)
 	g := &fakeGuest{t: t, l: l, top: "workspace.ext4"}
 	g.fakeQEMU(t)
@@ -294,7 +265,7 @@ func TestSwitchCancelledAfterQEMUSwitched(t *testing.T) {
 		}
 		return live(ctx, dir)
 	}
-	_, _, err = pushTop(ctx, dir, l)
+	_, _, err := pushTop(ctx, dir, l)
 	g.mu.Lock()
 	writes := g.top
 	g.mu.Unlock()
@@ -305,4 +276,27 @@ func TestSwitchCancelledAfterQEMUSwitched(t *testing.T) {
 	if _, serr := os.Stat(l.Path(writes)); serr != nil {
 		t.Errorf("the layer QEMU writes is gone: %v", serr)
 	}
+}
+
+// chainableWorkspace is a checkpointed workspace's directory and record
+// with a 1 GiB sparse disk, and a socket at its QMP path: that makes it
+// chainable (fakeQEMU answers there).
+func chainableWorkspace(t *testing.T) (vmdir.Dir, instance.Record) {
+	t.Helper()
+	d := t.TempDir()
+	dir := vmdir.Dir(d)
+	lis, err := net.Listen("unix", dir.Path(vmdir.QMPSock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lis.Close() })
+	rec := instance.Record{ID: "ws", WorkspaceBase: filepath.Join(d, "base.ext4"), WorkspaceDisk: filepath.Join(d, "workspace.ext4")}
+	setMeta(&rec, workspaceMeta{Checkpoints: true})
+	if err := os.WriteFile(rec.WorkspaceDisk, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(rec.WorkspaceDisk, 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	return dir, rec
 }
