@@ -19,16 +19,7 @@ trap 'rm -rf "$T"; for id in ${ON:-} ${OFF:-}; do "$PYRO" workspace delete "$id"
 ON=$("$PYRO" workspace create --id-only --checkpoints "$ENV")
 OFF=$("$PYRO" workspace create --id-only "$ENV")
 if [ -n "${MIB:-}" ]; then
-  python3 - "$T/tree" "${FILES:-1000}" "$MIB" <<'PY'
-import os, sys
-root, n, mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-size = mib * 1024 * 1024 // n
-for i in range(n):
-    d = os.path.join(root, "d%d" % (i % 20))
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "f%d.bin" % i), "wb") as f:
-        f.write(os.urandom(size))
-PY
+  make_tree "$T/tree" "${FILES:-1000}" "$MIB"
   for id in "$ON" "$OFF"; do "$PYRO" workspace sync push "$id" "$T/tree" --dest /workspace/tree >/dev/null; done
   echo "upper layer: $MIB MiB in ${FILES:-1000} files pushed"
 fi

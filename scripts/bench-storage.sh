@@ -19,16 +19,7 @@ trap 'rm -rf "$T"; [ -n "${ID:-}" ] && "$PYRO" workspace delete "$ID" >/dev/null
 
 . "$(dirname "$0")/bench-lib.sh"
 
-python3 - "$T/tree" "$FILES" "$MIB" <<'PY'
-import os, sys
-root, n, mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-size = mib * 1024 * 1024 // n
-for i in range(n):
-    d = os.path.join(root, "d%d" % (i % 20))
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "f%d.bin" % i), "wb") as f:
-        f.write(os.urandom(size))
-PY
+make_tree "$T/tree" "$FILES" "$MIB"
 echo "tree: $FILES files, $MIB MiB; environment $ENV"
 
 DOCKER=""
