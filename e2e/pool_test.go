@@ -60,9 +60,12 @@ func waitPool(t *testing.T, env []string, served int, limit time.Duration) poolS
 	}
 }
 
-func startPool(t *testing.T, env []string) *exec.Cmd {
+// startPool starts `pyro pool start --size 1` of baseEnv with the extra
+// flags (e.g. --workspace), killed when the test ends.
+func startPool(t *testing.T, env []string, flags ...string) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(pyroBin, "pool", "start", "--json", "--size", "1", baseEnv)
+	args := append(append([]string{"pool", "start", "--json", "--size", "1"}, flags...), baseEnv)
+	cmd := exec.Command(pyroBin, args...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {

@@ -3,7 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -19,18 +18,6 @@ import (
 // commands and file operations, has its own identity, and outlives the
 // pool; what the pool had not handed out goes with it, also when it is
 // killed.
-
-func startWorkspacePool(t *testing.T, env []string) *exec.Cmd {
-	t.Helper()
-	cmd := exec.Command(pyroBin, "pool", "start", "--json", "--workspace", "--size", "1", baseEnv)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	return cmd
-}
 
 // workspaceDirs lists the directories under home's workspaces/.
 func workspaceDirs(home string) []string {
@@ -53,7 +40,7 @@ func TestPoolWorkspace(t *testing.T) {
 	if r := pyro(t, env, "prepare", "--workspace", baseEnv); r.code != 0 {
 		t.Fatalf("prepare: %s %s", r.stdout, r.stderr)
 	}
-	pool := startWorkspacePool(t, env)
+	pool := startPool(t, env, "--workspace")
 	waitPool(t, env, 0, 120*time.Second)
 
 	create := func(name string, extra ...string) (string, []string) {
@@ -144,7 +131,7 @@ func TestPoolWorkspace(t *testing.T) {
 	}
 
 	// A pool killed with SIGKILL: its unclaimed workspace ends by itself.
-	pool = startWorkspacePool(t, env)
+	pool = startPool(t, env, "--workspace")
 	waitPool(t, env, 0, 120*time.Second)
 	_ = pool.Process.Signal(syscall.SIGKILL)
 	_ = pool.Wait()
