@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -319,23 +320,8 @@ func (c Checkpoints) BaseIndex() BaseIndex { return c.baseIndex() }
 // with the next fsync of any file, and the callers' crash argument (kill
 // -9 of any process) needs no fsync at all (see takeLayer).
 func replaceFile(p string, b []byte, sync bool) error {
-	f, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", filepath.Base(p), err)
-	}
-	_, err = f.Write(b)
-	if err == nil && sync {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), p)
-	}
-	if err != nil {
-		_ = os.Remove(f.Name())
-		return fmt.Errorf("write %s: %w", filepath.Base(p), err)
-	}
-	return nil
+	return replaceFileWith(p, sync, func(w io.Writer) error {
+		_, err := w.Write(b)
+		return err
+	})
 }

@@ -3,6 +3,7 @@ package workspace
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -36,47 +37,30 @@ func (b BaseIndex) under(p string) []string {
 
 // writeBaseIndex lists tree's entries into path ("kind\tname" lines).
 func writeBaseIndex(tree, path string) error {
-	f, err := os.OpenFile(path+".tmp", os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	w := bufio.NewWriter(f)
-	err = filepath.WalkDir(tree, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || p == tree {
+	return replaceFileWith(path, true, func(w io.Writer) error {
+		return filepath.WalkDir(tree, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || p == tree {
+				return err
+			}
+			rel, _ := filepath.Rel(tree, p)
+			kind := ""
+			switch {
+			case d.IsDir():
+				kind = "dir"
+			case d.Type()&fs.ModeSymlink != 0:
+				kind = "symlink"
+			case d.Type().IsRegular():
+				kind = "file"
+			default:
+				return nil
+			}
+			if strings.ContainsAny(rel, "\n\t") {
+				return nil // such names are compared through the guest's listing only
+			}
+			_, err = fmt.Fprintf(w, "%s\t%s\n", kind, filepath.ToSlash(rel))
 			return err
-		}
-		rel, _ := filepath.Rel(tree, p)
-		kind := ""
-		switch {
-		case d.IsDir():
-			kind = "dir"
-		case d.Type()&fs.ModeSymlink != 0:
-			kind = "symlink"
-		case d.Type().IsRegular():
-			kind = "file"
-		default:
-			return nil
-		}
-		if strings.ContainsAny(rel, "\n\t") {
-			return nil // such names are compared through the guest's listing only
-		}
-		_, err = fmt.Fprintf(w, "%s\t%s\n", kind, filepath.ToSlash(rel))
-		return err
+		})
 	})
-	if err == nil {
-		err = w.Flush()
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		_ = os.Remove(path + ".tmp")
-		return err
-	}
-	return os.Rename(path+".tmp", path)
 }
 
 // ReadBaseIndex reads a baseline index (empty when there is none).

@@ -63,24 +63,31 @@ func DiskBytes() int64 {
 
 // CreateDisk makes a fresh, empty ext4 image at path (replacing any).
 func CreateDisk(ctx context.Context, path string, size int64) error {
-	tmp := path + ".tmp"
-	_ = os.Remove(tmp)
-	f, err := os.Create(tmp)
+	// A temp name of its own (two makers of one path never share one).
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return err
 	}
-	if err := f.Truncate(size); err != nil {
-		f.Close()
+	tmp := f.Name()
+	err = f.Truncate(size)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
 		return err
 	}
-	f.Close()
 	out, err := exec.CommandContext(ctx, "mke2fs", "-q", "-F", "-t", "ext4", "-m", "0", "-L", "workspace",
 		"-E", "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0", tmp).CombinedOutput()
 	if err != nil {
 		_ = os.Remove(tmp)
 		return errdefs.Wrap(errdefs.ErrUnavailable, err, "install e2fsprogs", "mke2fs workspace disk: %s", strings.TrimSpace(string(out)))
 	}
-	return os.Rename(tmp, path)
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	return nil
 }
 
 // GuestPath resolves p (relative to /workspace, or absolute) to a clean
