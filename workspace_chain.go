@@ -7,9 +7,9 @@ import (
 	"path/filepath"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/fsutil"
 	"github.com/pyro-mcp/pyro/internal/instance"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/vmm/qemu"
@@ -40,14 +40,22 @@ func chainable(dir vmdir.Dir) bool {
 const mergeSlack = 16
 
 // lockLayers serialises layer changes of one workspace between processes.
-func lockLayers(dir vmdir.Dir) (func(), error) {
+// A caller waits for the lock as long as its context lets it (a stuck
+// holder, say a checkpoint whose guest stopped answering, no longer holds
+// every later call forever).
+func lockLayers(ctx context.Context, dir vmdir.Dir) (func(), error) {
 	f, err := os.OpenFile(dir.Path(".layers.lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+	if err := fsutil.LockContext(ctx, f); err != nil {
 		f.Close()
-		return nil, err
+		if ctx.Err() != nil {
+			return nil, errdefs.Wrap(errdefs.ErrUnavailable, err,
+				"another checkpoint, snapshot or restore of this workspace is still running: retry once it ends, or allow this call more time",
+				"wait for the workspace's layer lock")
+		}
+		return nil, fmt.Errorf("lock the workspace's layers: %w", err)
 	}
 	return func() { f.Close() }, nil
 }
@@ -247,7 +255,7 @@ func afterCheckpoint(ctx context.Context, dir vmdir.Dir, rec instance.Record) (w
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		unlock, err := lockLayers(dir)
+		unlock, err := lockLayers(ctx, dir)
 		if err != nil {
 			return
 		}
@@ -266,7 +274,7 @@ func afterCheckpoint(ctx context.Context, dir vmdir.Dir, rec instance.Record) (w
 // ref, else a new root, empty (image "") or copied from an image saved
 // before chains. Layers nothing refers to any more are deleted.
 func restoreChain(ctx context.Context, dir vmdir.Dir, rec instance.Record, ref *workspace.LayerRef, image string) error {
-	unlock, err := lockLayers(dir)
+	unlock, err := lockLayers(ctx, dir)
 	if err != nil {
 		return err
 	}
@@ -359,7 +367,7 @@ func dropUnreferenced(dir vmdir.Dir, rec instance.Record) error {
 	if !l.Chained() {
 		return nil
 	}
-	unlock, err := lockLayers(dir)
+	unlock, err := lockLayers(context.Background(), dir)
 	if err != nil {
 		return err
 	}

@@ -92,7 +92,7 @@ func (c *Client) checkpointThen(ctx context.Context, dir vmdir.Dir, rec instance
 // workspace_chain.go); dropping and merging past the caps is left to
 // afterCheckpoint.
 func (c *Client) checkpointLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, agent *agentapi.Client, what string) error {
-	unlock, err := lockLayers(dir)
+	unlock, err := lockLayers(ctx, dir)
 	if err != nil {
 		return err
 	}

@@ -114,7 +114,7 @@ func (c *Client) execCheckpointed(ctx context.Context, dir vmdir.Dir, rec instan
 
 // dropCheckpoint removes checkpoint n under the layer lock.
 func (c *Client) dropCheckpoint(dir vmdir.Dir, n int) {
-	unlock, err := lockLayers(dir)
+	unlock, err := lockLayers(context.Background(), dir)
 	if err != nil {
 		return
 	}
@@ -125,7 +125,7 @@ func (c *Client) dropCheckpoint(dir vmdir.Dir, n int) {
 // keepQuiet keeps an exec's quiet report for the next checkpoint (none
 // after a failed exec).
 func (c *Client) keepQuiet(dir vmdir.Dir, rep *agentapi.QuietReport, execErr error) {
-	unlock, err := lockLayers(dir)
+	unlock, err := lockLayers(context.Background(), dir)
 	if err != nil {
 		return
 	}
@@ -140,7 +140,7 @@ func (c *Client) keepQuiet(dir vmdir.Dir, rep *agentapi.QuietReport, execErr err
 // quiet report: ok is false when there is none. It returns the
 // checkpoint's number and the epoch the guest must still be at.
 func (c *Client) checkpointQuiet(ctx context.Context, dir vmdir.Dir, rec instance.Record, what string) (n int, expect uint64, ok bool, err error) {
-	unlock, err := lockLayers(dir)
+	unlock, err := lockLayers(ctx, dir)
 	if err != nil {
 		return 0, 0, false, err
 	}

@@ -70,7 +70,7 @@ func (c *Client) snapshotLayer(ctx context.Context, dir vmdir.Dir, rec instance.
 		if err := workspace.ValidateSnapshotName(name); err != nil {
 			return Snapshot{}, err
 		}
-		unlock, err := lockLayers(dir)
+		unlock, err := lockLayers(ctx, dir)
 		if err != nil {
 			return Snapshot{}, err
 		}

@@ -53,7 +53,7 @@ func (c *Client) exportHost(ctx context.Context, dir vmdir.Dir, rec instance.Rec
 	}
 	if c.lc.Observe(ctx, dir, rec).State == instance.Running {
 		touchActivity(dir)
-		unlock, lerr := lockLayers(dir) // no checkpoint moves the top meanwhile
+		unlock, lerr := lockLayers(ctx, dir) // no checkpoint moves the top meanwhile
 		if lerr != nil {
 			return st, "", false, nil
 		}

@@ -77,7 +77,7 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error)
 		return nil, err
 	}
 	cmd.Stderr = stderr
-	m, err := b.admitAndStart(cmd, spec)
+	m, err := b.admitAndStart(ctx, cmd, spec)
 	if err != nil {
 		console.Close()
 		stderr.Close()
@@ -105,10 +105,18 @@ const vmmLog = "vmm.log"
 // to the running ones. The check and the start happen under a lock on the
 // QEMU binary (any user can take it, and every pyro on the host shares
 // it), so two guests starting at once cannot both take the last memory.
-func (b *Backend) admitAndStart(cmd *exec.Cmd, spec vmm.Spec) (vmm.Machine, error) {
+// The wait for the lock ends with ctx (a start stuck under it holds no
+// other start forever).
+func (b *Backend) admitAndStart(ctx context.Context, cmd *exec.Cmd, spec vmm.Spec) (vmm.Machine, error) {
 	if f, err := os.Open(b.binary); err == nil {
 		defer f.Close()
-		if unix.Flock(int(f.Fd()), unix.LOCK_EX) == nil {
+		if err := fsutil.LockContext(ctx, f); err != nil {
+			if ctx.Err() != nil {
+				return nil, errdefs.Wrap(errdefs.ErrUnavailable, err,
+					"other guests are still starting on this host: retry, or allow this start more time",
+					"wait for the host's guest start lock")
+			}
+		} else {
 			defer unix.Flock(int(f.Fd()), unix.LOCK_UN)
 		}
 	}
