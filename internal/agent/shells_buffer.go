@@ -80,28 +80,20 @@ func (b *outBuf) bounds() (start, end int64, closed bool) {
 
 // wait blocks until output extends past cursor, output ends, or ctx ends.
 func (b *outBuf) wait(ctx context.Context, cursor int64) {
-	for {
-		b.mu.Lock()
-		end := b.start + int64(len(b.buf))
-		if end > cursor || b.closed {
-			b.mu.Unlock()
-			return
-		}
-		ch := b.notify
-		b.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return
-		}
-	}
+	b.waitUntil(ctx, func() bool { return b.start+int64(len(b.buf)) > cursor || b.closed })
 }
 
 // waitClosed blocks until output ends or ctx ends.
 func (b *outBuf) waitClosed(ctx context.Context) {
+	b.waitUntil(ctx, func() bool { return b.closed })
+}
+
+// waitUntil blocks until done (called with b.mu held) holds or ctx ends:
+// every change wakes it to look again.
+func (b *outBuf) waitUntil(ctx context.Context, done func() bool) {
 	for {
 		b.mu.Lock()
-		if b.closed {
+		if done() {
 			b.mu.Unlock()
 			return
 		}
