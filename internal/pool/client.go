@@ -121,6 +121,19 @@ func Claim(ctx context.Context, root string, key Key, id string) (*Lease, error)
 		return nil, fmt.Errorf("pool answered a bad claim: %w", err)
 	}
 	cl := r.Claimed
+	if key.Workspace {
+		// A handed-over workspace is the claimer's only once it says so
+		// within its deadline (the pool waits longer than that): an
+		// answer read too late, or refused above, is the pool's to end,
+		// never left to both or neither.
+		dl, _ := ctx.Deadline()
+		_ = c.SetWriteDeadline(dl)
+		if err := writeJSONLine(c, request{Op: "adopt", Guest: cl.Guest}); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("adopt pooled workspace: %w", err)
+		}
+		_ = c.SetWriteDeadline(time.Time{})
+	}
 	return &Lease{Guest: cl.Guest, Info: cl.GuestInfo, HandoutMS: cl.HandoutMS,
 		ClaimMS: float64(time.Since(start).Microseconds()) / 1000, sock: sock, token: cl.Token, conn: c}, nil
 }

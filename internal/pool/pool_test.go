@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -382,6 +383,38 @@ func TestWorkspaceClaimerGoneDuringHandOut(t *testing.T) {
 	for !g.closed.Load() {
 		if time.Now().After(deadline) {
 			t.Fatal("a workspace handed out to a claimer that went away was left")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A workspace claimer that got the pool's answer too late (its read timed
+// out after the pool wrote it) or refused it never adopts the workspace:
+// it says nothing and closes, and the pool ends the workspace, instead of
+// leaving it handed to a claimer that went on without it.
+func TestWorkspaceAnswerNotAdopted(t *testing.T) {
+	f := &fakeFiller{}
+	wsKey := testKey
+	wsKey.Workspace = true
+	root, _ := startKey(t, wsKey, 1, f)
+	g := f.all()[0]
+	c, err := net.Dial("unix", SocketPath(root, wsKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := wsKey
+	if err := writeJSONLine(c, request{Op: "claim", Key: &k, ID: "ws1"}); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if line, err := readLine(c, maxReplyBytes); err != nil || !strings.Contains(string(line), g.id) {
+		t.Fatalf("answer %q %v", line, err)
+	}
+	c.Close() // gave up (or refused the answer) without adopting it
+	deadline := time.Now().Add(5 * time.Second)
+	for !g.closed.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("a workspace its claimer did not adopt was left")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

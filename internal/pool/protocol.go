@@ -20,9 +20,11 @@
 //	                                        claimer is done, or was killed),
 //	                                        the pool destroys the guest
 //	                                        (a workspace pool's claim has no
-//	                                        lease: the pool answers and
-//	                                        closes; the workspace is the
-//	                                        claimer's)
+//	                                        lease: the claimer answers
+//	                                        {"op":"adopt","guest":G} within
+//	                                        its deadline and the workspace is
+//	                                        its own; without that line, within
+//	                                        ClaimTimeout, the pool ends it)
 //	{"op":"attach","guest":G,"token":T}  -> {}; the connection is then a raw
 //	                                        stream to the guest agent (one
 //	                                        HTTP connection of the agent API)

@@ -490,9 +490,34 @@ func (s *Server) transfer(c net.Conn, g Guest, req request, start time.Time) {
 		// (its creator; a server lives long). It goes now.
 		s.fail("hand out pooled guest %s: the claimer went away: %v", g.ID(), err)
 		s.closeGuest(g)
+	} else if err := readAdopt(c, g.ID()); err != nil {
+		// The answer was written, but the claimer did not take it: its
+		// read timed out first, or it refused the answer. It falls back
+		// to a create of its own, so the workspace goes now, as above.
+		s.fail("hand out pooled guest %s: the claimer did not adopt it: %v", g.ID(), err)
+		s.closeGuest(g)
 	}
 	s.kick()
 	s.log.Info("handed out", "guest", g.ID(), "to", req.ID, "ms", ms)
+}
+
+// readAdopt reads a workspace claimer's adopt line for guest. It waits a
+// whole ClaimTimeout after the answer: longer than the claimer, whose
+// deadline started before the answer, may still write it.
+func readAdopt(c net.Conn, guest string) error {
+	_ = c.SetDeadline(time.Now().Add(ClaimTimeout))
+	line, err := readLine(c, maxRequestBytes)
+	if err != nil {
+		return err
+	}
+	var req request
+	if err := json.Unmarshal(line, &req); err != nil {
+		return err
+	}
+	if req.Op != "adopt" || req.Guest != guest {
+		return fmt.Errorf("unexpected %q for %.64q", req.Op, req.Guest)
+	}
+	return nil
 }
 
 func (s *Server) endLease(l *lease) {
