@@ -419,3 +419,35 @@ func TestWorkspaceAnswerNotAdopted(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// A fill that gets stuck (a pooled guest whose pause never answers) ends
+// with its bound, and the pool goes on filling.
+func TestStuckFillIsBounded(t *testing.T) {
+	f := &fakeFiller{}
+	var calls atomic.Int32
+	fill := func(ctx context.Context) (Guest, error) {
+		if calls.Add(1) == 1 {
+			<-ctx.Done() // stuck until its context ends
+			return nil, ctx.Err()
+		}
+		return f.fill(ctx)
+	}
+	root, err := os.MkdirTemp("", "pool")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(root)
+	s, err := Start(Config{Root: root, Key: testKey, Size: 1, Fill: fill, FillTimeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.WaitReady(ctx, 1); err != nil {
+		t.Fatalf("the pool stopped filling after a stuck fill: %v", err)
+	}
+	if st := s.Status(); st.Failures != 1 || !strings.Contains(st.LastError, "not done within") {
+		t.Fatalf("status %+v", st)
+	}
+}

@@ -63,7 +63,16 @@ type Config struct {
 	Logger *slog.Logger
 	// HandoutTimeout bounds a hand-out (resume and identity); default 5 s.
 	HandoutTimeout time.Duration
+	// FillTimeout bounds one Fill; default DefaultFillTimeout. A fill
+	// stuck past it (say a pause its guest never answers) ends with its
+	// context, discards what it made, and the pool goes on filling.
+	FillTimeout time.Duration
 }
+
+// DefaultFillTimeout is a fill's default bound: far above a restore and
+// priming under TCG on a loaded host (seconds), and above the cold boot
+// that builds a missing memory snapshot first.
+const DefaultFillTimeout = 2 * time.Minute
 
 // MaxSize bounds a pool's size: each guest holds its memory.
 const MaxSize = 64
@@ -117,6 +126,9 @@ func Start(cfg Config) (*Server, error) {
 	}
 	if cfg.HandoutTimeout == 0 {
 		cfg.HandoutTimeout = 5 * time.Second
+	}
+	if cfg.FillTimeout == 0 {
+		cfg.FillTimeout = DefaultFillTimeout
 	}
 	dir := filepath.Join(cfg.Root, DirName)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -264,7 +276,12 @@ func (s *Server) fillLoop() {
 				return
 			}
 		}
-		g, err := s.cfg.Fill(s.ctx)
+		fctx, cancel := context.WithTimeout(s.ctx, s.cfg.FillTimeout)
+		g, err := s.cfg.Fill(fctx)
+		if err != nil && fctx.Err() != nil && s.ctx.Err() == nil {
+			err = fmt.Errorf("not done within %s: %w", s.cfg.FillTimeout, err)
+		}
+		cancel()
 		s.mu.Lock()
 		s.filling--
 		closed := s.closed
