@@ -383,6 +383,9 @@ func buildSnapshot(ctx context.Context, d Deps, c Config, v *VM, store *golden.S
 	if err := g.Close(context.Background()); err != nil {
 		d.Logger.Debug("stop the snapshot's guest", "err", err)
 	}
+	if err := compactState(sb, b.StatePath()); err != nil { // compact.go
+		d.Logger.Warn("memory snapshot kept uncompacted", "err", err)
+	}
 	_ = os.RemoveAll(string(dir))
 	if gc.WorkspaceDisk != "" {
 		_ = os.Remove(gc.WorkspaceDisk)

@@ -6,6 +6,7 @@ package vmm
 
 import (
 	"context"
+	"io"
 	"net"
 	"os"
 
@@ -73,7 +74,9 @@ type Spec struct {
 	// (TCG, debian:12 at 1 GiB): a restore's QEMU used 0.48 s of CPU
 	// without, 0.21 s with. Set for forks (vm.ForkBoot), where ten
 	// restores at once share the host's cores, and for one-shot runs
-	// (vm.Config.OneShot), which live for one command.
+	// (vm.Config.OneShot), which live for one command. Golden snapshots
+	// no longer carry zero pages (qemu.CompactState), so their restores
+	// fault in only the guest's non-zero pages either way.
 	HugePages bool
 }
 
@@ -84,6 +87,13 @@ type Spec struct {
 // agent session open. The machine is paused afterwards; stop it.
 type Snapshotter interface {
 	Save(ctx context.Context, dir vmdir.Dir, state *os.File, release func()) error
+}
+
+// StateCompactor is a Snapshotter that can rewrite a state Save wrote into
+// one that restores the same machine with less work. An error means the
+// state is not one it knows; the caller then keeps the original.
+type StateCompactor interface {
+	CompactState(in io.Reader, out io.Writer) error
 }
 
 // Agent transports.
