@@ -201,19 +201,11 @@ func (c *Client) fillWorkspacePool(ctx context.Context, key pool.Key) (g pool.Gu
 	dir, rec, err := c.lc.Create(ctx, rec, func(dir vmdir.Dir, rec *instance.Record) error {
 		// The pool's process is the creator until a claim: should it
 		// die, reconcile removes what its supervisor did not.
-		if err := instance.WriteCreator(dir); err != nil {
-			return err
-		}
-		rec.WorkspaceDisk = dir.Path(workspace.DiskFile)
-		if err := c.templates().EmptyDisk(ctx, rec.WorkspaceDisk, workspace.DiskBytes()); err != nil {
-			return err
-		}
-		seed := workspace.Seed{Mode: "empty"}
-		base, err := c.buildBase(ctx, dir, rec, false)
+		base, err := c.setUpWorkspaceDir(ctx, dir, rec, true, false)
 		if err != nil {
 			return err
 		}
-		setMeta(rec, workspaceMeta{Seed: seed})
+		setMeta(rec, workspaceMeta{Seed: workspace.Seed{Mode: "empty"}})
 		return base.record(dir)
 	})
 	if err != nil {

@@ -189,24 +189,14 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 	var base baseDigest
 	var seedSrc io.Reader // a baseline's seed, built while the guest starts
 	dir, rec, err := c.lc.Create(ctx, rec, func(dir vmdir.Dir, rec *instance.Record) error {
-		// Half-made until the baseline is recorded: should this process
-		// be killed meanwhile, the next reconcile removes the workspace.
-		if err := instance.WriteCreator(dir); err != nil {
+		// Half-made until the baseline is recorded. Layered unless
+		// host-compat may run it (that backend mounts one disk): the
+		// seed becomes the baseline image here, on the host.
+		if base, err = c.setUpWorkspaceDir(ctx, dir, rec, !opts.AllowHostCompat, source != nil); err != nil {
 			return err
 		}
-		rec.WorkspaceDisk = dir.Path(workspace.DiskFile)
-		if err := c.templates().EmptyDisk(ctx, rec.WorkspaceDisk, workspace.DiskBytes()); err != nil {
-			return err
-		}
-		// Layered unless host-compat may run it (that backend mounts one
-		// disk): the seed becomes the baseline image here, on the host.
-		if !opts.AllowHostCompat {
-			if base, err = c.buildBase(ctx, dir, rec, source != nil); err != nil {
-				return err
-			}
-			if source != nil {
-				seedSrc, source = source, nil
-			}
+		if !opts.AllowHostCompat && source != nil {
+			seedSrc, source = source, nil
 		}
 		if err := saveSecrets(dir, secretValues); err != nil {
 			return err

@@ -1,0 +1,29 @@
+package pyro
+
+import (
+	"context"
+
+	"github.com/pyro-mcp/pyro/internal/instance"
+	"github.com/pyro-mcp/pyro/internal/vmdir"
+	"github.com/pyro-mcp/pyro/internal/workspace"
+)
+
+// setUpWorkspaceDir makes a new workspace directory's files inside
+// lc.Create, the same for a create and a pool's fill: the creator first
+// (half-made until the caller records it done: should this process be
+// killed meanwhile, the next reconcile removes the workspace), the empty
+// /workspace disk, and for a layered workspace its baseline image
+// (buildBase; a seed's only prepared).
+func (c *Client) setUpWorkspaceDir(ctx context.Context, dir vmdir.Dir, rec *instance.Record, layered, seeded bool) (baseDigest, error) {
+	if err := instance.WriteCreator(dir); err != nil {
+		return baseDigest{}, err
+	}
+	rec.WorkspaceDisk = dir.Path(workspace.DiskFile)
+	if err := c.templates().EmptyDisk(ctx, rec.WorkspaceDisk, workspace.DiskBytes()); err != nil {
+		return baseDigest{}, err
+	}
+	if !layered {
+		return baseDigest{}, nil
+	}
+	return c.buildBase(ctx, dir, rec, seeded)
+}
