@@ -118,13 +118,17 @@ func TestWarmCorruptSnapshotBootsCold(t *testing.T) {
 
 	// 1. State written after it was saved: the stamp check catches it.
 	flip()
-	m, lines := warmRun(t, env, baseEnv, "--", "sh", "-c", "echo ok; cat /etc/machine-id")
+	m, lines := warmRun(t, env, baseEnv, "--", "sh", "-c", "echo ok; cat /etc/machine-id; hostname")
 	if m["start"] != "cold" || lines[0] != "ok" {
 		t.Fatalf("corrupt snapshot: start %v stdout %q", m["start"], lines)
 	}
 	// A cold-booted guest has a machine-id of its own too.
 	if len(lines) < 2 || !regexp.MustCompile(`^[0-9a-f]{32}$`).MatchString(lines[1]) {
 		t.Fatalf("cold guest's machine-id: %q", lines)
+	}
+	// And a hostname of its own (the one a restored guest of its id gets).
+	if len(lines) < 3 || !regexp.MustCompile(`^pyro-[0-9a-f]{8}$`).MatchString(lines[2]) {
+		t.Fatalf("cold guest's hostname: %q", lines)
 	}
 	if _, err := os.Stat(snap); !os.IsNotExist(err) {
 		t.Fatalf("corrupt snapshot not discarded: %v", err)

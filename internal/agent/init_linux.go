@@ -71,7 +71,7 @@ func parseCmdline(s string) bootConfig {
 		case "pyro.poweroff":
 			c.poweroff = v == "1"
 		case "pyro.hostname":
-			if v != "" {
+			if isHostname(v) {
 				c.hostname = v
 			}
 		case "pyro.debug":

@@ -389,6 +389,10 @@ func TestParseCmdline(t *testing.T) {
 	if c.net || !c.poweroff || c.hostname != "pyro" {
 		t.Fatalf("got %+v", c)
 	}
+	// A name that is no DNS label is not taken.
+	if c = parseCmdline("pyro.hostname=a_b"); c.hostname != "pyro" {
+		t.Fatalf("got %+v", c)
+	}
 }
 
 func TestRtentryLayout(t *testing.T) {

@@ -95,7 +95,9 @@ func WarmBoot() Steps {
 func (v *VM) cmdline(c Config) []string {
 	words := append(GuestCmdline(c), tcgWords(v.Features.Acceleration)...)
 	if !v.warm.snapshotCmdline {
-		return words
+		// A cold guest's hostname is the one a restored guest of its id
+		// gets (refreshIdentity): its own, not the image's "pyro".
+		return append(words, "pyro.hostname="+Hostname(v.ID))
 	}
 	if i := slices.Index(words, "pyro.workspace=1"); i >= 0 {
 		words[i] = "pyro.workspace=defer"
