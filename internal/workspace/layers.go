@@ -63,29 +63,47 @@ func BuildBase(ctx context.Context, path string, src io.Reader, size int64) (tar
 		return st, err
 	}
 	tree := filepath.Join(tmp, "tree")
-	if err := os.Mkdir(tree, 0o755); err != nil {
-		return st, err
-	}
-	if ds, ok := src.(*DirSource); ok {
-		if st, err = stageDir(ctx, ds.dir, tree); err != nil {
-			return st, fmt.Errorf("stage seed: %w", err)
+	ds, staged := src.(*DirSource)
+	for links := staged; ; links = false {
+		if err := os.Mkdir(tree, 0o755); err != nil {
+			return st, err
 		}
-	} else if src != nil {
-		if st, err = tarutil.ExtractTar(ctxReader{ctx, src}, tree); err != nil {
-			return st, errdefs.Wrap(errdefs.ErrInvalidArgument, err, "check the seed archive", "unpack seed")
+		var linked linkedFiles
+		if staged {
+			if st, linked, err = stageDir(ctx, ds.dir, tree, links); err != nil {
+				return st, fmt.Errorf("stage seed: %w", err)
+			}
+		} else if src != nil {
+			if st, err = tarutil.ExtractTar(ctxReader{ctx, src}, tree); err != nil {
+				return st, errdefs.Wrap(errdefs.ErrInvalidArgument, err, "check the seed archive", "unpack seed")
+			}
 		}
-	}
-	if err := writeBaseIndex(tree, filepath.Join(filepath.Dir(path), BaseIndexFile)); err != nil {
-		return st, err
-	}
-	if err := baseImage(ctx, path, tree, size); err != nil {
-		return st, err
+		if err := writeBaseIndex(tree, filepath.Join(filepath.Dir(path), BaseIndexFile)); err != nil {
+			return st, err
+		}
+		afterStage()
+		if err := baseImage(ctx, path, tree, size); err != nil {
+			return st, err
+		}
+		// A linked seed file (the caller's own) written to during the
+		// build may be in the image torn or of another size than counted:
+		// the tree is staged again with copies, which count what they
+		// hold, and the image made again.
+		if !links || !linked.changed() {
+			break
+		}
+		if err := fsutil.RemoveAll(tree); err != nil {
+			return st, err
+		}
 	}
 	if err := fsutil.Sync(path); err != nil {
 		return st, err
 	}
 	return st, os.Remove(pendingPath(path))
 }
+
+// afterStage is a test seam: it runs before each image of BuildBase.
+var afterStage = func() {}
 
 // baseImage makes the journal-less baseline image of tree at img (sparse,
 // size bytes).

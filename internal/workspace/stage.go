@@ -77,30 +77,32 @@ func (s *DirSource) Close() error {
 // gets), has no other link and no extended attributes (a copy has none:
 // no file capabilities, no ACLs), and dest is on its file system. The
 // file is opened once and linked or copied through that descriptor, so
-// what is checked is what is staged. It returns what ExtractTar would
-// count.
-func stageDir(ctx context.Context, src, dest string) (tarutil.Stats, error) {
+// what is checked is what is staged. Without links every file is copied.
+// It returns what ExtractTar would count, and the files it linked: a
+// linked file is still the caller's, so what a later reader (mke2fs) gets
+// is only what was counted if it is unchanged then (linkedFiles.changed).
+func stageDir(ctx context.Context, src, dest string, links bool) (tarutil.Stats, linkedFiles, error) {
 	var st tarutil.Stats
 	fi, err := os.Lstat(src)
 	if err != nil {
-		return st, err
+		return st, nil, err
 	}
 	if !fi.IsDir() {
-		return st, fmt.Errorf("%s: not a directory", src)
+		return st, nil, fmt.Errorf("%s: not a directory", src)
 	}
 	root, err := os.OpenRoot(src)
 	if err != nil {
-		return st, err
+		return st, nil, err
 	}
 	defer root.Close()
-	s := stager{ctx: ctx, root: root, dest: dest, uid: os.Geteuid(), gid: os.Getegid(), links: true}
+	s := stager{ctx: ctx, root: root, dest: dest, uid: os.Geteuid(), gid: os.Getegid(), links: links}
 	if di, err := os.Stat(dest); err == nil && di.Mode()&os.ModeSetgid != 0 {
 		if sys, ok := di.Sys().(*unix.Stat_t); ok {
 			s.gid = int(sys.Gid) // new files take the directory's group
 		}
 	}
 	if err := s.dir("."); err != nil {
-		return s.st, err
+		return s.st, s.linked, err
 	}
 	// Directory modes and times last, deepest first (as ExtractTar):
 	// creating entries changes a directory's mtime, and a read-only
@@ -111,13 +113,35 @@ func stageDir(ctx context.Context, src, dest string) (tarutil.Stats, error) {
 	for _, d := range s.dirs {
 		p := filepath.Join(dest, d.name)
 		if err := os.Chmod(p, d.mode); err != nil {
-			return s.st, err
+			return s.st, s.linked, err
 		}
 		if err := os.Chtimes(p, d.fi.ModTime(), d.fi.ModTime()); err != nil {
-			return s.st, err
+			return s.st, s.linked, err
 		}
 	}
-	return s.st, nil
+	return s.st, s.linked, nil
+}
+
+// linkedFiles are the staged files that are hard links to the source's,
+// each with its size and times once linked.
+type linkedFiles []linkedFile
+
+type linkedFile struct {
+	path       string
+	size       int64
+	mtim, ctim unix.Timespec
+}
+
+// changed reports whether any linked file was written to (or is gone)
+// since it was staged: its size or times differ.
+func (l linkedFiles) changed() bool {
+	for _, f := range l {
+		var st unix.Stat_t
+		if unix.Lstat(f.path, &st) != nil || st.Size != f.size || st.Mtim != f.mtim || st.Ctim != f.ctim {
+			return true
+		}
+	}
+	return false
 }
 
 type stager struct {
@@ -127,6 +151,7 @@ type stager struct {
 	uid, gid int
 	links    bool // hard links work from src to dest (off after EXDEV/EPERM)
 	st       tarutil.Stats
+	linked   linkedFiles
 	dirs     []stagedDir
 }
 
@@ -218,6 +243,16 @@ func (s *stager) file(name, out string) error {
 		// Link the inode that was opened and checked, not the name.
 		err := unix.Linkat(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", f.Fd()), unix.AT_FDCWD, out, unix.AT_SYMLINK_FOLLOW)
 		if err == nil {
+			// Its state once linked (the link itself changed its ctime);
+			// the bytes counted are the ones it had when opened.
+			var now unix.Stat_t
+			if err := unix.Fstat(int(f.Fd()), &now); err != nil {
+				return err
+			}
+			if now.Size != fst.Size || now.Mtim != fst.Mtim {
+				now.Ctim = unix.Timespec{} // changed already: changed() says so
+			}
+			s.linked = append(s.linked, linkedFile{out, fst.Size, fst.Mtim, now.Ctim})
 			return nil
 		}
 		if !errors.Is(err, unix.EXDEV) && !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EMLINK) {

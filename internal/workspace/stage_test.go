@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -122,7 +123,7 @@ func sameAsTar(t *testing.T, src, staged string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := stageDir(context.Background(), src, staged)
+	got, _, err := stageDir(context.Background(), src, staged, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,5 +177,59 @@ func TestStageDirCopiesAcrossFileSystems(t *testing.T) {
 	sameAsTar(t, src, dest)
 	if inode(t, filepath.Join(src, "a.txt")) == inode(t, filepath.Join(dest, "a.txt")) {
 		t.Fatal("linked across file systems?")
+	}
+}
+
+// A seed file written to while its baseline is built (staged as a hard
+// link, so the image reads the caller's file) makes the build stage it
+// again as a copy: the recorded bytes are the image's, not the ones
+// counted before the change.
+func TestBuildBaseSeedChangedDuringBuild(t *testing.T) {
+	needE2fs(t)
+	dir := t.TempDir()
+	seed := filepath.Join(dir, "seed")
+	os.Mkdir(seed, 0o755)
+	a := filepath.Join(seed, "a.txt")
+	os.WriteFile(a, []byte("hi"), 0o644)
+	images := 0
+	afterStage = func() {
+		if images++; images == 1 {
+			f, err := os.OpenFile(a, os.O_WRONLY|os.O_APPEND, 0)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			f.WriteString(" there")
+			f.Close()
+		}
+	}
+	defer func() { afterStage = func() {} }()
+	r, _, err := OpenSource(seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	img := filepath.Join(dir, BaseFile)
+	if err := PrepareBase(img, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	st, err := BuildBase(context.Background(), img, r, 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("debugfs", "-R", "cat /a.txt", img).Output()
+	if err != nil || string(out) != "hi there" || st.Bytes != int64(len(out)) || images != 2 {
+		t.Fatalf("image holds %q (%v), recorded %d bytes, %d images", out, err, st.Bytes, images)
+	}
+	// Unchanged, one image is enough.
+	images = 5
+	r2, _, _ := OpenSource(seed)
+	defer r2.Close()
+	img = filepath.Join(dir, "again.ext4")
+	if err := PrepareBase(img, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := BuildBase(context.Background(), img, r2, 64<<20); err != nil || st.Bytes != 8 || images != 6 {
+		t.Fatalf("%+v %v, %d images", st, err, images)
 	}
 }
