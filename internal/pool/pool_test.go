@@ -364,15 +364,7 @@ func TestWorkspaceClaimerGoneDuringHandOut(t *testing.T) {
 	g.mu.Lock()
 	g.hold, g.holding = hold, holding
 	g.mu.Unlock()
-	c, err := net.Dial("unix", SocketPath(root, wsKey))
-	if err != nil {
-		t.Fatal(err)
-	}
-	k := wsKey
-	if err := writeJSONLine(c, request{Op: "claim", Key: &k, ID: "ws1"}); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(5 * time.Second)
+	c := sendClaim(t, root, wsKey, "ws1")
 	select {
 	case <-holding:
 	case <-time.After(5 * time.Second):
@@ -380,12 +372,7 @@ func TestWorkspaceClaimerGoneDuringHandOut(t *testing.T) {
 	}
 	c.Close() // the claimer gives up
 	close(hold)
-	for !g.closed.Load() {
-		if time.Now().After(deadline) {
-			t.Fatal("a workspace handed out to a claimer that went away was left")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitClosed(t, g, "a workspace handed out to a claimer that went away was left")
 }
 
 // A workspace claimer that got the pool's answer too late (its read timed
@@ -398,26 +385,13 @@ func TestWorkspaceAnswerNotAdopted(t *testing.T) {
 	wsKey.Workspace = true
 	root, _ := startKey(t, wsKey, 1, f)
 	g := f.all()[0]
-	c, err := net.Dial("unix", SocketPath(root, wsKey))
-	if err != nil {
-		t.Fatal(err)
-	}
-	k := wsKey
-	if err := writeJSONLine(c, request{Op: "claim", Key: &k, ID: "ws1"}); err != nil {
-		t.Fatal(err)
-	}
+	c := sendClaim(t, root, wsKey, "ws1")
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	if line, err := readLine(c, maxReplyBytes); err != nil || !strings.Contains(string(line), g.id) {
 		t.Fatalf("answer %q %v", line, err)
 	}
 	c.Close() // gave up (or refused the answer) without adopting it
-	deadline := time.Now().Add(5 * time.Second)
-	for !g.closed.Load() {
-		if time.Now().After(deadline) {
-			t.Fatal("a workspace its claimer did not adopt was left")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitClosed(t, g, "a workspace its claimer did not adopt was left")
 }
 
 // A fill that gets stuck (a pooled guest whose pause never answers) ends
@@ -449,5 +423,31 @@ func TestStuckFillIsBounded(t *testing.T) {
 	}
 	if st := s.Status(); st.Failures != 1 || !strings.Contains(st.LastError, "not done within") {
 		t.Fatalf("status %+v", st)
+	}
+}
+
+// sendClaim dials the pool of key under root and sends a claim for id, as
+// a claimer does, and returns the connection for the test to go on with.
+func sendClaim(t *testing.T, root string, key Key, id string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("unix", SocketPath(root, key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeJSONLine(c, request{Op: "claim", Key: &key, ID: id}); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// waitClosed fails with msg unless the pool closes g within 5 s.
+func waitClosed(t *testing.T, g *fakeGuest, msg string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !g.closed.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal(msg)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
