@@ -14,7 +14,7 @@ func TestRunDefaultEnvironment(t *testing.T) {
 	requireE2E(t)
 	ensureEnv(t, "debian:12")
 	r := pyro(t, nil, "run", "debian:12", "--", "uname", "-a")
-	// The hostname is "pyro", or "pyro-<id digest>" when restored warm.
+	// The hostname is "pyro-<id digest>", booted cold or restored warm.
 	if r.code != 0 || !strings.HasPrefix(r.stdout, "Linux pyro") {
 		t.Fatalf("uname -a: exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
 	}

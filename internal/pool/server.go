@@ -71,8 +71,8 @@ type Config struct {
 
 // DefaultFillTimeout is a fill's default bound: far above a restore and
 // priming under TCG on a loaded host (seconds), and above the cold boot
-// that builds a missing memory snapshot first.
-const DefaultFillTimeout = 2 * time.Minute
+// that builds a missing memory snapshot first (bounded at 2 min itself).
+const DefaultFillTimeout = 3 * time.Minute
 
 // MaxSize bounds a pool's size: each guest holds its memory.
 const MaxSize = 64
