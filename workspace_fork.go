@@ -144,18 +144,27 @@ func (c *Client) ForkWorkspace(ctx context.Context, id string, opts ForkWorkspac
 	var recs []instance.Record
 	err = c.lc.Fork(ctx, dir, rec, func(ctx context.Context, saved lifecycle.Saved) error {
 		out.SourcePausedMS, out.SaveMS, out.StateBytes = saved.PausedMS, saved.SaveMS, saved.StateBytes
+		c.logger.Debug("fork saved", "ms", time.Since(start).Milliseconds())
+		// Each fork starts as soon as it is made, and is asked what it
+		// inherited as soon as it runs: the host's work for one fork
+		// overlaps the restores of the others (restores are CPU bound,
+		// making a fork's directory is file work).
+		forks := make([]ForkedWorkspace, len(names))
+		errs := make([]error, len(names))
+		slots := make(chan struct{}, forkParallel)
+		var wg sync.WaitGroup
 		var err error
-		made, recs, err = c.makeForks(ctx, dir, rec, names, opts.WithSecrets, saved)
+		made, recs, err = c.makeForks(ctx, dir, rec, names, opts.WithSecrets, saved, func(i int, d vmdir.Dir, r instance.Record) {
+			wg.Go(func() { forks[i], errs[i] = c.startFork(ctx, slots, d, r) })
+		})
+		wg.Wait()
+		c.logger.Debug("forks running", "ms", time.Since(start).Milliseconds(), "err", err)
 		if err != nil {
 			return err
 		}
-		return c.startForks(ctx, made, recs)
+		out.Forks, err = collectForks(len(made), func(i int) (ForkedWorkspace, error) { return forks[i], errs[i] })
+		return err
 	})
-	if err == nil {
-		out.Forks, err = collectForks(len(made), func(i int) (ForkedWorkspace, error) {
-			return c.forkInherited(ctx, made[i], recs[i].ID)
-		})
-	}
 	if err != nil {
 		for i, d := range made {
 			_, _ = c.lc.Delete(context.WithoutCancel(ctx), d, recs[i])
@@ -166,10 +175,9 @@ func (c *Client) ForkWorkspace(ctx context.Context, id string, opts ForkWorkspac
 	return out, nil
 }
 
-// collectForks asks inherited for what each of n forks inherited, all at
-// once (each answer is a round trip into a freshly restored guest). It
-// returns every fork's entry, or an error and none: never a list with
-// holes where an answer failed.
+// collectForks gathers what each of n forks inherited (inherited(i), all
+// at once). It returns every fork's entry, or an error and none: never a
+// list with holes where a start or an answer failed.
 func collectForks(n int, inherited func(i int) (ForkedWorkspace, error)) ([]ForkedWorkspace, error) {
 	forks := make([]ForkedWorkspace, n)
 	errs := make([]error, n)
@@ -207,11 +215,11 @@ func (c *Client) forkInherited(ctx context.Context, d vmdir.Dir, id string) (For
 	return fw, nil
 }
 
-// makeForks creates the forks' directories and records (not started):
-// each gets its own copy of the saved upper layer, the source's baseline
+// makeForks creates the forks' directories and records, and calls made
+// with each as soon as it is whole (the caller starts it): each gets its own copy of the saved upper layer, the source's baseline
 // (a hard link: it is never written), its baseline record, history and,
 // when asked, secrets, and the state its first boot restores.
-func (c *Client) makeForks(ctx context.Context, src vmdir.Dir, srcRec instance.Record, names []string, withSecrets bool, saved lifecycle.Saved) (made []vmdir.Dir, recs []instance.Record, err error) {
+func (c *Client) makeForks(ctx context.Context, src vmdir.Dir, srcRec instance.Record, names []string, withSecrets bool, saved lifecycle.Saved, each func(i int, d vmdir.Dir, rec instance.Record)) (made []vmdir.Dir, recs []instance.Record, err error) {
 	unlock, err := c.lockNames(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -223,6 +231,7 @@ func (c *Client) makeForks(ctx context.Context, src vmdir.Dir, srcRec instance.R
 		return nil, nil, err
 	}
 	for _, name := range names {
+		t := time.Now()
 		if name != "" {
 			if err := c.checkNameFree(name, ""); err != nil {
 				return made, recs, err
@@ -266,32 +275,34 @@ func (c *Client) makeForks(ctx context.Context, src vmdir.Dir, srcRec instance.R
 		if err != nil {
 			return made, recs, fmt.Errorf("create fork: %w", err)
 		}
+		c.logger.Debug("fork made", "id", rec.ID, "ms", time.Since(t).Milliseconds())
+		each(len(made), dir, rec)
 		made, recs = append(made, dir), append(recs, rec)
 	}
 	return made, recs, nil
 }
 
-// startForks starts the forks, forkParallel at a time, and marks each
-// complete once it runs.
-func (c *Client) startForks(ctx context.Context, dirs []vmdir.Dir, recs []instance.Record) error {
-	sem := make(chan struct{}, forkParallel)
-	errs := make([]error, len(dirs))
-	var wg sync.WaitGroup
-	for i := range dirs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			if _, err := c.lc.Start(ctx, dirs[i], recs[i]); err != nil {
-				errs[i] = fmt.Errorf("start fork %s: %w", recs[i].ID, err)
-				return
-			}
-			errs[i] = instance.DoneCreating(dirs[i])
-		}()
+// startFork starts the made fork d once one of slots is free (restores
+// run forkParallel at a time), marks it complete once it runs, and asks
+// it what it inherited after giving the slot back, so that the question
+// overlaps the next fork's restore.
+func (c *Client) startFork(ctx context.Context, slots chan struct{}, d vmdir.Dir, rec instance.Record) (ForkedWorkspace, error) {
+	select {
+	case slots <- struct{}{}:
+	case <-ctx.Done():
+		return ForkedWorkspace{}, fmt.Errorf("start fork %s: %w", rec.ID, ctx.Err())
 	}
-	wg.Wait()
-	return errors.Join(errs...)
+	t := time.Now()
+	_, err := c.lc.Start(ctx, d, rec)
+	<-slots
+	c.logger.Debug("fork started", "id", rec.ID, "ms", time.Since(t).Milliseconds(), "err", err)
+	if err != nil {
+		return ForkedWorkspace{}, fmt.Errorf("start fork %s: %w", rec.ID, err)
+	}
+	if err := instance.DoneCreating(d); err != nil {
+		return ForkedWorkspace{}, err
+	}
+	return c.forkInherited(ctx, d, rec.ID)
 }
 
 // linkOrCopy hard-links a read-only image (copying it across filesystems).
