@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,19 +17,8 @@ import (
 func TestWarmSnapshotWithoutZeroPages(t *testing.T) {
 	requireE2E(t)
 	_, env := warmHome(t)
-	r := pyro(t, env, "prepare", "--json", "--workspace", baseEnv)
-	if r.code != 0 {
-		t.Fatalf("prepare: exit %d %s %s", r.code, r.stdout, r.stderr)
-	}
-	var prep struct {
-		Snapshot struct {
-			Path string `json:"path"`
-		} `json:"snapshot"`
-	}
-	if err := json.Unmarshal([]byte(r.stdout), &prep); err != nil || prep.Snapshot.Path == "" {
-		t.Fatalf("prepare output: %v %s", err, r.stdout)
-	}
-	f, err := os.Open(filepath.Join(prep.Snapshot.Path, "state.bin"))
+	snap := prepareSnapshot(t, env, "--workspace", baseEnv)
+	f, err := os.Open(filepath.Join(snap, "state.bin"))
 	if err != nil {
 		t.Fatal(err)
 	}

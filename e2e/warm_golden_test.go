@@ -3,7 +3,6 @@ package e2e
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
@@ -23,19 +22,10 @@ import (
 func TestWarmGoldenNotWritableByQEMU(t *testing.T) {
 	requireE2E(t)
 	home, env := warmHome(t)
-	r := pyro(t, env, "prepare", "--json", "--workspace", baseEnv)
-	if r.code != 0 {
-		t.Fatalf("prepare: exit %d %s %s", r.code, r.stdout, r.stderr)
+	snap := prepareSnapshot(t, env, "--workspace", baseEnv)
+	if !strings.HasPrefix(snap, home) {
+		t.Fatalf("snapshot %s outside the private home", snap)
 	}
-	var prep struct {
-		Snapshot struct {
-			Path string `json:"path"`
-		} `json:"snapshot"`
-	}
-	if err := json.Unmarshal([]byte(r.stdout), &prep); err != nil || !strings.HasPrefix(prep.Snapshot.Path, home) {
-		t.Fatalf("prepare output: %v %s", err, r.stdout)
-	}
-	snap := prep.Snapshot.Path
 	before := fingerprints(t, snap)
 
 	var w struct {

@@ -87,19 +87,7 @@ func TestWarmClonesDiffer(t *testing.T) {
 func TestWarmCorruptSnapshotBootsCold(t *testing.T) {
 	requireE2E(t)
 	home, env := warmHome(t)
-	r := pyro(t, env, "prepare", "--json", baseEnv)
-	if r.code != 0 {
-		t.Fatalf("prepare: exit %d %s %s", r.code, r.stdout, r.stderr)
-	}
-	var prep struct {
-		Snapshot struct {
-			Path string `json:"path"`
-		} `json:"snapshot"`
-	}
-	if err := json.Unmarshal([]byte(r.stdout), &prep); err != nil || prep.Snapshot.Path == "" {
-		t.Fatalf("prepare output: %v %s", err, r.stdout)
-	}
-	snap := prep.Snapshot.Path
+	snap := prepareSnapshot(t, env, baseEnv)
 	if !strings.HasPrefix(snap, home) {
 		t.Fatalf("snapshot %s outside the private home", snap)
 	}
@@ -135,7 +123,7 @@ func TestWarmCorruptSnapshotBootsCold(t *testing.T) {
 	}
 
 	// 2. A state QEMU refuses although the manifest vouches for it.
-	r = pyro(t, env, "prepare", "--json", baseEnv)
+	r := pyro(t, env, "prepare", "--json", baseEnv)
 	if r.code != 0 {
 		t.Fatalf("prepare again: exit %d %s", r.code, r.stderr)
 	}
