@@ -344,9 +344,10 @@ type SyncResult struct {
 	Dest        string `json:"dest"`
 	FileCount   int    `json:"file_count"`
 	Bytes       int64  `json:"bytes"`
-	// Transfer says which path carried it: "disk" (written by the host
-	// to the workspace's transfer disk, copied by the guest with direct
-	// I/O) or "guest" (streamed through the guest agent).
+	// Transfer says which path carried it: "host" (written into a
+	// stopped workspace's upper layer on the host), "disk" (written by the
+	// host to the workspace's transfer disk, copied by the guest with
+	// direct I/O) or "guest" (streamed through the guest agent).
 	Transfer string `json:"transfer"`
 }
 
@@ -367,6 +368,9 @@ func (c *Client) PushWorkspaceSync(ctx context.Context, id, sourcePath, dest str
 		return SyncResult{}, err
 	}
 	defer src.Close()
+	if res, ok, err := c.pushHost(ctx, dir, rec, sourcePath, mode, dest); ok { // workspace_hostpush.go
+		return res, err
+	}
 	agent, err := c.workspaceAgent(ctx, dir, rec)
 	if err != nil {
 		return SyncResult{}, err

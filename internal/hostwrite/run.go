@@ -1,0 +1,165 @@
+package hostwrite
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+)
+
+// Limits of one confined debugfs run. Variables so tests can tighten them.
+var (
+	// Timeout bounds the whole run: a crafted image must not hang a push
+	// (a healthy 196 MiB / 1,000-file write takes ~1 s).
+	Timeout = 5 * time.Minute
+	// CPUSeconds bounds debugfs's CPU time (RLIMIT_CPU).
+	CPUSeconds uint64 = 240
+	// MemoryBytes bounds its address space (RLIMIT_AS): bitmaps and
+	// caches of a workspace disk take a few MiB.
+	MemoryBytes uint64 = 1 << 30
+	// MaxStderr bounds what is kept of its error output.
+	MaxStderr = 16 << 10
+)
+
+// ErrWrite: debugfs refused or failed a command; the image is not to be
+// used (the caller discards it).
+var ErrWrite = errors.New("host write failed")
+
+// Write runs script (from Script) against the ext4 image at image, which
+// nothing else has open, with debugfs confined (see the package comment).
+// The image's size is its file-size limit: debugfs never grows it.
+func Write(ctx context.Context, image string, script []byte) error {
+	if err := quotable(image); err != nil {
+		return err
+	}
+	fi, err := os.Stat(image)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, Timeout)
+	defer cancel()
+	bin, err := exec.LookPath("debugfs")
+	if err != nil {
+		for _, p := range []string{"/usr/sbin/debugfs", "/sbin/debugfs"} {
+			if _, serr := os.Stat(p); serr == nil {
+				bin, err = p, nil
+				break
+			}
+		}
+		if err != nil {
+			return errdefs.Wrap(errdefs.ErrUnavailable, err, "install e2fsprogs", "find debugfs")
+		}
+	}
+	// -f -: commands from stdin. The image is opened by the first of them,
+	// written only once the limits below are in place.
+	cmd := exec.Command(bin, "-f", "-")
+	cmd.Env = []string{"PATH=/usr/sbin:/sbin:/usr/bin:/bin", "PAGER=__none__", "DEBUGFS_PAGER=__none__", "LC_ALL=C"}
+	cmd.Dir = "/"
+	cmd.SysProcAttr = Confine()
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
+	cmd.Stdout = io.Discard
+	stderr := &capBuf{max: MaxStderr}
+	cmd.Stderr = stderr
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Start(); err != nil {
+		stdin.Close()
+		return errdefs.Wrap(errdefs.ErrUnavailable, err, "install e2fsprogs", "start debugfs")
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	kill := func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	if err := limit(cmd.Process.Pid, uint64(fi.Size())); err != nil {
+		kill()
+		<-done
+		return fmt.Errorf("limit debugfs: %w", err)
+	}
+	go func() {
+		_, _ = io.Copy(stdin, io.MultiReader(
+			strings.NewReader("open -w "+q(image)+"\n"), bytes.NewReader(script), strings.NewReader("close\nquit\n")))
+		stdin.Close()
+	}()
+	var werr error
+	select {
+	case werr = <-done:
+	case <-ctx.Done():
+		kill()
+		<-done
+		return errdefs.New(errdefs.ErrUnavailable, "the workspace image may be damaged; push to the running workspace instead",
+			"writing the workspace image on the host took longer than %s", Timeout)
+	}
+	kill() // anything debugfs left in its group
+	if msg := complaints(stderr.String()); werr != nil || msg != "" {
+		if werr != nil && msg == "" {
+			msg = werr.Error()
+		}
+		return fmt.Errorf("%w: debugfs: %s", ErrWrite, msg)
+	}
+	return nil
+}
+
+// complaints returns debugfs's error output without its banner: debugfs
+// reports a failed command on stderr and goes on, exit status 0.
+func complaints(s string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		l = strings.TrimSpace(l)
+		if l == "" || (strings.HasPrefix(l, "debugfs ") && strings.Contains(l, "(")) {
+			continue
+		}
+		out = append(out, l)
+		if len(out) == 5 {
+			break
+		}
+	}
+	return strings.Join(out, "; ")
+}
+
+// limit sets the rlimits of the started process pid.
+func limit(pid int, fileSize uint64) error {
+	for _, l := range []struct {
+		res int
+		val uint64
+	}{
+		{unix.RLIMIT_CPU, CPUSeconds},
+		{unix.RLIMIT_AS, MemoryBytes},
+		{unix.RLIMIT_FSIZE, fileSize},
+		{unix.RLIMIT_NOFILE, 64},
+		{unix.RLIMIT_NPROC, 0},
+		{unix.RLIMIT_CORE, 0},
+	} {
+		if l.res == unix.RLIMIT_NPROC && os.Geteuid() == 0 {
+			continue // root ignores it; and uid 0's count is the host's
+		}
+		rl := unix.Rlimit{Cur: l.val, Max: l.val}
+		if err := unix.Prlimit(pid, l.res, &rl, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// capBuf keeps the first max bytes written to it.
+type capBuf struct {
+	bytes.Buffer
+	max int
+}
+
+func (b *capBuf) Write(p []byte) (int, error) {
+	if room := b.max - b.Len(); room > 0 {
+		b.Buffer.Write(p[:min(len(p), room)])
+	}
+	return len(p), nil
+}
