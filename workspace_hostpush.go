@@ -56,7 +56,7 @@ func (c *Client) pushHost(ctx context.Context, dir vmdir.Dir, rec instance.Recor
 	}
 	var st hostwrite.Stats
 	werr := c.lc.WhileStopped(ctx, dir, rec, func() error {
-		unlock, err := lockLayers(dir)
+		unlock, err := lockLayers(ctx, dir)
 		if err != nil {
 			return err
 		}
