@@ -90,7 +90,8 @@ func pushIntoLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record, src
 	if err := os.Mkdir(tree, 0o700); err != nil {
 		return st, err
 	}
-	if _, err := workspace.StageDir(ctx, src, tree); err != nil {
+	_, changed, err := workspace.StageDir(ctx, src, tree)
+	if err != nil {
 		return st, err
 	}
 	top, err := os.ReadDir(tree)
@@ -128,6 +129,12 @@ func pushIntoLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record, src
 	if err := hostwrite.Write(ctx, l.Path(name), script); err != nil {
 		_ = os.Remove(l.Path(name))
 		return st, err
+	}
+	// A source file (hard-linked into the staging) written to meanwhile
+	// may be in the layer torn: the guest's push reads it again.
+	if changed() {
+		_ = os.Remove(l.Path(name))
+		return st, errNotHere
 	}
 	if err := l.SetTop(name); err != nil {
 		_ = os.Remove(l.Path(name))

@@ -17,8 +17,12 @@ import (
 // StageDir mirrors the push source directory src into the empty private
 // directory dest under the rules of a push (see stageDir): symlinks never
 // followed, no devices, fifos or sockets, permissions and times kept.
-func StageDir(ctx context.Context, src, dest string) (tarutil.Stats, error) {
-	return stageDir(ctx, src, dest)
+// Files are hard-linked where stageDir may; changed reports whether one of
+// them was written since (the caller then discards what it read from
+// them, which may be torn).
+func StageDir(ctx context.Context, src, dest string) (st tarutil.Stats, changed func() bool, err error) {
+	st, linked, err := stageDir(ctx, src, dest, true)
+	return st, linked.changed, err
 }
 
 // MaxHostPushCopy bounds the data of the upper layer a host push copies
