@@ -65,6 +65,17 @@ if [ -n "$DOCKER" ]; then
   docker exec "$CID" mkdir -p /workspace/p; s=$(now_ms); docker cp "$T/tree/." "$CID:/workspace/p"; d_push=$(since_s "$s")
 fi
 echo "sync push:       pyro ${p_push}s  docker ${d_push:-n/a}s  ratio $(ratio "$p_push" "$d_push")  (via $x; goal <= 1.5x)"
+# ... and into the stopped workspace: written into its upper layer on the
+#    host (workspace_hostpush.go), Docker copying into a fresh directory too
+"$PYRO" workspace stop "$ID" >/dev/null
+sync; s=$(now_ms); x=$("$PYRO" workspace sync push --json "$ID" "$T/tree" --dest /workspace/q | transfer); p_pushs=$(since_s "$s")
+d_pushs=""
+if [ -n "$DOCKER" ]; then
+  docker exec "$CID" mkdir -p /workspace/q; sync; s=$(now_ms); docker cp "$T/tree/." "$CID:/workspace/q"; d_pushs=$(since_s "$s")
+fi
+echo "push stopped:    pyro ${p_pushs}s  docker ${d_pushs:-n/a}s  ratio $(ratio "$p_pushs" "$d_pushs")  (via $x; goal <= 1.5x)"
+echo "push running:    not on the host yet (the row above: through the guest)"
+"$PYRO" workspace start "$ID" >/dev/null
 
 # 3. export (the result says which path served it: host or guest)
 s=$(now_ms); x=$("$PYRO" workspace export --json "$ID" p --output "$T/out-p" | transfer); p_exp=$(since_s "$s")
