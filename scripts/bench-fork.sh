@@ -15,6 +15,11 @@
 #                   its ratio to the 3 s goal
 #   per fork        each fork's boot, and its restore and identity steps
 #                   (from its supervisor log)
+#   fork cpu        each fork's QEMU CPU time (user+system) when the fork
+#                   command returned, their sum, and that sum spread over
+#                   the host's cores: the floor of the fork total on this
+#                   host (TCG: loading the state, then translating the
+#                   guest code a fork runs again, in every fork)
 #   answering       forks whose inherited service answered
 #   load            uptime's load averages before and after (a shared
 #                   2-core host makes the numbers noisy)
@@ -44,6 +49,13 @@ load_before=$(uptime | sed 's/.*load average: //')
 start=$(date +%s%N)
 "$PYRO" workspace fork --json --count "$COUNT" "$id" >"$home/fork.json"
 total=$(( ($(date +%s%N) - start) / 1000000 ))
+# Each fork's QEMU CPU so far (read at once: idle guests keep using some).
+tck=$(getconf CLK_TCK)
+cpus=$(for f in $(jq -r '.forks[].workspace_id' "$home/fork.json"); do
+  pid=$(awk '{print $1}' "$home/workspaces/$f/vmm.pid" 2>/dev/null)
+  awk -v t="$tck" '{ sub(/^.*\) /, ""); print int(($12 + $13) * 1000 / t) }' "/proc/$pid/stat" 2>/dev/null || echo 0
+done | paste -sd, -)
+cpu_sum=$(echo "$cpus" | tr , '\n' | awk '{s += $1} END {print s + 0}')
 ok=0
 for f in $(jq -r '.forks[].workspace_id' "$home/fork.json"); do
   out=$("$PYRO" workspace exec --json "$f" -- python3 -c \
@@ -66,5 +78,6 @@ printf '  fork total     %6d ms   (goal: <= 3000 ms for 10; %s x goal)\n' "$tota
 printf '  per fork boot  %s ms\n' "$(jq -c '[.forks[].boot_ms]' "$home/fork.json")"
 printf '    restore      [%s] ms\n' "$(steps 'fork restored')"
 printf '    identity     [%s] ms\n' "$(steps 'fork identity')"
+printf '  fork cpu       [%s] ms, sum %d ms = %d ms over %d cores\n' "$cpus" "$cpu_sum" "$((cpu_sum / $(nproc)))" "$(nproc)"
 printf '  answering      %d/%d\n' "$ok" "$COUNT"
 printf '  load           %s before, %s after (%d cores)\n' "$load_before" "$load_after" "$(nproc)"
