@@ -371,6 +371,9 @@ func buildSnapshot(ctx context.Context, d Deps, c Config, v *VM, store *golden.S
 		return golden.Snapshot{}, fmt.Errorf("boot the snapshot's guest: %w", err)
 	}
 	defer g.Close(context.Background())
+	if err := primeSnapshotGuest(bctx, g); err != nil { // prime.go
+		return golden.Snapshot{}, err
+	}
 	state, err := os.OpenFile(b.StatePath(), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return golden.Snapshot{}, err

@@ -50,3 +50,24 @@ func TestWarmSnapshotWithoutZeroPages(t *testing.T) {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// TestWarmSnapshotPrimed (#14): a golden snapshot's guest ran a command
+// before it was saved, so a restored guest's first command finds the
+// programs it loads in the page cache instead of reading them through the
+// guest's block path, translated afresh by every restored QEMU. The probe
+// is fincore, which maps nothing of /usr/bin/true: before, 0 of its pages
+// were cached in a restored guest.
+func TestWarmSnapshotPrimed(t *testing.T) {
+	requireE2E(t)
+	_, env := warmHome(t)
+	if r := pyro(t, env, "prepare", baseEnv); r.code != 0 {
+		t.Fatalf("prepare: exit %d %s %s", r.code, r.stdout, r.stderr)
+	}
+	m, lines := warmRun(t, env, baseEnv, "--", "fincore", "--raw", "--noheadings", "--output", "PAGES", "/usr/bin/true")
+	if m["start"] != "warm" {
+		t.Fatalf("start = %v, want warm", m["start"])
+	}
+	if len(lines) != 1 || lines[0] == "0" || lines[0] == "" {
+		t.Fatalf("cached pages of /usr/bin/true in a restored guest: %q, want more than 0", lines)
+	}
+}
