@@ -233,18 +233,9 @@ func TestBuildBaseRemovesReadOnlyStaging(t *testing.T) {
 	os.WriteFile(filepath.Join(ro, "f"), []byte("hi"), 0o644)
 	os.Chmod(ro, 0o555)
 	defer os.Chmod(ro, 0o755)
-	r, _, err := OpenSource(seed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
 	ws := filepath.Join(dir, "ws")
 	os.Mkdir(ws, 0o700)
-	img := filepath.Join(ws, BaseFile)
-	if err := PrepareBase(img, 64<<20); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := BuildBase(context.Background(), img, r, 64<<20); err != nil {
+	if _, err := buildSeedBase(t, seed, filepath.Join(ws, BaseFile)); err != nil {
 		t.Fatal(err)
 	}
 	ents, _ := os.ReadDir(ws)

@@ -204,16 +204,8 @@ func TestBuildBaseSeedChangedDuringBuild(t *testing.T) {
 		}
 	}
 	defer func() { afterStage = func() {} }()
-	r, _, err := OpenSource(seed)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
 	img := filepath.Join(dir, BaseFile)
-	if err := PrepareBase(img, 64<<20); err != nil {
-		t.Fatal(err)
-	}
-	st, err := BuildBase(context.Background(), img, r, 64<<20)
+	st, err := buildSeedBase(t, seed, img)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,13 +215,22 @@ func TestBuildBaseSeedChangedDuringBuild(t *testing.T) {
 	}
 	// Unchanged, one image is enough.
 	images = 5
-	r2, _, _ := OpenSource(seed)
-	defer r2.Close()
-	img = filepath.Join(dir, "again.ext4")
+	if st, err := buildSeedBase(t, seed, filepath.Join(dir, "again.ext4")); err != nil || st.Bytes != 8 || images != 6 {
+		t.Fatalf("%+v %v, %d images", st, err, images)
+	}
+}
+
+// buildSeedBase prepares the baseline image img and builds it from the seed
+// directory seed.
+func buildSeedBase(t *testing.T, seed, img string) (tarutil.Stats, error) {
+	t.Helper()
+	r, _, err := OpenSource(seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
 	if err := PrepareBase(img, 64<<20); err != nil {
 		t.Fatal(err)
 	}
-	if st, err := BuildBase(context.Background(), img, r2, 64<<20); err != nil || st.Bytes != 8 || images != 6 {
-		t.Fatalf("%+v %v, %d images", st, err, images)
-	}
+	return BuildBase(context.Background(), img, r, 64<<20)
 }
