@@ -71,7 +71,7 @@ func (c *Client) execCheckpointed(ctx context.Context, dir vmdir.Dir, rec instan
 	cps := checkpointsOf(dir)
 	quiet := chainable(dir)
 	if quiet {
-		req.Quiet = &agentapi.QuietRequest{Have: cps.PendingManifest()}
+		req.Quiet = &agentapi.QuietRequest{Have: cps.PendingManifest(), Delta: true}
 		n, expect, ok, err := c.checkpointQuiet(ctx, dir, rec, what)
 		if err != nil {
 			return ExecResult{}, err

@@ -91,7 +91,7 @@ func (s *Agent) handleExec(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.Quiet != nil {
-		if q := s.quietReport(epoch, req.Quiet.Have); q != nil {
+		if q := s.quietReport(epoch, req.Quiet.Have, req.Quiet.Delta); q != nil {
 			ew.write(agentapi.Event{Type: agentapi.EventQuiet, Quiet: q})
 		}
 	}

@@ -314,21 +314,8 @@ func manifestWithin(upper string, maxBytes int) ([]agentapi.LayerEntry, error) {
 		if err := unix.Lstat(p, &st); err != nil {
 			return false, err
 		}
-		le := agentapi.LayerEntry{Path: name, Size: st.Size, MtimeNS: st.Mtim.Nano(), CtimeNS: st.Ctim.Nano(), Ino: st.Ino, Mode: st.Mode}
-		switch st.Mode & unix.S_IFMT {
-		case unix.S_IFDIR:
-			le.Kind = "dir"
-			le.Opaque = isOpaque(p)
-		case unix.S_IFLNK:
-			le.Kind = "symlink"
-		case unix.S_IFCHR:
-			if st.Rdev == 0 {
-				le.Kind = "whiteout"
-			}
-		case unix.S_IFREG:
-			le.Kind = "file"
-		}
-		if le.Kind == "" {
+		le, ok := layerEntry(p, name, &st)
+		if !ok {
 			return false, nil
 		}
 		out = append(out, le)
@@ -338,6 +325,27 @@ func manifestWithin(upper string, maxBytes int) ([]agentapi.LayerEntry, error) {
 		return nil, err
 	}
 	return out, nil
+}
+
+// layerEntry is the listing's entry for the upper layer's entry at p on
+// disk (name relative to the upper directory), of stat st: ok is false
+// for a kind the listing leaves out.
+func layerEntry(p, name string, st *unix.Stat_t) (agentapi.LayerEntry, bool) {
+	le := agentapi.LayerEntry{Path: name, Size: st.Size, MtimeNS: st.Mtim.Nano(), CtimeNS: st.Ctim.Nano(), Ino: st.Ino, Mode: st.Mode}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		le.Kind = "dir"
+		le.Opaque = isOpaque(p)
+	case unix.S_IFLNK:
+		le.Kind = "symlink"
+	case unix.S_IFCHR:
+		if st.Rdev == 0 {
+			le.Kind = "whiteout"
+		}
+	case unix.S_IFREG:
+		le.Kind = "file"
+	}
+	return le, le.Kind != ""
 }
 
 func (s *Agent) handleLayerManifest(w http.ResponseWriter, _ *http.Request) {

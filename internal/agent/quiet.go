@@ -32,6 +32,10 @@ type quiet struct {
 	// next sync mean not a byte reached the disk since: same manifest.
 	sentEpoch  uint64
 	sentWrites string
+	// track names what changed since the listing last reported
+	// (quiet_track.go); trackMu is held by the report using it.
+	track   *upperTracker
+	trackMu sync.Mutex
 }
 
 // newQuiet starts the epoch at a random value: an epoch reported by an
@@ -52,7 +56,14 @@ func (q *quiet) reseed(entropy []byte) {
 	q.mu.Lock()
 	q.epoch = binary.LittleEndian.Uint64(sum[:8])>>1 + 1
 	q.sentEpoch, q.sentWrites = 0, ""
+	tr := q.track
+	q.track = nil
 	q.mu.Unlock()
+	if tr != nil {
+		q.trackMu.Lock()
+		tr.close()
+		q.trackMu.Unlock()
+	}
 }
 
 func (q *quiet) begin() {
@@ -137,11 +148,19 @@ func (s *Agent) userIdle() bool {
 // quietReport is the report of an exec that asked for one, called after
 // the command ended and /workspace was synced; e is the epoch read before
 // that sync. nil: the guest is not quiet (or /workspace not layered, or
-// the listing too large to carry).
-func (s *Agent) quietReport(e, have uint64) *agentapi.QuietReport {
+// the listing too large to carry). With delta, a report whose upper layer
+// changed since the listing of epoch have says only what changed
+// (quiet_track.go) when it can.
+func (s *Agent) quietReport(e, have uint64, delta bool) *agentapi.QuietReport {
 	if !s.layers.present() || !s.userIdle() || !s.quiet.alone(e) {
 		return nil
 	}
+	// One report at a time owns the tracker (a second would be refused
+	// as not alone anyway).
+	if !s.quiet.trackMu.TryLock() {
+		return nil
+	}
+	defer s.quiet.trackMu.Unlock()
 	writes, err := diskWrites(s.layers.upperMount)
 	if err != nil {
 		return nil
@@ -149,10 +168,41 @@ func (s *Agent) quietReport(e, have uint64) *agentapi.QuietReport {
 	rep := &agentapi.QuietReport{Epoch: e}
 	s.quiet.mu.Lock()
 	same := have != 0 && have == s.quiet.sentEpoch && writes == s.quiet.sentWrites
+	tr := s.quiet.track
 	s.quiet.mu.Unlock()
-	if same {
+	var full []agentapi.LayerEntry
+	var d agentapi.LayerDelta
+	switch {
+	case same:
 		rep.SameAs = have
-	} else {
+	case delta && tr != nil && tr.usable(have):
+		var err error
+		if d, _, err = tr.delta(); err == nil {
+			if len(d.Removed) == 0 && len(d.Changed) == 0 {
+				rep.SameAs = have
+			} else {
+				rep.Delta = &d
+			}
+			break
+		}
+		tr.lose("delta: " + err.Error())
+		fallthrough
+	default:
+		if tr != nil && delta {
+			s.log.Debug("quiet report lists the upper layer whole", "why", tr.why)
+		}
+		if delta && tr == nil {
+			// Marked before the walk: nothing changes while the guest
+			// is quiet, and every change after the walk is named.
+			if tr, err = newUpperTracker(upperDir(s.layers.upperMount), s.workspaceDir); err == nil {
+				s.quiet.mu.Lock()
+				s.quiet.track = tr
+				s.quiet.mu.Unlock()
+			} else {
+				s.log.Debug("no incremental quiet listing", "err", err)
+				tr = nil
+			}
+		}
 		// Too large to carry: the walk stops at the bound.
 		m, err := manifestWithin(upperDir(s.layers.upperMount), agentapi.MaxQuietManifestBytes)
 		if err != nil {
@@ -161,6 +211,7 @@ func (s *Agent) quietReport(e, have uint64) *agentapi.QuietReport {
 		if m == nil {
 			m = []agentapi.LayerEntry{}
 		}
+		full = m
 		rep.Manifest = &agentapi.LayerManifest{Entries: m}
 	}
 	// Still nothing else under way and no process: the listing is of the
@@ -168,11 +219,23 @@ func (s *Agent) quietReport(e, have uint64) *agentapi.QuietReport {
 	if !s.userIdle() || !s.quiet.alone(e) {
 		return nil
 	}
-	if !same {
-		s.quiet.mu.Lock()
-		s.quiet.sentEpoch, s.quiet.sentWrites = e, writes
-		s.quiet.mu.Unlock()
+	// The host keeps the listing of the epoch it names (a SameAs report
+	// leaves it at have).
+	sent := e
+	switch {
+	case same:
+		return rep
+	case rep.SameAs != 0:
+		sent = have
+		tr.commit(have, d)
+	case rep.Delta != nil:
+		tr.commit(e, d)
+	case tr != nil:
+		tr.reset(e, full)
 	}
+	s.quiet.mu.Lock()
+	s.quiet.sentEpoch, s.quiet.sentWrites = sent, writes
+	s.quiet.mu.Unlock()
 	return rep
 }
 

@@ -36,15 +36,29 @@ type QuietRequest struct {
 	// whose upper layer has not changed since refers to it (SameAs)
 	// instead of listing it again.
 	Have uint64 `json:"have,omitempty"`
+	// Delta lets the report list only what changed since the listing of
+	// epoch Have (QuietReport.Delta) instead of the whole upper layer.
+	Delta bool `json:"delta,omitempty"`
 }
 
 // QuietReport says the guest was quiet at Epoch, with /workspace synced.
 type QuietReport struct {
 	Epoch uint64 `json:"epoch"`
 	// SameAs is the request's Have when the upper layer has not changed
-	// since; else Manifest lists it.
+	// since; else Delta says what changed since that listing, or Manifest
+	// lists it whole.
 	SameAs   uint64         `json:"same_as,omitempty"`
+	Delta    *LayerDelta    `json:"delta,omitempty"`
 	Manifest *LayerManifest `json:"manifest,omitempty"`
+}
+
+// LayerDelta turns the listing of epoch Base into the report's: every
+// path in Removed goes, with everything below it, then every entry in
+// Changed is put in (a new directory comes with its whole subtree).
+type LayerDelta struct {
+	Base    uint64       `json:"base"`
+	Removed []string     `json:"removed,omitempty"`
+	Changed []LayerEntry `json:"changed,omitempty"`
 }
 
 // MaxQuietManifestBytes bounds a quiet report's manifest (it travels in

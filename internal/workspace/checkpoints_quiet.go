@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -30,6 +31,9 @@ import (
 type pending struct {
 	Epoch    uint64 `json:"epoch"`
 	Manifest uint64 `json:"manifest"`
+	// From says how the guest's report gave the listing: "listing"
+	// (whole), "delta" (what changed since the one before) or "same".
+	From string `json:"from,omitempty"`
 }
 
 func (c Checkpoints) pendingPath() string { return filepath.Join(c.Dir, "pending.json") }
@@ -81,9 +85,18 @@ func (c Checkpoints) SavePending(rep *agentapi.QuietReport) error {
 		if err := replaceFile(c.pendingManifest(rep.Epoch), b, false); err != nil {
 			return err
 		}
-		p.Manifest = rep.Epoch
+		p.Manifest, p.From = rep.Epoch, "listing"
+	case rep.Delta != nil && hadOld && rep.Delta.Base == old.Manifest:
+		b, err := c.applyPendingDelta(old.Manifest, *rep.Delta)
+		if err != nil {
+			return c.ClearPending()
+		}
+		if err := replaceFile(c.pendingManifest(rep.Epoch), b, false); err != nil {
+			return err
+		}
+		p.Manifest, p.From = rep.Epoch, "delta"
 	case hadOld && rep.SameAs == old.Manifest:
-		p.Manifest = old.Manifest
+		p.Manifest, p.From = old.Manifest, "same"
 	default:
 		return c.ClearPending()
 	}
@@ -93,6 +106,90 @@ func (c Checkpoints) SavePending(rep *agentapi.QuietReport) error {
 	}
 	c.dropPendingManifests(p.Manifest)
 	return nil
+}
+
+// maxPendingManifestBytes bounds the listing a chain of deltas builds on
+// the host: what one full quiet report may carry.
+const maxPendingManifestBytes = agentapi.MaxQuietManifestBytes
+
+// applyPendingDelta returns the pending listing of epoch base with d
+// applied, encoded; an error when it cannot be read or grows past
+// maxPendingManifestBytes (the next checkpoint then asks the guest).
+func (c Checkpoints) applyPendingDelta(base uint64, d agentapi.LayerDelta) ([]byte, error) {
+	f, err := os.Open(c.pendingManifest(base))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var m agentapi.LayerManifest
+	if err := json.NewDecoder(io.LimitReader(f, 2*maxPendingManifestBytes)).Decode(&m); err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(ApplyDelta(m, d))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxPendingManifestBytes {
+		return nil, errors.New("pending listing over its bound")
+	}
+	return b, nil
+}
+
+// ApplyDelta returns m with d applied: every entry at or below a removed
+// path goes, and so does everything below a changed entry that is not a
+// directory; then the changed entries are put in. The result is in the
+// walk's order (parents before children). The delta comes from the guest:
+// whatever it says only shapes this listing.
+func ApplyDelta(m agentapi.LayerManifest, d agentapi.LayerDelta) agentapi.LayerManifest {
+	removed := make(map[string]bool, len(d.Removed))
+	subtree := make(map[string]bool, len(d.Removed)) // everything below goes
+	for _, p := range d.Removed {
+		removed[p], subtree[p] = true, true
+	}
+	set := make(map[string]agentapi.LayerEntry, len(d.Changed))
+	for _, e := range d.Changed {
+		set[e.Path] = e
+		if e.Kind != "dir" {
+			subtree[e.Path] = true
+		}
+	}
+	below := func(p string) bool {
+		for i := len(p) - 1; i > 0; i-- {
+			if p[i] == '/' && subtree[p[:i]] {
+				return true
+			}
+		}
+		return false
+	}
+	out := make([]agentapi.LayerEntry, 0, len(m.Entries)+len(set))
+	for _, e := range m.Entries {
+		if _, ok := set[e.Path]; ok || removed[e.Path] || below(e.Path) {
+			continue
+		}
+		out = append(out, e)
+	}
+	for _, e := range d.Changed {
+		if set[e.Path] == e {
+			out = append(out, e)
+			delete(set, e.Path)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return walkLess(out[i].Path, out[j].Path) })
+	return agentapi.LayerManifest{Entries: out}
+}
+
+// walkLess orders paths as the guest's walk lists them: depth first,
+// names in byte order, parents before children.
+func walkLess(a, b string) bool {
+	for a != "" && b != "" {
+		ca, ra, _ := strings.Cut(a, "/")
+		cb, rb, _ := strings.Cut(b, "/")
+		if ca != cb {
+			return ca < cb
+		}
+		a, b = ra, rb
+	}
+	return a == "" && b != ""
 }
 
 // ClearPending forgets the pending report (the next checkpoint asks the
