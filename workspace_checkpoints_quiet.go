@@ -41,6 +41,20 @@ import (
 // report and the checkpoint, whatever the host did meanwhile; if anything
 // did, the command does not run and the checkpoint goes.
 //
+// The listing in the report: the first report lists the upper layer whole;
+// after it the guest says only what changed since the listing the host
+// holds (QuietRequest.Delta; agent/quiet_track.go: fanotify on the upper
+// disk and on the overlay names the paths, the guest lstats only those),
+// and the host applies that to its pending listing
+// (workspace.ApplyDelta, bounded like a whole listing). The listing only
+// shapes the checkpoint's manifest (diff --since, bytes changed): the
+// checkpoint itself is the frozen layer, so a guest that lies in a delta
+// makes its own listings wrong and nothing else. A delta names the
+// listing it applies to (Base); against any other the host forgets the
+// pending report and the next checkpoint asks the guest; anything the
+// guest cannot account for (queue overflow, an unmounted upper disk)
+// makes its next report a whole listing again.
+//
 // Cost (the exec after a writing exec): the next overlay was made and
 // handed to QEMU while the command before ran (workspace_chain.go
 // stageNext), so the checkpoint is one QMP switch (blockdev-snapshot), a
