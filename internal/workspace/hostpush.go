@@ -2,9 +2,14 @@ package workspace
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/tarutil"
 )
 
@@ -46,6 +51,67 @@ func (l Layers) NewPushRoot(upper string, move bool) (string, error) {
 	if move {
 		return name, os.Rename(upper, l.Path(name))
 	}
-	_, _, err = CopyImage(upper, l.Path(name), MaxHostPushCopy, "the upper layer", "")
-	return name, err
+	if err := sparseCopy(upper, l.Path(name), MaxHostPushCopy); err != nil {
+		_ = os.Remove(l.Path(name))
+		if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+			return "", errdefs.Wrap(errdefs.ErrFailedPrecondition, err, "free space on the host; the workspace is unchanged", "copy the upper layer")
+		}
+		return "", err
+	}
+	return name, nil
+}
+
+// errTooMuch: the upper layer holds more than a host push copies.
+var errTooMuch = errors.New("upper layer over the host push's copy cap")
+
+// sparseCopy copies the data extents of src to the new file dst (holes
+// stay holes) in the kernel (copy_file_range), at most limit data bytes.
+// It does not sync: the writer that follows (debugfs) syncs the whole
+// file before the layer is used, and until then nothing refers to it.
+func sparseCopy(src, dst string, limit int64) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	if err := out.Truncate(fi.Size()); err != nil {
+		return err
+	}
+	var copied int64
+	for off := int64(0); off < fi.Size(); {
+		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break // only a hole is left
+		}
+		if err != nil {
+			return err
+		}
+		hole, err := unix.Seek(int(in.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return err
+		}
+		if copied += hole - data; copied > limit {
+			return errTooMuch
+		}
+		for r, w := data, data; r < hole; {
+			n, err := unix.CopyFileRange(int(in.Fd()), &r, int(out.Fd()), &w, int(hole-r), 0)
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				return io.ErrUnexpectedEOF
+			}
+		}
+		off = hole
+	}
+	return nil
 }
