@@ -119,3 +119,25 @@ func TestLayersIncrementalSince(t *testing.T) {
 		t.Errorf("after undo: %d entries, want %d", len(got), len(sums))
 	}
 }
+
+// TestLayersDeletedFileFreed: a file written and deleted by a command
+// gives its blocks back at once, also when no quiet report follows (a
+// process is left): the queued event of the written file held it open
+// until a report read the queue.
+func TestLayersDeletedFileFreed(t *testing.T) {
+	env, id, _ := checkpointedWorkspace(t)
+	used := func() int {
+		m := wsExec(t, env, id, "sh", "-c", "sleep 3; df -k --output=used /workspace | tail -1")
+		n, err := strconv.Atoi(strings.TrimSpace(m["stdout"].(string)))
+		if err != nil {
+			t.Fatalf("df: %v", m)
+		}
+		return n
+	}
+	wsExec(t, env, id, "sh", "-c", "echo x > x") // the tracker starts after this one
+	before := used()
+	wsExec(t, env, id, "sh", "-c", "(sleep 2 >/dev/null 2>&1 </dev/null &); dd if=/dev/zero of=big bs=1M count=64 status=none && rm big")
+	if after := used(); after > before+16<<10 {
+		t.Fatalf("64 MiB written and deleted: %d KiB used, %d before", after, before)
+	}
+}

@@ -155,11 +155,9 @@ func (s *Agent) quietReport(e, have uint64, delta bool) *agentapi.QuietReport {
 	if !s.layers.present() || !s.userIdle() || !s.quiet.alone(e) {
 		return nil
 	}
-	// One report at a time owns the tracker (a second would be refused
-	// as not alone anyway).
-	if !s.quiet.trackMu.TryLock() {
-		return nil
-	}
+	// The report owns the tracker (the background drain holds it only
+	// while it reads the queue).
+	s.quiet.trackMu.Lock()
 	defer s.quiet.trackMu.Unlock()
 	writes, err := diskWrites(s.layers.upperMount)
 	if err != nil {
@@ -198,6 +196,7 @@ func (s *Agent) quietReport(e, have uint64, delta bool) *agentapi.QuietReport {
 				s.quiet.mu.Lock()
 				s.quiet.track = tr
 				s.quiet.mu.Unlock()
+				go s.quiet.drainWrittenLoop(tr)
 			} else {
 				s.log.Debug("no incremental quiet listing", "err", err)
 				tr = nil

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -375,6 +376,46 @@ func (t *upperTracker) drainWritten() {
 				t.markDirty(r) // either: lstat says which
 			}
 		}
+	}
+}
+
+// drainWrittenPause batches the background drain's reads.
+const drainWrittenPause = 200 * time.Millisecond
+
+// drainWrittenLoop reads the fd group's queue whenever it holds events,
+// between reports too: each queued event holds the written file open, so
+// a file deleted after it was written (a build's temporary files, a
+// rotated log of a service, while no quiet report comes) kept its blocks
+// on the upper disk until the next report read the queue. It ends once
+// the tracker is no longer the agent's.
+func (q *quiet) drainWrittenLoop(t *upperTracker) {
+	mine := func() bool {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return q.track == t
+	}
+	for {
+		q.trackMu.Lock()
+		if !mine() || t.cl < 0 {
+			q.trackMu.Unlock()
+			return
+		}
+		fd := t.cl
+		q.trackMu.Unlock()
+		// A timeout: the descriptor may be closed (reseed) while this
+		// waits on it, which poll does not notice.
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		if n, err := unix.Poll(pfd, 5000); err != nil && !errors.Is(err, unix.EINTR) {
+			return
+		} else if n <= 0 {
+			continue
+		}
+		time.Sleep(drainWrittenPause)
+		q.trackMu.Lock()
+		if mine() && t.cl >= 0 {
+			t.drainWritten()
+		}
+		q.trackMu.Unlock()
 	}
 }
 
