@@ -126,7 +126,7 @@ func pushIntoLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record, src
 	if err != nil {
 		return st, err
 	}
-	if err := hostwrite.Write(ctx, l.Path(name), script); err != nil {
+	if err := hostwrite.Write(ctx, l.Path(name), tree, script); err != nil {
 		_ = os.Remove(l.Path(name))
 		return st, err
 	}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/pyro-mcp/pyro/internal/agent"
 	"github.com/pyro-mcp/pyro/internal/cli"
+	"github.com/pyro-mcp/pyro/internal/hostwrite"
 	"github.com/pyro-mcp/pyro/internal/supervisor"
 	"github.com/pyro-mcp/pyro/internal/vmm/hostcompat"
 )
@@ -15,6 +16,10 @@ func main() {
 	// and must not be taken for the guest's /init.
 	if len(os.Args) > 1 && os.Args[1] == hostcompat.HiddenArg {
 		hostcompat.Main(os.Args[2:])
+	}
+	// The confined debugfs of a host-side push (internal/hostwrite).
+	if len(os.Args) > 1 && os.Args[1] == hostwrite.HiddenArg {
+		hostwrite.Main(os.Args[2:])
 	}
 	// The same static binary is the guest's /init and its agent process.
 	if os.Getpid() == 1 {

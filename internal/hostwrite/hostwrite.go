@@ -9,10 +9,14 @@
 // debugfs arguments, so a name debugfs could not take as one quoted
 // argument (a quote, a backslash, a control character) makes Script refuse
 // and the caller push through the guest. The image is the guest's: hostile
-// input to debugfs's parser. So Write runs debugfs confined (Confine): its
-// own process group and namespaces, rlimits on CPU time, memory, file size
-// and open files, a deadline, stdout thrown away, stderr bounded, and the
-// image given to it only after the limits hold (the script opens it).
+// input to debugfs's parser. So Write runs debugfs confined: Landlock lets
+// it read only the staged tree and the system's program directories and
+// write only the image, both handed over as descriptors; no capabilities,
+// no_new_privs and a seccomp filter (tool_linux.go); its own process
+// group and PID, network, IPC and UTS namespaces, rlimits on CPU time,
+// memory, file size and open files, a deadline, stdout thrown away, stderr
+// bounded, and the image opened only after the limits hold (the script
+// opens it). Without Landlock the host path is not used.
 // Whatever debugfs reports on stderr fails the write; the caller then
 // throws the image away (it writes a copy, never the live layer).
 package hostwrite
@@ -46,7 +50,8 @@ type Stats struct {
 // extracts as root without keeping the source's owners.
 const Owner = 0
 
-// Script returns the debugfs commands that write the tree at tree into
+// Script returns the debugfs commands that write the tree at tree (given
+// to Write with it) into
 // the image's directory dest (which must exist): directories, regular
 // files and symlinks with their permission bits (setuid, setgid and sticky
 // included), nanosecond modification times (access times the same) and
@@ -92,10 +97,9 @@ func Script(tree, dest string) ([]byte, Stats, error) {
 			st.Dirs++
 			return nil
 		case fi.Mode().IsRegular():
-			if err := quotable(p); err != nil {
-				return err
-			}
-			fmt.Fprintf(&b, "write %s %s\n", q(p), q(in))
+			// Through the staging root's descriptor: the confined tool
+			// sees no other host path (tool_linux.go).
+			fmt.Fprintf(&b, "write %s %s\n", q(treePath+"/"+filepath.ToSlash(rel)), q(in))
 			if err := attrs(&b, in, fi, 0o100000); err != nil {
 				return err
 			}

@@ -12,6 +12,15 @@ import (
 	"time"
 )
 
+// TestMain lets the test binary serve as the confined tool, as pyro's main
+// does: Write re-executes the running binary with HiddenArg.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == HiddenArg {
+		Main(os.Args[2:])
+	}
+	os.Exit(m.Run())
+}
+
 func needTools(t *testing.T) {
 	t.Helper()
 	for _, tool := range []string{"debugfs", "mkfs.ext4"} {
@@ -67,7 +76,7 @@ func TestWriteTree(t *testing.T) {
 	if st.Files != 3 || st.Dirs != 2 || st.Bytes != 11 {
 		t.Fatalf("stats %+v", st)
 	}
-	must(Write(context.Background(), img, script))
+	must(Write(context.Background(), img, src, script))
 	out, err := exec.Command("debugfs", "-c", "-R", `cat "/upper/t/sub dir/a.bin"`, img).Output()
 	must(err)
 	if string(out) != "hello host" {
@@ -125,7 +134,7 @@ func TestWriteHostileImage(t *testing.T) {
 	}
 	f.Close()
 	start := time.Now()
-	if err := Write(context.Background(), garbage, script); !errors.Is(err, ErrWrite) {
+	if err := Write(context.Background(), garbage, src, script); !errors.Is(err, ErrWrite) {
 		t.Fatalf("garbage superblock: err = %v, want ErrWrite", err)
 	}
 	if d := time.Since(start); d > 10*time.Second {
@@ -140,7 +149,7 @@ func TestWriteHostileImage(t *testing.T) {
 	if out, err := exec.Command("debugfs", "-w", "-R", "write /etc/hostname upper", img).CombinedOutput(); err != nil {
 		t.Fatalf("debugfs: %v: %s", err, out)
 	}
-	if err := Write(context.Background(), img, script); !errors.Is(err, ErrWrite) {
+	if err := Write(context.Background(), img, src, script); !errors.Is(err, ErrWrite) {
 		t.Fatalf("file in the way: err = %v, want ErrWrite", err)
 	}
 }
@@ -154,8 +163,51 @@ func TestWriteTimeout(t *testing.T) {
 	defer func() { Timeout = old }()
 	// Many commands keep debugfs busy past the deadline.
 	script := []byte(strings.Repeat("stat /upper\n", 200000))
-	err := Write(context.Background(), img, script)
+	err := Write(context.Background(), img, t.TempDir(), script)
 	if err == nil || !strings.Contains(err.Error(), "took longer") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// The image is hostile input to debugfs: whatever a crafted image makes it
+// do, it reaches no host file but the staged tree (read) and the image
+// (write). Played here by script commands a subverted debugfs could run:
+// reading a host file outside the tree, writing one (dump, rdump).
+func TestWriteConfined(t *testing.T) {
+	needTools(t)
+	img := image(t)
+	src := t.TempDir()
+	outside := t.TempDir()
+	secret := filepath.Join(outside, "secret")
+	if err := os.WriteFile(secret, []byte("host secret"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Reading outside the tree: debugfs cannot open the file.
+	err := Write(context.Background(), img, src, []byte("write "+q(secret)+" /upper/stolen\n"))
+	if errors.Is(err, ErrUnconfinable) {
+		t.Skip("no Landlock on this kernel: the host path is not used here")
+	}
+	if !errors.Is(err, ErrWrite) {
+		t.Fatalf("read outside the tree: err = %v, want ErrWrite", err)
+	}
+	if out, _ := exec.Command("debugfs", "-c", "-R", "cat /upper/stolen", img).Output(); strings.Contains(string(out), "host secret") {
+		t.Fatal("a host file outside the staged tree reached the image")
+	}
+	// Writing outside the image: dump and rdump create host files.
+	if err := os.WriteFile(filepath.Join(src, "f"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	script, _, err := Script(src, "/upper")
+	if err != nil {
+		t.Fatal(err)
+	}
+	script = append(script, []byte("dump /upper/f "+q(filepath.Join(outside, "dumped"))+"\nrdump /upper "+q(outside)+"\n")...)
+	if err := Write(context.Background(), img, src, script); !errors.Is(err, ErrWrite) {
+		t.Fatalf("write outside the image: err = %v, want ErrWrite", err)
+	}
+	for _, p := range []string{"dumped", "upper"} {
+		if _, err := os.Lstat(filepath.Join(outside, p)); err == nil {
+			t.Fatalf("the tool wrote %s on the host", p)
+		}
 	}
 }

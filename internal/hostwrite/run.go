@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -35,14 +36,30 @@ var (
 // used (the caller discards it).
 var ErrWrite = errors.New("host write failed")
 
-// Write runs script (from Script) against the ext4 image at image, which
-// nothing else has open, with debugfs confined (see the package comment).
-// The image's size is its file-size limit: debugfs never grows it.
-func Write(ctx context.Context, image string, script []byte) error {
-	if err := quotable(image); err != nil {
+// ErrUnconfinable: this host cannot confine debugfs (no Landlock); the
+// caller pushes through the guest.
+var ErrUnconfinable = errors.New("debugfs cannot be confined on this host")
+
+// Write runs script (from Script(tree, ...)) against the ext4 image at
+// image, which nothing else has open, with debugfs confined (see the
+// package comment). The image's size is its file-size limit: debugfs never
+// grows it.
+func Write(ctx context.Context, image, tree string, script []byte) error {
+	img, err := os.OpenFile(image, os.O_RDWR, 0)
+	if err != nil {
 		return err
 	}
-	fi, err := os.Stat(image)
+	defer img.Close()
+	fi, err := img.Stat()
+	if err != nil {
+		return err
+	}
+	src, err := os.Open(tree)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
@@ -62,7 +79,8 @@ func Write(ctx context.Context, image string, script []byte) error {
 	}
 	// -f -: commands from stdin. The image is opened by the first of them,
 	// written only once the limits below are in place.
-	cmd := exec.Command(bin, "-f", "-")
+	cmd := exec.Command(self, HiddenArg, strconv.FormatInt(fi.Size(), 10), bin, "-f", "-")
+	cmd.ExtraFiles = []*os.File{img, src} // imageFD, treeFD
 	cmd.Env = []string{"PATH=/usr/sbin:/sbin:/usr/bin:/bin", "PAGER=__none__", "DEBUGFS_PAGER=__none__", "LC_ALL=C"}
 	cmd.Dir = "/"
 	cmd.SysProcAttr = Confine()
@@ -81,14 +99,9 @@ func Write(ctx context.Context, image string, script []byte) error {
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	kill := func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	if err := limit(cmd.Process.Pid, uint64(fi.Size())); err != nil {
-		kill()
-		<-done
-		return fmt.Errorf("limit debugfs: %w", err)
-	}
 	go func() {
 		_, _ = io.Copy(stdin, io.MultiReader(
-			strings.NewReader("open -w "+q(image)+"\n"), bytes.NewReader(script), strings.NewReader("close\nquit\n")))
+			strings.NewReader("open -w "+q(imagePath)+"\n"), bytes.NewReader(script), strings.NewReader("close\nquit\n")))
 		stdin.Close()
 	}()
 	var werr error
@@ -101,6 +114,9 @@ func Write(ctx context.Context, image string, script []byte) error {
 			"writing the workspace image on the host took longer than %s", Timeout)
 	}
 	kill() // anything debugfs left in its group
+	if cmd.ProcessState != nil && cmd.ProcessState.ExitCode() == exitUnconfinable {
+		return ErrUnconfinable
+	}
 	if msg := complaints(stderr.String()); werr != nil || msg != "" {
 		if werr != nil && msg == "" {
 			msg = werr.Error()
@@ -127,8 +143,10 @@ func complaints(s string) string {
 	return strings.Join(out, "; ")
 }
 
-// limit sets the rlimits of the started process pid.
-func limit(pid int, fileSize uint64) error {
+// limit sets the calling process's rlimits for the tool it execs next
+// (Main: after the Go runtime started its threads, which RLIMIT_AS and
+// RLIMIT_NPROC would refuse).
+func limit(fileSize uint64) error {
 	for _, l := range []struct {
 		res int
 		val uint64
@@ -144,7 +162,7 @@ func limit(pid int, fileSize uint64) error {
 			continue // root ignores it; and uid 0's count is the host's
 		}
 		rl := unix.Rlimit{Cur: l.val, Max: l.val}
-		if err := unix.Prlimit(pid, l.res, &rl, nil); err != nil {
+		if err := unix.Setrlimit(l.res, &rl); err != nil {
 			return err
 		}
 	}
