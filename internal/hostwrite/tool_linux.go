@@ -43,7 +43,10 @@ const exitUnconfinable = 125
 //     only in the image; with a new enough kernel no signals or abstract
 //     sockets reach outside, no TCP; ptrace of anything outside is refused;
 //   - every capability dropped, no_new_privs, the host-compat sandbox's
-//     seccomp filter (no mounts, modules, ptrace, namespaces, ...).
+//     seccomp filter (no mounts, modules, ptrace, namespaces, ...) and the
+//     tool's (hostcompat.ConfineTool: no chmod, chown, utimes or xattr
+//     changes, which Landlock does not govern, no sockets, no new
+//     processes).
 //
 // and rlimits (CPU, memory, file size, open files, no forks for a non-root
 // caller). The caller adds new PID, network, IPC and UTS namespaces, a
@@ -67,7 +70,7 @@ func Main(args []string) {
 		fmt.Fprintf(os.Stderr, "pyro: hostwrite: limits: %v\n", err)
 		os.Exit(2)
 	}
-	if err := hostcompat.DropPrivileges(); err != nil {
+	if err := hostcompat.ConfineTool(); err != nil {
 		fmt.Fprintf(os.Stderr, "pyro: hostwrite: confine: %v\n", err)
 		os.Exit(2)
 	}

@@ -66,9 +66,3 @@ func lastCap() int {
 	}
 	return 63 // dropping unknown ones fails with EINVAL, which is ignored
 }
-
-// DropPrivileges is confine for other confined helpers (internal/hostwrite's
-// debugfs): every capability, securebits locked, no_new_privs, the same
-// seccomp filter as a sandbox. Same contract: exec next, from this
-// goroutine.
-func DropPrivileges() error { return confine() }

@@ -10,3 +10,6 @@ const (
 
 // archDenied are the arm64-only syscalls the filter refuses (none).
 var archDenied []uint32
+
+// archToolDenied: arm64 has only the *at forms (in toolDenied).
+var archToolDenied []uint32

@@ -165,3 +165,69 @@ func installFilter() error {
 	}
 	return nil
 }
+
+// toolDenied are what a helper that only reads and writes files it was
+// handed (internal/hostwrite's debugfs) has no use for and Landlock does
+// not confine: a file's metadata (mode, owner, times, extended attributes:
+// Landlock governs opens, so a uid-0 tool could chmod /etc/shadow) and
+// sockets (a connect to a named unix socket is outside Landlock and the
+// network namespace: systemd's, a container daemon's, a supervisor's).
+// The architecture's older forms are in archToolDenied.
+var toolDenied = []uint32{
+	unix.SYS_FCHMOD, unix.SYS_FCHMODAT, unix.SYS_FCHMODAT2,
+	unix.SYS_FCHOWN, unix.SYS_FCHOWNAT,
+	unix.SYS_SETXATTR, unix.SYS_LSETXATTR, unix.SYS_FSETXATTR, unix.SYS_SETXATTRAT,
+	unix.SYS_REMOVEXATTR, unix.SYS_LREMOVEXATTR, unix.SYS_FREMOVEXATTR, unix.SYS_REMOVEXATTRAT,
+	unix.SYS_UTIMENSAT,
+	unix.SYS_SOCKET, unix.SYS_SOCKETPAIR,
+}
+
+// toolFilterProgram is the filter ConfineTool adds on top of the
+// sandbox's: toolDenied and archToolDenied fail with EPERM, and so does a
+// new process (clone without CLONE_THREAD; fork and vfork where they
+// exist): uid 0 is not held by RLIMIT_NPROC.
+func toolFilterProgram() ([]unix.SockFilter, error) {
+	if nativeArch == 0 {
+		return nil, fmt.Errorf("no seccomp filter for this architecture")
+	}
+	var p []unix.SockFilter
+	stmt := func(code uint16, k uint32) { p = append(p, unix.SockFilter{Code: code, K: k}) }
+	jump := func(code uint16, k uint32, jt, jf uint8) {
+		p = append(p, unix.SockFilter{Code: code, Jt: jt, Jf: jf, K: k})
+	}
+	stmt(bpfLdAbsW, offArch)
+	jump(bpfJeqK, nativeArch, 1, 0)
+	stmt(bpfRetK, retKill)
+	stmt(bpfLdAbsW, offNr)
+	for _, nr := range append(append([]uint32(nil), toolDenied...), archToolDenied...) {
+		jump(bpfJeqK, nr, 0, 1)
+		stmt(bpfRetK, retErrno(unix.EPERM))
+	}
+	jump(bpfJeqK, unix.SYS_CLONE, 0, 4)
+	stmt(bpfLdAbsW, argOff(0))
+	jump(bpfJsetK, unix.CLONE_THREAD, 1, 0)
+	stmt(bpfRetK, retErrno(unix.EPERM))
+	stmt(bpfRetK, retAllow)
+	stmt(bpfRetK, retAllow)
+	return p, nil
+}
+
+// ConfineTool is confine (every capability, securebits locked,
+// no_new_privs, the sandbox's filter) for a helper that parses hostile input
+// with only the descriptors it was handed (internal/hostwrite's debugfs),
+// then toolFilterProgram's filter. Same contract: exec
+// next, from this goroutine.
+func ConfineTool() error {
+	if err := confine(); err != nil {
+		return err
+	}
+	prog, err := toolFilterProgram()
+	if err != nil {
+		return err
+	}
+	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
+	if err := unix.Prctl(unix.PR_SET_SECCOMP, unix.SECCOMP_MODE_FILTER, uintptr(unsafe.Pointer(&fprog)), 0, 0); err != nil {
+		return fmt.Errorf("install the tool's seccomp filter: %w", err)
+	}
+	return nil
+}

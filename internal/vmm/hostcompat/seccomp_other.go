@@ -11,3 +11,5 @@ const (
 )
 
 var archDenied []uint32
+
+var archToolDenied []uint32
