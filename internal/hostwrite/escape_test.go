@@ -5,7 +5,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -103,5 +105,57 @@ print(" ".join(ok))
 	case <-accepted:
 		t.Error("the confined tool reached a host unix socket")
 	default:
+	}
+}
+
+// A descriptor pyro inherited without close-on-exec (from the MCP client
+// or shell that started it) must not reach the confined tool: Landlock
+// does not govern descriptors already open.
+func TestToolGetsNoStrayDescriptors(t *testing.T) {
+	py := "/usr/bin/python3"
+	if _, err := os.Stat(py); err != nil {
+		t.Skip("no /usr/bin/python3 to play the subverted tool")
+	}
+	victim := filepath.Join(t.TempDir(), "victim")
+	if err := os.WriteFile(victim, []byte("host file"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := syscall.Open(victim, syscall.O_RDWR, 0) // no O_CLOEXEC
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	img := filepath.Join(t.TempDir(), "img")
+	if err := os.WriteFile(img, make([]byte, 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	imgF, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer imgF.Close()
+	treeF, err := os.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer treeF.Close()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe := "import os, sys\ntry:\n    os.pwrite(int(sys.argv[1]), b'PWNED', 0); print('wrote')\nexcept OSError:\n    pass\n"
+	cmd := exec.Command(self, HiddenArg, "4096", py, "-S", "-c", probe, strconv.Itoa(fd))
+	cmd.ExtraFiles = []*os.File{imgF, treeF}
+	cmd.Env = []string{"PATH=/usr/bin:/bin"}
+	cmd.SysProcAttr = Confine()
+	out, err := cmd.CombinedOutput()
+	if cmd.ProcessState != nil && cmd.ProcessState.ExitCode() == exitUnconfinable {
+		t.Skip("no Landlock on this kernel")
+	}
+	if err != nil {
+		t.Fatalf("probe: %v: %s", err, out)
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "host file" || strings.TrimSpace(string(out)) != "" {
+		t.Fatalf("the confined tool wrote a host file through an inherited descriptor: %q (%s)", b, out)
 	}
 }

@@ -59,6 +59,13 @@ func Main(args []string) {
 		os.Exit(2)
 	}
 	args = args[1:]
+	// Only stdin, stdout, stderr, the image and the tree reach the tool:
+	// a descriptor pyro itself inherited without close-on-exec (from
+	// whatever started it) is outside what Landlock governs.
+	if err := unix.CloseRange(treeFD+1, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		fmt.Fprintf(os.Stderr, "pyro: hostwrite: confine: close descriptors: %v\n", err)
+		os.Exit(2)
+	}
 	if err := landlock(); err != nil {
 		fmt.Fprintf(os.Stderr, "pyro: hostwrite: confine: %v\n", err)
 		if errors.Is(err, errNoLandlock) {
