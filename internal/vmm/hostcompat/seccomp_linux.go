@@ -172,8 +172,11 @@ func installFilter() error {
 // Landlock governs opens, so a uid-0 tool could chmod /etc/shadow) and
 // sockets (a connect to a named unix socket is outside Landlock and the
 // network namespace: systemd's, a container daemon's, a supervisor's).
-// The architecture's older forms are in archToolDenied.
+// Also truncate by path (Landlock governs it only from ABI 3, and Main
+// accepts ABI 1) and watches on host files (inotify, fanotify: who reads
+// what). The architecture's older forms are in archToolDenied.
 var toolDenied = []uint32{
+	unix.SYS_TRUNCATE, unix.SYS_INOTIFY_ADD_WATCH, unix.SYS_FANOTIFY_INIT,
 	unix.SYS_FCHMOD, unix.SYS_FCHMODAT, unix.SYS_FCHMODAT2,
 	unix.SYS_FCHOWN, unix.SYS_FCHOWNAT,
 	unix.SYS_SETXATTR, unix.SYS_LSETXATTR, unix.SYS_FSETXATTR, unix.SYS_SETXATTRAT,

@@ -178,3 +178,43 @@ func errnoErr(e unix.Errno) error {
 	}
 	return e
 }
+
+// The tool's filter (ConfineTool) refuses what Landlock does not govern
+// on every kernel Main accepts, and lets a thread be made.
+func TestToolFilterDecisions(t *testing.T) {
+	if nativeArch == 0 {
+		t.Skip("no filter for this architecture")
+	}
+	prog, err := toolFilterProgram()
+	if err != nil {
+		t.Fatal(err)
+	}
+	eperm := retErrno(unix.EPERM)
+	for _, c := range []struct {
+		name string
+		nr   uint32
+		args []uint64
+		want uint32
+	}{
+		{"read", unix.SYS_READ, nil, retAllow},
+		{"pwrite64", unix.SYS_PWRITE64, nil, retAllow},
+		{"ftruncate", unix.SYS_FTRUNCATE, nil, retAllow},
+		{"clone thread", unix.SYS_CLONE, []uint64{unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLONE_SIGHAND | unix.CLONE_THREAD}, retAllow},
+		{"fork via clone", unix.SYS_CLONE, []uint64{uint64(unix.SIGCHLD)}, eperm},
+		{"fchmodat", unix.SYS_FCHMODAT, nil, eperm},
+		{"fchownat", unix.SYS_FCHOWNAT, nil, eperm},
+		{"utimensat", unix.SYS_UTIMENSAT, nil, eperm},
+		{"setxattr", unix.SYS_SETXATTR, nil, eperm},
+		{"socket", unix.SYS_SOCKET, []uint64{unix.AF_UNIX}, eperm},
+		{"truncate", unix.SYS_TRUNCATE, nil, eperm},
+		{"inotify_add_watch", unix.SYS_INOTIFY_ADD_WATCH, nil, eperm},
+		{"fanotify_init", unix.SYS_FANOTIFY_INIT, nil, eperm},
+	} {
+		if got := runFilter(t, prog, c.nr, nativeArch, c.args...); got != c.want {
+			t.Errorf("%s: got %#x, want %#x", c.name, got, c.want)
+		}
+	}
+	if got := runFilter(t, prog, unix.SYS_GETPID, 0x40000003 /* AUDIT_ARCH_I386 */); got != retKill {
+		t.Errorf("foreign architecture: got %#x, want kill", got)
+	}
+}
