@@ -90,7 +90,14 @@ func pushIntoLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record, src
 	if err := os.Mkdir(tree, 0o700); err != nil {
 		return st, err
 	}
-	_, changed, err := workspace.StageDir(ctx, src, tree)
+	// What does not fit the workspace disk is not copied onto the host's
+	// first (a source the host cannot link is staged as copies).
+	l := layersOf(dir, rec)
+	disk, err := os.Stat(l.Disk)
+	if err != nil {
+		return st, err
+	}
+	_, changed, err := workspace.StageDir(ctx, src, tree, disk.Size())
 	if err != nil {
 		return st, err
 	}
@@ -103,7 +110,6 @@ func pushIntoLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record, src
 	if rel != "" {
 		in += "/" + rel
 	}
-	l := layersOf(dir, rec)
 	upper, done, err := l.RawUpper(ctx)
 	if err != nil {
 		return st, err

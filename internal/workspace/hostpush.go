@@ -24,9 +24,12 @@ import (
 // followed, no devices, fifos or sockets, permissions and times kept.
 // Files are hard-linked where stageDir may; changed reports whether one of
 // them was written since (the caller then discards what it read from
-// them, which may be torn).
-func StageDir(ctx context.Context, src, dest string) (st tarutil.Stats, changed func() bool, err error) {
-	st, linked, err := stageDir(ctx, src, dest, true)
+// them, which may be torn). Staging stops with ErrStageTooLarge past
+// maxBytes of file content (0: no bound): files it cannot link are copies
+// on the host's disk, and a source larger than the workspace disk cannot
+// be pushed anyway.
+func StageDir(ctx context.Context, src, dest string, maxBytes int64) (st tarutil.Stats, changed func() bool, err error) {
+	st, linked, err := stageDir(ctx, src, dest, true, maxBytes)
 	return st, linked.changed, err
 }
 

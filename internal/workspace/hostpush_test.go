@@ -2,6 +2,7 @@ package workspace
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -43,5 +44,34 @@ func TestSparseCopy(t *testing.T) {
 	}
 	if err := sparseCopy(src, dst, 1<<20); err == nil {
 		t.Fatal("copied over an existing file")
+	}
+}
+
+// A host push stages its source on the host's disk (copies of what it
+// cannot link): the staging stops once the source holds more than the
+// workspace disk could take, instead of copying a source of any size.
+func TestStageDirBounded(t *testing.T) {
+	src := t.TempDir()
+	for _, n := range []string{"a", "b", "c"} {
+		if err := os.WriteFile(filepath.Join(src, n), make([]byte, 600), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dest := filepath.Join(t.TempDir(), "tree")
+	if err := os.Mkdir(dest, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := StageDir(context.Background(), src, dest, 1000); !errors.Is(err, ErrStageTooLarge) {
+		t.Fatalf("err = %v, want ErrStageTooLarge", err)
+	}
+	if ents, _ := os.ReadDir(dest); len(ents) > 1 {
+		t.Fatalf("staged %d files past the bound", len(ents))
+	}
+	dest2 := filepath.Join(t.TempDir(), "tree")
+	if err := os.Mkdir(dest2, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if st, _, err := StageDir(context.Background(), src, dest2, 1800); err != nil || st.Bytes != 1800 {
+		t.Fatalf("within the bound: %+v, %v", st, err)
 	}
 }

@@ -70,7 +70,7 @@ func BuildBase(ctx context.Context, path string, src io.Reader, size int64) (tar
 		}
 		var linked linkedFiles
 		if staged {
-			if st, linked, err = stageDir(ctx, ds.dir, tree, links); err != nil {
+			if st, linked, err = stageDir(ctx, ds.dir, tree, links, 0); err != nil {
 				return st, fmt.Errorf("stage seed: %w", err)
 			}
 		} else if src != nil {

@@ -81,7 +81,7 @@ func (s *DirSource) Close() error {
 // It returns what ExtractTar would count, and the files it linked: a
 // linked file is still the caller's, so what a later reader (mke2fs) gets
 // is only what was counted if it is unchanged then (linkedFiles.changed).
-func stageDir(ctx context.Context, src, dest string, links bool) (tarutil.Stats, linkedFiles, error) {
+func stageDir(ctx context.Context, src, dest string, links bool, maxBytes int64) (tarutil.Stats, linkedFiles, error) {
 	var st tarutil.Stats
 	fi, err := os.Lstat(src)
 	if err != nil {
@@ -95,7 +95,7 @@ func stageDir(ctx context.Context, src, dest string, links bool) (tarutil.Stats,
 		return st, nil, err
 	}
 	defer root.Close()
-	s := stager{ctx: ctx, root: root, dest: dest, uid: os.Geteuid(), gid: os.Getegid(), links: links}
+	s := stager{ctx: ctx, root: root, dest: dest, uid: os.Geteuid(), gid: os.Getegid(), links: links, maxBytes: maxBytes}
 	if di, err := os.Stat(dest); err == nil && di.Mode()&os.ModeSetgid != 0 {
 		if sys, ok := di.Sys().(*unix.Stat_t); ok {
 			s.gid = int(sys.Gid) // new files take the directory's group
@@ -149,7 +149,8 @@ type stager struct {
 	root     *os.Root
 	dest     string
 	uid, gid int
-	links    bool // hard links work from src to dest (off after EXDEV/EPERM)
+	links    bool  // hard links work from src to dest (off after EXDEV/EPERM)
+	maxBytes int64 // file content past which staging stops (0: no bound)
 	st       tarutil.Stats
 	linked   linkedFiles
 	dirs     []stagedDir
@@ -215,6 +216,10 @@ func (s *stager) dir(rel string) error {
 	return nil
 }
 
+// ErrStageTooLarge: the source holds more file content than the staging
+// was bounded to (StageDir's maxBytes).
+var ErrStageTooLarge = errors.New("push source larger than the workspace disk")
+
 // goMode is the mode ExtractTar gives an entry of fi's permissions.
 func goMode(fi os.FileInfo) os.FileMode {
 	return fi.Mode() & (os.ModePerm | os.ModeSetuid | os.ModeSetgid | os.ModeSticky)
@@ -239,6 +244,9 @@ func (s *stager) file(name, out string) error {
 	}
 	s.st.Files++
 	s.st.Bytes += fst.Size
+	if s.maxBytes > 0 && s.st.Bytes > s.maxBytes {
+		return fmt.Errorf("%w: more than %d bytes", ErrStageTooLarge, s.maxBytes)
+	}
 	if s.links && int(fst.Uid) == s.uid && int(fst.Gid) == s.gid && fst.Nlink == 1 && !hasXattrs(f) {
 		// Link the inode that was opened and checked, not the name.
 		err := unix.Linkat(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", f.Fd()), unix.AT_FDCWD, out, unix.AT_SYMLINK_FOLLOW)

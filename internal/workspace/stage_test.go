@@ -123,7 +123,7 @@ func sameAsTar(t *testing.T, src, staged string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, _, err := stageDir(context.Background(), src, staged, true)
+	got, _, err := stageDir(context.Background(), src, staged, true, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
