@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pyro-mcp/pyro/internal/diskimg"
+	"github.com/pyro-mcp/pyro/internal/fsutil"
 	"github.com/pyro-mcp/pyro/internal/hostwrite"
 	"github.com/pyro-mcp/pyro/internal/instance"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
@@ -81,11 +82,12 @@ var errNotHere = errors.New("push through the guest")
 // layer locks.
 func pushIntoLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, dest string) (hostwrite.Stats, error) {
 	var st hostwrite.Stats
-	tmp, err := os.MkdirTemp(string(dir), ".push-")
+	sweepPushStaging(dir)
+	tmp, err := os.MkdirTemp(string(dir), pushStagingPrefix)
 	if err != nil {
 		return st, err
 	}
-	defer os.RemoveAll(tmp)
+	defer fsutil.RemoveAll(tmp) // the staged tree carries the source's modes: a read-only directory too
 	tree := filepath.Join(tmp, "tree")
 	if err := os.Mkdir(tree, 0o700); err != nil {
 		return st, err
@@ -148,6 +150,26 @@ func pushIntoLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record, src
 	}
 	_ = l.GC(workspace.KeepLayers(string(dir)))
 	return st, nil
+}
+
+// pushStagingPrefix names a host push's private staging directory in the
+// workspace directory.
+const pushStagingPrefix = ".push-"
+
+// sweepPushStaging removes what earlier host pushes killed mid-way (the
+// process gone before its deferred removal) left staged: copies of their
+// sources, up to a workspace disk each. The caller holds the instance
+// lock, so no other push of this workspace stages meanwhile.
+func sweepPushStaging(dir vmdir.Dir) {
+	ents, err := os.ReadDir(string(dir))
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if e.IsDir() && strings.HasPrefix(e.Name(), pushStagingPrefix) {
+			_ = fsutil.RemoveAll(dir.Path(e.Name()))
+		}
+	}
 }
 
 // pushable checks, in the guest's upper image (hostile: read with the
