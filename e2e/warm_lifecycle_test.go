@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
-	"time"
 )
 
 // TestWarmLifecycleStarts: with golden snapshots of the VM and workspace
@@ -70,21 +69,15 @@ func TestWarmLifecycleStarts(t *testing.T) {
 	}
 	syscall.Kill(vmm, syscall.SIGKILL)
 	waitGone(t, vmm)
-	var s struct {
-		State string `json:"state"`
-		Start string `json:"start"`
-	}
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		mustWS(t, env, &s, "status", id)
-		if s.State != "running" || time.Now().After(deadline) {
-			break
-		}
-	}
-	if s.State != "broken" {
+	if s := waitBroken(t, env, id); s.State != "broken" {
 		t.Fatalf("after kill -9 of the vmm: %+v", s)
 	}
 	if m := wsExec(t, env, id, "cat", "f.txt"); m["stdout"] != "kept\n" {
 		t.Fatalf("after the restart /workspace/f.txt reads %q", m["stdout"])
+	}
+	var s struct {
+		State string `json:"state"`
+		Start string `json:"start"`
 	}
 	mustWS(t, env, &s, "status", id)
 	if s.State != "running" || s.Start != "warm" {

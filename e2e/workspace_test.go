@@ -238,16 +238,7 @@ func TestWorkspaceSurvivesKill9(t *testing.T) {
 		}
 		syscall.Kill(pid, syscall.SIGKILL)
 		waitGone(t, pid)
-		// The supervisor notices within moments (the VMM may be a zombie
-		// for a few ms before its waiter collects it; a health call in
-		// that window finds the agent gone: unresponsive, on the way).
-		var s wsStatus
-		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-			mustWS(t, env, &s, "status", id)
-			if s.State != "running" && s.State != "unresponsive" || time.Now().After(deadline) {
-				break
-			}
-		}
+		s := waitBroken(t, env, id)
 		if s.State != "broken" || s.Reason == "" {
 			t.Fatalf("after kill -9 of the %s: %+v", victim, s)
 		}
@@ -300,4 +291,20 @@ func findPids(t *testing.T, id string) map[string]int {
 		}
 	}
 	return out
+}
+
+// waitBroken polls the status of workspace id after its VMM or supervisor
+// was killed until it leaves running (10 s at most) and returns the last
+// one. The supervisor notices within moments, but the VMM may be a zombie
+// for a few ms before its waiter collects it, and a health call in that
+// window finds the agent gone: unresponsive, on the way to broken.
+func waitBroken(t *testing.T, env []string, id string) wsStatus {
+	t.Helper()
+	var s wsStatus
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		mustWS(t, env, &s, "status", id)
+		if s.State != "running" && s.State != "unresponsive" || time.Now().After(deadline) {
+			return s
+		}
+	}
 }
