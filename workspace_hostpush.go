@@ -12,6 +12,7 @@ import (
 	"github.com/pyro-mcp/pyro/internal/fsutil"
 	"github.com/pyro-mcp/pyro/internal/hostwrite"
 	"github.com/pyro-mcp/pyro/internal/instance"
+	"github.com/pyro-mcp/pyro/internal/supervisor"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/workspace"
 )
@@ -82,6 +83,12 @@ var errNotHere = errors.New("push through the guest")
 // layer locks.
 func pushIntoLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, dest string) (hostwrite.Stats, error) {
 	var st hostwrite.Stats
+	// A fork not yet started (its first boot restores a memory state that
+	// expects its disk as forked): writing the disk now would corrupt its
+	// file system; through the guest the push waits for the fork to run.
+	if _, err := os.Lstat(dir.Path(supervisor.ForkFile)); !errors.Is(err, os.ErrNotExist) {
+		return st, errNotHere
+	}
 	sweepPushStaging(dir)
 	tmp, err := os.MkdirTemp(string(dir), pushStagingPrefix)
 	if err != nil {

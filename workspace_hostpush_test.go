@@ -1,11 +1,16 @@
 package pyro
 
 import (
+	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/pyro-mcp/pyro/internal/instance"
+	"github.com/pyro-mcp/pyro/internal/supervisor"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
+	"github.com/pyro-mcp/pyro/internal/workspace"
 )
 
 // A host push killed while it staged its source (kill -9 of the CLI: no
@@ -34,5 +39,26 @@ func TestSweepPushStaging(t *testing.T) {
 	}
 	if _, err := os.Lstat(keep); err != nil {
 		t.Fatalf("swept more than staging: %v", err)
+	}
+}
+
+// A fork made but not yet started restores a memory state that expects its
+// disk as forked: a host push must leave that disk alone (the push goes
+// through the guest, which waits for the fork to run).
+func TestHostPushLeavesUnstartedFork(t *testing.T) {
+	dir := vmdir.Dir(t.TempDir())
+	if err := os.WriteFile(dir.Path(supervisor.ForkFile), []byte("{}"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	src := t.TempDir()
+	if err := os.WriteFile(filepath.Join(src, "f"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rec := instance.Record{ID: "fork1", WorkspaceBase: "base.img", WorkspaceDisk: "upper.img"}
+	if _, err := pushIntoLayers(context.Background(), dir, rec, src, workspace.Root); !errors.Is(err, errNotHere) {
+		t.Fatalf("push into an unstarted fork: err = %v, want the guest's path", err)
+	}
+	if _, err := os.Stat(dir.Path(workspace.LayersDir)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the host push touched the fork's layers: %v", err)
 	}
 }
