@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pyro-mcp/pyro/internal/caplog"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 )
 
@@ -126,8 +127,7 @@ func (im Image) batch(ctx context.Context, cmds []string, limit int64, meter boo
 	defer cancel()
 	c := exec.CommandContext(ctx, "debugfs", "-c", "-f", "-", im.Path)
 	c.Env = debugfsEnv
-	var errb capBuf
-	errb.max = maxStderr
+	errb := caplog.Head{Max: maxStderr}
 	c.Stderr = &errb
 	stdin, err := c.StdinPipe()
 	if err != nil {

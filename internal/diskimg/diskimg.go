@@ -10,7 +10,6 @@
 package diskimg
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pyro-mcp/pyro/internal/caplog"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 )
 
@@ -81,8 +81,7 @@ func (im Image) run(ctx context.Context, cmd string, limit int64) (out []byte, t
 	defer cancel()
 	c := exec.CommandContext(ctx, "debugfs", "-c", "-R", cmd, im.Path)
 	c.Env = debugfsEnv
-	var errb capBuf
-	errb.max = maxStderr
+	errb := caplog.Head{Max: maxStderr}
 	c.Stderr = &errb
 	stdout, err := c.StdoutPipe()
 	if err != nil {
@@ -111,19 +110,6 @@ func (im Image) run(ctx context.Context, cmd string, limit int64) (out []byte, t
 		return nil, false, "", fmt.Errorf("debugfs %s: %w: %s", strings.Fields(cmd)[0], werr, errb.String())
 	}
 	return out, truncated, errb.String(), nil
-}
-
-// capBuf keeps the first max bytes written to it.
-type capBuf struct {
-	bytes.Buffer
-	max int
-}
-
-func (b *capBuf) Write(p []byte) (int, error) {
-	if room := b.max - b.Len(); room > 0 {
-		b.Buffer.Write(p[:min(len(p), room)])
-	}
-	return len(p), nil
 }
 
 // ErrTooManyEntries: a directory holds more entries than a listing may.

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pyro-mcp/pyro/internal/caplog"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 )
 
@@ -89,7 +90,7 @@ func Write(ctx context.Context, image, tree string, script []byte) error {
 		return err
 	}
 	cmd.Stdout = io.Discard
-	stderr := &capBuf{max: MaxStderr}
+	stderr := &caplog.Head{Max: MaxStderr}
 	cmd.Stderr = stderr
 	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Start(); err != nil {
@@ -167,17 +168,4 @@ func limit(fileSize uint64) error {
 		}
 	}
 	return nil
-}
-
-// capBuf keeps the first max bytes written to it.
-type capBuf struct {
-	bytes.Buffer
-	max int
-}
-
-func (b *capBuf) Write(p []byte) (int, error) {
-	if room := b.max - b.Len(); room > 0 {
-		b.Buffer.Write(p[:min(len(p), room)])
-	}
-	return len(p), nil
 }
