@@ -95,6 +95,19 @@ func firstOr(args []string) string {
 
 var errNoLandlock = errors.New("landlock is not available on this kernel")
 
+// Confinable reports whether this kernel offers Landlock, without which
+// Write refuses (ErrUnconfinable) and pushes go through the guest.
+func Confinable() bool { return landlockABI() >= 1 }
+
+// landlockABI is the kernel's Landlock ABI version, 0 without Landlock.
+func landlockABI() int {
+	abi, _, e := unix.Syscall(unix.SYS_LANDLOCK_CREATE_RULESET, 0, 0, unix.LANDLOCK_CREATE_RULESET_VERSION)
+	if e != 0 {
+		return 0
+	}
+	return int(abi)
+}
+
 // rulesetAttr is struct landlock_ruleset_attr up to its scoped field;
 // fields an older kernel does not know stay zero, which it accepts.
 type rulesetAttr struct {
@@ -105,8 +118,8 @@ type rulesetAttr struct {
 var programDirs = []string{"/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc/ld.so.cache"}
 
 func landlock() error {
-	abi, _, e := unix.Syscall(unix.SYS_LANDLOCK_CREATE_RULESET, 0, 0, unix.LANDLOCK_CREATE_RULESET_VERSION)
-	if e != 0 || int(abi) < 1 {
+	abi := landlockABI()
+	if abi < 1 {
 		return errNoLandlock
 	}
 	var attr rulesetAttr
