@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/pyro-mcp/pyro/internal/caplog"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/hostwrite"
 )
 
 // Budget bounds every debugfs run of one operation on a set of images (a
@@ -108,8 +110,27 @@ func (b *Budget) expired() bool {
 	return b != nil && !time.Now().Before(b.deadline)
 }
 
-// debugfsEnv is the environment of every debugfs run: no pager, C locale.
-var debugfsEnv = []string{"PATH=/usr/sbin:/sbin:/usr/bin:/bin", "PAGER=__none__", "DEBUGFS_PAGER=__none__", "LC_ALL=C"}
+// command returns debugfs with args and the image last. The image is the
+// guest's, hostile input to debugfs's parser, so debugfs runs confined to
+// reading it (hostwrite.ReadCommand: Landlock, no capabilities, seccomp,
+// its own namespaces) wherever pyro can confine it; as it is on a kernel
+// without Landlock or in a binary that cannot re-execute itself as the
+// confined tool (a test of another package). done closes what it opened.
+func (im Image) command(ctx context.Context, args ...string) (c *exec.Cmd, done func(), err error) {
+	if f, err := os.Open(im.Path); err == nil {
+		c, err := hostwrite.ReadCommand(ctx, f, append(args, hostwrite.ImagePath)...)
+		if err == nil {
+			return c, func() { f.Close() }, nil
+		}
+		f.Close()
+		if !errors.Is(err, hostwrite.ErrUnconfinable) {
+			return nil, nil, err
+		}
+	}
+	c = exec.CommandContext(ctx, "debugfs", append(args, im.Path)...)
+	c.Env = hostwrite.DebugfsEnv
+	return c, func() {}, nil
+}
 
 // batch runs the commands cmds in one debugfs process (read from its
 // standard input; debugfs echoes each as "debugfs: CMD" on standard output
@@ -125,8 +146,11 @@ func (im Image) batch(ctx context.Context, cmds []string, limit int64, meter boo
 		return err
 	}
 	defer cancel()
-	c := exec.CommandContext(ctx, "debugfs", "-c", "-f", "-", im.Path)
-	c.Env = debugfsEnv
+	c, done, err := im.command(ctx, "-c", "-f", "-")
+	if err != nil {
+		return err
+	}
+	defer done()
 	errb := caplog.Head{Max: maxStderr}
 	c.Stderr = &errb
 	stdin, err := c.StdinPipe()

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os/exec"
 	"strings"
 	"time"
 
@@ -79,8 +78,11 @@ func (im Image) run(ctx context.Context, cmd string, limit int64) (out []byte, t
 		return nil, false, "", err
 	}
 	defer cancel()
-	c := exec.CommandContext(ctx, "debugfs", "-c", "-R", cmd, im.Path)
-	c.Env = debugfsEnv
+	c, done, err := im.command(ctx, "-c", "-R", cmd)
+	if err != nil {
+		return nil, false, "", err
+	}
+	defer done()
 	errb := caplog.Head{Max: maxStderr}
 	c.Stderr = &errb
 	stdout, err := c.StdoutPipe()

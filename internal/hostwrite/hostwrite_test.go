@@ -15,6 +15,7 @@ import (
 // TestMain lets the test binary serve as the confined tool, as pyro's main
 // does: Write re-executes the running binary with HiddenArg.
 func TestMain(m *testing.M) {
+	SelfDispatches = true
 	if len(os.Args) > 1 && os.Args[1] == HiddenArg {
 		Main(os.Args[2:])
 	}

@@ -37,9 +37,60 @@ var (
 // used (the caller discards it).
 var ErrWrite = errors.New("host write failed")
 
-// ErrUnconfinable: this host cannot confine debugfs (no Landlock); the
-// caller pushes through the guest.
+// ErrUnconfinable: this host cannot confine debugfs (no Landlock, or a
+// binary that does not dispatch HiddenArg); the caller pushes through the
+// guest.
 var ErrUnconfinable = errors.New("debugfs cannot be confined on this host")
+
+// SelfDispatches is set by a main that hands HiddenArg to Main (pyro's,
+// and test mains that do the same): only such a binary re-executes itself
+// as the confined tool; any other would run itself again instead.
+var SelfDispatches bool
+
+// DebugfsEnv is the environment of every debugfs run: no pager, C locale.
+var DebugfsEnv = []string{"PATH=/usr/sbin:/sbin:/usr/bin:/bin", "PAGER=__none__", "DEBUGFS_PAGER=__none__", "LC_ALL=C"}
+
+// ReadCommand returns a debugfs run with args (which name the image as
+// ImagePath) confined as Main says, able to read the image f and nothing
+// else on the host but the program directories; ErrUnconfinable when this
+// binary or kernel cannot confine it (the caller may run debugfs as it
+// is). ctx ends it.
+func ReadCommand(ctx context.Context, f *os.File, args ...string) (*exec.Cmd, error) {
+	return confined(ctx, 0, []*os.File{f}, args...)
+}
+
+// ImagePath is how a confined debugfs names its image.
+var ImagePath = imagePath
+
+// confined returns debugfs with args run through Main with the files
+// (image, then tree) as its descriptors 3 and 4; size 0 reads only.
+func confined(ctx context.Context, size int64, files []*os.File, args ...string) (*exec.Cmd, error) {
+	if !SelfDispatches || !Confinable() {
+		return nil, ErrUnconfinable
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	bin, err := exec.LookPath("debugfs")
+	if err != nil {
+		for _, p := range []string{"/usr/sbin/debugfs", "/sbin/debugfs"} {
+			if _, serr := os.Stat(p); serr == nil {
+				bin, err = p, nil
+				break
+			}
+		}
+		if err != nil {
+			return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "install e2fsprogs", "find debugfs")
+		}
+	}
+	cmd := exec.CommandContext(ctx, self, append([]string{HiddenArg, strconv.FormatInt(size, 10), bin}, args...)...)
+	cmd.ExtraFiles = files
+	cmd.Env = DebugfsEnv
+	cmd.Dir = "/"
+	cmd.SysProcAttr = Confine()
+	return cmd, nil
+}
 
 // Write runs script (from Script(tree, ...)) against the ext4 image at
 // image, which nothing else has open, with debugfs confined (see the
@@ -60,31 +111,13 @@ func Write(ctx context.Context, image, tree string, script []byte) error {
 		return err
 	}
 	defer src.Close()
-	self, err := os.Executable()
+	ctx, cancel := context.WithTimeout(ctx, Timeout)
+	defer cancel()
+	// -f -: commands from stdin. The image is opened by the first of them.
+	cmd, err := confined(context.Background(), fi.Size(), []*os.File{img, src}, "-f", "-")
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, Timeout)
-	defer cancel()
-	bin, err := exec.LookPath("debugfs")
-	if err != nil {
-		for _, p := range []string{"/usr/sbin/debugfs", "/sbin/debugfs"} {
-			if _, serr := os.Stat(p); serr == nil {
-				bin, err = p, nil
-				break
-			}
-		}
-		if err != nil {
-			return errdefs.Wrap(errdefs.ErrUnavailable, err, "install e2fsprogs", "find debugfs")
-		}
-	}
-	// -f -: commands from stdin. The image is opened by the first of them,
-	// written only once the limits below are in place.
-	cmd := exec.Command(self, HiddenArg, strconv.FormatInt(fi.Size(), 10), bin, "-f", "-")
-	cmd.ExtraFiles = []*os.File{img, src} // imageFD, treeFD
-	cmd.Env = []string{"PATH=/usr/sbin:/sbin:/usr/bin:/bin", "PAGER=__none__", "DEBUGFS_PAGER=__none__", "LC_ALL=C"}
-	cmd.Dir = "/"
-	cmd.SysProcAttr = Confine()
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return err

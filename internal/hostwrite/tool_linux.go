@@ -37,7 +37,8 @@ var (
 const exitUnconfinable = 125
 
 // Main runs in the re-executed pyro; args are the image's size (the
-// tool's file-size limit), then debugfs's path and its arguments. It confines the process, then execs debugfs:
+// tool's file-size limit; 0: the tool only reads the image, and gets no
+// tree), then debugfs's path and its arguments. It confines the process, then execs debugfs:
 //   - Landlock: files may be read only beneath the staging root and the
 //     system's program directories (debugfs and its libraries), written
 //     only in the image; with a new enough kernel no signals or abstract
@@ -66,7 +67,7 @@ func Main(args []string) {
 		fmt.Fprintf(os.Stderr, "pyro: hostwrite: confine: close descriptors: %v\n", err)
 		os.Exit(2)
 	}
-	if err := landlock(); err != nil {
+	if err := landlock(size == 0); err != nil {
 		fmt.Fprintf(os.Stderr, "pyro: hostwrite: confine: %v\n", err)
 		if errors.Is(err, errNoLandlock) {
 			os.Exit(exitUnconfinable)
@@ -117,7 +118,9 @@ type rulesetAttr struct {
 // programDirs hold debugfs, its shared libraries and the loader's cache.
 var programDirs = []string{"/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc/ld.so.cache"}
 
-func landlock() error {
+// landlock confines the calling thread: readOnly (a reader of the image,
+// ReadCommand) gets no tree and no write access to the image.
+func landlock(readOnly bool) error {
 	abi := landlockABI()
 	if abi < 1 {
 		return errNoLandlock
@@ -171,10 +174,14 @@ func landlock() error {
 			return fmt.Errorf("landlock rule for %s: %w", p, err)
 		}
 	}
-	if err := allow(treeFD, read); err != nil {
-		return fmt.Errorf("landlock rule for the staged source: %w", err)
+	image := uint64(unix.LANDLOCK_ACCESS_FS_READ_FILE)
+	if !readOnly {
+		image |= unix.LANDLOCK_ACCESS_FS_WRITE_FILE
+		if err := allow(treeFD, read); err != nil {
+			return fmt.Errorf("landlock rule for the staged source: %w", err)
+		}
 	}
-	if err := allow(imageFD, unix.LANDLOCK_ACCESS_FS_READ_FILE|unix.LANDLOCK_ACCESS_FS_WRITE_FILE); err != nil {
+	if err := allow(imageFD, image); err != nil {
 		return fmt.Errorf("landlock rule for the image: %w", err)
 	}
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
