@@ -16,6 +16,7 @@ import (
 	"github.com/pyro-mcp/pyro/internal/doctor"
 	"github.com/pyro-mcp/pyro/internal/envstore"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/hostwrite"
 	"github.com/pyro-mcp/pyro/internal/lifecycle"
 	"github.com/pyro-mcp/pyro/internal/statedir"
 )
@@ -77,6 +78,12 @@ func New(opts Options) (*Client, error) {
 		CheckEnvironment: func(name string) error { _, err := c.envs.Resolve(name, ""); return err },
 		PrepareGuest:     c.prepareGuest,
 	})
+	// The pyro binary also serves as the confined debugfs that reads and
+	// writes guest-written images on the host (internal/hostwrite): the
+	// CLI names itself first; an SDK program names the one it runs.
+	if bin, err := c.agentBinary(); err == nil {
+		hostwrite.UseTool(bin)
+	}
 	return c, nil
 }
 

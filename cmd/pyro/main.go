@@ -21,7 +21,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == hostwrite.HiddenArg {
 		hostwrite.Main(os.Args[2:])
 	}
-	hostwrite.SelfDispatches = true
+	if self, err := os.Executable(); err == nil {
+		hostwrite.UseTool(self)
+	}
 	// The same static binary is the guest's /init and its agent process.
 	if os.Getpid() == 1 {
 		agent.Init()

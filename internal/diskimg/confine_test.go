@@ -14,7 +14,9 @@ import (
 // TestMain lets this test binary serve as the confined debugfs, as pyro's
 // main does, so the tests here read images the way pyro does.
 func TestMain(m *testing.M) {
-	hostwrite.SelfDispatches = true
+	if self, err := os.Executable(); err == nil {
+		hostwrite.UseTool(self)
+	}
 	if len(os.Args) > 1 && os.Args[1] == hostwrite.HiddenArg {
 		hostwrite.Main(os.Args[2:])
 	}

@@ -15,7 +15,9 @@ import (
 // TestMain lets the test binary serve as the confined tool, as pyro's main
 // does: Write re-executes the running binary with HiddenArg.
 func TestMain(m *testing.M) {
-	SelfDispatches = true
+	if self, err := os.Executable(); err == nil {
+		UseTool(self)
+	}
 	if len(os.Args) > 1 && os.Args[1] == HiddenArg {
 		Main(os.Args[2:])
 	}

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -42,10 +43,16 @@ var ErrWrite = errors.New("host write failed")
 // guest.
 var ErrUnconfinable = errors.New("debugfs cannot be confined on this host")
 
-// SelfDispatches is set by a main that hands HiddenArg to Main (pyro's,
-// and test mains that do the same): only such a binary re-executes itself
-// as the confined tool; any other would run itself again instead.
-var SelfDispatches bool
+// tool is the binary that becomes the confined tool: one that hands
+// HiddenArg to Main (pyro); unset, nothing is confined (ErrUnconfinable).
+var tool atomic.Pointer[string]
+
+// UseTool names binary, which must hand HiddenArg to Main as pyro's main
+// does, as the confined tool, unless one is named already: pyro's main
+// names itself, the SDK the pyro binary it runs supervisors with, a test
+// main that dispatches HiddenArg its own binary. Any other binary given
+// HiddenArg would run as itself, unconfined.
+func UseTool(binary string) { tool.CompareAndSwap(nil, &binary) }
 
 // DebugfsEnv is the environment of every debugfs run: no pager, C locale.
 var DebugfsEnv = []string{"PATH=/usr/sbin:/sbin:/usr/bin:/bin", "PAGER=__none__", "DEBUGFS_PAGER=__none__", "LC_ALL=C"}
@@ -65,12 +72,9 @@ var ImagePath = imagePath
 // confined returns debugfs with args run through Main with the files
 // (image, then tree) as its descriptors 3 and 4; size 0 reads only.
 func confined(ctx context.Context, size int64, files []*os.File, args ...string) (*exec.Cmd, error) {
-	if !SelfDispatches || !Confinable() {
+	self := tool.Load()
+	if self == nil || !Confinable() {
 		return nil, ErrUnconfinable
-	}
-	self, err := os.Executable()
-	if err != nil {
-		return nil, err
 	}
 	bin, err := exec.LookPath("debugfs")
 	if err != nil {
@@ -84,7 +88,7 @@ func confined(ctx context.Context, size int64, files []*os.File, args ...string)
 			return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "install e2fsprogs", "find debugfs")
 		}
 	}
-	cmd := exec.CommandContext(ctx, self, append([]string{HiddenArg, strconv.FormatInt(size, 10), bin}, args...)...)
+	cmd := exec.CommandContext(ctx, *self, append([]string{HiddenArg, strconv.FormatInt(size, 10), bin}, args...)...)
 	cmd.ExtraFiles = files
 	cmd.Env = DebugfsEnv
 	cmd.Dir = "/"
