@@ -90,26 +90,16 @@ var deniedSyscalls = []uint32{
 //	socket(AF_VSOCK, ...)     -> EAFNOSUPPORT
 //	anything else             -> allow
 func filterProgram() ([]unix.SockFilter, error) {
-	if nativeArch == 0 {
-		return nil, fmt.Errorf("no seccomp filter for this architecture")
-	}
 	var p []unix.SockFilter
-	stmt := func(code uint16, k uint32) { p = append(p, unix.SockFilter{Code: code, K: k}) }
-	jump := func(code uint16, k uint32, jt, jf uint8) {
-		p = append(p, unix.SockFilter{Code: code, Jt: jt, Jf: jf, K: k})
+	stmt, jump, err := nativeSyscalls(&p)
+	if err != nil {
+		return nil, err
 	}
-	stmt(bpfLdAbsW, offArch)
-	jump(bpfJeqK, nativeArch, 1, 0)
-	stmt(bpfRetK, retKill)
-	stmt(bpfLdAbsW, offNr)
 	if x32Bit != 0 {
 		jump(bpfJgeK, x32Bit, 0, 1)
 		stmt(bpfRetK, retErrno(unix.EPERM))
 	}
-	for _, nr := range append(append([]uint32(nil), deniedSyscalls...), archDenied...) {
-		jump(bpfJeqK, nr, 0, 1)
-		stmt(bpfRetK, retErrno(unix.EPERM))
-	}
+	deny(jump, stmt, deniedSyscalls, archDenied)
 	jump(bpfJeqK, unix.SYS_CLONE3, 0, 1)
 	stmt(bpfRetK, retErrno(unix.ENOSYS))
 	// Each block below decides its syscall: it is skipped (jf) when the
@@ -190,22 +180,12 @@ var toolDenied = []uint32{
 // new process (clone without CLONE_THREAD; fork and vfork where they
 // exist): uid 0 is not held by RLIMIT_NPROC.
 func toolFilterProgram() ([]unix.SockFilter, error) {
-	if nativeArch == 0 {
-		return nil, fmt.Errorf("no seccomp filter for this architecture")
-	}
 	var p []unix.SockFilter
-	stmt := func(code uint16, k uint32) { p = append(p, unix.SockFilter{Code: code, K: k}) }
-	jump := func(code uint16, k uint32, jt, jf uint8) {
-		p = append(p, unix.SockFilter{Code: code, Jt: jt, Jf: jf, K: k})
+	stmt, jump, err := nativeSyscalls(&p)
+	if err != nil {
+		return nil, err
 	}
-	stmt(bpfLdAbsW, offArch)
-	jump(bpfJeqK, nativeArch, 1, 0)
-	stmt(bpfRetK, retKill)
-	stmt(bpfLdAbsW, offNr)
-	for _, nr := range append(append([]uint32(nil), toolDenied...), archToolDenied...) {
-		jump(bpfJeqK, nr, 0, 1)
-		stmt(bpfRetK, retErrno(unix.EPERM))
-	}
+	deny(jump, stmt, toolDenied, archToolDenied)
 	jump(bpfJeqK, unix.SYS_CLONE, 0, 4)
 	stmt(bpfLdAbsW, argOff(0))
 	jump(bpfJsetK, unix.CLONE_THREAD, 1, 0)
@@ -233,4 +213,32 @@ func ConfineTool() error {
 		return fmt.Errorf("install the tool's seccomp filter: %w", err)
 	}
 	return nil
+}
+
+// nativeSyscalls starts the program *p: a call from another architecture
+// is killed, then the syscall number is loaded. stmt and jump append to it.
+func nativeSyscalls(p *[]unix.SockFilter) (stmt func(code uint16, k uint32), jump func(code uint16, k uint32, jt, jf uint8), err error) {
+	if nativeArch == 0 {
+		return nil, nil, fmt.Errorf("no seccomp filter for this architecture")
+	}
+	stmt = func(code uint16, k uint32) { *p = append(*p, unix.SockFilter{Code: code, K: k}) }
+	jump = func(code uint16, k uint32, jt, jf uint8) {
+		*p = append(*p, unix.SockFilter{Code: code, Jt: jt, Jf: jf, K: k})
+	}
+	stmt(bpfLdAbsW, offArch)
+	jump(bpfJeqK, nativeArch, 1, 0)
+	stmt(bpfRetK, retKill)
+	stmt(bpfLdAbsW, offNr)
+	return stmt, jump, nil
+}
+
+// deny makes each syscall of the lists fail with EPERM (the number is
+// loaded).
+func deny(jump func(code uint16, k uint32, jt, jf uint8), stmt func(code uint16, k uint32), lists ...[]uint32) {
+	for _, l := range lists {
+		for _, nr := range l {
+			jump(bpfJeqK, nr, 0, 1)
+			stmt(bpfRetK, retErrno(unix.EPERM))
+		}
+	}
 }
