@@ -19,16 +19,6 @@ import (
 // docker daemon's, a pyro supervisor's) or fork without bound. Each must
 // fail in the confined tool.
 func TestToolMetadataSocketsForks(t *testing.T) {
-	py := "/usr/bin/python3"
-	if _, err := os.Stat(py); err != nil {
-		t.Skip("no /usr/bin/python3 to play the subverted tool")
-	}
-	dir := t.TempDir()
-	img := filepath.Join(dir, "img")
-	if err := os.WriteFile(img, make([]byte, 4096), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	tree := t.TempDir()
 	victim := filepath.Join(t.TempDir(), "victim")
 	if err := os.WriteFile(victim, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
@@ -66,32 +56,7 @@ for name, f in [
         pass
 print(" ".join(ok))
 `
-	imgF, err := os.OpenFile(img, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer imgF.Close()
-	treeF, err := os.Open(tree)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer treeF.Close()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(self, HiddenArg, "4096", py, "-S", "-c", probe, victim, sock)
-	cmd.ExtraFiles = []*os.File{imgF, treeF}
-	cmd.Env = []string{"PATH=/usr/bin:/bin"}
-	cmd.SysProcAttr = Confine()
-	out, err := cmd.CombinedOutput()
-	if cmd.ProcessState != nil && cmd.ProcessState.ExitCode() == exitUnconfinable {
-		t.Skip("no Landlock on this kernel")
-	}
-	if err != nil {
-		t.Fatalf("probe: %v: %s", err, out)
-	}
-	if got := strings.TrimSpace(string(out)); got != "" {
+	if got := confinedProbe(t, probe, victim, sock); got != "" {
 		t.Errorf("the confined tool could: %s", got)
 	}
 	fi, err := os.Stat(victim)
@@ -112,10 +77,6 @@ print(" ".join(ok))
 // or shell that started it) must not reach the confined tool: Landlock
 // does not govern descriptors already open.
 func TestToolGetsNoStrayDescriptors(t *testing.T) {
-	py := "/usr/bin/python3"
-	if _, err := os.Stat(py); err != nil {
-		t.Skip("no /usr/bin/python3 to play the subverted tool")
-	}
 	victim := filepath.Join(t.TempDir(), "victim")
 	if err := os.WriteFile(victim, []byte("host file"), 0o600); err != nil {
 		t.Fatal(err)
@@ -125,6 +86,23 @@ func TestToolGetsNoStrayDescriptors(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer syscall.Close(fd)
+	probe := "import os, sys\ntry:\n    os.pwrite(int(sys.argv[1]), b'PWNED', 0); print('wrote')\nexcept OSError:\n    pass\n"
+	out := confinedProbe(t, probe, strconv.Itoa(fd))
+	if b, _ := os.ReadFile(victim); string(b) != "host file" || out != "" {
+		t.Fatalf("the confined tool wrote a host file through an inherited descriptor: %q (%s)", b, out)
+	}
+}
+
+// confinedProbe runs the python program probe with args as the confined
+// tool (Main, as Write starts it, with a scratch image and tree) and
+// returns its trimmed output; python plays a subverted debugfs. It skips
+// without python or where nothing can be confined.
+func confinedProbe(t *testing.T, probe string, args ...string) string {
+	t.Helper()
+	py := "/usr/bin/python3"
+	if _, err := os.Stat(py); err != nil {
+		t.Skip("no /usr/bin/python3 to play the subverted tool")
+	}
 	img := filepath.Join(t.TempDir(), "img")
 	if err := os.WriteFile(img, make([]byte, 4096), 0o600); err != nil {
 		t.Fatal(err)
@@ -143,8 +121,7 @@ func TestToolGetsNoStrayDescriptors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	probe := "import os, sys\ntry:\n    os.pwrite(int(sys.argv[1]), b'PWNED', 0); print('wrote')\nexcept OSError:\n    pass\n"
-	cmd := exec.Command(self, HiddenArg, "4096", py, "-S", "-c", probe, strconv.Itoa(fd))
+	cmd := exec.Command(self, append([]string{HiddenArg, "4096", py, "-S", "-c", probe}, args...)...)
 	cmd.ExtraFiles = []*os.File{imgF, treeF}
 	cmd.Env = []string{"PATH=/usr/bin:/bin"}
 	cmd.SysProcAttr = Confine()
@@ -155,7 +132,5 @@ func TestToolGetsNoStrayDescriptors(t *testing.T) {
 	if err != nil {
 		t.Fatalf("probe: %v: %s", err, out)
 	}
-	if b, _ := os.ReadFile(victim); string(b) != "host file" || strings.TrimSpace(string(out)) != "" {
-		t.Fatalf("the confined tool wrote a host file through an inherited descriptor: %q (%s)", b, out)
-	}
+	return strings.TrimSpace(string(out))
 }
