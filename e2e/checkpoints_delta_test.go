@@ -20,12 +20,7 @@ import (
 // undo to the middle of them is exact.
 func TestLayersIncrementalSince(t *testing.T) {
 	env, id, _ := checkpointedWorkspace(t)
-	home := ""
-	for _, e := range env {
-		if v, ok := strings.CutPrefix(e, "PYRO_HOME="); ok {
-			home = v
-		}
-	}
+	home := homeOf(env)
 	pendingFrom := func() string {
 		b, _ := os.ReadFile(filepath.Join(home, "workspaces", id, "checkpoints", "pending.json"))
 		var p struct {

@@ -15,12 +15,7 @@ import (
 // process a command left behind are both in the next checkpoint.
 func TestLayersQuietCheckpoints(t *testing.T) {
 	env, id, _ := checkpointedWorkspace(t)
-	home := ""
-	for _, e := range env {
-		if v, ok := strings.CutPrefix(e, "PYRO_HOME="); ok {
-			home = v
-		}
-	}
+	home := homeOf(env)
 	layers := func() int {
 		m, _ := filepath.Glob(filepath.Join(home, "workspaces", id, "layers", "*.qcow2"))
 		return len(m)

@@ -115,6 +115,17 @@ func checkpointedWorkspace(t *testing.T) (env []string, id, seed string) {
 	return env, w.WorkspaceID, seed
 }
 
+// homeOf is the PYRO_HOME an isolated home's environment env names.
+func homeOf(env []string) string {
+	home := ""
+	for _, e := range env {
+		if v, ok := strings.CutPrefix(e, "PYRO_HOME="); ok {
+			home = v
+		}
+	}
+	return home
+}
+
 func lastCheckpoint(t *testing.T, env []string, id string) (int, int) {
 	t.Helper()
 	var cl checkpointList
