@@ -70,6 +70,7 @@ func (c *Client) pushHost(ctx context.Context, dir vmdir.Dir, rec instance.Recor
 		if ctx.Err() != nil {
 			return res, true, ctx.Err()
 		}
+		c.logger.Debug("host push not served", "workspace", rec.ID, "err", werr)
 		return res, false, nil
 	}
 	c.recordEvent(dir, workspace.Event{Kind: workspace.EventSync, Path: dest, Target: abs, Count: st.Files, Bytes: st.Bytes})
@@ -186,9 +187,6 @@ func sweepPushStaging(dir vmdir.Dir) {
 // MkdirAll would), and no top-level entry exists at in (upper) or rel
 // (baseline).
 func pushable(ctx context.Context, upper, base, in, rel string, top []os.DirEntry) (missing []string, err error) {
-	if len(top) > 256 {
-		return nil, errNotHere // each name costs a lookup; a wide push goes through the guest
-	}
 	im := diskimg.Image{Path: upper, Budget: diskimg.DefaultBudget()}
 	if clean, err := im.Clean(ctx); err != nil || !clean {
 		return nil, errNotHere
@@ -226,6 +224,9 @@ func pushable(ctx context.Context, upper, base, in, rel string, top []os.DirEntr
 	}
 	if len(missing) > 0 {
 		return missing, nil // nothing can exist under a new directory
+	}
+	if len(top) > 256 {
+		return nil, errNotHere // each name costs a lookup; a wide push goes through the guest
 	}
 	for _, e := range top {
 		if _, _, found, err := im.StatPath(ctx, in+"/"+e.Name()); err != nil || found {
