@@ -265,10 +265,7 @@ func writeStamps(dir string, m map[string]fileStamp) {
 	if err != nil {
 		return
 	}
-	tmp := filepath.Join(dir, stampsFile+".tmp")
-	if os.WriteFile(tmp, b, 0o644) == nil {
-		_ = os.Rename(tmp, filepath.Join(dir, stampsFile))
-	}
+	_ = fsutil.WriteCache(filepath.Join(dir, stampsFile), b, 0o644)
 }
 
 func short(h string) string {

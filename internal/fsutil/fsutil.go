@@ -5,6 +5,8 @@
 package fsutil
 
 import (
+	"bufio"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -15,27 +17,7 @@ import (
 // renames it over path and fsyncs the directory: readers see the old
 // content or the new, never a part, even across a crash.
 func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
+	if err := ReplaceWith(path, mode, true, bytesWriter(data)); err != nil {
 		return err
 	}
 	if d, err := os.Open(filepath.Dir(path)); err == nil {
@@ -43,6 +25,55 @@ func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
 		d.Close()
 	}
 	return nil
+}
+
+// WriteCache replaces the cache file at path with data as WriteFileAtomic
+// does, without the fsyncs: a host crash may lose it, and the next reader
+// rebuilds what it finds missing.
+func WriteCache(path string, data []byte, mode os.FileMode) error {
+	return ReplaceWith(path, mode, false, bytesWriter(data))
+}
+
+func bytesWriter(data []byte) func(io.Writer) error {
+	return func(w io.Writer) error {
+		_, err := w.Write(data)
+		return err
+	}
+}
+
+// ReplaceWith replaces path with what write writes, through a temporary
+// file of its own beside it (a unique name: two writers of path never
+// share one, where a fixed "path.tmp" let one rename, truncate or remove
+// the other's half-written file) and a rename: a reader, and a process
+// killed half way, see the old content or the new, never a part. With
+// sync the new content reaches the disk before the rename (for a host
+// crash; caches a crash may lose do without).
+func ReplaceWith(path string, mode os.FileMode, sync bool, write func(w io.Writer) error) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriter(f)
+	err = write(w)
+	if err == nil {
+		err = w.Flush()
+	}
+	if err == nil {
+		err = f.Chmod(mode)
+	}
+	if err == nil && sync {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+	}
+	return err
 }
 
 // Sync fsyncs the file or directory at path (a directory: so the names

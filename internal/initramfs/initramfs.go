@@ -17,6 +17,7 @@ import (
 	"syscall"
 
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/fsutil"
 )
 
 // layoutVersion changes whenever the archive layout changes, so old cache
@@ -179,10 +180,7 @@ func binaryDigest(dir, path string) (string, error) {
 	}
 	key.SHA256 = sum
 	if b, err := json.Marshal(key); err == nil {
-		tmp := side + ".tmp"
-		if os.WriteFile(tmp, b, 0o644) == nil {
-			_ = os.Rename(tmp, side)
-		}
+		_ = fsutil.WriteCache(side, b, 0o644)
 	}
 	return sum, nil
 }

@@ -64,10 +64,7 @@ func ProbeKVM(ctx context.Context, cacheDir, binary string, spec vmm.Spec) KVMVe
 	v.BootID, v.QEMU, v.ProbedAt = bootID, version, time.Now().UTC().Format(time.RFC3339)
 	if b, err := json.Marshal(v); err == nil {
 		_ = os.MkdirAll(cacheDir, 0o755)
-		tmp := cache + ".tmp"
-		if os.WriteFile(tmp, b, 0o644) == nil {
-			_ = os.Rename(tmp, cache)
-		}
+		_ = fsutil.WriteCache(cache, b, 0o644)
 	}
 	return v
 }
