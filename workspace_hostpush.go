@@ -83,6 +83,25 @@ var errNotHere = errors.New("push through the guest")
 // pushIntoLayers does steps 1-3 above; the caller holds the instance and
 // layer locks.
 func pushIntoLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, dest string) (hostwrite.Stats, error) {
+	var name string
+	st, err := writePushLayer(ctx, dir, rec, src, dest, &name)
+	if err != nil {
+		return st, err
+	}
+	l := layersOf(dir, rec)
+	if err := l.SetTop(name); err != nil {
+		_ = os.Remove(l.Path(name))
+		return st, err
+	}
+	_ = l.GC(workspace.KeepLayers(string(dir)))
+	return st, nil
+}
+
+// writePushLayer does steps 1-2 above: it sets *layer to the new layer,
+// whole and synced, that nothing refers to yet (the caller names it the
+// top, or removes it). The caller holds the layer lock and no guest writes the
+// upper layer (stopped, or /workspace released: workspace_hostpush_running.go).
+func writePushLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, dest string, layer *string) (hostwrite.Stats, error) {
 	var st hostwrite.Stats
 	// A fork not yet started (its first boot restores a memory state that
 	// expects its disk as forked): writing the disk now would corrupt its
@@ -152,11 +171,7 @@ func pushIntoLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record, src
 		_ = os.Remove(l.Path(name))
 		return st, errNotHere
 	}
-	if err := l.SetTop(name); err != nil {
-		_ = os.Remove(l.Path(name))
-		return st, err
-	}
-	_ = l.GC(workspace.KeepLayers(string(dir)))
+	*layer = name
 	return st, nil
 }
 
