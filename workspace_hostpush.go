@@ -8,7 +8,10 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/pyro-mcp/pyro/internal/diskimg"
+	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/fsutil"
 	"github.com/pyro-mcp/pyro/internal/hostwrite"
 	"github.com/pyro-mcp/pyro/internal/instance"
@@ -43,7 +46,10 @@ import (
 // layer (no file, directory or whiteout) and from the baseline. Anything
 // else - merging into an existing directory, replacing files, a running or
 // checkpointed workspace, an archive source, a name debugfs cannot take, a
-// journal to replay, a damaged image - goes through the guest as before.
+// journal to replay, a damaged image - goes through the guest as before
+// (errNotHere, notServed). A push the host path serves but cannot finish
+// (the host's disk or the workspace disk full, a source written meanwhile)
+// fails with its own error, the workspace unchanged.
 
 // pushHost pushes the directory sourcePath into the stopped workspace at
 // dest on the host. ok is false when this path does not serve: nothing
@@ -57,7 +63,9 @@ func (c *Client) pushHost(ctx context.Context, dir vmdir.Dir, rec instance.Recor
 		return res, false, nil
 	}
 	var st hostwrite.Stats
+	stopped := false
 	werr := c.lc.WhileStopped(ctx, dir, rec, func() error {
+		stopped = true
 		unlock, err := lockLayers(ctx, dir)
 		if err != nil {
 			return err
@@ -70,8 +78,16 @@ func (c *Client) pushHost(ctx context.Context, dir vmdir.Dir, rec instance.Recor
 		if ctx.Err() != nil {
 			return res, true, ctx.Err()
 		}
-		c.logger.Debug("host push not served", "workspace", rec.ID, "err", werr)
-		return res, false, nil
+		// Not stopped, or a push this path does not serve: the guest's
+		// path takes it. Any other failure is the push's own (the host's
+		// disk full, the workspace disk full, a source that changed while
+		// it was staged): the guest's path, which for a stopped workspace
+		// only says "start it first", would hide it.
+		if !stopped || notServed(werr) {
+			c.logger.Debug("host push not served", "workspace", rec.ID, "err", werr)
+			return res, false, nil
+		}
+		return res, true, werr
 	}
 	c.recordEvent(dir, workspace.Event{Kind: workspace.EventSync, Path: dest, Target: abs, Count: st.Files, Bytes: st.Bytes})
 	return SyncResult{WorkspaceID: rec.ID, SourcePath: abs, Mode: mode, Dest: dest, FileCount: st.Files, Bytes: st.Bytes, Transfer: TransferHost}, true, nil
@@ -79,6 +95,22 @@ func (c *Client) pushHost(ctx context.Context, dir vmdir.Dir, rec instance.Recor
 
 // errNotHere: the host path does not serve this push.
 var errNotHere = errors.New("push through the guest")
+
+// notServed reports whether err says that the host path does not serve a
+// push (the guest's path does): errNotHere, a tree or a host the confined
+// writer cannot take, an upper layer over the copy cap.
+func notServed(err error) bool {
+	return errors.Is(err, errNotHere) || errors.Is(err, hostwrite.ErrUnsupported) ||
+		errors.Is(err, hostwrite.ErrUnconfinable) || errors.Is(err, workspace.ErrOverCopyCap)
+}
+
+// hostFull names a failure to write the host's disk for what it is.
+func hostFull(err error, what string) error {
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+		return errdefs.Wrap(errdefs.ErrFailedPrecondition, err, "free space on the host; the workspace is unchanged", "%s", what)
+	}
+	return err
+}
 
 // pushIntoLayers does steps 1-3 above; the caller holds the instance and
 // layer locks.
@@ -91,7 +123,7 @@ func pushIntoLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record, src
 	l := layersOf(dir, rec)
 	if err := l.SetTop(name); err != nil {
 		_ = os.Remove(l.Path(name))
-		return st, err
+		return st, hostFull(err, "name the new upper layer")
 	}
 	_ = l.GC(workspace.KeepLayers(string(dir)))
 	return st, nil
@@ -112,7 +144,7 @@ func writePushLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src
 	sweepPushStaging(dir)
 	tmp, err := os.MkdirTemp(string(dir), pushStagingPrefix)
 	if err != nil {
-		return st, err
+		return st, hostFull(err, "stage the push source")
 	}
 	defer fsutil.RemoveAll(tmp) // the staged tree carries the source's modes: a read-only directory too
 	tree := filepath.Join(tmp, "tree")
@@ -127,8 +159,12 @@ func writePushLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src
 		return st, err
 	}
 	_, changed, err := workspace.StageDir(ctx, src, tree, disk.Size())
+	if errors.Is(err, workspace.ErrStageTooLarge) {
+		return st, errdefs.Wrap(errdefs.ErrInvalidArgument, err, "push a smaller tree, or create the workspace with a larger disk (PYRO_WORKSPACE_DISK_MIB)",
+			"the push source holds more than the workspace disk (%d bytes)", disk.Size())
+	}
 	if err != nil {
-		return st, err
+		return st, hostFull(err, "stage the push source")
 	}
 	top, err := os.ReadDir(tree)
 	if err != nil {
@@ -163,13 +199,18 @@ func writePushLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src
 	}
 	if err := hostwrite.Write(ctx, l.Path(name), tree, script); err != nil {
 		_ = os.Remove(l.Path(name))
-		return st, err
+		if errors.Is(err, hostwrite.ErrWrite) {
+			return st, errdefs.Wrap(errdefs.ErrFailedPrecondition, err, "the workspace disk may be full: free space in it, or push less; the workspace is unchanged",
+				"write the pushed tree into the workspace's upper layer")
+		}
+		return st, hostFull(err, "write the pushed tree into a copy of the upper layer")
 	}
 	// A source file (hard-linked into the staging) written to meanwhile
-	// may be in the layer torn: the guest's push reads it again.
+	// may be in the layer torn: the layer is not used.
 	if changed() {
 		_ = os.Remove(l.Path(name))
-		return st, errNotHere
+		return st, errdefs.New(errdefs.ErrUnavailable, "push again once the source is not being written; the workspace is unchanged",
+			"a file of the push source %s was written while it was pushed", src)
 	}
 	*layer = name
 	return st, nil

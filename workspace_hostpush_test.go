@@ -2,11 +2,19 @@ package pyro
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/hostwrite"
 	"github.com/pyro-mcp/pyro/internal/instance"
 	"github.com/pyro-mcp/pyro/internal/supervisor"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
@@ -60,5 +68,151 @@ func TestHostPushLeavesUnstartedFork(t *testing.T) {
 	}
 	if _, err := os.Stat(dir.Path(workspace.LayersDir)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the host push touched the fork's layers: %v", err)
+	}
+}
+
+// stoppedWorkspace makes the directory of a stopped layered workspace:
+// an upper disk of size bytes holding /upper and /work (as the guest
+// leaves it), and an empty baseline. A zeroed journal (lazy false) has
+// its blocks written, as a guest's use leaves them.
+func stoppedWorkspace(t testing.TB, size int64, lazy bool) (vmdir.Dir, instance.Record) {
+	t.Helper()
+	dir := vmdir.Dir(t.TempDir())
+	rec := instance.Record{ID: "hp" + strconv.Itoa(int(size>>20))}
+	makeLayerImages(t, dir, &rec, size, lazy)
+	return dir, rec
+}
+
+// makeLayerImages makes rec's upper disk and baseline in dir (see
+// stoppedWorkspace).
+func makeLayerImages(t testing.TB, dir vmdir.Dir, rec *instance.Record, size int64, lazy bool) {
+	t.Helper()
+	if _, err := exec.LookPath("mke2fs"); err != nil {
+		t.Skip("no mke2fs (e2fsprogs)")
+	}
+	if !hostwrite.Confinable() {
+		t.Skip("no Landlock on this kernel: host pushes go through the guest")
+	}
+	mk := func(name string, size int64, lazy bool, script string) string {
+		p := dir.Path(name)
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Truncate(size); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		opt := "lazy_itable_init=1,lazy_journal_init=1,root_owner=0:0"
+		if !lazy {
+			opt = "lazy_itable_init=1,lazy_journal_init=0,root_owner=0:0"
+		}
+		if out, err := exec.Command("mke2fs", "-q", "-F", "-t", "ext4", "-m", "0", "-E", opt, p).CombinedOutput(); err != nil {
+			t.Fatalf("mke2fs: %v: %s", err, out)
+		}
+		if script != "" {
+			cmd := exec.Command("debugfs", "-w", "-f", "-", p)
+			cmd.Stdin = strings.NewReader(script)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("debugfs: %v: %s", err, out)
+			}
+		}
+		return p
+	}
+	rec.WorkspaceDisk = mk("upper.img", size, lazy, "mkdir upper\nmkdir work\n")
+	rec.WorkspaceBase = mk("base.img", 64<<20, true, "")
+}
+
+// A host push that fails for its own reason (here the workspace disk is
+// too small for the tree) says so; it used to fall back to the guest's
+// path, which for a stopped workspace only says "start it first".
+func TestHostPushReturnsItsErrors(t *testing.T) {
+	c := newTestClient(t)
+	ctx := context.Background()
+	rec := instance.Record{ID: vmdir.NewID(), Kind: instance.KindWorkspace, Environment: DefaultEnvironment, VCPUCount: 1, MemMiB: 256, CreatedAt: time.Now().UTC()}
+	dir, rec, err := c.lc.Create(ctx, rec, func(d vmdir.Dir, r *instance.Record) error {
+		makeLayerImages(t, d, r, 16<<20, true)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := t.TempDir()
+	big := make([]byte, 16<<20-1)
+	_, _ = rand.Read(big) // zeros would be written as holes
+	if err := os.WriteFile(filepath.Join(src, "big"), big, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, ok, err := c.pushHost(ctx, dir, rec, src, "directory", workspace.Root+"/q")
+	if !ok || !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(errdefs.Hint(err), "disk may be full") {
+		t.Fatalf("push into a full workspace disk: served %v, err %v", ok, err)
+	}
+	if top, _ := layersOf(dir, rec).Top(); top != filepath.Base(rec.WorkspaceDisk) {
+		t.Fatalf("a failed push changed the top layer to %s", top)
+	}
+	// What the host path does not serve still goes through the guest.
+	if err := os.Symlink("x", filepath.Join(src, `bad\name`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := c.pushHost(ctx, dir, rec, src, "directory", workspace.Root+"/r"); ok || err != nil {
+		t.Fatalf("push of a name debugfs cannot take: served %v, err %v", ok, err)
+	}
+}
+
+// lsUpper lists the names in the directory p of layer name's image.
+func lsUpper(t testing.TB, dir vmdir.Dir, rec instance.Record, p string) []string {
+	t.Helper()
+	l := layersOf(dir, rec)
+	top, err := l.Top()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("debugfs", "-R", "ls "+p, l.Path(top)).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range strings.Fields(string(out)) {
+		if strings.HasPrefix(f, "e") && f != "." && f != ".." {
+			names = append(names, f)
+		}
+	}
+	return names
+}
+
+// A source with more top-level entries than the per-entry lookups were
+// bounded to (256), pushed into a directory new to both layers, is served
+// on the host: nothing can exist under a new directory (7312e43).
+func TestHostPushWideSourceIntoNewDir(t *testing.T) {
+	dir, rec := stoppedWorkspace(t, 64<<20, true)
+	src := t.TempDir()
+	for i := range 300 {
+		if err := os.WriteFile(filepath.Join(src, fmt.Sprintf("e%d", i)), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := pushIntoLayers(context.Background(), dir, rec, src, workspace.Root+"/new/deep"); err != nil {
+		t.Fatalf("wide push into a new directory: %v", err)
+	}
+	if got := lsUpper(t, dir, rec, "/upper/new/deep"); len(got) != 300 {
+		t.Fatalf("pushed %d entries, want 300", len(got))
+	}
+}
+
+// TestHostPushTiming times one push of $PYRO_PUSH_TIMING (a directory)
+// into an 8 GiB upper layer whose journal blocks are written: a
+// measurement, not a test (skipped unless the variable is set).
+func TestHostPushTiming(t *testing.T) {
+	src := os.Getenv("PYRO_PUSH_TIMING")
+	if src == "" {
+		t.Skip("set PYRO_PUSH_TIMING to a directory to time a host push")
+	}
+	dir, rec := stoppedWorkspace(t, 8<<30, false)
+	for i := range 3 {
+		s := time.Now()
+		if _, err := pushIntoLayers(context.Background(), dir, rec, src, fmt.Sprintf("%s/q%d", workspace.Root, i)); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("push %d: %v", i, time.Since(s))
 	}
 }

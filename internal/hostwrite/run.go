@@ -183,7 +183,8 @@ func complaints(s string) string {
 
 // limit sets the calling process's rlimits for the tool it execs next
 // (Main: after the Go runtime started its threads, which RLIMIT_AS and
-// RLIMIT_NPROC would refuse).
+// RLIMIT_NPROC would refuse, and after every capability is dropped: a
+// limit above the hard one it inherited is that hard one).
 func limit(fileSize uint64) error {
 	for _, l := range []struct {
 		res int
@@ -199,7 +200,11 @@ func limit(fileSize uint64) error {
 		if l.res == unix.RLIMIT_NPROC && os.Geteuid() == 0 {
 			continue // root ignores it; and uid 0's count is the host's
 		}
-		rl := unix.Rlimit{Cur: l.val, Max: l.val}
+		var cur unix.Rlimit
+		if err := unix.Getrlimit(l.res, &cur); err != nil {
+			return err
+		}
+		rl := unix.Rlimit{Cur: min(l.val, cur.Max), Max: min(l.val, cur.Max)}
 		if err := unix.Setrlimit(l.res, &rl); err != nil {
 			return err
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"unsafe"
 
@@ -74,17 +75,55 @@ func Main(args []string) {
 		}
 		os.Exit(2)
 	}
-	if err := limit(size); err != nil {
-		fmt.Fprintf(os.Stderr, "pyro: hostwrite: limits: %v\n", err)
-		os.Exit(2)
-	}
 	if err := hostcompat.ConfineTool(); err != nil {
 		fmt.Fprintf(os.Stderr, "pyro: hostwrite: confine: %v\n", err)
 		os.Exit(2)
 	}
-	err = unix.Exec(args[0], args, os.Environ())
-	fmt.Fprintf(os.Stderr, "pyro: hostwrite: exec %s: %v\n", args[0], err)
+	// The rlimits come last, then exec with nothing allocated between:
+	// the Go runtime here already maps more address space (~1.5 GiB of
+	// reservations) than RLIMIT_AS allows debugfs, so from the limit on
+	// any growth of its heap (a GC cycle's work buffers, a new span) is a
+	// fatal "cannot allocate memory", which failed about one run in ten.
+	// The collector is off and exec's arguments are built beforehand.
+	debug.SetGCPercent(-1)
+	argv0, argv, envv, err := execArgs(args[0], args, os.Environ())
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "pyro: hostwrite: exec %s: %v\n", args[0], err)
+		os.Exit(2)
+	}
+	if err := limit(size); err != nil {
+		fmt.Fprintf(os.Stderr, "pyro: hostwrite: limits: %v\n", err)
+		os.Exit(2)
+	}
+	_, _, e := unix.RawSyscall(unix.SYS_EXECVE, uintptr(unsafe.Pointer(argv0)), uintptr(unsafe.Pointer(&argv[0])), uintptr(unsafe.Pointer(&envv[0])))
+	fmt.Fprintf(os.Stderr, "pyro: hostwrite: exec %s: %v\n", args[0], e)
 	os.Exit(2)
+}
+
+// execArgs converts execve's arguments to the NUL-terminated forms it
+// takes (argv and envv end with nil).
+func execArgs(path string, args, env []string) (*byte, []*byte, []*byte, error) {
+	argv0, err := unix.BytePtrFromString(path)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	conv := func(ss []string) ([]*byte, error) {
+		out := make([]*byte, 0, len(ss)+1)
+		for _, s := range ss {
+			p, err := unix.BytePtrFromString(s)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, p)
+		}
+		return append(out, nil), nil
+	}
+	argv, err := conv(args)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	envv, err := conv(env)
+	return argv0, argv, envv, err
 }
 
 func firstOr(args []string) string {

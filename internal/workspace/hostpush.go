@@ -64,8 +64,9 @@ func (l Layers) NewPushRoot(upper string, move bool) (string, error) {
 	return name, nil
 }
 
-// errTooMuch: the upper layer holds more than a host push copies.
-var errTooMuch = errors.New("upper layer over the host push's copy cap")
+// ErrOverCopyCap: the upper layer holds more than a host push copies
+// (MaxHostPushCopy); the push goes through the guest.
+var ErrOverCopyCap = errors.New("upper layer over the host push's copy cap")
 
 // sparseCopy copies the data extents of src to the new file dst (holes
 // stay holes) in the kernel (copy_file_range), at most limit data bytes.
@@ -103,7 +104,7 @@ func sparseCopy(src, dst string, limit int64) error {
 			return err
 		}
 		if copied += hole - data; copied > limit {
-			return errTooMuch
+			return ErrOverCopyCap
 		}
 		for r, w := data, data; r < hole; {
 			n, err := unix.CopyFileRange(int(in.Fd()), &r, int(out.Fd()), &w, int(hole-r), 0)

@@ -39,7 +39,7 @@ func TestSparseCopy(t *testing.T) {
 	if st.Blocks*512 > 1<<20 {
 		t.Fatalf("copy holds %d bytes: holes filled", st.Blocks*512)
 	}
-	if err := sparseCopy(src, filepath.Join(dir, "capped"), 50000); !errors.Is(err, errTooMuch) {
+	if err := sparseCopy(src, filepath.Join(dir, "capped"), 50000); !errors.Is(err, ErrOverCopyCap) {
 		t.Fatalf("over the cap: %v", err)
 	}
 	if err := sparseCopy(src, dst, 1<<20); err == nil {
