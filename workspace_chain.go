@@ -180,6 +180,9 @@ const settleTimeout = 5 * time.Second
 // which layer it writes. Without a running QEMU the next boot reads the
 // chain from the named top, which reads the same as the layer below it.
 func resolveTop(ctx context.Context, dir vmdir.Dir, l workspace.Layers) (string, error) {
+	if err := settlePivot(ctx, dir, l); err != nil { // workspace_hostpush_running.go
+		return "", err
+	}
 	top, err := l.Top()
 	if err != nil {
 		return "", err

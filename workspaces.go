@@ -371,6 +371,9 @@ func (c *Client) PushWorkspaceSync(ctx context.Context, id, sourcePath, dest str
 	if res, ok, err := c.pushHost(ctx, dir, rec, sourcePath, mode, dest); ok { // workspace_hostpush.go
 		return res, err
 	}
+	if res, ok, err := c.pushHostRunning(ctx, dir, rec, sourcePath, mode, dest); ok { // workspace_hostpush_running.go
+		return res, err
+	}
 	agent, err := c.workspaceAgent(ctx, dir, rec)
 	if err != nil {
 		return SyncResult{}, err

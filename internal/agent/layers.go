@@ -115,8 +115,9 @@ func isOpaque(p string) bool {
 type layers struct {
 	lower, upperMount string
 	mu                sync.Mutex
-	frozen            *os.File    // the upper mount while frozen
-	thawTimer         *time.Timer // thaws a freeze the host forgot
+	frozen            *os.File     // the upper mount while frozen
+	thawTimer         *time.Timer  // thaws a freeze the host forgot
+	release           releaseState // workspace_release.go
 }
 
 func (l *layers) present() bool {

@@ -213,6 +213,7 @@ func (s *Agent) routes() http.Handler {
 	mux.HandleFunc("POST "+agentapi.PathFilesPushDisk, s.handleFilesPushDisk)
 	mux.HandleFunc("GET "+agentapi.PathFilesPull, s.handleFilesPull)
 	s.fileOpRoutes(mux)
+	s.releaseRoutes(mux)
 	mux.HandleFunc("GET "+agentapi.PathLayerChanges, s.handleLayerChanges)
 	mux.HandleFunc("POST "+agentapi.PathLayerFreeze, s.handleLayerFreeze)
 	mux.HandleFunc("POST "+agentapi.PathLayerThaw, s.handleLayerThaw)

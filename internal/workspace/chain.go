@@ -172,6 +172,11 @@ func (l Layers) Chain(end string) ([]string, error) {
 // LiveChain returns the files of the live chain, root first, or nil when
 // the workspace has a single raw upper layer (the disk itself).
 func (l Layers) LiveChain() ([]string, error) {
+	// Called as a guest boots (no QEMU runs): a pivot left under way is
+	// settled from the files (chain_pivot.go).
+	if _, err := l.SettlePivot(nil); err != nil {
+		return nil, err
+	}
 	if !l.Chained() {
 		return nil, nil
 	}
@@ -289,6 +294,9 @@ func (l Layers) GC(keep []string) error {
 	top, err := l.Top()
 	if err != nil {
 		return err
+	}
+	if p, ok := l.PivotUnderWay(); ok { // chain_pivot.go: either may hold the workspace
+		keep = append(keep[:len(keep):len(keep)], p.Parent, p.Layer)
 	}
 	reach := map[string]bool{}
 	for _, end := range append([]string{top}, keep...) {

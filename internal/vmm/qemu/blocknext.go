@@ -2,9 +2,6 @@ package qemu
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
-	"os"
 	"strings"
 
 	"github.com/pyro-mcp/pyro/internal/vmdir"
@@ -112,23 +109,5 @@ func LiveNode(ctx context.Context, dir vmdir.Dir) (string, error) {
 		return "", err
 	}
 	defer q.Close()
-	r, err := q.call(ctx, "query-block", nil, nil)
-	if err != nil {
-		return "", err
-	}
-	var devs []struct {
-		Device   string `json:"device"`
-		Inserted *struct {
-			NodeName string `json:"node-name"`
-		} `json:"inserted"`
-	}
-	if err := json.Unmarshal(r, &devs); err != nil {
-		return "", fmt.Errorf("qmp query-block: %w", err)
-	}
-	for _, d := range devs {
-		if d.Device == "workspace" && d.Inserted != nil {
-			return d.Inserted.NodeName, nil
-		}
-	}
-	return "", os.ErrNotExist
+	return liveNode(ctx, q)
 }

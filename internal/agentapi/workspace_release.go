@@ -1,0 +1,44 @@
+package agentapi
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// Release of a layered /workspace to the host (a host-side push into a
+// running workspace): the guest syncs and unmounts /workspace and its
+// upper disk, so that the host may write a new upper layer and switch
+// QEMU's disk to it, then mounts them again.
+//
+// Call order: ReleaseWorkspace, then RemountWorkspace (drop set once the
+// disk may have changed under the guest). A release lasts at most d: the
+// guest then remounts by itself, so a host that dies meanwhile leaves
+// /workspace mounted; the host switches the disk only well within d.
+// Releasing a released (or frozen) /workspace fails; remounting a mounted
+// one is a no-op.
+const (
+	// PathLayerRelease (POST ?ms=N) releases /workspace; something in the
+	// guest holding it fails the call with ErrFailedPrecondition.
+	PathLayerRelease = "/v1/layers/release"
+	// PathLayerRemount (POST ?drop=1) mounts it again.
+	PathLayerRemount = "/v1/layers/remount"
+)
+
+// ReleaseWorkspace unmounts the guest's layered /workspace for at most d.
+func (c *Client) ReleaseWorkspace(ctx context.Context, d time.Duration) error {
+	var out struct{}
+	return c.jsonCall(ctx, callTimeout, http.MethodPost, PathLayerRelease+"?ms="+strconv.FormatInt(d.Milliseconds(), 10), nil, &out)
+}
+
+// RemountWorkspace mounts a released /workspace again; with drop, the
+// guest first forgets every block of the upper disk it cached.
+func (c *Client) RemountWorkspace(ctx context.Context, drop bool) error {
+	var out struct{}
+	q := ""
+	if drop {
+		q = "?drop=1"
+	}
+	return c.jsonCall(ctx, callTimeout, http.MethodPost, PathLayerRemount+q, nil, &out)
+}
