@@ -100,7 +100,14 @@ func (c *Client) PrepareEnvironment(ctx context.Context, env string, opts Prepar
 		cfg.WorkspaceBase = cfg.WorkspaceDisk
 		cfg.TransferDisk = cfg.WorkspaceDisk // and a transfer disk (workspace_push.go)
 	}
-	snap, err := vm.PrepareSnapshot(ctx, vm.Deps{Dirs: c.dirs, Envs: c.envs, Logger: c.logger, AgentBinary: bin}, cfg)
+	deps := vm.Deps{Dirs: c.dirs, Envs: c.envs, Logger: c.logger, AgentBinary: bin}
+	snap, err := vm.PrepareSnapshot(ctx, deps, cfg)
+	if err == nil && opts.Workspace {
+		// A new unseeded workspace restores a guest with /workspace
+		// mounted; later starts (and seeded creates) the one above. The
+		// result names the one a create uses.
+		snap, err = vm.PrepareMountedSnapshot(ctx, deps, cfg)
+	}
 	if err != nil {
 		return PrepareResult{}, errdefs.Wrap(errdefs.ErrUnavailable, err, "run `pyro doctor`", "prepare %s", env)
 	}

@@ -25,5 +25,11 @@ func (c *Client) setUpWorkspaceDir(ctx context.Context, dir vmdir.Dir, rec *inst
 	if !layered {
 		return baseDigest{}, nil
 	}
-	return c.buildBase(ctx, dir, rec, seeded)
+	base, err := c.buildBase(ctx, dir, rec, seeded)
+	if err == nil && !seeded {
+		// Both disks are the empty templates' bytes until the first boot
+		// (internal/workspace/fresh.go).
+		err = workspace.MarkFresh(string(dir), base.sum)
+	}
+	return base, err
 }

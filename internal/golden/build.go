@@ -28,10 +28,16 @@ type Build struct {
 	lock    *os.File
 	started time.Time
 	done    bool
+	// BaseDigest is the digest of the baseline a MountedWorkspace
+	// snapshot's guest had mounted; its upper disk is at UpperPath.
+	BaseDigest string
 }
 
 // StatePath is where guest RAM and device state go.
 func (b *Build) StatePath() string { return filepath.Join(b.Dir, StateFile) }
+
+// UpperPath is where a MountedWorkspace snapshot's upper disk goes.
+func (b *Build) UpperPath() string { return filepath.Join(b.Dir, UpperFile) }
 
 // Begin takes the key's build lock (waiting for another builder until ctx
 // ends) and makes the temporary directory. When another builder published the snapshot meanwhile, it
@@ -105,6 +111,19 @@ func (b *Build) publish() (Snapshot, error) {
 	}
 	m := Manifest{ID: b.key.ID(), Key: b.key, CreatedAt: time.Now().UTC(), State: st,
 		BuildMS: time.Since(b.started).Milliseconds()}
+	if b.key.MountedWorkspace {
+		if b.BaseDigest == "" {
+			return Snapshot{}, errors.New("mounted-workspace snapshot without its baseline digest")
+		}
+		if err := fsutil.Sync(b.UpperPath()); err != nil {
+			return Snapshot{}, fmt.Errorf("sync %s: %w", UpperFile, err)
+		}
+		up, err := StampOf(b.UpperPath())
+		if err != nil {
+			return Snapshot{}, err
+		}
+		m.Upper, m.BaseDigest = &up, b.BaseDigest
+	}
 	data, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return Snapshot{}, err

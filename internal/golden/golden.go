@@ -11,6 +11,8 @@
 //
 //	<env version dir>/golden/<key id>/manifest.json  the key, the state's stamp
 //	                                  /state.bin      guest RAM and device state
+//	                                  /upper.ext4     (mounted workspaces) the
+//	                                                  upper disk as the guest left it
 //
 // Building happens in a hidden temporary directory under a per-key lock and
 // is published by one rename after every file is synced, so a crash or a
@@ -42,6 +44,10 @@ import (
 const (
 	ManifestFile = "manifest.json"
 	StateFile    = "state.bin"
+	// UpperFile is the workspace upper disk of a snapshot whose guest had
+	// /workspace mounted (Key.MountedWorkspace): a workspace restored from
+	// it starts on a copy of this file, the disk its guest's caches hold.
+	UpperFile = "upper.ext4"
 )
 
 // Format is the layout of a snapshot's files, part of its Key: 2 carries
@@ -71,6 +77,12 @@ type Key struct {
 	VMM         string `json:"vmm"` // the backend's snapshot identity (binary, accelerator)
 	Cmdline     string `json:"cmdline"`
 	Initramfs   string `json:"initramfs"` // agent binary and modules
+	// MountedWorkspace: the guest has an empty layered /workspace mounted
+	// over disks of WorkspaceBytes each (UpperFile, and a baseline whose
+	// digest is Manifest.BaseDigest), for the first start of an unseeded
+	// workspace. Omitted when false, so other keys keep their ids.
+	MountedWorkspace bool  `json:"mounted_workspace,omitempty"`
+	WorkspaceBytes   int64 `json:"workspace_bytes,omitempty"`
 }
 
 // ID names the key: a digest of all its fields.
@@ -104,6 +116,11 @@ type Manifest struct {
 	State     Stamp     `json:"state"`
 	// BuildMS is how long the boot and save took.
 	BuildMS int64 `json:"build_ms"`
+	// Upper is UpperFile's stamp and BaseDigest the digest
+	// (workspace.ImageDigest) of the baseline image the guest had mounted,
+	// for Key.MountedWorkspace snapshots only.
+	Upper      *Stamp `json:"upper,omitempty"`
+	BaseDigest string `json:"base_digest,omitempty"`
 }
 
 // Snapshot is a verified, published snapshot.
@@ -113,6 +130,9 @@ type Snapshot struct {
 }
 
 func (s Snapshot) StatePath() string { return filepath.Join(s.Dir, StateFile) }
+
+// UpperPath is the upper disk of a MountedWorkspace snapshot.
+func (s Snapshot) UpperPath() string { return filepath.Join(s.Dir, UpperFile) }
 
 // ErrNotFound: no snapshot for the key.
 var ErrNotFound = errors.New("no memory snapshot")
@@ -177,6 +197,20 @@ func Verify(dir string) (Manifest, error) {
 	}
 	if st != m.State {
 		return m, errors.New("state file was written after the snapshot was saved")
+	}
+	if m.Key.MountedWorkspace {
+		// The guest's caches hold this disk's blocks: a changed copy would
+		// hand every restored workspace a file system its kernel misreads.
+		if m.Upper == nil || m.BaseDigest == "" {
+			return m, errors.New("mounted-workspace snapshot without its upper disk or baseline digest")
+		}
+		up, err := StampOf(filepath.Join(dir, UpperFile))
+		if err != nil {
+			return m, fmt.Errorf("upper disk: %w", err)
+		}
+		if up != *m.Upper {
+			return m, errors.New("upper disk was written after the snapshot was saved")
+		}
 	}
 	return m, nil
 }

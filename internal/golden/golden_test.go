@@ -2,6 +2,7 @@ package golden
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -194,5 +195,60 @@ func TestPublishKeepsAtMostMax(t *testing.T) {
 	k.Initramfs = fmt.Sprint(MaxSnapshots + 2)
 	if _, err := s.Lookup(k); err != nil {
 		t.Fatalf("the newest snapshot is gone: %v", err)
+	}
+}
+
+// TestMountedUpperGuarded: a mounted-workspace snapshot publishes only with
+// its upper disk and baseline digest, and one whose upper disk was written
+// after the save is not used (restored guests' caches hold its blocks).
+func TestMountedUpperGuarded(t *testing.T) {
+	s := New(filepath.Join(t.TempDir(), DirName))
+	k := testKey()
+	k.MountedWorkspace, k.WorkspaceBytes = true, 1<<20
+	b, _, err := s.Begin(context.Background(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(b.StatePath(), []byte("state"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(b.UpperPath(), []byte("upper disk"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Publish(); err == nil {
+		t.Fatal("published without a baseline digest")
+	}
+	b, _, err = s.Begin(context.Background(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = os.WriteFile(b.StatePath(), []byte("state"), 0o644)
+	_ = os.WriteFile(b.UpperPath(), []byte("upper disk"), 0o644)
+	b.BaseDigest = "sha256:base"
+	snap, err := b.Publish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Lookup(k); err != nil || got.Manifest.BaseDigest != "sha256:base" || got.UpperPath() != filepath.Join(snap.Dir, UpperFile) {
+		t.Fatalf("lookup = %+v, %v", got, err)
+	}
+	f, err := os.OpenFile(snap.UpperPath(), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = f.WriteAt([]byte("X"), 0)
+	f.Close()
+	var bad *Invalid
+	if _, err := s.Lookup(k); !errors.As(err, &bad) || !strings.Contains(bad.Reason, "upper disk") {
+		t.Fatalf("lookup after the upper disk was written: %v", err)
+	}
+}
+
+// TestKeyIDsUnchangedByMountedFields: keys without a mounted workspace
+// keep the ids they had (snapshots already built stay usable).
+func TestKeyIDsUnchangedByMountedFields(t *testing.T) {
+	b, _ := json.Marshal(testKey())
+	if strings.Contains(string(b), "mounted") || strings.Contains(string(b), "workspace_bytes") {
+		t.Fatalf("plain key encodes the mounted fields: %s", b)
 	}
 }

@@ -272,6 +272,12 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 			cfg.TransferDisk = p
 		}
 	}
+	// A new unseeded workspace's first boot may restore a guest with its
+	// empty /workspace mounted (internal/vm/warm_mounted.go); the mark is
+	// gone before any boot can write the disks.
+	if rec.WorkspaceBase != "" && rec.WorkspaceDisk != "" {
+		cfg.FreshWorkspace = workspace.TakeFresh(string(d))
+	}
 	// A workspace whose upper layer became a chain of snapshots boots on
 	// its live chain (internal/workspace/chain.go).
 	var chainErr error

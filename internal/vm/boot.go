@@ -93,6 +93,11 @@ type Config struct {
 	// durable: it is still being built when the boot starts
 	// (awaitbase.go).
 	AwaitBase func(context.Context) error
+	// FreshWorkspace, set only for the first boot of a new unseeded
+	// layered workspace whose disks are untouched copies of the empty
+	// templates, is its baseline's digest: a warm start may then restore a
+	// guest with /workspace already mounted (warm_mounted.go).
+	FreshWorkspace string
 	// buildNow: replace an unusable snapshot at once (PrepareSnapshot)
 	// instead of booting cold this time.
 	buildNow bool

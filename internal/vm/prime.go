@@ -22,8 +22,15 @@ const snapshotPrimeShell = "true; /bin/true"
 // pyro's own, runs before any user exists, writes no file, and every
 // restored guest gets a fresh RNG state, clock, hostname and machine-id
 // after it (refreshIdentity).
-func primeSnapshotGuest(ctx context.Context, g *VM) error {
-	res, err := g.Agent.Exec(ctx, agentapi.ExecRequest{Shell: snapshotPrimeShell, Cwd: "/", TimeoutMS: 30_000}, nil)
+//
+// A guest with /workspace mounted (warm_mounted.go) runs it there, as a
+// workspace's commands run: the overlay's lookups are cached too.
+func primeSnapshotGuest(ctx context.Context, g *VM, inWorkspace bool) error {
+	cwd := "/"
+	if inWorkspace {
+		cwd = "/workspace"
+	}
+	res, err := g.Agent.Exec(ctx, agentapi.ExecRequest{Shell: snapshotPrimeShell, Cwd: cwd, TimeoutMS: 30_000}, nil)
 	if err != nil {
 		return fmt.Errorf("prime the snapshot's guest: %w", err)
 	}

@@ -67,6 +67,11 @@ type warmState struct {
 	snapshotCmdline bool
 	snapshot        *golden.Snapshot
 	state           string
+	// mounted: the snapshot's guest has /workspace mounted
+	// (warm_mounted.go).
+	mounted bool
+	// diskSynced reports the sync of a mounted restore's upper disk.
+	diskSynced chan error
 }
 
 // warmFailure marks a failed restore: Boot then boots cold.
@@ -99,6 +104,9 @@ func (v *VM) cmdline(c Config) []string {
 		// gets (refreshIdentity): its own, not the image's "pyro".
 		return append(words, "pyro.hostname="+Hostname(v.ID))
 	}
+	if v.warm.mounted {
+		return append(words, "pyro.snapshot=1", "init_on_free=1")
+	}
 	if i := slices.Index(words, "pyro.workspace=1"); i >= 0 {
 		words[i] = "pyro.workspace=defer"
 	}
@@ -119,7 +127,11 @@ type snapshotBackend interface {
 
 // SnapshotKey is the golden snapshot key of a VM about to start (after
 // the backend was chosen).
-func (v *VM) snapshotKey(c Config) (golden.Key, bool) {
+func (v *VM) snapshotKey(c Config) (golden.Key, bool) { return v.snapshotKeyFor(c, false) }
+
+// snapshotKeyFor is snapshotKey of the snapshot whose guest has /workspace
+// mounted (mounted) or only probed (warm_mounted.go).
+func (v *VM) snapshotKeyFor(c Config, mounted bool) (golden.Key, bool) {
 	sb, ok := v.backend.(snapshotBackend)
 	if !ok || !v.Features.MemorySnapshot {
 		return golden.Key{}, false
@@ -128,16 +140,17 @@ func (v *VM) snapshotKey(c Config) (golden.Key, bool) {
 	if c.Network {
 		network = "user"
 	}
-	saved := v.warm.snapshotCmdline
-	v.warm.snapshotCmdline = true
+	saved, savedMounted := v.warm.snapshotCmdline, v.warm.mounted
+	v.warm.snapshotCmdline, v.warm.mounted = true, mounted
 	cmdline := strings.Join(v.cmdline(c), " ")
-	v.warm.snapshotCmdline = saved
+	v.warm.snapshotCmdline, v.warm.mounted = saved, savedMounted
 	return golden.Key{
 		Format:      golden.Format,
 		Environment: v.Environment.Manifest.Name, EnvDigest: v.Environment.Manifest.Digest,
 		VCPUs: c.VCPUs, MemMiB: c.MemMiB, Network: network, Workspace: c.WorkspaceDisk != "",
 		Backend: v.Backend, VMM: sb.SnapshotIdentity(), Cmdline: cmdline,
-		Initramfs: strings.TrimSuffix(filepath.Base(v.initrd), filepath.Ext(v.initrd)),
+		Initramfs:        strings.TrimSuffix(filepath.Base(v.initrd), filepath.Ext(v.initrd)),
+		MountedWorkspace: mounted,
 	}, true
 }
 
@@ -147,6 +160,11 @@ func SnapshotStore(envDir string) *golden.Store {
 }
 
 func findSnapshot(ctx context.Context, d Deps, c Config, v *VM) error {
+	if freshWorkspace(c) {
+		if ok, err := findMounted(ctx, d, c, v); ok || err != nil {
+			return err
+		}
+	}
 	key, ok := v.snapshotKey(c)
 	if !ok {
 		v.SnapshotNote = fmt.Sprintf("backend %q cannot restore memory snapshots", v.Backend)
@@ -241,8 +259,12 @@ func refreshIdentity(ctx context.Context, d Deps, c Config, v *VM) error {
 		v.Start = StartCold
 		return nil
 	}
-	req, err := NewIdentity(v.ID, c.Network, c.WorkspaceDisk)
-	req.WorkspaceLayered = c.WorkspaceBase != ""
+	disk := c.WorkspaceDisk
+	if v.warm.mounted {
+		disk = "" // mounted before the save (warm_mounted.go)
+	}
+	req, err := NewIdentity(v.ID, c.Network, disk)
+	req.WorkspaceLayered = c.WorkspaceBase != "" && disk != ""
 	if err != nil {
 		return err
 	}
@@ -263,6 +285,9 @@ func refreshIdentity(ctx context.Context, d Deps, c Config, v *VM) error {
 	resp, err := v.Agent.SetIdentityWithin(ctx, c.BootTimeout, req)
 	if err != nil {
 		return restoreFailed(d, v, fmt.Errorf("refresh the restored guest's identity: %w", err))
+	}
+	if err := awaitDiskSynced(ctx, v); err != nil { // warm_mounted.go
+		return err
 	}
 	v.Health = resp.Health
 	v.Start = StartWarm
@@ -328,7 +353,12 @@ func buildSnapshot(ctx context.Context, d Deps, c Config, v *VM, store *golden.S
 	}
 	gc := Config{ID: "golden-" + key.ID(), Dir: dir, Environment: c.Environment, VCPUs: c.VCPUs, MemMiB: c.MemMiB,
 		Network: c.Network, BootTimeout: c.BootTimeout, Cold: true}
-	if c.WorkspaceDisk != "" {
+	var leftovers []string
+	if key.MountedWorkspace {
+		if leftovers, err = mountedDisks(ctx, d, b, key.WorkspaceBytes, &gc); err != nil { // warm_mounted.go
+			return golden.Snapshot{}, err
+		}
+	} else if c.WorkspaceDisk != "" {
 		st, err := os.Stat(c.WorkspaceDisk)
 		if err != nil {
 			return golden.Snapshot{}, err
@@ -363,7 +393,7 @@ func buildSnapshot(ctx context.Context, d Deps, c Config, v *VM, store *golden.S
 		}).
 		InsertAfter(StepChooseBackend, Step{"snapshot machine", func(_ context.Context, _ Deps, _ Config, g *VM) error {
 			g.Use(v.backend, v.AccelNote)
-			g.warm.snapshotCmdline = true
+			g.warm.snapshotCmdline, g.warm.mounted = true, key.MountedWorkspace
 			return nil
 		}})
 	g, err := BootWith(bctx, steps, d, gc)
@@ -371,7 +401,7 @@ func buildSnapshot(ctx context.Context, d Deps, c Config, v *VM, store *golden.S
 		return golden.Snapshot{}, fmt.Errorf("boot the snapshot's guest: %w", err)
 	}
 	defer g.Close(context.Background())
-	if err := primeSnapshotGuest(bctx, g); err != nil { // prime.go
+	if err := primeSnapshotGuest(bctx, g, key.MountedWorkspace); err != nil { // prime.go
 		return golden.Snapshot{}, err
 	}
 	state, err := os.OpenFile(b.StatePath(), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
@@ -392,7 +422,10 @@ func buildSnapshot(ctx context.Context, d Deps, c Config, v *VM, store *golden.S
 		d.Logger.Warn("memory snapshot kept uncompacted", "err", err)
 	}
 	_ = os.RemoveAll(string(dir))
-	if gc.WorkspaceDisk != "" {
+	for _, p := range leftovers {
+		_ = os.Remove(p)
+	}
+	if gc.WorkspaceDisk != "" && !key.MountedWorkspace {
 		_ = os.Remove(gc.WorkspaceDisk)
 		_ = os.Remove(gc.WorkspaceBase)
 	}
