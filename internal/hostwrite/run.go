@@ -99,7 +99,10 @@ func confined(ctx context.Context, size int64, files []*os.File, args ...string)
 // Write runs script (from Script(tree, ...)) against the ext4 image at
 // image, which nothing else has open, with debugfs confined (see the
 // package comment). The image's size is its file-size limit: debugfs never
-// grows it.
+// grows it. When Write returns nil the image is on stable storage: the
+// tool's own syncs do nothing (hostcompat.ConfineTool), so Write starts
+// the image's writeback while debugfs runs and syncs it once at the end,
+// which then waits for little.
 func Write(ctx context.Context, image, tree string, script []byte) error {
 	img, err := os.OpenFile(image, os.O_RDWR, 0)
 	if err != nil {
@@ -143,13 +146,22 @@ func Write(ctx context.Context, image, tree string, script []byte) error {
 		stdin.Close()
 	}()
 	var werr error
-	select {
-	case werr = <-done:
-	case <-ctx.Done():
-		kill()
-		<-done
-		return errdefs.New(errdefs.ErrUnavailable, "the workspace image may be damaged; push to the running workspace instead",
-			"writing the workspace image on the host took longer than %s", Timeout)
+	tick := time.NewTicker(WritebackEvery)
+	defer tick.Stop()
+	writeback(img)
+wait:
+	for {
+		select {
+		case werr = <-done:
+			break wait
+		case <-tick.C:
+			writeback(img)
+		case <-ctx.Done():
+			kill()
+			<-done
+			return errdefs.New(errdefs.ErrUnavailable, "the workspace image may be damaged; push to the running workspace instead",
+				"writing the workspace image on the host took longer than %s", Timeout)
+		}
 	}
 	kill() // anything debugfs left in its group
 	if cmd.ProcessState != nil && cmd.ProcessState.ExitCode() == exitUnconfinable {
@@ -161,7 +173,19 @@ func Write(ctx context.Context, image, tree string, script []byte) error {
 		}
 		return fmt.Errorf("%w: debugfs: %s", ErrWrite, msg)
 	}
+	if err := unix.Fdatasync(int(img.Fd())); err != nil {
+		return fmt.Errorf("sync the written image: %w", err)
+	}
 	return nil
+}
+
+// WritebackEvery is how often Write starts the writeback of what debugfs
+// wrote so far (so the final sync waits for the last part only).
+var WritebackEvery = 100 * time.Millisecond
+
+// writeback starts writing f's dirty pages to its disk, without waiting.
+func writeback(f *os.File) {
+	_ = unix.SyncFileRange(int(f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
 }
 
 // complaints returns debugfs's error output without its banner: debugfs

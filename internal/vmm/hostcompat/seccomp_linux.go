@@ -175,10 +175,18 @@ var toolDenied = []uint32{
 	unix.SYS_SOCKET, unix.SYS_SOCKETPAIR,
 }
 
+// toolSyncs are flushes of the tool's files to stable storage, which it
+// is told succeeded without doing them: debugfs syncs the image when it
+// opens it and again when it closes it (~350 ms of a 196 MiB host push:
+// the first flushes the upper layer's copy, the second the written tree),
+// and the caller syncs the image once itself before anything refers to it
+// (internal/hostwrite.Write).
+var toolSyncs = []uint32{unix.SYS_FSYNC, unix.SYS_FDATASYNC, unix.SYS_SYNC_FILE_RANGE, unix.SYS_SYNCFS, unix.SYS_SYNC}
+
 // toolFilterProgram is the filter ConfineTool adds on top of the
 // sandbox's: toolDenied and archToolDenied fail with EPERM, and so does a
 // new process (clone without CLONE_THREAD; fork and vfork where they
-// exist): uid 0 is not held by RLIMIT_NPROC.
+// exist): uid 0 is not held by RLIMIT_NPROC. toolSyncs return 0 undone.
 func toolFilterProgram() ([]unix.SockFilter, error) {
 	var p []unix.SockFilter
 	stmt, jump, err := nativeSyscalls(&p)
@@ -186,6 +194,10 @@ func toolFilterProgram() ([]unix.SockFilter, error) {
 		return nil, err
 	}
 	deny(jump, stmt, toolDenied, archToolDenied)
+	for _, nr := range toolSyncs {
+		jump(bpfJeqK, nr, 0, 1)
+		stmt(bpfRetK, retErrno(0))
+	}
 	jump(bpfJeqK, unix.SYS_CLONE, 0, 4)
 	stmt(bpfLdAbsW, argOff(0))
 	jump(bpfJsetK, unix.CLONE_THREAD, 1, 0)

@@ -209,6 +209,11 @@ func TestToolFilterDecisions(t *testing.T) {
 		{"truncate", unix.SYS_TRUNCATE, nil, eperm},
 		{"inotify_add_watch", unix.SYS_INOTIFY_ADD_WATCH, nil, eperm},
 		{"fanotify_init", unix.SYS_FANOTIFY_INIT, nil, eperm},
+		// Syncs succeed undone: the caller of the tool syncs once.
+		{"fsync", unix.SYS_FSYNC, nil, retErrno(0)},
+		{"fdatasync", unix.SYS_FDATASYNC, nil, retErrno(0)},
+		{"syncfs", unix.SYS_SYNCFS, nil, retErrno(0)},
+		{"sync_file_range", unix.SYS_SYNC_FILE_RANGE, nil, retErrno(0)},
 	} {
 		if got := runFilter(t, prog, c.nr, nativeArch, c.args...); got != c.want {
 			t.Errorf("%s: got %#x, want %#x", c.name, got, c.want)
