@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -158,7 +160,7 @@ func writePushLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src
 	if err != nil {
 		return st, err
 	}
-	_, changed, err := workspace.StageDir(ctx, src, tree, disk.Size())
+	staged, changed, err := workspace.StageDir(ctx, src, tree, disk.Size())
 	if errors.Is(err, workspace.ErrStageTooLarge) {
 		return st, errdefs.Wrap(errdefs.ErrInvalidArgument, err, "push a smaller tree, or create the workspace with a larger disk (PYRO_WORKSPACE_DISK_MIB)",
 			"the push source holds more than the workspace disk (%d bytes)", disk.Size())
@@ -180,9 +182,16 @@ func writePushLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src
 		return st, err
 	}
 	defer done()
-	missing, err := pushable(ctx, upper, rec.WorkspaceBase, in, rel, top)
+	missing, probe, err := pushable(ctx, upper, rec.WorkspaceBase, in, rel, top)
 	if err != nil {
 		return st, err
+	}
+	// What surely does not fit the workspace disk fails here, before the
+	// upper layer is copied (debugfs would fail on it later).
+	if need := staged.Bytes/probe.BlockSize + int64(staged.Dirs); need > probe.FreeBlocks || int64(staged.Files+staged.Dirs) > probe.FreeInodes {
+		return st, errdefs.New(errdefs.ErrFailedPrecondition, "free space in the workspace, or push less; the workspace is unchanged",
+			"the push (%d bytes in %d files) does not fit the workspace disk (%d bytes and %d inodes free)",
+			staged.Bytes, staged.Files+staged.Dirs, probe.FreeBlocks*probe.BlockSize, probe.FreeInodes)
 	}
 	mkdirs, err := hostwrite.Mkdirs(missing, time.Now())
 	if err != nil {
@@ -193,7 +202,15 @@ func writePushLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src
 		return st, err
 	}
 	script = append(mkdirs, script...)
-	name, err := l.NewPushRoot(upper, strings.HasPrefix(filepath.Base(upper), ".flat-"))
+	move := strings.HasPrefix(filepath.Base(upper), ".flat-")
+	var skip []workspace.Range
+	if !move {
+		skip, err = journalBody(upper, probe)
+		if err != nil {
+			return st, err
+		}
+	}
+	name, err := l.NewPushRoot(upper, move, skip...)
 	if err != nil {
 		return st, err
 	}
@@ -241,56 +258,98 @@ func sweepPushStaging(dir vmdir.Dir) {
 // needs no replay, each directory of in is a directory in the upper layer
 // or new to both layers (then it is returned, to be made as the guest's
 // MkdirAll would), and no top-level entry exists at in (upper) or rel
-// (baseline).
-func pushable(ctx context.Context, upper, base, in, rel string, top []os.DirEntry) (missing []string, err error) {
-	im := diskimg.Image{Path: upper, Budget: diskimg.DefaultBudget()}
-	if clean, err := im.Clean(ctx); err != nil || !clean {
-		return nil, errNotHere
-	}
-	bim := diskimg.Image{Path: base, Budget: diskimg.DefaultBudget()}
-	inBase := func(p string) (bool, error) {
-		_, _, found, err := bim.StatPath(ctx, "/"+strings.TrimPrefix(p, "/"))
-		return found, err
-	}
-	p, b := "", ""
-	for i, part := range strings.Split(strings.TrimPrefix(in, "/"), "/") {
+// (baseline). It asks each image once (one confined debugfs run each, the
+// two at once) and returns what it learnt of the upper image.
+func pushable(ctx context.Context, upper, base, in, rel string, top []os.DirEntry) (missing []string, up diskimg.Probe, err error) {
+	parts := strings.Split(strings.TrimPrefix(in, "/"), "/")
+	var upPaths, basePaths []string
+	p := ""
+	for i, part := range parts {
 		p += "/" + part
+		upPaths = append(upPaths, p)
 		if i > 0 {
-			b += "/" + part
+			basePaths = append(basePaths, "/"+strings.Join(parts[1:i+1], "/"))
 		}
+	}
+	// A wide source into a directory that exists cannot be checked name by
+	// name in one run; into a new directory no name needs checking.
+	entries := len(top) <= maxProbedEntries
+	if entries {
+		for _, e := range top {
+			upPaths = append(upPaths, in+"/"+e.Name())
+			basePaths = append(basePaths, path.Join("/", rel, e.Name()))
+		}
+	}
+	var bp diskimg.Probe
+	var berr error
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		bp, berr = diskimg.Image{Path: base, Budget: diskimg.DefaultBudget()}.Probe(ctx, basePaths)
+	})
+	up, err = diskimg.Image{Path: upper, Budget: diskimg.DefaultBudget()}.Probe(ctx, upPaths)
+	wg.Wait()
+	if err != nil || berr != nil || !up.Clean {
+		return nil, up, errNotHere
+	}
+	for i := range parts {
 		if len(missing) > 0 {
-			missing = append(missing, p)
+			missing = append(missing, upPaths[i])
 			continue
 		}
-		d, _, found, err := im.StatPath(ctx, p)
+		u := up.Paths[i]
 		switch {
-		case err != nil:
-			return nil, errNotHere
-		case found && d.IsDir():
+		case u.Err != nil:
+			return nil, up, errNotHere
+		case u.Found && u.IsDir():
 			continue
-		case found:
-			return nil, errNotHere // a file, link or whiteout in the way
+		case u.Found:
+			return nil, up, errNotHere // a file, link or whiteout in the way
 		}
 		// New in the upper layer: the baseline must not hold it either
 		// (the guest would merge into, or refuse, what is there).
-		if f, err := inBase(b); err != nil || f || i == 0 {
-			return nil, errNotHere
+		if i == 0 {
+			return nil, up, errNotHere
 		}
-		missing = append(missing, p)
+		if b := bp.Paths[i-1]; b.Err != nil || b.Found {
+			return nil, up, errNotHere
+		}
+		missing = append(missing, upPaths[i])
 	}
 	if len(missing) > 0 {
-		return missing, nil // nothing can exist under a new directory
+		return missing, up, nil // nothing can exist under a new directory
 	}
-	if len(top) > 256 {
-		return nil, errNotHere // each name costs a lookup; a wide push goes through the guest
+	if !entries {
+		return nil, up, errNotHere
 	}
-	for _, e := range top {
-		if _, _, found, err := im.StatPath(ctx, in+"/"+e.Name()); err != nil || found {
-			return nil, errNotHere
-		}
-		if found, err := inBase(filepath.ToSlash(filepath.Join(rel, e.Name()))); err != nil || found {
-			return nil, errNotHere
+	for j := range top {
+		u, b := up.Paths[len(parts)+j], bp.Paths[len(parts)-1+j]
+		if u.Err != nil || u.Found || b.Err != nil || b.Found {
+			return nil, up, errNotHere
 		}
 	}
-	return nil, nil
+	return nil, up, nil
+}
+
+// maxProbedEntries bounds the top-level entries of a push into an existing
+// directory (each is looked up in both images).
+const maxProbedEntries = 2048
+
+// journalBody is the byte ranges of the clean journal's body in the upper
+// image, which a push's copy of it leaves out (diskimg.JournalBody): up to
+// 128 MiB of an 8 GiB disk the guest wrote once and nothing reads.
+func journalBody(upper string, probe diskimg.Probe) ([]workspace.Range, error) {
+	f, err := os.Open(upper)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	body, err := probe.JournalBody(f)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]workspace.Range, len(body))
+	for i, r := range body {
+		out[i] = workspace.Range{Off: r[0], Len: r[1]}
+	}
+	return out, nil
 }

@@ -138,6 +138,13 @@ func (im Image) command(ctx context.Context, args ...string) (c *exec.Cmd, done 
 // consume. Commands only ever name inodes as <N>: no image name reaches
 // them. When meter is set, the bytes read count against the budget.
 func (im Image) batch(ctx context.Context, cmds []string, limit int64, meter bool, consume func(r *bufio.Reader) error) error {
+	return im.batchErr(ctx, cmds, limit, meter, consume, nil)
+}
+
+// batchErr is batch that also hands back, in *stderr when it is set,
+// debugfs's error output (at most maxStderr bytes of it) of a run that
+// succeeded: a failed command of a script is reported there only.
+func (im Image) batchErr(ctx context.Context, cmds []string, limit int64, meter bool, consume func(r *bufio.Reader) error, stderr *string) error {
 	if len(cmds) == 0 {
 		return nil
 	}
@@ -199,6 +206,9 @@ func (im Image) batch(ctx context.Context, cmds []string, limit int64, meter boo
 		return cerr
 	case werr != nil:
 		return fmt.Errorf("debugfs: %w: %s", werr, errb.String())
+	}
+	if stderr != nil {
+		*stderr = errb.String()
 	}
 	return nil
 }

@@ -1,11 +1,13 @@
 package workspace
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 
 	"golang.org/x/sys/unix"
 
@@ -38,11 +40,17 @@ func StageDir(ctx context.Context, src, dest string, maxBytes int64) (st tarutil
 // does not grow with what the upper layer already holds.
 var MaxHostPushCopy int64 = 1 << 30
 
+// Range is a byte range [Off, Off+Len) of an image.
+type Range struct{ Off, Len int64 }
+
 // NewPushRoot makes a new raw root layer that is a copy of the raw upper
 // image upper (RawUpper's) and returns its name; the top is not changed.
 // When move is set, upper is a private flattened copy, renamed into place
-// instead of copied again.
-func (l Layers) NewPushRoot(upper string, move bool) (string, error) {
+// instead of copied again. The ranges skip are left holes in the copy:
+// the body of a clean journal, whose content nothing reads (a guest
+// mounting the layer finds the journal empty in its superblock, which is
+// copied, and writes the body before it reads it).
+func (l Layers) NewPushRoot(upper string, move bool, skip ...Range) (string, error) {
 	if err := os.MkdirAll(l.Path(LayersDir), 0o700); err != nil {
 		return "", err
 	}
@@ -54,7 +62,7 @@ func (l Layers) NewPushRoot(upper string, move bool) (string, error) {
 	if move {
 		return name, os.Rename(upper, l.Path(name))
 	}
-	if err := sparseCopy(upper, l.Path(name), MaxHostPushCopy); err != nil {
+	if err := sparseCopy(upper, l.Path(name), MaxHostPushCopy, skip...); err != nil {
 		_ = os.Remove(l.Path(name))
 		if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
 			return "", errdefs.Wrap(errdefs.ErrFailedPrecondition, err, "free space on the host; the workspace is unchanged", "copy the upper layer")
@@ -69,10 +77,11 @@ func (l Layers) NewPushRoot(upper string, move bool) (string, error) {
 var ErrOverCopyCap = errors.New("upper layer over the host push's copy cap")
 
 // sparseCopy copies the data extents of src to the new file dst (holes
-// stay holes) in the kernel (copy_file_range), at most limit data bytes.
-// It does not sync: the writer that follows (debugfs) syncs the whole
-// file before the layer is used, and until then nothing refers to it.
-func sparseCopy(src, dst string, limit int64) error {
+// stay holes) in the kernel (copy_file_range), at most limit data bytes,
+// leaving out the ranges skip (holes in dst). It does not sync: the writer
+// that follows (hostwrite.Write) syncs the whole file before the layer is
+// used, and until then nothing refers to it.
+func sparseCopy(src, dst string, limit int64, skip ...Range) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
@@ -90,7 +99,30 @@ func sparseCopy(src, dst string, limit int64) error {
 	if err := out.Truncate(fi.Size()); err != nil {
 		return err
 	}
+	skip = slices.Clone(skip)
+	slices.SortFunc(skip, func(a, b Range) int { return cmp.Compare(a.Off, b.Off) })
 	var copied int64
+	copyRange := func(from, to int64) error {
+		// The parts of [from, to) outside every skipped range.
+		for _, r := range skip {
+			if r.Off+r.Len <= from || r.Len <= 0 {
+				continue
+			}
+			if r.Off >= to {
+				break
+			}
+			if r.Off > from {
+				if err := copyData(in, out, from, r.Off, &copied, limit); err != nil {
+					return err
+				}
+			}
+			from = max(from, r.Off+r.Len)
+			if from >= to {
+				return nil
+			}
+		}
+		return copyData(in, out, from, to, &copied, limit)
+	}
 	for off := int64(0); off < fi.Size(); {
 		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
 		if errors.Is(err, unix.ENXIO) {
@@ -103,19 +135,28 @@ func sparseCopy(src, dst string, limit int64) error {
 		if err != nil {
 			return err
 		}
-		if copied += hole - data; copied > limit {
-			return ErrOverCopyCap
-		}
-		for r, w := data, data; r < hole; {
-			n, err := unix.CopyFileRange(int(in.Fd()), &r, int(out.Fd()), &w, int(hole-r), 0)
-			if err != nil {
-				return err
-			}
-			if n == 0 {
-				return io.ErrUnexpectedEOF
-			}
+		if err := copyRange(data, hole); err != nil {
+			return err
 		}
 		off = hole
+	}
+	return nil
+}
+
+// copyData copies [from, to) of in to the same offsets of out, counting
+// it in *copied, at most limit bytes in all.
+func copyData(in, out *os.File, from, to int64, copied *int64, limit int64) error {
+	if *copied += to - from; *copied > limit {
+		return ErrOverCopyCap
+	}
+	for r, w := from, from; r < to; {
+		n, err := unix.CopyFileRange(int(in.Fd()), &r, int(out.Fd()), &w, int(to-r), 0)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return io.ErrUnexpectedEOF
+		}
 	}
 	return nil
 }

@@ -45,6 +45,21 @@ func TestSparseCopy(t *testing.T) {
 	if err := sparseCopy(src, dst, 1<<20); err == nil {
 		t.Fatal("copied over an existing file")
 	}
+	// Skipped ranges stay holes; what is around them is copied.
+	skipped := filepath.Join(dir, "skipped")
+	if err := sparseCopy(src, skipped, 1<<20, Range{8192, 2048}, Range{32<<20 + 4096, 1 << 20}, Range{0, 10}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = os.ReadFile(skipped)
+	clear(want[8192 : 8192+2048])
+	clear(want[32<<20+4096 : 32<<20+100000])
+	if !bytes.Equal(got, want) {
+		t.Fatal("copy with skipped ranges differs")
+	}
+	syscall.Stat(skipped, &st)
+	if st.Blocks*512 > 100000 {
+		t.Fatalf("copy with skipped ranges holds %d bytes", st.Blocks*512)
+	}
 }
 
 // A host push stages its source on the host's disk (copies of what it
