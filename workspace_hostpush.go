@@ -214,6 +214,19 @@ func writePushLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src
 	if err != nil {
 		return st, err
 	}
+	// The old upper's pages are of no more use once copied (unless the
+	// push fails: then they are read again). Dropping them while debugfs
+	// writes, on the other core, spares the collection of the old layer
+	// once the new one is the top most of its time (~100 ms for 200 MiB
+	// of cached layer).
+	dropped := make(chan struct{})
+	go func() {
+		defer close(dropped)
+		if !move {
+			dropCache(upper)
+		}
+	}()
+	defer func() { <-dropped }()
 	if err := hostwrite.Write(ctx, l.Path(name), tree, script); err != nil {
 		_ = os.Remove(l.Path(name))
 		if errors.Is(err, hostwrite.ErrWrite) {
@@ -352,4 +365,14 @@ func journalBody(upper string, probe diskimg.Probe) ([]workspace.Range, error) {
 		out[i] = workspace.Range{Off: r[0], Len: r[1]}
 	}
 	return out, nil
+}
+
+// dropCache asks the kernel to drop the cached pages of the file p.
+func dropCache(p string) {
+	f, err := os.Open(p)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
 }
