@@ -41,7 +41,14 @@ import (
 //     record), and layers nothing refers to any more are deleted.
 //
 // A kill at any point before 3 leaves the old top live and an unreachable
-// layer file for GC. The result equals a push through the guest (owner
+// layer file for GC. A host power loss too: the new layer is on stable
+// storage (one fdatasync in hostwrite.Write, debugfs's own syncs being
+// no-ops) before the top record naming it is renamed into place and its
+// directory synced (Layers.SetTop), so after a crash the top is the old
+// layer or the whole new one, never a layer whose blocks may be missing.
+// The copy of step 1 leaves out the body of the upper's journal when the
+// journal is empty (nothing to replay; the guest writes the body before it
+// reads it), and the pre-checks ask each image once (diskimg.Probe). The result equals a push through the guest (owner
 // root, permission bits including setuid/setgid/sticky, nanosecond
 // modification times, symlinks as links, nothing followed) when every
 // top-level entry of the push is new to /workspace: absent from the upper
