@@ -125,7 +125,12 @@ func hostFull(err error, what string) error {
 // layer locks.
 func pushIntoLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, dest string) (hostwrite.Stats, error) {
 	var name string
-	st, err := writePushLayer(ctx, dir, rec, src, dest, &name)
+	st, unstage, err := writeLayer(ctx, dir, rec, src, dest, &name)
+	// The staging's removal (a link or copy per file) runs beside naming
+	// the layer and collecting the old one.
+	done := make(chan struct{})
+	go func() { unstage(); close(done) }()
+	defer func() { <-done }()
 	if err != nil {
 		return st, err
 	}
@@ -143,41 +148,50 @@ func pushIntoLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record, src
 // top, or removes it). The caller holds the layer lock and no guest writes the
 // upper layer (stopped, or /workspace released: workspace_hostpush_running.go).
 func writePushLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, dest string, layer *string) (hostwrite.Stats, error) {
-	var st hostwrite.Stats
+	st, unstage, err := writeLayer(ctx, dir, rec, src, dest, layer)
+	unstage()
+	return st, err
+}
+
+// writeLayer is writePushLayer that leaves the removal of its staging to
+// the caller (unstage, always set, to be called once).
+func writeLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, dest string, layer *string) (st hostwrite.Stats, unstage func(), err error) {
+	unstage = func() {}
 	// A fork not yet started (its first boot restores a memory state that
 	// expects its disk as forked): writing the disk now would corrupt its
 	// file system; through the guest the push waits for the fork to run.
 	if _, err := os.Lstat(dir.Path(supervisor.ForkFile)); !errors.Is(err, os.ErrNotExist) {
-		return st, errNotHere
+		return st, unstage, errNotHere
 	}
 	sweepPushStaging(dir)
 	tmp, err := os.MkdirTemp(string(dir), pushStagingPrefix)
 	if err != nil {
-		return st, hostFull(err, "stage the push source")
+		return st, unstage, hostFull(err, "stage the push source")
 	}
-	defer fsutil.RemoveAll(tmp) // the staged tree carries the source's modes: a read-only directory too
+	// The staged tree carries the source's modes: a read-only directory too.
+	unstage = func() { _ = fsutil.RemoveAll(tmp) }
 	tree := filepath.Join(tmp, "tree")
 	if err := os.Mkdir(tree, 0o700); err != nil {
-		return st, err
+		return st, unstage, err
 	}
 	// What does not fit the workspace disk is not copied onto the host's
 	// first (a source the host cannot link is staged as copies).
 	l := layersOf(dir, rec)
 	disk, err := os.Stat(l.Disk)
 	if err != nil {
-		return st, err
+		return st, unstage, err
 	}
 	staged, changed, err := workspace.StageDir(ctx, src, tree, disk.Size())
 	if errors.Is(err, workspace.ErrStageTooLarge) {
-		return st, errdefs.Wrap(errdefs.ErrInvalidArgument, err, "push a smaller tree, or create the workspace with a larger disk (PYRO_WORKSPACE_DISK_MIB)",
+		return st, unstage, errdefs.Wrap(errdefs.ErrInvalidArgument, err, "push a smaller tree, or create the workspace with a larger disk (PYRO_WORKSPACE_DISK_MIB)",
 			"the push source holds more than the workspace disk (%d bytes)", disk.Size())
 	}
 	if err != nil {
-		return st, hostFull(err, "stage the push source")
+		return st, unstage, hostFull(err, "stage the push source")
 	}
 	top, err := os.ReadDir(tree)
 	if err != nil {
-		return st, err
+		return st, unstage, err
 	}
 	rel := strings.TrimPrefix(strings.TrimPrefix(dest, workspace.Root), "/")
 	in := "/upper"
@@ -186,27 +200,27 @@ func writePushLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src
 	}
 	upper, done, err := l.RawUpper(ctx)
 	if err != nil {
-		return st, err
+		return st, unstage, err
 	}
 	defer done()
 	missing, probe, err := pushable(ctx, upper, rec.WorkspaceBase, in, rel, top)
 	if err != nil {
-		return st, err
+		return st, unstage, err
 	}
 	// What surely does not fit the workspace disk fails here, before the
 	// upper layer is copied (debugfs would fail on it later).
 	if need := staged.Bytes/probe.BlockSize + int64(staged.Dirs); need > probe.FreeBlocks || int64(staged.Files+staged.Dirs) > probe.FreeInodes {
-		return st, errdefs.New(errdefs.ErrFailedPrecondition, "free space in the workspace, or push less; the workspace is unchanged",
+		return st, unstage, errdefs.New(errdefs.ErrFailedPrecondition, "free space in the workspace, or push less; the workspace is unchanged",
 			"the push (%d bytes in %d files) does not fit the workspace disk (%d bytes and %d inodes free)",
 			staged.Bytes, staged.Files+staged.Dirs, probe.FreeBlocks*probe.BlockSize, probe.FreeInodes)
 	}
 	mkdirs, err := hostwrite.Mkdirs(missing, time.Now())
 	if err != nil {
-		return st, err
+		return st, unstage, err
 	}
 	script, st, err := hostwrite.Script(tree, in)
 	if err != nil {
-		return st, err
+		return st, unstage, err
 	}
 	script = append(mkdirs, script...)
 	move := strings.HasPrefix(filepath.Base(upper), ".flat-")
@@ -214,12 +228,12 @@ func writePushLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src
 	if !move {
 		skip, err = journalBody(upper, probe)
 		if err != nil {
-			return st, err
+			return st, unstage, err
 		}
 	}
 	name, err := l.NewPushRoot(upper, move, skip...)
 	if err != nil {
-		return st, err
+		return st, unstage, err
 	}
 	// The old upper's pages are of no more use once copied (unless the
 	// push fails: then they are read again). Dropping them while debugfs
@@ -237,20 +251,20 @@ func writePushLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src
 	if err := hostwrite.Write(ctx, l.Path(name), tree, script); err != nil {
 		_ = os.Remove(l.Path(name))
 		if errors.Is(err, hostwrite.ErrWrite) {
-			return st, errdefs.Wrap(errdefs.ErrFailedPrecondition, err, "the workspace disk may be full: free space in it, or push less; the workspace is unchanged",
+			return st, unstage, errdefs.Wrap(errdefs.ErrFailedPrecondition, err, "the workspace disk may be full: free space in it, or push less; the workspace is unchanged",
 				"write the pushed tree into the workspace's upper layer")
 		}
-		return st, hostFull(err, "write the pushed tree into a copy of the upper layer")
+		return st, unstage, hostFull(err, "write the pushed tree into a copy of the upper layer")
 	}
 	// A source file (hard-linked into the staging) written to meanwhile
 	// may be in the layer torn: the layer is not used.
 	if changed() {
 		_ = os.Remove(l.Path(name))
-		return st, errdefs.New(errdefs.ErrUnavailable, "push again once the source is not being written; the workspace is unchanged",
+		return st, unstage, errdefs.New(errdefs.ErrUnavailable, "push again once the source is not being written; the workspace is unchanged",
 			"a file of the push source %s was written while it was pushed", src)
 	}
 	*layer = name
-	return st, nil
+	return st, unstage, nil
 }
 
 // pushStagingPrefix names a host push's private staging directory in the
