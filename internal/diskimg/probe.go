@@ -139,10 +139,15 @@ func (im Image) Probe(ctx context.Context, paths []string) (Probe, error) {
 
 // header reads `stats -h`: features, block size, free blocks and inodes.
 func (pr *Probe) header(s []byte) error {
+	// The header prints a few of the image's strings raw (volume name,
+	// last mount point, mount options, error functions): a field is read
+	// only when exactly one line starts with its name, so such a string
+	// cannot stand in for it.
 	nl := append([]byte("\n"), s...)
 	field := func(name string) (string, bool) {
-		i := bytes.Index(nl, []byte("\n"+name+":"))
-		if i < 0 {
+		key := []byte("\n" + name + ":")
+		i := bytes.Index(nl, key)
+		if i < 0 || bytes.Count(nl, key) != 1 {
 			return "", false
 		}
 		line, _, _ := bytes.Cut(nl[i+len(name)+2:], []byte("\n"))
@@ -180,10 +185,12 @@ func (pr *Probe) header(s []byte) error {
 	return nil
 }
 
-// journalIno is the header's journal inode (0: none, or not read).
+// journalIno is the header's journal inode (0: none, or not read; see
+// header about fields).
 func (pr *Probe) journalIno(s []byte) int {
-	i := bytes.Index(s, []byte("\nJournal inode:"))
-	if i < 0 {
+	key := []byte("\nJournal inode:")
+	i := bytes.Index(s, key)
+	if i < 0 || bytes.Count(s, key) != 1 {
 		return 0
 	}
 	line, _, _ := bytes.Cut(s[i+len("\nJournal inode:"):], []byte("\n"))

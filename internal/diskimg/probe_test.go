@@ -3,6 +3,7 @@ package diskimg
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -85,5 +86,20 @@ func TestProbe(t *testing.T) {
 		if _, err := im.Probe(context.Background(), []string{bad}); !errors.Is(err, ErrUnprobable) {
 			t.Errorf("%q: %v", bad, err)
 		}
+	}
+}
+
+// A header field is read only from the one line that starts with its
+// name: an image string printed raw in the header (here a volume name
+// holding a fake features line) makes the header unreadable, not clean.
+func TestProbeHeaderFieldsOnce(t *testing.T) {
+	const head = "Filesystem volume name:   %s\nFilesystem features:      has_journal needs_recovery extent\nFree blocks:              10\nFree inodes:              5\nBlock size:               4096\nJournal inode:            8\n"
+	var pr Probe
+	if err := pr.header([]byte(fmt.Sprintf(head, "<none>"))); err != nil || pr.Clean || pr.BlockSize != 4096 || pr.FreeBlocks != 10 {
+		t.Fatalf("honest header: %+v %v", pr, err)
+	}
+	pr = Probe{}
+	if err := pr.header([]byte(fmt.Sprintf(head, "x\nFilesystem features: extent"))); err == nil || pr.Clean {
+		t.Fatalf("a volume name faking the features line: %+v %v", pr, err)
 	}
 }
