@@ -18,6 +18,7 @@ import (
 	"github.com/pyro-mcp/pyro/internal/hostwrite"
 	"github.com/pyro-mcp/pyro/internal/instance"
 	"github.com/pyro-mcp/pyro/internal/supervisor"
+	"github.com/pyro-mcp/pyro/internal/tarutil"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/workspace"
 )
@@ -181,15 +182,12 @@ func writeLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, de
 	if err != nil {
 		return st, unstage, err
 	}
-	staged, changed, err := workspace.StageDir(ctx, src, tree, disk.Size())
-	if errors.Is(err, workspace.ErrStageTooLarge) {
-		return st, unstage, errdefs.Wrap(errdefs.ErrInvalidArgument, err, "push a smaller tree, or create the workspace with a larger disk (PYRO_WORKSPACE_DISK_MIB)",
-			"the push source holds more than the workspace disk (%d bytes)", disk.Size())
+	// A source that is a symlink (to a directory) is not staged, which
+	// never follows one; the guest's path takes it.
+	if fi, err := os.Lstat(src); err != nil || !fi.IsDir() {
+		return st, unstage, errNotHere
 	}
-	if err != nil {
-		return st, unstage, hostFull(err, "stage the push source")
-	}
-	top, err := os.ReadDir(tree)
+	names, err := topNames(src)
 	if err != nil {
 		return st, unstage, err
 	}
@@ -203,9 +201,28 @@ func writeLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, de
 		return st, unstage, err
 	}
 	defer done()
-	missing, probe, err := pushable(ctx, upper, rec.WorkspaceBase, in, rel, top)
+	// The source is staged while the images are asked about its
+	// top-level names (the staging's are checked to be among them).
+	var staged tarutil.Stats
+	var changed func() bool
+	var serr error
+	var wg sync.WaitGroup
+	wg.Go(func() { staged, changed, serr = workspace.StageDir(ctx, src, tree, disk.Size()) })
+	missing, probe, err := pushable(ctx, upper, rec.WorkspaceBase, in, rel, names)
+	wg.Wait()
+	if errors.Is(serr, workspace.ErrStageTooLarge) {
+		return st, unstage, errdefs.Wrap(errdefs.ErrInvalidArgument, serr, "push a smaller tree, or create the workspace with a larger disk (PYRO_WORKSPACE_DISK_MIB)",
+			"the push source holds more than the workspace disk (%d bytes)", disk.Size())
+	}
+	if serr != nil {
+		return st, unstage, hostFull(serr, "stage the push source")
+	}
 	if err != nil {
 		return st, unstage, err
+	}
+	if stagedNames, err := topNames(tree); err != nil || !subset(stagedNames, names) {
+		return st, unstage, errdefs.New(errdefs.ErrUnavailable, "push again once the source is not being written; the workspace is unchanged",
+			"the push source %s changed while it was staged", src)
 	}
 	// What surely does not fit the workspace disk fails here, before the
 	// upper layer is copied (debugfs would fail on it later).
@@ -294,7 +311,7 @@ func sweepPushStaging(dir vmdir.Dir) {
 // MkdirAll would), and no top-level entry exists at in (upper) or rel
 // (baseline). It asks each image once (one confined debugfs run each, the
 // two at once) and returns what it learnt of the upper image.
-func pushable(ctx context.Context, upper, base, in, rel string, top []os.DirEntry) (missing []string, up diskimg.Probe, err error) {
+func pushable(ctx context.Context, upper, base, in, rel string, top []string) (missing []string, up diskimg.Probe, err error) {
 	parts := strings.Split(strings.TrimPrefix(in, "/"), "/")
 	var upPaths, basePaths []string
 	p := ""
@@ -309,9 +326,9 @@ func pushable(ctx context.Context, upper, base, in, rel string, top []os.DirEntr
 	// name in one run; into a new directory no name needs checking.
 	entries := len(top) <= maxProbedEntries
 	if entries {
-		for _, e := range top {
-			upPaths = append(upPaths, in+"/"+e.Name())
-			basePaths = append(basePaths, path.Join("/", rel, e.Name()))
+		for _, name := range top {
+			upPaths = append(upPaths, in+"/"+name)
+			basePaths = append(basePaths, path.Join("/", rel, name))
 		}
 	}
 	var bp diskimg.Probe
@@ -396,4 +413,28 @@ func dropCache(p string) {
 	}
 	defer f.Close()
 	_ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+}
+
+// topNames returns the names in the directory dir.
+func topNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Readdirnames(-1)
+}
+
+// subset reports whether every name of a is in b.
+func subset(a, b []string) bool {
+	in := make(map[string]bool, len(b))
+	for _, n := range b {
+		in[n] = true
+	}
+	for _, n := range a {
+		if !in[n] {
+			return false
+		}
+	}
+	return true
 }

@@ -152,7 +152,16 @@ func TestHostPushReturnsItsErrors(t *testing.T) {
 	if top, _ := layersOf(dir, rec).Top(); top != filepath.Base(rec.WorkspaceDisk) {
 		t.Fatalf("a failed push changed the top layer to %s", top)
 	}
-	// What the host path does not serve still goes through the guest.
+	// What the host path does not serve still goes through the guest: a
+	// source that is a symlink to a directory (staging never follows one),
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(src, link); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := c.pushHost(ctx, dir, rec, link, "directory", workspace.Root+"/s"); ok || err != nil {
+		t.Fatalf("push of a symlinked source: served %v, err %v", ok, err)
+	}
+	// a name debugfs cannot take.
 	if err := os.Symlink("x", filepath.Join(src, `bad\name`)); err != nil {
 		t.Fatal(err)
 	}
