@@ -122,10 +122,11 @@ func (c *Client) pushReleased(ctx context.Context, dir vmdir.Dir, rec instance.R
 	}
 	agent := c.lc.Client(dir)
 	defer agent.Close()
-	released := time.Now()
+	t0 := time.Now()
 	if err := agent.ReleaseWorkspace(ctx, releaseFor); err != nil {
 		return st, fmt.Errorf("release /workspace: %w", err)
 	}
+	released := time.Now()
 	// Once QEMU may have switched, the guest drops what it cached of the
 	// old layer before it mounts /workspace again.
 	mounted, switching := false, false
@@ -146,7 +147,8 @@ func (c *Client) pushReleased(ctx context.Context, dir vmdir.Dir, rec instance.R
 	if st, err = writePushLayer(wctx, dir, rec, src, dest, &name); err != nil {
 		return st, err
 	}
-	if time.Since(released) > releaseWrite {
+	written := time.Now()
+	if written.Sub(released) > releaseWrite {
 		_ = os.Remove(l.Path(name))
 		return st, errors.New("the host write took longer than the guest's release")
 	}
@@ -177,10 +179,13 @@ func (c *Client) pushReleased(ctx context.Context, dir vmdir.Dir, rec instance.R
 	if now, err := l.Top(); err != nil || now != name {
 		return st, fmt.Errorf("switch the workspace disk: %w", errors.Join(perr, err))
 	}
+	switchedAt := time.Now()
 	mounted = true
 	if err := agent.RemountWorkspace(context.WithoutCancel(ctx), true); err != nil {
 		return st, errPushKept{fmt.Errorf("the push is in the workspace, but the guest did not mount /workspace again (hint: restart the workspace): %w", err)}
 	}
+	c.logger.Debug("host push into the running workspace", "workspace", rec.ID, "release", released.Sub(t0),
+		"write", written.Sub(released), "switch", switchedAt.Sub(written), "remount", time.Since(switchedAt))
 	// A next overlay made over the old top is of no use now.
 	discardNext(ctx, dir, l, name)
 	_ = l.GC(workspace.KeepLayers(string(dir)))

@@ -56,15 +56,17 @@ p_start=$("$PYRO" workspace status --json "$ID" | python3 -c 'import json,sys; p
 echo "create seeded:   pyro ${p_create}s  docker ${d_create:-n/a}s  ratio $(ratio "$p_create" "$d_create")  (median of ${CREATES:-3}: pyro $(echo $(cat "$T/pc")), docker $(echo $(cat "$T/dc")); start: $p_start; goal <= 1.5x)"
 if [ -n "${CREATE_ONLY:-}" ]; then exit 0; fi
 
-# 2. sync push of the same tree into a subdirectory (the result says which
-#    path carried it: disk, the workspace's transfer disk, or guest)
+# 2. sync push of the same tree into a subdirectory of the running workspace
+#    (the result says which path carried it: host - the guest released
+#    /workspace and QEMU switched to a layer written on the host,
+#    workspace_hostpush_running.go - or disk, the transfer disk, or guest)
 transfer() { python3 -c 'import json,sys; print(json.load(sys.stdin).get("transfer", "guest"))'; }
 s=$(now_ms); x=$("$PYRO" workspace sync push --json "$ID" "$T/tree" --dest /workspace/p | transfer); p_push=$(since_s "$s")
 d_push=""
 if [ -n "$DOCKER" ]; then
   docker exec "$CID" mkdir -p /workspace/p; s=$(now_ms); docker cp "$T/tree/." "$CID:/workspace/p"; d_push=$(since_s "$s")
 fi
-echo "sync push:       pyro ${p_push}s  docker ${d_push:-n/a}s  ratio $(ratio "$p_push" "$d_push")  (via $x; goal <= 1.5x)"
+echo "push running ($x): pyro ${p_push}s  docker ${d_push:-n/a}s  ratio $(ratio "$p_push" "$d_push")  (goal <= 1.5x)"
 # ... and into the stopped workspace: written into its upper layer on the
 #    host (workspace_hostpush.go), Docker copying into a fresh directory too
 "$PYRO" workspace stop "$ID" >/dev/null
@@ -74,7 +76,6 @@ if [ -n "$DOCKER" ]; then
   docker exec "$CID" mkdir -p /workspace/q; sync; s=$(now_ms); docker cp "$T/tree/." "$CID:/workspace/q"; d_pushs=$(since_s "$s")
 fi
 echo "push stopped:    pyro ${p_pushs}s  docker ${d_pushs:-n/a}s  ratio $(ratio "$p_pushs" "$d_pushs")  (via $x; goal <= 1.5x)"
-echo "push running:    not on the host yet (the row above: through the guest)"
 "$PYRO" workspace start "$ID" >/dev/null
 
 # 3. export (the result says which path served it: host or guest)
