@@ -52,6 +52,7 @@ func TestHostPushRunning(t *testing.T) {
 		t.Fatalf("modes lost:\n%s", host)
 	}
 	// /workspace is mounted again, writable, and holds what it held.
+	// (Snapshots around a push over a chain: see TestHostPushRunningSnapshots.)
 	m := wsExec(t, env, id, "sh", "-c", "cat /workspace/before.txt && echo after > /workspace/after.txt && cat /workspace/after.txt && grep -c ' /workspace overlay ' /proc/mounts")
 	if out := strings.TrimSpace(fmt.Sprint(m["stdout"])); out != "before\nafter\n1" {
 		t.Fatalf("after the host push: %v", m)
@@ -169,5 +170,46 @@ func TestHostPushRunningKilled(t *testing.T) {
 	mustWS(t, env, nil, "start", id)
 	if got := count(); got != "kept\n400" {
 		t.Fatalf("after QEMU was killed past the push: %q", got)
+	}
+}
+
+// TestHostPushRunningSnapshots pushes into a running workspace whose upper
+// layer is a chain (a snapshot froze it under an overlay), takes a
+// snapshot after the push, and resets to each: the one before has none of
+// the push, the one after all of it, and later writes go to the new layer.
+func TestHostPushRunningSnapshots(t *testing.T) {
+	requireE2E(t)
+	requireConfinable(t)
+	ensureEnv(t, baseEnv)
+	id, env := newWorkspace(t)
+	src := hostPushTree(t)
+	wsExec(t, env, id, "sh", "-c", "echo one > /workspace/one.txt")
+	mustWS(t, env, nil, "snapshot", "create", id, "before")
+	wsExec(t, env, id, "sh", "-c", "echo two > /workspace/two.txt")
+	var r pushResult
+	mustWS(t, env, &r, "sync", "push", id, src, "--dest", "/workspace/h")
+	if r.Transfer != "host" {
+		t.Fatalf("push over a chain: transfer %q, want host", r.Transfer)
+	}
+	pushed := guestListing(t, env, id, "/workspace/h")
+	mustWS(t, env, nil, "snapshot", "create", id, "after")
+	wsExec(t, env, id, "sh", "-c", "echo three > /workspace/three.txt")
+	files := func() string {
+		m := wsExec(t, env, id, "sh", "-c", "cd /workspace && ls -d *.txt h 2>/dev/null | tr '\\n' ' '")
+		return strings.TrimSpace(fmt.Sprint(m["stdout"]))
+	}
+	if got := files(); got != "h one.txt three.txt two.txt" {
+		t.Fatalf("after the push and a write: %q", got)
+	}
+	mustWS(t, env, nil, "reset", id, "--snapshot", "after")
+	if got := files(); got != "h one.txt two.txt" {
+		t.Fatalf("reset to the snapshot after the push: %q", got)
+	}
+	if again := guestListing(t, env, id, "/workspace/h"); again != pushed {
+		t.Fatalf("the snapshot after the push differs:\n%s\n%s", pushed, again)
+	}
+	mustWS(t, env, nil, "reset", id, "--snapshot", "before")
+	if got := files(); got != "one.txt" {
+		t.Fatalf("reset to the snapshot before the push: %q", got)
 	}
 }
