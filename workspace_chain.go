@@ -85,7 +85,7 @@ func captureUpper(ctx context.Context, dir vmdir.Dir, rec instance.Record, agent
 			return workspace.LayerRef{}, 0, m, fmt.Errorf("list /workspace changes: %w", err)
 		}
 	}
-	ref, bytes, err := pushTop(ctx, dir, layersOf(dir, rec))
+	ref, bytes, err := pushTop(ctx, dir, layersOf(dir, rec), nil)
 	return ref, bytes, m, err
 }
 
@@ -94,12 +94,13 @@ func captureUpper(ctx context.Context, dir vmdir.Dir, rec instance.Record, agent
 // ahead over it (chain_next.go: one QMP call), else a new one. The guest's
 // disk holds the state to keep (frozen, or synced and quiet); the caller
 // holds the layer lock.
-func pushTop(ctx context.Context, dir vmdir.Dir, l workspace.Layers) (workspace.LayerRef, int64, error) {
+func pushTop(ctx context.Context, dir vmdir.Dir, l workspace.Layers, t *phases) (workspace.LayerRef, int64, error) {
 	top, err := resolveTop(ctx, dir, l)
 	if err != nil {
 		return workspace.LayerRef{}, 0, err
 	}
 	n, ok := l.NextOver(top)
+	t.mark("next_over")
 	if !ok {
 		discardNext(ctx, dir, l, top)
 		over, err := l.NewOverlay(top)
@@ -120,11 +121,13 @@ func pushTop(ctx context.Context, dir vmdir.Dir, l workspace.Layers) (workspace.
 	if err := l.PushedTop(n.Layer); err != nil {
 		return workspace.LayerRef{}, 0, err
 	}
+	t.mark("name_top")
 	if err := switchTop(ctx, dir, l, n); err != nil {
 		_ = l.PushedTop(top)
 		discardNext(ctx, dir, l, top)
 		return workspace.LayerRef{}, 0, fmt.Errorf("freeze the upper layer: %w", err)
 	}
+	t.mark("qemu_switch")
 	_ = l.ClearNext()
 	return l.Ref(top)
 }
@@ -136,6 +139,7 @@ var (
 	qemuSwitch   = qemu.SwitchOverlay
 	qemuUnstage  = qemu.UnstageOverlay
 	qemuLiveNode = qemu.LiveNode
+	qemuFlush    = qemu.FlushLive
 )
 
 // switchTop has QEMU put the overlay n over the live top: a staged node
@@ -226,7 +230,7 @@ func discardNext(ctx context.Context, dir vmdir.Dir, l workspace.Layers, top str
 // stageNext makes the next overlay over the live top ahead and hands it to
 // QEMU (chain_next.go). The caller holds the layer lock; the guest may be
 // running a command meanwhile.
-func stageNext(ctx context.Context, dir vmdir.Dir, l workspace.Layers) error {
+func stageNext(ctx context.Context, dir vmdir.Dir, l workspace.Layers, t *phases) error {
 	top, err := resolveTop(ctx, dir, l)
 	if err != nil {
 		return err
@@ -239,7 +243,9 @@ func stageNext(ctx context.Context, dir vmdir.Dir, l workspace.Layers) error {
 	if err != nil {
 		return err
 	}
+	t.mark("new_overlay")
 	topRW, err := qemuStage(ctx, dir, l.Path(over), l.Path(top))
+	t.mark("qemu_stage")
 	if err == nil {
 		err = l.SetNext(workspace.NextLayer{Layer: over, Parent: top, Staged: true, DropParentRW: topRW})
 	}
@@ -248,28 +254,6 @@ func stageNext(ctx context.Context, dir vmdir.Dir, l workspace.Layers) error {
 		_ = os.Remove(l.Path(over))
 	}
 	return err
-}
-
-// afterCheckpoint runs the housekeeping after a checkpoint while the
-// command runs: checkpoints past the caps dropped, layers no state needs
-// merged or deleted, the next overlay made ahead. wait returns once it is
-// over (before the caller's process may exit).
-func afterCheckpoint(ctx context.Context, dir vmdir.Dir, rec instance.Record) (wait func()) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		unlock, err := lockLayers(ctx, dir)
-		if err != nil {
-			return
-		}
-		defer unlock()
-		checkpointsOf(dir).Prune()
-		_ = gcLayers(ctx, dir, rec)
-		if chainable(dir) {
-			_ = stageNext(ctx, dir, layersOf(dir, rec))
-		}
-	}()
-	return func() { <-done }
 }
 
 // restoreChain makes the live chain start from a saved state for a reset
@@ -307,7 +291,7 @@ func restoreChain(ctx context.Context, dir vmdir.Dir, rec instance.Record, ref *
 // gcLayers deletes unreferenced layers and merges the live chain's layers
 // that no state refers to (block-commit into their parent), once the chain
 // is mergeSlack longer than the checkpoint cap.
-func gcLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record) error {
+func gcLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record, maxCount int) error {
 	l := layersOf(dir, rec)
 	keep := workspace.KeepLayers(string(dir))
 	if err := l.GC(keep); err != nil {
@@ -321,7 +305,6 @@ func gcLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record) error {
 	if err != nil {
 		return err
 	}
-	maxCount, _ := workspace.CheckpointCaps()
 	if len(live) <= maxCount+mergeSlack {
 		return nil
 	}

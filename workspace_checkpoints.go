@@ -52,45 +52,43 @@ func checkpointsOf(dir vmdir.Dir) workspace.Checkpoints {
 func checkpointsOn(rec instance.Record) bool { return layered(rec) && metaOf(rec).Checkpoints }
 
 // checkpoint takes a checkpoint before the step named by what, when the
-// workspace takes them. A checkpoint that cannot be taken (the host's disk
-// is full) refuses the step: it must stay undoable.
+// workspace takes them, and has the layers tidied after it
+// (workspace_checkpoints_tidy.go). A checkpoint that cannot be taken (the
+// host's disk is full) refuses the step: it must stay undoable.
 func (c *Client) checkpoint(ctx context.Context, dir vmdir.Dir, rec instance.Record, agent *agentapi.Client, what string) error {
-	wait, err := c.checkpointThen(ctx, dir, rec, agent, what)
-	wait()
-	return err
+	if err := c.takeCheckpoint(ctx, dir, rec, agent, what); err != nil {
+		return err
+	}
+	c.tidyAfter(ctx, dir, rec)
+	return nil
 }
 
-// checkpointThen is checkpoint with the housekeeping after it (dropping
-// and merging old layers, making the next overlay) left running: the
-// caller runs its step meanwhile, then calls wait.
-func (c *Client) checkpointThen(ctx context.Context, dir vmdir.Dir, rec instance.Record, agent *agentapi.Client, what string) (wait func(), err error) {
-	nothing := func() {}
+// takeCheckpoint takes the checkpoint alone (the caller has the layers
+// tidied after its step).
+func (c *Client) takeCheckpoint(ctx context.Context, dir vmdir.Dir, rec instance.Record, agent *agentapi.Client, what string) error {
 	if !checkpointsOn(rec) {
-		return nothing, nil
+		return nil
 	}
 	if chainable(dir) {
-		if err := c.checkpointLayer(ctx, dir, rec, agent, what); err != nil {
-			return nothing, err
-		}
-		return afterCheckpoint(ctx, dir, rec), nil
+		return c.checkpointLayer(ctx, dir, rec, agent, what)
 	}
 	if err := agent.FreezeLayer(ctx, freezeFor); err != nil {
-		return nothing, fmt.Errorf("checkpoint: freeze /workspace: %w", err)
+		return fmt.Errorf("checkpoint: freeze /workspace: %w", err)
 	}
 	defer func() { _ = agent.ThawLayer(context.WithoutCancel(ctx)) }()
 	m, err := agent.LayerManifest(ctx)
 	if err != nil {
-		return nothing, fmt.Errorf("checkpoint: list /workspace changes: %w", err)
+		return fmt.Errorf("checkpoint: list /workspace changes: %w", err)
 	}
 	if _, err := checkpointsOf(dir).Take(rec.WorkspaceDisk, m, instance.Redactor(dir).String(what)); err != nil {
-		return nothing, fmt.Errorf("checkpoint: %w", err)
+		return fmt.Errorf("checkpoint: %w", err)
 	}
-	return nothing, nil
+	return nil
 }
 
 // checkpointLayer takes a checkpoint as a frozen layer (O(1), see
-// workspace_chain.go); dropping and merging past the caps is left to
-// afterCheckpoint.
+// workspace_chain.go); dropping and merging past the caps is left to the
+// housekeeping after the step (tidyAfter).
 func (c *Client) checkpointLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, agent *agentapi.Client, what string) error {
 	unlock, err := lockLayers(ctx, dir)
 	if err != nil {

@@ -56,10 +56,11 @@ import (
 // makes its next report a whole listing again.
 //
 // Cost (the exec after a writing exec): the next overlay was made and
-// handed to QEMU while the command before ran (workspace_chain.go
-// stageNext), so the checkpoint is one QMP switch (blockdev-snapshot), a
-// rename of the top and the checkpoint's records with one fsync; dropping
-// and merging old layers runs beside the command. Kill -9 of any process
+// handed to QEMU after the command before ended, by the supervisor
+// (workspace_chain.go stageNext, workspace_checkpoints_tidy.go), so the
+// checkpoint is one QMP switch (blockdev-snapshot), a rename of the top
+// and the checkpoint's records with one fsync; dropping and merging old
+// layers, and folding the listing's delta, run after the command too. Kill -9 of any process
 // at any point: before the top is renamed nothing changed; between the
 // rename and QEMU's switch the record of the next overlay marks the switch
 // (resolveTop asks QEMU which layer it writes before anything trusts the
@@ -71,7 +72,7 @@ import (
 
 // execCheckpointed runs an exec in a workspace, with its checkpoint first
 // when it takes them; agent is closed. The housekeeping after the
-// checkpoint (afterCheckpoint) runs beside the command.
+// checkpoint runs after the command (tidyAfter).
 func (c *Client) execCheckpointed(ctx context.Context, dir vmdir.Dir, rec instance.Record, agent *agentapi.Client, opts ExecOptions) (ExecResult, error) {
 	if !checkpointsOn(rec) {
 		return execIn(ctx, agent, opts)
@@ -84,18 +85,22 @@ func (c *Client) execCheckpointed(ctx context.Context, dir vmdir.Dir, rec instan
 	what := commandLabel(opts.Command)
 	cps := checkpointsOf(dir)
 	quiet := chainable(dir)
+	t := newPhases(c.logger, "checkpointed exec")
+	defer t.done("workspace", rec.ID)
 	if quiet {
 		req.Quiet = &agentapi.QuietRequest{Have: cps.PendingManifest(), Delta: true}
-		n, expect, ok, err := c.checkpointQuiet(ctx, dir, rec, what)
+		n, expect, ok, err := c.checkpointQuiet(ctx, dir, rec, what, t)
 		if err != nil {
 			return ExecResult{}, err
 		}
 		if ok {
-			wait := afterCheckpoint(ctx, dir, rec)
 			r, ran, err := agent.ExecQuiet(ctx, req, expect, opts.OnOutput)
-			wait()
+			t.mark("exec")
 			if ran {
 				c.keepQuiet(dir, r.Quiet, err)
+				t.mark("keep_quiet")
+				c.tidyAfter(ctx, dir, rec)
+				t.mark("tidy")
 				if err != nil {
 					return ExecResult{}, err
 				}
@@ -110,16 +115,14 @@ func (c *Client) execCheckpointed(ctx context.Context, dir vmdir.Dir, rec instan
 		// The usual checkpoint forgets the pending listing.
 		req.Quiet.Have = 0
 	}
-	wait, err := c.checkpointThen(ctx, dir, rec, agent, what)
-	if err != nil {
-		wait()
+	if err := c.takeCheckpoint(ctx, dir, rec, agent, what); err != nil {
 		return ExecResult{}, err
 	}
 	r, err := agent.Exec(ctx, req, opts.OnOutput)
-	wait()
 	if quiet {
 		c.keepQuiet(dir, r.Quiet, err)
 	}
+	c.tidyAfter(ctx, dir, rec)
 	if err != nil {
 		return ExecResult{}, err
 	}
@@ -153,12 +156,13 @@ func (c *Client) keepQuiet(dir vmdir.Dir, rep *agentapi.QuietReport, execErr err
 // checkpointQuiet takes the checkpoint before an exec from the pending
 // quiet report: ok is false when there is none. It returns the
 // checkpoint's number and the epoch the guest must still be at.
-func (c *Client) checkpointQuiet(ctx context.Context, dir vmdir.Dir, rec instance.Record, what string) (n int, expect uint64, ok bool, err error) {
+func (c *Client) checkpointQuiet(ctx context.Context, dir vmdir.Dir, rec instance.Record, what string, t *phases) (n int, expect uint64, ok bool, err error) {
 	unlock, err := lockLayers(ctx, dir)
 	if err != nil {
 		return 0, 0, false, err
 	}
 	defer unlock()
+	t.mark("lock")
 	cps := checkpointsOf(dir)
 	expect, manifest, ok := cps.TakePending()
 	if !ok {
@@ -175,13 +179,17 @@ func (c *Client) checkpointQuiet(ctx context.Context, dir vmdir.Dir, rec instanc
 		// Nothing reached the disk since the top was made: the state is
 		// its parent's, already frozen.
 		ref, _, err = l.Ref(parent)
+		t.mark("top_empty")
 	} else {
-		ref, bytes, err = pushTop(ctx, dir, l)
+		t.mark("top_written")
+		ref, bytes, err = pushTop(ctx, dir, l, t)
+		t.mark("switch")
 	}
 	if err != nil {
 		return 0, 0, false, fmt.Errorf("checkpoint: %w", err)
 	}
 	cp, err := cps.TakeLayerListed(ref, bytes, manifest, instance.Redactor(dir).String(what))
+	t.mark("record")
 	if err != nil {
 		return 0, 0, false, fmt.Errorf("checkpoint: %w", err)
 	}

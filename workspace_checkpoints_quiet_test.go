@@ -35,7 +35,7 @@ type fakeGuest struct {
 	ls  []agentapi.LayerEntry // the upper layer's listing
 	top string                // the layer file QEMU writes
 
-	freezes, pushes, switches, refused, runs int
+	freezes, pushes, switches, refused, runs, flushes int
 }
 
 func (g *fakeGuest) handler() http.Handler {
@@ -108,8 +108,9 @@ func (g *fakeGuest) agent(t *testing.T) *agentapi.Client {
 
 // fakeQEMU replaces QEMU's side of the layer switches for the test.
 func (g *fakeGuest) fakeQEMU(t *testing.T) {
-	old := [...]any{qemuPush, qemuStage, qemuSwitch, qemuUnstage, qemuLiveNode}
+	old := [...]any{qemuPush, qemuStage, qemuSwitch, qemuUnstage, qemuLiveNode, qemuFlush}
 	t.Cleanup(func() {
+		qemuFlush = old[5].(func(context.Context, vmdir.Dir) error)
 		qemuPush = old[0].(func(context.Context, vmdir.Dir, string) error)
 		qemuStage = old[1].(func(context.Context, vmdir.Dir, string, string) (bool, error))
 		qemuSwitch = old[2].(func(context.Context, vmdir.Dir, string, bool) error)
@@ -118,6 +119,12 @@ func (g *fakeGuest) fakeQEMU(t *testing.T) {
 	})
 	staged := map[string]bool{}
 	rel := func(path string) string { r, _ := filepath.Rel(g.l.Dir, path); return r }
+	qemuFlush = func(context.Context, vmdir.Dir) error {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		g.flushes++
+		return nil
+	}
 	qemuPush = func(_ context.Context, _ vmdir.Dir, path string) error {
 		g.mu.Lock()
 		defer g.mu.Unlock()
@@ -248,7 +255,7 @@ func TestSwitchCancelledAfterQEMUSwitched(t *testing.T) {
 	l := layersOf(dir, rec)
 	g := &fakeGuest{t: t, l: l, top: "workspace.ext4"}
 	g.fakeQEMU(t)
-	if err := stageNext(context.Background(), dir, l); err != nil {
+	if err := stageNext(context.Background(), dir, l, nil); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -265,7 +272,7 @@ func TestSwitchCancelledAfterQEMUSwitched(t *testing.T) {
 		}
 		return live(ctx, dir)
 	}
-	_, _, err := pushTop(ctx, dir, l)
+	_, _, err := pushTop(ctx, dir, l, nil)
 	g.mu.Lock()
 	writes := g.top
 	g.mu.Unlock()

@@ -16,10 +16,7 @@ import (
 func TestLayersQuietCheckpoints(t *testing.T) {
 	env, id, _ := checkpointedWorkspace(t)
 	home := homeOf(env)
-	layers := func() int {
-		m, _ := filepath.Glob(filepath.Join(home, "workspaces", id, "layers", "*.qcow2"))
-		return len(m)
-	}
+	layers := func() int { return chainLayers(t, filepath.Join(home, "workspaces", id)) }
 	wsExec(t, env, id, "sh -c 'echo one > one.txt'")
 	wsExec(t, env, id, "sh -c 'echo two >> one.txt'")
 	// The checkpoint before this one freezes what `echo two` wrote.

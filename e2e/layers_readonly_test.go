@@ -33,9 +33,8 @@ func TestFrozenLayersNotWritableByQEMU(t *testing.T) {
 	}
 	mustWS(t, env, nil, "snapshot", "create", id, "s1")
 	wsExec(t, env, id, "sh", "-c", "echo after > g")
-	layers, _ := filepath.Glob(filepath.Join(dir, "layers", "*.qcow2"))
-	if len(layers) >= 22 {
-		t.Fatalf("%d layers after 23 checkpoints under a cap of 2: nothing merged", len(layers))
+	if n := chainLayers(t, dir); n >= 22 {
+		t.Fatalf("%d layers after 23 checkpoints under a cap of 2: nothing merged", n)
 	}
 	checkLayerFDs(t, dir)
 
@@ -49,6 +48,11 @@ func TestFrozenLayersNotWritableByQEMU(t *testing.T) {
 // checkLayerFDs fails the test if the workspace's QEMU holds a layer other
 // than the top open for writing, or a deleted layer open at all.
 func checkLayerFDs(t *testing.T, dir string) {
+	t.Helper()
+	underLayerLock(t, dir, func() { checkLayerFDsNow(t, dir) })
+}
+
+func checkLayerFDsNow(t *testing.T, dir string) {
 	t.Helper()
 	pid, err := os.ReadFile(filepath.Join(dir, "vmm.pid"))
 	if err != nil {

@@ -121,6 +121,8 @@ type server struct {
 	booted     chan struct{}
 	// pool is set for a pooled workspace (pooled.go).
 	pool *poolState
+	// tidy runs the layer housekeeping after checkpoints (tidy.go).
+	tidy tidier
 }
 
 // bootEnded wakes the status requests waiting for the boot to end.
@@ -229,6 +231,7 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 		_ = httpSrv.Shutdown(ctx)
 		_ = os.Remove(d.Path(vmdir.SupervisorSock))
 	}()
+	defer s.waitTidy(5 * time.Second)
 
 	go func() {
 		select {
@@ -422,6 +425,7 @@ func (s *server) routes() http.Handler {
 	s.networkRoutes(mux)
 	s.forkRoutes(mux)
 	s.poolRoutes(mux)
+	s.tidyRoutes(mux)
 	return mux
 }
 

@@ -157,8 +157,11 @@ func (c Checkpoints) lastNumber() (int, error) {
 // Prune drops the oldest checkpoints past the count and size caps (a
 // chained checkpoint's caller does it after the command started, off the
 // path of the checkpoint itself).
-func (c Checkpoints) Prune() {
-	maxCount, maxBytes := checkpointCaps()
+func (c Checkpoints) Prune() { c.PruneTo(checkpointCaps()) }
+
+// PruneTo is Prune with the caps given (the caller's, when the
+// housekeeping runs in another process).
+func (c Checkpoints) PruneTo(maxCount int, maxBytes int64) {
 	list, err := c.records()
 	if err != nil {
 		return

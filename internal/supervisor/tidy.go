@@ -1,0 +1,134 @@
+package supervisor
+
+// The layer housekeeping after a checkpoint, off the command's path:
+//
+//	POST /v1/layers/tidy <- TidyRequest -> 202, empty
+//
+// After a checkpointed command the caller asks the supervisor, which lives
+// as long as the workspace, to tidy its layers in the background: drop
+// checkpoints past the caps, merge or delete the layers no state needs,
+// fold the pending listing, make the next overlay ahead (package pyro,
+// workspace_checkpoints_tidy.go, sets Tidy). The caller's command is then
+// over before any of it runs, so none of it competes with the command for
+// the two cores and the VMM's main loop, and a CLI process exits without
+// waiting for it. Every step takes the workspace's layer lock, as it did
+// in the caller, so the next layer change waits for a tidy under way; a
+// tidy that dies with the supervisor is a process killed at some point,
+// which each step already survives.
+//
+// One tidy runs at a time; a request while one runs asks for one more pass
+// after it. A supervisor without Tidy (another test binary, an older pyro)
+// answers 404: the caller then tidies itself.
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/instance"
+	"github.com/pyro-mcp/pyro/internal/vmdir"
+)
+
+// PathTidy is the route of the layer housekeeping.
+const PathTidy = "/v1/layers/tidy"
+
+// TidyRequest carries the caller's checkpoint caps (its environment, not
+// the supervisor's, decides them).
+type TidyRequest struct {
+	MaxCount int   `json:"max_count"`
+	MaxBytes int64 `json:"max_bytes"`
+}
+
+// Tidy is the housekeeping itself, set by the package that owns the
+// layers; nil leaves the route unserved.
+var Tidy func(ctx context.Context, dir vmdir.Dir, rec instance.Record, req TidyRequest, log *slog.Logger)
+
+// tidyTimeout bounds one tidy (a merge of layers past the caps is the
+// long part: block-commit of what the merged layers hold).
+const tidyTimeout = 10 * time.Minute
+
+// tidier runs one tidy at a time in the background.
+type tidier struct {
+	mu      sync.Mutex
+	running bool
+	next    *TidyRequest // a pass asked for while one ran
+	done    sync.WaitGroup
+}
+
+func (s *server) tidyRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("POST "+PathTidy, func(w http.ResponseWriter, r *http.Request) {
+		tidy := Tidy
+		if tidy == nil {
+			writeError(w, errdefs.New(errdefs.ErrNotFound, "tidy the layers in the caller", "this supervisor does not tidy layers"))
+			return
+		}
+		var req TidyRequest
+		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&req); err != nil {
+			writeError(w, errdefs.New(errdefs.ErrInvalidArgument, "", "bad tidy request: %v", err))
+			return
+		}
+		s.tidy.mu.Lock()
+		if s.tidy.running {
+			s.tidy.next = &req
+			s.tidy.mu.Unlock()
+			w.WriteHeader(http.StatusAccepted)
+			return
+		}
+		s.tidy.running = true
+		s.tidy.done.Add(1)
+		s.tidy.mu.Unlock()
+		go s.runTidy(tidy, req)
+		w.WriteHeader(http.StatusAccepted)
+	})
+}
+
+// runTidy runs tidy passes until none is asked for; a stop of the
+// supervisor cancels the one under way.
+func (s *server) runTidy(tidy func(context.Context, vmdir.Dir, instance.Record, TidyRequest, *slog.Logger), req TidyRequest) {
+	defer s.tidy.done.Done()
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), tidyTimeout)
+		go func() {
+			select {
+			case <-s.stop:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		tidy(ctx, s.dir, s.rec, req, s.log)
+		cancel()
+		s.tidy.mu.Lock()
+		if s.tidy.next == nil {
+			s.tidy.running = false
+			s.tidy.mu.Unlock()
+			return
+		}
+		req, s.tidy.next = *s.tidy.next, nil
+		s.tidy.mu.Unlock()
+	}
+}
+
+// waitTidy waits (up to d) for a tidy under way to end, before the
+// supervisor's process goes.
+func (s *server) waitTidy(d time.Duration) {
+	ended := make(chan struct{})
+	go func() { s.tidy.done.Wait(); close(ended) }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ended:
+	case <-t.C:
+	}
+}
+
+// Tidy asks the supervisor to tidy the workspace's layers in the
+// background; an error (errdefs.ErrNotFound: it cannot) leaves it to the
+// caller.
+func (c *Client) Tidy(ctx context.Context, req TidyRequest) error {
+	return c.call(ctx, http.MethodPost, PathTidy, req, nil)
+}
