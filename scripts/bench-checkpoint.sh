@@ -7,9 +7,18 @@
 # append after a tree of MIB MiB in FILES files was pushed into both
 # workspaces (the upper layer then holds it: before the incremental quiet
 # listing, the guest listed it whole after every writing exec).
+# Each exec is one `pyro workspace exec` process, timed from start to exit;
+# the two workspaces have the same shape (both layered, the same tree
+# pushed), so the difference is the checkpoint's cost on the command's
+# path. GAP_MS passes between two execs (an agent thinks between its
+# commands): the housekeeping a checkpoint leaves to the workspace's
+# supervisor (next overlay, merges, folding the listing) then runs on its
+# own, not inside the next timed exec of either workspace; its time is
+# printed apart from the row (from the supervisor's debug log), as is the
+# load during each row.
 # Boots guests: run it alone (e.g. under flock /tmp/pyro-e2e.lock).
 #
-#   scripts/bench-checkpoint.sh [PYRO_BIN]      (env: ENV=debian:12-base N=15 MIB=196 FILES=1000; FILES=0 skips the last row)
+#   scripts/bench-checkpoint.sh [PYRO_BIN]      (env: ENV=debian:12-base N=15 MIB=196 FILES=1000 GAP_MS=150; FILES=0 skips the last row)
 set -eu
 PYRO=${1:-$(dirname "$0")/../bin/pyro}
 ENV=${ENV:-debian:12-base}
@@ -17,8 +26,11 @@ N=${N:-15}
 T=$(mktemp -d)
 trap 'rm -rf "$T"; for id in ${ON:-} ${OFF:-}; do "$PYRO" workspace delete "$id" >/dev/null 2>&1; done; true' EXIT
 . "$(dirname "$0")/bench-lib.sh"
-ON=$("$PYRO" workspace create --id-only --checkpoints "$ENV")
+# The supervisors log their housekeeping's times at debug level.
+ON=$(PYRO_LOG=debug "$PYRO" workspace create --id-only --checkpoints "$ENV" 2>/dev/null)
 OFF=$("$PYRO" workspace create --id-only "$ENV")
+GAP_MS=${GAP_MS:-150}
+gap() { sleep "$(awk -v m="$GAP_MS" 'BEGIN{ printf "%.3f", m/1000 }')"; }
 MIB=${MIB:-196}
 FILES=${FILES:-1000}
 # Warm both (first exec after create pays one-time costs).
@@ -26,6 +38,7 @@ for id in "$ON" "$OFF"; do "$PYRO" workspace exec "$id" -- true >/dev/null; "$PY
 
 run() { # LABEL ID CMD... -> appends one duration (ms) to $T/LABEL
   label=$1 id=$2; shift 2
+  gap
   s=$(now_ms); "$PYRO" workspace exec "$id" -- "$@" >/dev/null; e=$(now_ms)
   echo $((e - s)) >>"$T/$label"
 }
@@ -33,12 +46,23 @@ run() { # LABEL ID CMD... -> appends one duration (ms) to $T/LABEL
 # command's checkpoint, so the write row carries the cost of its writes.
 rows() { # KIND CMD...: N execs in each workspace, alternating
   kind=$1; shift
+  housekept=$(housekeeping_count)
   i=0
   while [ $i -lt "$N" ]; do
     if [ $((i % 2)) = 0 ]; then run "on-$kind" "$ON" "$@"; run "off-$kind" "$OFF" "$@"
     else run "off-$kind" "$OFF" "$@"; run "on-$kind" "$ON" "$@"; fi
     i=$((i + 1))
   done
+  load1 >"$T/load-$kind"
+  housekeeping_since "$housekept" >"$T/hk-$kind"
+}
+load1() { cut -d' ' -f1 /proc/loadavg; }
+slog() { cat "${PYRO_HOME:-${XDG_DATA_HOME:-$HOME/.local/share}/pyro}/workspaces/$ON/supervisor.log" 2>/dev/null; }
+housekeeping_count() { slog | grep -c 'msg="checkpoint housekeeping"' || true; }
+# housekeeping_since N: the median time (ms) of the supervisor's
+# housekeeping runs after the first N ("-" when it logged none).
+housekeeping_since() {
+  slog | grep 'msg="checkpoint housekeeping"' | tail -n +"$(($1 + 1))" | sed -n 's/.*total_ms=\([0-9.]*\).*/\1/p' | median | sed 's/^nan$/-/'
 }
 rows true true
 rows write sh -c 'echo x >> log.txt'
@@ -58,9 +82,9 @@ for kind in $kinds; do
   onf=$(fastest "on-$kind"); offf=$(fastest "off-$kind")
   label=$kind
   [ "$kind" = "write-$FILES" ] && label="write, $FILES files ($MIB MiB) in the upper layer"
-  printf 'exec %-5s: %6.1f ms without checkpoints, %6.1f ms with: checkpoint overhead %5.1f ms per exec (median of %d; goal <= 10 ms); fastest %.1f vs %.1f: %.1f ms\n' \
+  printf 'exec %-5s: %6.1f ms without checkpoints, %6.1f ms with: checkpoint overhead %5.1f ms per exec (median of %d; goal <= 10 ms); fastest %.1f vs %.1f: %.1f ms; load %s; supervisor housekeeping after each exec, off its path: %s ms\n' \
     "$label" "$off" "$on" "$(echo "$on - $off" | bc -l)" "$N" \
-    "$offf" "$onf" "$((onf - offf))"
+    "$offf" "$onf" "$((onf - offf))" "$(cat "$T/load-$kind")" "$(cat "$T/hk-$kind")"
 done
 n=$("$PYRO" workspace checkpoint list --json "$ON" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["checkpoints"]))')
 echo "checkpoints kept: $n"
