@@ -231,15 +231,6 @@ func writeLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, de
 			"the push (%d bytes in %d files) does not fit the workspace disk (%d bytes and %d inodes free)",
 			staged.Bytes, staged.Files+staged.Dirs, probe.FreeBlocks*probe.BlockSize, probe.FreeInodes)
 	}
-	mkdirs, err := hostwrite.Mkdirs(missing, time.Now())
-	if err != nil {
-		return st, unstage, err
-	}
-	script, st, err := hostwrite.Script(tree, in)
-	if err != nil {
-		return st, unstage, err
-	}
-	script = append(mkdirs, script...)
 	move := strings.HasPrefix(filepath.Base(upper), ".flat-")
 	var skip []workspace.Range
 	if !move {
@@ -248,10 +239,29 @@ func writeLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, de
 			return st, unstage, err
 		}
 	}
-	name, err := l.NewPushRoot(upper, move, skip...)
+	// The upper layer is copied (in the kernel) while the script is made.
+	var name string
+	var cerr error
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		name, cerr = l.NewPushRoot(upper, move, skip...)
+	}()
+	mkdirs, err := hostwrite.Mkdirs(missing, time.Now())
+	var script []byte
+	if err == nil {
+		script, st, err = hostwrite.Script(tree, in)
+	}
+	<-copied
+	if err == nil {
+		err = cerr
+	} else if cerr == nil {
+		_ = os.Remove(l.Path(name))
+	}
 	if err != nil {
 		return st, unstage, err
 	}
+	script = append(mkdirs, script...)
 	// The old upper's pages are of no more use once copied (unless the
 	// push fails: then they are read again). Dropping them while debugfs
 	// writes, on the other core, spares the collection of the old layer
