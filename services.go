@@ -186,6 +186,11 @@ func serviceCounts(ctx context.Context, agent *agentapi.Client) (total, running 
 	if err != nil {
 		return 0, 0
 	}
+	return countServices(list)
+}
+
+// countServices counts list's services, and those of them running.
+func countServices(list []agentapi.ServiceStatus) (total, running int) {
 	for _, s := range list {
 		if s.Active() {
 			running++

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pyro-mcp/pyro/internal/agentapi"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/fsutil"
 	"github.com/pyro-mcp/pyro/internal/instance"
@@ -192,25 +193,28 @@ func collectForks(n int, inherited func(i int) (ForkedWorkspace, error)) ([]Fork
 	return forks, nil
 }
 
-// forkInherited is the status of the running fork id in d and the
-// services and shells it inherited.
-func (c *Client) forkInherited(ctx context.Context, d vmdir.Dir, id string) (ForkedWorkspace, error) {
+// forkInherited is the status of the running fork in d, observed as st
+// when it started, and the services and shells it inherited. Its guest
+// told them in its identity call (st.Inherited): the fork's status costs
+// no call to its agent. From an agent that does not tell them (a source
+// started by an older pyro) they are asked for.
+func (c *Client) forkInherited(ctx context.Context, d vmdir.Dir, rec instance.Record, st lifecycle.Status) (ForkedWorkspace, error) {
 	fw := ForkedWorkspace{InheritedServices: []string{}, InheritedShells: []string{}}
-	var err error
-	if fw.Workspace, err = c.StatusWorkspace(ctx, id); err != nil {
-		return fw, err
+	in := st.Inherited
+	if in == nil {
+		agent := c.lc.Client(d)
+		defer agent.Close()
+		in = &agentapi.Inherited{}
+		in.Services, _ = agent.ListServices(ctx)
+		in.Shells, _ = agent.ListShells(ctx)
+		in.Jobs, _ = agent.ListJobs(ctx)
 	}
-	agent := c.lc.Client(d)
-	defer agent.Close()
-	if svcs, err := agent.ListServices(ctx); err == nil {
-		for _, s := range svcs {
-			fw.InheritedServices = append(fw.InheritedServices, s.Name)
-		}
+	fw.Workspace = c.workspaceStatus(ctx, d, rec, st, in)
+	for _, s := range in.Services {
+		fw.InheritedServices = append(fw.InheritedServices, s.Name)
 	}
-	if shells, err := agent.ListShells(ctx); err == nil {
-		for _, s := range shells {
-			fw.InheritedShells = append(fw.InheritedShells, s.ShellID)
-		}
+	for _, s := range in.Shells {
+		fw.InheritedShells = append(fw.InheritedShells, s.ShellID)
 	}
 	return fw, nil
 }
@@ -293,7 +297,7 @@ func (c *Client) startFork(ctx context.Context, slots chan struct{}, d vmdir.Dir
 		return ForkedWorkspace{}, fmt.Errorf("start fork %s: %w", rec.ID, ctx.Err())
 	}
 	t := time.Now()
-	_, err := c.lc.Start(ctx, d, rec)
+	st, err := c.lc.Start(ctx, d, rec)
 	<-slots
 	c.logger.Debug("fork started", "id", rec.ID, "ms", time.Since(t).Milliseconds(), "err", err)
 	if err != nil {
@@ -302,7 +306,7 @@ func (c *Client) startFork(ctx context.Context, slots chan struct{}, d vmdir.Dir
 	if err := instance.DoneCreating(d); err != nil {
 		return ForkedWorkspace{}, err
 	}
-	return c.forkInherited(ctx, d, rec.ID)
+	return c.forkInherited(ctx, d, rec, st)
 }
 
 // linkOrCopy hard-links a read-only image (copying it across filesystems).

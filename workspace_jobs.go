@@ -129,10 +129,15 @@ func (c *Client) WaitWorkspaceJob(ctx context.Context, workspaceID, jobID string
 // as none: status must not fail because the guest is busy.
 func workspaceJobs(ctx context.Context, agent *agentapi.Client) []WorkspaceJob {
 	list, err := agent.ListJobs(ctx)
-	out := make([]WorkspaceJob, 0, len(list))
 	if err != nil {
-		return out
+		return []WorkspaceJob{}
 	}
+	return jobsFrom(list)
+}
+
+// jobsFrom is the agent's job list as a workspace reports it.
+func jobsFrom(list []agentapi.JobInfo) []WorkspaceJob {
+	out := make([]WorkspaceJob, 0, len(list))
 	for _, in := range list {
 		out = append(out, jobFrom("", in))
 	}

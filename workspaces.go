@@ -279,8 +279,13 @@ func (c *Client) StatusWorkspace(ctx context.Context, id string) (Workspace, err
 	if err != nil {
 		return Workspace{}, err
 	}
-	id = rec.ID
-	st := c.lc.Observe(ctx, dir, rec)
+	return c.workspaceStatus(ctx, dir, rec, c.lc.Observe(ctx, dir, rec), nil), nil
+}
+
+// workspaceStatus is the workspace rec in dir observed as st. Of a
+// running one it asks the agent for its services and jobs, unless in
+// names them (what a fork runs as it starts, workspace_fork.go).
+func (c *Client) workspaceStatus(ctx context.Context, dir vmdir.Dir, rec instance.Record, st lifecycle.Status, in *agentapi.Inherited) Workspace {
 	m := metaOf(rec)
 	hist, _ := workspace.ReadHistory(dir.Path(workspace.HistoryFile))
 	ws := Workspace{
@@ -295,12 +300,17 @@ func (c *Client) StatusWorkspace(ctx context.Context, id string) (Workspace, err
 	ws.NetworkDenials = []NetworkDenial{}
 	if st.State == instance.Running {
 		ws.NetworkDenials = takeDenials(ctx, dir, rec)
+		if in != nil {
+			ws.ServiceCount, ws.RunningServiceCount = countServices(in.Services)
+			ws.Jobs = jobsFrom(in.Jobs)
+			return ws
+		}
 		agent := c.lc.Client(dir)
 		defer agent.Close()
 		ws.ServiceCount, ws.RunningServiceCount = serviceCounts(ctx, agent)
 		ws.Jobs = workspaceJobs(ctx, agent)
 	}
-	return ws, nil
+	return ws
 }
 
 // ExecWorkspace runs one command in /workspace and leaves the workspace

@@ -142,6 +142,9 @@ func (s *Agent) applyIdentity(req agentapi.IdentityRequest) (agentapi.IdentityRe
 	// tty and UART code of a kernel that a restore has not translated yet.
 	s.log.Debug("identity refreshed", "hostname", req.Hostname, "workspace", resp.Workspace)
 	resp.Health = s.health()
+	if req.Inherited {
+		resp.Inherited = s.inherited()
+	}
 	return resp, nil
 }
 

@@ -174,18 +174,23 @@ func (m *serviceManager) get(name string) (*service, error) {
 }
 
 func (m *serviceManager) handleList(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, agentapi.ServiceList{Services: m.list()})
+}
+
+// list is every service's status, by name.
+func (m *serviceManager) list() []agentapi.ServiceStatus {
 	m.mu.Lock()
 	list := make([]*service, 0, len(m.svcs))
 	for _, sv := range m.svcs {
 		list = append(list, sv)
 	}
 	m.mu.Unlock()
-	out := agentapi.ServiceList{Services: make([]agentapi.ServiceStatus, 0, len(list))}
+	out := make([]agentapi.ServiceStatus, 0, len(list))
 	for _, sv := range list {
-		out.Services = append(out.Services, sv.status())
+		out = append(out, sv.status())
 	}
-	sort.Slice(out.Services, func(i, j int) bool { return out.Services[i].Name < out.Services[j].Name })
-	writeJSON(w, http.StatusOK, out)
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
 }
 
 func (m *serviceManager) handleStatus(w http.ResponseWriter, r *http.Request) {

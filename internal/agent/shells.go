@@ -338,24 +338,29 @@ func foregroundPgrp(f *os.File) (int, error) {
 }
 
 func (m *shellManager) handleList(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, agentapi.ShellList{Shells: m.list()})
+}
+
+// list is every shell, oldest first.
+func (m *shellManager) list() []agentapi.ShellInfo {
 	m.mu.Lock()
 	list := make([]*shell, 0, len(m.shells))
 	for _, sh := range m.shells {
 		list = append(list, sh)
 	}
 	m.mu.Unlock()
-	out := agentapi.ShellList{Shells: make([]agentapi.ShellInfo, 0, len(list))}
+	out := make([]agentapi.ShellInfo, 0, len(list))
 	for _, sh := range list {
-		out.Shells = append(out.Shells, sh.info())
+		out = append(out, sh.info())
 	}
-	sort.Slice(out.Shells, func(i, j int) bool {
-		a, b := out.Shells[i], out.Shells[j]
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
 		if !a.StartedAt.Equal(b.StartedAt) {
 			return a.StartedAt.Before(b.StartedAt)
 		}
 		return a.ShellID < b.ShellID
 	})
-	writeJSON(w, http.StatusOK, out)
+	return out
 }
 
 func (m *shellManager) handleInfo(w http.ResponseWriter, r *http.Request) {

@@ -47,6 +47,10 @@ type IdentityRequest struct {
 	// WorkspaceLayered: /workspace is the overlay of the workspace disk
 	// on its baseline disk (both mounted fresh).
 	WorkspaceLayered bool `json:"workspace_layered,omitempty"`
+	// Inherited asks for what the guest still runs (IdentityResponse.
+	// Inherited): a fork's host learns it in this one call
+	// (identity_fork.go).
+	Inherited bool `json:"inherited,omitempty"`
 }
 
 // IdentityResponse says what the agent did.
@@ -58,6 +62,9 @@ type IdentityResponse struct {
 	// Health is the agent's health after the refresh: the call doubles
 	// as the restored guest's readiness check.
 	Health Health `json:"health"`
+	// Inherited is what the guest runs, when the request asked for it
+	// (nil from an agent that does not know the field).
+	Inherited *Inherited `json:"inherited,omitempty"`
 }
 
 // SetIdentity sends a restored guest its new identity: one attempt,
@@ -73,5 +80,8 @@ func (c *Client) SetIdentity(ctx context.Context, req IdentityRequest) (Identity
 func (c *Client) SetIdentityWithin(ctx context.Context, d time.Duration, req IdentityRequest) (IdentityResponse, error) {
 	var r IdentityResponse
 	err := c.jsonCall(ctx, d, http.MethodPost, PathIdentity, req, &r)
+	if r.Inherited != nil && len(r.Inherited.Jobs) > MaxJobs {
+		r.Inherited.Jobs = r.Inherited.Jobs[:MaxJobs] // as ListJobs
+	}
 	return r, err
 }

@@ -125,6 +125,9 @@ type VM struct {
 	Start string
 	// SnapshotNote says why a cold boot did not restore (empty otherwise).
 	SnapshotNote string
+	// Inherited is what a fork's guest still ran when it started (fork.go;
+	// nil for other boots, and from an agent that does not report it).
+	Inherited *agentapi.Inherited
 
 	netFile  *os.File // the VMM's end of Net's socket
 	initrd   string

@@ -95,7 +95,8 @@ func restoreFork(ctx context.Context, c Config, v *VM, src ForkSource) error {
 	v.warm.state = src.State
 	spec := v.spec(c)
 	spec.RestoreLive = !src.Released
-	spec.HugePages = true // ten restores at once: see vmm.Spec.HugePages
+	spec.RestoreFork = true // its disks are as the saved guest saw them
+	spec.HugePages = true   // ten restores at once: see vmm.Spec.HugePages
 	if err := v.start(ctx, spec); err != nil {
 		return fmt.Errorf("restore the fork: %w", err)
 	}
@@ -109,6 +110,7 @@ func forkIdentity(ctx context.Context, _ Deps, c Config, v *VM) error {
 	if err != nil {
 		return err
 	}
+	req.Inherited = true // what the fork runs comes back with it
 	ctx, cancel := context.WithTimeout(ctx, 2*restoreAgentTimeout)
 	defer cancel()
 	go func() {
@@ -133,7 +135,7 @@ func forkIdentity(ctx context.Context, _ Deps, c Config, v *VM) error {
 	if err != nil {
 		return errdefs.Wrap(errdefs.ErrUnavailable, err, "", "give the fork its own identity")
 	}
-	v.Health = resp.Health
+	v.Health, v.Inherited = resp.Health, resp.Inherited
 	v.Start = StartFork
 	return nil
 }

@@ -67,6 +67,12 @@ type Spec struct {
 	// guest agent let go of that session and reopened its channel, so
 	// the new host never talks into the old session.
 	RestoreLive bool
+	// RestoreFork: RestoreState was written by LiveSaver (a fork), whose
+	// guest already saw these very disks at these sizes (copies made at
+	// the saved instant). A golden snapshot's guest saw placeholders, so
+	// its restore tells the guest to re-read the workspace disk's size;
+	// a fork's is spared that (and its kernel the work and log line).
+	RestoreFork bool
 	// HugePages lets the VMM back guest RAM with transparent huge pages,
 	// which pyro otherwise turns off (host memory per guest): a restore
 	// reads every page of guest RAM, zero ones too, and each read faults
