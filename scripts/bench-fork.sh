@@ -23,7 +23,7 @@
 #   answering       forks whose inherited service answered
 #   load            uptime's load averages before and after (a shared
 #                   2-core host makes the numbers noisy)
-# Runs in a private PYRO_HOME (sharing environments and caches) and
+# KEEP_LOGS=DIR keeps every workspace's logs there. Runs in a private PYRO_HOME (sharing environments and caches) and
 # deletes everything at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +40,12 @@ cleanup() {
   rm -rf "$home"
 }
 trap cleanup EXIT
+keep_logs() { # KEEP_LOGS=DIR keeps every workspace's logs (supervisor, console, VMM)
+  for d in "$home"/workspaces/*/; do
+    mkdir -p "$KEEP_LOGS/$(basename "$d")" && cp "$d"*.log "$KEEP_LOGS/$(basename "$d")/" 2>/dev/null || true
+  done
+}
+[ -n "${KEEP_LOGS:-}" ] && trap 'keep_logs; cleanup' EXIT
 
 id=$("$PYRO" workspace create --json "$ENVNAME" | jq -r .workspace_id)
 "$PYRO" workspace exec "$id" -- sh -c 'echo ok > /workspace/ping' >/dev/null
@@ -66,9 +72,9 @@ load_after=$(uptime | sed 's/.*load average: //')
 # The source's supervisor logs whether the save let go of the agent
 # session; each fork's, how long its restore and identity steps took.
 released=$(grep -ho 'released=[a-z]*' "$home/workspaces/$id/supervisor.log" 2>/dev/null | tail -1 | cut -d= -f2)
-steps() { # a log line's "ms=" value for a message, per fork
+steps() { # a log line's value of field ${2:-ms} for a message, per fork
   for f in $(jq -r '.forks[].workspace_id' "$home/fork.json"); do
-    grep -h "msg=\"$1\"" "$home/workspaces/$f/supervisor.log" 2>/dev/null | grep -o ' ms=[0-9]*' | head -1 | cut -d= -f2
+    grep -h "msg=\"$1\"" "$home/workspaces/$f/supervisor.log" 2>/dev/null | grep -o " ${2:-ms}=[0-9-]*" | head -1 | cut -d= -f2
   done | paste -sd, -
 }
 printf 'fork %d ways of a workspace running a service (%s)\n' "$COUNT" "$ENVNAME"
@@ -78,6 +84,7 @@ printf '  fork total     %6d ms   (goal: <= 3000 ms for 10; %s x goal)\n' "$tota
 printf '  per fork boot  %s ms\n' "$(jq -c '[.forks[].boot_ms]' "$home/fork.json")"
 printf '    restore      [%s] ms\n' "$(steps 'fork restored')"
 printf '    identity     [%s] ms\n' "$(steps 'fork identity')"
+printf '    qemu cpu at restored [%s], at identity [%s] ms\n' "$(steps 'fork restored' vmm_cpu_ms)" "$(steps 'fork identity' vmm_cpu_ms)"
 printf '  fork cpu       [%s] ms, sum %d ms = %d ms over %d cores\n' "$cpus" "$cpu_sum" "$((cpu_sum / $(nproc)))" "$(nproc)"
 printf '  answering      %d/%d\n' "$ok" "$COUNT"
 printf '  load           %s before, %s after (%d cores)\n' "$load_before" "$load_after" "$(nproc)"

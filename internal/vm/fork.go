@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
@@ -75,7 +77,7 @@ func ForkBoot(src ForkSource) Steps {
 		Swap(StepStartVMM, func(ctx context.Context, d Deps, c Config, v *VM) error {
 			t := time.Now()
 			err := restoreFork(ctx, c, v, src)
-			d.Logger.Info("fork restored", "ms", time.Since(t).Milliseconds(), "err", err)
+			d.Logger.Info("fork restored", "ms", time.Since(t).Milliseconds(), "vmm_cpu_ms", vmmCPUms(v), "err", err)
 			return err
 		}).
 		Swap(StepConnectAgent, func(_ context.Context, _ Deps, _ Config, v *VM) error {
@@ -86,7 +88,7 @@ func ForkBoot(src ForkSource) Steps {
 		InsertAfter(StepConnectAgent, Step{StepForkIdentity, func(ctx context.Context, d Deps, c Config, v *VM) error {
 			t := time.Now()
 			err := forkIdentity(ctx, d, c, v)
-			d.Logger.Info("fork identity", "ms", time.Since(t).Milliseconds(), "err", err)
+			d.Logger.Info("fork identity", "ms", time.Since(t).Milliseconds(), "vmm_cpu_ms", vmmCPUms(v), "err", err)
 			return err
 		}})
 }
@@ -138,4 +140,30 @@ func forkIdentity(ctx context.Context, _ Deps, c Config, v *VM) error {
 	v.Health, v.Inherited = resp.Health, resp.Inherited
 	v.Start = StartFork
 	return nil
+}
+
+// vmmCPUms is the CPU time (user and system) v's VMM process has used so
+// far, -1 when unknown: logged at each fork step, because under TCG a
+// restored guest's cost is the CPU its VMM spends (scripts/bench-fork.sh).
+func vmmCPUms(v *VM) int64 {
+	if v.Machine == nil {
+		return -1
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(v.Machine.Pid()) + "/stat")
+	if err != nil {
+		return -1
+	}
+	// Fields after the command name's closing parenthesis: utime and
+	// stime are the 12th and 13th, in clock ticks (USER_HZ, 100 on Linux).
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return -1
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return -1
+	}
+	return (u + st) * 10
 }
