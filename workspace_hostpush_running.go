@@ -69,6 +69,17 @@ func (c *Client) pushHostRunning(ctx context.Context, dir vmdir.Dir, rec instanc
 		!chainable(dir) || !hostwrite.Confinable() {
 		return res, false, nil
 	}
+	// The instance lock (taken before the layer lock, as a stopped push
+	// takes them) keeps the guest from being restarted until the push is
+	// over: a restart meanwhile (stop and start, reset, a command that
+	// restarts a guest whose QEMU died) boots a guest with /workspace
+	// mounted on the old top, whose disk the switch would then change
+	// under it: what it wrote since is lost, its file system torn.
+	iunlock, err := instance.Lock(ctx, dir)
+	if err != nil {
+		return res, false, nil
+	}
+	defer iunlock()
 	if c.lc.Observe(ctx, dir, rec).State != instance.Running {
 		return res, false, nil
 	}
