@@ -65,7 +65,9 @@ func (s *Agent) handleLayerRelease(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	l.release.released = true
-	l.release.timer = time.AfterFunc(d, func() { _ = s.remountWorkspace(false) })
+	// The host may have switched the disk before it died: the guest's
+	// cache of it goes in any case.
+	l.release.timer = time.AfterFunc(d, func() { _ = s.remountWorkspace(true) })
 	writeJSON(w, http.StatusOK, struct{}{})
 }
 
@@ -87,10 +89,6 @@ func (s *Agent) remountWorkspace(drop bool) error {
 	if !l.release.released {
 		return nil
 	}
-	if l.release.timer != nil {
-		l.release.timer.Stop()
-		l.release.timer = nil
-	}
 	if drop {
 		// The guest's view of the upper disk was cached from the layer
 		// QEMU served before: none of it may be read again.
@@ -105,6 +103,7 @@ func (s *Agent) remountWorkspace(drop bool) error {
 	}
 	for _, d := range []string{upperDir(l.upperMount), workDir(l.upperMount)} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
+			_ = unix.Unmount(l.upperMount, 0) // a later remount starts over
 			return err
 		}
 	}
@@ -113,6 +112,11 @@ func (s *Agent) remountWorkspace(drop bool) error {
 		return fmt.Errorf("mount layered %s: %w", s.workspaceDir, err)
 	}
 	l.release.released = false
+	// A failed remount leaves the timer to try again.
+	if l.release.timer != nil {
+		l.release.timer.Stop()
+		l.release.timer = nil
+	}
 	return nil
 }
 
