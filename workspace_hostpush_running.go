@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/pyro-mcp/pyro/internal/hostwrite"
@@ -48,11 +49,14 @@ import (
 // and change listings would need the same switch).
 
 // releaseFor bounds how long the guest leaves /workspace released if this
-// process dies; the host writes only within releaseWrite of it.
-const (
-	releaseFor   = 2 * time.Minute
-	releaseWrite = releaseFor - 30*time.Second
-)
+// process dies (PYRO_PUSH_RELEASE_MS sets it, for tests of that case); the
+// host writes only within the first three quarters of it.
+func releaseFor() time.Duration {
+	if ms, err := strconv.Atoi(os.Getenv("PYRO_PUSH_RELEASE_MS")); err == nil && ms > 0 {
+		return time.Duration(ms) * time.Millisecond
+	}
+	return 2 * time.Minute
+}
 
 // pivotFor bounds QEMU's switch (a few QMP calls).
 const pivotFor = 30 * time.Second
@@ -134,7 +138,8 @@ func (c *Client) pushReleased(ctx context.Context, dir vmdir.Dir, rec instance.R
 	agent := c.lc.Client(dir)
 	defer agent.Close()
 	t0 := time.Now()
-	if err := agent.ReleaseWorkspace(ctx, releaseFor); err != nil {
+	hold := releaseFor()
+	if err := agent.ReleaseWorkspace(ctx, hold); err != nil {
 		return st, fmt.Errorf("release /workspace: %w", err)
 	}
 	released := time.Now()
@@ -152,14 +157,14 @@ func (c *Client) pushReleased(ctx context.Context, dir vmdir.Dir, rec instance.R
 	if err != nil {
 		return st, err
 	}
-	wctx, cancel := context.WithDeadline(ctx, released.Add(releaseWrite))
+	wctx, cancel := context.WithDeadline(ctx, released.Add(hold*3/4))
 	defer cancel()
 	var name string
 	if st, err = writePushLayer(wctx, dir, rec, src, dest, &name); err != nil {
 		return st, err
 	}
 	written := time.Now()
-	if written.Sub(released) > releaseWrite {
+	if written.Sub(released) > hold*3/4 {
 		_ = os.Remove(l.Path(name))
 		return st, errors.New("the host write took longer than the guest's release")
 	}

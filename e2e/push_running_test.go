@@ -213,3 +213,66 @@ func TestHostPushRunningSnapshots(t *testing.T) {
 		t.Fatalf("reset to the snapshot before the push: %q", got)
 	}
 }
+
+// TestHostPushRunningClientKilled kills the pyro process of a host push
+// into a running workspace while it writes the new layer (the guest holds
+// /workspace released): the guest mounts /workspace again by itself once
+// the release ends (PYRO_PUSH_RELEASE_MS), as it was before the push, and
+// the same push then succeeds.
+func TestHostPushRunningClientKilled(t *testing.T) {
+	requireE2E(t)
+	requireConfinable(t)
+	ensureEnv(t, baseEnv)
+	id, env := newWorkspace(t)
+	src := t.TempDir()
+	big := make([]byte, 256<<10)
+	for i := 0; i < 400; i++ {
+		rand.Read(big[:64])
+		p := filepath.Join(src, "tree", strconv.Itoa(i%10), strconv.Itoa(i))
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, big, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wsExec(t, env, id, "sh", "-c", "echo kept > /workspace/kept.txt")
+	cmd := exec.Command(pyroBin, "workspace", "--json", "sync", "push", id, src)
+	cmd.Env = append(append(os.Environ(), env...), "PYRO_PUSH_RELEASE_MS=8000")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	killed := false
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline) && !killed; time.Sleep(2 * time.Millisecond) {
+		if childNamed(cmd.Process.Pid, "debugfs") {
+			cmd.Process.Kill()
+			killed = true
+		}
+	}
+	cmd.Wait()
+	if !killed {
+		t.Fatal("never caught the push's debugfs running")
+	}
+	// Released meanwhile: /workspace is an empty read-only placeholder.
+	m := wsExec(t, env, id, "sh", "-c", "ls -A /workspace | wc -l; touch /workspace/x 2>/dev/null && echo wrote")
+	if out := strings.TrimSpace(fmt.Sprint(m["stdout"])); out != "0" {
+		t.Logf("while released: %q (the release may have ended already)", out)
+	}
+	var got string
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		m := wsExec(t, env, id, "sh", "-c", "cat /workspace/kept.txt 2>/dev/null; find /workspace/tree -type f 2>/dev/null | wc -l")
+		if got = strings.TrimSpace(fmt.Sprint(m["stdout"])); strings.HasPrefix(got, "kept") {
+			break
+		}
+	}
+	if got != "kept\n0" {
+		t.Fatalf("after the guest's own remount: %q", got)
+	}
+	var r pushResult
+	mustWS(t, env, &r, "sync", "push", id, src)
+	if r.Transfer != "host" || r.FileCount != 400 {
+		t.Fatalf("push after the kill: %+v", r)
+	}
+	m = wsExec(t, env, id, "sh", "-c", "cat /workspace/kept.txt; find /workspace/tree -type f | wc -l")
+	if out := strings.TrimSpace(fmt.Sprint(m["stdout"])); out != "kept\n400" {
+		t.Fatalf("after the retried push: %q", out)
+	}
+}
