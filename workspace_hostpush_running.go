@@ -137,20 +137,25 @@ func (c *Client) pushReleased(ctx context.Context, dir vmdir.Dir, rec instance.R
 	}
 	agent := c.lc.Client(dir)
 	defer agent.Close()
-	t0 := time.Now()
-	hold := releaseFor()
-	if err := agent.ReleaseWorkspace(ctx, hold); err != nil {
-		return st, fmt.Errorf("release /workspace: %w", err)
-	}
-	released := time.Now()
 	// Once QEMU may have switched, the guest drops what it cached of the
-	// old layer before it mounts /workspace again.
+	// old layer before it mounts /workspace again. The remount is asked
+	// for even when the release call fails: a release whose answer was
+	// lost (the call timed out while the guest synced, the connection
+	// broke) may have happened, and would leave /workspace a read-only
+	// placeholder for the push through the guest that follows. Remounting
+	// a mounted /workspace changes nothing.
 	mounted, switching := false, false
 	defer func() {
 		if !mounted {
 			_ = agent.RemountWorkspace(context.WithoutCancel(ctx), switching)
 		}
 	}()
+	t0 := time.Now()
+	hold := releaseFor()
+	if err := agent.ReleaseWorkspace(ctx, hold); err != nil {
+		return st, fmt.Errorf("release /workspace: %w", err)
+	}
+	released := time.Now()
 	// The old top as the guest left it: should QEMU write it after this
 	// (the guest remounted it), a settle without QEMU sees it changed.
 	size, mtime, blocks, err := l.Identity(top)

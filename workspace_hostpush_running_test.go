@@ -1,0 +1,63 @@
+package pyro
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/instance"
+	"github.com/pyro-mcp/pyro/internal/supervisor"
+	"github.com/pyro-mcp/pyro/internal/vmdir"
+)
+
+// A release whose answer the host does not get (the call timed out while
+// the guest synced a lot of dirty data, the connection broke) may still
+// have happened in the guest: the host asks for the remount all the same,
+// else /workspace stayed a read-only placeholder until the guest's own
+// deadline and the push through the guest that follows failed on it.
+func TestHostPushRunningRemountsAfterLostRelease(t *testing.T) {
+	dir := vmdir.Dir(t.TempDir())
+	rec := instance.Record{ID: "ws", WorkspaceBase: dir.Path("base.ext4"), WorkspaceDisk: dir.Path("workspace.ext4")}
+	if err := os.WriteFile(rec.WorkspaceDisk, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("unix", dir.Path(vmdir.SupervisorSock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var calls []string
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := strings.TrimPrefix(r.URL.Path, supervisor.AgentPrefix)
+		mu.Lock()
+		calls = append(calls, p)
+		mu.Unlock()
+		switch p {
+		case agentapi.PathLayerRelease:
+			// Released in the guest, but the answer is an error.
+			agentapi.WriteError(w, errdefs.New(errdefs.ErrUnavailable, "", "the answer was lost"))
+		default:
+			w.Header().Set("Content-Type", "application/json")
+			w.Write([]byte("{}"))
+		}
+	})}
+	go srv.Serve(lis)
+	t.Cleanup(func() { srv.Close() })
+	c := newTestClient(t)
+	_, err = c.pushReleased(context.Background(), dir, rec, t.TempDir(), "/workspace")
+	if err == nil || errors.As(err, new(errPushKept)) {
+		t.Fatalf("push after a lost release answer: %v, want a push through the guest", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(calls) != 2 || calls[0] != agentapi.PathLayerRelease || calls[1] != agentapi.PathLayerRemount {
+		t.Fatalf("agent calls %v, want the release and then a remount", calls)
+	}
+}
