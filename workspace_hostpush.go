@@ -126,6 +126,12 @@ func hostFull(err error, what string) error {
 // layer locks.
 func pushIntoLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, dest string) (hostwrite.Stats, error) {
 	var name string
+	// A pivot a killed running push left under way is settled first, as
+	// the next boot would (no QEMU runs: workspace_hostpush_running.go);
+	// the top it names may be a layer QEMU never switched to.
+	if _, err := layersOf(dir, rec).SettlePivot(nil); err != nil {
+		return hostwrite.Stats{}, err
+	}
 	st, unstage, err := writeLayer(ctx, dir, rec, src, dest, &name)
 	// The staging's removal (a link or copy per file) runs beside naming
 	// the layer and collecting the old one.
