@@ -187,7 +187,14 @@ func (c *Client) pushReleased(ctx context.Context, dir vmdir.Dir, rec instance.R
 		paths[i] = l.Path(n)
 	}
 	switching = true
+	// The switch ends well before the release does (counted from before
+	// the release was asked for: the guest's own count starts later):
+	// past it the guest remounts the old layer by itself, and a switch
+	// after that would change the disk under its mounted /workspace. A
+	// switch cut short leaves the old layer, as settlePivot then finds.
 	pctx, pcancel := context.WithTimeout(context.WithoutCancel(ctx), pivotFor)
+	pctx, pcancel2 := context.WithDeadline(pctx, t0.Add(hold*7/8))
+	defer pcancel2()
 	perr := qemuPivot(pctx, dir, l.Path(name), paths)
 	pcancel()
 	// QEMU's answer settles it, whatever the switch call said. Should it

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
@@ -59,5 +60,51 @@ func TestHostPushRunningRemountsAfterLostRelease(t *testing.T) {
 	defer mu.Unlock()
 	if len(calls) != 2 || calls[0] != agentapi.PathLayerRelease || calls[1] != agentapi.PathLayerRemount {
 		t.Fatalf("agent calls %v, want the release and then a remount", calls)
+	}
+}
+
+// QEMU's switch must be over before the guest's release ends: past it the
+// guest remounts the old layer by itself, and a switch after that changes
+// the disk under its mounted /workspace (what it wrote meanwhile lost, its
+// file system torn). The host wrote within 3/4 of the release; the switch
+// had 30 s more whatever was left of it.
+func TestHostPushRunningSwitchWithinRelease(t *testing.T) {
+	dir, rec := stoppedWorkspace(t, 64<<20, true)
+	t.Setenv("PYRO_PUSH_RELEASE_MS", "8000")
+	lis, err := net.Listen("unix", dir.Path(vmdir.SupervisorSock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var released time.Time
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.TrimPrefix(r.URL.Path, supervisor.AgentPrefix) == agentapi.PathLayerRelease {
+			mu.Lock()
+			released = time.Now() // the guest's deadline runs from here
+			mu.Unlock()
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte("{}"))
+	})}
+	go srv.Serve(lis)
+	t.Cleanup(func() { srv.Close() })
+	var deadline time.Time
+	defer func(f func(context.Context, vmdir.Dir, string, []string) error) { qemuPivot = f }(qemuPivot)
+	qemuPivot = func(ctx context.Context, _ vmdir.Dir, _ string, _ []string) error {
+		deadline, _ = ctx.Deadline()
+		return nil
+	}
+	src := t.TempDir()
+	if err := os.WriteFile(src+"/f", []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := newTestClient(t)
+	if _, err := c.pushReleased(context.Background(), dir, rec, src, "/workspace/p"); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if end := released.Add(8 * time.Second); deadline.IsZero() || !deadline.Before(end) {
+		t.Fatalf("the switch may run until %v, past the guest's release end %v", deadline, end)
 	}
 }
