@@ -250,7 +250,10 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 	if err := instance.DoneCreating(dir); err != nil {
 		return ws, err
 	}
-	return c.StatusWorkspace(ctx, rec.ID)
+	// Just created: it runs no service and no job yet, so the guest is
+	// not asked (in a freshly restored TCG guest each agent handler's
+	// first call is code translated anew).
+	return c.workspaceStatus(ctx, dir, rec, c.lc.Observe(ctx, dir, rec), &agentapi.Inherited{}), nil
 }
 
 // snapshot stores the current /workspace as snapshot name.

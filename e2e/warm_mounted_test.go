@@ -11,7 +11,8 @@ import (
 
 // TestWarmWorkspaceMounted: a new unseeded workspace restores a guest that
 // had /workspace mounted before the snapshot was saved (its upper disk's
-// last mount is the snapshot build's, not after the create began), and
+// last mount is the snapshot build's, not after the create began, and no
+// disk resize reached the guest after the restore), and
 // two such workspaces each write their own disk: each sees only its own
 // files, the disks pass e2fsck after a stop, and a start that mounts them
 // afresh reads back what each wrote. A guest whose caches did not match
@@ -41,6 +42,13 @@ func TestWarmWorkspaceMounted(t *testing.T) {
 		if m := lastMount(t, disk); !m.Before(began.Truncate(time.Second)) {
 			t.Errorf("workspace %s: upper disk last mounted %s, after the create began (%s): mounted after the restore",
 				who, m, began.Format(time.RFC3339))
+		}
+	}
+	for who, id := range ids {
+		// The restored guest's disks are the sizes it saw before the save:
+		// it is not told to re-read a capacity (virtio-blk logs "new size").
+		if m := wsExec(t, env, id, "sh", "-c", "dmesg | grep -c 'new size' || true"); strings.TrimSpace(m["stdout"].(string)) != "0" {
+			t.Errorf("workspace %s: the guest re-read a disk's size after the restore: %v", who, m["stdout"])
 		}
 	}
 	for who, id := range ids {

@@ -365,7 +365,10 @@ func (v *VM) spec(c Config) vmm.Spec {
 		WorkspaceDisk: c.WorkspaceDisk, WorkspaceBase: c.WorkspaceBase, TransferDisk: c.TransferDisk, WorkspaceChain: c.WorkspaceChain, MAC: MAC(v.ID), NetworkFile: v.netFile,
 		Cmdline: v.cmdline(c), Transport: vmm.TransportVirtioSerial,
 		RestoreState: v.warm.state,
-		HugePages:    c.OneShot,
+		// A mounted-workspace snapshot's disks are the workspace's own
+		// sizes (warm_mounted.go).
+		RestoreSameDisks: v.warm.mounted,
+		HugePages:        c.OneShot,
 	}
 }
 

@@ -73,6 +73,10 @@ type Spec struct {
 	// its restore tells the guest to re-read the workspace disk's size;
 	// a fork's is spared that (and its kernel the work and log line).
 	RestoreFork bool
+	// RestoreSameDisks: the saved guest had disks of exactly these sizes
+	// (a mounted-workspace snapshot), so the restore need not make it
+	// re-read the workspace disk's capacity.
+	RestoreSameDisks bool
 	// HugePages lets the VMM back guest RAM with transparent huge pages,
 	// which pyro otherwise turns off (host memory per guest): a restore
 	// reads every page of guest RAM, zero ones too, and each read faults

@@ -140,10 +140,11 @@ func restore(ctx context.Context, spec vmm.Spec, m vmm.Machine) error {
 			return err
 		}
 	}
-	if spec.WorkspaceDisk != "" && !spec.RestoreFork {
+	if spec.WorkspaceDisk != "" && !spec.RestoreFork && !spec.RestoreSameDisks {
 		// The snapshot's guest saw a placeholder disk; a resize to the real
 		// disk's size (even the same) makes QEMU tell the guest to re-read
-		// its capacity. A fork's guest saw this disk (vmm.Spec.RestoreFork).
+		// its capacity. A fork's guest saw this disk (vmm.Spec.RestoreFork), a
+		// mounted-workspace snapshot's these sizes (RestoreSameDisks).
 		st, err := os.Stat(spec.WorkspaceDisk)
 		if err != nil {
 			return err
