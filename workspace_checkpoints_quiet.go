@@ -58,9 +58,11 @@ import (
 // Cost (the exec after a writing exec): the next overlay was made and
 // handed to QEMU after the command before ended, by the supervisor
 // (workspace_chain.go stageNext, workspace_checkpoints_tidy.go), so the
-// checkpoint is one QMP switch (blockdev-snapshot), a rename of the top
-// and the checkpoint's records with one fsync; dropping and merging old
-// layers, and folding the listing's delta, run after the command too. Kill -9 of any process
+// checkpoint is one QMP switch (blockdev-snapshot; the housekeeping
+// flushed the live top ahead, so QEMU has nothing to flush first), a
+// rename of the top and the checkpoint's records, whose fsync runs beside
+// the command; dropping and merging old layers, and folding the listing's
+// delta, run after the command too. Kill -9 of any process
 // at any point: before the top is renamed nothing changed; between the
 // rename and QEMU's switch the record of the next overlay marks the switch
 // (resolveTop asks QEMU which layer it writes before anything trusts the
@@ -75,7 +77,12 @@ import (
 // checkpoint runs after the command (tidyAfter).
 func (c *Client) execCheckpointed(ctx context.Context, dir vmdir.Dir, rec instance.Record, agent *agentapi.Client, opts ExecOptions) (ExecResult, error) {
 	if !checkpointsOn(rec) {
-		return execIn(ctx, agent, opts)
+		// Timed too, for the comparison with a checkpointed exec.
+		t := newPhases(c.logger, "exec")
+		defer t.done("workspace", rec.ID)
+		r, err := execIn(ctx, agent, opts)
+		t.mark("exec")
+		return r, err
 	}
 	defer agent.Close()
 	req, err := opts.execRequest()
@@ -89,18 +96,24 @@ func (c *Client) execCheckpointed(ctx context.Context, dir vmdir.Dir, rec instan
 	defer t.done("workspace", rec.ID)
 	if quiet {
 		req.Quiet = &agentapi.QuietRequest{Have: cps.PendingManifest(), Delta: true}
-		n, expect, ok, err := c.checkpointQuiet(ctx, dir, rec, what, t)
+		n, expect, durable, ok, err := c.checkpointQuiet(ctx, dir, rec, what, t)
 		if err != nil {
 			return ExecResult{}, err
 		}
 		if ok {
+			// The record's sync overlaps the command (the order kill -9
+			// needs is kept: the record is written before it runs).
+			synced := make(chan error, 1)
+			go func() { synced <- durable() }()
 			r, ran, err := agent.ExecQuiet(ctx, req, expect, opts.OnOutput)
 			t.mark("exec")
+			if serr := <-synced; serr != nil && c.logger != nil {
+				c.logger.Debug("sync a checkpoint's record", "err", serr)
+			}
+			t.mark("record_synced")
 			if ran {
-				c.keepQuiet(dir, r.Quiet, err)
-				t.mark("keep_quiet")
-				c.tidyAfter(ctx, dir, rec)
-				t.mark("tidy")
+				c.keepQuietAndTidy(ctx, dir, rec, r.Quiet, err)
+				t.mark("keep_quiet_tidy")
 				if err != nil {
 					return ExecResult{}, err
 				}
@@ -120,9 +133,10 @@ func (c *Client) execCheckpointed(ctx context.Context, dir vmdir.Dir, rec instan
 	}
 	r, err := agent.Exec(ctx, req, opts.OnOutput)
 	if quiet {
-		c.keepQuiet(dir, r.Quiet, err)
+		c.keepQuietAndTidy(ctx, dir, rec, r.Quiet, err)
+	} else {
+		c.tidyAfter(ctx, dir, rec)
 	}
-	c.tidyAfter(ctx, dir, rec)
 	if err != nil {
 		return ExecResult{}, err
 	}
@@ -139,39 +153,48 @@ func (c *Client) dropCheckpoint(dir vmdir.Dir, n int) {
 	checkpointsOf(dir).Drop(n)
 }
 
-// keepQuiet keeps an exec's quiet report for the next checkpoint (none
-// after a failed exec).
-func (c *Client) keepQuiet(dir vmdir.Dir, rep *agentapi.QuietReport, execErr error) {
+// keepQuietAndTidy keeps an exec's quiet report for the next checkpoint
+// (none after a failed exec) and has the layers tidied after it. The tidy
+// is asked for while the layer lock is held for the report: the request's
+// round trip overlaps the writing, and the supervisor's tidy, which waits
+// for the lock, finds the report kept (its delta to fold).
+func (c *Client) keepQuietAndTidy(ctx context.Context, dir vmdir.Dir, rec instance.Record, rep *agentapi.QuietReport, execErr error) {
 	unlock, err := lockLayers(context.Background(), dir)
 	if err != nil {
+		c.tidyAfter(ctx, dir, rec)
 		return
 	}
-	defer unlock()
+	asked := make(chan bool, 1)
+	go func() { asked <- c.askTidy(ctx, dir, rec) }()
 	if execErr != nil {
 		rep = nil
 	}
 	_ = checkpointsOf(dir).SavePending(rep)
+	unlock()
+	if !<-asked {
+		c.housekeepHere(ctx, dir, rec)
+	}
 }
 
 // checkpointQuiet takes the checkpoint before an exec from the pending
 // quiet report: ok is false when there is none. It returns the
 // checkpoint's number and the epoch the guest must still be at.
-func (c *Client) checkpointQuiet(ctx context.Context, dir vmdir.Dir, rec instance.Record, what string, t *phases) (n int, expect uint64, ok bool, err error) {
+func (c *Client) checkpointQuiet(ctx context.Context, dir vmdir.Dir, rec instance.Record, what string, t *phases) (n int, expect uint64, durable func() error, ok bool, err error) {
 	unlock, err := lockLayers(ctx, dir)
 	if err != nil {
-		return 0, 0, false, err
+		return 0, 0, nil, false, err
 	}
 	defer unlock()
 	t.mark("lock")
 	cps := checkpointsOf(dir)
 	expect, manifest, ok := cps.TakePending()
 	if !ok {
-		return 0, 0, false, nil
+		return 0, 0, nil, false, nil
 	}
 	l := layersOf(dir, rec)
 	top, err := resolveTop(ctx, dir, l)
 	if err != nil {
-		return 0, 0, false, fmt.Errorf("checkpoint: %w", err)
+		return 0, 0, nil, false, fmt.Errorf("checkpoint: %w", err)
 	}
 	var ref workspace.LayerRef
 	var bytes int64
@@ -186,12 +209,12 @@ func (c *Client) checkpointQuiet(ctx context.Context, dir vmdir.Dir, rec instanc
 		t.mark("switch")
 	}
 	if err != nil {
-		return 0, 0, false, fmt.Errorf("checkpoint: %w", err)
+		return 0, 0, nil, false, fmt.Errorf("checkpoint: %w", err)
 	}
-	cp, err := cps.TakeLayerListed(ref, bytes, manifest, instance.Redactor(dir).String(what))
+	cp, durable, err := cps.TakeLayerListed(ref, bytes, manifest, instance.Redactor(dir).String(what))
 	t.mark("record")
 	if err != nil {
-		return 0, 0, false, fmt.Errorf("checkpoint: %w", err)
+		return 0, 0, nil, false, fmt.Errorf("checkpoint: %w", err)
 	}
-	return cp.Number, expect, true, nil
+	return cp.Number, expect, durable, true, nil
 }

@@ -36,6 +36,8 @@ type fakeGuest struct {
 	top string                // the layer file QEMU writes
 
 	freezes, pushes, switches, refused, runs, flushes int
+	// onRun, when set, is called as a command starts (g.mu held).
+	onRun func()
 }
 
 func (g *fakeGuest) handler() http.Handler {
@@ -55,6 +57,9 @@ func (g *fakeGuest) handler() http.Handler {
 		_ = json.NewDecoder(r.Body).Decode(&req)
 		g.ep++
 		g.runs++
+		if g.onRun != nil {
+			g.onRun()
+		}
 		// "write NAME" writes a file; anything else writes nothing.
 		if len(req.Argv) == 2 && req.Argv[0] == "write" {
 			g.ls = append(g.ls, agentapi.LayerEntry{Path: req.Argv[1], Kind: "file", Size: 1})

@@ -39,17 +39,29 @@ func tidyLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record, req sup
 // tidyAfter has a chained workspace's layers tidied after a checkpointed
 // step: by its supervisor in the background, else here.
 func (c *Client) tidyAfter(ctx context.Context, dir vmdir.Dir, rec instance.Record) {
+	if !c.askTidy(ctx, dir, rec) {
+		c.housekeepHere(ctx, dir, rec)
+	}
+}
+
+// askTidy asks the supervisor to tidy the layers; false: it did not take
+// it, the caller tidies (housekeepHere). A workspace without a chain has
+// nothing to tidy.
+func (c *Client) askTidy(ctx context.Context, dir vmdir.Dir, rec instance.Record) bool {
 	if !checkpointsOn(rec) || !chainable(dir) {
-		return
+		return true
 	}
 	count, bytes := workspace.CheckpointCaps()
 	err := supervisor.NewClient(dir).Tidy(ctx, supervisor.TidyRequest{MaxCount: count, MaxBytes: bytes})
-	if err == nil {
-		return
-	}
-	if c.logger != nil {
+	if err != nil && c.logger != nil {
 		c.logger.Debug("the supervisor does not tidy layers: tidying here", "err", err)
 	}
+	return err == nil
+}
+
+// housekeepHere is the housekeeping in the caller, with its caps.
+func (c *Client) housekeepHere(ctx context.Context, dir vmdir.Dir, rec instance.Record) {
+	count, bytes := workspace.CheckpointCaps()
 	housekeep(ctx, dir, rec, count, bytes, c.logger)
 }
 

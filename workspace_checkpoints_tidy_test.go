@@ -71,3 +71,32 @@ func TestTidyAfterInSupervisor(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckpointRecordedBeforeCommand: the checkpoint's record (synced
+// beside the command now) is written before the command starts, whole, and
+// names its frozen layer: a process killed as the command starts leaves
+// the undo point.
+func TestCheckpointRecordedBeforeCommand(t *testing.T) {
+	dir, rec := chainableWorkspace(t)
+	g := &fakeGuest{t: t, l: layersOf(dir, rec), top: "workspace.ext4", ep: 100}
+	g.fakeQEMU(t)
+	cps := checkpointsOf(dir)
+	g.onRun = func() {
+		list, err := cps.List()
+		if err != nil || len(list) != g.runs {
+			t.Errorf("command %d starts with %d checkpoints recorded (%v)", g.runs, len(list), err)
+			return
+		}
+		if _, ok, err := cps.LayerOf(list[len(list)-1].Number, g.l); !ok || err != nil {
+			t.Errorf("command %d: its checkpoint names no frozen layer: %v", g.runs, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := &Client{}
+	for _, cmd := range [][]string{{"write", "a"}, {"write", "b"}, {"true"}, {"write", "c"}} {
+		if _, err := c.execCheckpointed(ctx, dir, rec, g.agent(t), ExecOptions{Command: cmd}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

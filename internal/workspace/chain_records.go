@@ -131,6 +131,12 @@ func (c Checkpoints) TakeLayer(ref LayerRef, bytes int64, m agentapi.LayerManife
 // sidecar or listing did not reach the disk reads as damaged, never as
 // another state.
 func (c Checkpoints) takeLayer(ref LayerRef, bytes int64, command string, list func(string) error) (Checkpoint, error) {
+	return c.takeLayerWith(ref, bytes, command, true, list)
+}
+
+// takeLayerWith is takeLayer; with sync false the record is not synced
+// (the caller syncs it: TakeLayerListed).
+func (c Checkpoints) takeLayerWith(ref LayerRef, bytes int64, command string, sync bool, list func(string) error) (Checkpoint, error) {
 	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
 		return Checkpoint{}, err
 	}
@@ -153,7 +159,7 @@ func (c Checkpoints) takeLayer(ref LayerRef, bytes int64, command string, list f
 		c.remove(n)
 		return Checkpoint{}, err
 	}
-	return c.record(n, command, bytes, hex.EncodeToString(sum[:]))
+	return c.record(n, command, bytes, hex.EncodeToString(sum[:]), sync)
 }
 
 // LayerOf returns checkpoint n's frozen layer, verified (ok false: n is

@@ -124,7 +124,7 @@ func (c Checkpoints) finish(n int, m agentapi.LayerManifest, command string, dat
 		c.remove(n)
 		return Checkpoint{}, err
 	}
-	cp, err := c.record(n, command, data, sum)
+	cp, err := c.record(n, command, data, sum, true)
 	if err == nil {
 		_ = replaceFile(filepath.Join(c.Dir, "last"), []byte(strconv.Itoa(n)), true)
 		c.Prune()
@@ -132,14 +132,15 @@ func (c Checkpoints) finish(n int, m agentapi.LayerManifest, command string, dat
 	return cp, err
 }
 
-// record writes checkpoint n's record durably (the callers prune).
-func (c Checkpoints) record(n int, command string, data int64, sum string) (Checkpoint, error) {
+// record writes checkpoint n's record, durably with sync (the callers
+// prune).
+func (c Checkpoints) record(n int, command string, data int64, sum string, sync bool) (Checkpoint, error) {
 	if len(command) > int(hostres.Load().HistoryLineBytes) {
 		command = command[:hostres.Load().HistoryLineBytes] + "..."
 	}
 	cp := Checkpoint{Number: n, Command: command, CreatedAt: time.Now().UTC(), Bytes: data, SHA256: sum}
 	b, _ := json.Marshal(cp)
-	if err := replaceFile(c.path(n, ".json"), b, true); err != nil {
+	if err := replaceFile(c.path(n, ".json"), b, sync); err != nil {
 		c.remove(n)
 		return Checkpoint{}, err
 	}

@@ -325,9 +325,15 @@ func (c Checkpoints) TakePending() (epoch uint64, manifest string, ok bool) {
 }
 
 // TakeLayerListed is TakeLayer with the listing in the file manifest
-// (linked, not copied: the pending listing is replaced, never changed).
-func (c Checkpoints) TakeLayerListed(ref LayerRef, bytes int64, manifest, command string) (Checkpoint, error) {
-	return c.takeLayer(ref, bytes, command, func(p string) error {
+// (linked, not copied: the pending listing is replaced, never changed),
+// and with the record written but not yet synced: durable syncs it. The
+// caller runs the command meanwhile and calls durable before it reports
+// the command's end. Kill -9 of any process loses nothing written (the
+// record is in the page cache and names a frozen layer); a host crash
+// before durable returned may leave the record damaged, which reads as no
+// checkpoint (see takeLayer), never as another state.
+func (c Checkpoints) TakeLayerListed(ref LayerRef, bytes int64, manifest, command string) (cp Checkpoint, durable func() error, err error) {
+	cp, err = c.takeLayerWith(ref, bytes, command, false, func(p string) error {
 		_ = os.Remove(p)
 		if err := os.Link(manifest, p); err == nil {
 			return nil
@@ -338,6 +344,21 @@ func (c Checkpoints) TakeLayerListed(ref LayerRef, bytes int64, manifest, comman
 		}
 		return replaceFile(p, b, false)
 	})
+	if err != nil {
+		return cp, nil, err
+	}
+	p := c.path(cp.Number, ".json")
+	return cp, func() error { return syncFile(p) }, nil
+}
+
+// syncFile flushes the file at p to the disk.
+func syncFile(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
 }
 
 // EmptyTop reports whether the live top is a qcow2 overlay nothing was

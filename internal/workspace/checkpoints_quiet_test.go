@@ -82,8 +82,11 @@ func TestPending(t *testing.T) {
 	if c.PendingManifest() != 10 {
 		t.Fatal("the listing went with the report")
 	}
-	cp, err := c.TakeLayerListed(LayerRef{Layer: "workspace.ext4"}, 0, list, "exec: true")
+	cp, durable, err := c.TakeLayerListed(LayerRef{Layer: "workspace.ext4"}, 0, list, "exec: true")
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := durable(); err != nil {
 		t.Fatal(err)
 	}
 	got, err := c.Manifest(cp.Number)
@@ -110,7 +113,7 @@ func TestPending(t *testing.T) {
 		t.Fatal("no report kept the old one")
 	}
 	// Numbers go on after the record of the last checkpoint.
-	cp2, err := c.TakeLayerListed(LayerRef{Layer: "workspace.ext4"}, 0, list, "exec: true")
+	cp2, _, err := c.TakeLayerListed(LayerRef{Layer: "workspace.ext4"}, 0, list, "exec: true")
 	if err == nil && cp2.Number != cp.Number+1 {
 		t.Fatalf("checkpoint numbers %d then %d", cp.Number, cp2.Number)
 	}
