@@ -273,6 +273,7 @@ func refreshIdentity(ctx context.Context, d Deps, c Config, v *VM) error {
 	// be slower still, so only evidence (its QEMU exited, the agent
 	// refused) ends a restore early. A shorter bound (15 s) turned slow
 	// restores at a load of 15-20 into cold boots and discarded snapshots.
+	caller := ctx
 	ctx, cancel := context.WithTimeout(ctx, c.BootTimeout)
 	defer cancel()
 	go func() {
@@ -283,6 +284,12 @@ func refreshIdentity(ctx context.Context, d Deps, c Config, v *VM) error {
 		}
 	}()
 	resp, err := v.Agent.SetIdentityWithin(ctx, c.BootTimeout, req)
+	if err != nil && caller.Err() != nil {
+		// The caller gave up (a pool stopping mid-fill, an interrupted
+		// create): no evidence against the snapshot, which a failed
+		// restore would discard and bar from rebuilding for a while.
+		return fmt.Errorf("refresh the restored guest's identity: %w", caller.Err())
+	}
 	if err != nil {
 		return restoreFailed(d, v, fmt.Errorf("refresh the restored guest's identity: %w", err))
 	}
