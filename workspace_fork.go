@@ -140,6 +140,22 @@ func (c *Client) ForkWorkspace(ctx context.Context, id string, opts ForkWorkspac
 			}
 		}
 	}
+	// A pivot a killed running host push left under way may name a top
+	// QEMU never switched to (workspace_hostpush_running.go): the forks'
+	// copy of the upper layer (internal/supervisor/fork.go reads the named
+	// top) must be the layer the guest writes, whose blocks the saved RAM
+	// caches, so it is settled first.
+	if chainable(dir) {
+		unlock, err := lockLayers(ctx, dir)
+		if err != nil {
+			return ForkResult{}, err
+		}
+		err = settlePivot(ctx, dir, layersOf(dir, rec))
+		unlock()
+		if err != nil {
+			return ForkResult{}, fmt.Errorf("settle a host push's disk switch: %w", err)
+		}
+	}
 	out := ForkResult{SourceWorkspaceID: rec.ID, Forks: []ForkedWorkspace{}, NotInherited: forkNotInherited}
 	var made []vmdir.Dir
 	var recs []instance.Record
