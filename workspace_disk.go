@@ -28,6 +28,9 @@ func (c *Client) withDiskView(ctx context.Context, id string, f func(rec instanc
 		return rec, errdefs.New(errdefs.ErrFailedPrecondition, "", "workspace %q has no disk image", rec.ID)
 	}
 	err = c.lc.WhileStopped(ctx, dir, rec, func() error {
+		if err := settleStopped(ctx, dir, rec); err != nil { // workspace_pivot_settle.go
+			return err
+		}
 		upper, done, err := layersOf(dir, rec).RawUpper(ctx)
 		if err != nil {
 			return err

@@ -58,6 +58,11 @@ func (c *Client) exportHost(ctx context.Context, dir vmdir.Dir, rec instance.Rec
 			return st, "", false, nil
 		}
 		defer unlock()
+		// The named top may be a layer QEMU never switched to (a pivot a
+		// killed running host push left under way): asked of QEMU first.
+		if settlePivot(ctx, dir, layersOf(dir, rec)) != nil {
+			return st, "", false, nil
+		}
 		agent := c.lc.Client(dir)
 		defer agent.Close()
 		if agent.FreezeLayer(ctx, freezeFor) != nil {
@@ -70,7 +75,12 @@ func (c *Client) exportHost(ctx context.Context, dir vmdir.Dir, rec instance.Rec
 		read(fctx, layersOf(dir, rec).RawUpperFrozen)
 		return st, kind, ok, err
 	}
-	if werr := c.lc.WhileStopped(ctx, dir, rec, func() error { read(ctx, layersOf(dir, rec).RawUpper); return nil }); werr != nil {
+	if werr := c.lc.WhileStopped(ctx, dir, rec, func() error {
+		if settleStopped(ctx, dir, rec) == nil { // workspace_pivot_settle.go
+			read(ctx, layersOf(dir, rec).RawUpper)
+		}
+		return nil
+	}); werr != nil {
 		return st, "", false, nil // it started meanwhile: the guest serves
 	}
 	return st, kind, ok, err
