@@ -219,6 +219,9 @@ func startOrRestore(ctx context.Context, d Deps, c Config, v *VM) error {
 	v.warm.snapshotCmdline = true
 	v.warm.state = snap.StatePath()
 	if err := startVMM(ctx, d, c, v); err != nil {
+		if ctx.Err() != nil {
+			return err // the caller gave up: no evidence against the snapshot
+		}
 		return restoreFailed(d, v, err)
 	}
 	return nil
