@@ -281,8 +281,34 @@ func mountLayers(lowerDisk, upperDisk, dir string) error {
 			return err
 		}
 	}
-	if err := unix.Mount("overlay", dir, "overlay", unix.MS_NOATIME|unix.MS_NODEV, overlayOpts(LayerLowerDir, LayerUpperMount)); err != nil {
+	return stackWorkspace(dir, LayerLowerDir, LayerUpperMount)
+}
+
+// stackWorkspace mounts the placeholder at dir, then the overlay on it.
+func stackWorkspace(dir, lower, upperMount string) error {
+	if err := mountPlaceholder(dir); err != nil {
+		return err
+	}
+	return mountOverlay(dir, lower, upperMount)
+}
+
+// mountOverlay mounts the layered /workspace at dir: the baseline mounted
+// at lower under the upper directory of the disk mounted at upperMount.
+func mountOverlay(dir, lower, upperMount string) error {
+	if err := unix.Mount("overlay", dir, "overlay", unix.MS_NOATIME|unix.MS_NODEV, overlayOpts(lower, upperMount)); err != nil {
 		return fmt.Errorf("mount layered %s: %w", dir, err)
+	}
+	return nil
+}
+
+// mountPlaceholder mounts an empty read-only tmpfs at dir, below the
+// overlay that goes on top of it: whenever the overlay is not mounted (a
+// release to the host, the instants of its unmount and remount), a write
+// to /workspace fails there instead of landing in the root file system
+// under the mount point, hidden once the overlay is back.
+func mountPlaceholder(dir string) error {
+	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID|unix.MS_NOEXEC, "size=4k,mode=0755"); err != nil {
+		return fmt.Errorf("mount the placeholder under %s: %w", dir, err)
 	}
 	return nil
 }

@@ -18,9 +18,10 @@ import (
 // the host writes a new upper layer while the guest holds none of it, and
 // makes QEMU use it. Release syncs and unmounts the overlay, then the
 // upper disk; the baseline stays mounted (nobody changes it). While it is
-// released, /workspace is an empty read-only tmpfs, so that a command
-// started meanwhile fails to write there instead of writing into the root
-// file system under the mount point. Remount drops every block of the
+// released, /workspace is the empty read-only tmpfs mounted below the
+// overlay at boot (mountPlaceholder), so that a command started meanwhile
+// fails to write there instead of writing into the root file system under
+// the mount point. Remount drops every block of the
 // upper disk the guest kernel cached (the disk below it may be another
 // file now) and mounts it and the overlay exactly as at boot.
 
@@ -96,8 +97,6 @@ func (s *Agent) remountWorkspace(drop bool) error {
 			return err
 		}
 	}
-	// The placeholder goes even when a process holds it (detached).
-	_ = unix.Unmount(s.workspaceDir, unix.MNT_DETACH)
 	if err := unix.Mount(WorkspaceDisk, l.upperMount, "ext4", unix.MS_NOATIME|unix.MS_NODEV, writableExt4Opts); err != nil {
 		return fmt.Errorf("mount workspace upper disk: %w", err)
 	}
@@ -107,9 +106,9 @@ func (s *Agent) remountWorkspace(drop bool) error {
 			return err
 		}
 	}
-	if err := unix.Mount("overlay", s.workspaceDir, "overlay", unix.MS_NOATIME|unix.MS_NODEV, overlayOpts(l.lower, l.upperMount)); err != nil {
+	if err := mountOverlay(s.workspaceDir, l.lower, l.upperMount); err != nil {
 		_ = unix.Unmount(l.upperMount, 0) // a later remount starts over
-		return fmt.Errorf("mount layered %s: %w", s.workspaceDir, err)
+		return err
 	}
 	l.release.released = false
 	// A failed remount leaves the timer to try again.
@@ -121,7 +120,7 @@ func (s *Agent) remountWorkspace(drop bool) error {
 }
 
 // releaseWorkspace syncs and unmounts the overlay at dir and the upper
-// disk at upperMount (both or neither), then mounts the placeholder.
+// disk at upperMount (both or neither); the placeholder below the overlay shows meanwhile.
 func releaseWorkspace(dir, lower, upperMount string) error {
 	if f, err := os.Open(dir); err == nil {
 		_ = unix.Syncfs(int(f.Fd()))
@@ -134,7 +133,7 @@ func releaseWorkspace(dir, lower, upperMount string) error {
 		return err
 	}
 	remount := func(err error) error {
-		if merr := unix.Mount("overlay", dir, "overlay", unix.MS_NOATIME|unix.MS_NODEV, overlayOpts(lower, upperMount)); merr != nil {
+		if merr := mountOverlay(dir, lower, upperMount); merr != nil {
 			return errors.Join(err, fmt.Errorf("mount %s again: %w", dir, merr))
 		}
 		return err
@@ -144,8 +143,5 @@ func releaseWorkspace(dir, lower, upperMount string) error {
 	if err := unix.Unmount(upperMount, 0); err != nil {
 		return remount(fmt.Errorf("unmount the upper disk: %w", err))
 	}
-	// Without the placeholder the release still holds; a write there
-	// meanwhile lands in the root file system, hidden once remounted.
-	_ = unix.Mount("tmpfs", dir, "tmpfs", unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID|unix.MS_NOEXEC, "size=4k,mode=0755")
 	return nil
 }

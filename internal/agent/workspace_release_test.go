@@ -1,0 +1,83 @@
+package agent
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// The instant the overlay is unmounted (a release to the host, before
+// its own placeholder could be mounted) a command writing to /workspace
+// must fail, not write into the root file system under the mount point,
+// where the write would be hidden (lost) once the overlay is back. Run as
+// root on the host with a bind mount standing in for the upper disk.
+func TestWorkspaceNeverBareDuringRelease(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount (overlay, tmpfs)")
+	}
+	base := t.TempDir()
+	lower, upperData, upperMount, dir := filepath.Join(base, "lower"), filepath.Join(base, "upper-data"), filepath.Join(base, "upper"), filepath.Join(base, "ws")
+	for _, d := range []string{lower, upperData, upperMount, dir} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mountUpper := func() {
+		t.Helper()
+		if err := unix.Mount(upperData, upperMount, "", unix.MS_BIND, ""); err != nil {
+			t.Skipf("bind mount: %v", err)
+		}
+		for _, d := range []string{upperDir(upperMount), workDir(upperMount)} {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	mountUpper()
+	if err := stackWorkspace(dir, lower, upperMount); err != nil {
+		_ = unix.Unmount(dir, unix.MNT_DETACH)
+		_ = unix.Unmount(upperMount, 0)
+		t.Skip(err) // no overlayfs or tmpfs here
+	}
+	t.Cleanup(func() {
+		for _, m := range []string{dir, dir, upperMount} {
+			_ = unix.Unmount(m, unix.MNT_DETACH)
+		}
+	})
+	if err := os.WriteFile(filepath.Join(dir, "a.txt"), []byte("a"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	// What every release does first, seen by a writer in that instant.
+	if err := unix.Unmount(dir, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "lost.txt"), []byte("x"), 0o644); !errors.Is(err, unix.EROFS) {
+		t.Fatalf("write with the overlay unmounted: %v, want EROFS", err)
+	}
+	if err := mountOverlay(dir, lower, upperMount); err != nil {
+		t.Fatal(err)
+	}
+
+	// The whole release and remount.
+	if err := releaseWorkspace(dir, lower, upperMount); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "b.txt"), []byte("b"), 0o644); !errors.Is(err, unix.EROFS) {
+		t.Fatalf("write while released: %v, want EROFS", err)
+	}
+	mountUpper()
+	if err := mountOverlay(dir, lower, upperMount); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "a.txt")); err != nil || string(b) != "a" {
+		t.Fatalf("a.txt after the remount: %q, %v", b, err)
+	}
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 1 {
+		t.Fatalf("/workspace after the remount holds %d entries, want a.txt only", len(ents))
+	}
+}
