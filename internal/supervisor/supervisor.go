@@ -324,7 +324,7 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 	s.status.State = instance.Running
 	s.status.Backend, s.status.Acceleration, s.status.Isolation = v.Backend, v.Features.Acceleration, v.Features.Isolation
 	s.status.AccelNote, s.status.VMMPID, s.status.BootMS, s.status.Health = v.AccelNote, v.Machine.Pid(), v.BootMS, &h
-	s.status.Start, s.status.Inherited = v.Start, v.Inherited
+	s.status.Start, s.status.Inherited = v.Start, keptInherited(v.Inherited)
 	s.mu.Unlock()
 	s.bootEnded()
 	instance.AppendEvent(d, "running", map[string]any{"backend": v.Backend, "acceleration": v.Features.Acceleration, "boot_ms": v.BootMS, "start": v.Start, "vmm_pid": v.Machine.Pid()})
