@@ -183,6 +183,12 @@ func (s *Agent) handleLayerFreeze(w http.ResponseWriter, r *http.Request) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.release.released {
+		// The upper disk is not mounted: its mount point is a directory of
+		// the root file system, which FIFREEZE would freeze instead.
+		s.fail(w, errorf(errdefs.ErrFailedPrecondition, "/workspace is released to the host"))
+		return
+	}
 	if l.frozen == nil {
 		f, err := os.Open(l.upperMount)
 		if err != nil {

@@ -24,9 +24,14 @@ import (
 // real client for it.
 func newTestClient(t *testing.T, opts Options) *agentapi.Client {
 	t.Helper()
+	return serveTestAgent(t, New(opts))
+}
+
+// serveTestAgent is newTestClient for an agent the test has set up.
+func serveTestAgent(t *testing.T, a *Agent) *agentapi.Client {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	a := New(opts)
 	c := agentapi.NewClient(func(context.Context) (net.Conn, error) {
 		host, guest := net.Pipe()
 		wg.Add(1)

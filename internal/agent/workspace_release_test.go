@@ -4,9 +4,13 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pyro-mcp/pyro/internal/errdefs"
 )
 
 // The instant the overlay is unmounted (a release to the host, before
@@ -79,5 +83,25 @@ func TestWorkspaceNeverBareDuringRelease(t *testing.T) {
 	ents, _ := os.ReadDir(dir)
 	if len(ents) != 1 {
 		t.Fatalf("/workspace after the remount holds %d entries, want a.txt only", len(ents))
+	}
+}
+
+// A freeze asked for while /workspace is released (only a host that died
+// mid-push leaves it so) is refused: the upper disk's mount point is then
+// a directory of the root file system, which FIFREEZE would freeze.
+func TestFreezeRefusedWhileReleased(t *testing.T) {
+	upper := t.TempDir()
+	if err := os.MkdirAll(upperDir(upper), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a := New(Options{LayerLowerDir: t.TempDir(), LayerUpperMount: upper})
+	a.layers.release.released = true
+	c := serveTestAgent(t, a)
+	err := c.FreezeLayer(testCtx(t), time.Second)
+	if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), "released") {
+		t.Fatalf("freeze while released: %v", err)
+	}
+	if a.layers.frozen != nil {
+		t.Fatal("frozen")
 	}
 }
