@@ -114,6 +114,7 @@ func isOpaque(p string) bool {
 // layers is the agent's handle on the layered /workspace.
 type layers struct {
 	lower, upperMount string
+	upperDisk         string // the upper disk's device (WorkspaceDisk; tests: none)
 	mu                sync.Mutex
 	frozen            *os.File     // the upper mount while frozen
 	thawTimer         *time.Timer  // thaws a freeze the host forgot

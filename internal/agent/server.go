@@ -127,7 +127,7 @@ func New(opts Options) *Agent {
 	if a.opts.SecretsDir == "" {
 		a.opts.SecretsDir = agentapi.SecretsDir
 	}
-	a.layers = &layers{lower: opts.LayerLowerDir, upperMount: opts.LayerUpperMount}
+	a.layers = &layers{lower: opts.LayerLowerDir, upperMount: opts.LayerUpperMount, upperDisk: WorkspaceDisk}
 	if a.layers.lower == "" {
 		a.layers.lower = LayerLowerDir
 	}

@@ -68,7 +68,7 @@ func (s *Agent) handleLayerRelease(w http.ResponseWriter, r *http.Request) {
 	l.release.released = true
 	// The host may have switched the disk before it died: the guest's
 	// cache of it goes in any case.
-	l.release.timer = time.AfterFunc(d, func() { _ = s.remountWorkspace(true) })
+	l.release.timer = time.AfterFunc(d, s.remountByItself)
 	writeJSON(w, http.StatusOK, struct{}{})
 }
 
@@ -83,6 +83,26 @@ func (s *Agent) handleLayerRemount(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, struct{}{})
 }
 
+// remountRetry is how soon the guest tries again when remounting by
+// itself failed (e.g. the upper disk busy for a moment).
+var remountRetry = 5 * time.Second
+
+// remountByItself is the guest's own remount once a release outlived its
+// bound (the host gone): it tries until /workspace is back.
+func (s *Agent) remountByItself() {
+	err := s.remountWorkspace(true)
+	if err == nil {
+		return
+	}
+	s.log.Warn("remount /workspace after the release", "err", err)
+	l := s.layers
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.release.released {
+		l.release.timer = time.AfterFunc(remountRetry, s.remountByItself)
+	}
+}
+
 func (s *Agent) remountWorkspace(drop bool) error {
 	l := s.layers
 	l.mu.Lock()
@@ -93,11 +113,11 @@ func (s *Agent) remountWorkspace(drop bool) error {
 	if drop {
 		// The guest's view of the upper disk was cached from the layer
 		// QEMU served before: none of it may be read again.
-		if err := dropCachedBlocks(WorkspaceDisk); err != nil {
+		if err := dropCachedBlocks(l.upperDisk); err != nil {
 			return err
 		}
 	}
-	if err := unix.Mount(WorkspaceDisk, l.upperMount, "ext4", unix.MS_NOATIME|unix.MS_NODEV, writableExt4Opts); err != nil {
+	if err := unix.Mount(l.upperDisk, l.upperMount, "ext4", unix.MS_NOATIME|unix.MS_NODEV, writableExt4Opts); err != nil {
 		return fmt.Errorf("mount workspace upper disk: %w", err)
 	}
 	for _, d := range []string{upperDir(l.upperMount), workDir(l.upperMount)} {
@@ -111,7 +131,6 @@ func (s *Agent) remountWorkspace(drop bool) error {
 		return err
 	}
 	l.release.released = false
-	// A failed remount leaves the timer to try again.
 	if l.release.timer != nil {
 		l.release.timer.Stop()
 		l.release.timer = nil

@@ -105,3 +105,18 @@ func TestFreezeRefusedWhileReleased(t *testing.T) {
 		t.Fatal("frozen")
 	}
 }
+
+// The guest's own remount (the host gone past the release) that fails
+// tries again instead of leaving /workspace released for good.
+func TestRemountByItselfRetries(t *testing.T) {
+	a := New(Options{LayerLowerDir: t.TempDir(), LayerUpperMount: t.TempDir()})
+	a.layers.upperDisk = filepath.Join(t.TempDir(), "no-disk") // never a host disk
+	a.layers.release.released = true
+	a.remountByItself() // the mount fails
+	a.layers.mu.Lock()
+	defer a.layers.mu.Unlock()
+	if a.layers.release.timer == nil || !a.layers.release.released {
+		t.Fatal("a failed remount by itself is not tried again")
+	}
+	a.layers.release.timer.Stop()
+}
