@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/vmm"
@@ -332,39 +331,22 @@ func commit(ctx context.Context, q *qmp, top, base, backingName string) error {
 		return err
 	}
 	for {
-		r, err := q.call(ctx, "query-jobs", nil, nil)
+		status, jerr, found, err := jobStatus(ctx, q, job)
 		if err != nil {
 			return err
 		}
-		var jobs []struct {
-			ID     string `json:"id"`
-			Status string `json:"status"`
-			Error  string `json:"error"`
-		}
-		if err := json.Unmarshal(r, &jobs); err != nil {
-			return fmt.Errorf("qmp query-jobs: %w", err)
-		}
-		done := true
-		for _, j := range jobs {
-			if j.ID != job {
-				continue
-			}
-			if j.Status != "concluded" {
-				done = false
-				break
-			}
-			_, _ = q.call(ctx, "job-dismiss", map[string]any{"id": job}, nil)
-			if j.Error != "" {
-				return fmt.Errorf("merge %s into %s: %s", filepath.Base(top), filepath.Base(base), j.Error)
-			}
-		}
-		if done {
+		if !found {
 			return nil
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(2 * time.Millisecond):
+		if status == "concluded" {
+			_, _ = q.call(ctx, "job-dismiss", map[string]any{"id": job}, nil)
+			if jerr != "" {
+				return fmt.Errorf("merge %s into %s: %s", filepath.Base(top), filepath.Base(base), jerr)
+			}
+			return nil
+		}
+		if err := pollPause(ctx); err != nil {
+			return err
 		}
 	}
 }

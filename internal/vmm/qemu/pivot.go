@@ -110,42 +110,55 @@ func PivotTop(ctx context.Context, dir vmdir.Dir, path string, old []string) err
 // error when it has one).
 func waitJob(ctx context.Context, q *qmp, job, want string) error {
 	for {
-		r, err := q.call(ctx, "query-jobs", nil, nil)
-		if err != nil {
+		status, jerr, found, err := jobStatus(ctx, q, job)
+		switch {
+		case err != nil:
+			return err
+		case !found:
+			return fmt.Errorf("switch the workspace disk: job %s is gone", job)
+		case status == want && (want != "concluded" || jerr == ""):
+			return nil
+		case status == "concluded" && jerr != "":
+			return fmt.Errorf("switch the workspace disk: %s", jerr)
+		case status == "concluded":
+			return fmt.Errorf("switch the workspace disk: job ended before %s", want)
+		}
+		if err := pollPause(ctx); err != nil {
 			return err
 		}
-		var jobs []struct {
-			ID     string `json:"id"`
-			Status string `json:"status"`
-			Error  string `json:"error"`
+	}
+}
+
+// jobStatus is a block job's status and error as query-jobs tells them;
+// found is false once QEMU no longer lists it.
+func jobStatus(ctx context.Context, q *qmp, job string) (status, jobErr string, found bool, err error) {
+	r, err := q.call(ctx, "query-jobs", nil, nil)
+	if err != nil {
+		return "", "", false, err
+	}
+	var jobs []struct {
+		ID     string `json:"id"`
+		Status string `json:"status"`
+		Error  string `json:"error"`
+	}
+	if err := json.Unmarshal(r, &jobs); err != nil {
+		return "", "", false, fmt.Errorf("qmp query-jobs: %w", err)
+	}
+	for _, j := range jobs {
+		if j.ID == job {
+			return j.Status, j.Error, true, nil
 		}
-		if err := json.Unmarshal(r, &jobs); err != nil {
-			return fmt.Errorf("qmp query-jobs: %w", err)
-		}
-		found := false
-		for _, j := range jobs {
-			if j.ID != job {
-				continue
-			}
-			found = true
-			if j.Status == want && (want != "concluded" || j.Error == "") {
-				return nil
-			}
-			if j.Status == "concluded" {
-				if j.Error != "" {
-					return fmt.Errorf("switch the workspace disk: %s", j.Error)
-				}
-				return fmt.Errorf("switch the workspace disk: job ended before %s", want)
-			}
-		}
-		if !found {
-			return fmt.Errorf("switch the workspace disk: job %s is gone", job)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(2 * time.Millisecond):
-		}
+	}
+	return "", "", false, nil
+}
+
+// pollPause waits between two polls of a block job.
+func pollPause(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(2 * time.Millisecond):
+		return nil
 	}
 }
 
