@@ -451,18 +451,29 @@ func buildSnapshot(ctx context.Context, d Deps, c Config, v *VM, store *golden.S
 // when missing or unusable) without keeping a guest: `pyro prepare` and
 // `pyro env pull --warm`. It returns the snapshot's directory.
 func PrepareSnapshot(ctx context.Context, d Deps, c Config) (golden.Snapshot, error) {
+	return prepare(ctx, d, c, func(ctx context.Context, d Deps, c Config, v *VM) (*golden.Snapshot, error) {
+		if err := findSnapshot(ctx, d, c, v); err != nil {
+			return nil, err
+		}
+		if v.warm.snapshot == nil {
+			return nil, fmt.Errorf("no memory snapshot: %s", v.SnapshotNote)
+		}
+		return v.warm.snapshot, nil
+	})
+}
+
+// prepare runs the boot steps up to finding (and building) a snapshot
+// with find, without a guest of its own: no directory, no VMM.
+func prepare(ctx context.Context, d Deps, c Config, find func(context.Context, Deps, Config, *VM) (*golden.Snapshot, error)) (golden.Snapshot, error) {
 	c.Cold, c.buildNow = false, true
 	var snap golden.Snapshot
-	// No guest of its own: no directory, no VMM.
 	steps := ColdBoot().Remove(StepPrepareDirectory).Remove(StepStartVMM).Remove(StepConnectAgent).
 		InsertAfter(StepCheckFeatures, Step{StepFindSnapshot, func(ctx context.Context, d Deps, c Config, v *VM) error {
-			if err := findSnapshot(ctx, d, c, v); err != nil {
+			s, err := find(ctx, d, c, v)
+			if err != nil {
 				return err
 			}
-			if v.warm.snapshot == nil {
-				return fmt.Errorf("no memory snapshot: %s", v.SnapshotNote)
-			}
-			snap = *v.warm.snapshot
+			snap = *s
 			return nil
 		}})
 	v, err := BootWith(ctx, steps, d, c)

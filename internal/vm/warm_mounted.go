@@ -136,26 +136,13 @@ func mountedSnapshot(ctx context.Context, d Deps, c Config, v *VM) (*golden.Snap
 // workspace of c's configuration restores (c names placeholder disks of
 // a workspace disk's size).
 func PrepareMountedSnapshot(ctx context.Context, d Deps, c Config) (golden.Snapshot, error) {
-	c.Cold, c.buildNow = false, true
-	var snap golden.Snapshot
-	steps := ColdBoot().Remove(StepPrepareDirectory).Remove(StepStartVMM).Remove(StepConnectAgent).
-		InsertAfter(StepCheckFeatures, Step{StepFindSnapshot, func(ctx context.Context, d Deps, c Config, v *VM) error {
-			s, err := mountedSnapshot(ctx, d, c, v)
-			if err != nil {
-				return err
-			}
-			if s == nil {
-				return fmt.Errorf("backend %q cannot restore memory snapshots", v.Backend)
-			}
-			snap = *s
-			return nil
-		}})
-	v, err := BootWith(ctx, steps, d, c)
-	if err != nil {
-		return golden.Snapshot{}, err
-	}
-	_ = v.Close(context.Background())
-	return snap, nil
+	return prepare(ctx, d, c, func(ctx context.Context, d Deps, c Config, v *VM) (*golden.Snapshot, error) {
+		s, err := mountedSnapshot(ctx, d, c, v)
+		if err == nil && s == nil {
+			err = fmt.Errorf("backend %q cannot restore memory snapshots", v.Backend)
+		}
+		return s, err
+	})
 }
 
 // mountedDisks gives the guest of a mounted-workspace snapshot build its
