@@ -146,16 +146,7 @@ func TestHostPushKilled(t *testing.T) {
 	ensureEnv(t, baseEnv)
 	id, env := newWorkspace(t)
 	before := guestListing(t, env, id, "/workspace")
-	src := t.TempDir()
-	big := make([]byte, 256<<10)
-	for i := 0; i < 400; i++ { // 100 MiB: debugfs runs for a while
-		rand.Read(big[:64])
-		p := filepath.Join(src, "tree", strconv.Itoa(i%10), strconv.Itoa(i))
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, big, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	src := randomTree(t, 400) // 100 MiB: debugfs runs for a while
 	mustWS(t, env, nil, "stop", id)
 	killed := false
 	for attempt := 0; attempt < 3 && !killed; attempt++ {
@@ -237,4 +228,23 @@ func requireConfinable(t *testing.T) {
 	if !hostwrite.Confinable() {
 		t.Skip("this kernel has no Landlock: sync push into a stopped workspace goes through the guest (start it first)")
 	}
+}
+
+// randomTree makes a source directory holding tree/<i%10>/<i> for n files
+// of 256 KiB each, every one different (their first bytes random).
+func randomTree(t *testing.T, n int) string {
+	t.Helper()
+	src := t.TempDir()
+	big := make([]byte, 256<<10)
+	for i := 0; i < n; i++ {
+		rand.Read(big[:64])
+		p := filepath.Join(src, "tree", strconv.Itoa(i%10), strconv.Itoa(i))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, big, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return src
 }

@@ -1,11 +1,9 @@
 package e2e
 
 import (
-	"crypto/rand"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -24,16 +22,7 @@ func TestHostPushRunningRestarted(t *testing.T) {
 	requireConfinable(t)
 	ensureEnv(t, baseEnv)
 	id, env := newWorkspace(t)
-	src := t.TempDir()
-	big := make([]byte, 256<<10)
-	for i := 0; i < 100; i++ {
-		rand.Read(big[:64])
-		p := filepath.Join(src, "tree", strconv.Itoa(i%10), strconv.Itoa(i))
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, big, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	src := randomTree(t, 100)
 	wsExec(t, env, id, "sh", "-c", "echo kept > /workspace/kept.txt")
 	push := exec.Command(pyroBin, "workspace", "--json", "sync", "push", id, src)
 	push.Env = append(os.Environ(), env...)

@@ -1,12 +1,9 @@
 package e2e
 
 import (
-	"crypto/rand"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -113,16 +110,7 @@ func TestHostPushRunningKilled(t *testing.T) {
 	requireConfinable(t)
 	ensureEnv(t, baseEnv)
 	id, env := newWorkspace(t)
-	src := t.TempDir()
-	big := make([]byte, 256<<10)
-	for i := 0; i < 400; i++ { // 100 MiB: debugfs runs for a while
-		rand.Read(big[:64])
-		p := filepath.Join(src, "tree", strconv.Itoa(i%10), strconv.Itoa(i))
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, big, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	src := randomTree(t, 400) // 100 MiB: debugfs runs for a while
 	wsExec(t, env, id, "sh", "-c", "echo kept > /workspace/kept.txt")
 	count := func() string {
 		m := wsExec(t, env, id, "sh", "-c", "cat /workspace/kept.txt; find /workspace/tree -type f 2>/dev/null | wc -l")
@@ -224,16 +212,7 @@ func TestHostPushRunningClientKilled(t *testing.T) {
 	requireConfinable(t)
 	ensureEnv(t, baseEnv)
 	id, env := newWorkspace(t)
-	src := t.TempDir()
-	big := make([]byte, 256<<10)
-	for i := 0; i < 400; i++ {
-		rand.Read(big[:64])
-		p := filepath.Join(src, "tree", strconv.Itoa(i%10), strconv.Itoa(i))
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, big, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	src := randomTree(t, 400)
 	wsExec(t, env, id, "sh", "-c", "echo kept > /workspace/kept.txt")
 	cmd := exec.Command(pyroBin, "workspace", "--json", "sync", "push", id, src)
 	cmd.Env = append(append(os.Environ(), env...), "PYRO_PUSH_RELEASE_MS=8000")
