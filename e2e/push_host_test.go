@@ -158,7 +158,7 @@ func TestHostPushKilled(t *testing.T) {
 		// Kill it once its debugfs child runs.
 		deadline := time.Now().Add(60 * time.Second)
 		for time.Now().Before(deadline) {
-			if childNamed(cmd.Process.Pid, "debugfs") {
+			if childPid(cmd.Process.Pid, "debugfs") != 0 {
 				cmd.Process.Kill()
 				killed = true
 				break
@@ -195,30 +195,6 @@ func TestHostPushKilled(t *testing.T) {
 	if strings.TrimSpace(fmt.Sprint(m["stdout"])) != "400" {
 		t.Fatalf("after the retried push: %v", m)
 	}
-}
-
-// childNamed reports whether a child of pid runs the program name.
-func childNamed(pid int, name string) bool {
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		open, close := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-		if open < 0 || close < open || s[open+1:close] != name {
-			continue
-		}
-		f := strings.Fields(s[close+1:])
-		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
-			return true
-		}
-	}
-	return false
 }
 
 // requireConfinable skips where the host push is not used: a kernel

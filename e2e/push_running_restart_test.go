@@ -78,8 +78,9 @@ func TestHostPushRunningRestarted(t *testing.T) {
 	}
 }
 
-// childPid returns the pid of pid's child named name that writes its
-// image (debugfs -f -, the commands from the push; 0: none).
+// childPid returns the pid of pid's child running the program name with
+// its commands on standard input (-f -; 0: none): the debugfs of a host
+// push's checks or of its write.
 func childPid(pid int, name string) int {
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {

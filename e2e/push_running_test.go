@@ -124,7 +124,7 @@ func TestHostPushRunningKilled(t *testing.T) {
 	killed := false
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) && !killed {
-		if childNamed(cmd.Process.Pid, "debugfs") {
+		if childPid(cmd.Process.Pid, "debugfs") != 0 {
 			if vmm := findPids(t, id)["vmm"]; vmm > 0 {
 				syscall.Kill(vmm, syscall.SIGKILL)
 				killed = true
@@ -221,7 +221,7 @@ func TestHostPushRunningClientKilled(t *testing.T) {
 	}
 	killed := false
 	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline) && !killed; time.Sleep(2 * time.Millisecond) {
-		if childNamed(cmd.Process.Pid, "debugfs") {
+		if childPid(cmd.Process.Pid, "debugfs") != 0 {
 			cmd.Process.Kill()
 			killed = true
 		}
