@@ -170,6 +170,26 @@ func findSnapshot(ctx context.Context, d Deps, c Config, v *VM) error {
 		v.SnapshotNote = fmt.Sprintf("backend %q cannot restore memory snapshots", v.Backend)
 		return nil
 	}
+	snap, note, err := lookupOrBuild(ctx, d, c, v, key)
+	if err != nil {
+		return err
+	}
+	if snap == nil {
+		d.Logger.Debug("booting cold", "vm_id", v.ID, "why", note)
+		v.SnapshotNote = note
+		return nil
+	}
+	v.warm.snapshot = snap
+	return nil
+}
+
+// lookupOrBuild finds the snapshot for key in the environment's store,
+// building it when there is none (on first use, or now for `prepare`),
+// unless its build failed recently. A snapshot found unusable is
+// discarded (and rebuilt now only for `prepare`: this start does without,
+// the next one builds it). With no snapshot to use, note says why; err is
+// the caller giving up or a store that cannot be read.
+func lookupOrBuild(ctx context.Context, d Deps, c Config, v *VM, key golden.Key) (*golden.Snapshot, string, error) {
 	store := SnapshotStore(v.Environment.Dir)
 	snap, err := store.Lookup(key)
 	var bad *golden.Invalid
@@ -178,37 +198,29 @@ func findSnapshot(ctx context.Context, d Deps, c Config, v *VM) error {
 		if derr := store.Discard(bad.Dir); derr != nil {
 			d.Logger.Warn("discard memory snapshot", "dir", bad.Dir, "err", derr)
 		}
-		// This start boots cold; the next one builds a new snapshot.
-		v.SnapshotNote = "snapshot discarded: " + bad.Reason
-		if c.buildNow {
-			err = golden.ErrNotFound
-		} else {
-			return nil
+		if !c.buildNow {
+			return nil, "snapshot discarded: " + bad.Reason, nil
 		}
+		err = golden.ErrNotFound
 	}
 	if errors.Is(err, golden.ErrNotFound) {
 		if why, failed := store.RecentlyFailed(key); failed && !c.buildNow {
-			d.Logger.Info("booting cold: the memory snapshot failed recently", "vm_id", v.ID, "why", why)
-			v.SnapshotNote = "snapshot build failed recently: " + why
-			return nil
+			return nil, "snapshot build failed recently: " + why, nil
 		}
-		// Built on first use: one boot and a save now, restores from then on.
 		snap, err = buildSnapshot(ctx, d, c, v, store, key)
 		if err != nil {
 			if ctx.Err() != nil {
-				return ctx.Err()
+				return nil, "", ctx.Err()
 			}
-			d.Logger.Warn("memory snapshot build failed; booting cold", "vm_id", v.ID, "err", err)
+			d.Logger.Warn("memory snapshot build failed", "vm_id", v.ID, "key", key.ID(), "err", err)
 			store.MarkFailed(key, err.Error())
-			v.SnapshotNote = "snapshot build failed: " + err.Error()
-			return nil
+			return nil, "snapshot build failed: " + err.Error(), nil
 		}
 	}
 	if err != nil {
-		return err
+		return nil, "", err
 	}
-	v.warm.snapshot = &snap
-	return nil
+	return &snap, "", nil
 }
 
 func startOrRestore(ctx context.Context, d Deps, c Config, v *VM) error {

@@ -95,41 +95,18 @@ func mountedSnapshot(ctx context.Context, d Deps, c Config, v *VM) (*golden.Snap
 		return nil, nil
 	}
 	key.WorkspaceBytes = st.Size()
-	store := SnapshotStore(v.Environment.Dir)
-	snap, err := store.Lookup(key)
-	var bad *golden.Invalid
-	if errors.As(err, &bad) {
-		d.Logger.Warn("discarding memory snapshot", "vm_id", v.ID, "dir", bad.Dir, "reason", bad.Reason)
-		if derr := store.Discard(bad.Dir); derr != nil {
-			d.Logger.Warn("discard memory snapshot", "dir", bad.Dir, "err", derr)
-		}
-		if !c.buildNow {
-			return nil, nil // the ordinary snapshot this time; rebuilt by a later create
-		}
-		err = golden.ErrNotFound
-	}
-	if errors.Is(err, golden.ErrNotFound) {
-		if why, failed := store.RecentlyFailed(key); failed && !c.buildNow {
-			d.Logger.Debug("no mounted-workspace snapshot: its build failed recently", "vm_id", v.ID, "why", why)
-			return nil, nil
-		}
-		snap, err = buildSnapshot(ctx, d, c, v, store, key)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			d.Logger.Warn("mounted-workspace snapshot build failed", "vm_id", v.ID, "err", err)
-			store.MarkFailed(key, err.Error())
-			if c.buildNow {
-				return nil, err
-			}
-			return nil, nil
-		}
-	}
+	snap, note, err := lookupOrBuild(ctx, d, c, v, key)
 	if err != nil {
 		return nil, err
 	}
-	return &snap, nil
+	if snap == nil {
+		if c.buildNow {
+			return nil, errors.New(note)
+		}
+		// The ordinary snapshot this time.
+		d.Logger.Debug("no mounted-workspace snapshot", "vm_id", v.ID, "why", note)
+	}
+	return snap, nil
 }
 
 // PrepareMountedSnapshot is PrepareSnapshot of the snapshot a new unseeded
