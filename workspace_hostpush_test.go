@@ -85,6 +85,21 @@ func stoppedWorkspace(t testing.TB, size int64, lazy bool) (vmdir.Dir, instance.
 	return dir, rec
 }
 
+// registeredStoppedWorkspace is stoppedWorkspace made through c's
+// lifecycle, so that c's methods find it by its id.
+func registeredStoppedWorkspace(t *testing.T, c *Client, size int64) (vmdir.Dir, instance.Record) {
+	t.Helper()
+	rec := instance.Record{ID: vmdir.NewID(), Kind: instance.KindWorkspace, Environment: DefaultEnvironment, VCPUCount: 1, MemMiB: 256, CreatedAt: time.Now().UTC()}
+	dir, rec, err := c.lc.Create(context.Background(), rec, func(d vmdir.Dir, r *instance.Record) error {
+		makeLayerImages(t, d, r, size, true)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir, rec
+}
+
 // makeLayerImages makes rec's upper disk and baseline in dir (see
 // stoppedWorkspace).
 func makeLayerImages(t testing.TB, dir vmdir.Dir, rec *instance.Record, size int64, lazy bool) {
@@ -131,14 +146,7 @@ func makeLayerImages(t testing.TB, dir vmdir.Dir, rec *instance.Record, size int
 func TestHostPushReturnsItsErrors(t *testing.T) {
 	c := newTestClient(t)
 	ctx := context.Background()
-	rec := instance.Record{ID: vmdir.NewID(), Kind: instance.KindWorkspace, Environment: DefaultEnvironment, VCPUCount: 1, MemMiB: 256, CreatedAt: time.Now().UTC()}
-	dir, rec, err := c.lc.Create(ctx, rec, func(d vmdir.Dir, r *instance.Record) error {
-		makeLayerImages(t, d, r, 16<<20, true)
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, rec := registeredStoppedWorkspace(t, c, 16<<20)
 	src := t.TempDir()
 	big := make([]byte, 16<<20-1)
 	_, _ = rand.Read(big) // zeros would be written as holes

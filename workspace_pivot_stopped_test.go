@@ -48,14 +48,7 @@ func TestHostPushStoppedSettlesPivot(t *testing.T) {
 func TestDiskToolsSettlePivot(t *testing.T) {
 	c := newTestClient(t)
 	ctx := context.Background()
-	rec := instance.Record{ID: vmdir.NewID(), Kind: instance.KindWorkspace, Environment: DefaultEnvironment, VCPUCount: 1, MemMiB: 256, CreatedAt: time.Now().UTC()}
-	dir, rec, err := c.lc.Create(ctx, rec, func(d vmdir.Dir, r *instance.Record) error {
-		makeLayerImages(t, d, r, 64<<20, true)
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, rec := registeredStoppedWorkspace(t, c, 64<<20)
 	stalePivot(t, dir, rec)
 	list, err := c.ListWorkspaceDisk(ctx, rec.ID, workspace.Root, false)
 	if err != nil {
