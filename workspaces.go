@@ -252,7 +252,12 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 	}
 	// Just created: it runs no service and no job yet, so the guest is
 	// not asked (in a freshly restored TCG guest each agent handler's
-	// first call is code translated anew).
+	// first call is code translated anew). The record is read again: the
+	// seed's counts and the baseline were recorded in it since.
+	dir, rec, err = c.wsDir(rec.ID)
+	if err != nil {
+		return ws, err
+	}
 	return c.workspaceStatus(ctx, dir, rec, c.lc.Observe(ctx, dir, rec), &agentapi.Inherited{}), nil
 }
 
