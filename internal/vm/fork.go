@@ -10,6 +10,7 @@ import (
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
+	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/vmm"
 )
 
@@ -135,11 +136,26 @@ func forkIdentity(ctx context.Context, _ Deps, c Config, v *VM) error {
 		}
 	}
 	if err != nil {
-		return errdefs.Wrap(errdefs.ErrUnavailable, err, "", "give the fork its own identity")
+		return forkIdentityFailed(v, err)
 	}
 	v.Health, v.Inherited = resp.Health, resp.Inherited
 	v.Start = StartFork
 	return nil
+}
+
+// forkIdentityFailed explains a fork's failed identity call. When its VMM
+// exited meanwhile (the call then ends "context canceled", the exit having
+// cut it short), that exit is the failure: it is said with the console's
+// last lines, as a cold boot's connectAgent does, instead of the bare
+// cancellation, which read like the host giving up.
+func forkIdentityFailed(v *VM, err error) error {
+	select {
+	case <-v.Machine.Done():
+		return errdefs.New(errdefs.ErrUnavailable, "the saved state may be bad; fork the source again (see "+v.Dir.Path(vmdir.ConsoleLog)+")",
+			"the fork's guest exited after its restore (%s): %s", qemuExit(v.Machine), consoleTail(v.Dir.Path(vmdir.ConsoleLog)))
+	default:
+	}
+	return errdefs.Wrap(errdefs.ErrUnavailable, err, "", "give the fork its own identity")
 }
 
 // vmmCPUms is the CPU time (user and system) v's VMM process has used so
