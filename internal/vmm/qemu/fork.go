@@ -12,11 +12,12 @@ import (
 	"github.com/pyro-mcp/pyro/internal/vmm"
 )
 
-// Live save for fork (vmm.LiveSaver): the same migration as Save (RAM
-// included, zero pages as a flag), but live: the guest keeps running while
-// its RAM is copied, and QEMU pauses it only for the last dirty pages,
-// leaving it paused ("postmigrate") for the caller's disk copies; then
-// "cont" resumes it (and takes its disks back).
+// Save for fork (vmm.LiveSaver): the same migration as Save (RAM
+// included, zero pages as a flag) of a running guest, paused ("stop")
+// for the whole migration, not only for its last dirty pages (see
+// SaveLive: a live migration under TCG lost guest writes), and left
+// paused ("postmigrate") for the caller's disk copies; then "cont"
+// resumes it (and takes its disks back).
 //
 // First the caller lets go of its agent session when it can (no call in
 // flight, hooks.Release), and the save waits until the guest agent closed
@@ -64,32 +65,42 @@ func (b *Backend) SaveLive(ctx context.Context, dir vmdir.Dir, state *os.File, h
 		}
 	}
 	// From here on the guest may be paused: it is resumed on every path.
+	stopped := time.Now()
 	defer func() {
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), resumeTimeout)
 		defer rcancel()
-		t := time.Now()
 		if rerr := resume(rctx, q); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("resume the source: %w", rerr))
 		}
-		out.PausedMS += time.Since(t).Milliseconds()
+		out.PausedMS = time.Since(stopped).Milliseconds()
 		out.TotalMS = time.Since(start).Milliseconds()
 	}()
+	// The guest is paused for the whole save, not only for its last dirty
+	// pages: under TCG a live migration here lost guest writes made while
+	// it ran (QEMU 7.2), so the saved RAM could be older than the saved
+	// vCPU. Seen in a 10-way fork: every fork's kernel oopsed at once in
+	// the idle task (fixup_vdso_exception, "Attempted to kill the idle
+	// task!"), its vCPU in user mode (user CR3 and FS) while the saved
+	// per-cpu current_task still named swapper, and each QEMU exited
+	// (-no-reboot) ~50 ms after RESUME; about 1 save in 4-5. A paused
+	// guest writes no RAM, so the state is one instant whatever QEMU
+	// tracks.
+	if _, err = q.call(ctx, "stop", nil, nil); err != nil {
+		return out, err
+	}
 	if _, err = q.call(ctx, "migrate", map[string]any{"uri": "fd:" + migrationName}, nil); err != nil {
 		return out, err
 	}
-	var downtime int64
 	err = q.poll(ctx, "query-migrate", func(r json.RawMessage) (bool, error) {
 		var st struct {
 			Status    string `json:"status"`
 			ErrorDesc string `json:"error-desc"`
-			Downtime  int64  `json:"downtime"`
 		}
 		if err := json.Unmarshal(r, &st); err != nil {
 			return false, err
 		}
 		switch st.Status {
 		case "completed":
-			downtime = st.Downtime
 			return true, nil
 		case "failed", "cancelled":
 			return false, fmt.Errorf("save guest state: migration %s: %s", st.Status, st.ErrorDesc)
@@ -100,11 +111,9 @@ func (b *Backend) SaveLive(ctx context.Context, dir vmdir.Dir, state *os.File, h
 		_, _ = q.call(context.WithoutCancel(ctx), "migrate_cancel", nil, nil)
 		return out, err
 	}
-	t := time.Now()
 	if hooks.WhilePaused != nil {
 		err = hooks.WhilePaused(ctx)
 	}
-	out.PausedMS = downtime + time.Since(t).Milliseconds()
 	if fi, serr := state.Stat(); serr == nil {
 		out.StateBytes = fi.Size()
 	}

@@ -114,6 +114,8 @@ func liveSaveFixture(t *testing.T, migration string) (*fakeQMP, vmdir.Dir, *os.F
 			return map[string]any{"status": migration, "downtime": 7, "error-desc": "no space left on device"}, ""
 		case "query-status":
 			return map[string]any{"status": status}, ""
+		case "stop":
+			status = "paused"
 		case "cont":
 			status = "running"
 		}
@@ -133,17 +135,14 @@ func liveSaveFixture(t *testing.T, migration string) (*fakeQMP, vmdir.Dir, *os.F
 func TestSaveLiveOrder(t *testing.T) {
 	f, dir, state := liveSaveFixture(t, "completed")
 	var seen []string
-	res, err := (&Backend{}).SaveLive(context.Background(), dir, state, vmm.LiveSaveHooks{WhilePaused: func(context.Context) error {
+	_, err := (&Backend{}).SaveLive(context.Background(), dir, state, vmm.LiveSaveHooks{WhilePaused: func(context.Context) error {
 		seen = f.commands()
 		return nil
 	}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.PausedMS < 7 {
-		t.Fatalf("result %+v: want PausedMS >= the migration's downtime", res)
-	}
-	if i := slices.Index(seen, "migrate"); i < 0 || slices.Contains(seen, "cont") || seen[len(seen)-1] != "query-migrate" {
+		if i := slices.Index(seen, "migrate"); i < 0 || slices.Contains(seen, "cont") || seen[len(seen)-1] != "query-migrate" {
 		t.Fatalf("whilePaused ran after %v: want after the migration completed, before cont", seen)
 	}
 	all := f.commands()
@@ -152,6 +151,12 @@ func TestSaveLiveOrder(t *testing.T) {
 	}
 	if !slices.Contains(all, "getfd") {
 		t.Fatalf("commands %v: want the state fd handed over", all)
+	}
+	// The guest is paused before the migration starts (not live: a TCG
+	// live migration lost guest writes, so forks restored a RAM older
+	// than their vCPU and oopsed at once).
+	if s, m := slices.Index(all, "stop"), slices.Index(all, "migrate"); s < 0 || s > m {
+		t.Fatalf("commands %v: want stop before migrate", all)
 	}
 }
 
