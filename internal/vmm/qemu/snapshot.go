@@ -127,7 +127,16 @@ func restore(ctx context.Context, spec vmm.Spec, m vmm.Machine) error {
 		switch st.Status {
 		case "running":
 			return true, nil
-		case "inmigrate", "paused", "prelaunch", "restore-vm":
+		case "paused":
+			// A state saved from a stopped guest (a fork's source is
+			// paused for the whole save) loads paused: once the load is
+			// complete, it is started here.
+			if loaded, err := incomingDone(ctx, q); err != nil || !loaded {
+				return false, err
+			}
+			_, err := q.call(ctx, "cont", nil, nil)
+			return false, err
+		case "inmigrate", "prelaunch", "restore-vm":
 			return false, nil
 		}
 		return false, fmt.Errorf("guest is %q after loading its state", st.Status)
@@ -166,4 +175,19 @@ func (b *Backend) SnapshotIdentity() string {
 		id += fmt.Sprintf(" %d %d", st.Size(), st.ModTime().UnixNano())
 	}
 	return id
+}
+
+// incomingDone reports whether QEMU finished loading the incoming state.
+func incomingDone(ctx context.Context, q *qmp) (bool, error) {
+	r, err := q.call(ctx, "query-migrate", nil, nil)
+	if err != nil {
+		return false, err
+	}
+	var m struct {
+		Status string `json:"status"`
+	}
+	if err := json.Unmarshal(r, &m); err != nil {
+		return false, fmt.Errorf("qmp query-migrate: %w", err)
+	}
+	return m.Status == "completed", nil
 }
