@@ -142,7 +142,7 @@ func TestSaveLiveOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-		if i := slices.Index(seen, "migrate"); i < 0 || slices.Contains(seen, "cont") || seen[len(seen)-1] != "query-migrate" {
+	if i := slices.Index(seen, "migrate"); i < 0 || slices.Contains(seen, "cont") || seen[len(seen)-1] != "query-migrate" {
 		t.Fatalf("whilePaused ran after %v: want after the migration completed, before cont", seen)
 	}
 	all := f.commands()
