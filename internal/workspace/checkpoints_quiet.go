@@ -227,28 +227,21 @@ func (c Checkpoints) applyPendingDelta(base uint64, d agentapi.LayerDelta) ([]by
 // whatever it says only shapes this listing.
 func ApplyDelta(m agentapi.LayerManifest, d agentapi.LayerDelta) agentapi.LayerManifest {
 	removed := make(map[string]bool, len(d.Removed))
-	subtree := make(map[string]bool, len(d.Removed)) // everything below goes
+	var gone subtrees // everything below goes
 	for _, p := range d.Removed {
-		removed[p], subtree[p] = true, true
+		removed[p] = true
+		gone.add(p)
 	}
 	set := make(map[string]agentapi.LayerEntry, len(d.Changed))
 	for _, e := range d.Changed {
 		set[e.Path] = e
 		if e.Kind != "dir" {
-			subtree[e.Path] = true
+			gone.add(e.Path)
 		}
-	}
-	below := func(p string) bool {
-		for i := len(p) - 1; i > 0; i-- {
-			if p[i] == '/' && subtree[p[:i]] {
-				return true
-			}
-		}
-		return false
 	}
 	out := make([]agentapi.LayerEntry, 0, len(m.Entries)+len(set))
 	for _, e := range m.Entries {
-		if _, ok := set[e.Path]; ok || removed[e.Path] || below(e.Path) {
+		if _, ok := set[e.Path]; ok || removed[e.Path] || gone.below(e.Path) {
 			continue
 		}
 		out = append(out, e)
