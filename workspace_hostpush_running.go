@@ -45,8 +45,8 @@ import (
 // leaves the guest to remount /workspace by itself (after releaseFor), on
 // whichever layer QEMU writes; the pivot record makes the next layer
 // operation or boot settle the top to that layer (chain_pivot.go).
-// Checkpointed workspaces go through the guest (their per-command layers
-// and change listings would need the same switch).
+// A workspace that takes checkpoints takes the push's checkpoint on the
+// way (workspace_hostpush_checkpoint.go).
 
 // releaseFor bounds how long the guest leaves /workspace released if this
 // process dies (PYRO_PUSH_RELEASE_MS sets it, for tests of that case); the
@@ -69,7 +69,7 @@ var qemuPivot = qemu.PivotTop
 // serve: /workspace is as it was, and the caller pushes through the
 // guest.
 func (c *Client) pushHostRunning(ctx context.Context, dir vmdir.Dir, rec instance.Record, sourcePath, mode, dest string) (res SyncResult, ok bool, err error) {
-	if mode != "directory" || !layered(rec) || checkpointsOn(rec) || os.Getenv("PYRO_HOST_PUSH") == "0" ||
+	if mode != "directory" || !layered(rec) || os.Getenv("PYRO_HOST_PUSH") == "0" ||
 		!chainable(dir) || !hostwrite.Confinable() {
 		return res, false, nil
 	}
@@ -96,8 +96,12 @@ func (c *Client) pushHostRunning(ctx context.Context, dir vmdir.Dir, rec instanc
 	if err != nil {
 		return res, false, nil
 	}
-	defer unlock()
-	st, err := c.pushReleased(ctx, dir, rec, abs, dest)
+	ck := newPushCheckpoint(dir, rec, sourcePath, dest)
+	st, err := c.pushReleased(ctx, dir, rec, abs, dest, ck)
+	unlock()
+	if ck != nil && (err == nil || errors.As(err, new(errPushKept))) {
+		c.tidyAfter(ctx, dir, rec) // after the layer lock went: it may tidy here
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return res, true, ctx.Err()
@@ -120,9 +124,10 @@ type errPushKept struct{ err error }
 
 func (e errPushKept) Error() string { return e.err.Error() }
 
-// pushReleased does steps 1-4 above; the caller holds the layer lock. An
-// error other than errPushKept leaves /workspace as it was, mounted.
-func (c *Client) pushReleased(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, dest string) (hostwrite.Stats, error) {
+// pushReleased does steps 1-4 above, taking the checkpoint ck on the way
+// when set; the caller holds the layer lock. An error other than
+// errPushKept leaves /workspace as it was, mounted, and ck not recorded.
+func (c *Client) pushReleased(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, dest string, ck *pushCheckpoint) (hostwrite.Stats, error) {
 	var st hostwrite.Stats
 	l := layersOf(dir, rec)
 	// A pivot another process left under way is settled before the top is
@@ -152,10 +157,19 @@ func (c *Client) pushReleased(ctx context.Context, dir vmdir.Dir, rec instance.R
 	}()
 	t0 := time.Now()
 	hold := releaseFor()
-	if err := agent.ReleaseWorkspace(ctx, hold); err != nil {
+	if err := releaseWorkspace(ctx, agent, hold, ck); err != nil {
 		return st, fmt.Errorf("release /workspace: %w", err)
 	}
 	released := time.Now()
+	if ck != nil {
+		// The released top goes under an empty overlay: the checkpoint.
+		if top, err = ck.freeze(ctx, dir, l); err != nil {
+			return st, err
+		}
+		if old, err = l.Chain(top); err != nil {
+			return st, err
+		}
+	}
 	// The old top as the guest left it: should QEMU write it after this
 	// (the guest remounted it), a settle without QEMU sees it changed.
 	size, mtime, blocks, err := l.Identity(top)
@@ -172,6 +186,19 @@ func (c *Client) pushReleased(ctx context.Context, dir vmdir.Dir, rec instance.R
 	if written.Sub(released) > hold*3/4 {
 		_ = os.Remove(l.Path(name))
 		return st, errors.New("the host write took longer than the guest's release")
+	}
+	if ck != nil {
+		if err := ck.record(dir); err != nil {
+			_ = os.Remove(l.Path(name))
+			return st, err
+		}
+		// Until the new layer is the one QEMU writes, the push may yet go
+		// through the guest, which takes its own checkpoint.
+		defer func() {
+			if now, err := l.Top(); err != nil || now != name {
+				ck.drop(dir)
+			}
+		}()
 	}
 	if err := l.SetPivot(workspace.Pivot{Layer: name, Parent: top, Size: size, Mtime: mtime, Blocks: blocks}); err != nil {
 		_ = os.Remove(l.Path(name))

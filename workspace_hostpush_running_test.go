@@ -52,7 +52,7 @@ func TestHostPushRunningRemountsAfterLostRelease(t *testing.T) {
 	go srv.Serve(lis)
 	t.Cleanup(func() { srv.Close() })
 	c := newTestClient(t)
-	_, err = c.pushReleased(context.Background(), dir, rec, t.TempDir(), "/workspace")
+	_, err = c.pushReleased(context.Background(), dir, rec, t.TempDir(), "/workspace", nil)
 	if err == nil || errors.As(err, new(errPushKept)) {
 		t.Fatalf("push after a lost release answer: %v, want a push through the guest", err)
 	}
@@ -99,7 +99,7 @@ func TestHostPushRunningSwitchWithinRelease(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := newTestClient(t)
-	if _, err := c.pushReleased(context.Background(), dir, rec, src, "/workspace/p"); err != nil {
+	if _, err := c.pushReleased(context.Background(), dir, rec, src, "/workspace/p", nil); err != nil {
 		t.Fatal(err)
 	}
 	mu.Lock()

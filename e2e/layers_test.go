@@ -182,6 +182,9 @@ func TestLayersUndoAndSince(t *testing.T) {
 // state before the push.
 func TestLayersKillDuringPush(t *testing.T) {
 	env, id, seed := checkpointedWorkspace(t)
+	// Through the guest and its transfer disk (a host push into a
+	// checkpointed workspace: TestHostPushCheckpointedKilled).
+	env = append(env, "PYRO_HOST_PUSH=0")
 	big := t.TempDir()
 	buf := make([]byte, 1<<20)
 	for i := 0; i < 60; i++ {

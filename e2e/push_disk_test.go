@@ -84,6 +84,7 @@ func hostListing(t *testing.T, root string) string {
 // with nothing written outside dest.
 func TestPushThroughTransferDisk(t *testing.T) {
 	env, id, _ := checkpointedWorkspace(t)
+	env = append(env, "PYRO_HOST_PUSH=0") // the host's own path is push_checkpoint_test.go's
 	src := t.TempDir()
 	blob := func(n int) string { b := make([]byte, n); rand.Read(b); return string(b) }
 	files := map[string]struct {

@@ -61,7 +61,25 @@ func (s *Agent) handleLayerRelease(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, errorf(errdefs.ErrFailedPrecondition, "/workspace is frozen or released already"))
 		return
 	}
-	if err := releaseWorkspace(s.workspaceDir, l.lower, l.upperMount); err != nil {
+	// ?manifest=1: the upper layer is listed once the overlay is
+	// unmounted (nothing in the guest changes it from then on) and before
+	// its disk is: the listing of exactly what the host takes over.
+	var listed *agentapi.LayerManifest
+	var list func() error
+	if r.URL.Query().Get("manifest") == "1" {
+		list = func() error {
+			m, err := manifest(upperDir(l.upperMount))
+			if err != nil {
+				return fmt.Errorf("list the upper layer: %w", err)
+			}
+			if m == nil {
+				m = []agentapi.LayerEntry{}
+			}
+			listed = &agentapi.LayerManifest{Entries: m}
+			return nil
+		}
+	}
+	if err := releaseWorkspace(s.workspaceDir, l.lower, l.upperMount, list); err != nil {
 		s.fail(w, categorize(errdefs.ErrFailedPrecondition, err, "release /workspace"))
 		return
 	}
@@ -69,6 +87,10 @@ func (s *Agent) handleLayerRelease(w http.ResponseWriter, r *http.Request) {
 	// The host may have switched the disk before it died: the guest's
 	// cache of it goes in any case.
 	l.release.timer = time.AfterFunc(d, s.remountByItself)
+	if listed != nil {
+		writeJSON(w, http.StatusOK, listed)
+		return
+	}
 	writeJSON(w, http.StatusOK, struct{}{})
 }
 
@@ -139,8 +161,10 @@ func (s *Agent) remountWorkspace(drop bool) error {
 }
 
 // releaseWorkspace syncs and unmounts the overlay at dir and the upper
-// disk at upperMount (both or neither); the placeholder below the overlay shows meanwhile.
-func releaseWorkspace(dir, lower, upperMount string) error {
+// disk at upperMount (both or neither); the placeholder below the overlay
+// shows meanwhile. list, when set, runs between the two unmounts; its
+// failure mounts the overlay again and fails the release.
+func releaseWorkspace(dir, lower, upperMount string, list func() error) error {
 	if f, err := os.Open(dir); err == nil {
 		_ = unix.Syncfs(int(f.Fd()))
 		f.Close()
@@ -156,6 +180,11 @@ func releaseWorkspace(dir, lower, upperMount string) error {
 			return errors.Join(err, fmt.Errorf("mount %s again: %w", dir, merr))
 		}
 		return err
+	}
+	if list != nil {
+		if err := list(); err != nil {
+			return remount(err)
+		}
 	}
 	// The overlay's unmount released its hold on the upper disk; a process
 	// with a file open on the upper disk itself (none of pyro's) keeps it.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -67,7 +68,7 @@ func TestWorkspaceNeverBareDuringRelease(t *testing.T) {
 	}
 
 	// The whole release and remount.
-	if err := releaseWorkspace(dir, lower, upperMount); err != nil {
+	if err := releaseWorkspace(dir, lower, upperMount, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "b.txt"), []byte("b"), 0o644); !errors.Is(err, unix.EROFS) {
@@ -119,4 +120,67 @@ func TestRemountByItselfRetries(t *testing.T) {
 		t.Fatal("a failed remount by itself is not tried again")
 	}
 	a.layers.release.timer.Stop()
+}
+
+// A release asked for with its listing lists the upper layer as the host
+// takes it over: what was written before the release, and the guest's
+// /workspace refuses writes once the call answered. Root only (real
+// overlay and tmpfs, a bind mount standing in for the upper disk).
+func TestReleaseListsUpper(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount (overlay, tmpfs)")
+	}
+	base := t.TempDir()
+	lower, upperData, upperMount, dir := filepath.Join(base, "lower"), filepath.Join(base, "upper-data"), filepath.Join(base, "upper"), filepath.Join(base, "ws")
+	for _, d := range []string{lower, upperData, upperMount, dir} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Mount(upperData, upperMount, "", unix.MS_BIND, ""); err != nil {
+		t.Skipf("bind mount: %v", err)
+	}
+	for _, d := range []string{upperDir(upperMount), workDir(upperMount)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := stackWorkspace(dir, lower, upperMount); err != nil {
+		_ = unix.Unmount(dir, unix.MNT_DETACH)
+		_ = unix.Unmount(upperMount, 0)
+		t.Skip(err)
+	}
+	t.Cleanup(func() {
+		for _, m := range []string{dir, dir, upperMount} {
+			_ = unix.Unmount(m, unix.MNT_DETACH)
+		}
+	})
+	if err := os.MkdirAll(filepath.Join(dir, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "sub", "a.txt"), []byte("abc"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a := New(Options{WorkspaceDir: dir, LayerLowerDir: lower, LayerUpperMount: upperMount})
+	c := serveTestAgent(t, a)
+	m, ok, err := c.ReleaseWorkspaceListed(testCtx(t), time.Minute)
+	a.layers.mu.Lock()
+	if a.layers.release.timer != nil {
+		a.layers.release.timer.Stop()
+	}
+	a.layers.mu.Unlock()
+	if err != nil || !ok {
+		t.Fatalf("release with its listing: ok %v, %v", ok, err)
+	}
+	var got []string
+	for _, e := range m.Entries {
+		got = append(got, e.Path+":"+e.Kind+":"+strconv.FormatInt(e.Size, 10))
+	}
+	// (a directory's size depends on the file system under the test)
+	if len(got) != 2 || !strings.HasPrefix(got[0], "sub:dir:") || got[1] != "sub/a.txt:file:3" {
+		t.Fatalf("listing at the release: %v", got)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "b.txt"), []byte("b"), 0o644); !errors.Is(err, unix.EROFS) {
+		t.Fatalf("write after the release: %v, want EROFS", err)
+	}
 }

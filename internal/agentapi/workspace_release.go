@@ -19,8 +19,10 @@ import (
 // Releasing a released (or frozen) /workspace fails; remounting a mounted
 // one is a no-op.
 const (
-	// PathLayerRelease (POST ?ms=N) releases /workspace; something in the
-	// guest holding it fails the call with ErrFailedPrecondition.
+	// PathLayerRelease (POST ?ms=N[&manifest=1]) releases /workspace;
+	// something in the guest holding it fails the call with
+	// ErrFailedPrecondition. With manifest=1 the reply lists the upper
+	// layer (LayerManifest) as it was released.
 	PathLayerRelease = "/v1/layers/release"
 	// PathLayerRemount (POST ?drop=1) mounts it again.
 	PathLayerRemount = "/v1/layers/remount"
@@ -41,4 +43,23 @@ func (c *Client) RemountWorkspace(ctx context.Context, drop bool) error {
 		q = "?drop=1"
 	}
 	return c.jsonCall(ctx, callTimeout, http.MethodPost, PathLayerRemount+q, nil, &out)
+}
+
+// ReleaseWorkspaceListed is ReleaseWorkspace that also lists the upper
+// layer as the guest let go of it: after /workspace's overlay is unmounted
+// (nothing in the guest can change it any more) and before its disk is.
+// A host push that makes a checkpoint of the released layer needs that
+// listing (its diff --since); listing before the release would miss a
+// write in between. ok is false when the agent predates it (it released
+// /workspace but sent no listing).
+func (c *Client) ReleaseWorkspaceListed(ctx context.Context, d time.Duration) (m LayerManifest, ok bool, err error) {
+	var out struct {
+		Entries *[]LayerEntry `json:"entries"`
+	}
+	err = c.jsonCallLimit(ctx, transferWindow, MaxManifestBytes, http.MethodPost,
+		PathLayerRelease+"?manifest=1&ms="+strconv.FormatInt(d.Milliseconds(), 10), nil, &out)
+	if err != nil || out.Entries == nil {
+		return m, false, err
+	}
+	return LayerManifest{Entries: *out.Entries}, true, nil
 }

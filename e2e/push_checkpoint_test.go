@@ -1,0 +1,208 @@
+package e2e
+
+import (
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// A push into a running workspace that takes checkpoints (the MCP
+// default) is written on the host too, and the layer it replaces is the
+// push's checkpoint (workspace_hostpush_checkpoint.go).
+
+// pushedPaths is what a push of src to /workspace/<dest> adds, as diff
+// names it: dest itself and every entry below it; and the bytes of its
+// regular files.
+func pushedPaths(t *testing.T, src, dest string) ([]string, int64) {
+	t.Helper()
+	out := []string{dest}
+	var bytes int64
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == src {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		out = append(out, dest+"/"+filepath.ToSlash(rel))
+		if d.Type().IsRegular() {
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+			bytes += fi.Size()
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(out)
+	return out, bytes
+}
+
+type checkpointBytes struct {
+	Checkpoints []struct {
+		Number       int    `json:"number"`
+		Command      string `json:"command"`
+		BytesChanged int64  `json:"bytes_changed"`
+	} `json:"checkpoints"`
+}
+
+// TestHostPushCheckpointed: a push into a running checkpointed workspace
+// goes through the host; checkpoint list shows it; diff --since its
+// checkpoint names exactly the pushed paths; the next command's
+// checkpoint says how many bytes it changed; undo to it returns the exact
+// tree before it (types, modes, owners, ns times, contents); a push after
+// the undo is served on the host again.
+func TestHostPushCheckpointed(t *testing.T) {
+	requireConfinable(t)
+	env, id, _ := checkpointedWorkspace(t)
+	wsExec(t, env, id, "sh -c 'echo y >> a.txt; echo n > new.txt'")
+	before := guestListing(t, env, id, "/workspace")
+	src := hostPushTree(t)
+	var r pushResult
+	start := time.Now()
+	mustWS(t, env, &r, "sync", "push", id, src, "--dest", "/workspace/h")
+	t.Logf("host push into the checkpointed workspace: %s", time.Since(start))
+	if r.Transfer != "host" {
+		t.Fatalf("push into a running checkpointed workspace: transfer %q, want host", r.Transfer)
+	}
+	var cl checkpointBytes
+	mustWS(t, env, &cl, "checkpoint", "list", id)
+	last := cl.Checkpoints[len(cl.Checkpoints)-1]
+	if want := "sync push " + src + " /workspace/h"; last.Command != want {
+		t.Fatalf("newest checkpoint %+v, want the push's (%q)", last, want)
+	}
+	n := last.Number
+	var d struct{ Added, Modified, Deleted []string }
+	mustWS(t, env, &d, "diff", id, "--since", strconv.Itoa(n))
+	want, bytes := pushedPaths(t, src, "h")
+	if strings.Join(d.Added, ",") != strings.Join(want, ",") || len(d.Modified)+len(d.Deleted) != 0 {
+		t.Fatalf("diff --since %d after the push:\n%+v\nwant added:\n%v", n, d, want)
+	}
+	// The next command (its checkpoint taken the usual way) sees the push.
+	m := wsExec(t, env, id, "sh", "-c", "cat /workspace/h/top/d/e/deep.txt && echo later > /workspace/later.txt")
+	if out := strings.TrimSpace(fmt.Sprint(m["stdout"])); out != "deep" {
+		t.Fatalf("after the push: %v", m)
+	}
+	mustWS(t, env, &cl, "checkpoint", "list", id)
+	for _, cp := range cl.Checkpoints {
+		if cp.Number == n && cp.BytesChanged != bytes {
+			t.Fatalf("the push's checkpoint says %d bytes changed, want %d", cp.BytesChanged, bytes)
+		}
+	}
+	mustWS(t, env, &d, "diff", id, "--since", strconv.Itoa(n+1))
+	if strings.Join(d.Added, ",") != "later.txt" || len(d.Modified)+len(d.Deleted) != 0 {
+		t.Fatalf("diff --since %d: %+v", n+1, d)
+	}
+	var u struct {
+		Checkpoint int    `json:"checkpoint"`
+		Command    string `json:"command"`
+	}
+	mustWS(t, env, &u, "undo", id, "--to", strconv.Itoa(n))
+	if u.Checkpoint != n || !strings.HasPrefix(u.Command, "sync push ") {
+		t.Fatalf("undo: %+v", u)
+	}
+	if got := guestListing(t, env, id, "/workspace"); got != before {
+		t.Fatalf("undo of the push is not the tree before it:\nbefore:\n%s\nafter:\n%s", before, got)
+	}
+	mustWS(t, env, &r, "sync", "push", id, src, "--dest", "/workspace/h")
+	if r.Transfer != "host" {
+		t.Fatalf("push after the undo: transfer %q, want host", r.Transfer)
+	}
+	mustWS(t, env, &d, "diff", id, "--since", strconv.Itoa(n+2))
+	if strings.Join(d.Added, ",") != strings.Join(want, ",") || len(d.Modified)+len(d.Deleted) != 0 {
+		t.Fatalf("diff --since the second push: %+v", d)
+	}
+}
+
+// TestHostPushCheckpointedKilled kills QEMU with SIGKILL while a host push
+// into a running checkpointed workspace writes its layer, and once more
+// right after a push answered: each time the workspace comes back with
+// the push whole or not at all, and undo to the push's checkpoint (when
+// it was recorded) returns the tree before it.
+func TestHostPushCheckpointedKilled(t *testing.T) {
+	requireConfinable(t)
+	env, id, _ := checkpointedWorkspace(t)
+	src := randomTree(t, 400) // 100 MiB: debugfs runs for a while
+	wsExec(t, env, id, "sh -c 'echo kept > kept.txt'")
+	before := guestListing(t, env, id, "/workspace")
+	count := func() string {
+		m := wsExec(t, env, id, "sh", "-c", "cat /workspace/kept.txt; find /workspace/tree -type f 2>/dev/null | wc -l")
+		return strings.TrimSpace(fmt.Sprint(m["stdout"]))
+	}
+	// undoPush undoes to the first checkpoint of a push taken after
+	// checkpoint since: a push whose switch the kill cut short may have
+	// landed all the same, and the push through the guest that follows
+	// then takes its own checkpoint, over the pushed tree.
+	undoPush := func(what string, since int) {
+		t.Helper()
+		var cl checkpointList
+		mustWS(t, env, &cl, "checkpoint", "list", id)
+		t.Logf("%s: checkpoints %+v", what, cl.Checkpoints)
+		for _, cp := range cl.Checkpoints {
+			if cp.Number > since && strings.HasPrefix(cp.Command, "sync push ") {
+				mustWS(t, env, nil, "undo", id, "--to", strconv.Itoa(cp.Number))
+				if got := guestListing(t, env, id, "/workspace"); got != before {
+					t.Fatalf("%s: undo of the push:\nbefore:\n%s\nafter:\n%s", what, before, got)
+				}
+				return
+			}
+		}
+		t.Logf("%s: no checkpoint of the push recorded", what)
+	}
+	since, _ := lastCheckpoint(t, env, id)
+	cmd := exec.Command(pyroBin, "workspace", "--json", "sync", "push", id, src)
+	cmd.Env = append(os.Environ(), env...)
+	var outb strings.Builder
+	cmd.Stdout, cmd.Stderr = &outb, &outb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	killed := false
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline) && !killed; time.Sleep(2 * time.Millisecond) {
+		if childPid(cmd.Process.Pid, "debugfs") != 0 {
+			if vmm := findPids(t, id)["vmm"]; vmm > 0 {
+				syscall.Kill(vmm, syscall.SIGKILL)
+				killed = true
+			}
+		}
+	}
+	cmd.Wait()
+	if !killed {
+		t.Fatal("never caught the push's debugfs running")
+	}
+	t.Logf("the killed push said: %s", outb.String())
+	waitBroken(t, env, id)
+	mustWS(t, env, nil, "stop", id)
+	mustWS(t, env, nil, "start", id)
+	got := count()
+	if got != "kept\n0" && got != "kept\n400" {
+		t.Fatalf("after QEMU was killed mid-push: %q", got)
+	}
+	t.Logf("after QEMU was killed mid-push: %q", got)
+	undoPush("killed mid-push", since)
+	since, _ = lastCheckpoint(t, env, id)
+	var r pushResult
+	mustWS(t, env, &r, "sync", "push", id, src)
+	if r.Transfer != "host" || r.FileCount != 400 {
+		t.Fatalf("push after the kill: %+v", r)
+	}
+	// Killed right after the push answered: the restart reads the push,
+	// and its checkpoint still undoes it.
+	syscall.Kill(findPids(t, id)["vmm"], syscall.SIGKILL)
+	waitBroken(t, env, id)
+	mustWS(t, env, nil, "stop", id)
+	mustWS(t, env, nil, "start", id)
+	if got := count(); got != "kept\n400" {
+		t.Fatalf("after QEMU was killed past the push: %q", got)
+	}
+	undoPush("killed past the push", since)
+}

@@ -1,0 +1,145 @@
+package pyro
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/instance"
+	"github.com/pyro-mcp/pyro/internal/supervisor"
+	"github.com/pyro-mcp/pyro/internal/vmdir"
+	"github.com/pyro-mcp/pyro/internal/workspace"
+)
+
+// checkpointedStopped is stoppedWorkspace that takes checkpoints, with a
+// fake agent on its supervisor socket: the release answers listing (nil:
+// no listing, as an older agent), every other call {}. It returns the
+// paths the agent was asked for.
+func checkpointedStopped(t *testing.T, listing *agentapi.LayerManifest) (vmdir.Dir, instance.Record, func() []string) {
+	t.Helper()
+	dir, rec := stoppedWorkspace(t, 64<<20, true)
+	rec.Extra = json.RawMessage(`{"checkpoints":true}`)
+	lis, err := net.Listen("unix", dir.Path(vmdir.SupervisorSock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var calls []string
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := strings.TrimPrefix(r.URL.Path, supervisor.AgentPrefix)
+		mu.Lock()
+		calls = append(calls, p)
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		if p == agentapi.PathLayerRelease && listing != nil && r.URL.Query().Get("manifest") == "1" {
+			_ = json.NewEncoder(w).Encode(listing)
+			return
+		}
+		w.Write([]byte("{}"))
+	})}
+	go srv.Serve(lis)
+	t.Cleanup(func() { srv.Close() })
+	// No QEMU: the switches succeed as asked.
+	pushSeam, pivotSeam := qemuPush, qemuPivot
+	t.Cleanup(func() { qemuPush, qemuPivot = pushSeam, pivotSeam })
+	qemuPush = func(context.Context, vmdir.Dir, string) error { return nil }
+	qemuPivot = func(context.Context, vmdir.Dir, string, []string) error { return nil }
+	return dir, rec, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string{}, calls...)
+	}
+}
+
+// A host push into a workspace that takes checkpoints records the push's
+// checkpoint: the layer the guest released (frozen under an overlay, so it
+// stays as recorded), the release's listing, the push's label; the pushed
+// tree is the new top, a chain of its own.
+func TestHostPushCheckpointRecorded(t *testing.T) {
+	listing := agentapi.LayerManifest{Entries: []agentapi.LayerEntry{{Path: "old.txt", Kind: "file", Size: 3, Mode: 0o100644, Ino: 12}}}
+	dir, rec, calls := checkpointedStopped(t, &listing)
+	src := t.TempDir()
+	if err := os.WriteFile(src+"/f", []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l := layersOf(dir, rec)
+	before, err := l.Top()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newTestClient(t)
+	ck := newPushCheckpoint(dir, rec, src, "/workspace/p")
+	if _, err := c.pushReleased(context.Background(), dir, rec, src, "/workspace/p", ck); err != nil {
+		t.Fatal(err)
+	}
+	if got := calls(); len(got) != 2 || got[0] != agentapi.PathLayerRelease || got[1] != agentapi.PathLayerRemount {
+		t.Fatalf("agent calls %v, want the release and the remount", got)
+	}
+	cps := checkpointsOf(dir)
+	list, err := cps.List()
+	if err != nil || len(list) != 1 {
+		t.Fatalf("checkpoints after the push: %+v, %v", list, err)
+	}
+	if want := "sync push " + src + " /workspace/p"; list[0].Command != want {
+		t.Fatalf("checkpoint command %q, want %q", list[0].Command, want)
+	}
+	ref, isLayer, err := cps.LayerOf(list[0].Number, l)
+	if err != nil || !isLayer || ref.Layer != before {
+		t.Fatalf("the checkpoint names %+v (layer %v, %v), want the released top %s", ref, isLayer, err, before)
+	}
+	if err := l.Verify(ref); err != nil {
+		t.Fatalf("the checkpoint's layer changed since it was recorded: %v", err)
+	}
+	m, err := cps.Manifest(list[0].Number)
+	if err != nil || len(m.Entries) != 1 || m.Entries[0] != listing.Entries[0] {
+		t.Fatalf("the checkpoint's listing %+v (%v), want the release's", m, err)
+	}
+	top, err := l.Top()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if chain, err := l.Chain(top); err != nil || len(chain) != 1 || !strings.HasSuffix(top, ".raw") {
+		t.Fatalf("the pushed top %s: chain %v (%v), want a raw root", top, chain, err)
+	}
+	// The layers below the checkpoint are kept for it.
+	if err := l.GC(workspace.KeepLayers(string(dir))); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Verify(ref); err != nil {
+		t.Fatalf("the checkpoint's layer after a collection: %v", err)
+	}
+}
+
+// An agent that releases /workspace but sends no listing (older than the
+// listed release) leaves the push to the guest's path: nothing recorded,
+// /workspace mounted again, the top unchanged.
+func TestHostPushCheckpointNeedsListing(t *testing.T) {
+	dir, rec, calls := checkpointedStopped(t, nil)
+	src := t.TempDir()
+	if err := os.WriteFile(src+"/f", []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l := layersOf(dir, rec)
+	before, _ := l.Top()
+	c := newTestClient(t)
+	_, err := c.pushReleased(context.Background(), dir, rec, src, "/workspace/p", newPushCheckpoint(dir, rec, src, "/workspace/p"))
+	if !errors.Is(err, errNoReleaseListing) {
+		t.Fatalf("push with an agent that sends no listing: %v", err)
+	}
+	if got := calls(); len(got) != 2 || got[1] != agentapi.PathLayerRemount {
+		t.Fatalf("agent calls %v, want the release and a remount", got)
+	}
+	if n := checkpointsOf(dir).Last(); n != 0 {
+		t.Fatalf("checkpoint %d recorded for a push the host did not serve", n)
+	}
+	if top, _ := l.Top(); top != before {
+		t.Fatalf("top %s, want %s", top, before)
+	}
+}
