@@ -11,7 +11,7 @@ import (
 	"github.com/pyro-mcp/pyro/internal/vmm"
 )
 
-// Memory snapshots (issue #14). Saving: migration of the running guest,
+// Memory snapshots (issue #14). Saving: migration of the paused guest,
 // RAM included, to a descriptor handed over with getfd (zero pages travel
 // as a flag, so the file holds only the guest's non-zero memory).
 // Restoring: QEMU started with -incoming defer and fed that file over QMP
@@ -59,6 +59,15 @@ func (b *Backend) Save(ctx context.Context, dir vmdir.Dir, state *os.File, relea
 		return err
 	}
 	if _, err := q.call(ctx, "getfd", map[string]any{"fdname": migrationName}, state); err != nil {
+		return err
+	}
+	// The guest is paused for the whole save (as a fork's source is,
+	// fork.go SaveLive): a migration of a running TCG guest (QEMU 7.2)
+	// could keep RAM older than the saved vCPU, and every guest restored
+	// from such a state crashed soon after. A paused guest writes no RAM.
+	// The state then loads paused, and restore starts it (cont). The
+	// snapshot's guest is stopped after the save, so it is not resumed.
+	if _, err := q.call(ctx, "stop", nil, nil); err != nil {
 		return err
 	}
 	if _, err := q.call(ctx, "migrate", map[string]any{"uri": "fd:" + migrationName}, nil); err != nil {
