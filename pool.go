@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
@@ -184,16 +185,13 @@ func (c *Client) fillPool(ctx context.Context, key pool.Key, bin string) (pool.G
 	// the guest fresh RNG state, clock, hostname and machine-id after it.
 	prime := agentapi.ExecRequest{Shell: poolPrimeShell, TimeoutMS: 30_000}
 	if _, err := v.Agent.Exec(ctx, prime, nil); err != nil {
-		g.Close()
-		return nil, fmt.Errorf("warm up the pooled guest: %w", err)
+		return nil, g.failed(ctx, fmt.Errorf("warm up the pooled guest: %w", err))
 	}
 	if g.p, err = v.NewPauser(ctx); err != nil {
-		g.Close()
-		return nil, err
+		return nil, g.failed(ctx, err)
 	}
 	if err := v.Pause(ctx, g.p); err != nil {
-		g.Close()
-		return nil, err
+		return nil, g.failed(ctx, err)
 	}
 	return g, nil
 }
@@ -209,9 +207,29 @@ type pooledVM struct {
 	p   vm.Pauser
 	end func() error
 	log *slog.Logger
+	// handedOut: HandOut was called (what the guest does from then on
+	// is the claimer's); checked: failed() looked at its death already.
+	handedOut, checked atomic.Bool
 }
 
 func (g *pooledVM) ID() string { return g.v.ID }
+
+// failed ends a guest whose priming or pause failed and returns err. A
+// guest that died meanwhile counts against the memory snapshot it was
+// restored from (vm.VM.DiedUnused), with the console's last lines; a fill
+// the pool gave up on (ctx) proves nothing against it.
+func (g *pooledVM) failed(ctx context.Context, err error) error {
+	if ctx.Err() == nil {
+		// A guest that crashed fails its agent call a moment before its
+		// QEMU exits (-no-reboot).
+		if note, died := g.v.DiedUnused(g.log, time.Second); died {
+			err = fmt.Errorf("%w (the guest's VMM exited: %s)", err, note)
+		}
+	}
+	g.checked.Store(true)
+	g.Close()
+	return err
+}
 
 func (g *pooledVM) Info() pool.GuestInfo {
 	return pool.GuestInfo{Backend: g.v.Backend, Acceleration: g.v.Features.Acceleration, Isolation: g.v.Features.Isolation,
@@ -219,6 +237,7 @@ func (g *pooledVM) Info() pool.GuestInfo {
 }
 
 func (g *pooledVM) HandOut(ctx context.Context, to pool.Claimer) error {
+	g.handedOut.Store(true)
 	id := to.ID
 	t := time.Now()
 	if err := g.p.Resume(ctx); err != nil {
@@ -236,6 +255,11 @@ func (g *pooledVM) OpenStream(ctx context.Context) (net.Conn, error) {
 func (g *pooledVM) Done() <-chan struct{} { return g.v.Machine.Done() }
 
 func (g *pooledVM) Close() error {
+	// A guest that died waiting for a claim (the pool's watch closes it)
+	// counts against its memory snapshot, as one that died priming.
+	if !g.handedOut.Load() && !g.checked.Swap(true) {
+		g.v.DiedUnused(g.log, 0)
+	}
 	var errs []error
 	if g.p != nil {
 		errs = append(errs, g.p.Close())

@@ -142,6 +142,25 @@ func (s *server) poolGone() {
 	}
 }
 
+// pooledDied is the reason an unclaimed pooled guest's VMM exited: only
+// pyro's own priming ran in it, so a guest restored from a memory
+// snapshot counts against that snapshot (vm.VM.DiedUnused: one that keeps
+// dying is discarded), and the reason quotes the guest's console.
+func (s *server) pooledDied(v *vm.VM, reason string) string {
+	if note, died := v.DiedUnused(s.log, 0); died {
+		return "the VMM exited unexpectedly: " + note
+	}
+	return reason
+}
+
+// reasonSuffix is ": reason", or nothing without one.
+func reasonSuffix(reason string) string {
+	if reason == "" {
+		return ""
+	}
+	return ": " + reason
+}
+
 // discarding says the supervisor ends an unclaimed pooled guest: no
 // power-off (a paused guest answers nothing; its disks hold nothing of
 // anyone), and its directory goes with it.
@@ -187,7 +206,7 @@ func (s *server) pooledVM(paused bool) (*vm.VM, *poolState, error) {
 	case ps.claimed || ps.gone:
 		return nil, nil, errdefs.New(errdefs.ErrFailedPrecondition, "", "the pooled guest was claimed or its pool went away")
 	case v == nil || s.status.State != instance.Running:
-		return nil, nil, errdefs.New(errdefs.ErrFailedPrecondition, "", "the pooled guest is %s", s.status.State)
+		return nil, nil, errdefs.New(errdefs.ErrFailedPrecondition, "", "the pooled guest is %s%s", s.status.State, reasonSuffix(s.status.Reason))
 	case (ps.paused != nil) != paused:
 		return nil, nil, errdefs.New(errdefs.ErrFailedPrecondition, "", "the pooled guest is not in the right state (paused: %t)", ps.paused != nil)
 	}

@@ -336,6 +336,9 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 		if err := v.Machine.Err(); err != nil {
 			reason += ": " + err.Error()
 		}
+		if s.discarding() { // an unclaimed pooled guest (pooled.go)
+			reason = s.pooledDied(v, reason)
+		}
 		_ = v.Close(context.Background())
 		s.finish(instance.Broken, instance.CauseVMMExited, reason)
 	case <-s.stop:
