@@ -218,6 +218,10 @@ func (m *Manager) startLocked(ctx context.Context, dir vmdir.Dir, rec instance.R
 	if err := supervisor.WaitExit(ctx, dir); err != nil {
 		return st, err
 	}
+	// What a killed process left half-written (leftovers.go).
+	if n, err := sweepTempFiles(dir); n > 0 || err != nil {
+		m.log.Info("removed temporary files left by a killed process", "dir", string(dir), "count", n, "err", err)
+	}
 	// Until the new supervisor writes its pid, the state reads "created".
 	_ = os.Remove(dir.Path(vmdir.Exit))
 	_ = os.Remove(dir.Path(vmdir.SupervisorPid))
