@@ -60,6 +60,22 @@ func lockLayers(ctx context.Context, dir vmdir.Dir) (func(), error) {
 	return func() { f.Close() }, nil
 }
 
+// housekeepingLockWait bounds the wait for the layer lock of housekeeping
+// that runs after its caller's work is done (dropping layers, a
+// checkpoint, an exec's quiet report): a stuck holder makes it give up and
+// leave the work to the next call, rather than hold its caller forever.
+// A variable for tests.
+var housekeepingLockWait = 30 * time.Second
+
+// lockLayersForHousekeeping takes the layer lock for such housekeeping,
+// waiting at most housekeepingLockWait whatever the caller's context
+// (housekeeping runs after an exec even when its caller went away).
+func lockLayersForHousekeeping(ctx context.Context, dir vmdir.Dir) (func(), error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), housekeepingLockWait)
+	defer cancel()
+	return lockLayers(ctx, dir)
+}
+
 // captureUpper freezes the running guest's upper layer and returns it as a
 // frozen layer (the live disk goes on in a new overlay), with the guest's
 // listing of it when manifest is set. It is the one way to capture the
@@ -353,7 +369,7 @@ func dropUnreferenced(dir vmdir.Dir, rec instance.Record) error {
 	if !l.Chained() {
 		return nil
 	}
-	unlock, err := lockLayers(context.Background(), dir)
+	unlock, err := lockLayersForHousekeeping(context.Background(), dir)
 	if err != nil {
 		return err
 	}

@@ -145,7 +145,7 @@ func (c *Client) execCheckpointed(ctx context.Context, dir vmdir.Dir, rec instan
 
 // dropCheckpoint removes checkpoint n under the layer lock.
 func (c *Client) dropCheckpoint(dir vmdir.Dir, n int) {
-	unlock, err := lockLayers(context.Background(), dir)
+	unlock, err := lockLayersForHousekeeping(context.Background(), dir)
 	if err != nil {
 		return
 	}
@@ -159,7 +159,7 @@ func (c *Client) dropCheckpoint(dir vmdir.Dir, n int) {
 // round trip overlaps the writing, and the supervisor's tidy, which waits
 // for the lock, finds the report kept (its delta to fold).
 func (c *Client) keepQuietAndTidy(ctx context.Context, dir vmdir.Dir, rec instance.Record, rep *agentapi.QuietReport, execErr error) {
-	unlock, err := lockLayers(context.Background(), dir)
+	unlock, err := lockLayersForHousekeeping(ctx, dir)
 	if err != nil {
 		c.tidyAfter(ctx, dir, rec)
 		return
