@@ -71,7 +71,11 @@ func (s *Agent) handleExec(w http.ResponseWriter, r *http.Request) {
 	defer stop()
 	out := newRedactedOutput(red, ew.output)
 	out.elide = ew.elided
-	res := s.run(r.Context(), p, out)
+	res, cg := s.run(r.Context(), p, out)
+	// The leaf goes, and the next exec's is made, once the result is
+	// sent: neither is on this command's path to its host.
+	defer s.user.makeSpare()
+	defer cg.release()
 	out.flush()
 	// Output crosses the channel once, in the events above: the host
 	// assembles the result's stdout and stderr from them (run keeps no
@@ -462,10 +466,11 @@ func growPipe(f *os.File) {
 
 // run starts p, streams its output through forward and returns its result.
 // It never fails: problems starting the command become exit codes 126/127
-// with the reason on stderr. The command runs in a cgroup leaf of its own;
-// a timeout or cancel kills the whole leaf, and processes it leaves behind
+// with the reason on stderr. The command runs in a cgroup leaf of its own
+// (returned, nil when it never started), which the caller releases; a
+// timeout or cancel kills the whole leaf, and processes it leaves behind
 // otherwise may keep running (background jobs) as a leftover.
-func (s *Agent) run(ctx context.Context, p *prepared, out *redactedOutput) agentapi.ExecResult {
+func (s *Agent) run(ctx context.Context, p *prepared, out *redactedOutput) (agentapi.ExecResult, *leaf) {
 	forward := out.forward
 	start := time.Now()
 	res := agentapi.ExecResult{StartedAt: start.UTC()}
@@ -493,18 +498,18 @@ func (s *Agent) run(ctx context.Context, p *prepared, out *redactedOutput) agent
 			res.ExitCode = agentapi.ExitCannotExecute
 			stderr.add([]byte("pyro: " + p.argv[0] + ": cannot execute: " + err.Error() + "\n"))
 		}
-		return finish()
+		return finish(), nil
 	}
 
 	outR, outW, err := os.Pipe()
 	if err != nil {
-		return startFailed(&res, stderr, p, err, finish)
+		return startFailed(&res, stderr, p, err, finish), nil
 	}
 	errR, errW, err := os.Pipe()
 	if err != nil {
 		outR.Close()
 		outW.Close()
-		return startFailed(&res, stderr, p, err, finish)
+		return startFailed(&res, stderr, p, err, finish), nil
 	}
 	growPipe(outR)
 	growPipe(errR)
@@ -523,9 +528,8 @@ func (s *Agent) run(ctx context.Context, p *prepared, out *redactedOutput) agent
 	if err != nil {
 		outR.Close()
 		errR.Close()
-		return startFailed(&res, stderr, p, err, finish)
+		return startFailed(&res, stderr, p, err, finish), nil
 	}
-	defer cg.release()
 	pid := cmd.Process.Pid
 	res.PID = pid
 
@@ -608,7 +612,7 @@ func (s *Agent) run(ctx context.Context, p *prepared, out *redactedOutput) agent
 		})
 	}
 	res.StdoutTruncated, res.StderrTruncated = stdout.truncated(), stderr.truncated()
-	return finish()
+	return finish(), cg
 }
 
 func startFailed(res *agentapi.ExecResult, stderr *capture, p *prepared, err error, finish func() agentapi.ExecResult) agentapi.ExecResult {

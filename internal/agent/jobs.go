@@ -126,7 +126,9 @@ func (m *jobManager) start(req agentapi.ExecRequest) (*job, error) {
 		out.elide = func(stream string, n int64) {
 			fmt.Fprintf(j.out, "\n[... %d bytes of %s elided ...]\n", n, stream)
 		}
-		res := m.a.run(context.Background(), p, out)
+		res, cg := m.a.run(context.Background(), p, out)
+		cg.release()
+		m.a.user.makeSpare()
 		out.flush()
 		m.a.syncWorkspace()
 		code := res.ExitCode

@@ -137,6 +137,7 @@ func New(opts Options) *Agent {
 	a.secrets = &secretStore{}
 	a.quiet = newQuiet()
 	a.user = newUserCgroup(opts.UserCgroup)
+	a.user.makeSpare()
 	a.services = &serviceManager{a: a, svcs: map[string]*service{}}
 	a.shells = &shellManager{a: a, shells: map[string]*shell{}}
 	a.jobs = &jobManager{a: a, jobs: map[string]*job{}}
