@@ -17,6 +17,9 @@ import (
 func sdkClient(t *testing.T) (*sdk.Client, context.Context) {
 	t.Helper()
 	home, _ := isolatedHome(t)
+	// Whatever a failing test leaves running (its QEMU, its supervisor)
+	// goes when it ends.
+	killHomeOnCleanup(t, home)
 	c, err := sdk.New(sdk.Options{StateDir: home, Binary: pyroBin})
 	if err != nil {
 		t.Fatal(err)
@@ -127,10 +130,13 @@ func TestSDKWorkspace(t *testing.T) {
 	seed := t.TempDir()
 	writeTree(t, seed, map[string]string{"a.txt": "a\n"})
 	w, err := c.CreateWorkspace(ctx, sdk.CreateWorkspaceOptions{Environment: baseEnv, SeedPath: seed})
+	if id := w.WorkspaceID; id != "" {
+		// Deleted also when a check below fails (it left QEMU running).
+		t.Cleanup(func() { _, _ = c.DeleteWorkspace(context.Background(), id) })
+	}
 	if err != nil || w.WorkspaceSeed.FileCount != 1 || w.Secrets == nil {
 		t.Fatalf("CreateWorkspace: %+v %v", w, err)
 	}
-	defer c.DeleteWorkspace(context.Background(), w.WorkspaceID)
 	id := w.WorkspaceID
 	if r, err := c.ExecWorkspace(ctx, id, sdk.ExecOptions{Command: []string{"echo b > b.txt; cat a.txt"}}); err != nil || r.Stdout != "a\n" || r.WorkspaceID != id {
 		t.Fatalf("ExecWorkspace: %+v %v", r, err)
