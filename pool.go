@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sync/atomic"
 	"time"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
@@ -207,9 +206,6 @@ type pooledVM struct {
 	p   vm.Pauser
 	end func() error
 	log *slog.Logger
-	// handedOut: HandOut was called (what the guest does from then on
-	// is the claimer's); checked: failed() looked at its death already.
-	handedOut, checked atomic.Bool
 }
 
 func (g *pooledVM) ID() string { return g.v.ID }
@@ -217,7 +213,9 @@ func (g *pooledVM) ID() string { return g.v.ID }
 // failed ends a guest whose priming or pause failed and returns err. A
 // guest that died meanwhile counts against the memory snapshot it was
 // restored from (vm.VM.DiedUnused), with the console's last lines; a fill
-// the pool gave up on (ctx) proves nothing against it.
+// the pool gave up on (ctx) proves nothing against it. (A run pool's
+// guest that dies paused is not counted: a paused guest runs nothing, and
+// its QEMU, in the pool's process group, also gets a terminal's ^C.)
 func (g *pooledVM) failed(ctx context.Context, err error) error {
 	if ctx.Err() == nil {
 		// A guest that crashed fails its agent call a moment before its
@@ -226,7 +224,6 @@ func (g *pooledVM) failed(ctx context.Context, err error) error {
 			err = fmt.Errorf("%w (the guest's VMM exited: %s)", err, note)
 		}
 	}
-	g.checked.Store(true)
 	g.Close()
 	return err
 }
@@ -237,7 +234,6 @@ func (g *pooledVM) Info() pool.GuestInfo {
 }
 
 func (g *pooledVM) HandOut(ctx context.Context, to pool.Claimer) error {
-	g.handedOut.Store(true)
 	id := to.ID
 	t := time.Now()
 	if err := g.p.Resume(ctx); err != nil {
@@ -255,11 +251,6 @@ func (g *pooledVM) OpenStream(ctx context.Context) (net.Conn, error) {
 func (g *pooledVM) Done() <-chan struct{} { return g.v.Machine.Done() }
 
 func (g *pooledVM) Close() error {
-	// A guest that died waiting for a claim (the pool's watch closes it)
-	// counts against its memory snapshot, as one that died priming.
-	if !g.handedOut.Load() && !g.checked.Swap(true) {
-		g.v.DiedUnused(g.log, 0)
-	}
 	var errs []error
 	if g.p != nil {
 		errs = append(errs, g.p.Close())
