@@ -46,9 +46,7 @@ func (c *Client) FreezeLayer(ctx context.Context, d time.Duration) error {
 // each call costs the guest a round trip. ok is false when the agent
 // predates it (it froze the layer but sent no listing).
 func (c *Client) FreezeLayerManifest(ctx context.Context, d time.Duration) (m LayerManifest, ok bool, err error) {
-	var out struct {
-		Entries *[]LayerEntry `json:"entries"`
-	}
+	var out listedReply
 	err = c.jsonCallLimit(ctx, transferWindow, MaxManifestBytes, http.MethodPost,
 		PathLayerFreeze+"?manifest=1&ms="+strconv.FormatInt(d.Milliseconds(), 10), nil, &out)
 	if err != nil || out.Entries == nil {

@@ -53,9 +53,7 @@ func (c *Client) RemountWorkspace(ctx context.Context, drop bool) error {
 // write in between. ok is false when the agent predates it (it released
 // /workspace but sent no listing).
 func (c *Client) ReleaseWorkspaceListed(ctx context.Context, d time.Duration) (m LayerManifest, ok bool, err error) {
-	var out struct {
-		Entries *[]LayerEntry `json:"entries"`
-	}
+	var out listedReply
 	err = c.jsonCallLimit(ctx, transferWindow, MaxManifestBytes, http.MethodPost,
 		PathLayerRelease+"?manifest=1&ms="+strconv.FormatInt(d.Milliseconds(), 10), nil, &out)
 	if err != nil || out.Entries == nil {
