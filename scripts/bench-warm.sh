@@ -3,6 +3,8 @@
 # measured in this one run so the ratios compare like with like.
 #
 #   scripts/bench-warm.sh [ENVIRONMENT]     (default debian:12; N=5 runs each)
+#   POOL=0 scripts/bench-warm.sh             skips the two pool rows
+#   COLD=0 scripts/bench-warm.sh             skips the cold run row
 #
 # Prints medians of wall time (ms) of:
 #   pyro run ENV -- true            warm (restored from the golden snapshot)
@@ -24,6 +26,8 @@ cd "$(dirname "$0")/.."
 PYRO=${PYRO_BIN:-$PWD/bin/pyro}
 ENVNAME=${1:-debian:12}
 N=${N:-5}
+POOL=${POOL:-1}
+COLD=${COLD:-1}
 
 . scripts/bench-lib.sh
 bench_home warm
@@ -59,11 +63,14 @@ echo "==> pyro run $ENVNAME -- true, warm and cold, $N runs each (interleaved)"
 warm=() cold=()
 for _ in $(seq "$N"); do
   warm+=("$(time_pyro_run 0)")
-  cold+=("$(time_pyro_run 1)")
+  if [ "$COLD" = 1 ]; then cold+=("$(time_pyro_run 1)"); fi
 done
 warm_ms=$(printf '%s\n' "${warm[@]}" | median)
-cold_ms=$(printf '%s\n' "${cold[@]}" | median)
+cold_ms=skipped
+if [ "$COLD" = 1 ]; then cold_ms=$(printf '%s\n' "${cold[@]}" | median); fi
 
+pool_ms=skipped handout_ms=skipped wsp_ms=skipped wsp_handout_ms=skipped
+if [ "$POOL" = 1 ]; then
 echo "==> pyro run $ENVNAME -- true through a warm pool (pyro pool start --size 1), $N runs"
 "$PYRO" pool start --size 1 "$ENVNAME" >/dev/null 2>&1 &
 poolpid=$!
@@ -89,6 +96,7 @@ done
 kill -INT "$poolpid"; wait "$poolpid" 2>/dev/null || true; poolpid=""
 pool_ms=$(printf '%s\n' "${pooled[@]}" | median)
 handout_ms=$(printf '%s\n' "${handout[@]}" | median)
+fi
 
 echo "==> pyro workspace create $ENVNAME, warm, $N runs"
 ws=()
@@ -103,6 +111,7 @@ for _ in $(seq "$N"); do
 done
 ws_ms=$(printf '%s\n' "${ws[@]}" | median)
 
+if [ "$POOL" = 1 ]; then
 echo "==> pyro workspace create $ENVNAME through a workspace pool (pyro pool start --workspace --size 1), $N runs"
 "$PYRO" pool start --workspace --size 1 "$ENVNAME" >/dev/null 2>&1 &
 poolpid=$!
@@ -119,6 +128,7 @@ done
 kill -INT "$poolpid"; wait "$poolpid" 2>/dev/null || true; poolpid=""
 wsp_ms=$(printf '%s\n' "${wsp[@]}" | median)
 wsp_handout_ms=$(printf '%s\n' "${wsp_handout[@]}" | median)
+fi
 
 docker_run_ms="" docker_d_ms="" docker_note=""
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
@@ -164,14 +174,16 @@ if [ -n "$docker_run_ms" ]; then
   printf '%-44s %8s\n' "docker run -d --network none IMG sleep" "$docker_d_ms"
 fi
 echo
+# rowratio A B: ratio, or "skipped" for a row left out (POOL=0, COLD=0).
+rowratio() { if [ "$1" = skipped ] || [ "$2" = skipped ]; then echo skipped; else ratio "$1" "$2"; fi; }
 echo "== ratios (goal in brackets)"
-echo "warm run / cold run:                 $(ratio "$warm_ms" "$cold_ms")  [<= 0.20x]"
+echo "warm run / cold run:                 $(rowratio "$warm_ms" "$cold_ms")  [<= 0.20x]"
 echo "pool hand-out:                       ${handout_ms} ms  [<= 50 ms]"
 if [ -n "$docker_run_ms" ]; then
-  echo "warm run / docker run --rm:          $(ratio "$warm_ms" "$docker_run_ms")  [<= 1.5x]"
-  echo "pool run / docker run --rm:          $(ratio "$pool_ms" "$docker_run_ms")  [<= 1.5x]"
-  echo "warm workspace create / docker -d:   $(ratio "$ws_ms" "$docker_d_ms")  [<= 1.5x]"
-  echo "pool workspace create / docker -d:   $(ratio "$wsp_ms" "$docker_d_ms")  [<= 1.5x]"
+  echo "warm run / docker run --rm:          $(rowratio "$warm_ms" "$docker_run_ms")  [<= 1.5x]"
+  echo "pool run / docker run --rm:          $(rowratio "$pool_ms" "$docker_run_ms")  [<= 1.5x]"
+  echo "warm workspace create / docker -d:   $(rowratio "$ws_ms" "$docker_d_ms")  [<= 1.5x]"
+  echo "pool workspace create / docker -d:   $(rowratio "$wsp_ms" "$docker_d_ms")  [<= 1.5x]"
 else
   echo "$docker_note"
 fi
