@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
-	"github.com/pyro-mcp/pyro/internal/errdefs"
-	"github.com/pyro-mcp/pyro/internal/fsutil"
 	"github.com/pyro-mcp/pyro/internal/instance"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/vmm/qemu"
@@ -39,25 +37,10 @@ func chainable(dir vmdir.Dir) bool {
 // go, so the merge cost is spread over many commands).
 const mergeSlack = 16
 
-// lockLayers serialises layer changes of one workspace between processes.
-// A caller waits for the lock as long as its context lets it (a stuck
-// holder, say a checkpoint whose guest stopped answering, no longer holds
-// every later call forever).
+// lockLayers serialises layer changes of one workspace between processes
+// (workspace.LockLayers).
 func lockLayers(ctx context.Context, dir vmdir.Dir) (func(), error) {
-	f, err := os.OpenFile(dir.Path(".layers.lock"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := fsutil.LockContext(ctx, f); err != nil {
-		f.Close()
-		if ctx.Err() != nil {
-			return nil, errdefs.Wrap(errdefs.ErrUnavailable, err,
-				"another checkpoint, snapshot or restore of this workspace is still running: retry once it ends, or allow this call more time",
-				"wait for the workspace's layer lock")
-		}
-		return nil, fmt.Errorf("lock the workspace's layers: %w", err)
-	}
-	return func() { f.Close() }, nil
+	return workspace.LockLayers(ctx, string(dir))
 }
 
 // housekeepingLockWait bounds the wait for the layer lock of housekeeping

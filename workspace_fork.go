@@ -24,7 +24,7 @@ import (
 
 // Live fork (issue #14): ForkWorkspace saves a running workspace whole
 // (RAM, devices, and its upper layer at the same instant, the source
-// paused only for the last dirty pages and the layer copy), then starts N
+// paused for the save and the layer copy), then starts N
 // new workspaces restored from that state. Each continues from that
 // instant: the same files, the same running services, shells and
 // background jobs (processes, not just files), with its own identity
@@ -171,8 +171,8 @@ func (c *Client) ForkWorkspace(ctx context.Context, id string, opts ForkWorkspac
 		slots := make(chan struct{}, forkParallel)
 		var wg sync.WaitGroup
 		var err error
-		made, recs, err = c.makeForks(ctx, dir, rec, names, opts.WithSecrets, saved, func(i int, d vmdir.Dir, r instance.Record) {
-			wg.Go(func() { forks[i], errs[i] = c.startFork(ctx, slots, d, r) })
+		made, recs, err = c.makeForks(ctx, dir, rec, names, opts.WithSecrets, saved, func(i int, d vmdir.Dir, r instance.Record, synced <-chan error) {
+			wg.Go(func() { forks[i], errs[i] = c.startFork(ctx, slots, d, r, synced) })
 		})
 		wg.Wait()
 		c.logger.Debug("forks running", "ms", time.Since(start).Milliseconds(), "err", err)
@@ -235,11 +235,14 @@ func (c *Client) forkInherited(ctx context.Context, d vmdir.Dir, rec instance.Re
 	return fw, nil
 }
 
-// makeForks creates the forks' directories and records, and calls made
-// with each as soon as it is whole (the caller starts it): each gets its own copy of the saved upper layer, the source's baseline
-// (a hard link: it is never written), its baseline record, history and,
-// when asked, secrets, and the state its first boot restores.
-func (c *Client) makeForks(ctx context.Context, src vmdir.Dir, srcRec instance.Record, names []string, withSecrets bool, saved lifecycle.Saved, each func(i int, d vmdir.Dir, rec instance.Record)) (made []vmdir.Dir, recs []instance.Record, err error) {
+// makeForks creates the forks' directories and records, and calls each
+// with each fork as soon as it is whole (the caller starts it): each gets
+// its own copy of the saved upper layer, the source's baseline (a hard
+// link: it is never written), its baseline record, history and, when
+// asked, secrets, and the state its first boot restores. The disk copy is
+// made in the kernel and synced in the background: synced says when it
+// is durable (the fork is not handed out before).
+func (c *Client) makeForks(ctx context.Context, src vmdir.Dir, srcRec instance.Record, names []string, withSecrets bool, saved lifecycle.Saved, each func(i int, d vmdir.Dir, rec instance.Record, synced <-chan error)) (made []vmdir.Dir, recs []instance.Record, err error) {
 	unlock, err := c.lockNames(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -267,15 +270,17 @@ func (c *Client) makeForks(ctx context.Context, src vmdir.Dir, srcRec instance.R
 		if withSecrets {
 			m.Secrets = sm.Secrets
 		}
+		synced := make(chan error, 1)
 		dir, rec, err := c.lc.Create(ctx, rec, func(dir vmdir.Dir, rec *instance.Record) error {
 			// Half-made until it runs: a killed fork is reconciled away.
 			if err := instance.WriteCreator(dir); err != nil {
 				return err
 			}
 			rec.WorkspaceDisk, rec.WorkspaceBase = dir.Path(workspace.DiskFile), dir.Path(workspace.BaseFile)
-			if _, _, err := workspace.CopyImage(saved.Disk, rec.WorkspaceDisk, 0, "workspace disk", ""); err != nil {
-				return err
+			if err := workspace.CopyFreshDisk(saved.Disk, rec.WorkspaceDisk); err != nil {
+				return fmt.Errorf("copy the workspace disk: %w", err)
 			}
+			go func(disk string) { synced <- workspace.SyncFile(disk) }(rec.WorkspaceDisk)
 			if err := linkOrCopy(srcRec.WorkspaceBase, rec.WorkspaceBase); err != nil {
 				return err
 			}
@@ -296,17 +301,17 @@ func (c *Client) makeForks(ctx context.Context, src vmdir.Dir, srcRec instance.R
 			return made, recs, fmt.Errorf("create fork: %w", err)
 		}
 		c.logger.Debug("fork made", "id", rec.ID, "ms", time.Since(t).Milliseconds())
-		each(len(made), dir, rec)
+		each(len(made), dir, rec, synced)
 		made, recs = append(made, dir), append(recs, rec)
 	}
 	return made, recs, nil
 }
 
 // startFork starts the made fork d once one of slots is free (restores
-// run forkParallel at a time), marks it complete once it runs, and asks
-// it what it inherited after giving the slot back, so that the question
-// overlaps the next fork's restore.
-func (c *Client) startFork(ctx context.Context, slots chan struct{}, d vmdir.Dir, rec instance.Record) (ForkedWorkspace, error) {
+// run forkParallel at a time), marks it complete once it runs and its
+// disk is synced, and asks it what it inherited after giving the slot
+// back, so that the question overlaps the next fork's restore.
+func (c *Client) startFork(ctx context.Context, slots chan struct{}, d vmdir.Dir, rec instance.Record, synced <-chan error) (ForkedWorkspace, error) {
 	select {
 	case slots <- struct{}{}:
 	case <-ctx.Done():
@@ -318,6 +323,14 @@ func (c *Client) startFork(ctx context.Context, slots chan struct{}, d vmdir.Dir
 	c.logger.Debug("fork started", "id", rec.ID, "ms", time.Since(t).Milliseconds(), "err", err)
 	if err != nil {
 		return ForkedWorkspace{}, fmt.Errorf("start fork %s: %w", rec.ID, err)
+	}
+	select {
+	case err = <-synced:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	if err != nil {
+		return ForkedWorkspace{}, fmt.Errorf("sync fork %s's disk: %w", rec.ID, err)
 	}
 	if err := instance.DoneCreating(d); err != nil {
 		return ForkedWorkspace{}, err

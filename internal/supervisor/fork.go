@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/instance"
@@ -86,6 +87,14 @@ func (s *server) forkSave(ctx context.Context, req ForkSaveRequest) (res ForkSav
 	if s.rec.WorkspaceDisk == "" {
 		return res, errdefs.New(errdefs.ErrFailedPrecondition, "", "only workspaces can be forked")
 	}
+	// The upper layer the save copies is the top the guest writes: no
+	// checkpoint, housekeeping or push moves it meanwhile (their switch
+	// would leave the copy an older layer than the saved page cache).
+	unlock, err := workspace.LockLayers(ctx, string(s.dir))
+	if err != nil {
+		return res, err
+	}
+	defer unlock()
 	f, err := os.OpenFile(req.State, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return res, err
@@ -100,23 +109,30 @@ func (s *server) forkSave(ctx context.Context, req ForkSaveRequest) (res ForkSav
 			err = diskFull(err)
 		}
 	}()
-	var diskBytes int64
-	saved, err := v.SaveLive(ctx, f, func(context.Context) error {
+	var diskBytes, copyMS int64
+	saved, err := v.SaveLive(ctx, f, func(ctx context.Context) error {
+		t := time.Now()
+		defer func() { copyMS = time.Since(t).Milliseconds() }()
 		// The copy the forks get: the upper layer as the paused guest
 		// left it (its page cache is in the saved RAM, so the pair is
 		// consistent without a freeze), one raw image even when the
-		// source keeps it as a chain of layers.
+		// source keeps it as a chain of layers. Copied in the kernel,
+		// neither hashed nor synced while the source is paused: each
+		// fork's own copy of it is synced (nothing reads this one after
+		// a crash: the staging directory is swept).
 		src, done, err := workspace.Layers{Dir: string(s.dir), Disk: s.rec.WorkspaceDisk}.RawUpper(ctx)
 		if err != nil {
 			return err
 		}
 		defer done()
-		_, n, err := workspace.CopyImage(src, req.Disk, 0, "workspace disk", "")
-		diskBytes = n
-		return err
+		if err := workspace.CopyFreshDisk(src, req.Disk); err != nil {
+			return fmt.Errorf("copy the workspace disk: %w", err)
+		}
+		diskBytes = allocated(req.Disk)
+		return nil
 	})
 	s.log.Info("fork save", "paused_ms", saved.PausedMS, "save_ms", saved.TotalMS, "state_bytes", saved.StateBytes,
-		"released", saved.Released, "release_ms", saved.ReleaseMS, "err", err)
+		"released", saved.Released, "release_ms", saved.ReleaseMS, "copy_ms", copyMS, "disk_bytes", diskBytes, "err", err)
 	if err != nil {
 		return res, err
 	}
@@ -127,6 +143,15 @@ func (s *server) forkSave(ctx context.Context, req ForkSaveRequest) (res ForkSav
 	res = ForkSaveResult{ForkSource: vm.ForkSource{State: req.State, Released: saved.Released},
 		PausedMS: saved.PausedMS, SaveMS: saved.TotalMS, StateBytes: saved.StateBytes, DiskBytes: diskBytes}
 	return res, nil
+}
+
+// allocated is the bytes of data the file at p holds (0 when unknown).
+func allocated(p string) int64 {
+	var st syscall.Stat_t
+	if syscall.Stat(p, &st) != nil {
+		return 0
+	}
+	return st.Blocks * 512
 }
 
 // diskFull gives a save that ran out of space its category and hint.
