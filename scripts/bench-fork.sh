@@ -20,6 +20,11 @@
 #                   the host's cores: the floor of the fork total on this
 #                   host (TCG: loading the state, then translating the
 #                   guest code a fork runs again, in every fork)
+#     to identity   the part each fork spent until its identity call ended
+#                   (its restore's own work), and the rest: what forks
+#                   already running spent idling while the others restored
+#   source cpu      the source's QEMU CPU during the fork command (its save,
+#                   then its own idling beside the forks)
 #   answering       forks whose inherited service answered
 #   load            uptime's load averages before and after (a shared
 #                   2-core host makes the numbers noisy)
@@ -52,14 +57,17 @@ id=$("$PYRO" workspace create --json "$ENVNAME" | jq -r .workspace_id)
 "$PYRO" workspace service start "$id" web --ready-tcp 127.0.0.1:8000 -- \
   python3 -m http.server 8000 --directory /workspace >/dev/null
 load_before=$(uptime | sed 's/.*load average: //')
+tck=$(getconf CLK_TCK)
+qcpu() { awk -v t="$tck" '{ sub(/^.*\) /, ""); print int(($12 + $13) * 1000 / t) }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+src_pid=$(awk '{print $1}' "$home/workspaces/$id/vmm.pid")
+src_cpu0=$(qcpu "$src_pid")
 start=$(date +%s%N)
 "$PYRO" workspace fork --json --count "$COUNT" "$id" >"$home/fork.json"
 total=$(( ($(date +%s%N) - start) / 1000000 ))
 # Each fork's QEMU CPU so far (read at once: idle guests keep using some).
-tck=$(getconf CLK_TCK)
+src_cpu=$(( $(qcpu "$src_pid") - src_cpu0 ))
 cpus=$(for f in $(jq -r '.forks[].workspace_id' "$home/fork.json"); do
-  pid=$(awk '{print $1}' "$home/workspaces/$f/vmm.pid" 2>/dev/null)
-  awk -v t="$tck" '{ sub(/^.*\) /, ""); print int(($12 + $13) * 1000 / t) }' "/proc/$pid/stat" 2>/dev/null || echo 0
+  qcpu "$(awk '{print $1}' "$home/workspaces/$f/vmm.pid" 2>/dev/null)"
 done | paste -sd, -)
 cpu_sum=$(echo "$cpus" | tr , '\n' | awk '{s += $1} END {print s + 0}')
 ok=0
@@ -86,5 +94,8 @@ printf '    restore      [%s] ms\n' "$(steps 'fork restored')"
 printf '    identity     [%s] ms\n' "$(steps 'fork identity')"
 printf '    qemu cpu at restored [%s], at identity [%s] ms\n' "$(steps 'fork restored' vmm_cpu_ms)" "$(steps 'fork identity' vmm_cpu_ms)"
 printf '  fork cpu       [%s] ms, sum %d ms = %d ms over %d cores\n' "$cpus" "$cpu_sum" "$((cpu_sum / $(nproc)))" "$(nproc)"
+id_sum=$(steps 'fork identity' vmm_cpu_ms | tr , '\n' | awk '{s += $1} END {print s + 0}')
+printf '    to identity  sum %d ms; idling after it while the others restored: %d ms\n' "$id_sum" "$((cpu_sum - id_sum))"
+printf '  source cpu     %d ms during the fork command\n' "$src_cpu"
 printf '  answering      %d/%d\n' "$ok" "$COUNT"
 printf '  load           %s before, %s after (%d cores)\n' "$load_before" "$load_after" "$(nproc)"
