@@ -2,6 +2,7 @@ package pyro
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -68,10 +69,25 @@ func captureUpper(ctx context.Context, dir vmdir.Dir, rec instance.Record, agent
 	var m agentapi.LayerManifest
 	listed := false
 	var err error
-	if manifest {
-		m, listed, err = agent.FreezeLayerManifest(ctx, freezeFor)
-	} else {
-		err = agent.FreezeLayer(ctx, freezeFor)
+	freeze := func() {
+		if manifest {
+			m, listed, err = agent.FreezeLayerManifest(ctx, freezeFor)
+		} else {
+			err = agent.FreezeLayer(ctx, freezeFor)
+		}
+	}
+	freeze()
+	if errors.Is(err, errdefs.ErrFailedPrecondition) {
+		// A host push that died left /workspace released (its guest
+		// would remount it by itself when the release's bound passes):
+		// a push holds the layer lock from its release to its remount,
+		// so under the lock no push is under way, and the guest mounts
+		// what QEMU serves now, as it would by itself. Remounting a
+		// mounted /workspace changes nothing (then the freeze fails
+		// again for its own reason).
+		if agent.RemountWorkspace(ctx, true) == nil {
+			freeze()
+		}
 	}
 	// Thawed on every way out, also when the listing failed after the
 	// freeze (thawing a layer that is not frozen is a no-op).

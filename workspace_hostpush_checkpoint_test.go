@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/instance"
 	"github.com/pyro-mcp/pyro/internal/supervisor"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
@@ -141,5 +142,59 @@ func TestHostPushCheckpointNeedsListing(t *testing.T) {
 	}
 	if top, _ := l.Top(); top != before {
 		t.Fatalf("top %s, want %s", top, before)
+	}
+}
+
+// A checkpoint that finds /workspace released with no push under way (the
+// pushing process died; the guest would remount by itself only when the
+// release's bound passed) has the guest mount it again and takes the
+// checkpoint, instead of failing every checkpointed command meanwhile.
+func TestCheckpointRemountsReleased(t *testing.T) {
+	dir, rec := stoppedWorkspace(t, 64<<20, true)
+	rec.Extra = json.RawMessage(`{"checkpoints":true}`)
+	lis, err := net.Listen("unix", dir.Path(vmdir.SupervisorSock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	released := true
+	var calls []string
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := strings.TrimPrefix(r.URL.Path, supervisor.AgentPrefix)
+		mu.Lock()
+		defer mu.Unlock()
+		calls = append(calls, p)
+		switch {
+		case p == agentapi.PathLayerFreeze && released:
+			agentapi.WriteError(w, errdefs.New(errdefs.ErrFailedPrecondition, "", "/workspace is released to the host"))
+			return
+		case p == agentapi.PathLayerRemount:
+			released = false
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"entries":[]}`))
+	})}
+	go srv.Serve(lis)
+	t.Cleanup(func() { srv.Close() })
+	// A QMP socket: the workspace's layers are chained (QEMU's side is
+	// the seam below).
+	qmp, err := net.Listen("unix", dir.Path(vmdir.QMPSock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { qmp.Close() })
+	pushSeam := qemuPush
+	t.Cleanup(func() { qemuPush = pushSeam })
+	qemuPush = func(context.Context, vmdir.Dir, string) error { return nil }
+	c := newTestClient(t)
+	agent := c.lc.Client(dir)
+	defer agent.Close()
+	if err := c.takeCheckpoint(context.Background(), dir, rec, agent, "exec: true"); err != nil {
+		t.Fatalf("checkpoint with /workspace left released: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if released || checkpointsOf(dir).Last() != 1 {
+		t.Fatalf("calls %v: released %v, checkpoints %d", calls, released, checkpointsOf(dir).Last())
 	}
 }

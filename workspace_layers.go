@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"time"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
-	"github.com/pyro-mcp/pyro/internal/hostres"
 	"github.com/pyro-mcp/pyro/internal/instance"
 	"github.com/pyro-mcp/pyro/internal/lifecycle"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
@@ -92,38 +90,6 @@ func (c *Client) snapshotLayer(ctx context.Context, dir vmdir.Dir, rec instance.
 	defer func() { _ = agent.ThawLayer(context.WithoutCancel(ctx)) }()
 	snap, err := snapshotsOf(dir).SaveUpper(name, rec.WorkspaceDisk)
 	return snapshotFrom(snap), err
-}
-
-// diffLayered compares /workspace with its baseline reading only the
-// entries the upper layer changed, from both sides, under the same bounds
-// as a whole-tree diff.
-func diffLayered(ctx context.Context, dir vmdir.Dir, agent *agentapi.Client, opts workspace.DiffOptions) (workspace.DiffResult, error) {
-	lower, err := agent.LayerChanges(ctx, agentapi.SideLower)
-	if err != nil {
-		return workspace.DiffResult{}, err
-	}
-	defer lower.Close()
-	// The baseline side is read twice by Diff: it waits in a private
-	// temporary file, capped like a snapshot.
-	tmp, err := os.CreateTemp(string(dir), ".diff-base-*")
-	if err != nil {
-		return workspace.DiffResult{}, err
-	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
-	lim := hostres.Load()
-	if _, err := io.Copy(tmp, hostres.CapReader(lower, lim.SnapshotBytes, "diff baseline", hostres.SnapshotBytesEnv)); err != nil {
-		return workspace.DiffResult{}, err
-	}
-	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
-		return workspace.DiffResult{}, err
-	}
-	cur, err := agent.LayerChanges(ctx, agentapi.SideMerged)
-	if err != nil {
-		return workspace.DiffResult{}, err
-	}
-	defer cur.Close()
-	return workspace.Diff(tmp, hostres.CapReader(cur, lim.SnapshotBytes, "diff", hostres.SnapshotBytesEnv), opts)
 }
 
 // freshLayer replaces the upper layer for a reset: empty for the baseline,

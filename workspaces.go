@@ -510,17 +510,7 @@ func (c *Client) DiffWorkspace(ctx context.Context, id string) (WorkspaceDiff, e
 	}
 	red := instance.Redactor(dir)
 	if layered(rec) {
-		agent, err := c.workspaceAgent(ctx, dir, rec)
-		if err != nil {
-			return WorkspaceDiff{}, err
-		}
-		defer agent.Close()
-		d, err := diffLayered(ctx, dir, agent, workspace.DiffOptions{MaxEntryBytes: maxEntry})
-		if err != nil {
-			return WorkspaceDiff{}, red.Error(fmt.Errorf("diff /workspace: %w", err))
-		}
-		d.Redact(red)
-		return diffFrom(id, d), nil
+		return c.diffLayeredWorkspace(ctx, dir, rec, workspace.DiffOptions{MaxEntryBytes: maxEntry}) // workspace_diff.go
 	}
 	base, err := snapshotsOf(dir).Open(workspace.Baseline)
 	if err != nil {

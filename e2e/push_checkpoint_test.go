@@ -206,3 +206,93 @@ func TestHostPushCheckpointedKilled(t *testing.T) {
 	}
 	undoPush("killed past the push", since)
 }
+
+// TestHostPushCheckpointedClientOrSupervisorKilled kills the pushing pyro
+// process while it writes the layer (the guest holds /workspace released):
+// the guest mounts the tree before the push again by itself, exactly, and
+// a push after it is served on the host; then kills the workspace's
+// supervisor at the same point: the workspace comes back with the push
+// whole or not at all, and undo to the push's first checkpoint returns
+// the tree before it.
+func TestHostPushCheckpointedClientOrSupervisorKilled(t *testing.T) {
+	requireConfinable(t)
+	env, id, _ := checkpointedWorkspace(t)
+	src := randomTree(t, 400)
+	wsExec(t, env, id, "sh -c 'echo kept > kept.txt'")
+	before := guestListing(t, env, id, "/workspace")
+	killAtDebugfs := func(kill func(cmd *exec.Cmd)) {
+		t.Helper()
+		cmd := exec.Command(pyroBin, "workspace", "--json", "sync", "push", id, src)
+		cmd.Env = append(append(os.Environ(), env...), "PYRO_PUSH_RELEASE_MS=8000")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		killed := false
+		for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline) && !killed; time.Sleep(2 * time.Millisecond) {
+			if childPid(cmd.Process.Pid, "debugfs") != 0 {
+				kill(cmd)
+				killed = true
+			}
+		}
+		cmd.Wait()
+		if !killed {
+			t.Fatal("never caught the push's debugfs running")
+		}
+	}
+
+	// The client: the guest remounts the old tree once the release ends.
+	since, _ := lastCheckpoint(t, env, id)
+	killAtDebugfs(func(cmd *exec.Cmd) { cmd.Process.Kill() })
+	var got string
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		m := wsExec(t, env, id, "sh", "-c", "cat /workspace/kept.txt 2>/dev/null")
+		if got = strings.TrimSpace(fmt.Sprint(m["stdout"])); got == "kept" {
+			break
+		}
+	}
+	if got != "kept" {
+		t.Fatalf("/workspace after the pushing client was killed: %q", got)
+	}
+	if l := guestListing(t, env, id, "/workspace"); l != before {
+		t.Fatalf("after the client was killed mid-push:\nbefore:\n%s\nafter:\n%s", before, l)
+	}
+	var cl checkpointList
+	mustWS(t, env, &cl, "checkpoint", "list", id)
+	for _, cp := range cl.Checkpoints {
+		if cp.Number > since && strings.HasPrefix(cp.Command, "sync push ") {
+			t.Fatalf("a checkpoint of the killed push was recorded: %+v", cp)
+		}
+	}
+
+	// The supervisor (its QEMU goes with it).
+	since, _ = lastCheckpoint(t, env, id)
+	killAtDebugfs(func(*exec.Cmd) {
+		if sup := findPids(t, id)["supervisor"]; sup > 0 {
+			syscall.Kill(sup, syscall.SIGKILL)
+		}
+	})
+	waitBroken(t, env, id)
+	mustWS(t, env, nil, "stop", id)
+	mustWS(t, env, nil, "start", id)
+	m := wsExec(t, env, id, "sh", "-c", "cat /workspace/kept.txt; find /workspace/tree -type f 2>/dev/null | wc -l")
+	if got := strings.TrimSpace(fmt.Sprint(m["stdout"])); got != "kept\n0" && got != "kept\n400" {
+		t.Fatalf("after the supervisor was killed mid-push: %q", got)
+	} else {
+		t.Logf("after the supervisor was killed mid-push: %q", got)
+	}
+	mustWS(t, env, &cl, "checkpoint", "list", id)
+	for _, cp := range cl.Checkpoints {
+		if cp.Number > since && strings.HasPrefix(cp.Command, "sync push ") {
+			mustWS(t, env, nil, "undo", id, "--to", strconv.Itoa(cp.Number))
+			if l := guestListing(t, env, id, "/workspace"); l != before {
+				t.Fatalf("undo of the push the supervisor's kill cut short:\nbefore:\n%s\nafter:\n%s", before, l)
+			}
+			break
+		}
+	}
+	var r pushResult
+	mustWS(t, env, &r, "sync", "push", id, src, "--dest", "/workspace/again")
+	if r.Transfer != "host" || r.FileCount != 400 {
+		t.Fatalf("push after the kills: %+v", r)
+	}
+}

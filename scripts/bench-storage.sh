@@ -15,7 +15,7 @@ ENV=${ENV:-debian:12-base}
 FILES=${FILES:-1000}
 MIB=${MIB:-196}
 T=$(mktemp -d)
-trap 'rm -rf "$T"; [ -n "${ID:-}" ] && "$PYRO" workspace delete "$ID" >/dev/null 2>&1; [ -n "${ID2:-}" ] && "$PYRO" workspace delete "$ID2" >/dev/null 2>&1; [ -n "${CID:-}" ] && docker rm -f "$CID" >/dev/null 2>&1; true' EXIT
+trap 'rm -rf "$T"; [ -n "${ID:-}" ] && "$PYRO" workspace delete "$ID" >/dev/null 2>&1; [ -n "${ID2:-}" ] && "$PYRO" workspace delete "$ID2" >/dev/null 2>&1; [ -n "${ID3:-}" ] && "$PYRO" workspace delete "$ID3" >/dev/null 2>&1; [ -n "${CID:-}" ] && docker rm -f "$CID" >/dev/null 2>&1; true' EXIT
 
 . "$(dirname "$0")/bench-lib.sh"
 
@@ -67,6 +67,17 @@ if [ -n "$DOCKER" ]; then
   docker exec "$CID" mkdir -p /workspace/p; s=$(now_ms); docker cp "$T/tree/." "$CID:/workspace/p"; d_push=$(since_s "$s")
 fi
 echo "push running ($x): pyro ${p_push}s  docker ${d_push:-n/a}s  ratio $(ratio "$p_push" "$d_push")  (goal <= 1.5x)"
+# ... and into a running workspace that takes checkpoints (the MCP default):
+#    the push's checkpoint is the layer it replaces (workspace_hostpush_checkpoint.go)
+ID3=$("$PYRO" workspace create --id-only --checkpoints "$ENV")
+"$PYRO" workspace exec "$ID3" -- true >/dev/null
+sync; s=$(now_ms); x=$("$PYRO" workspace sync push --json "$ID3" "$T/tree" --dest /workspace/p | transfer); p_pushc=$(since_s "$s")
+d_pushc=""
+if [ -n "$DOCKER" ]; then
+  docker exec "$CID" mkdir -p /workspace/c; sync; s=$(now_ms); docker cp "$T/tree/." "$CID:/workspace/c"; d_pushc=$(since_s "$s")
+fi
+echo "push running, checkpoints ($x): pyro ${p_pushc}s  docker ${d_pushc:-n/a}s  ratio $(ratio "$p_pushc" "$d_pushc")  (goal <= 1.5x)"
+"$PYRO" workspace delete "$ID3" >/dev/null; ID3=""
 # ... and into the stopped workspace: written into its upper layer on the
 #    host (workspace_hostpush.go), Docker copying into a fresh directory too
 "$PYRO" workspace stop "$ID" >/dev/null
