@@ -37,35 +37,59 @@ func (c *Client) diffLayeredWorkspace(ctx context.Context, dir vmdir.Dir, rec in
 
 // diffLayered compares /workspace with its baseline reading only the
 // entries the upper layer changed, from both sides, under the same bounds
-// as a whole-tree diff.
+// as a whole-tree diff. Both sides are asked for at once, each into a
+// private temporary file, capped like a snapshot (Diff reads the baseline
+// side twice): the guest's second walk and stream overlap the host's
+// reading of the first instead of following it, and neither stream waits
+// on the other's reader (each is drained as it comes, so a large side
+// never stalls the other past its idle bound).
 func diffLayered(ctx context.Context, dir vmdir.Dir, agent *agentapi.Client, opts workspace.DiffOptions, t *phases) (workspace.DiffResult, error) {
-	lower, err := agent.LayerChanges(ctx, agentapi.SideLower)
-	if err != nil {
-		return workspace.DiffResult{}, err
-	}
-	defer lower.Close()
-	// The baseline side is read twice by Diff: it waits in a private
-	// temporary file, capped like a snapshot.
-	tmp, err := os.CreateTemp(string(dir), ".diff-base-*")
-	if err != nil {
-		return workspace.DiffResult{}, err
-	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
 	lim := hostres.Load()
-	if _, err := io.Copy(tmp, hostres.CapReader(lower, lim.SnapshotBytes, "diff baseline", hostres.SnapshotBytesEnv)); err != nil {
-		return workspace.DiffResult{}, err
+	fetch := func(side, what string) (*os.File, error) {
+		r, err := agent.LayerChanges(ctx, side)
+		if err != nil {
+			return nil, err
+		}
+		defer r.Close()
+		f, err := os.CreateTemp(string(dir), ".diff-"+side+"-*")
+		if err != nil {
+			return nil, err
+		}
+		// Unlinked at once: nothing is left behind by a process killed
+		// mid-diff.
+		_ = os.Remove(f.Name())
+		if _, err := io.Copy(f, hostres.CapReader(r, lim.SnapshotBytes, what, hostres.SnapshotBytesEnv)); err != nil {
+			f.Close()
+			return nil, err
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			f.Close()
+			return nil, err
+		}
+		return f, nil
 	}
+	var cur *os.File
+	var cerr error
+	merged := make(chan struct{})
+	go func() {
+		defer close(merged)
+		cur, cerr = fetch(agentapi.SideMerged, "diff")
+	}()
+	base, err := fetch(agentapi.SideLower, "diff baseline")
 	t.mark("lower")
-	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
-		return workspace.DiffResult{}, err
+	<-merged
+	t.mark("merged")
+	for _, f := range []*os.File{base, cur} {
+		if f != nil {
+			defer f.Close()
+		}
 	}
-	cur, err := agent.LayerChanges(ctx, agentapi.SideMerged)
 	if err != nil {
 		return workspace.DiffResult{}, err
 	}
-	defer cur.Close()
-	t.mark("merged_open")
-	defer t.mark("merged_compare")
-	return workspace.Diff(tmp, hostres.CapReader(cur, lim.SnapshotBytes, "diff", hostres.SnapshotBytesEnv), opts)
+	if cerr != nil {
+		return workspace.DiffResult{}, cerr
+	}
+	defer t.mark("compare")
+	return workspace.Diff(base, cur, opts)
 }
