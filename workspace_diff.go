@@ -15,24 +15,51 @@ import (
 
 // diffLayeredWorkspace is DiffWorkspace of a layered workspace: only the
 // entries the upper layer changed are read, from both sides
-// (diffLayered).
+// (diffLayered). The guest is asked for them while the workspace's status
+// is observed (a health call to the guest, as before every command),
+// not after it: when the observation says it runs, what was asked
+// meanwhile is the answer; otherwise that is dropped, and the workspace is
+// started (or said to be stopped) as for any command and asked again.
 func (c *Client) diffLayeredWorkspace(ctx context.Context, dir vmdir.Dir, rec instance.Record, opts workspace.DiffOptions) (WorkspaceDiff, error) {
 	t := newPhases(c.logger, "diff")
 	defer t.done("workspace", rec.ID)
 	red := instance.Redactor(dir)
-	agent, err := c.workspaceAgent(ctx, dir, rec)
-	if err != nil {
-		return WorkspaceDiff{}, err
+	type result struct {
+		d   workspace.DiffResult
+		err error
 	}
-	defer agent.Close()
-	t.mark("agent")
-	d, err := diffLayered(ctx, dir, agent, opts, t)
-	if err != nil {
-		return WorkspaceDiff{}, red.Error(fmt.Errorf("diff /workspace: %w", err))
+	touchActivity(dir)
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	early := make(chan result, 1)
+	agent := c.lc.Client(dir)
+	go func() {
+		defer agent.Close()
+		d, err := diffLayered(fctx, dir, agent, opts, nil)
+		early <- result{d, err}
+	}()
+	var r result
+	if st := c.lc.Observe(ctx, dir, rec); st.State == instance.Running {
+		t.mark("observe")
+		r = <-early
+		t.mark("sides")
+	} else {
+		cancel()
+		<-early
+		agent, err := c.workspaceAgent(ctx, dir, rec)
+		if err != nil {
+			return WorkspaceDiff{}, err
+		}
+		defer agent.Close()
+		t.mark("agent")
+		r.d, r.err = diffLayered(ctx, dir, agent, opts, t)
 	}
-	d.Redact(red)
+	if r.err != nil {
+		return WorkspaceDiff{}, red.Error(fmt.Errorf("diff /workspace: %w", r.err))
+	}
+	r.d.Redact(red)
 	t.mark("redact")
-	return diffFrom(rec.ID, d), nil
+	return diffFrom(rec.ID, r.d), nil
 }
 
 // diffLayered compares /workspace with its baseline reading only the
