@@ -200,8 +200,13 @@ func (c *Client) checkpointQuiet(ctx context.Context, dir vmdir.Dir, rec instanc
 	var bytes int64
 	if parent, empty := l.EmptyTop(top); empty {
 		// Nothing reached the disk since the top was made: the state is
-		// its parent's, already frozen.
+		// its parent's, already frozen (by the checkpoint before, or
+		// by the housekeeping after the last exec: then this
+		// checkpoint counts its bytes, workspace_checkpoints_ahead.go).
 		ref, _, err = l.Ref(parent)
+		if fr, fb, ok := cps.FrozenAhead(); ok && err == nil && fr == ref {
+			bytes = fb
+		}
 		t.mark("top_empty")
 	} else {
 		t.mark("top_written")

@@ -90,13 +90,21 @@ func housekeep(ctx context.Context, dir vmdir.Dir, rec instance.Record, maxCount
 	errs = append(errs, cps.FoldPending())
 	t.mark("fold_listing")
 	if chainable(dir) {
-		errs = append(errs, stageNext(ctx, dir, layersOf(dir, rec), t))
+		l := layersOf(dir, rec)
+		pushed, err := freezeAhead(ctx, dir, l, t) // workspace_checkpoints_ahead.go
+		errs = append(errs, err)
+		t.mark("freeze_ahead")
+		errs = append(errs, stageNext(ctx, dir, l, t))
 		t.mark("stage_next")
-		// The live top written through: the next checkpoint's switch,
-		// which flushes it first, then finds it clean (qemu.FlushLive).
-		fctx, cancel := context.WithTimeout(ctx, flushTimeout)
-		errs = append(errs, qemuFlush(fctx, dir))
-		cancel()
-		t.mark("flush")
+		if !pushed {
+			// The live top written through: the next checkpoint's
+			// switch, which flushes it first, then finds it clean
+			// (qemu.FlushLive). A top frozen ahead was flushed by
+			// its switch, and the new one holds nothing.
+			fctx, cancel := context.WithTimeout(ctx, flushTimeout)
+			errs = append(errs, qemuFlush(fctx, dir))
+			cancel()
+			t.mark("flush")
+		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/pyro-mcp/pyro/internal/supervisor"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
+	"github.com/pyro-mcp/pyro/internal/workspace"
 )
 
 // TestTidyAfterInSupervisor: after a checkpointed exec the housekeeping
@@ -66,7 +67,9 @@ func TestTidyAfterInSupervisor(t *testing.T) {
 			}
 			continue
 		}
-		if !staged || flushes != 3 || switches == 0 {
+		// Each writing exec's top frozen ahead here (a switch each but
+		// the first's), so no flush was needed.
+		if !staged || flushes != 0 || switches != 2 {
 			t.Fatalf("caller tidies: next overlay made %v, %d flushes, %d switches", staged, flushes, switches)
 		}
 	}
@@ -97,6 +100,100 @@ func TestCheckpointRecordedBeforeCommand(t *testing.T) {
 	for _, cmd := range [][]string{{"write", "a"}, {"write", "b"}, {"true"}, {"write", "c"}} {
 		if _, err := c.execCheckpointed(ctx, dir, rec, g.agent(t), ExecOptions{Command: cmd}); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// TestFreezeAheadInTidy: the housekeeping after a writing quiet exec
+// freezes the live top itself, so the next exec's checkpoint makes no
+// QEMU call before its command starts and names the layer frozen ahead
+// (with the bytes the write left in it); after an exec that wrote nothing
+// nothing is frozen. Undo points stay the states before each command, and
+// a guest that moved on since its report still gets its checkpoint the
+// usual way.
+func TestFreezeAheadInTidy(t *testing.T) {
+	dir, rec := chainableWorkspace(t)
+	g := &fakeGuest{t: t, l: layersOf(dir, rec), top: "workspace.ext4", ep: 100}
+	g.fakeQEMU(t)
+	lis, err := net.Listen("unix", dir.Path(vmdir.SupervisorSock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The supervisor's tidy, run before it answers (the real one answers
+	// first: the test needs it over before the next exec).
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req supervisor.TidyRequest
+		_ = json.NewDecoder(r.Body).Decode(&req)
+		tidyLayers(r.Context(), dir, rec, req, nil)
+		w.WriteHeader(http.StatusAccepted)
+	})}
+	go srv.Serve(lis)
+	defer srv.Close()
+	qemuCalls := func() int {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return g.pushes + g.switches + g.flushes
+	}
+	var atStart int
+	g.onRun = func() { atStart = g.pushes + g.switches + g.flushes } // g.mu held
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := &Client{}
+	cps := checkpointsOf(dir)
+	exec := func(cmd ...string) (onPath int, cp workspace.Checkpoint, ref workspace.LayerRef) {
+		t.Helper()
+		before := qemuCalls()
+		if _, err := c.execCheckpointed(ctx, dir, rec, g.agent(t), ExecOptions{Command: cmd}); err != nil {
+			t.Fatalf("exec %v: %v", cmd, err)
+		}
+		n := cps.Last()
+		cp, err := cps.Get(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref, ok, err := cps.LayerOf(n, g.l)
+		if err != nil || !ok {
+			t.Fatalf("checkpoint %d: %v %v", n, ok, err)
+		}
+		return atStart - before, cp, ref
+	}
+	exec("write", "a") // the first checkpoint asks the guest
+	onPath, cpB, refB := exec("write", "b")
+	if onPath != 0 {
+		t.Fatalf("the checkpoint after a writing exec made %d QEMU calls before the command", onPath)
+	}
+	if cpB.Bytes < 64<<10 {
+		t.Fatalf("the checkpoint after a 64 KiB write counts %d bytes", cpB.Bytes)
+	}
+	onPath, cpC, refC := exec("true")
+	if onPath != 0 || refC.Layer == refB.Layer || cpC.Bytes < 64<<10 {
+		t.Fatalf("after the write of b: %d QEMU calls on the path, layer %s (before %s), %d bytes", onPath, refC.Layer, refB.Layer, cpC.Bytes)
+	}
+	// Nothing written: nothing frozen, the same layer named, no bytes.
+	_, cpD, refD := exec("write", "d")
+	if refD != refC || cpD.Bytes != 0 {
+		t.Fatalf("after an exec that wrote nothing: layer %s (before %s), %d bytes", refD.Layer, refC.Layer, cpD.Bytes)
+	}
+	// Moved on behind the host's back: refused, taken the usual way.
+	g.bump()
+	g.mu.Lock()
+	freezes := g.freezes
+	g.mu.Unlock()
+	exec("write", "e")
+	g.mu.Lock()
+	refused, freezes2 := g.refused, g.freezes
+	g.mu.Unlock()
+	if refused != 1 || freezes2 != freezes+1 {
+		t.Fatalf("guest moved on: %d refused, %d freezes", refused, freezes2-freezes)
+	}
+	list, err := cps.List()
+	if err != nil || len(list) != 5 {
+		t.Fatalf("checkpoints %+v %v", list, err)
+	}
+	for i, want := range []int{0, 1, 2, 2, 3} {
+		m, err := cps.Manifest(list[i].Number)
+		if err != nil || len(m.Entries) != want {
+			t.Errorf("checkpoint %d lists %d entries, want %d (%v)", list[i].Number, len(m.Entries), want, err)
 		}
 	}
 }

@@ -10,7 +10,15 @@
 # Each exec is one `pyro workspace exec` process, timed from start to exit;
 # the two workspaces have the same shape (both layered, the same tree
 # pushed), so the difference is the checkpoint's cost on the command's
-# path. GAP_MS passes between two execs (an agent thinks between its
+# path. The figure is the median of the N paired differences (each exec
+# with checkpoints minus the exec without next to it): a busy machine
+# slows both of a pair alike, where the difference of two medians of
+# ~60 ms execs swung by +-15 ms between runs (`true` once read 26 ms
+# against 5 ms for a write that does more). Printed beside it: the
+# spread of the differences (25th-75th percentile), both medians, the
+# load at the start and end of the row, and the checkpointed exec's own
+# host steps before its command (lock, pending report, layer, record:
+# from its debug log), which the difference contains. GAP_MS passes between two execs (an agent thinks between its
 # commands): the housekeeping a checkpoint leaves to the workspace's
 # supervisor (next overlay, merges, folding the listing) then runs on its
 # own, not inside the next timed exec of either workspace; its time is
@@ -18,11 +26,11 @@
 # load during each row.
 # Boots guests: run it alone (e.g. under flock /tmp/pyro-e2e.lock).
 #
-#   scripts/bench-checkpoint.sh [PYRO_BIN]      (env: ENV=debian:12-base N=15 MIB=196 FILES=1000 GAP_MS=150; FILES=0 skips the last row)
+#   scripts/bench-checkpoint.sh [PYRO_BIN]      (env: ENV=debian:12-base N=21 MIB=196 FILES=1000 GAP_MS=150; FILES=0 skips the last row)
 set -eu
 PYRO=${1:-$(dirname "$0")/../bin/pyro}
 ENV=${ENV:-debian:12-base}
-N=${N:-15}
+N=${N:-21}
 T=$(mktemp -d)
 trap 'rm -rf "$T"; for id in ${ON:-} ${OFF:-}; do "$PYRO" workspace delete "$id" >/dev/null 2>&1; done; true' EXIT
 . "$(dirname "$0")/bench-lib.sh"
@@ -39,7 +47,9 @@ for id in "$ON" "$OFF"; do "$PYRO" workspace exec "$id" -- true >/dev/null; "$PY
 run() { # LABEL ID CMD... -> appends one duration (ms) to $T/LABEL
   label=$1 id=$2; shift 2
   gap
-  s=$(now_ms); "$PYRO" workspace exec "$id" -- "$@" >/dev/null; e=$(now_ms)
+  # Both with the debug log (the same work in both): the checkpointed
+  # exec's log says how long its host steps took.
+  s=$(now_ms); PYRO_LOG=debug "$PYRO" workspace exec "$id" -- "$@" >/dev/null 2>>"$T/log-$label"; e=$(now_ms)
   echo $((e - s)) >>"$T/$label"
 }
 # Each kind in a run of its own: a command's writes are frozen by the next
@@ -47,6 +57,7 @@ run() { # LABEL ID CMD... -> appends one duration (ms) to $T/LABEL
 rows() { # KIND CMD...: N execs in each workspace, alternating
   kind=$1; shift
   housekept=$(housekeeping_count)
+  load1 >"$T/load0-$kind"
   i=0
   while [ $i -lt "$N" ]; do
     if [ $((i % 2)) = 0 ]; then run "on-$kind" "$ON" "$@"; run "off-$kind" "$OFF" "$@"
@@ -74,17 +85,24 @@ if [ "$FILES" -gt 0 ]; then
   rows write-$FILES sh -c 'echo x >> log.txt'
   kinds="$kinds write-$FILES"
 fi
-fastest() { sort -n "$T/$1" | head -1; }
-# The median is the figure; the fastest runs say the same with less of the
-# noise of a busy machine.
+# pctl P: the P-th percentile (nearest rank) of the numbers on stdin.
+pctl() { sort -n | awk -v p="$1" '{a[NR]=$1} END{ if (NR==0) {print "nan"; exit} i=int((NR-1)*p/100+0.5)+1; print a[i] }'; }
+# host_steps KIND: the median time (ms) of the checkpointed exec's host
+# steps before its command (its debug record's steps up to "exec").
+host_steps() {
+  grep -h 'msg="checkpointed exec"' "$T/log-on-$1" 2>/dev/null |
+    sed -n 's/.*steps="\([^"]*\)".*/\1/p' |
+    awk '{ t=0; for (i=1;i<=NF;i++) { split($i,kv,"="); if (kv[1]=="exec") break; t+=kv[2] } print t }' | median | sed 's/^nan$/-/'
+}
 for kind in $kinds; do
   on=$(median <"$T/on-$kind"); off=$(median <"$T/off-$kind")
-  onf=$(fastest "on-$kind"); offf=$(fastest "off-$kind")
+  paste "$T/on-$kind" "$T/off-$kind" | awk '{print $1-$2}' >"$T/diff-$kind"
+  d=$(median <"$T/diff-$kind"); lo=$(pctl 25 <"$T/diff-$kind"); hi=$(pctl 75 <"$T/diff-$kind")
   label=$kind
   [ "$kind" = "write-$FILES" ] && label="write, $FILES files ($MIB MiB) in the upper layer"
-  printf 'exec %-5s: %6.1f ms without checkpoints, %6.1f ms with: checkpoint overhead %5.1f ms per exec (median of %d; goal <= 10 ms); fastest %.1f vs %.1f: %.1f ms; load %s; supervisor housekeeping after each exec, off its path: %s ms\n' \
-    "$label" "$off" "$on" "$(echo "$on - $off" | bc -l)" "$N" \
-    "$offf" "$onf" "$((onf - offf))" "$(cat "$T/load-$kind")" "$(cat "$T/hk-$kind")"
+  printf 'exec %-5s: checkpoint overhead %5.1f ms per exec (median of %d paired differences, 25-75%%: %s..%s ms; goal <= 10 ms); medians %.1f ms without, %.1f ms with; host steps before the command %s ms; load %s -> %s; supervisor housekeeping after each exec, off its path: %s ms\n' \
+    "$label" "$d" "$N" "$lo" "$hi" "$off" "$on" "$(host_steps "$kind")" \
+    "$(cat "$T/load0-$kind")" "$(cat "$T/load-$kind")" "$(cat "$T/hk-$kind")"
 done
 n=$("$PYRO" workspace checkpoint list --json "$ON" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["checkpoints"]))')
 echo "checkpoints kept: $n"

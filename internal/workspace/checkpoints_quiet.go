@@ -26,7 +26,8 @@ import (
 // worthless to a guest that restarted (its epochs start afresh), so a
 // lost, stale or torn one only costs the usual checkpoint.
 //
-//	pending.json                 {"epoch": E, "manifest": M, "base": B}
+//	pending.json                 {"epoch": E, "manifest": M, "base": B,
+//	                              "frozen": R, "frozen_bytes": N}
 //	pending-M.manifest.json      the upper layer's listing at epoch M
 //	pending-M.delta.json         with base B: what changed since the
 //	                             listing of epoch B (pending-B.manifest.json)
@@ -45,6 +46,12 @@ type pending struct {
 	// From says how the guest's report gave the listing: "listing"
 	// (whole), "delta" (what changed since the one before) or "same".
 	From string `json:"from,omitempty"`
+	// Frozen, when set, is the layer the housekeeping after the exec
+	// froze (the live top then, holding what the exec wrote: pyro's
+	// freezeAhead), with the bytes its file holds: the next checkpoint
+	// names it and counts them.
+	Frozen      *LayerRef `json:"frozen,omitempty"`
+	FrozenBytes int64     `json:"frozen_bytes,omitempty"`
 }
 
 func (c Checkpoints) pendingPath() string { return filepath.Join(c.Dir, "pending.json") }
@@ -268,6 +275,35 @@ func walkLess(a, b string) bool {
 		a, b = ra, rb
 	}
 	return a == "" && b != ""
+}
+
+// HasPending reports whether a quiet report is pending.
+func (c Checkpoints) HasPending() bool {
+	_, ok := c.readPending()
+	return ok
+}
+
+// SetFrozenAhead notes in the pending report that the layer ref (its file
+// holding bytes) was frozen after the exec that reported it. The caller
+// holds the layer lock.
+func (c Checkpoints) SetFrozenAhead(ref LayerRef, bytes int64) error {
+	p, ok := c.readPending()
+	if !ok {
+		return nil
+	}
+	p.Frozen, p.FrozenBytes = &ref, bytes
+	b, _ := json.Marshal(p)
+	return replaceFile(c.pendingPath(), b, false)
+}
+
+// FrozenAhead returns the layer frozen after the pending report's exec
+// and the bytes its file held (ok false: none).
+func (c Checkpoints) FrozenAhead() (LayerRef, int64, bool) {
+	p, ok := c.readPending()
+	if !ok || p.Frozen == nil {
+		return LayerRef{}, 0, false
+	}
+	return *p.Frozen, p.FrozenBytes, true
 }
 
 // ClearPending forgets the pending report (the next checkpoint asks the
