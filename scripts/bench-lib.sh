@@ -16,7 +16,7 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 # since_s START: seconds (to the ms) since START, a now_ms value.
 since_s() { awk -v s="$1" -v e="$(now_ms)" 'BEGIN{ printf "%.3f", (e-s)/1000 }'; }
 median() { sort -n | awk '{a[NR]=$1} END{ if (NR==0) {print "nan"} else if (NR%2) {print a[(NR+1)/2]} else {print (a[NR/2]+a[NR/2+1])/2} }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2fx", a/b; else print "n/a" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0 && a ~ /^[0-9.]+$/) printf "%.2fx", a/b; else print "n/a" }'; }
 
 # make_tree DIR FILES MIB: FILES files of random bytes, MIB MiB in all,
 # spread over 20 directories under DIR (the tree the storage rows move).

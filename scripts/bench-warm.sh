@@ -21,6 +21,10 @@
 # and the ratios the issue asks for. Docker is used when a daemon answers
 # (`docker info`); otherwise the script says so and prints pyro's figures.
 # Needs root for the loop mount of the rootfs (docker import).
+# No row hangs: each pyro command is killed after STEP_S seconds (default
+# 180), a pool gets POOL_READY_S seconds (default 120) to have a guest
+# ready, and a pool row that fails says why (the pool's failures and last
+# error) in its results line; the other rows go on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYRO=${PYRO_BIN:-$PWD/bin/pyro}
@@ -28,12 +32,23 @@ ENVNAME=${1:-debian:12}
 N=${N:-5}
 POOL=${POOL:-1}
 COLD=${COLD:-1}
+STEP_S=${STEP_S:-180}
+POOL_READY_S=${POOL_READY_S:-120}
 
 . scripts/bench-lib.sh
 bench_home warm
 mnt="" poolpid=""
+# stop_pool: ^C to the pool in the background, SIGKILL after 30 s.
+stop_pool() {
+  [ -n "$poolpid" ] || return 0
+  kill -INT "$poolpid" 2>/dev/null || true
+  for _ in $(seq 150); do kill -0 "$poolpid" 2>/dev/null || break; sleep 0.2; done
+  kill -KILL "$poolpid" 2>/dev/null || true
+  wait "$poolpid" 2>/dev/null || true
+  poolpid=""
+}
 cleanup() {
-  [ -n "$poolpid" ] && { kill -INT "$poolpid" 2>/dev/null || true; wait "$poolpid" 2>/dev/null || true; }
+  stop_pool
   for id in $("$PYRO" workspace list --json 2>/dev/null | grep -o '"workspace_id": *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/'); do
     "$PYRO" workspace delete "$id" >/dev/null 2>&1 || true
   done
@@ -41,11 +56,13 @@ cleanup() {
   rm -rf "$home"
 }
 trap cleanup EXIT
+# b CMD...: CMD, killed after STEP_S seconds.
+b() { timeout -k 5 "$STEP_S" "$@"; }
 
-"$PYRO" env pull "$ENVNAME" >/dev/null
+b "$PYRO" env pull "$ENVNAME" >/dev/null
 echo "==> preparing golden snapshots of $ENVNAME (run and workspace configurations)"
-"$PYRO" prepare "$ENVNAME"
-"$PYRO" prepare --workspace "$ENVNAME"
+b "$PYRO" prepare "$ENVNAME"
+b "$PYRO" prepare --workspace "$ENVNAME"
 
 # time_pyro_run COLD(0|1): prints one wall time and checks the start mode.
 time_pyro_run() {
@@ -53,7 +70,7 @@ time_pyro_run() {
   [ "$1" = 1 ] && want=cold && extra=(env PYRO_WARM=0)
   local t0 t1 out
   t0=$(now_ms)
-  out=$("${extra[@]}" "$PYRO" run --json "$ENVNAME" -- true)
+  out=$(b "${extra[@]}" "$PYRO" run --json "$ENVNAME" -- true)
   t1=$(now_ms)
   echo "$out" | grep -q "\"start\": *\"$want\"" || { echo "bench-warm: expected start $want: $out" >&2; exit 1; }
   echo $((t1 - t0))
@@ -70,44 +87,62 @@ cold_ms=skipped
 if [ "$COLD" = 1 ]; then cold_ms=$(printf '%s\n' "${cold[@]}" | median); fi
 
 pool_ms=skipped handout_ms=skipped wsp_ms=skipped wsp_handout_ms=skipped
+pool_fail="" pool_n=0 wsp_fail="" wsp_n=0
 if [ "$POOL" = 1 ]; then
 echo "==> pyro run $ENVNAME -- true through a warm pool (pyro pool start --size 1), $N runs"
 "$PYRO" pool start --size 1 "$ENVNAME" >/dev/null 2>&1 &
 poolpid=$!
 # pool_ready SERVED: until the pool has a ready guest and SERVED hand-outs
-# (a run then finds a guest, and no refill competes with it for the CPU).
+# (a run then finds a guest, and no refill competes with it for the CPU),
+# at most POOL_READY_S seconds; on failure pool_why says why.
 pool_ready() {
-  local st
-  for _ in $(seq 600); do
-    st=$("$PYRO" pool status --json)
+  local st="" t0
+  t0=$(now_ms)
+  while [ $(($(now_ms) - t0)) -lt $((POOL_READY_S * 1000)) ]; do
+    st=$(b "$PYRO" pool status --json 2>&1) || true
     if grep -q '"ready": *1' <<<"$st" && grep -q "\"served\": *$1," <<<"$st"; then return 0; fi
     sleep 0.2
   done
-  echo "bench-warm: the pool did not get ready: $st" >&2; exit 1
+  pool_why="no guest ready within ${POOL_READY_S}s ($(grep -o '"failures": *[0-9]*' <<<"$st" | tr -d '"'); $(grep -o '"last_error": *"[^"]*"' <<<"$st" | tr -d '"' | cut -c1-300))"
+  echo "bench-warm: the pool did not get ready: $pool_why" >&2
+  return 1
 }
-pooled=() handout=()
-for i in $(seq "$N"); do
-  pool_ready $((i - 1))
-  t0=$(now_ms); out=$("$PYRO" run --json "$ENVNAME" -- true); t1=$(now_ms)
-  grep -q '"start": *"pool"' <<<"$out" || { echo "bench-warm: expected start pool: $out" >&2; exit 1; }
-  pooled+=($((t1 - t0)))
-  handout+=("$(sed -n 's/.*"boot_ms": *\([0-9]*\).*/\1/p' <<<"$out" | sed -n 1p)")
-done
-kill -INT "$poolpid"; wait "$poolpid" 2>/dev/null || true; poolpid=""
-pool_ms=$(printf '%s\n' "${pooled[@]}" | median)
-handout_ms=$(printf '%s\n' "${handout[@]}" | median)
+# rowmedian VALUES...: their median, n/a without any.
+rowmedian() { if [ $# -eq 0 ]; then echo n/a; else printf '%s\n' "$@" | median; fi; }
+# pool_row WHAT CMD...: runs CMD (a pyro command with --json) N times, each
+# after the pool is ready, into rowms/rowhandout; pool_why says why it
+# stopped early. The caller starts and stops the pool.
+pool_row() {
+  local what=$1 i t0 t1 out id
+  shift
+  rowms=() rowhandout=() pool_why=""
+  for i in $(seq "$N"); do
+    pool_ready $((i - 1)) || return 0
+    t0=$(now_ms); out=$(b "$@" 2>&1) || { pool_why="$what failed: $(tail -c 300 <<<"$out")"; return 0; }; t1=$(now_ms)
+    grep -q '"start": *"pool"' <<<"$out" || { pool_why="$what did not start from the pool: $(tail -c 300 <<<"$out")"; return 0; }
+    rowms+=($((t1 - t0)))
+    rowhandout+=("$(sed -n 's/.*"boot_ms": *\([0-9]*\).*/\1/p' <<<"$out" | sed -n 1p)")
+    id=$(echo "$out" | grep -o '"workspace_id": *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/') || true
+    [ -z "$id" ] || b "$PYRO" workspace delete "$id" >/dev/null || true
+  done
+}
+pool_row "pyro run" "$PYRO" run --json "$ENVNAME" -- true
+stop_pool
+pool_fail=$pool_why pool_n=${#rowms[@]}
+pool_ms=$(rowmedian "${rowms[@]}")
+handout_ms=$(rowmedian "${rowhandout[@]}")
 fi
 
 echo "==> pyro workspace create $ENVNAME, warm, $N runs"
 ws=()
 for _ in $(seq "$N"); do
   t0=$(now_ms)
-  out=$("$PYRO" workspace create --json "$ENVNAME")
+  out=$(b "$PYRO" workspace create --json "$ENVNAME")
   t1=$(now_ms)
   ws+=($((t1 - t0)))
   echo "$out" | grep -q '"start": *"warm"' || echo "bench-warm: workspace create was not warm: $out" >&2
   id=$(echo "$out" | grep -o '"workspace_id": *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/')
-  "$PYRO" workspace delete "$id" >/dev/null
+  b "$PYRO" workspace delete "$id" >/dev/null
 done
 ws_ms=$(printf '%s\n' "${ws[@]}" | median)
 
@@ -115,19 +150,11 @@ if [ "$POOL" = 1 ]; then
 echo "==> pyro workspace create $ENVNAME through a workspace pool (pyro pool start --workspace --size 1), $N runs"
 "$PYRO" pool start --workspace --size 1 "$ENVNAME" >/dev/null 2>&1 &
 poolpid=$!
-wsp=() wsp_handout=()
-for i in $(seq "$N"); do
-  pool_ready $((i - 1))
-  t0=$(now_ms); out=$("$PYRO" workspace create --json "$ENVNAME"); t1=$(now_ms)
-  grep -q '"start": *"pool"' <<<"$out" || { echo "bench-warm: expected start pool: $out" >&2; exit 1; }
-  wsp+=($((t1 - t0)))
-  wsp_handout+=("$(sed -n 's/.*"boot_ms": *\([0-9]*\).*/\1/p' <<<"$out" | sed -n 1p)")
-  id=$(echo "$out" | grep -o '"workspace_id": *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/')
-  "$PYRO" workspace delete "$id" >/dev/null
-done
-kill -INT "$poolpid"; wait "$poolpid" 2>/dev/null || true; poolpid=""
-wsp_ms=$(printf '%s\n' "${wsp[@]}" | median)
-wsp_handout_ms=$(printf '%s\n' "${wsp_handout[@]}" | median)
+pool_row "pyro workspace create" "$PYRO" workspace create --json "$ENVNAME"
+stop_pool
+wsp_fail=$pool_why wsp_n=${#rowms[@]}
+wsp_ms=$(rowmedian "${rowms[@]}")
+wsp_handout_ms=$(rowmedian "${rowhandout[@]}")
 fi
 
 docker_run_ms="" docker_d_ms="" docker_note=""
@@ -166,9 +193,11 @@ printf '%-44s %8s\n' "pyro run $ENVNAME -- true (warm)" "$warm_ms"
 printf '%-44s %8s\n' "pyro run $ENVNAME -- true (cold)" "$cold_ms"
 printf '%-44s %8s\n' "pyro run $ENVNAME -- true (pool)" "$pool_ms"
 printf '%-44s %8s\n' "  of which the pool's hand-out (boot_ms)" "$handout_ms"
+[ -z "$pool_fail" ] || echo "  FAILED after $pool_n of $N runs: $pool_fail"
 printf '%-44s %8s\n' "pyro workspace create $ENVNAME (warm)" "$ws_ms"
 printf '%-44s %8s\n' "pyro workspace create $ENVNAME (pool)" "$wsp_ms"
 printf '%-44s %8s\n' "  of which the pool's hand-out (boot_ms)" "$wsp_handout_ms"
+[ -z "$wsp_fail" ] || echo "  FAILED after $wsp_n of $N creates: $wsp_fail"
 if [ -n "$docker_run_ms" ]; then
   printf '%-44s %8s\n' "docker run --rm --network none IMG true" "$docker_run_ms"
   printf '%-44s %8s\n' "docker run -d --network none IMG sleep" "$docker_d_ms"
