@@ -71,3 +71,34 @@ func TestArrayValues(t *testing.T) {
 		t.Fatalf("round trip: %+v %v", got, err)
 	}
 }
+
+// A file listing reply within MaxListReplyBytes but of far more entries
+// than the agent sends (at most MaxListEntries) is refused before the
+// entries are built: the old code built ~1.7 M of them per call.
+func TestFileListEntriesBounded(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+PathFilesList, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, `{"path":"/workspace","entries":[`)
+		_, _ = io.Copy(w, &repeatReader{b: []byte(`null,`), n: (MaxListReplyBytes - 64) / 5 * 5})
+		_, _ = io.WriteString(w, `null]}`)
+	})
+	c, _ := fakeAgent(t, mux)
+	var err error
+	alloc := allocatedBy(func() { _, err = c.ListFiles(ctx(t), "/workspace", "/workspace", true) })
+	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "more than") {
+		t.Fatalf("list: %v", err)
+	}
+	if alloc > 64<<20 {
+		t.Fatalf("host allocated %d MiB for a refused listing", alloc>>20)
+	}
+	// An honest listing of MaxListEntries decodes.
+	l := FileList{Path: "/workspace"}
+	for i := 0; i < MaxListEntries; i++ {
+		l.Entries = append(l.Entries, FileEntry{Path: "/workspace/f", Type: FileTypeFile})
+	}
+	b, _ := json.Marshal(l)
+	var got FileList
+	if err := json.Unmarshal(b, &got); err != nil || len(got.Entries) != MaxListEntries {
+		t.Fatalf("honest listing: %d entries, %v", len(got.Entries), err)
+	}
+}
