@@ -2,6 +2,7 @@ package pyro
 
 import (
 	"context"
+	"log/slog"
 	"time"
 
 	"github.com/pyro-mcp/pyro/internal/errdefs"
@@ -125,8 +126,9 @@ func (c *Client) RunInVM(ctx context.Context, opts RunOptions) (RunResult, error
 	}()
 
 	execStart := time.Now()
+	req.Timings = c.logger.Enabled(ctx, slog.LevelDebug) // the guest's steps, for the line below
 	res, err := machine.Agent.Exec(ctx, req, opts.OnOutput)
-	c.logger.Debug("exec done", "vm_id", machine.ID, "ms", time.Since(execStart).Milliseconds())
+	c.logger.Debug("exec done", "vm_id", machine.ID, "ms", time.Since(execStart).Milliseconds(), "guest_us", res.Timings)
 	if err != nil {
 		if ctx.Err() != nil {
 			return RunResult{}, errdefs.Wrap(errdefs.ErrUnavailable, ctx.Err(), "", "run of %q interrupted", opts.Environment)

@@ -47,6 +47,7 @@ func (s *Agent) handleExec(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, errorf(errdefs.ErrInvalidArgument, "decode exec request: %v", err))
 		return
 	}
+	st := newSteps(req.Timings) // from here: the request is decoded
 	req.Env, err = s.secrets.withEnv(req.Env, req.SecretEnv)
 	if err != nil {
 		s.fail(w, err)
@@ -60,6 +61,8 @@ func (s *Agent) handleExec(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, errorf(errdefs.ErrInvalidArgument, "%v", err))
 		return
 	}
+	p.steps = st
+	st.mark("prepare")
 	red, _ := s.secrets.redactor()
 	ew := &eventWriter{w: w, rc: http.NewResponseController(w)}
 	w.Header().Set("Content-Type", "application/x-ndjson")
@@ -87,6 +90,8 @@ func (s *Agent) handleExec(w http.ResponseWriter, r *http.Request) {
 		epoch = s.quiet.current()
 	}
 	s.syncWorkspace()
+	st.mark("sync")
+	res.Timings = st.String()
 	s.log.Debug("exec done", "argv", red.Strings(p.argv), "exit_code", res.ExitCode, "duration_ms", res.DurationMS)
 	if r.Context().Err() != nil {
 		// The request was abandoned (client gone, or the agent is shutting
@@ -208,6 +213,7 @@ type prepared struct {
 	cwd       string
 	timeout   time.Duration
 	maxOutput int64
+	steps     *steps // nil: not timed
 }
 
 // prepare validates req; base is the environment the command starts from,
@@ -488,6 +494,8 @@ func (s *Agent) run(ctx context.Context, p *prepared, out *redactedOutput) (agen
 	}
 	stdout := newCapture(agentapi.EventStdout, p.maxOutput, safeForward)
 	stderr := newCapture(agentapi.EventStderr, p.maxOutput, safeForward)
+	st := p.steps
+	st.mark("headers")
 
 	path, err := lookPath(p.argv[0], p.path, p.cwd)
 	if err != nil {
@@ -513,6 +521,7 @@ func (s *Agent) run(ctx context.Context, p *prepared, out *redactedOutput) (agen
 	}
 	growPipe(outR)
 	growPipe(errR)
+	st.mark("lookpath+pipes")
 	cmd := &exec.Cmd{
 		Path:        path,
 		Args:        p.argv,
@@ -523,6 +532,7 @@ func (s *Agent) run(ctx context.Context, p *prepared, out *redactedOutput) (agen
 		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
 	}
 	cmd, cg, err := s.startUser(cmd, "exec")
+	st.mark("start")
 	outW.Close()
 	errW.Close()
 	if err != nil {
@@ -560,6 +570,7 @@ func (s *Agent) run(ctx context.Context, p *prepared, out *redactedOutput) (agen
 	stopCancel := context.AfterFunc(ctx, func() { killGroup(false) })
 
 	waitErr := cmd.Wait()
+	st.mark("wait")
 	if timer != nil {
 		timer.Stop()
 	}
@@ -585,6 +596,7 @@ func (s *Agent) run(ctx context.Context, p *prepared, out *redactedOutput) (agen
 	}
 	outR.Close()
 	errR.Close()
+	st.mark("drain")
 
 	killMu.Lock()
 	res.TimedOut = timedOut

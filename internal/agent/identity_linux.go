@@ -66,11 +66,12 @@ func (s *Agent) handleIdentity(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, errorf(errdefs.ErrInvalidArgument, "decode identity request: %v", err))
 		return
 	}
+	st := newSteps(req.Timings) // from here: the request is decoded
 	if err := checkIdentity(req); err != nil {
 		s.fail(w, err)
 		return
 	}
-	resp, err := s.applyIdentity(req)
+	resp, err := s.applyIdentity(req, st)
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -78,6 +79,8 @@ func (s *Agent) handleIdentity(w http.ResponseWriter, r *http.Request) {
 	// Every guest restored from the same saved state would count its
 	// quiet epochs on from the same value: start afresh.
 	s.quiet.reseed(req.Entropy)
+	st.mark("quiet")
+	resp.Timings = st.String()
 	writeJSON(w, http.StatusOK, resp)
 }
 
@@ -104,10 +107,12 @@ func checkIdentity(req agentapi.IdentityRequest) error {
 
 // applyIdentity does the work in the order that matters: the RNG first,
 // so nothing after it (including this agent) draws from the shared state.
-func (s *Agent) applyIdentity(req agentapi.IdentityRequest) (agentapi.IdentityResponse, error) {
+// st times the steps (nil: not asked).
+func (s *Agent) applyIdentity(req agentapi.IdentityRequest, st *steps) (agentapi.IdentityResponse, error) {
 	if err := reseedRNG(req.Entropy); err != nil {
 		return agentapi.IdentityResponse{}, errorf(errdefs.ErrUnavailable, "reseed kernel rng: %v", err)
 	}
+	st.mark("rng")
 	ts := unix.NsecToTimespec(req.UnixNano)
 	if err := unix.ClockSettime(unix.CLOCK_REALTIME, &ts); err != nil {
 		return agentapi.IdentityResponse{}, errorf(errdefs.ErrUnavailable, "set clock: %v", err)
@@ -115,16 +120,20 @@ func (s *Agent) applyIdentity(req agentapi.IdentityRequest) (agentapi.IdentityRe
 	if err := unix.Sethostname([]byte(req.Hostname)); err != nil {
 		return agentapi.IdentityResponse{}, errorf(errdefs.ErrUnavailable, "set hostname: %v", err)
 	}
+	st.mark("clock+hostname")
 	WriteHosts("/etc/hosts", req.Hostname)
+	st.mark("hosts")
 	if err := rewriteFile(machineIDPath, []byte(req.MachineID+"\n"), 0o444); err != nil {
 		return agentapi.IdentityResponse{}, errorf(errdefs.ErrUnavailable, "write machine id: %v", err)
 	}
+	st.mark("machine-id")
 	resp := agentapi.IdentityResponse{Hostname: req.Hostname, MachineID: req.MachineID}
 	if req.MAC != "" {
 		if err := setMAC("eth0", req.MAC); err != nil {
 			return resp, errorf(errdefs.ErrUnavailable, "set mac: %v", err)
 		}
 		resp.MAC = req.MAC
+		st.mark("mac")
 	}
 	if req.MountWorkspace {
 		s.identity.mu.Lock()
@@ -137,6 +146,7 @@ func (s *Agent) applyIdentity(req agentapi.IdentityRequest) (agentapi.IdentityRe
 		}
 		s.identity.workspace = true
 		resp.Workspace = true
+		st.mark("mount")
 	}
 	// Debug: an info line would go to the serial console, through the
 	// tty and UART code of a kernel that a restore has not translated yet.

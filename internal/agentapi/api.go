@@ -229,6 +229,8 @@ type ExecRequest struct {
 	SecretEnv map[string]string `json:"secret_env,omitempty"`
 	// Quiet asks for a quiet report at the end (quiet.go).
 	Quiet *QuietRequest `json:"quiet,omitempty"`
+	// Timings asks for ExecResult.Timings.
+	Timings bool `json:"timings,omitempty"`
 }
 
 // ExecResult is the outcome of one command. On the wire (the exit event)
@@ -249,6 +251,10 @@ type ExecResult struct {
 	// Quiet is the stream's quiet report, if any (never on the wire in
 	// the result itself: DecodeExecStream sets it).
 	Quiet *QuietReport `json:"-"`
+	// Timings, when the request asked, are the agent's phases of the
+	// call on the guest's clock ("prepare=80 headers=60 ... wait=900",
+	// microseconds each): for debug logs, never parsed.
+	Timings string `json:"timings,omitempty"`
 }
 
 // Event types in the exec response stream.

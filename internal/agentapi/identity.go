@@ -51,6 +51,8 @@ type IdentityRequest struct {
 	// Inherited): a fork's host learns it in this one call
 	// (identity_fork.go).
 	Inherited bool `json:"inherited,omitempty"`
+	// Timings asks for IdentityResponse.Timings.
+	Timings bool `json:"timings,omitempty"`
 }
 
 // IdentityResponse says what the agent did.
@@ -65,6 +67,9 @@ type IdentityResponse struct {
 	// Inherited is what the guest runs, when the request asked for it
 	// (nil from an agent that does not know the field).
 	Inherited *Inherited `json:"inherited,omitempty"`
+	// Timings, when the request asked, are the agent's phases of the
+	// call on the guest's clock (as ExecResult.Timings).
+	Timings string `json:"timings,omitempty"`
 }
 
 // SetIdentity sends a restored guest its new identity: one attempt,

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -283,6 +284,8 @@ func refreshIdentity(ctx context.Context, d Deps, c Config, v *VM) error {
 	if err != nil {
 		return err
 	}
+	// The guest times its steps for a debug log (agent/steps.go).
+	req.Timings = d.Logger.Enabled(ctx, slog.LevelDebug)
 	// The restored guest gets as long to answer as a booted one gets to
 	// come up (c.BootTimeout): a cold boot on the same loaded host would
 	// be slower still, so only evidence (its QEMU exited, the agent
@@ -312,6 +315,9 @@ func refreshIdentity(ctx context.Context, d Deps, c Config, v *VM) error {
 		return err
 	}
 	v.Health = resp.Health
+	if resp.Timings != "" {
+		d.Logger.Debug("identity refreshed", "vm_id", v.ID, "guest_us", resp.Timings)
+	}
 	v.Start = StartWarm
 	return nil
 }
