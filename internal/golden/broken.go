@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"unicode"
 )
 
 // Broken restores: a snapshot whose restored guests load and answer, then
@@ -47,9 +48,16 @@ func (s *Store) RecordBroken(dir, why string) (discarded bool, err error) {
 		}
 		return false, err
 	}
-	line := strings.Join(strings.Fields(why), " ")
+	// why quotes the guest's console: one line of printable characters
+	// (it is shown to people later: RecentlyFailed).
+	line := strings.Map(func(r rune) rune {
+		if unicode.IsPrint(r) {
+			return r
+		}
+		return '?'
+	}, strings.Join(strings.Fields(why), " "))
 	if len(line) > maxBrokenLine {
-		line = line[:maxBrokenLine]
+		line = strings.ToValidUTF8(line[:maxBrokenLine], "")
 	}
 	f, err := os.OpenFile(filepath.Join(dir, BrokenFile), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {

@@ -23,7 +23,7 @@ func TestRecordBrokenDiscardsAfterMax(t *testing.T) {
 			t.Fatalf("after %d broken restores: %v", i, err)
 		}
 	}
-	discarded, err := s.RecordBroken(snap.Dir, "the VMM exited unexpectedly: "+strings.Repeat("x", 4096))
+	discarded, err := s.RecordBroken(snap.Dir, "the VMM exited unexpectedly: \x1b[2J\x00é"+strings.Repeat("x", 4096))
 	if err != nil || !discarded {
 		t.Fatalf("broken restore %d: discarded %v, err %v", MaxBrokenRestores, discarded, err)
 	}
@@ -31,7 +31,7 @@ func TestRecordBrokenDiscardsAfterMax(t *testing.T) {
 		t.Fatalf("lookup after discard: %v", err)
 	}
 	why, failed := s.RecentlyFailed(k)
-	if !failed || !strings.Contains(why, "died unused") || len(why) > 1024 {
+	if !failed || !strings.Contains(why, "died unused") || len(why) > 1024 || strings.ContainsAny(why, "\x1b\x00") || !strings.Contains(why, "é") {
 		t.Fatalf("RecentlyFailed = %q, %v", why, failed)
 	}
 	// A later guest of the discarded snapshot changes nothing.
