@@ -91,6 +91,31 @@ type layerState struct {
 	ident  string // equal idents: untouched
 }
 
+// upperIndex is a listing indexed for stateOf: its entries by path, and
+// the paths whose entry hides everything below it (a whiteout, an opaque
+// directory, a non-directory) as a set asked "is a prefix of p in it?" in
+// time linear in p. The listing comes from the guest: hashing each prefix
+// of a path anew took time quadratic in it (a path of 200,000 slashes:
+// seconds each, hours for a listing of them).
+type upperIndex struct {
+	entries    map[string]agentapi.LayerEntry
+	hides      subtrees
+	hidesEmpty bool // the empty path hides (below() asks only non-empty prefixes)
+}
+
+func indexUpper(m agentapi.LayerManifest) upperIndex {
+	u := upperIndex{entries: indexManifest(m)}
+	for p, e := range u.entries {
+		if e.Kind != "dir" || e.Opaque {
+			u.hides.add(p)
+			if p == "" {
+				u.hidesEmpty = true
+			}
+		}
+	}
+	return u
+}
+
 func indexManifest(m agentapi.LayerManifest) map[string]agentapi.LayerEntry {
 	out := make(map[string]agentapi.LayerEntry, len(m.Entries))
 	for _, e := range m.Entries {
@@ -102,8 +127,8 @@ func indexManifest(m agentapi.LayerManifest) map[string]agentapi.LayerEntry {
 // stateOf resolves p as the overlay does: the upper entry if any, nothing
 // under a whiteout, an opaque directory or a non-directory, else the
 // baseline.
-func stateOf(up map[string]agentapi.LayerEntry, base BaseIndex, p string) layerState {
-	if e, ok := up[p]; ok {
+func stateOf(up upperIndex, base BaseIndex, p string) layerState {
+	if e, ok := up.entries[p]; ok {
 		if e.Kind == "whiteout" {
 			return layerState{}
 		}
@@ -113,13 +138,8 @@ func stateOf(up map[string]agentapi.LayerEntry, base BaseIndex, p string) layerS
 		}
 		return layerState{exists: true, kind: e.Kind, ident: id}
 	}
-	for i := 0; i < len(p); i++ {
-		if p[i] != '/' {
-			continue
-		}
-		if a, ok := up[p[:i]]; ok && (a.Kind != "dir" || a.Opaque) {
-			return layerState{}
-		}
+	if up.hides.below(p) || up.hidesEmpty && strings.HasPrefix(p, "/") {
+		return layerState{}
 	}
 	if k := base.Has(p); k != "" {
 		return layerState{exists: true, kind: k, ident: "base"}
@@ -133,10 +153,10 @@ func stateOf(up map[string]agentapi.LayerEntry, base BaseIndex, p string) layerS
 // touched file counts as modified even when its bytes came out the same.
 func CompareManifests(a, b agentapi.LayerManifest, base BaseIndex) DiffResult {
 	res := DiffResult{Added: []string{}, Modified: []string{}, Deleted: []string{}, Changes: []Change{}}
-	ua, ub := indexManifest(a), indexManifest(b)
+	ua, ub := indexUpper(a), indexUpper(b)
 	cand := map[string]bool{}
-	for _, m := range []map[string]agentapi.LayerEntry{ua, ub} {
-		for p, e := range m {
+	for _, m := range []upperIndex{ua, ub} {
+		for p, e := range m.entries {
 			cand[p] = true
 			if e.Kind != "dir" || e.Opaque {
 				for _, q := range base.under(p) {
