@@ -33,22 +33,29 @@ import (
 // checkpoint names the same layer and counts no bytes for it.
 
 // freezeAhead freezes the live top when a quiet report is pending and the
-// top holds writes; pushed says it did. The caller holds the layer lock.
-func freezeAhead(ctx context.Context, dir vmdir.Dir, l workspace.Layers, t *phases) (pushed bool, err error) {
+// top holds writes; pushed says it did, clean that the top needs no flush
+// (frozen ahead, or nothing written to it since it was made: an exec that
+// wrote nothing leaves QEMU nothing to flush, and the HMP flush the
+// housekeeping would ask for costs QEMU's main loop 2-5 ms after every
+// such exec). The caller holds the layer lock.
+func freezeAhead(ctx context.Context, dir vmdir.Dir, l workspace.Layers, t *phases) (pushed, clean bool, err error) {
 	cps := checkpointsOf(dir)
-	if !cps.HasPending() {
-		return false, nil
-	}
 	top, err := resolveTop(ctx, dir, l)
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	if _, empty := l.EmptyTop(top); empty {
-		return false, nil
+		// Empty on the disk: QEMU's cached tables may still hold a
+		// write the guest has not flushed (a command still running),
+		// which only a pending quiet report rules out.
+		return false, cps.HasPending(), nil
+	}
+	if !cps.HasPending() {
+		return false, false, nil
 	}
 	ref, bytes, err := pushTop(ctx, dir, l, t)
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
-	return true, cps.SetFrozenAhead(ref, bytes)
+	return true, true, cps.SetFrozenAhead(ref, bytes)
 }

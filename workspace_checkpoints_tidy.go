@@ -91,16 +91,17 @@ func housekeep(ctx context.Context, dir vmdir.Dir, rec instance.Record, maxCount
 	t.mark("fold_listing")
 	if chainable(dir) {
 		l := layersOf(dir, rec)
-		pushed, err := freezeAhead(ctx, dir, l, t) // workspace_checkpoints_ahead.go
+		_, clean, err := freezeAhead(ctx, dir, l, t) // workspace_checkpoints_ahead.go
 		errs = append(errs, err)
 		t.mark("freeze_ahead")
 		errs = append(errs, stageNext(ctx, dir, l, t))
 		t.mark("stage_next")
-		if !pushed {
+		if !clean {
 			// The live top written through: the next checkpoint's
 			// switch, which flushes it first, then finds it clean
 			// (qemu.FlushLive). A top frozen ahead was flushed by
-			// its switch, and the new one holds nothing.
+			// its switch, and the new one holds nothing; an empty
+			// top after a quiet exec holds nothing either.
 			fctx, cancel := context.WithTimeout(ctx, flushTimeout)
 			errs = append(errs, qemuFlush(fctx, dir))
 			cancel()

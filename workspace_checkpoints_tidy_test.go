@@ -108,9 +108,9 @@ func TestCheckpointRecordedBeforeCommand(t *testing.T) {
 // freezes the live top itself, so the next exec's checkpoint makes no
 // QEMU call before its command starts and names the layer frozen ahead
 // (with the bytes the write left in it); after an exec that wrote nothing
-// nothing is frozen. Undo points stay the states before each command, and
-// a guest that moved on since its report still gets its checkpoint the
-// usual way.
+// nothing is frozen (and nothing flushed). Undo points stay the states
+// before each command, and a guest that moved on since its report still
+// gets its checkpoint the usual way.
 func TestFreezeAheadInTidy(t *testing.T) {
 	dir, rec := chainableWorkspace(t)
 	g := &fakeGuest{t: t, l: layersOf(dir, rec), top: "workspace.ext4", ep: 100}
@@ -185,6 +185,14 @@ func TestFreezeAheadInTidy(t *testing.T) {
 	g.mu.Unlock()
 	if refused != 1 || freezes2 != freezes+1 {
 		t.Fatalf("guest moved on: %d refused, %d freezes", refused, freezes2-freezes)
+	}
+	// Every top was frozen ahead or left empty by a quiet exec: nothing
+	// for an HMP flush to write.
+	g.mu.Lock()
+	flushes := g.flushes
+	g.mu.Unlock()
+	if flushes != 0 {
+		t.Fatalf("%d flushes of a top frozen ahead or left empty", flushes)
 	}
 	list, err := cps.List()
 	if err != nil || len(list) != 5 {
