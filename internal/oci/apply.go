@@ -288,7 +288,16 @@ type layerFilter struct {
 	max      int64
 }
 
+// maxEntryName bounds an image entry's name (PATH_MAX): the walks over a
+// name's parents below cost time quadratic in its slashes, and a tar's
+// PAX header may carry a 1 MiB name of 500,000 of them (~30 min of the
+// host's CPU for one entry). No path a guest can use is longer.
+const maxEntryName = 4096
+
 func (f *layerFilter) filter(h *tar.Header, name string) (bool, error) {
+	if len(name) > maxEntryName {
+		return false, f.unsafe(name[:64]+"...", fmt.Sprintf("a name of %d bytes (more than %d)", len(name), maxEntryName))
+	}
 	dir, base := path.Split(name)
 	dir = strings.TrimSuffix(dir, "/")
 	if dir == "" {
