@@ -299,6 +299,10 @@ func ExtractTar(r io.Reader, dest string) (Stats, error) {
 // times are restored; owners are not (files belong to the caller).
 // Devices, fifos and sockets are skipped. On error, what was extracted so
 // far stays. See ExtractOptions for archives from an untrusted party.
+// MaxUntrustedName bounds an entry's name in an archive not trusted
+// (ExtractOptions.Untrusted): PATH_MAX.
+const MaxUntrustedName = 4096
+
 func ExtractTarWith(r io.Reader, dest string, opts ExtractOptions) (Stats, error) {
 	var st Stats
 	if err := os.MkdirAll(dest, 0o755); err != nil {
@@ -333,6 +337,13 @@ func ExtractTarWith(r io.Reader, dest string, opts ExtractOptions) (Stats, error
 		name, err := CleanName(hdr.Name)
 		if err != nil {
 			return st, err
+		}
+		// Each level of a name costs a walk from dest (prepareParent:
+		// quadratic in its depth), and a PAX header may carry a 1 MiB
+		// name of 500,000 levels: an archive not trusted gets no name a
+		// path call could use past PATH_MAX.
+		if opts.Untrusted && len(name) > MaxUntrustedName {
+			return st, fmt.Errorf("%w: a name of %d bytes (more than %d)", ErrUnsafePath, len(name), MaxUntrustedName)
 		}
 		if opts.Filter != nil && name != "." {
 			skip, err := opts.Filter(hdr, name)
