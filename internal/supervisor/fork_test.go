@@ -17,25 +17,13 @@ import (
 	"github.com/pyro-mcp/pyro/internal/workspace"
 )
 
-// liveSaver is the fake backend with a live save that only runs the
-// caller's hooks, as QEMU's does around its migration.
-type liveSaver struct{ *fakevmm.Backend }
-
-func (liveSaver) SaveLive(ctx context.Context, _ vmdir.Dir, _ *os.File, hooks vmm.LiveSaveHooks) (vmm.LiveSave, error) {
-	out := vmm.LiveSave{Released: hooks.Release != nil && hooks.Release()}
-	if hooks.WhilePaused != nil {
-		return out, hooks.WhilePaused(ctx)
-	}
-	return out, nil
-}
-
 // A fork's save copies the upper layer under the workspace's layer lock:
 // a checkpoint, the supervisor's own housekeeping or a host push that
 // holds it may be moving the top (internal/supervisor/fork.go read the top
 // without it: attacker's review). The save waits for the holder and
 // copies the disk as the holder left it.
 func TestForkSaveTakesLayerLock(t *testing.T) {
-	b := liveSaver{fakevmm.New(vmm.Features{MemorySnapshot: true})}
+	b := fakevmm.LiveSaver{Backend: fakevmm.New(vmm.Features{MemorySnapshot: true})}
 	steps := fakevmm.Steps(b.Backend).Swap(vm.StepChooseBackend, func(_ context.Context, _ vm.Deps, _ vm.Config, v *vm.VM) error {
 		v.Use(b, "fake live saver (tests)")
 		return nil

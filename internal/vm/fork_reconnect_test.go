@@ -10,22 +10,9 @@ import (
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
 	"github.com/pyro-mcp/pyro/internal/vm"
-	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/vmm"
 	"github.com/pyro-mcp/pyro/internal/vmm/fakevmm"
 )
-
-// liveSaver is the fake backend with a live save that only runs the
-// caller's hooks, as QEMU's does around its migration.
-type liveSaver struct{ *fakevmm.Backend }
-
-func (liveSaver) SaveLive(ctx context.Context, _ vmdir.Dir, _ *os.File, hooks vmm.LiveSaveHooks) (vmm.LiveSave, error) {
-	out := vmm.LiveSave{Released: hooks.Release != nil && hooks.Release()}
-	if hooks.WhilePaused != nil {
-		return out, hooks.WhilePaused(ctx)
-	}
-	return out, nil
-}
 
 // After a live save that let go of the agent session, the source's host
 // dials its guest again at once, not at its next call: until a host
@@ -34,7 +21,7 @@ func (liveSaver) SaveLive(ctx context.Context, _ vmdir.Dir, _ *os.File, hooks vm
 // (its QEMU 175 ms/s against 80 before the save), CPU the forks' restores
 // needed.
 func TestSaveLiveReconnectsAtOnce(t *testing.T) {
-	b := liveSaver{fakevmm.New(vmm.Features{NetworkPolicy: true, MemorySnapshot: true})}
+	b := fakevmm.LiveSaver{Backend: fakevmm.New(vmm.Features{NetworkPolicy: true, MemorySnapshot: true})}
 	var dials atomic.Int32
 	steps := fakevmm.Steps(b.Backend).
 		Swap(vm.StepChooseBackend, func(_ context.Context, _ vm.Deps, _ vm.Config, v *vm.VM) error {

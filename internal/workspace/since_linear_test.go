@@ -29,22 +29,15 @@ func hiddenByPrefixes(up map[string]agentapi.LayerEntry, p string) bool {
 // the plain definition hides.
 func TestStateOfAgrees(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
-	word := func() string {
-		b := make([]byte, r.IntN(7))
-		for i := range b {
-			b[i] = "ab/"[r.IntN(3)]
-		}
-		return string(b)
-	}
 	kinds := []string{"dir", "file", "whiteout", "symlink"}
 	for round := 0; round < 300; round++ {
 		var m agentapi.LayerManifest
 		for i := 0; i < 6; i++ {
-			m.Entries = append(m.Entries, agentapi.LayerEntry{Path: word(), Kind: kinds[r.IntN(len(kinds))], Opaque: r.IntN(3) == 0})
+			m.Entries = append(m.Entries, agentapi.LayerEntry{Path: slashyPath(r), Kind: kinds[r.IntN(len(kinds))], Opaque: r.IntN(3) == 0})
 		}
 		up := indexUpper(m)
 		for i := 0; i < 200; i++ {
-			p := word()
+			p := slashyPath(r)
 			if _, listed := up.entries[p]; listed {
 				continue
 			}

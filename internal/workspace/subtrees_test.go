@@ -21,28 +21,31 @@ func belowByPrefixes(set map[string]bool, p string) bool {
 	return false
 }
 
+// slashyPath is a short random path over "a", "b" and "/": empty names,
+// leading, trailing and doubled slashes all come up.
+func slashyPath(r *rand.Rand) string {
+	b := make([]byte, r.IntN(7))
+	for i := range b {
+		b[i] = "ab/"[r.IntN(3)]
+	}
+	return string(b)
+}
+
 // TestSubtreesAgree: on random paths over a tiny alphabet (empty names,
 // leading and doubled slashes included) the set answers as the plain
 // definition does.
 func TestSubtreesAgree(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
-	word := func() string {
-		b := make([]byte, r.IntN(7))
-		for i := range b {
-			b[i] = "ab/"[r.IntN(3)]
-		}
-		return string(b)
-	}
 	for round := 0; round < 200; round++ {
 		var s subtrees
 		set := map[string]bool{}
 		for i := 0; i < 5; i++ {
-			p := word()
+			p := slashyPath(r)
 			s.add(p)
 			set[p] = true
 		}
 		for i := 0; i < 200; i++ {
-			p := word()
+			p := slashyPath(r)
 			if got, want := s.below(p), belowByPrefixes(set, p); got != want {
 				t.Fatalf("set %v, below(%q) = %v, want %v", set, p, got, want)
 			}
