@@ -97,7 +97,11 @@ func (g *fakeGuest) handler() http.Handler {
 // client): the next quiet exec must be refused.
 func (g *fakeGuest) bump() { g.mu.Lock(); g.ep++; g.mu.Unlock() }
 
-func (g *fakeGuest) agent(t *testing.T) *agentapi.Client {
+func (g *fakeGuest) agent(t *testing.T) *agentapi.Client { return agentServing(g.handler()) }
+
+// agentServing is an agent client whose "guest" is h, reached over a
+// yamux session on a pipe as the real agent is.
+func agentServing(h http.Handler) *agentapi.Client {
 	return agentapi.NewClient(func(context.Context) (net.Conn, error) {
 		host, guest := net.Pipe()
 		cfg := yamux.DefaultConfig()
@@ -106,7 +110,7 @@ func (g *fakeGuest) agent(t *testing.T) *agentapi.Client {
 		if err != nil {
 			return nil, err
 		}
-		go func() { _ = (&http.Server{Handler: g.handler()}).Serve(sess) }()
+		go func() { _ = (&http.Server{Handler: h}).Serve(sess) }()
 		return host, nil
 	})
 }

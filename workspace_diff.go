@@ -69,23 +69,33 @@ func (c *Client) diffLayeredWorkspace(ctx context.Context, dir vmdir.Dir, rec in
 // side twice): the guest's second walk and stream overlap the host's
 // reading of the first instead of following it, and neither stream waits
 // on the other's reader (each is drained as it comes, so a large side
-// never stalls the other past its idle bound).
+// never stalls the other past its idle bound). The two files share one
+// cap (they lie on the host's disk at once: a guest streaming both sides
+// to the cap would otherwise take twice a snapshot's bytes), and a side
+// that fails stops the other.
 func diffLayered(ctx context.Context, dir vmdir.Dir, agent *agentapi.Client, opts workspace.DiffOptions, t *phases) (workspace.DiffResult, error) {
-	lim := hostres.Load()
-	fetch := func(side, what string) (*os.File, error) {
+	budget := hostres.NewBudget(hostres.Load().SnapshotBytes, "diff", hostres.SnapshotBytesEnv)
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	fetch := func(side string) (f *os.File, err error) {
+		defer func() {
+			if err != nil {
+				cancel(err)
+			}
+		}()
 		r, err := agent.LayerChanges(ctx, side)
 		if err != nil {
 			return nil, err
 		}
 		defer r.Close()
-		f, err := os.CreateTemp(string(dir), ".diff-"+side+"-*")
+		f, err = os.CreateTemp(string(dir), ".diff-"+side+"-*")
 		if err != nil {
 			return nil, err
 		}
 		// Unlinked at once: nothing is left behind by a process killed
 		// mid-diff.
 		_ = os.Remove(f.Name())
-		if _, err := io.Copy(f, hostres.CapReader(r, lim.SnapshotBytes, what, hostres.SnapshotBytesEnv)); err != nil {
+		if _, err := io.Copy(f, budget.Reader(r)); err != nil {
 			f.Close()
 			return nil, err
 		}
@@ -100,9 +110,9 @@ func diffLayered(ctx context.Context, dir vmdir.Dir, agent *agentapi.Client, opt
 	merged := make(chan struct{})
 	go func() {
 		defer close(merged)
-		cur, cerr = fetch(agentapi.SideMerged, "diff")
+		cur, cerr = fetch(agentapi.SideMerged)
 	}()
-	base, err := fetch(agentapi.SideLower, "diff baseline")
+	base, err := fetch(agentapi.SideLower)
 	t.mark("lower")
 	<-merged
 	t.mark("merged")
@@ -111,11 +121,9 @@ func diffLayered(ctx context.Context, dir vmdir.Dir, agent *agentapi.Client, opt
 			defer f.Close()
 		}
 	}
-	if err != nil {
-		return workspace.DiffResult{}, err
-	}
-	if cerr != nil {
-		return workspace.DiffResult{}, cerr
+	if err != nil || cerr != nil {
+		// The side that failed first says why; the other was stopped.
+		return workspace.DiffResult{}, context.Cause(ctx)
 	}
 	defer t.mark("compare")
 	return workspace.Diff(base, cur, opts)

@@ -4,6 +4,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"sync/atomic"
 
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 )
@@ -65,31 +66,50 @@ func envInt(name string, dst *int64) {
 // failed-precondition error naming what was read and the variable that
 // raises the cap. The caller discards what it wrote.
 func CapReader(r io.Reader, max int64, what, env string) io.Reader {
-	return &capReader{r: r, left: max, max: max, what: what, env: env}
+	return NewBudget(max, what, env).Reader(r)
 }
 
-type capReader struct {
-	r         io.Reader
-	left, max int64
+// Budget is a cap shared by several readers: together they may read max
+// bytes, and the one that reads past it fails as CapReader's does. For
+// streams of one operation that the host stores side by side (a diff's
+// two sides), so their sum is bounded, not each one.
+type Budget struct {
+	left      atomic.Int64
+	max       int64
 	what, env string
 }
 
+// NewBudget returns a budget of max bytes.
+func NewBudget(max int64, what, env string) *Budget {
+	b := &Budget{max: max, what: what, env: env}
+	b.left.Store(max)
+	return b
+}
+
+// Reader reads r against the budget.
+func (b *Budget) Reader(r io.Reader) io.Reader { return &capReader{r: r, b: b} }
+
+type capReader struct {
+	r io.Reader
+	b *Budget
+}
+
 func (c *capReader) Read(p []byte) (int, error) {
-	if c.left < 0 {
-		return 0, c.err()
+	left := c.b.left.Load()
+	if left < 0 {
+		return 0, c.b.err()
 	}
-	if int64(len(p)) > c.left+1 {
-		p = p[:c.left+1] // one byte past the cap is enough to know
+	if int64(len(p)) > left+1 {
+		p = p[:left+1] // one byte past the cap is enough to know
 	}
 	n, err := c.r.Read(p)
-	c.left -= int64(n)
-	if c.left < 0 {
-		return 0, c.err()
+	if c.b.left.Add(-int64(n)) < 0 {
+		return 0, c.b.err()
 	}
 	return n, err
 }
 
-func (c *capReader) err() error {
-	return errdefs.New(errdefs.ErrFailedPrecondition, "make it smaller, or raise "+c.env,
-		"%s exceeds the host's cap of %d bytes", c.what, c.max)
+func (b *Budget) err() error {
+	return errdefs.New(errdefs.ErrFailedPrecondition, "make it smaller, or raise "+b.env,
+		"%s exceeds the host's cap of %d bytes", b.what, b.max)
 }
