@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pyro-mcp/pyro"
+	"github.com/pyro-mcp/pyro/internal/termtext"
 )
 
 // poolCommand is `pyro pool`: warm pools of restored, paused guests that
@@ -119,7 +120,7 @@ func printPools(w io.Writer, list []pyro.PoolStatus) {
 			fmt.Fprintf(w, "  last hand-out %.1f ms", p.LastHandoutMS)
 		}
 		if p.Failures > 0 {
-			fmt.Fprintf(w, "  failures %d (%s)", p.Failures, p.LastError)
+			fmt.Fprintf(w, "  failures %d (%s)", p.Failures, termtext.Line(p.LastError))
 		}
 		fmt.Fprintln(w)
 	}

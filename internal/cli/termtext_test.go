@@ -5,6 +5,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/pyro-mcp/pyro"
 )
 
 // Errors quote the guest (console tails, names): human output must not
@@ -15,6 +17,19 @@ func TestPrintErrorStripsTerminalControls(t *testing.T) {
 	a.printError(errors.New("boot failed: console tail:\n\x1b]0;owned\x07\x1b[2Jkernel panic"))
 	if s := errb.String(); strings.ContainsAny(s, "\x1b\x07") || !strings.Contains(s, "console tail:\nkernel panic") {
 		t.Errorf("stderr: %q", s)
+	}
+}
+
+// A pool's last failure and a memory snapshot's problem quote the guest's
+// console (a pooled guest that died, a snapshot build that failed): the
+// pool and env listings show them as one clean line.
+func TestListingsQuoteConsoleAsOneLine(t *testing.T) {
+	evil := "VMM exited; console:\n\x1b]0;owned\x07\x1b[2Jkernel panic"
+	var b bytes.Buffer
+	printPools(&b, []pyro.PoolStatus{{Environment: "debian:12", Size: 1, Failures: 3, LastError: evil}})
+	printSnapshots(&b, []pyro.GoldenSnapshot{{ID: "abc", Problem: evil}})
+	if s := b.String(); strings.ContainsAny(s, "\x1b\x07") || strings.Count(s, "\n") != 3 {
+		t.Errorf("listings: %q", s)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pyro-mcp/pyro"
+	"github.com/pyro-mcp/pyro/internal/termtext"
 )
 
 // prepareCommand builds a golden memory snapshot ahead of time, so the
@@ -65,7 +66,7 @@ func printSnapshots(w io.Writer, list []pyro.GoldenSnapshot) {
 		line := fmt.Sprintf("  %s  %d vCPU %d MiB network=%s workspace=%t  %s", s.ID, s.VCPUCount, s.MemMiB, s.Network, s.Workspace,
 			humanBytes(s.StateBytes))
 		if s.Problem != "" {
-			line += "  unusable: " + s.Problem
+			line += "  unusable: " + termtext.Line(s.Problem)
 		}
 		fmt.Fprintln(w, line)
 	}
