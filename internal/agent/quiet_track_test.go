@@ -102,3 +102,30 @@ func TestUpperTrackerBounds(t *testing.T) {
 		t.Fatal("more than maxDirtyPaths paths kept")
 	}
 }
+
+// TestMarkedTrackerReplacesUnmarked: a tracker whose marks the kernel
+// dropped (the upper disk was unmounted: a host push released /workspace)
+// is replaced by one that marks the file systems again, and a marked one
+// is kept. Before, the first tracker stayed for good and every later
+// quiet report was a full listing.
+func TestMarkedTrackerReplacesUnmarked(t *testing.T) {
+	up, merged := t.TempDir(), t.TempDir()
+	unmarked := &upperTracker{upper: up, merged: merged, fid: -1, cl: -1}
+	q := &quiet{track: unmarked}
+	tr, err := q.markedTracker(up, merged)
+	if err != nil {
+		t.Skipf("fanotify marks here: %v", err) // needs root and a file system with handles
+	}
+	t.Cleanup(func() {
+		q.mu.Lock()
+		q.track = nil
+		q.mu.Unlock()
+		tr.close()
+	})
+	if tr == unmarked || !tr.marked() || q.track != tr {
+		t.Fatalf("an unmarked tracker was kept: %+v", tr)
+	}
+	if again, err := q.markedTracker(up, merged); err != nil || again != tr {
+		t.Fatalf("a marked tracker was replaced: %v", err)
+	}
+}
