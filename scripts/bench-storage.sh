@@ -135,5 +135,10 @@ ID2=$("$PYRO" workspace create --id-only --checkpoints "$ENV")
 off=$(per_exec "$ID" 5); on=$(per_exec "$ID2" 5)
 printf 'checkpoint/exec: %.3fs without, %.3fs with: overhead %.0f ms (small upper layer)\n' "$off" "$on" "$(echo "($on - $off) * 1000" | bc -l)"
 "$PYRO" workspace sync push "$ID2" "$T/tree" --dest /workspace/p >/dev/null
-on2=$(per_exec "$ID2" 3)
-printf 'checkpoint/exec: %.3fs with %s MiB in the upper layer: overhead %.0f ms\n' "$on2" "$MIB" "$(echo "($on2 - $off) * 1000" | bc -l)"
+# The first exec after a push pays once for what the push left: the guest
+# lists the pushed upper layer whole (its file tracker starts afresh on the
+# remounted disk) and the push's own housekeeping may still hold the
+# layers; printed apart from the per-exec figure that follows it.
+first=$(per_exec "$ID2" 1)
+on2=$(per_exec "$ID2" 5)
+printf 'checkpoint/exec: %.3fs with %s MiB in the upper layer: overhead %.0f ms (the first exec after the push: %.3fs)\n' "$on2" "$MIB" "$(echo "($on2 - $off) * 1000" | bc -l)" "$first"
