@@ -21,3 +21,16 @@ func (l *FileList) UnmarshalJSON(b []byte) error {
 	type plain FileList
 	return json.Unmarshal(b, (*plain)(l))
 }
+
+// UnmarshalJSON decodes a write result, bounded: the agent writes at most
+// MaxWriteFiles files per call and names each once, so a reply of more
+// entries is refused before they are built (a reply within MaxReplyBytes
+// of "null," decoded into ~800 K entries, ~40 MB, at each file write or
+// patch apply of the MCP server).
+func (r *FileWriteResult) UnmarshalJSON(b []byte) error {
+	if arrayValues(b, MaxWriteFiles) > MaxWriteFiles {
+		return fmt.Errorf("the write result names more than %d files", MaxWriteFiles)
+	}
+	type plain FileWriteResult
+	return json.Unmarshal(b, (*plain)(r))
+}

@@ -102,3 +102,29 @@ func TestFileListEntriesBounded(t *testing.T) {
 		t.Fatalf("honest listing: %d entries, %v", len(got.Entries), err)
 	}
 }
+
+// A write result naming more files than a write may (MaxWriteFiles) is
+// refused before its entries are built; an honest one of MaxWriteFiles
+// decodes.
+func TestWriteResultEntriesBounded(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+PathFilesWrite, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, `{"files":[`)
+		_, _ = io.Copy(w, &repeatReader{b: []byte(`null,`), n: (MaxReplyBytes - 64) / 5 * 5})
+		_, _ = io.WriteString(w, `null]}`)
+	})
+	c, _ := fakeAgent(t, mux)
+	_, err := c.WriteFiles(ctx(t), FileWriteRequest{})
+	if err == nil || !strings.Contains(err.Error(), "more than") {
+		t.Fatalf("write: %v", err)
+	}
+	var honest FileWriteResult
+	for i := 0; i < MaxWriteFiles; i++ {
+		honest.Files = append(honest.Files, FileWritten{})
+	}
+	b, _ := json.Marshal(honest)
+	var got FileWriteResult
+	if err := json.Unmarshal(b, &got); err != nil || len(got.Files) != MaxWriteFiles {
+		t.Fatalf("honest result: %d files, %v", len(got.Files), err)
+	}
+}
