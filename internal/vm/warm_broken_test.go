@@ -1,10 +1,8 @@
 package vm
 
 import (
-	"context"
 	"errors"
 	"log/slog"
-	"net"
 	"os"
 	"strings"
 	"testing"
@@ -15,35 +13,13 @@ import (
 	"github.com/pyro-mcp/pyro/internal/vmm"
 )
 
-// exitedMachine is a VMM that has exited.
-type exitedMachine struct{ done chan struct{} }
-
-func (m exitedMachine) Pid() int                                    { return 1 }
-func (m exitedMachine) DialAgent(context.Context) (net.Conn, error) { return nil, net.ErrClosed }
-func (m exitedMachine) Done() <-chan struct{}                       { return m.done }
-func (m exitedMachine) Err() error                                  { return errors.New("exit status 1") }
-func (m exitedMachine) Stop(context.Context) error                  { return nil }
-
 // Pool guests restored from one snapshot that die before a claim count
 // against it: the snapshot is discarded after golden.MaxBrokenRestores of
 // them (so a pool stops restoring a state whose every guest crashes), and
 // each death is reported with the console's last lines. A guest still
 // running counts nothing; nor does a cold-booted one.
 func TestDiedUnusedDiscardsSnapshot(t *testing.T) {
-	envDir := t.TempDir()
-	store := SnapshotStore(envDir)
-	key := golden.Key{Format: golden.Format, Environment: "debian:12", VCPUs: 1, MemMiB: 128, Network: "off"}
-	b, _, err := store.Begin(context.Background(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(b.StatePath(), []byte("state"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	snap, err := b.Publish()
-	if err != nil {
-		t.Fatal(err)
-	}
+	envDir, store, key, snap := publishedSnapshot(t)
 	log := slog.New(slog.DiscardHandler)
 	guest := func(m vmm.Machine, start string) *VM {
 		dir := vmdir.Dir(t.TempDir())
@@ -52,10 +28,10 @@ func TestDiedUnusedDiscardsSnapshot(t *testing.T) {
 		v.warm.snapshot = &snap
 		return v
 	}
-	exited := exitedMachine{done: make(chan struct{})}
+	exited := stubMachine{done: make(chan struct{}), err: errors.New("exit status 1")}
 	close(exited.done)
 
-	if _, died := guest(runningMachine{done: make(chan struct{})}, StartWarm).DiedUnused(log, 0); died {
+	if _, died := guest(stubMachine{done: make(chan struct{})}, StartWarm).DiedUnused(log, 0); died {
 		t.Fatal("a running guest reported dead")
 	}
 	if note, died := guest(exited, StartCold).DiedUnused(log, 0); !died || !strings.Contains(note, "Kernel panic") {
