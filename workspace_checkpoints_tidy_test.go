@@ -115,20 +115,14 @@ func TestFreezeAheadInTidy(t *testing.T) {
 	dir, rec := chainableWorkspace(t)
 	g := &fakeGuest{t: t, l: layersOf(dir, rec), top: "workspace.ext4", ep: 100}
 	g.fakeQEMU(t)
-	lis, err := net.Listen("unix", dir.Path(vmdir.SupervisorSock))
-	if err != nil {
-		t.Fatal(err)
-	}
 	// The supervisor's tidy, run before it answers (the real one answers
 	// first: the test needs it over before the next exec).
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	serveSupervisor(t, dir, func(w http.ResponseWriter, r *http.Request) {
 		var req supervisor.TidyRequest
 		_ = json.NewDecoder(r.Body).Decode(&req)
 		tidyLayers(r.Context(), dir, rec, req, nil)
 		w.WriteHeader(http.StatusAccepted)
-	})}
-	go srv.Serve(lis)
-	defer srv.Close()
+	})
 	qemuCalls := func() int {
 		g.mu.Lock()
 		defer g.mu.Unlock()

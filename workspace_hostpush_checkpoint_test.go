@@ -27,13 +27,9 @@ func checkpointedStopped(t *testing.T, listing *agentapi.LayerManifest) (vmdir.D
 	t.Helper()
 	dir, rec := stoppedWorkspace(t, 64<<20, true)
 	rec.Extra = json.RawMessage(`{"checkpoints":true}`)
-	lis, err := net.Listen("unix", dir.Path(vmdir.SupervisorSock))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var mu sync.Mutex
 	var calls []string
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	serveSupervisor(t, dir, func(w http.ResponseWriter, r *http.Request) {
 		p := strings.TrimPrefix(r.URL.Path, supervisor.AgentPrefix)
 		mu.Lock()
 		calls = append(calls, p)
@@ -44,9 +40,7 @@ func checkpointedStopped(t *testing.T, listing *agentapi.LayerManifest) (vmdir.D
 			return
 		}
 		w.Write([]byte("{}"))
-	})}
-	go srv.Serve(lis)
-	t.Cleanup(func() { srv.Close() })
+	})
 	// No QEMU: the switches succeed as asked.
 	pushSeam, pivotSeam := qemuPush, qemuPivot
 	t.Cleanup(func() { qemuPush, qemuPivot = pushSeam, pivotSeam })
@@ -152,14 +146,10 @@ func TestHostPushCheckpointNeedsListing(t *testing.T) {
 func TestCheckpointRemountsReleased(t *testing.T) {
 	dir, rec := stoppedWorkspace(t, 64<<20, true)
 	rec.Extra = json.RawMessage(`{"checkpoints":true}`)
-	lis, err := net.Listen("unix", dir.Path(vmdir.SupervisorSock))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var mu sync.Mutex
 	released := true
 	var calls []string
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	serveSupervisor(t, dir, func(w http.ResponseWriter, r *http.Request) {
 		p := strings.TrimPrefix(r.URL.Path, supervisor.AgentPrefix)
 		mu.Lock()
 		defer mu.Unlock()
@@ -173,9 +163,7 @@ func TestCheckpointRemountsReleased(t *testing.T) {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		w.Write([]byte(`{"entries":[]}`))
-	})}
-	go srv.Serve(lis)
-	t.Cleanup(func() { srv.Close() })
+	})
 	// A QMP socket: the workspace's layers are chained (QEMU's side is
 	// the seam below).
 	qmp, err := net.Listen("unix", dir.Path(vmdir.QMPSock))

@@ -29,13 +29,9 @@ func TestHostPushRunningRemountsAfterLostRelease(t *testing.T) {
 	if err := os.WriteFile(rec.WorkspaceDisk, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("unix", dir.Path(vmdir.SupervisorSock))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var mu sync.Mutex
 	var calls []string
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	serveSupervisor(t, dir, func(w http.ResponseWriter, r *http.Request) {
 		p := strings.TrimPrefix(r.URL.Path, supervisor.AgentPrefix)
 		mu.Lock()
 		calls = append(calls, p)
@@ -48,11 +44,9 @@ func TestHostPushRunningRemountsAfterLostRelease(t *testing.T) {
 			w.Header().Set("Content-Type", "application/json")
 			w.Write([]byte("{}"))
 		}
-	})}
-	go srv.Serve(lis)
-	t.Cleanup(func() { srv.Close() })
+	})
 	c := newTestClient(t)
-	_, err = c.pushReleased(context.Background(), dir, rec, t.TempDir(), "/workspace", nil)
+	_, err := c.pushReleased(context.Background(), dir, rec, t.TempDir(), "/workspace", nil)
 	if err == nil || errors.As(err, new(errPushKept)) {
 		t.Fatalf("push after a lost release answer: %v, want a push through the guest", err)
 	}
@@ -71,13 +65,9 @@ func TestHostPushRunningRemountsAfterLostRelease(t *testing.T) {
 func TestHostPushRunningSwitchWithinRelease(t *testing.T) {
 	dir, rec := stoppedWorkspace(t, 64<<20, true)
 	t.Setenv("PYRO_PUSH_RELEASE_MS", "8000")
-	lis, err := net.Listen("unix", dir.Path(vmdir.SupervisorSock))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var mu sync.Mutex
 	var released time.Time
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	serveSupervisor(t, dir, func(w http.ResponseWriter, r *http.Request) {
 		if strings.TrimPrefix(r.URL.Path, supervisor.AgentPrefix) == agentapi.PathLayerRelease {
 			mu.Lock()
 			released = time.Now() // the guest's deadline runs from here
@@ -85,9 +75,7 @@ func TestHostPushRunningSwitchWithinRelease(t *testing.T) {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		w.Write([]byte("{}"))
-	})}
-	go srv.Serve(lis)
-	t.Cleanup(func() { srv.Close() })
+	})
 	var deadline time.Time
 	defer func(f func(context.Context, vmdir.Dir, string, []string) error) { qemuPivot = f }(qemuPivot)
 	qemuPivot = func(ctx context.Context, _ vmdir.Dir, _ string, _ []string) error {
@@ -107,4 +95,18 @@ func TestHostPushRunningSwitchWithinRelease(t *testing.T) {
 	if end := released.Add(8 * time.Second); deadline.IsZero() || !deadline.Before(end) {
 		t.Fatalf("the switch may run until %v, past the guest's release end %v", deadline, end)
 	}
+}
+
+// serveSupervisor answers the workspace's supervisor socket with h until
+// the test ends: the supervisor's own routes and the agent's behind
+// supervisor.AgentPrefix, as the tests need them.
+func serveSupervisor(t *testing.T, dir vmdir.Dir, h http.HandlerFunc) {
+	t.Helper()
+	lis, err := net.Listen("unix", dir.Path(vmdir.SupervisorSock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h}
+	go srv.Serve(lis)
+	t.Cleanup(func() { srv.Close() })
 }
