@@ -110,10 +110,12 @@ func (c *Client) RunInVM(ctx context.Context, opts RunOptions) (RunResult, error
 			c.logger.Warn("remove run directory", "vm_id", rec.ID, "err", err)
 		}
 	}()
+	req.Timings = c.logger.Enabled(ctx, slog.LevelDebug) // the guest's steps, for the line below
 	machine, err := vm.Boot(ctx, vm.Deps{Dirs: c.dirs, Envs: c.envs, Logger: c.logger, AgentBinary: bin}, vm.Config{
 		ID: rec.ID, Dir: dir, Environment: opts.Environment, VCPUs: opts.VCPUCount, MemMiB: opts.MemMiB,
 		Network: rec.Network, NetworkPolicy: rec.Policy(), AllowHostCompat: opts.AllowHostCompat,
 		EnvironmentDigest: rec.EnvironmentDigest, OneShot: true,
+		FirstExec: &req, // a restored guest gets the command with its identity
 	})
 	if err != nil {
 		return RunResult{}, err
@@ -126,8 +128,10 @@ func (c *Client) RunInVM(ctx context.Context, opts RunOptions) (RunResult, error
 	}()
 
 	execStart := time.Now()
-	req.Timings = c.logger.Enabled(ctx, slog.LevelDebug) // the guest's steps, for the line below
-	res, err := machine.Agent.Exec(ctx, req, opts.OnOutput)
+	res, sent, err := machine.Agent.FirstExec(ctx, opts.OnOutput)
+	if !sent {
+		res, err = machine.Agent.Exec(ctx, req, opts.OnOutput)
+	}
 	c.logger.Debug("exec done", "vm_id", machine.ID, "ms", time.Since(execStart).Milliseconds(), "guest_us", res.Timings)
 	if err != nil {
 		if ctx.Err() != nil {

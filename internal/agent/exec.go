@@ -48,33 +48,48 @@ func (s *Agent) handleExec(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st := newSteps(req.Timings) // from here: the request is decoded
-	req.Env, err = s.secrets.withEnv(req.Env, req.SecretEnv)
+	ew := &eventWriter{w: w}
+	rc := http.NewResponseController(w)
+	ew.flush = rc.Flush
+	err = s.execute(r.Context(), req, st, ew, func() func() bool {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		w.WriteHeader(http.StatusOK)
+		_ = rc.Flush()
+		// Once the client is gone, unblock any write stuck on a full window.
+		return context.AfterFunc(r.Context(), func() { _ = rc.SetWriteDeadline(time.Now()) })
+	})
 	if err != nil {
 		s.fail(w, err)
-		return
+	}
+}
+
+// execute runs a decoded exec request, writing its events to ew (POST
+// PathExec, and a restored guest's first command: first.go). A request
+// it refuses is its error, before anything was written; otherwise begin
+// runs once before the command starts, and what it returns is called when
+// the events are done. A ctx that ends kills the command, and the stream
+// then ends without an exit event.
+func (s *Agent) execute(ctx context.Context, req agentapi.ExecRequest, st *steps, ew *eventWriter, begin func() func() bool) error {
+	var err error
+	req.Env, err = s.secrets.withEnv(req.Env, req.SecretEnv)
+	if err != nil {
+		return err
 	}
 	if req.Cwd == "" {
 		req.Cwd = s.opts.DefaultCwd
 	}
 	p, err := prepare(req, s.env)
 	if err != nil {
-		s.fail(w, errorf(errdefs.ErrInvalidArgument, "%v", err))
-		return
+		return errorf(errdefs.ErrInvalidArgument, "%v", err)
 	}
 	p.steps = st
 	st.mark("prepare")
 	red, _ := s.secrets.redactor()
-	ew := &eventWriter{w: w, rc: http.NewResponseController(w)}
-	w.Header().Set("Content-Type", "application/x-ndjson")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(http.StatusOK)
-	_ = ew.rc.Flush()
-	// Once the client is gone, unblock any write stuck on a full window.
-	stop := context.AfterFunc(r.Context(), func() { _ = ew.rc.SetWriteDeadline(time.Now()) })
-	defer stop()
+	defer begin()()
 	out := newRedactedOutput(red, ew.output)
 	out.elide = ew.elided
-	res, cg := s.run(r.Context(), p, out)
+	res, cg := s.run(ctx, p, out)
 	// The leaf goes, and the next exec's is made, once the result is
 	// sent: neither is on this command's path to its host.
 	defer s.user.makeSpare()
@@ -93,11 +108,11 @@ func (s *Agent) handleExec(w http.ResponseWriter, r *http.Request) {
 	st.mark("sync")
 	res.Timings = st.String()
 	s.log.Debug("exec done", "argv", red.Strings(p.argv), "exit_code", res.ExitCode, "duration_ms", res.DurationMS)
-	if r.Context().Err() != nil {
+	if ctx.Err() != nil {
 		// The request was abandoned (client gone, or the agent is shutting
 		// down) and the command killed for it: that is no result, so the
 		// stream ends without an exit event and the host reports the loss.
-		return
+		return nil
 	}
 	if req.Quiet != nil {
 		if q := s.quietReport(epoch, req.Quiet.Have, req.Quiet.Delta); q != nil {
@@ -105,14 +120,16 @@ func (s *Agent) handleExec(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	ew.write(agentapi.Event{Type: agentapi.EventExit, Result: &res})
+	return nil
 }
 
 // eventWriter writes NDJSON events and flushes after each. Safe for
 // concurrent use.
 type eventWriter struct {
-	mu     sync.Mutex
-	w      http.ResponseWriter
-	rc     *http.ResponseController
+	mu sync.Mutex
+	w  io.Writer
+	// flush, when set, pushes each event out (an HTTP response's).
+	flush  func() error
 	failed bool
 }
 
@@ -131,7 +148,10 @@ func (e *eventWriter) write(ev agentapi.Event) {
 		e.failed = true
 		return
 	}
-	if err := e.rc.Flush(); err != nil {
+	if e.flush == nil {
+		return
+	}
+	if err := e.flush(); err != nil {
 		e.failed = true
 	}
 }

@@ -67,21 +67,34 @@ func (s *Agent) handleIdentity(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st := newSteps(req.Timings) // from here: the request is decoded
-	if err := checkIdentity(req); err != nil {
-		s.fail(w, err)
-		return
-	}
-	resp, err := s.applyIdentity(req, st)
+	resp, err := s.identify(req, st)
 	if err != nil {
 		s.fail(w, err)
 		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// identify checks and applies an identity (PathIdentity, and the first
+// call: first.go).
+func (s *Agent) identify(req agentapi.IdentityRequest, st *steps) (agentapi.IdentityResponse, error) {
+	if err := checkIdentity(req); err != nil {
+		return agentapi.IdentityResponse{}, err
+	}
+	apply := s.applyIdentity
+	if s.applyFake != nil {
+		apply = s.applyFake
+	}
+	resp, err := apply(req, st)
+	if err != nil {
+		return resp, err
 	}
 	// Every guest restored from the same saved state would count its
 	// quiet epochs on from the same value: start afresh.
 	s.quiet.reseed(req.Entropy)
 	st.mark("quiet")
 	resp.Timings = st.String()
-	writeJSON(w, http.StatusOK, resp)
+	return resp, nil
 }
 
 func checkIdentity(req agentapi.IdentityRequest) error {

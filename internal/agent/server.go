@@ -110,6 +110,9 @@ type Agent struct {
 	// lives (a restored guest has its saved guest's memory, vCPUs and
 	// kernel): read once, not in every restored guest's first call.
 	static agentapi.Health
+	// applyFake, set by tests, stands in for applyIdentity (which sets
+	// the clock, hostname and RNG of the machine it runs on).
+	applyFake func(agentapi.IdentityRequest, *steps) (agentapi.IdentityResponse, error)
 }
 
 // New builds an agent from opts.
@@ -158,6 +161,17 @@ func New(opts Options) *Agent {
 // closes conn before returning. The end of the peer's session is not an
 // error. Calls may overlap (each connection is its own session).
 func (s *Agent) Serve(ctx context.Context, conn io.ReadWriteCloser) error {
+	conn, err := s.serveFirst(ctx, conn) // first.go
+	if err != nil {
+		_ = conn.Close()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		return err
+	}
 	cfg := yamux.DefaultConfig()
 	cfg.LogOutput = io.Discard
 	// The guest never writes unprompted: a write while no host is connected
@@ -258,9 +272,14 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 // fail replies with err: its errdefs category gives the wire name and
 // the HTTP status; secret values in the message are redacted.
 func (s *Agent) fail(w http.ResponseWriter, err error) {
+	agentapi.WriteErrorResponse(w, errdefs.HTTPStatus(err), s.errorResponse(err))
+}
+
+// errorResponse describes err for the wire, secret values redacted.
+func (s *Agent) errorResponse(err error) agentapi.ErrorResponse {
 	er := agentapi.NewErrorResponse(err)
 	er.Error, er.Hint = s.secrets.redactString(er.Error), s.secrets.redactString(er.Hint)
-	agentapi.WriteErrorResponse(w, errdefs.HTTPStatus(err), er)
+	return er
 }
 
 // errorf is an error of an errdefs category (errdefs.ErrNotFound...).

@@ -53,6 +53,9 @@ type Client struct {
 	// (release.go).
 	streams atomic.Int64
 	held    chan struct{}
+	// first is a first command whose result is still on the channel
+	// (first.go).
+	first *firstExec
 }
 
 // NewClient returns a Client that reaches the agent through dial.
@@ -146,10 +149,24 @@ func (c *Client) getSession(ctx context.Context) (*yamux.Session, error) {
 		_ = c.conn.Close()
 		c.session, c.conn = nil, nil
 	}
+	if c.first != nil {
+		// A first command's result nobody read (first.go): abandoned.
+		_ = c.first.conn.Close()
+		c.first = nil
+	}
 	conn, err := c.dial(ctx)
 	if err != nil {
 		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, unavailableHint, "dial agent channel")
 	}
+	if err := c.startSession(conn); err != nil {
+		return nil, err
+	}
+	c.streams.Add(1)
+	return c.session, nil
+}
+
+// startSession runs the client's yamux session over conn (c.mu held).
+func (c *Client) startSession(conn net.Conn) error {
 	cfg := clientConfig()
 	if c.noKeepAlive {
 		cfg.EnableKeepAlive = false
@@ -157,11 +174,10 @@ func (c *Client) getSession(ctx context.Context) (*yamux.Session, error) {
 	s, err := yamux.Client(conn, cfg)
 	if err != nil {
 		_ = conn.Close()
-		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "", "start agent session")
+		return errdefs.Wrap(errdefs.ErrUnavailable, err, "", "start agent session")
 	}
 	c.conn, c.session = conn, s
-	c.streams.Add(1)
-	return s, nil
+	return nil
 }
 
 func (c *Client) dropSession(s *yamux.Session) {
@@ -195,6 +211,10 @@ func (c *Client) Close() error {
 	}
 	c.closed = true
 	c.http.CloseIdleConnections()
+	if c.first != nil {
+		_ = c.first.conn.Close()
+		c.first = nil
+	}
 	var err error
 	if c.session != nil {
 		err = c.session.Close()

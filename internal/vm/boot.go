@@ -98,6 +98,11 @@ type Config struct {
 	// templates, is its baseline's digest: a warm start may then restore a
 	// guest with /workspace already mounted (warm_mounted.go).
 	FreshWorkspace string
+	// FirstExec, when set, is sent to a restored guest with its identity
+	// (agentapi.Client.First), which starts it once the identity is
+	// applied: read its result with Agent.FirstExec (a cold boot sends
+	// none; then FirstExec reports ok false). For one-shot guests only.
+	FirstExec *agentapi.ExecRequest
 	// buildNow: replace an unusable snapshot at once (PrepareSnapshot)
 	// instead of booting cold this time.
 	buildNow bool

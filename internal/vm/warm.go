@@ -301,7 +301,10 @@ func refreshIdentity(ctx context.Context, d Deps, c Config, v *VM) error {
 		case <-ctx.Done():
 		}
 	}()
-	resp, err := v.Agent.SetIdentityWithin(ctx, c.BootTimeout, req)
+	// The first call (agentapi/first.go): no yamux, HTTP or JSON code in
+	// the guest before its identity is applied, and a run's command in
+	// the same frame.
+	resp, err := v.Agent.First(ctx, c.BootTimeout, req, c.FirstExec)
 	if err != nil && caller.Err() != nil {
 		// The caller gave up (a pool stopping mid-fill, an interrupted
 		// create): no evidence against the snapshot, which a failed
