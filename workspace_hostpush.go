@@ -132,7 +132,7 @@ func pushIntoLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record, src
 	if _, err := layersOf(dir, rec).SettlePivot(nil); err != nil {
 		return hostwrite.Stats{}, err
 	}
-	st, unstage, err := writeLayer(ctx, dir, rec, src, dest, &name)
+	st, unstage, err := writeLayer(ctx, dir, rec, src, dest, &name, nil)
 	// The staging's removal (a link or copy per file) runs beside naming
 	// the layer and collecting the old one.
 	done := make(chan struct{})
@@ -154,15 +154,17 @@ func pushIntoLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record, src
 // whole and synced, that nothing refers to yet (the caller names it the
 // top, or removes it). The caller holds the layer lock and no guest writes the
 // upper layer (stopped, or /workspace released: workspace_hostpush_running.go).
-func writePushLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, dest string, layer *string) (hostwrite.Stats, error) {
-	st, unstage, err := writeLayer(ctx, dir, rec, src, dest, layer)
+func writePushLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, dest string, layer *string, t *phases) (hostwrite.Stats, error) {
+	st, unstage, err := writeLayer(ctx, dir, rec, src, dest, layer, t)
 	unstage()
+	t.mark("unstage")
 	return st, err
 }
 
 // writeLayer is writePushLayer that leaves the removal of its staging to
-// the caller (unstage, always set, to be called once).
-func writeLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, dest string, layer *string) (st hostwrite.Stats, unstage func(), err error) {
+// the caller (unstage, always set, to be called once). t times its steps
+// (nil: not timed).
+func writeLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, dest string, layer *string, t *phases) (st hostwrite.Stats, unstage func(), err error) {
 	unstage = func() {}
 	// A fork not yet started (its first boot restores a memory state that
 	// expects its disk as forked): writing the disk now would corrupt its
@@ -202,11 +204,13 @@ func writeLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, de
 	if rel != "" {
 		in += "/" + rel
 	}
-	upper, done, err := l.RawUpper(ctx)
+	t.mark("prepare")
+	upper, done, err := l.FlattenedUpper(ctx)
 	if err != nil {
 		return st, unstage, err
 	}
 	defer done()
+	t.mark("raw_upper")
 	// The source is staged while the images are asked about its
 	// top-level names (the staging's are checked to be among them).
 	var staged tarutil.Stats
@@ -215,7 +219,9 @@ func writeLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, de
 	var wg sync.WaitGroup
 	wg.Go(func() { staged, changed, serr = workspace.StageDir(ctx, src, tree, disk.Size()) })
 	missing, probe, err := pushable(ctx, upper, rec.WorkspaceBase, in, rel, names)
+	t.mark("probe")
 	wg.Wait()
+	t.mark("stage")
 	if errors.Is(serr, workspace.ErrStageTooLarge) {
 		return st, unstage, errdefs.Wrap(errdefs.ErrInvalidArgument, serr, "push a smaller tree, or create the workspace with a larger disk (PYRO_WORKSPACE_DISK_MIB)",
 			"the push source holds more than the workspace disk (%d bytes)", disk.Size())
@@ -238,12 +244,18 @@ func writeLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, de
 			staged.Bytes, staged.Files+staged.Dirs, probe.FreeBlocks*probe.BlockSize, probe.FreeInodes)
 	}
 	move := strings.HasPrefix(filepath.Base(upper), ".flat-")
-	var skip []workspace.Range
-	if !move {
-		skip, err = journalBody(upper, probe)
-		if err != nil {
+	skip, err := journalBody(upper, probe)
+	if err != nil {
+		return st, unstage, err
+	}
+	if move {
+		// The private flattened copy becomes the layer: its journal
+		// body is punched out instead (its pages, still dirty from the
+		// flattening, are then never written back by the final sync).
+		if err := punch(upper, skip); err != nil {
 			return st, unstage, err
 		}
+		skip = nil
 	}
 	// The upper layer is copied (in the kernel) while the script is made.
 	var name string
@@ -258,7 +270,9 @@ func writeLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, de
 	if err == nil {
 		script, st, err = hostwrite.Script(tree, in)
 	}
+	t.mark("script")
 	<-copied
+	t.mark("copy_upper")
 	if err == nil {
 		err = cerr
 	} else if cerr == nil {
@@ -281,7 +295,9 @@ func writeLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, de
 		}
 	}()
 	defer func() { <-dropped }()
-	if err := hostwrite.Write(ctx, l.Path(name), tree, script); err != nil {
+	err = hostwrite.Write(ctx, l.Path(name), tree, script)
+	t.mark("debugfs")
+	if err != nil {
 		_ = os.Remove(l.Path(name))
 		if errors.Is(err, hostwrite.ErrWrite) {
 			return st, unstage, errdefs.Wrap(errdefs.ErrFailedPrecondition, err, "the workspace disk may be full: free space in it, or push less; the workspace is unchanged",
@@ -419,6 +435,24 @@ func journalBody(upper string, probe diskimg.Probe) ([]workspace.Range, error) {
 		out[i] = workspace.Range{Off: r[0], Len: r[1]}
 	}
 	return out, nil
+}
+
+// punch makes the ranges of the file p holes.
+func punch(p string, ranges []workspace.Range) error {
+	if len(ranges) == 0 {
+		return nil
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for _, r := range ranges {
+		if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, r.Off, r.Len); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // dropCache asks the kernel to drop the cached pages of the file p.

@@ -71,7 +71,7 @@ func TestHostPushCheckpointRecorded(t *testing.T) {
 	}
 	c := newTestClient(t)
 	ck := newPushCheckpoint(dir, rec, src, "/workspace/p")
-	if _, err := c.pushReleased(context.Background(), dir, rec, src, "/workspace/p", ck); err != nil {
+	if _, err := c.pushReleased(context.Background(), dir, rec, src, "/workspace/p", ck, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := calls(); len(got) != 2 || got[0] != agentapi.PathLayerRelease || got[1] != agentapi.PathLayerRemount {
@@ -124,7 +124,7 @@ func TestHostPushCheckpointNeedsListing(t *testing.T) {
 	l := layersOf(dir, rec)
 	before, _ := l.Top()
 	c := newTestClient(t)
-	_, err := c.pushReleased(context.Background(), dir, rec, src, "/workspace/p", newPushCheckpoint(dir, rec, src, "/workspace/p"))
+	_, err := c.pushReleased(context.Background(), dir, rec, src, "/workspace/p", newPushCheckpoint(dir, rec, src, "/workspace/p"), nil)
 	if !errors.Is(err, errNoReleaseListing) {
 		t.Fatalf("push with an agent that sends no listing: %v", err)
 	}

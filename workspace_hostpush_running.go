@@ -79,14 +79,17 @@ func (c *Client) pushHostRunning(ctx context.Context, dir vmdir.Dir, rec instanc
 	// restarts a guest whose QEMU died) boots a guest with /workspace
 	// mounted on the old top, whose disk the switch would then change
 	// under it: what it wrote since is lost, its file system torn.
+	t := newPhases(c.logger, "host push into the running workspace")
 	iunlock, err := instance.Lock(ctx, dir)
 	if err != nil {
 		return res, false, nil
 	}
 	defer iunlock()
+	t.mark("instance_lock")
 	if c.lc.Observe(ctx, dir, rec).State != instance.Running {
 		return res, false, nil
 	}
+	t.mark("observe")
 	abs, err := filepath.Abs(sourcePath)
 	if err != nil {
 		return res, false, nil
@@ -96,12 +99,15 @@ func (c *Client) pushHostRunning(ctx context.Context, dir vmdir.Dir, rec instanc
 	if err != nil {
 		return res, false, nil
 	}
+	t.mark("layer_lock")
 	ck := newPushCheckpoint(dir, rec, sourcePath, dest)
-	st, err := c.pushReleased(ctx, dir, rec, abs, dest, ck)
+	st, err := c.pushReleased(ctx, dir, rec, abs, dest, ck, t)
 	unlock()
 	if ck != nil && (err == nil || errors.As(err, new(errPushKept))) {
 		c.tidyAfter(ctx, dir, rec) // after the layer lock went: it may tidy here
+		t.mark("tidy")
 	}
+	defer t.done("workspace", rec.ID, "checkpoint", ck != nil, "err", err)
 	if err != nil {
 		if ctx.Err() != nil {
 			return res, true, ctx.Err()
@@ -127,7 +133,7 @@ func (e errPushKept) Error() string { return e.err.Error() }
 // pushReleased does steps 1-4 above, taking the checkpoint ck on the way
 // when set; the caller holds the layer lock. An error other than
 // errPushKept leaves /workspace as it was, mounted, and ck not recorded.
-func (c *Client) pushReleased(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, dest string, ck *pushCheckpoint) (hostwrite.Stats, error) {
+func (c *Client) pushReleased(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, dest string, ck *pushCheckpoint, t *phases) (hostwrite.Stats, error) {
 	var st hostwrite.Stats
 	l := layersOf(dir, rec)
 	// A pivot another process left under way is settled before the top is
@@ -140,6 +146,7 @@ func (c *Client) pushReleased(ctx context.Context, dir vmdir.Dir, rec instance.R
 	if err != nil {
 		return st, err
 	}
+	t.mark("resolve_top")
 	agent := c.lc.Client(dir)
 	defer agent.Close()
 	// Once QEMU may have switched, the guest drops what it cached of the
@@ -161,6 +168,7 @@ func (c *Client) pushReleased(ctx context.Context, dir vmdir.Dir, rec instance.R
 		return st, fmt.Errorf("release /workspace: %w", err)
 	}
 	released := time.Now()
+	t.mark("release")
 	if ck != nil {
 		// The released top goes under an empty overlay: the checkpoint.
 		if top, err = ck.freeze(ctx, dir, l); err != nil {
@@ -169,6 +177,7 @@ func (c *Client) pushReleased(ctx context.Context, dir vmdir.Dir, rec instance.R
 		if old, err = l.Chain(top); err != nil {
 			return st, err
 		}
+		t.mark("freeze_top")
 	}
 	// The old top as the guest left it: should QEMU write it after this
 	// (the guest remounted it), a settle without QEMU sees it changed.
@@ -179,7 +188,8 @@ func (c *Client) pushReleased(ctx context.Context, dir vmdir.Dir, rec instance.R
 	wctx, cancel := context.WithDeadline(ctx, released.Add(hold*3/4))
 	defer cancel()
 	var name string
-	if st, err = writePushLayer(wctx, dir, rec, src, dest, &name); err != nil {
+	t.mark("identity")
+	if st, err = writePushLayer(wctx, dir, rec, src, dest, &name, t); err != nil {
 		return st, err
 	}
 	written := time.Now()
@@ -192,6 +202,7 @@ func (c *Client) pushReleased(ctx context.Context, dir vmdir.Dir, rec instance.R
 			_ = os.Remove(l.Path(name))
 			return st, err
 		}
+		t.mark("record")
 		// Until the new layer is the one QEMU writes, the push may yet go
 		// through the guest, which takes its own checkpoint.
 		defer func() {
@@ -209,6 +220,7 @@ func (c *Client) pushReleased(ctx context.Context, dir vmdir.Dir, rec instance.R
 		_ = os.Remove(l.Path(name))
 		return st, err
 	}
+	t.mark("name_top")
 	paths := make([]string, len(old))
 	for i, n := range old {
 		paths[i] = l.Path(n)
@@ -224,6 +236,7 @@ func (c *Client) pushReleased(ctx context.Context, dir vmdir.Dir, rec instance.R
 	defer pcancel2()
 	perr := qemuPivot(pctx, dir, l.Path(name), paths)
 	pcancel()
+	t.mark("qemu_pivot")
 	// QEMU's answer settles it, whatever the switch call said. Should it
 	// not answer, the next layer operation asks again; either way the
 	// guest mounts what QEMU serves, and a push through the guest
@@ -234,16 +247,16 @@ func (c *Client) pushReleased(ctx context.Context, dir vmdir.Dir, rec instance.R
 	if now, err := l.Top(); err != nil || now != name {
 		return st, fmt.Errorf("switch the workspace disk: %w", errors.Join(perr, err))
 	}
-	switchedAt := time.Now()
+	t.mark("settle")
 	mounted = true
 	if err := agent.RemountWorkspace(context.WithoutCancel(ctx), true); err != nil {
 		return st, errPushKept{fmt.Errorf("the push is in the workspace, but the guest did not mount /workspace again (hint: restart the workspace): %w", err)}
 	}
-	c.logger.Debug("host push into the running workspace", "workspace", rec.ID, "release", released.Sub(t0),
-		"write", written.Sub(released), "switch", switchedAt.Sub(written), "remount", time.Since(switchedAt))
+	t.mark("remount")
 	// A next overlay made over the old top is of no use now.
 	discardNext(ctx, dir, l, name)
 	_ = l.GC(workspace.KeepLayers(string(dir)))
+	t.mark("gc")
 	return st, nil
 }
 

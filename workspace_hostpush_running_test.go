@@ -46,7 +46,7 @@ func TestHostPushRunningRemountsAfterLostRelease(t *testing.T) {
 		}
 	})
 	c := newTestClient(t)
-	_, err := c.pushReleased(context.Background(), dir, rec, t.TempDir(), "/workspace", nil)
+	_, err := c.pushReleased(context.Background(), dir, rec, t.TempDir(), "/workspace", nil, nil)
 	if err == nil || errors.As(err, new(errPushKept)) {
 		t.Fatalf("push after a lost release answer: %v, want a push through the guest", err)
 	}
@@ -87,7 +87,7 @@ func TestHostPushRunningSwitchWithinRelease(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := newTestClient(t)
-	if _, err := c.pushReleased(context.Background(), dir, rec, src, "/workspace/p", nil); err != nil {
+	if _, err := c.pushReleased(context.Background(), dir, rec, src, "/workspace/p", nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	mu.Lock()
