@@ -18,6 +18,7 @@ import (
 	"github.com/pyro-mcp/pyro/internal/instance"
 	"github.com/pyro-mcp/pyro/internal/lifecycle"
 	"github.com/pyro-mcp/pyro/internal/supervisor"
+	"github.com/pyro-mcp/pyro/internal/vm"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/workspace"
 )
@@ -34,6 +35,9 @@ import (
 // workspace), named snapshots and checkpoints, network connections in
 // flight. A source with secrets is forked only when the caller says so
 // (WithSecrets): they are in the running guest's memory.
+
+// forkGateName is the fork gate's socket in the staging directory.
+const forkGateName = "gate.sock"
 
 // MaxForkCount bounds the forks of one call.
 const MaxForkCount = 16
@@ -169,12 +173,36 @@ func (c *Client) ForkWorkspace(ctx context.Context, id string, opts ForkWorkspac
 		forks := make([]ForkedWorkspace, len(names))
 		errs := make([]error, len(names))
 		slots := make(chan struct{}, forkParallel)
+		// Two-phase restore (internal/vm/forkgate.go): every fork loads
+		// its state and waits paused at the gate until all have, then
+		// they run forkParallel at a time. Held forks hold no slot (they
+		// would wait for each other: the gate keeps the count); without
+		// a gate, forkParallel restore at a time.
+		gate, gerr := vm.OpenForkGate(filepath.Join(filepath.Dir(saved.State), forkGateName), len(names), forkParallel)
+		if gerr == nil {
+			defer gate.Close()
+			saved.Gate = gate.Path()
+			slots = make(chan struct{}, len(names))
+		} else {
+			c.logger.Debug("fork gate", "err", gerr)
+		}
 		var wg sync.WaitGroup
 		var err error
 		made, recs, err = c.makeForks(ctx, dir, rec, names, opts.WithSecrets, saved, func(i int, d vmdir.Dir, r instance.Record, synced <-chan error) {
-			wg.Go(func() { forks[i], errs[i] = c.startFork(ctx, slots, d, r, synced) })
+			wg.Go(func() {
+				forks[i], errs[i] = c.startFork(ctx, slots, d, r, synced, gate)
+			})
 		})
+		if gate != nil && err != nil {
+			for range len(names) - len(made) {
+				gate.Done() // never made: the others are not held for it
+			}
+		}
 		wg.Wait()
+		if gate != nil {
+			at, arrived, _ := gate.Loaded()
+			c.logger.Debug("fork gate full", "ms", at.Sub(start).Milliseconds(), "arrived", arrived)
+		}
 		c.logger.Debug("forks running", "ms", time.Since(start).Milliseconds(), "err", err)
 		if err != nil {
 			return err
@@ -311,7 +339,12 @@ func (c *Client) makeForks(ctx context.Context, src vmdir.Dir, srcRec instance.R
 // run forkParallel at a time), marks it complete once it runs and its
 // disk is synced, and asks it what it inherited after giving the slot
 // back, so that the question overlaps the next fork's restore.
-func (c *Client) startFork(ctx context.Context, slots chan struct{}, d vmdir.Dir, rec instance.Record, synced <-chan error) (ForkedWorkspace, error) {
+func (c *Client) startFork(ctx context.Context, slots chan struct{}, d vmdir.Dir, rec instance.Record, synced <-chan error, gate *vm.ForkGate) (ForkedWorkspace, error) {
+	done := func() {}
+	if gate != nil {
+		done = sync.OnceFunc(gate.Done) // the next held fork may run
+	}
+	defer done()
 	select {
 	case slots <- struct{}{}:
 	case <-ctx.Done():
@@ -320,6 +353,7 @@ func (c *Client) startFork(ctx context.Context, slots chan struct{}, d vmdir.Dir
 	t := time.Now()
 	st, err := c.lc.Start(ctx, d, rec)
 	<-slots
+	done()
 	c.logger.Debug("fork started", "id", rec.ID, "ms", time.Since(t).Milliseconds(), "err", err)
 	if err != nil {
 		return ForkedWorkspace{}, fmt.Errorf("start fork %s: %w", rec.ID, err)

@@ -20,6 +20,9 @@
 #                   the host's cores: the floor of the fork total on this
 #                   host (TCG: loading the state, then translating the
 #                   guest code a fork runs again, in every fork)
+#     loading       the part spent starting QEMU and reading the state,
+#                   the guest still paused (each fork then waits at the
+#                   fork gate, paused, until all have loaded)
 #     to identity   the part each fork spent until its identity call ended
 #                   (its restore's own work), and the rest: what forks
 #                   already running spent idling while the others restored
@@ -90,12 +93,16 @@ printf '  source paused  %6d ms\n' "$(jq .source_paused_ms "$home/fork.json")"
 printf '  save           %6d ms   (agent released: %s)\n' "$(jq .save_ms "$home/fork.json")" "${released:-unknown}"
 printf '  fork total     %6d ms   (goal: <= 3000 ms for 10; %s x goal)\n' "$total" "$(echo "scale=2; $total / 3000" | bc)"
 printf '  per fork boot  %s ms\n' "$(jq -c '[.forks[].boot_ms]' "$home/fork.json")"
+printf '    loaded       [%s] ms, qemu cpu [%s] ms (QEMU started, state read, guest paused)\n' "$(steps 'fork loaded')" "$(steps 'fork loaded' vmm_cpu_ms)"
+printf '    gate wait    [%s] ms (paused until every fork had loaded)\n' "$(steps 'fork released' wait_ms)"
 printf '    restore      [%s] ms\n' "$(steps 'fork restored')"
 printf '    identity     [%s] ms\n' "$(steps 'fork identity')"
 printf '    qemu cpu at restored [%s], at identity [%s] ms\n' "$(steps 'fork restored' vmm_cpu_ms)" "$(steps 'fork identity' vmm_cpu_ms)"
 printf '  fork cpu       [%s] ms, sum %d ms = %d ms over %d cores\n' "$cpus" "$cpu_sum" "$((cpu_sum / $(nproc)))" "$(nproc)"
 id_sum=$(steps 'fork identity' vmm_cpu_ms | tr , '\n' | awk '{s += $1} END {print s + 0}')
-printf '    to identity  sum %d ms; idling after it while the others restored: %d ms\n' "$id_sum" "$((cpu_sum - id_sum))"
+load_sum=$(steps 'fork loaded' vmm_cpu_ms | tr , '\n' | awk '{s += $1} END {print s + 0}')
+printf '    loading      sum %d ms (QEMU start and state load)\n' "$load_sum"
+printf '    to identity  sum %d ms (of it after the load: %d ms); idling after it while the others restored: %d ms\n' "$id_sum" "$((id_sum - load_sum))" "$((cpu_sum - id_sum))"
 printf '  source cpu     %d ms during the fork command\n' "$src_cpu"
 printf '  answering      %d/%d\n' "$ok" "$COUNT"
 printf '  load           %s before, %s after (%d cores)\n' "$load_before" "$load_after" "$(nproc)"

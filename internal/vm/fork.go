@@ -40,6 +40,9 @@ type ForkSource struct {
 	State string `json:"state"`
 	// Released: the saved agent had no host session (vmm.LiveSave).
 	Released bool `json:"released,omitempty"`
+	// Gate, when set, is the ForkGate the fork waits at once its state
+	// is loaded, its guest still paused (forkgate.go).
+	Gate string `json:"gate,omitempty"`
 }
 
 // SaveLive saves the running v to state (see vmm.LiveSaver), its agent
@@ -93,7 +96,7 @@ func ForkBoot(src ForkSource) Steps {
 	return ColdBoot().
 		Swap(StepStartVMM, func(ctx context.Context, d Deps, c Config, v *VM) error {
 			t := time.Now()
-			err := restoreFork(ctx, c, v, src)
+			err := restoreFork(ctx, d, c, v, src)
 			d.Logger.Info("fork restored", "ms", time.Since(t).Milliseconds(), "vmm_cpu_ms", vmmCPUms(v), "err", err)
 			return err
 		}).
@@ -110,12 +113,23 @@ func ForkBoot(src ForkSource) Steps {
 		}})
 }
 
-func restoreFork(ctx context.Context, c Config, v *VM, src ForkSource) error {
+func restoreFork(ctx context.Context, d Deps, c Config, v *VM, src ForkSource) error {
 	v.warm.state = src.State
 	spec := v.spec(c)
 	spec.RestoreLive = !src.Released
 	spec.RestoreFork = true // its disks are as the saved guest saw them
 	spec.HugePages = true   // ten restores at once: see vmm.Spec.HugePages
+	if src.Gate != "" {
+		t := time.Now()
+		spec.Hold = func(ctx context.Context, m vmm.Machine) {
+			// The timeline of scripts/bench-fork.sh: loaded (QEMU started
+			// and the state read), then how long the gate held it.
+			d.Logger.Info("fork loaded", "ms", time.Since(t).Milliseconds(), "vmm_cpu_ms", pidCPUms(m.Pid()))
+			w := time.Now()
+			ok, err := waitForkGate(ctx, src.Gate)
+			d.Logger.Info("fork released", "wait_ms", time.Since(w).Milliseconds(), "by_gate", ok, "err", err)
+		}
+	}
 	if err := v.start(ctx, spec); err != nil {
 		return fmt.Errorf("restore the fork: %w", err)
 	}
@@ -181,7 +195,15 @@ func vmmCPUms(v *VM) int64 {
 	if v.Machine == nil {
 		return -1
 	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(v.Machine.Pid()) + "/stat")
+	return pidCPUms(v.Machine.Pid())
+}
+
+// pidCPUms is the CPU time the process pid has used so far (vmmCPUms).
+func pidCPUms(pid int) int64 {
+	if pid <= 0 {
+		return -1
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return -1
 	}

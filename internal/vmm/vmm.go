@@ -88,6 +88,13 @@ type Spec struct {
 	// no longer carry zero pages (qemu.CompactState), so their restores
 	// fault in only the guest's non-zero pages either way.
 	HugePages bool
+	// Hold, when set, is called once a restore has loaded RestoreState
+	// with the guest still paused (a state saved from a paused guest,
+	// as a fork's is), before the guest continues; the start waits for
+	// it. Forks use it to load every fork first and run them together
+	// (vm.ForkGate). It must return by itself: a hold that fails only
+	// lets the guest continue.
+	Hold func(ctx context.Context, m Machine)
 }
 
 // Snapshotter is a Backend that can save a running machine: its RAM and

@@ -88,7 +88,7 @@ type Boot struct {
 }
 
 // Start "boots" a machine for spec.
-func (b *Backend) Start(_ context.Context, spec vmm.Spec) (vmm.Machine, error) {
+func (b *Backend) Start(startCtx context.Context, spec vmm.Spec) (vmm.Machine, error) {
 	if spec.Dir == "" {
 		return nil, errdefs.New(errdefs.ErrInvalidArgument, "", "fake: no VM directory")
 	}
@@ -131,6 +131,9 @@ func (b *Backend) Start(_ context.Context, spec vmm.Spec) (vmm.Machine, error) {
 		Version:      "fake",
 	})
 	go m.watch()
+	if spec.RestoreState != "" && spec.Hold != nil {
+		spec.Hold(startCtx, m) // "loaded", its guest not yet running
+	}
 	return m, nil
 }
 

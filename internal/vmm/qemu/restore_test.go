@@ -6,7 +6,9 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/vmm"
@@ -50,5 +52,49 @@ func TestForkRestoreKeepsDiskSize(t *testing.T) {
 		if resized := slices.Contains(f.commands(), "block_resize"); resized == fork {
 			t.Errorf("fork %v: block_resize sent %v (commands %v)", fork, resized, f.commands())
 		}
+	}
+}
+
+// A restore with a Hold (a fork waiting at its gate, vm.ForkGate) calls it
+// once, after the state is loaded and before the guest continues: the
+// held fork costs no CPU until it is let go.
+func TestRestoreHoldsLoadedGuest(t *testing.T) {
+	dir := vmdir.Dir(t.TempDir())
+	var mu sync.Mutex
+	running := false
+	f := &fakeQMP{answer: func(cmd string) (any, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch cmd {
+		case "cont":
+			running = true
+		case "query-migrate":
+			return map[string]any{"status": "completed"}, ""
+		case "query-status":
+			if running {
+				return map[string]any{"status": "running"}, ""
+			}
+			return map[string]any{"status": "paused"}, ""
+		}
+		return nil, ""
+	}}
+	f.serve(t, dir.Path(vmdir.QMPSock))
+	state := filepath.Join(t.TempDir(), "state")
+	if err := os.WriteFile(state, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	holds := 0
+	spec := vmm.Spec{Dir: dir, RestoreState: state, RestoreFork: true, Hold: func(context.Context, vmm.Machine) {
+		holds++
+		if cmds := f.commands(); !slices.Contains(cmds, "migrate-incoming") || slices.Contains(cmds, "cont") {
+			t.Errorf("held after %v", cmds)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}}
+	if err := restore(context.Background(), spec, idleMachine{make(chan struct{})}); err != nil {
+		t.Fatal(err)
+	}
+	if holds != 1 || !slices.Contains(f.commands(), "cont") {
+		t.Fatalf("held %d times; commands %v", holds, f.commands())
 	}
 }

@@ -34,6 +34,10 @@ var _ vmm.Snapshotter = (*Backend)(nil)
 // restoreTimeout bounds a restore from QEMU's start to a running guest.
 const restoreTimeout = 15 * time.Second
 
+// holdTimeout is the part of a restore's bound left to its spec's Hold
+// (vm.ForkGate bounds its own wait well within it).
+const holdTimeout = 60 * time.Second
+
 // migrationName is the name the state descriptor gets in QEMU (getfd).
 const migrationName = "pyro-state"
 
@@ -100,6 +104,9 @@ func restore(ctx context.Context, spec vmm.Spec, m vmm.Machine) error {
 	if spec.RestoreLive {
 		timeout += agentReopenTimeout // fork.go: the guest must run a while
 	}
+	if spec.Hold != nil {
+		timeout += holdTimeout // the other forks load meanwhile
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	// A QEMU that exits (it refused the state) ends the wait at once.
@@ -126,6 +133,7 @@ func restore(ctx context.Context, spec vmm.Spec, m vmm.Machine) error {
 	if _, err := q.call(ctx, "migrate-incoming", map[string]any{"uri": "fd:" + migrationName}, nil); err != nil {
 		return err
 	}
+	held := false
 	err = q.poll(ctx, "query-status", func(r json.RawMessage) (bool, error) {
 		var st struct {
 			Status string `json:"status"`
@@ -142,6 +150,10 @@ func restore(ctx context.Context, spec vmm.Spec, m vmm.Machine) error {
 			// complete, it is started here.
 			if loaded, err := incomingDone(ctx, q); err != nil || !loaded {
 				return false, err
+			}
+			if spec.Hold != nil && !held {
+				held = true
+				spec.Hold(ctx, m)
 			}
 			_, err := q.call(ctx, "cont", nil, nil)
 			return false, err
