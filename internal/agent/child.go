@@ -75,6 +75,7 @@ func RunChild() {
 	snapshot := os.Getenv(envSnapshot) == "1"
 	if snapshot {
 		prewarm()
+		a.kept = openKeptFiles(hostsPath, machineIDPath)
 	}
 	ln, err := SerialListener(agentapi.PortName, portWait, snapshot)
 	if err != nil {

@@ -122,7 +122,7 @@ func checkIdentity(req agentapi.IdentityRequest) error {
 // so nothing after it (including this agent) draws from the shared state.
 // st times the steps (nil: not asked).
 func (s *Agent) applyIdentity(req agentapi.IdentityRequest, st *steps) (agentapi.IdentityResponse, error) {
-	if err := reseedRNG(req.Entropy); err != nil {
+	if err := reseedRNG(s.kept.urandomFD(), req.Entropy); err != nil {
 		return agentapi.IdentityResponse{}, errorf(errdefs.ErrUnavailable, "reseed kernel rng: %v", err)
 	}
 	st.mark("rng")
@@ -134,9 +134,9 @@ func (s *Agent) applyIdentity(req agentapi.IdentityRequest, st *steps) (agentapi
 		return agentapi.IdentityResponse{}, errorf(errdefs.ErrUnavailable, "set hostname: %v", err)
 	}
 	st.mark("clock+hostname")
-	WriteHosts("/etc/hosts", req.Hostname)
+	s.kept.writeHosts(req.Hostname)
 	st.mark("hosts")
-	if err := rewriteFile(machineIDPath, []byte(req.MachineID+"\n"), 0o444); err != nil {
+	if err := s.kept.writeMachineID([]byte(req.MachineID + "\n")); err != nil {
 		return agentapi.IdentityResponse{}, errorf(errdefs.ErrUnavailable, "write machine id: %v", err)
 	}
 	st.mark("machine-id")
@@ -173,13 +173,16 @@ func (s *Agent) applyIdentity(req agentapi.IdentityRequest, st *steps) (agentapi
 
 // reseedRNG credits b to the kernel's input pool (RNDADDENTROPY) and forces
 // the CRNG to reseed from it (RNDRESEEDCRNG), so the next read of
-// /dev/urandom differs from every other clone's.
-func reseedRNG(b []byte) error {
-	fd, err := unix.Open("/dev/urandom", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
+// /dev/urandom differs from every other clone's. fd is /dev/urandom kept
+// open (identity_kept.go), or -1 to open it here.
+func reseedRNG(fd int, b []byte) error {
+	if fd < 0 {
+		var err error
+		if fd, err = unix.Open("/dev/urandom", unix.O_RDWR|unix.O_CLOEXEC, 0); err != nil {
+			return err
+		}
+		defer unix.Close(fd)
 	}
-	defer unix.Close(fd)
 	// struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
 	info := make([]byte, 8+len(b))
 	binary.NativeEndian.PutUint32(info[0:], uint32(len(b)*8))

@@ -408,16 +408,27 @@ func WriteHosts(path, hostname string) {
 	if err != nil {
 		b = []byte("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
 	}
+	if b, add := hostsContent(b, hostname); add {
+		_ = rewriteFile(path, b, 0o644)
+	}
+}
+
+// hostsPath is the guest's hosts file.
+const hostsPath = "/etc/hosts"
+
+// hostsContent is the hosts file b with a line for hostname added, and
+// whether it needed one.
+func hostsContent(b []byte, hostname string) ([]byte, bool) {
 	for _, line := range strings.Split(string(b), "\n") {
 		if f := strings.Fields(line); len(f) > 1 && !strings.HasPrefix(f[0], "#") && slices.Contains(f[1:], hostname) {
-			return
+			return b, false
 		}
 	}
+	b = slices.Clip(b)
 	if len(b) > 0 && b[len(b)-1] != '\n' {
 		b = append(b, '\n')
 	}
-	b = append(b, "127.0.1.1\t"+hostname+"\n"...)
-	_ = rewriteFile(path, b, 0o644)
+	return append(b, "127.0.1.1\t"+hostname+"\n"...), true
 }
 
 // rewriteFile gives the file at path the content b. A regular file is

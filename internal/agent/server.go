@@ -110,6 +110,9 @@ type Agent struct {
 	// lives (a restored guest has its saved guest's memory, vCPUs and
 	// kernel): read once, not in every restored guest's first call.
 	static agentapi.Health
+	// kept are the files an identity refresh writes, open since before
+	// the snapshot (nil: opened by path; identity_kept.go).
+	kept *keptFiles
 	// applyFake, set by tests, stands in for applyIdentity (which sets
 	// the clock, hostname and RNG of the machine it runs on).
 	applyFake func(agentapi.IdentityRequest, *steps) (agentapi.IdentityResponse, error)
