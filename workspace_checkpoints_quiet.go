@@ -2,6 +2,7 @@ package pyro
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
@@ -11,10 +12,15 @@ import (
 )
 
 // A checkpoint before an exec without a guest round trip (each costs
-// ~10 ms of the guest's emulated CPU). Every exec of a workspace that
-// takes checkpoints asks the guest for a quiet report (agentapi/quiet.go):
-// the command over, /workspace synced, no user process left, no other
-// call under way, and the upper layer's listing. The next exec's
+// ~10 ms of the guest's emulated CPU). After every exec of a workspace
+// that takes checkpoints the guest is asked for a quiet report
+// (agentapi/quiet.go): the command over, /workspace synced, no user
+// process left, no call under way, and the upper layer's listing. The
+// report is asked for after the exec's answer, by the housekeeping the
+// caller hands to the supervisor (keepQuiet, under the layer lock): the
+// guest's listing and the host's records of it cost the caller nothing
+// (measured before: the report was in the exec's stream, 3-18 ms of
+// QEMU's CPU and 2-4 ms of the caller's on every writing exec). The next exec's
 // checkpoint then comes from the disk alone: the live top goes under a new
 // overlay over QMP (or, when nothing was written to it since it was made,
 // the checkpoint names its parent and QEMU is not even asked), and the
@@ -33,8 +39,11 @@ import (
 // only through the agent's calls and user processes. The report is sent
 // only with no user process left in the user cgroup (services and shells
 // live there too: a running service means no report, so every exec of a
-// workspace with a service takes the frozen checkpoint) and no other call
-// under way; every call that may change the guest moves the epoch on, and
+// workspace with a service takes the frozen checkpoint) and no call under
+// way (the agent waits, bounded, for the exec it follows to finish, then
+// syncs /workspace: a process that wrote after the exec's own sync and
+// has exited since left nothing unsynced); the report is a GET, which
+// moves no epoch; every call that may change the guest moves it on, and
 // the quiet exec runs only at the reported epoch with nothing under way
 // and no user process (the agent checks all three under one lock before it
 // starts the command). So if the command runs, nothing ran between the
@@ -43,7 +52,7 @@ import (
 //
 // The listing in the report: the first report lists the upper layer whole;
 // after it the guest says only what changed since the listing the host
-// holds (QuietRequest.Delta; agent/quiet_track.go: fanotify on the upper
+// holds (PathQuiet's have and delta; agent/quiet_track.go: fanotify on the upper
 // disk and on the overlay names the paths, the guest lstats only those),
 // and the host applies that to its pending listing
 // (workspace.ApplyDelta, bounded like a whole listing). The listing only
@@ -71,10 +80,29 @@ import (
 // pending report stands, so the next exec names that layer again; a
 // command that ran and was not reported makes the next quiet exec be
 // refused (the epoch moved), so its checkpoint is taken the usual way.
+//
+// The answer before the report: an exec's caller answers once the command
+// ended and the guest synced /workspace (every exec does, before its exit
+// event), and only then asks for the tidy. What the answer stands on is on
+// the disk and in the checkpoint taken before the command, whose record
+// was written (and synced) before the answer; the report written after it
+// is a hint for the next checkpoint, never a record. So kill -9 after the
+// answer: of QEMU, the disk holds the command's result (synced), the
+// guest boots on the named chain, and the pending report, worthless to a
+// new agent (its epochs start afresh), costs one usual checkpoint; of the
+// supervisor or the caller before the report is kept, the report kept is
+// the one before the command (or none), whose epoch the command moved on,
+// so the next quiet exec is refused before it runs, its checkpoint
+// dropped and taken the usual way (a freeze with the guest's own listing):
+// a correct record either way, and undo and diff --since stay exact. A
+// next exec that comes while the tidy is asking waits for it (the layer
+// lock); one that comes before the tidy took the lock uses the report
+// before, and is refused the same way. (TestQuietReportAfterAnswer.)
 
 // execCheckpointed runs an exec in a workspace, with its checkpoint first
 // when it takes them; agent is closed. The housekeeping after the
-// checkpoint runs after the command (tidyAfter).
+// checkpoint, and the guest's quiet report for the next one, come after
+// the command's answer (tidyAfterExec).
 func (c *Client) execCheckpointed(ctx context.Context, dir vmdir.Dir, rec instance.Record, agent *agentapi.Client, opts ExecOptions) (ExecResult, error) {
 	if !checkpointsOn(rec) {
 		// Timed too, for the comparison with a checkpointed exec.
@@ -90,12 +118,12 @@ func (c *Client) execCheckpointed(ctx context.Context, dir vmdir.Dir, rec instan
 		return ExecResult{}, err
 	}
 	what := commandLabel(opts.Command)
-	cps := checkpointsOf(dir)
 	quiet := chainable(dir)
 	t := newPhases(c.logger, "checkpointed exec")
 	defer t.done("workspace", rec.ID)
+	var after *agentapi.Client // the tidy asks the guest for its report
 	if quiet {
-		req.Quiet = &agentapi.QuietRequest{Have: cps.PendingManifest(), Delta: true}
+		after = agent
 		n, expect, durable, ok, err := c.checkpointQuiet(ctx, dir, rec, what, t)
 		if err != nil {
 			return ExecResult{}, err
@@ -112,8 +140,8 @@ func (c *Client) execCheckpointed(ctx context.Context, dir vmdir.Dir, rec instan
 			}
 			t.mark("record_synced")
 			if ran {
-				c.keepQuietAndTidy(ctx, dir, rec, r.Quiet, err)
-				t.mark("keep_quiet_tidy")
+				c.tidyAfterExec(ctx, dir, rec, after)
+				t.mark("tidy_request")
 				if err != nil {
 					return ExecResult{}, err
 				}
@@ -125,18 +153,12 @@ func (c *Client) execCheckpointed(ctx context.Context, dir vmdir.Dir, rec instan
 			// its own checkpoint after it.
 			c.dropCheckpoint(dir, n)
 		}
-		// The usual checkpoint forgets the pending listing.
-		req.Quiet.Have = 0
 	}
 	if err := c.takeCheckpoint(ctx, dir, rec, agent, what); err != nil {
 		return ExecResult{}, err
 	}
 	r, err := agent.Exec(ctx, req, opts.OnOutput)
-	if quiet {
-		c.keepQuietAndTidy(ctx, dir, rec, r.Quiet, err)
-	} else {
-		c.tidyAfter(ctx, dir, rec)
-	}
+	c.tidyAfterExec(ctx, dir, rec, after)
 	if err != nil {
 		return ExecResult{}, err
 	}
@@ -153,27 +175,19 @@ func (c *Client) dropCheckpoint(dir vmdir.Dir, n int) {
 	checkpointsOf(dir).Drop(n)
 }
 
-// keepQuietAndTidy keeps an exec's quiet report for the next checkpoint
-// (none after a failed exec) and has the layers tidied after it. The tidy
-// is asked for while the layer lock is held for the report: the request's
-// round trip overlaps the writing, and the supervisor's tidy, which waits
-// for the lock, finds the report kept (its delta to fold).
-func (c *Client) keepQuietAndTidy(ctx context.Context, dir vmdir.Dir, rec instance.Record, rep *agentapi.QuietReport, execErr error) {
-	unlock, err := lockLayersForHousekeeping(ctx, dir)
+// keepQuiet asks the guest for its quiet report and keeps it for the next
+// checkpoint; a guest that is not quiet, or does not answer (an agent
+// that predates the call), clears it, and the next checkpoint asks the
+// guest. The caller (the housekeeping after an exec) holds the layer
+// lock, so the next checkpoint waits for the report rather than use the
+// one before it (which the guest would refuse).
+func keepQuiet(ctx context.Context, cps workspace.Checkpoints, agent *agentapi.Client) error {
+	rep, err := agent.Quiet(ctx, cps.PendingManifest())
 	if err != nil {
-		c.tidyAfter(ctx, dir, rec)
-		return
-	}
-	asked := make(chan bool, 1)
-	go func() { asked <- c.askTidy(ctx, dir, rec) }()
-	if execErr != nil {
 		rep = nil
+		err = fmt.Errorf("quiet report: %w", err)
 	}
-	_ = checkpointsOf(dir).SavePending(rep)
-	unlock()
-	if !<-asked {
-		c.housekeepHere(ctx, dir, rec)
-	}
+	return errors.Join(err, cps.SavePending(rep))
 }
 
 // checkpointQuiet takes the checkpoint before an exec from the pending

@@ -23,8 +23,8 @@ import (
 	"github.com/pyro-mcp/pyro/internal/workspace"
 )
 
-// fakeGuest plays the agent of a checkpointed, chained workspace (exec with
-// quiet reports, the quiet exec's epoch check, freeze with a listing) and
+// fakeGuest plays the agent of a checkpointed, chained workspace (exec, the
+// quiet report, the quiet exec's epoch check, freeze with a listing) and
 // QEMU's side of its layers (the node the guest writes; a write grows that
 // layer's file as QEMU allocating a cluster does).
 type fakeGuest struct {
@@ -35,9 +35,12 @@ type fakeGuest struct {
 	ls  []agentapi.LayerEntry // the upper layer's listing
 	top string                // the layer file QEMU writes
 
-	freezes, pushes, switches, refused, runs, flushes int
+	freezes, pushes, switches, refused, runs, flushes, reports int
 	// onRun, when set, is called as a command starts (g.mu held).
 	onRun func()
+	// onReport, when set, is called as a quiet report is asked for
+	// (g.mu not held).
+	onReport func()
 }
 
 func (g *fakeGuest) handler() http.Handler {
@@ -71,15 +74,20 @@ func (g *fakeGuest) handler() http.Handler {
 				f.Close()
 			}
 		}
-		enc := json.NewEncoder(w)
-		if req.Quiet != nil {
-			m := agentapi.LayerManifest{Entries: append([]agentapi.LayerEntry{}, g.ls...)}
-			_ = enc.Encode(agentapi.Event{Type: agentapi.EventQuiet, Quiet: &agentapi.QuietReport{Epoch: g.ep, Manifest: &m}})
-		}
-		_ = enc.Encode(agentapi.Event{Type: agentapi.EventExit, Result: &agentapi.ExecResult{}})
+		_ = json.NewEncoder(w).Encode(agentapi.Event{Type: agentapi.EventExit, Result: &agentapi.ExecResult{}})
 	}
 	mux.HandleFunc("POST "+agentapi.PathExec, exec)
 	mux.HandleFunc("POST "+agentapi.PathExecQuiet, exec)
+	mux.HandleFunc("GET "+agentapi.PathQuiet, func(w http.ResponseWriter, r *http.Request) {
+		if g.onReport != nil {
+			g.onReport()
+		}
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		g.reports++
+		m := agentapi.LayerManifest{Entries: append([]agentapi.LayerEntry{}, g.ls...)}
+		_ = json.NewEncoder(w).Encode(&agentapi.QuietReport{Epoch: g.ep, Manifest: &m})
+	})
 	mux.HandleFunc("POST "+agentapi.PathLayerFreeze, func(w http.ResponseWriter, r *http.Request) {
 		g.mu.Lock()
 		defer g.mu.Unlock()

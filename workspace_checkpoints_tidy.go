@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/pyro-mcp/pyro/internal/agentapi"
 	"github.com/pyro-mcp/pyro/internal/instance"
 	"github.com/pyro-mcp/pyro/internal/supervisor"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
@@ -24,8 +25,9 @@ import (
 
 func init() { supervisor.Tidy = tidyLayers }
 
-// tidyLayers is the supervisor's side.
-func tidyLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record, req supervisor.TidyRequest, log *slog.Logger) {
+// tidyLayers is the supervisor's side; agent is its own connection to the
+// guest (nil when the guest is not running).
+func tidyLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record, req supervisor.TidyRequest, agent *agentapi.Client, log *slog.Logger) {
 	count, bytes := workspace.CheckpointCaps()
 	if req.MaxCount > 0 {
 		count = req.MaxCount
@@ -33,36 +35,35 @@ func tidyLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record, req sup
 	if req.MaxBytes > 0 {
 		bytes = req.MaxBytes
 	}
-	housekeep(ctx, dir, rec, count, bytes, log)
+	if !req.Quiet {
+		agent = nil
+	}
+	housekeep(ctx, dir, rec, count, bytes, agent, log)
 }
 
 // tidyAfter has a chained workspace's layers tidied after a checkpointed
 // step: by its supervisor in the background, else here.
 func (c *Client) tidyAfter(ctx context.Context, dir vmdir.Dir, rec instance.Record) {
-	if !c.askTidy(ctx, dir, rec) {
-		c.housekeepHere(ctx, dir, rec)
-	}
+	c.tidyAfterExec(ctx, dir, rec, nil)
 }
 
-// askTidy asks the supervisor to tidy the layers; false: it did not take
-// it, the caller tidies (housekeepHere). A workspace without a chain has
-// nothing to tidy.
-func (c *Client) askTidy(ctx context.Context, dir vmdir.Dir, rec instance.Record) bool {
+// tidyAfterExec is tidyAfter after an exec: with quiet (the exec's agent),
+// the tidy first asks the guest for its quiet report and keeps it for the
+// next checkpoint (workspace_checkpoints_quiet.go). The supervisor uses its
+// own connection to the guest; quiet is used when the caller tidies.
+func (c *Client) tidyAfterExec(ctx context.Context, dir vmdir.Dir, rec instance.Record, quiet *agentapi.Client) {
 	if !checkpointsOn(rec) || !chainable(dir) {
-		return true
+		return // nothing to tidy
 	}
 	count, bytes := workspace.CheckpointCaps()
-	err := supervisor.NewClient(dir).Tidy(ctx, supervisor.TidyRequest{MaxCount: count, MaxBytes: bytes})
-	if err != nil && c.logger != nil {
+	err := supervisor.NewClient(dir).Tidy(ctx, supervisor.TidyRequest{MaxCount: count, MaxBytes: bytes, Quiet: quiet != nil})
+	if err == nil {
+		return
+	}
+	if c.logger != nil {
 		c.logger.Debug("the supervisor does not tidy layers: tidying here", "err", err)
 	}
-	return err == nil
-}
-
-// housekeepHere is the housekeeping in the caller, with its caps.
-func (c *Client) housekeepHere(ctx context.Context, dir vmdir.Dir, rec instance.Record) {
-	count, bytes := workspace.CheckpointCaps()
-	housekeep(ctx, dir, rec, count, bytes, c.logger)
+	housekeep(ctx, dir, rec, count, bytes, quiet, c.logger)
 }
 
 // flushTimeout bounds the flush of the live top (it holds the layer lock).
@@ -70,8 +71,10 @@ const flushTimeout = 30 * time.Second
 
 // housekeep is the housekeeping itself, under the layer lock; the caps are
 // the caller's. Each step is best effort: what one leaves undone the next
-// housekeeping (or the checkpoint, for the next overlay) does.
-func housekeep(ctx context.Context, dir vmdir.Dir, rec instance.Record, maxCount int, maxBytes int64, log *slog.Logger) {
+// housekeeping (or the checkpoint, for the next overlay) does. With an
+// agent it first keeps the guest's quiet report (keepQuiet), so the freeze
+// ahead finds it.
+func housekeep(ctx context.Context, dir vmdir.Dir, rec instance.Record, maxCount int, maxBytes int64, agent *agentapi.Client, log *slog.Logger) {
 	t := newPhases(log, "checkpoint housekeeping")
 	var errs []error
 	defer func() { t.done("err", errors.Join(errs...)) }()
@@ -83,6 +86,10 @@ func housekeep(ctx context.Context, dir vmdir.Dir, rec instance.Record, maxCount
 	defer unlock()
 	t.mark("lock")
 	cps := checkpointsOf(dir)
+	if agent != nil {
+		errs = append(errs, keepQuiet(ctx, cps, agent))
+		t.mark("quiet_report")
+	}
 	cps.PruneTo(maxCount, maxBytes)
 	t.mark("prune")
 	errs = append(errs, gcLayers(ctx, dir, rec, maxCount))

@@ -57,8 +57,8 @@ func TestTidyAfterInSupervisor(t *testing.T) {
 			if len(asked) != 3 || staged || flushes != 0 {
 				t.Fatalf("supervisor tidies: asked %d times, next overlay made here %v, %d flushes here", len(asked), staged, flushes)
 			}
-			if req := <-asked; req.MaxCount != 7 {
-				t.Fatalf("tidy request %+v: not the caller's caps", req)
+			if req := <-asked; req.MaxCount != 7 || !req.Quiet {
+				t.Fatalf("tidy request %+v: not the caller's caps, or no quiet report asked for", req)
 			}
 			// Nothing made ahead: each checkpoint put a new overlay
 			// over the top itself.
@@ -120,7 +120,7 @@ func TestFreezeAheadInTidy(t *testing.T) {
 	serveSupervisor(t, dir, func(w http.ResponseWriter, r *http.Request) {
 		var req supervisor.TidyRequest
 		_ = json.NewDecoder(r.Body).Decode(&req)
-		tidyLayers(r.Context(), dir, rec, req, nil)
+		tidyLayers(r.Context(), dir, rec, req, g.agent(t), nil)
 		w.WriteHeader(http.StatusAccepted)
 	})
 	qemuCalls := func() int {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestLayersIncrementalSince: with 1,000 files in the upper layer, each
@@ -21,19 +22,38 @@ import (
 func TestLayersIncrementalSince(t *testing.T) {
 	env, id, _ := checkpointedWorkspace(t)
 	home := homeOf(env)
-	pendingFrom := func() string {
-		b, _ := os.ReadFile(filepath.Join(home, "workspaces", id, "checkpoints", "pending.json"))
-		var p struct {
-			From string `json:"from"`
+	dir := filepath.Join(home, "workspaces", id)
+	type pending struct {
+		From  string `json:"from"`
+		Epoch uint64 `json:"epoch"`
+	}
+	pendingNow := func() (p pending) {
+		underLayerLock(t, dir, func() {
+			b, _ := os.ReadFile(filepath.Join(dir, "checkpoints", "pending.json"))
+			json.Unmarshal(b, &p)
+		})
+		return p
+	}
+	// pendingAfter waits for the report kept after a command (the
+	// supervisor's housekeeping asks for it after the command's answer):
+	// its epoch differs from the one before the command.
+	pendingAfter := func(before pending) pending {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			p := pendingNow()
+			if p.Epoch != before.Epoch || time.Now().After(deadline) {
+				return p
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
-		json.Unmarshal(b, &p)
-		return p.From
 	}
 	// 1,000 files in 20 directories, in the upper layer.
 	wsExec(t, env, id, "sh", "-c", `for d in $(seq 0 19); do mkdir -p tree/d$d; for i in $(seq 0 49); do echo $d-$i > tree/d$d/f$i; done; done`)
+	last := pendingNow()
 	if m := wsExec(t, env, id, "sh", "-c", "find tree -type f | wc -l"); strings.TrimSpace(m["stdout"].(string)) != "1000" {
 		t.Fatalf("tree: %v", m)
 	}
+	last = pendingAfter(last)
 	d3 := []string{"tree/d3"}
 	for i := 0; i < 50; i++ {
 		d3 = append(d3, "tree/d3/f"+strconv.Itoa(i))
@@ -93,7 +113,8 @@ func TestLayersIncrementalSince(t *testing.T) {
 		// (A hard link once made the tracker give up here under load in
 		// this test, not when run by hand: the listing is then whole,
 		// and the diff must still be exact.)
-		if from := pendingFrom(); from != "delta" && !strings.HasPrefix(s.cmd, "ln tree") {
+		last = pendingAfter(last)
+		if from := last.From; from != "delta" && !strings.HasPrefix(s.cmd, "ln tree") {
 			t.Errorf("%s: the host's listing came from %q, want a delta", s.cmd, from)
 		}
 		var d struct{ Added, Modified, Deleted []string }

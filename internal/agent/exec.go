@@ -100,10 +100,6 @@ func (s *Agent) execute(ctx context.Context, req agentapi.ExecRequest, st *steps
 	// copy, so res.Stdout and res.Stderr are empty).
 	// Whatever the command wrote to /workspace reaches the disk before
 	// the host learns it finished.
-	var epoch uint64
-	if req.Quiet != nil {
-		epoch = s.quiet.current()
-	}
 	s.syncWorkspace()
 	st.mark("sync")
 	res.Timings = st.String()
@@ -113,11 +109,6 @@ func (s *Agent) execute(ctx context.Context, req agentapi.ExecRequest, st *steps
 		// down) and the command killed for it: that is no result, so the
 		// stream ends without an exit event and the host reports the loss.
 		return nil
-	}
-	if req.Quiet != nil {
-		if q := s.quietReport(epoch, req.Quiet.Have, req.Quiet.Delta); q != nil {
-			ew.write(agentapi.Event{Type: agentapi.EventQuiet, Quiet: q})
-		}
 	}
 	ew.write(agentapi.Event{Type: agentapi.EventExit, Result: &res})
 	return nil

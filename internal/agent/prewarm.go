@@ -20,7 +20,7 @@ func prewarm() {
 	for _, v := range []any{
 		&agentapi.IdentityRequest{}, &agentapi.IdentityResponse{}, &agentapi.Health{},
 		&agentapi.ExecRequest{}, &agentapi.ErrorResponse{},
-		&agentapi.Event{Result: &agentapi.ExecResult{}, Error: &agentapi.ErrorResponse{}, Quiet: &agentapi.QuietReport{}},
+		&agentapi.Event{Result: &agentapi.ExecResult{}, Error: &agentapi.ErrorResponse{}}, &agentapi.QuietReport{},
 		// What a workspace's host asks right after a start or a fork.
 		&agentapi.ServiceList{}, &agentapi.JobList{}, &agentapi.ShellList{},
 		&agentapi.SecretsRequest{}, &agentapi.SecretsResponse{},

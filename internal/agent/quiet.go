@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -35,6 +37,9 @@ type quiet struct {
 	// (quiet_track.go); trackMu is held by the report using it.
 	track   *upperTracker
 	trackMu sync.Mutex
+	// settled, when set, is closed when no call is under way any more
+	// (a quiet report waits on it for the exec it follows to end).
+	settled chan struct{}
 }
 
 // newQuiet starts the epoch at a random value: an epoch reported by an
@@ -109,7 +114,34 @@ func (q *quiet) begin() {
 func (q *quiet) end() {
 	q.mu.Lock()
 	q.inflight--
+	if q.inflight == 0 && q.settled != nil {
+		close(q.settled)
+		q.settled = nil
+	}
 	q.mu.Unlock()
+}
+
+// settle waits until no call is under way (or ctx ends: ok false) and
+// returns the epoch then.
+func (q *quiet) settle(ctx context.Context) (e uint64, ok bool) {
+	for {
+		q.mu.Lock()
+		if q.inflight == 0 {
+			e = q.epoch
+			q.mu.Unlock()
+			return e, true
+		}
+		if q.settled == nil {
+			q.settled = make(chan struct{})
+		}
+		ch := q.settled
+		q.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return 0, false
+		}
+	}
 }
 
 // claim begins a call only if the guest is still quiet at epoch expect.
@@ -130,12 +162,11 @@ func (q *quiet) current() uint64 {
 	return q.epoch
 }
 
-// alone reports whether the epoch is still e and the caller's is the only
-// call under way.
-func (q *quiet) alone(e uint64) bool {
+// idleAt reports whether the epoch is still e and no call is under way.
+func (q *quiet) idleAt(e uint64) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.epoch == e && q.inflight == 1
+	return q.epoch == e && q.inflight == 0
 }
 
 // tracked wraps the API: every call but a GET moves the epoch on, and
@@ -178,14 +209,38 @@ func (s *Agent) userIdle() bool {
 	return false
 }
 
-// quietReport is the report of an exec that asked for one, called after
-// the command ended and /workspace was synced; e is the epoch read before
-// that sync. nil: the guest is not quiet (or /workspace not layered, or
-// the listing too large to carry). With delta, a report whose upper layer
-// changed since the listing of epoch have says only what changed
-// (quiet_track.go) when it can.
+// quietWait bounds how long a quiet report waits for the calls under
+// way to end (the exec it follows finishes its leaf after its answer).
+const quietWait = 2 * time.Second
+
+// handleQuiet answers GET /v1/quiet?have=N&delta=1 (agentapi/quiet.go)
+// with the quiet report of now, or null when the guest is not quiet. A
+// GET moves no epoch: the report is of the state the last call left. It
+// waits (bounded) for the calls under way to end, then checks that no user
+// process is left, syncs /workspace (a process that wrote after the last
+// exec's sync and exited since left dirty pages; nothing can write after
+// this check until a call moves the epoch on) and lists.
+func (s *Agent) handleQuiet(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	have, _ := strconv.ParseUint(q.Get("have"), 10, 64)
+	ctx, cancel := context.WithTimeout(r.Context(), quietWait)
+	defer cancel()
+	var rep *agentapi.QuietReport
+	if e, ok := s.quiet.settle(ctx); ok && s.layers.present() && s.userIdle() {
+		s.syncWorkspace()
+		rep = s.quietReport(e, have, q.Get("delta") == "1")
+	}
+	writeJSON(w, http.StatusOK, rep)
+}
+
+// quietReport is the report of the guest at epoch e, called with no call
+// under way, no user process left and /workspace synced. nil: the guest
+// moved on (or /workspace is not layered, or the listing too large to
+// carry). With delta, a report whose upper layer changed since the
+// listing of epoch have says only what changed (quiet_track.go) when it
+// can.
 func (s *Agent) quietReport(e, have uint64, delta bool) *agentapi.QuietReport {
-	if !s.layers.present() || !s.userIdle() || !s.quiet.alone(e) {
+	if !s.layers.present() || !s.userIdle() || !s.quiet.idleAt(e) {
 		return nil
 	}
 	// The report owns the tracker (the background drain holds it only
@@ -240,9 +295,9 @@ func (s *Agent) quietReport(e, have uint64, delta bool) *agentapi.QuietReport {
 		full = m
 		rep.Manifest = &agentapi.LayerManifest{Entries: m}
 	}
-	// Still nothing else under way and no process: the listing is of the
+	// Still nothing under way and no process: the listing is of the
 	// state at e.
-	if !s.userIdle() || !s.quiet.alone(e) {
+	if !s.userIdle() || !s.quiet.idleAt(e) {
 		return nil
 	}
 	// The host keeps the listing of the epoch it names (a SameAs report

@@ -1,10 +1,12 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
@@ -34,10 +36,13 @@ func TestQuietClaim(t *testing.T) {
 	if !q.claim(e, idle) {
 		t.Fatal("quiet epoch refused")
 	}
-	if !q.alone(e + 1) {
-		t.Fatal("the claiming call is not alone")
+	if q.idleAt(e + 1) {
+		t.Fatal("idle while the claiming call runs")
 	}
 	q.end()
+	if !q.idleAt(e + 1) {
+		t.Fatal("not idle after the claiming call")
+	}
 	if q.claim(e, idle) {
 		t.Fatal("claimed the same epoch twice")
 	}
@@ -64,9 +69,50 @@ func TestExecQuietRefused(t *testing.T) {
 		t.Fatal("the refused command ran")
 	}
 	// Without a user cgroup nothing says the guest is quiet: no report.
-	res, err := c.Exec(ctx, agentapi.ExecRequest{Argv: []string{"true"}, Quiet: &agentapi.QuietRequest{}}, nil)
-	if err != nil || res.Quiet != nil {
-		t.Fatalf("%+v %v", res, err)
+	if _, err := c.Exec(ctx, agentapi.ExecRequest{Argv: []string{"true"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := c.Quiet(ctx, 0)
+	if err != nil || rep != nil {
+		t.Fatalf("%+v %v", rep, err)
+	}
+}
+
+// TestQuietSettles: a quiet report asked for while a call is under way
+// (the exec it follows still finishing after its answer) waits for it to
+// end and reports the epoch then; its wait is bounded.
+func TestQuietSettles(t *testing.T) {
+	q := newQuiet()
+	q.begin()
+	e := q.current()
+	got := make(chan uint64, 1)
+	go func() {
+		v, ok := q.settle(context.Background())
+		if !ok {
+			v = 0
+		}
+		got <- v
+	}()
+	select {
+	case v := <-got:
+		t.Fatalf("settled at %d with a call under way", v)
+	case <-time.After(50 * time.Millisecond):
+	}
+	q.end()
+	select {
+	case v := <-got:
+		if v != e || !q.idleAt(e) {
+			t.Fatalf("settled at %d, want %d", v, e)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("still waiting after the call ended")
+	}
+	q.begin()
+	defer q.end()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, ok := q.settle(ctx); ok {
+		t.Fatal("settled with a call under way")
 	}
 }
 

@@ -221,6 +221,7 @@ func (s *Agent) routes() http.Handler {
 	mux.HandleFunc("GET "+agentapi.PathHealth, s.handleHealth)
 	mux.HandleFunc("POST "+agentapi.PathExec, s.handleExec)
 	mux.HandleFunc("POST "+agentapi.PathExecQuiet, s.handleExec)
+	mux.HandleFunc("GET "+agentapi.PathQuiet, s.handleQuiet)
 	mux.HandleFunc("POST "+agentapi.PathShutdown, s.handleShutdown)
 	mux.HandleFunc("POST "+agentapi.PathSecrets, s.handleSetSecrets)
 	mux.HandleFunc("POST "+agentapi.PathIdentity, s.handleIdentity)

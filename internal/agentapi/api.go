@@ -227,8 +227,6 @@ type ExecRequest struct {
 	// variable names for this call only; "" means the secret's own name.
 	// The agent resolves it, so values never travel in requests.
 	SecretEnv map[string]string `json:"secret_env,omitempty"`
-	// Quiet asks for a quiet report at the end (quiet.go).
-	Quiet *QuietRequest `json:"quiet,omitempty"`
 	// Timings asks for ExecResult.Timings.
 	Timings bool `json:"timings,omitempty"`
 }
@@ -248,9 +246,6 @@ type ExecResult struct {
 	DurationMS int64     `json:"duration_ms"`
 	StartedAt  time.Time `json:"started_at"`
 	FinishedAt time.Time `json:"finished_at"`
-	// Quiet is the stream's quiet report, if any (never on the wire in
-	// the result itself: DecodeExecStream sets it).
-	Quiet *QuietReport `json:"-"`
 	// Timings, when the request asked, are the agent's phases of the
 	// call on the guest's clock ("prepare=80 headers=60 ... wait=900",
 	// microseconds each): for debug logs, never parsed.
@@ -277,8 +272,6 @@ type Event struct {
 	Result *ExecResult `json:"result,omitempty"`
 	// Error is set on an error event (the agent failed mid-stream).
 	Error *ErrorResponse `json:"error,omitempty"`
-	// Quiet is set on a quiet event (quiet.go).
-	Quiet *QuietReport `json:"quiet,omitempty"`
 }
 
 // ShutdownResponse acknowledges a shutdown request.

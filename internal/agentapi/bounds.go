@@ -88,7 +88,6 @@ func DecodeExecStream(r io.Reader, maxOutput int64, onOutput func(stream string,
 		maxOutput = DefaultMaxOutputBytes
 	}
 	stdout, stderr := newCapped(maxOutput), newCapped(maxOutput)
-	var quiet *QuietReport
 	br := bufio.NewReaderSize(r, MaxEventLineBytes)
 	for {
 		line, err := br.ReadSlice('\n')
@@ -136,10 +135,7 @@ func DecodeExecStream(r io.Reader, maxOutput int64, onOutput func(stream string,
 			res.Stdout, res.Stderr = string(stdout.ht.Bytes()), string(stderr.ht.Bytes())
 			res.StdoutTruncated = res.StdoutTruncated || stdout.ht.Elided() > 0
 			res.StderrTruncated = res.StderrTruncated || stderr.ht.Elided() > 0
-			res.Quiet = quiet
 			return res, nil
-		case EventQuiet:
-			quiet = ev.Quiet
 		case EventError:
 			er := ErrorResponse{Error: "unknown error"}
 			if ev.Error != nil {

@@ -387,22 +387,6 @@ func TestExecElidedTail(t *testing.T) {
 	}
 }
 
-// TestDecodeQuietEvent: the quiet report before the exit event comes back
-// with the result; a stream without one has none.
-func TestDecodeQuietEvent(t *testing.T) {
-	stream := `{"type":"stdout","data":"aGkK"}` + "\n" +
-		`{"type":"quiet","quiet":{"epoch":7,"manifest":{"entries":[{"p":"x","k":"file","s":1,"m":0,"mt":0,"ct":0,"i":2}]}}}` + "\n" +
-		`{"type":"exit","result":{"exit_code":0}}` + "\n"
-	res, err := DecodeExecStream(strings.NewReader(stream), 0, nil)
-	if err != nil || res.Stdout != "hi\n" || res.Quiet == nil || res.Quiet.Epoch != 7 || len(res.Quiet.Manifest.Entries) != 1 {
-		t.Fatalf("%+v %v", res, err)
-	}
-	res, err = DecodeExecStream(strings.NewReader(`{"type":"exit","result":{"exit_code":1}}`+"\n"), 0, nil)
-	if err != nil || res.Quiet != nil {
-		t.Fatalf("%+v %v", res, err)
-	}
-}
-
 // A guest that never answers a push through the transfer disk holds the
 // call no longer than the whole disk takes at PushDiskFullRate, whatever
 // the push's length says; a length the disk cannot hold is refused before

@@ -12,34 +12,28 @@ import (
 )
 
 // Quiet reports make a checkpoint before an exec cost no guest round trip.
-// An exec that asks for one (ExecRequest.Quiet) ends, after the command
-// and the sync of /workspace, with a quiet event when the guest is quiet:
-// no user process left, no other call under way. Its epoch names that
-// moment; its manifest lists the upper layer then. /workspace's disk then
-// holds exactly that state, so the host can take the next checkpoint from
-// the disk alone and run the next command with ExecQuiet: the agent runs
-// it only if nothing happened since the epoch (no call that may change
-// anything, no user process), and refuses it otherwise, before running
-// anything, so the host can take the checkpoint the slow way.
+// After an exec has answered, the host (the workspace's supervisor, off
+// the exec's path) asks GET PathQuiet: the agent waits for the calls under
+// way to end, and when no user process is left it syncs /workspace and
+// answers with a report whose epoch names that moment and whose listing is
+// the upper layer then (null when the guest is not quiet). A GET moves no
+// epoch. /workspace's disk then holds exactly that state, so the host can
+// take the next checkpoint from the disk alone and run the next command
+// with ExecQuiet: the agent runs it only if nothing happened since the
+// epoch (no call that may change anything, no user process), and refuses
+// it otherwise, before running anything, so the host can take the
+// checkpoint the slow way.
 
 // PathExecQuiet is PathExec that runs only if the guest is still as its
 // quiet report of epoch ?expect=N said. An agent that predates it answers
 // 404: nothing runs either.
 const PathExecQuiet = "/v1/exec/quiet"
 
-// EventQuiet is the exec stream's quiet report (before the exit event).
-const EventQuiet = "quiet"
-
-// QuietRequest asks an exec for a quiet report.
-type QuietRequest struct {
-	// Have is the epoch of the manifest the host holds (0: none): a report
-	// whose upper layer has not changed since refers to it (SameAs)
-	// instead of listing it again.
-	Have uint64 `json:"have,omitempty"`
-	// Delta lets the report list only what changed since the listing of
-	// epoch Have (QuietReport.Delta) instead of the whole upper layer.
-	Delta bool `json:"delta,omitempty"`
-}
+// PathQuiet is the quiet report: GET ?have=N&delta=1. have is the epoch of
+// the listing the host holds (0: none): a report whose upper layer has not
+// changed since refers to it (SameAs) instead of listing it again; with
+// delta=1 the report may say only what changed since it (Delta).
+const PathQuiet = "/v1/quiet"
 
 // QuietReport says the guest was quiet at Epoch, with /workspace synced.
 type QuietReport struct {
@@ -61,9 +55,27 @@ type LayerDelta struct {
 	Changed []LayerEntry `json:"changed,omitempty"`
 }
 
-// MaxQuietManifestBytes bounds a quiet report's manifest (it travels in
-// one exec event line); a larger upper layer gets no report.
+// MaxQuietManifestBytes bounds a quiet report's manifest; a larger upper
+// layer gets no report.
 const MaxQuietManifestBytes = MaxEventLineBytes - 4<<10
+
+// maxQuietReplyBytes bounds a quiet report reply on the host.
+const maxQuietReplyBytes = MaxEventLineBytes
+
+// quietTimeout bounds the quiet report call: the agent's own wait for the
+// calls under way (2 s), its sync and its listing.
+var quietTimeout = 10 * time.Second
+
+// Quiet asks for the guest's quiet report (see above); nil when the guest
+// is not quiet. have is the epoch of the listing the host holds.
+func (c *Client) Quiet(ctx context.Context, have uint64) (*QuietReport, error) {
+	var rep *QuietReport
+	err := c.jsonCallLimit(ctx, quietTimeout, maxQuietReplyBytes, http.MethodGet, PathQuiet+"?delta=1&have="+strconv.FormatUint(have, 10), nil, &rep)
+	if err != nil {
+		return nil, err
+	}
+	return rep, nil
+}
 
 // ExecQuiet is Exec through PathExecQuiet: ran is false when the agent
 // refused (the guest changed since the quiet report of epoch expect, or

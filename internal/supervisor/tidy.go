@@ -16,8 +16,14 @@ package supervisor
 // tidy that dies with the supervisor is a process killed at some point,
 // which each step already survives.
 //
+// After an exec the caller asks with Quiet: the tidy first asks the guest
+// for its quiet report (agentapi.Client.Quiet) through the supervisor's
+// own agent connection, and keeps it for the next checkpoint; the exec's
+// caller has already answered, so neither the guest's listing nor the
+// host's records of it are on any command's path.
+//
 // One tidy runs at a time; a request while one runs asks for one more pass
-// after it. A supervisor without Tidy (another test binary, an older pyro)
+// after it (with Quiet if any request since asked for it). A supervisor without Tidy (another test binary, an older pyro)
 // answers 404: the caller then tidies itself.
 
 import (
@@ -29,6 +35,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pyro-mcp/pyro/internal/agentapi"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/instance"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
@@ -42,11 +49,14 @@ const PathTidy = "/v1/layers/tidy"
 type TidyRequest struct {
 	MaxCount int   `json:"max_count"`
 	MaxBytes int64 `json:"max_bytes"`
+	// Quiet asks for the guest's quiet report first (after an exec).
+	Quiet bool `json:"quiet,omitempty"`
 }
 
 // Tidy is the housekeeping itself, set by the package that owns the
-// layers; nil leaves the route unserved.
-var Tidy func(ctx context.Context, dir vmdir.Dir, rec instance.Record, req TidyRequest, log *slog.Logger)
+// layers; nil leaves the route unserved. agent is the guest's agent (nil
+// when the guest is not running).
+var Tidy func(ctx context.Context, dir vmdir.Dir, rec instance.Record, req TidyRequest, agent *agentapi.Client, log *slog.Logger)
 
 // tidyTimeout bounds one tidy (a merge of layers past the caps is the
 // long part: block-commit of what the merged layers hold).
@@ -74,6 +84,9 @@ func (s *server) tidyRoutes(mux *http.ServeMux) {
 		}
 		s.tidy.mu.Lock()
 		if s.tidy.running {
+			if s.tidy.next != nil && s.tidy.next.Quiet {
+				req.Quiet = true
+			}
 			s.tidy.next = &req
 			s.tidy.mu.Unlock()
 			w.WriteHeader(http.StatusAccepted)
@@ -89,7 +102,7 @@ func (s *server) tidyRoutes(mux *http.ServeMux) {
 
 // runTidy runs tidy passes until none is asked for; a stop of the
 // supervisor cancels the one under way.
-func (s *server) runTidy(tidy func(context.Context, vmdir.Dir, instance.Record, TidyRequest, *slog.Logger), req TidyRequest) {
+func (s *server) runTidy(tidy func(context.Context, vmdir.Dir, instance.Record, TidyRequest, *agentapi.Client, *slog.Logger), req TidyRequest) {
 	defer s.tidy.done.Done()
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), tidyTimeout)
@@ -100,7 +113,7 @@ func (s *server) runTidy(tidy func(context.Context, vmdir.Dir, instance.Record, 
 			case <-ctx.Done():
 			}
 		}()
-		tidy(ctx, s.dir, s.rec, req, s.log)
+		tidy(ctx, s.dir, s.rec, req, s.runningAgent(), s.log)
 		cancel()
 		s.tidy.mu.Lock()
 		if s.tidy.next == nil {
@@ -111,6 +124,17 @@ func (s *server) runTidy(tidy func(context.Context, vmdir.Dir, instance.Record, 
 		req, s.tidy.next = *s.tidy.next, nil
 		s.tidy.mu.Unlock()
 	}
+}
+
+// runningAgent is the guest's agent when it runs (not paused), else nil.
+func (s *server) runningAgent() *agentapi.Client {
+	s.mu.Lock()
+	v, state := s.vm, s.status.State
+	s.mu.Unlock()
+	if v == nil || state != instance.Running || s.paused() {
+		return nil
+	}
+	return v.Agent
 }
 
 // waitTidy waits (up to d) for a tidy under way to end, before the

@@ -10,13 +10,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pyro-mcp/pyro/internal/agentapi"
 	"github.com/pyro-mcp/pyro/internal/instance"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 )
 
 // TestTidyRoute: a tidy request is answered at once and the tidy runs
 // after, in the background, one at a time, with the caller's caps; a
-// request while one runs gets one more pass (not one per request); a stop
+// request while one runs gets one more pass (not one per request), which
+// asks for the guest's quiet report if any of those requests did; a stop
 // cancels the one under way; without Tidy the route says so (404), and
 // the caller tidies itself.
 func TestTidyRoute(t *testing.T) {
@@ -44,7 +46,7 @@ func TestTidyRoute(t *testing.T) {
 	running, most := 0, 0
 	release := make(chan struct{})
 	started := make(chan struct{}, 10)
-	Tidy = func(ctx context.Context, _ vmdir.Dir, _ instance.Record, req TidyRequest, _ *slog.Logger) {
+	Tidy = func(ctx context.Context, _ vmdir.Dir, _ instance.Record, req TidyRequest, _ *agentapi.Client, _ *slog.Logger) {
 		mu.Lock()
 		running++
 		most = max(most, running)
@@ -63,8 +65,12 @@ func TestTidyRoute(t *testing.T) {
 		t.Fatalf("tidy: http %d", code)
 	}
 	<-started // answered before the tidy ended: it is still blocked
-	for range 3 {
-		if code := post(`{"max_count":4}`); code != http.StatusAccepted {
+	for i := range 3 {
+		body := `{"max_count":4}`
+		if i == 0 {
+			body = `{"max_count":4,"quiet":true}` // kept by the later ones
+		}
+		if code := post(body); code != http.StatusAccepted {
 			t.Fatalf("tidy while one runs: http %d", code)
 		}
 	}
@@ -73,7 +79,7 @@ func TestTidyRoute(t *testing.T) {
 	release <- struct{}{}
 	s.waitTidy(5 * time.Second)
 	mu.Lock()
-	if len(got) != 2 || most != 1 || got[0] != (TidyRequest{MaxCount: 3, MaxBytes: 100}) || got[1].MaxCount != 4 {
+	if len(got) != 2 || most != 1 || got[0] != (TidyRequest{MaxCount: 3, MaxBytes: 100}) || got[1].MaxCount != 4 || !got[1].Quiet {
 		t.Fatalf("passes %+v, at most %d at once", got, most)
 	}
 	mu.Unlock()

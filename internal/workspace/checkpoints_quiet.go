@@ -16,9 +16,10 @@ import (
 	"github.com/pyro-mcp/pyro/internal/agentapi"
 )
 
-// The pending quiet report of a workspace (agentapi/quiet.go): the last
-// exec ended with the guest quiet at an epoch, /workspace synced, and the
-// upper layer's listing then. The next exec's checkpoint is taken from it
+// The pending quiet report of a workspace (agentapi/quiet.go): after the
+// last exec the guest was quiet at an epoch, /workspace synced, and the
+// upper layer's listing then (asked for by the housekeeping after the
+// exec's answer). The next exec's checkpoint is taken from it
 // without asking the guest anything; the guest refuses that exec if it
 // changed since, and the host then takes the checkpoint the usual way.
 // The files are hints: written without fsync, replaced by the next
@@ -83,7 +84,7 @@ func (c Checkpoints) readPending() (pending, bool) {
 }
 
 // PendingManifest returns the epoch of the listing the host holds for the
-// next checkpoint (0: none), for the next exec's QuietRequest.Have.
+// next checkpoint (0: none), for the next quiet report's have.
 func (c Checkpoints) PendingManifest() uint64 {
 	p, ok := c.readPending()
 	if !ok {
