@@ -36,7 +36,7 @@ import (
 //
 // The request is an IdentityRequest applied as PathIdentity applies it
 // (the RNG first, before anything else runs) without Inherited, and
-// optionally a first command (an ExecRequest without SecretEnv or Quiet:
+// optionally a first command (an ExecRequest without SecretEnv:
 // no secret can exist before the identity, which comes first), which the
 // agent starts only once the identity is applied and answered. That
 // command is not cancelled by the host going away (no stream carries a
@@ -93,8 +93,8 @@ func EncodeFirstRequest(r FirstRequest) ([]byte, error) {
 	e.str(id.MachineID)
 	e.str(id.MAC)
 	if x := r.Exec; x != nil {
-		if len(x.SecretEnv) > 0 || x.Quiet != nil {
-			return nil, errors.New("first call: a first command has no secrets and no quiet report")
+		if len(x.SecretEnv) > 0 {
+			return nil, errors.New("first call: a first command has no secrets")
 		}
 		flags |= firstHasExec
 		e.i64(x.TimeoutMS)

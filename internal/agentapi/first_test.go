@@ -34,7 +34,6 @@ func TestFirstRequestRoundTrip(t *testing.T) {
 	for _, bad := range []FirstRequest{
 		{Identity: IdentityRequest{Inherited: true}},
 		{Exec: &ExecRequest{Shell: "x", SecretEnv: map[string]string{"A": ""}}},
-		{Exec: &ExecRequest{Shell: "x", Quiet: &QuietRequest{}}},
 		{Exec: &ExecRequest{Shell: strings.Repeat("x", MaxFirstBytes)}},
 	} {
 		if _, err := EncodeFirstRequest(bad); err == nil {
