@@ -170,6 +170,17 @@ func (c *Client) ForkWorkspace(ctx context.Context, id string, opts ForkWorkspac
 		// inherited as soon as it runs: the host's work for one fork
 		// overlaps the restores of the others (restores are CPU bound,
 		// making a fork's directory is file work).
+		// The forks map the saved RAM instead of each reading it
+		// (internal/vm/forkram.go); when the state cannot be split they
+		// read it as saved.
+		t := time.Now()
+		if ram, err := vm.SplitForkRAM(saved.State, int64(rec.MemMiB)<<20); err == nil {
+			defer ram.Close()
+			saved.State, saved.RAM = ram.State, ram.Path()
+			c.logger.Debug("fork ram split", "ms", time.Since(t).Milliseconds())
+		} else {
+			c.logger.Debug("fork ram split", "err", err)
+		}
 		forks := make([]ForkedWorkspace, len(names))
 		errs := make([]error, len(names))
 		slots := make(chan struct{}, forkParallel)

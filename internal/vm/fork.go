@@ -43,6 +43,9 @@ type ForkSource struct {
 	// Gate, when set, is the ForkGate the fork waits at once its state
 	// is loaded, its guest still paused (forkgate.go).
 	Gate string `json:"gate,omitempty"`
+	// RAM, when set, is the saved guest's main RAM, which State then
+	// lacks (ForkRAM): the fork maps it copy-on-write.
+	RAM string `json:"ram,omitempty"`
 }
 
 // SaveLive saves the running v to state (see vmm.LiveSaver), its agent
@@ -119,6 +122,7 @@ func restoreFork(ctx context.Context, d Deps, c Config, v *VM, src ForkSource) e
 	spec.RestoreLive = !src.Released
 	spec.RestoreFork = true // its disks are as the saved guest saw them
 	spec.HugePages = true   // ten restores at once: see vmm.Spec.HugePages
+	spec.RestoreRAM = src.RAM
 	if src.Gate != "" {
 		t := time.Now()
 		spec.Hold = func(ctx context.Context, m vmm.Machine) {

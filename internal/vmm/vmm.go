@@ -88,6 +88,11 @@ type Spec struct {
 	// no longer carry zero pages (qemu.CompactState), so their restores
 	// fault in only the guest's non-zero pages either way.
 	HugePages bool
+	// RestoreRAM, when set with RestoreState, is a file holding the saved
+	// guest's main RAM (RestoreState then lacks it: qemu.SplitRAM): the
+	// VMM maps it copy-on-write instead of reading the RAM. It must be
+	// unwritable (a sealed memfd): every fork maps the same file.
+	RestoreRAM string
 	// Hold, when set, is called once a restore has loaded RestoreState
 	// with the guest still paused (a state saved from a paused guest,
 	// as a fork's is), before the guest continues; the start waits for

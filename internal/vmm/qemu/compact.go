@@ -50,6 +50,7 @@ type CompactStats struct {
 	ZeroDropped int // zero-page records dropped
 	ZeroKept    int // fill-byte records kept (ROM blocks, non-zero fill)
 	Sections    int // RAM sections parsed
+	RAMPages    int // pages SplitRAM wrote to the RAM file
 	DeviceBytes int64
 	RAMBlockIDs []string
 }
@@ -91,6 +92,11 @@ type compactor struct {
 	// one the output's last written record named ("" at a section start,
 	// so the first record written in each section names its block).
 	inBlock, outBlock string
+	// ram, when set, takes main guest RAM out of the stream (SplitRAM):
+	// it returns the memory the block's pages are written into instead.
+	ram      func(name string, n uint64) ([]byte, error)
+	ramBlock string
+	ramMem   []byte
 }
 
 var errNotCompactable = errors.New("not a stream this compactor knows")
@@ -192,6 +198,18 @@ func (c *compactor) setup() error {
 		}
 		c.blocks[bn] = n
 		c.written[bn] = make([]uint64, (n/pageSize+63)/64)
+		if c.ram != nil && ramBlock(bn) {
+			if c.ramMem != nil {
+				return fmt.Errorf("%w: two main ram blocks (%q, %q)", errNotCompactable, c.ramBlock, bn)
+			}
+			if c.ramMem, err = c.ram(bn, n); err != nil {
+				return err
+			}
+			if uint64(len(c.ramMem)) != n {
+				return fmt.Errorf("ram block %q: %d bytes of memory for %d", bn, len(c.ramMem), n)
+			}
+			c.ramBlock = bn
+		}
 		c.stats.RAMBlockIDs = append(c.stats.RAMBlockIDs, bn)
 		sum += n
 		c.writeName(bn)
@@ -250,6 +268,29 @@ func (c *compactor) pages(t byte) error {
 		n, ok := c.blocks[c.inBlock]
 		if !ok || addr >= n {
 			return fmt.Errorf("%w: page %#x of block %q", errNotCompactable, addr, c.inBlock)
+		}
+		if c.ramMem != nil && c.inBlock == c.ramBlock {
+			// SplitRAM: the page goes to the RAM file, not the stream.
+			p := c.ramMem[addr&^(pageSize-1):][:pageSize]
+			if flags&ramFlagZero != 0 {
+				fill, err := c.r.ReadByte()
+				if err != nil {
+					return err
+				}
+				if fill != 0 || c.wasWritten(addr) {
+					for i := range p {
+						p[i] = fill
+					}
+				}
+				c.stats.ZeroDropped++
+			} else {
+				if _, err := io.ReadFull(c.r, p); err != nil {
+					return err
+				}
+				c.stats.RAMPages++
+			}
+			c.markWritten(addr)
+			continue
 		}
 		if flags&ramFlagZero != 0 {
 			fill, err := c.r.ReadByte()

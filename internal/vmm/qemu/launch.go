@@ -258,8 +258,19 @@ func (b *Backend) Args(spec vmm.Spec) []string {
 		// share=off, so mapping a shared RAM file would hand every
 		// restored QEMU the power to rewrite what later restores load.)
 		args = append(args, "-incoming", "defer")
+		if spec.RestoreRAM != "" {
+			// Main RAM mapped from the saved RAM file, privately
+			// (forkram.go): the default memory backend, so its block
+			// keeps the name the saved stream uses.
+			args = append(args, "-mem-path", "/proc/self/fd/"+fd(fdRAM(spec)))
+		}
 	}
 	return args
+}
+
+// fdRAM is the descriptor of spec.RestoreRAM: the last one.
+func fdRAM(spec vmm.Spec) int {
+	return fdChain(spec) + max(0, len(spec.WorkspaceChain)-1)
 }
 
 // netFD is the descriptor of spec.NetworkFile: the one after the disks.
@@ -376,6 +387,17 @@ func (b *Backend) Command(spec vmm.Spec, console io.Writer) (cmd *exec.Cmd, clea
 		return nil, nil, err
 	}
 	extra = append(slices.Clone(extra), files[nfixed:]...)
+	if spec.RestoreState != "" && spec.RestoreRAM != "" {
+		// Read-only here; QEMU reopens it (through /proc/self/fd) for
+		// its private mapping, which the file's seals allow.
+		if err = open(spec.RestoreRAM, os.O_RDONLY); err != nil {
+			return nil, nil, err
+		}
+		extra = append(extra, files[len(files)-1])
+		if len(extra)+2 != fdRAM(spec) {
+			return nil, nil, fmt.Errorf("qemu: ram file would be descriptor %d, not %d", len(extra)+2, fdRAM(spec))
+		}
+	}
 	cmd = exec.Command(b.binary, b.Args(spec)...)
 	cmd.Env = Env()
 	cmd.Dir = "/"

@@ -27,7 +27,9 @@ import (
 // maps the RAM read-only, which no guest survives; rom=off, which fixes
 // that, is QEMU 8.2. Measured on QEMU 7.2 / TCG for a 1 GiB debian:12
 // guest with 126 MiB of non-zero memory: the read adds tens of
-// milliseconds to a restore (see scripts/bench-warm.sh).
+// milliseconds to a restore (see scripts/bench-warm.sh). Forks do map
+// their RAM copy-on-write (forkram.go): from a memfd sealed against
+// writes, which no QEMU can change whatever it opens it as.
 
 var _ vmm.Snapshotter = (*Backend)(nil)
 
