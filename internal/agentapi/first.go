@@ -397,13 +397,14 @@ func (c *Client) First(ctx context.Context, d time.Duration, req IdentityRequest
 	return resp, nil
 }
 
-// firstRoundTrip writes frame and reads the reply, both within ctx.
+// firstRoundTrip writes frame and reads the reply, both within ctx. The
+// channel is cut only once ctx has ended (not by a deadline of its own set
+// to ctx's: that timer may fire a moment before ctx's, and the caller,
+// seeing ctx still live, would take a caller giving up for a guest that
+// failed its restore and discard the snapshot).
 func firstRoundTrip(ctx context.Context, conn net.Conn, frame []byte, req IdentityRequest) (IdentityResponse, error) {
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
 	defer stop()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(dl)
-	}
 	if _, err := conn.Write(frame); err != nil {
 		return IdentityResponse{}, err
 	}
