@@ -107,7 +107,7 @@ func (c *Client) pushHostRunning(ctx context.Context, dir vmdir.Dir, rec instanc
 		c.tidyAfter(ctx, dir, rec) // after the layer lock went: it may tidy here
 		t.mark("tidy")
 	}
-	defer t.done("workspace", rec.ID, "checkpoint", ck != nil, "err", err)
+	defer t.done("workspace", rec.ID, "checkpoint", ck != nil, "listing", ck.source(), "err", err)
 	if err != nil {
 		if ctx.Err() != nil {
 			return res, true, ctx.Err()

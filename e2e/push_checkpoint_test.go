@@ -69,10 +69,16 @@ func TestHostPushCheckpointed(t *testing.T) {
 	src := hostPushTree(t)
 	var r pushResult
 	start := time.Now()
-	mustWS(t, env, &r, "sync", "push", id, src, "--dest", "/workspace/h")
+	res := ws(t, append(env, "PYRO_LOG=debug"), &r, "sync", "push", id, src, "--dest", "/workspace/h")
 	t.Logf("host push into the checkpointed workspace: %s", time.Since(start))
-	if r.Transfer != "host" {
-		t.Fatalf("push into a running checkpointed workspace: transfer %q, want host", r.Transfer)
+	if res.code != 0 || r.Transfer != "host" {
+		t.Fatalf("push into a running checkpointed workspace: exit %d, transfer %q, want host: %s", res.code, r.Transfer, res.stderr)
+	}
+	// The exec before it (the listing's) ended quiet and nothing ran
+	// since: the guest released /workspace without listing it again, and
+	// the checkpoint took the listing of that exec's quiet report.
+	if !strings.Contains(res.stderr, "listing=pending") {
+		t.Fatalf("the push after a quiet exec listed the upper layer again:\n%s", res.stderr)
 	}
 	var cl checkpointBytes
 	mustWS(t, env, &cl, "checkpoint", "list", id)

@@ -177,18 +177,38 @@ func (s *Agent) tracked(h http.Handler) http.Handler {
 			h.ServeHTTP(w, r)
 			return
 		}
-		if r.URL.Path == agentapi.PathExecQuiet {
+		switch {
+		case r.URL.Path == agentapi.PathExecQuiet:
 			expect, _ := strconv.ParseUint(r.URL.Query().Get("expect"), 10, 64)
 			if !s.quiet.claim(expect, s.userIdle) {
 				s.fail(w, errorf(errdefs.ErrFailedPrecondition, "the guest changed since quiet epoch %d", expect))
 				return
 			}
-		} else {
+		case r.URL.Path == agentapi.PathLayerRelease && r.URL.Query().Has("expect"):
+			// A host push's release (workspace_release.go): still quiet
+			// at the epoch whose listing the host holds, the release
+			// need not list the upper layer; else it lists as usual.
+			expect, _ := strconv.ParseUint(r.URL.Query().Get("expect"), 10, 64)
+			if s.quiet.claim(expect, s.userIdle) {
+				r = r.WithContext(context.WithValue(r.Context(), quietClaim{}, expect))
+			} else {
+				s.quiet.begin()
+			}
+		default:
 			s.quiet.begin()
 		}
 		defer s.quiet.end()
 		h.ServeHTTP(w, r)
 	})
+}
+
+// quietClaim is the request context key of a claimed quiet epoch.
+type quietClaim struct{}
+
+// claimedQuiet returns the quiet epoch the request claimed (0: none).
+func claimedQuiet(r *http.Request) uint64 {
+	e, _ := r.Context().Value(quietClaim{}).(uint64)
+	return e
 }
 
 // userIdle reports whether no user process is left (false without a user

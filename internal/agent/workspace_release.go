@@ -66,7 +66,8 @@ func (s *Agent) handleLayerRelease(w http.ResponseWriter, r *http.Request) {
 	// its disk is: the listing of exactly what the host takes over.
 	var listed *agentapi.LayerManifest
 	var list func() error
-	if r.URL.Query().Get("manifest") == "1" {
+	same := claimedQuiet(r) // the host holds the listing of this epoch
+	if r.URL.Query().Get("manifest") == "1" && same == 0 {
 		list = func() error {
 			m, err := manifest(upperDir(l.upperMount))
 			if err != nil {
@@ -89,6 +90,12 @@ func (s *Agent) handleLayerRelease(w http.ResponseWriter, r *http.Request) {
 	l.release.timer = time.AfterFunc(d, s.remountByItself)
 	if listed != nil {
 		writeJSON(w, http.StatusOK, listed)
+		return
+	}
+	if same != 0 && r.URL.Query().Get("manifest") == "1" {
+		writeJSON(w, http.StatusOK, struct {
+			SameAs uint64 `json:"same_as"`
+		}{same})
 		return
 	}
 	writeJSON(w, http.StatusOK, struct{}{})

@@ -85,6 +85,9 @@ func (m *LayerManifest) UnmarshalJSON(b []byte) error {
 // agent sent no listing (it predates the call's listing).
 type listedReply struct {
 	Entries *[]LayerEntry `json:"entries"`
+	// SameAs: the release of ReleaseWorkspaceSince found the guest still
+	// quiet at this epoch and sent no listing (the host holds it).
+	SameAs uint64 `json:"same_as,omitempty"`
 }
 
 // UnmarshalJSON decodes the reply, bounded (MaxManifestEntries).

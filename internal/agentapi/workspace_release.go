@@ -19,10 +19,12 @@ import (
 // Releasing a released (or frozen) /workspace fails; remounting a mounted
 // one is a no-op.
 const (
-	// PathLayerRelease (POST ?ms=N[&manifest=1]) releases /workspace;
-	// something in the guest holding it fails the call with
+	// PathLayerRelease (POST ?ms=N[&manifest=1[&expect=E]]) releases
+	// /workspace; something in the guest holding it fails the call with
 	// ErrFailedPrecondition. With manifest=1 the reply lists the upper
-	// layer (LayerManifest) as it was released.
+	// layer (LayerManifest) as it was released; with expect=E too, a guest
+	// still quiet at epoch E (as PathExecQuiet claims it) lists nothing and
+	// says {"same_as": E}.
 	PathLayerRelease = "/v1/layers/release"
 	// PathLayerRemount (POST ?drop=1) mounts it again.
 	PathLayerRemount = "/v1/layers/remount"
@@ -60,4 +62,25 @@ func (c *Client) ReleaseWorkspaceListed(ctx context.Context, d time.Duration) (m
 		return m, false, err
 	}
 	return LayerManifest{Entries: *out.Entries}, true, nil
+}
+
+// ReleaseWorkspaceSince is ReleaseWorkspaceListed for a host that holds
+// the listing of the guest's quiet epoch expect (an exec's quiet report):
+// a guest still quiet at expect (nothing ran since that report, no other
+// call under way, no user process: the claim of PathExecQuiet) releases
+// /workspace without walking and encoding its upper layer again, and same
+// is true: the layer is as that listing says. Otherwise, and from an agent
+// that predates it, the reply is ReleaseWorkspaceListed's.
+func (c *Client) ReleaseWorkspaceSince(ctx context.Context, d time.Duration, expect uint64) (m LayerManifest, same, ok bool, err error) {
+	var out listedReply
+	err = c.jsonCallLimit(ctx, transferWindow, MaxManifestBytes, http.MethodPost,
+		PathLayerRelease+"?manifest=1&expect="+strconv.FormatUint(expect, 10)+"&ms="+strconv.FormatInt(d.Milliseconds(), 10), nil, &out)
+	if err != nil {
+		return m, false, false, err
+	}
+	if out.Entries == nil {
+		// Same only when the guest names the epoch asked about.
+		return m, expect != 0 && out.SameAs == expect, expect != 0 && out.SameAs == expect, nil
+	}
+	return LayerManifest{Entries: *out.Entries}, false, true, nil
 }
