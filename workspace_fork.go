@@ -176,7 +176,7 @@ func (c *Client) ForkWorkspace(ctx context.Context, id string, opts ForkWorkspac
 		t := time.Now()
 		if ram, err := vm.SplitForkRAM(saved.State, int64(rec.MemMiB)<<20); err == nil {
 			defer ram.Close()
-			saved.State, saved.RAM = ram.State, ram.Path()
+			saved.State, saved.RAM, saved.RAMInode = ram.State, ram.Path(), ram.Inode()
 			c.logger.Debug("fork ram split", "ms", time.Since(t).Milliseconds())
 		} else {
 			c.logger.Debug("fork ram split", "err", err)

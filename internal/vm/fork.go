@@ -46,6 +46,10 @@ type ForkSource struct {
 	// RAM, when set, is the saved guest's main RAM, which State then
 	// lacks (ForkRAM): the fork maps it copy-on-write.
 	RAM string `json:"ram,omitempty"`
+	// RAMInode is the RAM file's inode: RAM is a path through the
+	// caller's descriptor table, which names another file once the
+	// caller closed this one (openForkRAM).
+	RAMInode uint64 `json:"ram_inode,omitempty"`
 }
 
 // SaveLive saves the running v to state (see vmm.LiveSaver), its agent
@@ -122,7 +126,16 @@ func restoreFork(ctx context.Context, d Deps, c Config, v *VM, src ForkSource) e
 	spec.RestoreLive = !src.Released
 	spec.RestoreFork = true // its disks are as the saved guest saw them
 	spec.HugePages = true   // ten restores at once: see vmm.Spec.HugePages
-	spec.RestoreRAM = src.RAM
+	if src.RAM != "" {
+		// Mapped through this process's own descriptor of the file its
+		// caller made (forkram.go), never through the caller's path again.
+		ram, err := openForkRAM(src)
+		if err != nil {
+			return fmt.Errorf("restore the fork: %w", err)
+		}
+		defer ram.Close()
+		spec.RestoreRAM = "/proc/self/fd/" + strconv.Itoa(int(ram.Fd()))
+	}
 	if src.Gate != "" {
 		t := time.Now()
 		spec.Hold = func(ctx context.Context, m vmm.Machine) {

@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -22,11 +23,39 @@ type ForkRAM struct {
 	// State is the device state left (a file beside the saved one).
 	State string
 	f     *os.File
+	ino   uint64
 }
 
 // Path is where other processes of the same user open the RAM file.
 func (r *ForkRAM) Path() string {
 	return "/proc/" + strconv.Itoa(os.Getpid()) + "/fd/" + strconv.Itoa(int(r.f.Fd()))
+}
+
+// Inode is the RAM file's inode (ForkSource.RAMInode).
+func (r *ForkRAM) Inode() uint64 { return r.ino }
+
+// openForkRAM opens the forks' RAM file src names, and checks that it is
+// the one its caller made: Path goes through the caller's descriptor
+// table, so once the caller closed the RAM (a fork whose start outlived
+// the call that gave up on it) or died, the same path names whatever that
+// descriptor number is then - in a long-lived MCP server, another fork
+// call's RAM, of another workspace, whose memory a fork must never map.
+// The file must have the recorded inode and the seals SplitForkRAM set.
+func openForkRAM(src ForkSource) (*os.File, error) {
+	f, err := os.Open(src.RAM)
+	if err != nil {
+		return nil, fmt.Errorf("the forks' saved RAM is gone (the fork's caller ended): %w", err)
+	}
+	var st unix.Stat_t
+	serr := unix.Fstat(int(f.Fd()), &st)
+	seals, ferr := unix.FcntlInt(f.Fd(), unix.F_GET_SEALS, 0)
+	const want = unix.F_SEAL_WRITE | unix.F_SEAL_GROW | unix.F_SEAL_SHRINK
+	if serr != nil || ferr != nil || src.RAMInode == 0 || st.Ino != src.RAMInode ||
+		st.Mode&unix.S_IFMT != unix.S_IFREG || seals&want != want {
+		f.Close()
+		return nil, errors.New("the forks' saved RAM is gone (the fork's caller ended): its descriptor names another file")
+	}
+	return f, nil
 }
 
 // Close drops this process's hold of the RAM (QEMUs that mapped it keep
@@ -87,5 +116,9 @@ func SplitForkRAM(state string, memBytes int64) (_ *ForkRAM, err error) {
 	if _, err = unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_WRITE|unix.F_SEAL_GROW|unix.F_SEAL_SHRINK|unix.F_SEAL_SEAL); err != nil {
 		return nil, fmt.Errorf("seal the ram file: %w", err)
 	}
-	return &ForkRAM{State: dev, f: f}, nil
+	var st unix.Stat_t
+	if err = unix.Fstat(fd, &st); err != nil {
+		return nil, err
+	}
+	return &ForkRAM{State: dev, f: f, ino: st.Ino}, nil
 }
