@@ -39,6 +39,18 @@ type Host struct {
 // Observe reads the host: usable CPUs, /proc/meminfo, and the memory of
 // the QEMU guests already running (their -m, whoever started them).
 func Observe() (Host, error) {
+	h, err := observeSize()
+	if err != nil {
+		return h, err
+	}
+	h.CommittedMiB = scanGuests("/proc")
+	return h, nil
+}
+
+// observeSize is Observe without the running guests: what CheckRequest
+// needs. The guests are found by reading every process's command line
+// (~8 ms on a loaded host, and a warm run checks its request twice).
+func observeSize() (Host, error) {
 	h := Host{CPUs: runtime.NumCPU()}
 	total, avail, err := meminfo("/proc/meminfo")
 	if err != nil {
@@ -46,9 +58,11 @@ func Observe() (Host, error) {
 	}
 	h.MemTotalMiB, h.MemAvailMiB = total, avail
 	h.ReserveMiB = reserve(total)
-	h.CommittedMiB = runningGuestsMiB("/proc")
 	return h, nil
 }
+
+// scanGuests is runningGuestsMiB (a variable for tests).
+var scanGuests = runningGuestsMiB
 
 // reserve is $PYRO_HOST_RESERVE_MIB, else a tenth of the host's memory,
 // at least 512 MiB.
@@ -93,7 +107,7 @@ func (h Host) Admit(memMiB int) error {
 // CheckRequest checks a request against the observed host; a host that
 // cannot be read is not held against the request.
 func CheckRequest(vcpus, memMiB int) error {
-	h, err := Observe()
+	h, err := observeSize()
 	if err != nil {
 		return nil
 	}

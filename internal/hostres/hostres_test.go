@@ -111,3 +111,24 @@ func TestCapReader(t *testing.T) {
 		t.Fatalf("past the cap: %v", err)
 	}
 }
+
+// CheckRequest (which only compares a request with the host's size) does
+// not read every process's command line; Observe (admission) does.
+func TestCheckRequestSkipsGuestScan(t *testing.T) {
+	scans := 0
+	old := scanGuests
+	scanGuests = func(string) int { scans++; return 0 }
+	t.Cleanup(func() { scanGuests = old })
+	if err := CheckRequest(1, 128); err != nil {
+		t.Fatal(err)
+	}
+	if scans != 0 {
+		t.Fatalf("CheckRequest scanned the running guests %d times", scans)
+	}
+	if _, err := Observe(); err != nil {
+		t.Fatal(err)
+	}
+	if scans != 1 {
+		t.Fatalf("Observe scanned the running guests %d times, want 1", scans)
+	}
+}

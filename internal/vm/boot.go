@@ -134,7 +134,8 @@ type VM struct {
 	// nil for other boots, and from an agent that does not report it).
 	Inherited *agentapi.Inherited
 
-	netFile  *os.File // the VMM's end of Net's socket
+	netFile  *os.File     // the VMM's end of Net's socket
+	logger   *slog.Logger // Deps.Logger, for the backend's debug lines
 	initrd   string
 	warm     warmState
 	backend  vmm.Backend
@@ -263,7 +264,7 @@ func BootWith(ctx context.Context, steps Steps, d Deps, c Config) (*VM, error) {
 	if err := ValidateResources(c.VCPUs, c.MemMiB); err != nil {
 		return nil, err
 	}
-	v := &VM{ID: c.ID, Dir: c.Dir}
+	v := &VM{ID: c.ID, Dir: c.Dir, logger: d.Logger}
 	if v.ID == "" {
 		v.ID = vmdir.NewID()
 	}
@@ -374,6 +375,7 @@ func (v *VM) spec(c Config) vmm.Spec {
 		// sizes (warm_mounted.go).
 		RestoreSameDisks: v.warm.mounted,
 		HugePages:        c.OneShot,
+		Logger:           v.logger,
 	}
 }
 

@@ -7,6 +7,7 @@ package vmm
 import (
 	"context"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 
@@ -100,6 +101,9 @@ type Spec struct {
 	// (vm.ForkGate). It must return by itself: a hold that fails only
 	// lets the guest continue.
 	Hold func(ctx context.Context, m Machine)
+	// Logger, when not nil, gets the backend's start steps at debug level
+	// (PYRO_LOG=debug: where a start's milliseconds go); nil is silent.
+	Logger *slog.Logger
 }
 
 // Snapshotter is a Backend that can save a running machine: its RAM and

@@ -37,7 +37,7 @@ func TestAdmitAndStartHonoursContext(t *testing.T) {
 	cmd := exec.Command("true")
 	done := make(chan error, 1)
 	go func() {
-		m, err := New(bin, "tcg").admitAndStart(ctx, cmd, vmm.Spec{Dir: vmdir.Dir(t.TempDir()), MemMiB: 64})
+		m, err := New(bin, "tcg").admitAndStart(ctx, cmd, vmm.Spec{Dir: vmdir.Dir(t.TempDir()), MemMiB: 64}, nil)
 		if err == nil {
 			_ = m.Stop(context.Background())
 		}

@@ -82,7 +82,7 @@ func TestForkRAMDescriptor(t *testing.T) {
 	}
 	defer cleanup()
 	n := fdRAM(spec)
-	if n != 3+len(cmd.ExtraFiles)-1 {
+	if n != 3+len(cmd.ExtraFiles)-2 { // the state file comes last (fdState)
 		t.Fatalf("ram descriptor %d of %d", n, 3+len(cmd.ExtraFiles))
 	}
 	f := cmd.ExtraFiles[n-3]

@@ -251,13 +251,15 @@ func (b *Backend) Args(spec vmm.Spec) []string {
 		args = append(args, "-netdev", netdev, "-device", nic)
 	}
 	if spec.RestoreState != "" {
-		// Guest RAM and device state arrive later over QMP (restore): a
-		// read-only descriptor passed with getfd, so QEMU never opens a
-		// path for it and never holds a writable handle on a snapshot.
-		// (QEMU 7.2 opens a memory-backend-file read-write even with
-		// share=off, so mapping a shared RAM file would hand every
-		// restored QEMU the power to rewrite what later restores load.)
-		args = append(args, "-incoming", "defer")
+		// Guest RAM and device state come from a read-only descriptor
+		// handed over at exec (fdState), so QEMU never opens a path for
+		// it and never holds a writable handle on a snapshot. (QEMU 7.2
+		// opens a memory-backend-file read-write even with share=off, so
+		// mapping a shared RAM file would hand every restored QEMU the
+		// power to rewrite what later restores load.) On the command
+		// line, the load begins as soon as the machine exists: no QMP
+		// round trip (getfd, migrate-incoming) comes before it.
+		args = append(args, "-incoming", "fd:"+fd(fdState(spec)))
 		if spec.RestoreRAM != "" {
 			// Main RAM mapped from the saved RAM file, privately
 			// (forkram.go): the default memory backend, so its block
@@ -268,9 +270,19 @@ func (b *Backend) Args(spec vmm.Spec) []string {
 	return args
 }
 
-// fdRAM is the descriptor of spec.RestoreRAM: the last one.
+// fdRAM is the descriptor of spec.RestoreRAM: after a layer chain's
+// lower layers (fdChain).
 func fdRAM(spec vmm.Spec) int {
 	return fdChain(spec) + max(0, len(spec.WorkspaceChain)-1)
+}
+
+// fdState is the descriptor of a restore's state file: the last one,
+// after the RAM file when there is one (fdRAM).
+func fdState(spec vmm.Spec) int {
+	if spec.RestoreRAM != "" {
+		return fdRAM(spec) + 1
+	}
+	return fdRAM(spec)
 }
 
 // netFD is the descriptor of spec.NetworkFile: the one after the disks.
@@ -396,6 +408,15 @@ func (b *Backend) Command(spec vmm.Spec, console io.Writer) (cmd *exec.Cmd, clea
 		extra = append(extra, files[len(files)-1])
 		if len(extra)+2 != fdRAM(spec) {
 			return nil, nil, fmt.Errorf("qemu: ram file would be descriptor %d, not %d", len(extra)+2, fdRAM(spec))
+		}
+	}
+	if spec.RestoreState != "" { // last: fdState
+		if err = open(spec.RestoreState, os.O_RDONLY); err != nil {
+			return nil, nil, err
+		}
+		extra = append(extra, files[len(files)-1])
+		if len(extra)+2 != fdState(spec) {
+			return nil, nil, fmt.Errorf("qemu: state file would be descriptor %d, not %d", len(extra)+2, fdState(spec))
 		}
 	}
 	cmd = exec.Command(b.binary, b.Args(spec)...)

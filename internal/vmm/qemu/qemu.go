@@ -60,6 +60,7 @@ func (b *Backend) Features() vmm.Features {
 
 // Start launches QEMU for spec, once the host's memory can hold it.
 func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) {
+	clock := newStepClock(ctx, spec.Logger)
 	logCap := hostres.Load().ConsoleLogBytes
 	console, err := caplog.Open(spec.Dir.Path(vmdir.ConsoleLog), logCap)
 	if err != nil {
@@ -71,13 +72,14 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error)
 		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "check `pyro doctor`", "prepare qemu")
 	}
 	defer cleanup()
+	clock.mark("files")
 	stderr, err := caplog.Open(spec.Dir.Path(vmmLog), logCap)
 	if err != nil {
 		console.Close()
 		return nil, err
 	}
 	cmd.Stderr = stderr
-	m, err := b.admitAndStart(ctx, cmd, spec)
+	m, err := b.admitAndStart(ctx, cmd, spec, clock)
 	if err != nil {
 		console.Close()
 		stderr.Close()
@@ -85,7 +87,7 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error)
 	}
 	vmm.CloseOnExit(m, console, stderr)
 	if spec.RestoreState != "" {
-		if err := restore(ctx, spec, m); err != nil {
+		if err := restore(ctx, spec, m, clock); err != nil {
 			stopCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			_ = m.Stop(stopCtx)
 			cancel()
@@ -94,6 +96,9 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error)
 			}
 			return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "", "restore guest from its memory snapshot")
 		}
+	}
+	if clock != nil {
+		spec.Logger.Debug("vmm started", "vm_id", spec.ID, "restore", spec.RestoreState != "", "ms", clock.String())
 	}
 	return m, nil
 }
@@ -107,7 +112,7 @@ const vmmLog = "vmm.log"
 // it), so two guests starting at once cannot both take the last memory.
 // The wait for the lock ends with ctx (a start stuck under it holds no
 // other start forever).
-func (b *Backend) admitAndStart(ctx context.Context, cmd *exec.Cmd, spec vmm.Spec) (vmm.Machine, error) {
+func (b *Backend) admitAndStart(ctx context.Context, cmd *exec.Cmd, spec vmm.Spec, clock *stepClock) (vmm.Machine, error) {
 	if f, err := os.Open(b.binary); err == nil {
 		defer f.Close()
 		if err := fsutil.LockContext(ctx, f); err != nil {
@@ -120,11 +125,13 @@ func (b *Backend) admitAndStart(ctx context.Context, cmd *exec.Cmd, spec vmm.Spe
 			defer unix.Flock(int(f.Fd()), unix.LOCK_UN)
 		}
 	}
+	clock.mark("lock")
 	if h, err := hostres.Observe(); err == nil {
 		if err := h.Admit(spec.MemMiB); err != nil {
 			return nil, err
 		}
 	}
+	clock.mark("admit")
 	var m vmm.Machine
 	err := startWithHugePages(spec.HugePages, func() (err error) { // hugepages.go
 		m, err = vmm.StartMachine(cmd, spec.Dir, vmmLog, "qemu")
@@ -133,6 +140,7 @@ func (b *Backend) admitAndStart(ctx context.Context, cmd *exec.Cmd, spec vmm.Spe
 	if err != nil {
 		return nil, errdefs.Wrap(errdefs.ErrUnavailable, err, "check `pyro doctor`", "start qemu")
 	}
+	clock.mark("exec")
 	return m, nil
 }
 

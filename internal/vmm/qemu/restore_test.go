@@ -46,7 +46,7 @@ func TestForkRestoreKeepsDiskSize(t *testing.T) {
 			}
 		}
 		spec := vmm.Spec{Dir: dir, RestoreState: state, WorkspaceDisk: disk, RestoreFork: fork}
-		if err := restore(context.Background(), spec, idleMachine{make(chan struct{})}); err != nil {
+		if err := restore(context.Background(), spec, idleMachine{make(chan struct{})}, nil); err != nil {
 			t.Fatalf("fork %v: %v", fork, err)
 		}
 		if resized := slices.Contains(f.commands(), "block_resize"); resized == fork {
@@ -86,12 +86,12 @@ func TestRestoreHoldsLoadedGuest(t *testing.T) {
 	holds := 0
 	spec := vmm.Spec{Dir: dir, RestoreState: state, RestoreFork: true, Hold: func(context.Context, vmm.Machine) {
 		holds++
-		if cmds := f.commands(); !slices.Contains(cmds, "migrate-incoming") || slices.Contains(cmds, "cont") {
+		if cmds := f.commands(); !slices.Contains(cmds, "query-migrate") || slices.Contains(cmds, "cont") { // loaded, not continued
 			t.Errorf("held after %v", cmds)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}}
-	if err := restore(context.Background(), spec, idleMachine{make(chan struct{})}); err != nil {
+	if err := restore(context.Background(), spec, idleMachine{make(chan struct{})}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if holds != 1 || !slices.Contains(f.commands(), "cont") {
