@@ -81,7 +81,7 @@ if [ -n "$DOCKER" ]; then
   docker exec "$CID" mkdir -p /workspace/c; sync; s=$(now_ms); docker cp "$T/tree/." "$CID:/workspace/c"; d_pushc=$(since_s "$s")
 fi
 echo "push running, checkpoints ($x): pyro ${p_pushc}s  docker ${d_pushc:-n/a}s  ratio $(ratio "$p_pushc" "$d_pushc")  (goal <= 1.5x)"
-echo "  steps (ms): $(grep -o 'msg="host push into the running workspace" total_ms=[0-9.]* steps="[^"]*"' "$T/pushc.log" | sed -e 's/.*total_ms=/total=/' -e 's/ steps="/ /' -e 's/"$//')"
+echo "  steps (ms): $(grep -o 'msg="host push into the running workspace" total_ms=[0-9.]* steps="[^"]*"' "$T/pushc.log" | sed -e 's/.*total_ms=/total=/' -e 's/ steps="/ /' -e 's/"$//') $(grep -o 'listing=[a-z]*' "$T/pushc.log" | head -1)"
 #    ... and into that workspace once stopped: a stopped checkpointed
 #    workspace has no guest to list its upper layer for the push's
 #    checkpoint, so the push asks for a start first; the row then times
