@@ -172,15 +172,31 @@ func (c *Client) ForkWorkspace(ctx context.Context, id string, opts ForkWorkspac
 		// making a fork's directory is file work).
 		// The forks map the saved RAM instead of each reading it
 		// (internal/vm/forkram.go); when the state cannot be split they
-		// read it as saved.
-		t := time.Now()
-		if ram, err := vm.SplitForkRAM(saved.State, int64(rec.MemMiB)<<20); err == nil {
-			defer ram.Close()
-			saved.State, saved.RAM, saved.RAMInode = ram.State, ram.Path(), ram.Inode()
-			c.logger.Debug("fork ram split", "ms", time.Since(t).Milliseconds())
-		} else {
-			c.logger.Debug("fork ram split", "err", err)
-		}
+		// read it as saved. The split runs while the forks' directories
+		// are made (file work); each fork's plan waits for it.
+		var ram *vm.ForkRAM
+		var splitErr error
+		splitDone := make(chan struct{})
+		go func() {
+			defer close(splitDone)
+			t := time.Now()
+			ram, splitErr = vm.SplitForkRAM(saved.State, int64(rec.MemMiB)<<20)
+			c.logger.Debug("fork ram split", "ms", time.Since(t).Milliseconds(), "at_ms", time.Since(start).Milliseconds(), "err", splitErr)
+		}()
+		defer func() {
+			<-splitDone
+			if ram != nil {
+				ram.Close() // every fork's QEMU has its own hold of it now
+			}
+		}()
+		planOf := sync.OnceValues(func() ([]byte, error) {
+			<-splitDone
+			src := saved.ForkSource
+			if splitErr == nil {
+				src.State, src.RAM, src.RAMInode = ram.State, ram.Path(), ram.Inode()
+			}
+			return json.Marshal(src)
+		})
 		forks := make([]ForkedWorkspace, len(names))
 		errs := make([]error, len(names))
 		slots := make(chan struct{}, forkParallel)
@@ -199,9 +215,9 @@ func (c *Client) ForkWorkspace(ctx context.Context, id string, opts ForkWorkspac
 		}
 		var wg sync.WaitGroup
 		var err error
-		made, recs, err = c.makeForks(ctx, dir, rec, names, opts.WithSecrets, saved, func(i int, d vmdir.Dir, r instance.Record, synced <-chan error) {
+		made, recs, err = c.makeForks(ctx, dir, rec, names, opts.WithSecrets, saved.Disk, func(i int, d vmdir.Dir, r instance.Record, synced <-chan error) {
 			wg.Go(func() {
-				forks[i], errs[i] = c.startFork(ctx, slots, d, r, synced, gate)
+				forks[i], errs[i] = c.startFork(ctx, slots, d, r, synced, gate, planOf)
 			})
 		})
 		if gate != nil && err != nil {
@@ -275,23 +291,20 @@ func (c *Client) forkInherited(ctx context.Context, d vmdir.Dir, rec instance.Re
 }
 
 // makeForks creates the forks' directories and records, and calls each
-// with each fork as soon as it is whole (the caller starts it): each gets
+// with each fork as soon as it is whole (the caller writes its plan and
+// starts it): each gets
 // its own copy of the saved upper layer, the source's baseline (a hard
 // link: it is never written), its baseline record, history and, when
-// asked, secrets, and the state its first boot restores. The disk copy is
+// asked, secrets. The disk copy is
 // made in the kernel and synced in the background: synced says when it
 // is durable (the fork is not handed out before).
-func (c *Client) makeForks(ctx context.Context, src vmdir.Dir, srcRec instance.Record, names []string, withSecrets bool, saved lifecycle.Saved, each func(i int, d vmdir.Dir, rec instance.Record, synced <-chan error)) (made []vmdir.Dir, recs []instance.Record, err error) {
+func (c *Client) makeForks(ctx context.Context, src vmdir.Dir, srcRec instance.Record, names []string, withSecrets bool, disk string, each func(i int, d vmdir.Dir, rec instance.Record, synced <-chan error)) (made []vmdir.Dir, recs []instance.Record, err error) {
 	unlock, err := c.lockNames(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer unlock()
 	sm := metaOf(srcRec)
-	plan, err := json.Marshal(saved.ForkSource)
-	if err != nil {
-		return nil, nil, err
-	}
 	for _, name := range names {
 		t := time.Now()
 		if name != "" {
@@ -316,7 +329,7 @@ func (c *Client) makeForks(ctx context.Context, src vmdir.Dir, srcRec instance.R
 				return err
 			}
 			rec.WorkspaceDisk, rec.WorkspaceBase = dir.Path(workspace.DiskFile), dir.Path(workspace.BaseFile)
-			if err := workspace.CopyFreshDisk(saved.Disk, rec.WorkspaceDisk); err != nil {
+			if err := workspace.CopyFreshDisk(disk, rec.WorkspaceDisk); err != nil {
 				return fmt.Errorf("copy the workspace disk: %w", err)
 			}
 			go func(disk string) { synced <- workspace.SyncFile(disk) }(rec.WorkspaceDisk)
@@ -334,7 +347,7 @@ func (c *Client) makeForks(ctx context.Context, src vmdir.Dir, srcRec instance.R
 				}
 			}
 			setMeta(rec, m)
-			return fsutil.WriteFileAtomic(dir.Path(supervisor.ForkFile), plan, 0o600)
+			return nil // startFork writes the plan its first boot restores
 		})
 		if err != nil {
 			return made, recs, fmt.Errorf("create fork: %w", err)
@@ -350,7 +363,7 @@ func (c *Client) makeForks(ctx context.Context, src vmdir.Dir, srcRec instance.R
 // run forkParallel at a time), marks it complete once it runs and its
 // disk is synced, and asks it what it inherited after giving the slot
 // back, so that the question overlaps the next fork's restore.
-func (c *Client) startFork(ctx context.Context, slots chan struct{}, d vmdir.Dir, rec instance.Record, synced <-chan error, gate *vm.ForkGate) (ForkedWorkspace, error) {
+func (c *Client) startFork(ctx context.Context, slots chan struct{}, d vmdir.Dir, rec instance.Record, synced <-chan error, gate *vm.ForkGate, planOf func() ([]byte, error)) (ForkedWorkspace, error) {
 	done := func() {}
 	if gate != nil {
 		done = sync.OnceFunc(gate.Done) // the next held fork may run
@@ -360,6 +373,17 @@ func (c *Client) startFork(ctx context.Context, slots chan struct{}, d vmdir.Dir
 	case slots <- struct{}{}:
 	case <-ctx.Done():
 		return ForkedWorkspace{}, fmt.Errorf("start fork %s: %w", rec.ID, ctx.Err())
+	}
+	// The plan (supervisor.ForkFile) makes the fork's first boot a
+	// restore of the saved state; until it is written the fork is only
+	// half made (reconciled away if this process dies).
+	plan, err := planOf()
+	if err == nil {
+		err = fsutil.WriteFileAtomic(d.Path(supervisor.ForkFile), plan, 0o600)
+	}
+	if err != nil {
+		<-slots
+		return ForkedWorkspace{}, fmt.Errorf("start fork %s: %w", rec.ID, err)
 	}
 	t := time.Now()
 	st, err := c.lc.Start(ctx, d, rec)

@@ -13,6 +13,9 @@
 #                   of before it (forks then connect at once)
 #   fork total      wall time of the fork command (all forks running), and
 #                   its ratio to the 3 s goal
+#   timeline        the fork command's steps (PYRO_LOG=debug): source
+#                   saved, saved RAM split out for the forks to map, every
+#                   fork loaded (paused at the gate), all running
 #   per fork        each fork's boot, and its restore and identity steps
 #                   (from its supervisor log)
 #   fork cpu        each fork's QEMU CPU time (user+system) when the fork
@@ -65,7 +68,8 @@ qcpu() { awk -v t="$tck" '{ sub(/^.*\) /, ""); print int(($12 + $13) * 1000 / t)
 src_pid=$(awk '{print $1}' "$home/workspaces/$id/vmm.pid")
 src_cpu0=$(qcpu "$src_pid")
 start=$(date +%s%N)
-"$PYRO" workspace fork --json --count "$COUNT" "$id" >"$home/fork.json"
+# PYRO_LOG=debug: the fork command's own timeline goes to fork.log.
+PYRO_LOG=debug "$PYRO" workspace fork --json --count "$COUNT" "$id" >"$home/fork.json" 2>"$home/fork.log"
 total=$(( ($(date +%s%N) - start) / 1000000 ))
 # Each fork's QEMU CPU so far (read at once: idle guests keep using some).
 src_cpu=$(( $(qcpu "$src_pid") - src_cpu0 ))
@@ -92,6 +96,9 @@ printf 'fork %d ways of a workspace running a service (%s)\n' "$COUNT" "$ENVNAME
 printf '  source paused  %6d ms\n' "$(jq .source_paused_ms "$home/fork.json")"
 printf '  save           %6d ms   (agent released: %s)\n' "$(jq .save_ms "$home/fork.json")" "${released:-unknown}"
 printf '  fork total     %6d ms   (goal: <= 3000 ms for 10; %s x goal)\n' "$total" "$(echo "scale=2; $total / 3000" | bc)"
+cli() { grep -h "msg=\"$1\"" "$home/fork.log" 2>/dev/null | grep -o " ${2:-ms}=[0-9-]*" | head -1 | cut -d= -f2; }
+printf '  timeline       saved at %s ms, ram split in %s ms (done at %s ms), all forks loaded at %s ms, all running at %s ms\n' \
+  "$(cli 'fork saved')" "$(cli 'fork ram split')" "$(cli 'fork ram split' at_ms)" "$(cli 'fork gate full')" "$(cli 'forks running')"
 printf '  per fork boot  %s ms\n' "$(jq -c '[.forks[].boot_ms]' "$home/fork.json")"
 printf '    loaded       [%s] ms, qemu cpu [%s] ms (QEMU started, state read, guest paused)\n' "$(steps 'fork loaded')" "$(steps 'fork loaded' vmm_cpu_ms)"
 printf '    gate wait    [%s] ms (paused until every fork had loaded)\n' "$(steps 'fork released' wait_ms)"
