@@ -213,9 +213,14 @@ func (c *Client) ForkWorkspace(ctx context.Context, id string, opts ForkWorkspac
 		} else {
 			c.logger.Debug("fork gate", "err", gerr)
 		}
+		// Each fork is made with a plan that restores the state as saved
+		// (RAM included): no fork is ever visible without one (makeForks).
+		plan0, err := json.Marshal(saved.ForkSource)
+		if err != nil {
+			return err
+		}
 		var wg sync.WaitGroup
-		var err error
-		made, recs, err = c.makeForks(ctx, dir, rec, names, opts.WithSecrets, saved.Disk, func(i int, d vmdir.Dir, r instance.Record, synced <-chan error) {
+		made, recs, err = c.makeForks(ctx, dir, rec, names, opts.WithSecrets, saved.Disk, plan0, func(i int, d vmdir.Dir, r instance.Record, synced <-chan error) {
 			wg.Go(func() {
 				forks[i], errs[i] = c.startFork(ctx, slots, d, r, synced, gate, planOf)
 			})
@@ -298,7 +303,7 @@ func (c *Client) forkInherited(ctx context.Context, d vmdir.Dir, rec instance.Re
 // asked, secrets. The disk copy is
 // made in the kernel and synced in the background: synced says when it
 // is durable (the fork is not handed out before).
-func (c *Client) makeForks(ctx context.Context, src vmdir.Dir, srcRec instance.Record, names []string, withSecrets bool, disk string, each func(i int, d vmdir.Dir, rec instance.Record, synced <-chan error)) (made []vmdir.Dir, recs []instance.Record, err error) {
+func (c *Client) makeForks(ctx context.Context, src vmdir.Dir, srcRec instance.Record, names []string, withSecrets bool, disk string, plan []byte, each func(i int, d vmdir.Dir, rec instance.Record, synced <-chan error)) (made []vmdir.Dir, recs []instance.Record, err error) {
 	unlock, err := c.lockNames(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -346,8 +351,18 @@ func (c *Client) makeForks(ctx context.Context, src vmdir.Dir, srcRec instance.R
 					return err
 				}
 			}
+			// The plan is written before the record makes the fork
+			// visible: a fork without one reads as an ordinary stopped
+			// workspace (a host push would write its disk under the
+			// memory state its first boot restores; a start would boot
+			// it cold, and the plan written after would make a later
+			// boot restore a state long gone). startFork replaces it
+			// with the plan that maps the split RAM.
+			if err := fsutil.WriteFileAtomic(dir.Path(supervisor.ForkFile), plan, 0o600); err != nil {
+				return err
+			}
 			setMeta(rec, m)
-			return nil // startFork writes the plan its first boot restores
+			return nil
 		})
 		if err != nil {
 			return made, recs, fmt.Errorf("create fork: %w", err)
@@ -379,7 +394,12 @@ func (c *Client) startFork(ctx context.Context, slots chan struct{}, d vmdir.Dir
 	// half made (reconciled away if this process dies).
 	plan, err := planOf()
 	if err == nil {
-		err = fsutil.WriteFileAtomic(d.Path(supervisor.ForkFile), plan, 0o600)
+		// Replaced only while it is there: a concurrent start that booted
+		// the fork removed it, and a plan written again would make the
+		// fork's next boot restore a state long gone.
+		if _, serr := os.Lstat(d.Path(supervisor.ForkFile)); serr == nil {
+			err = fsutil.WriteFileAtomic(d.Path(supervisor.ForkFile), plan, 0o600)
+		}
 	}
 	if err != nil {
 		<-slots
