@@ -182,18 +182,6 @@ func kvmGroup(acct *Account) (uint32, string) {
 	return 0, fmt.Sprintf("/dev/kvm (mode %o, gid %d) is open to root only", m, sys.Gid)
 }
 
-// tcgCPU is a TCG guest's CPU: QEMU's default model (qemu64) with ARAT,
-// the local APIC timer that keeps running in idle states. Without it the
-// guest kernel marks its only timer as stopping in deep idle and, with no
-// broadcast timer on a microvm, never stops its tick: every idle guest
-// took 250 timer interrupts a second (/proc/timer_list nohz_mode 0), each
-// run by TCG, ~43 ms of a host core per second per idle workspace, which
-// idle forks and their source took from the forks still restoring. With
-// it the idle guest's tick stops (nohz_mode 2): ~3 ms/s measured. TCG
-// emulates ARAT; the model is part of SnapshotIdentity, so a snapshot
-// saved with another CPU is never restored under this one.
-const tcgCPU = "qemu64,+arat"
-
 // Args returns QEMU's command line for spec, with every file given as the
 // descriptors of the layout above.
 func (b *Backend) Args(spec vmm.Spec) []string {
@@ -212,30 +200,25 @@ func (b *Backend) Args(spec vmm.Spec) []string {
 		"-name", spec.Dir.VMMName(),
 		"-M", machine,
 		"-accel", b.accel,
-	}
-	if b.accel == "tcg" {
-		args = append(args, "-cpu", tcgCPU)
-	}
-	args = append(args,
 		"-m", strconv.Itoa(spec.MemMiB),
 		"-smp", strconv.Itoa(spec.VCPUs),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		// The console goes to stdout, read by pyro under a size cap.
 		"-serial", "stdio",
-		"-chardev", "socket,id=qmp,fd="+fd(fdQMP)+",server=on,wait=off",
+		"-chardev", "socket,id=qmp,fd=" + fd(fdQMP) + ",server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",
-		"-kernel", "/proc/self/fd/"+fd(fdKernel),
-		"-initrd", "/proc/self/fd/"+fd(fdInitrd),
+		"-kernel", "/proc/self/fd/" + fd(fdKernel),
+		"-initrd", "/proc/self/fd/" + fd(fdInitrd),
 		"-append", strings.Join(cmdline, " "),
 		"-add-fd", fmt.Sprintf("fd=%d,set=%d", fdRoot, fdsetRoot),
 		"-drive", fmt.Sprintf("id=root,file=/dev/fdset/%d,format=raw,if=none,readonly=on", fdsetRoot),
 		"-device", "virtio-blk-device,drive=root",
 		"-device", "virtio-serial-device",
-		"-chardev", "socket,id=agent,fd="+fd(fdAgent)+",server=on,wait=off",
+		"-chardev", "socket,id=agent,fd=" + fd(fdAgent) + ",server=on,wait=off",
 		// The id makes QEMU report the guest opening and closing the port
 		// (VSERPORT_CHANGE), which Save waits for.
-		"-device", "virtserialport,id="+agentPortID+",chardev=agent,name="+AgentPortName,
-	)
+		"-device", "virtserialport,id=" + agentPortID + ",chardev=agent,name=" + AgentPortName,
+	}
 	if spec.WorkspaceDisk != "" {
 		args = append(args, workspaceDrive(spec)...) // blocklayers.go
 		if spec.WorkspaceBase != "" {

@@ -194,9 +194,6 @@ func restore(ctx context.Context, spec vmm.Spec, m vmm.Machine, clock *stepClock
 // reading them costs no process start.
 func (b *Backend) SnapshotIdentity() string {
 	id := b.binary + " " + b.accel
-	if b.accel == "tcg" {
-		id += " " + tcgCPU
-	}
 	if st, err := os.Stat(b.binary); err == nil {
 		id += fmt.Sprintf(" %d %d", st.Size(), st.ModTime().UnixNano())
 	}
