@@ -17,6 +17,16 @@ import (
 // what it got) and a client dialling it over net.Pipe, counting dials.
 func firstPair(t *testing.T) (*agentapi.Client, *atomic.Int32, *[]agentapi.IdentityRequest) {
 	t.Helper()
+	dial, dials, applied := firstDial(t)
+	c := agentapi.NewClient(dial)
+	t.Cleanup(func() { c.Close() })
+	return c, dials, applied
+}
+
+// firstDial is firstPair's agent and its dialler: each client made with
+// it is another host of the same agent (a fork's, after the source's).
+func firstDial(t *testing.T) (func(context.Context) (net.Conn, error), *atomic.Int32, *[]agentapi.IdentityRequest) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	a := New(Options{Version: "first-test"})
@@ -30,18 +40,17 @@ func firstPair(t *testing.T) (*agentapi.Client, *atomic.Int32, *[]agentapi.Ident
 		return agentapi.IdentityResponse{Hostname: req.Hostname, MachineID: req.MachineID, Health: a.health()}, nil
 	}
 	var dials atomic.Int32
-	c := agentapi.NewClient(func(context.Context) (net.Conn, error) {
+	dial := func(context.Context) (net.Conn, error) {
 		dials.Add(1)
 		host, guest := net.Pipe()
 		wg.Go(func() { _ = a.Serve(ctx, guest) })
 		return host, nil
-	})
+	}
 	t.Cleanup(func() {
-		c.Close()
 		cancel()
 		wg.Wait()
 	})
-	return c, &dials, &applied
+	return dial, &dials, &applied
 }
 
 func firstIdentity() agentapi.IdentityRequest {
@@ -153,3 +162,56 @@ func TestFirstCallLeavesSecretCommands(t *testing.T) {
 }
 
 const testTimeout = 30 * time.Second
+
+// A fork's identity goes in the first-call frame with its question: the
+// answer names the same services, shells and jobs the list endpoints
+// report, the health says the agent answers it, and the channel then
+// carries the usual session (one dial).
+func TestFirstCallInherited(t *testing.T) {
+	dial, dials, applied := firstDial(t)
+	c := agentapi.NewClient(dial)
+	defer c.Close()
+	dir := t.TempDir()
+	if _, err := c.StartService(testCtx(t), agentapi.ServiceStartRequest{Name: "web", Argv: []string{"sleep", "30"}, Cwd: dir}); err != nil {
+		t.Fatal(err)
+	}
+	stopAfter(t, c, "web")
+	sh, err := c.OpenShell(testCtx(t), agentapi.ShellOpenRequest{Cwd: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.CloseShell(context.Background(), sh.ShellID) })
+	if _, err := c.StartJob(testCtx(t), agentapi.ExecRequest{Argv: []string{"true"}, Cwd: dir}); err != nil {
+		t.Fatal(err)
+	}
+	svcs, err1 := c.ListServices(testCtx(t))
+	shells, err2 := c.ListShells(testCtx(t))
+	jobs, err3 := c.ListJobs(testCtx(t))
+	if err1 != nil || err2 != nil || err3 != nil {
+		t.Fatal(err1, err2, err3)
+	}
+	// A fork's host: a new client whose first call asks.
+	fork := agentapi.NewClient(dial)
+	defer fork.Close()
+	before := dials.Load()
+	req := firstIdentity()
+	req.Inherited = true
+	resp, err := fork.First(testCtx(t), testTimeout, req, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(*applied) != 1 || !(*applied)[0].Inherited || !resp.Health.FirstInherited || resp.Inherited == nil {
+		t.Fatalf("applied %+v, answer %+v", *applied, resp)
+	}
+	in := resp.Inherited
+	if len(in.Services) != 1 || in.Services[0].Name != "web" || in.Services[0].PID != svcs[0].PID ||
+		len(in.Shells) != 1 || in.Shells[0].ShellID != sh.ShellID || len(in.Jobs) != len(jobs) || len(jobs) != 1 || in.Jobs[0].JobID != jobs[0].JobID {
+		t.Fatalf("inherited %+v\nlists %+v %+v %+v", in, svcs, shells, jobs)
+	}
+	if !in.Services[0].StartedAt.Equal(svcs[0].StartedAt) || in.Shells[0].PID != shells[0].PID {
+		t.Fatalf("inherited %+v\nlists %+v %+v", in, svcs, shells)
+	}
+	if _, err := fork.Health(testCtx(t)); err != nil || dials.Load() != before+1 {
+		t.Fatalf("session after the frame: %v, %d dials", err, dials.Load()-before)
+	}
+}

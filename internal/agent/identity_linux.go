@@ -93,6 +93,11 @@ func (s *Agent) identify(req agentapi.IdentityRequest, st *steps) (agentapi.Iden
 	// quiet epochs on from the same value: start afresh.
 	s.quiet.reseed(req.Entropy)
 	st.mark("quiet")
+	if req.Inherited {
+		// After the identity, as the JSON call and the first frame
+		// answer it (first.go): what a fork still runs.
+		resp.Inherited = s.inherited()
+	}
 	resp.Timings = st.String()
 	return resp, nil
 }
@@ -165,9 +170,6 @@ func (s *Agent) applyIdentity(req agentapi.IdentityRequest, st *steps) (agentapi
 	// tty and UART code of a kernel that a restore has not translated yet.
 	s.log.Debug("identity refreshed", "hostname", req.Hostname, "workspace", resp.Workspace)
 	resp.Health = s.health()
-	if req.Inherited {
-		resp.Inherited = s.inherited()
-	}
 	return resp, nil
 }
 

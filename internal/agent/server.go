@@ -148,7 +148,8 @@ func New(opts Options) *Agent {
 	a.shells = &shellManager{a: a, shells: map[string]*shell{}}
 	a.jobs = &jobManager{a: a, jobs: map[string]*job{}}
 	a.handler = a.routes()
-	a.static = agentapi.Health{AgentVersion: opts.Version, VCPUs: runtime.NumCPU(), MemTotalKiB: memTotalKiB()}
+	// FirstInherited: serveFirst answers a fork's Inherited (first.go).
+	a.static = agentapi.Health{AgentVersion: opts.Version, VCPUs: runtime.NumCPU(), MemTotalKiB: memTotalKiB(), FirstInherited: true}
 	if a.static.AgentVersion == "" {
 		a.static.AgentVersion = buildVersion()
 	}

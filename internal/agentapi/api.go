@@ -204,6 +204,10 @@ type Health struct {
 	InitStartedMS  int64 `json:"init_started_ms,omitempty"`
 	RootReadyMS    int64 `json:"root_ready_ms,omitempty"`
 	AgentStartedMS int64 `json:"agent_started_ms,omitempty"`
+	// FirstInherited: the agent answers a fork's question (Inherited) in
+	// a first-call frame (first_inherited.go), so a host forking this
+	// guest may send it there; false from an older agent.
+	FirstInherited bool `json:"first_inherited,omitempty"`
 }
 
 // ExecRequest runs one command. Exactly one of Argv and Shell is set.

@@ -35,7 +35,8 @@ import (
 // string is a u32 length and its bytes.
 //
 // The request is an IdentityRequest applied as PathIdentity applies it
-// (the RNG first, before anything else runs) without Inherited, and
+// (the RNG first, before anything else runs), Inherited included for a
+// fork's guest (first_inherited.go), and
 // optionally a first command (an ExecRequest without SecretEnv:
 // no secret can exist before the identity, which comes first), which the
 // agent starts only once the identity is applied and answered. That
@@ -71,10 +72,10 @@ type FirstRequest struct {
 // EncodeFirstRequest is the whole frame of r (magic and length included).
 func EncodeFirstRequest(r FirstRequest) ([]byte, error) {
 	id := r.Identity
-	if id.Inherited {
-		return nil, errors.New("first call: inherited is asked with the identity call")
-	}
 	var flags uint32
+	if id.Inherited {
+		flags |= firstInherited
+	}
 	if id.MountWorkspace {
 		flags |= firstMountWorkspace
 	}
@@ -137,6 +138,7 @@ func ReadFirstRequest(r io.Reader) (FirstRequest, error) {
 	id.MountWorkspace = flags&firstMountWorkspace != 0
 	id.WorkspaceLayered = flags&firstWorkspaceLayered != 0
 	id.Timings = flags&firstTimings != 0
+	id.Inherited = flags&firstInherited != 0
 	if flags&firstHasExec != 0 {
 		x := &ExecRequest{}
 		x.TimeoutMS = d.i64()
@@ -169,8 +171,20 @@ func ReadFirstRequest(r io.Reader) (FirstRequest, error) {
 }
 
 // EncodeFirstReply is the whole reply frame: resp, or err when the
-// identity failed (then no command ran).
+// identity failed (then no command ran). resp.Inherited, when set, goes
+// with it unless the frame would be too large (the host then asks).
 func EncodeFirstReply(resp IdentityResponse, er *ErrorResponse) ([]byte, error) {
+	if resp.Inherited != nil && er == nil {
+		b, err := encodeFirstReply(resp, nil)
+		if err == nil {
+			return b, nil
+		}
+		resp.Inherited = nil
+	}
+	return encodeFirstReply(resp, er)
+}
+
+func encodeFirstReply(resp IdentityResponse, er *ErrorResponse) ([]byte, error) {
 	var e frameEncoder
 	if er != nil {
 		e.u8(1)
@@ -184,6 +198,12 @@ func EncodeFirstReply(resp IdentityResponse, er *ErrorResponse) ([]byte, error) 
 	if resp.Workspace {
 		flags |= firstMounted
 	}
+	if resp.Health.FirstInherited {
+		flags |= firstKnowsInherited
+	}
+	if resp.Inherited != nil {
+		flags |= firstHasInherited
+	}
 	e.u32(flags)
 	e.str(resp.Timings)
 	h := resp.Health
@@ -195,6 +215,9 @@ func EncodeFirstReply(resp IdentityResponse, er *ErrorResponse) ([]byte, error) 
 	e.i64(h.InitStartedMS)
 	e.i64(h.RootReadyMS)
 	e.i64(h.AgentStartedMS)
+	if resp.Inherited != nil {
+		e.inherited(resp.Inherited)
+	}
 	return e.frame()
 }
 
@@ -221,7 +244,8 @@ func readFirstReply(r io.Reader, req IdentityRequest) (IdentityResponse, error) 
 		return IdentityResponse{}, er.Err(0)
 	}
 	resp := IdentityResponse{Hostname: req.Hostname, MachineID: req.MachineID, MAC: req.MAC}
-	resp.Workspace = d.u32()&firstMounted != 0
+	flags := d.u32()
+	resp.Workspace = flags&firstMounted != 0
 	resp.Timings = d.str()
 	h := &resp.Health
 	h.AgentVersion = d.str()
@@ -232,6 +256,13 @@ func readFirstReply(r io.Reader, req IdentityRequest) (IdentityResponse, error) 
 	h.InitStartedMS = d.i64()
 	h.RootReadyMS = d.i64()
 	h.AgentStartedMS = d.i64()
+	h.FirstInherited = flags&firstKnowsInherited != 0
+	if flags&firstHasInherited != 0 {
+		if !req.Inherited {
+			return IdentityResponse{}, errors.New("first call: the agent answered what was not asked (inherited)")
+		}
+		resp.Inherited = d.inherited()
+	}
 	if d.err != nil {
 		return IdentityResponse{}, fmt.Errorf("first call: %w", d.err)
 	}

@@ -3,9 +3,11 @@ package agentapi
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 // What the host encodes is what the agent decodes, field for field.
@@ -32,7 +34,6 @@ func TestFirstRequestRoundTrip(t *testing.T) {
 		t.Fatalf("decoded %+v\nwant %+v", out, in)
 	}
 	for _, bad := range []FirstRequest{
-		{Identity: IdentityRequest{Inherited: true}},
 		{Exec: &ExecRequest{Shell: "x", SecretEnv: map[string]string{"A": ""}}},
 		{Exec: &ExecRequest{Shell: strings.Repeat("x", MaxFirstBytes)}},
 	} {
@@ -101,4 +102,136 @@ func TestFirstFrameBounds(t *testing.T) {
 	if _, err := readFirstReply(bytes.NewReader(ok), IdentityRequest{MountWorkspace: true}); err == nil {
 		t.Fatal("an unmounted workspace was taken as mounted")
 	}
+}
+
+// A fork's question (what the guest still runs) and its answer travel in
+// the first-call frames, every field as the JSON call carries it; an
+// answer too large for a frame is left out (the host then asks), and one
+// not asked for is refused.
+func TestFirstInheritedRoundTrip(t *testing.T) {
+	req := firstIdentityForTest()
+	req.Inherited = true
+	frame, err := EncodeFirstRequest(FirstRequest{Identity: req})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ReadFirstRequest(bytes.NewReader(frame[len(FirstMagic):]))
+	if err != nil || !got.Identity.Inherited {
+		t.Fatalf("request %+v, %v", got.Identity, err)
+	}
+	code, at := 137, time.Unix(1700000000, 123).UTC()
+	east := time.Unix(1700000001, 5).In(time.FixedZone("", 5*3600+1800))
+	in := &Inherited{
+		Services: []ServiceStatus{
+			{Name: "web", State: ServiceRunning, Argv: []string{"/bin/sh", "-c", "x"}, Cwd: "/workspace", PID: 42,
+				Readiness: &ServiceReadiness{Type: "http", URL: "http://127.0.0.1:8080/", ExpectStatus: 204, Path: "p", Address: "a", Command: "c"},
+				StartedAt: at, ReadyAt: &east, RestartCount: 2, LastProbeError: "refused"},
+			{Name: "old", State: ServiceExited, Argv: []string{}, ExitCode: &code, Signal: "SIGKILL", StoppedAt: &at, Error: "e"},
+		},
+		Shells: []ShellInfo{{ShellID: "sh1", PID: 7, Cwd: "/", Cols: 80, Rows: 24, State: "running", Argv: []string{"bash"}, StartedAt: east, EndCursor: 99}},
+		Jobs:   []JobInfo{{JobID: "j1", Command: "make", State: "exited", ExitCode: &code, TimedOut: true, StartedAt: at, EndCursor: 5}},
+	}
+	reply, err := EncodeFirstReply(IdentityResponse{Health: Health{AgentVersion: "v", FirstInherited: true}, Inherited: in}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := readFirstReply(bytes.NewReader(reply), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := json.Marshal(in)
+	have, _ := json.Marshal(resp.Inherited)
+	if string(want) != string(have) || !resp.Health.FirstInherited {
+		t.Fatalf("inherited %s\nwant %s (health %+v)", have, want, resp.Health)
+	}
+	// Not asked for: refused.
+	if _, err := readFirstReply(bytes.NewReader(reply), firstIdentityForTest()); err == nil {
+		t.Fatal("an inherited answer nobody asked for was taken")
+	}
+	// Too large for a frame: the reply goes without it.
+	big := &Inherited{Jobs: []JobInfo{{JobID: strings.Repeat("j", MaxFirstBytes)}}}
+	reply, err = EncodeFirstReply(IdentityResponse{Health: Health{FirstInherited: true}, Inherited: big}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, err = readFirstReply(bytes.NewReader(reply), req); err != nil || resp.Inherited != nil || !resp.Health.FirstInherited {
+		t.Fatalf("large answer: %+v, %v", resp, err)
+	}
+	// An agent of 0a1df22 ignores the question: no answer, no claim.
+	reply, _ = EncodeFirstReply(IdentityResponse{Health: Health{AgentVersion: "v"}}, nil)
+	if resp, err = readFirstReply(bytes.NewReader(reply), req); err != nil || resp.Inherited != nil || resp.Health.FirstInherited {
+		t.Fatalf("older agent: %+v, %v", resp, err)
+	}
+}
+
+// The inherited answer's counts and lengths are checked against the bytes
+// left: a service count of 2^31, a truncated list, a lying zone offset.
+func TestFirstInheritedBounds(t *testing.T) {
+	req := firstIdentityForTest()
+	req.Inherited = true
+	head := func() frameEncoder {
+		var e frameEncoder
+		e.u8(0)
+		e.u32(firstHasInherited)
+		e.str("")
+		e.str("v")
+		e.str("k")
+		for range 6 {
+			e.i64(0)
+		}
+		return e
+	}
+	reply := func(e frameEncoder) []byte {
+		b, err := e.frame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	e := head()
+	e.u32(1 << 31)
+	if _, err := readFirstReply(bytes.NewReader(reply(e)), req); err == nil || !strings.Contains(err.Error(), "count") {
+		t.Fatalf("service count: %v", err)
+	}
+	e = head()
+	e.u32(0)
+	e.u32(0)
+	e.u32(1) // one job, then nothing
+	e.str("j1")
+	if _, err := readFirstReply(bytes.NewReader(reply(e)), req); err == nil {
+		t.Fatal("a truncated job was read")
+	}
+	e = head()
+	e.u32(0)
+	e.u32(1)
+	e.str("sh")
+	e.i64(1)
+	e.str("/")
+	e.i64(80)
+	e.i64(24)
+	e.str("running")
+	e.bool(false)
+	e.strs(nil)
+	e.bool(true)
+	e.i64(1)
+	e.i64(1 << 40) // offset
+	e.i64(0)
+	e.u32(0)
+	if _, err := readFirstReply(bytes.NewReader(reply(e)), req); err == nil || !strings.Contains(err.Error(), "offset") {
+		t.Fatalf("zone offset: %v", err)
+	}
+	// A strings count past the frame's end inside a service.
+	e = head()
+	e.u32(1)
+	e.str("web")
+	e.str("running")
+	e.bool(true)
+	e.u32(0xffffffff)
+	if _, err := readFirstReply(bytes.NewReader(reply(e)), req); err == nil || !strings.Contains(err.Error(), "count") {
+		t.Fatalf("argv count: %v", err)
+	}
+}
+
+func firstIdentityForTest() IdentityRequest {
+	return IdentityRequest{Entropy: []byte{1, 2}, UnixNano: 1, Hostname: "pyro-0a1b2c3d", MachineID: strings.Repeat("f", 32)}
 }

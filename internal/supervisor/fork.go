@@ -140,7 +140,7 @@ func (s *server) forkSave(ctx context.Context, req ForkSaveRequest) (res ForkSav
 	// cache while the fork call runs, and nothing reads it after a crash
 	// (the staging directory is swept, forks not yet running are
 	// reconciled away), so durability would only delay every fork.
-	res = ForkSaveResult{ForkSource: vm.ForkSource{State: req.State, Released: saved.Released},
+	res = ForkSaveResult{ForkSource: vm.ForkSource{State: req.State, Released: saved.Released, First: v.Health.FirstInherited},
 		PausedMS: saved.PausedMS, SaveMS: saved.TotalMS, StateBytes: saved.StateBytes, DiskBytes: diskBytes}
 	return res, nil
 }

@@ -50,8 +50,10 @@ func TestForkSaveTakesLayerLock(t *testing.T) {
 	}
 	req := ForkSaveRequest{State: filepath.Join(staging, "state"), Disk: filepath.Join(staging, "upper.img")}
 	done := make(chan error, 1)
+	var res ForkSaveResult
 	go func() {
-		_, err := s.forkSave(context.Background(), req)
+		var err error
+		res, err = s.forkSave(context.Background(), req)
 		done <- err
 	}()
 	select {
@@ -70,5 +72,10 @@ func TestForkSaveTakesLayerLock(t *testing.T) {
 	}
 	if b, err := os.ReadFile(req.Disk); err != nil || string(b) != "after the switch" {
 		t.Fatalf("forks' disk %q %v", b, err)
+	}
+	// The saved agent answers a fork's identity in the first-call frame
+	// (its health says so): the forks send it there.
+	if !res.First {
+		t.Fatalf("fork source %+v: the saved agent's first frame not used", res.ForkSource)
 	}
 }

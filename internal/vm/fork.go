@@ -50,6 +50,10 @@ type ForkSource struct {
 	// caller's descriptor table, which names another file once the
 	// caller closed this one (openForkRAM).
 	RAMInode uint64 `json:"ram_inode,omitempty"`
+	// First: the saved agent answers a fork's identity in a first-call
+	// frame (agentapi.Health.FirstInherited), which forkIdentity then
+	// sends; else, or when the frame fails, the JSON identity call.
+	First bool `json:"first,omitempty"`
 }
 
 // SaveLive saves the running v to state (see vmm.LiveSaver), its agent
@@ -114,7 +118,7 @@ func ForkBoot(src ForkSource) Steps {
 		}).
 		InsertAfter(StepConnectAgent, Step{StepForkIdentity, func(ctx context.Context, d Deps, c Config, v *VM) error {
 			t := time.Now()
-			err := forkIdentity(ctx, d, c, v)
+			err := forkIdentity(ctx, d, c, v, src.First)
 			d.Logger.Info("fork identity", "ms", time.Since(t).Milliseconds(), "vmm_cpu_ms", vmmCPUms(v), "err", err)
 			return err
 		}})
@@ -155,7 +159,11 @@ func restoreFork(ctx context.Context, d Deps, c Config, v *VM, src ForkSource) e
 
 // forkIdentity gives the fork its own identity; its answer is also the
 // guest's health. The workspace is mounted already (MountWorkspace off).
-func forkIdentity(ctx context.Context, _ Deps, c Config, v *VM) error {
+// With first, the identity and the question what the fork runs go in
+// one first-call frame (agentapi/first_inherited.go): the restored guest
+// runs no yamux, net/http or encoding/json code for them, which under
+// TCG it would translate afresh (most of a fork's CPU to its identity).
+func forkIdentity(ctx context.Context, d Deps, c Config, v *VM, first bool) error {
 	req, err := NewIdentity(v.ID, c.Network, "")
 	if err != nil {
 		return err
@@ -170,9 +178,23 @@ func forkIdentity(ctx context.Context, _ Deps, c Config, v *VM) error {
 		case <-ctx.Done():
 		}
 	}()
+	var resp agentapi.IdentityResponse
+	if first {
+		resp, err = v.Agent.First(ctx, agentapi.CallTimeout, req, nil)
+		if err == nil {
+			v.Health, v.Inherited = resp.Health, resp.Inherited
+			v.Start = StartFork
+			return nil
+		}
+		if ctx.Err() != nil {
+			return forkIdentityFailed(v, err)
+		}
+		// Refused or not understood: the JSON call below, as for an
+		// older agent (the identity is idempotent without a mount).
+		d.Logger.Info("fork identity: first-call frame failed, asking over HTTP", "err", err)
+	}
 	// A restored guest that answers late is not a dead one: the call is
 	// asked again (it is idempotent without a mount) until the deadline.
-	var resp agentapi.IdentityResponse
 	for {
 		if resp, err = v.Agent.SetIdentity(ctx, req); err == nil || ctx.Err() != nil || errdefs.Category(err) != errdefs.ErrUnavailable {
 			break
