@@ -407,16 +407,20 @@ func (c *Client) First(ctx context.Context, d time.Duration, req IdentityRequest
 	if err != nil {
 		return IdentityResponse{}, errdefs.Wrap(errdefs.ErrUnavailable, err, unavailableHint, "dial agent channel")
 	}
-	resp, err := firstRoundTrip(ctx, conn, frame, req)
+	resp, sent, err := firstRoundTrip(ctx, conn, frame, req)
 	if err != nil {
 		_ = conn.Close()
-		if ctx.Err() != nil {
-			return IdentityResponse{}, ctxErr(ctx, "first call")
+		refused := ctx.Err() == nil && errdefs.Category(err) != nil // the guest's own answer: nothing ran
+		switch {
+		case ctx.Err() != nil:
+			err = ctxErr(ctx, "first call")
+		case !refused:
+			err = errdefs.Wrap(errdefs.ErrUnavailable, err, unavailableHint, "first call")
 		}
-		if errdefs.Category(err) != nil {
-			return IdentityResponse{}, err
+		if sent && exec != nil && !refused {
+			err = fmt.Errorf("%w: %w", ErrCommandHandedOver, err)
 		}
-		return IdentityResponse{}, errdefs.Wrap(errdefs.ErrUnavailable, err, unavailableHint, "first call")
+		return IdentityResponse{}, err
 	}
 	if exec != nil {
 		c.first = &firstExec{conn: conn, req: *exec}
@@ -433,21 +437,28 @@ func (c *Client) First(ctx context.Context, d time.Duration, req IdentityRequest
 // to ctx's: that timer may fire a moment before ctx's, and the caller,
 // seeing ctx still live, would take a caller giving up for a guest that
 // failed its restore and discard the snapshot).
-func firstRoundTrip(ctx context.Context, conn net.Conn, frame []byte, req IdentityRequest) (IdentityResponse, error) {
+func firstRoundTrip(ctx context.Context, conn net.Conn, frame []byte, req IdentityRequest) (_ IdentityResponse, sent bool, _ error) {
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
 	defer stop()
 	if _, err := conn.Write(frame); err != nil {
-		return IdentityResponse{}, err
+		return IdentityResponse{}, false, err
 	}
 	resp, err := readFirstReply(conn, req)
 	if err != nil {
-		return IdentityResponse{}, err
+		return IdentityResponse{}, true, err
 	}
 	if !stop() {
-		return IdentityResponse{}, ctx.Err()
+		return IdentityResponse{}, true, ctx.Err()
 	}
-	return resp, conn.SetDeadline(time.Time{})
+	return resp, true, conn.SetDeadline(time.Time{})
 }
+
+// ErrCommandHandedOver marks a first call that failed after its whole
+// frame, command included, was written, other than by the guest refusing
+// the identity: the guest may have applied the identity and started the
+// command, so the caller must not run it anywhere else (a cold boot's
+// retry would run it twice).
+var ErrCommandHandedOver = errors.New("the command was handed to the restored guest and may have started")
 
 // firstExec is a first command whose events are still on the channel.
 type firstExec struct {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
+	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/golden"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/vmm"
@@ -312,7 +313,14 @@ func refreshIdentity(ctx context.Context, d Deps, c Config, v *VM) error {
 		return fmt.Errorf("refresh the restored guest's identity: %w", caller.Err())
 	}
 	if err != nil {
-		return restoreFailed(d, v, fmt.Errorf("refresh the restored guest's identity: %w", err))
+		failed := restoreFailed(d, v, fmt.Errorf("refresh the restored guest's identity: %w", err))
+		if errors.Is(err, agentapi.ErrCommandHandedOver) {
+			// The snapshot is discarded as for any failed restore, but
+			// no cold boot runs the command a second time.
+			return errdefs.Wrap(errdefs.ErrUnavailable, err, "run it again: the next start boots cold or from a fresh snapshot",
+				"the restored guest did not answer its first call")
+		}
+		return failed
 	}
 	if err := awaitDiskSynced(ctx, v); err != nil { // warm_mounted.go
 		return err
