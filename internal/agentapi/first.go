@@ -367,9 +367,12 @@ func (d *frameDecoder) str() string {
 
 // count is a number of items still to come: each takes at least 4 bytes,
 // so a larger count is a lie, refused before anything is allocated.
-func (d *frameDecoder) count() int {
+func (d *frameDecoder) count() int { return d.countOf(4) }
+
+// countOf is count for items of at least size bytes each.
+func (d *frameDecoder) countOf(size int) int {
 	n := d.u32()
-	if uint64(n) > uint64(len(d.b)/4) {
+	if uint64(n) > uint64(len(d.b)/size) {
 		d.err = errors.New("item count beyond the frame")
 		return 0
 	}

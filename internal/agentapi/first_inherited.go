@@ -116,6 +116,11 @@ func (e *frameEncoder) inherited(in *Inherited) {
 	}
 }
 
+// The least bytes an item's encoding takes (empty strings, absent
+// options): an inherited count is checked against them, so what is
+// allocated stays within a few times the frame.
+const minService, minShell, minJob = 50, 51, 23
+
 func (d *frameDecoder) optInt() *int {
 	if !d.bool() {
 		return nil
@@ -169,7 +174,7 @@ func (d *frameDecoder) strs() []string {
 // and the lists are never nil, as the agent's JSON answer's are not.
 func (d *frameDecoder) inherited() *Inherited {
 	in := &Inherited{}
-	n := d.count()
+	n := d.countOf(minService)
 	in.Services = make([]ServiceStatus, 0, n)
 	for range n {
 		var s ServiceStatus
@@ -198,7 +203,7 @@ func (d *frameDecoder) inherited() *Inherited {
 		s.Error = d.str()
 		in.Services = append(in.Services, s)
 	}
-	n = d.count()
+	n = d.countOf(minShell)
 	in.Shells = make([]ShellInfo, 0, n)
 	for range n {
 		var s ShellInfo
@@ -214,7 +219,7 @@ func (d *frameDecoder) inherited() *Inherited {
 		s.EndCursor = d.i64()
 		in.Shells = append(in.Shells, s)
 	}
-	n = d.count()
+	n = d.countOf(minJob)
 	in.Jobs = make([]JobInfo, 0, n)
 	for range n {
 		var j JobInfo

@@ -235,3 +235,19 @@ func TestFirstInheritedBounds(t *testing.T) {
 func firstIdentityForTest() IdentityRequest {
 	return IdentityRequest{Entropy: []byte{1, 2}, UnixNano: 1, Hostname: "pyro-0a1b2c3d", MachineID: strings.Repeat("f", 32)}
 }
+
+// The least sizes the inherited counts are checked against are exactly
+// what an item with nothing in it takes, so no real answer is refused.
+func TestFirstInheritedLeastItems(t *testing.T) {
+	for i, in := range []*Inherited{{Services: []ServiceStatus{{}}}, {Shells: []ShellInfo{{}}}, {Jobs: []JobInfo{{}}}} {
+		var e frameEncoder
+		e.inherited(in)
+		if size, least := len(e.b)-12, []int{minService, minShell, minJob}[i]; size != least {
+			t.Errorf("list %d: an empty item takes %d bytes, counts are checked against %d", i, size, least)
+		}
+		d := frameDecoder{b: e.b}
+		if got := d.inherited(); d.err != nil || len(got.Services)+len(got.Shells)+len(got.Jobs) != 1 {
+			t.Fatalf("list %d: %+v, %v", i, got, d.err)
+		}
+	}
+}
