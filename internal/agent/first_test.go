@@ -171,25 +171,8 @@ func TestFirstCallInherited(t *testing.T) {
 	dial, dials, applied := firstDial(t)
 	c := agentapi.NewClient(dial)
 	defer c.Close()
-	dir := t.TempDir()
-	if _, err := c.StartService(testCtx(t), agentapi.ServiceStartRequest{Name: "web", Argv: []string{"sleep", "30"}, Cwd: dir}); err != nil {
-		t.Fatal(err)
-	}
-	stopAfter(t, c, "web")
-	sh, err := c.OpenShell(testCtx(t), agentapi.ShellOpenRequest{Cwd: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.CloseShell(context.Background(), sh.ShellID) })
-	if _, err := c.StartJob(testCtx(t), agentapi.ExecRequest{Argv: []string{"true"}, Cwd: dir}); err != nil {
-		t.Fatal(err)
-	}
-	svcs, err1 := c.ListServices(testCtx(t))
-	shells, err2 := c.ListShells(testCtx(t))
-	jobs, err3 := c.ListJobs(testCtx(t))
-	if err1 != nil || err2 != nil || err3 != nil {
-		t.Fatal(err1, err2, err3)
-	}
+	sh := startInheritables(t, c)
+	svcs, shells, jobs := listInheritables(t, c)
 	// A fork's host: a new client whose first call asks.
 	fork := agentapi.NewClient(dial)
 	defer fork.Close()
