@@ -63,14 +63,7 @@ func TestForkRAMDescriptor(t *testing.T) {
 	spec := testSpec(t)
 	spec.WorkspaceBase = spec.RootDisk
 	spec.WorkspaceChain = []string{spec.WorkspaceDisk, spec.Kernel, spec.Initrd}
-	spec.Network = true
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	defer w.Close()
-	spec.NetworkFile = w
+	withNetworkFile(t, &spec)
 	spec.RestoreState = spec.Initrd
 	spec.RestoreRAM = filepath.Join(t.TempDir(), "ram")
 	if err := os.WriteFile(spec.RestoreRAM, []byte("ram"), 0o600); err != nil {

@@ -161,14 +161,7 @@ func TestTransferDiskDescriptor(t *testing.T) {
 	spec := testSpec(t)
 	spec.WorkspaceBase = spec.RootDisk
 	spec.TransferDisk = spec.Kernel
-	spec.Network = true
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	defer w.Close()
-	spec.NetworkFile = w
+	withNetworkFile(t, &spec)
 	cmd, cleanup, err := New("/usr/bin/qemu-system-x86_64", "tcg").Command(spec, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -193,4 +186,17 @@ func TestTransferDiskDescriptor(t *testing.T) {
 	if got := argAfter(New("q", "tcg").Args(spec), "-drive", "id=wstransfer"); got != "" {
 		t.Errorf("no transfer disk, yet %q", got)
 	}
+}
+
+// withNetworkFile gives spec a network and, as its network socket, one
+// end of a pipe closed with the test.
+func withNetworkFile(t *testing.T, spec *vmm.Spec) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(); w.Close() })
+	spec.Network = true
+	spec.NetworkFile = w
 }
