@@ -17,12 +17,19 @@ import (
 
 // qmp is a minimal client of the QEMU machine protocol: one command at a
 // time, events remembered for wantEvent. Every line QEMU sends is bounded
-// (maxQMPLine) and every call ends with ctx.
+// (maxQMPLine) and every exchange ends with its ctx (bound).
 type qmp struct {
+	path   string
 	conn   *net.UnixConn
 	r      *bufio.Reader
 	mu     sync.Mutex
 	events []qmpEvent
+	// broken says the connection is out of step: an exchange that failed
+	// or was cut short may leave part of a reply unread, which the next
+	// command would take for its own. The next exchange connects anew
+	// (callers go on after a failure: a failed save still resumes its
+	// guest).
+	broken bool
 }
 
 type qmpEvent struct {
@@ -45,35 +52,85 @@ const maxQMPLine = 1 << 20
 
 // dialQMP connects to the QMP socket at path and negotiates capabilities.
 func dialQMP(ctx context.Context, path string) (*qmp, error) {
-	c, err := unixsock.Dial(ctx, path)
-	if err != nil {
-		return nil, fmt.Errorf("connect qmp: %w", err)
-	}
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		c.Close()
-		return nil, errors.New("qmp: not a unix connection")
-	}
-	q := &qmp{conn: uc, r: bufio.NewReaderSize(uc, 64<<10)}
-	if _, err := q.readLine(ctx); err != nil { // the greeting
-		q.Close()
-		return nil, fmt.Errorf("qmp greeting: %w", err)
-	}
-	if _, err := q.call(ctx, "qmp_capabilities", nil, nil); err != nil {
-		q.Close()
+	q := &qmp{path: path}
+	if err := q.connect(ctx); err != nil {
 		return nil, err
 	}
 	return q, nil
 }
 
-func (q *qmp) Close() error { return q.conn.Close() }
+// connect opens a connection to QEMU, reads its greeting and negotiates
+// capabilities, replacing (and closing) the one q had.
+func (q *qmp) connect(ctx context.Context) error {
+	if q.conn != nil {
+		q.conn.Close()
+		q.conn = nil
+	}
+	c, err := unixsock.Dial(ctx, q.path)
+	if err != nil {
+		return fmt.Errorf("connect qmp: %w", err)
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return errors.New("qmp: not a unix connection")
+	}
+	q.conn, q.r, q.broken = uc, bufio.NewReaderSize(uc, 64<<10), false
+	end := q.bound(ctx)
+	if _, err := q.readLine(); err != nil {
+		err = end(err)
+		q.conn.Close()
+		return fmt.Errorf("qmp greeting: %w", err)
+	}
+	_, err = q.exchange("qmp_capabilities", nil, nil)
+	if err = end(err); err != nil {
+		q.conn.Close()
+		return err
+	}
+	return nil
+}
 
-func (q *qmp) readLine(ctx context.Context) (qmpReply, error) {
+func (q *qmp) Close() error {
+	if q.conn == nil { // a reconnect failed
+		return nil
+	}
+	return q.conn.Close()
+}
+
+// defaultQMPWait bounds an exchange whose ctx has no deadline.
+const defaultQMPWait = 30 * time.Second
+
+// bound makes one exchange end with ctx: its deadline (or defaultQMPWait)
+// on every read and write, and its cancellation, which cuts a blocked
+// read or write short (a deadline alone would let a cancelled caller wait
+// until it passes). The returned end takes the exchange's error and gives
+// the one to report: ctx's own when ctx ended; it marks the connection
+// broken when the exchange failed or was cut short.
+func (q *qmp) bound(ctx context.Context) (end func(error) error) {
 	dl, ok := ctx.Deadline()
 	if !ok {
-		dl = time.Now().Add(30 * time.Second)
+		dl = time.Now().Add(defaultQMPWait)
 	}
-	_ = q.conn.SetReadDeadline(dl)
+	_ = q.conn.SetDeadline(dl)
+	stop := context.AfterFunc(ctx, func() { _ = q.conn.SetDeadline(time.Unix(1, 0)) })
+	return func(err error) error {
+		if !stop() && ctx.Err() != nil {
+			// The cut may land after this exchange ended: whatever comes
+			// next on this connection could see it.
+			if err == nil {
+				err = ctx.Err()
+			} else if !errors.Is(err, ctx.Err()) {
+				err = fmt.Errorf("%w (%v)", ctx.Err(), err)
+			}
+		}
+		if err != nil {
+			q.broken = true
+		}
+		return err
+	}
+}
+
+func (q *qmp) readLine() (qmpReply, error) {
 	var line []byte
 	for {
 		chunk, isPrefix, err := q.r.ReadLine()
@@ -100,6 +157,30 @@ func (q *qmp) readLine(ctx context.Context) (qmpReply, error) {
 func (q *qmp) call(ctx context.Context, cmd string, args any, file *os.File) (json.RawMessage, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.broken {
+		if err := q.connect(ctx); err != nil {
+			return nil, fmt.Errorf("qmp %s: %w", cmd, err)
+		}
+	}
+	end := q.bound(ctx)
+	r, err := q.exchange(cmd, args, file)
+	var refused *qmpRefused
+	if errors.As(err, &refused) {
+		// A whole reply was read: the connection is still in step.
+		if cut := end(nil); cut != nil {
+			return nil, cut
+		}
+		return nil, err
+	}
+	return r, end(err)
+}
+
+// qmpRefused is QEMU's error reply to a command.
+type qmpRefused struct{ cmd, class, desc string }
+
+func (e *qmpRefused) Error() string { return fmt.Sprintf("qmp %s: %s: %s", e.cmd, e.class, e.desc) }
+
+func (q *qmp) exchange(cmd string, args any, file *os.File) (json.RawMessage, error) {
 	msg := map[string]any{"execute": cmd}
 	if args != nil {
 		msg["arguments"] = args
@@ -109,9 +190,6 @@ func (q *qmp) call(ctx context.Context, cmd string, args any, file *os.File) (js
 		return nil, err
 	}
 	b = append(b, '\n')
-	if dl, ok := ctx.Deadline(); ok {
-		_ = q.conn.SetWriteDeadline(dl)
-	}
 	if file != nil {
 		_, _, err = q.conn.WriteMsgUnix(b, syscall.UnixRights(int(file.Fd())), nil)
 	} else {
@@ -121,7 +199,7 @@ func (q *qmp) call(ctx context.Context, cmd string, args any, file *os.File) (js
 		return nil, fmt.Errorf("qmp %s: %w", cmd, err)
 	}
 	for {
-		r, err := q.readLine(ctx)
+		r, err := q.readLine()
 		if err != nil {
 			return nil, fmt.Errorf("qmp %s: %w", cmd, err)
 		}
@@ -132,7 +210,7 @@ func (q *qmp) call(ctx context.Context, cmd string, args any, file *os.File) (js
 			continue
 		}
 		if r.Error != nil {
-			return nil, fmt.Errorf("qmp %s: %s: %s", cmd, r.Error.Class, r.Error.Desc)
+			return nil, &qmpRefused{cmd: cmd, class: r.Error.Class, desc: r.Error.Desc}
 		}
 		return r.Return, nil
 	}
@@ -158,13 +236,19 @@ func (q *qmp) waitEvent(ctx context.Context, name string, match func(json.RawMes
 		}
 	}
 	q.events = nil
-	for {
-		r, err := q.readLine(ctx)
-		if err != nil {
+	if q.broken {
+		if err := q.connect(ctx); err != nil {
 			return fmt.Errorf("wait for qmp event %s: %w", name, err)
 		}
+	}
+	end := q.bound(ctx)
+	for {
+		r, err := q.readLine()
+		if err != nil {
+			return fmt.Errorf("wait for qmp event %s: %w", name, end(err))
+		}
 		if r.Event == name && (match == nil || match(r.Data)) {
-			return nil
+			return end(nil)
 		}
 	}
 }
