@@ -416,12 +416,24 @@ func WriteHosts(path, hostname string) {
 // hostsPath is the guest's hosts file.
 const hostsPath = "/etc/hosts"
 
-// hostsContent is the hosts file b with a line for hostname added, and
-// whether it needed one.
+// hostsContent is the hosts file b with hostname resolving, and whether
+// it changed. Debian names the machine on its 127.0.1.1 line; a guest
+// gets a new hostname at every restore or fork, so that line's first name
+// is replaced (its other names are the user's and stay) instead of a line
+// being added each time: a workspace forked and restarted many times
+// keeps one line, naming only itself.
 func hostsContent(b []byte, hostname string) ([]byte, bool) {
-	for _, line := range strings.Split(string(b), "\n") {
+	lines := strings.Split(string(b), "\n")
+	for _, line := range lines {
 		if f := strings.Fields(line); len(f) > 1 && !strings.HasPrefix(f[0], "#") && slices.Contains(f[1:], hostname) {
 			return b, false
+		}
+	}
+	for i, line := range lines {
+		if f := strings.Fields(line); len(f) > 1 && f[0] == "127.0.1.1" {
+			f[1] = hostname
+			lines[i] = f[0] + "\t" + strings.Join(f[1:], " ")
+			return []byte(strings.Join(lines, "\n")), true
 		}
 	}
 	b = slices.Clip(b)
