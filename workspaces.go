@@ -214,12 +214,13 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 		}
 	}()
 	// Start runs prepareGuest (secrets) before anything else reaches the guest.
+	var started lifecycle.Status
 	if build := startSeedBuild(ctx, rec.WorkspaceBase, seedSrc); build != nil {
-		_, err = c.lc.Start(build.startCtx, dir, rec)
+		started, err = c.lc.Start(build.startCtx, dir, rec)
 		if base, err = build.finish(ctx, c, dir, seed, err); err != nil {
 			return ws, err
 		}
-	} else if _, err := c.lc.Start(ctx, dir, rec); err != nil {
+	} else if started, err = c.lc.Start(ctx, dir, rec); err != nil {
 		return ws, err
 	}
 	agent := c.lc.Client(dir)
@@ -252,13 +253,15 @@ func (c *Client) CreateWorkspace(ctx context.Context, opts CreateWorkspaceOption
 	}
 	// Just created: it runs no service and no job yet, so the guest is
 	// not asked (in a freshly restored TCG guest each agent handler's
-	// first call is code translated anew). The record is read again: the
-	// seed's counts and the baseline were recorded in it since.
+	// first call is code translated anew), and its state is what its
+	// start observed a moment ago (the agent's answer that ended the
+	// boot), not a second health round trip. The record is read again:
+	// the seed's counts and the baseline were recorded in it since.
 	dir, rec, err = c.wsDir(rec.ID)
 	if err != nil {
 		return ws, err
 	}
-	return c.workspaceStatus(ctx, dir, rec, c.lc.Observe(ctx, dir, rec), &agentapi.Inherited{}), nil
+	return c.workspaceStatus(ctx, dir, rec, started, &agentapi.Inherited{}), nil
 }
 
 // snapshot stores the current /workspace as snapshot name.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/pyro-mcp/pyro/internal/agentapi"
 	"github.com/pyro-mcp/pyro/internal/errdefs"
 	"github.com/pyro-mcp/pyro/internal/instance"
+	"github.com/pyro-mcp/pyro/internal/vm"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/vmm"
 	"github.com/pyro-mcp/pyro/internal/vmm/fakevmm"
@@ -169,6 +171,35 @@ func TestUnresponsiveGuest(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitState(t, dir, instance.Running)
+}
+
+// A status request held until the boot's end is answered with what the
+// boot observed (the agent's answer that ended it), without a second health
+// round trip: here the agent stops answering right after that answer, and
+// the woken request still says running, with the boot's health. A request
+// that comes after the boot asks the guest, and finds it silent.
+func TestStatusWokenByBoot(t *testing.T) {
+	dir := newInstance(t, instance.Record{})
+	held := make(chan struct{})
+	var once sync.Once
+	steps := append(fakevmm.Steps(fakevmm.New(vmm.Features{})), vm.Step{Name: "silence the agent", Run: func(context.Context, vm.Deps, vm.Config, *vm.VM) error {
+		if err := fakevmm.Freeze(dir); err != nil {
+			return err
+		}
+		<-held // a status request waits for this boot's end
+		return nil
+	}})
+	serve(t, dir, Options{Steps: steps, HealthDeadline: 200 * time.Millisecond, statusHeld: func() { once.Do(func() { close(held) }) }})
+	defer fakevmm.Thaw(dir) // the stop at cleanup asks the agent to power off
+	waitState(t, dir, instance.Starting)
+	rec, _ := instance.Load(dir, "vm")
+	st := ObserveWait(context.Background(), dir, rec, 10*time.Second)
+	if st.State != instance.Running || st.Health == nil {
+		t.Fatalf("status woken by the boot: %+v", st)
+	}
+	if st := Observe(context.Background(), dir, rec); st.State != instance.Unresponsive || st.Cause != instance.CauseAgentSilent {
+		t.Fatalf("status after the boot, agent silent: %+v", st)
+	}
 }
 
 // A VMM that dies under a running guest is broken at once (observed), then
