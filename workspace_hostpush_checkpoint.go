@@ -66,7 +66,7 @@ type pushCheckpoint struct {
 	// the guest is still at that epoch); expect 0: none.
 	expect  uint64
 	pending string
-	from    string // where the listing came from: "pending" or "guest"
+	from    string // where the listing came from: "pending", "guest" or "host"
 }
 
 // newPushCheckpoint returns the checkpoint a push of sourcePath to dest
@@ -75,9 +75,7 @@ func newPushCheckpoint(dir vmdir.Dir, rec instance.Record, sourcePath, dest stri
 	if !checkpointsOn(rec) {
 		return nil
 	}
-	ck := &pushCheckpoint{label: instance.Redactor(dir).String(pushLabel(sourcePath, dest))}
-	ck.expect, ck.pending, _ = checkpointsOf(dir).TakePending()
-	return ck
+	return &pushCheckpoint{label: instance.Redactor(dir).String(pushLabel(sourcePath, dest))}
 }
 
 // pushLabel is a push's checkpoint label (the same through the guest).
@@ -141,6 +139,44 @@ func (ck *pushCheckpoint) freeze(ctx context.Context, dir vmdir.Dir, l workspace
 	}
 	ck.ref, ck.bytes = ref, bytes
 	return l.Top()
+}
+
+// maxHostListed bounds the entries of a stopped workspace's upper layer
+// listed on the host for a push's checkpoint: past it the push goes
+// through the guest (the workspace is started), which lists any size.
+const maxHostListed = 100_000
+
+// listHost lists the upper layer of a stopped workspace from its raw
+// image upper, on the host (workspace.ListUpper): step 1 without a guest,
+// the state the checkpoint keeps being exactly that image's. A listing the
+// host cannot make leaves the push to the guest's path.
+func (ck *pushCheckpoint) listHost(ctx context.Context, upper string) error {
+	m, err := workspace.ListUpper(ctx, upper, maxHostListed)
+	if err != nil {
+		return fmt.Errorf("%w: list the upper layer: %w", errNotHere, err)
+	}
+	ck.listing, ck.from = m, "host"
+	return nil
+}
+
+// recordStopped records the checkpoint of a push into a stopped
+// workspace (steps 2 and 3 without a guest): its layer is the live top as
+// it is - no QEMU writes it, and the pushed layer is a new root over
+// nothing, so nothing ever writes it again - and its listing the one
+// listHost made of that top's image. It is recorded durably before the
+// pushed layer is named the top: kill -9 before the record leaves no
+// checkpoint and the workspace as before; after it, a checkpoint of the
+// state the workspace is in until the top is named, as for a command
+// killed before it changed anything. The caller holds the layer lock.
+func (ck *pushCheckpoint) recordStopped(dir vmdir.Dir, l workspace.Layers) error {
+	top, err := l.Top()
+	if err != nil {
+		return err
+	}
+	if ck.ref, ck.bytes, err = l.Ref(top); err != nil {
+		return err
+	}
+	return ck.record(dir)
 }
 
 // record records the checkpoint (step 3). The caller holds the layer lock.

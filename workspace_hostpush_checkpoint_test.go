@@ -7,6 +7,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -184,5 +187,79 @@ func TestCheckpointRemountsReleased(t *testing.T) {
 	defer mu.Unlock()
 	if released || checkpointsOf(dir).Last() != 1 {
 		t.Fatalf("calls %v: released %v, checkpoints %d", calls, released, checkpointsOf(dir).Last())
+	}
+}
+
+// A push into a stopped checkpointed workspace takes its checkpoint on the
+// host, without a guest: the old top (kept, verified) with the listing of
+// its image, recorded before the pushed layer became the top; compared
+// with the listing after the push, it names exactly what the push added
+// (what diff --since reads), and the old layer outlives the push's GC.
+func TestHostPushStoppedCheckpoint(t *testing.T) {
+	dir, rec := stoppedWorkspace(t, 64<<20, true)
+	ctx := context.Background()
+	src := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(src, "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "d", "f"), []byte("pushed"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A first push (no checkpoint) chains the workspace; the guest then
+	// writes a file and deletes one of the baseline (a whiteout).
+	if _, err := pushIntoLayers(ctx, dir, rec, src, workspace.Root+"/first", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	l := layersOf(dir, rec)
+	old, err := l.Top()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("debugfs", "-w", "-f", "-", l.Path(old))
+	cmd.Stdin = strings.NewReader("cd upper\nwrite /etc/hostname later.txt\nmknod gone c 0 0\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("debugfs: %v: %s", err, out)
+	}
+	before, err := workspace.ListUpper(ctx, l.Path(old), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]string{}
+	for _, e := range before.Entries {
+		kinds[e.Path] = e.Kind
+	}
+	if kinds["later.txt"] != "file" || kinds["gone"] != "whiteout" || kinds["first/d/f"] != "file" {
+		t.Fatalf("the old top lists %v", kinds)
+	}
+	ck := &pushCheckpoint{label: "sync push src /workspace/second"}
+	if _, err := pushIntoLayers(ctx, dir, rec, src, workspace.Root+"/second", ck, nil); err != nil {
+		t.Fatal(err)
+	}
+	if ck.from != "host" || ck.number != 1 {
+		t.Fatalf("checkpoint %+v, want number 1 listed on the host", ck)
+	}
+	cps := checkpointsOf(dir)
+	ref, isLayer, err := cps.LayerOf(1, l)
+	if err != nil || !isLayer || ref.Layer != old {
+		t.Fatalf("the push's checkpoint names %+v (layer %v, %v), want the old top %s", ref, isLayer, err, old)
+	}
+	m, err := cps.Manifest(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(m, before) {
+		t.Fatalf("the checkpoint's listing is not the old top's:\n%+v\nwant\n%+v", m, before)
+	}
+	top, _ := l.Top()
+	if top == old {
+		t.Fatal("the push did not name a new top")
+	}
+	after, err := workspace.ListUpper(ctx, l.Path(top), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := workspace.CompareManifests(m, after, workspace.BaseIndex{})
+	if got := strings.Join(d.Added, ","); got != "second,second/d,second/d/f" || len(d.Modified)+len(d.Deleted) != 0 {
+		t.Fatalf("since the push's checkpoint: %+v", d)
 	}
 }

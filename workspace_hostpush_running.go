@@ -101,6 +101,9 @@ func (c *Client) pushHostRunning(ctx context.Context, dir vmdir.Dir, rec instanc
 	}
 	t.mark("layer_lock")
 	ck := newPushCheckpoint(dir, rec, sourcePath, dest)
+	if ck != nil {
+		ck.expect, ck.pending, _ = checkpointsOf(dir).TakePending()
+	}
 	st, err := c.pushReleased(ctx, dir, rec, abs, dest, ck, t)
 	unlock()
 	if ck != nil && (err == nil || errors.As(err, new(errPushKept))) {

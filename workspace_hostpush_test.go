@@ -65,7 +65,7 @@ func TestHostPushLeavesUnstartedFork(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := instance.Record{ID: "fork1", WorkspaceBase: "base.img", WorkspaceDisk: "upper.img"}
-	if _, err := pushIntoLayers(context.Background(), dir, rec, src, workspace.Root); !errors.Is(err, errNotHere) {
+	if _, err := pushIntoLayers(context.Background(), dir, rec, src, workspace.Root, nil, nil); !errors.Is(err, errNotHere) {
 		t.Fatalf("push into an unstarted fork: err = %v, want the guest's path", err)
 	}
 	if _, err := os.Stat(dir.Path(workspace.LayersDir)); !errors.Is(err, os.ErrNotExist) {
@@ -210,7 +210,7 @@ func TestHostPushWideSourceIntoNewDir(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := pushIntoLayers(context.Background(), dir, rec, src, workspace.Root+"/new/deep"); err != nil {
+	if _, err := pushIntoLayers(context.Background(), dir, rec, src, workspace.Root+"/new/deep", nil, nil); err != nil {
 		t.Fatalf("wide push into a new directory: %v", err)
 	}
 	if got := lsUpper(t, dir, rec, "/upper/new/deep"); len(got) != 300 {
@@ -229,7 +229,7 @@ func TestHostPushTiming(t *testing.T) {
 	dir, rec := stoppedWorkspace(t, 8<<30, false)
 	for i := range 3 {
 		s := time.Now()
-		if _, err := pushIntoLayers(context.Background(), dir, rec, src, fmt.Sprintf("%s/q%d", workspace.Root, i)); err != nil {
+		if _, err := pushIntoLayers(context.Background(), dir, rec, src, fmt.Sprintf("%s/q%d", workspace.Root, i), nil, nil); err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("push %d: %v", i, time.Since(s))
@@ -272,13 +272,13 @@ func TestHostPushSkipsJournalBody(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(src, "a"), []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pushIntoLayers(context.Background(), dir, rec, src, workspace.Root); !errors.Is(err, errNotHere) {
+	if _, err := pushIntoLayers(context.Background(), dir, rec, src, workspace.Root, nil, nil); !errors.Is(err, errNotHere) {
 		t.Fatalf("push over an existing name: %v, want the guest's path", err)
 	}
 	if err := os.Rename(filepath.Join(src, "a"), filepath.Join(src, "b")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pushIntoLayers(context.Background(), dir, rec, src, workspace.Root); err != nil {
+	if _, err := pushIntoLayers(context.Background(), dir, rec, src, workspace.Root, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	l := layersOf(dir, rec)

@@ -29,7 +29,7 @@ func TestHostPushStoppedSettlesPivot(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(src, "f"), []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pushIntoLayers(context.Background(), dir, rec, src, workspace.Root+"/pushed"); err != nil {
+	if _, err := pushIntoLayers(context.Background(), dir, rec, src, workspace.Root+"/pushed", nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	names := lsUpper(t, dir, rec, "/upper")

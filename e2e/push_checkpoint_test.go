@@ -47,6 +47,33 @@ func pushedPaths(t *testing.T, src, dest string) ([]string, int64) {
 	return out, bytes
 }
 
+// checkPushedSince checks what checkpoint n, a push of src to
+// /workspace/h (hostPushTree), says: diff --since it names exactly the
+// pushed paths, which it returns; the next command (its checkpoint taken
+// the usual way) sees the push, and then checkpoint n says how many bytes
+// the push changed.
+func checkPushedSince(t *testing.T, env []string, id, src string, n int) []string {
+	t.Helper()
+	var d struct{ Added, Modified, Deleted []string }
+	mustWS(t, env, &d, "diff", id, "--since", strconv.Itoa(n))
+	want, bytes := pushedPaths(t, src, "h")
+	if strings.Join(d.Added, ",") != strings.Join(want, ",") || len(d.Modified)+len(d.Deleted) != 0 {
+		t.Fatalf("diff --since %d after the push:\n%+v\nwant added:\n%v", n, d, want)
+	}
+	m := wsExec(t, env, id, "sh", "-c", "cat /workspace/h/top/d/e/deep.txt && echo later > /workspace/later.txt")
+	if out := strings.TrimSpace(fmt.Sprint(m["stdout"])); out != "deep" {
+		t.Fatalf("after the push: %v", m)
+	}
+	var cl checkpointBytes
+	mustWS(t, env, &cl, "checkpoint", "list", id)
+	for _, cp := range cl.Checkpoints {
+		if cp.Number == n && cp.BytesChanged != bytes {
+			t.Fatalf("the push's checkpoint says %d bytes changed, want %d", cp.BytesChanged, bytes)
+		}
+	}
+	return want
+}
+
 type checkpointBytes struct {
 	Checkpoints []struct {
 		Number       int    `json:"number"`
@@ -87,23 +114,8 @@ func TestHostPushCheckpointed(t *testing.T) {
 		t.Fatalf("newest checkpoint %+v, want the push's (%q)", last, want)
 	}
 	n := last.Number
+	want := checkPushedSince(t, env, id, src, n)
 	var d struct{ Added, Modified, Deleted []string }
-	mustWS(t, env, &d, "diff", id, "--since", strconv.Itoa(n))
-	want, bytes := pushedPaths(t, src, "h")
-	if strings.Join(d.Added, ",") != strings.Join(want, ",") || len(d.Modified)+len(d.Deleted) != 0 {
-		t.Fatalf("diff --since %d after the push:\n%+v\nwant added:\n%v", n, d, want)
-	}
-	// The next command (its checkpoint taken the usual way) sees the push.
-	m := wsExec(t, env, id, "sh", "-c", "cat /workspace/h/top/d/e/deep.txt && echo later > /workspace/later.txt")
-	if out := strings.TrimSpace(fmt.Sprint(m["stdout"])); out != "deep" {
-		t.Fatalf("after the push: %v", m)
-	}
-	mustWS(t, env, &cl, "checkpoint", "list", id)
-	for _, cp := range cl.Checkpoints {
-		if cp.Number == n && cp.BytesChanged != bytes {
-			t.Fatalf("the push's checkpoint says %d bytes changed, want %d", cp.BytesChanged, bytes)
-		}
-	}
 	mustWS(t, env, &d, "diff", id, "--since", strconv.Itoa(n+1))
 	if strings.Join(d.Added, ",") != "later.txt" || len(d.Modified)+len(d.Deleted) != 0 {
 		t.Fatalf("diff --since %d: %+v", n+1, d)
@@ -300,5 +312,74 @@ func TestHostPushCheckpointedClientOrSupervisorKilled(t *testing.T) {
 	mustWS(t, env, &r, "sync", "push", id, src, "--dest", "/workspace/again")
 	if r.Transfer != "host" || r.FileCount != 400 {
 		t.Fatalf("push after the kills: %+v", r)
+	}
+}
+
+// TestHostPushStoppedCheckpointed: a push into a STOPPED checkpointed
+// workspace is written on the host and its checkpoint taken there, the
+// workspace left stopped (no guest started); the checkpoint's listing,
+// read from the upper image, is exact: diff --since it names exactly the
+// pushed paths (a deleted seed file's whiteout, an appended file and a
+// directory made by the guest all untouched), the next command's
+// checkpoint says how many bytes it changed, undo to it returns the tree
+// before it. A kill -9 of the pushing process while debugfs writes
+// leaves the workspace as it was, without a checkpoint of that push.
+func TestHostPushStoppedCheckpointed(t *testing.T) {
+	requireConfinable(t)
+	env, id, _ := checkpointedWorkspace(t)
+	wsExec(t, env, id, "sh -c 'echo y >> a.txt; rm docs/readme.md; mkdir -p made/sub && echo n > made/sub/new.txt'")
+	before := guestListing(t, env, id, "/workspace")
+	mustWS(t, env, nil, "stop", id)
+	stopped := func(what string) {
+		t.Helper()
+		var w wsStatus
+		mustWS(t, env, &w, "status", id)
+		if w.State != "stopped" {
+			t.Fatalf("%s: the workspace is %s, want stopped", what, w.State)
+		}
+	}
+	// Killed while debugfs writes the pushed layer.
+	since, _ := lastCheckpoint(t, env, id)
+	cmd := exec.Command(pyroBin, "workspace", "--json", "sync", "push", id, randomTree(t, 400), "--dest", "/workspace/killed")
+	cmd.Env = append(os.Environ(), env...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	killed := false
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline) && !killed; time.Sleep(2 * time.Millisecond) {
+		if childPid(cmd.Process.Pid, "debugfs") != 0 {
+			killed = cmd.Process.Signal(syscall.SIGKILL) == nil
+		}
+	}
+	cmd.Wait()
+	if !killed {
+		t.Fatal("never caught the push's debugfs running")
+	}
+	if n, _ := lastCheckpoint(t, env, id); n != since {
+		t.Fatalf("a push killed while it wrote left checkpoint %d", n)
+	}
+	stopped("after the killed push")
+
+	src := hostPushTree(t)
+	var r pushResult
+	start := time.Now()
+	res := ws(t, append(env, "PYRO_LOG=debug"), &r, "sync", "push", id, src, "--dest", "/workspace/h")
+	t.Logf("host push into the stopped checkpointed workspace: %s", time.Since(start))
+	if res.code != 0 || r.Transfer != "host" || !strings.Contains(res.stderr, "listing=host") {
+		t.Fatalf("push into a stopped checkpointed workspace: exit %d, transfer %q, want host with its listing made on the host: %s", res.code, r.Transfer, res.stderr)
+	}
+	stopped("after the push")
+	var cl checkpointBytes
+	mustWS(t, env, &cl, "checkpoint", "list", id)
+	last := cl.Checkpoints[len(cl.Checkpoints)-1]
+	if want := "sync push " + src + " /workspace/h"; last.Command != want || last.Number != since+1 {
+		t.Fatalf("newest checkpoint %+v, want the push's (%q) after %d", last, want, since)
+	}
+	n := last.Number
+	mustWS(t, env, nil, "start", id)
+	checkPushedSince(t, env, id, src, n)
+	mustWS(t, env, nil, "undo", id, "--to", strconv.Itoa(n))
+	if got := guestListing(t, env, id, "/workspace"); got != before {
+		t.Fatalf("undo of the push is not the tree before it:\nbefore:\n%s\nafter:\n%s", before, got)
 	}
 }

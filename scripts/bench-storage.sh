@@ -82,13 +82,13 @@ if [ -n "$DOCKER" ]; then
 fi
 echo "push running, checkpoints ($x): pyro ${p_pushc}s  docker ${d_pushc:-n/a}s  ratio $(ratio "$p_pushc" "$d_pushc")  (goal <= 1.5x)"
 echo "  steps (ms): $(grep -o 'msg="host push into the running workspace" total_ms=[0-9.]* steps="[^"]*"' "$T/pushc.log" | sed -e 's/.*total_ms=/total=/' -e 's/ steps="/ /' -e 's/"$//') $(grep -o 'listing=[a-z]*' "$T/pushc.log" | head -1)"
-#    ... and into that workspace once stopped: a stopped checkpointed
-#    workspace has no guest to list its upper layer for the push's
-#    checkpoint, so the push asks for a start first; the row then times
-#    what that costs (start + push) and says so
+#    ... and into that workspace once stopped: the push's checkpoint is
+#    the stopped top, its listing read from the upper image on the host
+#    (workspace_hostpush.go); should the push ask for a start instead (an
+#    older pyro), the row times start + push and says so
 "$PYRO" workspace stop "$ID3" >/dev/null
 sync; s=$(now_ms); how=""
-if out=$("$PYRO" workspace sync push --json "$ID3" "$T/tree" --dest /workspace/s 2>/dev/null); then
+if out=$(PYRO_LOG=debug "$PYRO" workspace sync push --json "$ID3" "$T/tree" --dest /workspace/s 2>"$T/pushcs.log"); then
   x=$(echo "$out" | transfer)
 else
   "$PYRO" workspace start "$ID3" >/dev/null
@@ -100,16 +100,19 @@ if [ -n "$DOCKER" ]; then
   docker exec "$CID" mkdir -p /workspace/cs; sync; s=$(now_ms); docker cp "$T/tree/." "$CID:/workspace/cs"; d_pushcs=$(since_s "$s")
 fi
 echo "push stopped, checkpoints: pyro ${p_pushcs}s  docker ${d_pushcs:-n/a}s  ratio $(ratio "$p_pushcs" "$d_pushcs")  (${how}via $x; goal <= 1.5x)"
+steps() { grep -o 'msg="host push into the stopped workspace" total_ms=[0-9.]* steps="[^"]*"' "$1" | sed -e 's/.*total_ms=/total=/' -e 's/ steps="/ /' -e 's/"$//'; }
+echo "  steps (ms): $(steps "$T/pushcs.log")"
 "$PYRO" workspace delete "$ID3" >/dev/null; ID3=""
 # ... and into the stopped workspace: written into its upper layer on the
 #    host (workspace_hostpush.go), Docker copying into a fresh directory too
 "$PYRO" workspace stop "$ID" >/dev/null
-sync; s=$(now_ms); x=$("$PYRO" workspace sync push --json "$ID" "$T/tree" --dest /workspace/q | transfer); p_pushs=$(since_s "$s")
+sync; s=$(now_ms); x=$(PYRO_LOG=debug "$PYRO" workspace sync push --json "$ID" "$T/tree" --dest /workspace/q 2>"$T/pushs.log" | transfer); p_pushs=$(since_s "$s")
 d_pushs=""
 if [ -n "$DOCKER" ]; then
   docker exec "$CID" mkdir -p /workspace/q; sync; s=$(now_ms); docker cp "$T/tree/." "$CID:/workspace/q"; d_pushs=$(since_s "$s")
 fi
 echo "push stopped:    pyro ${p_pushs}s  docker ${d_pushs:-n/a}s  ratio $(ratio "$p_pushs" "$d_pushs")  (via $x; goal <= 1.5x)"
+echo "  steps (ms): $(steps "$T/pushs.log")"
 "$PYRO" workspace start "$ID" >/dev/null
 
 # 3. export (the result says which path served it: host or guest)

@@ -325,7 +325,14 @@ type Inode struct {
 	Whiteout bool      // a character device 0:0 (overlayfs whiteout)
 	Opaque   bool      // trusted.overlay.opaque=y (overlayfs opaque directory)
 	Mtime    time.Time // seconds
-	FastLink *string   // a fast symlink's target (nil: not one, or not printed)
+	// Size, MtimeNS and CtimeNS are the inode's size and times (ns since
+	// the epoch, as stat(2) reports them) from the section's header lines,
+	// which debugfs prints before anything the image's owner chose (xattr
+	// values, link targets); Times says they were read.
+	Size             int64
+	MtimeNS, CtimeNS int64
+	Times            bool
+	FastLink         *string // a fast symlink's target (nil: not one, or not printed)
 	// Extents is a file's extent map; Mapped says it was read whole
 	// (else its content is read with Cat).
 	Extents []Extent
@@ -415,6 +422,11 @@ func parseStat(s []byte, over bool) Inode {
 			}
 		}
 	}
+	var sizeOK, ctimeOK, mtimeOK bool
+	in.Size, sizeOK = headSize(s)
+	in.CtimeNS, ctimeOK = headTime(s, "ctime")
+	in.MtimeNS, mtimeOK = headTime(s, "mtime")
+	in.Times = sizeOK && ctimeOK && mtimeOK
 	const mark = "Fast link dest: \""
 	if i := bytes.Index(s, []byte(mark)); i >= 0 {
 		t := s[i+len(mark):]
@@ -425,6 +437,55 @@ func parseStat(s []byte, over bool) Inode {
 		in.FastLink = &l
 	}
 	return in
+}
+
+// headSize reads the size from a stat section's "User: ... Size: N" line
+// (the second line holding a "Size:" is the fragment's).
+func headSize(s []byte) (int64, bool) {
+	i := bytes.Index(s, []byte("\nUser: "))
+	if i < 0 {
+		return 0, false
+	}
+	line, _, _ := bytes.Cut(s[i+1:], []byte("\n"))
+	_, v, ok := bytes.Cut(line, []byte(" Size: "))
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 64)
+	return n, err == nil && n >= 0
+}
+
+// headTime reads the time name ("ctime", "mtime") from a stat section as
+// ext4 stores it: " name: 0xLO:EXTRA", LO the low 32 bits of the seconds
+// (signed), EXTRA two more epoch bits and the nanoseconds above them; an
+// inode without the extra fields prints " name: 0xLO" (no nanoseconds).
+func headTime(s []byte, name string) (int64, bool) {
+	mark := []byte("\n " + name + ": 0x")
+	i := bytes.Index(s, mark)
+	if i < 0 {
+		return 0, false
+	}
+	h := s[i+len(mark):]
+	if len(h) < 8 {
+		return 0, false
+	}
+	lo, err := strconv.ParseUint(string(h[:8]), 16, 32)
+	if err != nil {
+		return 0, false
+	}
+	sec, nsec := int64(int32(uint32(lo))), int64(0)
+	if len(h) >= 17 && h[8] == ':' {
+		extra, err := strconv.ParseUint(string(h[9:17]), 16, 32)
+		if err != nil {
+			return 0, false
+		}
+		sec += int64(extra&3) << 32
+		nsec = int64(extra >> 2)
+		if nsec >= 1e9 {
+			return 0, false
+		}
+	}
+	return sec*1e9 + nsec, true
 }
 
 // CatItem is one inode for Cat and its size as listed.

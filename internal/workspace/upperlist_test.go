@@ -1,0 +1,161 @@
+package workspace
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pyro-mcp/pyro/internal/agentapi"
+)
+
+// loopMount mounts the ext4 image img at a new directory (opts: mount
+// options) and returns it; the test is skipped where this host cannot
+// (not root, no loop devices).
+func loopMount(t *testing.T, img, opts string) (string, func()) {
+	t.Helper()
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-o", "loop,"+opts, img, mnt).CombinedOutput(); err != nil {
+		t.Skipf("cannot loop-mount an image here: %v: %s", err, out)
+	}
+	return mnt, func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Fatalf("umount: %v: %s", err, out)
+		}
+	}
+}
+
+// kernelListing lists upper as the guest's agent does, from the kernel's
+// stat(2) of a mounted image: the truth ListUpper must match.
+func kernelListing(t *testing.T, upper string) map[string]agentapi.LayerEntry {
+	t.Helper()
+	out := map[string]agentapi.LayerEntry{}
+	err := filepath.WalkDir(upper, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == upper {
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(upper, p)
+		e := agentapi.LayerEntry{Path: rel, Size: st.Size, Mode: st.Mode, MtimeNS: st.Mtim.Nano(), CtimeNS: st.Ctim.Nano(), Ino: st.Ino}
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFDIR:
+			e.Kind = "dir"
+			buf := make([]byte, 4)
+			n, err := unix.Lgetxattr(p, "trusted.overlay.opaque", buf)
+			e.Opaque = err == nil && n == 1 && buf[0] == 'y'
+		case unix.S_IFLNK:
+			e.Kind = "symlink"
+		case unix.S_IFREG:
+			e.Kind = "file"
+		case unix.S_IFCHR:
+			if st.Rdev == 0 {
+				e.Kind = "whiteout"
+			}
+		}
+		if e.Kind != "" {
+			out[rel] = e
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// A stopped workspace's upper layer listed on the host is the listing the
+// guest's kernel gives of the same image, field by field (inode numbers,
+// ns times, sizes of directories, modes with setuid, opaque marks,
+// whiteouts; fifos and other devices left out), with parents before
+// children.
+func TestListUpperMatchesKernel(t *testing.T) {
+	needE2fs(t)
+	img := filepath.Join(t.TempDir(), "upper.ext4")
+	if err := mkfs(context.Background(), img, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	mnt, umount := loopMount(t, img, "rw")
+	up := filepath.Join(mnt, "upper")
+	writeFiles(t, up, map[string]string{"f.txt": "hello\n", "d/g.txt": "g", "d/e/deep.txt": "deep", "o/x": "x", "name\nwith newline": "n"})
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			umount()
+			t.Fatal(err)
+		}
+	}
+	must(os.Chmod(filepath.Join(up, "f.txt"), 0o4755))
+	must(unix.Setxattr(filepath.Join(up, "o"), "trusted.overlay.opaque", []byte("y"), 0))
+	must(unix.Mknod(filepath.Join(up, "d", "gone"), unix.S_IFCHR|0o000, 0))
+	must(unix.Mknod(filepath.Join(up, "null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))))
+	must(unix.Mkfifo(filepath.Join(up, "fifo"), 0o644))
+	must(os.Symlink("/etc/passwd", filepath.Join(up, "l")))
+	must(os.Symlink(strings.Repeat("long/", 30), filepath.Join(up, "d", "long")))
+	must(os.MkdirAll(filepath.Join(mnt, "work", "work"), 0o700))
+	umount()
+
+	m, err := ListUpper(context.Background(), img, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mnt, umount = loopMount(t, img, "ro,noload")
+	want := kernelListing(t, filepath.Join(mnt, "upper"))
+	umount()
+	pos := map[string]int{}
+	for i, e := range m.Entries {
+		pos[e.Path] = i
+		if w, ok := want[e.Path]; !ok || w != e {
+			t.Errorf("host listing %+v\nkernel        %+v", e, w)
+		}
+	}
+	for p, w := range want {
+		if _, ok := pos[p]; !ok {
+			t.Errorf("missing from the host listing: %+v", w)
+		}
+		if dir := filepath.Dir(p); dir != "." && pos[dir] > pos[p] {
+			t.Errorf("%q listed before its directory", p)
+		}
+	}
+	for _, left := range []string{"fifo", "null"} {
+		if _, ok := pos[left]; ok {
+			t.Errorf("%s listed", left)
+		}
+	}
+	if len(m.Entries) != len(want) {
+		t.Errorf("host listing has %d entries, kernel %d", len(m.Entries), len(want))
+	}
+}
+
+// A listing stops at its cap, and an image without an upper directory (a
+// guest that never mounted it) lists empty.
+func TestListUpperBounded(t *testing.T) {
+	needE2fs(t)
+	tree := t.TempDir()
+	files := map[string]string{}
+	for i := range 30 {
+		files[fmt.Sprintf("upper/d%d/f", i)] = "x"
+	}
+	writeFiles(t, tree, files)
+	img := image(t, tree)
+	if _, err := ListUpper(context.Background(), img, 45); !errors.Is(err, ErrTooManyListed) {
+		t.Fatalf("60 entries under a cap of 45: %v", err)
+	}
+	m, err := ListUpper(context.Background(), img, 60)
+	if err != nil || len(m.Entries) != 60 {
+		t.Fatalf("60 entries under a cap of 60: %d, %v", len(m.Entries), err)
+	}
+	empty := image(t, t.TempDir())
+	if m, err := ListUpper(context.Background(), empty, 10); err != nil || m.Entries == nil || len(m.Entries) != 0 {
+		t.Fatalf("no upper directory: %+v, %v", m, err)
+	}
+}
