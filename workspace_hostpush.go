@@ -259,20 +259,45 @@ func writeLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, de
 	}
 	defer done()
 	t.mark("raw_upper")
-	// The source is staged while the images are asked about its
-	// top-level names (the staging's are checked to be among them).
+	// The source is staged, and the script to write it made, while the
+	// images are asked about its top-level names (the staging's are
+	// checked to be among them) and a raw upper layer is copied (in the
+	// kernel) into the new layer: the three take about as long on a
+	// loaded 2-core host, ~0.1-0.2 s each for 1,000 files over a 196 MiB
+	// upper layer. The copy takes all the upper's data; the body of its
+	// clean journal, known once the image has answered, is punched out
+	// of the copy after (see journalBody), its pages never written back.
 	var staged tarutil.Stats
 	var changed func() bool
-	var serr, lerr error
+	var script []byte
+	var serr, lerr, cerr error
+	var name string
+	move := strings.HasPrefix(filepath.Base(upper), ".flat-")
 	var wg sync.WaitGroup
-	wg.Go(func() { staged, changed, serr = workspace.StageDir(ctx, src, tree, disk.Size()) })
+	wg.Go(func() {
+		staged, changed, serr = workspace.StageDir(ctx, src, tree, disk.Size())
+		if serr == nil {
+			script, st, serr = hostwrite.Script(tree, in)
+		}
+	})
 	if list != nil {
 		wg.Go(func() { lerr = list(ctx, upper) })
+	}
+	if !move {
+		wg.Go(func() { name, cerr = l.NewPushRoot(upper, false) })
 	}
 	missing, probe, err := pushable(ctx, upper, rec.WorkspaceBase, in, rel, names)
 	t.mark("probe")
 	wg.Wait()
-	t.mark("stage")
+	t.mark("stage_script_copy")
+	if name != "" {
+		// Removed unless it becomes the layer below.
+		defer func() {
+			if *layer != name {
+				_ = os.Remove(l.Path(name))
+			}
+		}()
+	}
 	if err == nil {
 		err = lerr
 	}
@@ -280,59 +305,50 @@ func writeLayer(ctx context.Context, dir vmdir.Dir, rec instance.Record, src, de
 		return st, unstage, errdefs.Wrap(errdefs.ErrInvalidArgument, serr, "push a smaller tree, or create the workspace with a larger disk (PYRO_WORKSPACE_DISK_MIB)",
 			"the push source holds more than the workspace disk (%d bytes)", disk.Size())
 	}
-	if serr != nil {
+	if serr != nil && !errors.Is(serr, hostwrite.ErrUnsupported) {
 		return st, unstage, hostFull(serr, "stage the push source")
+	}
+	if err == nil {
+		err = serr // a name debugfs cannot take: the guest's path
 	}
 	if err != nil {
 		return st, unstage, err
+	}
+	if cerr != nil {
+		return st, unstage, cerr
 	}
 	if stagedNames, err := topNames(tree); err != nil || !subset(stagedNames, names) {
 		return st, unstage, errdefs.New(errdefs.ErrUnavailable, "push again once the source is not being written; the workspace is unchanged",
 			"the push source %s changed while it was staged", src)
 	}
-	// What surely does not fit the workspace disk fails here, before the
-	// upper layer is copied (debugfs would fail on it later).
+	// What surely does not fit the workspace disk fails here (debugfs
+	// would fail on it later).
 	if need := staged.Bytes/probe.BlockSize + int64(staged.Dirs); need > probe.FreeBlocks || int64(staged.Files+staged.Dirs) > probe.FreeInodes {
 		return st, unstage, errdefs.New(errdefs.ErrFailedPrecondition, "free space in the workspace, or push less; the workspace is unchanged",
 			"the push (%d bytes in %d files) does not fit the workspace disk (%d bytes and %d inodes free)",
 			staged.Bytes, staged.Files+staged.Dirs, probe.FreeBlocks*probe.BlockSize, probe.FreeInodes)
 	}
-	move := strings.HasPrefix(filepath.Base(upper), ".flat-")
 	skip, err := journalBody(upper, probe)
 	if err != nil {
 		return st, unstage, err
 	}
 	if move {
 		// The private flattened copy becomes the layer: its journal
-		// body is punched out instead (its pages, still dirty from the
+		// body is punched out (its pages, still dirty from the
 		// flattening, are then never written back by the final sync).
 		if err := punch(upper, skip); err != nil {
 			return st, unstage, err
 		}
-		skip = nil
+		if name, err = l.NewPushRoot(upper, true); err != nil {
+			return st, unstage, err
+		}
+	} else if err := punch(l.Path(name), skip); err != nil {
+		return st, unstage, err
 	}
-	// The upper layer is copied (in the kernel) while the script is made.
-	var name string
-	var cerr error
-	copied := make(chan struct{})
-	go func() {
-		defer close(copied)
-		name, cerr = l.NewPushRoot(upper, move, skip...)
-	}()
+	t.mark("journal")
 	mkdirs, err := hostwrite.Mkdirs(missing, time.Now())
-	var script []byte
-	if err == nil {
-		script, st, err = hostwrite.Script(tree, in)
-	}
-	t.mark("script")
-	<-copied
-	t.mark("copy_upper")
-	if err == nil {
-		err = cerr
-	} else if cerr == nil {
-		_ = os.Remove(l.Path(name))
-	}
 	if err != nil {
+		_ = os.Remove(l.Path(name))
 		return st, unstage, err
 	}
 	script = append(mkdirs, script...)
