@@ -127,6 +127,7 @@ func Init() {
 	}
 	env := append(os.Environ(),
 		"PATH="+DefaultPath,
+		agentGODEBUG,
 		envInitStarted+"="+strconv.FormatInt(initStarted, 10),
 		envRootReady+"="+strconv.FormatInt(rootReady, 10),
 	)
@@ -508,6 +509,18 @@ func copyUp(path string, perm os.FileMode) {
 	}
 	_ = rewriteFile(path, b, perm)
 }
+
+// agentGODEBUG turns off the Go runtime's asynchronous preemption in the
+// agent server (not in user commands: their environment is the image's,
+// exec.go). To preempt a goroutine that ran 10 ms without yielding, sysmon
+// signals its thread (SIGURG); under TCG nearly every goroutine of a
+// freshly restored guest runs that long (its code is being translated),
+// so each warm start took such signals: the kernel's signal delivery and
+// sigreturn and the runtime's handler (isAsyncSafePoint, pcvalue), ~600
+// of the ~27,000 blocks a restored guest translated for `pyro run --
+// true` (QEMU -d in_asm), code nothing else in the start needs. The agent
+// runs no long loops without calls, and preemption at calls stays.
+const agentGODEBUG = "GODEBUG=asyncpreemptoff=1"
 
 // supervise is step 7-8: run the agent child, restart it when it dies, reap
 // every orphan, and power off when asked.

@@ -357,7 +357,8 @@ func TestSlirpBenchRefusesPolicies(t *testing.T) {
 // reuses what TCG translated for the previous one. KVM guests keep
 // address-space randomization. TCG guests also trust their TSC
 // (tsc=reliable): a restored guest's tick-counting watchdog otherwise
-// switches it to refined-jiffies.
+// switches it to refined-jiffies. And they leave out LSMs and PSI
+// accounting, code each restored guest would translate for nothing.
 func TestTCGGuestsHaveFixedMappings(t *testing.T) {
 	for accel, want := range map[string]bool{"tcg": true, "kvm": false} {
 		d := deps(t)
@@ -367,7 +368,7 @@ func TestTCGGuestsHaveFixedMappings(t *testing.T) {
 		}
 		boots, _ := fakevmm.Boots(v.Dir)
 		v.Close(context.Background())
-		for _, word := range []string{"norandmaps", "tsc=reliable"} {
+		for _, word := range []string{"norandmaps", "tsc=reliable", "lsm=landlock,lockdown,yama,bpf", "psi=0"} {
 			if got := slices.Contains(boots[0].Cmdline, word); got != want {
 				t.Errorf("%s guest: %s %v, want %v (cmdline %q)", accel, word, got, want, boots[0].Cmdline)
 			}
