@@ -107,6 +107,19 @@ func TestPullGetAndDamage(t *testing.T) {
 	if inst.KernelPath() != filepath.Join(inst.Dir, "vmlinux") || inst.RootfsPath() != filepath.Join(inst.Dir, "rootfs.ext4") {
 		t.Fatal("paths")
 	}
+	// A fast check that hashes nothing (every file as last hashed) leaves
+	// the stamps file as it is: every start checks, none rewrites it.
+	stamps := filepath.Join(inst.Dir, stampsFile)
+	before, err := os.Stat(stamps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(testEnv); err != nil {
+		t.Fatal(err)
+	}
+	if after, err := os.Stat(stamps); err != nil || !os.SameFile(before, after) {
+		t.Fatalf("stamps rewritten by a check that hashed nothing: %v", err)
+	}
 
 	res, err = s.Pull(ctx, testEnv, PullOptions{})
 	if err != nil || !res.AlreadyInstalled || fb.calls.Load() != 1 {

@@ -672,3 +672,46 @@ func stoppedState(pid int) bool {
 	i := strings.LastIndexByte(string(b), ')')
 	return i > 0 && i+2 < len(b) && b[i+2] == 'T'
 }
+
+// A run's record is written while its guest boots (BeginRun); a run that
+// ends at once waits for it, so nothing is written into the removed
+// directory and nothing is left; one that lives has its record, naming
+// this process, for Reconcile.
+func TestBeginRunRecordsWhileBooting(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	for range 20 {
+		dir, end, err := f.m.BeginRun(ctx, newRecord(instance.KindVM))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := end(); err != nil {
+			t.Fatalf("end at once: %v", err)
+		}
+		if _, err := os.Stat(string(dir)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s left: %v", dir, err)
+		}
+	}
+	dir, end, err := f.m.BeginRun(ctx, newRecord(instance.KindVM))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer end()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rec, err := instance.Load(dir, instance.KindRun)
+		if pid, alive := instance.SupervisorPid(dir); err == nil && alive && pid == os.Getpid() {
+			if rec.Kind != instance.KindRun {
+				t.Fatalf("record: %+v", rec)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no record naming this process: %v", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if r := New(Config{Dirs: f.dirs, Binary: f.m.cfg.Binary}).Reconcile(ctx); r.Removed() != 0 {
+		t.Fatalf("a live run reconciled away: %+v", r)
+	}
+}
