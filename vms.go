@@ -276,14 +276,17 @@ func (c *Client) StartVM(ctx context.Context, id string) (VM, error) {
 	return vmFrom(rec, st), nil
 }
 
-// execIn runs one command through an agent client and closes it.
-func execIn(ctx context.Context, agent *agentapi.Client, opts ExecOptions) (ExecResult, error) {
+// execIn runs one command through an agent client and closes it; t, when
+// timing, gets the guest's steps of the call.
+func execIn(ctx context.Context, agent *agentapi.Client, opts ExecOptions, t *phases) (ExecResult, error) {
 	defer agent.Close()
 	req, err := opts.execRequest()
 	if err != nil {
 		return ExecResult{}, err
 	}
+	req.Timings = t != nil
 	r, err := agent.Exec(ctx, req, opts.OnOutput)
+	t.guest(r.Timings)
 	if err != nil {
 		return ExecResult{}, err
 	}
@@ -304,7 +307,7 @@ func (c *Client) ExecVM(ctx context.Context, id string, opts ExecOptions) (ExecR
 	if err != nil {
 		return ExecResult{}, err
 	}
-	res, err := execIn(ctx, agent, opts)
+	res, err := execIn(ctx, agent, opts, nil)
 	res.VMID = id
 	res.NetworkDenials = takeDenials(ctx, dir, rec)
 	if _, derr := c.DeleteVM(context.WithoutCancel(ctx), id); derr != nil && !errors.Is(derr, errdefs.ErrNotFound) {

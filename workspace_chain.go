@@ -313,6 +313,12 @@ func gcLayers(ctx context.Context, dir vmdir.Dir, rec instance.Record, maxCount 
 	if err := l.GC(keep); err != nil {
 		return err
 	}
+	// The live chain is at most the layer files and the root disk long:
+	// below the merge length it need not be read (a walk of ~60 headers
+	// after every exec).
+	if ents, err := os.ReadDir(filepath.Join(string(dir), workspace.LayersDir)); err == nil && len(ents)+1 <= maxCount+mergeSlack {
+		return nil
+	}
 	top, err := l.Top()
 	if err != nil {
 		return err

@@ -108,7 +108,7 @@ func (c *Client) execCheckpointed(ctx context.Context, dir vmdir.Dir, rec instan
 		// Timed too, for the comparison with a checkpointed exec.
 		t := newPhases(c.logger, "exec")
 		defer t.done("workspace", rec.ID)
-		r, err := execIn(ctx, agent, opts)
+		r, err := execIn(ctx, agent, opts, t)
 		t.mark("exec")
 		return r, err
 	}
@@ -121,6 +121,7 @@ func (c *Client) execCheckpointed(ctx context.Context, dir vmdir.Dir, rec instan
 	quiet := chainable(dir)
 	t := newPhases(c.logger, "checkpointed exec")
 	defer t.done("workspace", rec.ID)
+	req.Timings = t != nil
 	var after *agentapi.Client // the tidy asks the guest for its report
 	if quiet {
 		after = agent
@@ -135,6 +136,7 @@ func (c *Client) execCheckpointed(ctx context.Context, dir vmdir.Dir, rec instan
 			go func() { synced <- durable() }()
 			r, ran, err := agent.ExecQuiet(ctx, req, expect, opts.OnOutput)
 			t.mark("exec")
+			t.guest(r.Timings)
 			if serr := <-synced; serr != nil && c.logger != nil {
 				c.logger.Debug("sync a checkpoint's record", "err", serr)
 			}
@@ -158,6 +160,7 @@ func (c *Client) execCheckpointed(ctx context.Context, dir vmdir.Dir, rec instan
 		return ExecResult{}, err
 	}
 	r, err := agent.Exec(ctx, req, opts.OnOutput)
+	t.guest(r.Timings)
 	c.tidyAfterExec(ctx, dir, rec, after)
 	if err != nil {
 		return ExecResult{}, err

@@ -18,6 +18,9 @@ type phases struct {
 	start time.Time
 	last  time.Time
 	steps []string
+	// guestSteps are the agent's own steps of the call that ran the
+	// command, on the guest's clock (agentapi.ExecResult.Timings).
+	guestSteps string
 }
 
 func newPhases(log *slog.Logger, what string) *phases {
@@ -38,12 +41,23 @@ func (p *phases) mark(step string) {
 	p.last = now
 }
 
+// guest keeps the guest's steps of the exec call (microseconds each).
+func (p *phases) guest(steps string) {
+	if p != nil {
+		p.guestSteps = steps
+	}
+}
+
 // done logs the steps and the total.
 func (p *phases) done(attrs ...any) {
 	if p == nil {
 		return
 	}
-	p.log.Debug(p.what, append([]any{"total_ms", ms(time.Since(p.start)), "steps", strings.Join(p.steps, " ")}, attrs...)...)
+	attrs = append([]any{"total_ms", ms(time.Since(p.start)), "steps", strings.Join(p.steps, " ")}, attrs...)
+	if p.guestSteps != "" {
+		attrs = append(attrs, "guest_us", p.guestSteps)
+	}
+	p.log.Debug(p.what, attrs...)
 }
 
 func ms(d time.Duration) string {

@@ -8,18 +8,26 @@ import (
 	"testing"
 )
 
-// TestOverlayHeader writes an overlay pyro's way, reads it back, and (when
-// qemu-img is installed) has QEMU's own checker accept it and follow its
-// backing.
-func TestOverlayHeader(t *testing.T) {
+// sparseRoot is a layer store in a new directory whose root disk is a
+// sparse file of size bytes.
+func sparseRoot(t *testing.T, size int64) Layers {
+	t.Helper()
 	dir := t.TempDir()
 	l := Layers{Dir: dir, Disk: filepath.Join(dir, "workspace.ext4")}
 	if err := os.WriteFile(l.Disk, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Truncate(l.Disk, 8<<30); err != nil {
+	if err := os.Truncate(l.Disk, size); err != nil {
 		t.Fatal(err)
 	}
+	return l
+}
+
+// TestOverlayHeader writes an overlay pyro's way, reads it back, and (when
+// qemu-img is installed) has QEMU's own checker accept it and follow its
+// backing.
+func TestOverlayHeader(t *testing.T) {
+	l := sparseRoot(t, 8<<30)
 	a, err := l.NewOverlay("workspace.ext4")
 	if err != nil {
 		t.Fatal(err)
@@ -122,14 +130,7 @@ func mustBlocks(t *testing.T, l Layers, name string) int64 {
 // probed, or states the wrong one, is refused (qemu-img would probe the
 // guest-written raw root, where a forged qcow2 header can name a host file).
 func TestParentFormatStated(t *testing.T) {
-	dir := t.TempDir()
-	l := Layers{Dir: dir, Disk: filepath.Join(dir, "workspace.ext4")}
-	if err := os.WriteFile(l.Disk, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(l.Disk, 1<<30); err != nil {
-		t.Fatal(err)
-	}
+	l := sparseRoot(t, 1<<30)
 	a, err := l.NewOverlay("workspace.ext4")
 	if err != nil {
 		t.Fatal(err)
