@@ -81,11 +81,20 @@ type fakeFiller struct {
 	n       int
 	guests  []*fakeGuest
 	failOut bool
+	// only, when not 0, is how many guests it makes: later fills wait
+	// until the pool gives up on them.
+	only int
 }
 
-func (f *fakeFiller) fill(context.Context) (Guest, error) {
+func (f *fakeFiller) fill(ctx context.Context) (Guest, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.only > 0 && f.n >= f.only {
+		f.mu.Unlock()
+		<-ctx.Done()
+		f.mu.Lock()
+		return nil, ctx.Err()
+	}
 	f.n++
 	g := &fakeGuest{id: fmt.Sprintf("pooled%d", f.n), done: make(chan struct{}), failOut: f.failOut}
 	f.guests = append(f.guests, g)
@@ -168,8 +177,8 @@ func TestClaimHandsOutAndRefills(t *testing.T) {
 }
 
 func TestClaimMismatchAndEmpty(t *testing.T) {
-	f := &fakeFiller{}
-	root, s := startTest(t, 1, f)
+	f := &fakeFiller{only: 1}
+	root, _ := startTest(t, 1, f)
 	ctx := context.Background()
 	other := testKey
 	other.MemMiB = 512
@@ -188,11 +197,8 @@ func TestClaimMismatchAndEmpty(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	// Make refills fail to hand out: a second claim before the refill is
-	// ready finds the pool empty, or a guest that fails the hand-out.
-	s.mu.Lock()
-	s.ready = nil
-	s.mu.Unlock()
+	// The refill never comes: the second claim finds the pool empty
+	// (emptying s.ready instead raced with a refill landing after it).
 	if _, err := Claim(ctx, root, k, "run2"); !errors.Is(err, ErrEmpty) {
 		t.Fatalf("empty pool: %v", err)
 	}
