@@ -20,10 +20,12 @@ import (
 //
 // The image is the guest's (hostile): the walk reads a directory level at
 // a time, each level in one debugfs run and the inodes in one more, all
-// under one diskimg.Budget; it stops at max entries (ErrTooManyListed), a
-// directory met twice (a crafted loop) is listed once, and any inode it
-// cannot read whole fails the listing: the caller then lists through the
-// guest.
+// under one diskimg.Budget; it stops at max entries (ErrTooManyListed) and
+// past MaxUpperDepth levels (ErrTooDeepListed: a crafted chain of a
+// thousand nested directories, a few bytes each, cost a debugfs run per
+// level, ~14 s before the budget's 1,024 runs), a directory met twice (a
+// crafted loop) is listed once, and any inode it cannot read whole fails
+// the listing: the caller then lists through the guest.
 func ListUpper(ctx context.Context, image string, max int) (agentapi.LayerManifest, error) {
 	m := agentapi.LayerManifest{Entries: []agentapi.LayerEntry{}}
 	im := diskimg.Image{Path: image, Budget: diskimg.DefaultBudget()}
@@ -51,7 +53,10 @@ func ListUpper(ctx context.Context, image string, max int) (agentapi.LayerManife
 	var all []found
 	seen := map[uint32]bool{top: true}
 	level := []dir{{top, ""}}
-	for len(level) > 0 {
+	for depth := 1; len(level) > 0; depth++ {
+		if depth > MaxUpperDepth {
+			return m, ErrTooDeepListed
+		}
 		inos := make([]uint32, len(level))
 		for i, d := range level {
 			inos[i] = d.ino
@@ -117,6 +122,14 @@ func ListUpper(ctx context.Context, image string, max int) (agentapi.LayerManife
 	}
 	return m, nil
 }
+
+// MaxUpperDepth bounds the levels of directories a host listing reads
+// (one debugfs run each): real trees are a few dozen deep at most.
+const MaxUpperDepth = 64
+
+// ErrTooDeepListed: the upper layer nests directories deeper than a host
+// listing reads.
+var ErrTooDeepListed = errors.New("the upper layer nests directories too deep to list on the host")
 
 // ErrTooManyListed: the upper layer holds more entries than a host
 // listing reads.

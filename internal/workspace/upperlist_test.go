@@ -159,3 +159,22 @@ func TestListUpperBounded(t *testing.T) {
 		t.Fatalf("no upper directory: %+v, %v", m, err)
 	}
 }
+
+// A hostile guest nests directories a thousand deep (a few bytes each):
+// the host listing reads one level per debugfs run, so it stops past
+// MaxUpperDepth levels instead of running a thousand debugfs processes
+// (~14 s, held under the push's locks) and leaves the listing to the
+// guest. A tree exactly MaxUpperDepth deep still lists on the host.
+func TestListUpperDepthBounded(t *testing.T) {
+	needE2fs(t)
+	deep := t.TempDir()
+	writeFiles(t, deep, map[string]string{"upper/" + strings.Repeat("d/", 1000) + "f": "x"})
+	if m, err := ListUpper(context.Background(), image(t, deep), 100_000); !errors.Is(err, ErrTooDeepListed) {
+		t.Fatalf("a chain of 1,000 directories: %d entries, %v", len(m.Entries), err)
+	}
+	edge := t.TempDir()
+	writeFiles(t, edge, map[string]string{"upper/" + strings.Repeat("d/", MaxUpperDepth-1) + "f": "x"})
+	if m, err := ListUpper(context.Background(), image(t, edge), 100_000); err != nil || len(m.Entries) != MaxUpperDepth {
+		t.Fatalf("a path %d deep: %d entries, %v", MaxUpperDepth, len(m.Entries), err)
+	}
+}
