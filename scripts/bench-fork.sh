@@ -18,6 +18,9 @@
 #                   fork loaded (paused at the gate), all running
 #   per fork        each fork's boot, and its restore and identity steps
 #                   (from its supervisor log)
+#   yielded         how long each fork ran at idle priority after its
+#                   identity (internal/vm/forkyield.go), and the CPU its
+#                   QEMU took meanwhile
 #   fork cpu        each fork's QEMU CPU time (user+system) when the fork
 #                   command returned, their sum, and that sum spread over
 #                   the host's cores: the floor of the fork total on this
@@ -105,6 +108,7 @@ printf '    gate wait    [%s] ms (paused until every fork had loaded)\n' "$(step
 printf '    restore      [%s] ms\n' "$(steps 'fork restored')"
 printf '    identity     [%s] ms\n' "$(steps 'fork identity')"
 printf '    qemu cpu at restored [%s], at identity [%s] ms\n' "$(steps 'fork restored' vmm_cpu_ms)" "$(steps 'fork identity' vmm_cpu_ms)"
+printf '    yielded      [%s] ms, qemu cpu meanwhile [%s] ms (at idle priority after its identity, until every fork ran)\n' "$(steps 'fork yielded')" "$(steps 'fork yielded' vmm_cpu_ms)"
 printf '  fork cpu       [%s] ms, sum %d ms = %d ms over %d cores\n' "$cpus" "$cpu_sum" "$((cpu_sum / $(nproc)))" "$(nproc)"
 id_sum=$(steps 'fork identity' vmm_cpu_ms | tr , '\n' | awk '{s += $1} END {print s + 0}')
 load_sum=$(steps 'fork loaded' vmm_cpu_ms | tr , '\n' | awk '{s += $1} END {print s + 0}')

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -144,7 +145,8 @@ type VM struct {
 	closed   bool
 	closeErr error
 
-	baseReady bool // Config.AwaitBase returned (awaitbase.go)
+	baseReady bool     // Config.AwaitBase returned (awaitbase.go)
+	gateConn  net.Conn // a fork's held fork-gate connection, for its yield (forkyield.go)
 }
 
 // StepFunc is one boot step. It may register cleanups with v.OnClose.

@@ -102,7 +102,8 @@ const (
 
 // ForkBoot returns the steps that start a fork of src: ColdBoot with the
 // VMM restored instead of booted, the agent reached without a readiness
-// round trip, and a new identity as the first call.
+// round trip, a new identity as the first call, and then the fork
+// yielding the host's cores to its siblings (forkyield.go).
 func ForkBoot(src ForkSource) Steps {
 	return ColdBoot().
 		Swap(StepStartVMM, func(ctx context.Context, d Deps, c Config, v *VM) error {
@@ -121,7 +122,8 @@ func ForkBoot(src ForkSource) Steps {
 			err := forkIdentity(ctx, d, c, v, src.First)
 			d.Logger.Info("fork identity", "ms", time.Since(t).Milliseconds(), "vmm_cpu_ms", vmmCPUms(v), "err", err)
 			return err
-		}})
+		}}).
+		InsertAfter(StepForkIdentity, Step{StepForkYield, forkYield})
 }
 
 func restoreFork(ctx context.Context, d Deps, c Config, v *VM, src ForkSource) error {
@@ -147,7 +149,8 @@ func restoreFork(ctx context.Context, d Deps, c Config, v *VM, src ForkSource) e
 			// and the state read), then how long the gate held it.
 			d.Logger.Info("fork loaded", "ms", time.Since(t).Milliseconds(), "vmm_cpu_ms", pidCPUms(m.Pid()))
 			w := time.Now()
-			ok, err := waitForkGate(ctx, src.Gate)
+			held, ok, err := waitForkGate(ctx, src.Gate)
+			v.holdGate(held)
 			d.Logger.Info("fork released", "wait_ms", time.Since(w).Milliseconds(), "by_gate", ok, "err", err)
 		}
 	}

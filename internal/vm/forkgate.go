@@ -30,6 +30,10 @@ import (
 // continues when the gate writes a byte or closes, or after
 // forkGateWait. Nothing is read from the connection but that: the gate
 // only orders restores, so any failure of it lets the fork continue.
+// After its byte the gate keeps the connection open until every fork's
+// start returned (or the gate closes): meanwhile a fork that has its
+// identity runs at idle priority (forkyield.go), and the connection's
+// close, also by the death of the process serving the gate, ends that.
 
 // forkGateWait bounds a fork's wait at the gate (a variable for tests):
 // ten forks of a debian:12 workspace load in ~1.5 s and run in ~3 s on 2
@@ -45,6 +49,7 @@ type ForkGate struct {
 	parallel int
 	mu       sync.Mutex
 	waiting  []net.Conn
+	let      []net.Conn // let go, kept open until every fork is done
 	arrived  int
 	done     int // forks whose start returned (Done)
 	running  int // let go and not yet done
@@ -65,9 +70,10 @@ func OpenForkGate(path string, n, parallel int) (*ForkGate, error) {
 	}
 	g := &ForkGate{path: path, ln: ln, n: n, parallel: max(1, parallel), stop: make(chan struct{})}
 	go g.accept()
+	opens := time.After(forkGateWait)
 	go func() {
 		select {
-		case <-time.After(forkGateWait):
+		case <-opens:
 			g.open()
 		case <-g.stop:
 		}
@@ -118,7 +124,15 @@ func (g *ForkGate) step() {
 		g.running++
 		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 		_, _ = c.Write([]byte{1})
-		c.Close()
+		g.let = append(g.let, c)
+	}
+	if g.closed || g.done >= g.n {
+		// Every fork's start returned (or the gate is done): the forks
+		// that yielded meanwhile take their share again.
+		for _, c := range g.let {
+			c.Close()
+		}
+		g.let = nil
 	}
 }
 
@@ -156,25 +170,33 @@ func (g *ForkGate) Close() error {
 
 // waitForkGate is a fork's side: it arrives at the gate at path and
 // returns once the gate opened, the gate failed, ctx ended, or
-// forkGateWait passed; it reports whether the gate let it go.
-func waitForkGate(ctx context.Context, path string) (bool, error) {
+// forkGateWait passed; it reports whether the gate let it go, and
+// returns the connection when the gate let it go with its byte and kept
+// it open (the caller closes it: its close says every fork is done).
+func waitForkGate(ctx context.Context, path string) (held net.Conn, ok bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, forkGateWait)
 	defer cancel()
 	c, err := unixsock.Dial(ctx, path)
 	if err != nil {
-		return false, err
+		return nil, false, err
 	}
-	defer c.Close()
+	defer func() {
+		if held == nil {
+			c.Close()
+		}
+	}()
 	stop := context.AfterFunc(ctx, func() { _ = c.SetReadDeadline(time.Now()) })
-	defer stop()
 	var b [1]byte
 	_, err = c.Read(b[:])
-	if ctx.Err() != nil {
-		return false, ctx.Err()
+	if !stop() || ctx.Err() != nil {
+		return nil, false, ctx.Err()
 	}
-	// A byte or the gate's close (EOF): either way it let go.
-	if err == nil || errors.Is(err, io.EOF) {
-		return true, nil
+	_ = c.SetReadDeadline(time.Time{})
+	switch {
+	case err == nil: // its byte
+		return c, true, nil
+	case errors.Is(err, io.EOF): // its close: it let go too
+		return nil, true, nil
 	}
-	return false, err
+	return nil, false, err
 }
