@@ -45,7 +45,7 @@ func startStdioWith(t *testing.T, tools []tool) *stdioPeer {
 		inW.Close()
 		select {
 		case <-done:
-		case <-time.After(5 * time.Second):
+		case <-time.After(stdioWait):
 			t.Error("server did not stop")
 		}
 	})
@@ -64,6 +64,11 @@ type rpcReply struct {
 	} `json:"error"`
 }
 
+// stdioWait bounds each step of a stdio test: generous, since it only
+// tells a stuck server from a slow one (a 17 MiB line on a loaded host
+// took over 5 s).
+const stdioWait = 30 * time.Second
+
 // write sends one line; it fails instead of blocking when the server
 // does not read (say, because it is stuck writing an unexpected reply).
 func (p *stdioPeer) write(line string) {
@@ -75,12 +80,12 @@ func (p *stdioPeer) write(line string) {
 		if err != nil {
 			p.t.Fatalf("write %.100q: %v (server gone?)", line, err)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(stdioWait):
 		p.t.Fatalf("the server does not read %.100q", line)
 	}
 }
 
-// send writes one line and reads one reply line (within 5 s).
+// send writes one line and reads one reply line (within stdioWait).
 func (p *stdioPeer) send(line string) (rpcReply, string) {
 	p.t.Helper()
 	p.write(line)
@@ -104,7 +109,7 @@ func (p *stdioPeer) send(line string) (rpcReply, string) {
 			p.t.Fatalf("after %.100q: reply %.300q is not JSON: %v", line, s, err)
 		}
 		return r, s
-	case <-time.After(5 * time.Second):
+	case <-time.After(stdioWait):
 		p.t.Fatalf("no reply to %q", line)
 	}
 	return rpcReply{}, ""

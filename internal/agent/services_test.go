@@ -223,13 +223,18 @@ func TestServiceProbeTimeout(t *testing.T) {
 		t.Fatalf("want failed_precondition, got %v", err)
 	}
 	msg := err.Error()
-	for _, want := range []string{"did not become ready within 1s", "connection refused", "starting up", "second line"} {
+	for _, want := range []string{"did not become ready within 1s", "starting up", "second line"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error %q lacks %q", msg, want)
 		}
 	}
+	// The last probe's own error: refused, or on a loaded host its dial
+	// cut short by the readiness deadline.
+	if !strings.Contains(msg, "connection refused") && !strings.Contains(msg, "i/o timeout") {
+		t.Errorf("error %q does not say why the probe failed", msg)
+	}
 	st, err := c.ServiceStatus(testCtx(t), "never")
-	if took < time.Second || took > 8*time.Second { // 1s + up to 1s TERM grace, on a loaded host
+	if took < time.Second || took > 30*time.Second { // 1s + up to 1s TERM grace; the upper bound only catches a wait that ignores the timeout
 		t.Errorf("failed after %s, want about 1s: %v; %+v", took, msg, st)
 	}
 	if err != nil {
