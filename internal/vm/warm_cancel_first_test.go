@@ -32,17 +32,9 @@ func (c eagerConn) SetDeadline(t time.Time) error {
 // in ten under load for that).
 func TestCancelledFirstCallKeepsSnapshotWhicheverTimerFires(t *testing.T) {
 	envDir, store, key, snap := publishedSnapshot(t)
-	dial := func(context.Context) (net.Conn, error) {
-		host, guest := net.Pipe()
-		go func() { // a guest that reads and never answers
-			buf := make([]byte, 4096)
-			for {
-				if _, err := guest.Read(buf); err != nil {
-					return
-				}
-			}
-		}()
-		return eagerConn{host}, nil
+	dial := func(ctx context.Context) (net.Conn, error) {
+		host, err := silentGuest(ctx)
+		return eagerConn{host}, err
 	}
 	v := &VM{ID: "ws1", Environment: envstore.Installed{Dir: envDir}, Agent: agentapi.NewClient(dial),
 		Machine: stubMachine{done: make(chan struct{})}}

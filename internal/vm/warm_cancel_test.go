@@ -53,19 +53,7 @@ func publishedSnapshot(t *testing.T) (envDir string, store *golden.Store, key go
 // start of that configuration for the next 10 minutes took the slower path.
 func TestCancelledRestoreKeepsSnapshot(t *testing.T) {
 	envDir, store, key, snap := publishedSnapshot(t)
-	stuck := func(context.Context) (net.Conn, error) {
-		host, guest := net.Pipe()
-		go func() {
-			buf := make([]byte, 4096)
-			for {
-				if _, err := guest.Read(buf); err != nil {
-					return
-				}
-			}
-		}()
-		return host, nil
-	}
-	v := &VM{ID: "ws1", Environment: envstore.Installed{Dir: envDir}, Agent: agentapi.NewClient(stuck),
+	v := &VM{ID: "ws1", Environment: envstore.Installed{Dir: envDir}, Agent: agentapi.NewClient(silentGuest),
 		Machine: stubMachine{done: make(chan struct{})}}
 	defer v.Agent.Close()
 	v.warm.snapshot = &snap

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net"
 	"testing"
 	"time"
 
@@ -18,21 +17,9 @@ import (
 // the command a second time. Without a command the same silence is an
 // ordinary failed restore, retried cold.
 func TestFirstCallCommandNeverRetriedCold(t *testing.T) {
-	silent := func(context.Context) (net.Conn, error) {
-		host, guest := net.Pipe()
-		go func() { // reads the whole frame, then never answers
-			buf := make([]byte, 4096)
-			for {
-				if _, err := guest.Read(buf); err != nil {
-					return
-				}
-			}
-		}()
-		return host, nil
-	}
 	for _, withCommand := range []bool{true, false} {
 		envDir, store, key, snap := publishedSnapshot(t)
-		v := &VM{ID: "run1", Environment: envstore.Installed{Dir: envDir}, Agent: agentapi.NewClient(silent),
+		v := &VM{ID: "run1", Environment: envstore.Installed{Dir: envDir}, Agent: agentapi.NewClient(silentGuest),
 			Machine: stubMachine{done: make(chan struct{})}}
 		v.warm.snapshot = &snap
 		c := Config{BootTimeout: 300 * time.Millisecond}
