@@ -77,7 +77,7 @@ func jobPath(id, suffix string) string { return itemPath(PathJobs, id, suffix) }
 func (c *Client) StartJob(ctx context.Context, req ExecRequest) (JobInfo, error) {
 	var info JobInfo
 	err := c.jsonCall(ctx, callTimeout, http.MethodPost, PathJobs, req, &info)
-	return info, err
+	return info, handedOut("job", info.JobID, err)
 }
 
 // ReadJob returns output from cursor on (at most maxChars characters,

@@ -20,6 +20,16 @@ func checkID(kind, id, hint string) error {
 	return nil
 }
 
+// handedOut checks an id the agent hands out (a new shell's, a new job's):
+// the guest chooses it, and the host prints it and sends it back in
+// request paths, so an id the agent never makes is a broken answer.
+func handedOut(kind, id string, err error) error {
+	if err == nil && !names.IsIdentifier(id) {
+		return errdefs.New(errdefs.ErrUnavailable, "", "the agent answered with an invalid %s id %q", kind, id)
+	}
+	return err
+}
+
 // itemPath is the path of one shell or job (base is PathShells or
 // PathJobs) with suffix ("/read", "/write"...) appended.
 func itemPath(base, id, suffix string) string {

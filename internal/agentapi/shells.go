@@ -161,7 +161,7 @@ func shellPath(id, suffix string) string { return itemPath(PathShells, id, suffi
 func (c *Client) OpenShell(ctx context.Context, req ShellOpenRequest) (ShellInfo, error) {
 	var info ShellInfo
 	err := c.jsonCall(ctx, callTimeout, http.MethodPost, PathShells, req, &info)
-	return info, err
+	return info, handedOut("shell", info.ShellID, err)
 }
 
 // ReadShell returns output from req.Cursor. Unknown or closed ids are

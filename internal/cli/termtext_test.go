@@ -41,3 +41,17 @@ func TestShortDigest(t *testing.T) {
 		}
 	}
 }
+
+// A fork's inherited service names and shell ids are what the source's
+// guest told (its identity frame): the fork's human output shows each as
+// one clean item, never the guest's escape sequences.
+func TestPrintForkQuotesGuestNamesAsText(t *testing.T) {
+	evil := "web\x1b]0;owned\x07\x1b[2J\nfake line"
+	var b bytes.Buffer
+	printFork(&b, pyro.ForkResult{SourceWorkspaceID: "src", Forks: []pyro.ForkedWorkspace{{
+		InheritedServices: []string{evil}, InheritedShells: []string{evil},
+	}}})
+	if s := b.String(); strings.ContainsAny(s, "\x1b\x07") || strings.Count(s, "\n") != 3 {
+		t.Errorf("fork output: %q", s)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pyro-mcp/pyro"
+	"github.com/pyro-mcp/pyro/internal/termtext"
 )
 
 func (a *app) wsFork() *cobra.Command {
@@ -48,7 +49,10 @@ func printFork(w io.Writer, r pyro.ForkResult) {
 		if f.Name != "" {
 			name = " (" + f.Name + ")"
 		}
-		fmt.Fprintf(w, "  %s%s: services [%s], shells [%s]\n", f.WorkspaceID, name, strings.Join(f.InheritedServices, ", "), strings.Join(f.InheritedShells, ", "))
+		// The names and ids are what the source's guest told (its identity
+		// frame): shown as text, never as its escape sequences.
+		fmt.Fprintf(w, "  %s%s: services [%s], shells [%s]\n", f.WorkspaceID, name,
+			termtext.Line(strings.Join(f.InheritedServices, ", ")), termtext.Line(strings.Join(f.InheritedShells, ", ")))
 	}
 	fmt.Fprintf(w, "not inherited: %s\n", strings.Join(r.NotInherited, "; "))
 }
