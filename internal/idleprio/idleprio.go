@@ -25,9 +25,10 @@ var ErrCannotRestore = errors.New("could not raise its priority again")
 
 // Lowered is a process put at idle priority by Lower.
 type Lowered struct {
-	pid  int
-	old  map[int]schedAttr // each lowered thread's attributes before
-	main schedAttr         // the main thread's: for threads started since
+	pid   int
+	pidfd int               // holds the process: its pid may be reused once it exits
+	old   map[int]schedAttr // each lowered thread's attributes before
+	main  schedAttr         // the main thread's: for threads started since
 	// group: its session's autogroup (groupID) was lowered from nice
 	// groupOld and is not yet put back.
 	group    bool

@@ -23,6 +23,20 @@ const restorePasses = 4
 // when this process could not put them back, and leaves a thread that is
 // not under the normal policy (real-time, already idle) as it is.
 func Lower(pid int) (*Lowered, error) {
+	// The process is held by a pidfd: Restore may run after it exited and
+	// was reaped, when its pid may be another process's.
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil, fmt.Errorf("hold process %d: %w", pid, err)
+	}
+	l, err := lower(pid, pidfd)
+	if err != nil {
+		unix.Close(pidfd)
+	}
+	return l, err
+}
+
+func lower(pid, pidfd int) (*Lowered, error) {
 	main, err := unix.SchedGetAttr(pid, 0)
 	if err != nil {
 		return nil, fmt.Errorf("read the scheduling of process %d: %w", pid, err)
@@ -33,7 +47,7 @@ func Lower(pid int) (*Lowered, error) {
 	if !mayRaise(pid, int(main.Nice)) {
 		return nil, fmt.Errorf("lower process %d: %w", pid, ErrCannotRestore)
 	}
-	l := &Lowered{pid: pid, old: map[int]schedAttr{}, main: *main}
+	l := &Lowered{pid: pid, pidfd: pidfd, old: map[int]schedAttr{}, main: *main}
 	tids, err := threads(pid)
 	if err != nil {
 		return nil, err
@@ -48,7 +62,7 @@ func Lower(pid int) (*Lowered, error) {
 			if errors.Is(err, unix.ESRCH) {
 				continue
 			}
-			rerr := l.Restore()
+			rerr := l.restore()
 			return nil, errors.Join(fmt.Errorf("lower thread %d of process %d: %w", tid, pid, err), rerr)
 		}
 		l.old[tid] = *a
@@ -144,11 +158,27 @@ func (l *Lowered) Restore() error {
 	if l.done {
 		return nil
 	}
+	err := l.restore()
+	if l.done {
+		unix.Close(l.pidfd)
+	}
+	return err
+}
+
+// alive says whether the lowered process still runs: then its pid is
+// still its own.
+func (l *Lowered) alive() bool {
+	return unix.PidfdSendSignal(l.pidfd, 0, nil, 0) == nil
+}
+
+func (l *Lowered) restore() error {
 	var err error
 	for range restorePasses {
 		var tids []int
 		tids, err = threads(l.pid)
-		if errors.Is(err, os.ErrNotExist) {
+		// Alive after the listing: the threads listed are its own (its pid
+		// was not reused meanwhile).
+		if errors.Is(err, os.ErrNotExist) || !l.alive() {
 			err = nil // exited: nothing is lowered any more
 			break
 		}
@@ -181,7 +211,7 @@ func (l *Lowered) Restore() error {
 		// of its session (a supervisor whose QEMU died): the group
 		// outlives the process while others are in it.
 		pid, ok := l.pid, true
-		if g, _, alive := group(pid); !alive || g != l.groupID {
+		if g, _, alive := group(pid); !alive || g != l.groupID || !l.alive() {
 			pid, ok = groupMember(l.groupID) // none: the group is gone
 		}
 		if ok {

@@ -243,3 +243,59 @@ func TestRestoreAfterExit(t *testing.T) {
 		t.Errorf("the session's other process: autogroup nice %d after Restore, want 0", n)
 	}
 }
+
+// A process that exited while lowered may have its pid taken by another
+// before Restore runs (the supervisor reaps its QEMU before it puts it
+// back; a local user can cycle pids to land on it). Restore must leave
+// that process alone: here a process that chose SCHED_IDLE itself keeps
+// it, where the old Restore raised its threads to the QEMU's attributes.
+func TestRestoreLeavesAReusedPidAlone(t *testing.T) {
+	pid, _ := helper(t)
+	l, err := Lower(pid)
+	if err != nil {
+		t.Skip(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	var ws syscall.WaitStatus
+	if _, err := syscall.Wait4(pid, &ws, 0, nil); err != nil { // reaped: its pid is free
+		t.Fatal(err)
+	}
+	other := startAtPid(t, pid)
+	idle := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_IDLE}
+	if err := unix.SchedSetAttr(other, &idle, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Restore(); err != nil {
+		t.Fatalf("Restore after the process exited: %v", err)
+	}
+	if p := policies(t, other)[other]; p[0] != unix.SCHED_IDLE {
+		t.Errorf("the process that took pid %d: policy %d after Restore, want its own SCHED_IDLE", other, p[0])
+	}
+}
+
+// startAtPid starts a process (sleep) at pid, through ns_last_pid (as
+// checkpoint/restore tools do; it needs CAP_SYS_ADMIN or
+// CAP_CHECKPOINT_RESTORE), trying a few times: any other process of the
+// host may take the pid first. It skips the test when it cannot.
+func startAtPid(t *testing.T, pid int) int {
+	t.Helper()
+	for range 50 {
+		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(pid-1)), 0); err != nil {
+			t.Skipf("cannot choose the next pid: %v", err)
+		}
+		c := exec.Command("sleep", "60")
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if c.Process.Pid == pid {
+			t.Cleanup(func() { _ = c.Process.Kill(); _ = c.Wait() })
+			return pid
+		}
+		_ = c.Process.Kill()
+		_ = c.Wait()
+	}
+	t.Skipf("another process took pid %d each time", pid)
+	return 0
+}
