@@ -68,9 +68,9 @@ import (
 // the source is staged (workspace.ListUpper: the fields the guest's
 // stat(2) reports, ~0.1 s for 1,000 files). Before, such a push started the
 // workspace first (a boot, then the running push: 2.7x docker cp).
-// A listing the host cannot make (over maxHostListed entries or
-// workspace.MaxUpperDepth levels, a damaged inode) leaves the push to the
-// guest's path.
+// A listing the host cannot make (over maxHostListed entries,
+// workspace.MaxUpperDepth levels or MaxUpperPathBytes of paths, a damaged
+// inode) leaves the push to the guest's path.
 
 // pushHost pushes the directory sourcePath into the stopped workspace at
 // dest on the host. ok is false when this path does not serve: nothing

@@ -25,7 +25,9 @@ import (
 // thousand nested directories, a few bytes each, cost a debugfs run per
 // level, ~14 s before the budget's 1,024 runs), a directory met twice (a
 // crafted loop) is listed once, and any inode it cannot read whole fails
-// the listing: the caller then lists through the guest.
+// the listing: the caller then lists through the guest. Past
+// MaxUpperPathBytes of paths it stops too (ErrTooLargeListed): the paths
+// are the listing's bulk, each as long as the levels above it.
 func ListUpper(ctx context.Context, image string, max int) (agentapi.LayerManifest, error) {
 	m := agentapi.LayerManifest{Entries: []agentapi.LayerEntry{}}
 	im := diskimg.Image{Path: image, Budget: diskimg.DefaultBudget()}
@@ -51,6 +53,7 @@ func ListUpper(ctx context.Context, image string, max int) (agentapi.LayerManife
 		d    diskimg.Dirent
 	}
 	var all []found
+	pathBytes := 0
 	seen := map[uint32]bool{top: true}
 	level := []dir{{top, ""}}
 	for depth := 1; len(level) > 0; depth++ {
@@ -78,6 +81,9 @@ func ListUpper(ctx context.Context, image string, max int) (agentapi.LayerManife
 				all = append(all, found{p, e})
 				if len(all) > max {
 					return m, ErrTooManyListed
+				}
+				if pathBytes += len(p); pathBytes > MaxUpperPathBytes {
+					return m, ErrTooLargeListed
 				}
 				if e.IsDir() && !seen[e.Ino] {
 					seen[e.Ino] = true
@@ -134,3 +140,15 @@ var ErrTooDeepListed = errors.New("the upper layer nests directories too deep to
 // ErrTooManyListed: the upper layer holds more entries than a host
 // listing reads.
 var ErrTooManyListed = errors.New("the upper layer holds too many entries to list on the host")
+
+// MaxUpperPathBytes bounds the bytes of the paths a host listing holds:
+// 100,000 entries (what a push lists on the host) of 670 bytes each, where
+// real trees' paths take a few dozen. A guest's tree of MaxUpperDepth
+// levels of 255-byte names gives each entry ~16 KiB of path: 100,000 of
+// them held 1.6 GiB in the host's process (the CLI's or the MCP server's),
+// from ~30 MB of image, and the checkpoint recorded as much again.
+const MaxUpperPathBytes = 64 << 20
+
+// ErrTooLargeListed: the upper layer's paths take more bytes than a host
+// listing holds.
+var ErrTooLargeListed = errors.New("the upper layer's paths are too long to list on the host")

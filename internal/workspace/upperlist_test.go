@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -176,5 +177,59 @@ func TestListUpperDepthBounded(t *testing.T) {
 	writeFiles(t, edge, map[string]string{"upper/" + strings.Repeat("d/", MaxUpperDepth-1) + "f": "x"})
 	if m, err := ListUpper(context.Background(), image(t, edge), 100_000); err != nil || len(m.Entries) != MaxUpperDepth {
 		t.Fatalf("a path %d deep: %d entries, %v", MaxUpperDepth, len(m.Entries), err)
+	}
+}
+
+// A hostile guest makes each entry's path long instead of making many
+// entries: levels of 255-byte names to MaxUpperDepth (ordinary mkdir
+// calls, each relative to the last), then files at the bottom. Each
+// entry's path is ~16 KiB, so the 100,000 entries a listing may hold were
+// 1.6 GiB of paths in the host's process (and more again recorded), from
+// ~30 MB of image. The listing stops past MaxUpperPathBytes of paths (the
+// guest lists).
+func TestListUpperPathBytesBounded(t *testing.T) {
+	needE2fs(t)
+	tree := t.TempDir()
+	r, err := os.OpenRoot(tree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("n", 255)
+	name := func(i int) string { return fmt.Sprintf("%s%08d", long[:len(long)-8], i) }
+	// upper, then levels of long names; the last level is the files'
+	// directories (mke2fs -d takes time quadratic in a directory's size).
+	for _, dir := range append([]string{"upper"}, slices.Repeat([]string{long}, MaxUpperDepth-3)...) {
+		if err := r.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		next, err := r.OpenRoot(dir)
+		r.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r = next
+	}
+	defer r.Close()
+	perFile := (MaxUpperDepth - 1) * (len(long) + 1)
+	files := MaxUpperPathBytes/perFile + 1 // just past the bound
+	for d := 0; d*100 < files; d++ {
+		if err := r.Mkdir(name(d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for i := d * 100; i < min(files, (d+1)*100); i++ {
+			f, err := r.Create(name(d) + "/" + name(i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+		}
+	}
+	img := filepath.Join(t.TempDir(), "img.ext4")
+	if err := mkfs(context.Background(), img, 256<<20, "-d", tree); err != nil {
+		t.Fatal(err)
+	}
+	m, err := ListUpper(context.Background(), img, 100_000)
+	if !errors.Is(err, ErrTooLargeListed) {
+		t.Fatalf("%d files under %d levels of 255-byte names: %d entries, %v", files, MaxUpperDepth-1, len(m.Entries), err)
 	}
 }
