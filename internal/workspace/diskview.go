@@ -341,22 +341,40 @@ func (v *DiskView) merge(dir DiskNode, lists [][]diskimg.Dirent, info []map[uint
 func (v *DiskView) Walk(ctx context.Context, dir DiskNode, max int, fn func(DiskNode) error) error {
 	children := map[string][]DiskNode{}
 	level, count, cut := []DiskNode{dir}, 0, false
+	pathBytes := 0
 	for len(level) > 0 && count <= max && !cut {
+		// Each entry holds its directory's path again: a level is read
+		// with room for what the bound on paths leaves at its longest.
+		longest := 0
+		for _, d := range level {
+			if len(d.Path) > longest {
+				longest = len(d.Path)
+			}
+		}
+		room := (maxWalkPathBytes - pathBytes) / (longest + 1)
+		want := len(v.layers) * (max - count + 1)
 		var kids [][]DiskNode
 		var err error
-		kids, cut, err = v.readDirs(ctx, level, len(v.layers)*(max-count+1))
+		kids, cut, err = v.readDirs(ctx, level, min(want, room))
 		if err != nil {
 			return err
+		}
+		if cut && room < want {
+			return errWalkPaths
 		}
 		var next []DiskNode
 		for k, d := range level {
 			children[d.Path] = kids[k]
 			count += len(kids[k])
 			for _, c := range kids[k] {
+				pathBytes += len(c.Path)
 				if c.Type == "dir" {
 					next = append(next, c)
 				}
 			}
+		}
+		if pathBytes > maxWalkPathBytes {
+			return errWalkPaths
 		}
 		level = next
 	}
@@ -386,6 +404,19 @@ func (v *DiskView) Walk(ctx context.Context, dir DiskNode, max int, fn func(Disk
 
 // ErrWalkLimit stops a Walk that reached its bound.
 var ErrWalkLimit = errors.New("too many entries")
+
+// maxWalkPathBytes bounds the bytes of the paths a Walk holds: a million
+// entries (an export's bound) of 128 bytes each. A node keeps its whole
+// path, as long as the levels above it: a guest's tree of hundreds of
+// levels of 255-byte names with files at the bottom made each ~100 KiB,
+// tens of GiB of the host's memory for a walk within the disk tools'
+// budget of runs and bytes.
+const maxWalkPathBytes = 128 << 20
+
+// errWalkPaths: the walk's paths would take more than maxWalkPathBytes;
+// it is the disk tools' budget error, so an export goes through the guest.
+var errWalkPaths = errdefs.Wrap(errdefs.ErrFailedPrecondition, diskimg.ErrBudget, "start the workspace and use the guest tools",
+	"reading the workspace image: its paths take more than %d bytes", maxWalkPathBytes)
 
 // Read returns at most max bytes of a regular file.
 func (v *DiskView) Read(ctx context.Context, n DiskNode, max int64) ([]byte, bool, error) {

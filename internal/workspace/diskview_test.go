@@ -357,3 +357,29 @@ func TestDiskViewWideLevel(t *testing.T) {
 		t.Fatalf("a directory under the cap: %d entries, %v", len(kids), err)
 	}
 }
+
+// TestDiskViewWalkPathBytesBounded plays the guest that makes each path
+// long instead of making many entries: 200 levels of 255-byte names, then
+// files at the bottom. Each node the walk holds keeps its whole path (~50
+// KiB here), so the million entries an export may walk held tens of GiB
+// of paths in the host's process, from a few MB of image. The walk stops
+// past maxWalkPathBytes of paths with the disk tools' budget error (an
+// export then goes through the guest).
+func TestDiskViewWalkPathBytesBounded(t *testing.T) {
+	needE2fs(t)
+	const levels = 200
+	files := maxWalkPathBytes/((levels+2)*256) + 1 // just past the bound
+	ctx := context.Background()
+	v, err := OpenDiskView(ctx, "", longPathImage(t, "", levels, files))
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := 0
+	err = v.Walk(ctx, v.Root(), maxExportEntries, func(n DiskNode) error {
+		held += len(n.Path)
+		return nil
+	})
+	if !errors.Is(err, diskimg.ErrBudget) {
+		t.Fatalf("%d files under %d levels of 255-byte names: %d bytes of paths walked, %v", files, levels, held, err)
+	}
+}

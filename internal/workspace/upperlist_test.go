@@ -189,6 +189,22 @@ func TestListUpperDepthBounded(t *testing.T) {
 // guest lists).
 func TestListUpperPathBytesBounded(t *testing.T) {
 	needE2fs(t)
+	perFile := (MaxUpperDepth - 1) * 256
+	files := MaxUpperPathBytes/perFile + 1 // just past the bound
+	img := longPathImage(t, "upper", MaxUpperDepth-3, files)
+	m, err := ListUpper(context.Background(), img, 100_000)
+	if !errors.Is(err, ErrTooLargeListed) {
+		t.Fatalf("%d files under %d levels of 255-byte names: %d entries, %v", files, MaxUpperDepth-1, len(m.Entries), err)
+	}
+}
+
+// longPathImage is an ext4 image of a tree whose paths are long: under
+// top (none: "") levels directories of 255-byte names, one in another,
+// then files files in directories of 100 (mke2fs -d takes time quadratic
+// in a directory's size). The tree is made a level at a time beneath the
+// last (its paths are longer than the host's PATH_MAX).
+func longPathImage(t *testing.T, top string, levels, files int) string {
+	t.Helper()
 	tree := t.TempDir()
 	r, err := os.OpenRoot(tree)
 	if err != nil {
@@ -196,9 +212,11 @@ func TestListUpperPathBytesBounded(t *testing.T) {
 	}
 	long := strings.Repeat("n", 255)
 	name := func(i int) string { return fmt.Sprintf("%s%08d", long[:len(long)-8], i) }
-	// upper, then levels of long names; the last level is the files'
-	// directories (mke2fs -d takes time quadratic in a directory's size).
-	for _, dir := range append([]string{"upper"}, slices.Repeat([]string{long}, MaxUpperDepth-3)...) {
+	dirs := slices.Repeat([]string{long}, levels)
+	if top != "" {
+		dirs = append([]string{top}, dirs...)
+	}
+	for _, dir := range dirs {
 		if err := r.Mkdir(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -210,8 +228,6 @@ func TestListUpperPathBytesBounded(t *testing.T) {
 		r = next
 	}
 	defer r.Close()
-	perFile := (MaxUpperDepth - 1) * (len(long) + 1)
-	files := MaxUpperPathBytes/perFile + 1 // just past the bound
 	for d := 0; d*100 < files; d++ {
 		if err := r.Mkdir(name(d), 0o755); err != nil {
 			t.Fatal(err)
@@ -228,8 +244,5 @@ func TestListUpperPathBytesBounded(t *testing.T) {
 	if err := mkfs(context.Background(), img, 256<<20, "-d", tree); err != nil {
 		t.Fatal(err)
 	}
-	m, err := ListUpper(context.Background(), img, 100_000)
-	if !errors.Is(err, ErrTooLargeListed) {
-		t.Fatalf("%d files under %d levels of 255-byte names: %d entries, %v", files, MaxUpperDepth-1, len(m.Entries), err)
-	}
+	return img
 }
