@@ -286,6 +286,9 @@ func (c Checkpoints) DropFrom(n int) error {
 	if err != nil {
 		return err
 	}
+	if len(list) > 0 {
+		c.holdNumber(list[len(list)-1].Number)
+	}
 	for i := len(list) - 1; i >= 0; i-- {
 		if list[i].Number >= n {
 			c.remove(list[i].Number)
@@ -296,7 +299,21 @@ func (c Checkpoints) DropFrom(n int) error {
 
 // Drop removes checkpoint n alone: a later one, taken meanwhile by
 // another call, stays. The caller holds the layer lock.
-func (c Checkpoints) Drop(n int) { c.remove(n) }
+func (c Checkpoints) Drop(n int) {
+	c.holdNumber(n)
+	c.remove(n)
+}
+
+// holdNumber keeps number n from being taken again once its record goes
+// ("last" holds the highest number a removed record had; while a record
+// exists its name holds its number). Prune needs none: it keeps the
+// newest record.
+func (c Checkpoints) holdNumber(n int) {
+	if last, err := c.lastNumber(); err == nil && last >= n {
+		return
+	}
+	_ = replaceFile(filepath.Join(c.Dir, "last"), []byte(strconv.Itoa(n)), true)
+}
 
 // Last returns the newest checkpoint's number (0: none).
 func (c Checkpoints) Last() int {

@@ -144,3 +144,56 @@ func TestDropLeavesLater(t *testing.T) {
 		t.Fatalf("next number %d %v", next.Number, err)
 	}
 }
+
+// TestLayerCheckpointNumbers: a chained checkpoint reserves no number
+// before its record (no write of "last" on a checkpoint's path), yet a
+// number that had a record is never taken again: not after the newest
+// was dropped (a refused quiet exec), nor after an undo dropped several.
+// A number whose record was never written (a crash half way) is taken by
+// the next checkpoint, which replaces what the crash left under it.
+func TestLayerCheckpointNumbers(t *testing.T) {
+	c := Checkpoints{Dir: filepath.Join(t.TempDir(), CheckpointsDir)}
+	m := agentapi.LayerManifest{}
+	take := func(layer string) Checkpoint {
+		t.Helper()
+		cp, err := c.TakeLayer(LayerRef{Layer: layer}, 0, m, "exec: "+layer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cp
+	}
+	for i := 1; i <= 3; i++ {
+		if cp := take("a"); cp.Number != i {
+			t.Fatalf("checkpoint %d numbered %d", i, cp.Number)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(c.Dir, "last")); err == nil {
+		t.Fatal("a chained checkpoint wrote \"last\" on its path")
+	}
+	c.Drop(3)
+	if cp := take("b"); cp.Number != 4 {
+		t.Fatalf("after the newest was dropped: number %d, want 4", cp.Number)
+	}
+	if err := c.DropFrom(2); err != nil {
+		t.Fatal(err)
+	}
+	if cp := take("c"); cp.Number != 5 {
+		t.Fatalf("after an undo: number %d, want 5", cp.Number)
+	}
+	// A crash after the sidecar, before the record: no checkpoint 6, and
+	// the next one takes 6 with its own layer.
+	if err := os.WriteFile(c.path(6, ".layer"), []byte(`{"layer":"stale"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Get(6); err == nil {
+		t.Fatal("a sidecar without its record reads as a checkpoint")
+	}
+	cp := take("d")
+	if cp.Number != 6 {
+		t.Fatalf("after a crash half way: number %d, want 6", cp.Number)
+	}
+	ref, ok := readRef(c.path(6, ".layer"), cp.SHA256)
+	if !ok || ref.Layer != "d" {
+		t.Fatalf("checkpoint 6 names %+v (ok %v), want layer d", ref, ok)
+	}
+}
