@@ -7,6 +7,7 @@ import (
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
 	"github.com/pyro-mcp/pyro/internal/instance"
+	"github.com/pyro-mcp/pyro/internal/supervisor"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/workspace"
 )
@@ -131,9 +132,12 @@ func (c *Client) execCheckpointed(ctx context.Context, dir vmdir.Dir, rec instan
 		}
 		if ok {
 			// The record's sync overlaps the command (the order kill -9
-			// needs is kept: the record is written before it runs).
+			// needs is kept: the record is written before it runs), and
+			// so does the dial of the tidy request after it.
 			synced := make(chan error, 1)
 			go func() { synced <- durable() }()
+			sup := supervisor.DialAhead(dir)
+			defer sup.Close()
 			r, ran, err := agent.ExecQuiet(ctx, req, expect, opts.OnOutput)
 			t.mark("exec")
 			t.guest(r.Timings)
@@ -142,7 +146,7 @@ func (c *Client) execCheckpointed(ctx context.Context, dir vmdir.Dir, rec instan
 			}
 			t.mark("record_synced")
 			if ran {
-				c.tidyAfterExec(ctx, dir, rec, after)
+				c.tidyAfterExecWith(ctx, sup, dir, rec, after)
 				t.mark("tidy_request")
 				if err != nil {
 					return ExecResult{}, err

@@ -52,11 +52,19 @@ func (c *Client) tidyAfter(ctx context.Context, dir vmdir.Dir, rec instance.Reco
 // next checkpoint (workspace_checkpoints_quiet.go). The supervisor uses its
 // own connection to the guest; quiet is used when the caller tidies.
 func (c *Client) tidyAfterExec(ctx context.Context, dir vmdir.Dir, rec instance.Record, quiet *agentapi.Client) {
+	sup := supervisor.NewClient(dir)
+	defer sup.Close()
+	c.tidyAfterExecWith(ctx, sup, dir, rec, quiet)
+}
+
+// tidyAfterExecWith is tidyAfterExec asking through sup (a quiet exec's
+// client, dialled while its command ran).
+func (c *Client) tidyAfterExecWith(ctx context.Context, sup *supervisor.Client, dir vmdir.Dir, rec instance.Record, quiet *agentapi.Client) {
 	if !checkpointsOn(rec) || !chainable(dir) {
 		return // nothing to tidy
 	}
 	count, bytes := workspace.CheckpointCaps()
-	err := supervisor.NewClient(dir).Tidy(ctx, supervisor.TidyRequest{MaxCount: count, MaxBytes: bytes, Quiet: quiet != nil})
+	err := sup.Tidy(ctx, supervisor.TidyRequest{MaxCount: count, MaxBytes: bytes, Quiet: quiet != nil})
 	if err == nil {
 		return
 	}

@@ -57,14 +57,30 @@ func spawn(binary string, dir vmdir.Dir, adjust func(*exec.Cmd)) error {
 type Client struct {
 	dir  vmdir.Dir
 	http *http.Client
+	// release closes a connection dialled ahead and never used
+	// (DialAhead); nil for a plain client.
+	release func()
 }
 
 // NewClient returns a client for the supervisor of dir.
 func NewClient(dir vmdir.Dir) *Client {
+	return newClient(dir, func(ctx context.Context) (net.Conn, error) { return dialSock(ctx, dir) })
+}
+
+func newClient(dir vmdir.Dir, dial func(context.Context) (net.Conn, error)) *Client {
 	return &Client{dir: dir, http: &http.Client{Transport: &http.Transport{
-		DialContext:     func(ctx context.Context, _, _ string) (net.Conn, error) { return dialSock(ctx, dir) },
+		DialContext:     func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
 		IdleConnTimeout: 10 * time.Second,
 	}}}
+}
+
+// Close closes the client's connections: idle ones, and one dialled ahead
+// and never used.
+func (c *Client) Close() {
+	if c.release != nil {
+		c.release()
+	}
+	c.http.CloseIdleConnections()
 }
 
 func dialSock(ctx context.Context, dir vmdir.Dir) (net.Conn, error) {

@@ -229,7 +229,7 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 			}
 		}()
 	}
-	httpSrv := &http.Server{Handler: s.routes(), ReadHeaderTimeout: 10 * time.Second}
+	httpSrv := &http.Server{Handler: s.routes(), ReadHeaderTimeout: headerTimeout}
 	go func() { _ = httpSrv.Serve(ln) }()
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
