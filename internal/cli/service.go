@@ -101,14 +101,7 @@ func (a *app) serviceList() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.emit(map[string]any{"workspace_id": args[0], "services": list}, func(w io.Writer) {
-				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "NAME\tSTATE\tPID\tCOMMAND")
-				for _, s := range list {
-					fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", termtext.Line(s.Name), s.State, s.PID, termtext.Line(strings.Join(s.Argv, " ")))
-				}
-				tw.Flush()
-			})
+			return a.emit(map[string]any{"workspace_id": args[0], "services": list}, func(w io.Writer) { printServices(w, list) })
 		},
 	}
 }
@@ -172,8 +165,19 @@ func (a *app) serviceStop() *cobra.Command {
 	}
 }
 
+// printServices prints one row per service. Names, states and commands
+// are what the guest answered: shown as text, never as escape sequences.
+func printServices(w io.Writer, list []pyro.Service) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tSTATE\tPID\tCOMMAND")
+	for _, s := range list {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", termtext.Line(s.Name), termtext.Line(s.State), s.PID, termtext.Line(strings.Join(s.Argv, " ")))
+	}
+	tw.Flush()
+}
+
 func printService(w io.Writer, s pyro.Service) {
-	fmt.Fprintf(w, "service: %s\nstate:   %s\npid:     %d\ncommand: %s\n", termtext.Line(s.Name), s.State, s.PID, termtext.Line(strings.Join(s.Argv, " ")))
+	fmt.Fprintf(w, "service: %s\nstate:   %s\npid:     %d\ncommand: %s\n", termtext.Line(s.Name), termtext.Line(s.State), s.PID, termtext.Line(strings.Join(s.Argv, " ")))
 	if s.ExitCode != nil {
 		fmt.Fprintf(w, "exit:    %d\n", *s.ExitCode)
 	}

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -53,5 +54,21 @@ func TestPrintForkQuotesGuestNamesAsText(t *testing.T) {
 	}}})
 	if s := b.String(); strings.ContainsAny(s, "\x1b\x07") || strings.Count(s, "\n") != 3 {
 		t.Errorf("fork output: %q", s)
+	}
+}
+
+// A service's state and a job's id and state are what the guest answered
+// (a hostile agent chooses any string): every human printer of them shows
+// one clean line each, never the guest's escape sequences.
+func TestPrintersQuoteGuestStatesAsText(t *testing.T) {
+	evil := "running\x1b]0;owned\x07\x1b[2J\nfake line"
+	var b bytes.Buffer
+	printServices(&b, []pyro.Service{{Name: "web", State: evil}})
+	printService(&b, pyro.Service{Name: "web", State: evil})
+	printJobs(&b, []pyro.WorkspaceJob{{JobID: evil, State: evil}})
+	fmt.Fprintln(&b, jobStateText(evil, nil, 0, false))
+	printSummary(&b, pyro.WorkspaceSummary{Services: []pyro.SummaryService{{Name: "web", State: evil}}})
+	if s := b.String(); strings.ContainsAny(s, "\x1b\x07") || strings.Contains(s, "\nfake line") {
+		t.Errorf("printed: %q", s)
 	}
 }

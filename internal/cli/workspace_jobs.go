@@ -82,9 +82,9 @@ func (a *app) wsJobWait() *cobra.Command {
 }
 
 func jobStateText(state string, code *int, next int64, more bool) string {
-	s := state
+	s := termtext.Line(state) // the guest's answer
 	if code != nil {
-		s = fmt.Sprintf("%s %d", state, *code)
+		s = fmt.Sprintf("%s %d", s, *code)
 	}
 	s += fmt.Sprintf(", next cursor %d", next)
 	if more {
@@ -93,16 +93,17 @@ func jobStateText(state string, code *int, next int64, more bool) string {
 	return s
 }
 
-// printJobs prints one line per job (status and wait).
+// printJobs prints one line per job (status and wait). Ids, states and
+// commands are what the guest answered: shown as text.
 func printJobs(w io.Writer, jobs []pyro.WorkspaceJob) {
 	for _, j := range jobs {
-		state := j.State
+		state := termtext.Line(j.State)
 		if j.ExitCode != nil {
 			state = fmt.Sprintf("exited %d", *j.ExitCode)
 		}
 		if j.TimedOut {
 			state += " (timed out)"
 		}
-		fmt.Fprintf(w, "job:          %s %s %s\n", j.JobID, state, termtext.Line(j.Command))
+		fmt.Fprintf(w, "job:          %s %s %s\n", termtext.Line(j.JobID), state, termtext.Line(j.Command))
 	}
 }

@@ -50,7 +50,7 @@ func printSummary(w io.Writer, s pyro.WorkspaceSummary) {
 	if len(s.Services) > 0 {
 		fmt.Fprintln(w, "services:")
 		for _, sv := range s.Services {
-			fmt.Fprintf(w, "  %s %s\n", termtext.Line(sv.Name), sv.State)
+			fmt.Fprintf(w, "  %s %s\n", termtext.Line(sv.Name), termtext.Line(sv.State))
 		}
 	}
 	if len(s.Snapshots) > 0 {
