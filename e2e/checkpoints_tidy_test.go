@@ -35,20 +35,31 @@ func chainLayers(t *testing.T, dir string) int {
 	t.Helper()
 	n := 0
 	underLayerLock(t, dir, func() {
-		var next struct {
-			Layer string `json:"layer"`
-		}
-		if b, err := os.ReadFile(filepath.Join(dir, "layers", "next")); err == nil {
-			_ = json.Unmarshal(b, &next)
-		}
+		next := nextLayer(dir)
 		m, _ := filepath.Glob(filepath.Join(dir, "layers", "*.qcow2"))
 		for _, p := range m {
-			if next.Layer == "" || p != filepath.Join(dir, next.Layer) {
+			if p != next {
 				n++
 			}
 		}
 	})
 	return n
+}
+
+// nextLayer is the path of the workspace's next overlay, made ahead and
+// handed to QEMU as a node of its own (workspace chain_next.go): the next
+// top, empty, never a saved state. "" when there is none.
+func nextLayer(dir string) string {
+	var next struct {
+		Layer string `json:"layer"`
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "layers", "next")); err == nil {
+		_ = json.Unmarshal(b, &next)
+	}
+	if next.Layer == "" {
+		return ""
+	}
+	return filepath.Join(dir, next.Layer)
 }
 
 // TestLayersKillSupervisorAfterExec kills the supervisor (and with it

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -63,16 +62,8 @@ func checkLayerFDsNow(t *testing.T, dir string) {
 		t.Fatal(err)
 	}
 	topPath := filepath.Join(dir, string(top))
-	// The next overlay, made ahead and handed to QEMU as a node of its
-	// own (workspace chain_next.go), is the next top: empty, never a
-	// saved state, so QEMU holds it writable.
-	var next struct {
-		Layer string `json:"layer"`
-	}
-	if b, err := os.ReadFile(filepath.Join(dir, "layers", "next")); err == nil {
-		_ = json.Unmarshal(b, &next)
-	}
-	nextPath := filepath.Join(dir, next.Layer)
+	// The next overlay is the next top, so QEMU holds it writable.
+	nextPath := nextLayer(dir)
 	proc := "/proc/" + strings.TrimSpace(string(pid))
 	fds, err := os.ReadDir(proc + "/fd")
 	if err != nil {
@@ -102,7 +93,7 @@ func checkLayerFDsNow(t *testing.T, dir string) {
 			}
 			flags, _ := strconv.ParseUint(strings.TrimSpace(v), 8, 64)
 			switch {
-			case target == topPath, next.Layer != "" && target == nextPath:
+			case target == topPath, nextPath != "" && target == nextPath:
 			case flags&syscall.O_ACCMODE != syscall.O_RDONLY:
 				t.Errorf("qemu holds frozen layer %s open for writing (fd %s, flags %o)", strings.TrimPrefix(target, dir+"/"), fd.Name(), flags)
 			default:

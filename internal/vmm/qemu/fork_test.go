@@ -18,10 +18,12 @@ import (
 )
 
 // fakeQMP answers QMP commands on dir's socket from answer (command name
-// to reply value; nil: {}), and records the commands in order.
+// to reply value; nil: {}), and records the commands and their arguments
+// in order.
 type fakeQMP struct {
 	mu     sync.Mutex
 	cmds   []string
+	args   []json.RawMessage // of cmds[i]
 	answer func(cmd string) (any, string) // reply, or an error description
 	encs   []*json.Encoder                // of the open connections, under mu
 }
@@ -69,13 +71,15 @@ func (f *fakeQMP) conn(c net.Conn) {
 	r := bufio.NewScanner(c)
 	for r.Scan() {
 		var msg struct {
-			Execute string `json:"execute"`
+			Execute   string          `json:"execute"`
+			Arguments json.RawMessage `json:"arguments"`
 		}
 		if json.Unmarshal(r.Bytes(), &msg) != nil {
 			return
 		}
 		f.mu.Lock()
 		f.cmds = append(f.cmds, msg.Execute)
+		f.args = append(f.args, msg.Arguments)
 		f.mu.Unlock()
 		ret, fail := any(map[string]any{}), ""
 		if f.answer != nil && msg.Execute != "qmp_capabilities" {
@@ -95,6 +99,19 @@ func (f *fakeQMP) commands() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return slices.Clone(f.cmds)
+}
+
+// argsOf returns the arguments of every call of cmd, in order.
+func (f *fakeQMP) argsOf(cmd string) []json.RawMessage {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []json.RawMessage
+	for i, c := range f.cmds {
+		if c == cmd {
+			out = append(out, f.args[i])
+		}
+	}
+	return out
 }
 
 func liveSaveFixture(t *testing.T, migration string) (*fakeQMP, vmdir.Dir, *os.File) {

@@ -46,10 +46,10 @@ func PivotTop(ctx context.Context, dir vmdir.Dir, path string, old []string) err
 	if err != nil {
 		return err
 	}
-	add := map[string]any{
-		"driver": "raw", "node-name": node, "discard": "unmap",
+	add := withLayerOpts(map[string]any{
+		"driver": "raw", "node-name": node,
 		"file": map[string]any{"driver": "file", "filename": fmt.Sprintf("/dev/fdset/%d", set), "locking": "off"},
-	}
+	})
 	if _, err := q.call(ctx, "blockdev-add", add, nil); err != nil {
 		_, _ = q.call(ctx, "remove-fd", map[string]any{"fdset-id": set}, nil)
 		return err
