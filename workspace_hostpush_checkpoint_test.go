@@ -207,19 +207,7 @@ func TestHostPushStoppedCheckpoint(t *testing.T) {
 	}
 	// A first push (no checkpoint) chains the workspace; the guest then
 	// writes a file and deletes one of the baseline (a whiteout).
-	if _, err := pushIntoLayers(ctx, dir, rec, src, workspace.Root+"/first", nil, nil); err != nil {
-		t.Fatal(err)
-	}
-	l := layersOf(dir, rec)
-	old, err := l.Top()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("debugfs", "-w", "-f", "-", l.Path(old))
-	cmd.Stdin = strings.NewReader("cd upper\nwrite /etc/hostname later.txt\nmknod gone c 0 0\n")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("debugfs: %v: %s", err, out)
-	}
+	l, old := pushedThenWritten(t, dir, rec, src, "cd upper\nwrite /etc/hostname later.txt\nmknod gone c 0 0\n")
 	before, err := workspace.ListUpper(ctx, l.Path(old), 100)
 	if err != nil {
 		t.Fatal(err)
@@ -262,4 +250,56 @@ func TestHostPushStoppedCheckpoint(t *testing.T) {
 	if got := strings.Join(d.Added, ","); got != "second,second/d,second/d/f" || len(d.Modified)+len(d.Deleted) != 0 {
 		t.Fatalf("since the push's checkpoint: %+v", d)
 	}
+}
+
+// A stopped checkpointed push whose old top the host cannot list (here a
+// guest nested directories past workspace.MaxUpperDepth) is left to the
+// guest's path even though its listing now runs beside debugfs, after the
+// pushed tree is written: nothing recorded, the top unchanged, no new
+// layer file left behind.
+func TestHostPushStoppedCheckpointUnlistable(t *testing.T) {
+	dir, rec := stoppedWorkspace(t, 64<<20, true)
+	ctx := context.Background()
+	src := t.TempDir()
+	if err := os.WriteFile(filepath.Join(src, "f"), []byte("pushed"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l, old := pushedThenWritten(t, dir, rec, src, "cd upper\n"+strings.Repeat("mkdir d\ncd d\n", workspace.MaxUpperDepth+1))
+	layers, _ := os.ReadDir(l.Path(workspace.LayersDir))
+	ck := &pushCheckpoint{label: "sync push src /workspace/second"}
+	_, err := pushIntoLayers(ctx, dir, rec, src, workspace.Root+"/second", ck, nil)
+	if !notServed(err) || !errors.Is(err, workspace.ErrTooDeepListed) {
+		t.Fatalf("push over an upper too deep to list: %v, want it left to the guest", err)
+	}
+	if n := checkpointsOf(dir).Last(); n != 0 {
+		t.Fatalf("checkpoint %d recorded for a push the host did not serve", n)
+	}
+	if top, _ := l.Top(); top != old {
+		t.Fatalf("top %s, want %s", top, old)
+	}
+	if after, _ := os.ReadDir(l.Path(workspace.LayersDir)); len(after) != len(layers) {
+		t.Fatalf("layer files %d after the push, %d before", len(after), len(layers))
+	}
+}
+
+// pushedThenWritten pushes src into the stopped workspace at
+// /workspace/first without a checkpoint (which chains it: the top is a
+// raw root), then has debugfs run script on that top as a guest would
+// have written it, and returns the layers and that top.
+func pushedThenWritten(t *testing.T, dir vmdir.Dir, rec instance.Record, src, script string) (workspace.Layers, string) {
+	t.Helper()
+	if _, err := pushIntoLayers(context.Background(), dir, rec, src, workspace.Root+"/first", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	l := layersOf(dir, rec)
+	top, err := l.Top()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("debugfs", "-w", "-f", "-", l.Path(top))
+	cmd.Stdin = strings.NewReader(script)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("debugfs: %v: %s", err, out)
+	}
+	return l, top
 }
