@@ -302,11 +302,17 @@ func (a *app) shellSignal() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.emit(r, func(w io.Writer) { fmt.Fprintf(w, "sent %s to process group %d\n", r.Signal, r.PGID) })
+			return a.emit(r, func(w io.Writer) { printShellSignal(w, r) })
 		},
 	}
 	cmd.Flags().StringVar(&sig, "signal", pyro.DefaultShellSignal, "signal name")
 	return cmd
+}
+
+// printShellSignal prints a shell signal's answer; the signal's name is
+// the guest's.
+func printShellSignal(w io.Writer, r pyro.ShellSignal) {
+	fmt.Fprintf(w, "sent %s to process group %d\n", termtext.Line(r.Signal), r.PGID)
 }
 
 func (a *app) shellClose() *cobra.Command {

@@ -57,9 +57,10 @@ func TestPrintForkQuotesGuestNamesAsText(t *testing.T) {
 	}
 }
 
-// A service's state and a job's id and state are what the guest answered
-// (a hostile agent chooses any string): every human printer of them shows
-// one clean line each, never the guest's escape sequences.
+// A service's state, a job's id and state, and the signal a shell signal's
+// answer names are what the guest answered (a hostile agent chooses any
+// string): every human printer of them shows one clean line each, never
+// the guest's escape sequences.
 func TestPrintersQuoteGuestStatesAsText(t *testing.T) {
 	evil := "running\x1b]0;owned\x07\x1b[2J\nfake line"
 	var b bytes.Buffer
@@ -68,6 +69,7 @@ func TestPrintersQuoteGuestStatesAsText(t *testing.T) {
 	printJobs(&b, []pyro.WorkspaceJob{{JobID: evil, State: evil}})
 	fmt.Fprintln(&b, jobStateText(evil, nil, 0, false))
 	printSummary(&b, pyro.WorkspaceSummary{Services: []pyro.SummaryService{{Name: "web", State: evil}}})
+	printShellSignal(&b, pyro.ShellSignal{Signal: evil})
 	if s := b.String(); strings.ContainsAny(s, "\x1b\x07") || strings.Contains(s, "\nfake line") {
 		t.Errorf("printed: %q", s)
 	}
