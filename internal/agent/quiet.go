@@ -217,16 +217,7 @@ func (s *Agent) userIdle() bool {
 	if s.user == nil {
 		return false
 	}
-	b, err := os.ReadFile(s.user.dir + "/cgroup.events")
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "populated "); ok {
-			return strings.TrimSpace(v) == "0"
-		}
-	}
-	return false
+	return s.user.unpopulated()
 }
 
 // quietWait bounds how long a quiet report waits for the calls under
