@@ -27,11 +27,18 @@ func layersOf(dir vmdir.Dir, rec instance.Record) workspace.Layers {
 	return workspace.Layers{Dir: string(dir), Disk: rec.WorkspaceDisk}
 }
 
-// chainable reports whether the running guest's disks can be chained: its
-// VMM answers QMP (QEMU).
+// chainable reports whether the guest's disks can be chained: its VMM is
+// QEMU (it has a QMP socket) and still runs. A stopped or crashed
+// workspace keeps its socket file (QEMU does not remove a socket it was
+// handed, and a killed supervisor cannot), so the file alone would send
+// QMP calls to nobody.
 func chainable(dir vmdir.Dir) bool {
 	st, err := os.Stat(dir.Path(vmdir.QMPSock))
-	return err == nil && st.Mode()&os.ModeSocket != 0
+	if err != nil || st.Mode()&os.ModeSocket == 0 {
+		return false
+	}
+	_, alive := instance.VMMPid(dir)
+	return alive
 }
 
 // mergeSlack is how far the live chain may grow past the checkpoint count

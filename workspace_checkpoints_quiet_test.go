@@ -309,11 +309,7 @@ func chainableWorkspace(t *testing.T) (vmdir.Dir, instance.Record) {
 	t.Helper()
 	d := t.TempDir()
 	dir := vmdir.Dir(d)
-	lis, err := net.Listen("unix", dir.Path(vmdir.QMPSock))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { lis.Close() })
+	runningQEMU(t, dir)
 	rec := instance.Record{ID: "ws", WorkspaceBase: filepath.Join(d, "base.ext4"), WorkspaceDisk: filepath.Join(d, "workspace.ext4")}
 	setMeta(&rec, workspaceMeta{Checkpoints: true})
 	if err := os.WriteFile(rec.WorkspaceDisk, nil, 0o600); err != nil {

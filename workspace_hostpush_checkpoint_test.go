@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -167,13 +166,9 @@ func TestCheckpointRemountsReleased(t *testing.T) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write([]byte(`{"entries":[]}`))
 	})
-	// A QMP socket: the workspace's layers are chained (QEMU's side is
+	// A running QEMU: the workspace's layers are chained (QEMU's side is
 	// the seam below).
-	qmp, err := net.Listen("unix", dir.Path(vmdir.QMPSock))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { qmp.Close() })
+	runningQEMU(t, dir)
 	pushSeam := qemuPush
 	t.Cleanup(func() { qemuPush = pushSeam })
 	qemuPush = func(context.Context, vmdir.Dir, string) error { return nil }

@@ -206,6 +206,27 @@ func SupervisorPid(dir vmdir.Dir) (pid int, alive bool) {
 	return readPidFile(dir.Path(vmdir.SupervisorPid))
 }
 
+// VMMPid returns the pid recorded in dir's vmm.pid and whether that
+// process is still dir's VMM. The file holds the pid alone (the VMM writes
+// no start time), so a recycled pid is told apart by what the process is:
+// host-compat runs with the VM directory as its cwd, QEMU carries
+// dir.VMMName() on its command line. A VMM that has exited but is not yet
+// reaped (a zombie) has neither: it is gone.
+func VMMPid(dir vmdir.Dir) (pid int, alive bool) {
+	b, err := os.ReadFile(dir.Path(vmdir.VMMPid))
+	if err != nil {
+		return 0, false
+	}
+	if _, err := fmt.Sscan(string(b), &pid); err != nil || pid <= 0 {
+		return 0, false
+	}
+	if cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); err == nil && cwd == string(dir) {
+		return pid, !isZombie(pid)
+	}
+	b, err = os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return pid, err == nil && slices.Contains(strings.Split(string(b), "\x00"), dir.VMMName())
+}
+
 // WriteCreator marks the instance as being created by the current process
 // until DoneCreating: should this process die first, Creator reports the
 // instance half-made.

@@ -8,9 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"slices"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -148,24 +146,11 @@ func Kill(dir vmdir.Dir) {
 	if pid, alive := instance.SupervisorPid(dir); alive {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
-	// The VMM has Pdeathsig, but kill it by pid too in case it outlived us.
-	if b, err := os.ReadFile(dir.Path(vmdir.VMMPid)); err == nil {
-		var pid int
-		if _, err := fmt.Sscan(string(b), &pid); err == nil && pid > 0 && vmmBelongsTo(pid, dir) {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
+	// The VMM has Pdeathsig, but kill it by pid too in case it outlived
+	// us (never a recycled pid: VMMPid checks what the process is).
+	if pid, alive := instance.VMMPid(dir); alive {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
-}
-
-// vmmBelongsTo checks the process is the VMM of dir: host-compat runs with
-// the VM directory as its cwd, QEMU carries dir.VMMName() on its command
-// line; so a recycled pid is never killed.
-func vmmBelongsTo(pid int, dir vmdir.Dir) bool {
-	if cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); err == nil && cwd == string(dir) {
-		return true
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	return err == nil && slices.Contains(strings.Split(string(b), "\x00"), dir.VMMName())
 }
 
 // Agent returns an agent client that goes through the supervisor's proxy.
