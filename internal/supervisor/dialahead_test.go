@@ -106,4 +106,3 @@ func TestDialAhead(t *testing.T) {
 		t.Fatalf("stale connection: states %v, want it closed and a new one dialled", seen)
 	}
 }
-

@@ -11,10 +11,12 @@ package supervisor
 // workspace_checkpoints_tidy.go, sets Tidy). The caller's command is then
 // over before any of it runs, so none of it competes with the command for
 // the two cores and the VMM's main loop, and a CLI process exits without
-// waiting for it. Every step takes the workspace's layer lock, as it did
-// in the caller, so the next layer change waits for a tidy under way; a
-// tidy that dies with the supervisor is a process killed at some point,
-// which each step already survives.
+// waiting for it; it starts once the caller has read the 202 and let go
+// of the connection (answerFirst), so not even the answer races it. Every
+// step takes the workspace's layer lock, as it did in the caller, so the
+// next layer change waits for a tidy under way; a tidy that dies with the
+// supervisor is a process killed at some point, which each step already
+// survives.
 //
 // After an exec the caller asks with Quiet: the tidy first asks the guest
 // for its quiet report (agentapi.Client.Quiet) through the supervisor's
@@ -78,10 +80,12 @@ func (s *server) tidyRoutes(mux *http.ServeMux) {
 			return
 		}
 		var req TidyRequest
-		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&req); err != nil {
+		body := io.LimitReader(r.Body, 4096)
+		if err := json.NewDecoder(body).Decode(&req); err != nil {
 			writeError(w, errdefs.New(errdefs.ErrInvalidArgument, "", "bad tidy request: %v", err))
 			return
 		}
+		_, _ = io.Copy(io.Discard, body) // to its end: see answerFirst
 		s.tidy.mu.Lock()
 		if s.tidy.running {
 			if s.tidy.next != nil && s.tidy.next.Quiet {
@@ -95,9 +99,39 @@ func (s *server) tidyRoutes(mux *http.ServeMux) {
 		s.tidy.running = true
 		s.tidy.done.Add(1)
 		s.tidy.mu.Unlock()
+		answerFirst(w, r)
 		go s.runTidy(tidy, req)
-		w.WriteHeader(http.StatusAccepted)
 	})
+}
+
+// callerGoneWait bounds how long a tidy waits for its caller to let go of
+// the connection its answer went over (a caller that keeps it only delays
+// its own tidy by this much).
+var callerGoneWait = time.Second
+
+// answerFirst answers a tidy request (202, with Connection: close) and
+// returns once the caller has read the answer and closed the connection
+// (the server notices the close once the request body was read to its end,
+// and ends the request's context), or after callerGoneWait: the
+// housekeeping, 5-30 ms of the supervisor's and the guest's CPU, then
+// starts after the answer, not beside it on the caller's path (the exec's
+// caller waits for this answer before it returns; the tidy started first
+// and its quiet report raced the answer for the two cores).
+func answerFirst(w http.ResponseWriter, r *http.Request) {
+	// An empty body of known length: a caller that reads the answer to
+	// its end (Client.call) must not wait for the close this waits for.
+	w.Header().Set("Content-Length", "0")
+	w.Header().Set("Connection", "close")
+	w.WriteHeader(http.StatusAccepted)
+	if err := http.NewResponseController(w).Flush(); err != nil {
+		return
+	}
+	t := time.NewTimer(callerGoneWait)
+	defer t.Stop()
+	select {
+	case <-r.Context().Done():
+	case <-t.C:
+	}
 }
 
 // runTidy runs tidy passes until none is asked for; a stop of the

@@ -1,8 +1,11 @@
 package supervisor
 
 import (
+	"bufio"
 	"context"
+	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -12,6 +15,7 @@ import (
 
 	"github.com/pyro-mcp/pyro/internal/agentapi"
 	"github.com/pyro-mcp/pyro/internal/instance"
+	"github.com/pyro-mcp/pyro/internal/unixsock"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 )
 
@@ -95,4 +99,75 @@ func TestTidyRoute(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("a stop left the tidy running")
 	}
+}
+
+// TestTidyAfterAnswer: the tidy starts only once the caller has read its
+// answer and closed the connection (not beside the answer, on the
+// caller's path); the answer says Connection: close, so an HTTP client
+// lets go at once.
+func TestTidyAfterAnswer(t *testing.T) {
+	s := &server{dir: vmdir.Dir(t.TempDir()), log: slog.New(slog.DiscardHandler), stop: make(chan struct{}), booted: make(chan struct{})}
+	srv := httptest.NewServer(s.routes())
+	defer srv.Close()
+	oldTidy, oldWait := Tidy, callerGoneWait
+	defer func() { Tidy, callerGoneWait = oldTidy, oldWait }()
+	callerGoneWait = time.Minute
+	started := make(chan struct{}, 1)
+	Tidy = func(context.Context, vmdir.Dir, instance.Record, TidyRequest, *agentapi.Client, *slog.Logger) {
+		started <- struct{}{}
+	}
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	body := `{"max_count":3}`
+	if _, err := fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", PathTidy, len(body), body); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted || !resp.Close {
+		t.Fatalf("answer: http %d, close %v", resp.StatusCode, resp.Close)
+	}
+	select {
+	case <-started:
+		t.Fatal("the tidy started while the caller still held its answer's connection")
+	case <-time.After(200 * time.Millisecond):
+	}
+	conn.Close()
+	select {
+	case <-started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the tidy did not start once the caller let go")
+	}
+	s.waitTidy(5 * time.Second)
+
+	// Through the supervisor's own client, which reads the answer to its
+	// end: answered, then tidied (no wait for a close that only comes
+	// after the answer).
+	dir := vmdir.Dir(t.TempDir())
+	ln, err := unixsock.Listen(dir.Path(vmdir.SupervisorSock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	usrv := &http.Server{Handler: s.routes()}
+	go func() { _ = usrv.Serve(ln) }()
+	defer usrv.Close()
+	c := NewClient(dir)
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.Tidy(ctx, TidyRequest{MaxCount: 3}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-started:
+	case <-ctx.Done():
+		t.Fatal("no tidy after the client's request")
+	}
+	s.waitTidy(5 * time.Second)
 }
