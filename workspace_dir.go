@@ -19,7 +19,18 @@ func (c *Client) setUpWorkspaceDir(ctx context.Context, dir vmdir.Dir, rec *inst
 		return baseDigest{}, err
 	}
 	rec.WorkspaceDisk = dir.Path(workspace.DiskFile)
-	if err := c.templates().EmptyDisk(ctx, rec.WorkspaceDisk, workspace.DiskBytes()); err != nil {
+	emptyDisk := c.templates().EmptyDisk
+	if layered && !seeded {
+		// A fresh workspace (marked below): its first boot replaces
+		// this disk with a mounted snapshot's when one matches, and
+		// the supervisor makes whichever disk it booted on durable
+		// before the create completes (workspace.SyncFresh); a crash
+		// before that leaves the workspace half-made (the creator
+		// mark), which reconcile removes. So the copy here is neither
+		// hashed nor synced (~10 ms of every create).
+		emptyDisk = c.templates().EmptyDiskUnsynced
+	}
+	if err := emptyDisk(ctx, rec.WorkspaceDisk, workspace.DiskBytes()); err != nil {
 		return baseDigest{}, err
 	}
 	if !layered {

@@ -284,8 +284,9 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 	// A new unseeded workspace's first boot may restore a guest with its
 	// empty /workspace mounted (internal/vm/warm_mounted.go); the mark is
 	// gone before any boot can write the disks.
+	syncDisk := false
 	if rec.WorkspaceBase != "" && rec.WorkspaceDisk != "" {
-		cfg.FreshWorkspace = workspace.TakeFresh(string(d))
+		cfg.FreshWorkspace, syncDisk = workspace.TakeFreshSync(string(d))
 	}
 	// A workspace whose upper layer became a chain of snapshots boots on
 	// its live chain (internal/workspace/chain.go).
@@ -311,6 +312,15 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 		v, err = vm.Boot(bootCtx, deps, cfg)
 	}
 	cancelBoot()
+	if syncDisk {
+		// The create's unsynced copy, or the mounted snapshot's disk
+		// that replaced it (synced already: this costs nothing then),
+		// made durable before the create completes.
+		if serr := workspace.SyncFile(rec.WorkspaceDisk); serr != nil && err == nil {
+			_ = v.Close(context.Background())
+			err = fmt.Errorf("sync the new workspace disk: %w", serr)
+		}
+	}
 	if err != nil {
 		state, cause, reason := instance.Broken, instance.CauseBootFailed, "boot failed: "+err.Error()
 		select {

@@ -38,6 +38,16 @@ func TakeFresh(dir string) string {
 	return strings.TrimSpace(string(b))
 }
 
+// TakeFreshSync is TakeFresh, and reports too whether dir was marked at
+// all (even when the mark could not be removed): the upper disk of a marked
+// workspace was copied unsynced at create (Templates.EmptyDiskUnsynced),
+// so its first boot's caller makes it durable (SyncFile) once the boot,
+// which may replace it, is over.
+func TakeFreshSync(dir string) (digest string, marked bool) {
+	_, err := os.Lstat(filepath.Join(dir, FreshFile))
+	return TakeFresh(dir), err == nil
+}
+
 // CopyFreshDisk replaces dst with a sparse copy of the image src, made in
 // the kernel (copy_file_range) and not synced: the caller syncs the
 // returned file (SyncFile) while the guest starts, and waits for it before

@@ -56,3 +56,21 @@ func TestCopyFreshDisk(t *testing.T) {
 		t.Fatalf("left %v", left)
 	}
 }
+
+// TakeFreshSync tells the first boot of a marked workspace to make its disk
+// durable (it was copied unsynced at create), and no later boot.
+func TestTakeFreshSyncOnce(t *testing.T) {
+	dir := t.TempDir()
+	if got, marked := TakeFreshSync(dir); got != "" || marked {
+		t.Fatalf("unmarked: %q, %v", got, marked)
+	}
+	if err := MarkFresh(dir, "sha256:abc"); err != nil {
+		t.Fatal(err)
+	}
+	if got, marked := TakeFreshSync(dir); got != "sha256:abc" || !marked {
+		t.Fatalf("marked: %q, %v", got, marked)
+	}
+	if got, marked := TakeFreshSync(dir); got != "" || marked {
+		t.Fatalf("after the first boot: %q, %v", got, marked)
+	}
+}

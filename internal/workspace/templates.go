@@ -46,6 +46,22 @@ func (t Templates) EmptyDisk(ctx context.Context, path string, size int64) error
 	return err
 }
 
+// EmptyDiskUnsynced is EmptyDisk without making the copy durable (nor
+// hashing it): for a new unseeded workspace's upper disk, which its first
+// boot may replace with a mounted snapshot's (internal/vm/warm_mounted.go)
+// and which the supervisor syncs after that boot (SyncFresh). Without a
+// template cache the disk is made with mke2fs, synced.
+func (t Templates) EmptyDiskUnsynced(ctx context.Context, path string, size int64) error {
+	if t.Dir == "" {
+		return CreateDisk(ctx, path, size)
+	}
+	tpl, err := t.get("disk", size, func(p string) error { return CreateDisk(ctx, p, size) })
+	if err != nil {
+		return err
+	}
+	return CopyFreshDisk(tpl, path)
+}
+
 // EmptyBase makes path (replaced atomically, durable) the baseline of an
 // unseeded workspace, with its (empty) index beside it, and returns the
 // image's digest and data bytes (ImageDigest), computed while copying.

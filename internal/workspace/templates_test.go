@@ -103,3 +103,31 @@ func TestTemplatesCopyWhatMke2fsMakes(t *testing.T) {
 		}
 	}
 }
+
+// A fresh workspace's upper disk, copied unsynced at create, is the same
+// image as the synced copy every other workspace gets.
+func TestEmptyDiskUnsyncedSameImage(t *testing.T) {
+	needE2fs(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	tpl := Templates{Dir: filepath.Join(dir, "cache")}
+	const size = 64 << 20
+	synced, unsynced := filepath.Join(dir, "synced.ext4"), filepath.Join(dir, "unsynced.ext4")
+	if err := tpl.EmptyDisk(ctx, synced, size); err != nil {
+		t.Fatal(err)
+	}
+	if err := tpl.EmptyDiskUnsynced(ctx, unsynced, size); err != nil {
+		t.Fatal(err)
+	}
+	want, _, err := ImageDigest(synced)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := ImageDigest(unsynced)
+	if err != nil || got != want {
+		t.Fatalf("unsynced copy %s (%v), synced %s", got, err, want)
+	}
+	if st, err := os.Stat(unsynced); err != nil || st.Size() != size {
+		t.Fatalf("unsynced copy: %v", err)
+	}
+}

@@ -23,7 +23,7 @@ import (
 type fakeQMP struct {
 	mu     sync.Mutex
 	cmds   []string
-	args   []json.RawMessage // of cmds[i]
+	args   []json.RawMessage              // of cmds[i]
 	answer func(cmd string) (any, string) // reply, or an error description
 	encs   []*json.Encoder                // of the open connections, under mu
 }
