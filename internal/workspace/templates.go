@@ -35,23 +35,24 @@ func (t Templates) path(kind string, size int64) string {
 // EmptyDisk makes path (replaced atomically, durable) an empty ext4 disk
 // of size bytes: a workspace's writable upper layer.
 func (t Templates) EmptyDisk(ctx context.Context, path string, size int64) error {
-	if t.Dir == "" {
-		return CreateDisk(ctx, path, size)
-	}
-	tpl, err := t.get("disk", size, func(p string) error { return CreateDisk(ctx, p, size) })
-	if err != nil {
+	return t.emptyDisk(ctx, path, size, func(tpl string) error {
+		_, _, err := CopyImage(tpl, path, 0, "empty workspace disk", "")
 		return err
-	}
-	_, _, err = CopyImage(tpl, path, 0, "empty workspace disk", "")
-	return err
+	})
 }
 
 // EmptyDiskUnsynced is EmptyDisk without making the copy durable (nor
 // hashing it): for a new unseeded workspace's upper disk, which its first
 // boot may replace with a mounted snapshot's (internal/vm/warm_mounted.go)
-// and which the supervisor syncs after that boot (SyncFresh). Without a
-// template cache the disk is made with mke2fs, synced.
+// and which the supervisor syncs after that boot (TakeFreshSync). Without
+// a template cache the disk is made with mke2fs, synced.
 func (t Templates) EmptyDiskUnsynced(ctx context.Context, path string, size int64) error {
+	return t.emptyDisk(ctx, path, size, func(tpl string) error { return CopyFreshDisk(tpl, path) })
+}
+
+// emptyDisk makes path with mke2fs without a template cache, else with
+// copyFrom of the disk template of size bytes (made on first use).
+func (t Templates) emptyDisk(ctx context.Context, path string, size int64, copyFrom func(tpl string) error) error {
 	if t.Dir == "" {
 		return CreateDisk(ctx, path, size)
 	}
@@ -59,7 +60,7 @@ func (t Templates) EmptyDiskUnsynced(ctx context.Context, path string, size int6
 	if err != nil {
 		return err
 	}
-	return CopyFreshDisk(tpl, path)
+	return copyFrom(tpl)
 }
 
 // EmptyBase makes path (replaced atomically, durable) the baseline of an
