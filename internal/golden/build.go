@@ -156,11 +156,15 @@ func (b *Build) publish() (Snapshot, error) {
 
 // MaxSnapshots bounds the snapshots kept per environment: every new pyro
 // binary or QEMU makes new keys, and the old snapshots (~130 MiB each)
-// would otherwise pile up. The oldest go first; a guest restored from one
-// keeps its private mapping.
+// would otherwise pile up. The least recently used go first (a Lookup
+// marks its use); a guest restored from one keeps its private mapping.
+// They are not removed as soon as another key of the same configuration
+// is built: another pyro binary (an older install, another checkout) may
+// still start guests from its own key, and each rebuild costs a boot.
 const MaxSnapshots = 8
 
-// trim removes the oldest published snapshots beyond keep.
+// trim removes the least recently used (or published) snapshots beyond
+// keep.
 func (s *Store) trim(keep int) {
 	ents, err := os.ReadDir(s.dir)
 	if err != nil {

@@ -169,6 +169,12 @@ func (s *Store) Lookup(k Key) (Snapshot, error) {
 	if m.Key != k {
 		return Snapshot{}, &Invalid{Dir: dir, Reason: "its manifest was made for another configuration"}
 	}
+	// A use: the directory's modification time is when the snapshot was
+	// last used, so the store's trim (at a publish) drops the least
+	// recently used, not a snapshot built long ago and still in use. (The
+	// state file's stamp, which Verify checks, is not touched.)
+	now := time.Now()
+	_ = os.Chtimes(dir, now, now)
 	return Snapshot{Dir: dir, Manifest: m}, nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func testKey() Key {
@@ -195,6 +196,34 @@ func TestPublishKeepsAtMostMax(t *testing.T) {
 	k.Initramfs = fmt.Sprint(MaxSnapshots + 2)
 	if _, err := s.Lookup(k); err != nil {
 		t.Fatalf("the newest snapshot is gone: %v", err)
+	}
+}
+
+// The trim drops the least recently used snapshot, not the one built
+// first and still in use.
+func TestPublishKeepsRecentlyUsed(t *testing.T) {
+	s := New(filepath.Join(t.TempDir(), DirName))
+	keys := make([]Key, MaxSnapshots+1)
+	for i := range keys {
+		keys[i] = testKey()
+		keys[i].Initramfs = fmt.Sprint(i)
+	}
+	for i, k := range keys[:MaxSnapshots] {
+		snap := publish(t, s, k, "state")
+		old := time.Now().Add(-time.Duration(MaxSnapshots-i) * time.Hour)
+		if err := os.Chtimes(snap.Dir, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Lookup(keys[0]); err != nil { // built first, used now
+		t.Fatal(err)
+	}
+	publish(t, s, keys[MaxSnapshots], "state")
+	if _, err := s.Lookup(keys[0]); err != nil {
+		t.Fatalf("the snapshot used last is gone: %v", err)
+	}
+	if _, err := s.Lookup(keys[1]); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the least recently used snapshot: %v, want it gone", err)
 	}
 }
 
