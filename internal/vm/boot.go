@@ -28,6 +28,7 @@ import (
 	"github.com/pyro-mcp/pyro/internal/statedir"
 	"github.com/pyro-mcp/pyro/internal/vmdir"
 	"github.com/pyro-mcp/pyro/internal/vmm"
+
 	// The backends a real pyro can boot with register themselves.
 	_ "github.com/pyro-mcp/pyro/internal/vmm/hostcompat"
 	_ "github.com/pyro-mcp/pyro/internal/vmm/qemu"
