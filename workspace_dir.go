@@ -24,7 +24,7 @@ func (c *Client) setUpWorkspaceDir(ctx context.Context, dir vmdir.Dir, rec *inst
 		// A fresh workspace (marked below): its first boot replaces
 		// this disk with a mounted snapshot's when one matches, and
 		// the supervisor makes whichever disk it booted on durable
-		// before the create completes (workspace.TakeFreshSync); a crash
+		// before the create completes (workspace.TakeFresh); a crash
 		// before that leaves the workspace half-made (the creator
 		// mark), which reconcile removes. So the copy here is neither
 		// hashed nor synced (~10 ms of every create).

@@ -179,7 +179,7 @@ func (u *userCgroup) unpopulated() bool {
 	}
 	var buf [256]byte
 	n, err := unix.Pread(u.events, buf[:], 0)
-	if err != nil || n < 0 {
+	if err != nil {
 		_ = unix.Close(u.events)
 		u.eventsOK = false
 		return false

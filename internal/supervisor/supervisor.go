@@ -286,7 +286,7 @@ func Serve(d vmdir.Dir, log *slog.Logger, opts Options, sigs <-chan os.Signal) e
 	// gone before any boot can write the disks.
 	syncDisk := false
 	if rec.WorkspaceBase != "" && rec.WorkspaceDisk != "" {
-		cfg.FreshWorkspace, syncDisk = workspace.TakeFreshSync(string(d))
+		cfg.FreshWorkspace, syncDisk = workspace.TakeFresh(string(d))
 	}
 	// A workspace whose upper layer became a chain of snapshots boots on
 	// its live chain (internal/workspace/chain.go).

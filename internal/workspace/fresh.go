@@ -25,27 +25,21 @@ func MarkFresh(dir, baseDigest string) error {
 
 // TakeFresh returns the baseline digest FreshFile holds and removes the
 // file ("" when there is none, or it cannot be removed: a mark that would
-// outlive the boot must not be used).
-func TakeFresh(dir string) string {
+// outlive the boot must not be used). marked reports whether dir was
+// marked at all (even when the mark could not be used): the upper disk of
+// a marked workspace was copied unsynced at create
+// (Templates.EmptyDiskUnsynced), so its first boot's caller makes it
+// durable (SyncFile) once the boot, which may replace it, is over.
+func TakeFresh(dir string) (digest string, marked bool) {
 	p := filepath.Join(dir, FreshFile)
 	b, err := os.ReadFile(p)
-	if errors.Is(err, os.ErrNotExist) || len(b) > 256 {
-		return ""
+	if errors.Is(err, os.ErrNotExist) {
+		return "", false
 	}
-	if err != nil || os.Remove(p) != nil {
-		return ""
+	if err != nil || len(b) > 256 || os.Remove(p) != nil {
+		return "", true
 	}
-	return strings.TrimSpace(string(b))
-}
-
-// TakeFreshSync is TakeFresh, and reports too whether dir was marked at
-// all (even when the mark could not be removed): the upper disk of a marked
-// workspace was copied unsynced at create (Templates.EmptyDiskUnsynced),
-// so its first boot's caller makes it durable (SyncFile) once the boot,
-// which may replace it, is over.
-func TakeFreshSync(dir string) (digest string, marked bool) {
-	_, err := os.Lstat(filepath.Join(dir, FreshFile))
-	return TakeFresh(dir), err == nil
+	return strings.TrimSpace(string(b)), true
 }
 
 // CopyFreshDisk replaces dst with a sparse copy of the image src, made in

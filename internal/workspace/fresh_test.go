@@ -7,23 +7,6 @@ import (
 	"testing"
 )
 
-// TestTakeFreshOnce: the fresh mark is read once; no later boot sees it.
-func TestTakeFreshOnce(t *testing.T) {
-	dir := t.TempDir()
-	if got := TakeFresh(dir); got != "" {
-		t.Fatalf("no mark: %q", got)
-	}
-	if err := MarkFresh(dir, "sha256:abc"); err != nil {
-		t.Fatal(err)
-	}
-	if got := TakeFresh(dir); got != "sha256:abc" {
-		t.Fatalf("TakeFresh = %q", got)
-	}
-	if got := TakeFresh(dir); got != "" {
-		t.Fatalf("second TakeFresh = %q, want none", got)
-	}
-}
-
 // TestCopyFreshDisk: the copy replaces the destination with the source's
 // bytes and size, holes kept.
 func TestCopyFreshDisk(t *testing.T) {
@@ -57,20 +40,21 @@ func TestCopyFreshDisk(t *testing.T) {
 	}
 }
 
-// TakeFreshSync tells the first boot of a marked workspace to make its disk
-// durable (it was copied unsynced at create), and no later boot.
-func TestTakeFreshSyncOnce(t *testing.T) {
+// TestTakeFreshOnce: the fresh mark is read once; no later boot sees it,
+// and only the first boot of a marked workspace is told to make its disk
+// durable (it was copied unsynced at create).
+func TestTakeFreshOnce(t *testing.T) {
 	dir := t.TempDir()
-	if got, marked := TakeFreshSync(dir); got != "" || marked {
+	if got, marked := TakeFresh(dir); got != "" || marked {
 		t.Fatalf("unmarked: %q, %v", got, marked)
 	}
 	if err := MarkFresh(dir, "sha256:abc"); err != nil {
 		t.Fatal(err)
 	}
-	if got, marked := TakeFreshSync(dir); got != "sha256:abc" || !marked {
+	if got, marked := TakeFresh(dir); got != "sha256:abc" || !marked {
 		t.Fatalf("marked: %q, %v", got, marked)
 	}
-	if got, marked := TakeFreshSync(dir); got != "" || marked {
+	if got, marked := TakeFresh(dir); got != "" || marked {
 		t.Fatalf("after the first boot: %q, %v", got, marked)
 	}
 }

@@ -44,7 +44,7 @@ func (t Templates) EmptyDisk(ctx context.Context, path string, size int64) error
 // EmptyDiskUnsynced is EmptyDisk without making the copy durable (nor
 // hashing it): for a new unseeded workspace's upper disk, which its first
 // boot may replace with a mounted snapshot's (internal/vm/warm_mounted.go)
-// and which the supervisor syncs after that boot (TakeFreshSync). Without
+// and which the supervisor syncs after that boot (TakeFresh). Without
 // a template cache the disk is made with mke2fs, synced.
 func (t Templates) EmptyDiskUnsynced(ctx context.Context, path string, size int64) error {
 	return t.emptyDisk(ctx, path, size, func(tpl string) error { return CopyFreshDisk(tpl, path) })
